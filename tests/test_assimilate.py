@@ -1,0 +1,330 @@
+"""The xarray face: ``ds.ensf.assimilate`` on synthetic and real ERA5 data."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+
+from xensf.errors import (
+    ChunkingError,
+    DimensionError,
+    EnsembleError,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+    UnitsError,
+)
+
+# Nine members sample the correlations between grid points 3 degrees (333 km) apart
+# poorly: LETKF needs a tight localisation here (Gaspari-Cohn half-width 300 km) to
+# improve the neighbours of an observation, not only the observed points.
+METHODS = [
+    pytest.param("ensf", {"steps": 50}, id="ensf"),
+    pytest.param("letkf", {"loc_radius": 300.0}, id="letkf"),
+]
+
+
+def gridded_obs(truth: xr.Dataset, stride: int = 4, sigma=None, seed: int = 1) -> xr.Dataset:
+    """Every ``stride``-th point of ``truth`` (plus noise of std ``sigma``), NaN elsewhere."""
+    lat, lon = next(d for d in truth.dims if "lat" in d), next(d for d in truth.dims if "lon" in d)
+    obs = truth.isel({lat: slice(1, None, stride), lon: slice(0, None, stride)})
+    if sigma is not None:
+        rng = np.random.default_rng(seed)
+        obs = obs.copy(deep=True)
+        for name, s in sigma.items():
+            obs[name] = obs[name] + rng.normal(0, s, obs[name].shape).astype(obs[name].dtype)
+    return obs.reindex_like(truth)
+
+
+def point_obs(truth: xr.Dataset, lats, lons) -> xr.Dataset:
+    """Point observations of ``truth`` interpolated to the given locations."""
+    pts = truth.interp(
+        latitude=xr.DataArray(lats, dims="station"), longitude=xr.DataArray(lons, dims="station")
+    )
+    return pts.assign_coords(
+        lat=("station", np.asarray(lats)), lon=("station", np.asarray(lons))
+    ).drop_vars(["latitude", "longitude"])
+
+
+def mean_error(ens: xr.Dataset, truth: xr.Dataset, where: xr.DataArray, name: str) -> float:
+    err = (ens[name].mean("number") - truth[name]).where(where)
+    return float(np.sqrt((err**2).mean()))
+
+
+# ---------------------------------------------------------------------------------
+# real ERA5 sample: the acceptance case
+# ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("method", "options"), METHODS)
+def test_era5_gridded_analysis_beats_prior_at_and_around_observations(era5_twin, method, options):
+    prior, truth = era5_twin
+    sigma = {"z": 10.0, "t": 0.1}
+    obs = gridded_obs(truth, stride=4, sigma=sigma)
+    analysis = prior.ensf.assimilate(obs, method=method, obs_error=sigma, **options)
+
+    assert list(analysis.data_vars) == list(prior.data_vars)
+    assert analysis.sizes == prior.sizes
+    for name in ("z", "t"):
+        assert analysis[name].dims == prior[name].dims
+    observed = obs["z"].notnull()
+    # "around": within one grid point of an observation
+    near = observed.rolling(latitude=3, center=True, min_periods=1).max()
+    near = near.rolling(longitude=3, center=True, min_periods=1).max().astype(bool)
+    for name in ("z", "t"):
+        at_prior, at_post = (mean_error(e, truth, observed, name) for e in (prior, analysis))
+        near_prior, near_post = (mean_error(e, truth, near, name) for e in (prior, analysis))
+        assert at_post < 0.8 * at_prior, (name, at_prior, at_post)
+        assert near_post < near_prior, (name, near_prior, near_post)
+
+
+@pytest.mark.parametrize(("method", "options"), METHODS)
+def test_era5_point_observations_beat_prior(era5_twin, method, options):
+    prior, truth = era5_twin
+    rng = np.random.default_rng(3)
+    lats = rng.uniform(-85, 85, 150)
+    lons = rng.uniform(-180, 180, 150)  # the grid is 0..357: points use the other convention
+    obs = point_obs(truth.assign_coords(longitude=truth.longitude), lats, np.mod(lons, 360))
+    obs = obs.assign_coords(lon=("station", lons))
+    analysis = prior.ensf.assimilate(
+        obs, method=method, obs_error={"z": 10.0, "t": 0.1}, **options
+    )
+    at_truth = point_obs(truth, lats, np.mod(lons, 360))
+    at_prior = point_obs(prior, lats, np.mod(lons, 360))
+    at_post = point_obs(analysis, lats, np.mod(lons, 360))
+    for name in ("z", "t"):
+        e_prior = float(np.sqrt(((at_prior[name].mean("number") - at_truth[name]) ** 2).mean()))
+        e_post = float(np.sqrt(((at_post[name].mean("number") - at_truth[name]) ** 2).mean()))
+        assert e_post < 0.8 * e_prior, (name, e_prior, e_post)
+
+
+def test_result_keeps_structure_and_mends_metadata(era5_twin):
+    prior, truth = era5_twin
+    before = prior.copy(deep=True)
+    analysis = prior.ensf.assimilate(
+        gridded_obs(truth), method="letkf", obs_error={"z": 10.0, "t": 0.1}
+    )
+    xr.testing.assert_identical(prior, before)  # nothing modified in place
+    assert set(analysis.coords) == set(prior.coords)
+    for c in prior.coords:
+        np.testing.assert_array_equal(analysis[c].values, prior[c].values)
+    assert analysis["z"].dtype == prior["z"].dtype
+    assert analysis.attrs["Conventions"] == "CF-1.11"
+    assert (
+        analysis.attrs["history"]
+        .splitlines()[0]
+        .endswith(
+            "ds.ensf.assimilate(<Dataset>, method='letkf', obs_error={'z': 10.0, 't': 0.1}, seed=0)"
+        )
+    )
+    assert analysis["number"].attrs["standard_name"] == "realization"
+    assert analysis.attrs["xensf_method"] == "letkf"
+    assert analysis["z"].attrs["units"] == prior["z"].attrs["units"]
+    assert not np.allclose(analysis["z"].values, prior["z"].values)
+
+
+# ---------------------------------------------------------------------------------
+# laziness, chunking, determinism
+# ---------------------------------------------------------------------------------
+def _refuse_to_compute(*args, **kwargs):
+    raise AssertionError("something was computed while the graph was built")
+
+
+@pytest.mark.parametrize(("method", "options"), METHODS)
+def test_numpy_and_dask_agree_and_chunking_does_not_matter(small, method, options):
+    truth = small.isel(member=0, drop=True)
+    prior = small.isel(member=slice(1, None))
+    obs = gridded_obs(truth.rename(lat="latitude", lon="longitude"), stride=3).rename(
+        latitude="lat", longitude="lon"
+    )
+    obs["t"] = obs["t"].where(obs["t"].time != obs.time[1])  # one time unobserved
+    eager = prior.ensf.assimilate(obs, method=method, obs_error=0.5, seed=7, **options)
+    with dask.config.set(scheduler=_refuse_to_compute):
+        lazy1 = prior.chunk(time=1).ensf.assimilate(
+            obs.chunk(time=2), method=method, obs_error=0.5, seed=7, **options
+        )
+        lazy3 = prior.chunk(time=3).ensf.assimilate(
+            obs, method=method, obs_error=0.5, seed=7, **options
+        )
+    assert lazy1["t"].chunks is not None
+    xr.testing.assert_equal(lazy1.compute(), eager)
+    xr.testing.assert_equal(lazy3.compute(), eager)
+    other = prior.ensf.assimilate(obs, method=method, obs_error=0.5, seed=8, **options)
+    if method == "ensf":
+        assert not np.array_equal(other["t"].values, eager["t"].values)
+    # the unobserved time passes through unchanged
+    np.testing.assert_array_equal(eager["t"].isel(time=1).values, prior["t"].isel(time=1).values)
+
+
+def test_distributed_local_cluster_gives_the_same_result(small):
+    distributed = pytest.importorskip("distributed")
+    truth = small.isel(member=0, drop=True)
+    prior = small.isel(member=slice(1, None))
+    obs = truth.where(truth.lat > 0)
+    expected = prior.ensf.assimilate(obs, obs_error=0.5, steps=30)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        with distributed.Client(cluster):
+            got = prior.chunk(time=1).ensf.assimilate(obs, obs_error=0.5, steps=30).compute()
+    xr.testing.assert_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------
+# inputs in their many forms
+# ---------------------------------------------------------------------------------
+def test_units_are_converted(small):
+    truth = small.isel(member=0, drop=True)
+    prior = small.isel(member=slice(1, None))
+    obs_k = truth.where(truth.lat > 0)
+    obs_c = obs_k.copy()
+    obs_c["t"] = (obs_k["t"] - 273.15).assign_attrs(units="degC")
+    a = prior.ensf.assimilate(obs_k, method="letkf", obs_error=0.5)
+    b = prior.ensf.assimilate(obs_c, method="letkf", obs_error=0.5)
+    xr.testing.assert_allclose(a, b, atol=1e-3)
+
+
+def test_obs_error_forms(small):
+    truth = small.isel(member=0, drop=True)
+    prior = small.isel(member=slice(1, None))
+    obs = truth.where(truth.lat > 0)
+    by_number = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5)
+    by_mapping = prior.ensf.assimilate(obs, method="letkf", obs_error={"t": 0.5})
+    with_attr = obs.copy()
+    with_attr["t"] = obs["t"].assign_attrs(obs_error=0.5)
+    by_attr = prior.ensf.assimilate(with_attr, method="letkf")
+    with_var = obs.assign(t_error=xr.full_like(obs["t"], 0.5))
+    by_var = prior.ensf.assimilate(with_var, method="letkf")
+    for other in (by_mapping, by_attr, by_var):
+        xr.testing.assert_allclose(other, by_number)
+    # relative: 10% of the spatial std of the observations
+    spread = float(obs["t"].std())
+    rel = prior.ensf.assimilate(obs, method="letkf", obs_error="10%")
+    xr.testing.assert_allclose(
+        rel, prior.ensf.assimilate(obs, method="letkf", obs_error=0.1 * spread), atol=1e-4
+    )
+    with pytest.raises(OptionError, match="no observation error"):
+        prior.ensf.assimilate(obs, method="letkf")
+
+
+def test_dims_by_cf_metadata_and_overrides(small):
+    odd = small.rename(member="ens_id", lat="yy", lon="xx", time="when")
+    odd["ens_id"].attrs["standard_name"] = "realization"
+    odd["when"].attrs["standard_name"] = "time"
+    truth = odd.isel(ens_id=0, drop=True)
+    a = odd.isel(ens_id=slice(1, None)).ensf.assimilate(
+        truth.where(truth.yy > 0), method="letkf", obs_error=0.5
+    )
+    assert a.sizes["ens_id"] == 7
+    plain = small.rename(member="m")
+    with pytest.raises(DimensionError, match="no member dimension"):
+        plain.ensf.assimilate(plain.isel(m=0), obs_error=1.0)
+    b = plain.ensf.assimilate(
+        plain.isel(m=0, drop=True), obs_error=1.0, method="letkf", member_dim="m"
+    )
+    assert b.sizes["m"] == 8
+
+
+def test_dataarray_accessor(small):
+    da = small["t"]
+    obs = da.isel(member=0, drop=True).where(small.lat > 0)
+    out = da.isel(member=slice(1, None)).ensf.assimilate(obs, method="letkf", obs_error=0.5)
+    assert isinstance(out, xr.DataArray) and out.dims == da.dims
+    assert out.attrs["xensf_method"] == "letkf"
+    assert out.ensf.mean().dims == ("time", "lat", "lon")
+
+
+# ---------------------------------------------------------------------------------
+# bad input: a clear error before any work
+# ---------------------------------------------------------------------------------
+@pytest.fixture
+def case(small):
+    truth = small.isel(member=0, drop=True)
+    return small.isel(member=slice(1, None)), truth.where(truth.lat > 0)
+
+
+def test_missing_and_ambiguous_dims(case):
+    prior, obs = case
+    with pytest.raises(DimensionError, match="no latitude dimension"):
+        prior.rename(lat="row").drop_vars("row").ensf.assimilate(obs, obs_error=1.0)
+    both = prior.expand_dims(ensemble=[0]).transpose("ensemble", ...)
+    with pytest.raises(DimensionError, match="ambiguous member"):
+        both.ensf.assimilate(obs, obs_error=1.0)
+    with pytest.raises(DimensionError, match="member_dim='nope'"):
+        prior.ensf.assimilate(obs, obs_error=1.0, member_dim="nope")
+
+
+def test_obs_variable_not_in_state(case):
+    prior, obs = case
+    with pytest.raises(ObservationMismatchError, match=r"\['q'\] are not state variables"):
+        prior.ensf.assimilate(obs.rename(t="q"), obs_error=1.0)
+
+
+def test_incompatible_units(era5_twin):
+    prior, truth = era5_twin
+    obs = gridded_obs(truth)[["z"]]
+    obs["z"] = (obs["z"] / 9.80665).assign_attrs(units="m")  # geopotential height
+    with pytest.raises(UnitsError, match=r"'z'.*cannot be converted"):
+        prior.ensf.assimilate(obs, obs_error=10.0)
+
+
+def test_obs_on_another_grid(case):
+    prior, obs = case
+    shifted = obs.assign_coords(lat=obs.lat + 1.0)
+    with pytest.raises(ObservationMismatchError, match="must be on the state's grid"):
+        prior.ensf.assimilate(shifted, obs_error=1.0)
+
+
+def test_point_obs_outside_domain(era5_twin):
+    prior, truth = era5_twin
+    small_prior = prior.sel(latitude=slice(60, 0), longitude=slice(0, 90))
+    obs = point_obs(truth, [30.0, 10.0], [45.0, 150.0])  # the second is east of the grid
+    with pytest.raises(ObservationDomainError, match="outside the grid"):
+        small_prior.ensf.assimilate(obs, obs_error=1.0)
+
+
+def test_nan_in_prior(case):
+    prior, obs = case
+    bad = prior.copy(deep=True)
+    bad["t"][0, 0, 0, 0] = np.nan
+    with pytest.raises(EnsembleError, match="NaN"):
+        bad.ensf.assimilate(obs, obs_error=1.0)
+    lazy = bad.chunk(time=1).ensf.assimilate(obs, obs_error=1.0)  # found when computed
+    with pytest.raises(EnsembleError, match="NaN"):
+        lazy.compute()
+
+
+def test_single_member(case):
+    prior, obs = case
+    with pytest.raises(EnsembleError, match="at least 2"):
+        prior.isel(member=[0]).ensf.assimilate(obs, obs_error=1.0)
+
+
+@pytest.mark.parametrize("dim", ["member", "lat", "lon"])
+def test_core_dims_split_across_chunks(case, dim):
+    prior, obs = case
+    with pytest.raises(ChunkingError, match=f"along '{dim}'"):
+        prior.chunk({dim: 2}).ensf.assimilate(obs, obs_error=1.0)
+
+
+def test_unknown_method_and_options(case):
+    prior, obs = case
+    with pytest.raises(OptionError, match="unknown method 'kalman'"):
+        prior.ensf.assimilate(obs, method="kalman", obs_error=1.0)
+    with pytest.raises(OptionError, match=r"unknown option\(s\) \['inflation'\]"):
+        prior.ensf.assimilate(obs, method="ensf", obs_error=1.0, inflation=1.1)
+    with pytest.raises(OptionError, match="rtps must lie in"):
+        prior.ensf.assimilate(obs, method="letkf", obs_error=1.0, rtps=2)
+    with pytest.raises(OptionError, match="obs_error"):
+        prior.ensf.assimilate(obs, obs_error=-1.0)
+    with pytest.raises(OptionError, match="does not use a model"):
+        prior.ensf.assimilate(obs, method="letkf", obs_error=1.0, model="x.xensf")
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, xensf; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

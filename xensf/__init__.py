@@ -1,0 +1,54 @@
+"""xensf: ensemble score filters and LETKF for xarray, lazily over dask.
+
+``import xensf`` registers the ``.ensf`` accessor on Datasets and DataArrays; nothing
+heavy (torch, CUDA) is imported until a computation asks for it.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+from . import accessor as _accessor  # noqa: F401  (registers the .ensf accessor)
+from .errors import (
+    ChunkingError,
+    DimensionError,
+    EnsembleError,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+    UnitsError,
+    XensfError,
+)
+
+try:
+    __version__ = version("xensf")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+# Public names loaded on first use, so that `import xensf` stays light.
+_LAZY = {
+    "ensf_analysis": "xensf.filters",
+    "letkf_analysis": "xensf.filters",
+    "assimilate": "xensf.bridge.analysis",
+    "open_era5_sample": "xensf.sample",
+}
+
+__all__ = [
+    "ChunkingError",
+    "DimensionError",
+    "EnsembleError",
+    "ObservationDomainError",
+    "ObservationMismatchError",
+    "OptionError",
+    "UnitsError",
+    "XensfError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xensf' has no attribute {name!r}")

@@ -1,0 +1,219 @@
+"""The ``.ensf`` accessor on xarray Datasets and DataArrays.
+
+Thin methods forwarding to :mod:`xensf.bridge`; the accessor keeps no state (xarray
+caches it per object and drops it after any operation). Heavy imports (torch) wait
+until a method is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import xarray as xr
+
+__all__ = ["EnsfDataArrayAccessor", "EnsfDatasetAccessor"]
+
+
+def _describe_call(args: dict[str, Any]) -> str:
+    shown = []
+    for key, value in args.items():
+        if isinstance(value, xr.Dataset | xr.DataArray):
+            shown.append(f"<{type(value).__name__}>")
+        else:
+            shown.append(f"{key}={value!r}")
+    return "ds.ensf.assimilate(" + ", ".join(shown) + ")"
+
+
+@xr.register_dataset_accessor("ensf")
+class EnsfDatasetAccessor:
+    """Data assimilation for a forecast ensemble held in a Dataset: ``ds.ensf``."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._obj = ds
+
+    def assimilate(
+        self,
+        obs: xr.Dataset | xr.DataArray,
+        *,
+        method: str | None = None,
+        model: Any = None,
+        obs_error: Any = None,
+        seed: int = 0,
+        device: str | None = None,
+        member_dim: str | None = None,
+        lat_dim: str | None = None,
+        lon_dim: str | None = None,
+        time_dim: str | None = None,
+        obs_dim: str | None = None,
+        variables: str | list[str] | None = None,
+        **options: Any,
+    ) -> xr.Dataset:
+        """Update this forecast ensemble with observations; return the analysis ensemble.
+
+        Parameters
+        ----------
+        obs : Dataset or named DataArray
+            The observations, with variable names of the state. Either **gridded**: on
+            the state's latitude/longitude grid (same dims and coordinates), NaN where
+            nothing is observed; or **point** observations along one dim (``obs``,
+            ``station``, ...) with latitude and longitude coordinates along it, which
+            are bilinearly interpolated from the grid (longitude wraps on global
+            grids; latitude may run either way). An observation variable must have the
+            state variable's level dims (their values a subset of the state's); a time
+            dim must hold times of the state (missing times: no observations then).
+            Units are converted to the state's with pint; observations without a units
+            attribute are taken to be in the state's units.
+        method : {"ensf", "letkf"}, optional
+            ``"ensf"`` (default): the ensemble score filter on standardised variables;
+            ``"letkf"``: the local ensemble transform Kalman filter.
+        model : optional
+            A trained latent model bundle, for the latent methods (a later release).
+        obs_error : float, str, mapping, optional
+            Observation-error standard deviation: a number in the state's units, a
+            mapping ``{variable: number}`` (or ``{variable: {level: number}}``), or a
+            relative error such as ``"10%"``: that fraction of the standard deviation
+            of the variable's observations (per level, over space and time). Omitted:
+            taken from a variable ``<name>_error`` (or one listed in the variable's
+            ``ancillary_variables``) or an attribute ``obs_error`` on the observations.
+        seed : int
+            Seed of every random draw; each analysis time draws from a stream derived
+            from ``(seed, time value)``, so results do not depend on chunking.
+        device : str, optional
+            Torch device for the computation; default CUDA when available, else CPU.
+            Chosen inside each task, so building the graph touches no GPU.
+        member_dim, lat_dim, lon_dim, time_dim : str, optional
+            Override the dimension detection (CF attributes, then usual names).
+        obs_dim : str, optional
+            The dim of point observations, when it cannot be told from the coordinates.
+        variables : str or list of str, optional
+            The state variables to update (default: every data variable with member,
+            latitude and longitude dims). Others are returned unchanged.
+        **options
+            Method options. ``ensf``: ``steps`` (100), ``eps_alpha`` (0.05),
+            ``eps_beta`` (0.025), ``prior_score`` ("mixture" or "paired"), ``scale``
+            (a number or {variable: number} in state units; default the prior
+            ensemble's spread per variable and level at each time). ``letkf``:
+            ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
+            spread), ``loc_radius`` (Gaspari–Cohn half-width c, in km on lat/lon grids,
+            in coordinate units on planar grids; weights vanish beyond 2c; None: no
+            localisation).
+
+        Returns
+        -------
+        Dataset
+            The input's dims, coords and variable names with the analysis ensemble as
+            data; lazy if the input was dask-backed. CF metadata: ``Conventions``, a
+            ``history`` line, ``realization`` on the member coordinate, the method and
+            its parameters in ``xensf_*`` attributes.
+
+        Raises
+        ------
+        xensf.errors.XensfError
+            A subclass naming what is wrong, before any work is done: dims missing or
+            ambiguous (:class:`~xensf.errors.DimensionError`), observations that do not
+            fit (:class:`~xensf.errors.ObservationMismatchError`,
+            :class:`~xensf.errors.ObservationDomainError`), units
+            (:class:`~xensf.errors.UnitsError`), the ensemble
+            (:class:`~xensf.errors.EnsembleError`; NaN in a dask-backed prior is found
+            when the chunk is computed), chunking (:class:`~xensf.errors.ChunkingError`)
+            or options (:class:`~xensf.errors.OptionError`).
+
+        Examples
+        --------
+        >>> import xensf
+        >>> ds = xensf.open_era5_sample()
+        >>> prior, truth = ds.isel(number=slice(1, None)), ds.isel(number=0)
+        >>> obs = truth.isel(latitude=slice(None, None, 8), longitude=slice(None, None, 8))
+        >>> obs = obs.reindex_like(truth)                  # gridded, NaN elsewhere
+        >>> analysis = prior.ensf.assimilate(obs, obs_error={"z": 50.0, "t": 0.5})
+        """
+        from .bridge.analysis import assimilate
+
+        args = {
+            "obs": obs, "method": method, "obs_error": obs_error, "seed": seed,
+            "device": device, **options,
+        }  # fmt: skip
+        return assimilate(
+            self._obj,
+            obs,
+            method=method,
+            model=model,
+            obs_error=obs_error,
+            seed=seed,
+            device=device,
+            member_dim=member_dim,
+            lat_dim=lat_dim,
+            lon_dim=lon_dim,
+            time_dim=time_dim,
+            obs_dim=obs_dim,
+            variables=variables,
+            call=_describe_call({k: v for k, v in args.items() if v is not None}),
+            **options,
+        )
+
+    def _member_dim(self, member_dim: str | None) -> str:
+        from .bridge.dims import find_role
+
+        return find_role(self._obj, "member", override=member_dim)
+
+    def mean(self, member_dim: str | None = None) -> xr.Dataset:
+        """Ensemble mean over the member dim (found as in :meth:`assimilate`)."""
+        return self._obj.mean(self._member_dim(member_dim), keep_attrs=True)
+
+    def spread(self, member_dim: str | None = None) -> xr.Dataset:
+        """Ensemble standard deviation (``ddof=1``) over the member dim."""
+        return self._obj.std(self._member_dim(member_dim), ddof=1, keep_attrs=True)
+
+    def rmse(
+        self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
+    ) -> xr.Dataset:
+        """Root-mean-square error of the ensemble mean against ``truth``.
+
+        ``dims``: the dims to average over (default: all dims of ``truth`` except time).
+        """
+        from .bridge.dims import find_role
+
+        error = self.mean(member_dim) - truth
+        if dims is None:
+            time = find_role(truth, "time", required=False)
+            dims = [d for d in error.dims if d != time]
+        return (error**2).mean(dims) ** 0.5
+
+
+@xr.register_dataarray_accessor("ensf")
+class EnsfDataArrayAccessor:
+    """The ``.ensf`` accessor on a DataArray: the Dataset methods for one variable."""
+
+    def __init__(self, da: xr.DataArray):
+        self._obj = da
+
+    def _as_dataset(self) -> xr.Dataset:
+        name = self._obj.name if self._obj.name is not None else "state"
+        return self._obj.to_dataset(name=name)
+
+    def assimilate(self, obs: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
+        """As :meth:`EnsfDatasetAccessor.assimilate`; ``obs`` may be a DataArray."""
+        ds = self._as_dataset()
+        name = next(iter(ds.data_vars))
+        if isinstance(obs, xr.DataArray):
+            obs = obs.to_dataset(name=name)
+        result = ds.ensf.assimilate(obs, **kwargs)
+        out = result[name]
+        out.attrs.update(
+            {
+                k: v
+                for k, v in result.attrs.items()
+                if k.startswith("xensf_") or k in ("history", "Conventions")
+            }
+        )
+        return out
+
+    def mean(self, member_dim: str | None = None) -> xr.DataArray:
+        """Ensemble mean over the member dim."""
+        ds = self._as_dataset()
+        return ds.ensf.mean(member_dim)[next(iter(ds.data_vars))]
+
+    def spread(self, member_dim: str | None = None) -> xr.DataArray:
+        """Ensemble standard deviation (``ddof=1``) over the member dim."""
+        ds = self._as_dataset()
+        return ds.ensf.spread(member_dim)[next(iter(ds.data_vars))]

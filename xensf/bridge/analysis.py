@@ -1,0 +1,382 @@
+"""``assimilate``: a forecast ensemble Dataset and observations -> analysis ensemble.
+
+The work is mapped over chunks along time with :func:`xarray.apply_ufunc`
+(``dask="parallelized"``): one task per chunk, and inside it one batched filter call
+per group of times that share the same set of observed points. Every analysis time
+draws its random numbers from a seed derived from ``(seed, time value)`` alone, so
+a result does not depend on how the data is chunked or batched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ChunkingError, DimensionError, EnsembleError, OptionError
+from .dims import EnsembleDims, find_dims
+from .layout import StateLayout
+from .metadata import analysis_metadata
+from .methods import resolve_method
+from .observations import (
+    ObservationPlan,
+    is_geographic,
+    prepare_observations,
+    state_grid_locations,
+)
+
+__all__ = ["analysis_seeds", "assimilate"]
+
+
+def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]:
+    """One 63-bit seed per analysis, from the user's seed and the analysis time alone."""
+    if times is None:
+        times = np.zeros(n, dtype=np.int64)
+    values = np.asarray(times)
+    if values.dtype.kind in "mM":
+        values = values.astype("datetime64[ns]" if values.dtype.kind == "M" else "timedelta64[ns]")
+        values = values.view(np.int64)
+    out = []
+    for v in values.ravel():
+        digest = hashlib.blake2b(
+            f"{int(seed)}|{np.asarray(v).tobytes().hex()}|{np.asarray(v).dtype.str}".encode(),
+            digest_size=8,
+        ).digest()
+        out.append(int.from_bytes(digest, "little") & (2**63 - 1))
+    return out
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """What every task needs besides its data: small, picklable, no torch objects."""
+
+    layout: StateLayout
+    obs: ObservationPlan
+    method: str
+    options: dict[str, Any]
+    seed: int
+    device: str | None
+    has_time: bool
+    out_dtypes: tuple[np.dtype, ...]
+    grid_locations: np.ndarray
+    distance: str
+    scales: dict[str, float] | None = field(default=None)
+
+
+def _pick_device(device: str | None):
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | None) -> np.ndarray:
+    """Per-component standardisation scale ``(T, d)``.
+
+    By default each field (variable at one level) is scaled by the prior ensemble's
+    spread, the root-mean-square over the grid of the member standard deviation, at
+    each analysis time; a floor keeps a field without spread finite.
+    """
+    T, _, d = x.shape
+    G = layout.grid_size
+    per_field = x.reshape(T, x.shape[1], layout.n_fields, G)
+    if scales is not None:
+        var_of_field = layout.field_of_variable()
+        s = np.array([scales[layout.variables[i]] for i in var_of_field], dtype=np.float64)
+        s = np.broadcast_to(s, (T, layout.n_fields))
+    else:
+        spread = np.sqrt(per_field.var(axis=1, ddof=1).mean(axis=-1))  # (T, F)
+        size = np.abs(per_field.mean(axis=1)).max(axis=-1)  # (T, F)
+        floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
+        s = np.maximum(spread, floor)
+    return np.repeat(s, G, axis=-1).reshape(T, d)
+
+
+def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ...]:
+    """The task: analyse every time of one chunk. Inputs and outputs are numpy."""
+    import torch
+
+    from ..filters import ensf_analysis, letkf_analysis
+    from ..filters.operators import LinearObservationOperator
+
+    layout, obs = plan.layout, plan.obs
+    nv, no = len(layout.variables), len(obs.variables)
+    state = list(arrays[:nv])
+    values = arrays[nv : nv + no]
+    errors = arrays[nv + no : nv + 2 * no]
+    times = arrays[nv + 2 * no] if plan.has_time else None
+    if not plan.has_time:
+        state = [s[None] for s in state]
+    T = state[0].shape[0]
+    x = layout.stack(state)
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
+        when = f" at time {times[bad[0]]}" if times is not None else ""
+        raise EnsembleError(
+            f"the prior ensemble has NaN or infinite values{when}; fill or drop them "
+            "before assimilating"
+        )
+    y, err = obs.flatten(values, errors, T)
+    seeds = analysis_seeds(plan.seed, times, T)
+    observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
+    if np.any(np.isfinite(y) & ~(err > 0)):
+        raise OptionError("observation errors must be positive where there are observations")
+
+    device = _pick_device(plan.device)
+    out = x.astype(np.float32, copy=True)
+    # Times sharing the same observed set are analysed in one batched call.
+    groups, inverse = np.unique(observed, axis=0, return_inverse=True)
+    for g, sel in enumerate(groups):
+        ts = np.flatnonzero(inverse.ravel() == g)
+        if not sel.any():
+            continue  # nothing observed: the prior passes through unchanged
+        op = LinearObservationOperator(
+            torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
+        ).to(device=device, dtype=torch.float32)
+        prior = torch.from_numpy(x[ts].astype(np.float32)).to(device)
+        yg = torch.from_numpy(y[ts][:, sel].astype(np.float32)).to(device)
+        sg = torch.from_numpy(err[ts][:, sel].astype(np.float32)).to(device)
+        opts = plan.options
+        if plan.method == "ensf":
+            scale = torch.from_numpy(_ensf_scale(x[ts], layout, plan.scales).astype(np.float32))
+            post = ensf_analysis(
+                prior,
+                yg,
+                op,
+                sg,
+                steps=int(opts["steps"]),
+                eps_alpha=float(opts["eps_alpha"]),
+                eps_beta=float(opts["eps_beta"]),
+                prior_score=opts["prior_score"],
+                scale=scale.to(device),
+                generator=[seeds[t] for t in ts],
+            )
+        else:
+            loc = opts["loc_radius"]
+            post = letkf_analysis(
+                prior,
+                yg,
+                op,
+                sg,
+                inflation=float(opts["inflation"]),
+                rtps=float(opts["rtps"]),
+                loc_radius=loc,
+                state_coords=None if loc is None else plan.grid_locations,
+                state_location=None
+                if loc is None
+                else np.tile(np.arange(layout.grid_size), layout.n_fields),
+                obs_coords=None if loc is None else obs.locations[sel],
+                distance=plan.distance,
+            )
+        out[ts] = post.cpu().numpy()
+    result = layout.unstack(out)
+    result = [r.astype(dt, copy=False) for r, dt in zip(result, plan.out_dtypes, strict=True)]
+    if not plan.has_time:
+        result = [r[0] for r in result]
+    return tuple(result) if len(result) > 1 else result[0]
+
+
+def _state_variables(ds: xr.Dataset, dims: EnsembleDims, variables) -> list[str]:
+    core = {dims.member, dims.lat, dims.lon}
+    if variables is not None:
+        variables = [variables] if isinstance(variables, str) else list(variables)
+        for v in variables:
+            if v not in ds.data_vars:
+                raise OptionError(f"variables: {v!r} is not a data variable of the ensemble")
+            if not core <= set(ds[v].dims):
+                raise DimensionError(
+                    f"state variable {v!r} has dims {list(ds[v].dims)}; it needs "
+                    f"{dims.member!r}, {dims.lat!r} and {dims.lon!r}"
+                )
+        return variables
+    found = [str(v) for v in ds.data_vars if core <= set(ds[v].dims)]
+    if not found:
+        raise DimensionError(
+            f"no data variable has all of the dims {dims.member!r}, {dims.lat!r}, "
+            f"{dims.lon!r}: nothing to assimilate into"
+        )
+    return found
+
+
+def _check_chunks(ds: xr.Dataset, names: list[str], whole: dict[str, list[str]]) -> None:
+    for name in names:
+        chunks = ds[name].chunks
+        if chunks is None:
+            continue
+        for dim, sizes in zip(ds[name].dims, chunks, strict=True):
+            if dim in whole[name] and len(sizes) > 1:
+                raise ChunkingError(
+                    f"{name!r} is split into {len(sizes)} chunks along {dim!r}; every analysis "
+                    f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
+                    f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead)"
+                )
+
+
+def _time_chunks(prior, names, values, errors, time_dim):
+    """The time chunks every input must share (apply_ufunc maps them together)."""
+    if time_dim is None:
+        return None
+    for da in [prior[n] for n in names] + list(values) + list(errors):
+        if da.chunks is not None and time_dim in da.dims:
+            return da.chunksizes[time_dim]
+    return None
+
+
+def _check_grid(ds: xr.Dataset, dims: EnsembleDims) -> None:
+    for d in dims.grid:
+        if d in ds.coords:
+            c = np.asarray(ds[d].values)
+            if c.ndim != 1 or c.size < 2:
+                continue
+            step = np.diff(c.astype(np.float64))
+            if not (np.all(step > 0) or np.all(step < 0)):
+                raise DimensionError(
+                    f"the {d!r} coordinate is not strictly monotonic; sort it (ds.sortby({d!r}))"
+                )
+
+
+def assimilate(
+    prior: xr.Dataset,
+    obs: xr.Dataset | xr.DataArray,
+    *,
+    method: str | None = None,
+    model: Any = None,
+    obs_error: Any = None,
+    seed: int = 0,
+    device: str | None = None,
+    member_dim: str | None = None,
+    lat_dim: str | None = None,
+    lon_dim: str | None = None,
+    time_dim: str | None = None,
+    obs_dim: str | None = None,
+    variables: str | list[str] | None = None,
+    call: str | None = None,
+    **options: Any,
+) -> xr.Dataset:
+    """Analysis ensemble from a forecast ensemble and observations.
+
+    The public entry point is :meth:`xarray.Dataset.ensf.assimilate`; see
+    :class:`xensf.accessor.EnsfDatasetAccessor` for every parameter.
+    """
+    if not isinstance(prior, xr.Dataset):
+        raise TypeError(f"the prior must be an xarray Dataset, got {type(prior).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise OptionError(f"seed must be an integer, got {seed!r}")
+    spec, opts = resolve_method(method, model, options)
+    scales = opts.pop("scale", None) if spec.name == "ensf" else None
+    dims = find_dims(
+        prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
+    )
+    names = _state_variables(prior, dims, variables)
+    if scales is not None:
+        if isinstance(scales, int | float) and not isinstance(scales, bool):
+            scales = dict.fromkeys(names, float(scales))
+        if (
+            not isinstance(scales, dict)
+            or set(scales) != set(names)
+            or not all(isinstance(v, int | float) and v > 0 for v in scales.values())
+        ):
+            raise OptionError(
+                f"scale must be a positive number or a mapping {{variable: positive number}} "
+                f"naming exactly the state variables {names}; got {scales!r}"
+            )
+        scales = {k: float(v) for k, v in scales.items()}
+    if prior.sizes[dims.member] < 2:
+        raise EnsembleError(
+            f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
+            "ensemble analysis needs at least 2"
+        )
+    _check_grid(prior, dims)
+    levels = {
+        n: [d for d in prior[n].dims if d not in (dims.member, dims.lat, dims.lon, dims.time)]
+        for n in names
+    }
+    _check_chunks(prior, names, {n: [dims.member, dims.lat, dims.lon, *levels[n]] for n in names})
+    for n in names:
+        if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
+            raise EnsembleError(
+                f"the prior ensemble variable {n!r} has NaN or infinite values; fill or drop "
+                "them before assimilating"
+            )
+        if prior[n].dtype.kind != "f":
+            raise OptionError(f"state variable {n!r} has dtype {prior[n].dtype}; expected floats")
+    layout = StateLayout(
+        variables=tuple(names),
+        level_dims=tuple(tuple(levels[n]) for n in names),
+        level_shapes=tuple(tuple(prior.sizes[d] for d in levels[n]) for n in names),
+        grid_shape=(prior.sizes[dims.lat], prior.sizes[dims.lon]),
+    )
+    # Level dims shared by variables must agree in their coordinates (they do in a Dataset).
+    obs_plan, values, errors = prepare_observations(
+        obs, prior, layout, dims, obs_error, obs_dim=obs_dim
+    )
+    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
+    grid_loc = state_grid_locations(prior, dims, layout, spherical)
+    plan = BlockPlan(
+        layout=layout,
+        obs=obs_plan,
+        method=spec.name,
+        options=opts,
+        seed=int(seed),
+        device=device,
+        has_time=dims.time is not None,
+        out_dtypes=tuple(prior[n].dtype for n in names),
+        grid_locations=grid_loc,
+        distance="great_circle" if spherical else "euclidean",
+        scales=scales,
+    )
+
+    def bare(da: xr.DataArray) -> xr.DataArray:
+        # Coordinates stay behind: the result takes the prior's, and the inputs' own
+        # (station names, obs times) must not clash while apply_ufunc merges them.
+        out = xr.DataArray(da.variable.data, dims=da.dims)
+        if time_chunks is not None and dims.time in out.dims:
+            out = out.chunk({dims.time: time_chunks})
+        return out
+
+    time_chunks = _time_chunks(prior, names, values, errors, dims.time)
+    state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
+    inputs = (
+        [bare(prior[n]) for n in names] + [bare(v) for v in values] + [bare(e) for e in errors]
+    )
+    core = [*state_core, *map(list, obs_plan.core_dims), *map(list, obs_plan.error_core_dims)]
+    if dims.time is not None:
+        inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
+        core.append([])
+    outputs = xr.apply_ufunc(
+        _analyse_block,
+        *inputs,
+        input_core_dims=core,
+        output_core_dims=state_core,
+        dask="parallelized",
+        output_dtypes=list(plan.out_dtypes),
+        kwargs={"plan": plan},
+        dask_gufunc_kwargs={"allow_rechunk": False},
+    )
+    if len(names) == 1:
+        outputs = (outputs,)
+    result = prior.copy()
+    for n, out in zip(names, outputs, strict=True):
+        result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
+    parameters = {**opts, "seed": int(seed), "obs_layout": obs_plan.kind, "n_obs": obs_plan.size}
+    if spec.name == "ensf":
+        parameters["scale"] = (
+            "prior ensemble spread per variable and level at each analysis time"
+            if scales is None
+            else scales
+        )
+    if spec.name == "letkf":
+        parameters["loc_radius_units"] = "km" if spherical else "grid coordinate units"
+    return analysis_metadata(
+        result,
+        prior,
+        member_dim=dims.member,
+        time_dim=dims.time,
+        call=call or f"assimilate(method={spec.name!r})",
+        method=spec.name,
+        parameters=parameters,
+    )

@@ -1,0 +1,135 @@
+"""Finding the member, latitude, longitude and time dimensions of a Dataset.
+
+CF metadata first (through cf-xarray's view of ``standard_name``/``axis``/``units``),
+then the common names of :mod:`xensf.bridge.criteria`; explicit arguments override
+both. A coordinate found by its attributes counts for the dimension it lies along, so
+ERA5's ``valid_time`` (standard_name ``time``, along dim ``time``) identifies ``time``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cf_xarray  # noqa: F401  (registers the .cf accessor)
+import xarray as xr
+
+from ..errors import DimensionError
+from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
+
+__all__ = ["EnsembleDims", "find_dims", "find_role"]
+
+_ARG = {"member": "member_dim", "latitude": "lat_dim", "longitude": "lon_dim", "time": "time_dim"}
+
+
+@dataclass(frozen=True)
+class EnsembleDims:
+    """The dimension names playing each role in a forecast ensemble."""
+
+    member: str
+    lat: str
+    lon: str
+    time: str | None
+
+    @property
+    def grid(self) -> tuple[str, str]:
+        return (self.lat, self.lon)
+
+
+def _cf_matches(obj: xr.Dataset | xr.DataArray, role: str) -> set[str]:
+    """Dimensions along which a 1-D coordinate carries the role's CF metadata.
+
+    cf-xarray's criteria (``standard_name``, ``units``, ``axis``,
+    ``_CoordinateAxisType``) decide for latitude, longitude and time; the table in
+    :mod:`xensf.bridge.criteria` adds what cf-xarray does not know (``realization``).
+    """
+    names: set[str] = set()
+    cf = obj.cf
+    if role in ("latitude", "longitude", "time"):
+        names.update(cf.coordinates.get(role, []))
+    if role == "time":
+        names.update(cf.axes.get("T", []))
+    for attr, values in CF_CRITERIA[role].items():
+        for name, coord in obj.coords.items():
+            value = coord.attrs.get(attr)
+            if isinstance(value, str) and value in values:
+                names.add(name)
+    return {obj[n].dims[0] for n in names if n in obj.coords and obj[n].ndim == 1}
+
+
+def find_role(
+    obj: xr.Dataset | xr.DataArray,
+    role: str,
+    *,
+    override: str | None = None,
+    dims: tuple[str, ...] | None = None,
+    required: bool = True,
+) -> str | None:
+    """Return the dimension of ``obj`` playing ``role`` (member/latitude/longitude/time).
+
+    Parameters
+    ----------
+    obj : Dataset or DataArray
+    role : str
+        One of the keys of :data:`xensf.bridge.criteria.COMMON_NAMES`.
+    override : str, optional
+        A dimension name given by the user; it must exist.
+    dims : tuple of str, optional
+        The dimensions to choose among (default: all of ``obj``'s).
+    required : bool
+        Raise :class:`~xensf.errors.DimensionError` if nothing is found.
+    """
+    dims = tuple(obj.dims) if dims is None else dims
+    arg = _ARG.get(role, role)
+    if override is not None:
+        if override not in dims:
+            raise DimensionError(
+                f"{arg}={override!r} is not a dimension of the data; its dimensions are {list(dims)}"
+            )
+        return override
+    cf = sorted(d for d in _cf_matches(obj, role) if d in dims)
+    if len(cf) == 1:
+        return cf[0]
+    if len(cf) > 1:
+        raise DimensionError(
+            f"ambiguous {role} dimension: {cf} all carry {role} CF metadata; "
+            f"say which with {arg}=..."
+        )
+    lowered = {d.lower() if isinstance(d, str) else d: d for d in dims}
+    named = [lowered[n] for n in COMMON_NAMES[role] if n in lowered]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise DimensionError(
+            f"ambiguous {role} dimension: {named} are all usual names for it; "
+            f"say which with {arg}=..."
+        )
+    if required:
+        raise DimensionError(
+            f"no {role} dimension found among {list(dims)}: none has CF metadata for it "
+            f"(e.g. standard_name {CF_CRITERIA[role]['standard_name'][0]!r}) nor a usual name "
+            f"({', '.join(COMMON_NAMES[role])}); name it with {arg}=..."
+        )
+    return None
+
+
+def find_dims(
+    ds: xr.Dataset | xr.DataArray,
+    *,
+    member_dim: str | None = None,
+    lat_dim: str | None = None,
+    lon_dim: str | None = None,
+    time_dim: str | None = None,
+) -> EnsembleDims:
+    """Identify the ensemble's dimensions; time is optional, the others are required."""
+    overrides = {"member": member_dim, "latitude": lat_dim, "longitude": lon_dim, "time": time_dim}
+    found = {
+        role: find_role(ds, role, override=overrides[role], required=role in REQUIRED_ROLES)
+        for role in ("member", "latitude", "longitude", "time")
+    }
+    chosen = [d for d in found.values() if d is not None]
+    if len(set(chosen)) != len(chosen):
+        raise DimensionError(
+            f"one dimension plays two roles: {found}; name them with member_dim=, lat_dim=, "
+            "lon_dim=, time_dim="
+        )
+    return EnsembleDims(found["member"], found["latitude"], found["longitude"], found["time"])

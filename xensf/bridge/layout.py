@@ -1,0 +1,68 @@
+"""The state vector: how variables and levels of one analysis time become ``(N, d)``.
+
+Every state variable has dims ``(member, *levels, lat, lon)`` once the time dim is
+peeled off. Each combination of variable and level values is a *field*, a lat × lon
+grid; the state vector is the fields one after another, each flattened in C order
+(latitude slow, longitude fast). Field ``f`` occupies ``[f * G, (f + 1) * G)`` with
+``G = nlat * nlon``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+
+__all__ = ["StateLayout"]
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Variables, their level dims and the grid shape of the stacked state vector."""
+
+    variables: tuple[str, ...]
+    level_dims: tuple[tuple[str, ...], ...]  # per variable
+    level_shapes: tuple[tuple[int, ...], ...]  # per variable
+    grid_shape: tuple[int, int]
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid_shape[0] * self.grid_shape[1]
+
+    def n_fields_of(self, variable: str) -> int:
+        return prod(self.level_shapes[self.variables.index(variable)])
+
+    @property
+    def n_fields(self) -> int:
+        return sum(prod(s) for s in self.level_shapes)
+
+    @property
+    def size(self) -> int:
+        return self.n_fields * self.grid_size
+
+    def first_field(self, variable: str) -> int:
+        """Index of the variable's first field (its level combinations follow in C order)."""
+        i = self.variables.index(variable)
+        return sum(prod(s) for s in self.level_shapes[:i])
+
+    def field_of_variable(self) -> np.ndarray:
+        """``(n_fields,)`` index of the variable each field belongs to."""
+        return np.repeat(np.arange(len(self.variables)), [prod(s) for s in self.level_shapes])
+
+    def stack(self, blocks: list[np.ndarray]) -> np.ndarray:
+        """``(T, N, *levels, lat, lon)`` arrays, one per variable -> ``(T, N, d)``."""
+        flat = [b.reshape(*b.shape[:2], -1) for b in blocks]
+        return np.concatenate(flat, axis=-1)
+
+    def unstack(self, x: np.ndarray) -> list[np.ndarray]:
+        """Inverse of :meth:`stack`."""
+        out = []
+        start = 0
+        for shape in self.level_shapes:
+            size = prod(shape) * self.grid_size
+            out.append(
+                x[..., start : start + size].reshape(*x.shape[:2], *shape, *self.grid_shape)
+            )
+            start += size
+        return out

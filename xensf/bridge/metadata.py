@@ -1,0 +1,329 @@
+"""CF metadata of an analysis: what xensf writes on the Datasets it returns.
+
+An analysis keeps the prior's attributes and adds what CF and provenance ask for:
+``Conventions``, a ``history`` line, ``standard_name: realization`` on the member
+coordinate, and the method with its parameters. It also mends the flaws that real
+input files carry and that would make the written output fail the CF checker
+(``compliance-checker --test cf:1.11``); the ERA5 files cfgrib writes have two of
+them, a ``_FillValue`` on coordinate variables and a ``time`` dimension coordinate
+labelled ``forecast_reference_time``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+CF_CONVENTIONS = "CF-1.11"
+ATTR_PREFIX = "xensf_"
+
+# Encoding keys that pack numbers into smaller integers. On a variable stored as
+# floats they are meaningless, and CF (section 8.1) forbids them there.
+PACKING_KEYS = ("scale_factor", "add_offset")
+
+# Dimension coordinates the CF checker expects to carry a given standard_name
+# (section 5.1), with the units CF prescribes for them. Only filled in when absent.
+AXIS_NAMES = {
+    "lat": ("latitude", "degrees_north"),
+    "latitude": ("latitude", "degrees_north"),
+    "lon": ("longitude", "degrees_east"),
+    "longitude": ("longitude", "degrees_east"),
+}
+
+
+class CFMetadataWarning(UserWarning):
+    """Input metadata that xensf cannot make CF-conformant without losing information."""
+
+
+def xensf_version() -> str:
+    """The installed xensf version, or ``"unknown"`` when it is not installed."""
+    try:
+        return metadata.version("xensf")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def analysis_metadata(
+    result: xr.Dataset,
+    prior: xr.Dataset,
+    *,
+    member_dim: str,
+    time_dim: str | None,
+    call: str,
+    method: str,
+    parameters: Mapping[str, Any],
+    now: dt.datetime | None = None,
+) -> xr.Dataset:
+    """Give an analysis the CF and provenance metadata xensf promises.
+
+    Returns a new Dataset; neither ``result`` nor ``prior`` is modified (their data
+    is shared, not copied, and nothing is computed: dask-backed data stays lazy).
+
+    Parameters
+    ----------
+    result
+        The analysis: the prior's dims, coords and variable names with new data. Its
+        attributes may have been lost on the way; the prior's are restored.
+    prior
+        The forecast ensemble the analysis was made from. Its global, variable and
+        coordinate attributes are kept (where ``result`` has an attribute of the
+        same name, ``result``'s wins), except earlier ``xensf_*`` attributes, which
+        describe an earlier analysis and are replaced.
+    member_dim
+        The ensemble member dimension. Its coordinate gets ``standard_name =
+        "realization"`` (and a ``long_name`` if it has none); a member dimension
+        without a coordinate gets one, numbered from 0.
+    time_dim
+        The analysis time dimension, or None when there is none. If its coordinate
+        has no ``standard_name``, it gets ``"time"``. If it is labelled
+        ``forecast_reference_time`` (as cfgrib labels ERA5's ``time``) and the
+        lead time is zero -- another coordinate with ``standard_name = "time"``
+        holds the same values, or the ``forecast_period`` coordinate is zero -- it
+        is relabelled ``"time"``, which is then true of it, and a ``comment`` says
+        it is also the forecast reference time. With a non-zero lead time it is
+        left alone and a :class:`CFMetadataWarning` is issued: relabelling would be
+        false, and the CF checker will report it.
+    call
+        The call that made the analysis, as the user would type it, for the
+        ``history`` line, e.g. ``'ds.ensf.assimilate(obs, obs_error=0.1)'``.
+    method
+        The analysis method, recorded as ``xensf_method``.
+    parameters
+        The method's parameters, each recorded as ``xensf_<name>`` (characters
+        that netCDF does not allow in a name become ``_``). Values are made
+        netCDF-serialisable: booleans become 0/1, None becomes ``"none"``,
+        mappings and mixed sequences become JSON strings, numeric sequences
+        arrays, anything else its ``str``.
+    now
+        The time written in the ``history`` line; the current UTC time by default.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``result`` with:
+
+        - the prior's attributes, then ``Conventions`` set to ``"CF-1.11"`` (an
+          older ``CF-x.y`` in the list is replaced, other conventions kept), a
+          ``title`` if there was none;
+        - ``"<UTC time> xensf <version>: <call>"`` prepended to ``history``,
+          newest line first;
+        - ``xensf_method``, ``xensf_version`` and ``xensf_<parameter>`` attributes;
+        - mended encodings: no ``_FillValue``/``missing_value`` on dimension
+          coordinates (CF 2.5.1), no ``scale_factor``/``add_offset`` on variables
+          stored as floats (CF 8.1), and the coordinate ``standard_name`` fixes
+          above (CF 5.1).
+
+    Examples
+    --------
+    >>> import xensf
+    >>> from xensf.bridge.metadata import analysis_metadata
+    >>> prior = xensf.open_era5_sample()
+    >>> out = analysis_metadata(
+    ...     prior, prior, member_dim="number", time_dim="time",
+    ...     call="ds.ensf.assimilate(obs)", method="ensf", parameters={"steps": 100},
+    ... )
+    >>> out.attrs["Conventions"], out.attrs["xensf_steps"]
+    ('CF-1.11', 100)
+    >>> out.number.attrs["standard_name"], out.time.attrs["standard_name"]
+    ('realization', 'time')
+    """
+    if member_dim not in result.dims:
+        raise ValueError(
+            f"member_dim {member_dim!r} is not a dimension of the result; "
+            f"its dimensions are {list(result.dims)}"
+        )
+    if time_dim is not None and time_dim not in result.dims:
+        raise ValueError(
+            f"time_dim {time_dim!r} is not a dimension of the result; "
+            f"its dimensions are {list(result.dims)}; pass time_dim=None if it has none"
+        )
+
+    ds = result.copy(deep=False)
+    if member_dim not in ds.coords:
+        ds = ds.assign_coords({member_dim: np.arange(ds.sizes[member_dim])})
+
+    # Fresh attrs and encoding dicts on every variable, so that nothing below can
+    # reach the inputs' dicts.
+    for name, var in ds.variables.items():
+        kept = dict(prior.variables[name].attrs) if name in prior.variables else {}
+        kept.update(var.attrs)
+        var.attrs = kept
+        var.encoding = dict(var.encoding)
+
+    ds.attrs = _global_attrs(ds.attrs, prior.attrs, call, method, parameters, now)
+    _mark_realization(ds.variables[member_dim])
+    if time_dim is not None and time_dim in ds.coords:
+        _mend_time(ds, time_dim)
+    for dim in ds.dims:
+        if dim in ds.coords:
+            _mend_coordinate_variable(ds.variables[dim], str(dim))
+    for var in ds.variables.values():
+        _drop_float_packing(var)
+    return ds
+
+
+def netcdf_attr_value(value: Any) -> Any:
+    """Turn ``value`` into something netCDF can store as an attribute.
+
+    Strings and numbers pass; booleans become 0/1 and None ``"none"`` (netCDF has
+    neither); numeric sequences become arrays; mappings and other sequences JSON
+    strings; anything else its ``str``.
+
+    Examples
+    --------
+    >>> netcdf_attr_value(True), netcdf_attr_value(None), netcdf_attr_value({"z": 2.0})
+    (1, 'none', '{"z": 2.0}')
+    """
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if value is None:
+        return "none"
+    if isinstance(value, str | int | float | np.integer | np.floating):
+        return value
+    if isinstance(value, Mapping):
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    if isinstance(value, list | tuple | np.ndarray):
+        array = np.asarray(value, dtype=object if isinstance(value, list | tuple) else None)
+        numeric = all(
+            isinstance(v, int | float | np.integer | np.floating)
+            and not isinstance(v, bool | np.bool_)
+            for v in array.ravel()
+        )
+        if numeric and array.ndim == 1 and array.size:
+            return np.asarray(value)
+        return json.dumps(value, default=_json_default)
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _global_attrs(
+    current: Mapping[str, Any],
+    prior: Mapping[str, Any],
+    call: str,
+    method: str,
+    parameters: Mapping[str, Any],
+    now: dt.datetime | None,
+) -> dict[str, Any]:
+    attrs = {**prior, **current}
+    # Earlier xensf_* attributes describe another analysis (a cycled prior); the
+    # history keeps the record of it.
+    attrs = {k: v for k, v in attrs.items() if not k.startswith(ATTR_PREFIX)}
+    attrs["Conventions"] = _conventions(attrs.get("Conventions"))
+    attrs.setdefault("title", f"Ensemble analysis ({method}) made with xensf")
+
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    line = f"{stamp.strftime('%Y-%m-%dT%H:%M:%SZ')} xensf {xensf_version()}: {call}"
+    history = str(attrs.get("history", "")).strip()
+    attrs["history"] = f"{line}\n{history}" if history else line
+
+    attrs[f"{ATTR_PREFIX}method"] = method
+    attrs[f"{ATTR_PREFIX}version"] = xensf_version()
+    for key, value in parameters.items():
+        name = re.sub(r"[^A-Za-z0-9_]", "_", str(key))
+        attrs[f"{ATTR_PREFIX}{name}"] = netcdf_attr_value(value)
+    return attrs
+
+
+def _conventions(existing: Any) -> str:
+    """``CF-1.11`` in place of any older CF version, other conventions kept."""
+    if not existing:
+        return CF_CONVENTIONS
+    text = str(existing)
+    separator = ", " if "," in text else " "
+    tokens = [t for t in re.split(r"[,\s]+", text) if t]
+    others = [t for t in tokens if not t.upper().startswith("CF-")]
+    return separator.join([CF_CONVENTIONS, *others])
+
+
+def _mark_realization(var: xr.Variable) -> None:
+    var.attrs["standard_name"] = "realization"
+    var.attrs.setdefault("long_name", "ensemble member")
+
+
+def _mend_time(ds: xr.Dataset, time_dim: str) -> None:
+    var = ds.variables[time_dim]
+    standard_name = var.attrs.get("standard_name")
+    if standard_name is None:
+        if _is_time_like(var):
+            var.attrs["standard_name"] = "time"
+        return
+    if standard_name != "forecast_reference_time":
+        return
+    if _zero_lead_time(ds, time_dim):
+        var.attrs["standard_name"] = "time"
+        note = (
+            "Analysis time. It is also the forecast reference time (the input's "
+            "standard_name was forecast_reference_time): the lead time is zero."
+        )
+        comment = var.attrs.get("comment")
+        var.attrs["comment"] = f"{comment}\n{note}" if comment else note
+        return
+    warnings.warn(
+        f"The time coordinate {time_dim!r} has standard_name 'forecast_reference_time' "
+        "and a non-zero lead time, so it is not the time the analysis is valid at; it is "
+        "left as it is, and the CF checker will report that the coordinate variable "
+        f"{time_dim!r} lacks standard_name 'time'. Make the valid time the time "
+        "dimension coordinate (e.g. ds.swap_dims(time='valid_time')) to avoid this.",
+        CFMetadataWarning,
+        stacklevel=3,
+    )
+
+
+def _is_time_like(var: xr.Variable) -> bool:
+    if var.dtype.kind == "M" or "since" in str(var.attrs.get("units", "")):
+        return True
+    # cftime dates (non-standard calendars) are objects with a calendar.
+    return var.dtype == object and var.size > 0 and hasattr(var.values.flat[0], "calendar")
+
+
+def _zero_lead_time(ds: xr.Dataset, time_dim: str) -> bool:
+    """Whether the values of ``time_dim`` are also the valid times."""
+    reference = ds[time_dim]
+    for name, coord in ds.coords.items():
+        if name == time_dim or set(coord.dims) - {time_dim}:
+            continue
+        standard_name = coord.attrs.get("standard_name")
+        if standard_name == "time" and coord.dtype.kind == reference.dtype.kind:
+            if bool((coord == reference).all()):
+                return True
+        if standard_name == "forecast_period":
+            values = coord.values
+            zero = np.timedelta64(0, "ns") if values.dtype.kind == "m" else 0
+            if values.size and bool(np.all(values == zero)):
+                return True
+    return False
+
+
+def _mend_coordinate_variable(var: xr.Variable, name: str) -> None:
+    # CF 2.5.1: coordinate variables must not have missing values. xarray adds a
+    # NaN _FillValue to float variables unless told not to.
+    var.encoding["_FillValue"] = None
+    var.encoding.pop("missing_value", None)
+    var.attrs.pop("_FillValue", None)
+    var.attrs.pop("missing_value", None)
+    if name in AXIS_NAMES and "standard_name" not in var.attrs:
+        standard_name, units = AXIS_NAMES[name]
+        var.attrs["standard_name"] = standard_name
+        var.attrs.setdefault("units", units)
+
+
+def _drop_float_packing(var: xr.Variable) -> None:
+    stored = np.dtype(var.encoding.get("dtype", var.dtype))
+    if stored.kind == "f":
+        for key in PACKING_KEYS:
+            var.encoding.pop(key, None)

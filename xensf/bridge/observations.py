@@ -1,0 +1,414 @@
+"""Observations as xarray gives them -> what the filters need, per analysis time.
+
+Two layouts are recognised:
+
+* **gridded**: the observation variables have the state's latitude and longitude
+  dims, on the same grid, with NaN where nothing is observed;
+* **point**: the observation variables share one dim (``obs``, ``station``, ...) along
+  which latitude and longitude coordinates give each observation's location.
+
+Everything that can be checked is checked here, at graph-build time, without
+computing anything: names, dims, grids, domains, units, error specifications. What
+reaches the workers is a small :class:`ObservationPlan` (operator rows and locations
+as numpy arrays) plus the observation values and errors as (possibly lazy) inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import xarray as xr
+
+from ..errors import DimensionError, ObservationMismatchError, OptionError
+from ..obs import (
+    bilinear_weights,
+    grid_locations,
+    parse_relative,
+    point_locations,
+    resolve_obs_error,
+)
+from .criteria import POINT_DIM_NAMES
+from .dims import EnsembleDims, find_role
+from .layout import StateLayout
+from .units import convert_units
+
+__all__ = ["ObservationPlan", "prepare_observations"]
+
+#: Suffixes of ancillary variables holding an observation's error standard deviation.
+ERROR_SUFFIXES = ("_error", "_err", "_std", "_sigma", "_uncertainty")
+#: Attributes holding an observation's error standard deviation.
+ERROR_ATTRS = ("obs_error", "error_std", "uncertainty")
+
+
+@dataclass(frozen=True)
+class ObservationPlan:
+    """Static description of the observations, shipped to every task.
+
+    ``indices``/``weights`` ``(M, k)`` are the rows of the linear observation operator
+    on the stacked state vector, ``locations`` ``(M, 2)`` where each observation is,
+    for localisation. The observation values and errors of each analysis time,
+    flattened in the same order, arrive as task inputs.
+    """
+
+    kind: str  # "gridded" or "point"
+    variables: tuple[str, ...]
+    core_dims: tuple[tuple[str, ...], ...]  # per variable, the dims flattened into M
+    error_core_dims: tuple[tuple[str, ...], ...]  # per variable, dims of its error input
+    indices: np.ndarray
+    weights: np.ndarray
+    locations: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.indices.shape[0]
+
+    def flatten(self, values: list[np.ndarray], errors: list[np.ndarray], n_times: int):
+        """Per-time observation vectors ``(T, M)`` and their error std ``(T, M)``.
+
+        ``values[i]`` has shape ``([1 or T,] *core_dims[i])`` and ``errors[i]``
+        ``([1 or T,] *error_core_dims[i])``; both broadcast to ``(T, *core_dims[i])``.
+        """
+        ys, es = [], []
+        for v, e, core, ecore in zip(
+            values, errors, self.core_dims, self.error_core_dims, strict=True
+        ):
+            v = np.asarray(v, dtype=np.float64)
+            shape = v.shape[v.ndim - len(core) :]
+            v = np.broadcast_to(
+                v.reshape(-1 if v.ndim > len(core) else 1, *shape), (n_times, *shape)
+            )
+            e = np.asarray(e, dtype=np.float64)
+            eshape = e.shape[e.ndim - len(ecore) :]
+            lead = e.shape[0] if e.ndim > len(ecore) else 1
+            # insert singleton axes for the value dims the error does not vary along
+            full = [eshape[ecore.index(d)] if d in ecore else 1 for d in core]
+            e = np.broadcast_to(e.reshape(lead, *full), (n_times, *shape))
+            ys.append(v.reshape(n_times, -1))
+            es.append(e.reshape(n_times, -1))
+        return np.concatenate(ys, axis=-1), np.concatenate(es, axis=-1)
+
+
+def _state_levels(prior: xr.Dataset, name: str, dims: EnsembleDims) -> tuple[str, ...]:
+    skip = {dims.member, dims.lat, dims.lon, dims.time}
+    return tuple(d for d in prior[name].dims if d not in skip)
+
+
+def _find_point_dim(obs: xr.Dataset, names: list[str], time_dim: str | None) -> str:
+    candidates = {d for n in names for d in obs[n].dims if d != time_dim}
+    with_coords = [d for d in candidates if _point_coords(obs, d) is not None]
+    if len(with_coords) == 1:
+        return with_coords[0]
+    if len(with_coords) > 1:
+        named = [d for d in with_coords if str(d).lower() in POINT_DIM_NAMES]
+        if len(named) == 1:
+            return named[0]
+        raise DimensionError(
+            f"ambiguous observation dimension: {with_coords} all carry latitude/longitude "
+            "coordinates; pass obs_dim=..."
+        )
+    raise ObservationMismatchError(
+        "the observations are neither on the state grid (they lack its latitude/longitude "
+        "dims) nor point observations (no dim with latitude and longitude coordinates "
+        f"along it); their dims are {list(obs.dims)}"
+    )
+
+
+def _point_coords(obs: xr.Dataset, dim: str) -> tuple[str, str] | None:
+    """Names of the latitude and longitude coordinates along ``dim``, if both exist."""
+    along = obs.coords.to_dataset()
+    along = along[[c for c in along.coords if along[c].dims == (dim,)]]
+    if not along.coords:
+        return None
+    found = []
+    for role, names in (("latitude", ("lat", "latitude")), ("longitude", ("lon", "longitude"))):
+        cf = [
+            c
+            for c in along.coords
+            if along[c].attrs.get("standard_name") == role
+            or str(along[c].attrs.get("units", "")).replace("degree_", "degrees_")
+            == ("degrees_north" if role == "latitude" else "degrees_east")
+        ]
+        if not cf:
+            cf = [c for c in along.coords if str(c).lower() in names]
+        if len(cf) != 1:
+            return None
+        found.append(cf[0])
+    return found[0], found[1]
+
+
+def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | float | None:
+    """The error std attached to observation variable ``name``, if any."""
+    da = obs[name]
+    for anc in str(da.attrs.get("ancillary_variables", "")).split():
+        if anc in obs and "error" in str(obs[anc].attrs.get("standard_name", "")) + anc:
+            return obs[anc]
+    for suffix in ERROR_SUFFIXES:
+        if f"{name}{suffix}" in obs.data_vars:
+            return obs[f"{name}{suffix}"]
+    for attr in ERROR_ATTRS:
+        if attr in da.attrs:
+            return float(da.attrs[attr])
+    return None
+
+
+def _field_key(name: str, level_dims: tuple[str, ...], level_values: tuple):
+    if not level_dims:
+        return name
+    return (name, level_values[0] if len(level_values) == 1 else level_values)
+
+
+def prepare_observations(
+    obs: xr.Dataset,
+    prior: xr.Dataset,
+    layout: StateLayout,
+    dims: EnsembleDims,
+    obs_error,
+    *,
+    obs_dim: str | None = None,
+) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
+    """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
+
+    Returns the plan, the observation values (one DataArray per observed variable, in
+    state units, aligned to the prior's times and levels) and their error standard
+    deviations (DataArrays that broadcast against the values).
+    """
+    if isinstance(obs, xr.DataArray):
+        if obs.name is None:
+            raise ObservationMismatchError(
+                "observations given as an unnamed DataArray: name it after the state "
+                "variable it observes (obs.rename('z')) or pass a Dataset"
+            )
+        obs = obs.to_dataset()
+    if not isinstance(obs, xr.Dataset):
+        raise ObservationMismatchError(
+            f"observations must be an xarray Dataset (or named DataArray), got {type(obs).__name__}"
+        )
+    error_vars = set()
+    for name in obs.data_vars:
+        src = _error_source(obs, name)
+        if isinstance(src, xr.DataArray):
+            error_vars.add(src.name)
+    names = [n for n in obs.data_vars if n not in error_vars]
+    if not names:
+        raise ObservationMismatchError("the observation Dataset has no data variables")
+    unknown = [n for n in names if n not in layout.variables]
+    if unknown:
+        raise ObservationMismatchError(
+            f"observation variables {unknown} are not state variables; the state has "
+            f"{list(layout.variables)} (rename the observations to the state's names)"
+        )
+
+    # Time: the observations' time dim is the state's (renamed if it goes by another name).
+    obs_time = find_role(obs, "time", required=False)
+    if obs_time is not None and dims.time is None:
+        if obs.sizes[obs_time] != 1:
+            raise ObservationMismatchError(
+                f"the observations have a time dim {obs_time!r} of size {obs.sizes[obs_time]} "
+                "but the state has no time dim"
+            )
+        obs = obs.squeeze(obs_time, drop=True)
+        obs_time = None
+    if obs_time is not None:
+        if obs_time != dims.time:
+            obs = obs.rename({obs_time: dims.time})
+        state_times = prior[dims.time].values
+        extra = np.setdiff1d(obs[dims.time].values, state_times)
+        if extra.size:
+            raise ObservationMismatchError(
+                f"{extra.size} observation times are not times of the state, e.g. "
+                f"{extra[:3].tolist()}; select the observations at the state's times"
+            )
+        obs = obs.reindex({dims.time: state_times})
+
+    gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
+    if gridded:
+        for role, d in (("latitude", dims.lat), ("longitude", dims.lon)):
+            if d not in obs.coords or d not in prior.coords:
+                continue
+            a, b = np.asarray(obs[d].values), np.asarray(prior[d].values)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6):
+                raise ObservationMismatchError(
+                    f"gridded observations must be on the state's grid, but their {role} "
+                    f"({d}: {a.size} values, {a[:1]}..{a[-1:]}) differs from the state's "
+                    f"({b.size} values, {b[:1]}..{b[-1:]}); interpolate them to the state "
+                    "grid, or pass them as point observations (an 'obs' dim with latitude "
+                    "and longitude coordinates)"
+                )
+        kind = "gridded"
+        point = None
+    else:
+        kind = "point"
+        point = obs_dim or _find_point_dim(obs, names, dims.time)
+        if point not in obs.dims:
+            raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
+
+    values, errors, core_dims, error_core_dims = [], [], [], []
+    rows_idx, rows_w, rows_loc = [], [], []
+    lat = np.asarray(prior[dims.lat].values) if dims.lat in prior.coords else None
+    lon = np.asarray(prior[dims.lon].values) if dims.lon in prior.coords else None
+    if point is not None:
+        lat_name, lon_name = _point_coords(obs, point) or (None, None)
+        if lat is None or lon is None:
+            raise ObservationMismatchError(
+                "point observations need latitude/longitude coordinate values on the state"
+            )
+        p_idx, p_w = bilinear_weights(lat, lon, obs[lat_name].values, obs[lon_name].values)
+        p_loc = point_locations(obs[lat_name].values, obs[lon_name].values)
+    spherical = lat is not None and is_geographic(prior, dims)
+    grid_loc = state_grid_locations(prior, dims, layout, spherical)
+
+    fields, field_levels = [], {}
+    for name in names:
+        da = obs[name]
+        levels = _state_levels(prior, name, dims)
+        allowed = {dims.time, *levels, *((dims.lat, dims.lon) if gridded else (point,))}
+        stray = [d for d in da.dims if d not in allowed]
+        if stray:
+            raise ObservationMismatchError(
+                f"observation variable {name!r} has dims {stray} that the state variable "
+                f"{name!r} does not have (its level dims are {list(levels)})"
+            )
+        missing = [lev for lev in levels if lev not in da.dims]
+        if missing:
+            raise ObservationMismatchError(
+                f"observation variable {name!r} lacks the level dims {missing} of the state "
+                f"variable; give the observations a {missing[0]!r} dim (e.g. "
+                f"obs[{name!r}].expand_dims({missing[0]}=[value]))"
+            )
+        for lev in levels:
+            if lev in obs.coords and lev in prior.coords:
+                bad = np.setdiff1d(obs[lev].values, prior[lev].values)
+                if bad.size:
+                    raise ObservationMismatchError(
+                        f"observation variable {name!r} has {lev} values {bad.tolist()} that "
+                        f"the state does not have ({prior[lev].values.tolist()})"
+                    )
+        da = da.reindex({lev: prior[lev].values for lev in levels if lev in prior.coords})
+        da = convert_units(da, prior[name].attrs.get("units"), name=name)
+        grid_dims = (dims.lat, dims.lon) if gridded else (point,)
+        core = (*levels, *grid_dims)
+        values.append(da.transpose(*([dims.time] if dims.time in da.dims else []), *core))
+        core_dims.append(core)
+
+        level_shape = tuple(prior.sizes[lev] for lev in levels)
+        first = layout.first_field(name)
+        field_ids = first + np.arange(prod(level_shape)).reshape(level_shape)
+        level_values = [
+            tuple(
+                prior[lev].values[i] if lev in prior.coords else i
+                for lev, i in zip(levels, ix, strict=True)
+            )
+            for ix in np.ndindex(*level_shape)
+        ]
+        keys = [_field_key(name, levels, lv) for lv in level_values]
+        fields.extend(keys)
+        field_levels[name] = (levels, keys)
+        G = layout.grid_size
+        if gridded:
+            idx = (field_ids[..., None] * G + np.arange(G)).reshape(-1, 1)
+            rows_idx.append(idx)
+            rows_w.append(np.ones_like(idx, dtype=np.float64))
+            rows_loc.append(np.tile(grid_loc, (prod(level_shape), 1)))
+        else:
+            n = obs.sizes[point]
+            rows_idx.append((field_ids[..., None, None] * G + p_idx).reshape(-1, p_idx.shape[-1]))
+            rows_w.append(
+                np.broadcast_to(p_w, (*level_shape, n, p_w.shape[-1])).reshape(-1, p_w.shape[-1])
+            )
+            rows_loc.append(np.tile(p_loc, (prod(level_shape), 1)))
+
+    for name, value in zip(names, values, strict=True):
+        levels, keys = field_levels[name]
+        err, err_dims = _resolve_error(
+            obs, name, value, levels, keys, obs_error, prior, dims, fields
+        )
+        errors.append(err)
+        error_core_dims.append(err_dims)
+
+    plan = ObservationPlan(
+        kind=kind,
+        variables=tuple(names),
+        core_dims=tuple(core_dims),
+        error_core_dims=tuple(error_core_dims),
+        indices=np.concatenate(rows_idx).astype(np.int64),
+        weights=np.concatenate(rows_w).astype(np.float64),
+        locations=np.concatenate(rows_loc).astype(np.float64),
+    )
+    return plan, values, errors
+
+
+def is_geographic(prior: xr.Dataset, dims: EnsembleDims) -> bool:
+    """Whether the grid is latitude/longitude in degrees (else planar x/y)."""
+    units = str(prior[dims.lat].attrs.get("units", "")).lower()
+    std = prior[dims.lat].attrs.get("standard_name", "")
+    if units.startswith("degree") or std == "latitude":
+        return True
+    if units or std:
+        return False
+    return str(dims.lat).lower() in ("lat", "latitude")
+
+
+def state_grid_locations(prior, dims, layout, spherical) -> np.ndarray:
+    if dims.lat in prior.coords and dims.lon in prior.coords:
+        lat, lon = prior[dims.lat].values, prior[dims.lon].values
+    else:
+        lat = np.arange(layout.grid_shape[0], dtype=np.float64)
+        lon = np.arange(layout.grid_shape[1], dtype=np.float64)
+    if spherical:
+        return grid_locations(lat, lon)
+    y, x = np.meshgrid(np.asarray(lat, np.float64), np.asarray(lon, np.float64), indexing="ij")
+    return np.stack([y.ravel(), x.ravel()], -1)
+
+
+def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields):
+    """The error std of one observation variable as a DataArray broadcasting to ``value``."""
+    if obs_error is None:
+        src = _error_source(obs, name)
+        if src is None:
+            raise OptionError(
+                f"no observation error for {name!r}: pass obs_error= (a number in the state's "
+                "units, a mapping {variable: number}, or a relative error such as '10%'), or "
+                f"give the observations a variable {name}_error or an attribute "
+                f"{name}.attrs['obs_error']"
+            )
+        if isinstance(src, float):
+            resolve_obs_error(src, [name])  # validates: positive, finite
+            return xr.DataArray(src), ()
+        err = convert_units(
+            src, prior[name].attrs.get("units"), name=name, what="observation errors"
+        )
+        if dims.time in err.dims:
+            err = err.reindex({dims.time: prior[dims.time].values})
+        err = err.reindex(
+            {lev: prior[lev].values for lev in levels if lev in err.dims and lev in prior.coords}
+        )
+        core = tuple(d for d in value.dims if d in err.dims and d != dims.time)
+        return err.transpose(*([dims.time] if dims.time in err.dims else []), *core), core
+    # Numbers and relative errors: resolve with unit spread to learn each field's factor.
+    per_field = resolve_obs_error(obs_error, fields, obs_spread=dict.fromkeys(fields, 1.0))
+    spec = obs_error[name] if isinstance(obs_error, dict) else obs_error
+    factors = np.array([per_field[k] for k in keys]).reshape(
+        tuple(prior.sizes[lev] for lev in levels)
+    )
+    relative = (
+        parse_relative(spec) is not None
+        if not isinstance(spec, dict)
+        else any(parse_relative(v) is not None for v in spec.values())
+    )
+    coords = {lev: prior[lev].values for lev in levels if lev in prior.coords}
+    factor = xr.DataArray(factors, dims=levels, coords=coords)
+    if not relative:
+        return factor, tuple(levels)
+    spread_dims = [d for d in value.dims if d not in levels]
+    spread = value.std(dim=spread_dims, skipna=True)
+    if isinstance(spec, dict):  # only the levels given as "P%" scale with the spread
+        is_rel = np.array(
+            [
+                parse_relative(spec.get(k[1] if isinstance(k, tuple) else k, 0)) is not None
+                for k in keys
+            ]
+        ).reshape(factors.shape)
+        spread = xr.where(xr.DataArray(is_rel, dims=levels, coords=coords), spread, 1.0)
+    return (factor * spread).transpose(*levels), tuple(levels)

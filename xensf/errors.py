@@ -1,0 +1,41 @@
+"""Exception types raised by xensf.
+
+Every error xensf raises on bad input is one of these, so that callers can catch
+them specifically. Each subclasses the builtin it refines (``ValueError``,
+``KeyError``) so generic handlers keep working. Messages name the variable,
+dimension or file at fault and say what would fix it.
+"""
+
+from __future__ import annotations
+
+
+class XensfError(Exception):
+    """Base class of every error raised by xensf."""
+
+
+class DimensionError(XensfError, ValueError):
+    """A required dimension (member, latitude, longitude, time) is missing or ambiguous."""
+
+
+class ChunkingError(XensfError, ValueError):
+    """A dask chunking xensf cannot map over (a core dimension split across chunks)."""
+
+
+class UnitsError(XensfError, ValueError):
+    """Units that are missing, unparsable or incompatible with the state's units."""
+
+
+class EnsembleError(XensfError, ValueError):
+    """The prior ensemble is unusable (NaN values, a single member, ...)."""
+
+
+class ObservationMismatchError(XensfError, ValueError):
+    """Observations that do not fit the state: unknown variable, other grid, other times."""
+
+
+class ObservationDomainError(XensfError, ValueError):
+    """Point observations lying outside the state's grid."""
+
+
+class OptionError(XensfError, ValueError):
+    """An unknown method, an unknown option, or an option value out of range."""
