@@ -32,6 +32,7 @@ _LAZY = {
     "letkf_analysis": "xensf.filters",
     "assimilate": "xensf.bridge.analysis",
     "open_era5_sample": "xensf.sample",
+    "catalog": "xensf.catalog",
 }
 
 __all__ = [
