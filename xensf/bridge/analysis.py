@@ -152,6 +152,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
                 eps_alpha=float(opts["eps_alpha"]),
                 eps_beta=float(opts["eps_beta"]),
                 prior_score=opts["prior_score"],
+                likelihood=opts["likelihood"],
                 scale=scale.to(device),
                 generator=[seeds[t] for t in ts],
             )

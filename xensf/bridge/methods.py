@@ -31,6 +31,7 @@ METHODS: dict[str, MethodSpec] = {
             "eps_alpha": 0.05,
             "eps_beta": 0.025,
             "prior_score": "mixture",
+            "likelihood": "damped",
             "scale": None,
         },
         description="Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)",
@@ -66,6 +67,8 @@ def _check_option(method: str, key: str, value: Any) -> None:
         )
     if key == "prior_score" and value not in ("mixture", "paired"):
         raise OptionError(f"{method}: prior_score must be 'mixture' or 'paired', got {value!r}")
+    if key == "likelihood" and value not in ("damped", "gaussian"):
+        raise OptionError(f"{method}: likelihood must be 'damped' or 'gaussian', got {value!r}")
     if key == "inflation" and value < 1:
         raise OptionError(f"{method}: inflation must be >= 1 (1 = none), got {value!r}")
 

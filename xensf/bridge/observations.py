@@ -29,7 +29,7 @@ from ..obs import (
     point_locations,
     resolve_obs_error,
 )
-from .criteria import POINT_DIM_NAMES
+from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role
 from .layout import StateLayout
 from .units import convert_units
@@ -116,25 +116,24 @@ def _find_point_dim(obs: xr.Dataset, names: list[str], time_dim: str | None) -> 
 
 
 def _point_coords(obs: xr.Dataset, dim: str) -> tuple[str, str] | None:
-    """Names of the latitude and longitude coordinates along ``dim``, if both exist."""
-    along = obs.coords.to_dataset()
-    along = along[[c for c in along.coords if along[c].dims == (dim,)]]
-    if not along.coords:
-        return None
+    """Names of the latitude and longitude coordinates along ``dim``, if both exist.
+
+    Recognised as the state's dims are (:mod:`xensf.bridge.criteria`): CF attributes
+    first, then the usual names.
+    """
+    along = {name: c for name, c in obs.coords.items() if c.dims == (dim,)}
     found = []
-    for role, names in (("latitude", ("lat", "latitude")), ("longitude", ("lon", "longitude"))):
-        cf = [
-            c
-            for c in along.coords
-            if along[c].attrs.get("standard_name") == role
-            or str(along[c].attrs.get("units", "")).replace("degree_", "degrees_")
-            == ("degrees_north" if role == "latitude" else "degrees_east")
+    for role in ("latitude", "longitude"):
+        by_cf = [
+            name
+            for name, c in along.items()
+            if any(c.attrs.get(attr) in values for attr, values in CF_CRITERIA[role].items())
         ]
-        if not cf:
-            cf = [c for c in along.coords if str(c).lower() in names]
-        if len(cf) != 1:
+        by_name = [name for name in along if str(name).lower() in COMMON_NAMES[role]]
+        match = by_cf if by_cf else by_name
+        if len(match) != 1:
             return None
-        found.append(cf[0])
+        found.append(match[0])
     return found[0], found[1]
 
 

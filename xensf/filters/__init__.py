@@ -1,0 +1,27 @@
+"""Analysis algorithms on tensors ``(..., N, d)``: EnSF, LETKF and what they share.
+
+Layer 1 of xensf: torch (and numpy at the edges) only, no xarray.
+"""
+
+from __future__ import annotations
+
+from .ensf import ensf_analysis
+from .letkf import letkf_analysis
+from .localization import cyclic_distance, euclidean_distance, gaspari_cohn, great_circle_distance
+from .operators import (
+    CallableObservationOperator,
+    LinearObservationOperator,
+    as_observation_operator,
+)
+
+__all__ = [
+    "CallableObservationOperator",
+    "LinearObservationOperator",
+    "as_observation_operator",
+    "cyclic_distance",
+    "ensf_analysis",
+    "euclidean_distance",
+    "gaspari_cohn",
+    "great_circle_distance",
+    "letkf_analysis",
+]

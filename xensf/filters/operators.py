@@ -181,7 +181,8 @@ class CallableObservationOperator:
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             y = self.fn(xr)
-            sq = precision.to(y.dtype).sqrt().expand_as(y)
+            # precision is (..., m): insert the member dim before broadcasting to (..., N, m)
+            sq = precision.to(y.dtype).sqrt().unsqueeze(-2).expand_as(y)
             (g,) = torch.autograd.grad(y, xr, grad_outputs=sq)
         return g**2
 
