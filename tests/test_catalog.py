@@ -11,5 +11,11 @@ def test_catalog_local_sample_entry():
     assert "Copernicus" in entry.metadata["description"]
     assert entry.metadata["latitude_order"] == "descending"
     ds = cat.era5_sample.read()
-    assert dict(ds.sizes) == {"number": 10, "time": 4, "isobaricInhPa": 2, "latitude": 61, "longitude": 120}
+    assert dict(ds.sizes) == {
+        "number": 10,
+        "time": 4,
+        "isobaricInhPa": 2,
+        "latitude": 61,
+        "longitude": 120,
+    }
     assert ds.latitude.values[0] > ds.latitude.values[-1]
