@@ -337,3 +337,25 @@ def test_import_is_light():
     code = "import sys, xensf; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_written_analysis_passes_the_cf_checker(tmp_path, era5_twin):
+    """The analysis of the real sample, written to netCDF, has no CF-checker errors."""
+    from test_metadata import cf_errors
+
+    prior, truth = era5_twin
+    obs = gridded_obs(truth)
+    analysis = prior.chunk(time=2).ensf.assimilate(
+        obs, method="letkf", obs_error={"z": 10.0, "t": 0.1}
+    )
+    path = tmp_path / "analysis.nc"
+    analysis.to_netcdf(path)
+    assert cf_errors(path) == []
+    back = xr.open_dataset(path)
+    assert back.attrs["xensf_method"] == "letkf"
+    assert back["number"].attrs["standard_name"] == "realization"
+    # and to zarr, lazily: the store holds the same numbers and attributes
+    analysis.to_zarr(tmp_path / "analysis.zarr")
+    stored = xr.open_zarr(tmp_path / "analysis.zarr")
+    xr.testing.assert_allclose(stored.load(), back.load())
+    assert stored.attrs["history"] == back.attrs["history"]

@@ -108,16 +108,20 @@ def demo(args: argparse.Namespace) -> int:
         print(f" {time.perf_counter() - t0:5.1f} s")
 
     rows = []
+    skill: dict[str, dict[str, dict[str, float]]] = {}
     for name in ("z", "t"):
         units = prior[name].attrs.get("units", "")
         for label, ens in [("prior", prior), *analyses.items()]:
+            skill.setdefault(name, {})[label] = {
+                "at obs": ensemble_rmse(ens[name], truth[name], "number", observed),
+                "next to obs": ensemble_rmse(ens[name], truth[name], "number", near & ~observed),
+                "global": ensemble_rmse(ens[name], truth[name], "number"),
+            }
             rows.append(
                 (
                     f"{name} [{units}]",
                     label,
-                    ensemble_rmse(ens[name], truth[name], "number", observed),
-                    ensemble_rmse(ens[name], truth[name], "number", near & ~observed),
-                    ensemble_rmse(ens[name], truth[name], "number"),
+                    *skill[name][label].values(),
                     mean_spread(ens[name], "number", observed),
                 )
             )
@@ -152,7 +156,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if not args.no_plot:
         try:
-            from xensf.plot import plot_analysis_maps
+            from xensf.plot import plot_analysis_maps, plot_skill_bars
         except ImportError:  # pragma: no cover - matplotlib is an optional extra
             print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
         else:
@@ -168,10 +172,16 @@ def demo(args: argparse.Namespace) -> int:
                     observed,
                     member_dim="number",
                     title=f"{name} at {level:g} hPa, {str(prior.time.values[0])[:16]}: "
-                    "ensemble-mean error (dots: observations)",
+                    "truth and ensemble-mean errors",
                     path=out / f"demo-{name}{level:g}.png",
                 )
                 print(f"wrote {path}")
+            path = plot_skill_bars(
+                skill,
+                title="Error of the ensemble mean relative to the prior (all levels and times)",
+                path=out / "demo-skill.png",
+            )
+            print(f"wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
 

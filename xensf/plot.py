@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_analysis_maps"]
+__all__ = ["plot_analysis_maps", "plot_skill_bars"]
 
 
 def plot_analysis_maps(
@@ -28,7 +28,7 @@ def plot_analysis_maps(
     All arguments are 2-D (latitude × longitude) except ``prior`` and ``analyses``,
     which have the member dim too. Error maps share one symmetric colour scale, so
     a reader sees at a glance where each method reduced the error; observed points
-    are marked on every error map.
+    are marked on the truth map.
     """
     import matplotlib
 
@@ -46,15 +46,13 @@ def plot_analysis_maps(
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), constrained_layout=True)
     units = truth.attrs.get("units", "")
     mesh = axes[0].pcolormesh(lon, lat, truth.values, shading="nearest", cmap="viridis")
-    axes[0].set_title("truth")
+    axes[0].scatter(lon[obs_lon], lat[obs_lat], s=3, c="w", marker="o", linewidths=0)
+    axes[0].set_title("truth (white: observed points)")
     fig.colorbar(mesh, ax=axes[0], orientation="horizontal", label=units, shrink=0.9)
     for ax, (name, err) in zip(axes[1:], errors.items(), strict=True):
         rmse = float(np.sqrt((err**2).mean()))
         mesh = ax.pcolormesh(
             lon, lat, err.values, shading="nearest", cmap="RdBu_r", vmin=-limit, vmax=limit
-        )
-        ax.scatter(
-            lon[obs_lon], lat[obs_lat], s=14, facecolors="none", edgecolors="k", linewidths=0.6
         )
         ax.set_title(f"{name} mean − truth (RMSE {rmse:.3g})")
     fig.colorbar(
@@ -64,6 +62,47 @@ def plot_analysis_maps(
         ax.set_xlabel(f"{lon_dim} [°]")
         ax.set_aspect("auto")
     axes[0].set_ylabel(f"{lat_dim} [°]")
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_skill_bars(
+    table: dict[str, dict[str, dict[str, float]]], *, title: str, path: str | Path
+) -> Path:
+    """Bars of each method's error relative to the prior's, per region and variable.
+
+    ``table[variable][method][region]`` is an RMSE; the entry ``"prior"`` of each
+    variable is the reference (1.0). Bars below 1 mean the analysis improved on the
+    prior there.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variables = list(table)
+    fig, axes = plt.subplots(
+        1, len(variables), figsize=(4.6 * len(variables), 3.4), constrained_layout=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, var in zip(axes, variables, strict=True):
+        prior = table[var]["prior"]
+        regions = list(prior)
+        methods = [m for m in table[var] if m != "prior"]
+        width = 0.8 / max(len(methods), 1)
+        x = np.arange(len(regions))
+        for i, method in enumerate(methods):
+            ratios = [table[var][method][r] / prior[r] for r in regions]
+            bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, ratios, width, label=method)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(x, regions)
+        ax.set_ylabel("RMSE / prior RMSE")
+        ax.set_title(var)
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=110)
