@@ -373,12 +373,11 @@ def _integrate(
             z = (z * (1.0 + e1)).add_(a, alpha=phi).add_(xi, alpha=noise_std)
         elif h != 0.0 and observed:
             x = mean + scale * z
-            residual = (y - op(x)).mul_(precision.unsqueeze(-2))
-            grad = scale * op.vjp(x, residual)
-            if fixed_curvature is not None:
-                curv = fixed_curvature
-            else:
-                curv = scale2 * op.curvature_bound(x, precision)
+            grad, curv = op.likelihood_terms(
+                x, y, precision.unsqueeze(-2), curvature=fixed_curvature is None
+            )
+            grad = scale * grad
+            curv = fixed_curvature if fixed_curvature is not None else scale2 * curv
             a.add_(grad.addcmul_(curv, z), alpha=g2 * h)
             lam = curv * (g2 * h) + lam_prior
             e1 = torch.expm1(lam * -dt)  # e^{−λ dτ} − 1

@@ -117,12 +117,32 @@ class LinearObservationOperator:
         return u if self.transform is None else self.transform(u)
 
     def _transform_derivative(self, u: torch.Tensor) -> torch.Tensor:
+        return self._transform_with_derivative(u)[1]
+
+    def _transform_with_derivative(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``transform(u)`` and its elementwise derivative, from one autograd pass."""
         if self.transform is None:
-            return torch.ones_like(u)
+            return u, torch.ones_like(u)
         with torch.enable_grad():
             u = u.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.transform(u).sum(), u)
-        return grad
+            value = self.transform(u)
+            (grad,) = torch.autograd.grad(value.sum(), u)
+        return value.detach(), grad
+
+    def likelihood_terms(
+        self, x: torch.Tensor, y: torch.Tensor, precision: torch.Tensor, *, curvature: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``Jᵀ Π (y − H(x))`` and (optionally) :meth:`curvature_bound`, evaluating H once.
+
+        ``y`` and ``precision`` broadcast to ``(..., 1, m)``; returns ``(..., N, d)``
+        tensors. This is what a score-filter step needs, in one pass over the operator.
+        """
+        value, deriv = self._transform_with_derivative(self.linear(x))
+        residual = (y - value).mul_(precision)
+        grad = self.linear_adjoint(residual * deriv if self.transform else residual, x.shape[-1])
+        if not curvature:
+            return grad, None
+        return grad, self._curvature(x, precision.squeeze(-2), deriv if self.transform else None)
 
     def vjp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``J_H(x)ᵀ v`` for ``x`` ``(..., N, d)`` and ``v`` ``(..., N, m)``."""
@@ -139,13 +159,16 @@ class LinearObservationOperator:
 
         ``precision`` has shape broadcastable to ``(..., m)``; returns ``(..., N, d)``.
         """
+        deriv = None if self.transform is None else self._transform_derivative(self.linear(x))
+        return self._curvature(x, precision, deriv)
+
+    def _curvature(self, x, precision, deriv) -> torch.Tensor:
         absw = self.weights.to(dtype=x.dtype).abs()
         rowsum = absw.sum(-1)  # (..., m)
-        if self.transform is None:
+        if deriv is None:
             p = precision[..., None, :] * rowsum[..., None, :]
             p = p.expand(*torch.broadcast_shapes(p.shape[:-2], x.shape[:-2]), 1, p.shape[-1])
-        else:
-            deriv = self._transform_derivative(self.linear(x))  # (..., N, m)
+        else:  # deriv (..., N, m): the transform's derivative at W x
             p = precision[..., None, :] * deriv**2 * rowsum[..., None, :]
         op = LinearObservationOperator(self.indices, absw)
         return op.linear_adjoint(p, x.shape[-1]).expand(*x.shape[:-2], x.shape[-2], x.shape[-1])
@@ -176,6 +199,21 @@ class CallableObservationOperator:
             xr = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.fn(xr), xr, grad_outputs=v)
         return g
+
+    def likelihood_terms(
+        self, x: torch.Tensor, y: torch.Tensor, precision: torch.Tensor, *, curvature: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``Jᵀ Π (y − H(x))`` and (optionally) :meth:`curvature_bound`, one forward pass."""
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            value = self.fn(xr)
+            residual = (y - value.detach()).mul_(precision)
+            (grad,) = torch.autograd.grad(value, xr, grad_outputs=residual, retain_graph=curvature)
+            if not curvature:
+                return grad, None
+            sq = precision.to(value.dtype).sqrt().expand_as(value)
+            (g,) = torch.autograd.grad(value, xr, grad_outputs=sq)
+        return grad, g**2
 
     def curvature_bound(self, x: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
