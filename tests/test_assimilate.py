@@ -105,6 +105,18 @@ def test_era5_point_observations_beat_prior(era5_twin, method, options):
         e_prior = float(np.sqrt(((at_prior[name].mean("number") - at_truth[name]) ** 2).mean()))
         e_post = float(np.sqrt(((at_post[name].mean("number") - at_truth[name]) ** 2).mean()))
         assert e_post < REQUIRED_RATIO[method] * e_prior, (name, e_prior, e_post)
+    # around: the grid nodes of the cells holding a station
+    from xensf.obs import bilinear_weights
+
+    idx, _ = bilinear_weights(truth.latitude.values, truth.longitude.values, lats, lons)
+    cells = np.zeros(truth.latitude.size * truth.longitude.size, bool)
+    cells[idx.ravel()] = True
+    around = xr.DataArray(
+        cells.reshape(truth.latitude.size, truth.longitude.size), dims=("latitude", "longitude")
+    )
+    for name in ("z", "t"):
+        e_prior, e_post = (mean_error(e, truth, around, name) for e in (prior, analysis))
+        assert e_post < e_prior, (name, e_prior, e_post)
 
 
 def test_result_keeps_structure_and_mends_metadata(era5_twin):

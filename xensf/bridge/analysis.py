@@ -363,7 +363,9 @@ def assimilate(
     result = prior.copy()
     for n, out in zip(names, outputs, strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
-    parameters = {**opts, "seed": int(seed), "obs_layout": obs_plan.kind, "n_obs": obs_plan.size}
+    parameters = {**opts, "seed": int(seed), "obs_layout": obs_plan.kind}
+    if obs_plan.kind == "point":  # gridded: the count varies with time (NaN = unobserved)
+        parameters["obs_slots"] = obs_plan.size
     if spec.name == "ensf":
         parameters["scale"] = (
             "prior ensemble spread per variable and level at each analysis time"
