@@ -14,6 +14,7 @@ analysis RMSE after spin-up, and wall time per cycle (forecast + analysis).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Experiment:
 
 
 def twin(exp: Experiment, n_cycles: int, spin_up: int, seed: int, device) -> tuple[float, float]:
+    """Time-mean analysis RMSE after spin-up (inf if the filter diverged) and s/cycle."""
     g = torch.Generator(device=device).manual_seed(seed)
     truth = lorenz96_run(8.0 + torch.randn(D, generator=g, device=device), 1000)[-1]
     ens = truth + torch.randn(exp.members, D, generator=g, device=device)
@@ -80,6 +82,8 @@ def twin(exp: Experiment, n_cycles: int, spin_up: int, seed: int, device) -> tup
         for _ in range(exp.every):
             truth = lorenz96_step(truth)
             ens = lorenz96_step(ens)
+        if not bool(torch.isfinite(ens).all()):  # the filter diverged and the model blew up
+            return math.inf, (time.perf_counter() - start) / (cycle + 1)
         h_truth = truth if exp.obs == "identity" else torch.arctan(truth)
         y = h_truth + exp.obs_std * torch.randn(D, generator=g, device=device)
         ens = analysis(ens, y, cycle)
@@ -125,9 +129,10 @@ def main(argv=None) -> None:
         if exp.method == "ensf" and args.quick:
             n_cycles, spin_up = min(n_cycles, 150), min(spin_up, 50)
         rmse, per_cycle = twin(exp, n_cycles, spin_up, args.seed, device)
+        shown = f"{rmse:>7.3f}" if math.isfinite(rmse) else "diverged"
         print(
             f"{exp.label():<42} {exp.obs:<9} {exp.members:>3} {n_cycles:>6} "
-            f"{rmse:>7.3f} {per_cycle:>9.4f}",
+            f"{shown:>7} {per_cycle:>9.4f}",
             flush=True,
         )
 

@@ -55,3 +55,26 @@ def make_ensemble(
 @pytest.fixture
 def small():
     return make_ensemble()
+
+
+def _devices():
+    import torch
+
+    params = [pytest.param("cpu", id="cpu")]
+    params.append(
+        pytest.param(
+            "cuda",
+            id="cuda",
+            marks=[
+                pytest.mark.gpu,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+            ],
+        )
+    )
+    return params
+
+
+@pytest.fixture(params=_devices())
+def device(request):
+    """Run a test on the CPU and, where one is present, on a CUDA device."""
+    return request.param

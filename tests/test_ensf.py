@@ -318,7 +318,7 @@ def _standardised_errors(post, priors, idx, y, obs_std, n):
     return np.array(z_mean), np.array(z_std)
 
 
-def test_gaussian_likelihood_matches_kalman():
+def test_gaussian_likelihood_matches_kalman(device):
     """Linear operator, Gaussian prior ensemble: mean and spread are Kalman's (MC error)."""
     d, n, batch = 6, 400, 8
     rng = np.random.default_rng(0)
@@ -330,14 +330,16 @@ def test_gaussian_likelihood_matches_kalman():
     priors = rng.multivariate_normal(np.zeros(d), cov, size=(batch, n))
     y = rng.normal(size=(batch, len(idx))) * std[idx]
     post = ensf_analysis(
-        priors,
-        y,
-        idx,
-        obs_std,
+        torch.as_tensor(priors, device=device),
+        torch.as_tensor(y, device=device),
+        torch.as_tensor(idx, device=device),
+        torch.as_tensor(obs_std, device=device),
         likelihood="gaussian",
-        scale=priors.std(axis=1),
+        scale=torch.as_tensor(priors.std(axis=1), device=device),
         generator=list(range(batch)),
     )
+    assert post.device.type == device
+    post = post.cpu().numpy()
     z_mean, z_std = _standardised_errors(post, priors, idx, y, obs_std, n)
     z = np.concatenate([z_mean.ravel(), z_std.ravel()])
     assert np.abs(z).max() < 5.0

@@ -73,6 +73,21 @@ def test_global_letkf_matches_numpy_etkf(small_problem, inflation, rtps):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-11)
 
 
+def test_letkf_on_device_matches_numpy_etkf(small_problem, device):
+    prior, idx, y = small_problem
+    want = etkf_reference(prior, prior[:, idx], y, np.full(idx.size, 0.3**2), 1.05, 0.5)
+    got = letkf_analysis(
+        torch.as_tensor(prior, device=device),
+        torch.as_tensor(y, device=device),
+        torch.as_tensor(idx, device=device),
+        0.3,
+        inflation=1.05,
+        rtps=0.5,
+    )
+    assert got.device.type == device
+    np.testing.assert_allclose(got.cpu().numpy(), want, rtol=0, atol=1e-9)
+
+
 def test_global_letkf_weighted_operator_and_per_obs_errors(small_problem):
     prior, _, _ = small_problem
     rng = np.random.default_rng(1)
