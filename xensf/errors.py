@@ -39,3 +39,7 @@ class ObservationDomainError(XensfError, ValueError):
 
 class OptionError(XensfError, ValueError):
     """An unknown method, an unknown option, or an option value out of range."""
+
+
+class BundleError(XensfError, ValueError):
+    """A model bundle that cannot be read or written: not a bundle, corrupt, or too new."""

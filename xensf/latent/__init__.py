@@ -1,0 +1,37 @@
+"""Latent-EnSF models: the state VAE, the observation encoder, training and the update.
+
+Layer 2 of xensf: torch and layer 1 only, no xarray. :func:`train_latent_model` fits a
+:class:`LatentModel` on states (a tensor or a stream of batches) and synthetic sparse
+observations of them; :meth:`LatentModel.analyse` runs Latent-EnSF (or latent ETKF) on
+forecast ensembles; :meth:`LatentModel.save` / :meth:`LatentModel.load` write and read
+a model bundle (safetensors weights and JSON metadata, never pickle).
+"""
+
+from __future__ import annotations
+
+from .model import LATENT_METHODS, LatentModel, build_networks
+from .networks import ObservationEncoder, StateVAE, gaussian_kl, reparameterize
+from .training import (
+    ObservationSampler,
+    gridded_stride_obs,
+    latent_loss,
+    mask_obs,
+    point_obs,
+    train_latent_model,
+)
+
+__all__ = [
+    "LATENT_METHODS",
+    "LatentModel",
+    "ObservationEncoder",
+    "ObservationSampler",
+    "StateVAE",
+    "build_networks",
+    "gaussian_kl",
+    "gridded_stride_obs",
+    "latent_loss",
+    "mask_obs",
+    "point_obs",
+    "reparameterize",
+    "train_latent_model",
+]

@@ -1,0 +1,576 @@
+"""The trained Latent-EnSF model: networks, normalisation, latent error, and the update.
+
+A :class:`LatentModel` is what :func:`~xensf.latent.training.train_latent_model`
+returns and what a model bundle holds. It encodes states and sparse observations to
+one latent space and runs the analysis there (:meth:`LatentModel.analyse`): every
+forecast member is encoded to its latent mean, the observation to a latent
+pseudo-observation with the identity operator and the error ``latent_obs_std``, the
+filter (EnSF or ETKF) updates the latent ensemble, and the decoder maps it back.
+
+Everything here works on tensors in physical units; normalisation (per channel, with
+statistics of the training data) happens inside.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from ..filters.ensf import ensf_analysis
+from ..filters.letkf import letkf_analysis
+from .networks import ObservationEncoder, StateVAE
+
+__all__ = ["BUNDLE_FORMAT", "LATENT_METHODS", "LatentModel"]
+
+LATENT_METHODS = ("latent-ensf", "latent-letkf")
+
+#: ``metadata["format"]`` of a latent model bundle, and the version of its layout.
+BUNDLE_FORMAT = "xensf-latent-model"
+_FORMAT_VERSION = 1
+
+_ARCHITECTURE_KEYS = ("channels", "grid_shape", "latent_dim", "width", "depth", "periodic_lon")
+
+
+class LatentModel:
+    """A trained state VAE and observation encoder, ready to assimilate.
+
+    Parameters
+    ----------
+    vae : StateVAE
+        The state autoencoder.
+    obs_encoder : ObservationEncoder
+        The observation encoder, into the same latent space.
+    mean, std : torch.Tensor
+        ``(C,)`` per-channel normalisation: the networks see ``(x − mean) / std``.
+    latent_obs_std : torch.Tensor
+        ``(latent_dim,)`` standard deviation of the latent pseudo-observation's error,
+        ``E_obs(y) − E(x)`` (means), as estimated on validation data.
+    config : dict
+        JSON-serialisable description: ``"architecture"`` (``channels``,
+        ``grid_shape``, ``latent_dim``, ``width``, ``depth``, ``periodic_lon``),
+        ``"obs_layout"`` (``{"kind": "gridded"}`` or ``{"kind": "points", "n_obs": m,
+        "slot_channels": [...]}``, plus whatever describes how the training
+        observations were made), ``"variables"`` and ``"units"`` (one per channel, may
+        be None), and ``"training"`` (the training record).
+
+    Notes
+    -----
+    The model is in evaluation mode and all its methods run without gradients. Move it
+    with :meth:`to`. Build it with :func:`~xensf.latent.training.train_latent_model`
+    or :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        vae: StateVAE,
+        obs_encoder: ObservationEncoder,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        latent_obs_std: torch.Tensor,
+        config: Mapping[str, Any],
+    ):
+        self.vae = vae.eval()
+        self.obs_encoder = obs_encoder.eval()
+        device = next(vae.parameters()).device
+        dtype = next(vae.parameters()).dtype
+        self.mean = torch.as_tensor(mean, dtype=dtype, device=device).reshape(-1)
+        self.std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
+        self.latent_obs_std = torch.as_tensor(latent_obs_std, dtype=dtype, device=device)
+        self.config = copy.deepcopy(dict(config))
+        arch = self.config.get("architecture", {})
+        missing = [k for k in _ARCHITECTURE_KEYS if k not in arch]
+        if missing:
+            raise OptionError(f"config['architecture'] misses {missing}")
+        if self.mean.shape != (vae.channels,) or self.std.shape != (vae.channels,):
+            raise OptionError(
+                f"mean and std must have one value per channel ({vae.channels}), got "
+                f"shapes {tuple(self.mean.shape)} and {tuple(self.std.shape)}"
+            )
+        if not bool((self.std > 0).all()):
+            raise OptionError("std must be positive for every channel")
+        if self.latent_obs_std.shape != (vae.latent_dim,):
+            raise OptionError(
+                f"latent_obs_std must have shape ({vae.latent_dim},), got "
+                f"{tuple(self.latent_obs_std.shape)}"
+            )
+        layout = self.config.setdefault("obs_layout", {"kind": obs_encoder.kind})
+        if layout.get("kind") != obs_encoder.kind:
+            raise OptionError(
+                f"obs_layout kind {layout.get('kind')!r} does not match the observation "
+                f"encoder's kind {obs_encoder.kind!r}"
+            )
+        slots = layout.get("slot_channels")
+        if obs_encoder.kind == "points":
+            self._slot_channels = torch.as_tensor(slots, dtype=torch.long, device=device)
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        """Number of state channels ``C``."""
+        return self.vae.channels
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(H, W)`` of the state grid."""
+        return self.vae.grid_shape
+
+    @property
+    def latent_dim(self) -> int:
+        """Size of the latent space."""
+        return self.vae.latent_dim
+
+    @property
+    def obs_kind(self) -> str:
+        """``"gridded"`` or ``"points"``."""
+        return self.obs_encoder.kind
+
+    @property
+    def device(self) -> torch.device:
+        """The device the networks live on."""
+        return self.mean.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the networks."""
+        return self.mean.dtype
+
+    def to(self, device: str | torch.device) -> LatentModel:
+        """Move the networks and statistics to ``device`` (in place); returns ``self``."""
+        self.vae.to(device)
+        self.obs_encoder.to(device)
+        for name in ("mean", "std", "latent_obs_std"):
+            setattr(self, name, getattr(self, name).to(device))
+        if self.obs_kind == "points":
+            self._slot_channels = self._slot_channels.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        h, w = self.grid_shape
+        return (
+            f"<LatentModel: {self.channels} channel(s) on {h}x{w}, latent_dim "
+            f"{self.latent_dim}, {self.obs_kind} observations, on {self.device}>"
+        )
+
+    # -- normalisation -----------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical ``(B, C, H, W)`` to normalised units."""
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(B, C, H, W)`` to physical units."""
+        return x * self.std[:, None, None] + self.mean[:, None, None]
+
+    def normalize_obs(
+        self, values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalise observations and fill the missing ones with 0.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            ``(B, C, H, W)`` (gridded) or ``(B, n_obs)`` (points), physical units, NaN
+            where missing.
+        mask : torch.Tensor of bool, optional
+            True where observed; default: where ``values`` is not NaN. A True entry
+            with a NaN value is an error.
+
+        Returns
+        -------
+        values, mask : torch.Tensor
+            Normalised values with 0 where missing, and the boolean mask.
+        """
+        values = torch.as_tensor(values, device=self.device).to(self.dtype)
+        finite = ~torch.isnan(values)
+        if mask is None:
+            mask = finite
+        else:
+            mask = torch.as_tensor(mask, device=self.device)
+            if mask.dtype != torch.bool:
+                raise ObservationMismatchError(
+                    f"the observation mask must be boolean, got {mask.dtype}"
+                )
+            mask = mask.expand(values.shape)
+            if bool((mask & ~finite).any()):
+                raise ObservationMismatchError(
+                    "the observation mask is True where the value is NaN; mark missing "
+                    "observations False in the mask"
+                )
+        if self.obs_kind == "gridded":
+            normed = self.normalize(values)
+        else:
+            normed = (values - self.mean[self._slot_channels]) / self.std[self._slot_channels]
+        return torch.where(mask, normed, torch.zeros((), dtype=self.dtype)), mask
+
+    # -- encoding and decoding ---------------------------------------------------------
+    def _check_states(self, x: torch.Tensor, name: str) -> None:
+        expected = (self.channels, *self.grid_shape)
+        if x.ndim < 3 or tuple(x.shape[-3:]) != expected:
+            raise EnsembleError(
+                f"{name} must end in (C, H, W) = {expected} (the model's channels and "
+                f"grid), got shape {tuple(x.shape)}"
+            )
+
+    def _check_obs(self, values: torch.Tensor) -> int:
+        """Number of leading dims before the observation's own dims."""
+        if self.obs_kind == "gridded":
+            own, expected = 3, (self.channels, *self.grid_shape)
+        else:
+            own, expected = 1, (len(self._slot_channels),)
+        if values.ndim < own or tuple(values.shape[-own:]) != expected:
+            raise ObservationMismatchError(
+                f"{self.obs_kind} observations must end in {expected} for this model, got "
+                f"shape {tuple(values.shape)}"
+            )
+        return values.ndim - own
+
+    @torch.no_grad()
+    def encode(
+        self, x: torch.Tensor, *, batch_size: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent Gaussian of states.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``(B, C, H, W)`` in physical units.
+        batch_size : int, optional
+            Encode in chunks of this many states (bounds memory); default all at once.
+
+        Returns
+        -------
+        mu, logvar : torch.Tensor
+            ``(B, latent_dim)``.
+        """
+        x = torch.as_tensor(x, device=self.device).to(self.dtype)
+        self._check_states(x, "x")
+        if x.ndim != 4:
+            raise EnsembleError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        parts = [self.vae.encode(self.normalize(c)) for c in _chunks(x, batch_size)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
+        """States ``(B, C, H, W)`` in physical units from latent vectors ``(B, latent_dim)``."""
+        z = torch.as_tensor(z, device=self.device).to(self.dtype)
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise OptionError(
+                f"z must be (B, latent_dim={self.latent_dim}), got shape {tuple(z.shape)}"
+            )
+        return torch.cat([self.denormalize(self.vae.decode(c)) for c in _chunks(z, batch_size)])
+
+    @torch.no_grad()
+    def encode_obs(
+        self, values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent Gaussian of observations.
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            ``(B, C, H, W)`` for gridded observations, ``(B, n_obs)`` for point slots;
+            physical units, NaN where missing.
+        mask : torch.Tensor of bool, optional
+            True where observed; default: where ``values`` is not NaN.
+
+        Returns
+        -------
+        mu, logvar : torch.Tensor
+            ``(B, latent_dim)``.
+        """
+        values = torch.as_tensor(values, device=self.device)
+        if self._check_obs(values) != 1:
+            raise ObservationMismatchError(
+                f"observations must have one leading (batch) dim, got shape {tuple(values.shape)}"
+            )
+        normed, mask = self.normalize_obs(values, mask)
+        return self.obs_encoder(normed, mask)
+
+    # -- the update --------------------------------------------------------------------
+    @torch.no_grad()
+    def analyse(
+        self,
+        prior,
+        obs,
+        mask=None,
+        *,
+        method: str = "latent-ensf",
+        generator: torch.Generator | int | list[int] | None = None,
+        batch_size: int | None = None,
+        return_latent: bool = False,
+        **options,
+    ):
+        """Latent-EnSF (or latent ETKF) analysis of a batch of forecast ensembles.
+
+        Every member of every time is encoded to its latent mean (one network pass over
+        all ``T × N`` states, or chunks of ``batch_size``); the observation of each time
+        is encoded to a latent mean ``μ_obs``, used as a pseudo-observation of the
+        latent state with the identity operator and error ``latent_obs_std``; the
+        latent ensembles of all times are updated in one batched filter call; the
+        posterior members are decoded.
+
+        Parameters
+        ----------
+        prior : torch.Tensor or numpy.ndarray
+            Forecast ensembles ``(T, N, C, H, W)`` in physical units (``(N, C, H, W)``
+            for a single time), ``N >= 2``.
+        obs : torch.Tensor or numpy.ndarray
+            Observations of each time: ``(T, C, H, W)`` gridded, NaN where unobserved,
+            or ``(T, n_obs)`` point slots (``(C, H, W)`` / ``(n_obs,)`` for one time).
+        mask : array of bool, optional
+            True where observed, same shape as ``obs``; default ``~isnan(obs)``.
+        method : {"latent-ensf", "latent-letkf"}, default "latent-ensf"
+            ``"latent-ensf"``: :func:`~xensf.filters.ensf.ensf_analysis` on the latent
+            ensemble (the latent space is standardised by the VAE's prior, so its
+            ``scale`` defaults to 1). ``"latent-letkf"``: the global ETKF,
+            :func:`~xensf.filters.letkf.letkf_analysis` without localisation (latent
+            components have no location).
+        generator : torch.Generator, int, list of int or None
+            Noise for ``"latent-ensf"``: a list of one seed per time makes each time's
+            result independent of which other times are analysed with it. Must be None
+            for ``"latent-letkf"`` (deterministic).
+        batch_size : int, optional
+            States per network pass; default all ``T × N`` at once.
+        return_latent : bool, default False
+            Also return the latent prior, pseudo-observation and posterior.
+        **options
+            Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
+            ``prior_score``, ``likelihood``, ``scale``, ``damping`` for EnSF;
+            ``inflation``, ``rtps`` for the ETKF.
+
+        Returns
+        -------
+        posterior : same type as ``prior``
+            ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype.
+        latent : dict of torch.Tensor
+            Only with ``return_latent``: ``"prior"`` ``(T, N, L)``, ``"obs"`` ``(T, L)``,
+            ``"obs_std"`` ``(L,)`` and ``"posterior"`` ``(T, N, L)``.
+
+        Raises
+        ------
+        OptionError
+            Unknown method or filter options.
+        EnsembleError
+            A prior that does not fit the model's grid and channels, has one member or
+            holds NaN.
+        ObservationMismatchError
+            Observations that do not fit the model's observation layout, or whose
+            times do not match the prior's.
+        """
+        if method not in LATENT_METHODS:
+            raise OptionError(f"method must be one of {LATENT_METHODS}, got {method!r}")
+        as_numpy = isinstance(prior, np.ndarray)
+        prior_t = torch.as_tensor(prior)
+        out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
+        self._check_states(prior_t, "prior")
+        single = prior_t.ndim == 4
+        if single:
+            prior_t = prior_t.unsqueeze(0)
+        if prior_t.ndim != 5:
+            raise EnsembleError(
+                f"prior must be (T, N, C, H, W) or (N, C, H, W), got {tuple(prior_t.shape)}"
+            )
+        n_times, n_members = prior_t.shape[:2]
+        if n_members < 2:
+            raise EnsembleError(f"prior has {n_members} member(s) (dim 1); need at least 2")
+        if not bool(torch.isfinite(prior_t).all()):
+            raise EnsembleError("prior contains NaN or inf values; fill or drop them first")
+
+        obs_t = torch.as_tensor(obs, device=self.device)
+        mask_t = None if mask is None else torch.as_tensor(mask, device=self.device)
+        lead = self._check_obs(obs_t)
+        if lead == 0:
+            obs_t = obs_t.unsqueeze(0)
+            mask_t = None if mask_t is None else mask_t.unsqueeze(0)
+        if lead > 1 or obs_t.shape[0] != n_times:
+            raise ObservationMismatchError(
+                f"observations of shape {tuple(obs_t.shape)} do not match the prior's "
+                f"{n_times} time(s): give one observation per time, (T, ...)"
+            )
+
+        states = prior_t.reshape(n_times * n_members, *prior_t.shape[2:])
+        z_prior = self.encode(states, batch_size=batch_size)[0]
+        z_prior = z_prior.reshape(n_times, n_members, self.latent_dim)
+        z_obs = self.encode_obs(obs_t, mask_t)[0]
+        identity = torch.arange(self.latent_dim, device=self.device)
+        if method == "latent-ensf":
+            z_post = ensf_analysis(
+                z_prior, z_obs, identity, self.latent_obs_std, generator=generator, **options
+            )
+        else:
+            if generator is not None:
+                raise OptionError('method="latent-letkf" is deterministic; leave generator=None')
+            bad = {"loc_radius", "state_coords", "obs_coords"} & set(options)
+            if bad:
+                raise OptionError(
+                    f"latent-letkf takes no localisation (latent components have no "
+                    f"location); drop {sorted(bad)}"
+                )
+            z_post = letkf_analysis(z_prior, z_obs, identity, self.latent_obs_std, **options)
+        post = self.decode(z_post.reshape(-1, self.latent_dim), batch_size=batch_size)
+        post = post.reshape(prior_t.shape).to(dtype=out_dtype, device=prior_t.device)
+        if single:
+            post = post[0]
+        result = post.numpy() if as_numpy else post
+        if return_latent:
+            latent = {
+                "prior": z_prior,
+                "obs": z_obs,
+                "obs_std": self.latent_obs_std,
+                "posterior": z_post,
+            }
+            return result, latent
+        return result
+
+    # -- persistence -------------------------------------------------------------------
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The weights, flattened: ``"vae.<name>"`` and ``"obs_encoder.<name>"``, on CPU."""
+        out = {}
+        for prefix, net in (("vae", self.vae), ("obs_encoder", self.obs_encoder)):
+            for name, value in net.state_dict().items():
+                out[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-serialisable description stored next to the weights."""
+        from .. import __version__
+
+        return {
+            "format": BUNDLE_FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "xensf_version": __version__,
+            "config": copy.deepcopy(self.config),
+            "normalization": {"mean": self.mean.tolist(), "std": self.std.tolist()},
+            "latent_obs_std": self.latent_obs_std.tolist(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def save(self, path) -> None:
+        """Write the model as a bundle (safetensors weights + JSON metadata).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write; see :func:`xensf.latent.bundle.save_bundle`.
+        """
+        from .bundle import save_bundle
+
+        save_bundle(path, self.tensors(), self.metadata())
+
+    @classmethod
+    def load(cls, path, device: str | torch.device | None = None) -> LatentModel:
+        """Read a model written by :meth:`save`.
+
+        The networks are rebuilt from the stored configuration and the weights loaded
+        into them; nothing is unpickled.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The bundle.
+        device : str or torch.device, optional
+            Where to put the model; default CPU.
+
+        Raises
+        ------
+        OptionError
+            The bundle is not a latent model of a version this xensf can read.
+        """
+        from .bundle import load_bundle
+
+        tensors, metadata = load_bundle(path, device=device)
+        return cls.from_parts(tensors, metadata, device=device, source=str(path))
+
+    @classmethod
+    def from_parts(
+        cls,
+        tensors: Mapping[str, torch.Tensor],
+        metadata: Mapping[str, Any],
+        *,
+        device: str | torch.device | None = None,
+        source: str = "the bundle",
+    ) -> LatentModel:
+        """Rebuild a model from :meth:`tensors` and :meth:`metadata`."""
+        if metadata.get("format") != BUNDLE_FORMAT:
+            raise OptionError(
+                f"{source} holds {metadata.get('format')!r}, not a latent model "
+                f"({BUNDLE_FORMAT!r})"
+            )
+        version = metadata.get("format_version")
+        if not isinstance(version, int) or version > _FORMAT_VERSION:
+            raise OptionError(
+                f"{source} has latent-model format version {version!r}; this xensf reads "
+                f"versions up to {_FORMAT_VERSION}: upgrade xensf"
+            )
+        config = metadata["config"]
+        dtype = getattr(torch, metadata.get("dtype", "float32"))
+        vae, obs_encoder = build_networks(config)
+        for prefix, net in (("vae", vae), ("obs_encoder", obs_encoder)):
+            state = {
+                k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
+            }
+            try:
+                net.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise OptionError(
+                    f"{source}: the {prefix} weights do not fit the stored architecture: {err}"
+                ) from None
+            net.to(device=device or "cpu", dtype=dtype)
+        norm = metadata["normalization"]
+        return cls(
+            vae,
+            obs_encoder,
+            torch.tensor(norm["mean"], dtype=dtype),
+            torch.tensor(norm["std"], dtype=dtype),
+            torch.tensor(metadata["latent_obs_std"], dtype=dtype),
+            config,
+        )
+
+
+def build_networks(config: Mapping[str, Any]) -> tuple[StateVAE, ObservationEncoder]:
+    """Fresh (untrained) networks for a model configuration.
+
+    Parameters
+    ----------
+    config : mapping
+        With ``"architecture"`` and ``"obs_layout"`` as described in
+        :class:`LatentModel`; ``architecture`` may hold ``obs_width``/``obs_depth``
+        (default: ``width``/``depth``).
+
+    Returns
+    -------
+    vae, obs_encoder
+    """
+    arch = config["architecture"]
+    layout = config["obs_layout"]
+    vae = StateVAE(
+        arch["channels"],
+        tuple(arch["grid_shape"]),
+        arch["latent_dim"],
+        width=arch["width"],
+        depth=arch["depth"],
+        periodic_lon=arch["periodic_lon"],
+    )
+    obs_encoder = ObservationEncoder(
+        layout["kind"],
+        arch["latent_dim"],
+        channels=arch["channels"],
+        grid_shape=tuple(arch["grid_shape"]),
+        n_obs=layout.get("n_obs"),
+        width=arch.get("obs_width", arch["width"]),
+        depth=arch.get("obs_depth", arch["depth"]),
+        periodic_lon=arch["periodic_lon"],
+    )
+    return vae, obs_encoder
+
+
+def _chunks(x: torch.Tensor, batch_size: int | None):
+    if batch_size is None:
+        return [x]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return list(torch.split(x, batch_size))

@@ -1,0 +1,836 @@
+"""Training a Latent-EnSF model: the loss, the loop, and observation samplers.
+
+:func:`train_latent_model` fits a :class:`~xensf.latent.networks.StateVAE` and an
+:class:`~xensf.latent.networks.ObservationEncoder` jointly, on normalised variables,
+with the loss of Si & Chen (2025), per sample
+
+``‖x − D(z)‖² + ‖x − D(z_obs)‖² + ‖μ(x) − μ_obs(y)‖² + λ KL(ν‖N(0,I)) + λ KL(ν_obs‖N(0,I))``,
+
+``z ~ ν = N(μ(x), σ²(x))`` and ``z_obs ~ ν_obs = N(μ_obs(y), σ_obs²(y))`` drawn by
+reparameterisation, squared norms summed over grid points and channels (and latent
+dims), so ``λ`` weighs a KL in nats against a sum of squared normalised errors.
+
+Observations for training are made on the fly from each batch of states by a
+``make_obs(x, generator) -> (values, mask)`` callable, so every epoch sees fresh
+observation noise. :func:`gridded_stride_obs`, :func:`mask_obs` and :func:`point_obs`
+make the usual ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from .model import LatentModel, build_networks
+from .networks import gaussian_kl, reparameterize
+
+__all__ = [
+    "ObservationSampler",
+    "gridded_stride_obs",
+    "latent_loss",
+    "mask_obs",
+    "point_obs",
+    "train_latent_model",
+]
+
+# Smallest latent observation error stored: an encoder that matches the state encoder
+# exactly on the validation set must not give an infinitely precise pseudo-observation.
+_MIN_LATENT_OBS_STD = 1e-3
+
+
+# --------------------------------------------------------------------------------------
+# observation samplers
+# --------------------------------------------------------------------------------------
+class ObservationSampler:
+    """Makes synthetic observations of a batch of states, with noise.
+
+    Build one with :func:`gridded_stride_obs`, :func:`mask_obs` or :func:`point_obs`.
+    Calling it, ``sampler(x, generator)``, with states ``x`` ``(B, C, H, W)`` in
+    physical units returns ``(values, mask)``: ``(B, C, H, W)`` with NaN where
+    unobserved (gridded) or ``(B, n_obs)`` (points), and the boolean mask.
+
+    The noise is Gaussian with standard deviation ``noise_std`` (absolute, scalar or one
+    per channel) or, if that is None, ``noise_std_fraction`` times the spatial standard
+    deviation of each sample's channel — the convention of ``obs_error="10%"``. It is
+    drawn on the CPU from ``generator``, so a seed gives the same observations on any
+    device.
+
+    Attributes
+    ----------
+    layout : dict
+        JSON-serialisable description stored in the model's ``config["obs_layout"]``.
+    """
+
+    def __init__(
+        self,
+        layout: dict[str, Any],
+        select: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        check: Callable[[int, tuple[int, int]], None],
+        noise_std_fraction: float,
+        noise_std,
+    ):
+        if noise_std is None:
+            if not (
+                isinstance(noise_std_fraction, int | float)
+                and math.isfinite(noise_std_fraction)
+                and noise_std_fraction >= 0
+            ):
+                raise OptionError(
+                    f"noise_std_fraction must be a number >= 0, got {noise_std_fraction!r}"
+                )
+            layout["noise"] = {"std_fraction": float(noise_std_fraction)}
+        else:
+            std = torch.as_tensor(noise_std, dtype=torch.float64).reshape(-1)
+            if not bool(((std >= 0) & torch.isfinite(std)).all()):
+                raise OptionError(f"noise_std must be >= 0 and finite, got {noise_std!r}")
+            layout["noise"] = {"std": std.tolist()}
+        self.layout = layout
+        self._select = select
+        self._check = check
+        self._fraction = noise_std_fraction
+        self._std = noise_std
+
+    def check(self, channels: int, grid_shape: tuple[int, int]) -> None:
+        """Raise ObservationMismatchError if the layout does not fit the state grid."""
+        self._check(channels, tuple(grid_shape))
+        if self._std is not None:
+            n = torch.as_tensor(self._std).numel()
+            if n not in (1, channels):
+                raise ObservationMismatchError(
+                    f"noise_std has {n} values; give one, or one per channel ({channels})"
+                )
+
+    def __call__(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observe ``x`` ``(B, C, H, W)``: returns ``(values, mask)``."""
+        self.check(x.shape[1], tuple(x.shape[-2:]))
+        if self._std is None:
+            std = self._fraction * x.detach().flatten(2).std(-1)  # (B, C)
+        else:
+            std = torch.as_tensor(self._std, dtype=x.dtype, device=x.device).reshape(1, -1)
+            std = std.expand(x.shape[0], x.shape[1])
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        noisy = x + noise.to(x.device) * std[:, :, None, None]
+        return self._select(noisy)
+
+    def __repr__(self) -> str:
+        return f"ObservationSampler({self.layout})"
+
+
+def _gridded_select(mask: torch.Tensor):
+    def select(noisy: torch.Tensor):
+        m = mask.to(noisy.device).expand(noisy.shape)
+        values = torch.where(m, noisy, torch.full((), math.nan, dtype=noisy.dtype))
+        return values, m
+
+    return select
+
+
+def gridded_stride_obs(
+    stride: int | tuple[int, int],
+    noise_std_fraction: float = 0.1,
+    *,
+    offset: int | tuple[int, int] = 0,
+    noise_std=None,
+) -> ObservationSampler:
+    """Observe every ``stride``-th grid point of every channel, with noise.
+
+    Parameters
+    ----------
+    stride : int or (int, int)
+        Spacing of the observed points along (rows, columns).
+    noise_std_fraction : float, default 0.1
+        Noise standard deviation as a fraction of each sample's spatial standard
+        deviation, per channel (ignored if ``noise_std`` is given).
+    offset : int or (int, int), default 0
+        Index of the first observed row and column.
+    noise_std : float or sequence of float, optional
+        Absolute noise standard deviation (one, or one per channel).
+
+    Returns
+    -------
+    ObservationSampler
+        Gridded layout ``{"kind": "gridded", "sampler": "stride", ...}``.
+
+    Examples
+    --------
+    >>> sampler = gridded_stride_obs(4, 0.1)
+    >>> values, mask = sampler(torch.rand(2, 1, 8, 8), torch.Generator().manual_seed(0))
+    >>> int(mask.sum()), bool(values[0, 0, 0, 1].isnan())
+    (8, True)
+    """
+    sy, sx = _pair(stride, "stride", minimum=1)
+    oy, ox = _pair(offset, "offset", minimum=0)
+    layout = {"kind": "gridded", "sampler": "stride", "stride": [sy, sx], "offset": [oy, ox]}
+
+    def check(channels, grid_shape):
+        h, w = grid_shape
+        if oy >= h or ox >= w:
+            raise ObservationMismatchError(
+                f"the observation offset ({oy}, {ox}) lies outside the {h}x{w} grid"
+            )
+
+    def select(noisy):
+        mask = torch.zeros(noisy.shape[-2:], dtype=torch.bool, device=noisy.device)
+        mask[oy::sy, ox::sx] = True
+        return _gridded_select(mask)(noisy)
+
+    return ObservationSampler(layout, select, check, noise_std_fraction, noise_std)
+
+
+def mask_obs(mask, noise_std_fraction: float = 0.1, *, noise_std=None) -> ObservationSampler:
+    """Observe the grid points where ``mask`` is True, with noise.
+
+    Parameters
+    ----------
+    mask : array_like of bool
+        ``(H, W)`` (the same points in every channel) or ``(C, H, W)``.
+    noise_std_fraction, noise_std
+        As in :func:`gridded_stride_obs`.
+
+    Returns
+    -------
+    ObservationSampler
+        Gridded layout ``{"kind": "gridded", "sampler": "mask", "n_observed": ...}``.
+    """
+    mask_t = torch.as_tensor(np.asarray(mask))
+    if mask_t.dtype != torch.bool or mask_t.ndim not in (2, 3):
+        raise ObservationMismatchError(
+            f"mask must be a boolean (H, W) or (C, H, W) array, got {mask_t.dtype} of "
+            f"shape {tuple(mask_t.shape)}"
+        )
+    if not bool(mask_t.any()):
+        raise ObservationMismatchError("mask observes nothing: it has no True value")
+    layout = {"kind": "gridded", "sampler": "mask", "n_observed": int(mask_t.sum())}
+
+    def check(channels, grid_shape):
+        ok = tuple(mask_t.shape[-2:]) == grid_shape and (
+            mask_t.ndim == 2 or mask_t.shape[0] == channels
+        )
+        if not ok:
+            raise ObservationMismatchError(
+                f"the observation mask has shape {tuple(mask_t.shape)} but the states are "
+                f"{channels} channel(s) on a {grid_shape[0]}x{grid_shape[1]} grid: give "
+                "(H, W) or (C, H, W)"
+            )
+
+    return ObservationSampler(
+        layout, _gridded_select(mask_t), check, noise_std_fraction, noise_std
+    )
+
+
+def point_obs(
+    rows: Sequence[int],
+    cols: Sequence[int],
+    channels: Sequence[int] | None = None,
+    noise_std_fraction: float = 0.1,
+    *,
+    noise_std=None,
+) -> ObservationSampler:
+    """Observe a fixed set of grid points as ``n_obs`` point slots (stations), with noise.
+
+    Parameters
+    ----------
+    rows, cols : sequence of int
+        Grid indices of each slot.
+    channels : sequence of int, optional
+        Channel observed by each slot; default channel 0 for all.
+    noise_std_fraction, noise_std
+        As in :func:`gridded_stride_obs`.
+
+    Returns
+    -------
+    ObservationSampler
+        Points layout ``{"kind": "points", "n_obs": m, "slot_channels": [...], ...}``;
+        its values are ``(B, m)``.
+    """
+    rows_t = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    cols_t = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
+    chan_t = (
+        torch.zeros_like(rows_t)
+        if channels is None
+        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
+    )
+    if not (rows_t.numel() == cols_t.numel() == chan_t.numel()) or rows_t.numel() == 0:
+        raise ObservationMismatchError(
+            f"rows, cols and channels must have the same positive length, got "
+            f"{rows_t.numel()}, {cols_t.numel()}, {chan_t.numel()}"
+        )
+    layout = {
+        "kind": "points",
+        "sampler": "points",
+        "n_obs": rows_t.numel(),
+        "slot_channels": chan_t.tolist(),
+        "rows": rows_t.tolist(),
+        "cols": cols_t.tolist(),
+    }
+
+    def check(channels, grid_shape):
+        h, w = grid_shape
+        bad = (rows_t < 0) | (rows_t >= h) | (cols_t < 0) | (cols_t >= w)
+        bad |= (chan_t < 0) | (chan_t >= channels)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ObservationMismatchError(
+                f"observation slot {i} (channel {int(chan_t[i])}, row {int(rows_t[i])}, "
+                f"column {int(cols_t[i])}) lies outside {channels} channel(s) on the "
+                f"{h}x{w} grid"
+            )
+
+    def select(noisy):
+        values = noisy[
+            :, chan_t.to(noisy.device), rows_t.to(noisy.device), cols_t.to(noisy.device)
+        ]
+        return values, torch.ones_like(values, dtype=torch.bool)
+
+    return ObservationSampler(layout, select, check, noise_std_fraction, noise_std)
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum for v in pair
+    ):
+        raise OptionError(f"{name} must be an integer >= {minimum} or a pair, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+# --------------------------------------------------------------------------------------
+# the loss
+# --------------------------------------------------------------------------------------
+def latent_loss(
+    model: LatentModel,
+    x: torch.Tensor,
+    obs_values: torch.Tensor,
+    obs_mask: torch.Tensor,
+    lam: float,
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The Latent-EnSF training loss of a batch, averaged over samples.
+
+    Parameters
+    ----------
+    model : LatentModel
+        Whose networks are trained (in training mode or not).
+    x : torch.Tensor
+        ``(B, C, H, W)`` states, **normalised**.
+    obs_values, obs_mask : torch.Tensor
+        Normalised observations with 0 where missing, and their mask (see
+        :meth:`LatentModel.normalize_obs`).
+    lam : float
+        KL weight ``λ``.
+    generator : torch.Generator, optional
+        Reparameterisation noise, on ``x``'s device.
+    sample : bool, default True
+        Decode reparameterised samples; False decodes the means (a deterministic
+        loss, used for validation).
+
+    Returns
+    -------
+    loss : torch.Tensor
+        Scalar, the mean over the batch of the per-sample loss.
+    terms : dict of float
+        The batch means of the five terms: ``"rec"``, ``"rec_obs"``, ``"latent"``,
+        ``"kl"``, ``"kl_obs"``.
+    """
+    mu, logvar = model.vae.encode(x)
+    mu_o, logvar_o = model.obs_encoder(obs_values, obs_mask)
+    z = reparameterize(mu, logvar, generator) if sample else mu
+    z_o = reparameterize(mu_o, logvar_o, generator) if sample else mu_o
+    rec = (x - model.vae.decode(z)).square().flatten(1).sum(-1)
+    rec_o = (x - model.vae.decode(z_o)).square().flatten(1).sum(-1)
+    match = (mu - mu_o).square().sum(-1)
+    kl, kl_o = gaussian_kl(mu, logvar), gaussian_kl(mu_o, logvar_o)
+    loss = (rec + rec_o + match + lam * (kl + kl_o)).mean()
+    terms = {
+        "rec": float(rec.detach().mean()),
+        "rec_obs": float(rec_o.detach().mean()),
+        "latent": float(match.detach().mean()),
+        "kl": float(kl.detach().mean()),
+        "kl_obs": float(kl_o.detach().mean()),
+    }
+    return loss, terms
+
+
+# --------------------------------------------------------------------------------------
+# data sources
+# --------------------------------------------------------------------------------------
+class _TensorSource:
+    """Batches of a tensor of states, reshuffled every epoch from one generator."""
+
+    def __init__(self, states: torch.Tensor, batch_size: int, generator, shuffle: bool):
+        self.states = states
+        self.batch_size = batch_size
+        self.generator = generator
+        self.shuffle = shuffle
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        n = self.states.shape[0]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            yield self.states[order[start : start + self.batch_size]]
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+
+class _StreamSource:
+    """Batches from a re-iterable or a callable ``epoch -> iterable of batches``."""
+
+    def __init__(self, source, name: str):
+        if isinstance(source, Iterator):
+            raise OptionError(
+                f"{name} is a one-shot iterator, but training reads it once per epoch: pass "
+                "a re-iterable (a list, a DataLoader) or a callable epoch -> iterable of "
+                "(B, C, H, W) batches"
+            )
+        self.source = source
+        self.name = name
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        it = self.source(epoch) if callable(self.source) else self.source
+        for i, batch in enumerate(it):
+            batch = torch.as_tensor(batch)
+            if batch.ndim != 4:
+                raise EnsembleError(
+                    f"batch {i} of {self.name} has shape {tuple(batch.shape)}; batches must "
+                    "be (B, C, H, W)"
+                )
+            yield batch
+
+
+def _as_source(states, name: str, batch_size: int, generator, shuffle: bool):
+    if isinstance(states, torch.Tensor | np.ndarray):
+        t = torch.as_tensor(states)
+        if t.ndim != 4:
+            raise EnsembleError(f"{name} must be (S, C, H, W), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            t = t.to(torch.float32)
+        return _TensorSource(t, batch_size, generator, shuffle)
+    if isinstance(states, Iterable) or callable(states):
+        return _StreamSource(states, name)
+    raise OptionError(
+        f"{name} must be a (S, C, H, W) tensor or array, a re-iterable of (B, C, H, W) "
+        f"batches or a callable epoch -> iterable of batches; got {type(states).__name__}"
+    )
+
+
+def _check_finite(batch: torch.Tensor, name: str, where: str) -> None:
+    bad = ~torch.isfinite(batch)
+    if bool(bad.any()):
+        sample = int(bad.flatten(1).any(-1).nonzero()[0, 0])
+        channel = int(bad[sample].flatten(1).any(-1).nonzero()[0, 0])
+        raise EnsembleError(
+            f"{name} holds NaN or inf ({where}, sample {sample}, channel {channel}); the "
+            "latent model needs complete states: fill or drop them before training"
+        )
+
+
+def _statistics(source, name: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (population), in float64, checking every value is finite."""
+    count = 0
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    shift = None  # subtract a first estimate to keep the sum of squares accurate
+    for i, batch in enumerate(source.batches(0)):
+        _check_finite(batch, name, f"batch {i}")
+        b = batch.detach().to("cpu", torch.float64).transpose(0, 1).reshape(batch.shape[1], -1)
+        if b.shape[0] != channels:
+            raise EnsembleError(
+                f"batch {i} of {name} has {b.shape[0]} channels, the first had {channels}"
+            )
+        if shift is None:
+            shift = b.mean(-1)
+        d = b - shift[:, None]
+        total += d.sum(-1)
+        total_sq += d.square().sum(-1)
+        count += b.shape[1]
+    if count == 0:
+        raise EnsembleError(f"{name} yielded no data")
+    mean = total / count
+    var = (total_sq / count - mean.square()).clamp_min(0.0)
+    std = var.sqrt()
+    # A constant channel is passed through unscaled rather than divided by zero.
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return (mean + shift).to(torch.float32), std.to(torch.float32)
+
+
+def _first_batch(source) -> torch.Tensor:
+    for batch in source.batches(0):
+        return batch
+    raise EnsembleError("the training states yielded no data")
+
+
+def _obs_layout(make_obs, channels: int, grid_shape, probe: torch.Tensor) -> dict[str, Any]:
+    """The observation layout of ``make_obs``, checked against the grid."""
+    if isinstance(make_obs, ObservationSampler):
+        make_obs.check(channels, grid_shape)
+        layout = copy.deepcopy(make_obs.layout)
+    else:
+        layout = None
+    values, mask = make_obs(probe, torch.Generator().manual_seed(0))
+    values, mask = torch.as_tensor(values), torch.as_tensor(mask)
+    if mask.dtype != torch.bool or mask.shape != values.shape:
+        raise ObservationMismatchError(
+            f"make_obs must return (values, mask) with a boolean mask of the values' shape; "
+            f"got values {tuple(values.shape)} and mask {tuple(mask.shape)} ({mask.dtype})"
+        )
+    b = probe.shape[0]
+    if values.ndim == 4:
+        if tuple(values.shape) != (b, channels, *grid_shape):
+            raise ObservationMismatchError(
+                f"gridded observations from make_obs have shape {tuple(values.shape)}, "
+                f"expected {(b, channels, *grid_shape)} (the states' channels and grid)"
+            )
+        kind = "gridded"
+    elif values.ndim == 2 and values.shape[0] == b:
+        kind = "points"
+    else:
+        raise ObservationMismatchError(
+            f"make_obs returned values of shape {tuple(values.shape)} for {b} states; "
+            f"expected (B, C, H, W) gridded or (B, n_obs) points"
+        )
+    if layout is None:
+        layout = {"kind": kind, "sampler": getattr(make_obs, "__name__", type(make_obs).__name__)}
+        if kind == "points":
+            slots = getattr(make_obs, "slot_channels", None)
+            if slots is None and channels > 1:
+                raise OptionError(
+                    "point observations of a multi-channel state need the channel of each "
+                    "slot: give make_obs a slot_channels attribute, or use point_obs"
+                )
+            layout["slot_channels"] = (
+                [0] * values.shape[1] if slots is None else [int(c) for c in slots]
+            )
+    if kind == "points":
+        layout["n_obs"] = values.shape[1]
+        if len(layout["slot_channels"]) != values.shape[1]:
+            raise ObservationMismatchError(
+                f"make_obs gives {values.shape[1]} slots but slot_channels has "
+                f"{len(layout['slot_channels'])} entries"
+            )
+    if layout["kind"] != kind:
+        raise ObservationMismatchError(
+            f"make_obs's layout says {layout['kind']!r} but it returned {kind} values"
+        )
+    return layout
+
+
+# --------------------------------------------------------------------------------------
+# the training loop
+# --------------------------------------------------------------------------------------
+def train_latent_model(
+    states,
+    make_obs: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    latent_dim: int = 32,
+    width: int = 32,
+    depth: int = 3,
+    lam: float = 1.0,
+    epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    patience: int = 10,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    val_states=None,
+    normalization: tuple[Any, Any] | None = None,
+    periodic_lon: bool = False,
+    variables: Sequence[str] | None = None,
+    units: Sequence[str | None] | None = None,
+) -> LatentModel:
+    """Train a state VAE and an observation encoder for Latent-EnSF.
+
+    The loss (see :func:`latent_loss` and the module docstring) is minimised with Adam
+    on per-channel normalised states. After each epoch the loss on validation states
+    (latent means decoded, fixed observation noise) is computed; training stops after
+    ``patience`` epochs without improvement, and the weights of the best epoch are
+    kept. Finally the latent observation error is estimated per latent dimension as
+    the root-mean-square of ``μ_obs(y) − μ(x)`` over the validation set.
+
+    Parameters
+    ----------
+    states : tensor, array, re-iterable or callable
+        Training states in physical units. The simple case is a ``(S, C, H, W)``
+        tensor or array: it is split at random into training and validation samples
+        (``val_fraction``). For data that does not fit in memory pass a source of
+        ``(B, C, H, W)`` batches — a re-iterable (list, ``torch.utils.data.DataLoader``)
+        or a callable ``epoch -> iterable of batches`` (which may reshuffle per epoch;
+        ``batch_size`` is then its business) — together with ``val_states``.
+    make_obs : callable
+        ``make_obs(x, generator) -> (values, mask)``: synthetic observations of a batch
+        ``x`` of states (physical units), ``(B, C, H, W)`` with NaN where unobserved or
+        ``(B, n_obs)`` slots, and a boolean mask. Noise must come from ``generator``
+        (CPU) for the run to be reproducible. Use :func:`gridded_stride_obs`,
+        :func:`mask_obs` or :func:`point_obs`; any other callable works if its output
+        has one of those forms (for points of a multi-channel state it must have a
+        ``slot_channels`` attribute).
+    latent_dim : int, default 32
+        Size of the latent space.
+    width, depth : int, default 32, 3
+        Network size (see :class:`~xensf.latent.networks.StateVAE`).
+    lam : float, default 1.0
+        KL weight ``λ`` (against squared errors summed over the grid).
+    epochs : int, default 100
+        Maximum number of epochs.
+    batch_size : int, default 32
+        Batch size for tensor input.
+    lr : float, default 1e-3
+        Adam learning rate.
+    val_fraction : float, default 0.1
+        Share of a tensor's samples held out for validation, in (0, 1).
+    patience : int, default 10
+        Epochs without a lower validation loss before stopping.
+    seed : int, default 0
+        Seeds the initial weights, the split, the shuffling, the observation noise and
+        the reparameterisation noise: the same seed gives the same weights (on the same
+        device and torch build; exactly so on CPU).
+    device : str or torch.device, optional
+        Where to train; default CUDA if available, else CPU. Tensor states stay where
+        they are and are moved batch by batch.
+    progress : bool, default True
+        Show a tqdm progress bar over epochs.
+    val_states : tensor, array, re-iterable or callable, optional
+        Validation states; required when ``states`` is a stream, optional otherwise
+        (then ``val_fraction`` is not used).
+    normalization : (mean, std), optional
+        Per-channel statistics to use instead of computing them from ``states`` (saves
+        one pass over a stream).
+    periodic_lon : bool, default False
+        The last grid axis is periodic (global longitude).
+    variables, units : sequence, optional
+        One name (and unit) per channel, recorded in the model's configuration.
+
+    Returns
+    -------
+    LatentModel
+        On ``device``, in evaluation mode; ``config["training"]`` records the history
+        (per-epoch losses and loss terms), the epochs run, the best epoch, the seed and
+        the data sizes.
+
+    Raises
+    ------
+    EnsembleError
+        States that are not ``(S, C, H, W)``, or that hold NaN or inf (checked before
+        training, on every batch of a stream's first epoch).
+    ObservationMismatchError
+        An observation layout that does not fit the grid or channels.
+    OptionError
+        Bad option values.
+
+    Examples
+    --------
+    >>> states = torch.rand(64, 1, 16, 16)
+    >>> model = train_latent_model(states, gridded_stride_obs(4), latent_dim=4, width=4,
+    ...                            epochs=2, progress=False)
+    >>> model.latent_obs_std.shape
+    torch.Size([4])
+    """
+    from tqdm.auto import tqdm
+
+    _positive_int(epochs, "epochs")
+    _positive_int(batch_size, "batch_size")
+    _positive_int(patience, "patience")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise OptionError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    for value, name in ((lam, "lam"), (lr, "lr")):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
+    if lr <= 0:
+        raise OptionError(f"lr must be positive, got {lr!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    split_gen = torch.Generator().manual_seed(seed)
+
+    train_src, val_src, n_train, n_val = _split(
+        states, val_states, val_fraction, batch_size, split_gen
+    )
+    probe = _first_batch(train_src)
+    channels, grid_shape = probe.shape[1], tuple(probe.shape[-2:])
+    if normalization is None:
+        mean, std = _statistics(train_src, "states", channels)
+    else:
+        mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in normalization)
+        if isinstance(train_src, _TensorSource):
+            _check_finite(train_src.states, "states", "training split")
+    if isinstance(val_src, _TensorSource):
+        _check_finite(val_src.states, "val_states", "validation split")
+    layout = _obs_layout(make_obs, channels, grid_shape, probe[:2].to(torch.float32))
+    for names, label in ((variables, "variables"), (units, "units")):
+        if names is not None and len(names) != channels:
+            raise OptionError(f"{label} has {len(names)} entries for {channels} channels")
+
+    config: dict[str, Any] = {
+        "architecture": {
+            "channels": channels,
+            "grid_shape": list(grid_shape),
+            "latent_dim": latent_dim,
+            "width": width,
+            "depth": depth,
+            "periodic_lon": bool(periodic_lon),
+        },
+        "obs_layout": layout,
+        "variables": None if variables is None else list(variables),
+        "units": None if units is None else list(units),
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae, obs_encoder = build_networks(config)
+    vae.to(device)
+    obs_encoder.to(device)
+    model = LatentModel(vae, obs_encoder, mean, std, torch.ones(latent_dim), config)
+    params = [*vae.parameters(), *obs_encoder.parameters()]
+    optimiser = torch.optim.Adam(params, lr=lr)
+    obs_gen = torch.Generator().manual_seed(seed + 1)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
+
+    def prepare(batch, generator):
+        x = batch.to(device=device, dtype=torch.float32)
+        values, mask = make_obs(x, generator)
+        obs_values, obs_mask = model.normalize_obs(values, mask)
+        return model.normalize(x), obs_values, obs_mask
+
+    def validate() -> float:
+        model.vae.eval()
+        model.obs_encoder.eval()
+        total, count = 0.0, 0
+        gen = torch.Generator().manual_seed(seed + 3)  # the same noise every epoch
+        with torch.no_grad():
+            for i, batch in enumerate(val_src.batches(0)):
+                _check_finite(batch, "val_states", f"batch {i}")
+                x, ov, om = prepare(batch, gen)
+                loss, _ = latent_loss(model, x, ov, om, lam, sample=False)
+                total += float(loss) * x.shape[0]
+                count += x.shape[0]
+        return total / count
+
+    history: list[dict[str, Any]] = []
+    best = (math.inf, -1, None)
+    waited = 0
+    started = time.perf_counter()
+    bar = tqdm(range(epochs), desc="training latent model", disable=not progress, unit="epoch")
+    for epoch in bar:
+        model.vae.train()
+        model.obs_encoder.train()
+        sums: dict[str, float] = {}
+        seen = 0
+        for i, batch in enumerate(train_src.batches(epoch)):
+            if epoch > 0 or normalization is not None:
+                _check_finite(batch, "states", f"epoch {epoch}, batch {i}")
+            x, ov, om = prepare(batch, obs_gen)
+            loss, terms = latent_loss(model, x, ov, om, lam, noise_gen)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            n = x.shape[0]
+            seen += n
+            for k, v in {"loss": float(loss.detach()), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+        if seen == 0:
+            raise EnsembleError(f"the training states yielded no data in epoch {epoch}")
+        train_terms = {k: v / seen for k, v in sums.items()}
+        val_loss = validate()
+        if not math.isfinite(val_loss):
+            raise OptionError(f"the validation loss became {val_loss} in epoch {epoch}; lower lr")
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_terms.pop("loss"),
+                "val_loss": val_loss,
+                "train_terms": train_terms,
+            }
+        )
+        bar.set_postfix(train=f"{history[-1]['train_loss']:.4g}", val=f"{val_loss:.4g}")
+        if val_loss < best[0]:
+            weights = (copy.deepcopy(vae.state_dict()), copy.deepcopy(obs_encoder.state_dict()))
+            best = (val_loss, epoch, weights)
+            waited = 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    bar.close()
+
+    vae.load_state_dict(best[2][0])
+    obs_encoder.load_state_dict(best[2][1])
+    vae.eval()
+    obs_encoder.eval()
+    latent_std, bias = _latent_residuals(model, val_src, prepare, seed)
+    model.latent_obs_std = latent_std.to(model.dtype)
+    model.config["training"] = {
+        "seed": seed,
+        "lam": float(lam),
+        "lr": float(lr),
+        "batch_size": batch_size,
+        "epochs_max": epochs,
+        "patience": patience,
+        "epochs_run": len(history),
+        "best_epoch": best[1],
+        "best_val_loss": best[0],
+        "n_train": n_train,
+        "n_val": n_val,
+        "latent_residual_bias": bias.tolist(),
+        "device": str(device),
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }
+    return model
+
+
+def _latent_residuals(model, val_src, prepare, seed) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMS (floored) and mean of ``μ_obs(y) − μ(x)`` over the validation set."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    sq, total, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for batch in val_src.batches(0):
+            x, ov, om = prepare(batch, gen)
+            r = (model.obs_encoder(ov, om)[0] - model.vae.encode(x)[0]).double()
+            sq = sq + r.square().sum(0)
+            total = total + r.sum(0)
+            count += r.shape[0]
+    rms = (sq / count).sqrt().clamp_min(_MIN_LATENT_OBS_STD)
+    return rms.float().cpu().to(model.device), (total / count).float().cpu()
+
+
+def _split(states, val_states, val_fraction, batch_size, generator):
+    train = _as_source(states, "states", batch_size, generator, shuffle=True)
+    if val_states is not None:
+        val = _as_source(val_states, "val_states", batch_size, generator, shuffle=False)
+        return train, val, _size(train), _size(val)
+    if not isinstance(train, _TensorSource):
+        raise OptionError(
+            "states is a stream of batches; pass val_states (a tensor or another stream) "
+            "for validation and early stopping"
+        )
+    if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
+        raise OptionError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    n = len(train)
+    n_val = max(1, round(n * val_fraction))
+    if n - n_val < 1:
+        raise EnsembleError(f"{n} states are too few to hold out {n_val} for validation")
+    order = torch.randperm(n, generator=generator)
+    data = train.states
+    train = _TensorSource(data[order[n_val:]], batch_size, generator, shuffle=True)
+    val = _TensorSource(data[order[:n_val]], batch_size, generator, shuffle=False)
+    return train, val, n - n_val, n_val
+
+
+def _size(source) -> int | None:
+    return len(source) if isinstance(source, _TensorSource) else None
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise OptionError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
