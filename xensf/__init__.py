@@ -33,6 +33,9 @@ _LAZY = {
     "assimilate": "xensf.bridge.analysis",
     "open_era5_sample": "xensf.sample",
     "catalog": "xensf.catalog",
+    "load": "xensf.bridge.models",
+    "train_latent": "xensf.bridge.training",
+    "LatentModel": "xensf.latent",
 }
 
 __all__ = [

@@ -63,13 +63,20 @@ class EnsfDatasetAccessor:
             dim must hold times of the state (missing times: no observations then).
             Units are converted to the state's with pint; observations without a units
             attribute are taken to be in the state's units.
-        method : {"ensf", "letkf"}, optional
-            ``"ensf"`` (default): the ensemble score filter on standardised variables;
-            ``"letkf"``: the local ensemble transform Kalman filter.
-        model : optional
-            A trained latent model bundle, for the latent methods (a later release).
+        method : {"ensf", "letkf", "latent-ensf", "latent-letkf"}, optional
+            ``"ensf"`` (default without a model): the ensemble score filter on
+            standardised variables; ``"letkf"``: the local ensemble transform Kalman
+            filter; ``"latent-ensf"`` (default with a model): Latent-EnSF, the score
+            filter in the latent space of ``model``; ``"latent-letkf"``: the ETKF there.
+        model : LatentModel or path, optional
+            A trained latent model (``xensf.load(path)``, ``xensf.train_latent(...)``) or
+            the path of its bundle, for the latent methods. It must have been trained on
+            this grid, these variables, levels and units (checked, with an error naming
+            the difference); the observations must be gridded. Workers receive the
+            bundle's path and load it once each.
         obs_error : float, str, mapping, optional
-            Observation-error standard deviation: a number in the state's units, a
+            Not for latent methods (their error is the model's latent observation
+            error, estimated at training). Observation-error standard deviation: a number in the state's units, a
             mapping ``{variable: number}`` (or ``{variable: {level: number}}``), or a
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:
@@ -90,13 +97,16 @@ class EnsfDatasetAccessor:
             latitude and longitude dims). Others are returned unchanged.
         **options
             Method options. ``ensf``: ``steps`` (100), ``eps_alpha`` (0.05),
-            ``eps_beta`` (0.025), ``prior_score`` ("mixture" or "paired"), ``scale``
+            ``eps_beta`` (0.025), ``prior_score`` ("mixture" or "paired"), ``likelihood`` ("damped", the
+            published EnSF, or "gaussian", exact for linear-Gaussian problems), ``scale``
             (a number or {variable: number} in state units; default the prior
             ensemble's spread per variable and level at each time). ``letkf``:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
             spread), ``loc_radius`` (Gaspari–Cohn half-width c, in km on lat/lon grids,
             in coordinate units on planar grids; weights vanish beyond 2c; None: no
-            localisation).
+            localisation). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
+            ``prior_score``, ``likelihood`` (as for ``ensf``; the latent space is already
+            standardised). ``latent-letkf``: ``inflation``, ``rtps``.
 
         Returns
         -------
@@ -150,6 +160,44 @@ class EnsfDatasetAccessor:
             call=_describe_call({k: v for k, v in args.items() if v is not None}),
             **options,
         )
+
+    def encode(
+        self, model: Any, *, variables=None, lat_dim=None, lon_dim=None, device=None
+    ) -> xr.Dataset:
+        """Encode every state (each time, member, ...) to the model's latent Gaussian.
+
+        Parameters
+        ----------
+        model : LatentModel or path
+            A latent model trained on this grid, these variables, levels and units.
+        variables : list of str, optional
+            Default: the model's variables.
+        lat_dim, lon_dim : str, optional
+            Override the grid dims' detection.
+        device : str, optional
+            Torch device; default CUDA when available.
+
+        Returns
+        -------
+        Dataset
+            ``latent_mean`` and ``latent_log_variance`` with the state's sample dims
+            (time, member, ...) and a ``latent`` dim; lazy if the input was.
+        """
+        from .bridge.encoding import encode
+
+        return encode(
+            self._obj, model, variables=variables, lat_dim=lat_dim, lon_dim=lon_dim, device=device
+        )
+
+    def decode(self, model: Any, *, device=None) -> xr.Dataset:
+        """Decode a latent Dataset (``latent_mean`` along ``latent``) to states.
+
+        The result is on the grid, with the variables, levels and units, that the model
+        was trained on; the latent data's other dims (time, member) are kept.
+        """
+        from .bridge.encoding import decode
+
+        return decode(self._obj, model, device=device)
 
     def _member_dim(self, member_dim: str | None) -> str:
         from .bridge.dims import find_role

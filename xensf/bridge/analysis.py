@@ -16,11 +16,18 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ChunkingError, DimensionError, EnsembleError, OptionError
+from ..errors import (
+    ChunkingError,
+    DimensionError,
+    EnsembleError,
+    ObservationMismatchError,
+    OptionError,
+)
 from .dims import EnsembleDims, find_dims
 from .layout import StateLayout
 from .metadata import analysis_metadata
 from .methods import resolve_method
+from .models import ModelHandle, cached_model, model_handle
 from .observations import (
     ObservationPlan,
     is_geographic,
@@ -64,6 +71,7 @@ class BlockPlan:
     grid_locations: np.ndarray
     distance: str
     scales: dict[str, float] | None = field(default=None)
+    model: ModelHandle | None = None
 
 
 def _pick_device(device: str | None):
@@ -128,6 +136,9 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
 
     device = _pick_device(plan.device)
     out = x.astype(np.float32, copy=True)
+    if plan.model is not None:
+        _latent_update(out, x, y, observed, seeds, plan, device)
+        return _unstack(out, plan)
     # Times sharing the same observed set are analysed in one batched call.
     groups, inverse = np.unique(observed, axis=0, return_inverse=True)
     for g, sel in enumerate(groups):
@@ -174,7 +185,37 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
                 distance=plan.distance,
             )
         out[ts] = post.cpu().numpy()
-    result = layout.unstack(out)
+    return _unstack(out, plan)
+
+
+def _latent_update(out, x, y, observed, seeds, plan: BlockPlan, device) -> None:
+    """Latent-EnSF / latent LETKF for the times of a chunk that have observations.
+
+    All those times go through the networks and the filter in one batched call; the
+    observations are laid out on the grid (NaN where unobserved) for the encoder.
+    """
+    has = np.flatnonzero(observed.any(axis=1))
+    if has.size == 0:
+        return
+    layout = plan.layout
+    n_members = x.shape[1]
+    shape = (layout.n_fields, *layout.grid_shape)
+    grid = np.full((has.size, layout.size), np.nan, dtype=np.float32)
+    grid[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
+    model = cached_model(plan.model, device)
+    post = model.analyse(
+        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
+        grid.reshape(has.size, *shape),
+        method=plan.method,
+        generator=[seeds[t] for t in has] if plan.method == "latent-ensf" else None,
+        **plan.options,
+    )
+    out[has] = np.asarray(post).reshape(has.size, n_members, layout.size)
+
+
+def _unstack(out: np.ndarray, plan: BlockPlan):
+    """The analysis ``(T, N, d)`` back to one array per variable, in its dtype."""
+    result = plan.layout.unstack(out)
     result = [r.astype(dt, copy=False) for r, dt in zip(result, plan.out_dtypes, strict=True)]
     if not plan.has_time:
         result = [r[0] for r in result]
@@ -215,6 +256,27 @@ def _check_chunks(ds: xr.Dataset, names: list[str], whole: dict[str, list[str]])
                     f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
                     f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead)"
                 )
+
+
+def _check_model_fits(config, handle, prior, dims, layout) -> None:
+    """Refuse a model trained on other variables, levels, units or another grid."""
+    from .signature import check_signature, data_signature
+
+    arch = config["architecture"]
+    if config.get("data") is not None:
+        check_signature(config["data"], data_signature(prior, dims, layout), model=handle.path)
+    elif arch["channels"] != layout.n_fields or list(arch["grid_shape"]) != list(
+        layout.grid_shape
+    ):
+        raise ObservationMismatchError(
+            f"the model {handle.path} takes {arch['channels']} fields on a "
+            f"{arch['grid_shape']} grid; the data has {layout.n_fields} on {list(layout.grid_shape)}"
+        )
+    if config.get("obs_layout", {}).get("kind") != "gridded":
+        raise OptionError(
+            f"the model {handle.path} encodes point observations; the accessor supports "
+            "gridded-observation models (use model.analyse for point models)"
+        )
 
 
 def _time_chunks(prior, names, values, errors, time_dim):
@@ -269,6 +331,14 @@ def assimilate(
         raise OptionError(f"seed must be an integer, got {seed!r}")
     spec, opts = resolve_method(method, model, options)
     scales = opts.pop("scale", None) if spec.name == "ensf" else None
+    handle = config = None
+    if spec.needs_model:
+        if obs_error is not None:
+            raise OptionError(
+                f"{spec.name} takes its (latent) observation error from the model, estimated "
+                "when it was trained; drop obs_error="
+            )
+        handle, config = model_handle(model)
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
@@ -311,10 +381,16 @@ def assimilate(
         level_shapes=tuple(tuple(prior.sizes[d] for d in levels[n]) for n in names),
         grid_shape=(prior.sizes[dims.lat], prior.sizes[dims.lon]),
     )
-    # Level dims shared by variables must agree in their coordinates (they do in a Dataset).
+    if handle is not None:
+        _check_model_fits(config, handle, prior, dims, layout)
     obs_plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, obs_dim=obs_dim
+        obs, prior, layout, dims, obs_error, obs_dim=obs_dim, require_error=handle is None
     )
+    if handle is not None and obs_plan.kind != "gridded":
+        raise ObservationMismatchError(
+            f"the model {handle.path} encodes gridded observations (the state's grid with "
+            "NaN where unobserved); these are point observations"
+        )
     spherical = dims.lat in prior.coords and is_geographic(prior, dims)
     grid_loc = state_grid_locations(prior, dims, layout, spherical)
     plan = BlockPlan(
@@ -329,6 +405,7 @@ def assimilate(
         grid_locations=grid_loc,
         distance="great_circle" if spherical else "euclidean",
         scales=scales,
+        model=handle,
     )
 
     def bare(da: xr.DataArray) -> xr.DataArray:
@@ -374,6 +451,9 @@ def assimilate(
         )
     if spec.name == "letkf":
         parameters["loc_radius_units"] = "km" if spherical else "grid coordinate units"
+    if handle is not None:
+        parameters["model"] = handle.path
+        parameters["model_sha256"] = handle.digest
     return analysis_metadata(
         result,
         prior,

@@ -41,6 +41,24 @@ METHODS: dict[str, MethodSpec] = {
         {"inflation": 1.0, "rtps": 0.0, "loc_radius": None},
         description="Local ensemble transform Kalman filter (Hunt et al. 2007)",
     ),
+    "latent-ensf": MethodSpec(
+        "latent-ensf",
+        {
+            "steps": 100,
+            "eps_alpha": 0.05,
+            "eps_beta": 0.025,
+            "prior_score": "mixture",
+            "likelihood": "damped",
+        },
+        needs_model=True,
+        description="Latent Ensemble Score Filter (Si & Chen 2025): EnSF in a VAE's latent space",
+    ),
+    "latent-letkf": MethodSpec(
+        "latent-letkf",
+        {"inflation": 1.0, "rtps": 0.0},
+        needs_model=True,
+        description="ETKF on the latent ensemble with the encoded observation",
+    ),
 }
 
 
@@ -80,17 +98,17 @@ def resolve_method(
     if method is None:
         method = "latent-ensf" if model is not None else "ensf"
     if method not in METHODS:
-        later = {"latent-ensf", "latent-letkf"}
-        hint = (
-            " (latent methods need a trained model bundle; they are not available yet)"
-            if method in later
-            else ""
-        )
-        raise OptionError(f"unknown method {method!r}{hint}; choose one of {sorted(METHODS)}")
+        raise OptionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     spec = METHODS[method]
     if model is not None and not spec.needs_model:
         raise OptionError(
-            f"method {method!r} does not use a model; drop model= or choose a latent method"
+            f"method {method!r} does not use a model; drop model= or choose a latent method "
+            "('latent-ensf', 'latent-letkf')"
+        )
+    if model is None and spec.needs_model:
+        raise OptionError(
+            f"method {method!r} needs a trained latent model: pass model=xensf.load(path) "
+            "(or a bundle path); train one with xensf.train_latent"
         )
     unknown = sorted(set(options) - set(spec.options))
     if unknown:

@@ -166,12 +166,15 @@ def prepare_observations(
     obs_error,
     *,
     obs_dim: str | None = None,
+    require_error: bool = True,
 ) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
     """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
 
     Returns the plan, the observation values (one DataArray per observed variable, in
     state units, aligned to the prior's times and levels) and their error standard
-    deviations (DataArrays that broadcast against the values).
+    deviations (DataArrays that broadcast against the values). With
+    ``require_error=False`` (methods that take the error from elsewhere) the errors
+    are placeholders of 1.
     """
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
@@ -319,6 +322,10 @@ def prepare_observations(
             rows_loc.append(np.tile(p_loc, (prod(level_shape), 1)))
 
     for name, value in zip(names, values, strict=True):
+        if not require_error:
+            errors.append(xr.DataArray(1.0))
+            error_core_dims.append(())
+            continue
         levels, keys = field_levels[name]
         err, err_dims = _resolve_error(
             obs, name, value, levels, keys, obs_error, prior, dims, fields

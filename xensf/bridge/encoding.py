@@ -1,0 +1,194 @@
+"""``encode`` / ``decode``: state Datasets ⇄ labelled latent Datasets, lazily.
+
+The latent Dataset has the state's sample dims (time, member, ...) and a ``latent``
+dim, with variables ``latent_mean`` and ``latent_log_variance`` (the VAE encoder's
+Gaussian). Decoding rebuilds the state Dataset on the grid, variables, levels and
+units the model was trained on (its data signature).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import DimensionError, OptionError
+from .dims import find_role
+from .layout import StateLayout
+from .models import cached_model, model_handle
+from .signature import check_signature, data_signature
+
+__all__ = ["decode", "encode"]
+
+LATENT_DIM = "latent"
+
+
+def _device(device):
+    import torch
+
+    return (
+        torch.device(device)
+        if device
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+
+
+def _encode_block(*arrays, handle, layout, device):
+    lead = arrays[0].shape[: arrays[0].ndim - len(layout.level_dims[0]) - 2]
+    flat = [a.reshape(-1, *a.shape[len(lead) :]) for a in arrays]
+    x = layout.stack([f[:, None] for f in flat])[:, 0]  # (B, d)
+    model = cached_model(handle, _device(device))
+    mu, logvar = model.encode(
+        x.astype(np.float32).reshape(-1, layout.n_fields, *layout.grid_shape)
+    )
+    size = mu.shape[-1]
+    return mu.cpu().numpy().reshape(*lead, size), logvar.cpu().numpy().reshape(*lead, size)
+
+
+def encode(
+    ds: xr.Dataset, model: Any, *, variables=None, lat_dim=None, lon_dim=None, device=None
+) -> xr.Dataset:
+    """Latent Gaussian (mean, log-variance) of every state in ``ds``; see the accessor."""
+    handle, config = model_handle(model)
+    data = config.get("data")
+    if data is None:
+        raise OptionError(
+            "the model has no data signature (trained without xarray); use model.encode"
+        )
+    lat = find_role(ds, "latitude", override=lat_dim)
+    lon = find_role(ds, "longitude", override=lon_dim)
+    names = list(variables) if variables is not None else list(data["variables"])
+    missing = [n for n in names if n not in ds.data_vars]
+    if missing:
+        raise OptionError(f"the model needs the variables {missing}, which the Dataset lacks")
+    sample = [
+        d for d in ds[names[0]].dims if d not in (lat, lon) and d not in _levels(data, names[0])
+    ]
+    levels = {n: [d for d in ds[n].dims if d not in (lat, lon, *sample)] for n in names}
+    layout = StateLayout(
+        tuple(names),
+        tuple(tuple(levels[n]) for n in names),
+        tuple(tuple(ds.sizes[d] for d in levels[n]) for n in names),
+        (ds.sizes[lat], ds.sizes[lon]),
+    )
+    from .dims import EnsembleDims
+
+    found = data_signature(ds, EnsembleDims(member="", lat=lat, lon=lon, time=None), layout)
+    found["lat_dim"], found["lon_dim"] = data["lat_dim"], data["lon_dim"]
+    check_signature(data, found, model=handle.path)
+    latent_size = int(config["architecture"]["latent_dim"])
+    core = [[*levels[n], lat, lon] for n in names]
+    for n in names:
+        for d, sizes in zip(ds[n].dims, ds[n].chunks or [], strict=False):
+            if d in (lat, lon, *levels[n]) and len(sizes) > 1:
+                raise DimensionError(
+                    f"{n!r} is split into chunks along {d!r}; rechunk it ({{{d!r}: -1}})"
+                )
+    mean, logvar = xr.apply_ufunc(
+        _encode_block,
+        *[ds[n].transpose(*sample, *core[i]).variable for i, n in enumerate(names)],
+        input_core_dims=core,
+        output_core_dims=[[LATENT_DIM], [LATENT_DIM]],
+        dask="parallelized",
+        output_dtypes=[np.float32, np.float32],
+        dask_gufunc_kwargs={"output_sizes": {LATENT_DIM: latent_size}},
+        kwargs={"handle": handle, "layout": layout, "device": device},
+        keep_attrs=False,
+    )
+    coords = {c: ds.coords[c] for c in ds.coords if set(ds.coords[c].dims) <= set(sample)}
+    out = xr.Dataset(
+        {
+            "latent_mean": xr.DataArray(mean, dims=(*sample, LATENT_DIM)),
+            "latent_log_variance": xr.DataArray(logvar, dims=(*sample, LATENT_DIM)),
+        },
+        coords={**coords, LATENT_DIM: np.arange(latent_size)},
+    )
+    out["latent_mean"].attrs["long_name"] = "mean of the latent Gaussian of the VAE encoder"
+    out["latent_log_variance"].attrs["long_name"] = "log-variance of the latent Gaussian"
+    out.attrs.update({"xensf_model": handle.path, "xensf_model_sha256": handle.digest})
+    return out
+
+
+def _levels(data, name) -> list[str]:
+    for var, levels in data["fields"]:
+        if var == name:
+            return list(levels)
+    return []
+
+
+def _decode_block(z, *, handle, layout, device):
+    lead = z.shape[:-1]
+    model = cached_model(handle, _device(device))
+    x = model.decode(z.reshape(-1, z.shape[-1]).astype(np.float32)).cpu().numpy()
+    parts = layout.unstack(x.reshape(-1, 1, layout.size))
+    out = tuple(p[:, 0].reshape(*lead, *p.shape[2:]) for p in parts)
+    return out if len(out) > 1 else out[0]
+
+
+def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.Dataset:
+    """States on the model's grid from latent vectors; see the accessor."""
+    handle, config = model_handle(model)
+    data = config.get("data")
+    if data is None:
+        raise OptionError(
+            "the model has no data signature (trained without xarray); use model.decode"
+        )
+    z = latent["latent_mean"] if isinstance(latent, xr.Dataset) else latent
+    if LATENT_DIM not in z.dims:
+        raise DimensionError(f"the latent data needs a {LATENT_DIM!r} dim; it has {list(z.dims)}")
+    if z.sizes[LATENT_DIM] != int(config["architecture"]["latent_dim"]):
+        raise DimensionError(
+            f"the model's latent size is {config['architecture']['latent_dim']}, the data's "
+            f"{z.sizes[LATENT_DIM]}"
+        )
+    names = list(data["variables"])
+    level_dims = {n: [] for n in names}
+    level_values: dict[str, list] = {}
+    for var, levels in data["fields"]:
+        for d, v in levels.items():
+            if d not in level_dims[var]:
+                level_dims[var].append(d)
+            level_values.setdefault(d, [])
+            if v not in level_values[d]:
+                level_values[d].append(v)
+    layout = StateLayout(
+        tuple(names),
+        tuple(tuple(level_dims[n]) for n in names),
+        tuple(tuple(len(level_values[d]) for d in level_dims[n]) for n in names),
+        tuple(data["grid_shape"]),
+    )
+    lat, lon = data["lat_dim"], data["lon_dim"]
+    sample = [d for d in z.dims if d != LATENT_DIM]
+    outs = xr.apply_ufunc(
+        _decode_block,
+        z.variable,
+        input_core_dims=[[LATENT_DIM]],
+        output_core_dims=[[*level_dims[n], lat, lon] for n in names],
+        dask="parallelized",
+        output_dtypes=[np.float32] * len(names),
+        dask_gufunc_kwargs={
+            "output_sizes": {
+                lat: data["grid_shape"][0],
+                lon: data["grid_shape"][1],
+                **{d: len(v) for d, v in level_values.items()},
+            }
+        },
+        kwargs={"handle": handle, "layout": layout, "device": device},
+        keep_attrs=False,
+    )
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    coords = {c: z.coords[c] for c in z.coords if LATENT_DIM not in z.coords[c].dims}
+    coords.update({lat: data["lat"], lon: data["lon"], **level_values})
+    result = xr.Dataset(
+        {
+            n: xr.DataArray(o, dims=(*sample, *level_dims[n], lat, lon))
+            for n, o in zip(names, outs, strict=True)
+        },
+        coords=coords,
+    )
+    for n in names:
+        if data["units"].get(n) is not None:
+            result[n].attrs["units"] = data["units"][n]
+    result.attrs.update({"xensf_model": handle.path, "xensf_model_sha256": handle.digest})
+    return result

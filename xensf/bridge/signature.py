@@ -1,0 +1,100 @@
+"""What a latent model was trained on, and the check that data matches it.
+
+A latent model only makes sense on the grid, variables, levels and units it was
+trained on. Training records a *data signature* of the training Dataset in the model
+bundle; applying the model compares the forecast's signature with it and refuses,
+naming what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ObservationMismatchError
+from .dims import EnsembleDims
+from .layout import StateLayout
+
+__all__ = ["check_signature", "data_signature", "fields_of"]
+
+
+def _grid_hash(lat: np.ndarray, lon: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for values in (lat, lon):
+        h.update(np.ascontiguousarray(np.round(np.asarray(values, np.float64), 6)).tobytes())
+    return h.hexdigest()
+
+
+def _plain(values) -> list:
+    return [v.item() if hasattr(v, "item") else v for v in np.asarray(values).tolist()]
+
+
+def fields_of(ds: xr.Dataset, layout: StateLayout) -> list[list]:
+    """The channel list: ``[variable, {level_dim: value}]`` per field, in state order."""
+    fields = []
+    for name, dims_, shape in zip(
+        layout.variables, layout.level_dims, layout.level_shapes, strict=True
+    ):
+        for index in np.ndindex(*shape):
+            levels = {
+                d: (_plain(ds[d].values)[i] if d in ds.coords else i)
+                for d, i in zip(dims_, index, strict=True)
+            }
+            fields.append([name, levels])
+    return fields
+
+
+def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> dict[str, Any]:
+    """A JSON-serialisable description of the state: variables, levels, units and grid."""
+    lat = ds[dims.lat].values if dims.lat in ds.coords else np.arange(layout.grid_shape[0])
+    lon = ds[dims.lon].values if dims.lon in ds.coords else np.arange(layout.grid_shape[1])
+    return {
+        "variables": list(layout.variables),
+        "fields": fields_of(ds, layout),
+        "units": {v: ds[v].attrs.get("units") for v in layout.variables},
+        "lat_dim": dims.lat,
+        "lon_dim": dims.lon,
+        "grid_shape": list(layout.grid_shape),
+        "lat": [float(v) for v in np.asarray(lat, np.float64)],
+        "lon": [float(v) for v in np.asarray(lon, np.float64)],
+        "grid_hash": _grid_hash(lat, lon),
+    }
+
+
+def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: str) -> None:
+    """Raise :class:`ObservationMismatchError` naming the first difference."""
+    if expected["variables"] != found["variables"]:
+        raise ObservationMismatchError(
+            f"the model {model} was trained on the variables {expected['variables']}, the "
+            f"data has {found['variables']}; select them with variables=... (same order)"
+        )
+    if expected["fields"] != found["fields"]:
+        raise ObservationMismatchError(
+            f"the model {model} was trained on the fields (variable, levels) "
+            f"{expected['fields']}, the data has {found['fields']}"
+        )
+    for var, units in expected["units"].items():
+        if found["units"].get(var) != units:
+            raise ObservationMismatchError(
+                f"the model {model} was trained on {var!r} in {units!r}, the data has "
+                f"{found['units'].get(var)!r}; convert the data (ds[{var!r}].pint.to(...)) first"
+            )
+    if (
+        expected["grid_shape"] != found["grid_shape"]
+        or expected["grid_hash"] != found["grid_hash"]
+    ):
+
+        def extent(sig):
+            return (
+                f"{sig['grid_shape'][0]}x{sig['grid_shape'][1]} ({sig['lat_dim']} "
+                f"{sig['lat'][0]:g}..{sig['lat'][-1]:g}, {sig['lon_dim']} "
+                f"{sig['lon'][0]:g}..{sig['lon'][-1]:g})"
+            )
+
+        raise ObservationMismatchError(
+            f"the model {model} was trained on a {extent(expected)} grid; the data's grid is "
+            f"{extent(found)}; regrid the data or train a model on this grid"
+        )
