@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import accessor as _accessor  # noqa: F401  (registers the .ensf accessor)
 from .errors import (
+    BundleError,
     ChunkingError,
     DimensionError,
     EnsembleError,
@@ -39,6 +40,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BundleError",
     "ChunkingError",
     "DimensionError",
     "EnsembleError",
