@@ -1,0 +1,779 @@
+"""Training a Latent-EnSF model from an xarray Dataset of states.
+
+:func:`train_latent` is the xarray face of
+:func:`xensf.latent.train_latent_model`: it finds the grid, the sample dims and the
+level dims, stacks the state variables into channels exactly as the accessor stacks a
+forecast ensemble (so the model fits the data it will be applied to), turns an
+observation layout given in xarray terms (a stride, a mask, station locations) into a
+layer-2 observation sampler, and records the data signature that the accessor checks
+later. Numpy-backed data goes to the trainer as one tensor; dask-backed data is
+streamed, a block of at most ``batch_size`` samples at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from itertools import pairwise, product
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import (
+    DimensionError,
+    EnsembleError,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+)
+from ..obs import bilinear_weights, parse_relative
+from .criteria import CF_CRITERIA, COMMON_NAMES
+from .dims import EnsembleDims, find_role
+from .layout import StateLayout
+from .observations import ERROR_SUFFIXES, is_geographic
+from .signature import data_signature
+
+__all__ = ["MIN_SAMPLES", "train_latent"]
+
+#: Fewest training states accepted: fewer cannot be split into training and
+#: validation sets that say anything.
+MIN_SAMPLES = 10
+
+#: Dimension names taken for vertical levels (channels) when no coordinate says so
+#: with CF metadata (``axis: Z``, ``positive``, a pressure or height standard_name).
+LEVEL_NAMES: tuple[str, ...] = (
+    "level",
+    "lev",
+    "levels",
+    "plev",
+    "isobaricinhpa",
+    "pressure_level",
+    "pressure",
+    "height",
+    "depth",
+    "altitude",
+    "model_level",
+    "hybrid",
+    "sigma",
+    "zlev",
+    "z",
+)
+
+
+# --------------------------------------------------------------------------------------
+# the state: variables, sample dims, level dims
+# --------------------------------------------------------------------------------------
+def _grid_dims(ds: xr.Dataset, lat_dim, lon_dim) -> tuple[str, str]:
+    lat = find_role(ds, "latitude", override=lat_dim)
+    lon = find_role(ds, "longitude", override=lon_dim)
+    if lat == lon:
+        raise DimensionError(
+            f"{lat!r} was found as both latitude and longitude; name them with lat_dim=, lon_dim="
+        )
+    return lat, lon
+
+
+def _state_variables(ds: xr.Dataset, grid: tuple[str, str], variables) -> list[str]:
+    if variables is not None:
+        names = [variables] if isinstance(variables, str) else list(variables)
+        if not names:
+            raise OptionError("variables is empty: name at least one state variable")
+        unknown = [v for v in names if v not in ds.data_vars]
+        if unknown:
+            raise OptionError(
+                f"variables: {unknown} are not data variables of the training data; it has "
+                f"{[str(v) for v in ds.data_vars]}"
+            )
+        for v in names:
+            if not set(grid) <= set(ds[v].dims):
+                raise DimensionError(
+                    f"state variable {v!r} has dims {list(ds[v].dims)}; it needs the grid "
+                    f"dims {grid[0]!r} and {grid[1]!r}"
+                )
+    else:
+        names = [str(v) for v in ds.data_vars if set(grid) <= set(ds[v].dims)]
+        if not names:
+            raise DimensionError(
+                f"no data variable has both grid dims {grid[0]!r} and {grid[1]!r}: nothing "
+                "to train on"
+            )
+    for v in names:
+        if ds[v].dtype.kind != "f":
+            raise OptionError(f"state variable {v!r} has dtype {ds[v].dtype}; expected floats")
+    return names
+
+
+def _is_level(ds: xr.Dataset, dim: str) -> bool:
+    """Whether ``dim`` is a vertical level dim (its values become channels)."""
+    vertical = set(ds.cf.axes.get("Z", [])) | set(ds.cf.coordinates.get("vertical", []))
+    if any(name in ds.coords and ds[name].dims == (dim,) for name in vertical):
+        return True
+    return str(dim).lower() in LEVEL_NAMES
+
+
+def _sample_and_level_dims(ds, names, grid, member, time):
+    """The dims stacked into samples (shared by all variables) and each variable's levels."""
+    levels, samples = {}, None
+    for v in names:
+        rest = [d for d in ds[v].dims if d not in grid]
+        lev = [d for d in rest if d not in (member, time) and _is_level(ds, d)]
+        smp = [d for d in rest if d not in lev]
+        if samples is None:
+            samples = smp
+        elif set(smp) != set(samples):
+            raise DimensionError(
+                f"state variables {names[0]!r} and {v!r} have different sample dims "
+                f"({samples} and {smp}); every state variable needs the same time/member "
+                "dims (select variables=... or broadcast them)"
+            )
+        levels[v] = lev
+    if not samples:
+        raise DimensionError(
+            f"the state variables have no dim to draw training samples from (dims "
+            f"{list(ds[names[0]].dims)}); training needs time and/or member dims (every "
+            "dim that is neither the grid nor a vertical level is one)"
+        )
+    return samples, levels
+
+
+def _is_periodic(ds: xr.Dataset, dims: EnsembleDims) -> bool:
+    """A geographic grid whose longitude spacing × count is 360 degrees."""
+    if dims.lon not in ds.coords or dims.lat not in ds.coords or not is_geographic(ds, dims):
+        return False
+    lon = np.asarray(ds[dims.lon].values, dtype=np.float64)
+    if lon.size < 2:
+        return False
+    step = np.abs(np.diff(lon)).mean()
+    return bool(abs(step * lon.size - 360.0) <= 1e-2 * step)
+
+
+# --------------------------------------------------------------------------------------
+# observation layouts
+# --------------------------------------------------------------------------------------
+def _noise(noise) -> tuple[float, float | None]:
+    """``(fraction, absolute std or None)`` from ``"P%"`` or a number in state units."""
+    if isinstance(noise, str):
+        try:
+            return parse_relative(noise), None
+        except OptionError:
+            raise OptionError(
+                f"cannot read noise={noise!r}: give a relative error such as '10%' or a "
+                "number in the state's units"
+            ) from None
+    if isinstance(noise, bool) or not isinstance(noise, int | float | np.number):
+        raise OptionError(
+            f"noise must be a relative error such as '10%' or a number in the state's "
+            f"units, got {noise!r}"
+        )
+    if not (math.isfinite(noise) and noise >= 0):
+        raise OptionError(f"noise must be finite and >= 0, got {noise!r}")
+    return 0.0, float(noise)
+
+
+def _coords_match(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, np.abs(b).max()))
+
+
+def _mask_sampler(mask: xr.DataArray, ds, dims, layout, levels, fraction, std):
+    from ..latent import mask_obs
+
+    if mask.dtype != bool:
+        raise ObservationMismatchError(
+            f"an obs_layout DataArray on the grid is a mask and must be boolean, got {mask.dtype}"
+        )
+    for d in dims.grid:
+        if d in mask.coords and d in ds.coords:
+            a, b = np.asarray(mask[d].values, np.float64), np.asarray(ds[d].values, np.float64)
+            if _coords_match(a, b):
+                continue
+            if a.shape == b.shape and _coords_match(np.sort(a), np.sort(b)):
+                mask = mask.sel({d: ds[d].values}, method="nearest")  # same points, other order
+                continue
+            raise ObservationMismatchError(
+                f"the observation mask is on another grid: its {d!r} has {a.size} values "
+                f"({a[0]:g}..{a[-1]:g}), the training data's {b.size} ({b[0]:g}..{b[-1]:g})"
+            )
+        elif mask.sizes[d] != ds.sizes[d]:
+            raise ObservationMismatchError(
+                f"the observation mask has {mask.sizes[d]} points along {d!r}, the training "
+                f"data {ds.sizes[d]}"
+            )
+    all_levels = {d for v in layout.variables for d in levels[v]}
+    stray = [d for d in mask.dims if d not in dims.grid and d not in all_levels]
+    if stray:
+        raise ObservationMismatchError(
+            f"the observation mask has dims {stray} that are neither the grid "
+            f"({list(dims.grid)}) nor level dims of the state ({sorted(all_levels)})"
+        )
+    mask_levels = [d for d in mask.dims if d not in dims.grid]
+    if not mask_levels:
+        grid_mask = mask.transpose(*dims.grid).values
+        return mask_obs(grid_mask, fraction, noise_std=std)
+    per_field = []
+    for v in layout.variables:
+        missing = [d for d in mask_levels if d not in levels[v]]
+        if missing:
+            raise ObservationMismatchError(
+                f"the observation mask varies along {missing}, which state variable {v!r} "
+                "does not have; give a mask per (lat, lon) only, or select variables=..."
+            )
+        m = mask
+        for d in mask_levels:
+            if d in mask.coords and d in ds.coords:
+                bad = np.setdiff1d(ds[d].values, mask[d].values)
+                if bad.size:
+                    raise ObservationMismatchError(
+                        f"the observation mask lacks the {d} values {bad.tolist()} of the state"
+                    )
+                m = m.sel({d: ds[d].values})
+            elif mask.sizes[d] != ds.sizes[d]:
+                raise ObservationMismatchError(
+                    f"the observation mask has {mask.sizes[d]} values along {d!r}, the state "
+                    f"{ds.sizes[d]}"
+                )
+        m = m.expand_dims({d: ds.sizes[d] for d in levels[v] if d not in m.dims})
+        m = m.transpose(*levels[v], *dims.grid).values
+        per_field.append(m.reshape(-1, *layout.grid_shape))
+    return mask_obs(np.concatenate(per_field).astype(bool), fraction, noise_std=std)
+
+
+def _point_dim(obs: xr.Dataset | xr.DataArray) -> tuple[str, str, str] | None:
+    """``(dim, lat name, lon name)`` of the dim along which lat/lon coordinates lie."""
+    found = []
+    for dim in obs.dims:
+        along = {n: c for n, c in obs.coords.items() if c.dims == (dim,)}
+        names = []
+        for role in ("latitude", "longitude"):
+            by_cf = [
+                n
+                for n, c in along.items()
+                if any(c.attrs.get(a) in vals for a, vals in CF_CRITERIA[role].items())
+            ]
+            by_name = [n for n in along if str(n).lower() in COMMON_NAMES[role]]
+            match = by_cf or by_name
+            if len(match) == 1:
+                names.append(match[0])
+        if len(names) == 2:
+            found.append((dim, *names))
+    if len(found) > 1:
+        raise ObservationMismatchError(
+            f"ambiguous point observations: the dims {[f[0] for f in found]} all carry "
+            "latitude and longitude coordinates"
+        )
+    return found[0] if found else None
+
+
+def _nearest_planar(grid: np.ndarray, points: np.ndarray, name: str) -> np.ndarray:
+    grid = np.asarray(grid, np.float64)
+    half = np.abs(np.diff(grid)).max() / 2 if grid.size > 1 else 0.0
+    lo, hi = grid.min() - half, grid.max() + half
+    bad = ~((points >= lo) & (points <= hi))
+    if bad.any():
+        i = np.flatnonzero(bad)
+        raise ObservationDomainError(
+            f"{i.size} of {points.size} observation points lie outside the grid's {name} "
+            f"range [{lo:g}, {hi:g}] (e.g. point #{i[0]} at {points[i[0]]:g}); drop them"
+        )
+    return np.abs(points[:, None] - grid[None, :]).argmin(-1)
+
+
+def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
+    from ..latent import ObservationSampler
+
+    point, lat_name, lon_name = spec
+    if isinstance(obs, xr.DataArray):
+        if obs.name is None:
+            observed = list(layout.variables)
+            obs_vars = dict.fromkeys(observed)
+        elif obs.name in layout.variables:
+            observed = [str(obs.name)]
+            obs_vars = {observed[0]: obs}
+        else:
+            raise ObservationMismatchError(
+                f"point observations named {obs.name!r} are not of a state variable "
+                f"({list(layout.variables)}); rename them, or drop the name to observe every "
+                "state variable at these points"
+            )
+    else:
+        data = [
+            str(n)
+            for n in obs.data_vars
+            if not any(str(n).endswith(s) and str(n)[: -len(s)] in obs for s in ERROR_SUFFIXES)
+        ]
+        unknown = [n for n in data if n not in layout.variables]
+        if unknown:
+            raise ObservationMismatchError(
+                f"point observation variables {unknown} are not state variables; the state "
+                f"has {list(layout.variables)}"
+            )
+        observed = data or list(layout.variables)
+        obs_vars = {v: (obs[v] if v in obs.data_vars else None) for v in observed}
+
+    plat = np.asarray(obs[lat_name].values, np.float64)
+    plon = np.asarray(obs[lon_name].values, np.float64)
+    geographic = dims.lat in ds.coords and is_geographic(ds, dims)
+    if dims.lat not in ds.coords or dims.lon not in ds.coords:
+        raise ObservationMismatchError(
+            "point observations need the training data's latitude/longitude coordinate values"
+        )
+    glat, glon = ds[dims.lat].values, ds[dims.lon].values
+    if geographic:
+        idx, w = bilinear_weights(glat, glon, plat, plon)
+        nearest = np.take_along_axis(idx, w.argmax(-1)[:, None], -1)[:, 0]
+        rows, cols = nearest // glon.size, nearest % glon.size
+    else:
+        rows = _nearest_planar(glat, plat, str(dims.lat))
+        cols = _nearest_planar(glon, plon, str(dims.lon))
+
+    # Slots in the accessor's order: variable, then level combination, then point.
+    n = plat.size
+    slot_rows, slot_cols, slot_chan, present = [], [], [], []
+    for v in observed:
+        da = obs_vars[v]
+        lev = levels[v]
+        if da is not None:
+            missing = [d for d in lev if d not in da.dims]
+            if missing:
+                raise ObservationMismatchError(
+                    f"point observation variable {v!r} lacks the level dims {missing} of the "
+                    "state variable"
+                )
+        shape = tuple(ds.sizes[d] for d in lev)
+        first = layout.first_field(v)
+        for k, ix in enumerate(np.ndindex(*shape)):
+            have = True
+            if da is not None:
+                for d, i in zip(lev, ix, strict=True):
+                    if d in ds.coords and d in da.coords:
+                        have &= bool(np.isin(ds[d].values[i], da[d].values))
+            slot_rows.append(rows)
+            slot_cols.append(cols)
+            slot_chan.append(np.full(n, first + k))
+            present.append(np.full(n, have))
+    rows_t, cols_t = np.concatenate(slot_rows), np.concatenate(slot_cols)
+    chan_t, present_t = np.concatenate(slot_chan), np.concatenate(present)
+    layout_dict = {
+        "kind": "points",
+        "sampler": "nearest-grid-points",
+        "n_obs": int(rows_t.size),
+        "slot_channels": chan_t.tolist(),
+        "rows": rows_t.tolist(),
+        "cols": cols_t.tolist(),
+        "point_dim": str(point),
+        "n_points": int(n),
+        "variables": list(observed),
+        "approximation": "each point observes the value of its nearest grid point",
+    }
+    import torch
+
+    r, c, ch = (torch.as_tensor(a, dtype=torch.long) for a in (rows_t, cols_t, chan_t))
+    keep = torch.as_tensor(present_t)
+
+    def select(noisy):
+        values = noisy[:, ch.to(noisy.device), r.to(noisy.device), c.to(noisy.device)]
+        mask = keep.to(noisy.device).expand(values.shape)
+        return torch.where(mask, values, torch.full((), math.nan, dtype=values.dtype)), mask
+
+    def check(channels, grid_shape):
+        if channels != layout.n_fields or tuple(grid_shape) != layout.grid_shape:
+            raise ObservationMismatchError("point layout built for another state shape")
+
+    return ObservationSampler(layout_dict, select, check, fraction, std)
+
+
+def _observation_sampler(obs_layout, ds, dims, layout, levels, noise):
+    from ..latent import gridded_stride_obs
+
+    fraction, std = _noise(noise)
+    h, w = layout.grid_shape
+    if isinstance(obs_layout, int | np.integer | tuple | list) and not isinstance(
+        obs_layout, bool
+    ):
+        stride = (
+            (obs_layout, obs_layout) if isinstance(obs_layout, int | np.integer) else obs_layout
+        )
+        if len(stride) != 2 or not all(
+            isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in stride
+        ):
+            raise OptionError(
+                f"a stride obs_layout must be a positive integer or a pair (sy, sx), got {obs_layout!r}"
+            )
+        if stride[0] > h or stride[1] > w:
+            raise ObservationMismatchError(
+                f"the observation stride {tuple(int(s) for s in stride)} is larger than the "
+                f"{h}x{w} grid ({dims.lat!r} x {dims.lon!r}): it would observe a single row or "
+                "column at most"
+            )
+        return gridded_stride_obs((int(stride[0]), int(stride[1])), fraction, noise_std=std)
+    if isinstance(obs_layout, xr.DataArray) and set(dims.grid) <= set(obs_layout.dims):
+        return _mask_sampler(obs_layout, ds, dims, layout, levels, fraction, std)
+    if isinstance(obs_layout, xr.Dataset | xr.DataArray):
+        spec = _point_dim(obs_layout)
+        if spec is None:
+            raise ObservationMismatchError(
+                f"obs_layout is neither a mask on the grid (dims {list(dims.grid)}) nor point "
+                "observations (a dim with latitude and longitude coordinates along it); its "
+                f"dims are {list(obs_layout.dims)}"
+            )
+        return _points_sampler(obs_layout, spec, ds, dims, layout, levels, fraction, std)
+    raise OptionError(
+        "obs_layout must be a stride (int or (sy, sx)), a boolean DataArray mask on the "
+        "grid, or point observations (a Dataset/DataArray with latitude and longitude "
+        f"coordinates along one dim); got {type(obs_layout).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# data: one tensor, or a stream of blocks
+# --------------------------------------------------------------------------------------
+def _stack_block(block: xr.Dataset, names, samples, levels, grid, n_fields) -> np.ndarray:
+    """``(S, C, H, W)`` float32 from a (loaded) block of the state variables."""
+    parts = []
+    for v in names:
+        a = block[v].transpose(*samples, *levels[v], *grid).values
+        parts.append(a.reshape(-1, math.prod(a.shape[len(samples) : -2]), *a.shape[-2:]))
+    out = np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+    assert out.shape[1] == n_fields
+    return out
+
+
+def _check_finite(block: xr.Dataset, names, where: str) -> None:
+    for v in names:
+        values = block[v].values
+        if not np.all(np.isfinite(values)):
+            bad = np.argwhere(~np.isfinite(values))[0]
+            at = ", ".join(
+                f"{d}={_label(block, d, i)}" for d, i in zip(block[v].dims, bad, strict=True)
+            )
+            raise EnsembleError(
+                f"the training data variable {v!r} holds NaN or inf ({where}, first at {at}); "
+                "the latent model needs complete states: fill or drop them before training"
+            )
+
+
+def _label(block: xr.Dataset, dim: str, i) -> Any:
+    if dim in block.coords:
+        value = block[dim].values[i]
+        return (
+            value.item()
+            if hasattr(value, "item") and not isinstance(value, np.datetime64)
+            else value
+        )
+    return int(i)
+
+
+def _blocks(ds: xr.Dataset, names, samples, max_samples: int) -> list[dict[str, slice]]:
+    """Rectangular pieces of the sample dims, within dask chunks, of at most ``max_samples``."""
+    bounds = {}
+    for d in samples:
+        edges = {0, ds.sizes[d]}
+        for v in names:
+            chunks = ds[v].chunksizes.get(d) if ds[v].chunks is not None else None
+            if chunks:
+                edges.update(np.cumsum(chunks).tolist())
+        bounds[d] = sorted(edges)
+
+    def split(dims_left, cell):
+        if not dims_left:
+            return [{}]
+        d, rest = dims_left[0], dims_left[1:]
+        lo, hi = cell[d]
+        below = math.prod(cell[r][1] - cell[r][0] for r in rest)
+        if below <= max_samples:
+            step = max(1, max_samples // below)
+            whole = {r: slice(*cell[r]) for r in rest}
+            return [{d: slice(s, min(s + step, hi)), **whole} for s in range(lo, hi, step)]
+        return [{d: slice(s, s + 1), **sub} for s in range(lo, hi) for sub in split(rest, cell)]
+
+    pieces = []
+    for cell_edges in product(*[list(pairwise(bounds[d])) for d in samples]):
+        cell = dict(zip(samples, cell_edges, strict=True))
+        for piece in split(list(samples), cell):
+            pieces.append(piece)
+    return pieces
+
+
+def _piece_size(piece: dict[str, slice]) -> int:
+    return math.prod(s.stop - s.start for s in piece.values())
+
+
+class _DaskStream:
+    """Reads the state variables piece by piece; shuffles pieces per epoch (seeded).
+
+    Pieces are mixed through a buffer of a few batches, so that a batch is not made
+    of neighbours in time only. At most one piece (``<= batch_size`` samples) is
+    computed at a time.
+    """
+
+    def __init__(
+        self, ds, names, samples, levels, grid, n_fields, pieces, batch_size, seed, shuffle
+    ):
+        self.args = (names, samples, levels, grid, n_fields)
+        self.ds = ds[names]
+        self.pieces = pieces
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+
+    def __call__(self, epoch: int) -> Iterator[Any]:
+        import torch
+
+        names, samples, levels, grid, n_fields = self.args
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.pieces)) if self.shuffle else range(len(self.pieces))
+        buffer: list[np.ndarray] = []
+        held = 0
+        limit = 4 * self.batch_size if self.shuffle else self.batch_size
+        for k in order:
+            block = self.ds.isel(self.pieces[k]).compute()
+            _check_finite(block, names, f"block {dict(self.pieces[k])}")
+            buffer.append(_stack_block(block, names, samples, levels, grid, n_fields))
+            held += buffer[-1].shape[0]
+            if held >= limit:
+                data = np.concatenate(buffer)
+                if self.shuffle:
+                    data = data[rng.permutation(data.shape[0])]
+                n_full = data.shape[0] // self.batch_size * self.batch_size
+                for s in range(0, n_full, self.batch_size):
+                    yield torch.from_numpy(data[s : s + self.batch_size])
+                buffer, held = [data[n_full:]], data.shape[0] - n_full
+        if held:
+            data = np.concatenate(buffer)
+            if self.shuffle:
+                data = data[rng.permutation(data.shape[0])]
+            for s in range(0, data.shape[0], self.batch_size):
+                yield torch.from_numpy(data[s : s + self.batch_size])
+
+
+# --------------------------------------------------------------------------------------
+# the entry point
+# --------------------------------------------------------------------------------------
+def train_latent(
+    ds: xr.Dataset,
+    obs_layout,
+    *,
+    variables: str | Sequence[str] | None = None,
+    member_dim: str | None = None,
+    lat_dim: str | None = None,
+    lon_dim: str | None = None,
+    time_dim: str | None = None,
+    noise: str | float = "10%",
+    latent_dim: int = 32,
+    width: int = 32,
+    depth: int = 3,
+    lam: float = 1.0,
+    epochs: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    patience: int = 10,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Train a Latent-EnSF model (state VAE + observation encoder) on an xarray Dataset.
+
+    Every state of ``ds`` (each combination of its time, member and other sample dims)
+    is a training sample; the model learns to encode such states and sparse noisy
+    observations of them, laid out as ``obs_layout``, into one latent space (see
+    :func:`xensf.latent.train_latent_model` for the loss and the training loop). The
+    result is applied with ``prior.ensf.assimilate(obs, model=model)``.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Training states, dims ``time [× member] × [levels] × lat × lon`` (any order).
+        The grid dims are found as the accessor finds them (CF metadata, then usual
+        names; ``lat_dim``/``lon_dim`` override). Vertical level dims (a coordinate
+        with CF vertical metadata — ``axis: Z``, ``positive``, a pressure standard
+        name — or a usual level name: ``level``, ``plev``, ``isobaricInhPa``, ...)
+        become channels; **every other dim is a sample dim** and is stacked into
+        samples. Must be free of NaN. Numpy-backed data is loaded as one tensor;
+        dask-backed data is streamed (see Notes).
+    obs_layout : int, (int, int), DataArray or Dataset
+        Where the observations the model will be given lie:
+
+        * an integer ``k`` or a pair ``(sy, sx)``: every ``k``-th grid point in each
+          direction (``sy``-th row, ``sx``-th column), from the first, in every
+          channel;
+        * a boolean DataArray on the grid (dims ``lat, lon`` and optionally level
+          dims, coordinates those of ``ds``): True where observed;
+        * point observations, a Dataset or DataArray with latitude and longitude
+          coordinates along one dim (``station``, ``obs``, ...). Its data variables
+          name the observed state variables (with their level dims; levels it lacks
+          are slots that are never observed); with no data variables, or as an
+          unnamed DataArray, every state variable is observed at those points. Only
+          the locations are used. **Approximation**: during training each point
+          observes the value of its *nearest grid point* (not an interpolation);
+          points outside the grid are refused.
+    variables : str or sequence of str, optional
+        The state variables, in this order; default every data variable that has
+        both grid dims, in the Dataset's order (as the accessor chooses them).
+    member_dim, lat_dim, lon_dim, time_dim : str, optional
+        Name the dims when they cannot be found from CF metadata or usual names.
+        Member and time are optional (a dataset of runs along ``time`` is fine).
+    noise : str or float, default "10%"
+        Observation noise added to the synthetic training observations: ``"P%"`` is
+        ``P/100`` times the spatial standard deviation of each sample's channel (the
+        convention of ``obs_error="10%"``); a number is a standard deviation in the
+        state's units, the same for every channel.
+    latent_dim : int, default 32
+        Size of the latent space.
+    width, depth : int, default 32, 3
+        Channels of the first convolution stage and number of downsampling stages.
+    lam : float, default 1.0
+        Weight of the KL terms against the squared errors summed over the grid.
+    epochs : int, default 100
+        Maximum number of passes over the training samples.
+    batch_size : int, default 32
+        Samples per optimisation step; with dask input also the most samples read at
+        once.
+    lr : float, default 1e-3
+        Adam learning rate.
+    val_fraction : float, default 0.1
+        Share of the samples held out for validation (early stopping and the latent
+        observation error).
+    patience : int, default 10
+        Epochs without a lower validation loss before training stops (the best
+        epoch's weights are kept).
+    seed : int, default 0
+        Seeds the weights, the split, the order, and the observation and
+        reparameterisation noise: the same seed gives the same model (exactly on CPU).
+    device : str, optional
+        Where to train; default CUDA if available, else CPU.
+    progress : bool, default True
+        Show a progress bar over epochs.
+
+    Returns
+    -------
+    LatentModel
+        The trained model. Its ``config`` records ``"data"`` (the data signature —
+        variables, fields, units, grid — that the accessor checks before applying
+        it), per-channel ``"variables"`` and ``"units"``, the ``"obs_layout"``,
+        and ``"training"`` (history, sizes, seed, ``"sample_dims"``, ``"streamed"``).
+        Save it with ``model.save(path)``.
+
+    Raises
+    ------
+    DimensionError
+        Grid dims not found, or no sample dim.
+    OptionError
+        Unknown variables, non-float variables, bad option values.
+    ObservationMismatchError
+        An observation layout that does not fit the grid: a stride larger than the
+        grid, a mask on another grid or with other dims, point observations of
+        unknown variables.
+    ObservationDomainError
+        Point observations outside the grid.
+    EnsembleError
+        Fewer than :data:`MIN_SAMPLES` (10) samples; NaN or inf in the data.
+
+    Notes
+    -----
+    *Streaming.* When any state variable is dask-backed, the data is never loaded
+    whole. The sample dims are cut into pieces that lie within one dask chunk and hold
+    at most ``batch_size`` samples; a seeded random selection of pieces (about
+    ``val_fraction`` of the samples) is the validation set, read in a fixed order;
+    the rest is read each epoch in a new seeded order, one piece computed at a time,
+    mixed through a buffer of four batches. The normalisation statistics take one
+    extra pass. NaN in dask-backed data is found on the first pass, before any
+    optimisation step, with an error naming the variable and the sample; numpy-backed
+    data is checked before anything else.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> rng = np.random.default_rng(0)
+    >>> runs = rng.normal(size=(40, 16, 16)).astype("float32")
+    >>> ds = xr.Dataset({"h": (("time", "y", "x"), runs, {"units": "m"})})
+    >>> model = train_latent(ds, 4, latent_dim=4, width=4, epochs=1, progress=False)
+    >>> model.config["data"]["variables"], model.config["obs_layout"]["stride"]
+    (['h'], [4, 4])
+
+    Then, on a forecast ensemble ``prior`` on the same grid and observations ``obs``
+    every 4th point (NaN elsewhere):
+
+    >>> analysis = prior.ensf.assimilate(obs, model=model)  # doctest: +SKIP
+    """
+    from ..latent import train_latent_model
+
+    if isinstance(ds, xr.DataArray):
+        if ds.name is None:
+            raise OptionError(
+                "training data given as an unnamed DataArray: name it or pass a Dataset"
+            )
+        ds = ds.to_dataset()
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"the training data must be an xarray Dataset, got {type(ds).__name__}")
+    grid = _grid_dims(ds, lat_dim, lon_dim)
+    member = find_role(ds, "member", override=member_dim, required=False)
+    time = find_role(ds, "time", override=time_dim, required=False)
+    names = _state_variables(ds, grid, variables)
+    samples, levels = _sample_and_level_dims(ds, names, grid, member, time)
+    n_samples = math.prod(ds.sizes[d] for d in samples)
+    if n_samples < MIN_SAMPLES:
+        raise EnsembleError(
+            f"the training data has {n_samples} states (sample dims {samples}); training "
+            f"needs at least {MIN_SAMPLES}, and many more to generalise"
+        )
+    layout = StateLayout(
+        variables=tuple(names),
+        level_dims=tuple(tuple(levels[v]) for v in names),
+        level_shapes=tuple(tuple(ds.sizes[d] for d in levels[v]) for v in names),
+        grid_shape=(ds.sizes[grid[0]], ds.sizes[grid[1]]),
+    )
+    dims = EnsembleDims(member=member, lat=grid[0], lon=grid[1], time=time)
+    sampler = _observation_sampler(obs_layout, ds, dims, layout, levels, noise)
+    signature = data_signature(ds, dims, layout)
+    channel_vars = [v for v in names for _ in range(layout.n_fields_of(v))]
+    channel_units = [ds[v].attrs.get("units") for v in channel_vars]
+    common = dict(
+        latent_dim=latent_dim,
+        width=width,
+        depth=depth,
+        lam=lam,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        device=device,
+        progress=progress,
+        periodic_lon=_is_periodic(ds, dims),
+        variables=channel_vars,
+        units=channel_units,
+    )
+
+    streamed = any(ds[v].chunks is not None for v in names)
+    if not streamed:
+        _check_finite(ds, names, "before training")
+        states = _stack_block(ds, names, samples, levels, grid, layout.n_fields)
+        model = train_latent_model(states, sampler, val_fraction=val_fraction, **common)
+    else:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
+            raise OptionError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        pieces = _blocks(ds, names, samples, batch_size)
+        order = np.random.default_rng([int(seed), 1]).permutation(len(pieces))
+        val, n_val = [], 0
+        for k in order:
+            if n_val >= val_fraction * n_samples or len(val) >= len(pieces) - 1:
+                break
+            val.append(int(k))
+            n_val += _piece_size(pieces[k])
+        train_pieces = [p for k, p in enumerate(pieces) if k not in set(val)]
+        args = (ds, names, samples, levels, grid, layout.n_fields)
+        train_stream = _DaskStream(*args, train_pieces, batch_size, int(seed), shuffle=True)
+        val_stream = _DaskStream(
+            *args, [pieces[k] for k in sorted(val)], batch_size, 0, shuffle=False
+        )
+        model = train_latent_model(train_stream, sampler, val_states=val_stream, **common)
+        model.config["training"]["n_train"] = n_samples - n_val
+        model.config["training"]["n_val"] = n_val
+
+    model.config["data"] = signature
+    model.config["training"]["sample_dims"] = list(samples)
+    model.config["training"]["streamed"] = streamed
+    return model
