@@ -75,6 +75,8 @@ def main() -> None:
         "letkf": dict(method="letkf", obs_error=args.noise, loc_radius=3000.0),
         "latent-ensf": dict(),
         "latent-letkf": dict(method="latent-letkf"),
+        "latent-ensf (increment)": dict(update="increment"),
+        "latent-letkf (increment)": dict(method="latent-letkf", update="increment"),
     }
     ratios: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     prior_rmse, spread, train_s, obs_std = [], [], [], []

@@ -134,3 +134,21 @@ def test_data_that_does_not_fit_the_model(case):
     )
     with pytest.raises(ObservationMismatchError, match="gridded"):
         prior.ensf.assimilate(points.drop_vars(["y", "x"]), model=model)
+
+
+def test_increment_update_adds_the_decoded_latent_increment(case):
+    model, prior, truth, obs = case
+    inc = prior.ensf.assimilate(obs, model=model, seed=3, update="increment")
+    assert inc.attrs["xensf_update"] == "increment"
+    seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
+    _, latent = model.analyse(
+        prior.h.values[:, :, None], obs.h.values[:, None], generator=seeds, return_latent=True
+    )
+    shape = prior.h.shape
+    decoded = lambda z: model.decode(z.reshape(-1, 4)).numpy().reshape(shape)  # noqa: E731
+    expected = prior.h.values + decoded(latent["posterior"]) - decoded(latent["prior"])
+    np.testing.assert_allclose(inc.h.values, expected, rtol=0, atol=1e-5)
+    err = lambda e: float(np.sqrt(((e.h.mean("member") - truth.h) ** 2).mean()))  # noqa: E731
+    assert err(inc) < 0.6 * err(prior)
+    with pytest.raises(OptionError, match="update must be"):
+        prior.ensf.assimilate(obs, model=model, update="replace")

@@ -49,13 +49,14 @@ METHODS: dict[str, MethodSpec] = {
             "eps_beta": 0.025,
             "prior_score": "mixture",
             "likelihood": "damped",
+            "update": "decode",
         },
         needs_model=True,
         description="Latent Ensemble Score Filter (Si & Chen 2025): EnSF in a VAE's latent space",
     ),
     "latent-letkf": MethodSpec(
         "latent-letkf",
-        {"inflation": 1.0, "rtps": 0.0},
+        {"inflation": 1.0, "rtps": 0.0, "update": "decode"},
         needs_model=True,
         description="ETKF on the latent ensemble with the encoded observation",
     ),
@@ -85,6 +86,8 @@ def _check_option(method: str, key: str, value: Any) -> None:
         )
     if key == "prior_score" and value not in ("mixture", "paired"):
         raise OptionError(f"{method}: prior_score must be 'mixture' or 'paired', got {value!r}")
+    if key == "update" and value not in ("decode", "increment"):
+        raise OptionError(f"{method}: update must be 'decode' or 'increment', got {value!r}")
     if key == "likelihood" and value not in ("damped", "gaussian"):
         raise OptionError(f"{method}: likelihood must be 'damped' or 'gaussian', got {value!r}")
     if key == "inflation" and value < 1:

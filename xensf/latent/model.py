@@ -302,6 +302,7 @@ class LatentModel:
         generator: torch.Generator | int | list[int] | None = None,
         batch_size: int | None = None,
         return_latent: bool = False,
+        update: str = "decode",
         **options,
     ):
         """Latent-EnSF (or latent ETKF) analysis of a batch of forecast ensembles.
@@ -337,6 +338,15 @@ class LatentModel:
             States per network pass; default all ``T × N`` at once.
         return_latent : bool, default False
             Also return the latent prior, pseudo-observation and posterior.
+        update : {"decode", "increment"}, default "decode"
+            ``"decode"`` (the published method): each analysis member is the decoded
+            posterior latent vector, ``D(z_a)``. ``"increment"``: the prior member plus
+            the decoded latent increment, ``x + D(z_a) − D(z_b)`` with ``z_b`` the
+            member's latent mean. Where the VAE reconstructs imperfectly (little
+            training data, fine detail), ``"decode"`` replaces each member by its
+            reconstruction and inherits the reconstruction error; ``"increment"``
+            keeps what the VAE does not represent and changes only what the latent
+            update changed (a member the update leaves alone is returned unchanged).
         **options
             Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood``, ``scale``, ``damping`` for EnSF;
@@ -363,6 +373,8 @@ class LatentModel:
         """
         if method not in LATENT_METHODS:
             raise OptionError(f"method must be one of {LATENT_METHODS}, got {method!r}")
+        if update not in ("decode", "increment"):
+            raise OptionError(f"update must be 'decode' or 'increment', got {update!r}")
         as_numpy = isinstance(prior, np.ndarray)
         prior_t = torch.as_tensor(prior)
         out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
@@ -412,6 +424,9 @@ class LatentModel:
                 )
             z_post = letkf_analysis(z_prior, z_obs, identity, self.latent_obs_std, **options)
         post = self.decode(z_post.reshape(-1, self.latent_dim), batch_size=batch_size)
+        if update == "increment":
+            recon = self.decode(z_prior.reshape(-1, self.latent_dim), batch_size=batch_size)
+            post = states.to(device=post.device, dtype=post.dtype) + (post - recon)
         post = post.reshape(prior_t.shape).to(dtype=out_dtype, device=prior_t.device)
         if single:
             post = post[0]
