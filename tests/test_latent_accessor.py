@@ -54,7 +54,8 @@ def case():
 
 def test_accessor_matches_the_model_and_beats_the_prior(case):
     model, prior, truth, obs = case
-    analysis = prior.ensf.assimilate(obs, model=model, seed=3)  # latent-ensf by default
+    # on the CPU, like the direct call below (a GPU draws other random numbers)
+    analysis = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu")  # latent-ensf
     assert analysis.attrs["xensf_method"] == "latent-ensf"
     seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
     direct = model.analyse(
@@ -68,20 +69,21 @@ def test_accessor_matches_the_model_and_beats_the_prior(case):
 def test_chunking_does_not_matter(case):
     """Same seed, other chunks: the same analysis up to float32 round-off.
 
-    Not bit for bit, unlike the full-space methods: the networks' CPU kernels may
-    sum in another order for another batch size (differences ~3e-7 seen).
+    Not bit for bit, unlike the full-space methods: the networks' kernels may sum in
+    another order for another batch size (differences ~3e-7 seen on CPU, ~1e-5 on an
+    H200 GPU, for fields of size ~1).
     """
     model, prior, _, obs = case
     eager = prior.ensf.assimilate(obs, model=model, seed=1)
     lazy = prior.chunk(time=1).ensf.assimilate(obs, model=model, seed=1)
     assert lazy.h.chunks is not None
-    xr.testing.assert_allclose(lazy.compute(), eager, rtol=0, atol=1e-5)
+    xr.testing.assert_allclose(lazy.compute(), eager, rtol=0, atol=1e-4)
     letkf = prior.chunk(time=3).ensf.assimilate(obs, model=model, method="latent-letkf")
     xr.testing.assert_allclose(
         letkf.compute(),
         prior.ensf.assimilate(obs, model=model, method="latent-letkf"),
         rtol=0,
-        atol=1e-5,
+        atol=1e-4,
     )
 
 
@@ -97,14 +99,15 @@ def test_model_by_path_and_a_time_without_observations(case, tmp_path):
 
 def test_encode_decode(case):
     model, prior, _, _ = case
-    latent = prior.ensf.encode(model)
+    latent = prior.ensf.encode(model, device="cpu")
     assert latent.latent_mean.dims == ("time", "member", "latent")
     np.testing.assert_allclose(
         latent.latent_mean.values.reshape(-1, 4),
         model.encode(prior.h.values.reshape(-1, 1, GRID, GRID))[0].numpy(),
         rtol=1e-6,
     )
-    xr.testing.assert_allclose(prior.chunk(time=2).ensf.encode(model).compute(), latent)
+    chunked = prior.chunk(time=2).ensf.encode(model, device="cpu").compute()
+    xr.testing.assert_allclose(chunked, latent, rtol=1e-4, atol=1e-5)  # batch-size round-off
     states = latent.ensf.decode(model)
     assert states.h.attrs["units"] == "m"
     assert states.h.transpose(*prior.h.dims).shape == prior.h.shape
@@ -138,7 +141,7 @@ def test_data_that_does_not_fit_the_model(case):
 
 def test_increment_update_adds_the_decoded_latent_increment(case):
     model, prior, truth, obs = case
-    inc = prior.ensf.assimilate(obs, model=model, seed=3, update="increment")
+    inc = prior.ensf.assimilate(obs, model=model, seed=3, update="increment", device="cpu")
     assert inc.attrs["xensf_update"] == "increment"
     seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
     _, latent = model.analyse(

@@ -23,6 +23,7 @@ from ..errors import (
     ObservationMismatchError,
     OptionError,
 )
+from .device import compute_device
 from .dims import EnsembleDims, find_dims
 from .layout import StateLayout
 from .metadata import analysis_metadata
@@ -72,14 +73,6 @@ class BlockPlan:
     distance: str
     scales: dict[str, float] | None = field(default=None)
     model: ModelHandle | None = None
-
-
-def _pick_device(device: str | None):
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | None) -> np.ndarray:
@@ -134,7 +127,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     if np.any(np.isfinite(y) & ~(err > 0)):
         raise OptionError("observation errors must be positive where there are observations")
 
-    device = _pick_device(plan.device)
+    device = compute_device(plan.device)
     out = x.astype(np.float32, copy=True)
     if plan.model is not None:
         _latent_update(out, x, y, observed, seeds, plan, device)

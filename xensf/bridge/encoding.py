@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
+from .device import compute_device
 from .dims import find_role
 from .layout import StateLayout
 from .models import cached_model, model_handle
@@ -24,21 +25,11 @@ __all__ = ["decode", "encode"]
 LATENT_DIM = "latent"
 
 
-def _device(device):
-    import torch
-
-    return (
-        torch.device(device)
-        if device
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-
-
 def _encode_block(*arrays, handle, layout, device):
     lead = arrays[0].shape[: arrays[0].ndim - len(layout.level_dims[0]) - 2]
     flat = [a.reshape(-1, *a.shape[len(lead) :]) for a in arrays]
     x = layout.stack([f[:, None] for f in flat])[:, 0]  # (B, d)
-    model = cached_model(handle, _device(device))
+    model = cached_model(handle, compute_device(device))
     mu, logvar = model.encode(
         x.astype(np.float32).reshape(-1, layout.n_fields, *layout.grid_shape)
     )
@@ -119,7 +110,7 @@ def _levels(data, name) -> list[str]:
 
 def _decode_block(z, *, handle, layout, device):
     lead = z.shape[:-1]
-    model = cached_model(handle, _device(device))
+    model = cached_model(handle, compute_device(device))
     x = model.decode(z.reshape(-1, z.shape[-1]).astype(np.float32)).cpu().numpy()
     parts = layout.unstack(x.reshape(-1, 1, layout.size))
     out = tuple(p[:, 0].reshape(*lead, *p.shape[2:]) for p in parts)
