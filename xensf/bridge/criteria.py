@@ -51,3 +51,24 @@ POINT_DIM_NAMES: tuple[str, ...] = (
 
 #: Roles whose dimension must exist in a forecast ensemble.
 REQUIRED_ROLES: tuple[str, ...] = ("member", "latitude", "longitude")
+
+#: Dimension names (lower case) taken for vertical levels when no coordinate says so
+#: with CF metadata (``axis: Z``, ``positive``, a pressure or height standard_name):
+#: training stacks such dims into channels, not into samples.
+LEVEL_NAMES: tuple[str, ...] = (
+    "level",
+    "lev",
+    "levels",
+    "plev",
+    "isobaricinhpa",
+    "pressure_level",
+    "pressure",
+    "height",
+    "depth",
+    "altitude",
+    "model_level",
+    "hybrid",
+    "sigma",
+    "zlev",
+    "z",
+)

@@ -28,7 +28,7 @@ from ..errors import (
     OptionError,
 )
 from ..obs import bilinear_weights, parse_relative
-from .criteria import CF_CRITERIA, COMMON_NAMES
+from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
 from .dims import EnsembleDims, find_role
 from .layout import StateLayout
 from .observations import ERROR_SUFFIXES, is_geographic
@@ -42,23 +42,6 @@ MIN_SAMPLES = 10
 
 #: Dimension names taken for vertical levels (channels) when no coordinate says so
 #: with CF metadata (``axis: Z``, ``positive``, a pressure or height standard_name).
-LEVEL_NAMES: tuple[str, ...] = (
-    "level",
-    "lev",
-    "levels",
-    "plev",
-    "isobaricinhpa",
-    "pressure_level",
-    "pressure",
-    "height",
-    "depth",
-    "altitude",
-    "model_level",
-    "hybrid",
-    "sigma",
-    "zlev",
-    "z",
-)
 
 
 # --------------------------------------------------------------------------------------
