@@ -7,6 +7,7 @@ until a method is called.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import xarray as xr
@@ -22,6 +23,15 @@ def _describe_call(args: dict[str, Any]) -> str:
         else:
             shown.append(f"{key}={value!r}")
     return "ds.ensf.assimilate(" + ", ".join(shown) + ")"
+
+
+def _describe_model(model: Any) -> str | None:
+    """How a model appears in the history line: its bundle path, or its kind."""
+    if model is None:
+        return None
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model)
+    return f"<{type(model).__name__}>"
 
 
 @xr.register_dataset_accessor("ensf")
@@ -106,7 +116,10 @@ class EnsfDatasetAccessor:
             in coordinate units on planar grids; weights vanish beyond 2c; None: no
             localisation). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood`` (as for ``ensf``; the latent space is already
-            standardised). ``latent-letkf``: ``inflation``, ``rtps``.
+            standardised) and ``update`` ("decode", the published method: members are
+            decoded posterior latents; or "increment": each member plus the decoded
+            latent increment, which keeps what the VAE cannot represent).
+            ``latent-letkf``: ``inflation``, ``rtps``, ``update``.
 
         Returns
         -------
@@ -140,8 +153,8 @@ class EnsfDatasetAccessor:
         from .bridge.analysis import assimilate
 
         args = {
-            "obs": obs, "method": method, "obs_error": obs_error, "seed": seed,
-            "device": device, **options,
+            "obs": obs, "method": method, "model": _describe_model(model),
+            "obs_error": obs_error, "seed": seed, "device": device, **options,
         }  # fmt: skip
         return assimilate(
             self._obj,
