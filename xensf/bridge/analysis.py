@@ -24,7 +24,7 @@ from ..errors import (
     OptionError,
 )
 from .device import compute_device
-from .dims import EnsembleDims, find_dims
+from .dims import EnsembleDims, find_dims, state_variables
 from .layout import StateLayout
 from .metadata import analysis_metadata
 from .methods import resolve_method
@@ -132,6 +132,8 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     if plan.model is not None:
         _latent_update(out, x, y, observed, seeds, plan, device)
         return _unstack(out, plan)
+    # every field of the state vector sits on the same grid
+    state_location = np.tile(np.arange(layout.grid_size), layout.n_fields)
     # Times sharing the same observed set are analysed in one batched call.
     groups, inverse = np.unique(observed, axis=0, return_inverse=True)
     for g, sel in enumerate(groups):
@@ -171,9 +173,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
                 rtps=float(opts["rtps"]),
                 loc_radius=loc,
                 state_coords=None if loc is None else plan.grid_locations,
-                state_location=None
-                if loc is None
-                else np.tile(np.arange(layout.grid_size), layout.n_fields),
+                state_location=None if loc is None else state_location,
                 obs_coords=None if loc is None else obs.locations[sel],
                 distance=plan.distance,
             )
@@ -213,28 +213,6 @@ def _unstack(out: np.ndarray, plan: BlockPlan):
     if not plan.has_time:
         result = [r[0] for r in result]
     return tuple(result) if len(result) > 1 else result[0]
-
-
-def _state_variables(ds: xr.Dataset, dims: EnsembleDims, variables) -> list[str]:
-    core = {dims.member, dims.lat, dims.lon}
-    if variables is not None:
-        variables = [variables] if isinstance(variables, str) else list(variables)
-        for v in variables:
-            if v not in ds.data_vars:
-                raise OptionError(f"variables: {v!r} is not a data variable of the ensemble")
-            if not core <= set(ds[v].dims):
-                raise DimensionError(
-                    f"state variable {v!r} has dims {list(ds[v].dims)}; it needs "
-                    f"{dims.member!r}, {dims.lat!r} and {dims.lon!r}"
-                )
-        return variables
-    found = [str(v) for v in ds.data_vars if core <= set(ds[v].dims)]
-    if not found:
-        raise DimensionError(
-            f"no data variable has all of the dims {dims.member!r}, {dims.lat!r}, "
-            f"{dims.lon!r}: nothing to assimilate into"
-        )
-    return found
 
 
 def _check_chunks(ds: xr.Dataset, names: list[str], whole: dict[str, list[str]]) -> None:
@@ -335,7 +313,9 @@ def assimilate(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
-    names = _state_variables(prior, dims, variables)
+    names = state_variables(
+        prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
+    )
     if scales is not None:
         if isinstance(scales, int | float) and not isinstance(scales, bool):
             scales = dict.fromkeys(names, float(scales))
@@ -366,8 +346,6 @@ def assimilate(
                 f"the prior ensemble variable {n!r} has NaN or infinite values; fill or drop "
                 "them before assimilating"
             )
-        if prior[n].dtype.kind != "f":
-            raise OptionError(f"state variable {n!r} has dtype {prior[n].dtype}; expected floats")
     layout = StateLayout(
         variables=tuple(names),
         level_dims=tuple(tuple(levels[n]) for n in names),
@@ -376,16 +354,17 @@ def assimilate(
     )
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
+    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
+    grid_loc = state_grid_locations(prior, dims, layout, spherical)
     obs_plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, obs_dim=obs_dim, require_error=handle is None
-    )
+        obs, prior, layout, dims, obs_error, grid_loc,
+        obs_dim=obs_dim, require_error=handle is None,
+    )  # fmt: skip
     if handle is not None and obs_plan.kind != "gridded":
         raise ObservationMismatchError(
             f"the model {handle.path} encodes gridded observations (the state's grid with "
             "NaN where unobserved); these are point observations"
         )
-    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
-    grid_loc = state_grid_locations(prior, dims, layout, spherical)
     plan = BlockPlan(
         layout=layout,
         obs=obs_plan,

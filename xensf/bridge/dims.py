@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import xarray as xr
 
-from ..errors import DimensionError
+from ..errors import DimensionError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
 
-__all__ = ["EnsembleDims", "find_dims", "find_role"]
+__all__ = ["EnsembleDims", "find_dims", "find_role", "state_variables"]
 
 _ARG = {"member": "member_dim", "latitude": "lat_dim", "longitude": "lon_dim", "time": "time_dim"}
 
@@ -133,3 +133,39 @@ def find_dims(
             "lon_dim=, time_dim="
         )
     return EnsembleDims(found["member"], found["latitude"], found["longitude"], found["time"])
+
+
+def state_variables(
+    ds: xr.Dataset, required: tuple[str, ...], variables=None, *, purpose: str
+) -> list[str]:
+    """The state variables: ``variables`` checked, or every data variable with ``required`` dims.
+
+    Each must be a floating-point data variable having all the ``required`` dims;
+    ``purpose`` ("to assimilate into", "to train on") completes the error messages.
+    """
+    wanted = ", ".join(repr(d) for d in required)
+    if variables is not None:
+        names = [variables] if isinstance(variables, str) else list(variables)
+        if not names:
+            raise OptionError("variables is empty: name at least one state variable")
+        unknown = [v for v in names if v not in ds.data_vars]
+        if unknown:
+            raise OptionError(
+                f"variables: {unknown} are not data variables of the data; it has "
+                f"{[str(v) for v in ds.data_vars]}"
+            )
+        for v in names:
+            if not set(required) <= set(ds[v].dims):
+                raise DimensionError(
+                    f"state variable {v!r} has dims {list(ds[v].dims)}; it needs {wanted}"
+                )
+    else:
+        names = [str(v) for v in ds.data_vars if set(required) <= set(ds[v].dims)]
+        if not names:
+            raise DimensionError(
+                f"no data variable has all of the dims {wanted}: nothing {purpose}"
+            )
+    for v in names:
+        if ds[v].dtype.kind != "f":
+            raise OptionError(f"state variable {v!r} has dtype {ds[v].dtype}; expected floats")
+    return names

@@ -164,13 +164,15 @@ def prepare_observations(
     layout: StateLayout,
     dims: EnsembleDims,
     obs_error,
+    grid_loc: np.ndarray,
     *,
     obs_dim: str | None = None,
     require_error: bool = True,
 ) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
     """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
 
-    Returns the plan, the observation values (one DataArray per observed variable, in
+    ``grid_loc`` ``(G, 2)`` is where each grid point is (:func:`state_grid_locations`),
+    for the locations of gridded observations. Returns the plan, the observation values (one DataArray per observed variable, in
     state units, aligned to the prior's times and levels) and their error standard
     deviations (DataArrays that broadcast against the values). With
     ``require_error=False`` (methods that take the error from elsewhere) the errors
@@ -258,8 +260,6 @@ def prepare_observations(
             )
         p_idx, p_w = bilinear_weights(lat, lon, obs[lat_name].values, obs[lon_name].values)
         p_loc = point_locations(obs[lat_name].values, obs[lon_name].values)
-    spherical = lat is not None and is_geographic(prior, dims)
-    grid_loc = state_grid_locations(prior, dims, layout, spherical)
 
     fields, field_levels = [], {}
     for name in names:

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..obs import bilinear_weights, parse_relative
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
-from .dims import EnsembleDims, find_role
+from .dims import EnsembleDims, find_role, state_variables
 from .layout import StateLayout
 from .observations import ERROR_SUFFIXES, is_geographic
 from .signature import data_signature
@@ -55,36 +55,6 @@ def _grid_dims(ds: xr.Dataset, lat_dim, lon_dim) -> tuple[str, str]:
             f"{lat!r} was found as both latitude and longitude; name them with lat_dim=, lon_dim="
         )
     return lat, lon
-
-
-def _state_variables(ds: xr.Dataset, grid: tuple[str, str], variables) -> list[str]:
-    if variables is not None:
-        names = [variables] if isinstance(variables, str) else list(variables)
-        if not names:
-            raise OptionError("variables is empty: name at least one state variable")
-        unknown = [v for v in names if v not in ds.data_vars]
-        if unknown:
-            raise OptionError(
-                f"variables: {unknown} are not data variables of the training data; it has "
-                f"{[str(v) for v in ds.data_vars]}"
-            )
-        for v in names:
-            if not set(grid) <= set(ds[v].dims):
-                raise DimensionError(
-                    f"state variable {v!r} has dims {list(ds[v].dims)}; it needs the grid "
-                    f"dims {grid[0]!r} and {grid[1]!r}"
-                )
-    else:
-        names = [str(v) for v in ds.data_vars if set(grid) <= set(ds[v].dims)]
-        if not names:
-            raise DimensionError(
-                f"no data variable has both grid dims {grid[0]!r} and {grid[1]!r}: nothing "
-                "to train on"
-            )
-    for v in names:
-        if ds[v].dtype.kind != "f":
-            raise OptionError(f"state variable {v!r} has dtype {ds[v].dtype}; expected floats")
-    return names
 
 
 def _is_level(ds: xr.Dataset, dim: str) -> bool:
@@ -692,7 +662,7 @@ def train_latent(
     grid = _grid_dims(ds, lat_dim, lon_dim)
     member = find_role(ds, "member", override=member_dim, required=False)
     time = find_role(ds, "time", override=time_dim, required=False)
-    names = _state_variables(ds, grid, variables)
+    names = state_variables(ds, grid, variables, purpose="to train on")
     samples, levels = _sample_and_level_dims(ds, names, grid, member, time)
     n_samples = math.prod(ds.sizes[d] for d in samples)
     if n_samples < MIN_SAMPLES:
