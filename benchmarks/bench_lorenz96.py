@@ -25,7 +25,7 @@ import torch
 from xensf.filters.ensf import ensf_analysis
 from xensf.filters.letkf import letkf_analysis
 from xensf.filters.localization import cyclic_distance
-from xensf.models.lorenz96 import lorenz96_run, lorenz96_step
+from xensf.models.l96 import lorenz96_run, lorenz96_step
 
 D = 40
 ENSF_SETTINGS = dict(steps=50, eps_alpha=0.05, eps_beta=0.025, prior_score="mixture", scale=1.0)

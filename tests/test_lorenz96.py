@@ -13,7 +13,7 @@ import torch
 from xensf.errors import OptionError
 from xensf.filters.letkf import letkf_analysis
 from xensf.filters.localization import cyclic_distance
-from xensf.models.lorenz96 import lorenz96_run, lorenz96_step, lorenz96_tendency
+from xensf.models.l96 import lorenz96_run, lorenz96_step, lorenz96_tendency
 
 try:
     from xensf.filters.ensf import ensf_analysis

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xensf.errors import OptionError
-from xensf.models.shallow_water import (
+from xensf.models.swe import (
     ShallowWaterConfig,
     grid_coordinates,
     initial_state,
