@@ -15,9 +15,12 @@ from .errors import (
     ChunkingError,
     DimensionError,
     EnsembleError,
+    ForecastError,
     ObservationDomainError,
     ObservationMismatchError,
     OptionError,
+    RunStoreError,
+    StoreError,
     UnitsError,
     XensfError,
 )
@@ -32,7 +35,9 @@ _LAZY = {
     "ensf_analysis": "xensf.filters",
     "letkf_analysis": "xensf.filters",
     "assimilate": "xensf.bridge.analysis",
+    "cycle": "xensf.cycle",
     "open_era5_sample": "xensf.sample",
+    "open_era5": "xensf.era5",
     "catalog": "xensf.catalog",
     "load": "xensf.bridge.models",
     "train_latent": "xensf.bridge.training",
@@ -44,9 +49,12 @@ __all__ = [
     "ChunkingError",
     "DimensionError",
     "EnsembleError",
+    "ForecastError",
     "ObservationDomainError",
     "ObservationMismatchError",
     "OptionError",
+    "RunStoreError",
+    "StoreError",
     "UnitsError",
     "XensfError",
     "__version__",
@@ -55,6 +63,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "era5":  # the ERA5 loader module, imported on first use: xensf.era5.open
+        return import_module("xensf.era5")
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        # Importing xensf.cycle (xensf.catalog) binds the submodule to the package
+        # name; the function must win, or the second xensf.cycle(...) call fails.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'xensf' has no attribute {name!r}")

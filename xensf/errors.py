@@ -43,3 +43,15 @@ class OptionError(XensfError, ValueError):
 
 class BundleError(XensfError, ValueError):
     """A model bundle that cannot be read or written: not a bundle, corrupt, or too new."""
+
+
+class StoreError(XensfError, OSError):
+    """A data store or file that cannot be opened: unreachable, missing, or needing a package."""
+
+
+class RunStoreError(StoreError, ValueError):
+    """A cycling run's store that cannot be used: not an xensf run, other settings, locked."""
+
+
+class ForecastError(EnsembleError):
+    """A forecast model that returned NaN/inf or a state of another shape while cycling."""

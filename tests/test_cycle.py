@@ -1,0 +1,442 @@
+"""Tests of xensf.cycle: forecast → analysis → forecast into a resumable zarr store."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import make_ensemble
+from cycle_run import EVERY, experiment, run
+
+import xensf
+from xensf.errors import (
+    DimensionError,
+    ForecastError,
+    ObservationMismatchError,
+    OptionError,
+    RunStoreError,
+)
+from xensf.forecast import Persistence, forecaster_settings
+from xensf.store import KILL_ENV, CycleStore
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _without_history(ds: xr.Dataset) -> xr.Dataset:
+    out = ds.load().copy()
+    out.attrs = {k: v for k, v in ds.attrs.items() if k != "history"}
+    return out
+
+
+def assert_same_run(a: xr.Dataset, b: xr.Dataset) -> None:
+    """Data, coords and attributes bit for bit; only the history line (a timestamp) may differ."""
+    xr.testing.assert_identical(_without_history(a), _without_history(b))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> xr.Dataset:
+    """The uninterrupted run of the experiment (4 cycles, members recorded)."""
+    path = tmp_path_factory.mktemp("reference") / "run.zarr"
+    return run(path, 4, members=True).load()
+
+
+# ---------------------------------------------------------------------------------------
+# What a cycle computes
+# ---------------------------------------------------------------------------------------
+
+
+def test_cycle_is_the_manual_forecast_analysis_loop():
+    e = experiment(3)
+    model, start, obs = e["model"], e["initial_ensemble"], e["obs"]
+    out = xensf.cycle(model, start, obs, members=True, progress=False, **e["options"])
+
+    options = dict(e["options"])
+    state = start.isel(time=0, drop=True)
+    for k, t in enumerate(obs.time.values):
+        forecast = model.forecast(state, EVERY)
+        prior = forecast[["eta", "u", "v"]].expand_dims(time=[t])
+        analysis = prior.ensf.assimilate(obs.sel(time=[t]), **options).isel(time=0, drop=True)
+        for v in ("eta", "u", "v"):
+            got = out.isel(time=k)
+            np.testing.assert_array_equal(got[f"{v}_forecast"], forecast[v])
+            np.testing.assert_array_equal(got[f"{v}_analysis"], analysis[v])
+            np.testing.assert_array_equal(
+                got[f"{v}_analysis_mean"],
+                analysis[v].mean("member", dtype=np.float64).astype(np.float32),
+            )
+            spread = np.std(forecast[v].values, axis=0, ddof=1, dtype=np.float64)
+            np.testing.assert_array_equal(got[f"{v}_forecast_spread"], spread.astype(np.float32))
+        state = analysis
+    np.testing.assert_array_equal(out.time, obs.time)
+
+
+def test_store_contents_and_cf_metadata(tmp_path, reference):
+    e = experiment(4)
+    assert set(reference.data_vars) == {
+        f"{v}_{kind}{stat}"
+        for v in ("eta", "u", "v")
+        for kind in ("forecast", "analysis")
+        for stat in ("", "_mean", "_spread")
+    } | {"obs_count"}
+    assert reference.eta_analysis.dims == ("time", "member", "y", "x")
+    assert reference.eta_analysis_mean.dims == ("time", "y", "x")
+    np.testing.assert_array_equal(reference.time, e["obs"].time)
+    np.testing.assert_array_equal(reference.obs_count, [3 * 16] * 4)  # 4 x 4 points, 3 vars
+
+    source = e["initial_ensemble"]
+    for v in ("eta", "u", "v"):
+        mean, spread = reference[f"{v}_analysis_mean"], reference[f"{v}_forecast_spread"]
+        for da in (mean, spread, reference[f"{v}_analysis"]):
+            assert da.attrs["units"] == source[v].attrs["units"]
+            assert da.attrs["standard_name"] == source[v].attrs["standard_name"]
+        assert mean.attrs["cell_methods"] == "realization: mean"
+        assert spread.attrs["cell_methods"] == "realization: standard_deviation"
+        assert "spread" in spread.attrs["long_name"]
+    assert reference.member.attrs["standard_name"] == "realization"
+    assert reference.time.attrs["standard_name"] == "time"
+    a = reference.attrs
+    assert a["Conventions"] == "CF-1.11"
+    assert a["xensf_run"] == "cycle"
+    assert a["xensf_method"] == "ensf" and a["xensf_steps"] == 5
+    assert a["xensf_seed"] == 3 and a["xensf_every"] == EVERY
+    assert a["xensf_version"] == xensf.__version__
+    assert "xensf.cycle(" in a["history"].splitlines()[0]
+    assert json.loads(a["xensf_forecaster"]) == forecaster_settings(e["model"])
+    assert json.loads(a["xensf_obs"])["variables"] == ["eta", "u", "v"]
+
+    # without members: the same statistics, no member dim; in memory: the same Dataset
+    path = tmp_path / "means.zarr"
+    stored = run(path, 4)
+    assert "member" not in stored.dims and "eta_analysis" not in stored
+    in_memory = run(None, 4)
+    assert_same_run(stored, in_memory)
+    xr.testing.assert_equal(stored, reference.drop_dims("member"))  # attrs: members differs
+    # every reader sees the same store once it is finished, consolidated or not
+    assert_same_run(xr.open_zarr(path, consolidated=False), stored)
+
+
+@pytest.mark.filterwarnings("ignore:The ioos_sos checker is deprecated:DeprecationWarning")
+def test_the_run_written_to_netcdf_passes_the_cf_checker(tmp_path, reference):
+    pytest.importorskip("compliance_checker.runner")
+    from test_metadata import cf_errors
+
+    path = tmp_path / "run.nc"
+    reference.to_netcdf(path)
+    assert cf_errors(path) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Resume after a kill
+# ---------------------------------------------------------------------------------------
+
+
+def _python(*args: str) -> subprocess.Popen:
+    import torch
+
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop(KILL_ENV, None)
+    # Bit-identical results need the same number of intra-op threads on both sides of
+    # the kill (float sums are split across threads). Set it: a dask Nanny started by
+    # an earlier test leaves OMP_NUM_THREADS=1 in os.environ.
+    threads = str(torch.get_num_threads())
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "cycle_run.py"), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def assert_complete_cycles(path: Path, reference: xr.Dataset) -> int:
+    """What a reader sees between the kill and the resume: whole cycles of the run only."""
+    seen = xr.open_zarr(path).load()
+    k = seen.sizes["time"]
+    assert all(seen[v].sizes["time"] == k for v in seen.data_vars)
+    assert_same_run(seen, reference.isel(time=slice(0, k)))
+    return k
+
+
+# "point@cycle" of the kill: the cycles a reader sees afterwards (None: no store yet)
+KILLS = {"create@0": None, "data@1": 1, "chunks@2": 2, "restart@0": 0, "committed@2": 3}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the kill runs are forked")
+def test_resume_after_sigkill_inside_a_cycle_write(tmp_path, reference):
+    args = [a for kill in KILLS for a in (kill, str(tmp_path / f"{kill}.zarr"))]
+    child = _python("--kill", *args)
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err[-3000:]
+    statuses = dict(line.split() for line in out.splitlines())
+    assert statuses == {kill: str(-signal.SIGKILL) for kill in KILLS}, err[-3000:]
+    for kill, visible in KILLS.items():
+        path = tmp_path / f"{kill}.zarr"
+        if visible is None:  # killed while creating: a half-built store is never in place
+            assert not path.exists() and path.with_name(f".{path.name}.xensf-creating").exists()
+        else:
+            assert assert_complete_cycles(path, reference) == visible, kill
+        resumed = run(path, 4, members=True)
+        assert_same_run(resumed, reference)
+        assert not list(path.rglob("*.partial")) and not list(path.rglob(".*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.zarr" for k in KILLS)
+
+
+def test_resume_after_sigkill_at_a_random_moment(tmp_path, reference):
+    path = tmp_path / "run.zarr"
+    child = _python(str(path))
+    rng = np.random.default_rng()
+    deadline = time.monotonic() + 120
+    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0, 0.6))  # a few cycles take about that long
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=120)
+    if path.exists():
+        assert_complete_cycles(path, reference)
+    assert_same_run(run(path, 4, members=True), reference)
+
+
+def test_a_finished_run_started_again_is_a_noop(tmp_path):
+    path = tmp_path / "run.zarr"
+    first = run(path, 2)
+    root = path / "zarr.json"
+    before = (root.stat().st_mtime_ns, root.read_bytes())
+    again = run(path, 2)
+    assert (root.stat().st_mtime_ns, root.read_bytes()) == before
+    assert_same_run(again, first)
+
+
+def test_a_longer_run_continues_a_shorter_one(tmp_path, reference):
+    e = experiment(4)
+    path = tmp_path / "run.zarr"
+    short = run(path, 4, members=True, until=e["obs"].time.values[1])
+    assert short.sizes["time"] == 2
+    assert_same_run(run(path, 4, members=True), reference)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    path = tmp_path / "run.zarr"
+    run(path, 2)
+    files = sorted((p, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file())
+    with pytest.raises(RunStoreError, match="other settings") as info:
+        run(path, 2, seed=4, obs_error=0.02)
+    message = str(info.value)
+    assert "seed (the store: 3; this call: 4)" in message
+    assert "obs_error" in message and "method" not in message
+    with pytest.raises(RunStoreError, match=r"obs\.sha256"):
+        e = experiment(2)
+        xensf.cycle(
+            e["model"], e["initial_ensemble"], e["obs"] + 0.1, store=path, progress=False,
+            **e["options"],
+        )  # fmt: skip
+    assert sorted((p, p.stat().st_mtime_ns) for p in path.rglob("*") if p.is_file()) == files
+    # overwrite=True starts afresh
+    assert run(path, 2, seed=4, overwrite=True).attrs["xensf_seed"] == 4
+
+
+def test_a_path_that_is_not_a_run_is_refused_and_left_alone(tmp_path):
+    e = experiment(2)
+    args = (e["model"], e["initial_ensemble"], e["obs"])
+    other = tmp_path / "data.zarr"
+    e["truth"].to_zarr(other, zarr_format=3, consolidated=False)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (other, a_file, empty):
+        before = sorted((p, p.read_bytes()) for p in [path, *path.rglob("*")] if p.is_file())
+        for overwrite in (False, True):
+            with pytest.raises(RunStoreError, match="not an xensf cycling run"):
+                xensf.cycle(*args, store=path, overwrite=overwrite, progress=False, **e["options"])
+        assert (
+            sorted((p, p.read_bytes()) for p in [path, *path.rglob("*")] if p.is_file()) == before
+        )
+    with pytest.raises(RunStoreError, match="local"):
+        xensf.cycle(*args, store="s3://bucket/run.zarr", progress=False, **e["options"])
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    path = tmp_path / "run.zarr"
+    run(path, 2, until=experiment(2)["obs"].time.values[0])
+    with CycleStore.open(path), pytest.raises(RunStoreError, match="another process"):
+        run(path, 2)
+
+
+class Flaky:
+    """The shallow-water forecaster, broken (NaN) from its ``fail_at``-th call on."""
+
+    def __init__(self, inner, fail_at: int | None):
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+        self.time_step = inner.time_step
+
+    def settings(self):
+        return forecaster_settings(self.inner)
+
+    def forecast(self, state, steps):
+        self.calls += 1
+        out = self.inner.forecast(state, steps)
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            out["u"] = out["u"].where(out["u"].x < 0)  # NaN over half the basin
+        return out
+
+
+def test_a_nan_forecast_stops_with_the_cycle_and_the_store_resumes(tmp_path, reference):
+    e = experiment(4)
+    path = tmp_path / "run.zarr"
+    args = (e["initial_ensemble"], e["obs"])
+    kwargs = dict(store=path, members=True, progress=False, **e["options"])
+    t = str(e["obs"].time.values[2])[:19]
+    with pytest.raises(ForecastError, match=rf"cycle 3 of 4 \(the forecast to {t}.*'u'"):
+        xensf.cycle(Flaky(e["model"], fail_at=3), *args, **kwargs)
+    assert assert_complete_cycles(path, reference) == 2
+    resumed = xensf.cycle(Flaky(e["model"], fail_at=None), *args, **kwargs)
+    assert_same_run(resumed, reference)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------
+
+
+def test_observation_times_must_be_model_times_on_cycle_boundaries(tmp_path):
+    e = experiment(2)
+    model, start, obs = e["model"], e["initial_ensemble"], e["obs"]
+    path = tmp_path / "run.zarr"
+    kw = dict(store=path, progress=False, **e["options"])
+    late = obs.assign_coords(time=obs.time + np.timedelta64(1, "s"))
+    bad = str(late.time.values[0])[:19]
+    with pytest.raises(ObservationMismatchError, match=rf"{bad}.* is not a model time"):
+        xensf.cycle(model, start, late, **kw)
+    with pytest.raises(ObservationMismatchError, match="not on a cycle boundary"):
+        xensf.cycle(model, start, obs, every=20, **kw)
+    early = obs.assign_coords(time=obs.time - 2 * EVERY * model.time_step)
+    with pytest.raises(ObservationMismatchError, match="before the initial"):
+        xensf.cycle(model, start, early, **kw)
+    uneven = xr.concat(
+        [obs, obs.isel(time=[1]).assign_coords(time=obs.time[1:] + 3 * EVERY * model.time_step)],
+        "time",
+    )
+    with pytest.raises(OptionError, match="not evenly spaced"):
+        xensf.cycle(model, start, uneven, **kw)
+    with pytest.raises(DimensionError, match="no time"):
+        xensf.cycle(model, start.isel(time=0, drop=True), obs, **kw)
+    with pytest.raises(OptionError, match="forecaster"):
+        xensf.cycle(lambda x: x, start, obs, **kw)
+    with pytest.raises(OptionError, match="unknown option"):
+        xensf.cycle(model, start, obs, **{**kw, "inflation": 1.1})
+    with pytest.raises(ObservationMismatchError, match="no observation variable"):
+        xensf.cycle(model, start, obs.rename(eta="h", u="uu", v="vv"), **kw)
+    assert not path.exists()  # all refused before any work
+
+
+def test_inputs_are_not_modified():
+    e = experiment(2)
+    start, obs = copy.deepcopy(e["initial_ensemble"]), copy.deepcopy(e["obs"])
+    xensf.cycle(e["model"], e["initial_ensemble"], e["obs"], members=True, progress=False,
+                **e["options"])  # fmt: skip
+    xr.testing.assert_identical(e["initial_ensemble"], start)
+    xr.testing.assert_identical(e["obs"], obs)
+
+
+# ---------------------------------------------------------------------------------------
+# Persistence on a tiny dataset; cycles without observations
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("numeric_time", [False, True], ids=["datetime", "numeric"])
+def test_persistence_with_cycles_without_observations(tmp_path, numeric_time, capsys):
+    ens = make_ensemble(n_members=5, n_times=5, nlat=6, nlon=8)
+    truth = ens.isel(member=0, drop=True) + 1.0
+    start = ens.isel(time=[0])
+    step = np.timedelta64(6, "h")
+    if numeric_time:
+        hours = (ens.time - ens.time[0]) / np.timedelta64(1, "h")
+        start = start.assign_coords(time=hours[:1].values)
+        truth = truth.assign_coords(time=hours.values)
+        step = 6.0
+    obs = truth.isel(time=[2, 4]).where(truth.lat > 0)  # every 2nd step, northern half
+    out = xensf.cycle(
+        Persistence(step), start, obs, method="letkf", obs_error=0.5, every=1,
+        store=tmp_path / "run.zarr", members=True, progress=True,
+    )  # fmt: skip
+    bar = capsys.readouterr().err
+    assert "xensf.cycle" in bar and "4/4" in bar and "t spread=" in bar
+    np.testing.assert_array_equal(out.time, truth.time[1:])
+    np.testing.assert_array_equal(out.obs_count, [0, 24, 0, 24])
+    # no observations: the forecast is recorded as the analysis
+    for k in (0, 2):
+        np.testing.assert_array_equal(out.t_analysis[k], out.t_forecast[k])
+    # persistence: each forecast is the previous analysis
+    np.testing.assert_array_equal(out.t_forecast_mean[1:], out.t_analysis_mean[:-1])
+    np.testing.assert_array_equal(
+        out.t_forecast_mean[0],
+        ens.t.isel(time=0).mean("member", dtype=np.float64).astype(np.float32),
+    )
+    # the analysis pulled the observed half towards the observations
+    north = out.t_analysis_mean.isel(time=1).where(out.lat > 0)
+    prior = out.t_forecast_mean.isel(time=1).where(out.lat > 0)
+    target = obs.t.isel(time=0)
+    assert float(abs(north - target).mean()) < float(abs(prior - target).mean())
+
+
+def test_latent_ensf_with_persistence(tmp_path):
+    import torch
+    from test_latent import GRID, blobs, random_positions
+
+    from xensf.latent import gridded_stride_obs, train_latent_model
+
+    pos = random_positions(32, torch.Generator().manual_seed(0))
+    model = train_latent_model(
+        blobs(pos[:, 0], pos[:, 1]), gridded_stride_obs(4, 0.1), latent_dim=4, width=8,
+        depth=1, epochs=1, batch_size=32, lr=3e-3, seed=0, device="cpu", progress=False,
+        variables=["h"], units=["m"],
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    members = blobs(*random_positions(6, gen).T)[:, 0].numpy()
+    coords = {
+        "y": ("y", np.arange(GRID) * 10.0, {"units": "km"}),
+        "x": ("x", np.arange(GRID) * 10.0, {"units": "km"}),
+    }
+    t0 = np.datetime64("2020-01-01", "ns")
+    start = xr.Dataset(
+        {"h": (("member", "y", "x"), members, {"units": "m"})}, coords
+    ).assign_coords(time=t0)
+    times = t0 + np.arange(1, 3) * np.timedelta64(1, "h")
+    truth = blobs(*random_positions(2, gen).T)[:, 0].numpy()
+    obs = xr.Dataset({"h": (("time", "y", "x"), truth, {"units": "m"})}, {**coords, "time": times})
+    obs = obs.where((obs.y % 40 == 0) & (obs.x % 40 == 0))
+
+    out = xensf.cycle(
+        Persistence(np.timedelta64(1, "h")), start, obs, latent_model=model, steps=10,
+        store=tmp_path / "run.zarr", members=True, progress=False, device="cpu",
+    )  # fmt: skip
+    assert out.attrs["xensf_method"] == "latent-ensf"
+    assert len(out.attrs["xensf_latent_model_sha256"]) == 64
+    prior = start.drop_vars("time").expand_dims(time=times[:1])
+    first = prior.ensf.assimilate(obs.isel(time=[0]), model=model, steps=10, device="cpu")
+    np.testing.assert_array_equal(out.h_analysis.isel(time=0), first.h.isel(time=0))
+    # persistence: the second forecast is the first analysis
+    np.testing.assert_array_equal(out.h_forecast.isel(time=1), out.h_analysis.isel(time=0))
+
+
+def test_dask_backed_inputs_give_the_same_run():
+    ens = make_ensemble(n_members=5, n_times=3, nlat=6, nlon=8)
+    start, obs = ens.isel(time=[0]), (ens.isel(member=0, drop=True) + 1.0).isel(time=[1, 2])
+    kwargs = dict(method="letkf", obs_error=0.5, progress=False)
+    eager = xensf.cycle(Persistence(np.timedelta64(6, "h")), start, obs, **kwargs)
+    lazy_start, lazy_obs = start.chunk(), obs.chunk({"time": 1})
+    lazy = xensf.cycle(Persistence(np.timedelta64(6, "h")), lazy_start, lazy_obs, **kwargs)
+    assert_same_run(lazy, eager)
+    assert lazy_start.t.chunks is not None and lazy_obs.t.chunks is not None  # still lazy
