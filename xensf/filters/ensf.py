@@ -16,14 +16,16 @@ import numpy as np
 import torch
 
 from ..errors import EnsembleError, OptionError
+from .ensf_fused import componentwise_observations, integrate_componentwise
 from .operators import LinearObservationOperator, as_observation_operator
 from .schedule import DiffusionSchedule, resolve_damping
 from .tensors import as_float_tensor, compute_dtype, restore_array_type
 
-__all__ = ["LIKELIHOODS", "PRIOR_SCORES", "ensf_analysis"]
+__all__ = ["IMPLEMENTATIONS", "LIKELIHOODS", "PRIOR_SCORES", "ensf_analysis"]
 
 PRIOR_SCORES = ("mixture", "paired")
 LIKELIHOODS = ("damped", "gaussian")
+IMPLEMENTATIONS = ("auto", "reference", "fused")
 
 
 def ensf_analysis(
@@ -40,6 +42,7 @@ def ensf_analysis(
     scale: Any = None,
     damping: str | Callable[[float], float] | None = None,
     generator: torch.Generator | int | Sequence[int] | None = None,
+    implementation: str = "auto",
 ) -> Any:
     """Ensemble Score Filter analysis of a batch of prior ensembles.
 
@@ -166,6 +169,18 @@ def ensf_analysis(
         and so the same result, whether it is analysed alone (with ``[seeds[b]]`` or
         ``seeds[b]``) or together with others. ``None`` uses torch's global generator.
         Seeds on CPU and CUDA give different streams.
+    implementation : {"auto", "reference", "fused"}, default "auto"
+        How the steps are computed; all three integrate the same discretisation.
+        ``"reference"`` is the general integrator (any operator, both likelihoods).
+        ``"fused"`` (see :mod:`xensf.filters.ensf_fused`) needs the damped likelihood
+        and a componentwise operator (each observation reads one state component,
+        none read twice, no transform or ``arctan``, e.g. an index tensor): on CPU it
+        runs the step in a few elementwise passes and draws the same noise as the
+        reference (same result to rounding); on CUDA with Triton each step is one
+        kernel that draws its noise from counter-based (Philox) streams keyed by the
+        seeds, so results agree with the reference in distribution, not bit for bit,
+        and a ``torch.Generator`` only provides the key. ``"auto"`` takes
+        ``"fused"`` where it applies and ``"reference"`` elsewhere.
 
     Returns
     -------
@@ -272,7 +287,39 @@ def ensf_analysis(
     y_filled = torch.where(torch.isnan(y_t), torch.zeros((), dtype=dtype, device=device), y_t)
     precision, y_filled = torch.broadcast_tensors(precision, y_filled)
 
+    if implementation not in IMPLEMENTATIONS:
+        raise OptionError(
+            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    cw = None
+    if implementation != "reference" and likelihood == "damped":
+        cw = componentwise_observations(op, y_filled, precision, d)
+    if implementation == "fused" and cw is None:
+        raise OptionError(
+            'implementation="fused" needs likelihood="damped" and a componentwise '
+            "observation operator (an index tensor, or a LinearObservationOperator with "
+            "one component per observation, none observed twice, and no transform or "
+            f'arctan); got {_describe_operator(op)}; use implementation="auto"'
+        )
     noise = _NoiseSource(generator, batch, (n_members, d), device, dtype)
+    if cw is not None:
+        from .ensf_kernel import kernel_applies
+
+        kernel = kernel_applies(device, dtype, n_members)
+        with torch.no_grad():
+            post = integrate_componentwise(
+                prior_t,
+                cw,
+                scale_t,
+                schedule,
+                h_of,
+                steps,
+                prior_score == "mixture",
+                noise,
+                kernel=kernel,
+                seeds=noise.keys() if kernel else None,
+            )
+        return restore_array_type(post, prior)
     with torch.no_grad():
         post = _integrate(
             prior_t,
@@ -585,13 +632,17 @@ class _NoiseSource:
         self.dtype = dtype
         self.generators: list[torch.Generator] | None = None
         self.generator: torch.Generator | None = None
+        self.seed: int | None = None
+        self.seeds: list[int] | None = None
         n_entries = math.prod(self.batch)
         if generator is None or isinstance(generator, torch.Generator):
             self.generator = generator
         elif isinstance(generator, int | np.integer) and not isinstance(generator, bool):
-            self.generator = _seeded(int(generator), device)
+            self.seed = int(generator)
+            self.generator = _seeded(self.seed, device)
         else:
             seeds = _as_seed_list(generator)
+            self.seeds = seeds
             if len(seeds) != n_entries:
                 raise OptionError(
                     f"generator has {len(seeds)} seeds but there are {n_entries} batch "
@@ -599,11 +650,37 @@ class _NoiseSource:
                 )
             self.generators = [_seeded(s, device) for s in seeds]
 
+    def keys(self) -> torch.Tensor:
+        """One int64 key per batch entry (C order) for counter-based generators.
+
+        A seed list gives its seeds; an int seed ``s`` gives ``s`` to the first entry
+        (so one entry with ``s`` equals ``[s]``) and distinct keys to the others; a
+        ``torch.Generator`` (or the global one) provides one random key.
+        """
+        n = math.prod(self.batch)
+        if self.seeds is not None:
+            keys = self.seeds
+        else:
+            if self.seed is not None:
+                base = self.seed
+            else:
+                where = self.device if self.generator is None else self.generator.device
+                base = int(
+                    torch.randint(2**62, (1,), generator=self.generator, device=where).item()
+                )
+            keys = [(base + 0x9E3779B97F4A7C15 * i) % 2**63 for i in range(n)]
+        return torch.tensor(keys, dtype=torch.int64, device=self.device)
+
     def draw(self) -> torch.Tensor:
         shape = self.member_shape
         if self.generators is not None:
-            draws = [self._randn(shape, g) for g in self.generators]
-            return torch.stack(draws).reshape(*self.batch, *shape)
+            out = torch.empty((len(self.generators), *shape), dtype=self.dtype, device=self.device)
+            for row, g in zip(out, self.generators, strict=True):
+                if g.device == self.device:
+                    torch.randn(shape, generator=g, dtype=self.dtype, device=self.device, out=row)
+                else:
+                    row.copy_(self._randn(shape, g))
+            return out.reshape(*self.batch, *shape)
         return self._randn(self.batch + shape, self.generator)
 
     def _randn(self, shape, generator) -> torch.Tensor:

@@ -12,7 +12,12 @@ drop out (see :mod:`xensf.filters.localization` for the radius convention).
 
 The per-location analyses are computed once per distinct location, batched over
 locations and over the leading (analysis-time) dims, in chunks of locations that bound
-the memory; there is no Python loop over grid points apart from the chunks.
+the memory; there is no Python loop over grid points apart from the chunks. For large
+problems with one of the provided distances, each chunk first finds the observations
+that can reach it (from its first location and its radius, by the triangle
+inequality), and each location's algebra uses only the observations that reach it, so
+the work grows like ``P k N²`` (``k`` observations within the cut-off) rather than
+``P m N²``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from collections.abc import Callable
 import torch
 
 from ..errors import EnsembleError, ObservationMismatchError, OptionError
-from .localization import gaspari_cohn, resolve_distance
+from .localization import (
+    cyclic_distance,
+    euclidean_distance,
+    gaspari_cohn,
+    great_circle_distance,
+    resolve_distance,
+)
 from .operators import LinearObservationOperator, as_observation_operator
 from .tensors import as_float_tensor, compute_dtype, restore_array_type
 
@@ -31,6 +42,9 @@ __all__ = ["letkf_analysis"]
 
 # Elements of the largest temporary a chunk may create (about 256 MiB in float32).
 _CHUNK_BUDGET = 1 << 26
+# Location-observation pairs from which the observations near each chunk are searched
+# for first, instead of evaluating every pair (below it the search costs more).
+_SEARCH_FROM = 1 << 20
 
 
 def letkf_analysis(
@@ -238,7 +252,7 @@ def letkf_analysis(
     valid = torch.isfinite(yv) & torch.isfinite(std)
     rinv = torch.where(valid, std.clamp_min(torch.finfo(dtype).tiny).reciprocal() ** 2, 0.0)
     innov = torch.where(valid, yv - ym, 0.0)
-    if not bool(torch.isfinite(yp[valid[:, None, :].expand_as(yp)]).all()):
+    if not bool(torch.isfinite(torch.where(valid[:, None, :], yp, 0.0)).all()):
         raise ObservationMismatchError(
             "obs_op(prior) is not finite at some observed positions; check the operator"
         )
@@ -298,15 +312,47 @@ def _increment_transforms(
         a = (w @ outer.transpose(-1, -2)).reshape(*w.shape[:-1], n_mem, n_mem)
         a = a.expand(yp.shape[0], n_loc, n_mem, n_mem)
     b = (w * innov[:, None, :]) @ yp.transpose(-1, -2)  # (B, P, N)
-    eye = torch.eye(n_mem, dtype=yp.dtype, device=yp.device)
+    seen = (w > 0).any(-1).expand(yp.shape[0], n_loc)
+    return _transforms(a, b, seen, inflation)
+
+
+def _increment_transforms_sparse(
+    yp: torch.Tensor, innov: torch.Tensor, w: torch.Tensor, inflation: float, k: int
+) -> torch.Tensor:
+    """:func:`_increment_transforms` from the ``k`` largest weights of each location.
+
+    For a localisation radius much smaller than the domain, few observations reach a
+    location: gathering those ``k`` makes the work ``P k N²`` instead of ``P m N²``.
+    Exact when no location is reached by more than ``k`` observations.
+    """
+    n_b, n_mem, _ = yp.shape
+    vals, idx = torch.topk(w, k, dim=-1, sorted=False)  # (B or 1, P, k)
+    n_loc = w.shape[-2]
+    vals = vals.expand(n_b, n_loc, k)
+    idx = idx.expand(n_b, n_loc, k)
+    # yp at the selected observations: (B, P, N, k)
+    ypk = torch.gather(
+        yp[:, None, :, :].expand(n_b, n_loc, n_mem, yp.shape[-1]),
+        -1,
+        idx[:, :, None, :].expand(n_b, n_loc, n_mem, k),
+    )
+    innk = torch.gather(innov[:, None, :].expand(n_b, n_loc, innov.shape[-1]), -1, idx)
+    a = (ypk * vals[:, :, None, :]) @ ypk.transpose(-1, -2)  # (B, P, N, N)
+    b = (ypk @ (vals * innk)[..., None]).squeeze(-1)  # (B, P, N)
+    return _transforms(a, b, vals.amax(-1) > 0, inflation)
+
+
+def _transforms(a, b, seen, inflation: float) -> torch.Tensor:
+    """``D`` from ``a = Y'ᵀ R̃⁻¹ Y'`` ``(B, P, N, N)`` and ``b = Y'ᵀ R̃⁻¹ (y − ȳ)``."""
+    n_mem = a.shape[-1]
+    eye = torch.eye(n_mem, dtype=a.dtype, device=a.device)
     a = a + (n_mem - 1) * eye
     a = 0.5 * (a + a.transpose(-1, -2))
     lam, q = torch.linalg.eigh(a)
     wbar = q @ ((q.transpose(-1, -2) @ b[..., None]) / lam[..., None])  # (B, P, N, 1)
     wsq = (q * ((n_mem - 1) / lam).sqrt()[..., None, :]) @ q.transpose(-1, -2)
     no_update = (1.0 - 1.0 / inflation) * eye
-    seen = (w > 0).any(-1).expand(yp.shape[0], n_loc)[..., None, None]
-    return torch.where(seen, wsq + wbar - eye / inflation, no_update)
+    return torch.where(seen[..., None, None], wsq + wbar - eye / inflation, no_update)
 
 
 def _state_locations(state_coords, state_location, d: int, dtype, device):
@@ -337,6 +383,9 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
             "pass one row per component (d, k), or P distinct locations (P, k) together "
             "with state_location (d,)"
         )
+    if coords.shape[1] == 1:  # one coordinate: the (much cheaper) unique of a vector
+        uniq, inverse = torch.unique(coords[:, 0], return_inverse=True)
+        return uniq[:, None], inverse
     uniq, inverse = torch.unique(coords, dim=0, return_inverse=True)
     return uniq, inverse
 
@@ -387,27 +436,72 @@ def _local_analysis(
     starts[1:] = torch.cumsum(counts, 0)
     per_loc = int(counts.max()) if d else 1
 
+    fixed_chunks = chunk_size is not None
     if chunk_size is None:
         cost = bsz * (m + n_mem * n_mem * max(per_loc, 1) + n_mem * n_mem)
         chunk_size = max(1, _CHUNK_BUDGET // max(cost, 1))
     elif int(chunk_size) != chunk_size or chunk_size < 1:
         raise OptionError(f"chunk_size must be a positive integer, got {chunk_size}")
     chunk_size = int(chunk_size)
+    # For the provided distances (metrics: the triangle inequality holds) the
+    # observations that can reach a chunk are found from the chunk's first location and
+    # its radius, so distances are evaluated for those only, not for all P × m pairs.
+    metric = (
+        obs_c.ndim == 2
+        and n_loc * m > _SEARCH_FROM
+        and (
+            dist_fn in (great_circle_distance, euclidean_distance)
+            or isinstance(dist_fn, cyclic_distance)
+        )
+    )
+    cutoff = 2.0 * radius
+    if metric and not fixed_chunks:
+        # Chunks of ~4√P consecutive locations balance the per-chunk search over all m
+        # observations against the pairs within a chunk (for locations sorted along a
+        # line or ring; rows of a lat/lon grid are less compact, still correct).
+        chunk_size = max(64, min(chunk_size, int(4 * math.sqrt(n_loc))))
 
+    # One component per location, in location order (a ring, a single-field grid):
+    # chunks are slices, and the gathers below are skipped.
+    in_order = n_loc == d and bool((comp_loc == torch.arange(d, device=device)).all())
     xa = torch.empty_like(xp)
-    for p0 in range(0, n_loc, chunk_size):
+    p0 = 0
+    while p0 < n_loc:
         p1 = min(p0 + chunk_size, n_loc)
-        dist = dist_fn(locs[p0:p1], obs_c)
+        yp_c, innov_c, rinv_c, obs_cc = yp, innov, rinv, obs_c
+        if metric:
+            centre = locs[p0 : p0 + 1]
+            reach_radius = float(dist_fn(centre, locs[p0:p1]).max()) + cutoff
+            near = dist_fn(centre, obs_c)[0] <= reach_radius * (1 + 1e-6) + 1e-9
+            cand = torch.nonzero(near).flatten()
+            yp_c, innov_c, rinv_c = yp[..., cand], innov[..., cand], rinv[..., cand]
+            obs_cc = obs_c[cand]
+        dist = dist_fn(locs[p0:p1], obs_cc)
         if dist.ndim == 2:
             dist = dist[None]
-        w = gaspari_cohn(dist, radius) * rinv[:, None, :]  # (B, pc, m)
+        w = gaspari_cohn(dist, radius) * rinv_c[:, None, :]  # (B, pc, m)
         # Only observations that reach some location of this chunk take part.
-        cols = torch.nonzero((w > 0).any(dim=1).any(dim=0)).flatten()
-        incr = _increment_transforms(yp[..., cols], innov[..., cols], w[..., cols], inflation)
-        c0, c1 = int(starts[p0]), int(starts[p1])
-        comps = order[c0:c1]
-        d_comp = incr[:, comp_loc[comps] - p0]  # (B, nc, N, N)
-        xp_c = xp[..., comps]  # (B, N, nc)
-        upd = (xp_c.permute(0, 2, 1)[:, :, None, :] @ d_comp).squeeze(-2)  # (B, nc, N)
+        positive = w > 0
+        reach = positive.any(dim=1).any(dim=0)
+        most = int(positive.sum(-1).max()) if w.numel() else 0  # at the busiest location
+        if 4 * most < int(reach.sum()):  # sparse: gather each location's observations
+            incr = _increment_transforms_sparse(yp_c, innov_c, w, inflation, max(most, 1))
+        elif bool(reach.all()):
+            incr = _increment_transforms(yp_c, innov_c, w, inflation)
+        else:
+            cols = torch.nonzero(reach).flatten()
+            incr = _increment_transforms(
+                yp_c[..., cols], innov_c[..., cols], w[..., cols], inflation
+            )
+        if in_order:
+            comps = slice(p0, p1)
+            d_comp = incr
+        else:
+            c0, c1 = int(starts[p0]), int(starts[p1])
+            comps = order[c0:c1]
+            d_comp = incr[:, comp_loc[comps] - p0]  # (B, nc, N, N)
+        # x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n], as one broadcast product
+        upd = (xp[..., comps].transpose(-1, -2)[..., :, :, None] * d_comp).sum(-2)  # (B, nc, N)
         xa[..., comps] = x[..., comps] + upd.transpose(-1, -2)
+        p0 = p1
     return xa

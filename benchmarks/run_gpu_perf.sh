@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The performance issue's GPU tables in one run, on one lent GPU (about 6 minutes on an
+# H100/H200; every step has its own time limit so that the whole stays under 8).
+#
+#   1. the filters' statistical tests on CUDA, with the fast paths on (the fused EnSF
+#      kernel's moment test among them), and the CPU-interpreter kernel test skipped;
+#   2. benchmarks/bench_perf.py --device cuda: EnSF at d = 10⁶ (500 steps) against the
+#      plain eager loop, its compiled step and the bandwidth floor; latent-size EnSF
+#      batched over 1 / 64 / 1024 times; localised LETKF at large d; shallow water
+#      150² with N = 20 / 200 and the Lorenz-96 step at 10⁶ × 20, eager and compiled.
+#
+# Logs go to $OUT (or ./gpu-out). Needs PyTorch with CUDA (Triton comes with it), numpy,
+# scipy and pytest; xarray/dask for the accessor test. Usage:
+#   bash benchmarks/run_gpu_perf.sh            # on the GPU machine
+#   QUICK=1 bash benchmarks/run_gpu_perf.sh    # small sizes (how it is tested on CPU)
+set -uo pipefail
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+device=cuda
+quick=()
+if [[ -n "${QUICK:-}" ]]; then
+    quick=(--quick)
+fi
+if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no CUDA device: running the CPU versions at --quick sizes"
+    device=cpu
+    quick=(--quick)
+fi
+python3 - <<'EOF' 2>&1 | tee "$out/device.txt"
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+try:
+    import triton
+    print("triton", triton.__version__)
+except ImportError:
+    print("triton: not installed (the fused EnSF kernel is off)")
+EOF
+start=$SECONDS
+timeout 150 python3 -m pytest -p no:cacheprovider -q -rs -x \
+    tests/test_ensf.py tests/test_ensf_fast.py tests/test_letkf.py \
+    2>&1 | tee "$out/tests.log"
+echo "tests: $((SECONDS - start)) s" | tee -a "$out/tests.log"
+start=$SECONDS
+timeout 210 python3 benchmarks/bench_perf.py --device "$device" "${quick[@]}" ensf latent letkf \
+    2>&1 | tee "$out/perf_filters.txt"
+echo "filters: $((SECONDS - start)) s" | tee -a "$out/perf_filters.txt"
+start=$SECONDS
+timeout 100 python3 benchmarks/bench_perf.py --device "$device" "${quick[@]}" models \
+    2>&1 | tee "$out/perf_models.txt"
+echo "models: $((SECONDS - start)) s" | tee -a "$out/perf_models.txt"
