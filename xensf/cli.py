@@ -1,212 +1,99 @@
 """The ``xensf`` command.
 
-``xensf demo`` assimilates synthetic sparse observations into the real ERA5 ensemble
-sample shipped with the package and prints how much each method reduced the error.
+- ``xensf demo``: the shallow-water twin experiment of the Latent-EnSF paper, reduced
+  to run in a few minutes on two CPU cores (``--full``: the paper-size setup, GPU
+  advised). Cycles every method, prints the table of relative errors, writes the zarr
+  stores and the figures.
+- ``xensf demo-era5``: sparse synthetic observations assimilated into the real ERA5
+  ensemble sample shipped with the package.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
+__all__ = ["build_parser", "main"]
 
-__all__ = ["main"]
-
-#: Observation-error standard deviations of the demo, in the state's units: about
-#: 0.7 and 0.3 of the prior ensemble's spread at 500/850 hPa for z and t.
-DEMO_OBS_ERROR = {"z": 10.0, "t": 0.1}
-DEMO_OPTIONS = {"ensf": {}, "letkf": {"loc_radius": 300.0}}
+SWE_METHODS = ("latent-ensf", "ensf", "letkf", "latent-letkf")
 
 
-def _synthetic_obs(truth, args, rng):
-    """Observations of ``truth`` plus Gaussian noise: gridded every k-th point, or stations."""
-    import xarray as xr
+def _demo(args: argparse.Namespace) -> int:
+    from .demo_swe import run
 
-    noisy = truth.copy(deep=True)
-    for name, sigma in DEMO_OBS_ERROR.items():
-        noisy[name] = truth[name] + rng.normal(0.0, sigma, truth[name].shape).astype(
-            truth[name].dtype
-        )
-    if args.obs == "gridded":
-        k = args.stride
-        obs = noisy.isel(latitude=slice(1, None, k), longitude=slice(0, None, k)).reindex_like(
-            truth
-        )
-        observed = obs["z"].isel(time=0, isobaricInhPa=0, drop=True).notnull()
-        return obs, observed
-    lats = rng.uniform(-88.0, 88.0, args.stations)
-    lons = rng.uniform(-180.0, 180.0, args.stations)
-    obs = noisy.interp(
-        latitude=xr.DataArray(lats, dims="station"),
-        longitude=xr.DataArray(np.mod(lons, 360.0), dims="station"),
-    ).drop_vars(["latitude", "longitude"])
-    obs = obs.assign_coords(lat=("station", lats), lon=("station", lons))
-    # mark the grid point nearest each station, for the table and the maps
-    lat_idx = np.abs(truth.latitude.values[:, None] - lats).argmin(0)
-    lon_idx = np.abs(truth.longitude.values[:, None] - np.mod(lons, 360.0)).argmin(0)
-    observed = xr.zeros_like(truth["z"].isel(time=0, isobaricInhPa=0, drop=True), dtype=bool)
-    observed.values[lat_idx, lon_idx] = True
-    return obs, observed
+    return run(args)
 
 
-def _neighbourhood(observed):
-    """Observed points and their 8 grid neighbours (longitude wraps)."""
-    near = observed.values.copy()
-    for dlat in (-1, 0, 1):
-        for dlon in (-1, 0, 1):
-            shifted = np.roll(observed.values, dlon, axis=1)
-            shifted = np.roll(shifted, dlat, axis=0)
-            if dlat == 1:
-                shifted[0] = False
-            if dlat == -1:
-                shifted[-1] = False
-            near |= shifted
-    return observed.copy(data=near)
+def _demo_era5(args: argparse.Namespace) -> int:
+    from .demo_era5 import run
 
-
-def demo(args: argparse.Namespace) -> int:
-
-    import xensf
-    from xensf.metrics import ensemble_rmse, mean_spread
-
-    started = time.perf_counter()
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    ds = xensf.open_era5_sample().load()
-    truth = ds.isel(number=0, drop=True)
-    prior = ds.isel(number=slice(1, None))
-    rng = np.random.default_rng(args.seed)
-    obs, observed = _synthetic_obs(truth, args, rng)
-    near = _neighbourhood(observed)
-    n_obs = int(obs["z"].isel(time=0).count()) if args.obs == "gridded" else args.stations * 2
-    print(
-        f"xensf {xensf.__version__} demo: real ERA5 ensemble sample (Copernicus C3S), "
-        f"{prior.sizes['number']} members as prior, member 0 as truth; "
-        f"{prior.sizes['time']} analysis times; z and t at {prior.sizes['isobaricInhPa']} levels "
-        f"on a {prior.sizes['latitude']}x{prior.sizes['longitude']} grid."
-    )
-    print(
-        f"Observations: {args.obs}"
-        + (
-            f" every {args.stride}th point in each direction"
-            if args.obs == "gridded"
-            else f" at {args.stations} random stations"
-        )
-        + f", {n_obs} values per variable and time, error std z {DEMO_OBS_ERROR['z']} m2 s-2, "
-        f"t {DEMO_OBS_ERROR['t']} K, seed {args.seed}."
-    )
-    analyses = {}
-    for method in args.methods:
-        t0 = time.perf_counter()
-        print(f"  {method:6s} ...", end="", flush=True)
-        analyses[method] = prior.ensf.assimilate(
-            obs, method=method, obs_error=DEMO_OBS_ERROR, seed=args.seed, **DEMO_OPTIONS[method]
-        ).compute()
-        print(f" {time.perf_counter() - t0:5.1f} s")
-
-    rows = []
-    skill: dict[str, dict[str, dict[str, float]]] = {}
-    for name in ("z", "t"):
-        units = prior[name].attrs.get("units", "")
-        for label, ens in [("prior", prior), *analyses.items()]:
-            skill.setdefault(name, {})[label] = {
-                "at obs": ensemble_rmse(ens[name], truth[name], "number", observed),
-                "next to obs": ensemble_rmse(ens[name], truth[name], "number", near & ~observed),
-                "global": ensemble_rmse(ens[name], truth[name], "number"),
-            }
-            rows.append(
-                (
-                    f"{name} [{units}]",
-                    label,
-                    *skill[name][label].values(),
-                    mean_spread(ens[name], "number", observed),
-                )
-            )
-    header = (
-        "variable",
-        "ensemble",
-        "RMSE at obs",
-        "RMSE next to obs",
-        "RMSE global",
-        "spread at obs",
-    )
-    widths = [14, 9, 12, 16, 12, 13]
-    print()
-    print(
-        "  ".join(
-            h.ljust(w) if i < 2 else h.rjust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    )
-    for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [f"{v:{w}.4g}" for v, w in zip(row[2:], widths[2:], strict=True)]
-        print("  ".join(cells))
-    print(
-        "\nRMSE of the ensemble mean against the truth member; 'next to obs' = the 8 grid "
-        "neighbours of observed points."
-    )
-
-    for method, analysis in analyses.items():
-        path = out / f"analysis-{method}.nc"
-        analysis.to_netcdf(path)
-        print(f"wrote {path}")
-    if not args.no_plot:
-        try:
-            from xensf.plot import plot_analysis_maps, plot_skill_bars
-        except ImportError:  # pragma: no cover - matplotlib is an optional extra
-            print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
-        else:
-            for name, level in (("z", 500.0), ("t", 850.0)):
-                sel = {
-                    "time": 0,
-                    "isobaricInhPa": prior.isobaricInhPa.values.tolist().index(level),
-                }
-                path = plot_analysis_maps(
-                    truth[name].isel(sel),
-                    prior[name].isel(sel),
-                    {m: a[name].isel(sel) for m, a in analyses.items()},
-                    observed,
-                    member_dim="number",
-                    title=f"{name} at {level:g} hPa, {str(prior.time.values[0])[:16]}: "
-                    "truth and ensemble-mean errors",
-                    path=out / f"demo-{name}{level:g}.png",
-                )
-                print(f"wrote {path}")
-            path = plot_skill_bars(
-                skill,
-                title="Error of the ensemble mean relative to the prior (all levels and times)",
-                path=out / "demo-skill.png",
-            )
-            print(f"wrote {path}")
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xensf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser(
         "demo",
+        help="the shallow-water twin experiment (sparse observations, every method)",
+        description="Cycle Latent-EnSF, EnSF, LETKF and latent LETKF on the planar "
+        "shallow-water basin observed at 1 point in 100 (reduced setup: about five "
+        "minutes on two CPU cores), print the table of relative errors, write the zarr "
+        "stores and the figures.",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the paper-size setup (150x150, 2000 steps, 20 members; GPU advised; trains "
+        "its latent model first unless --model is given)",
+    )
+    p.add_argument(
+        "--methods", nargs="+", default=list(SWE_METHODS), choices=SWE_METHODS, metavar="METHOD"
+    )
+    p.add_argument(
+        "--noise",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="observation noise levels in %% of each variable's std (default: 10; --full: 0 10 20)",
+    )
+    p.add_argument(
+        "--prior",
+        choices=["hard", "easy"],
+        default="hard",
+        help="which prior ensemble (default hard)",
+    )
+    p.add_argument(
+        "--model", default=None, help="a latent model bundle to use instead of the shipped one"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the observation noise and the filters"
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--output", default="xensf-demo", help="folder for the stores and figures")
+    p.add_argument("--no-plot", action="store_true", help="write no figures")
+    p.set_defaults(func=_demo)
+
+    e = sub.add_parser(
+        "demo-era5",
         help="assimilate synthetic sparse observations into the packaged ERA5 sample",
         description="Assimilate synthetic sparse observations into the real ERA5 ensemble "
         "sample shipped with xensf and print the error of the prior and of each analysis.",
     )
-    p.add_argument("--methods", nargs="+", default=["ensf", "letkf"], choices=sorted(DEMO_OPTIONS))
-    p.add_argument(
+    e.add_argument("--methods", nargs="+", default=["ensf", "letkf"], choices=["ensf", "letkf"])
+    e.add_argument(
         "--obs", choices=["gridded", "points"], default="gridded", help="observation layout"
     )
-    p.add_argument(
+    e.add_argument(
         "--stride", type=int, default=4, help="gridded: observe every STRIDE-th point (default 4)"
     )
-    p.add_argument("--stations", type=int, default=200, help="points: number of random stations")
-    p.add_argument("--seed", type=int, default=0, help="seed of the observation noise and of EnSF")
-    p.add_argument("--output", default="xensf-demo", help="folder for analyses and figures")
-    p.add_argument("--no-plot", action="store_true", help="write no figures")
-    p.set_defaults(func=demo)
+    e.add_argument("--stations", type=int, default=200, help="points: number of random stations")
+    e.add_argument("--seed", type=int, default=0, help="seed of the observation noise and of EnSF")
+    e.add_argument("--output", default="xensf-demo-era5", help="folder for analyses and figures")
+    e.add_argument("--no-plot", action="store_true", help="write no figures")
+    e.set_defaults(func=_demo_era5)
     return parser
 
 
@@ -215,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "stride", 1) < 1 or getattr(args, "stations", 1) < 1:
         print("xensf: --stride and --stations must be positive", file=sys.stderr)
         return 2
+    if args.command == "demo" and args.noise is not None:
+        bad = [p for p in args.noise if not 0 <= p < 100]
+        if bad:
+            print(f"xensf demo: --noise takes percentages in [0, 100), got {bad}", file=sys.stderr)
+            return 2
     return args.func(args)
 
 

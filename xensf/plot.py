@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_analysis_maps", "plot_skill_bars"]
+__all__ = ["plot_analysis_maps", "plot_relative_rmse", "plot_skill_bars", "plot_twin_maps"]
 
 
 def plot_analysis_maps(
@@ -106,5 +106,114 @@ def plot_skill_bars(
     fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+#: One colour and line style per method, the same in every twin figure.
+METHOD_STYLE = {
+    "free run": {"color": "0.45", "ls": "--"},
+    "latent-ensf": {"color": "tab:red", "ls": "-"},
+    "ensf": {"color": "tab:blue", "ls": "-"},
+    "letkf": {"color": "tab:green", "ls": "-"},
+    "latent-letkf": {"color": "tab:purple", "ls": "-."},
+}
+
+
+def plot_relative_rmse(
+    curves: dict[str, dict[str, xr.DataArray]], *, title: str, path: str | Path
+) -> Path:
+    """Relative RMSE against time, one panel per observation-noise level.
+
+    ``curves[noise_label][method]`` is a 1-D DataArray along ``time``; the time axis is
+    shown in hours since the first value's time minus one cycle.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(curves)
+    fig, axes = plt.subplots(
+        1, len(labels), figsize=(4.8 * len(labels), 3.6), sharey=True, constrained_layout=True
+    )
+    axes = np.atleast_1d(axes)
+    top = 0.0
+    for ax, label in zip(axes, labels, strict=True):
+        for method, curve in curves[label].items():
+            t = curve["time"].values
+            step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
+            hours = (t - (t[0] - step)) / np.timedelta64(1, "h")
+            style = METHOD_STYLE.get(method, {})
+            ax.plot(hours, curve.values, label=method, lw=1.6, **style)
+            top = max(top, float(np.nanmax(curve.values)))
+        ax.set_title(f"observation noise {label}")
+        ax.set_xlabel("model time [h]")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("relative RMSE of the ensemble mean")
+    axes[0].set_ylim(0, min(top * 1.05, 2.0))
+    axes[-1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_twin_maps(
+    truth: xr.DataArray,
+    free: xr.DataArray,
+    analyses: dict[str, xr.DataArray],
+    observed: xr.DataArray,
+    *,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """Row 1: truth, free-run mean and each analysis mean; row 2: their errors.
+
+    All fields are 2-D ``(y, x)`` ensemble means (or the truth); the top row shares one
+    colour scale, the bottom row one symmetric error scale. Observed points are marked
+    on the truth.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = {"free run": free, **analyses}
+    y_dim, x_dim = truth.dims
+    km = 1e-3
+    x, y = truth[x_dim].values * km, truth[y_dim].values * km
+    vmax = float(np.nanmax(np.abs(truth.values)))
+    errors = {k: f - truth for k, f in fields.items()}
+    emax = float(max(np.nanpercentile(np.abs(e.values), 99.5) for e in errors.values()))
+    cols = 1 + len(fields)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.2), constrained_layout=True)
+    units = truth.attrs.get("units", "")
+    kw = {"shading": "nearest", "cmap": "RdBu_r", "vmin": -vmax, "vmax": vmax}
+    top = axes[0, 0].pcolormesh(x, y, truth.values, **kw)
+    oy, ox = np.nonzero(observed.values)
+    axes[0, 0].scatter(x[ox], y[oy], s=4, c="k", marker="o", linewidths=0)
+    axes[0, 0].set_title("truth (dots: observed)")
+    axes[1, 0].axis("off")
+    for i, (name, f) in enumerate(fields.items(), start=1):
+        axes[0, i].pcolormesh(x, y, f.values, **kw)
+        axes[0, i].set_title(name)
+        err = errors[name]
+        rmse = float(np.sqrt((err**2).mean()))
+        bottom = axes[1, i].pcolormesh(
+            x, y, err.values, shading="nearest", cmap="PuOr_r", vmin=-emax, vmax=emax
+        )
+        axes[1, i].set_title(f"error, RMSE {rmse:.3g} {units}", fontsize=9)
+    for ax in axes.flat:
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+    fig.colorbar(top, ax=list(axes[0]), shrink=0.7, label=f"{truth.name} [{units}]")
+    fig.colorbar(bottom, ax=list(axes[1, 1:]), shrink=0.7, label=f"error [{units}]")
+    axes[0, 0].set_ylabel("y [km]")
+    axes[1, 1].set_xlabel("x [km]")
+    fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

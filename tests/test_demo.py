@@ -1,0 +1,105 @@
+"""``xensf demo`` (shallow water) and ``xensf demo-era5`` end to end, at reduced sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+import xensf.demo_swe as demo_swe
+from xensf.cli import main
+from xensf.twin import TwinSetup, initial_ensemble, observations, relative_rmse, truth_run
+
+
+def test_shipped_demo_model_fits_the_demo_setup():
+    model = xensf.load(demo_swe.shipped_model_path())
+    data = model.config["data"]
+    assert [v for v in data["variables"]] == ["eta", "u", "v"] or set(data["variables"]) == {
+        "eta",
+        "u",
+        "v",
+    }
+    assert tuple(model.config["architecture"]["grid_shape"]) == (
+        demo_swe.DEMO_SETUP.n,
+        demo_swe.DEMO_SETUP.n,
+    )
+
+
+def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    small = demo_swe.DEMO_SETUP.with_(steps=40, members=6, ensf_steps=10)
+    monkeypatch.setattr(demo_swe, "DEMO_SETUP", small)
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--noise", "0", "20", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    for method in ("free run", "latent-ensf", "ensf", "letkf", "latent-letkf"):
+        assert method in printed
+    summary = json.loads((out / "summary.json").read_text())
+    table = summary["relative_rmse_second_half"]
+    assert set(table) == {"free run", "latent-ensf", "ensf", "letkf", "latent-letkf"}
+    assert all(np.isfinite(v) for row in table.values() for v in row.values())
+    assert set(table["ensf"]) == {"0%", "20%"}
+    store = xr.open_zarr(out / "ensf-noise20.zarr")
+    assert store.sizes["time"] == small.cycles
+    assert {"eta_analysis_mean", "u_forecast_spread"} <= set(store.data_vars)
+    # the table's number is the mean over the second half of the store's own curve
+    truth = truth_run(small, device="cpu")
+    scales = {v: float(truth[v].std()) for v in ("eta", "u", "v")}
+    means = xr.Dataset({v: store[f"{v}_analysis_mean"] for v in ("eta", "u", "v")})
+    curve = relative_rmse(means, truth.isel(time=slice(1, None)), scales)
+    expected = float(curve.isel(time=slice(small.cycles // 2, None)).mean())
+    assert table["ensf"]["20%"] == pytest.approx(expected, rel=1e-6)
+    for name in ("relative-rmse.png", "maps-eta.png", "maps-u.png", "maps-v.png"):
+        assert (out / name).stat().st_size > 10_000
+
+
+def test_observations_follow_the_documented_noise_definition():
+    setup = TwinSetup(n=20, steps=20, every=10, stride=5)
+    truth = truth_run(setup, device="cpu")
+    obs, errors = observations(truth, setup, 0.2)
+    s = float(truth.eta.std())
+    assert errors["eta"] == pytest.approx(0.2 * s)
+    observed = obs.eta.isel(time=0).notnull()
+    assert int(observed.sum()) == 16 and bool(observed.isel(y=2, x=2))
+    noise = (obs.eta - truth.eta.isel(time=slice(1, None))).values
+    noise = noise[np.isfinite(noise)]
+    assert noise.std() == pytest.approx(0.2 * s, rel=0.3)
+    clean, floor = observations(truth, setup, 0.0)
+    assert floor["u"] == pytest.approx(setup.noise_floor * float(truth.u.std()))
+    np.testing.assert_array_equal(
+        clean.u.where(observed).values, truth.u.isel(time=slice(1, None)).where(observed).values
+    )
+
+
+def test_hard_and_easy_priors():
+    hard = initial_ensemble(TwinSetup(n=20, members=5, prior="hard"), device="cpu")
+    easy = initial_ensemble(TwinSetup(n=20, members=5, prior="easy"), device="cpu")
+    assert hard.eta.dims == ("member", "y", "x") and "time" in hard.coords
+    # hard: one position plus noise on eta, velocities at rest
+    assert float(hard.u.std()) == 0.0 and float(hard.eta.std("member").mean()) > 0.01
+    # easy: different bump positions
+    peaks = easy.eta.argmax(dim=("y", "x"))
+    assert len({(int(a), int(b)) for a, b in zip(peaks["y"], peaks["x"], strict=True)}) > 1
+
+
+def test_cli_rejects_bad_noise(capsys):
+    assert main(["demo", "--noise", "150"]) == 2
+    assert "percentages" in capsys.readouterr().err
+
+
+def test_era5_demo_still_runs(tmp_path, capsys):
+    assert main(["demo-era5", "--output", str(tmp_path), "--no-plot", "--methods", "letkf"]) == 0
+    assert "RMSE at obs" in capsys.readouterr().out
+
+
+def test_train_model_makes_a_bundle_the_demo_can_use(tmp_path, monkeypatch):
+    tiny = {"runs": 4, "every": 10, "latent_dim": 4, "width": 2, "depth": 2, "epochs": 1}
+    monkeypatch.setitem(demo_swe.TRAINING, "demo", tiny)
+    setup = TwinSetup(n=16, steps=20, every=10, stride=4)
+    demo_swe.train_model(setup, tmp_path / "m.xensf", "demo", progress=False, device="cpu")
+    model = xensf.load(tmp_path / "m.xensf")
+    assert tuple(model.config["architecture"]["grid_shape"]) == (16, 16)
+    assert model.config["training"]["n_train"] + model.config["training"]["n_val"] == 4 * 3

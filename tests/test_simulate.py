@@ -1,0 +1,111 @@
+"""The xarray simulators and the forecasters built on the tensor models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import xensf
+import xensf.models as models
+from xensf.forecast import (
+    Forecaster,
+    Persistence,
+    ShallowWaterForecaster,
+    TorchForecaster,
+    forecaster_settings,
+)
+from xensf.models.l96 import lorenz96_run
+from xensf.models.swe import ShallowWaterConfig, initial_state, shallow_water_run
+
+
+def test_shallow_water_simulator_labels_the_tensor_run():
+    ds = models.shallow_water(2e5, -1e5, n=24, steps=30, every=10, device="cpu")
+    cfg = ShallowWaterConfig(n=24)
+    ref = shallow_water_run(initial_state(cfg, 2e5, -1e5), cfg, 30, 10)
+    assert dict(ds.sizes) == {"time": 4, "y": 24, "x": 24}
+    for c, v in enumerate(("eta", "u", "v")):
+        np.testing.assert_array_equal(ds[v].values, ref[:, c].numpy())
+    assert ds.eta.attrs["units"] == "m" and ds.u.attrs["units"] == "m s-1"
+    assert ds.x.attrs["standard_name"] == "projection_x_coordinate"
+    step = ds.time.values[1] - ds.time.values[0]
+    assert abs(step / np.timedelta64(1, "ns") - 10 * cfg.dt * 1e9) < 10
+    assert ds.attrs["Conventions"].startswith("CF")
+
+
+def test_shallow_water_simulator_members_and_dims_found_by_the_accessor():
+    ds = models.shallow_water([1e5, 2e5, 3e5], [0.0, 1e4, 2e4], n=20, steps=10, every=5)
+    assert ds.eta.dims == ("time", "member", "y", "x")
+    np.testing.assert_allclose(ds.bump_x.values, [1e5, 2e5, 3e5])
+    from xensf.bridge.dims import find_dims
+
+    dims = find_dims(ds)
+    assert (dims.member, dims.lat, dims.lon, dims.time) == ("member", "y", "x", "time")
+
+
+def test_shallow_water_simulator_rejects_bad_positions():
+    with pytest.raises(xensf.OptionError, match="1-D"):
+        models.shallow_water(np.zeros((2, 2)), np.zeros((2, 2)), n=10, steps=2, every=1)
+    with pytest.raises(xensf.OptionError, match="basin"):
+        models.shallow_water(2e6, 0.0, n=10, steps=2, every=1)
+
+
+def test_lorenz96_simulator():
+    ds = models.lorenz96(d=12, members=4, steps=20, every=5, spinup=50, seed=3)
+    assert ds.x.dims == ("time", "member", "site") and ds.sizes["time"] == 5
+    ref = lorenz96_run(torch.as_tensor(ds.x.isel(time=0).values), 20, every=5)
+    np.testing.assert_allclose(ds.x.values, ref.numpy(), rtol=1e-12)
+    again = models.lorenz96(d=12, members=4, steps=20, every=5, spinup=50, seed=3)
+    xr.testing.assert_identical(ds, again)
+
+
+def _state(n=16, members=3):
+    return models.shallow_water(
+        np.linspace(-2e5, 2e5, members), np.zeros(members), n=n, steps=0, every=1
+    ).isel(time=0)
+
+
+def test_shallow_water_forecaster_matches_the_step_and_leaves_its_input_alone():
+    state = _state()
+    before = state.copy(deep=True)
+    f = ShallowWaterForecaster(ShallowWaterConfig(n=16), device="cpu")
+    assert isinstance(f, Forecaster)
+    out = f.forecast(state, 7)
+    xr.testing.assert_identical(state, before)
+    cfg = ShallowWaterConfig(n=16)
+    x = torch.as_tensor(np.stack([state[v].values for v in ("eta", "u", "v")], axis=1))
+    ref = shallow_water_run(x, cfg, 7)[-1].numpy()
+    for c, v in enumerate(("eta", "u", "v")):
+        np.testing.assert_array_equal(out[v].values, ref[:, c])
+    assert out.eta.attrs == state.eta.attrs
+    assert forecaster_settings(f)["n"] == 16
+
+
+def test_torch_forecaster_wraps_a_module_and_checks_shapes():
+    class Damp(torch.nn.Module):
+        def forward(self, x):
+            return 0.5 * x
+
+    state = _state()
+    f = TorchForecaster(Damp(), ["eta", "u", "v"], np.timedelta64(1, "h"), device="cpu")
+    out = f.forecast(state, 2)
+    np.testing.assert_allclose(out.eta.values, 0.25 * state.eta.values, rtol=1e-6)
+    bad = TorchForecaster(lambda x: x[..., :-1], ["eta"], 1.0, device="cpu")
+    with pytest.raises(xensf.OptionError, match="keep the shape"):
+        bad.forecast(state, 1)
+    with pytest.raises(xensf.OptionError, match="no variable"):
+        TorchForecaster(Damp(), ["h"], 1.0).forecast(state, 1)
+    with pytest.raises(xensf.OptionError, match="time_step"):
+        TorchForecaster(Damp(), ["eta"], "6h")
+
+
+def test_persistence():
+    state = _state()
+    p = Persistence(np.timedelta64(6, "h"))
+    out = p.forecast(state, 3)
+    xr.testing.assert_identical(out, state)
+    assert out.eta.values is not state.eta.values
+    assert forecaster_settings(p)["time_step"] == f"{6 * 3600 * 10**9} ns"
+    with pytest.raises(xensf.OptionError, match="positive"):
+        Persistence(np.timedelta64(0, "h"))
