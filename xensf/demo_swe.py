@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from .twin import (
@@ -28,6 +27,7 @@ from .twin import (
     free_run,
     initial_ensemble,
     observations,
+    observed_points,
     relative_rmse,
     training_runs,
     truth_run,
@@ -75,10 +75,7 @@ def method_options(
 
 def obs_mask(setup: TwinSetup, like: xr.DataArray) -> xr.DataArray:
     """The observed points of :func:`xensf.twin.observations` as a boolean (y, x) mask."""
-    mask = np.zeros((setup.n, setup.n), bool)
-    off = setup.stride // 2
-    mask[off :: setup.stride, off :: setup.stride] = True
-    return xr.DataArray(mask, dims=("y", "x"), coords={"y": like.y, "x": like.x})
+    return xr.DataArray(observed_points(setup), dims=("y", "x"), coords={"y": like.y, "x": like.x})
 
 
 def train_model(
@@ -238,15 +235,12 @@ def _print_table(table, noises, timings, methods) -> None:
 
 def _figures(out, setup, curves, truth, free, last, noises) -> None:
     try:
-        from .plot import plot_relative_rmse, plot_twin_maps
-    except ImportError:  # pragma: no cover - matplotlib is an optional extra
-        print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
-        return
-    try:
         import matplotlib  # noqa: F401
-    except ImportError:
+    except ImportError:  # matplotlib is an optional extra
         print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
         return
+    from .plot import plot_relative_rmse, plot_twin_maps
+
     path = plot_relative_rmse(
         curves,
         title=f"Shallow water {setup.n}x{setup.n}, 1/{setup.stride**2} observed, {setup.prior} prior",

@@ -25,7 +25,7 @@ paper-size one).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,17 +38,11 @@ __all__ = [
     "free_run",
     "initial_ensemble",
     "observations",
+    "observed_points",
     "relative_rmse",
     "training_runs",
     "truth_run",
 ]
-
-METHOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "ensf": {"method": "ensf"},
-    "letkf": {"method": "letkf"},
-    "latent-ensf": {"method": "latent-ensf"},
-    "latent-letkf": {"method": "latent-letkf"},
-}
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,6 @@ class TwinSetup:
     ensf_steps: int = 100
     seed: int = 0
     start: str = "2000-01-01"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps % self.every:
@@ -93,7 +86,7 @@ class TwinSetup:
         return self.steps // self.every
 
     def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+        return asdict(self)
 
     def with_(self, **changes) -> TwinSetup:
         return replace(self, **changes)
@@ -167,9 +160,7 @@ def observations(
     scales = field_scales(truth)
     rng = np.random.default_rng([setup.seed if seed is None else seed, 2, int(noise * 1000)])
     obs = truth.isel(time=slice(1, None)).copy(deep=True)
-    mask = np.zeros((setup.n, setup.n), bool)
-    off = setup.stride // 2
-    mask[off :: setup.stride, off :: setup.stride] = True
+    mask = observed_points(setup)
     for v in ("eta", "u", "v"):
         values = obs[v].values
         values = values + noise * scales[v] * rng.standard_normal(values.shape).astype(
@@ -184,6 +175,14 @@ def observations(
     }
     errors = {v: max(noise, setup.noise_floor) * s for v, s in scales.items()}
     return obs, errors
+
+
+def observed_points(setup: TwinSetup) -> np.ndarray:
+    """The observed cells, ``(n, n)`` bool: every ``stride``-th, from ``stride // 2``."""
+    mask = np.zeros((setup.n, setup.n), bool)
+    off = setup.stride // 2
+    mask[off :: setup.stride, off :: setup.stride] = True
+    return mask
 
 
 def relative_rmse(state: xr.Dataset, truth: xr.Dataset, scales: dict[str, float]) -> xr.DataArray:
