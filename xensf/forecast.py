@@ -270,7 +270,7 @@ class ShallowWaterForecaster(TorchForecaster):
 
         self.config = ShallowWaterConfig() if config is None else config
         if time_coordinate == "datetime":
-            time_step = np.timedelta64(round(self.config.dt * 1e9), "ns")
+            time_step = np.timedelta64(self.config.dt_ns, "ns")
         elif time_coordinate == "seconds":
             time_step = float(self.config.dt)
         else:

@@ -209,7 +209,7 @@ def shallow_water(
             "shallow_water: the run produced NaN or inf; lower the bump height or dt_factor"
         )
     t0 = np.datetime64(start, "ns")
-    step_ns = np.timedelta64(round(config.dt * 1e9), "ns")
+    step_ns = np.timedelta64(config.dt_ns, "ns")
     times = t0 + np.arange(0, steps + 1, every) * step_ns
     ds = shallow_water_state(
         traj.cpu().numpy(),

@@ -147,6 +147,15 @@ class ShallowWaterConfig:
         """Time step, seconds: ``dt_factor * dx / √(g H)``."""
         return self.dt_factor * self.dx / self.wave_speed
 
+    @property
+    def dt_ns(self) -> int:
+        """The time step in whole nanoseconds: the tick of datetime time axes.
+
+        The simulators label times ``start + k · dt_ns`` and the forecaster steps by it,
+        so observation times taken from a simulated truth are model times exactly.
+        """
+        return round(self.dt * 1e9)
+
 
 def grid_coordinates(config: ShallowWaterConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell-centre coordinates of the grid.
