@@ -22,7 +22,9 @@ GRID = 24
 
 def blobs(cx, cy, width=3.0):
     ax = torch.arange(GRID, dtype=torch.float32)
-    d2 = (ax[None, :, None] - cy[:, None, None]) ** 2 + (ax[None, None, :] - cx[:, None, None]) ** 2
+    d2 = (ax[None, :, None] - cy[:, None, None]) ** 2 + (
+        ax[None, None, :] - cx[:, None, None]
+    ) ** 2
     return torch.exp(-d2 / (2 * width**2))[:, None]
 
 
@@ -52,7 +54,9 @@ def main(argv=None):
     obs, _ = gridded_stride_obs(4, 0.1)(truth, torch.Generator().manual_seed(5))
     sizes = [2, 4, 16] if args.quick else [2, 4, 8, 16, 32]
     lams = [0.1, 1.0, 10.0] if args.quick else [0.01, 0.1, 1.0, 10.0]
-    print(f"blob twin 24x24, 1/16 observed, 10 % noise; prior mean error {rel(prior.mean(1), truth):.3f}")
+    print(
+        f"blob twin 24x24, 1/16 observed, 10 % noise; prior mean error {rel(prior.mean(1), truth):.3f}"
+    )
     header = f"{'latent_dim':>10} {'lambda':>7} {'recon':>7} {'latent-ensf':>12} {'train [s]':>10}"
     print(header)
     print("-" * len(header))

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,9 @@ from xensf.latent import LatentModel
 from xensf.latent.model import build_networks
 
 NLAT, NLON, MEMBERS = 32, 64, 10
+
+# zarr 3 warns on every append that consolidated metadata is not in its v3 spec.
+warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
 
 
 def write_store(path: Path, n_times: int, members: int, chunk: int) -> tuple[Path, Path]:

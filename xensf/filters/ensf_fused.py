@@ -133,18 +133,17 @@ def integrate_componentwise(
     else:
         weight_sq = obs.weight.abs().square()
         scale2 = scale * scale
+    if linear and observed:
+        return mean + scale * _linear_steps(
+            z, z0, z0_t, z0_sq_half, curv, b, schedule, h_of, steps, mixture, noise
+        )
     for k in range(steps):
         tau = 1.0 - k * dt
         alpha = schedule.alpha(tau)
         beta2 = schedule.beta2(tau)
         g2 = schedule.diffusion2(tau)
         h = float(h_of(tau)) if observed else 0.0
-        if mixture:
-            logits = torch.matmul(z, z0_t).mul_(alpha / beta2)
-            logits.sub_(z0_sq_half, alpha=alpha * alpha / beta2)
-            mu = torch.matmul(torch.softmax(logits, dim=-1), z0)
-        else:
-            mu = z0
+        mu = _prior_mean(z, z0, z0_t, z0_sq_half, alpha, beta2) if mixture else z0
         lam_prior = schedule.drift(tau) + g2 / beta2
         xi = noise.draw()
         if h == 0.0:
@@ -154,20 +153,8 @@ def integrate_componentwise(
             a = mu * (g2 * alpha / beta2)
             z.add_(z, alpha=e1).add_(a, alpha=phi).add_(xi, alpha=noise_std)
             continue
-        if linear:
-            lam = curv * (g2 * h) + lam_prior  # (..., 1, d): the same for every member
-            e1 = torch.expm1(lam * -dt)
-            phi = e1.div(lam).neg_()
-            noise_std = (phi * (e1 + 2.0)).mul_(0.5 * g2).sqrt_()
-            # z is the integrator's own buffer, updated in place; z + e1 z rather than
-            # (1 + e1) z, which would round e1 to the precision of 1.
-            z.addcmul_(e1, z)
-            z.addcmul_(mu, phi, value=g2 * alpha / beta2)
-            z.addcmul_(phi, b, value=g2 * h)
-            z.addcmul_(xi, noise_std)
-            continue
-        # The reference's operations in the reference's order (only the gather and
-        # scatter are gone), so that both round alike: a stiff likelihood amplifies
+        # arctan: the reference's operations in the reference's order (only the gather
+        # and scatter are gone), so that both round alike: a stiff likelihood amplifies
         # rounding differences over the steps.
         u = (mean + scale * z).mul_(obs.weight)  # w x
         deriv = u.square().add_(1.0).reciprocal_()  # arctan'(w x)
@@ -182,3 +169,62 @@ def integrate_componentwise(
         noise_std = (phi * (e1 + 2.0)).mul_(0.5 * g2).sqrt_()
         z = z + e1 * z + phi * a + noise_std * xi
     return mean + scale * z
+
+
+def _prior_mean(z, z0, z0_t, z0_sq_half, alpha: float, beta2: float) -> torch.Tensor:
+    """``E[z0 | z]`` under the mixture prior: the members weighted by softmax of logits."""
+    # log w_ij = (α z_i·z0_j − α²‖z0_j‖²/2) / β² + const_i: the ‖z_i‖² term cancels.
+    logits = torch.matmul(z, z0_t).mul_(alpha / beta2)
+    logits.sub_(z0_sq_half, alpha=alpha * alpha / beta2)
+    return torch.matmul(torch.softmax(logits, dim=-1), z0)
+
+
+#: Elements of the per-step coefficient tables computed in one go (a block of steps).
+_TABLE_ELEMENTS = 1 << 20
+
+
+def _linear_steps(z, z0, z0_t, z0_sq_half, curv, b, schedule, h_of, steps, mixture, noise):
+    """The steps of a linear componentwise operator, their coefficients tabulated.
+
+    ``grad + c z = b`` is constant, so the coefficients of a step (``e^{−λ dτ} − 1``,
+    the drift and noise factors) are vectors of size ``d`` that depend on the step only.
+    They are computed for a block of steps at once (a few operations on a
+    ``(steps, ..., 1, d)`` table instead of ten per step), which leaves a step with the
+    mixture weights, the noise draw and four passes over ``(..., N, d)``; at latent size
+    that halves the time of a CPU analysis, where each small operation's fixed cost
+    counts. The per-step formulas are those of the general step, evaluated alike.
+    """
+    dt = 1.0 / steps
+    dtype, device = z.dtype, z.device
+    shape = torch.broadcast_shapes(curv.shape, b.shape)  # (..., 1, d)
+    curv, b = curv.expand(shape), b.expand(shape)
+    taus = [1.0 - k * dt for k in range(steps)]
+    per_step = max(1, _TABLE_ELEMENTS // max(1, curv.numel()))
+    for start in range(0, steps, per_step):
+        block = taus[start : start + per_step]
+        alpha = [schedule.alpha(t) for t in block]
+        beta2 = [schedule.beta2(t) for t in block]
+        g2 = [schedule.diffusion2(t) for t in block]
+        h = [float(h_of(t)) for t in block]
+        lam_prior = [schedule.drift(t) + g / b2 for t, g, b2 in zip(block, g2, beta2, strict=True)]
+
+        def column(values):
+            return torch.tensor(values, dtype=dtype, device=device).reshape(-1, *([1] * curv.ndim))
+
+        g2h = column([g * hh for g, hh in zip(g2, h, strict=True)])
+        lam = (curv * g2h).add_(column(lam_prior))  # (block, ..., 1, d)
+        e1 = torch.expm1(lam * -dt)
+        phi = e1.div(lam).neg_()
+        noise_std = (phi * (e1 + 2.0)).mul_(column([0.5 * g for g in g2])).sqrt_()
+        pull = phi * b * g2h  # the likelihood's constant drift, integrated over the step
+        rows = zip(e1.unbind(0), phi.unbind(0), pull.unbind(0), noise_std.unbind(0), strict=True)
+        for i, (e1_i, phi_i, pull_i, std_i) in enumerate(rows):
+            mu = _prior_mean(z, z0, z0_t, z0_sq_half, alpha[i], beta2[i]) if mixture else z0
+            xi = noise.draw()
+            # z is the integrator's own buffer, updated in place; z + e1 z rather than
+            # (1 + e1) z, which would round e1 to the precision of 1.
+            z.addcmul_(e1_i, z)
+            z.addcmul_(mu, phi_i, value=g2[i] * alpha[i] / beta2[i])
+            z.add_(pull_i)
+            z.addcmul_(xi, std_i)
+    return z
