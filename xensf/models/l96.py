@@ -6,8 +6,8 @@ exponent of about 1.7 per time unit; ``dt = 0.05`` is "6 hours" in Lorenz's anal
 
 All functions are pure: they take a state ``(..., d)`` (any leading dims, e.g. batch
 and members) and return new tensors, on the input's device and in its dtype. Neighbours
-are taken with :func:`torch.roll`, so ``d`` can be large (10⁶ works) without index
-tensors.
+are views of the ring padded with its halo (one copy per tendency), so ``d`` can be
+large (10⁶ works) without index tensors.
 """
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def lorenz96_tendency(x: torch.Tensor, forcing: float | torch.Tensor = 8.0) -> t
     tensor([0., 0., 0., 0., 0.])
     """
     _check_state(x)
-    return (torch.roll(x, -1, -1) - torch.roll(x, 2, -1)) * torch.roll(x, 1, -1) - x + forcing
+    # The ring with its halo, one copy: xp[..., j] = x[..., j − 2], for j = 0 … d + 2;
+    # the three neighbours are then views (three torch.roll calls were three copies).
+    xp = torch.cat((x[..., -2:], x, x[..., :1]), dim=-1)
+    d = x.shape[-1]
+    return (xp[..., 3:] - xp[..., :d]) * xp[..., 1 : d + 1] - x + forcing
 
 
 def lorenz96_step(
