@@ -61,6 +61,20 @@ def test_fused_cpu_equals_reference(problem, prior_score, kind):
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("table", [30, 3 * 30 * 3 + 1])
+def test_linear_steps_in_blocks_equal_one_block(problem, monkeypatch, table):
+    """The per-step coefficient tables, computed one step or a few steps at a time
+    (how a large state is integrated), give the same analysis as one table."""
+    prior, y, idx = problem
+    kw = dict(generator=[1, 2, 3], scale=prior.std(-2), steps=20)
+    whole = ensf_analysis(prior, y, idx, 0.3, implementation="fused", **kw)
+    monkeypatch.setattr(ensf_fused, "_TABLE_ELEMENTS", table)  # 1 step, then 3 per block
+    blocks = ensf_analysis(prior, y, idx, 0.3, implementation="fused", **kw)
+    torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-6)
+    ref = ensf_analysis(prior, y, idx, 0.3, implementation="reference", **kw)
+    torch.testing.assert_close(blocks, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_fused_cpu_equals_reference_float64_and_weights(problem):
     prior, y, idx = problem
     op = LinearObservationOperator(idx[:, None], torch.linspace(0.5, 2.0, 15)[:, None])
