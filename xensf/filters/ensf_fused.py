@@ -174,9 +174,12 @@ def integrate_componentwise(
 def _prior_mean(z, z0, z0_t, z0_sq_half, alpha: float, beta2: float) -> torch.Tensor:
     """``E[z0 | z]`` under the mixture prior: the members weighted by softmax of logits."""
     # log w_ij = (α z_i·z0_j − α²‖z0_j‖²/2) / β² + const_i: the ‖z_i‖² term cancels.
-    logits = torch.matmul(z, z0_t).mul_(alpha / beta2)
+    # Three dims on both sides (one batch dim, the accessor's case): bmm directly, the
+    # product matmul would reach after expanding and reshaping (same kernel, same result).
+    mm = torch.bmm if z.ndim == 3 and z0.ndim == 3 and z.shape[0] == z0.shape[0] else torch.matmul
+    logits = mm(z, z0_t).mul_(alpha / beta2)
     logits.sub_(z0_sq_half, alpha=alpha * alpha / beta2)
-    return torch.matmul(torch.softmax(logits, dim=-1), z0)
+    return mm(torch.softmax(logits, dim=-1), z0)
 
 
 #: Elements of the per-step coefficient tables computed in one go (a block of steps).
