@@ -1,0 +1,72 @@
+"""The performance benchmark scripts run end to end at their small sizes.
+
+They are what docs/performance.md's tables come from and what a lent GPU runs
+(``benchmarks/run_gpu_perf.sh`` calls ``bench_perf.py``); running them at ``--quick``
+sizes here keeps them from rotting between measurements. Timings are not asserted (they
+belong to the scripts' tables, not to tests); that every table is printed with finite
+numbers is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, timeout: int = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def _rows(text: str, title: str) -> list[list[str]]:
+    """The data rows of the markdown table printed after ``title``."""
+    section = text.split(title, 1)[1]
+    rows = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("| ") and not line.startswith("| case") and "---" not in line:
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _number(cell: str) -> float:
+    return float(re.sub(r"[^0-9.e+-]", "", cell))
+
+
+def test_bench_perf_quick_prints_every_table():
+    out = _run("benchmarks/bench_perf.py", "--quick", "--threads", "1", "ensf", "latent", "models")
+    for title, n_rows in [
+        ("## EnSF, full space", 2),  # auto and reference at one size
+        ("## EnSF at latent size", 4),  # T = 1 and 8, auto and reference
+        ("## Models", 2),  # shallow water and Lorenz-96
+    ]:
+        rows = _rows(out, title)
+        assert len(rows) == n_rows, (title, rows)
+        for row in rows:
+            ours = _number(row[1])
+            assert math.isfinite(ours) and ours > 0, row
+    assert "componentwise torch step" in out  # what "auto" ran on CPU is reported
+
+
+def test_bench_throughput_quick_times_all_three_schedulers(tmp_path):
+    out = _run("benchmarks/bench_throughput.py", "--quick", "--dir", str(tmp_path))
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    names = [r.split("|")[1].strip() for r in rows[1:]]
+    assert len(names) == 3 and names[0].startswith("threaded scheduler"), names
+    assert names[1].startswith("LocalCluster, 1 worker") and names[2].startswith("LocalCluster, 2")
+    for row in rows[1:]:
+        seconds = float(row.split("|")[2])
+        assert math.isfinite(seconds) and seconds > 0
+    assert not any(tmp_path.iterdir())  # the stores it wrote are removed
