@@ -3,11 +3,12 @@
     python scripts/make_demo_model.py [--output xensf/data/swe-demo.xensf] [--seed 0]
 
 Runs the planar shallow-water basin of the demo's reduced setup
-(:data:`xensf.demo_swe.DEMO_SETUP`, 60 x 60 cells) from random bump positions, none
+(:data:`xensf.demo_swe.DEMO_SETUP`, 40 x 40 cells) from random bump positions, none
 the truth's (:func:`xensf.twin.training_runs`), and trains a Latent-EnSF model (state
-VAE + observation encoder for eta, u, v observed at every 6th point) with the settings
-in :data:`xensf.demo_swe.TRAINING`. Deterministic for a given seed on one machine;
-takes about 20 minutes on two CPU cores (one torch thread). The bundle is safetensors + JSON.
+VAE + observation encoder for eta, u, v observed at every 4th point) with the settings
+in :data:`xensf.demo_swe.TRAINING` (100 epochs). Deterministic for a given seed on one
+machine; takes about 35 minutes on two quiet CPU cores (20 s per epoch with two torch
+threads). The bundle is safetensors + JSON.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ FULL_SETUP = TwinSetup(n=150, steps=2000, every=20, stride=15, members=20, ensf_
 
 #: How the latent models are trained (runs from random bump positions, none the truth's).
 TRAINING = {
-    "demo": {"runs": 300, "every": 50, "latent_dim": 32, "width": 16, "depth": 3, "epochs": 35},
+    "demo": {"runs": 300, "every": 50, "latent_dim": 32, "width": 16, "depth": 3, "epochs": 100},
     "full": {"runs": 100, "every": 20, "latent_dim": 32, "width": 16, "depth": 3, "epochs": 30},
 }
 
