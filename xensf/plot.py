@@ -63,10 +63,7 @@ def plot_analysis_maps(
         ax.set_aspect("auto")
     axes[0].set_ylabel(f"{lat_dim} [°]")
     fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_skill_bars(
@@ -104,10 +101,7 @@ def plot_skill_bars(
         ax.set_title(var)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 #: One colour and line style per method, the same in every twin figure.
@@ -154,10 +148,7 @@ def plot_relative_rmse(
     axes[0].set_ylim(0, min(top * 1.05, 2.0))
     axes[-1].legend(fontsize=8, loc="upper right")
     fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_twin_maps(
@@ -213,7 +204,14 @@ def plot_twin_maps(
     axes[0, 0].set_ylabel("y [km]")
     axes[1, 1].set_xlabel("x [km]")
     fig.suptitle(title)
+    return _save(fig, path, dpi=100)
+
+
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write the figure to ``path`` and release it (figures are not kept open)."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
