@@ -40,13 +40,17 @@ def halves(curve: xr.DataArray) -> str:
     return f"{float(curve[:k].mean()):.3f} / {float(curve[k:].mean()):.3f}"
 
 
-def method_halves(out: Path, method: str, noise: float, truth: xr.Dataset, scales) -> str:
-    """Relative RMSE of a method's analysis mean, first / second half, from its store."""
+def open_store(path: Path) -> xr.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr 3 on consolidated metadata
-        store = xr.open_zarr(out / f"{method}-noise{noise:g}.zarr")
-    mean = xr.Dataset({v: store[f"{v}_analysis_mean"] for v in FIELDS})
-    return halves(relative_rmse(mean, truth.sel(time=mean.time), scales))
+        return xr.open_zarr(path)
+
+
+def store_halves(path: Path, suffix: str, truth: xr.Dataset, scales) -> str:
+    """Relative RMSE of a store's ``{field}{suffix}`` (member means), first / second half."""
+    store = open_store(path)
+    state = xr.Dataset({v: store[f"{v}{suffix}"] for v in FIELDS})
+    return halves(relative_rmse(state, truth.sel(time=state.time), scales))
 
 
 def reconstruction(model_path, truth: xr.Dataset, scales) -> str:
@@ -97,24 +101,21 @@ def summarise(output: Path, results: dict, model_path) -> None:
     print("\n===== summary: relative RMSE, mean over the first / the second half =====")
     for i, (prior, summary) in enumerate(results.items()):
         out = output / prior
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            truth = xr.open_zarr(out / "truth.zarr").load()
+        truth = open_store(out / "truth.zarr").load()
         scales = field_scales(truth)
         noises = summary["noise_percent"]
         print(f"\n{prior} prior")
         print(f"{'method':<14}" + "".join(f"{f'{p:g}%':>18}" for p in noises))
         for method in summary["relative_rmse_second_half"]:
-            if method == "free run":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    free = xr.open_zarr(out / "free-run.zarr")
-                mean = xr.Dataset({v: free[v].mean("member") for v in FIELDS})
-                cells = [halves(relative_rmse(mean, truth.sel(time=mean.time), scales))] * len(
-                    noises
-                )
+            if method == "free run":  # one run, the same for every noise level
+                cells = [store_halves(out / "free-run.zarr", "", truth, scales)] * len(noises)
             else:
-                cells = [method_halves(out, method, p, truth, scales) for p in noises]
+                cells = [
+                    store_halves(
+                        out / f"{method}-noise{p:g}.zarr", "_analysis_mean", truth, scales
+                    )
+                    for p in noises
+                ]
             print(f"{method:<14}" + "".join(f"{c:>18}" for c in cells))
         if model_path is not None and i == 0:
             print(
