@@ -87,9 +87,9 @@ def main() -> None:
             ds.isel(time=others),
             STRIDE,
             noise=args.noise,
-            latent_dim=16,
+            latent_dim=16,  # 2 x 2 x 4 on the 61 x 120 grid (patch 4, 3 stride-2 stages)
             width=8,
-            depth=3,
+            blocks=1,
             epochs=args.epochs,
             batch_size=8,
             lr=2e-3,

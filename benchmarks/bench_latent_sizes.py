@@ -5,6 +5,10 @@ truths; 20-member priors around a wrong position; every 4th point observed with 
 noise. For each (latent_dim, λ): held-out reconstruction error, and the relative error
 of the Latent-EnSF analysis mean (prior mean error for reference). Prints a table.
 
+The latent is a grid (``latent_channels × h × w``, at least 2 × 2 cells): on 24 × 24 the
+smallest is 4 (1 × 2 × 2), so the sizes start at 4; each row gives the latent's shape.
+The λ values bracket the default (1e-3).
+
     python benchmarks/bench_latent_sizes.py [--quick]
 """
 
@@ -52,28 +56,32 @@ def main(argv=None):
         (wrong[:, None, 0] + jitter[0]).flatten(), (wrong[:, None, 1] + jitter[1]).flatten()
     ).reshape(n_times, n_members, 1, GRID, GRID)
     obs, _ = gridded_stride_obs(4, 0.1)(truth, torch.Generator().manual_seed(5))
-    sizes = [2, 4, 16] if args.quick else [2, 4, 8, 16, 32]
-    lams = [0.1, 1.0, 10.0] if args.quick else [0.01, 0.1, 1.0, 10.0]
+    sizes = [4, 8, 16] if args.quick else [4, 8, 16, 32, 64]
+    lams = [1e-3, 0.1, 1.0] if args.quick else [1e-3, 0.01, 0.1, 1.0, 10.0]
     print(
         f"blob twin 24x24, 1/16 observed, 10 % noise; prior mean error {rel(prior.mean(1), truth):.3f}"
     )
-    header = f"{'latent_dim':>10} {'lambda':>7} {'recon':>7} {'latent-ensf':>12} {'train [s]':>10}"
+    header = (
+        f"{'latent_dim':>10} {'latent':>10} {'lambda':>7} {'recon':>7} {'latent-ensf':>12} "
+        f"{'train [s]':>10}"
+    )
     print(header)
     print("-" * len(header))
     for latent_dim in sizes:
         for lam in lams:
             t0 = time.perf_counter()
             model = train_latent_model(
-                states, gridded_stride_obs(4, 0.1), latent_dim=latent_dim, width=8, depth=2,
+                states, gridded_stride_obs(4, 0.1), latent_dim=latent_dim, width=8, blocks=1,
                 lam=lam, epochs=15, batch_size=32, lr=3e-3, patience=8, seed=0, device="cpu",
                 progress=False,
             )  # fmt: skip
             seconds = time.perf_counter() - t0
             recon = rel(model.decode(model.encode(truth)[0]), truth)
             post = model.analyse(prior, obs, method="latent-ensf", generator=list(range(n_times)))
+            shape = "x".join(map(str, model.latent_shape))
             print(
-                f"{latent_dim:>10} {lam:>7g} {recon:>7.3f} {rel(post.mean(1), truth):>12.3f} "
-                f"{seconds:>10.1f}",
+                f"{model.latent_dim:>10} {shape:>10} {lam:>7g} {recon:>7.3f} "
+                f"{rel(post.mean(1), truth):>12.3f} {seconds:>10.1f}",
                 flush=True,
             )
 

@@ -57,11 +57,11 @@ def main() -> None:
     if args.quick:
         grid = BlobGrid(n=40, sigma=5.0)
         runs, steps, n_times = 60, 10, 4
-        net = dict(latent_dim=8, width=4, depth=3, epochs=15, batch_size=16, lr=3e-3)
+        net = dict(latent_dim=8, width=4, blocks=1, epochs=15, batch_size=16, lr=3e-3)
     else:
         grid = BlobGrid(n=50, sigma=6.0)
         runs, steps, n_times = 200, 10, 8
-        net = dict(latent_dim=8, width=8, depth=3, epochs=40, batch_size=16, lr=3e-3)
+        net = dict(latent_dim=8, width=8, blocks=1, epochs=40, batch_size=16, lr=3e-3)
 
     training = blob_training(n_runs=runs, n_times=steps, grid=grid, seed=1)
     start = time.perf_counter()
@@ -85,7 +85,8 @@ def main() -> None:
     print(
         f"training: {record['n_train']} + {record['n_val']} states, {record['epochs_run']} "
         f"epochs (best {record['best_epoch']}), {train_s:.1f} s on {record['device']}, "
-        f"latent_dim {model.latent_dim}, width {net['width']}"
+        f"latent_dim {model.latent_dim} ({'x'.join(map(str, model.latent_shape))}), "
+        f"width {net['width']}, {net['blocks']} block(s) per scale"
     )
 
     truth = blob_truth(n_times, grid=grid)

@@ -199,9 +199,9 @@ def run(store: Path, args) -> None:
     model = xensf.train_latent(
         ds,
         obs_layout=8,
-        latent_dim=32,
+        latent_dim=32,  # 4 x 2 x 4 on 121 x 240 (patch 4, 4 stride-2 stages)
         width=8,
-        depth=3,
+        blocks=1,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=1e-3,

@@ -53,6 +53,23 @@ def store_halves(path: Path, suffix: str, truth: xr.Dataset, scales) -> str:
     return halves(relative_rmse(state, truth.sel(time=state.time), scales))
 
 
+def spread_skill(path: Path, truth: xr.Dataset, scales) -> float:
+    """Analysis spread / analysis error over the second half (each variable / its s_v).
+
+    Both are root-mean-squares over the grid, the variables and the times of the
+    second half: the spread of the members about their mean, and the error of the mean.
+    A calibrated ensemble has a ratio near 1.
+    """
+    store = open_store(path)
+    k = store.sizes["time"] // 2
+    spread = err = 0.0
+    for v in FIELDS:
+        mean = store[f"{v}_analysis_mean"][k:]
+        spread += float(((store[f"{v}_analysis_spread"][k:] / scales[v]) ** 2).mean())
+        err += float((((mean - truth[v].sel(time=mean.time)) / scales[v]) ** 2).mean())
+    return float(np.sqrt(spread / err))
+
+
 def reconstruction(model_path, truth: xr.Dataset, scales) -> str:
     """The latent model's floor: relative RMSE of decode(encode(truth)), by half."""
     from xensf.latent import LatentModel
@@ -73,6 +90,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default="swe-twin")
+    parser.add_argument("--methods", nargs="+", default=list(SWE_METHODS), choices=SWE_METHODS)
+    parser.add_argument("--truth-position", nargs=2, type=float, default=None)
+    parser.add_argument("--prior-position", nargs=2, type=float, default=None)
     args = parser.parse_args()
     results = {}
     for prior in args.priors:
@@ -81,7 +101,9 @@ def main() -> None:
         run(
             argparse.Namespace(
                 full=args.size == "full",
-                methods=list(SWE_METHODS),
+                methods=args.methods,
+                truth_position=args.truth_position,
+                prior_position=args.prior_position,
                 noise=args.noise,
                 prior=prior,
                 model=args.model,
@@ -105,7 +127,7 @@ def summarise(output: Path, results: dict, model_path) -> None:
         scales = field_scales(truth)
         noises = summary["noise_percent"]
         print(f"\n{prior} prior")
-        print(f"{'method':<14}" + "".join(f"{f'{p:g}%':>18}" for p in noises))
+        print(f"{'method':<18}" + "".join(f"{f'{p:g}%':>18}" for p in noises))
         for method in summary["relative_rmse_second_half"]:
             if method == "free run":  # one run, the same for every noise level
                 cells = [store_halves(out / "free-run.zarr", "", truth, scales)] * len(noises)
@@ -116,7 +138,16 @@ def summarise(output: Path, results: dict, model_path) -> None:
                     )
                     for p in noises
                 ]
-            print(f"{method:<14}" + "".join(f"{c:>18}" for c in cells))
+            print(f"{method:<18}" + "".join(f"{c:>18}" for c in cells))
+        print("spread / skill of the analyses over the second half (1 = calibrated)")
+        for method in summary["relative_rmse_second_half"]:
+            if method == "free run":
+                continue
+            cells = [
+                f"{spread_skill(out / f'{method}-noise{p:g}.zarr', truth, scales):.2f}"
+                for p in noises
+            ]
+            print(f"{method:<18}" + "".join(f"{c:>18}" for c in cells))
         if model_path is not None and i == 0:
             print(
                 f"latent model floor, decode(encode(truth)): {reconstruction(model_path, truth, scales)}"

@@ -399,8 +399,8 @@ def test_latent_ensf_with_persistence(tmp_path):
 
     pos = random_positions(32, torch.Generator().manual_seed(0))
     model = train_latent_model(
-        blobs(pos[:, 0], pos[:, 1]), gridded_stride_obs(4, 0.1), latent_dim=4, width=8,
-        depth=1, epochs=1, batch_size=32, lr=3e-3, seed=0, device="cpu", progress=False,
+        blobs(pos[:, 0], pos[:, 1]), gridded_stride_obs(4, 0.1), latent_dim=16, width=8,
+        blocks=1, epochs=1, batch_size=32, lr=3e-3, seed=0, device="cpu", progress=False,
         variables=["h"], units=["m"],
     )  # fmt: skip
     gen = torch.Generator().manual_seed(1)

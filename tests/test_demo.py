@@ -31,11 +31,12 @@ def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkey
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--noise", "0", "20", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    for method in ("free run", "latent-ensf", "ensf", "letkf", "latent-letkf"):
+    methods = {"free run", "latent-ensf", "latent-ensf-letkf", "ensf", "letkf", "latent-letkf"}
+    for method in methods:
         assert method in printed
     summary = json.loads((out / "summary.json").read_text())
     table = summary["relative_rmse_second_half"]
-    assert set(table) == {"free run", "latent-ensf", "ensf", "letkf", "latent-letkf"}
+    assert set(table) == methods
     assert all(np.isfinite(v) for row in table.values() for v in row.values())
     assert set(table["ensf"]) == {"0%", "20%"}
     store = xr.open_zarr(out / "ensf-noise20.zarr")
@@ -92,7 +93,7 @@ def test_era5_demo_still_runs(tmp_path, capsys):
 
 
 def test_train_model_makes_a_bundle_the_demo_can_use(tmp_path, monkeypatch):
-    tiny = {"runs": 4, "every": 10, "latent_dim": 4, "width": 2, "depth": 2, "epochs": 1}
+    tiny = {"runs": 4, "every": 10, "latent_dim": 16, "width": 2, "blocks": 1, "epochs": 1}
     monkeypatch.setitem(demo_swe.TRAINING, "demo", tiny)
     setup = TwinSetup(n=16, steps=20, every=10, stride=4)
     demo_swe.train_model(setup, tmp_path / "m.xensf", "demo", progress=False, device="cpu")

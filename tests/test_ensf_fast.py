@@ -222,6 +222,7 @@ def test_kernel_on_cuda_matches_reference_in_distribution():
 # -- the latent accessor: one device call per dask chunk ----------------------------
 
 
+@pytest.mark.filterwarnings("ignore::xensf.ModelQualityWarning")  # untrained on purpose
 def test_latent_accessor_analyses_a_chunk_in_one_call(monkeypatch):
     xr = pytest.importorskip("xarray")
     from xensf.bridge.dims import find_dims
@@ -234,8 +235,8 @@ def test_latent_accessor_analyses_a_chunk_in_one_call(monkeypatch):
     grid, n_times, n_members = 8, 6, 5
     config = {
         "architecture": dict(
-            channels=1, grid_shape=[grid, grid], latent_dim=4, width=4, depth=1,
-            periodic_lon=False,
+            channels=1, grid_shape=[grid, grid], latent_channels=1, patch=4, downsample=0,
+            width=4, blocks=1, periodic_lon=False,
         ),
         "obs_layout": {"kind": "gridded"},
         "variables": ["h"],
@@ -243,6 +244,7 @@ def test_latent_accessor_analyses_a_chunk_in_one_call(monkeypatch):
     }  # fmt: skip
     torch.manual_seed(0)
     vae, obs_encoder = build_networks(config)
+    assert vae.latent_dim == 4  # 1 x 2 x 2
     model = LatentModel(vae, obs_encoder, torch.zeros(1), torch.ones(1), torch.ones(4), config)
     rng = np.random.default_rng(0)
     coords = {

@@ -195,11 +195,12 @@ def test_grib_units_become_parsable(grib, cf):
 # --------------------------------------------------------------------------------------
 # the output feeds training and assimilation directly
 # --------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::xensf.ModelQualityWarning")  # one epoch on 3 times
 def test_loader_output_feeds_train_latent_and_assimilate():
     ds = xensf.era5.open(SAMPLE, variables=["z500", "t500"], chunks={"time": 1})
     ds = ds.isel(latitude=slice(None, None, 2), longitude=slice(None, None, 2))  # 6° grid
     model = xensf.train_latent(
-        ds.isel(time=slice(0, 3)), obs_layout=4, latent_dim=4, width=4, depth=2, epochs=1,
+        ds.isel(time=slice(0, 3)), obs_layout=4, latent_dim=8, width=4, blocks=1, epochs=1,
         batch_size=5, seed=0, progress=False,
     )  # fmt: skip
     assert model.config["training"]["streamed"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,12 @@ import xensf
 from xensf.bridge.dims import find_dims
 from xensf.bridge.layout import StateLayout
 from xensf.bridge.signature import data_signature
-from xensf.errors import ObservationMismatchError, OptionError
+from xensf.errors import (
+    ModelQualityWarning,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+)
 from xensf.latent import gridded_stride_obs, train_latent_model
 
 
@@ -29,8 +36,8 @@ def case():
     """A small blob model, a displaced prior ensemble and sparse gridded observations."""
     pos = random_positions(300, torch.Generator().manual_seed(0))
     model = train_latent_model(
-        blobs(pos[:, 0], pos[:, 1]), gridded_stride_obs(4, 0.1), latent_dim=4, width=8,
-        depth=2, epochs=12, batch_size=32, lr=3e-3, patience=6, seed=0, device="cpu",
+        blobs(pos[:, 0], pos[:, 1]), gridded_stride_obs(4, 0.1), latent_dim=16, width=8,
+        blocks=1, epochs=20, batch_size=32, lr=3e-3, patience=8, seed=0, device="cpu",
         progress=False, variables=["h"], units=["m"],
     )  # fmt: skip
     gen = torch.Generator().manual_seed(321)
@@ -59,7 +66,11 @@ def test_accessor_matches_the_model_and_beats_the_prior(case):
     assert analysis.attrs["xensf_method"] == "latent-ensf"
     seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
     direct = model.analyse(
-        prior.h.values[:, :, None], obs.h.values[:, None], method="latent-ensf", generator=seeds
+        prior.h.values[:, :, None],
+        obs.h.values[:, None],
+        method="latent-ensf",
+        generator=seeds,
+        batch_size=prior.sizes["member"],  # as the accessor: one time per network pass
     )
     np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
     err = lambda e: float(np.sqrt(((e.h.mean("member") - truth.h) ** 2).mean()))  # noqa: E731
@@ -102,7 +113,7 @@ def test_encode_decode(case):
     latent = prior.ensf.encode(model, device="cpu")
     assert latent.latent_mean.dims == ("time", "member", "latent")
     np.testing.assert_allclose(
-        latent.latent_mean.values.reshape(-1, 4),
+        latent.latent_mean.values.reshape(-1, model.latent_dim),
         model.encode(prior.h.values.reshape(-1, 1, GRID, GRID))[0].numpy(),
         rtol=1e-6,
     )
@@ -148,10 +159,233 @@ def test_increment_update_adds_the_decoded_latent_increment(case):
         prior.h.values[:, :, None], obs.h.values[:, None], generator=seeds, return_latent=True
     )
     shape = prior.h.shape
-    decoded = lambda z: model.decode(z.reshape(-1, 4)).numpy().reshape(shape)  # noqa: E731
+    decoded = lambda z: model.decode(z.reshape(-1, model.latent_dim)).numpy().reshape(shape)  # noqa: E731
     expected = prior.h.values + decoded(latent["posterior"]) - decoded(latent["prior"])
     np.testing.assert_allclose(inc.h.values, expected, rtol=0, atol=1e-5)
     err = lambda e: float(np.sqrt(((e.h.mean("member") - truth.h) ** 2).mean()))  # noqa: E731
     assert err(inc) < 0.6 * err(prior)
     with pytest.raises(OptionError, match="update must be"):
         prior.ensf.assimilate(obs, model=model, update="replace")
+
+
+# -- chunks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["latent-ensf", "latent-ensf-letkf"])
+def test_chunking_does_not_change_a_bit(case, method):
+    model, prior, _, obs = case
+    options = {"obs_error": 0.05} if method == "latent-ensf-letkf" else {}
+    eager = prior.ensf.assimilate(obs, model=model, seed=1, method=method, **options)
+    for chunks in (1, 3):
+        lazy = prior.chunk(time=chunks).ensf.assimilate(
+            obs, model=model, seed=1, method=method, **options
+        )
+        assert lazy.h.chunks is not None
+        # bit for bit (the history line's time stamp may differ by a second)
+        np.testing.assert_array_equal(lazy.h.values, eager.h.values)
+
+
+# -- model quality -------------------------------------------------------------------------
+def _training_set(n):
+    pos = random_positions(n, torch.Generator().manual_seed(7))
+    data = blobs(pos[:, 0], pos[:, 1])[:, 0].numpy()
+    return xr.Dataset({"h": (("time", "y", "x"), data, {"units": "m"})}, _coords(n))
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A model trained for one epoch only: it reconstructs blobs badly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.TrainingDataWarning)
+        return xensf.train_latent(
+            _training_set(40), 4, latent_dim=16, width=4, blocks=1, epochs=1, progress=False
+        )
+
+
+def _close_prior(truth, n_members=12, spread=0.01):
+    """Members a little around the truth: the observations hardly disagree with them."""
+    rng = np.random.default_rng(3)
+    noise = spread * rng.standard_normal((truth.sizes["time"], n_members, GRID, GRID))
+    members = truth.h.values[:, None] + noise.astype(np.float32)
+    return xr.Dataset(
+        {"h": (("time", "member", "y", "x"), members, {"units": "m"})},
+        {k: truth[k] for k in ("time", "y", "x")},
+    )
+
+
+def test_a_model_worse_than_the_observations_warns(case, untrained):
+    model, prior, truth, obs = case
+    close = _close_prior(truth)
+    with pytest.warns(ModelQualityWarning, match="reconstructs the prior members") as record:
+        close.ensf.assimilate(obs, model=untrained, seed=0)
+    assert issubclass(ModelQualityWarning, xensf.XensfWarning)
+    assert len([w for w in record if w.category is ModelQualityWarning]) >= 1
+    # the trained model on a displaced prior: its reconstruction error is far below the
+    # innovation, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ModelQualityWarning)
+        prior.ensf.assimilate(obs, model=model, seed=0)
+
+
+# -- latent-ensf-letkf --------------------------------------------------------------------
+def test_latent_ensf_letkf(case):
+    model, prior, truth, obs = case
+    with pytest.raises(OptionError, match="obs_error"):
+        prior.ensf.assimilate(obs, model=model, method="latent-ensf-letkf")
+    gappy = obs.where(obs.time != obs.time[2])  # nothing observed at time 2
+    hybrid = prior.ensf.assimilate(
+        gappy, model=model, method="latent-ensf-letkf", obs_error=0.05, seed=2
+    )
+    assert hybrid.attrs["xensf_method"] == "latent-ensf-letkf"
+    assert np.isfinite(hybrid.h.values).all() and hybrid.h.dtype == prior.h.dtype
+    np.testing.assert_array_equal(hybrid.h.isel(time=2).values, prior.h.isel(time=2).values)
+    observed = [0, 1, 3]
+    assert not np.array_equal(
+        hybrid.h.isel(time=observed).values, prior.h.isel(time=observed).values
+    )
+
+    def err(e):
+        return float(np.sqrt(((e.h.mean("member") - truth.h).isel(time=observed) ** 2).mean()))
+
+    # the displaced prior: the latent analysis is the better background, and the LETKF
+    # with the real observations improves on it
+    latent = prior.ensf.assimilate(gappy, model=model, seed=2)
+    letkf = prior.ensf.assimilate(gappy, method="letkf", obs_error=0.05)
+    assert err(hybrid) < err(latent) < err(prior)
+    assert err(hybrid) < 0.6 * err(letkf)
+    localised = prior.ensf.assimilate(
+        gappy, model=model, method="latent-ensf-letkf", obs_error=0.05, seed=2,
+        loc_radius=80.0, rtps=0.5,
+    )  # fmt: skip
+    assert not np.array_equal(localised.h.values, hybrid.h.values)
+    assert np.isfinite(localised.h.values).all()
+    np.testing.assert_array_equal(localised.h.isel(time=2).values, prior.h.isel(time=2).values)
+
+
+def test_latent_ensf_letkf_falls_back_to_the_prior(case, untrained):
+    """Where the decoded latent analysis fits the observations worse than the prior (a
+    bad model, a good prior), the LETKF starts from the prior: plain LETKF."""
+    _, _, truth, obs = case
+    close = _close_prior(truth, spread=0.05)
+    options = dict(obs_error=0.05, inflation=1.0, rtps=0.0, loc_radius=None)
+    with pytest.warns(ModelQualityWarning):
+        hybrid = close.ensf.assimilate(obs, model=untrained, method="latent-ensf-letkf", **options)
+    letkf = close.ensf.assimilate(obs, method="letkf", **options)
+    np.testing.assert_array_equal(hybrid.h.values, letkf.h.values)
+
+
+# -- station models through the accessor ---------------------------------------------------
+STATION_Y = [15.0, 37.5, 62.0, 95.0, 118.0, 141.5, 170.0, 205.0, 52.0, 183.0]
+STATION_X = [22.0, 140.5, 65.0, 201.0, 17.5, 110.0, 48.0, 160.0, 190.5, 95.0]
+
+
+def _stations(y=STATION_Y, x=STATION_X):
+    return xr.Dataset(coords={"y": ("station", y), "x": ("station", x)})
+
+
+@pytest.fixture(scope="module")
+def station_case(case):
+    _, prior, truth, _ = case
+    model = xensf.train_latent(
+        _training_set(300), _stations(), latent_dim=16, width=8, blocks=1, epochs=20,
+        batch_size=32, lr=3e-3, seed=0, progress=False,
+    )  # fmt: skip
+    where = _stations()
+    values = truth.h.interp(y=where.y, x=where.x)  # off the grid points
+    obs = values.to_dataset(name="h").assign_coords(y=where.y, x=where.x)
+    return model, prior, truth, obs
+
+
+def test_station_model_through_the_accessor(station_case):
+    model, prior, truth, obs = station_case
+    layout = model.config["obs_layout"]
+    assert layout["kind"] == "points" and layout["n_obs"] == len(STATION_Y)
+    assert obs.h.dims == ("time", "station")
+    analysis = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu")
+    assert analysis.attrs["xensf_method"] == "latent-ensf"
+    assert np.isfinite(analysis.h.values).all()
+    assert not np.array_equal(analysis.h.values, prior.h.values)
+    # the accessor hands the stations to the model in its slot order
+    seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
+    direct = model.analyse(
+        prior.h.values[:, :, None], obs.h.values, generator=seeds, batch_size=prior.sizes["member"]
+    )
+    np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
+    err = lambda e: float(np.sqrt(((e.h.mean("member") - truth.h) ** 2).mean()))  # noqa: E731
+    assert err(analysis) < err(prior)
+
+
+def test_a_station_model_takes_any_subset_of_its_stations(station_case):
+    model, prior, _, obs = station_case
+    keep = [7, 1, 4, 0, 9, 2]  # six of the ten, in another order
+    subset = obs.isel(station=keep).copy(deep=True)
+    subset["h"][1, 2] = np.nan  # and one of them missing at one time
+    analysis = prior.ensf.assimilate(subset, model=model, seed=3, device="cpu")
+    assert np.isfinite(analysis.h.values).all()
+    expected_obs = np.full(obs.h.shape, np.nan, np.float32)
+    expected_obs[:, keep] = subset.h.values
+    seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
+    direct = model.analyse(
+        prior.h.values[:, :, None], expected_obs, generator=seeds, batch_size=prior.sizes["member"]
+    )
+    np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
+    full = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu")
+    assert not np.array_equal(analysis.h.values, full.h.values)
+    # a time without any station passes unchanged
+    none_at_0 = subset.where(subset.time != subset.time[0])
+    out = prior.ensf.assimilate(none_at_0, model=model, seed=3)
+    np.testing.assert_array_equal(out.h.isel(time=0).values, prior.h.isel(time=0).values)
+
+
+def test_observations_that_do_not_fit_a_station_model(station_case, case):
+    model, prior, truth, obs = station_case
+    gridded_model, _, _, gridded_obs = case
+    other = _stations(y=[*STATION_Y[:3], 100.0], x=[*STATION_X[:3], 100.0])
+    stray = truth.h.interp(y=other.y, x=other.x).to_dataset(name="h")
+    stray = stray.assign_coords(y=other.y, x=other.x)
+    with pytest.raises(ObservationMismatchError, match="not one of the 10 station slots"):
+        prior.ensf.assimilate(stray, model=model)
+    with pytest.raises(ObservationMismatchError, match="encodes station observations"):
+        prior.ensf.assimilate(gridded_obs, model=model)
+    with pytest.raises(ObservationMismatchError, match="encodes gridded observations"):
+        prior.ensf.assimilate(obs, model=gridded_model)
+    outside = _stations(y=[15.0, 500.0], x=[22.0, 50.0])
+    with pytest.raises(ObservationDomainError, match="outside"):
+        xensf.train_latent(_training_set(20), outside, latent_dim=16, epochs=1, progress=False)
+
+
+# -- old bundles -----------------------------------------------------------------------------
+def _version_1_bundle(model, path, obs_layout=None):
+    """``model``'s weights under a format-1 (dense latent) description, as such a bundle
+    would have it."""
+    from xensf.latent.bundle import save_bundle
+
+    metadata = model.metadata()
+    config = metadata["config"]
+    arch = config["architecture"]
+    config["architecture"] = {
+        "channels": arch["channels"], "grid_shape": arch["grid_shape"], "latent_dim": 4,
+        "width": arch["width"], "depth": 2, "periodic_lon": arch["periodic_lon"],
+    }  # fmt: skip
+    if obs_layout is not None:
+        config["obs_layout"] = obs_layout
+    return save_bundle(path, model.tensors(), dict(metadata, format_version=1))
+
+
+def test_a_version_1_bundle_is_refused_by_the_accessor(case, tmp_path):
+    model, prior, _, obs = case
+    path = str(_version_1_bundle(model, tmp_path / "old.xensf"))
+    with pytest.raises(xensf.BundleError, match="Retrain it"):
+        prior.ensf.assimilate(obs, model=path)  # numpy-backed: computed at once
+
+
+def test_a_version_1_bundle_is_refused_before_anything_is_computed(case, tmp_path):
+    model, prior, truth, obs = case
+    path = str(_version_1_bundle(model, tmp_path / "old.xensf"))
+    with pytest.raises(xensf.BundleError, match="Retrain it"):
+        prior.chunk(time=1).ensf.assimilate(obs, model=path)  # only builds the graph
+    with pytest.raises(xensf.BundleError, match="Retrain it"):
+        prior.ensf.encode(path)
+    layout = {"kind": "points", "n_obs": 1, "slot_channels": [0], "rows": [2], "cols": [3]}
+    points = _version_1_bundle(model, tmp_path / "old-points.xensf", layout)
+    station = truth.h.isel(y=[2], x=[3]).stack(station=("y", "x")).reset_index("station")
+    with pytest.raises(xensf.BundleError, match="Retrain it"):
+        prior.ensf.assimilate(station.to_dataset(), model=str(points))

@@ -16,13 +16,16 @@ from .errors import (
     DimensionError,
     EnsembleError,
     ForecastError,
+    ModelQualityWarning,
     ObservationDomainError,
     ObservationMismatchError,
     OptionError,
     RunStoreError,
     StoreError,
+    TrainingDataWarning,
     UnitsError,
     XensfError,
+    XensfWarning,
 )
 
 try:
@@ -50,13 +53,16 @@ __all__ = [
     "DimensionError",
     "EnsembleError",
     "ForecastError",
+    "ModelQualityWarning",
     "ObservationDomainError",
     "ObservationMismatchError",
     "OptionError",
     "RunStoreError",
     "StoreError",
+    "TrainingDataWarning",
     "UnitsError",
     "XensfError",
+    "XensfWarning",
     "__version__",
     *_LAZY,
 ]

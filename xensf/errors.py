@@ -55,3 +55,15 @@ class RunStoreError(StoreError, ValueError):
 
 class ForecastError(EnsembleError):
     """A forecast model that returned NaN/inf or a state of another shape while cycling."""
+
+
+class XensfWarning(UserWarning):
+    """Base class of every warning xensf issues."""
+
+
+class TrainingDataWarning(XensfWarning):
+    """Training data too small for the model asked for."""
+
+
+class ModelQualityWarning(XensfWarning):
+    """A latent model that represents the data at hand worse than the observations pin it down."""

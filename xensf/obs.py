@@ -40,6 +40,7 @@ __all__ = [
     "grid_locations",
     "gridded_operator",
     "parse_relative",
+    "planar_bilinear_weights",
     "point_locations",
     "point_operator",
     "resolve_obs_error",
@@ -287,12 +288,51 @@ def bilinear_weights(
             "use a grid that covers them."
         )
 
-    j0, j1, t = lat_axis.bracket(plat)
-    k0, k1, s = lon_axis.bracket(plon)
-    nlon = lon_axis.size
-    indices = np.stack([j0 * nlon + k0, j0 * nlon + k1, j1 * nlon + k0, j1 * nlon + k1], -1)
+    return _cell_corners(lat_axis.bracket(plat), lon_axis.bracket(plon), lon_axis.size, shape)
+
+
+def _cell_corners(rows, cols, ncol: int, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and bilinear weights of the four corners around each point."""
+    (j0, j1, t), (k0, k1, s) = rows, cols
+    indices = np.stack([j0 * ncol + k0, j0 * ncol + k1, j1 * ncol + k0, j1 * ncol + k1], -1)
     weights = np.stack([(1 - t) * (1 - s), (1 - t) * s, t * (1 - s), t * s], -1)
     return indices.astype(np.int64).reshape(*shape, 4), weights.reshape(*shape, 4)
+
+
+def planar_bilinear_weights(grid_y, grid_x, y, x) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear interpolation weights from a planar ``y × x`` grid to point locations.
+
+    The planar counterpart of :func:`bilinear_weights` (projected coordinates, no
+    wrap-around); same return values, indices ``iy * nx + ix``.
+
+    Raises
+    ------
+    ObservationDomainError
+        Points outside the grid's rectangle (or NaN).
+
+    Examples
+    --------
+    >>> idx, w = planar_bilinear_weights([0.0, 10.0], [0.0, 10.0, 20.0], [5.0], [10.0])
+    >>> idx.tolist(), w.tolist()
+    ([[1, 2, 4, 5]], [[0.5, 0.0, 0.5, 0.0]])
+    """
+    y_axis, x_axis = _LatitudeAxis(grid_y), _LatitudeAxis(grid_x)
+    py, px = _as_points(y, x)
+    shape = py.shape
+    py, px = py.ravel(), px.ravel()
+    inside = y_axis.inside(py) & x_axis.inside(px)
+    if not np.all(inside):
+        bad = np.flatnonzero(~inside)
+        listed = ", ".join(f"#{i} ({py[i]:g}, {px[i]:g})" for i in bad[:_MAX_LISTED])
+        more = f" and {bad.size - _MAX_LISTED} more" if bad.size > _MAX_LISTED else ""
+        lo_y, hi_y = y_axis.ascending_values[[0, -1]]
+        lo_x, hi_x = x_axis.ascending_values[[0, -1]]
+        raise ObservationDomainError(
+            f"{bad.size} of {py.size} observation points lie outside the grid (y [{lo_y:g}, "
+            f"{hi_y:g}], x [{lo_x:g}, {hi_x:g}]): {listed}{more}. Drop them, or use a grid "
+            "that covers them."
+        )
+    return _cell_corners(y_axis.bracket(py), x_axis.bracket(px), x_axis.size, shape)
 
 
 def point_operator(

@@ -73,6 +73,8 @@ class BlockPlan:
     distance: str
     scales: dict[str, float] | None = field(default=None)
     model: ModelHandle | None = None
+    #: for a station model: the model's slot of each observation row
+    model_slots: tuple[int, ...] | None = None
 
 
 def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | None) -> np.ndarray:
@@ -101,7 +103,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     """The task: analyse every time of one chunk. Inputs and outputs are numpy."""
     import torch
 
-    from ..filters import ensf_analysis, letkf_analysis
+    from ..filters import ensf_analysis
     from ..filters.operators import LinearObservationOperator
 
     layout, obs = plan.layout, plan.obs
@@ -130,62 +132,84 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     device = compute_device(plan.device)
     out = x.astype(np.float32, copy=True)
     if plan.model is not None:
-        _latent_update(out, x, y, observed, seeds, plan, device)
+        _latent_update(out, x, y, err, observed, seeds, plan, device)
         return _unstack(out, plan)
-    # every field of the state vector sits on the same grid
-    state_location = np.tile(np.arange(layout.grid_size), layout.n_fields)
     # Times sharing the same observed set are analysed in one batched call.
     groups, inverse = np.unique(observed, axis=0, return_inverse=True)
     for g, sel in enumerate(groups):
         ts = np.flatnonzero(inverse.ravel() == g)
         if not sel.any():
             continue  # nothing observed: the prior passes through unchanged
+        if plan.method != "ensf":
+            out[ts] = _letkf(x[ts], y[ts], err[ts], sel, obs, plan, device)
+            continue
         op = LinearObservationOperator(
             torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
         ).to(device=device, dtype=torch.float32)
-        prior = torch.from_numpy(x[ts].astype(np.float32)).to(device)
-        yg = torch.from_numpy(y[ts][:, sel].astype(np.float32)).to(device)
-        sg = torch.from_numpy(err[ts][:, sel].astype(np.float32)).to(device)
         opts = plan.options
-        if plan.method == "ensf":
-            scale = torch.from_numpy(_ensf_scale(x[ts], layout, plan.scales).astype(np.float32))
-            post = ensf_analysis(
-                prior,
-                yg,
-                op,
-                sg,
-                steps=int(opts["steps"]),
-                eps_alpha=float(opts["eps_alpha"]),
-                eps_beta=float(opts["eps_beta"]),
-                prior_score=opts["prior_score"],
-                likelihood=opts["likelihood"],
-                scale=scale.to(device),
-                generator=[seeds[t] for t in ts],
-            )
-        else:
-            loc = opts["loc_radius"]
-            post = letkf_analysis(
-                prior,
-                yg,
-                op,
-                sg,
-                inflation=float(opts["inflation"]),
-                rtps=float(opts["rtps"]),
-                loc_radius=loc,
-                state_coords=None if loc is None else plan.grid_locations,
-                state_location=None if loc is None else state_location,
-                obs_coords=None if loc is None else obs.locations[sel],
-                distance=plan.distance,
-            )
+        scale = torch.from_numpy(_ensf_scale(x[ts], layout, plan.scales).astype(np.float32))
+        post = ensf_analysis(
+            torch.from_numpy(x[ts].astype(np.float32)).to(device),
+            torch.from_numpy(y[ts][:, sel].astype(np.float32)).to(device),
+            op,
+            torch.from_numpy(err[ts][:, sel].astype(np.float32)).to(device),
+            steps=int(opts["steps"]),
+            eps_alpha=float(opts["eps_alpha"]),
+            eps_beta=float(opts["eps_beta"]),
+            prior_score=opts["prior_score"],
+            likelihood=opts["likelihood"],
+            scale=scale.to(device),
+            generator=[seeds[t] for t in ts],
+        )
         out[ts] = post.cpu().numpy()
     return _unstack(out, plan)
 
 
-def _latent_update(out, x, y, observed, seeds, plan: BlockPlan, device) -> None:
-    """Latent-EnSF / latent LETKF for the times of a chunk that have observations.
+def _letkf(prior, y, err, observed_sel, obs: ObservationPlan, plan: BlockPlan, device):
+    """Localised LETKF of ``prior`` ``(T, N, d)`` with the observations in ``observed_sel``."""
+    import torch
 
-    All those times go through the networks and the filter in one batched call; the
-    observations are laid out on the grid (NaN where unobserved) for the encoder.
+    from ..filters import letkf_analysis
+    from ..filters.operators import LinearObservationOperator
+
+    layout, opts = plan.layout, plan.options
+    op = LinearObservationOperator(
+        torch.from_numpy(obs.indices[observed_sel]), torch.from_numpy(obs.weights[observed_sel])
+    ).to(device=device, dtype=torch.float32)
+    loc = opts["loc_radius"]
+    return (
+        letkf_analysis(
+            torch.from_numpy(prior.astype(np.float32)).to(device),
+            torch.from_numpy(y[:, observed_sel].astype(np.float32)).to(device),
+            op,
+            torch.from_numpy(err[:, observed_sel].astype(np.float32)).to(device),
+            inflation=float(opts["inflation"]),
+            rtps=float(opts["rtps"]),
+            loc_radius=loc,
+            state_coords=None if loc is None else plan.grid_locations,
+            state_location=None
+            if loc is None
+            else np.tile(np.arange(layout.grid_size), layout.n_fields),
+            obs_coords=None if loc is None else obs.locations[observed_sel],
+            distance=plan.distance,
+        )
+        .cpu()
+        .numpy()
+    )
+
+
+def _latent_update(out, x, y, err, observed, seeds, plan: BlockPlan, device) -> None:
+    """Latent methods for the times of a chunk that have observations.
+
+    All those times go through the networks and the filter in one batched call. The
+    observations reach the model laid out on the grid (NaN where unobserved) for a
+    gridded model, or as its station slots for a station model. A model whose
+    reconstruction error of the prior members at the observed points exceeds the RMS
+    innovation there, and whose analysis fits the observations worse than the prior
+    mean, gets a :class:`~xensf.errors.ModelQualityWarning`.
+    ``latent-ensf-letkf`` then corrects each time with a localised LETKF on the real
+    observations, from the decoded latent analysis or, where that fits the
+    observations worse than the prior mean, from the prior.
     """
     has = np.flatnonzero(observed.any(axis=1))
     if has.size == 0:
@@ -193,17 +217,131 @@ def _latent_update(out, x, y, observed, seeds, plan: BlockPlan, device) -> None:
     layout = plan.layout
     n_members = x.shape[1]
     shape = (layout.n_fields, *layout.grid_shape)
-    grid = np.full((has.size, layout.size), np.nan, dtype=np.float32)
-    grid[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
     model = cached_model(plan.model, device)
-    post = model.analyse(
-        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
-        grid.reshape(has.size, *shape),
-        method=plan.method,
-        generator=[seeds[t] for t in has] if plan.method == "latent-ensf" else None,
-        **plan.options,
+    if plan.obs.kind == "gridded":
+        model_obs = np.full((has.size, layout.size), np.nan, dtype=np.float32)
+        model_obs[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
+        model_obs = model_obs.reshape(has.size, *shape)
+    else:
+        slots = np.asarray(plan.model_slots)
+        model_obs = np.full((has.size, model.config["obs_layout"]["n_obs"]), np.nan, np.float32)
+        model_obs[:, slots] = np.where(observed[has], y[has], np.nan)
+    latent_method = "latent-ensf" if plan.method == "latent-ensf-letkf" else plan.method
+    names = ("steps", "eps_alpha", "eps_beta", "prior_score", "likelihood", "update")
+    options = (
+        {k: plan.options[k] for k in names}
+        if plan.method == "latent-ensf-letkf"
+        else dict(plan.options)
     )
-    out[has] = np.asarray(post).reshape(has.size, n_members, layout.size)
+    post, latent = model.analyse(
+        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
+        model_obs,
+        method=latent_method,
+        generator=[seeds[t] for t in has] if latent_method == "latent-ensf" else None,
+        batch_size=n_members,  # one time per network pass: independent of the chunking
+        return_latent=True,
+        **options,
+    )
+    post = np.asarray(post).reshape(has.size, n_members, layout.size)
+    diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
+    _warn_quality(diag, plan)
+    if plan.method == "latent-ensf-letkf":
+        background = _hybrid_background(x[has], post, err[has], observed[has], diag, model, plan)
+        groups, inverse = np.unique(observed[has], axis=0, return_inverse=True)
+        for g, sel in enumerate(groups):
+            ts = np.flatnonzero(inverse.ravel() == g)
+            post[ts] = _letkf(
+                background[ts], y[has][ts], err[has][ts], sel, plan.obs, plan, device
+            )
+    out[has] = post
+
+
+#: ``latent-ensf-letkf`` keeps the prior as its background while the prior's error at
+#: the observed points is within this many times the prior spread there.
+_SPREAD_TRUST = 2.0
+
+
+def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPlan):
+    """The LETKF background of ``latent-ensf-letkf``, per time.
+
+    The prior's error at the observed points is estimated from the innovation,
+    ``e_b = sqrt(max(RMS(y − H x̄_b)² − RMS(σ_o)², 0))``; the latent analysis's, ``e_l``,
+    as the largest of the reconstruction error of the prior members there, the model's
+    validation error of decoded observations, and the latent analysis's own spread
+    there — not from its fit to these observations, which it was made from. The latent
+    analysis is taken where both hold:
+
+    - ``e_b² > e_l² + 2·sqrt(2/M)·RMS(innovation)²``: the prior is worse, by more than
+      twice the sampling error of ``e_b²`` (a mean of ``M`` squared innovations; at
+      20 % noise an unguarded estimate swings across ``e_l`` by chance);
+    - ``e_b > 2 · prior spread`` there: the prior ensemble does not know its error, so
+      LETKF alone could not correct it.
+
+    There the prior members are recentred on the latent analysis mean: they keep the
+    prior's perturbations, which carry the flow's uncertainty (the decoded latent
+    members would carry the VAE's error in their mean, where no LETKF sees it).
+    Elsewhere the background is the prior, and the method is LETKF. All figures in
+    units of each variable's training std.
+    """
+    obs = plan.obs
+    scale = model.std.cpu().numpy()[_row_fields(plan, model)]  # (M,)
+    count = np.maximum(observed.sum(-1), 1)
+
+    def rms_at_obs(values):  # (T, M) -> (T,)
+        return np.sqrt(np.where(observed, values**2, 0.0).sum(-1) / count)
+
+    sigma_rms = rms_at_obs(err / scale)
+    e_b = np.sqrt(np.maximum(diag["innovation"] ** 2 - sigma_rms**2, 0.0))
+
+    def spread_at_obs(members):  # (T, N, d) -> (T,)
+        values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
+        return rms_at_obs(values.std(1, ddof=1) / scale)
+
+    quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
+    floor = float(np.sqrt(np.mean(np.square(quality))))
+    e_l = np.maximum(np.maximum(diag["reconstruction"], floor), spread_at_obs(latent))
+    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
+    use_latent = (e_b**2 > e_l**2 + margin) & (e_b > _SPREAD_TRUST * spread_at_obs(prior))
+    recentred = prior - prior.mean(1, keepdims=True) + latent.mean(1, keepdims=True)
+    return np.where(use_latent[:, None, None], recentred, prior)
+
+
+def _row_fields(plan: BlockPlan, model) -> np.ndarray:
+    """The model channel of each observation row."""
+    if plan.obs.kind == "gridded":
+        return plan.obs.indices[:, 0] // plan.layout.grid_size
+    return np.asarray(model.config["obs_layout"]["slot_channels"])[np.asarray(plan.model_slots)]
+
+
+def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
+    """ModelQualityWarning when the model cannot represent the prior as well as obs pin it.
+
+    Both must hold: the reconstruction error of the prior members at the observed points
+    exceeds the RMS innovation there, and the latent analysis fits the observations
+    worse than the prior mean. (The first alone also happens in a well-converged cycle
+    with a good model, where the latent analysis still fits the observations better.)
+    """
+    import warnings
+
+    from ..errors import ModelQualityWarning
+
+    rec = float(np.sqrt(np.mean(diag["reconstruction"] ** 2)))
+    innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
+    misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
+    if rec > innov and misfit > innov:
+        warnings.warn(
+            f"the latent model {plan.model.path} reconstructs the prior members at the "
+            f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
+            f"training std), more than the RMS innovation (observation minus prior mean) "
+            f"there, {innov:.3g}, and its analysis fits the observations worse than the "
+            f"prior (RMS {misfit:.3g}): the model cannot represent this data as well as "
+            "the observations pin it down, and its analysis may be worse than the prior. Use "
+            "method='latent-ensf-letkf' (falls back to the prior where the latent analysis "
+            "fits the observations worse), train the model on more data like this, or use "
+            "a full-space method (ensf, letkf).",
+            ModelQualityWarning,
+            stacklevel=2,
+        )
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):
@@ -243,11 +381,60 @@ def _check_model_fits(config, handle, prior, dims, layout) -> None:
             f"the model {handle.path} takes {arch['channels']} fields on a "
             f"{arch['grid_shape']} grid; the data has {layout.n_fields} on {list(layout.grid_shape)}"
         )
-    if config.get("obs_layout", {}).get("kind") != "gridded":
-        raise OptionError(
-            f"the model {handle.path} encodes point observations; the accessor supports "
-            "gridded-observation models (use model.analyse for point models)"
+
+
+def _model_slots(config, handle, obs_plan, layout) -> tuple[int, ...] | None:
+    """For a station model, the model's slot of each observation row; None if gridded.
+
+    A gridded model takes gridded observations only; a station model takes the
+    stations it was trained for (any subset of them, at any time), found by their
+    field and interpolation weights.
+    """
+    kind = config.get("obs_layout", {}).get("kind")
+    if kind == "gridded":
+        if obs_plan.kind != "gridded":
+            raise ObservationMismatchError(
+                f"the model {handle.path} encodes gridded observations (the state's grid "
+                "with NaN where unobserved); these are point observations. Grid them, or "
+                "train a station model (xensf.train_latent with the stations as obs_layout)"
+            )
+        return None
+    if obs_plan.kind == "gridded":
+        raise ObservationMismatchError(
+            f"the model {handle.path} encodes station observations "
+            f"({config['obs_layout'].get('n_points', '?')} points); these are gridded. Give "
+            "the stations (an obs dim with latitude/longitude coordinates), or use a model "
+            "trained for gridded observations"
         )
+    layout_ = config["obs_layout"]
+    g = layout.grid_size
+
+    def key(field, idx, w):
+        pairs = sorted(
+            (int(i), round(float(v), 4)) for i, v in zip(idx, w, strict=True) if v > 1e-6
+        )
+        return (int(field), tuple(pairs))
+
+    slot_of = {
+        key(c, i, w): k
+        for k, (c, i, w) in enumerate(
+            zip(layout_["slot_channels"], layout_["indices"], layout_["weights"], strict=True)
+        )
+    }
+    slots = []
+    for row, (idx, w) in enumerate(zip(obs_plan.indices, obs_plan.weights, strict=True)):
+        field = int(idx[np.argmax(w)] // g)
+        k = slot_of.get(key(field, idx % g, w))
+        if k is None:
+            raise ObservationMismatchError(
+                f"observation {row} (field {field}, at "
+                f"{np.round(obs_plan.locations[row], 4).tolist()}) is not one of the "
+                f"{len(slot_of)} station slots the model {handle.path} was trained for; a "
+                "station model takes only its own stations (any subset of them). Drop it, "
+                "or retrain the model with it"
+            )
+        slots.append(k)
+    return tuple(slots)
 
 
 def _time_chunks(prior, names, values, errors, time_dim):
@@ -304,7 +491,7 @@ def assimilate(
     scales = opts.pop("scale", None) if spec.name == "ensf" else None
     handle = config = None
     if spec.needs_model:
-        if obs_error is not None:
+        if obs_error is not None and not spec.takes_obs_error:
             raise OptionError(
                 f"{spec.name} takes its (latent) observation error from the model, estimated "
                 "when it was trained; drop obs_error="
@@ -358,13 +545,11 @@ def assimilate(
     grid_loc = state_grid_locations(prior, dims, layout, spherical)
     obs_plan, values, errors = prepare_observations(
         obs, prior, layout, dims, obs_error, grid_loc,
-        obs_dim=obs_dim, require_error=handle is None,
+        obs_dim=obs_dim, require_error=spec.takes_obs_error,
     )  # fmt: skip
-    if handle is not None and obs_plan.kind != "gridded":
-        raise ObservationMismatchError(
-            f"the model {handle.path} encodes gridded observations (the state's grid with "
-            "NaN where unobserved); these are point observations"
-        )
+    model_slots = None
+    if handle is not None:
+        model_slots = _model_slots(config, handle, obs_plan, layout)
     plan = BlockPlan(
         layout=layout,
         obs=obs_plan,
@@ -378,6 +563,7 @@ def assimilate(
         distance="great_circle" if spherical else "euclidean",
         scales=scales,
         model=handle,
+        model_slots=model_slots,
     )
 
     def bare(da: xr.DataArray) -> xr.DataArray:
@@ -421,7 +607,7 @@ def assimilate(
             if scales is None
             else scales
         )
-    if spec.name == "letkf":
+    if spec.name in ("letkf", "latent-ensf-letkf"):
         parameters["loc_radius_units"] = "km" if spherical else "grid coordinate units"
     if handle is not None:
         parameters["model"] = handle.path

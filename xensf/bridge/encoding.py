@@ -68,7 +68,7 @@ def encode(
     found = data_signature(ds, EnsembleDims(member="", lat=lat, lon=lon, time=None), layout)
     found["lat_dim"], found["lon_dim"] = data["lat_dim"], data["lon_dim"]
     check_signature(data, found, model=handle.path)
-    latent_size = int(config["architecture"]["latent_dim"])
+    latent_size = _latent_size(config)
     core = [[*levels[n], lat, lon] for n in names]
     for n in names:
         for d, sizes in zip(ds[n].dims, ds[n].chunks or [], strict=False):
@@ -101,6 +101,17 @@ def encode(
     return out
 
 
+def _latent_size(config) -> int:
+    """The size of the model's flattened latent, from its stored architecture."""
+    from ..latent import LatentGrid
+
+    arch = config["architecture"]
+    grid = LatentGrid(
+        arch["grid_shape"], arch["latent_channels"], arch["patch"], arch["downsample"]
+    )
+    return grid.size
+
+
 def _levels(data, name) -> list[str]:
     for var, levels in data["fields"]:
         if var == name:
@@ -128,10 +139,9 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     z = latent["latent_mean"] if isinstance(latent, xr.Dataset) else latent
     if LATENT_DIM not in z.dims:
         raise DimensionError(f"the latent data needs a {LATENT_DIM!r} dim; it has {list(z.dims)}")
-    if z.sizes[LATENT_DIM] != int(config["architecture"]["latent_dim"]):
+    if z.sizes[LATENT_DIM] != _latent_size(config):
         raise DimensionError(
-            f"the model's latent size is {config['architecture']['latent_dim']}, the data's "
-            f"{z.sizes[LATENT_DIM]}"
+            f"the model's latent size is {_latent_size(config)}, the data's {z.sizes[LATENT_DIM]}"
         )
     names = list(data["variables"])
     level_dims = {n: [] for n in names}

@@ -40,9 +40,11 @@ def model_handle(model: Any) -> tuple[ModelHandle, dict[str, Any]]:
     """A handle and the model's configuration, reading only the bundle's JSON."""
     from ..latent import LatentModel
     from ..latent.bundle import bundle_info
+    from ..latent.model import check_model_metadata
 
     if isinstance(model, str | os.PathLike):
         info = bundle_info(model)
+        check_model_metadata(info["metadata"], str(model))
         return ModelHandle(str(Path(model).resolve()), info["weights_sha256"]), info["metadata"][
             "config"
         ]

@@ -23,11 +23,10 @@ import xarray as xr
 from ..errors import (
     DimensionError,
     EnsembleError,
-    ObservationDomainError,
     ObservationMismatchError,
     OptionError,
 )
-from ..obs import bilinear_weights, parse_relative
+from ..obs import bilinear_weights, parse_relative, planar_bilinear_weights
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
 from .dims import EnsembleDims, find_role, state_variables
 from .layout import StateLayout
@@ -217,22 +216,8 @@ def _point_dim(obs: xr.Dataset | xr.DataArray) -> tuple[str, str, str] | None:
     return found[0] if found else None
 
 
-def _nearest_planar(grid: np.ndarray, points: np.ndarray, name: str) -> np.ndarray:
-    grid = np.asarray(grid, np.float64)
-    half = np.abs(np.diff(grid)).max() / 2 if grid.size > 1 else 0.0
-    lo, hi = grid.min() - half, grid.max() + half
-    bad = ~((points >= lo) & (points <= hi))
-    if bad.any():
-        i = np.flatnonzero(bad)
-        raise ObservationDomainError(
-            f"{i.size} of {points.size} observation points lie outside the grid's {name} "
-            f"range [{lo:g}, {hi:g}] (e.g. point #{i[0]} at {points[i[0]]:g}); drop them"
-        )
-    return np.abs(points[:, None] - grid[None, :]).argmin(-1)
-
-
 def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
-    from ..latent import ObservationSampler
+    from ..latent import station_obs
 
     point, lat_name, lon_name = spec
     if isinstance(obs, xr.DataArray):
@@ -273,15 +258,12 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
     glat, glon = ds[dims.lat].values, ds[dims.lon].values
     if geographic:
         idx, w = bilinear_weights(glat, glon, plat, plon)
-        nearest = np.take_along_axis(idx, w.argmax(-1)[:, None], -1)[:, 0]
-        rows, cols = nearest // glon.size, nearest % glon.size
     else:
-        rows = _nearest_planar(glat, plat, str(dims.lat))
-        cols = _nearest_planar(glon, plon, str(dims.lon))
+        idx, w = planar_bilinear_weights(glat, glon, plat, plon)
 
     # Slots in the accessor's order: variable, then level combination, then point.
     n = plat.size
-    slot_rows, slot_cols, slot_chan, present = [], [], [], []
+    slot_idx, slot_w, slot_chan, present = [], [], [], []
     for v in observed:
         da = obs_vars[v]
         lev = levels[v]
@@ -300,39 +282,20 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
                 for d, i in zip(lev, ix, strict=True):
                     if d in ds.coords and d in da.coords:
                         have &= bool(np.isin(ds[d].values[i], da[d].values))
-            slot_rows.append(rows)
-            slot_cols.append(cols)
+            slot_idx.append(idx)
+            slot_w.append(w)
             slot_chan.append(np.full(n, first + k))
             present.append(np.full(n, have))
-    rows_t, cols_t = np.concatenate(slot_rows), np.concatenate(slot_cols)
+    idx_t, w_t = np.concatenate(slot_idx), np.concatenate(slot_w)
     chan_t, present_t = np.concatenate(slot_chan), np.concatenate(present)
-    layout_dict = {
-        "kind": "points",
-        "sampler": "nearest-grid-points",
-        "n_obs": int(rows_t.size),
-        "slot_channels": chan_t.tolist(),
-        "rows": rows_t.tolist(),
-        "cols": cols_t.tolist(),
-        "point_dim": str(point),
-        "n_points": int(n),
-        "variables": list(observed),
-        "approximation": "each point observes the value of its nearest grid point",
-    }
-    import torch
-
-    r, c, ch = (torch.as_tensor(a, dtype=torch.long) for a in (rows_t, cols_t, chan_t))
-    keep = torch.as_tensor(present_t)
-
-    def select(noisy):
-        values = noisy[:, ch.to(noisy.device), r.to(noisy.device), c.to(noisy.device)]
-        mask = keep.to(noisy.device).expand(values.shape)
-        return torch.where(mask, values, torch.full((), math.nan, dtype=values.dtype)), mask
-
-    def check(channels, grid_shape):
-        if channels != layout.n_fields or tuple(grid_shape) != layout.grid_shape:
-            raise ObservationMismatchError("point layout built for another state shape")
-
-    return ObservationSampler(layout_dict, select, check, fraction, std)
+    sampler = station_obs(idx_t, w_t, chan_t, fraction, noise_std=std, observed=present_t)
+    sampler.layout.update(
+        point_dim=str(point),
+        n_points=int(n),
+        variables=list(observed),
+        interpolation="bilinear",
+    )
+    return sampler
 
 
 def _observation_sampler(obs_layout, ds, dims, layout, levels, noise):
@@ -512,18 +475,10 @@ def train_latent(
     lon_dim: str | None = None,
     time_dim: str | None = None,
     noise: str | float = "10%",
-    latent_dim: int = 32,
-    width: int = 32,
-    depth: int = 3,
-    lam: float = 1.0,
-    epochs: int = 100,
-    batch_size: int = 32,
-    lr: float = 1e-3,
+    batch_size: int = 64,
     val_fraction: float = 0.1,
-    patience: int = 10,
     seed: int = 0,
-    device: str | None = None,
-    progress: bool = True,
+    **options,
 ):
     """Train a Latent-EnSF model (state VAE + observation encoder) on an xarray Dataset.
 
@@ -557,9 +512,11 @@ def train_latent(
           name the observed state variables (with their level dims; levels it lacks
           are slots that are never observed); with no data variables, or as an
           unnamed DataArray, every state variable is observed at those points. Only
-          the locations are used. **Approximation**: during training each point
-          observes the value of its *nearest grid point* (not an interpolation);
-          points outside the grid are refused.
+          the locations are used: stations need not sit on grid points (each
+          observes the bilinear interpolation of the state at its location, as the
+          accessor's observation operator does); points outside the grid are
+          refused. The model then takes these stations (any subset of them, at any
+          time) through ``prior.ensf.assimilate(stations, model=model)``.
     variables : str or sequence of str, optional
         The state variables, in this order; default every data variable that has
         both grid dims, in the Dataset's order (as the accessor chooses them).
@@ -571,32 +528,21 @@ def train_latent(
         ``P/100`` times the spatial standard deviation of each sample's channel (the
         convention of ``obs_error="10%"``); a number is a standard deviation in the
         state's units, the same for every channel.
-    latent_dim : int, default 32
-        Size of the latent space.
-    width, depth : int, default 32, 3
-        Channels of the first convolution stage and number of downsampling stages.
-    lam : float, default 1.0
-        Weight of the KL terms against the squared errors summed over the grid.
-    epochs : int, default 100
-        Maximum number of passes over the training samples.
-    batch_size : int, default 32
+    batch_size : int, default 64
         Samples per optimisation step; with dask input also the most samples read at
         once.
-    lr : float, default 1e-3
-        Adam learning rate.
     val_fraction : float, default 0.1
-        Share of the samples held out for validation (early stopping and the latent
-        observation error).
-    patience : int, default 10
-        Epochs without a lower validation loss before training stops (the best
-        epoch's weights are kept).
+        Share of the samples held out for validation (the best epoch, the quality
+        record and the latent observation error).
     seed : int, default 0
         Seeds the weights, the split, the order, and the observation and
         reparameterisation noise: the same seed gives the same model (exactly on CPU).
-    device : str, optional
-        Where to train; default CUDA if available, else CPU.
-    progress : bool, default True
-        Show a progress bar over epochs.
+    **options
+        The network and the optimisation, as :func:`xensf.latent.train_latent_model`
+        takes them (one list, documented there): ``latent_dim`` (default 400, the
+        size aimed at), ``latent_channels``, ``patch``, ``downsample``, ``width``,
+        ``blocks``, ``lam``, ``kl_warmup``, ``epochs``, ``time_budget`` (seconds),
+        ``lr``, ``min_lr_fraction``, ``patience``, ``device``, ``progress``.
 
     Returns
     -------
@@ -640,7 +586,7 @@ def train_latent(
     >>> rng = np.random.default_rng(0)
     >>> runs = rng.normal(size=(40, 16, 16)).astype("float32")
     >>> ds = xr.Dataset({"h": (("time", "y", "x"), runs, {"units": "m"})})
-    >>> model = train_latent(ds, 4, latent_dim=4, width=4, epochs=1, progress=False)
+    >>> model = train_latent(ds, 4, latent_dim=16, width=8, epochs=1, progress=False)
     >>> model.config["data"]["variables"], model.config["obs_layout"]["stride"]
     (['h'], [4, 4])
 
@@ -681,21 +627,19 @@ def train_latent(
     signature = data_signature(ds, dims, layout)
     channel_vars = [v for v in names for _ in range(layout.n_fields_of(v))]
     channel_units = [ds[v].attrs.get("units") for v in channel_vars]
+    own = {"periodic_lon", "variables", "units", "val_states", "normalization"} & set(options)
+    if own:
+        raise OptionError(
+            f"train_latent sets {sorted(own)} from the Dataset itself; drop them (use "
+            "xensf.latent.train_latent_model for tensors)"
+        )
     common = dict(
-        latent_dim=latent_dim,
-        width=width,
-        depth=depth,
-        lam=lam,
-        epochs=epochs,
         batch_size=batch_size,
-        lr=lr,
-        patience=patience,
         seed=seed,
-        device=device,
-        progress=progress,
         periodic_lon=_is_periodic(ds, dims),
         variables=channel_vars,
         units=channel_units,
+        **options,
     )
 
     streamed = any(ds[v].chunks is not None for v in names)

@@ -10,28 +10,39 @@ a model bundle (safetensors weights and JSON metadata, never pickle).
 from __future__ import annotations
 
 from .model import LATENT_METHODS, LatentModel, build_networks
-from .networks import ObservationEncoder, StateVAE, gaussian_kl, reparameterize
+from .networks import (
+    LatentGrid,
+    ObservationEncoder,
+    StateVAE,
+    choose_latent_grid,
+    gaussian_kl,
+    reparameterize,
+)
 from .training import (
     ObservationSampler,
     gridded_stride_obs,
     latent_loss,
     mask_obs,
     point_obs,
+    station_obs,
     train_latent_model,
 )
 
 __all__ = [
     "LATENT_METHODS",
+    "LatentGrid",
     "LatentModel",
     "ObservationEncoder",
     "ObservationSampler",
     "StateVAE",
     "build_networks",
+    "choose_latent_grid",
     "gaussian_kl",
     "gridded_stride_obs",
     "latent_loss",
     "mask_obs",
     "point_obs",
     "reparameterize",
+    "station_obs",
     "train_latent_model",
 ]

@@ -20,20 +20,38 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from ..errors import BundleError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
-from .networks import ObservationEncoder, StateVAE
+from .networks import LatentGrid, ObservationEncoder, StateVAE
 
-__all__ = ["BUNDLE_FORMAT", "LATENT_METHODS", "LatentModel"]
+__all__ = [
+    "LATENT_METHODS",
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "LatentModel",
+    "check_model_metadata",
+]
 
 LATENT_METHODS = ("latent-ensf", "latent-letkf")
 
-#: ``metadata["format"]`` of a latent model bundle, and the version of its layout.
-BUNDLE_FORMAT = "xensf-latent-model"
-_FORMAT_VERSION = 1
+#: ``metadata["format"]`` of a latent model inside a bundle (the bundle container has
+#: its own, :data:`xensf.latent.bundle.BUNDLE_FORMAT`).
+MODEL_FORMAT = "xensf-latent-model"
+#: Version of the model's layout: 2 is the spatial latent (``latent_channels × h × w``);
+#: version 1 (a dense bottleneck) is no longer read.
+MODEL_FORMAT_VERSION = 2
 
-_ARCHITECTURE_KEYS = ("channels", "grid_shape", "latent_dim", "width", "depth", "periodic_lon")
+_ARCHITECTURE_KEYS = (
+    "channels",
+    "grid_shape",
+    "latent_channels",
+    "patch",
+    "downsample",
+    "width",
+    "blocks",
+    "periodic_lon",
+)
 
 
 class LatentModel:
@@ -52,11 +70,14 @@ class LatentModel:
         ``E_obs(y) − E(x)`` (means), as estimated on validation data.
     config : dict
         JSON-serialisable description: ``"architecture"`` (``channels``,
-        ``grid_shape``, ``latent_dim``, ``width``, ``depth``, ``periodic_lon``),
-        ``"obs_layout"`` (``{"kind": "gridded"}`` or ``{"kind": "points", "n_obs": m,
-        "slot_channels": [...]}``, plus whatever describes how the training
-        observations were made), ``"variables"`` and ``"units"`` (one per channel, may
-        be None), and ``"training"`` (the training record).
+        ``grid_shape``, ``latent_channels``, ``patch``, ``downsample``, ``width``,
+        ``blocks``, ``periodic_lon``), ``"obs_layout"`` (``{"kind": "gridded"}`` or
+        ``{"kind": "points", "n_obs": m, "slot_channels": [...], "indices": [[4 grid
+        points] × m], "weights": [[4 weights] × m]}``: each station slot observes one
+        channel as a bilinear combination of four grid points, plus whatever describes
+        how the training observations were made), ``"variables"`` and ``"units"`` (one
+        per channel, may be None), ``"quality"`` (validation reconstruction errors) and
+        ``"training"`` (the training record).
 
     Notes
     -----
@@ -98,15 +119,38 @@ class LatentModel:
                 f"latent_obs_std must have shape ({vae.latent_dim},), got "
                 f"{tuple(self.latent_obs_std.shape)}"
             )
-        layout = self.config.setdefault("obs_layout", {"kind": obs_encoder.kind})
-        if layout.get("kind") != obs_encoder.kind:
+        layout = self.config.setdefault("obs_layout", {"kind": "gridded"})
+        if layout.get("kind") not in ("gridded", "points"):
             raise OptionError(
-                f"obs_layout kind {layout.get('kind')!r} does not match the observation "
-                f"encoder's kind {obs_encoder.kind!r}"
+                f"obs_layout kind must be 'gridded' or 'points', got {layout.get('kind')!r}"
             )
-        slots = layout.get("slot_channels")
-        if obs_encoder.kind == "points":
-            self._slot_channels = torch.as_tensor(slots, dtype=torch.long, device=device)
+        if layout["kind"] == "points":
+            self._set_stations(layout, device)
+
+    def _set_stations(self, layout: Mapping[str, Any], device) -> None:
+        """Tensors that spread station values onto the grid (see :meth:`obs_inputs`)."""
+        try:
+            chan = torch.as_tensor(layout["slot_channels"], dtype=torch.long, device=device)
+            idx = torch.as_tensor(layout["indices"], dtype=torch.long, device=device)
+            w = torch.as_tensor(layout["weights"], dtype=self.dtype, device=device)
+        except KeyError as err:
+            raise OptionError(f"a points obs_layout needs {err.args[0]!r}") from None
+        m = chan.numel()
+        size = self.grid_shape[0] * self.grid_shape[1]
+        if idx.shape != (m, 4) or w.shape != (m, 4):
+            raise OptionError(
+                f"a points obs_layout needs (n_obs, 4) indices and weights for its {m} slots; "
+                f"got {tuple(idx.shape)} and {tuple(w.shape)}"
+            )
+        if bool(((chan < 0) | (chan >= self.channels)).any()) or bool(
+            ((idx < 0) | (idx >= size)).any()
+        ):
+            raise OptionError(
+                "a points obs_layout refers to channels or grid points outside the model"
+            )
+        self._slot_channels = chan
+        self._slot_targets = chan[:, None] * size + idx  # (m, 4) in the flattened (C, H, W)
+        self._slot_weights = w
 
     # -- description -------------------------------------------------------------------
     @property
@@ -127,7 +171,12 @@ class LatentModel:
     @property
     def obs_kind(self) -> str:
         """``"gridded"`` or ``"points"``."""
-        return self.obs_encoder.kind
+        return self.config["obs_layout"]["kind"]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(latent_channels, h, w)``: the latent grid; flattened it has ``latent_dim`` values."""
+        return self.vae.latent.shape
 
     @property
     def device(self) -> torch.device:
@@ -146,14 +195,15 @@ class LatentModel:
         for name in ("mean", "std", "latent_obs_std"):
             setattr(self, name, getattr(self, name).to(device))
         if self.obs_kind == "points":
-            self._slot_channels = self._slot_channels.to(device)
+            self._set_stations(self.config["obs_layout"], device)
         return self
 
     def __repr__(self) -> str:
         h, w = self.grid_shape
         return (
-            f"<LatentModel: {self.channels} channel(s) on {h}x{w}, latent_dim "
-            f"{self.latent_dim}, {self.obs_kind} observations, on {self.device}>"
+            f"<LatentModel: {self.channels} channel(s) on {h}x{w}, latent "
+            f"{'x'.join(map(str, self.latent_shape))} = {self.latent_dim}, {self.obs_kind} "
+            f"observations, on {self.device}>"
         )
 
     # -- normalisation -----------------------------------------------------------------
@@ -165,15 +215,21 @@ class LatentModel:
         """Normalised ``(B, C, H, W)`` to physical units."""
         return x * self.std[:, None, None] + self.mean[:, None, None]
 
-    def normalize_obs(
+    def obs_inputs(
         self, values: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalise observations and fill the missing ones with 0.
+        """The observation encoder's input: normalised values and a weight on the grid.
+
+        Gridded observations are normalised and set to 0 where missing (weight 0).
+        Station slots are normalised and spread onto the grid: each grid point gets the
+        bilinear-weighted mean of the stations around it, and the sum of their weights
+        (clipped to 1) as its weight, so a station on a grid point looks exactly like a
+        gridded observation there.
 
         Parameters
         ----------
         values : torch.Tensor
-            ``(B, C, H, W)`` (gridded) or ``(B, n_obs)`` (points), physical units, NaN
+            ``(B, C, H, W)`` (gridded) or ``(B, n_obs)`` (stations), physical units, NaN
             where missing.
         mask : torch.Tensor of bool, optional
             True where observed; default: where ``values`` is not NaN. A True entry
@@ -181,8 +237,8 @@ class LatentModel:
 
         Returns
         -------
-        values, mask : torch.Tensor
-            Normalised values with 0 where missing, and the boolean mask.
+        values, weight : torch.Tensor
+            Both ``(B, C, H, W)``.
         """
         values = torch.as_tensor(values, device=self.device).to(self.dtype)
         finite = ~torch.isnan(values)
@@ -200,11 +256,23 @@ class LatentModel:
                     "the observation mask is True where the value is NaN; mark missing "
                     "observations False in the mask"
                 )
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
         if self.obs_kind == "gridded":
-            normed = self.normalize(values)
-        else:
-            normed = (values - self.mean[self._slot_channels]) / self.std[self._slot_channels]
-        return torch.where(mask, normed, torch.zeros((), dtype=self.dtype)), mask
+            normed = torch.where(mask, self.normalize(values), zero)
+            return normed, mask.to(self.dtype)
+        chan = self._slot_channels
+        normed = torch.where(mask, (values - self.mean[chan]) / self.std[chan], zero)
+        b = values.shape[0]
+        size = self.channels * self.grid_shape[0] * self.grid_shape[1]
+        w = self._slot_weights * mask.to(self.dtype)[..., None]  # (B, m, 4)
+        targets = self._slot_targets.reshape(1, -1).expand(b, -1)
+        den = torch.zeros(b, size, dtype=self.dtype, device=self.device)
+        num = torch.zeros(b, size, dtype=self.dtype, device=self.device)
+        den.scatter_add_(1, targets, w.reshape(b, -1))
+        num.scatter_add_(1, targets, (w * normed[..., None]).reshape(b, -1))
+        grid_values = torch.where(den > 0, num / den.clamp_min(1e-12), zero)
+        shape = (b, self.channels, *self.grid_shape)
+        return grid_values.reshape(shape), den.clamp_max(1.0).reshape(shape)
 
     # -- encoding and decoding ---------------------------------------------------------
     def _check_states(self, x: torch.Tensor, name: str) -> None:
@@ -287,8 +355,7 @@ class LatentModel:
             raise ObservationMismatchError(
                 f"observations must have one leading (batch) dim, got shape {tuple(values.shape)}"
             )
-        normed, mask = self.normalize_obs(values, mask)
-        return self.obs_encoder(normed, mask)
+        return self.obs_encoder(*self.obs_inputs(values, mask))
 
     # -- the update --------------------------------------------------------------------
     @torch.no_grad()
@@ -326,8 +393,8 @@ class LatentModel:
             True where observed, same shape as ``obs``; default ``~isnan(obs)``.
         method : {"latent-ensf", "latent-letkf"}, default "latent-ensf"
             ``"latent-ensf"``: :func:`~xensf.filters.ensf.ensf_analysis` on the latent
-            ensemble (the latent space is standardised by the VAE's prior, so its
-            ``scale`` defaults to 1). ``"latent-letkf"``: the global ETKF,
+            ensemble, standardised by the spread of each latent value over the training
+            data (:attr:`latent_scale`), with ``likelihood="gaussian"`` unless given. ``"latent-letkf"``: the global ETKF,
             :func:`~xensf.filters.letkf.letkf_analysis` without localisation (latent
             components have no location).
         generator : torch.Generator, int, list of int or None
@@ -335,9 +402,15 @@ class LatentModel:
             result independent of which other times are analysed with it. Must be None
             for ``"latent-letkf"`` (deterministic).
         batch_size : int, optional
-            States per network pass; default all ``T × N`` at once.
+            States per network pass (observations: ``batch_size // N`` times per pass);
+            default all at once. The accessor passes ``N``, one time per pass, so that
+            an analysis does not depend on which other times share its dask chunk
+            (CPU convolution kernels sum in another order for another batch size).
         return_latent : bool, default False
-            Also return the latent prior, pseudo-observation and posterior.
+            Also return the latent prior, pseudo-observation and posterior, and
+            per-time diagnostics at the observed entries (normalised units, see
+            :meth:`observe`): RMS of the prior members' reconstruction error, of the
+            innovation ``y − H x̄_b`` and of the analysis misfit ``y − H x̄_a``.
         update : {"decode", "increment"}, default "decode"
             ``"decode"`` (the published method): each analysis member is the decoded
             posterior latent vector, ``D(z_a)``. ``"increment"``: the prior member plus
@@ -358,7 +431,9 @@ class LatentModel:
             ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype.
         latent : dict of torch.Tensor
             Only with ``return_latent``: ``"prior"`` ``(T, N, L)``, ``"obs"`` ``(T, L)``,
-            ``"obs_std"`` ``(L,)`` and ``"posterior"`` ``(T, N, L)``.
+            ``"obs_std"`` ``(L,)``, ``"posterior"`` ``(T, N, L)`` and
+            ``"diagnostics"`` (``"reconstruction"``, ``"innovation"``,
+            ``"analysis_misfit"``, ``"count"``, each ``(T,)``).
 
         Raises
         ------
@@ -405,11 +480,29 @@ class LatentModel:
             )
 
         states = prior_t.reshape(n_times * n_members, *prior_t.shape[2:])
+        states = states.to(device=self.device, dtype=self.dtype)
         z_prior = self.encode(states, batch_size=batch_size)[0]
         z_prior = z_prior.reshape(n_times, n_members, self.latent_dim)
-        z_obs = self.encode_obs(obs_t, mask_t)[0]
+        # observations in passes of as many times as a state pass holds ensembles
+        per_pass = None if batch_size is None else max(1, batch_size // n_members)
+        z_obs = torch.cat(
+            [
+                self.encode_obs(o, None if mask_t is None else mask_t[i : i + len(o)])[0]
+                for i, o in zip(
+                    range(0, n_times, per_pass or n_times),
+                    _chunks(obs_t, per_pass),
+                    strict=True,
+                )
+            ]
+        )
         identity = torch.arange(self.latent_dim, device=self.device)
         if method == "latent-ensf":
+            # EnSF runs on standardised variables: the latent values' own spread over
+            # the training data (the latent is not forced to unit scale)
+            options.setdefault("scale", self.latent_scale)
+            # the exact noised likelihood: calibrated spread (the damped one halves the
+            # posterior variance), the accessor's default for latent methods too
+            options.setdefault("likelihood", "gaussian")
             z_post = ensf_analysis(
                 z_prior, z_obs, identity, self.latent_obs_std, generator=generator, **options
             )
@@ -424,9 +517,16 @@ class LatentModel:
                 )
             z_post = letkf_analysis(z_prior, z_obs, identity, self.latent_obs_std, **options)
         post = self.decode(z_post.reshape(-1, self.latent_dim), batch_size=batch_size)
+        recon = self.decode(z_prior.reshape(-1, self.latent_dim), batch_size=batch_size)
         if update == "increment":
-            recon = self.decode(z_prior.reshape(-1, self.latent_dim), batch_size=batch_size)
-            post = states.to(device=post.device, dtype=post.dtype) + (post - recon)
+            post = states + (post - recon)
+        diagnostics = self._diagnostics(
+            states.reshape(n_times, n_members, -1),
+            recon.reshape(n_times, n_members, -1),
+            post.reshape(n_times, n_members, -1),
+            obs_t,
+            mask_t,
+        )
         post = post.reshape(prior_t.shape).to(dtype=out_dtype, device=prior_t.device)
         if single:
             post = post[0]
@@ -437,9 +537,69 @@ class LatentModel:
                 "obs": z_obs,
                 "obs_std": self.latent_obs_std,
                 "posterior": z_post,
+                "diagnostics": diagnostics,
             }
             return result, latent
         return result
+
+    @property
+    def latent_scale(self) -> torch.Tensor:
+        """``(latent_dim,)`` std of each latent value's mean over the validation states."""
+        scale = self.config.get("latent", {}).get("scale")
+        if scale is None:
+            return torch.ones(self.latent_dim, dtype=self.dtype, device=self.device)
+        return torch.as_tensor(scale, dtype=self.dtype, device=self.device)
+
+    def observe(self, states: torch.Tensor) -> torch.Tensor:
+        """The model's observation operator on flattened states, normalised.
+
+        Parameters
+        ----------
+        states : torch.Tensor
+            ``(..., C·H·W)`` physical units.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(..., C·H·W)`` (gridded: every grid value) or ``(..., n_obs)``
+            (stations: the bilinear interpolation at each slot), each divided by its
+            channel's std (after subtracting its mean).
+        """
+        g = self.grid_shape[0] * self.grid_shape[1]
+        if self.obs_kind == "gridded":
+            return (states - self.mean.repeat_interleave(g)) / self.std.repeat_interleave(g)
+        values = (states[..., self._slot_targets] * self._slot_weights).sum(-1)
+        chan = self._slot_channels
+        return (values - self.mean[chan]) / self.std[chan]
+
+    def _diagnostics(self, prior, recon, post, obs, mask) -> dict[str, torch.Tensor]:
+        """Per-time RMS figures at the observed entries, in normalised units.
+
+        ``reconstruction``: ``D(E(x)) − x`` over the prior members; ``innovation``:
+        ``y − H x̄_b``; ``analysis_misfit``: ``y − H x̄_a``; ``count``: observed entries.
+        """
+        y = obs.reshape(obs.shape[0], -1).to(self.dtype)
+        observed = ~torch.isnan(y) if mask is None else mask.reshape(y.shape).to(torch.bool)
+        y_n = self.observe(torch.nan_to_num(y)) if self.obs_kind == "gridded" else None
+        if y_n is None:
+            chan = self._slot_channels
+            y_n = (torch.nan_to_num(y) - self.mean[chan]) / self.std[chan]
+        w = observed.to(self.dtype)
+        count = w.sum(-1).clamp_min(1)
+
+        def rms(diff):  # diff (T, ..., m) -> (T,)
+            sq = diff.square()
+            if sq.ndim == 3:
+                sq = sq.mean(1)
+            return ((sq * w).sum(-1) / count).sqrt()
+
+        hb, hr, ha = self.observe(prior), self.observe(recon), self.observe(post)
+        return {
+            "reconstruction": rms(hr - hb),
+            "innovation": rms(y_n - hb.mean(1)),
+            "analysis_misfit": rms(y_n - ha.mean(1)),
+            "count": w.sum(-1),
+        }
 
     # -- persistence -------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -455,8 +615,8 @@ class LatentModel:
         from .. import __version__
 
         return {
-            "format": BUNDLE_FORMAT,
-            "format_version": _FORMAT_VERSION,
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
             "xensf_version": __version__,
             "config": copy.deepcopy(self.config),
             "normalization": {"mean": self.mean.tolist(), "std": self.std.tolist()},
@@ -492,8 +652,9 @@ class LatentModel:
 
         Raises
         ------
-        OptionError
-            The bundle is not a latent model of a version this xensf can read.
+        BundleError
+            The bundle is not a latent model of a version this xensf can read (a
+            version-1 bundle, with a dense latent, must be retrained).
         """
         from .bundle import load_bundle
 
@@ -510,17 +671,7 @@ class LatentModel:
         source: str = "the bundle",
     ) -> LatentModel:
         """Rebuild a model from :meth:`tensors` and :meth:`metadata`."""
-        if metadata.get("format") != BUNDLE_FORMAT:
-            raise OptionError(
-                f"{source} holds {metadata.get('format')!r}, not a latent model "
-                f"({BUNDLE_FORMAT!r})"
-            )
-        version = metadata.get("format_version")
-        if not isinstance(version, int) or version > _FORMAT_VERSION:
-            raise OptionError(
-                f"{source} has latent-model format version {version!r}; this xensf reads "
-                f"versions up to {_FORMAT_VERSION}: upgrade xensf"
-            )
+        check_model_metadata(metadata, source)
         config = metadata["config"]
         dtype = getattr(torch, metadata.get("dtype", "float32"))
         vae, obs_encoder = build_networks(config)
@@ -546,40 +697,55 @@ class LatentModel:
         )
 
 
+def check_model_metadata(metadata: Mapping[str, Any], source: str = "the bundle") -> None:
+    """Refuse metadata that is not a latent model of the version this xensf reads.
+
+    Raises
+    ------
+    BundleError
+        Another format, a version-1 model (a dense latent: retrain it) or a newer one.
+    """
+    if metadata.get("format") != MODEL_FORMAT:
+        raise BundleError(
+            f"{source} holds {metadata.get('format')!r}, not a latent model ({MODEL_FORMAT!r})"
+        )
+    version = metadata.get("format_version")
+    if version == 1:
+        raise BundleError(
+            f"{source} is a latent model of format version 1 (a dense 1-D latent), which "
+            f"this xensf no longer reads: its models have a spatial latent (version "
+            f"{MODEL_FORMAT_VERSION}), which reconstructs far better. Retrain it with "
+            "xensf.train_latent (or xensf.latent.train_latent_model) on the same data."
+        )
+    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+        raise BundleError(
+            f"{source} has latent-model format version {version!r}; this xensf reads "
+            f"version {MODEL_FORMAT_VERSION}: upgrade xensf"
+        )
+
+
 def build_networks(config: Mapping[str, Any]) -> tuple[StateVAE, ObservationEncoder]:
     """Fresh (untrained) networks for a model configuration.
 
     Parameters
     ----------
     config : mapping
-        With ``"architecture"`` and ``"obs_layout"`` as described in
-        :class:`LatentModel`; ``architecture`` may hold ``obs_width``/``obs_depth``
-        (default: ``width``/``depth``).
+        With ``"architecture"`` as described in :class:`LatentModel`.
 
     Returns
     -------
     vae, obs_encoder
     """
     arch = config["architecture"]
-    layout = config["obs_layout"]
-    vae = StateVAE(
-        arch["channels"],
-        tuple(arch["grid_shape"]),
-        arch["latent_dim"],
-        width=arch["width"],
-        depth=arch["depth"],
-        periodic_lon=arch["periodic_lon"],
+    missing = [k for k in _ARCHITECTURE_KEYS if k not in arch]
+    if missing:
+        raise OptionError(f"config['architecture'] misses {missing}")
+    latent = LatentGrid(
+        tuple(arch["grid_shape"]), arch["latent_channels"], arch["patch"], arch["downsample"]
     )
-    obs_encoder = ObservationEncoder(
-        layout["kind"],
-        arch["latent_dim"],
-        channels=arch["channels"],
-        grid_shape=tuple(arch["grid_shape"]),
-        n_obs=layout.get("n_obs"),
-        width=arch.get("obs_width", arch["width"]),
-        depth=arch.get("obs_depth", arch["depth"]),
-        periodic_lon=arch["periodic_lon"],
-    )
+    shape = dict(width=arch["width"], blocks=arch["blocks"], periodic_lon=arch["periodic_lon"])
+    vae = StateVAE(arch["channels"], latent, **shape)
+    obs_encoder = ObservationEncoder(arch["channels"], latent, **shape)
     return vae, obs_encoder
 
 

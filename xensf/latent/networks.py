@@ -1,22 +1,38 @@
-"""The networks of Latent-EnSF: a state VAE and an observation encoder.
+"""The networks of Latent-EnSF: a state VAE and an observation encoder with a *spatial* latent.
 
-Both map into the same latent space: a diagonal Gaussian ``N(μ, diag exp(log σ²))`` of
-size ``latent_dim``. The state VAE (:class:`StateVAE`) has a convolutional encoder and
-decoder; the observation encoder (:class:`ObservationEncoder`) reads a sparse
-observation — gridded with gaps, or a fixed set of point slots — together with the
-mask of what is observed. They work on normalised variables; :class:`~xensf.latent.
-model.LatentModel` does the normalisation.
+The latent space is a small grid: ``latent_channels × h × w`` values, where ``(h, w)``
+is the state grid reduced by a factor ``patch · 2**downsample``. Both networks map into
+it: the state VAE (:class:`StateVAE`) encodes a field, the observation encoder
+(:class:`ObservationEncoder`) a sparse observation given as values and a mask on the
+same grid (stations are spread onto the grid first, see
+:meth:`~xensf.latent.model.LatentModel.encode_obs`). Each latent value summarises one
+patch of the field, so a latent grid keeps the locality that a dense bottleneck loses:
+it reconstructs far better and trains far faster for the same size.
 
-Grids of any size are accepted: the convolutional stacks pad the field internally to a
-multiple of ``2**depth`` and crop the output back, so 61 × 120 (ERA5 at 3°) or 150 × 150
-(the shallow-water twin) need no resampling. Longitude (the last axis) may be declared
-periodic (circular padding); otherwise, and always along the first axis, the edge
-values are replicated, which adds no artificial gradient at the boundary.
+The architecture, the same for both encoders:
+
+- *stem*: the field is padded to a multiple of the reduction factor and cut into
+  ``patch × patch`` patches by one strided convolution (cheap: every later layer works
+  on the coarse grid);
+- ``blocks`` residual blocks (two 3 × 3 convolutions with SiLU) at every scale, with
+  ``downsample`` stride-2 convolutions between scales;
+- a 1 × 1 convolution to the mean and log-variance of the latent Gaussian.
+
+The decoder mirrors it: a 1 × 1 convolution from the latent grid, residual blocks and
+nearest-neighbour upsampling by 2, then a 3 × 3 convolution to ``C · patch²`` channels
+rearranged into patches (pixel shuffle), and a crop back to ``(H, W)``.
+
+No batch statistics are used (no batch normalisation), so a member's encoding does not
+depend on what else is in the batch. Longitude (the last axis) may be declared periodic:
+every convolution then wraps around it; otherwise, and always along the first axis, edge
+values are replicated.
+
+All networks take and give latent vectors *flattened* (``(B, latent_dim)`` with
+``latent_dim = latent_channels · h · w``, channel-major), the form the filters work on.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -26,19 +42,15 @@ from torch.nn import functional as F
 from ..errors import OptionError
 
 __all__ = [
-    "OBS_KINDS",
+    "ConvDecoder",
     "ConvEncoder",
+    "LatentGrid",
     "ObservationEncoder",
     "StateVAE",
+    "choose_latent_grid",
     "gaussian_kl",
     "reparameterize",
 ]
-
-OBS_KINDS = ("gridded", "points")
-
-# Channel count of the deepest stages is capped at width * _MAX_WIDTH_FACTOR, which
-# bounds the parameter count of the dense bottleneck on large grids.
-_MAX_WIDTH_FACTOR = 8
 
 
 def reparameterize(
@@ -96,40 +108,151 @@ def _grid(grid_shape) -> tuple[int, int]:
     return h, w
 
 
-def _stage_widths(width: int, depth: int) -> list[int]:
-    """Channels after the stem and after each downsampling stage."""
-    return [width * min(2**i, _MAX_WIDTH_FACTOR) for i in range(depth + 1)]
+class LatentGrid:
+    """The shape of a spatial latent and how a state grid is reduced to it.
+
+    Parameters
+    ----------
+    grid_shape : (int, int)
+        ``(H, W)`` of the state.
+    latent_channels : int
+        Values per latent cell.
+    patch : int
+        Side of the stem's patches.
+    downsample : int
+        Stride-2 stages after the stem.
+
+    Attributes
+    ----------
+    factor : int
+        ``patch · 2**downsample``: state cells per latent cell along each axis.
+    shape : (int, int, int)
+        ``(latent_channels, h, w)`` with ``h = ceil(H / factor)``, ``w = ceil(W / factor)``.
+    size : int
+        ``latent_channels · h · w``, the ``latent_dim`` of the filters.
+    """
+
+    def __init__(self, grid_shape, latent_channels: int, patch: int, downsample: int):
+        self.grid_shape = _grid(grid_shape)
+        self.latent_channels = _check_positive_int(latent_channels, "latent_channels")
+        self.patch = _check_positive_int(patch, "patch")
+        self.downsample = _check_positive_int(downsample, "downsample", minimum=0)
+        self.factor = self.patch * 2**self.downsample
+        h, w = self.grid_shape
+        self.shape = (self.latent_channels, math.ceil(h / self.factor), math.ceil(w / self.factor))
+        self.size = math.prod(self.shape)
+
+    def __repr__(self) -> str:
+        c, h, w = self.shape
+        return f"LatentGrid({c} x {h} x {w} = {self.size}, patch {self.patch}, downsample {self.downsample})"
+
+
+def choose_latent_grid(grid_shape, latent_dim: int = 400) -> dict[str, int]:
+    """A latent grid of about ``latent_dim`` values for a state grid.
+
+    Picks the reduction factor ``patch · 2**downsample`` (stem patches of 1 to 5 cells,
+    4 preferred: cheap on a CPU and fine enough) and the channels per latent cell (1 to
+    16, about 4 preferred) whose size is closest to ``latent_dim``.
+
+    Parameters
+    ----------
+    grid_shape : (int, int)
+        ``(H, W)``.
+    latent_dim : int, default 400
+        The size aimed at (400 is the published model's for the 150 × 150 basin).
+
+    Returns
+    -------
+    dict
+        ``{"latent_channels", "patch", "downsample"}``, the keywords of :class:`LatentGrid`.
+
+    Examples
+    --------
+    >>> choose_latent_grid((40, 40), 400)
+    {'latent_channels': 4, 'patch': 4, 'downsample': 0}
+    """
+    h, w = _grid(grid_shape)
+    _check_positive_int(latent_dim, "latent_dim")
+    best = None
+    for downsample in range(5):
+        for patch in range(1, 6):
+            factor = patch * 2**downsample
+            ch, cw = math.ceil(h / factor), math.ceil(w / factor)
+            # an axis of one latent cell decodes to a field that repeats every patch
+            if (h > 1 and ch < 2) or (w > 1 and cw < 2) or (patch == 1 and downsample > 0):
+                continue
+            cells = ch * cw
+            channels = min(16, max(1, round(latent_dim / cells)))
+            size = channels * cells
+            # closeness to the request first, then ~4 channels, then 4 x 4 patches
+            cost = (
+                abs(math.log(size / latent_dim))
+                + 0.05 * abs(math.log(channels / 4))
+                + 0.01 * abs(patch - 4)
+            )
+            if best is None or cost < best[0]:
+                best = (
+                    cost,
+                    {"latent_channels": channels, "patch": patch, "downsample": downsample},
+                )
+    return best[1]
+
+
+def _pad3(x: torch.Tensor, periodic_lon: bool) -> torch.Tensor:
+    """Pad one cell around ``(B, C, H, W)``: wrap or replicate along W, replicate along H."""
+    x = F.pad(x, (1, 1, 0, 0), mode="circular" if periodic_lon else "replicate")
+    return F.pad(x, (0, 0, 1, 1), mode="replicate")
+
+
+class _Conv3(nn.Module):
+    """A 3 × 3 convolution (stride 1 or 2) that pads as the grid asks."""
+
+    def __init__(self, c_in: int, c_out: int, periodic_lon: bool, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=stride)
+        self.periodic_lon = periodic_lon
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_pad3(x, self.periodic_lon))
+
+
+class _ResBlock(nn.Module):
+    """``x + conv(silu(conv(silu(x))))``; the second convolution starts at zero."""
+
+    def __init__(self, width: int, periodic_lon: bool):
+        super().__init__()
+        self.a = _Conv3(width, width, periodic_lon)
+        self.b = _Conv3(width, width, periodic_lon)
+        nn.init.zeros_(self.b.conv.weight)
+        nn.init.zeros_(self.b.conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(F.silu(self.a(F.silu(x))))
 
 
 class _GridPadding:
-    """Pads ``(B, C, H, W)`` to multiples of ``2**depth`` and crops back."""
+    """Pads ``(B, C, H, W)`` to multiples of ``factor`` and crops back."""
 
-    def __init__(self, grid_shape: tuple[int, int], depth: int, periodic_lon: bool):
+    def __init__(self, grid_shape: tuple[int, int], factor: int, periodic_lon: bool):
         self.h, self.w = grid_shape
-        factor = 2**depth
         self.ph = math.ceil(self.h / factor) * factor
         self.pw = math.ceil(self.w / factor) * factor
         self.periodic_lon = periodic_lon
-
-    @property
-    def bottleneck(self) -> tuple[int, int]:
-        return self.ph, self.pw
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         dh, dw = self.ph - self.h, self.pw - self.w
         top, left = dh // 2, dw // 2
         if dw:
             if self.periodic_lon:
-                # Circular padding needs the pad to be at most the size; a grid narrower
-                # than its pad is wrapped more than once.
+                # a grid narrower than its pad is wrapped more than once
                 reps = math.ceil(self.pw / self.w) + 1
                 tiled = x.repeat(1, 1, 1, reps)
                 start = self.w * (reps // 2) - left
                 x = tiled[..., start : start + self.pw]
             else:
-                x = _replicate(x, -1, left, dw - left)
+                x = F.pad(x, (left, dw - left, 0, 0), mode="replicate")
         if dh:
-            x = _replicate(x, -2, top, dh - top)
+            x = F.pad(x, (0, 0, top, dh - top), mode="replicate")
         return x
 
     def crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,176 +261,134 @@ class _GridPadding:
         return x[..., top : top + self.h, left : left + self.w]
 
 
-def _replicate(x: torch.Tensor, dim: int, before: int, after: int) -> torch.Tensor:
-    def edge(index: int, count: int) -> torch.Tensor:
-        shape = list(x.shape)
-        shape[dim] = count
-        return x.narrow(dim, index, 1).expand(shape)
-
-    parts = [edge(0, before)] if before else []
-    parts.append(x)
-    if after:
-        parts.append(edge(x.shape[dim] - 1, after))
-    return torch.cat(parts, dim)
-
-
 class ConvEncoder(nn.Module):
-    """Convolutional encoder of ``(B, C_in, H, W)`` fields to a latent Gaussian.
-
-    A 3 × 3 stem, then ``depth`` stages each halving the grid (a stride-2 3 × 3
-    convolution and a 3 × 3 convolution, SiLU activations), then a linear map of the
-    flattened bottleneck to ``(μ, log σ²)``. No batch statistics are used, so a
-    member's encoding does not depend on what else is in the batch.
+    """Fields ``(B, C_in, H, W)`` to a latent Gaussian on a grid, flattened.
 
     Parameters
     ----------
     in_channels : int
         Input channels.
-    grid_shape : (int, int)
-        ``(H, W)`` of the input, any size.
-    latent_dim : int
-        Size of the latent space.
-    width : int, default 32
-        Channels after the stem; they double at each stage, up to ``8 * width``.
-    depth : int, default 3
-        Downsampling stages; the grid is padded to a multiple of ``2**depth``.
+    latent : LatentGrid
+        The latent grid (and so the stem's patch and the downsampling stages).
+    width : int, default 64
+        Channels of the hidden layers.
+    blocks : int, default 2
+        Residual blocks at each scale.
     periodic_lon : bool, default False
-        Pad the last axis circularly (a periodic longitude) instead of replicating
-        its edges.
+        Wrap around the last axis.
     """
 
     def __init__(
         self,
         in_channels: int,
-        grid_shape: tuple[int, int],
-        latent_dim: int,
-        width: int = 32,
-        depth: int = 3,
+        latent: LatentGrid,
+        width: int = 64,
+        blocks: int = 2,
         periodic_lon: bool = False,
     ):
         super().__init__()
         _check_positive_int(in_channels, "in_channels")
-        _check_positive_int(latent_dim, "latent_dim")
         _check_positive_int(width, "width")
-        _check_positive_int(depth, "depth", minimum=0)
-        self.padding = _GridPadding(_grid(grid_shape), depth, periodic_lon)
-        widths = _stage_widths(width, depth)
-        self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        stages = []
-        for c_in, c_out in itertools.pairwise(widths):
-            stages.append(
-                nn.Sequential(
-                    nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
-                    nn.SiLU(),
-                    nn.Conv2d(c_out, c_out, 3, padding=1),
-                    nn.SiLU(),
-                )
-            )
-        self.stages = nn.ModuleList(stages)
-        ph, pw = self.padding.bottleneck
-        flat = widths[-1] * (ph // 2**depth) * (pw // 2**depth)
-        self.head = nn.Linear(flat, 2 * latent_dim)
-        self.latent_dim = latent_dim
+        _check_positive_int(blocks, "blocks", minimum=0)
+        self.latent = latent
+        self.padding = _GridPadding(latent.grid_shape, latent.factor, periodic_lon)
+        self.stem = nn.Conv2d(in_channels, width, latent.patch, stride=latent.patch)
+        layers: list[nn.Module] = [_ResBlock(width, periodic_lon) for _ in range(blocks)]
+        for _ in range(latent.downsample):
+            layers.append(_Conv3(width, width, periodic_lon, stride=2))
+            layers += [_ResBlock(width, periodic_lon) for _ in range(blocks)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(width, 2 * latent.latent_channels, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C_in, H, W) -> (μ, log σ²)``, each ``(B, latent_dim)``."""
-        h = F.silu(self.stem(self.padding.pad(x)))
-        for stage in self.stages:
-            h = stage(h)
-        mu, logvar = self.head(h.flatten(1)).chunk(2, dim=-1)
-        return mu, logvar
+        h = self.body(self.stem(self.padding.pad(x)))
+        mu, logvar = self.head(F.silu(h)).chunk(2, dim=1)
+        return mu.flatten(1), logvar.flatten(1)
 
 
 class ConvDecoder(nn.Module):
-    """Decoder of latent vectors to ``(B, C, H, W)`` fields, the mirror of :class:`ConvEncoder`.
+    """Flattened latent vectors ``(B, latent_dim)`` to fields ``(B, C, H, W)``.
 
-    A linear map to the bottleneck grid, then ``depth`` stages of nearest-neighbour
-    upsampling by 2 and two 3 × 3 convolutions, a final 3 × 3 convolution to ``C``
-    channels, and a crop back to ``(H, W)``.
+    The mirror of :class:`ConvEncoder`; same parameters, ``channels`` the output's.
     """
 
     def __init__(
         self,
         channels: int,
-        grid_shape: tuple[int, int],
-        latent_dim: int,
-        width: int = 32,
-        depth: int = 3,
+        latent: LatentGrid,
+        width: int = 64,
+        blocks: int = 2,
         periodic_lon: bool = False,
     ):
         super().__init__()
-        self.padding = _GridPadding(_grid(grid_shape), depth, periodic_lon)
-        widths = _stage_widths(width, depth)
-        ph, pw = self.padding.bottleneck
-        self.bottleneck = (widths[-1], ph // 2**depth, pw // 2**depth)
-        self.head = nn.Linear(latent_dim, math.prod(self.bottleneck))
-        stages = []
-        for c_in, c_out in zip(widths[:0:-1], widths[-2::-1], strict=True):
-            stages.append(
-                nn.Sequential(
-                    nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(c_in, c_out, 3, padding=1),
-                    nn.SiLU(),
-                    nn.Conv2d(c_out, c_out, 3, padding=1),
-                    nn.SiLU(),
-                )
-            )
-        self.stages = nn.ModuleList(stages)
-        self.out = nn.Conv2d(widths[0], channels, 3, padding=1)
+        self.latent = latent
+        self.channels = channels
+        self.padding = _GridPadding(latent.grid_shape, latent.factor, periodic_lon)
+        self.head = nn.Conv2d(latent.latent_channels, width, 1)
+        layers: list[nn.Module] = []
+        for _ in range(latent.downsample):
+            layers += [_ResBlock(width, periodic_lon) for _ in range(blocks)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                _Conv3(width, width, periodic_lon),
+            ]
+        layers += [_ResBlock(width, periodic_lon) for _ in range(blocks)]
+        self.body = nn.Sequential(*layers)
+        self.out = _Conv3(width, channels * latent.patch**2, periodic_lon)
+        self.unpatch = nn.PixelShuffle(latent.patch)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, latent_dim) -> (B, C, H, W)``."""
-        h = F.silu(self.head(z)).reshape(z.shape[0], *self.bottleneck)
-        for stage in self.stages:
-            h = stage(h)
-        return self.padding.crop(self.out(h))
+        h = self.head(z.reshape(z.shape[0], *self.latent.shape))
+        h = self.out(F.silu(self.body(h)))
+        return self.padding.crop(self.unpatch(h))
 
 
 class StateVAE(nn.Module):
-    """Variational autoencoder of gridded states ``(B, C, H, W)``.
+    """Variational autoencoder of gridded states ``(B, C, H, W)`` with a spatial latent.
 
     Multi-variable or multi-level states are stacked as channels. The encoder gives the
-    mean and log-variance of a diagonal Gaussian in a latent space of size
-    ``latent_dim``; the decoder maps a latent vector back to a field.
+    mean and log-variance of a diagonal Gaussian on the latent grid (see
+    :class:`LatentGrid`), flattened to ``latent_dim`` values; the decoder maps a latent
+    vector back to a field.
 
     Parameters
     ----------
     channels : int
         Number of channels (variables × levels).
-    grid_shape : (int, int)
-        ``(H, W)``; any size (padded internally to a multiple of ``2**depth``).
-    latent_dim : int
-        Size of the latent space.
-    width : int, default 32
-        Channels after the first convolution; doubled per stage up to ``8 * width``.
-    depth : int, default 3
-        Number of downsampling (and upsampling) stages.
+    latent : LatentGrid
+        The latent grid; its ``grid_shape`` is the state's ``(H, W)``, any size.
+    width : int, default 64
+        Channels of the hidden layers.
+    blocks : int, default 2
+        Residual blocks at each scale.
     periodic_lon : bool, default False
-        Treat the last axis as periodic (global longitude) when padding.
+        Treat the last axis as periodic (global longitude).
 
     Examples
     --------
-    >>> vae = StateVAE(3, (61, 120), latent_dim=16, width=8)
+    >>> vae = StateVAE(3, LatentGrid((61, 120), 2, patch=4, downsample=1), width=8)
     >>> mu, logvar = vae.encode(torch.zeros(2, 3, 61, 120))
-    >>> vae.decode(mu).shape
-    torch.Size([2, 3, 61, 120])
+    >>> mu.shape, vae.decode(mu).shape
+    (torch.Size([2, 240]), torch.Size([2, 3, 61, 120]))
     """
 
     def __init__(
         self,
         channels: int,
-        grid_shape: tuple[int, int],
-        latent_dim: int,
-        width: int = 32,
-        depth: int = 3,
+        latent: LatentGrid,
+        width: int = 64,
+        blocks: int = 2,
         periodic_lon: bool = False,
     ):
         super().__init__()
         self.channels = _check_positive_int(channels, "channels")
-        self.grid_shape = _grid(grid_shape)
-        self.latent_dim = latent_dim
-        self.encoder = ConvEncoder(channels, grid_shape, latent_dim, width, depth, periodic_lon)
-        self.decoder = ConvDecoder(channels, grid_shape, latent_dim, width, depth, periodic_lon)
+        self.latent = latent
+        self.grid_shape = latent.grid_shape
+        self.latent_dim = latent.size
+        self.encoder = ConvEncoder(channels, latent, width, blocks, periodic_lon)
+        self.decoder = ConvDecoder(channels, latent, width, blocks, periodic_lon)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, H, W) -> (μ, log σ²)``, each ``(B, latent_dim)``."""
@@ -335,82 +416,42 @@ class ObservationEncoder(nn.Module):
 
     The observation operator is learned: the network sees only the observed values and
     where they are, and is trained so that its latent Gaussian matches the state
-    encoder's for the state observed.
+    encoder's for the state observed. Its input is gridded, ``(B, C, H, W)`` values
+    (0 where unobserved) and a weight of the same shape in [0, 1] (the mask: 1 at an
+    observed grid point; stations off the grid are spread onto the four surrounding
+    points with bilinear weights before they get here), so the set of observed points
+    may change from one time to the next. The network is a :class:`ConvEncoder` on the
+    ``2 C`` channels.
 
     Parameters
     ----------
-    kind : {"gridded", "points"}
-        ``"gridded"``: observations on the state grid with gaps, ``(B, C, H, W)``. The
-        input of the convolutional encoder is the values (missing ones set to 0) and
-        the mask, ``2 C`` channels, so the set of observed points may change from one
-        time to the next. ``"points"``: a fixed set of ``n_obs`` observation slots
-        ``(B, n_obs)`` (stations); an MLP reads the values (missing ones set to 0) and
-        the mask, so a station may be missing at some times.
-    latent_dim : int
-        Size of the latent space.
-    channels : int, optional
-        State channels, for ``"gridded"``.
-    grid_shape : (int, int), optional
-        ``(H, W)``, for ``"gridded"``.
-    n_obs : int, optional
-        Number of slots, for ``"points"``.
-    width : int, default 32
-        ``"gridded"``: as in :class:`StateVAE`. ``"points"``: the hidden layers have
-        ``8 * width`` units.
-    depth : int, default 3
-        ``"gridded"``: downsampling stages. ``"points"``: hidden layers (at least 1).
-    periodic_lon : bool, default False
-        ``"gridded"``: periodic padding of the last axis.
-
-    Notes
-    -----
-    Missing values must be set to 0 (and the mask to False) before calling the module;
-    :meth:`~xensf.latent.model.LatentModel.encode_obs` does it.
+    channels : int
+        State channels.
+    latent : LatentGrid
+        The state VAE's latent grid.
+    width, blocks, periodic_lon
+        As in :class:`StateVAE`.
     """
 
     def __init__(
         self,
-        kind: str,
-        latent_dim: int,
-        *,
-        channels: int | None = None,
-        grid_shape: tuple[int, int] | None = None,
-        n_obs: int | None = None,
-        width: int = 32,
-        depth: int = 3,
+        channels: int,
+        latent: LatentGrid,
+        width: int = 64,
+        blocks: int = 2,
         periodic_lon: bool = False,
     ):
         super().__init__()
-        if kind not in OBS_KINDS:
-            raise OptionError(f"observation kind must be one of {OBS_KINDS}, got {kind!r}")
-        self.kind = kind
-        self.latent_dim = _check_positive_int(latent_dim, "latent_dim")
-        if kind == "gridded":
-            if channels is None or grid_shape is None:
-                raise OptionError('a "gridded" observation encoder needs channels and grid_shape')
-            self.net = ConvEncoder(
-                2 * channels, grid_shape, latent_dim, width, depth, periodic_lon
-            )
-        else:
-            _check_positive_int(n_obs, "n_obs")
-            hidden = 8 * _check_positive_int(width, "width")
-            layers: list[nn.Module] = []
-            n_in = 2 * n_obs
-            for _ in range(max(depth, 1)):
-                layers += [nn.Linear(n_in, hidden), nn.SiLU()]
-                n_in = hidden
-            layers.append(nn.Linear(n_in, 2 * latent_dim))
-            self.net = nn.Sequential(*layers)
+        self.channels = _check_positive_int(channels, "channels")
+        self.latent_dim = latent.size
+        self.net = ConvEncoder(2 * channels, latent, width, blocks, periodic_lon)
 
     def forward(
-        self, values: torch.Tensor, mask: torch.Tensor
+        self, values: torch.Tensor, weight: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(values, mask) -> (μ, log σ²)``, each ``(B, latent_dim)``.
+        """``(values, weight) -> (μ, log σ²)``, each ``(B, latent_dim)``.
 
-        ``values`` and ``mask`` are ``(B, C, H, W)`` (gridded) or ``(B, n_obs)``
-        (points); ``values`` must be 0 where ``mask`` is False.
+        ``values`` and ``weight`` are ``(B, C, H, W)``; ``values`` must be 0 where
+        ``weight`` is 0.
         """
-        inputs = torch.cat([values, mask.to(values.dtype)], dim=1)
-        if self.kind == "gridded":
-            return self.net(inputs)
-        return self.net(inputs).chunk(2, dim=-1)
+        return self.net(torch.cat([values, weight.to(values.dtype)], dim=1))

@@ -21,15 +21,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from ..errors import EnsembleError, ObservationMismatchError, OptionError, TrainingDataWarning
 from .model import LatentModel, build_networks
-from .networks import gaussian_kl, reparameterize
+from .networks import LatentGrid, choose_latent_grid, gaussian_kl, reparameterize
 
 __all__ = [
     "ObservationSampler",
@@ -37,6 +38,7 @@ __all__ = [
     "latent_loss",
     "mask_obs",
     "point_obs",
+    "station_obs",
     "train_latent_model",
 ]
 
@@ -117,6 +119,12 @@ class ObservationSampler:
         else:
             std = torch.as_tensor(self._std, dtype=x.dtype, device=x.device).reshape(1, -1)
             std = std.expand(x.shape[0], x.shape[1])
+        if self.layout["kind"] == "points":
+            # stations interpolate the state, then their own noise is added
+            values, mask = self._select(x)
+            chan = torch.as_tensor(self.layout["slot_channels"], device=x.device)
+            noise = torch.randn(values.shape, generator=generator, dtype=x.dtype)
+            return values + noise.to(x.device) * std[:, chan], mask
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         noisy = x + noise.to(x.device) * std[:, :, None, None]
         return self._select(noisy)
@@ -235,7 +243,9 @@ def point_obs(
     *,
     noise_std=None,
 ) -> ObservationSampler:
-    """Observe a fixed set of grid points as ``n_obs`` point slots (stations), with noise.
+    """Observe a fixed set of grid points as ``n_obs`` station slots, with noise.
+
+    The special case of :func:`station_obs` where every station sits on a grid point.
 
     Parameters
     ----------
@@ -249,47 +259,143 @@ def point_obs(
     Returns
     -------
     ObservationSampler
-        Points layout ``{"kind": "points", "n_obs": m, "slot_channels": [...], ...}``;
+        Points layout (see :func:`station_obs`) with ``"rows"`` and ``"cols"`` too;
         its values are ``(B, m)``.
     """
     rows_t = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
     cols_t = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
-    chan_t = (
-        torch.zeros_like(rows_t)
-        if channels is None
-        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
-    )
-    if not (rows_t.numel() == cols_t.numel() == chan_t.numel()) or rows_t.numel() == 0:
+    if rows_t.numel() != cols_t.numel():
         raise ObservationMismatchError(
-            f"rows, cols and channels must have the same positive length, got "
-            f"{rows_t.numel()}, {cols_t.numel()}, {chan_t.numel()}"
+            f"rows and cols must have the same length, got {rows_t.numel()} and {cols_t.numel()}"
         )
-    layout = {
-        "kind": "points",
-        "sampler": "points",
-        "n_obs": rows_t.numel(),
-        "slot_channels": chan_t.tolist(),
-        "rows": rows_t.tolist(),
-        "cols": cols_t.tolist(),
-    }
+    width = None
 
-    def check(channels, grid_shape):
+    def grid_points(grid_shape):
+        nonlocal width
         h, w = grid_shape
         bad = (rows_t < 0) | (rows_t >= h) | (cols_t < 0) | (cols_t >= w)
-        bad |= (chan_t < 0) | (chan_t >= channels)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ObservationMismatchError(
-                f"observation slot {i} (channel {int(chan_t[i])}, row {int(rows_t[i])}, "
-                f"column {int(cols_t[i])}) lies outside {channels} channel(s) on the "
-                f"{h}x{w} grid"
+                f"observation slot {i} (row {int(rows_t[i])}, column {int(cols_t[i])}) lies "
+                f"outside the {h}x{w} grid"
+            )
+        width = w
+
+    sampler = station_obs(
+        None, None, channels, noise_std_fraction, noise_std=noise_std, n_obs=rows_t.numel()
+    )
+    sampler.layout.update(rows=rows_t.tolist(), cols=cols_t.tolist())
+    inner_check = sampler._check
+
+    def check(n_channels, grid_shape):
+        grid_points(grid_shape)
+        flat = (rows_t * grid_shape[1] + cols_t)[:, None]
+        sampler.layout["indices"] = flat.expand(-1, 4).tolist()
+        sampler.layout["weights"] = [[1.0, 0.0, 0.0, 0.0]] * rows_t.numel()
+        inner_check(n_channels, grid_shape)
+
+    sampler._check = check
+    return sampler
+
+
+def station_obs(
+    indices,
+    weights,
+    channels: Sequence[int] | None = None,
+    noise_std_fraction: float = 0.1,
+    *,
+    noise_std=None,
+    observed=None,
+    n_obs: int | None = None,
+) -> ObservationSampler:
+    """Observe stations anywhere in the grid (``n_obs`` slots), with noise.
+
+    Each slot observes one channel as a bilinear combination of four grid points — the
+    value a station between grid points sees — plus Gaussian noise of its own.
+
+    Parameters
+    ----------
+    indices : array_like of int, ``(n_obs, 4)``
+        Flattened grid indices (``row * W + col``) of the four points around each
+        station, as :func:`xensf.obs.bilinear_weights` gives them.
+    weights : array_like of float, ``(n_obs, 4)``
+        Their weights, non-negative, summing to 1 per station.
+    channels : sequence of int, optional
+        Channel observed by each slot; default channel 0 for all.
+    noise_std_fraction, noise_std
+        As in :func:`gridded_stride_obs`; the fraction is of the spatial std of the
+        slot's channel in each sample.
+    observed : array_like of bool, ``(n_obs,)``, optional
+        Slots that are observed; the others are always missing (NaN, mask False) —
+        e.g. levels that a station network does not measure. Default: all.
+    n_obs : int, optional
+        Only for :func:`point_obs`, which fills ``indices`` and ``weights`` later.
+
+    Returns
+    -------
+    ObservationSampler
+        Points layout ``{"kind": "points", "n_obs": m, "slot_channels": [...],
+        "indices": [...], "weights": [...], ...}``; its values are ``(B, m)``.
+    """
+    if indices is not None:
+        idx_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        w_t = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if idx_t.ndim != 2 or idx_t.shape[1] != 4 or w_t.shape != idx_t.shape:
+            raise ObservationMismatchError(
+                f"station indices and weights must both be (n_obs, 4), got "
+                f"{tuple(idx_t.shape)} and {tuple(w_t.shape)}"
+            )
+        if bool((w_t < 0).any()) or not torch.allclose(w_t.sum(-1), torch.ones(()).double()):
+            raise ObservationMismatchError("station weights must be >= 0 and sum to 1 per station")
+        n_obs = idx_t.shape[0]
+    chan_t = (
+        torch.zeros(n_obs, dtype=torch.long)
+        if channels is None
+        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
+    )
+    if n_obs is None or n_obs == 0 or chan_t.numel() != n_obs:
+        raise ObservationMismatchError(
+            f"stations need the same positive number of slots in indices, weights and "
+            f"channels; got {n_obs} and {chan_t.numel()} channels"
+        )
+    layout: dict[str, Any] = {
+        "kind": "points",
+        "sampler": "stations",
+        "n_obs": int(n_obs),
+        "slot_channels": chan_t.tolist(),
+    }
+    if indices is not None:
+        layout["indices"] = idx_t.tolist()
+        layout["weights"] = w_t.tolist()
+    keep = torch.ones(n_obs, dtype=torch.bool)
+    if observed is not None:
+        keep = torch.as_tensor(np.asarray(observed, dtype=bool)).reshape(-1)
+        if keep.numel() != n_obs:
+            raise ObservationMismatchError(
+                f"observed has {keep.numel()} entries for {n_obs} station slots"
+            )
+        layout["observed"] = keep.tolist()
+
+    def check(channels, grid_shape):
+        h, w = grid_shape
+        bad = (chan_t < 0) | (chan_t >= channels)
+        idx = torch.as_tensor(layout["indices"])
+        bad |= ((idx < 0) | (idx >= h * w)).any(-1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ObservationMismatchError(
+                f"observation slot {i} (channel {int(chan_t[i])}, grid points "
+                f"{idx[i].tolist()}) lies outside {channels} channel(s) on the {h}x{w} grid"
             )
 
-    def select(noisy):
-        values = noisy[
-            :, chan_t.to(noisy.device), rows_t.to(noisy.device), cols_t.to(noisy.device)
-        ]
-        return values, torch.ones_like(values, dtype=torch.bool)
+    def select(x):
+        flat = x.flatten(2)  # (B, C, H*W)
+        idx = torch.as_tensor(layout["indices"], device=x.device)
+        w = torch.as_tensor(layout["weights"], dtype=x.dtype, device=x.device)
+        values = (flat[:, chan_t.to(x.device)[:, None], idx] * w).sum(-1)
+        mask = keep.to(x.device).expand(values.shape)
+        return torch.where(mask, values, torch.full((), math.nan, dtype=values.dtype)), mask
 
     return ObservationSampler(layout, select, check, noise_std_fraction, noise_std)
 
@@ -324,8 +430,8 @@ def latent_loss(
     x : torch.Tensor
         ``(B, C, H, W)`` states, **normalised**.
     obs_values, obs_mask : torch.Tensor
-        Normalised observations with 0 where missing, and their mask (see
-        :meth:`LatentModel.normalize_obs`).
+        The observation encoder's input on the grid: normalised values with 0 where
+        missing, and their weight (see :meth:`LatentModel.obs_inputs`).
     lam : float
         KL weight ``λ``.
     generator : torch.Generator, optional
@@ -532,15 +638,21 @@ def train_latent_model(
     states,
     make_obs: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
     *,
-    latent_dim: int = 32,
-    width: int = 32,
-    depth: int = 3,
-    lam: float = 1.0,
+    latent_dim: int = 400,
+    latent_channels: int | None = None,
+    patch: int | None = None,
+    downsample: int | None = None,
+    width: int = 64,
+    blocks: int = 2,
+    lam: float = 1e-3,
+    kl_warmup: float = 0.2,
     epochs: int = 100,
-    batch_size: int = 32,
+    time_budget: float | None = None,
+    batch_size: int = 64,
     lr: float = 1e-3,
+    min_lr_fraction: float = 0.02,
     val_fraction: float = 0.1,
-    patience: int = 10,
+    patience: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -553,11 +665,16 @@ def train_latent_model(
     """Train a state VAE and an observation encoder for Latent-EnSF.
 
     The loss (see :func:`latent_loss` and the module docstring) is minimised with Adam
-    on per-channel normalised states. After each epoch the loss on validation states
-    (latent means decoded, fixed observation noise) is computed; training stops after
-    ``patience`` epochs without improvement, and the weights of the best epoch are
-    kept. Finally the latent observation error is estimated per latent dimension as
-    the root-mean-square of ``μ_obs(y) − μ(x)`` over the validation set.
+    on per-channel normalised states, the learning rate following a cosine from ``lr``
+    down to ``min_lr_fraction · lr`` over the run (over ``epochs``, or over
+    ``time_budget`` seconds if that ends first) and the KL weight rising linearly from
+    0 to ``lam`` over the first ``kl_warmup`` of the run. After each epoch the
+    validation states are encoded and decoded (latent means; fixed observation noise):
+    the loss and the relative reconstruction error are shown on the progress bar and
+    recorded, and the weights of the epoch with the lowest validation loss are kept.
+    Finally, on the validation set: the reconstruction error per channel (the model's
+    quality record, ``config["quality"]``), the latent observation error (RMS of
+    ``μ_obs(y) − μ(x)`` per latent value) and the spread of the latent means.
 
     Parameters
     ----------
@@ -571,36 +688,52 @@ def train_latent_model(
     make_obs : callable
         ``make_obs(x, generator) -> (values, mask)``: synthetic observations of a batch
         ``x`` of states (physical units), ``(B, C, H, W)`` with NaN where unobserved or
-        ``(B, n_obs)`` slots, and a boolean mask. Noise must come from ``generator``
-        (CPU) for the run to be reproducible. Use :func:`gridded_stride_obs`,
-        :func:`mask_obs` or :func:`point_obs`; any other callable works if its output
-        has one of those forms (for points of a multi-channel state it must have a
-        ``slot_channels`` attribute).
-    latent_dim : int, default 32
-        Size of the latent space.
-    width, depth : int, default 32, 3
-        Network size (see :class:`~xensf.latent.networks.StateVAE`).
-    lam : float, default 1.0
-        KL weight ``λ`` (against squared errors summed over the grid).
+        ``(B, n_obs)`` station slots, and a boolean mask. Noise must come from
+        ``generator`` (CPU) for the run to be reproducible. Use
+        :func:`gridded_stride_obs`, :func:`mask_obs`, :func:`point_obs` or
+        :func:`station_obs`; any other callable works if its output is gridded
+        (station slots need an :class:`ObservationSampler`, which says where they are).
+    latent_dim : int, default 400
+        The latent size aimed at: :func:`~xensf.latent.networks.choose_latent_grid`
+        picks ``latent_channels``, ``patch`` and ``downsample`` for the grid, unless
+        they are given.
+    latent_channels, patch, downsample : int, optional
+        The latent grid explicitly (see :class:`~xensf.latent.networks.LatentGrid`):
+        ``latent_channels × ceil(H / f) × ceil(W / f)`` values, ``f = patch · 2**downsample``.
+    width : int, default 64
+        Channels of the hidden layers.
+    blocks : int, default 2
+        Residual blocks at each scale.
+    lam : float, default 1e-3
+        KL weight ``λ`` (against squared normalised errors summed over the grid). 0
+        trains deterministic autoencoders (latent means are decoded).
+    kl_warmup : float, default 0.2
+        Share of the run over which the KL weight rises from 0 to ``lam``.
     epochs : int, default 100
         Maximum number of epochs.
-    batch_size : int, default 32
+    time_budget : float, optional
+        Stop after this many seconds (at the end of the epoch that passes it); the
+        learning-rate schedule is stretched to it.
+    batch_size : int, default 64
         Batch size for tensor input.
     lr : float, default 1e-3
-        Adam learning rate.
+        Peak Adam learning rate.
+    min_lr_fraction : float, default 0.02
+        The learning rate at the end of the run, as a fraction of ``lr``.
     val_fraction : float, default 0.1
         Share of a tensor's samples held out for validation, in (0, 1).
-    patience : int, default 10
-        Epochs without a lower validation loss before stopping.
+    patience : int, optional
+        Stop after this many epochs without a lower validation loss; default never
+        (the schedule decides the end; the best epoch's weights are kept anyway).
     seed : int, default 0
         Seeds the initial weights, the split, the shuffling, the observation noise and
         the reparameterisation noise: the same seed gives the same weights (on the same
-        device and torch build; exactly so on CPU).
+        device and torch build; exactly so on CPU, without ``time_budget``).
     device : str or torch.device, optional
         Where to train; default CUDA if available, else CPU. Tensor states stay where
         they are and are moved batch by batch.
     progress : bool, default True
-        Show a tqdm progress bar over epochs.
+        Show a tqdm progress bar over epochs with the validation reconstruction error.
     val_states : tensor, array, re-iterable or callable, optional
         Validation states; required when ``states`` is a stream, optional otherwise
         (then ``val_fraction`` is not used).
@@ -615,9 +748,11 @@ def train_latent_model(
     Returns
     -------
     LatentModel
-        On ``device``, in evaluation mode; ``config["training"]`` records the history
-        (per-epoch losses and loss terms), the epochs run, the best epoch, the seed and
-        the data sizes.
+        On ``device``, in evaluation mode. ``config["quality"]`` holds the validation
+        reconstruction error per channel (``"rmse"`` in physical units and
+        ``"relative_rmse"``, divided by the channel's std); ``config["training"]``
+        the history (per-epoch losses, terms, validation errors, learning rate), the
+        epochs run, the best epoch, the seed, the data sizes and the seconds taken.
 
     Raises
     ------
@@ -629,19 +764,29 @@ def train_latent_model(
     OptionError
         Bad option values.
 
+    Warns
+    -----
+    TrainingDataWarning
+        Fewer training states than latent values: the model will not generalise.
+
     Examples
     --------
     >>> states = torch.rand(64, 1, 16, 16)
-    >>> model = train_latent_model(states, gridded_stride_obs(4), latent_dim=4, width=4,
+    >>> model = train_latent_model(states, gridded_stride_obs(4), latent_dim=16, width=8,
     ...                            epochs=2, progress=False)
-    >>> model.latent_obs_std.shape
-    torch.Size([4])
+    >>> model.latent_shape, model.latent_obs_std.shape
+    ((1, 4, 4), torch.Size([16]))
     """
     from tqdm.auto import tqdm
 
     _positive_int(epochs, "epochs")
     _positive_int(batch_size, "batch_size")
-    _positive_int(patience, "patience")
+    _positive_int(width, "width")
+    _positive_int(latent_dim, "latent_dim")
+    if patience is not None:
+        _positive_int(patience, "patience")
+    if not (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0):
+        raise OptionError(f"blocks must be an integer >= 0, got {blocks!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise OptionError(f"seed must be an integer, got {seed!r}")
     seed = int(seed)
@@ -650,6 +795,13 @@ def train_latent_model(
             raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
     if lr <= 0:
         raise OptionError(f"lr must be positive, got {lr!r}")
+    for value, name in ((kl_warmup, "kl_warmup"), (min_lr_fraction, "min_lr_fraction")):
+        if not (isinstance(value, int | float) and 0 <= value <= 1):
+            raise OptionError(f"{name} must lie in [0, 1], got {value!r}")
+    if time_budget is not None and not (
+        isinstance(time_budget, int | float) and time_budget > 0 and math.isfinite(time_budget)
+    ):
+        raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split_gen = torch.Generator().manual_seed(seed)
 
@@ -658,6 +810,24 @@ def train_latent_model(
     )
     probe = _first_batch(train_src)
     channels, grid_shape = probe.shape[1], tuple(probe.shape[-2:])
+    grid = choose_latent_grid(grid_shape, latent_dim)
+    for key, value in (
+        ("latent_channels", latent_channels),
+        ("patch", patch),
+        ("downsample", downsample),
+    ):
+        if value is not None:
+            grid[key] = value
+    latent = LatentGrid(grid_shape, **grid)  # checks the values
+    if n_train is not None and n_train < latent.size:
+        warnings.warn(
+            f"{n_train} training states for a latent of {latent.size} values "
+            f"({'x'.join(map(str, latent.shape))}): a model this size needs many more states "
+            "than latent values to generalise. Give more states (more runs, more times) or "
+            "a smaller latent_dim.",
+            TrainingDataWarning,
+            stacklevel=2,
+        )
     if normalization is None:
         mean, std = _statistics(train_src, "states", channels)
     else:
@@ -675,9 +845,9 @@ def train_latent_model(
         "architecture": {
             "channels": channels,
             "grid_shape": list(grid_shape),
-            "latent_dim": latent_dim,
+            **grid,
             "width": width,
-            "depth": depth,
+            "blocks": blocks,
             "periodic_lon": bool(periodic_lon),
         },
         "obs_layout": layout,
@@ -689,38 +859,34 @@ def train_latent_model(
         vae, obs_encoder = build_networks(config)
     vae.to(device)
     obs_encoder.to(device)
-    model = LatentModel(vae, obs_encoder, mean, std, torch.ones(latent_dim), config)
+    model = LatentModel(vae, obs_encoder, mean, std, torch.ones(latent.size), config)
     params = [*vae.parameters(), *obs_encoder.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
     obs_gen = torch.Generator().manual_seed(seed + 1)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
+    sample = lam > 0
 
     def prepare(batch, generator):
         x = batch.to(device=device, dtype=torch.float32)
         values, mask = make_obs(x, generator)
-        obs_values, obs_mask = model.normalize_obs(values, mask)
-        return model.normalize(x), obs_values, obs_mask
-
-    def validate() -> float:
-        model.vae.eval()
-        model.obs_encoder.eval()
-        total, count = 0.0, 0
-        gen = torch.Generator().manual_seed(seed + 3)  # the same noise every epoch
-        with torch.no_grad():
-            for i, batch in enumerate(val_src.batches(0)):
-                _check_finite(batch, "val_states", f"batch {i}")
-                x, ov, om = prepare(batch, gen)
-                loss, _ = latent_loss(model, x, ov, om, lam, sample=False)
-                total += float(loss) * x.shape[0]
-                count += x.shape[0]
-        return total / count
+        obs_values, obs_weight = model.obs_inputs(values, mask)
+        return model.normalize(x), obs_values, obs_weight
 
     history: list[dict[str, Any]] = []
     best = (math.inf, -1, None)
     waited = 0
     started = time.perf_counter()
-    bar = tqdm(range(epochs), desc="training latent model", disable=not progress, unit="epoch")
-    for epoch in bar:
+    steps_per_epoch = None
+    step = 0
+
+    def run_fraction() -> float:
+        done = step / (steps_per_epoch * epochs) if steps_per_epoch else 0.0
+        if time_budget is not None:
+            done = max(done, (time.perf_counter() - started) / time_budget)
+        return min(done, 1.0)
+
+    bar = tqdm(total=epochs, desc="training latent model", disable=not progress, unit="epoch")
+    for epoch in range(epochs):
         model.vae.train()
         model.obs_encoder.train()
         sums: dict[str, float] = {}
@@ -728,59 +894,94 @@ def train_latent_model(
         for i, batch in enumerate(train_src.batches(epoch)):
             if epoch > 0 or normalization is not None:
                 _check_finite(batch, "states", f"epoch {epoch}, batch {i}")
-            x, ov, om = prepare(batch, obs_gen)
-            loss, terms = latent_loss(model, x, ov, om, lam, noise_gen)
+            frac = run_fraction()
+            rate = lr * (
+                min_lr_fraction + (1 - min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
+            )
+            for group in optimiser.param_groups:
+                group["lr"] = rate
+            weight = lam * min(1.0, frac / kl_warmup) if kl_warmup > 0 else lam
+            x, ov, ow = prepare(batch, obs_gen)
+            loss, terms = latent_loss(model, x, ov, ow, weight, noise_gen, sample=sample)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            step += 1
             n = x.shape[0]
             seen += n
             for k, v in {"loss": float(loss.detach()), **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v * n
         if seen == 0:
             raise EnsembleError(f"the training states yielded no data in epoch {epoch}")
+        if steps_per_epoch is None:
+            steps_per_epoch = step
         train_terms = {k: v / seen for k, v in sums.items()}
-        val_loss = validate()
-        if not math.isfinite(val_loss):
-            raise OptionError(f"the validation loss became {val_loss} in epoch {epoch}; lower lr")
+        check = _evaluate(model, val_src, prepare, seed, lam)
+        if not math.isfinite(check["loss"]):
+            raise OptionError(
+                f"the validation loss became {check['loss']} in epoch {epoch}; lower lr"
+            )
         history.append(
             {
                 "epoch": epoch,
                 "train_loss": train_terms.pop("loss"),
-                "val_loss": val_loss,
+                "val_loss": check["loss"],
+                "val_relative_rmse": check["relative_rmse"],
+                "val_obs_relative_rmse": check["obs_relative_rmse"],
+                "lr": rate,
+                "seconds": time.perf_counter() - started,
                 "train_terms": train_terms,
             }
         )
-        bar.set_postfix(train=f"{history[-1]['train_loss']:.4g}", val=f"{val_loss:.4g}")
-        if val_loss < best[0]:
+        bar.update(1)
+        bar.set_postfix(
+            val_rec=f"{check['relative_rmse']:.3f}", val_obs=f"{check['obs_relative_rmse']:.3f}"
+        )
+        if check["loss"] < best[0]:
             weights = (copy.deepcopy(vae.state_dict()), copy.deepcopy(obs_encoder.state_dict()))
-            best = (val_loss, epoch, weights)
+            best = (check["loss"], epoch, weights)
             waited = 0
         else:
             waited += 1
-            if waited >= patience:
+            if patience is not None and waited >= patience:
                 break
+        if run_fraction() >= 1.0:
+            break
     bar.close()
 
     vae.load_state_dict(best[2][0])
     obs_encoder.load_state_dict(best[2][1])
     vae.eval()
     obs_encoder.eval()
-    latent_std, bias = _latent_residuals(model, val_src, prepare, seed)
-    model.latent_obs_std = latent_std.to(model.dtype)
+    final = _evaluate(model, val_src, prepare, seed, lam, full=True)
+    model.latent_obs_std = final["latent_obs_std"].to(device=model.device, dtype=model.dtype)
+    model.config["latent"] = {"scale": final["latent_scale"].tolist()}
+    model.config["quality"] = {
+        "what": (
+            "validation reconstruction error decode(encode(x)) - x per channel: rmse in the "
+            "channel's units, relative_rmse = rmse / the channel's std over the training data"
+        ),
+        "rmse": (final["channel_rmse"] * std.double()).tolist(),
+        "relative_rmse": final["channel_rmse"].tolist(),
+        "obs_relative_rmse": final["channel_obs_rmse"].tolist(),
+        "n_val": final["count"],
+    }
     model.config["training"] = {
         "seed": seed,
         "lam": float(lam),
+        "kl_warmup": float(kl_warmup),
         "lr": float(lr),
+        "min_lr_fraction": float(min_lr_fraction),
         "batch_size": batch_size,
         "epochs_max": epochs,
+        "time_budget": time_budget,
         "patience": patience,
         "epochs_run": len(history),
         "best_epoch": best[1],
         "best_val_loss": best[0],
         "n_train": n_train,
         "n_val": n_val,
-        "latent_residual_bias": bias.tolist(),
+        "latent_residual_bias": final["latent_bias"].tolist(),
         "device": str(device),
         "seconds": time.perf_counter() - started,
         "history": history,
@@ -788,19 +989,63 @@ def train_latent_model(
     return model
 
 
-def _latent_residuals(model, val_src, prepare, seed) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMS (floored) and mean of ``μ_obs(y) − μ(x)`` over the validation set."""
-    gen = torch.Generator().manual_seed(seed + 3)
-    sq, total, count = 0.0, 0.0, 0
+def _evaluate(model, val_src, prepare, seed, lam, full: bool = False) -> dict[str, Any]:
+    """Validation figures of the current weights.
+
+    The loss (latent means decoded), the relative reconstruction error of the states
+    and of the decoded observation encoding (RMS over channels of the per-channel RMSE
+    in normalised units); with ``full`` also per-channel errors, the RMS (floored) and
+    mean of ``μ_obs(y) − μ(x)`` per latent value and the std of the latent means.
+    """
+    model.vae.eval()
+    model.obs_encoder.eval()
+    gen = torch.Generator().manual_seed(seed + 3)  # the same noise every time
+    total = 0.0
+    count = 0
+    sq = sq_obs = None
+    r_sq = r_sum = z_sum = z_sq = 0.0
     with torch.no_grad():
-        for batch in val_src.batches(0):
-            x, ov, om = prepare(batch, gen)
-            r = (model.obs_encoder(ov, om)[0] - model.vae.encode(x)[0]).double()
-            sq = sq + r.square().sum(0)
-            total = total + r.sum(0)
-            count += r.shape[0]
-    rms = (sq / count).sqrt().clamp_min(_MIN_LATENT_OBS_STD)
-    return rms.float().cpu().to(model.device), (total / count).float().cpu()
+        for i, batch in enumerate(val_src.batches(0)):
+            _check_finite(batch, "val_states", f"batch {i}")
+            x, ov, ow = prepare(batch, gen)
+            loss, _ = latent_loss(model, x, ov, ow, lam, sample=False)
+            total += float(loss) * x.shape[0]
+            count += x.shape[0]
+            mu = model.vae.encode(x)[0]
+            mu_o = model.obs_encoder(ov, ow)[0]
+            err = (model.vae.decode(mu) - x).square().mean((-2, -1)).double().sum(0)
+            err_o = (model.vae.decode(mu_o) - x).square().mean((-2, -1)).double().sum(0)
+            sq = err if sq is None else sq + err
+            sq_obs = err_o if sq_obs is None else sq_obs + err_o
+            if full:
+                r = (mu_o - mu).double()
+                r_sq = r_sq + r.square().sum(0)
+                r_sum = r_sum + r.sum(0)
+                z_sum = z_sum + mu.double().sum(0)
+                z_sq = z_sq + mu.double().square().sum(0)
+    channel = (sq / count).sqrt().cpu()
+    channel_obs = (sq_obs / count).sqrt().cpu()
+    out: dict[str, Any] = {
+        "loss": total / count,
+        "relative_rmse": float(channel.square().mean().sqrt()),
+        "obs_relative_rmse": float(channel_obs.square().mean().sqrt()),
+        "count": count,
+    }
+    if full:
+        z_mean = z_sum / count
+        out.update(
+            channel_rmse=channel,
+            channel_obs_rmse=channel_obs,
+            latent_obs_std=(r_sq / count).sqrt().clamp_min(_MIN_LATENT_OBS_STD).float().cpu(),
+            latent_bias=(r_sum / count).float().cpu(),
+            latent_scale=(z_sq / count - z_mean.square())
+            .clamp_min(0)
+            .sqrt()
+            .clamp_min(_MIN_LATENT_OBS_STD)
+            .float()
+            .cpu(),
+        )
+    return out
 
 
 def _split(states, val_states, val_fraction, batch_size, generator):

@@ -1,0 +1,77 @@
+"""Latent-model training throughput: states per second at the twin's two sizes.
+
+    python benchmarks/bench_training_throughput.py [--device cpu|cuda] [--threads K]
+                                                   [--states S] [--epochs E]
+
+Trains the demo's architecture (:data:`xensf.demo_swe.TRAINING`: 3 channels, a
+4 x 10 x 10 latent, width 64, 2 residual blocks per scale, batch 64, the full
+Latent-EnSF loss with both decoders) on random states of 40 x 40 and 150 x 150 and
+prints the training states per second of the optimisation epochs (validation passes
+excluded; the first epoch is a warm-up and not counted). The states are random: the
+speed does not depend on what they hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import torch
+
+from xensf.demo_swe import TRAINING
+from xensf.latent import gridded_stride_obs, train_latent_model
+
+
+def throughput(n: int, kind: str, states: int, epochs: int, device: str) -> float:
+    spec = TRAINING[kind]
+    data = torch.randn(states, 3, n, n)
+    model = train_latent_model(
+        data,
+        gridded_stride_obs(4 if n == 40 else 15),
+        latent_dim=spec["latent_dim"],
+        width=spec["width"],
+        blocks=spec["blocks"],
+        lam=spec["lam"],
+        epochs=epochs + 1,
+        batch_size=64,
+        val_fraction=0.05,
+        device=device,
+        progress=False,
+    )
+    history = model.config["training"]["history"]
+    n_train = model.config["training"]["n_train"]
+    # per-epoch seconds include a validation pass; time it apart to leave it out
+    seconds = [b["seconds"] - a["seconds"] for a, b in itertools.pairwise(history)]
+    val = model.config["training"]["n_val"]
+    x = data[:val].to(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in x.split(64):
+            model.vae.decode(model.vae.encode(batch)[0])
+            model.vae.decode(model.vae.encode(batch)[0])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    val_seconds = time.perf_counter() - start
+    return n_train / (sum(seconds) / len(seconds) - val_seconds), str(model.latent_shape)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--states", type=int, default=640)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"# training throughput on {name}, {torch.get_num_threads()} torch threads")
+    print(f"{'grid':>9} {'latent':>12} {'states/s':>10}")
+    for n, kind in ((40, "demo"), (150, "full")):
+        rate, latent = throughput(n, kind, args.states, args.epochs, args.device)
+        print(f"{n:>4} x {n:<3} {latent:>12} {rate:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
