@@ -73,20 +73,28 @@ class EnsfDatasetAccessor:
             dim must hold times of the state (missing times: no observations then).
             Units are converted to the state's with pint; observations without a units
             attribute are taken to be in the state's units.
-        method : {"ensf", "letkf", "latent-ensf", "latent-letkf"}, optional
+        method : {"ensf", "letkf", "latent-ensf", "latent-ensf-letkf", "latent-letkf"}, optional
             ``"ensf"`` (default without a model): the ensemble score filter on
             standardised variables; ``"letkf"``: the local ensemble transform Kalman
             filter; ``"latent-ensf"`` (default with a model): Latent-EnSF, the score
-            filter in the latent space of ``model``; ``"latent-letkf"``: the ETKF there.
+            filter in the latent space of ``model``; ``"latent-ensf-letkf"``:
+            Latent-EnSF, then a localised LETKF with the real observations (from the
+            prior recentred on the latent analysis where the prior is far off and does
+            not know it, else from the prior; needs ``obs_error``); ``"latent-letkf"``:
+            the ETKF in latent space. Latent methods warn
+            :class:`~xensf.errors.ModelQualityWarning` when the model cannot represent
+            the data as well as the observations pin it down.
         model : LatentModel or path, optional
             A trained latent model (``xensf.load(path)``, ``xensf.train_latent(...)``) or
             the path of its bundle, for the latent methods. It must have been trained on
             this grid, these variables, levels and units (checked, with an error naming
-            the difference); the observations must be gridded. Workers receive the
-            bundle's path and load it once each.
+            the difference); the observations must be gridded for a gridded model, or
+            the model's own stations (any subset) for a station model. Workers receive
+            the bundle's path and load it once each.
         obs_error : float, str, mapping, optional
-            Not for latent methods (their error is the model's latent observation
-            error, estimated at training). Observation-error standard deviation: a number in the state's units, a
+            Not for ``latent-ensf`` and ``latent-letkf`` (their error is the model's
+            latent observation error, estimated at training); required by
+            ``latent-ensf-letkf`` for its LETKF step. Observation-error standard deviation: a number in the state's units, a
             mapping ``{variable: number}`` (or ``{variable: {level: number}}``), or a
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:
@@ -115,11 +123,13 @@ class EnsfDatasetAccessor:
             spread), ``loc_radius`` (Gaspari–Cohn half-width c, in km on lat/lon grids,
             in coordinate units on planar grids; weights vanish beyond 2c; None: no
             localisation). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
-            ``prior_score``, ``likelihood`` (as for ``ensf``; the latent space is already
-            standardised) and ``update`` ("decode", the published method: members are
+            ``prior_score``, ``likelihood`` (as for ``ensf``, default "gaussian"; the
+            latent values are standardised by their spread over the training data) and
+            ``update`` ("decode", the published method: members are
             decoded posterior latents; or "increment": each member plus the decoded
             latent increment, which keeps what the VAE cannot represent).
-            ``latent-letkf``: ``inflation``, ``rtps``, ``update``.
+            ``latent-ensf-letkf``: those of ``latent-ensf`` and of ``letkf``.
+            ``latent-letkf``: ``inflation``, ``rtps`` (0.9), ``update``.
 
         Returns
         -------

@@ -138,7 +138,7 @@ def cycle(
         Observations along a time dim, gridded (NaN where unobserved) or point, as
         :meth:`xarray.Dataset.ensf.assimilate` takes them. Every observation time must
         be a model time and on a cycle boundary, ``t0 + i · every · time_step``.
-    method : {"ensf", "letkf", "latent-ensf", "latent-letkf"}, optional
+    method : {"ensf", "letkf", "latent-ensf", "latent-ensf-letkf", "latent-letkf"}, optional
         The analysis; default ``"latent-ensf"`` with ``latent_model``, else ``"ensf"``.
     latent_model : LatentModel or path, optional
         The trained latent model of the latent methods (``model=`` of
