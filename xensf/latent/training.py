@@ -264,39 +264,47 @@ def point_obs(
     """
     rows_t = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
     cols_t = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
-    if rows_t.numel() != cols_t.numel():
+    chan_t = (
+        torch.zeros_like(rows_t)
+        if channels is None
+        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
+    )
+    m = rows_t.numel()
+    if not (m == cols_t.numel() == chan_t.numel()) or m == 0:
         raise ObservationMismatchError(
-            f"rows and cols must have the same length, got {rows_t.numel()} and {cols_t.numel()}"
+            f"rows, cols and channels must have the same positive length, got "
+            f"{m}, {cols_t.numel()}, {chan_t.numel()}"
         )
-    width = None
+    layout: dict[str, Any] = {
+        "kind": "points",
+        "sampler": "points",
+        "n_obs": m,
+        "slot_channels": chan_t.tolist(),
+        "rows": rows_t.tolist(),
+        "cols": cols_t.tolist(),
+    }
 
-    def grid_points(grid_shape):
-        nonlocal width
+    def check(n_channels, grid_shape):
         h, w = grid_shape
         bad = (rows_t < 0) | (rows_t >= h) | (cols_t < 0) | (cols_t >= w)
+        bad |= (chan_t < 0) | (chan_t >= n_channels)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ObservationMismatchError(
-                f"observation slot {i} (row {int(rows_t[i])}, column {int(cols_t[i])}) lies "
-                f"outside the {h}x{w} grid"
+                f"observation slot {i} (channel {int(chan_t[i])}, row {int(rows_t[i])}, "
+                f"column {int(cols_t[i])}) lies outside {n_channels} channel(s) on the "
+                f"{h}x{w} grid"
             )
-        width = w
+        # the station form the model reads: all the weight on one grid point
+        layout["indices"] = (rows_t * w + cols_t)[:, None].expand(-1, 4).tolist()
+        layout["weights"] = [[1.0, 0.0, 0.0, 0.0]] * m
 
-    sampler = station_obs(
-        None, None, channels, noise_std_fraction, noise_std=noise_std, n_obs=rows_t.numel()
-    )
-    sampler.layout.update(rows=rows_t.tolist(), cols=cols_t.tolist())
-    inner_check = sampler._check
+    def select(x):
+        d = x.device
+        values = x[:, chan_t.to(d), rows_t.to(d), cols_t.to(d)]
+        return values, torch.ones_like(values, dtype=torch.bool)
 
-    def check(n_channels, grid_shape):
-        grid_points(grid_shape)
-        flat = (rows_t * grid_shape[1] + cols_t)[:, None]
-        sampler.layout["indices"] = flat.expand(-1, 4).tolist()
-        sampler.layout["weights"] = [[1.0, 0.0, 0.0, 0.0]] * rows_t.numel()
-        inner_check(n_channels, grid_shape)
-
-    sampler._check = check
-    return sampler
+    return ObservationSampler(layout, select, check, noise_std_fraction, noise_std)
 
 
 def station_obs(
@@ -307,7 +315,6 @@ def station_obs(
     *,
     noise_std=None,
     observed=None,
-    n_obs: int | None = None,
 ) -> ObservationSampler:
     """Observe stations anywhere in the grid (``n_obs`` slots), with noise.
 
@@ -329,8 +336,6 @@ def station_obs(
     observed : array_like of bool, ``(n_obs,)``, optional
         Slots that are observed; the others are always missing (NaN, mask False) —
         e.g. levels that a station network does not measure. Default: all.
-    n_obs : int, optional
-        Only for :func:`point_obs`, which fills ``indices`` and ``weights`` later.
 
     Returns
     -------
@@ -338,23 +343,22 @@ def station_obs(
         Points layout ``{"kind": "points", "n_obs": m, "slot_channels": [...],
         "indices": [...], "weights": [...], ...}``; its values are ``(B, m)``.
     """
-    if indices is not None:
-        idx_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        w_t = torch.as_tensor(np.asarray(weights, dtype=np.float64))
-        if idx_t.ndim != 2 or idx_t.shape[1] != 4 or w_t.shape != idx_t.shape:
-            raise ObservationMismatchError(
-                f"station indices and weights must both be (n_obs, 4), got "
-                f"{tuple(idx_t.shape)} and {tuple(w_t.shape)}"
-            )
-        if bool((w_t < 0).any()) or not torch.allclose(w_t.sum(-1), torch.ones(()).double()):
-            raise ObservationMismatchError("station weights must be >= 0 and sum to 1 per station")
-        n_obs = idx_t.shape[0]
+    idx_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+    w_t = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    if idx_t.ndim != 2 or idx_t.shape[1] != 4 or w_t.shape != idx_t.shape:
+        raise ObservationMismatchError(
+            f"station indices and weights must both be (n_obs, 4), got "
+            f"{tuple(idx_t.shape)} and {tuple(w_t.shape)}"
+        )
+    if bool((w_t < 0).any()) or not torch.allclose(w_t.sum(-1), torch.ones(()).double()):
+        raise ObservationMismatchError("station weights must be >= 0 and sum to 1 per station")
+    n_obs = idx_t.shape[0]
     chan_t = (
         torch.zeros(n_obs, dtype=torch.long)
         if channels is None
         else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
     )
-    if n_obs is None or n_obs == 0 or chan_t.numel() != n_obs:
+    if n_obs == 0 or chan_t.numel() != n_obs:
         raise ObservationMismatchError(
             f"stations need the same positive number of slots in indices, weights and "
             f"channels; got {n_obs} and {chan_t.numel()} channels"
@@ -365,9 +369,8 @@ def station_obs(
         "n_obs": int(n_obs),
         "slot_channels": chan_t.tolist(),
     }
-    if indices is not None:
-        layout["indices"] = idx_t.tolist()
-        layout["weights"] = w_t.tolist()
+    layout["indices"] = idx_t.tolist()
+    layout["weights"] = w_t.tolist()
     keep = torch.ones(n_obs, dtype=torch.bool)
     if observed is not None:
         keep = torch.as_tensor(np.asarray(observed, dtype=bool)).reshape(-1)
