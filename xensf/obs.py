@@ -277,18 +277,27 @@ def bilinear_weights(
     shape = plat.shape
     plat, plon = plat.ravel(), plon.ravel()
 
-    inside = lat_axis.inside(plat) & lon_axis.inside(plon)
-    if not np.all(inside):
-        bad = np.flatnonzero(~inside)
-        listed = ", ".join(f"#{i} ({plat[i]:g}, {plon[i]:g})" for i in bad[:_MAX_LISTED])
-        more = f" and {bad.size - _MAX_LISTED} more" if bad.size > _MAX_LISTED else ""
-        raise ObservationDomainError(
-            f"{bad.size} of {plat.size} observation points lie outside the grid "
-            f"({lat_axis.extent}, {lon_axis.extent}): {listed}{more}. Drop them, or "
-            "use a grid that covers them."
-        )
+    _check_inside(
+        lat_axis.inside(plat) & lon_axis.inside(plon),
+        plat,
+        plon,
+        f"{lat_axis.extent}, {lon_axis.extent}",
+    )
 
     return _cell_corners(lat_axis.bracket(plat), lon_axis.bracket(plon), lon_axis.size, shape)
+
+
+def _check_inside(inside: np.ndarray, a: np.ndarray, b: np.ndarray, extent: str) -> None:
+    """ObservationDomainError listing the points (coordinates ``a, b``) not ``inside``."""
+    if np.all(inside):
+        return
+    bad = np.flatnonzero(~inside)
+    listed = ", ".join(f"#{i} ({a[i]:g}, {b[i]:g})" for i in bad[:_MAX_LISTED])
+    more = f" and {bad.size - _MAX_LISTED} more" if bad.size > _MAX_LISTED else ""
+    raise ObservationDomainError(
+        f"{bad.size} of {a.size} observation points lie outside the grid ({extent}): "
+        f"{listed}{more}. Drop them, or use a grid that covers them."
+    )
 
 
 def _cell_corners(rows, cols, ncol: int, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -320,18 +329,13 @@ def planar_bilinear_weights(grid_y, grid_x, y, x) -> tuple[np.ndarray, np.ndarra
     py, px = _as_points(y, x)
     shape = py.shape
     py, px = py.ravel(), px.ravel()
-    inside = y_axis.inside(py) & x_axis.inside(px)
-    if not np.all(inside):
-        bad = np.flatnonzero(~inside)
-        listed = ", ".join(f"#{i} ({py[i]:g}, {px[i]:g})" for i in bad[:_MAX_LISTED])
-        more = f" and {bad.size - _MAX_LISTED} more" if bad.size > _MAX_LISTED else ""
-        lo_y, hi_y = y_axis.ascending_values[[0, -1]]
-        lo_x, hi_x = x_axis.ascending_values[[0, -1]]
-        raise ObservationDomainError(
-            f"{bad.size} of {py.size} observation points lie outside the grid (y [{lo_y:g}, "
-            f"{hi_y:g}], x [{lo_x:g}, {hi_x:g}]): {listed}{more}. Drop them, or use a grid "
-            "that covers them."
-        )
+    (lo_y, hi_y), (lo_x, hi_x) = (a.ascending_values[[0, -1]] for a in (y_axis, x_axis))
+    _check_inside(
+        y_axis.inside(py) & x_axis.inside(px),
+        py,
+        px,
+        f"y [{lo_y:g}, {hi_y:g}], x [{lo_x:g}, {hi_x:g}]",
+    )
     return _cell_corners(y_axis.bracket(py), x_axis.bracket(px), x_axis.size, shape)
 
 

@@ -103,10 +103,7 @@ class LatentModel:
         self.std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
         self.latent_obs_std = torch.as_tensor(latent_obs_std, dtype=dtype, device=device)
         self.config = copy.deepcopy(dict(config))
-        arch = self.config.get("architecture", {})
-        missing = [k for k in _ARCHITECTURE_KEYS if k not in arch]
-        if missing:
-            raise OptionError(f"config['architecture'] misses {missing}")
+        _check_architecture(self.config)
         if self.mean.shape != (vae.channels,) or self.std.shape != (vae.channels,):
             raise OptionError(
                 f"mean and std must have one value per channel ({vae.channels}), got "
@@ -580,8 +577,9 @@ class LatentModel:
         """
         y = obs.reshape(obs.shape[0], -1).to(self.dtype)
         observed = ~torch.isnan(y) if mask is None else mask.reshape(y.shape).to(torch.bool)
-        y_n = self.observe(torch.nan_to_num(y)) if self.obs_kind == "gridded" else None
-        if y_n is None:
+        if self.obs_kind == "gridded":  # observations are states: observe them as such
+            y_n = self.observe(torch.nan_to_num(y))
+        else:  # station values, normalised by their slot's channel
             chan = self._slot_channels
             y_n = (torch.nan_to_num(y) - self.mean[chan]) / self.std[chan]
         w = observed.to(self.dtype)
@@ -724,6 +722,15 @@ def check_model_metadata(metadata: Mapping[str, Any], source: str = "the bundle"
         )
 
 
+def _check_architecture(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``config["architecture"]``, refused if it lacks a key the networks need."""
+    arch = config.get("architecture", {})
+    missing = [k for k in _ARCHITECTURE_KEYS if k not in arch]
+    if missing:
+        raise OptionError(f"config['architecture'] misses {missing}")
+    return arch
+
+
 def build_networks(config: Mapping[str, Any]) -> tuple[StateVAE, ObservationEncoder]:
     """Fresh (untrained) networks for a model configuration.
 
@@ -736,10 +743,7 @@ def build_networks(config: Mapping[str, Any]) -> tuple[StateVAE, ObservationEnco
     -------
     vae, obs_encoder
     """
-    arch = config["architecture"]
-    missing = [k for k in _ARCHITECTURE_KEYS if k not in arch]
-    if missing:
-        raise OptionError(f"config['architecture'] misses {missing}")
+    arch = _check_architecture(config)
     latent = LatentGrid(
         tuple(arch["grid_shape"]), arch["latent_channels"], arch["patch"], arch["downsample"]
     )

@@ -264,11 +264,7 @@ def point_obs(
     """
     rows_t = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
     cols_t = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
-    chan_t = (
-        torch.zeros_like(rows_t)
-        if channels is None
-        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
-    )
+    chan_t = _slot_channels(channels, rows_t.numel())
     m = rows_t.numel()
     if not (m == cols_t.numel() == chan_t.numel()) or m == 0:
         raise ObservationMismatchError(
@@ -353,11 +349,7 @@ def station_obs(
     if bool((w_t < 0).any()) or not torch.allclose(w_t.sum(-1), torch.ones(()).double()):
         raise ObservationMismatchError("station weights must be >= 0 and sum to 1 per station")
     n_obs = idx_t.shape[0]
-    chan_t = (
-        torch.zeros(n_obs, dtype=torch.long)
-        if channels is None
-        else torch.as_tensor(channels, dtype=torch.long).reshape(-1)
-    )
+    chan_t = _slot_channels(channels, n_obs)
     if n_obs == 0 or chan_t.numel() != n_obs:
         raise ObservationMismatchError(
             f"stations need the same positive number of slots in indices, weights and "
@@ -401,6 +393,13 @@ def station_obs(
         return torch.where(mask, values, torch.full((), math.nan, dtype=values.dtype)), mask
 
     return ObservationSampler(layout, select, check, noise_std_fraction, noise_std)
+
+
+def _slot_channels(channels, n: int) -> torch.Tensor:
+    """The channel of each of ``n`` station slots: as given, or channel 0 for all."""
+    if channels is None:
+        return torch.zeros(n, dtype=torch.long)
+    return torch.as_tensor(np.asarray(channels), dtype=torch.long).reshape(-1)
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
