@@ -74,8 +74,9 @@ METHODS: dict[str, MethodSpec] = {
         {**_LATENT_ENSF, "inflation": 1.0, "rtps": 0.0, "loc_radius": None},
         needs_model=True,
         description=(
-            "Latent-EnSF, then a localised LETKF with the real observations on whichever "
-            "background fits them better: the latent analysis or the prior"
+            "Latent-EnSF, then a localised LETKF with the real observations, from the prior "
+            "recentred on the latent analysis where the prior is far off and its spread "
+            "does not show it, else from the prior"
         ),
     ),
 }
