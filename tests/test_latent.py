@@ -354,6 +354,34 @@ def test_streamed_states_need_validation_and_reiterability(blob_data):
         _tiny(iter(batches), 0, val_states=blob_data[48:])
 
 
+class _RunSource(xensf.latent.BatchSource):
+    """Runs of 8 states; validation holds out whole runs (a source's own split)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.size = data.shape[0]
+
+    def read(self, epoch):
+        for start in range(0, self.size, 8):
+            yield self.data[start : start + 8]
+
+    def split(self, val_fraction, generator):
+        runs = self.size // 8
+        held = max(1, round(runs * val_fraction)) * 8
+        return _RunSource(self.data[held:]), _RunSource(self.data[:held])
+
+
+def test_a_batch_source_makes_its_own_split_and_is_checked(blob_data):
+    model = _tiny(_RunSource(blob_data[:48]), 0, val_fraction=0.2)
+    record = model.config["training"]
+    assert (record["n_train"], record["n_val"]) == (40, 8)  # one whole run of 8 held out
+    torch.testing.assert_close(model.mean, blob_data[8:48].mean().reshape(1), rtol=1e-5, atol=0)
+    bad = blob_data[:48].clone()
+    bad[30, 0, 2, 2] = math.inf
+    with pytest.raises(EnsembleError, match="batch 2, sample 6"):  # row 30: 24-31 is batch 2
+        _tiny(_RunSource(bad), 0, val_fraction=0.2)
+
+
 def test_fewer_states_than_latent_values_warn(blob_data):
     with pytest.warns(xensf.TrainingDataWarning, match="36 training states for a latent of 64"):
         _tiny(blob_data[:40], 0, latent_dim=64)  # 4 held out for validation

@@ -6,8 +6,10 @@ level dims, stacks the state variables into channels exactly as the accessor sta
 forecast ensemble (so the model fits the data it will be applied to), turns an
 observation layout given in xarray terms (a stride, a mask, station locations) into a
 layer-2 observation sampler, and records the data signature that the accessor checks
-later. Numpy-backed data goes to the trainer as one tensor; dask-backed data is
-streamed, a block of at most ``batch_size`` samples at a time.
+later. Numpy-backed data goes to the trainer as one tensor; dask-backed data is a
+:class:`xensf.latent.BatchSource` that streams it, a block of at most
+``batch_size`` samples at a time, and holds out whole blocks for validation. Importing
+this module imports torch (``xensf.train_latent`` is loaded on first use).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from itertools import pairwise, product
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 
 from ..errors import (
@@ -25,6 +28,13 @@ from ..errors import (
     EnsembleError,
     ObservationMismatchError,
     OptionError,
+)
+from ..latent.training import (
+    BatchSource,
+    gridded_stride_obs,
+    mask_obs,
+    station_obs,
+    train_latent_model,
 )
 from ..obs import bilinear_weights, parse_relative, planar_bilinear_weights
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
@@ -128,8 +138,6 @@ def _coords_match(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _mask_sampler(mask: xr.DataArray, ds, dims, layout, levels, fraction, std):
-    from ..latent import mask_obs
-
     if mask.dtype != bool:
         raise ObservationMismatchError(
             f"an obs_layout DataArray on the grid is a mask and must be boolean, got {mask.dtype}"
@@ -217,8 +225,6 @@ def _point_dim(obs: xr.Dataset | xr.DataArray) -> tuple[str, str, str] | None:
 
 
 def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
-    from ..latent import station_obs
-
     point, lat_name, lon_name = spec
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
@@ -299,8 +305,6 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
 
 
 def _observation_sampler(obs_layout, ds, dims, layout, levels, noise):
-    from ..latent import gridded_stride_obs
-
     fraction, std = _noise(noise)
     h, w = layout.grid_shape
     if isinstance(obs_layout, int | np.integer | tuple | list) and not isinstance(
@@ -414,28 +418,44 @@ def _piece_size(piece: dict[str, slice]) -> int:
     return math.prod(s.stop - s.start for s in piece.values())
 
 
-class _DaskStream:
-    """Reads the state variables piece by piece; shuffles pieces per epoch (seeded).
+class _DatasetSource(BatchSource):
+    """Dask-backed states read piece by piece (see ``_blocks``), checked with labels.
 
-    Pieces are mixed through a buffer of a few batches, so that a batch is not made
-    of neighbours in time only. At most one piece (``<= batch_size`` samples) is
-    computed at a time.
+    Each epoch visits the pieces in a new seeded order and mixes them through a
+    buffer of a few batches, so that a batch is not made of neighbours in time only;
+    at most one piece (``<= batch_size`` samples) is computed at a time. The
+    validation split holds out whole pieces, read in a fixed order.
     """
 
-    def __init__(
-        self, ds, names, samples, levels, grid, n_fields, pieces, batch_size, seed, shuffle
-    ):
-        self.args = (names, samples, levels, grid, n_fields)
-        self.ds = ds[names]
+    def __init__(self, ds, layout_args, pieces, batch_size, seed, shuffle):
+        self.ds = ds
+        self.layout_args = layout_args  # names, samples, levels, grid, n_fields
         self.pieces = pieces
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.size = sum(_piece_size(p) for p in pieces)
 
-    def __call__(self, epoch: int) -> Iterator[Any]:
-        import torch
+    def split(self, val_fraction, generator):
+        order = torch.randperm(len(self.pieces), generator=generator).tolist()
+        val, n_val = [], 0
+        for k in order:
+            if n_val >= val_fraction * self.size or len(val) >= len(self.pieces) - 1:
+                break
+            val.append(k)
+            n_val += _piece_size(self.pieces[k])
+        held = set(val)
+        train = [p for k, p in enumerate(self.pieces) if k not in held]
+        args = (self.ds, self.layout_args)
+        return (
+            _DatasetSource(*args, train, self.batch_size, self.seed, shuffle=True),
+            _DatasetSource(
+                *args, [self.pieces[k] for k in sorted(val)], self.batch_size, 0, shuffle=False
+            ),
+        )
 
-        names, samples, levels, grid, n_fields = self.args
+    def read(self, epoch: int) -> Iterator[Any]:
+        names, samples, levels, grid, n_fields = self.layout_args
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.pieces)) if self.shuffle else range(len(self.pieces))
         buffer: list[np.ndarray] = []
@@ -595,8 +615,6 @@ def train_latent(
 
     >>> analysis = prior.ensf.assimilate(obs, model=model)  # doctest: +SKIP
     """
-    from ..latent import train_latent_model
-
     if isinstance(ds, xr.DataArray):
         if ds.name is None:
             raise OptionError(
@@ -646,29 +664,15 @@ def train_latent(
     if not streamed:
         _check_finite(ds, names, "before training")
         states = _stack_block(ds, names, samples, levels, grid, layout.n_fields)
-        model = train_latent_model(states, sampler, val_fraction=val_fraction, **common)
     else:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
-            raise OptionError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
         pieces = _blocks(ds, names, samples, batch_size)
-        order = np.random.default_rng([int(seed), 1]).permutation(len(pieces))
-        val, n_val = [], 0
-        for k in order:
-            if n_val >= val_fraction * n_samples or len(val) >= len(pieces) - 1:
-                break
-            val.append(int(k))
-            n_val += _piece_size(pieces[k])
-        train_pieces = [p for k, p in enumerate(pieces) if k not in set(val)]
-        args = (ds, names, samples, levels, grid, layout.n_fields)
-        train_stream = _DaskStream(*args, train_pieces, batch_size, int(seed), shuffle=True)
-        val_stream = _DaskStream(
-            *args, [pieces[k] for k in sorted(val)], batch_size, 0, shuffle=False
+        layout_args = (names, samples, levels, grid, layout.n_fields)
+        states = _DatasetSource(
+            ds[names], layout_args, pieces, batch_size, int(seed), shuffle=True
         )
-        model = train_latent_model(train_stream, sampler, val_states=val_stream, **common)
-        model.config["training"]["n_train"] = n_samples - n_val
-        model.config["training"]["n_val"] = n_val
+    model = train_latent_model(states, sampler, val_fraction=val_fraction, **common)
 
     model.config["data"] = signature
     model.config["training"]["sample_dims"] = list(samples)

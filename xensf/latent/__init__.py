@@ -19,6 +19,7 @@ from .networks import (
     reparameterize,
 )
 from .training import (
+    BatchSource,
     ObservationSampler,
     gridded_stride_obs,
     latent_loss,
@@ -30,6 +31,7 @@ from .training import (
 
 __all__ = [
     "LATENT_METHODS",
+    "BatchSource",
     "LatentGrid",
     "LatentModel",
     "ObservationEncoder",

@@ -472,26 +472,92 @@ def latent_loss(
 # --------------------------------------------------------------------------------------
 # data sources
 # --------------------------------------------------------------------------------------
-class _TensorSource:
-    """Batches of a tensor of states, reshuffled every epoch from one generator."""
+class BatchSource:
+    """Where training states come from: batches per epoch and a validation split.
 
-    def __init__(self, states: torch.Tensor, batch_size: int, generator, shuffle: bool):
+    A subclass reads ``(B, C, H, W)`` batches of states in physical units in
+    :meth:`read` and may hold out validation states in the way that suits it in
+    :meth:`split` (single states of a tensor; whole blocks or whole runs of a stream);
+    ``size`` is the number of states, or None where it is not known. :meth:`batches`,
+    which training calls, checks every batch as it is read (four dims, every value
+    finite) and names the first bad one. Subclass it to feed
+    :func:`train_latent_model` from storage of your own.
+    """
+
+    size: int | None = None
+    name: str = "states"
+
+    def read(self, epoch: int) -> Iterable[Any]:
+        """The batches of one pass; ``epoch`` may seed a new order."""
+        raise NotImplementedError
+
+    def split(self, val_fraction: float, generator: torch.Generator):
+        """``(train, validation)`` sources, ``val_fraction`` of the states held out."""
+        raise OptionError(
+            f"{type(self).__name__} cannot hold out validation states itself; pass "
+            "val_states (a tensor or another source) for validation and early stopping"
+        )
+
+    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """The checked batches of one pass."""
+        for i, batch in enumerate(self.read(epoch)):
+            batch = torch.as_tensor(batch)
+            if batch.ndim != 4:
+                raise EnsembleError(
+                    f"batch {i} of {self.name} has shape {tuple(batch.shape)}; batches must "
+                    "be (B, C, H, W)"
+                )
+            _check_finite(batch, self.name, f"epoch {epoch}, batch {i}, ")
+            yield batch
+
+
+class _TensorSource(BatchSource):
+    """Batches of a tensor of states (checked once), reshuffled every epoch."""
+
+    def __init__(
+        self,
+        states: torch.Tensor,
+        batch_size: int,
+        generator,
+        shuffle: bool,
+        name: str,
+        checked: bool = False,
+    ):
+        if states.ndim != 4:
+            raise EnsembleError(f"{name} must be (S, C, H, W), got shape {tuple(states.shape)}")
+        if not states.is_floating_point():
+            states = states.to(torch.float32)
+        if not checked:
+            _check_finite(states, name, "")
         self.states = states
         self.batch_size = batch_size
         self.generator = generator
         self.shuffle = shuffle
+        self.name = name
+        self.size = states.shape[0]
 
-    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
+    def read(self, epoch: int) -> Iterator[torch.Tensor]:
         n = self.states.shape[0]
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
             yield self.states[order[start : start + self.batch_size]]
 
-    def __len__(self) -> int:
-        return self.states.shape[0]
+    batches = read  # checked whole at construction
+
+    def split(self, val_fraction: float, generator: torch.Generator):
+        n = self.size
+        n_val = max(1, round(n * val_fraction))
+        if n - n_val < 1:
+            raise EnsembleError(f"{n} states are too few to hold out {n_val} for validation")
+        order = torch.randperm(n, generator=generator)
+        train, val = self.states[order[n_val:]], self.states[order[:n_val]]
+        return (
+            _TensorSource(train, self.batch_size, self.generator, True, self.name, True),
+            _TensorSource(val, self.batch_size, self.generator, False, "val_states", True),
+        )
 
 
-class _StreamSource:
+class _StreamSource(BatchSource):
     """Batches from a re-iterable or a callable ``epoch -> iterable of batches``."""
 
     def __init__(self, source, name: str):
@@ -504,41 +570,32 @@ class _StreamSource:
         self.source = source
         self.name = name
 
-    def batches(self, epoch: int) -> Iterator[torch.Tensor]:
-        it = self.source(epoch) if callable(self.source) else self.source
-        for i, batch in enumerate(it):
-            batch = torch.as_tensor(batch)
-            if batch.ndim != 4:
-                raise EnsembleError(
-                    f"batch {i} of {self.name} has shape {tuple(batch.shape)}; batches must "
-                    "be (B, C, H, W)"
-                )
-            yield batch
+    def read(self, epoch: int) -> Iterable[Any]:
+        return self.source(epoch) if callable(self.source) else self.source
 
 
-def _as_source(states, name: str, batch_size: int, generator, shuffle: bool):
+def _as_source(states, name: str, batch_size: int, generator, shuffle: bool) -> BatchSource:
+    if isinstance(states, BatchSource):
+        return states
     if isinstance(states, torch.Tensor | np.ndarray):
-        t = torch.as_tensor(states)
-        if t.ndim != 4:
-            raise EnsembleError(f"{name} must be (S, C, H, W), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            t = t.to(torch.float32)
-        return _TensorSource(t, batch_size, generator, shuffle)
+        return _TensorSource(torch.as_tensor(states), batch_size, generator, shuffle, name)
     if isinstance(states, Iterable) or callable(states):
         return _StreamSource(states, name)
     raise OptionError(
-        f"{name} must be a (S, C, H, W) tensor or array, a re-iterable of (B, C, H, W) "
-        f"batches or a callable epoch -> iterable of batches; got {type(states).__name__}"
+        f"{name} must be a (S, C, H, W) tensor or array, a BatchSource, a re-iterable of "
+        f"(B, C, H, W) batches or a callable epoch -> iterable of batches; got "
+        f"{type(states).__name__}"
     )
 
 
 def _check_finite(batch: torch.Tensor, name: str, where: str) -> None:
+    """Raise naming the first sample and channel with NaN or inf (``where``: context)."""
     bad = ~torch.isfinite(batch)
     if bool(bad.any()):
         sample = int(bad.flatten(1).any(-1).nonzero()[0, 0])
         channel = int(bad[sample].flatten(1).any(-1).nonzero()[0, 0])
         raise EnsembleError(
-            f"{name} holds NaN or inf ({where}, sample {sample}, channel {channel}); the "
+            f"{name} holds NaN or inf ({where}sample {sample}, channel {channel}); the "
             "latent model needs complete states: fill or drop them before training"
         )
 
@@ -550,7 +607,6 @@ def _statistics(source, name: str, channels: int) -> tuple[torch.Tensor, torch.T
     total_sq = torch.zeros(channels, dtype=torch.float64)
     shift = None  # subtract a first estimate to keep the sum of squares accurate
     for i, batch in enumerate(source.batches(0)):
-        _check_finite(batch, name, f"batch {i}")
         b = batch.detach().to("cpu", torch.float64).transpose(0, 1).reshape(batch.shape[1], -1)
         if b.shape[0] != channels:
             raise EnsembleError(
@@ -680,13 +736,15 @@ def train_latent_model(
 
     Parameters
     ----------
-    states : tensor, array, re-iterable or callable
+    states : tensor, array, BatchSource, re-iterable or callable
         Training states in physical units. The simple case is a ``(S, C, H, W)``
         tensor or array: it is split at random into training and validation samples
-        (``val_fraction``). For data that does not fit in memory pass a source of
-        ``(B, C, H, W)`` batches — a re-iterable (list, ``torch.utils.data.DataLoader``)
-        or a callable ``epoch -> iterable of batches`` (which may reshuffle per epoch;
-        ``batch_size`` is then its business) — together with ``val_states``.
+        (``val_fraction``). For data that does not fit in memory pass a
+        :class:`BatchSource` (which holds out its own validation share), or a source
+        of ``(B, C, H, W)`` batches — a re-iterable (list,
+        ``torch.utils.data.DataLoader``) or a callable ``epoch -> iterable of batches``
+        (which may reshuffle per epoch; ``batch_size`` is then its business) —
+        together with ``val_states``.
     make_obs : callable
         ``make_obs(x, generator) -> (values, mask)``: synthetic observations of a batch
         ``x`` of states (physical units), ``(B, C, H, W)`` with NaN where unobserved or
@@ -723,7 +781,8 @@ def train_latent_model(
     min_lr_fraction : float, default 0.02
         The learning rate at the end of the run, as a fraction of ``lr``.
     val_fraction : float, default 0.1
-        Share of a tensor's samples held out for validation, in (0, 1).
+        Share of the states held out for validation, in (0, 1), when ``val_states``
+        is not given (the source decides how: see :meth:`BatchSource.split`).
     patience : int, optional
         Stop after this many epochs without a lower validation loss; default never
         (the schedule decides the end; the best epoch's weights are kept anyway).
@@ -759,8 +818,9 @@ def train_latent_model(
     Raises
     ------
     EnsembleError
-        States that are not ``(S, C, H, W)``, or that hold NaN or inf (checked before
-        training, on every batch of a stream's first epoch).
+        States that are not ``(S, C, H, W)``, or that hold NaN or inf (a tensor is
+        checked before training, a stream batch by batch as it is read; without
+        ``normalization`` its first full pass, for the statistics, precedes any step).
     ObservationMismatchError
         An observation layout that does not fit the grid or channels.
     OptionError
@@ -807,9 +867,8 @@ def train_latent_model(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split_gen = torch.Generator().manual_seed(seed)
 
-    train_src, val_src, n_train, n_val = _split(
-        states, val_states, val_fraction, batch_size, split_gen
-    )
+    train_src, val_src = _split(states, val_states, val_fraction, batch_size, split_gen)
+    n_train, n_val = train_src.size, val_src.size
     probe = _first_batch(train_src)
     channels, grid_shape = probe.shape[1], tuple(probe.shape[-2:])
     grid = choose_latent_grid(grid_shape, latent_dim)
@@ -834,10 +893,6 @@ def train_latent_model(
         mean, std = _statistics(train_src, "states", channels)
     else:
         mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in normalization)
-        if isinstance(train_src, _TensorSource):
-            _check_finite(train_src.states, "states", "training split")
-    if isinstance(val_src, _TensorSource):
-        _check_finite(val_src.states, "val_states", "validation split")
     layout = _obs_layout(make_obs, channels, grid_shape, probe[:2].to(torch.float32))
     for names, label in ((variables, "variables"), (units, "units")):
         if names is not None and len(names) != channels:
@@ -893,9 +948,7 @@ def train_latent_model(
         model.obs_encoder.train()
         sums: dict[str, float] = {}
         seen = 0
-        for i, batch in enumerate(train_src.batches(epoch)):
-            if epoch > 0 or normalization is not None:
-                _check_finite(batch, "states", f"epoch {epoch}, batch {i}")
+        for batch in train_src.batches(epoch):
             frac = run_fraction()
             rate = lr * (
                 min_lr_fraction + (1 - min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
@@ -1007,8 +1060,7 @@ def _evaluate(model, val_src, prepare, seed, lam, full: bool = False) -> dict[st
     sq = sq_obs = None
     r_sq = r_sum = z_sum = z_sq = 0.0
     with torch.no_grad():
-        for i, batch in enumerate(val_src.batches(0)):
-            _check_finite(batch, "val_states", f"batch {i}")
+        for batch in val_src.batches(0):
             x, ov, ow = prepare(batch, gen)
             loss, _ = latent_loss(model, x, ov, ow, lam, sample=False)
             total += float(loss) * x.shape[0]
@@ -1051,30 +1103,13 @@ def _evaluate(model, val_src, prepare, seed, lam, full: bool = False) -> dict[st
 
 
 def _split(states, val_states, val_fraction, batch_size, generator):
+    """``(train, validation)`` sources: ``val_states``, or a split that the source makes."""
     train = _as_source(states, "states", batch_size, generator, shuffle=True)
     if val_states is not None:
-        val = _as_source(val_states, "val_states", batch_size, generator, shuffle=False)
-        return train, val, _size(train), _size(val)
-    if not isinstance(train, _TensorSource):
-        raise OptionError(
-            "states is a stream of batches; pass val_states (a tensor or another stream) "
-            "for validation and early stopping"
-        )
+        return train, _as_source(val_states, "val_states", batch_size, generator, shuffle=False)
     if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
         raise OptionError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    n = len(train)
-    n_val = max(1, round(n * val_fraction))
-    if n - n_val < 1:
-        raise EnsembleError(f"{n} states are too few to hold out {n_val} for validation")
-    order = torch.randperm(n, generator=generator)
-    data = train.states
-    train = _TensorSource(data[order[n_val:]], batch_size, generator, shuffle=True)
-    val = _TensorSource(data[order[:n_val]], batch_size, generator, shuffle=False)
-    return train, val, n - n_val, n_val
-
-
-def _size(source) -> int | None:
-    return len(source) if isinstance(source, _TensorSource) else None
+    return train.split(val_fraction, generator)
 
 
 def _positive_int(value, name: str) -> int:
