@@ -429,3 +429,85 @@ def test_refuses_to_overwrite_what_is_not_a_bundle(tmp_path, kind):
 def test_missing_parent_directory(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         save_bundle(tmp_path / "no" / "such" / "b.xensf", {}, {})
+
+
+# -- latent-model bundles edited by hand (metadata hash made to match) ------------------
+@pytest.fixture(scope="module")
+def tiny_model():
+    import warnings
+
+    from xensf.latent import gridded_stride_obs, train_latent_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train_latent_model(
+            torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+            gridded_stride_obs(2),
+            latent_dim=4,
+            width=4,
+            blocks=1,
+            epochs=1,
+            progress=False,
+        )
+
+
+def _rehashed(path, change):
+    import hashlib
+
+    from xensf.latent.bundle import _canonical_json
+
+    file = path / "bundle.json"
+    document = json.loads(file.read_text())
+    change(document["metadata"])
+    document["metadata_sha256"] = hashlib.sha256(_canonical_json(document["metadata"])).hexdigest()
+    file.write_text(json.dumps(document))
+
+
+def _set(path: str, value):
+    def change(metadata):
+        *parents, last = path.split("/")
+        target = metadata
+        for key in parents:
+            target = target[key]
+        if value is _DROP:
+            del target[last]
+        else:
+            target[last] = value
+
+    return change
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (_set("config", _DROP), "'config'"),
+        (_set("normalization", _DROP), "'normalization'"),
+        (_set("dtype", "load"), "'dtype'"),
+        (_set("latent_obs_std", [-1.0, 1.0, 1.0, 1.0]), "'latent_obs_std'"),
+        (_set("normalization/std", [0.0]), "normalization\\['std'\\]"),
+        (_set("config/architecture/width", 10**6), "do not fit"),
+        (_set("config/architecture/patch", "4"), "'patch'"),
+    ],
+)
+def test_an_edited_latent_model_bundle_is_refused_at_load(tiny_model, tmp_path, change, field):
+    import xensf
+    from xensf.bridge.models import model_handle
+
+    path = tmp_path / "edited.xensf"
+    tiny_model.save(path)
+    _rehashed(path, change)
+    for load in (xensf.load, model_handle):
+        with pytest.raises(BundleError, match=f"edited.xensf.*{field}") as info:
+            load(path)
+        assert "re-save" in str(info.value) or "corrupt" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ['{"format": ' + "9" * 5000 + "}", "[" * 200_000 + "]" * 200_000])
+def test_a_pathological_bundle_json_is_refused(tmp_path, text):
+    path = save_bundle(tmp_path / "b.xensf", {"w": torch.ones(2)}, {})
+    (path / "bundle.json").write_text(text)
+    with pytest.raises(BundleError, match="corrupt"):
+        bundle_info(path)

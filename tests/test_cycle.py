@@ -274,6 +274,35 @@ def test_a_second_writer_is_refused(tmp_path):
         run(path, 2)
 
 
+def test_two_creators_of_one_run_one_wins(tmp_path):
+    """A second process creating the same new run is refused before it writes."""
+    fcntl = pytest.importorskip("fcntl")
+    path = tmp_path / "run.zarr"
+    building = path.with_name(f".{path.name}.xensf-creating")
+    building.mkdir()
+    (building / "partial").write_text("the other creator's work")
+    fd = os.open(building, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the other creator holds it
+    try:
+        with pytest.raises(RunStoreError, match="being created by another process"):
+            run(path, 2)
+        assert (building / "partial").read_text() == "the other creator's work"
+        assert not path.exists()
+    finally:
+        os.close(fd)
+    # once nobody holds it, it is what a killed creation left: emptied and reused
+    reference_run = run(path, 2)
+    assert path.exists() and not building.exists()
+    assert reference_run.sizes["time"] == 2
+
+
+def test_a_run_under_a_regular_file_is_refused(tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    with pytest.raises(RunStoreError, match="is a file, not a directory"):
+        run(tmp_path / "a_file" / "run.zarr", 2)
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
 class Flaky:
     """The shallow-water forecaster, broken (NaN) from its ``fail_at``-th call on."""
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +393,61 @@ def test_a_version_1_bundle_is_refused_before_anything_is_computed(case, tmp_pat
     station = truth.h.isel(y=[2], x=[3]).stack(station=("y", "x")).reset_index("station")
     with pytest.raises(xensf.BundleError, match="Retrain it"):
         prior.ensf.assimilate(station.to_dataset(), model=str(points))
+
+
+# -- where a model object's bundle lies ----------------------------------------------------
+def test_a_model_object_names_its_own_bundle_or_a_verified_private_copy(
+    case, tmp_path, monkeypatch
+):
+    model, prior, _, obs = case
+    monkeypatch.setenv("XENSF_CACHE_DIR", str(tmp_path / "cache"))
+    expected = prior.ensf.assimilate(obs, model=str(_saved(model, tmp_path)), seed=1)
+
+    # loaded from a bundle and unchanged: the user's own path is the provenance
+    loaded = xensf.load(tmp_path / "mine.xensf")
+    out = prior.ensf.assimilate(obs, model=loaded, seed=1)
+    assert out.attrs["xensf_model"] == str((tmp_path / "mine.xensf").resolve())
+    xr.testing.assert_identical(out.h, expected.h)
+
+    # only in memory: a private copy in the cache, named by content
+    out = prior.ensf.assimilate(obs, model=model, seed=1)
+    cached = Path(out.attrs["xensf_model"])
+    assert cached.parent == tmp_path / "cache" / "models"
+    assert stat.S_IMODE(cached.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in cached.iterdir()} == {0o600}
+
+    # a different bundle planted at that path is replaced, never used
+    shutil.rmtree(cached)
+    other = xensf.load(tmp_path / "mine.xensf")
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(1.0)
+    other.save(cached)
+    out = prior.ensf.assimilate(obs, model=model, seed=1)
+    assert out.attrs["xensf_model_sha256"] == expected.attrs["xensf_model_sha256"]
+    np.testing.assert_array_equal(out.h.values, expected.h.values)
+
+    # changed after loading: no longer its file's model, so not that file's path
+    assert (
+        other.source is not None
+        and Path(other.source["path"]) == (tmp_path / "mine.xensf").resolve()
+    )
+    out = prior.ensf.assimilate(obs, model=other, seed=1)
+    assert Path(out.attrs["xensf_model"]).parent == tmp_path / "cache" / "models"
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "mine.xensf"
+    model.save(path)
+    return path
+
+
+def test_saved_bundles_follow_the_umask(case, tmp_path):
+    model = case[0]
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "shared.xensf")
+    finally:
+        os.umask(old)
+    folder = tmp_path / "shared.xensf"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o644}

@@ -21,8 +21,17 @@ def _describe_call(args: dict[str, Any]) -> str:
         if isinstance(value, xr.Dataset | xr.DataArray):
             shown.append(f"<{type(value).__name__}>")
         else:
-            shown.append(f"{key}={value!r}")
+            shown.append(f"{key}={_short_repr(value)}")
     return "ds.ensf.assimilate(" + ", ".join(shown) + ")"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for the history line, cut to ``limit`` characters."""
+    try:
+        text = repr(value)
+    except ValueError:  # e.g. an int past Python's 4300-digit str limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe_model(model: Any) -> str | None:

@@ -466,6 +466,11 @@ def _select_variables(ds: xr.Dataset, variables, levels) -> xr.Dataset:
     if variables is None:
         return ds if levels is None else ds.sel(level=levels, method="nearest")
     tokens = [variables] if isinstance(variables, str) else list(variables)
+    if not tokens:
+        raise OptionError(
+            "variables= is empty; name at least one variable (e.g. variables=['z500']), "
+            "or leave it out for all of them"
+        )
     aliases = _short_aliases(ds)
     out: dict[str, xr.DataArray] = {}
     for token in tokens:

@@ -36,6 +36,7 @@ from .filters.operators import LinearObservationOperator
 
 __all__ = [
     "bilinear_weights",
+    "check_longitude",
     "gather_observations",
     "grid_locations",
     "gridded_operator",
@@ -117,6 +118,13 @@ class _LatitudeAxis:
         return i0, i1, t
 
 
+def check_longitude(values) -> None:
+    """Raise :class:`ObservationMismatchError` unless ``values`` is a longitude axis that
+    :func:`bilinear_weights` reads (monotonic round the circle, at most one turn, no
+    regional grid sorted across its seam)."""
+    _LongitudeAxis(values, None)
+
+
 class _LongitudeAxis:
     """A longitude coordinate, monotonic around the circle, global or regional.
 
@@ -139,6 +147,21 @@ class _LongitudeAxis:
                 "grid longitude must be strictly monotonic (ascending or descending, "
                 f"at most one turn round the globe), got {_preview(values)}"
             )
+        if step.size >= 2:
+            # A regional grid sorted across the seam (-170, -160, 160, 170, 180) hides
+            # its outside inside the coordinate: one step far wider than the others
+            # and than the way round. Read as a grid, it would be global.
+            wide = int(np.argmax(step))
+            others = np.delete(step, wide)
+            if step[wide] > 2.0 * others.max() and step[wide] > 360.0 - span:
+                raise ObservationMismatchError(
+                    f"grid longitude jumps {step[wide]:g} degrees between "
+                    f"{candidate[wide]:g} and {candidate[wide + 1]:g}, far more than its other "
+                    f"steps ({others.max():g} at most): a regional grid that crosses the "
+                    "dateline (or 0 meridian) put in sorted order. Keep it in its natural "
+                    "order round the globe (e.g. 160 ... 180, -170, -160), or use one "
+                    "longitude convention in which it is contiguous (e.g. lon % 360)"
+                )
         self.size = lon.size
         self.start = float(candidate[0])
         self.ascending_values = self.start + np.concatenate([[0.0], np.cumsum(step)])
@@ -567,10 +590,18 @@ def _one_std(value, field: FieldKey, obs_spread, where: str) -> float:
         raise OptionError(f"obs_error{where} is {value!r}. {_ACCEPTED}")
     try:
         std = float(value)
+    except OverflowError:  # an integer beyond float range (10**400)
+        std = math.inf
     except (TypeError, ValueError):
         raise OptionError(f"obs_error{where} is {value!r}. {_ACCEPTED}") from None
     if not (math.isfinite(std) and std > 0):
-        raise OptionError(f"obs_error{where} is {value!r}, it must be positive. {_ACCEPTED}")
+        huge = isinstance(value, int) and std == math.inf
+        # (str() of an int past 4300 digits raises: count them from its bits)
+        digits = int(abs(value).bit_length() * math.log10(2)) + 1 if huge else 0
+        shown = f"an integer of about {digits} digits" if huge else repr(value)
+        raise OptionError(
+            f"obs_error{where} is {shown}, it must be positive and finite. {_ACCEPTED}"
+        )
     return std
 
 

@@ -40,7 +40,8 @@ an array whose cycle is not committed yet: use the default.
 
 A new store is built in a sibling directory ``.<name>.xensf-creating`` and renamed
 into place once complete, so a store path either does not exist or holds a valid,
-possibly empty, run. One process writes a store at a time: a lock (``fcntl.flock`` on
+possibly empty, run. The builder holds a lock on that directory: of two processes
+creating the same run at once, one builds it and the other gets ``RunStoreError``. One process writes a store at a time: a lock (``fcntl.flock`` on
 the store directory, released by the operating system when the process dies) refuses
 a second writer.
 
@@ -239,10 +240,35 @@ class CycleStore:
         """
         if os.path.lexists(path):
             raise RunStoreError(f"{str(path)!r} exists already; it was left untouched")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            above = next(p for p in path.parents if p.exists())
+            raise RunStoreError(
+                f"cannot create the run {str(path)!r}: {str(above)!r} is a file, not a "
+                "directory; choose another path"
+            ) from None
         building = path.with_name(f".{path.name}{CREATING_SUFFIX}")
-        if building.exists():  # left by a creation that was killed: ours, by its name
-            shutil.rmtree(building)
+        lock = _claim_building(building, path)
+        try:
+            cls._build(building, template, encoding, restart)
+            _kill_point("create", 0)
+            try:
+                os.rename(building, path)
+            except OSError:  # a directory made at path meanwhile, by other means
+                shutil.rmtree(building, ignore_errors=True)
+                raise RunStoreError(
+                    f"{str(path)!r} appeared while this run was being created; it was left "
+                    "untouched"
+                ) from None
+        finally:
+            _release_lock(lock)
+        _fsync_dir(path.parent)
+        return cls.open(path)
+
+    @staticmethod
+    def _build(building: Path, template, encoding, restart) -> None:
+        """Write the empty run into the (claimed, empty) ``building`` directory."""
         import zarr
 
         with warnings.catch_warnings():
@@ -275,10 +301,6 @@ class CycleStore:
         for file in building.rglob("*"):
             if file.is_file():
                 _fsync_file(file)
-        _kill_point("create", 0)
-        os.rename(building, path)
-        _fsync_dir(path.parent)
-        return cls.open(path)
 
     def close(self) -> None:
         """Release the writer's lock."""
@@ -424,6 +446,35 @@ def _acquire_lock(path: Path) -> Any:
             "store directory); wait for it to finish or stop it"
         ) from None
     return fd
+
+
+def _claim_building(building: Path, path: Path) -> Any:
+    """Make (or take over) the build directory of a new run; return its lock.
+
+    Of processes creating the same run at once, one holds the lock on the build
+    directory and goes on; the others get :class:`RunStoreError` before writing.
+    A build directory that nobody holds is what a killed creation left: it is
+    emptied and reused.
+    """
+    try:
+        os.mkdir(building)
+        fresh = True
+    except FileExistsError:
+        fresh = False
+    try:
+        lock = _acquire_lock(building)
+    except (RunStoreError, FileNotFoundError):
+        raise RunStoreError(
+            f"{str(path)!r} is being created by another process; wait for it to finish "
+            "(then resume or choose another path)"
+        ) from None
+    if not fresh:  # left by a killed creation: empty it, keeping the locked directory
+        for child in building.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    return lock
 
 
 def _release_lock(fd: Any) -> None:

@@ -23,6 +23,7 @@ from ..errors import (
     ObservationMismatchError,
     OptionError,
 )
+from ..obs import check_longitude
 from .device import compute_device
 from .dims import EnsembleDims, find_dims, state_variables
 from .layout import StateLayout
@@ -35,6 +36,7 @@ from .observations import (
     prepare_observations,
     state_grid_locations,
 )
+from .units import dequantify, requantify
 
 __all__ = ["analysis_seeds", "assimilate"]
 
@@ -86,7 +88,8 @@ def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | N
     """
     T, _, d = x.shape
     G = layout.grid_size
-    per_field = x.reshape(T, x.shape[1], layout.n_fields, G)
+    # float64: the variance of float32 values of 1e-30 (or 1e25) under- (over-)flows
+    per_field = x.reshape(T, x.shape[1], layout.n_fields, G).astype(np.float64)
     if scales is not None:
         var_of_field = layout.field_of_variable()
         s = np.array([scales[layout.variables[i]] for i in var_of_field], dtype=np.float64)
@@ -97,6 +100,32 @@ def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | N
         floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
         s = np.maximum(spread, floor)
     return np.repeat(s, G, axis=-1).reshape(T, d)
+
+
+#: Largest |state| / scale the EnSF is given: its squares must stay far inside float32.
+_MAX_STANDARDISED = 1e15
+
+
+def _check_ensf_scale(x: np.ndarray, scale: np.ndarray, layout: StateLayout, given) -> None:
+    """Refuse a user's ``scale`` so small against the state that the standardised state
+    overflows (the default scale, the prior spread, cannot be)."""
+    if given is None:
+        return
+    ratio = np.abs(x).max(axis=1) / scale  # (T, d)
+    if ratio.max() > _MAX_STANDARDISED:
+        field = int(np.unravel_index(ratio.argmax(), ratio.shape)[1]) // layout.grid_size
+        name = layout.variables[layout.field_of_variable()[field]]
+        raise OptionError(
+            f"scale={given[name]:g} for {name!r} is {ratio.max():.3g} times smaller than the "
+            f"state's values, which standardised by it would overflow. Give a scale near "
+            f"the prior spread of {name!r}, or leave scale= out"
+        )
+
+
+def _work_dtype(plan: BlockPlan) -> type:
+    """float64 when a state variable is float64 (so that it is analysed at its own
+    precision, and float32 ones pass exactly through it), else float32."""
+    return np.float64 if any(dt == np.float64 for dt in plan.out_dtypes) else np.float32
 
 
 def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ...]:
@@ -130,7 +159,10 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
         raise OptionError("observation errors must be positive where there are observations")
 
     device = compute_device(plan.device)
-    out = x.astype(np.float32, copy=True)
+    work = _work_dtype(plan)
+    tensor_dtype = torch.float64 if work == np.float64 else torch.float32
+    # The prior itself where nothing changes it: exact, in its own precision.
+    out = x.astype(work, copy=True)
     if plan.model is not None:
         _latent_update(out, x, y, err, observed, seeds, plan, device)
         return _unstack(out, plan)
@@ -145,23 +177,29 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
             continue
         op = LinearObservationOperator(
             torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
-        ).to(device=device, dtype=torch.float32)
+        ).to(device=device, dtype=tensor_dtype)
         opts = plan.options
-        scale = torch.from_numpy(_ensf_scale(x[ts], layout, plan.scales).astype(np.float32))
+        # Standardised here, in float64, rather than by the filter's ``scale``: the
+        # filter then sees numbers of order one whatever the units (a state of 1e-30
+        # with errors of 1e-31 would otherwise underflow float32 precisions). Each
+        # observation is scaled with the field it observes (the operator stays within
+        # one field, so H(x / s) = H(x) / s).
+        scale = _ensf_scale(x[ts], layout, plan.scales)  # (T, d)
+        _check_ensf_scale(x[ts], scale, layout, plan.scales)
+        scale_obs = scale[:, obs.indices[sel, 0]]
         post = ensf_analysis(
-            torch.from_numpy(x[ts].astype(np.float32)).to(device),
-            torch.from_numpy(y[ts][:, sel].astype(np.float32)).to(device),
+            torch.from_numpy((x[ts] / scale[:, None, :]).astype(work)).to(device),
+            torch.from_numpy((y[ts][:, sel] / scale_obs).astype(work)).to(device),
             op,
-            torch.from_numpy(err[ts][:, sel].astype(np.float32)).to(device),
+            torch.from_numpy((err[ts][:, sel] / scale_obs).astype(work)).to(device),
             steps=int(opts["steps"]),
             eps_alpha=float(opts["eps_alpha"]),
             eps_beta=float(opts["eps_beta"]),
             prior_score=opts["prior_score"],
             likelihood=opts["likelihood"],
-            scale=scale.to(device),
             generator=[seeds[t] for t in ts],
         )
-        out[ts] = post.cpu().numpy()
+        out[ts] = post.cpu().numpy() * scale[:, None, :]
     return _unstack(out, plan)
 
 
@@ -173,16 +211,17 @@ def _letkf(prior, y, err, observed_sel, obs: ObservationPlan, plan: BlockPlan, d
     from ..filters.operators import LinearObservationOperator
 
     layout, opts = plan.layout, plan.options
+    work = _work_dtype(plan)
     op = LinearObservationOperator(
         torch.from_numpy(obs.indices[observed_sel]), torch.from_numpy(obs.weights[observed_sel])
-    ).to(device=device, dtype=torch.float32)
+    ).to(device=device, dtype=torch.float64 if work == np.float64 else torch.float32)
     loc = opts["loc_radius"]
     return (
         letkf_analysis(
-            torch.from_numpy(prior.astype(np.float32)).to(device),
-            torch.from_numpy(y[:, observed_sel].astype(np.float32)).to(device),
+            torch.from_numpy(prior.astype(work)).to(device),
+            torch.from_numpy(y[:, observed_sel].astype(work)).to(device),
             op,
-            torch.from_numpy(err[:, observed_sel].astype(np.float32)).to(device),
+            torch.from_numpy(err[:, observed_sel].astype(work)).to(device),
             inflation=float(opts["inflation"]),
             rtps=float(opts["rtps"]),
             loc_radius=loc,
@@ -443,15 +482,26 @@ def _time_chunks(prior, names, values, errors, time_dim):
         return None
     for da in [prior[n] for n in names] + list(values) + list(errors):
         if da.chunks is not None and time_dim in da.dims:
-            return da.chunksizes[time_dim]
+            # The variable's own chunks: a dask-backed coordinate (cfgrib's valid_time)
+            # may be chunked otherwise and must not be consulted.
+            return da.variable.chunksizes[time_dim]
     return None
 
 
 def _check_grid(ds: xr.Dataset, dims: EnsembleDims) -> None:
+    geographic = is_geographic(ds, dims)
     for d in dims.grid:
         if d in ds.coords:
             c = np.asarray(ds[d].values)
             if c.ndim != 1 or c.size < 2:
+                continue
+            if geographic and d == dims.lon:
+                # Monotonic round the circle: a regional grid across the dateline in
+                # its natural order (160 ... 180, -170, -160) is fine.
+                try:
+                    check_longitude(c)
+                except ObservationMismatchError as err:
+                    raise DimensionError(f"the {d!r} coordinate: {err}") from None
                 continue
             step = np.diff(c.astype(np.float64))
             if not (np.all(step > 0) or np.all(step < 0)):
@@ -485,6 +535,10 @@ def assimilate(
     """
     if not isinstance(prior, xr.Dataset):
         raise TypeError(f"the prior must be an xarray Dataset, got {type(prior).__name__}")
+    # pint quantities (pint-xarray) become units attributes at the boundary, and the
+    # quantified state variables quantities again on the way out.
+    prior, registries = dequantify(prior)
+    obs, _ = dequantify(obs)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise OptionError(f"seed must be an integer, got {seed!r}")
     spec, opts = resolve_method(method, model, options)
@@ -566,10 +620,14 @@ def assimilate(
         model_slots=model_slots,
     )
 
-    def bare(da: xr.DataArray) -> xr.DataArray:
+    def bare(da: xr.DataArray, core_dims=()) -> xr.DataArray:
         # Coordinates stay behind: the result takes the prior's, and the inputs' own
         # (station names, obs times) must not clash while apply_ufunc merges them.
         out = xr.DataArray(da.variable.data, dims=da.dims)
+        if out.chunks is not None:
+            # Observations split along their own dims (e.g. by reindex_like on a
+            # chunked grid) are joined: each task needs all of a time's observations.
+            out = out.chunk({d: -1 for d in core_dims if d in out.dims})
         if time_chunks is not None and dims.time in out.dims:
             out = out.chunk({dims.time: time_chunks})
         return out
@@ -577,7 +635,9 @@ def assimilate(
     time_chunks = _time_chunks(prior, names, values, errors, dims.time)
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
     inputs = (
-        [bare(prior[n]) for n in names] + [bare(v) for v in values] + [bare(e) for e in errors]
+        [bare(prior[n]) for n in names]
+        + [bare(v, c) for v, c in zip(values, obs_plan.core_dims, strict=True)]
+        + [bare(e, c) for e, c in zip(errors, obs_plan.error_core_dims, strict=True)]
     )
     core = [*state_core, *map(list, obs_plan.core_dims), *map(list, obs_plan.error_core_dims)]
     if dims.time is not None:
@@ -612,7 +672,7 @@ def assimilate(
     if handle is not None:
         parameters["model"] = handle.path
         parameters["model_sha256"] = handle.digest
-    return analysis_metadata(
+    result = analysis_metadata(
         result,
         prior,
         member_dim=dims.member,
@@ -621,3 +681,4 @@ def assimilate(
         method=spec.name,
         parameters=parameters,
     )
+    return requantify(result, registries)

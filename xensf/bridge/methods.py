@@ -5,6 +5,7 @@ One table, so that adding a method is one entry and the accessor needs no change
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,13 +83,26 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+#: Largest multiplicative inflation accepted.
+MAX_INFLATION = 10.0
+
+
 def _check_option(method: str, key: str, value: Any) -> None:
     """Range checks that can be made before any work is done."""
     positive = {"steps", "inflation"}
     if key in positive and (
-        not isinstance(value, int | float) or isinstance(value, bool) or value <= 0
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
     ):
         raise OptionError(f"{method}: {key} must be a positive number, got {value!r}")
+    if key == "inflation" and value > MAX_INFLATION:
+        raise OptionError(
+            f"{method}: inflation={value!r} multiplies the prior spread by more than "
+            f"{MAX_INFLATION:g}; a prior that needs this much is wrong, not underdispersed "
+            "(usual values are 1.0-1.5; rtps= relaxes the analysis spread instead)"
+        )
     if key in ("eps_alpha", "eps_beta") and not (isinstance(value, int | float) and 0 < value < 1):
         raise OptionError(f"{method}: {key} must lie in (0, 1), got {value!r}")
     if key == "steps" and int(value) != value:

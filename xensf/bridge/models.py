@@ -4,17 +4,17 @@ A task graph must not carry a model's weights in every task, nor load them while
 graph is built. The accessor turns ``model=`` (a bundle path or a
 :class:`~xensf.latent.LatentModel`) into a :class:`ModelHandle` — a path and the
 SHA-256 of its weights — and each worker process loads a handle once per device and
-keeps it (:func:`cached_model`). A model that exists only in memory is written once to
-a content-addressed bundle in the temporary directory (on a cluster without a shared
-file system, save it to shared storage and pass the path instead).
+keeps it (:func:`cached_model`). A model loaded from a bundle and unchanged since is
+named by that bundle's path; a model that exists only in memory (or was changed) is
+written to a private, content-addressed bundle in the user's cache
+(:func:`model_cache_dir`), checked against the model on every reuse (on a cluster
+without a shared file system, save it to shared storage and pass the path instead, or
+set ``XENSF_CACHE_DIR`` to shared storage).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import OptionError
 
-__all__ = ["ModelHandle", "cached_model", "load", "model_handle"]
+__all__ = ["ModelHandle", "cached_model", "load", "model_cache_dir", "model_handle"]
 
 _CACHE: dict[tuple[str, str, str], Any] = {}
 _LOCK = threading.Lock()
@@ -40,30 +40,79 @@ def model_handle(model: Any) -> tuple[ModelHandle, dict[str, Any]]:
     """A handle and the model's configuration, reading only the bundle's JSON."""
     from ..latent import LatentModel
     from ..latent.bundle import bundle_info
-    from ..latent.model import check_model_metadata
+    from ..latent.model import check_model_metadata, check_weight_shapes
 
     if isinstance(model, str | os.PathLike):
         info = bundle_info(model)
         check_model_metadata(info["metadata"], str(model))
+        shapes = {k: v["shape"] for k, v in info["tensors"].items()}
+        check_weight_shapes(info["metadata"]["config"], shapes, str(model))
         return ModelHandle(str(Path(model).resolve()), info["weights_sha256"]), info["metadata"][
             "config"
         ]
     if isinstance(model, LatentModel):
-        tensors, metadata = model.tensors(), model.metadata()
-        h = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
-        for name in sorted(tensors):
-            h.update(name.encode())
-            h.update(tensors[name].numpy().tobytes())
-        path = Path(tempfile.gettempdir()) / "xensf-models" / f"{h.hexdigest()[:32]}.xensf"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            model.save(path)
+        digest = model.content_digest()
+        source = model.source
+        if source is not None and source["content"] == digest:
+            info = _bundle_info_or_none(source["path"])
+            if info is not None and all(
+                info[k] == source[k] for k in ("weights_sha256", "metadata_sha256")
+            ):
+                return ModelHandle(source["path"], info["weights_sha256"]), info["metadata"][
+                    "config"
+                ]
+        path = _cached_bundle(model, digest)
         info = bundle_info(path)
         return ModelHandle(str(path), info["weights_sha256"]), info["metadata"]["config"]
     raise OptionError(
         f"model= must be a latent model bundle path or a LatentModel (xensf.load(path)), "
         f"got {type(model).__name__}"
     )
+
+
+def model_cache_dir() -> Path:
+    """Where models that exist only in memory are written for the workers to load.
+
+    ``$XENSF_CACHE_DIR/models`` if that variable is set (on a cluster: shared storage
+    the workers can read), else the user's cache folder (``platformdirs``), created
+    readable by the owner only.
+    """
+    import platformdirs
+
+    root = os.environ.get("XENSF_CACHE_DIR") or platformdirs.user_cache_dir("xensf")
+    folder = Path(root) / "models"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def _bundle_info_or_none(path) -> dict[str, Any] | None:
+    from ..errors import BundleError
+    from ..latent.bundle import bundle_info
+
+    try:
+        return bundle_info(path)
+    except (BundleError, OSError):
+        return None
+
+
+def _cached_bundle(model, digest: str) -> Path:
+    """The model's bundle in the cache, named by its content, verified on every reuse.
+
+    Whatever lies at the path is loaded and its content compared with the model's:
+    a bundle planted or damaged there is replaced, never used.
+    """
+    from ..errors import BundleError
+    from ..latent import LatentModel
+
+    path = model_cache_dir() / f"{digest[:32]}.xensf"
+    if os.path.lexists(path):
+        try:
+            if LatentModel.load(path).content_digest() == digest:
+                return path
+        except (BundleError, OptionError, OSError):
+            pass
+    model.save(path, private=True)
+    return path
 
 
 def cached_model(handle: ModelHandle, device) -> Any:

@@ -76,9 +76,8 @@ class ObservationPlan:
         ):
             v = np.asarray(v, dtype=np.float64)
             shape = v.shape[v.ndim - len(core) :]
-            v = np.broadcast_to(
-                v.reshape(-1 if v.ndim > len(core) else 1, *shape), (n_times, *shape)
-            )
+            lead = v.shape[0] if v.ndim > len(core) else 1  # (not -1: zero stations)
+            v = np.broadcast_to(v.reshape(lead, *shape), (n_times, *shape))
             e = np.asarray(e, dtype=np.float64)
             eshape = e.shape[e.ndim - len(ecore) :]
             lead = e.shape[0] if e.ndim > len(ecore) else 1
@@ -137,8 +136,12 @@ def _point_coords(obs: xr.Dataset, dim: str) -> tuple[str, str] | None:
     return found[0], found[1]
 
 
-def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | float | None:
-    """The error std attached to observation variable ``name``, if any."""
+def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | None:
+    """The error std attached to observation variable ``name``, if any.
+
+    An error attribute (``obs_error``, ...) is a number in the units of the variable
+    it is attached to: a 0-d DataArray with those units.
+    """
     da = obs[name]
     for anc in str(da.attrs.get("ancillary_variables", "")).split():
         if anc in obs and "error" in str(obs[anc].attrs.get("standard_name", "")) + anc:
@@ -148,7 +151,14 @@ def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | float | None:
             return obs[f"{name}{suffix}"]
     for attr in ERROR_ATTRS:
         if attr in da.attrs:
-            return float(da.attrs[attr])
+            value = np.asarray(da.attrs[attr])  # netCDF attributes may be 1-element arrays
+            if value.dtype.kind not in "iuf" or value.size != 1:
+                raise OptionError(
+                    f"the attribute {attr}={da.attrs[attr]!r} of the observations {name!r} must be a "
+                    "number (the error standard deviation in the observations' units)"
+                )
+            units = {"units": da.attrs["units"]} if "units" in da.attrs else {}
+            return xr.DataArray(float(value.reshape(())), attrs=units)
     return None
 
 
@@ -206,6 +216,15 @@ def prepare_observations(
 
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
     obs_time = find_role(obs, "time", required=False)
+    if (
+        obs_time is None
+        and dims.time is not None
+        and dims.time in obs.coords
+        and obs[dims.time].ndim == 0
+    ):
+        # A scalar time coordinate is one observation time, not every time.
+        obs = obs.expand_dims(dims.time)
+        obs_time = dims.time
     if obs_time is not None and dims.time is None:
         if obs.sizes[obs_time] != 1:
             raise ObservationMismatchError(
@@ -218,11 +237,19 @@ def prepare_observations(
         if obs_time != dims.time:
             obs = obs.rename({obs_time: dims.time})
         state_times = prior[dims.time].values
+        times, counts = np.unique(obs[dims.time].values, return_counts=True)
+        if (counts > 1).any():
+            raise ObservationMismatchError(
+                f"observation time {times[counts > 1][0]!s} appears "
+                f"{counts.max()} times along {dims.time!r}; give each time once, with all "
+                "of its observations (concatenate stations along the station dim, or "
+                "average repeated observations first)"
+            )
         extra = np.setdiff1d(obs[dims.time].values, state_times)
         if extra.size:
             raise ObservationMismatchError(
                 f"{extra.size} observation times are not times of the state, e.g. "
-                f"{extra[:3].tolist()}; select the observations at the state's times"
+                f"{[str(v) for v in extra[:3]]}; select the observations at the state's times"
             )
         obs = obs.reindex({dims.time: state_times})
 
@@ -379,12 +406,16 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
                 f"give the observations a variable {name}_error or an attribute "
                 f"{name}.attrs['obs_error']"
             )
-        if isinstance(src, float):
-            resolve_obs_error(src, [name])  # validates: positive, finite
-            return xr.DataArray(src), ()
         err = convert_units(
-            src, prior[name].attrs.get("units"), name=name, what="observation errors"
+            src,
+            prior[name].attrs.get("units"),
+            name=name,
+            what="observation errors",
+            difference=True,
         )
+        if err.ndim == 0:  # an attribute
+            resolve_obs_error(float(err), [name])  # validates: positive, finite
+            return xr.DataArray(float(err)), ()
         if dims.time in err.dims:
             err = err.reindex({dims.time: prior[dims.time].values})
         err = err.reindex(
@@ -408,7 +439,25 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     if not relative:
         return factor, tuple(levels)
     spread_dims = [d for d in value.dims if d not in levels]
-    spread = value.std(dim=spread_dims, skipna=True)
+    # Computed now (observations are small), in numpy and float64 whatever the
+    # chunking (dask's std sums otherwise, and the error would depend on the chunks);
+    # a relative error that comes out zero or undefined is refused here, naming the
+    # variable, not as NaN deep in a task.
+    loaded = value.astype(np.float64).compute()
+    spread, count = loaded.std(dim=spread_dims, skipna=True), loaded.count(spread_dims)
+    unusable = (count > 0) & ~(spread > 0)
+    if bool(unusable.any()):
+        where = {d: unusable[d].values[unusable.values.nonzero()[i][0]] for i, d in
+                 enumerate(unusable.dims) if d in unusable.coords}  # fmt: skip
+        at = f" at {where}" if where else ""
+        n = int(count.values[unusable.values][0])
+        raise OptionError(
+            f"obs_error={spec!r} for {name!r}{at} is relative to the spatial standard "
+            f"deviation of its observations, which is {float(spread.values[unusable.values][0]):g} "
+            f"({n} observation{'s' if n != 1 else ''}): the error would not be positive. "
+            "Give an absolute error for it (e.g. obs_error={" + repr(name) + ": 0.5})"
+        )
+    spread = spread.where(count > 0, 1.0)  # no observations there: any placeholder
     if isinstance(spec, dict):  # only the levels given as "P%" scale with the spread
         is_rel = np.array(
             [

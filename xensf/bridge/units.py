@@ -13,7 +13,7 @@ from cf_xarray.units import units as UNITS  # pint registry that reads CF/UDUNIT
 
 from ..errors import UnitsError
 
-__all__ = ["convert_units", "parse_units"]
+__all__ = ["convert_units", "dequantify", "parse_units", "requantify"]
 
 
 def parse_units(units: str, *, where: str) -> pint.Unit:
@@ -25,7 +25,12 @@ def parse_units(units: str, *, where: str) -> pint.Unit:
 
 
 def convert_units(
-    da: xr.DataArray, units: str | None, *, name: str, what: str = "observations"
+    da: xr.DataArray,
+    units: str | None,
+    *,
+    name: str,
+    what: str = "observations",
+    difference: bool = False,
 ) -> xr.DataArray:
     """Return ``da`` expressed in ``units`` (lazily if dask-backed).
 
@@ -41,6 +46,10 @@ def convert_units(
         The variable's name, for error messages.
     what : str
         What ``da`` is ("observations", "observation errors"), for error messages.
+    difference : bool, default False
+        ``da`` holds differences (errors, spreads), not values: only the scale of the
+        conversion applies, never its offset (an error of 0.5 degC is 0.5 K, not
+        273.65 K).
 
     Raises
     ------
@@ -68,7 +77,49 @@ def convert_units(
             "same quantity as the state (e.g. multiply geopotential height by g0 = "
             "9.80665 m s**-2 to get geopotential)"
         )
+    if difference:
+        factor = _difference(source).to(_difference(target).units).magnitude
+        return (da * factor).assign_attrs(units=units)
     # Convert the data alone: coordinates keep their own units (degrees_north, hPa).
     bare = xr.DataArray(da.variable.data, dims=da.dims)
     converted = bare.pint.quantify(source, unit_registry=UNITS).pint.to(target).pint.dequantify()
     return da.copy(data=converted.data).assign_attrs(units=units)
+
+
+def _difference(unit: pint.Unit) -> pint.Quantity:
+    """One unit of difference in ``unit`` (a delta unit where ``unit`` has an offset)."""
+    return UNITS.Quantity(1.0, unit) - UNITS.Quantity(0.0, unit)
+
+
+def dequantify(data: xr.Dataset | xr.DataArray) -> tuple[xr.Dataset | xr.DataArray, dict]:
+    """``data`` with its pint quantities (pint-xarray's ``quantify``) as ``units`` attributes.
+
+    Returns the plain data and, per quantified variable, the registry its units came
+    from, for :func:`requantify`. Data without quantities comes back as it is.
+    """
+    if not isinstance(data, xr.Dataset | xr.DataArray):
+        return data, {}
+    items = data.variables.items() if isinstance(data, xr.Dataset) else [(data.name, data)]
+    registries = {
+        name: var.data._REGISTRY for name, var in items if isinstance(var.data, pint.Quantity)
+    }
+    if isinstance(data, xr.DataArray):
+        registries.update(
+            (name, c.data._REGISTRY)
+            for name, c in data.coords.items()
+            if isinstance(c.data, pint.Quantity)
+        )
+    if not registries:
+        return data, {}
+    return data.pint.dequantify(), registries
+
+
+def requantify(ds: xr.Dataset, registries: dict) -> xr.Dataset:
+    """The data variables that :func:`dequantify` found quantified, quantities again."""
+    for name, registry in registries.items():
+        if name in ds.data_vars and "units" in ds[name].attrs:
+            da = ds[name]
+            attrs = {k: v for k, v in da.attrs.items() if k != "units"}
+            data = registry.Quantity(da.data, registry.parse_units(da.attrs["units"]))
+            ds[name] = xr.DataArray(data, dims=da.dims, coords=da.coords, attrs=attrs, name=name)
+    return ds

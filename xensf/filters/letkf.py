@@ -250,17 +250,27 @@ def letkf_analysis(
     ym = hx.mean(-2)
     yp = (hx - ym[:, None, :]) * inflation
     valid = torch.isfinite(yv) & torch.isfinite(std)
-    rinv = torch.where(valid, std.clamp_min(torch.finfo(dtype).tiny).reciprocal() ** 2, 0.0)
-    innov = torch.where(valid, yv - ym, 0.0)
     if not bool(torch.isfinite(torch.where(valid[:, None, :], yp, 0.0)).all()):
         raise ObservationMismatchError(
             "obs_op(prior) is not finite at some observed positions; check the operator"
         )
-    yp = torch.where(valid[:, None, :], yp, 0.0)
+    # Whitened by the observation error (in float64, where neither a state of 1e-30
+    # nor an error of 1e-31 under- or overflows): the ensemble-space algebra then sees
+    # numbers of order (spread / error), and unit precision where observed.
+    sigma = torch.where(valid, std, 1.0).double()
+    yp = torch.where(valid[:, None, :], yp.double() / sigma[:, None, :], 0.0)
+    innov = torch.where(valid, (yv - ym).double() / sigma, 0.0)
+    rinv = valid.double()
+    # Back to the working dtype unless Y'ᵀR⁻¹Y' dwarfs N − 1 (errors tiny against the
+    # spread): summed in float32 its rounding alone would then exceed N − 1.
+    if dtype != torch.float64 and bool(
+        yp.square().sum(-1).amax() <= _FLOAT32_SAFE_RATIO * (n_mem - 1)
+    ):
+        yp, innov, rinv = yp.to(dtype), innov.to(dtype), rinv.to(dtype)
 
     if loc_radius is None:
         incr = _increment_transforms(yp, innov, rinv[:, None, :], inflation)  # (B, 1, N, N)
-        xa = x + incr[:, 0].transpose(-1, -2) @ xp
+        xa = x + incr[:, 0].transpose(-1, -2).to(dtype) @ xp
     else:
         xa = _local_analysis(
             x,
@@ -288,6 +298,10 @@ def letkf_analysis(
         xa = xa.mean(-2, keepdim=True) + xpa * factor[:, None, :]
 
     return restore_array_type(xa.reshape(*batch, n_mem, d), prior)
+
+
+#: Largest ratio of ``Y'ᵀR⁻¹Y'`` to ``N − 1`` formed in float32 (above it: float64).
+_FLOAT32_SAFE_RATIO = 1e3
 
 
 def _increment_transforms(
@@ -343,16 +357,27 @@ def _increment_transforms_sparse(
 
 
 def _transforms(a, b, seen, inflation: float) -> torch.Tensor:
-    """``D`` from ``a = Y'ᵀ R̃⁻¹ Y'`` ``(B, P, N, N)`` and ``b = Y'ᵀ R̃⁻¹ (y − ȳ)``."""
+    """``D`` from ``a = Y'ᵀ R̃⁻¹ Y'`` ``(B, P, N, N)`` and ``b = Y'ᵀ R̃⁻¹ (y − ȳ)``.
+
+    The ``N × N`` algebra is done in float64 whatever the input's dtype: with small
+    observation errors ``a`` is large against ``N − 1`` and a float32 eigensolver
+    returns eigenvalues of ``Ã = (N − 1) I + a`` below ``N − 1`` (even negative), which
+    the square root turns into NaN. The eigenvalues are also clamped to ``N − 1``, their
+    exact lower bound (``a`` is positive semi-definite), against the rounding of ``a``.
+    """
+    dtype = a.dtype
     n_mem = a.shape[-1]
+    a, b = a.double(), b.double()
     eye = torch.eye(n_mem, dtype=a.dtype, device=a.device)
     a = a + (n_mem - 1) * eye
     a = 0.5 * (a + a.transpose(-1, -2))
     lam, q = torch.linalg.eigh(a)
+    lam = lam.clamp_min(n_mem - 1)
     wbar = q @ ((q.transpose(-1, -2) @ b[..., None]) / lam[..., None])  # (B, P, N, 1)
     wsq = (q * ((n_mem - 1) / lam).sqrt()[..., None, :]) @ q.transpose(-1, -2)
     no_update = (1.0 - 1.0 / inflation) * eye
-    return torch.where(seen[..., None, None], wsq + wbar - eye / inflation, no_update)
+    d = torch.where(seen[..., None, None], wsq + wbar - eye / inflation, no_update)
+    return d.to(dtype)
 
 
 def _state_locations(state_coords, state_location, d: int, dtype, device):
@@ -493,6 +518,7 @@ def _local_analysis(
             incr = _increment_transforms(
                 yp_c[..., cols], innov_c[..., cols], w[..., cols], inflation
             )
+        incr = incr.to(xp.dtype)
         if in_order:
             comps = slice(p0, p1)
             d_comp = incr

@@ -97,6 +97,7 @@ def save_bundle(
     metadata: Mapping[str, Any],
     *,
     overwrite: bool = False,
+    private: bool = False,
 ) -> Path:
     """Write tensors and metadata as a bundle directory at ``path``.
 
@@ -123,6 +124,9 @@ def save_bundle(
     overwrite : bool, default False
         Replace ``path`` even when it exists and is *not* an xensf bundle. Existing
         bundles are replaced without it.
+    private : bool, default False
+        Readable by the owner only (directory 0700, files 0600). By default the
+        bundle's permissions follow the user's umask, like any file they write.
 
     Returns
     -------
@@ -186,6 +190,7 @@ def save_bundle(
         }
         text = json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         (tmp / DOCUMENT_FILE).write_text(text, encoding="utf-8")
+        _set_permissions(tmp, private)
         _fsync(tmp / DOCUMENT_FILE)
         _fsync(tmp)
         _move_into_place(tmp, path)
@@ -194,6 +199,29 @@ def save_bundle(
         raise
     _fsync(parent)
     return path
+
+
+def _set_permissions(folder: Path, private: bool) -> None:
+    """The bundle's modes: owner only, or what the umask gives a new file and folder
+    (``mkdtemp`` makes the folder 0700, and a writer may make its file 0600)."""
+    mask = 0o077 if private else _umask()
+    for f in (folder / WEIGHTS_FILE, folder / DOCUMENT_FILE):
+        os.chmod(f, 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def load_bundle(
@@ -310,6 +338,10 @@ def _read_document(path: Path) -> dict[str, Any]:
         document = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BundleError(f"{file} is corrupt: not valid UTF-8 JSON ({err}).") from err
+    except ValueError as err:  # an integer beyond Python's 4300-digit limit
+        raise BundleError(f"{file} is corrupt: {err}.") from None
+    except RecursionError:
+        raise BundleError(f"{file} is corrupt: its JSON is nested too deeply.") from None
     if not isinstance(document, dict) or document.get("format") != BUNDLE_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise BundleError(

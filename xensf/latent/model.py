@@ -14,7 +14,11 @@ statistics of the training data) happens inside.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +35,7 @@ __all__ = [
     "MODEL_FORMAT_VERSION",
     "LatentModel",
     "check_model_metadata",
+    "check_weight_shapes",
 ]
 
 LATENT_METHODS = ("latent-ensf", "latent-letkf")
@@ -103,6 +108,8 @@ class LatentModel:
         self.std = torch.as_tensor(std, dtype=dtype, device=device).reshape(-1)
         self.latent_obs_std = torch.as_tensor(latent_obs_std, dtype=dtype, device=device)
         self.config = copy.deepcopy(dict(config))
+        #: the bundle it was loaded from (path, weights hash, content digest), or None
+        self.source: dict[str, str] | None = None
         _check_architecture(self.config)
         if self.mean.shape != (vae.channels,) or self.std.shape != (vae.channels,):
             raise OptionError(
@@ -622,17 +629,30 @@ class LatentModel:
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def save(self, path) -> None:
+    def content_digest(self) -> str:
+        """SHA-256 of what the model is: its metadata and weights (not of a file)."""
+        metadata = self.metadata()
+        metadata.pop("xensf_version")
+        h = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+        for name, value in sorted(self.tensors().items()):
+            h.update(name.encode())
+            h.update(str(value.dtype).encode())
+            h.update(value.numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, path, *, private: bool = False) -> None:
         """Write the model as a bundle (safetensors weights + JSON metadata).
 
         Parameters
         ----------
         path : str or os.PathLike
             Where to write; see :func:`xensf.latent.bundle.save_bundle`.
+        private : bool, default False
+            Owner-only permissions (else the user's umask decides).
         """
         from .bundle import save_bundle
 
-        save_bundle(path, self.tensors(), self.metadata())
+        save_bundle(path, self.tensors(), self.metadata(), private=private)
 
     @classmethod
     def load(cls, path, device: str | torch.device | None = None) -> LatentModel:
@@ -654,10 +674,20 @@ class LatentModel:
             The bundle is not a latent model of a version this xensf can read (a
             version-1 bundle, with a dense latent, must be retrained).
         """
-        from .bundle import load_bundle
+        from .bundle import bundle_info, load_bundle
 
         tensors, metadata = load_bundle(path, device=device)
-        return cls.from_parts(tensors, metadata, device=device, source=str(path))
+        model = cls.from_parts(tensors, metadata, device=device, source=str(path))
+        # Where it came from, so that the accessor can name the user's own bundle
+        # (while the model and the file are both unchanged) instead of a copy.
+        info = bundle_info(path)
+        model.source = {
+            "path": str(Path(path).resolve()),
+            "weights_sha256": info["weights_sha256"],
+            "metadata_sha256": info["metadata_sha256"],
+            "content": model.content_digest(),
+        }
+        return model
 
     @classmethod
     def from_parts(
@@ -671,18 +701,14 @@ class LatentModel:
         """Rebuild a model from :meth:`tensors` and :meth:`metadata`."""
         check_model_metadata(metadata, source)
         config = metadata["config"]
-        dtype = getattr(torch, metadata.get("dtype", "float32"))
+        dtype = MODEL_DTYPES[metadata.get("dtype", "float32")]
+        check_weight_shapes(config, {k: tuple(v.shape) for k, v in tensors.items()}, source)
         vae, obs_encoder = build_networks(config)
         for prefix, net in (("vae", vae), ("obs_encoder", obs_encoder)):
             state = {
                 k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")
             }
-            try:
-                net.load_state_dict(state, strict=True)
-            except RuntimeError as err:
-                raise OptionError(
-                    f"{source}: the {prefix} weights do not fit the stored architecture: {err}"
-                ) from None
+            net.load_state_dict(state, strict=True)
             net.to(device=device or "cpu", dtype=dtype)
         norm = metadata["normalization"]
         return cls(
@@ -720,6 +746,94 @@ def check_model_metadata(metadata: Mapping[str, Any], source: str = "the bundle"
             f"{source} has latent-model format version {version!r}; this xensf reads "
             f"version {MODEL_FORMAT_VERSION}: upgrade xensf"
         )
+    _check_fields(metadata, source)
+
+
+def check_weight_shapes(
+    config: Mapping[str, Any], shapes: Mapping[str, Any], source: str = "the bundle"
+) -> None:
+    """Refuse weights (name → shape) that do not fill the networks ``config`` describes.
+
+    The networks are built on the meta device (no memory), so an edited architecture
+    (a width of 10**6, say) is refused before anything is allocated.
+    """
+    with torch.device("meta"):
+        nets = build_networks(config)
+    for prefix, net in zip(("vae", "obs_encoder"), nets, strict=True):
+        expected = {f"{prefix}.{k}": tuple(v.shape) for k, v in net.state_dict().items()}
+        given = {k: tuple(v) for k, v in shapes.items() if k.startswith(prefix + ".")}
+        if expected != given:
+            wrong = sorted(set(expected) ^ set(given)) or sorted(
+                k for k in expected if expected[k] != given[k]
+            )
+            raise BundleError(
+                f"{source}: the {prefix} weights do not fit the architecture in its "
+                f"metadata (first difference: {wrong[0]!r}); re-save the model"
+            )
+
+
+#: The weight dtypes a bundle may name (the name is looked up on torch: nothing else).
+MODEL_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _check_fields(metadata: Mapping[str, Any], source: str) -> None:
+    """Every field the model is built from: present, of its type and size, in range.
+
+    Raises :class:`BundleError` naming ``source`` and the field, at load, rather than
+    a failure later (or a negative error accepted) when the model is used.
+    """
+
+    def bad(field: str, what: str) -> BundleError:
+        return BundleError(f"{source}: metadata field {field} {what}; re-save the model")
+
+    config = metadata.get("config")
+    if not isinstance(config, Mapping):
+        raise bad("'config'", "is missing or not a mapping")
+    arch = config.get("architecture")
+    if not isinstance(arch, Mapping):
+        raise bad("config['architecture']", "is missing or not a mapping")
+    for key in _ARCHITECTURE_KEYS:
+        value = arch.get(key)
+        if key == "grid_shape":
+            ok = isinstance(value, list) and len(value) == 2 and all(_count(v) for v in value)
+        elif key == "periodic_lon":
+            ok = isinstance(value, bool)
+        else:
+            ok = _count(value, minimum=0 if key in ("blocks", "downsample") else 1)
+        if not ok:
+            raise bad(f"config['architecture'][{key!r}]", f"is {value!r}")
+    if not isinstance(config.get("obs_layout"), Mapping):
+        raise bad("config['obs_layout']", "is missing or not a mapping")
+    if metadata.get("dtype", "float32") not in MODEL_DTYPES:
+        raise bad("'dtype'", f"is {metadata.get('dtype')!r}, not one of {sorted(MODEL_DTYPES)}")
+    norm = metadata.get("normalization")
+    if not isinstance(norm, Mapping):
+        raise bad("'normalization'", "is missing or not a mapping")
+    channels = arch["channels"]
+    for key, positive in (("mean", False), ("std", True)):
+        _check_numbers(norm.get(key), channels, positive, f"normalization[{key!r}]", bad)
+    try:
+        grid = LatentGrid(
+            tuple(arch["grid_shape"]), arch["latent_channels"], arch["patch"], arch["downsample"]
+        )
+    except (OptionError, ValueError) as err:
+        raise bad("config['architecture']", f"describes no latent grid ({err})") from None
+    latent = grid.size
+    _check_numbers(metadata.get("latent_obs_std"), latent, True, "'latent_obs_std'", bad)
+
+
+def _count(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= 10**6
+
+
+def _check_numbers(values: Any, size: int, positive: bool, field: str, bad) -> None:
+    if not isinstance(values, list) or len(values) != size:
+        raise bad(field, f"is not a list of {size} numbers")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise bad(field, f"holds {v!r}, not a finite number")
+        if positive and v <= 0:
+            raise bad(field, f"holds {v!r}; it must be positive")
 
 
 def _check_architecture(config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,0 +1,233 @@
+"""Inputs that once gave silently wrong answers or raw errors: now the right answer,
+or an ``XensfError`` that says what to do, before any work.
+
+The cases come from fuzzing ``assimilate`` and from a new user's first steps; each test
+failed before its fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+from xensf.errors import (
+    ChunkingError,
+    DimensionError,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+)
+
+
+@pytest.fixture
+def ds() -> xr.Dataset:
+    r = np.random.default_rng(0)
+    t = 280 + r.standard_normal((6, 6, 8))
+    return xr.Dataset(
+        {"t": (("member", "lat", "lon"), t, {"units": "K"})},
+        coords={"lat": np.linspace(-60, 60, 6), "lon": np.arange(8) * 45.0},
+    )
+
+
+@pytest.fixture
+def obs(ds) -> xr.Dataset:
+    out = xr.full_like(ds.t[0], np.nan).to_dataset()
+    out.t[2, 3] = 282.0
+    return out
+
+
+@pytest.fixture
+def two_days(ds) -> xr.Dataset:
+    days = np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]")
+    return xr.concat([ds, ds], "time").assign_coords(time=days)
+
+
+@pytest.mark.parametrize("loc_radius", [None, 2000.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("obs_error", [1e-6, 1e-4])
+def test_letkf_with_tiny_observation_errors_fits_the_observation(
+    ds, obs, dtype, obs_error, loc_radius
+):
+    out = ds.astype(dtype).ensf.assimilate(
+        obs.astype(dtype), method="letkf", obs_error=obs_error, loc_radius=loc_radius
+    )
+    assert np.isfinite(out.t.values).all()
+    at = out.t.isel(lat=2, lon=3)
+    # the analysis collapses onto an observation with (almost) no error
+    assert abs(float(at.mean("member")) - 282.0) < max(10 * obs_error, 1e-4)
+    assert float(at.std("member")) < max(10 * obs_error, 1e-4)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_float64_is_analysed_in_float64_and_unobserved_times_are_untouched(two_days, obs, method):
+    day1 = obs.expand_dims(time=two_days.time[:1])
+    both = day1.reindex(time=two_days.time)  # day 2 has no observation
+    out = two_days.ensf.assimilate(both, method=method, obs_error=0.5)
+    assert out.t.dtype == np.float64
+    np.testing.assert_array_equal(out.t.isel(time=1).values, two_days.t.isel(time=1).values)
+    changed = out.t.isel(time=0) - two_days.t.isel(time=0)
+    assert float(abs(changed).max()) > 0.1
+    if method != "letkf":
+        return  # EnSF draws its noise in the working dtype: float32 and float64 runs differ
+    # float64 throughout, not the float32 analysis widened: close to it, not equal
+    as32 = two_days.astype("float32").ensf.assimilate(
+        both.astype("float32"), method=method, obs_error=0.5
+    )
+    diff = float(abs(out.t.isel(time=0) - as32.t.isel(time=0).astype("float64")).max())
+    assert 0 < diff < 1e-4
+    # a member far from any observation keeps its value exactly under a localised LETKF
+    local = two_days.ensf.assimilate(both, method=method, obs_error=0.5, loc_radius=1000.0)
+    far = local.t.isel(time=0, lat=0, lon=7) - two_days.t.isel(time=0, lat=0, lon=7)
+    assert float(abs(far).max()) == 0.0
+
+
+def _at_obs(ds: xr.Dataset) -> float:
+    return float(ds.t.isel(lat=2, lon=3).mean("member"))
+
+
+def test_an_error_in_offset_units_is_a_difference(ds, obs):
+    kelvin = obs.assign(t_error=xr.full_like(obs.t, 0.5).assign_attrs(units="K"))
+    reference = _at_obs(kelvin.pipe(lambda o: ds.ensf.assimilate(o, method="letkf")))
+    assert abs(reference - _at_obs(ds)) > 0.5  # an error of 0.5 K moves the mean
+    celsius = kelvin.assign(t_error=kelvin.t_error.assign_attrs(units="degC"))
+    assert _at_obs(ds.ensf.assimilate(celsius, method="letkf")) == pytest.approx(reference)
+    # an obs_error attribute is in the units of its variable, also as a difference
+    fahrenheit = obs.assign(t=(obs.t - 273.15) * 1.8 + 32)
+    fahrenheit.t.attrs.update(units="degF", obs_error=0.9)
+    assert _at_obs(ds.ensf.assimilate(fahrenheit, method="letkf")) == pytest.approx(reference)
+    with pytest.raises(OptionError, match="obs_error='half'"):
+        ds.ensf.assimilate(obs.assign(t=obs.t.assign_attrs(obs_error="half")), method="letkf")
+
+
+def test_a_scalar_observation_time_is_one_time(two_days, obs):
+    out = two_days.ensf.assimilate(
+        obs.assign_coords(time=two_days.time[0]), method="letkf", obs_error=0.5
+    )
+    np.testing.assert_array_equal(out.t.isel(time=1).values, two_days.t.isel(time=1).values)
+    assert float(abs(out.t.isel(time=0) - two_days.t.isel(time=0)).max()) > 0.5
+    with pytest.raises(ObservationMismatchError, match="2001-01-05"):
+        two_days.ensf.assimilate(
+            obs.assign_coords(time=np.datetime64("2001-01-05", "ns")),
+            method="letkf",
+            obs_error=0.5,
+        )
+
+
+def test_pint_quantities_are_converted_at_the_boundary(ds, obs):
+    pytest.importorskip("pint_xarray")
+    expected = ds.ensf.assimilate(obs, method="letkf", obs_error=0.5)
+    celsius = obs.assign(t=obs.t - 273.15).pint.quantify(t="degC")
+    got = ds.ensf.assimilate(celsius, method="letkf", obs_error=0.5)
+    np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
+    quantified = ds.pint.quantify().ensf.assimilate(celsius, method="letkf", obs_error=0.5)
+    assert str(quantified.t.data.units) == "kelvin"
+    np.testing.assert_allclose(
+        quantified.t.pint.dequantify().values, expected.t.values, rtol=0, atol=1e-9
+    )
+    assert ds.t.attrs == obs.t.attrs == {"units": "K"}  # inputs untouched
+
+
+def test_a_regional_grid_across_the_dateline_in_natural_order():
+    r = np.random.default_rng(0)
+    lon = np.array([160.0, 170.0, 180.0, -170.0, -160.0])
+    ds = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 4, 5)), {"units": "K"})},
+        coords={"lat": [10.0, 20.0, 30.0, 40.0], "lon": lon},
+    )
+    stations = xr.Dataset(
+        {"t": ("station", [282.0, 283.0])},
+        coords={"lat": ("station", [20.0, 25.0]), "lon": ("station", [175.0, -165.0])},
+    )
+    out = ds.ensf.assimilate(stations, method="letkf", obs_error=0.5, loc_radius=2000.0)
+    assert float(abs(out.t - ds.t).max()) > 0.5
+    far = stations.isel(station=[0]).assign_coords(lon=("station", [0.0]))
+    with pytest.raises(ObservationDomainError, match="outside the grid"):
+        ds.ensf.assimilate(far, method="letkf", obs_error=0.5)
+    # sorted, the same grid would read as global: refused, with the way out
+    with pytest.raises(DimensionError, match="natural order"):
+        ds.sortby("lon").ensf.assimilate(far, method="letkf", obs_error=0.5)
+
+
+def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():
+    sample = xensf.catalog().era5_sample.read()  # dask-backed, with a dask valid_time
+    prior, truth = sample.isel(number=slice(1, None)), sample.isel(number=0)
+    obs = truth.isel(latitude=slice(0, None, 8), longitude=slice(0, None, 8)).reindex_like(truth)
+    errors = {"z": 10.0, "t": 0.1}
+    with pytest.raises(ChunkingError, match=r"ds.chunk\(\{'number': -1\}\)"):
+        prior.ensf.assimilate(obs, method="letkf", obs_error=errors, loc_radius=500.0)
+    prior = prior.chunk({"number": -1})
+    expected = prior.compute().ensf.assimilate(
+        obs.compute(), method="letkf", obs_error=errors, loc_radius=500.0
+    )
+    got = prior.ensf.assimilate(obs, method="letkf", obs_error=errors, loc_radius=500.0)
+    xr.testing.assert_equal(got.compute(), expected)
+    # observations split along latitude by dask are joined, not refused by dask
+    split = obs.chunk({"latitude": 20})
+    got = prior.ensf.assimilate(split, method="letkf", obs_error=errors, loc_radius=500.0)
+    xr.testing.assert_equal(got.compute(), expected)
+
+
+def test_zero_stations_leave_the_prior_as_it_is(two_days):
+    none = xr.Dataset(
+        {"t": (("time", "station"), np.zeros((2, 0)))},
+        coords={"time": two_days.time, "lat": ("station", []), "lon": ("station", [])},
+    )
+    for method in ("letkf", "ensf"):
+        out = two_days.ensf.assimilate(none, method=method, obs_error=0.5)
+        np.testing.assert_array_equal(out.t.values, two_days.t.values)
+
+
+def test_repeated_observation_times_are_refused(two_days, obs):
+    twice = obs.expand_dims(time=[two_days.time.values[0]] * 2)
+    with pytest.raises(ObservationMismatchError, match="appears 2 times"):
+        two_days.ensf.assimilate(twice, method="letkf", obs_error=0.5)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"obs_error": 10**400}, "about 401 digits"),
+        ({"obs_error": 10**5000}, "about 5001 digits"),
+        ({"obs_error": 0.5, "inflation": 1e6}, "inflation=1000000.0"),
+        ({"obs_error": 0.5, "inflation": float("nan")}, "inflation must be a positive"),
+    ],
+)
+def test_out_of_range_options_are_refused(ds, obs, options, match):
+    with pytest.raises(OptionError, match=match):
+        ds.ensf.assimilate(obs, method="letkf", **options)
+
+
+def test_a_scale_that_would_overflow_is_refused(ds, obs):
+    with pytest.raises(OptionError, match="scale=1e-30 for 't'"):
+        ds.ensf.assimilate(obs, method="ensf", obs_error=0.5, scale=1e-30)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+@pytest.mark.parametrize("size", [1e-30, 1e23])
+def test_any_magnitude_gives_the_same_analysis_in_its_units(ds, obs, dtype, method, size):
+    """Units are arbitrary: the analysis of a state scaled by ``size`` is the scaled one."""
+    expected = ds.astype(dtype).ensf.assimilate(
+        obs.astype(dtype), method=method, obs_error=0.5, seed=2
+    )
+    scaled = (ds * size).astype(dtype).assign_attrs(ds.attrs)
+    scaled.t.attrs = ds.t.attrs
+    got = scaled.ensf.assimilate(
+        (obs * size).astype(dtype), method=method, obs_error=0.5 * size, seed=2
+    )
+    assert np.isfinite(got.t.values).all()
+    np.testing.assert_allclose(got.t.values / size, expected.t.values, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_relative_error_with_one_observation_names_the_variable(ds, obs, chunked):
+    given = obs.chunk() if chunked else obs
+    with pytest.raises(OptionError, match=r"obs_error='10%' for 't'.*\(1 observation\)"):
+        ds.ensf.assimilate(given, method="letkf", obs_error="10%")  # before any compute
+
+
+def test_an_empty_variable_list_is_refused():
+    with pytest.raises(OptionError, match="variables= is empty"):
+        xensf.era5.open("era5_sample", variables=[])

@@ -1,0 +1,145 @@
+"""Property-based tests of ``assimilate``: any input gives a correct result or an
+``XensfError``, never another exception, and the input is never modified.
+
+Hypothesis generates small ensembles with varied dim names and orders, latitude either
+way, both longitude conventions, float32 or float64, gridded or station observations
+with random gaps, every form of observation error, numpy or dask with random time
+chunks, and length-1 dims. A modest number of examples runs by default; ``-m slow``
+runs many more.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import xensf  # noqa: E402, F401  (registers the accessor)
+from xensf.errors import XensfError, XensfWarning  # noqa: E402
+
+
+@st.composite
+def cases(draw):
+    """A prior, observations and ``assimilate`` keyword arguments."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_mem = draw(st.integers(1, 5))  # 1 member: refused with an EnsembleError
+    n_lat, n_lon = draw(st.integers(1, 5)), draw(st.integers(1, 6))
+    n_time = draw(st.sampled_from([None, 1, 2, 3]))
+    names = {
+        "member": draw(st.sampled_from(["member", "number", "realization"])),
+        "lat": draw(st.sampled_from(["lat", "latitude"])),
+        "lon": draw(st.sampled_from(["lon", "longitude"])),
+    }
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    lat = np.linspace(-60, 60, n_lat) if n_lat > 1 else np.array([10.0])
+    if draw(st.booleans()):
+        lat = lat[::-1]
+    global_lon = draw(st.booleans())
+    step = 360.0 / n_lon if global_lon else 5.0
+    lon = 100.0 + step * np.arange(n_lon)
+    if draw(st.booleans()):  # the -180..180 convention
+        lon = (lon + 180.0) % 360.0 - 180.0
+    dims = [names["member"], names["lat"], names["lon"]]
+    if n_time is not None:
+        dims.append("time")
+    order = draw(st.permutations(dims))
+    sizes = {names["member"]: n_mem, names["lat"]: n_lat, names["lon"]: n_lon, "time": n_time}
+    shape = [sizes[d] for d in order]
+    scale = draw(st.sampled_from([1.0, 1e-3, 1e4]))
+    values = (280.0 + rng.standard_normal(shape)) * scale
+    coords = {names["lat"]: lat, names["lon"]: lon}
+    if n_time is not None:
+        coords["time"] = np.arange(n_time).astype("datetime64[D]").astype("datetime64[ns]")
+    prior = xr.Dataset({"t": (order, values.astype(dtype), {"units": "K"})}, coords=coords)
+
+    truth = prior.t.isel({names["member"]: 0}, drop=True)
+    stations = draw(st.booleans())
+    if stations:
+        n_obs = draw(st.integers(0, 4))
+        slat = rng.uniform(lat.min() - 5, lat.max() + 5, n_obs)  # some may lie outside
+        slon = rng.uniform(lon.min(), lon.min() + step * n_lon, n_obs)
+        obs_dims = (("time",) if n_time is not None else ()) + ("station",)
+        ov = (
+            280.0 * scale
+            + rng.standard_normal(((n_time,) if n_time is not None else ()) + (n_obs,)) * scale
+        )
+        obs = xr.Dataset(
+            {"t": (obs_dims, ov.astype(dtype), {"units": "K"})},
+            coords={"lat": ("station", slat), "lon": ("station", slon)}
+            | ({"time": prior.time.values} if n_time is not None else {}),
+        )
+    else:
+        gaps = rng.random(truth.shape) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+        obs = truth.where(~gaps).to_dataset()
+    form = draw(st.sampled_from(["number", "dict", "relative", "variable", "attribute"]))
+    kwargs = {}
+    err = 0.5 * scale
+    if form == "number":
+        kwargs["obs_error"] = err
+    elif form == "dict":
+        kwargs["obs_error"] = {"t": err}
+    elif form == "relative":
+        kwargs["obs_error"] = "20%"
+    elif form == "variable":
+        obs["t_error"] = xr.full_like(obs.t, err).assign_attrs(units="K")
+    else:
+        obs.t.attrs["obs_error"] = err
+    method = draw(st.sampled_from(["letkf", "ensf"]))
+    kwargs["method"] = method
+    if method == "ensf":
+        kwargs["steps"] = 8
+    elif draw(st.booleans()):
+        kwargs["loc_radius"] = 3000.0
+    chunks = None
+    if n_time is not None and draw(st.booleans()):
+        chunks = draw(st.integers(1, n_time))
+    return prior, obs, kwargs, chunks
+
+
+def _assimilate(prior, obs, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", XensfWarning)
+        return prior.ensf.assimilate(obs, seed=5, **kwargs)
+
+
+def _check(case) -> None:
+    prior, obs, kwargs, chunks = case
+    prior_before, obs_before = copy.deepcopy(prior), copy.deepcopy(obs)
+    try:
+        out = _assimilate(prior, obs, kwargs)
+    except XensfError:
+        return
+    finally:
+        xr.testing.assert_identical(prior, prior_before)
+        xr.testing.assert_identical(obs, obs_before)
+    assert out.t.dims == prior.t.dims and out.t.dtype == prior.t.dtype
+    for name, coord in prior.coords.items():  # values kept (attributes may be mended)
+        np.testing.assert_array_equal(out[name].values, coord.values)
+    assert np.isfinite(out.t.values).all()
+    assert out.t.attrs["units"] == "K"
+    if chunks is not None:
+        lazy = _assimilate(prior.chunk({"time": chunks}), obs.chunk({"time": chunks}), kwargs)
+        np.testing.assert_array_equal(lazy.t.values, out.t.values)
+
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+@settings(max_examples=25, **_COMMON)
+@given(cases())
+def test_assimilate_gives_a_result_or_an_xensf_error(case):
+    _check(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, **_COMMON)
+@given(cases())
+def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
+    _check(case)
