@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import xarray as xr
 
 import xensf
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_model_cache(tmp_path_factory):
+    """Model objects passed to the accessor are cached here, not in the user's cache."""
+    old = os.environ.get("XENSF_CACHE_DIR")
+    os.environ["XENSF_CACHE_DIR"] = str(tmp_path_factory.mktemp("xensf-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XENSF_CACHE_DIR", None)
+    else:
+        os.environ["XENSF_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -244,7 +244,7 @@ def cycle(
                 "before cycling"
             )
     obs, obs_time = _check_obs(obs, names)
-    spec, resolved = resolve_method(method, latent_model, options)
+    spec = resolve_method(method, latent_model, options)
     latent_digest = None
     if latent_model is not None:
         from .bridge.models import model_handle
@@ -258,7 +258,7 @@ def cycle(
              seed, device, member_dim, options)  # fmt: skip
 
     settings = _settings(
-        forecaster, state0, names, obs, obs_time, spec.name, resolved, latent_digest,
+        forecaster, state0, names, obs, obs_time, spec.name, spec.options(), latent_digest,
         obs_error, seed, schedule, members,
     )  # fmt: skip
     call = (

@@ -80,27 +80,31 @@ def shipped_model_path() -> Path:
 def method_options(
     method: str, setup: TwinSetup, errors: dict[str, float], model
 ) -> dict[str, Any]:
-    """The keyword arguments :func:`xensf.cycle` gets for ``method``."""
-    if method == "ensf":
-        return {"method": "ensf", "obs_error": errors, "steps": setup.ensf_steps}
-    if method == "letkf":
-        return {
-            "method": "letkf",
-            "obs_error": errors,
-            "loc_radius": setup.letkf_radius,
-            "inflation": setup.letkf_inflation,
-        }
-    if method in ("latent-ensf", "latent-letkf"):
-        return {"method": method, "latent_model": model}
-    if method == "latent-ensf-letkf":
-        return {
-            "method": method,
-            "latent_model": model,
-            "obs_error": errors,
-            "loc_radius": setup.letkf_radius,
-            "inflation": setup.letkf_inflation,
-        }
-    raise ValueError(f"unknown method {method!r}")
+    """The keyword arguments :func:`xensf.cycle` gets for ``method``.
+
+    From what the method is (:data:`xensf.bridge.methods.METHODS`): a latent model if it
+    needs one, the observation errors if it takes them, the twin's localisation and
+    inflation for a localised LETKF on the real observations, the twin's step count for
+    full-space EnSF; every other option at the method's default.
+    """
+    from dataclasses import fields
+
+    from .bridge.methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    cls = METHODS[method]
+    names = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {"method": method}
+    if cls.needs_model:
+        kwargs["latent_model"] = model
+    if cls.takes_obs_error:
+        kwargs["obs_error"] = errors
+    if "loc_radius" in names:
+        kwargs.update(loc_radius=setup.letkf_radius, inflation=setup.letkf_inflation)
+    if "steps" in names and not cls.needs_model:
+        kwargs["steps"] = setup.ensf_steps
+    return kwargs
 
 
 def obs_mask(setup: TwinSetup, like: xr.DataArray) -> xr.DataArray:

@@ -10,7 +10,7 @@ a result does not depend on how the data is chunked or batched.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,8 +28,8 @@ from .device import compute_device
 from .dims import EnsembleDims, find_dims, state_variables
 from .layout import StateLayout
 from .metadata import analysis_metadata
-from .methods import resolve_method
-from .models import ModelHandle, cached_model, model_handle
+from .methods import Block, Method, resolve_method
+from .models import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
     is_geographic,
@@ -65,61 +65,16 @@ class BlockPlan:
 
     layout: StateLayout
     obs: ObservationPlan
-    method: str
-    options: dict[str, Any]
+    method: Method
     seed: int
     device: str | None
     has_time: bool
     out_dtypes: tuple[np.dtype, ...]
     grid_locations: np.ndarray
     distance: str
-    scales: dict[str, float] | None = field(default=None)
     model: ModelHandle | None = None
     #: for a station model: the model's slot of each observation row
     model_slots: tuple[int, ...] | None = None
-
-
-def _ensf_scale(x: np.ndarray, layout: StateLayout, scales: dict[str, float] | None) -> np.ndarray:
-    """Per-component standardisation scale ``(T, d)``.
-
-    By default each field (variable at one level) is scaled by the prior ensemble's
-    spread, the root-mean-square over the grid of the member standard deviation, at
-    each analysis time; a floor keeps a field without spread finite.
-    """
-    T, _, d = x.shape
-    G = layout.grid_size
-    # float64: the variance of float32 values of 1e-30 (or 1e25) under- (over-)flows
-    per_field = x.reshape(T, x.shape[1], layout.n_fields, G).astype(np.float64)
-    if scales is not None:
-        var_of_field = layout.field_of_variable()
-        s = np.array([scales[layout.variables[i]] for i in var_of_field], dtype=np.float64)
-        s = np.broadcast_to(s, (T, layout.n_fields))
-    else:
-        spread = np.sqrt(per_field.var(axis=1, ddof=1).mean(axis=-1))  # (T, F)
-        size = np.abs(per_field.mean(axis=1)).max(axis=-1)  # (T, F)
-        floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
-        s = np.maximum(spread, floor)
-    return np.repeat(s, G, axis=-1).reshape(T, d)
-
-
-#: Largest |state| / scale the EnSF is given: its squares must stay far inside float32.
-_MAX_STANDARDISED = 1e15
-
-
-def _check_ensf_scale(x: np.ndarray, scale: np.ndarray, layout: StateLayout, given) -> None:
-    """Refuse a user's ``scale`` so small against the state that the standardised state
-    overflows (the default scale, the prior spread, cannot be)."""
-    if given is None:
-        return
-    ratio = np.abs(x).max(axis=1) / scale  # (T, d)
-    if ratio.max() > _MAX_STANDARDISED:
-        field = int(np.unravel_index(ratio.argmax(), ratio.shape)[1]) // layout.grid_size
-        name = layout.variables[layout.field_of_variable()[field]]
-        raise OptionError(
-            f"scale={given[name]:g} for {name!r} is {ratio.max():.3g} times smaller than the "
-            f"state's values, which standardised by it would overflow. Give a scale near "
-            f"the prior spread of {name!r}, or leave scale= out"
-        )
 
 
 def _work_dtype(plan: BlockPlan) -> type:
@@ -130,11 +85,6 @@ def _work_dtype(plan: BlockPlan) -> type:
 
 def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ...]:
     """The task: analyse every time of one chunk. Inputs and outputs are numpy."""
-    import torch
-
-    from ..filters import ensf_analysis
-    from ..filters.operators import LinearObservationOperator
-
     layout, obs = plan.layout, plan.obs
     nv, no = len(layout.variables), len(obs.variables)
     state = list(arrays[:nv])
@@ -158,229 +108,18 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     if np.any(np.isfinite(y) & ~(err > 0)):
         raise OptionError("observation errors must be positive where there are observations")
 
-    device = compute_device(plan.device)
-    work = _work_dtype(plan)
-    tensor_dtype = torch.float64 if work == np.float64 else torch.float32
-    # The prior itself where nothing changes it: exact, in its own precision.
-    out = x.astype(work, copy=True)
-    if plan.model is not None:
-        _latent_update(out, x, y, err, observed, seeds, plan, device)
-        return _unstack(out, plan)
-    # Times sharing the same observed set are analysed in one batched call.
-    groups, inverse = np.unique(observed, axis=0, return_inverse=True)
-    for g, sel in enumerate(groups):
-        ts = np.flatnonzero(inverse.ravel() == g)
-        if not sel.any():
-            continue  # nothing observed: the prior passes through unchanged
-        if plan.method != "ensf":
-            out[ts] = _letkf(x[ts], y[ts], err[ts], sel, obs, plan, device)
-            continue
-        op = LinearObservationOperator(
-            torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
-        ).to(device=device, dtype=tensor_dtype)
-        opts = plan.options
-        # Standardised here, in float64, rather than by the filter's ``scale``: the
-        # filter then sees numbers of order one whatever the units (a state of 1e-30
-        # with errors of 1e-31 would otherwise underflow float32 precisions). Each
-        # observation is scaled with the field it observes (the operator stays within
-        # one field, so H(x / s) = H(x) / s).
-        scale = _ensf_scale(x[ts], layout, plan.scales)  # (T, d)
-        _check_ensf_scale(x[ts], scale, layout, plan.scales)
-        scale_obs = scale[:, obs.indices[sel, 0]]
-        post = ensf_analysis(
-            torch.from_numpy((x[ts] / scale[:, None, :]).astype(work)).to(device),
-            torch.from_numpy((y[ts][:, sel] / scale_obs).astype(work)).to(device),
-            op,
-            torch.from_numpy((err[ts][:, sel] / scale_obs).astype(work)).to(device),
-            steps=int(opts["steps"]),
-            eps_alpha=float(opts["eps_alpha"]),
-            eps_beta=float(opts["eps_beta"]),
-            prior_score=opts["prior_score"],
-            likelihood=opts["likelihood"],
-            generator=[seeds[t] for t in ts],
-        )
-        out[ts] = post.cpu().numpy() * scale[:, None, :]
+    block = Block(
+        x=x,
+        y=y,
+        err=err,
+        observed=observed,
+        seeds=seeds,
+        plan=plan,
+        device=compute_device(plan.device),
+        work=_work_dtype(plan),
+    )
+    out = plan.method.analyse(block)
     return _unstack(out, plan)
-
-
-def _letkf(prior, y, err, observed_sel, obs: ObservationPlan, plan: BlockPlan, device):
-    """Localised LETKF of ``prior`` ``(T, N, d)`` with the observations in ``observed_sel``."""
-    import torch
-
-    from ..filters import letkf_analysis
-    from ..filters.operators import LinearObservationOperator
-
-    layout, opts = plan.layout, plan.options
-    work = _work_dtype(plan)
-    op = LinearObservationOperator(
-        torch.from_numpy(obs.indices[observed_sel]), torch.from_numpy(obs.weights[observed_sel])
-    ).to(device=device, dtype=torch.float64 if work == np.float64 else torch.float32)
-    loc = opts["loc_radius"]
-    return (
-        letkf_analysis(
-            torch.from_numpy(prior.astype(work)).to(device),
-            torch.from_numpy(y[:, observed_sel].astype(work)).to(device),
-            op,
-            torch.from_numpy(err[:, observed_sel].astype(work)).to(device),
-            inflation=float(opts["inflation"]),
-            rtps=float(opts["rtps"]),
-            loc_radius=loc,
-            state_coords=None if loc is None else plan.grid_locations,
-            state_location=None
-            if loc is None
-            else np.tile(np.arange(layout.grid_size), layout.n_fields),
-            obs_coords=None if loc is None else obs.locations[observed_sel],
-            distance=plan.distance,
-        )
-        .cpu()
-        .numpy()
-    )
-
-
-def _latent_update(out, x, y, err, observed, seeds, plan: BlockPlan, device) -> None:
-    """Latent methods for the times of a chunk that have observations.
-
-    All those times go through the networks and the filter in one batched call. The
-    observations reach the model laid out on the grid (NaN where unobserved) for a
-    gridded model, or as its station slots for a station model. A model whose
-    reconstruction error of the prior members at the observed points exceeds the RMS
-    innovation there, and whose analysis fits the observations worse than the prior
-    mean, gets a :class:`~xensf.errors.ModelQualityWarning`.
-    ``latent-ensf-letkf`` then corrects each time with a localised LETKF on the real
-    observations, from the decoded latent analysis or, where that fits the
-    observations worse than the prior mean, from the prior.
-    """
-    has = np.flatnonzero(observed.any(axis=1))
-    if has.size == 0:
-        return
-    layout = plan.layout
-    n_members = x.shape[1]
-    shape = (layout.n_fields, *layout.grid_shape)
-    model = cached_model(plan.model, device)
-    if plan.obs.kind == "gridded":
-        model_obs = np.full((has.size, layout.size), np.nan, dtype=np.float32)
-        model_obs[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
-        model_obs = model_obs.reshape(has.size, *shape)
-    else:
-        slots = np.asarray(plan.model_slots)
-        model_obs = np.full((has.size, model.config["obs_layout"]["n_obs"]), np.nan, np.float32)
-        model_obs[:, slots] = np.where(observed[has], y[has], np.nan)
-    latent_method = "latent-ensf" if plan.method == "latent-ensf-letkf" else plan.method
-    names = ("steps", "eps_alpha", "eps_beta", "prior_score", "likelihood", "update")
-    options = (
-        {k: plan.options[k] for k in names}
-        if plan.method == "latent-ensf-letkf"
-        else dict(plan.options)
-    )
-    post, latent = model.analyse(
-        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
-        model_obs,
-        method=latent_method,
-        generator=[seeds[t] for t in has] if latent_method == "latent-ensf" else None,
-        batch_size=n_members,  # one time per network pass: independent of the chunking
-        return_latent=True,
-        **options,
-    )
-    post = np.asarray(post).reshape(has.size, n_members, layout.size)
-    diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
-    _warn_quality(diag, plan)
-    if plan.method == "latent-ensf-letkf":
-        background = _hybrid_background(x[has], post, err[has], observed[has], diag, model, plan)
-        groups, inverse = np.unique(observed[has], axis=0, return_inverse=True)
-        for g, sel in enumerate(groups):
-            ts = np.flatnonzero(inverse.ravel() == g)
-            post[ts] = _letkf(
-                background[ts], y[has][ts], err[has][ts], sel, plan.obs, plan, device
-            )
-    out[has] = post
-
-
-#: ``latent-ensf-letkf`` keeps the prior as its background while the prior's error at
-#: the observed points is within this many times the prior spread there.
-_SPREAD_TRUST = 2.0
-
-
-def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPlan):
-    """The LETKF background of ``latent-ensf-letkf``, per time.
-
-    The prior's error at the observed points is estimated from the innovation,
-    ``e_b = sqrt(max(RMS(y − H x̄_b)² − RMS(σ_o)², 0))``; the latent analysis's, ``e_l``,
-    as the largest of the reconstruction error of the prior members there, the model's
-    validation error of decoded observations, and the latent analysis's own spread
-    there — not from its fit to these observations, which it was made from. The latent
-    analysis is taken where both hold:
-
-    - ``e_b² > e_l² + 2·sqrt(2/M)·RMS(innovation)²``: the prior is worse, by more than
-      twice the sampling error of ``e_b²`` (a mean of ``M`` squared innovations; at
-      20 % noise an unguarded estimate swings across ``e_l`` by chance);
-    - ``e_b > 2 · prior spread`` there: the prior ensemble does not know its error, so
-      LETKF alone could not correct it.
-
-    There the prior members are recentred on the latent analysis mean: they keep the
-    prior's perturbations, which carry the flow's uncertainty (the decoded latent
-    members would carry the VAE's error in their mean, where no LETKF sees it).
-    Elsewhere the background is the prior, and the method is LETKF. All figures in
-    units of each variable's training std.
-    """
-    obs = plan.obs
-    scale = model.std.cpu().numpy()[_row_fields(plan, model)]  # (M,)
-    count = np.maximum(observed.sum(-1), 1)
-
-    def rms_at_obs(values):  # (T, M) -> (T,)
-        return np.sqrt(np.where(observed, values**2, 0.0).sum(-1) / count)
-
-    sigma_rms = rms_at_obs(err / scale)
-    e_b = np.sqrt(np.maximum(diag["innovation"] ** 2 - sigma_rms**2, 0.0))
-
-    def spread_at_obs(members):  # (T, N, d) -> (T,)
-        values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
-        return rms_at_obs(values.std(1, ddof=1) / scale)
-
-    quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
-    floor = float(np.sqrt(np.mean(np.square(quality))))
-    e_l = np.maximum(np.maximum(diag["reconstruction"], floor), spread_at_obs(latent))
-    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
-    use_latent = (e_b**2 > e_l**2 + margin) & (e_b > _SPREAD_TRUST * spread_at_obs(prior))
-    recentred = prior - prior.mean(1, keepdims=True) + latent.mean(1, keepdims=True)
-    return np.where(use_latent[:, None, None], recentred, prior)
-
-
-def _row_fields(plan: BlockPlan, model) -> np.ndarray:
-    """The model channel of each observation row."""
-    if plan.obs.kind == "gridded":
-        return plan.obs.indices[:, 0] // plan.layout.grid_size
-    return np.asarray(model.config["obs_layout"]["slot_channels"])[np.asarray(plan.model_slots)]
-
-
-def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
-    """ModelQualityWarning when the model cannot represent the prior as well as obs pin it.
-
-    Both must hold: the reconstruction error of the prior members at the observed points
-    exceeds the RMS innovation there, and the latent analysis fits the observations
-    worse than the prior mean. (The first alone also happens in a well-converged cycle
-    with a good model, where the latent analysis still fits the observations better.)
-    """
-    import warnings
-
-    from ..errors import ModelQualityWarning
-
-    rec = float(np.sqrt(np.mean(diag["reconstruction"] ** 2)))
-    innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
-    misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
-    if rec > innov and misfit > innov:
-        warnings.warn(
-            f"the latent model {plan.model.path} reconstructs the prior members at the "
-            f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
-            f"training std), more than the RMS innovation (observation minus prior mean) "
-            f"there, {innov:.3g}, and its analysis fits the observations worse than the "
-            f"prior (RMS {misfit:.3g}): the model cannot represent this data as well as "
-            "the observations pin it down, and its analysis may be worse than the prior. Use "
-            "method='latent-ensf-letkf' (falls back to the prior where the latent analysis "
-            "fits the observations worse), train the model on more data like this, or use "
-            "a full-space method (ensf, letkf).",
-            ModelQualityWarning,
-            stacklevel=2,
-        )
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):
@@ -541,8 +280,7 @@ def assimilate(
     obs, _ = dequantify(obs)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise OptionError(f"seed must be an integer, got {seed!r}")
-    spec, opts = resolve_method(method, model, options)
-    scales = opts.pop("scale", None) if spec.name == "ensf" else None
+    spec = resolve_method(method, model, options)
     handle = config = None
     if spec.needs_model:
         if obs_error is not None and not spec.takes_obs_error:
@@ -557,19 +295,7 @@ def assimilate(
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
-    if scales is not None:
-        if isinstance(scales, int | float) and not isinstance(scales, bool):
-            scales = dict.fromkeys(names, float(scales))
-        if (
-            not isinstance(scales, dict)
-            or set(scales) != set(names)
-            or not all(isinstance(v, int | float) and v > 0 for v in scales.values())
-        ):
-            raise OptionError(
-                f"scale must be a positive number or a mapping {{variable: positive number}} "
-                f"naming exactly the state variables {names}; got {scales!r}"
-            )
-        scales = {k: float(v) for k, v in scales.items()}
+    spec = spec.bind(names)
     if prior.sizes[dims.member] < 2:
         raise EnsembleError(
             f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
@@ -607,15 +333,13 @@ def assimilate(
     plan = BlockPlan(
         layout=layout,
         obs=obs_plan,
-        method=spec.name,
-        options=opts,
+        method=spec,
         seed=int(seed),
         device=device,
         has_time=dims.time is not None,
         out_dtypes=tuple(prior[n].dtype for n in names),
         grid_locations=grid_loc,
         distance="great_circle" if spherical else "euclidean",
-        scales=scales,
         model=handle,
         model_slots=model_slots,
     )
@@ -658,17 +382,9 @@ def assimilate(
     result = prior.copy()
     for n, out in zip(names, outputs, strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
-    parameters = {**opts, "seed": int(seed), "obs_layout": obs_plan.kind}
+    parameters = {**spec.parameters(spherical), "seed": int(seed), "obs_layout": obs_plan.kind}
     if obs_plan.kind == "point":  # gridded: the count varies with time (NaN = unobserved)
         parameters["obs_slots"] = obs_plan.size
-    if spec.name == "ensf":
-        parameters["scale"] = (
-            "prior ensemble spread per variable and level at each analysis time"
-            if scales is None
-            else scales
-        )
-    if spec.name in ("letkf", "latent-ensf-letkf"):
-        parameters["loc_radius_units"] = "km" if spherical else "grid coordinate units"
     if handle is not None:
         parameters["model"] = handle.path
         parameters["model_sha256"] = handle.digest

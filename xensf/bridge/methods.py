@@ -1,102 +1,124 @@
-"""The analysis methods the accessor offers, with their options and defaults.
+"""The analysis methods: each a small class with its options, checks and ``analyse``.
 
-One table, so that adding a method is one entry and the accessor needs no change.
+A method is a frozen dataclass (DAPPER's way): its options are its fields, with their
+defaults, checked when it is made; class attributes say whether it needs a latent
+model and whether it takes the real observations' errors. :meth:`Method.analyse`
+turns one task's :class:`Block` (the prior of the times of a chunk, their
+observations, seeds and plan) into the analysis; :meth:`Method.parameters` is what
+the result records. The registry :data:`METHODS` maps names to classes: a new method
+is one class here and one entry there, and the bridge needs no change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import OptionError
+import numpy as np
 
-__all__ = ["METHODS", "MethodSpec", "resolve_method"]
+from ..errors import ModelQualityWarning, OptionError
+from .models import cached_model
 
+if TYPE_CHECKING:
+    from .analysis import BlockPlan
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """An analysis method: its name, options with defaults, and whether it needs a model."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
-    needs_model: bool = False
-    description: str = ""
-    #: whether the method takes the real observations' errors (``obs_error``)
-    takes_obs_error: bool = True
-
-
-#: The options of latent EnSF, defaults included (``latent-ensf-letkf`` adds LETKF's).
-_LATENT_ENSF: dict[str, Any] = {
-    "steps": 100,
-    "eps_alpha": 0.05,
-    "eps_beta": 0.025,
-    "prior_score": "mixture",
-    # the exact noised Gaussian likelihood: calibrated spread in latent space (the
-    # damped one halves the posterior variance; docs/method.md)
-    "likelihood": "gaussian",
-    "update": "decode",
-}
-
-METHODS: dict[str, MethodSpec] = {
-    "ensf": MethodSpec(
-        "ensf",
-        {
-            "steps": 100,
-            "eps_alpha": 0.05,
-            "eps_beta": 0.025,
-            "prior_score": "mixture",
-            "likelihood": "damped",
-            "scale": None,
-        },
-        description="Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)",
-    ),
-    "letkf": MethodSpec(
-        "letkf",
-        {"inflation": 1.0, "rtps": 0.0, "loc_radius": None},
-        description="Local ensemble transform Kalman filter (Hunt et al. 2007)",
-    ),
-    "latent-ensf": MethodSpec(
-        "latent-ensf",
-        _LATENT_ENSF,
-        needs_model=True,
-        takes_obs_error=False,
-        description="Latent Ensemble Score Filter (Si & Chen 2025): EnSF in a VAE's latent space",
-    ),
-    "latent-letkf": MethodSpec(
-        "latent-letkf",
-        {"inflation": 1.0, "rtps": 0.9, "update": "decode"},
-        needs_model=True,
-        takes_obs_error=False,
-        description="ETKF on the latent ensemble with the encoded observation",
-    ),
-    "latent-ensf-letkf": MethodSpec(
-        "latent-ensf-letkf",
-        {**_LATENT_ENSF, "inflation": 1.0, "rtps": 0.0, "loc_radius": None},
-        needs_model=True,
-        description=(
-            "Latent-EnSF, then a localised LETKF with the real observations, from the prior "
-            "recentred on the latent analysis where the prior is far off and its spread "
-            "does not show it, else from the prior"
-        ),
-    ),
-}
-
+__all__ = [
+    "LETKF",
+    "METHODS",
+    "Block",
+    "EnSF",
+    "LatentEnSF",
+    "LatentEnSFLETKF",
+    "LatentLETKF",
+    "Method",
+    "resolve_method",
+]
 
 #: Largest multiplicative inflation accepted.
 MAX_INFLATION = 10.0
 
 
+@dataclass(frozen=True)
+class Block:
+    """One task's data: what :meth:`Method.analyse` works on (numpy, no xarray)."""
+
+    #: the prior ``(T, N, d)`` of the chunk's times, stacked as ``plan.layout`` says
+    x: np.ndarray
+    #: observation values and error standard deviations ``(T, M)`` (NaN: none)
+    y: np.ndarray
+    err: np.ndarray
+    #: where there is an observation ``(T, M)``
+    observed: np.ndarray
+    #: one seed per time (:func:`~xensf.bridge.analysis.analysis_seeds`)
+    seeds: list[int]
+    plan: BlockPlan
+    #: the torch device to compute on
+    device: Any
+    #: the working precision: ``np.float64`` for float64 states, else ``np.float32``
+    work: type
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return torch.float64 if self.work == np.float64 else torch.float32
+
+    def groups(self):
+        """``(times, observed)`` for each set of times sharing the same observed rows."""
+        groups, inverse = np.unique(self.observed, axis=0, return_inverse=True)
+        for g, sel in enumerate(groups):
+            if sel.any():  # nothing observed: the prior passes through unchanged
+                yield np.flatnonzero(inverse.ravel() == g), sel
+
+
+# --------------------------------------------------------------------------------------
+# the base class and the option checks
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Method:
+    """An analysis method; subclasses declare their options as dataclass fields."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: whether it needs a trained latent model (``model=``)
+    needs_model: ClassVar[bool] = False
+    #: whether it takes the real observations' errors (``obs_error``)
+    takes_obs_error: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_option(self.name, f.name, getattr(self, f.name))
+
+    def options(self) -> dict[str, Any]:
+        """The options, by name (what ``assimilate`` takes as keyword arguments)."""
+        return asdict(self)
+
+    def bind(self, variables: list[str]) -> Method:
+        """This method for the state ``variables`` (checks options that name them)."""
+        return self
+
+    def parameters(self, spherical: bool) -> dict[str, Any]:
+        """What the analysis records of the method (``xensf_<name>`` attributes)."""
+        return self.options()
+
+    def analyse(self, block: Block) -> np.ndarray:
+        """The analysis ``(T, N, d)`` of ``block`` in ``block.work`` precision."""
+        raise NotImplementedError
+
+
 def _check_option(method: str, key: str, value: Any) -> None:
     """Range checks that can be made before any work is done."""
-    positive = {"steps", "inflation"}
-    if key in positive and (
+    if key in ("steps", "inflation") and (
         not isinstance(value, int | float)
         or isinstance(value, bool)
         or not math.isfinite(value)
         or value <= 0
     ):
         raise OptionError(f"{method}: {key} must be a positive number, got {value!r}")
+    if key == "inflation" and value < 1:
+        raise OptionError(f"{method}: inflation must be >= 1 (1 = none), got {value!r}")
     if key == "inflation" and value > MAX_INFLATION:
         raise OptionError(
             f"{method}: inflation={value!r} multiplies the prior spread by more than "
@@ -123,38 +145,452 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: update must be 'decode' or 'increment', got {value!r}")
     if key == "likelihood" and value not in ("damped", "gaussian"):
         raise OptionError(f"{method}: likelihood must be 'damped' or 'gaussian', got {value!r}")
-    if key == "inflation" and value < 1:
-        raise OptionError(f"{method}: inflation must be >= 1 (1 = none), got {value!r}")
+    if key == "scale" and value is not None:
+        numbers = value.values() if isinstance(value, dict) else [value]
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            for v in numbers
+        ):
+            raise OptionError(
+                f"{method}: scale must be a positive number or a mapping {{variable: "
+                f"positive number}}, got {value!r}"
+            )
 
 
-def resolve_method(
-    method: str | None, model: Any, options: dict[str, Any]
-) -> tuple[MethodSpec, dict[str, Any]]:
-    """The method's spec and its full option set; unknown methods/options raise OptionError."""
+# --------------------------------------------------------------------------------------
+# full-space methods
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnSF(Method):
+    """Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)."""
+
+    name: ClassVar[str] = "ensf"
+    description: ClassVar[str] = (
+        "Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)"
+    )
+    steps: int = 100
+    eps_alpha: float = 0.05
+    eps_beta: float = 0.025
+    prior_score: str = "mixture"
+    likelihood: str = "damped"
+    #: a number or ``{variable: number}`` in state units; None: the prior spread
+    scale: Any = None
+
+    def bind(self, names: list[str]) -> EnSF:
+        """This method with ``scale`` as ``{variable: number}`` for exactly ``names``."""
+        if self.scale is None:
+            return self
+        scale = self.scale
+        if not isinstance(scale, dict):
+            scale = dict.fromkeys(names, float(scale))
+        if set(scale) != set(names):
+            raise OptionError(
+                f"scale must be a positive number or a mapping {{variable: positive number}} "
+                f"naming exactly the state variables {names}; got {self.scale!r}"
+            )
+        return EnSF(**{**self.options(), "scale": {k: float(v) for k, v in scale.items()}})
+
+    def parameters(self, spherical: bool) -> dict[str, Any]:
+        out = self.options()
+        if self.scale is None:
+            out["scale"] = "prior ensemble spread per variable and level at each analysis time"
+        return out
+
+    def analyse(self, block: Block) -> np.ndarray:
+        import torch
+
+        from ..filters import ensf_analysis
+        from ..filters.operators import LinearObservationOperator
+
+        plan, obs, x, work = block.plan, block.plan.obs, block.x, block.work
+        out = x.astype(work, copy=True)
+        for ts, sel in block.groups():
+            op = LinearObservationOperator(
+                torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
+            ).to(device=block.device, dtype=block.torch_dtype)
+            # Standardised here, in float64, rather than by the filter's ``scale``: the
+            # filter then sees numbers of order one whatever the units (a state of
+            # 1e-30 with errors of 1e-31 would otherwise underflow float32
+            # precisions). Each observation is scaled with the field it observes (the
+            # operator stays within one field, so H(x / s) = H(x) / s).
+            scale = _ensf_scale(x[ts], plan.layout, self.scale)  # (T, d)
+            _check_ensf_scale(x[ts], scale, plan.layout, self.scale)
+            scale_obs = scale[:, obs.indices[sel, 0]]
+            post = ensf_analysis(
+                torch.from_numpy((x[ts] / scale[:, None, :]).astype(work)).to(block.device),
+                torch.from_numpy((block.y[ts][:, sel] / scale_obs).astype(work)).to(block.device),
+                op,
+                torch.from_numpy((block.err[ts][:, sel] / scale_obs).astype(work)).to(
+                    block.device
+                ),
+                steps=int(self.steps),
+                eps_alpha=float(self.eps_alpha),
+                eps_beta=float(self.eps_beta),
+                prior_score=self.prior_score,
+                likelihood=self.likelihood,
+                generator=[block.seeds[t] for t in ts],
+            )
+            out[ts] = post.cpu().numpy() * scale[:, None, :]
+        return out
+
+
+@dataclass(frozen=True)
+class _LocalisedLETKF:
+    """The options of a localised LETKF on the real observations (a mixin)."""
+
+    inflation: float = 1.0
+    rtps: float = 0.0
+    loc_radius: float | None = None
+
+    def parameters(self, spherical: bool) -> dict[str, Any]:
+        units = "km" if spherical else "grid coordinate units"
+        return {**self.options(), "loc_radius_units": units}
+
+
+@dataclass(frozen=True)
+class LETKF(_LocalisedLETKF, Method):
+    """Local ensemble transform Kalman filter (Hunt et al. 2007)."""
+
+    name: ClassVar[str] = "letkf"
+    description: ClassVar[str] = "Local ensemble transform Kalman filter (Hunt et al. 2007)"
+
+    def analyse(self, block: Block) -> np.ndarray:
+        out = block.x.astype(block.work, copy=True)
+        for ts, sel in block.groups():
+            out[ts] = _letkf(self, block, block.x[ts], ts, sel)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# latent methods
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _LatentMethod(Method):
+    """A filter in a latent model's latent space (``LatentModel.analyse``)."""
+
+    needs_model: ClassVar[bool] = True
+    takes_obs_error: ClassVar[bool] = False
+    #: the latent filter, as :meth:`xensf.latent.LatentModel.analyse` names it
+    latent_filter: ClassVar[str] = ""
+    #: whether the latent filter draws random numbers (then seeded per time)
+    stochastic: ClassVar[bool] = False
+
+    def latent_options(self) -> dict[str, Any]:
+        """The options :meth:`~xensf.latent.LatentModel.analyse` takes."""
+        return self.options()
+
+    def analyse(self, block: Block) -> np.ndarray:
+        out = block.x.astype(block.work, copy=True)
+        has = np.flatnonzero(block.observed.any(axis=1))
+        if has.size:
+            post, diag, model = _latent_analysis(self, block, has)
+            out[has] = self.correct(block, has, post, diag, model)
+        return out
+
+    def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
+        """The analysis of the observed times ``has`` from the decoded latent one."""
+        return post
+
+
+@dataclass(frozen=True)
+class LatentEnSF(_LatentMethod):
+    """Latent Ensemble Score Filter (Si & Chen 2025): EnSF in a VAE's latent space."""
+
+    name: ClassVar[str] = "latent-ensf"
+    description: ClassVar[str] = (
+        "Latent Ensemble Score Filter (Si & Chen 2025): EnSF in a VAE's latent space"
+    )
+    latent_filter: ClassVar[str] = "latent-ensf"
+    stochastic: ClassVar[bool] = True
+    steps: int = 100
+    eps_alpha: float = 0.05
+    eps_beta: float = 0.025
+    prior_score: str = "mixture"
+    # the exact noised Gaussian likelihood: calibrated spread in latent space (the
+    # damped one halves the posterior variance; docs/method.md)
+    likelihood: str = "gaussian"
+    update: str = "decode"
+
+    def latent_options(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(LatentEnSF)}
+
+
+@dataclass(frozen=True)
+class LatentLETKF(_LatentMethod):
+    """The global ETKF on the latent ensemble with the encoded observation."""
+
+    name: ClassVar[str] = "latent-letkf"
+    description: ClassVar[str] = "ETKF on the latent ensemble with the encoded observation"
+    latent_filter: ClassVar[str] = "latent-letkf"
+    inflation: float = 1.0
+    rtps: float = 0.9
+    update: str = "decode"
+
+
+@dataclass(frozen=True)
+class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
+    """Latent-EnSF, then a localised LETKF with the real observations."""
+
+    name: ClassVar[str] = "latent-ensf-letkf"
+    description: ClassVar[str] = (
+        "Latent-EnSF, then a localised LETKF with the real observations, from the prior "
+        "recentred on the latent analysis where the prior is far off and its spread "
+        "does not show it, else from the prior"
+    )
+    takes_obs_error: ClassVar[bool] = True
+
+    def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
+        background = _hybrid_background(
+            block.x[has], post, block.err[has], block.observed[has], diag, model, block.plan
+        )
+        observed = Block(
+            x=background,
+            y=block.y[has],
+            err=block.err[has],
+            observed=block.observed[has],
+            seeds=[block.seeds[t] for t in has],
+            plan=block.plan,
+            device=block.device,
+            work=block.work,
+        )
+        out = np.array(post, dtype=block.work)
+        for ts, sel in observed.groups():
+            out[ts] = _letkf(self, observed, background[ts], ts, sel)
+        return out
+
+
+#: The methods ``assimilate`` offers, by name.
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (EnSF, LETKF, LatentEnSF, LatentLETKF, LatentEnSFLETKF)
+}
+
+
+def resolve_method(method: str | None, model: Any, options: dict[str, Any]) -> Method:
+    """The method object for ``method`` with ``options``; OptionError on anything wrong."""
     if method is None:
         method = "latent-ensf" if model is not None else "ensf"
     if method not in METHODS:
         raise OptionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    spec = METHODS[method]
-    if model is not None and not spec.needs_model:
+    cls = METHODS[method]
+    if model is not None and not cls.needs_model:
         raise OptionError(
             f"method {method!r} does not use a model; drop model= or choose a latent method "
-            "('latent-ensf', 'latent-letkf')"
+            f"({', '.join(repr(n) for n, c in METHODS.items() if c.needs_model)})"
         )
-    if model is None and spec.needs_model:
+    if model is None and cls.needs_model:
         raise OptionError(
             f"method {method!r} needs a trained latent model: pass model=xensf.load(path) "
             "(or a bundle path); train one with xensf.train_latent"
         )
-    unknown = sorted(set(options) - set(spec.options))
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise OptionError(
-            f"unknown option(s) {unknown} for method {method!r}; its options are "
-            f"{sorted(spec.options)}"
+            f"unknown option(s) {unknown} for method {method!r}; its options are {sorted(known)}"
         )
-    resolved = {**spec.options, **options}
-    for key, value in resolved.items():
-        if value is not None or key == "loc_radius":
-            if key != "scale":
-                _check_option(method, key, value)
-    return spec, resolved
+    return cls(**options)
+
+
+# --------------------------------------------------------------------------------------
+# the pieces the methods share
+# --------------------------------------------------------------------------------------
+def _letkf(params, block: Block, prior: np.ndarray, ts: np.ndarray, sel: np.ndarray):
+    """Localised LETKF of ``prior`` (the times ``ts`` of ``block``) with the observations
+    ``sel``; ``params`` has ``inflation``, ``rtps`` and ``loc_radius``."""
+    import torch
+
+    from ..filters import letkf_analysis
+    from ..filters.operators import LinearObservationOperator
+
+    plan, obs, work, device = block.plan, block.plan.obs, block.work, block.device
+    op = LinearObservationOperator(
+        torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
+    ).to(device=device, dtype=block.torch_dtype)
+    loc = params.loc_radius
+    layout = plan.layout
+    return (
+        letkf_analysis(
+            torch.from_numpy(prior.astype(work)).to(device),
+            torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device),
+            op,
+            torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device),
+            inflation=float(params.inflation),
+            rtps=float(params.rtps),
+            loc_radius=loc,
+            state_coords=None if loc is None else plan.grid_locations,
+            state_location=None
+            if loc is None
+            else np.tile(np.arange(layout.grid_size), layout.n_fields),
+            obs_coords=None if loc is None else obs.locations[sel],
+            distance=plan.distance,
+        )
+        .cpu()
+        .numpy()
+    )
+
+
+def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
+    """The decoded latent analysis ``(len(has), N, d)`` of the observed times ``has``,
+    its diagnostics and the model.
+
+    All those times go through the networks and the filter in one batched call, one
+    time per network pass (so the result does not depend on the chunking). The
+    observations reach the model laid out on the grid (NaN where unobserved) for a
+    gridded model, or as its station slots for a station model. A model whose
+    reconstruction error of the prior members at the observed points exceeds the RMS
+    innovation there, and whose analysis fits the observations worse than the prior
+    mean, gets a :class:`~xensf.errors.ModelQualityWarning`.
+    """
+    plan, x, y, observed = block.plan, block.x, block.y, block.observed
+    layout = plan.layout
+    n_members = x.shape[1]
+    shape = (layout.n_fields, *layout.grid_shape)
+    model = cached_model(plan.model, block.device)
+    if plan.obs.kind == "gridded":
+        model_obs = np.full((has.size, layout.size), np.nan, dtype=np.float32)
+        model_obs[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
+        model_obs = model_obs.reshape(has.size, *shape)
+    else:
+        slots = np.asarray(plan.model_slots)
+        model_obs = np.full((has.size, model.config["obs_layout"]["n_obs"]), np.nan, np.float32)
+        model_obs[:, slots] = np.where(observed[has], y[has], np.nan)
+    post, latent = model.analyse(
+        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
+        model_obs,
+        method=method.latent_filter,
+        generator=[block.seeds[t] for t in has] if method.stochastic else None,
+        batch_size=n_members,  # one time per network pass: independent of the chunking
+        return_latent=True,
+        **method.latent_options(),
+    )
+    post = np.asarray(post).reshape(has.size, n_members, layout.size)
+    diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
+    _warn_quality(diag, plan)
+    return post, diag, model
+
+
+#: ``latent-ensf-letkf`` keeps the prior as its background while the prior's error at
+#: the observed points is within this many times the prior spread there.
+_SPREAD_TRUST = 2.0
+
+
+def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPlan):
+    """The LETKF background of ``latent-ensf-letkf``, per time.
+
+    The prior's error at the observed points is estimated from the innovation,
+    ``e_b = sqrt(max(RMS(y − H x̄_b)² − RMS(σ_o)², 0))``; the latent analysis's, ``e_l``,
+    as the largest of the reconstruction error of the prior members there, the model's
+    validation error of decoded observations, and the latent analysis's own spread
+    there — not from its fit to these observations, which it was made from. The latent
+    analysis is taken where both hold:
+
+    - ``e_b² > e_l² + 2·sqrt(2/M)·RMS(innovation)²``: the prior is worse, by more than
+      twice the sampling error of ``e_b²`` (a mean of ``M`` squared innovations; at
+      20 % noise an unguarded estimate swings across ``e_l`` by chance);
+    - ``e_b > 2 · prior spread`` there: the prior ensemble does not know its error, so
+      LETKF alone could not correct it.
+
+    There the prior members are recentred on the latent analysis mean: they keep the
+    prior's perturbations, which carry the flow's uncertainty (the decoded latent
+    members would carry the VAE's error in their mean, where no LETKF sees it).
+    Elsewhere the background is the prior, and the method is LETKF. All figures in
+    units of each variable's training std.
+    """
+    obs = plan.obs
+    scale = model.std.cpu().numpy()[_row_fields(plan, model)]  # (M,)
+    count = np.maximum(observed.sum(-1), 1)
+
+    def rms_at_obs(values):  # (T, M) -> (T,)
+        return np.sqrt(np.where(observed, values**2, 0.0).sum(-1) / count)
+
+    sigma_rms = rms_at_obs(err / scale)
+    e_b = np.sqrt(np.maximum(diag["innovation"] ** 2 - sigma_rms**2, 0.0))
+
+    def spread_at_obs(members):  # (T, N, d) -> (T,)
+        values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
+        return rms_at_obs(values.std(1, ddof=1) / scale)
+
+    quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
+    floor = float(np.sqrt(np.mean(np.square(quality))))
+    e_l = np.maximum(np.maximum(diag["reconstruction"], floor), spread_at_obs(latent))
+    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
+    use_latent = (e_b**2 > e_l**2 + margin) & (e_b > _SPREAD_TRUST * spread_at_obs(prior))
+    recentred = prior - prior.mean(1, keepdims=True) + latent.mean(1, keepdims=True)
+    return np.where(use_latent[:, None, None], recentred, prior)
+
+
+def _row_fields(plan: BlockPlan, model) -> np.ndarray:
+    """The model channel of each observation row."""
+    if plan.obs.kind == "gridded":
+        return plan.obs.indices[:, 0] // plan.layout.grid_size
+    return np.asarray(model.config["obs_layout"]["slot_channels"])[np.asarray(plan.model_slots)]
+
+
+def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
+    """ModelQualityWarning when the model cannot represent the prior as well as obs pin it.
+
+    Both must hold: the reconstruction error of the prior members at the observed points
+    exceeds the RMS innovation there, and the latent analysis fits the observations
+    worse than the prior mean. (The first alone also happens in a well-converged cycle
+    with a good model, where the latent analysis still fits the observations better.)
+    """
+    rec = float(np.sqrt(np.mean(diag["reconstruction"] ** 2)))
+    innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
+    misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
+    if rec > innov and misfit > innov:
+        warnings.warn(
+            f"the latent model {plan.model.path} reconstructs the prior members at the "
+            f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
+            f"training std), more than the RMS innovation (observation minus prior mean) "
+            f"there, {innov:.3g}, and its analysis fits the observations worse than the "
+            f"prior (RMS {misfit:.3g}): the model cannot represent this data as well as "
+            "the observations pin it down, and its analysis may be worse than the prior. Use "
+            "method='latent-ensf-letkf' (falls back to the prior where the latent analysis "
+            "fits the observations worse), train the model on more data like this, or use "
+            "a full-space method (ensf, letkf).",
+            ModelQualityWarning,
+            stacklevel=2,
+        )
+
+
+def _ensf_scale(x: np.ndarray, layout, scales: dict[str, float] | None) -> np.ndarray:
+    """Per-component standardisation scale ``(T, d)``.
+
+    By default each field (variable at one level) is scaled by the prior ensemble's
+    spread, the root-mean-square over the grid of the member standard deviation, at
+    each analysis time; a floor keeps a field without spread finite.
+    """
+    T, _, d = x.shape
+    G = layout.grid_size
+    # float64: the variance of float32 values of 1e-30 (or 1e25) under- (over-)flows
+    per_field = x.reshape(T, x.shape[1], layout.n_fields, G).astype(np.float64)
+    if scales is not None:
+        var_of_field = layout.field_of_variable()
+        s = np.array([scales[layout.variables[i]] for i in var_of_field], dtype=np.float64)
+        s = np.broadcast_to(s, (T, layout.n_fields))
+    else:
+        spread = np.sqrt(per_field.var(axis=1, ddof=1).mean(axis=-1))  # (T, F)
+        size = np.abs(per_field.mean(axis=1)).max(axis=-1)  # (T, F)
+        floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
+        s = np.maximum(spread, floor)
+    return np.repeat(s, G, axis=-1).reshape(T, d)
+
+
+#: Largest |state| / scale the EnSF is given: its squares must stay far inside float32.
+_MAX_STANDARDISED = 1e15
+
+
+def _check_ensf_scale(x: np.ndarray, scale: np.ndarray, layout, given) -> None:
+    """Refuse a user's ``scale`` so small against the state that the standardised state
+    overflows (the default scale, the prior spread, cannot be)."""
+    if given is None:
+        return
+    ratio = np.abs(x).max(axis=1) / scale  # (T, d)
+    if ratio.max() > _MAX_STANDARDISED:
+        field = int(np.unravel_index(ratio.argmax(), ratio.shape)[1]) // layout.grid_size
+        name = layout.variables[layout.field_of_variable()[field]]
+        raise OptionError(
+            f"scale={given[name]:g} for {name!r} is {ratio.max():.3g} times smaller than the "
+            f"state's values, which standardised by it would overflow. Give a scale near "
+            f"the prior spread of {name!r}, or leave scale= out"
+        )
