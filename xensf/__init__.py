@@ -7,9 +7,9 @@ heavy (torch, CUDA) is imported until a computation asks for it.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
 from . import accessor as _accessor  # noqa: F401  (registers the .ensf accessor)
+from ._version import VERSION as __version__
 from .errors import (
     BundleError,
     ChunkingError,
@@ -27,11 +27,6 @@ from .errors import (
     XensfError,
     XensfWarning,
 )
-
-try:
-    __version__ = version("xensf")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 # Public names loaded on first use, so that `import xensf` stays light.
 _LAZY = {

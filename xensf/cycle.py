@@ -20,7 +20,6 @@ resumed cycles agree with an uninterrupted run to rounding, not bit for bit.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import sys
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .bridge.metadata import CF_CONVENTIONS, xensf_version
+from .bridge.metadata import CF_CONVENTIONS, with_history, xensf_version
 from .errors import (
     DimensionError,
     EnsembleError,
@@ -800,14 +799,11 @@ def _settings(forecaster, state0, names, obs, obs_time, method, resolved, latent
 
 def _global_attrs(input_attrs, settings, method, call) -> dict[str, Any]:
     attrs = {k: _attr_value(v) for k, v in input_attrs.items() if not k.startswith("xensf_")}
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    line = f"{stamp} xensf {xensf_version()}: {call}"
-    history = str(attrs.get("history", "")).strip()
+    attrs = with_history(attrs, call)
     attrs.update(
         {
             "Conventions": CF_CONVENTIONS,
             "title": f"Cycling data assimilation ({method}) made with xensf",
-            "history": f"{line}\n{history}" if history else line,
             RUN_MARKER: RUN_KIND,
             FORMAT_ATTR: FORMAT,
             "xensf_version": xensf_version(),

@@ -562,12 +562,9 @@ def _select_time(ds: xr.Dataset, time, every) -> xr.Dataset:
 
 
 def _history(ds: xr.Dataset, call: str) -> None:
-    from .bridge.metadata import xensf_version
+    from .bridge.metadata import with_history
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    line = f"{stamp} xensf {xensf_version()}: {call}"
-    old = ds.attrs.get("history")
-    ds.attrs["history"] = f"{line}\n{old}" if old else line
+    ds.attrs = with_history(ds.attrs, call)
 
 
 def open(

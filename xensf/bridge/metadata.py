@@ -16,11 +16,12 @@ import json
 import re
 import warnings
 from collections.abc import Mapping
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from .._version import VERSION
 
 CF_CONVENTIONS = "CF-1.11"
 ATTR_PREFIX = "xensf_"
@@ -44,11 +45,23 @@ class CFMetadataWarning(UserWarning):
 
 
 def xensf_version() -> str:
-    """The installed xensf version, or ``"unknown"`` when it is not installed."""
-    try:
-        return metadata.version("xensf")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed xensf version (``"0+unknown"`` from an uninstalled source tree)."""
+    return VERSION
+
+
+def history_line(call: str, now: dt.datetime | None = None) -> str:
+    """``"<UTC time> xensf <version>: <call>"``, the line xensf adds to ``history``."""
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    return f"{stamp.strftime('%Y-%m-%dT%H:%M:%SZ')} xensf {VERSION}: {call}"
+
+
+def with_history(attrs: Mapping[str, Any], call: str, now: dt.datetime | None = None) -> dict:
+    """``attrs`` with :func:`history_line` prepended to its ``history`` (newest first)."""
+    out = dict(attrs)
+    line = history_line(call, now)
+    old = str(out.get("history", "")).strip()
+    out["history"] = f"{line}\n{old}" if old else line
+    return out
 
 
 def analysis_metadata(
@@ -226,10 +239,7 @@ def _global_attrs(
     attrs["Conventions"] = _conventions(attrs.get("Conventions"))
     attrs.setdefault("title", f"Ensemble analysis ({method}) made with xensf")
 
-    stamp = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-    line = f"{stamp.strftime('%Y-%m-%dT%H:%M:%SZ')} xensf {xensf_version()}: {call}"
-    history = str(attrs.get("history", "")).strip()
-    attrs["history"] = f"{line}\n{history}" if history else line
+    attrs = with_history(attrs, call, now)
 
     attrs[f"{ATTR_PREFIX}method"] = method
     attrs[f"{ATTR_PREFIX}version"] = xensf_version()

@@ -16,7 +16,7 @@ safetensors reader opens it; no code is ever executed to read it.
     {
       "format": "xensf-latent-bundle",     # always this string
       "format_version": 1,                 # integer; readers refuse larger ones
-      "xensf_version": "0.1.0",            # the xensf that wrote it ("unknown" if none)
+      "xensf_version": "0.1.0",            # the xensf that wrote it ("0+unknown" if none)
       "created": "2025-01-01T00:00:00+00:00",
       "weights_sha256": "<hex>",           # SHA-256 of weights.safetensors, as bytes
       "tensors": {"NAME": {"dtype": "float32", "shape": [3, 4]}, ...},
@@ -64,7 +64,6 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +72,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .._version import VERSION
 from ..errors import BundleError, OptionError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_info", "load_bundle", "save_bundle"]
@@ -178,7 +178,7 @@ def save_bundle(
         document = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
-            "xensf_version": _xensf_version(),
+            "xensf_version": VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "weights_sha256": _sha256_file(weights),
             "tensors": {
@@ -354,7 +354,7 @@ def _read_document(path: Path) -> dict[str, Any]:
     if found_version > BUNDLE_VERSION:
         raise BundleError(
             f"{path} was written by a newer xensf ({document.get('xensf_version', 'unknown')}, "
-            f"bundle format version {found_version}); this xensf ({_xensf_version()}) reads "
+            f"bundle format version {found_version}); this xensf ({VERSION}) reads "
             f"versions up to {BUNDLE_VERSION}. Upgrade xensf to load it."
         )
     kinds = {"weights_sha256": str, "tensors": dict, "metadata_sha256": str, "metadata": dict}
@@ -576,10 +576,3 @@ def _sha256_file(file: Path) -> str:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _xensf_version() -> str:
-    try:
-        return version("xensf")
-    except PackageNotFoundError:
-        return "unknown"

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import VERSION
 from ..errors import BundleError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
@@ -617,12 +618,10 @@ class LatentModel:
 
     def metadata(self) -> dict[str, Any]:
         """The JSON-serialisable description stored next to the weights."""
-        from .. import __version__
-
         return {
             "format": MODEL_FORMAT,
             "format_version": MODEL_FORMAT_VERSION,
-            "xensf_version": __version__,
+            "xensf_version": VERSION,
             "config": copy.deepcopy(self.config),
             "normalization": {"mean": self.mean.tolist(), "std": self.std.tolist()},
             "latent_obs_std": self.latent_obs_std.tolist(),
