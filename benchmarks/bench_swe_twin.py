@@ -29,7 +29,8 @@ import xarray as xr
 
 from xensf.cli import SWE_METHODS
 from xensf.demo_swe import run, shipped_model_path
-from xensf.twin import field_scales, relative_rmse
+from xensf.metrics import relative_rmse
+from xensf.twin import field_scales
 
 FIELDS = ("eta", "u", "v")
 

@@ -11,7 +11,8 @@ import xarray as xr
 import xensf
 import xensf.demo_swe as demo_swe
 from xensf.cli import main
-from xensf.twin import TwinSetup, initial_ensemble, observations, relative_rmse, truth_run
+from xensf.metrics import relative_rmse
+from xensf.twin import TwinSetup, initial_ensemble, observations, truth_run
 
 
 def test_shipped_demo_model_fits_the_demo_setup():

@@ -252,12 +252,13 @@ class EnsfDatasetAccessor:
         ``dims``: the dims to average over (default: all dims of ``truth`` except time).
         """
         from .bridge.dims import find_role
+        from .metrics import ensemble_rmse
 
-        error = self.mean(member_dim) - truth
+        member = self._member_dim(member_dim)
         if dims is None:
             time = find_role(truth, "time", required=False)
-            dims = [d for d in error.dims if d != time]
-        return (error**2).mean(dims) ** 0.5
+            dims = [d for d in self._obj.dims if d not in (time, member)]
+        return ensemble_rmse(self._obj, truth, member, dims=dims)
 
 
 @xr.register_dataarray_accessor("ensf")

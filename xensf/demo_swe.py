@@ -22,6 +22,7 @@ from typing import Any
 
 import xarray as xr
 
+from .metrics import relative_rmse
 from .twin import (
     TwinSetup,
     field_scales,
@@ -29,7 +30,6 @@ from .twin import (
     initial_ensemble,
     observations,
     observed_points,
-    relative_rmse,
     training_runs,
     truth_run,
 )

@@ -39,7 +39,6 @@ __all__ = [
     "initial_ensemble",
     "observations",
     "observed_points",
-    "relative_rmse",
     "training_runs",
     "truth_run",
 ]
@@ -183,17 +182,6 @@ def observed_points(setup: TwinSetup) -> np.ndarray:
     off = setup.stride // 2
     mask[off :: setup.stride, off :: setup.stride] = True
     return mask
-
-
-def relative_rmse(state: xr.Dataset, truth: xr.Dataset, scales: dict[str, float]) -> xr.DataArray:
-    """``‖(mean − truth)/s‖ / ‖truth/s‖`` per time (means over members first)."""
-    num = 0.0
-    den = 0.0
-    for v, s in scales.items():
-        mean = state[v].mean("member") if "member" in state[v].dims else state[v]
-        num = num + (((mean - truth[v]) / s) ** 2).sum(("y", "x"))
-        den = den + ((truth[v] / s) ** 2).sum(("y", "x"))
-    return np.sqrt(num / den)
 
 
 def training_runs(
