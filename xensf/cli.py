@@ -6,6 +6,10 @@
   stores and the figures.
 - ``xensf demo-era5``: sparse synthetic observations assimilated into the real ERA5
   ensemble sample shipped with the package.
+- ``xensf info BUNDLE``: what a latent model was trained on and how well it
+  reconstructs its validation data, read from the bundle's JSON (no weights loaded).
+
+``python -m xensf`` is the same command.
 """
 
 from __future__ import annotations
@@ -30,8 +34,73 @@ def _demo_era5(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _info(args: argparse.Namespace) -> int:
+    from .errors import XensfError
+
+    try:
+        print(describe_bundle(args.bundle))
+    except XensfError as err:
+        print(f"xensf info: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def describe_bundle(path) -> str:
+    """A plain-text account of a latent model bundle, from its JSON alone."""
+    from .latent.bundle import bundle_info
+    from .latent.model import check_model_metadata
+
+    info = bundle_info(path)
+    meta = info["metadata"]
+    check_model_metadata(meta, str(path))
+    config = meta["config"]
+    arch, data = config["architecture"], config.get("data") or {}
+    quality, training = config.get("quality") or {}, config.get("training") or {}
+    layout = config.get("obs_layout") or {}
+    lines = [
+        f"{path}: xensf latent model (format version {meta['format_version']}), written by "
+        f"xensf {info.get('xensf_version', '?')} on {info.get('created', '?')}",
+        f"  grid        {arch['grid_shape'][0]} x {arch['grid_shape'][1]}"
+        + (" (periodic longitude)" if arch["periodic_lon"] else "")
+        + (f", dims ({data['lat_dim']}, {data['lon_dim']})" if "lat_dim" in data else ""),
+        f"  latent      {arch['latent_channels']} x "
+        f"{-(-arch['grid_shape'][0] // (arch['patch'] * 2 ** arch['downsample']))} x "
+        f"{-(-arch['grid_shape'][1] // (arch['patch'] * 2 ** arch['downsample']))} "
+        f"(patch {arch['patch']}, {arch['downsample']} stride-2 stages, width "
+        f"{arch['width']}, {arch['blocks']} residual blocks)",
+        f"  observes    {layout.get('kind', '?')}"
+        + (f", every {layout['stride']} points" if "stride" in layout else "")
+        + (f", {layout['n_observed']} points per field" if "n_observed" in layout else "")
+        + (f", {layout['n_obs']} station slots" if "n_obs" in layout else "")
+        + (f"; trained with noise {layout['noise']}" if "noise" in layout else ""),
+    ]
+    channels = config.get("variables") or [f"channel {i}" for i in range(arch["channels"])]
+    units = config.get("units") or [None] * len(channels)
+    rel = quality.get("relative_rmse") or [None] * len(channels)
+    rmse = quality.get("rmse") or [None] * len(channels)
+    lines.append("  channels    validation reconstruction error (relative to the channel's std)")
+    for name, unit, r, a in zip(channels, units, rel, rmse, strict=False):
+        shown = "not recorded" if r is None else f"{r:.3f}  (rmse {a:.4g} {unit or ''})"
+        lines.append(f"    {name:<12} {shown}")
+    if training:
+        lines.append(
+            f"  trained     {training.get('epochs_run', '?')} epochs (best {training.get('best_epoch', '?')}) "
+            f"in {training.get('seconds', 0):.0f} s on {training.get('device', '?')}; "
+            f"{training.get('n_train', '?')} training, {training.get('n_val', '?')} validation states; "
+            f"seed {training.get('seed', '?')}, lambda {training.get('lam', '?')}"
+        )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xensf", description=__doc__.splitlines()[0])
+    from ._version import VERSION
+
+    parser = argparse.ArgumentParser(
+        prog="xensf",
+        description="Ensemble data assimilation for xarray: the Latent Ensemble Score "
+        "Filter, EnSF and LETKF. Run a demo, or describe a latent model bundle.",
+    )
+    parser.add_argument("--version", action="version", version=f"xensf {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -111,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", default="xensf-demo-era5", help="folder for analyses and figures")
     e.add_argument("--no-plot", action="store_true", help="write no figures")
     e.set_defaults(func=_demo_era5)
+
+    i = sub.add_parser(
+        "info",
+        help="describe a latent model bundle (what it was trained on, its quality)",
+        description="Describe a latent model bundle from its JSON, without loading weights: "
+        "grid, latent, observation layout, variables, validation reconstruction error and "
+        "the training record.",
+    )
+    i.add_argument("bundle", help="the bundle (a NAME.xensf directory)")
+    i.set_defaults(func=_info)
     return parser
 
 

@@ -1,0 +1,45 @@
+"""The ``xensf`` command: version, help, ``python -m xensf`` and ``xensf info``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.resources import files
+
+import pytest
+
+import xensf
+from xensf.cli import main
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert (
+        exit_.value.code == 0 and capsys.readouterr().out.strip() == f"xensf {xensf.__version__}"
+    )
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "info" in text and "demo-era5" in text
+
+
+def test_python_dash_m_is_the_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "xensf", "--version"], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == f"xensf {xensf.__version__}"
+
+
+def test_info_describes_the_shipped_model(capsys):
+    bundle = files("xensf") / "data" / "swe-demo.xensf"
+    assert main(["info", str(bundle)]) == 0
+    text = capsys.readouterr().out
+    assert "latent      4 x 10 x 10" in text and "40 x 40" in text
+    assert "eta          0.053" in text  # the recorded validation error of each channel
+    assert "13770 training, 1530 validation states" in text
+
+
+def test_info_on_something_else_says_what_is_wrong(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 1
+    assert "is not an xensf bundle" in capsys.readouterr().err
