@@ -7,6 +7,8 @@ failed before its fix.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -231,3 +233,18 @@ def test_a_relative_error_with_one_observation_names_the_variable(ds, obs, chunk
 def test_an_empty_variable_list_is_refused():
     with pytest.raises(OptionError, match="variables= is empty"):
         xensf.era5.open("era5_sample", variables=[])
+
+
+def test_errors_that_dwarf_the_prior_spread_warn_with_the_numbers(ds, obs):
+    with pytest.warns(xensf.ObservationErrorWarning, match=r"'t' \(RMS 50\) are 3\d\.\d times"):
+        ds.ensf.assimilate(obs, method="letkf", obs_error=50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xensf.ObservationErrorWarning)
+        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5)
+
+
+def test_a_relative_error_far_above_the_spread_warns_on_the_era5_sample(era5_twin):
+    prior, truth = era5_twin
+    obs = truth.isel(latitude=slice(0, None, 8), longitude=slice(0, None, 8)).reindex_like(truth)
+    with pytest.warns(xensf.ObservationErrorWarning, match="'z'"):
+        prior.ensf.assimilate(obs, method="letkf", obs_error="10%", loc_radius=500.0)

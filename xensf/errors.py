@@ -65,5 +65,9 @@ class TrainingDataWarning(XensfWarning):
     """Training data too small for the model asked for."""
 
 
+class ObservationErrorWarning(XensfWarning):
+    """Observation errors so large against the prior spread that the analysis hardly moves."""
+
+
 class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""

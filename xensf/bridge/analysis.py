@@ -108,6 +108,8 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     if np.any(np.isfinite(y) & ~(err > 0)):
         raise OptionError("observation errors must be positive where there are observations")
 
+    if plan.method.takes_obs_error:
+        _warn_large_errors(x, err, observed, plan)
     block = Block(
         x=x,
         y=y,
@@ -120,6 +122,44 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     )
     out = plan.method.analyse(block)
     return _unstack(out, plan)
+
+
+#: Observation errors this many times the prior spread at the observed points (RMS
+#: over them, per variable) get an :class:`~xensf.errors.ObservationErrorWarning`.
+_ERROR_SPREAD_RATIO = 10.0
+
+
+def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
+    """Warn, per variable, where the errors dwarf the prior spread at the observed points."""
+    import warnings
+
+    from ..errors import ObservationErrorWarning
+
+    rows = np.flatnonzero(observed.any(axis=0))
+    if rows.size == 0:
+        return
+    obs = plan.obs
+    members = (x[:, :, obs.indices[rows]] * obs.weights[rows]).sum(-1)  # (T, N, m)
+    spread = members.std(axis=1, ddof=1)  # (T, m)
+    seen = observed[:, rows]
+    field = obs.indices[rows, 0] // plan.layout.grid_size
+    variable = plan.layout.field_of_variable()[field]
+    for v in np.unique(variable):
+        mask = seen & (variable == v)[None, :]
+        rms_err = float(np.sqrt(np.mean(np.square(err[:, rows][mask]))))
+        rms_spread = float(np.sqrt(np.mean(np.square(spread[mask]))))
+        if rms_err > _ERROR_SPREAD_RATIO * rms_spread:
+            name = plan.layout.variables[v]
+            ratio = rms_err / rms_spread if rms_spread > 0 else float("inf")
+            warnings.warn(
+                f"the observation errors of {name!r} (RMS {rms_err:.3g}) are {ratio:.3g} "
+                f"times the prior ensemble spread at the observed points (RMS "
+                f"{rms_spread:.3g}): the analysis will hardly move from the prior. If that "
+                "is not meant, give smaller errors (obs_error='P%' is P % of the "
+                "observations' spatial standard deviation, not of the prior spread).",
+                ObservationErrorWarning,
+                stacklevel=2,
+            )
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):
