@@ -289,3 +289,11 @@ def test_unreachable_store_names_the_url(monkeypatch):
 def test_missing_store_names_the_url(url):
     with pytest.raises(StoreError, match=url):
         xensf.era5.open(url)
+
+
+def test_chunks_name_the_dims_of_the_result():
+    ds = xensf.era5.open("era5_sample", chunks={"member": -1, "time": 1})
+    assert ds["z"].chunksizes["member"] == (ds.sizes["member"],)
+    assert set(ds["z"].chunksizes["time"]) == {1}
+    with pytest.raises(OptionError, match=r"chunks names \['number'\]"):
+        xensf.era5.open("era5_sample", chunks={"number": 3})

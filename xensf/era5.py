@@ -616,7 +616,9 @@ def open(
         Latitude order of the result; ``None`` keeps the store's.
     chunks : mapping or "auto", optional
         Dask chunks; default the store's own (for WeatherBench2 and ARCO-ERA5: whole
-        globes, a few times per chunk).
+        globes, a few times per chunk). A mapping names the dims of the result
+        (``member``, ``time``, ``level``, ``latitude``, ``longitude``), whatever the store
+        calls them; the data is opened in the store's chunks and rechunked lazily.
     storage_options : mapping, optional
         fsspec options for a URL ``source`` (for a catalog entry, they override the
         entry's).
@@ -688,12 +690,21 @@ def open(
                 options = {**(options or {}), **storage_options}
         else:
             url, options = os.fspath(source), storage_options
-        if chunks is not None:
+        if isinstance(chunks, str):  # "auto": dask decides, on the store's dims
             kwargs["chunks"] = chunks
         raw = open_store(url, options, **kwargs)
     ds = normalise(raw, latitude=latitude)
     ds = _select_variables(ds, variables, levels)
     ds = _select_time(ds, time, every)
+    if isinstance(chunks, Mapping):
+        # The names of the result (member, latitude, ...), not the store's (number, lat)
+        unknown = sorted(set(chunks) - set(ds.dims))
+        if unknown:
+            raise OptionError(
+                f"chunks names {unknown}, which are not dims of the result; its dims are "
+                f"{list(ds.dims)} (e.g. chunks={{'member': -1, 'time': 4}})"
+            )
+        ds = ds.chunk(dict(chunks))
     call = f"xensf.era5.open({label!r}, variables={variables!r}, levels={levels!r}, time={time!r})"
     _history(ds, call)
     return ds
