@@ -98,3 +98,20 @@ def test_catalog_callable_after_submodule_import():
     import xensf.catalog as module
 
     assert sorted(module().entries) == sorted(xensf.catalog().entries)
+
+
+def test_the_catalog_lists_its_entries_and_one_name_serves_both_uses():
+    import subprocess
+    import sys
+
+    names = ["arco_era5", "era5_sample", "wb2_era5_1440x721", "wb2_era5_240x121", "wb2_era5_64x32"]
+    cat = xensf.catalog()
+    assert sorted(cat) == names
+    assert all(n in str(cat) for n in names)
+    # in a fresh interpreter, before anything imports the submodule
+    code = (
+        "import xensf; xensf.catalog(); print(sorted(xensf.catalog.era5_entries())); "
+        "print(callable(xensf.cycle), hasattr(xensf.cycle, 'cycle'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [str(names), "True True"]

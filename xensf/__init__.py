@@ -68,10 +68,15 @@ __all__ = [
 def __getattr__(name: str):
     if name == "era5":  # the ERA5 loader module, imported on first use: xensf.era5.open
         return import_module("xensf.era5")
+    if name in ("catalog", "cycle"):
+        # One object under each name, before and after anything imports the submodule:
+        # the module, which calls its function when called (xensf.catalog(),
+        # xensf.cycle(...)) and holds its helpers (xensf.catalog.era5_entries()).
+        module = import_module(f"xensf.{name}")
+        globals()[name] = module
+        return module
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
-        # Importing xensf.cycle (xensf.catalog) binds the submodule to the package
-        # name; the function must win, or the second xensf.cycle(...) call fails.
         globals()[name] = value
         return value
     raise AttributeError(f"module 'xensf' has no attribute {name!r}")

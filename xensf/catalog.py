@@ -66,6 +66,9 @@ def catalog():
     cat = intake.from_yaml_file(catalog_path())
     # Local entries name the package's data folder, wherever the package is installed.
     cat.user_parameters["XENSF_DATA"] = str(files("xensf") / "data")
+    # Named, so that list(cat), print(cat) and tab completion show the entries.
+    for name in cat.entries:
+        cat.aliases[name] = name
     return cat
 
 
