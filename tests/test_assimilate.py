@@ -371,3 +371,21 @@ def test_written_analysis_passes_the_cf_checker(tmp_path, era5_twin):
     stored = xr.open_zarr(tmp_path / "analysis.zarr")
     xr.testing.assert_allclose(stored.load(), back.load())
     assert stored.attrs["history"] == back.attrs["history"]
+
+
+def test_the_analysis_of_era5_open_output_passes_the_cf_checker(tmp_path):
+    """cfgrib's coordinates encoding (number, step, ...) is not written back stale."""
+    from test_metadata import cf_errors
+
+    import xensf
+
+    ds = xensf.era5.open("era5_sample")
+    prior, truth = ds.isel(member=slice(1, None)), ds.isel(member=0, drop=True)
+    obs = gridded_obs(truth)
+    analysis = prior.chunk({"member": -1}).ensf.assimilate(
+        obs, method="letkf", obs_error={"z": 10.0, "t": 0.1}
+    )
+    analysis.to_netcdf(tmp_path / "analysis.nc")
+    assert cf_errors(tmp_path / "analysis.nc") == []
+    ds.to_netcdf(tmp_path / "opened.nc")  # the loader's own output too
+    assert cf_errors(tmp_path / "opened.nc") == []

@@ -398,7 +398,9 @@ def normalise(ds: xr.Dataset, *, latitude: str | None = "ascending") -> xr.Datas
             var.attrs["units"] = ERA5_VARIABLES[str(name)][2]
         if str(name) in ERA5_VARIABLES:
             var.attrs.setdefault("standard_name", ERA5_VARIABLES[str(name)][1])
-    return ds
+    from .bridge.metadata import drop_stale_coordinates
+
+    return drop_stale_coordinates(ds.copy(deep=False))  # the caller's variables untouched
 
 
 # --------------------------------------------------------------------------------------

@@ -49,6 +49,25 @@ def xensf_version() -> str:
     return VERSION
 
 
+def drop_stale_coordinates(ds: xr.Dataset) -> xr.Dataset:
+    """Prune ``coordinates`` in each variable's encoding and attributes to variables
+    that exist (in place; returns ``ds``).
+
+    A reader (cfgrib) records the coordinates it found; after a rename or a drop the
+    stale names would be written back and fail the CF checker.
+    """
+    names = set(map(str, ds.variables))
+    for var in ds.variables.values():
+        for holder in (var.encoding, var.attrs):
+            if "coordinates" in holder:
+                kept = [c for c in str(holder["coordinates"]).split() if c in names]
+                if kept:
+                    holder["coordinates"] = " ".join(kept)
+                else:
+                    del holder["coordinates"]
+    return ds
+
+
 def history_line(call: str, now: dt.datetime | None = None) -> str:
     """``"<UTC time> xensf <version>: <call>"``, the line xensf adds to ``history``."""
     stamp = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
@@ -180,6 +199,7 @@ def analysis_metadata(
             _mend_coordinate_variable(ds.variables[dim], str(dim))
     for var in ds.variables.values():
         _drop_float_packing(var)
+    drop_stale_coordinates(ds)
     return ds
 
 
