@@ -231,6 +231,61 @@ class EnsfDatasetAccessor:
 
         return decode(self._obj, model, device=device)
 
+    def innovations(
+        self,
+        obs: xr.Dataset | xr.DataArray,
+        analysis: xr.Dataset | None = None,
+        *,
+        obs_error: Any = None,
+        member_dim: str | None = None,
+        lat_dim: str | None = None,
+        lon_dim: str | None = None,
+        time_dim: str | None = None,
+        obs_dim: str | None = None,
+        variables: str | list[str] | None = None,
+    ) -> xr.Dataset:
+        """The observations beside this (prior) ensemble, and ``analysis``, at their points.
+
+        Each observation is compared with the ensemble through the observation
+        operator the analysis uses (the grid point, or the bilinear interpolation to a
+        station), in the state's units.
+
+        Parameters
+        ----------
+        obs, obs_error, member_dim, lat_dim, lon_dim, time_dim, obs_dim, variables
+            As for :meth:`assimilate` (the observation errors are needed).
+        analysis : Dataset, optional
+            The analysis ensemble made from this prior and ``obs``.
+
+        Returns
+        -------
+        Dataset
+            Along ``obs`` (and ``time``, if the prior has it), with coordinates
+            ``variable``, ``latitude`` and ``longitude`` (x and y on a planar grid):
+            ``observation``, ``obs_error``, ``prior_mean``, ``prior_spread``, ``omb``
+            (O − B) and, with ``analysis``, ``analysis_mean``, ``analysis_spread``,
+            ``oma`` (O − A); NaN where there is no observation. Attributes per variable
+            ``v``: ``v_count``, ``v_mean_omb``, ``v_mean_omb_squared`` against
+            ``v_mean_prior_plus_obs_variance`` (E[(O−B)²] = σ_b² + σ_o² in a consistent
+            system), and with ``analysis`` ``v_mean_omb_times_oma`` against
+            ``v_mean_obs_variance`` (Desroziers et al. 2005: E[(O−B)(O−A)] = σ_o²).
+            Computed eagerly.
+
+        Examples
+        --------
+        >>> analysis = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5)  # doctest: +SKIP
+        >>> diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)  # doctest: +SKIP
+        >>> float(abs(diag.oma).mean()) < float(abs(diag.omb).mean())  # doctest: +SKIP
+        True
+        """
+        from .bridge.innovations import innovations
+
+        return innovations(
+            self._obj, obs, analysis, obs_error=obs_error, member_dim=member_dim,
+            lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim, obs_dim=obs_dim,
+            variables=variables,
+        )  # fmt: skip
+
     def _member_dim(self, member_dim: str | None) -> str:
         from .bridge.dims import find_role
 

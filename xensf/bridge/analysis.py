@@ -289,6 +289,40 @@ def _check_grid(ds: xr.Dataset, dims: EnsembleDims) -> None:
                 )
 
 
+def prepare_state(prior: xr.Dataset, dims: EnsembleDims, names: list[str]):
+    """Check the prior ensemble and lay out its state variables, before any work.
+
+    Returns the level dims per variable, the :class:`StateLayout`, whether the grid is
+    latitude/longitude, and the location of every grid point.
+    """
+    if prior.sizes[dims.member] < 2:
+        raise EnsembleError(
+            f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
+            "ensemble analysis needs at least 2"
+        )
+    _check_grid(prior, dims)
+    levels = {
+        n: [d for d in prior[n].dims if d not in (dims.member, dims.lat, dims.lon, dims.time)]
+        for n in names
+    }
+    _check_chunks(prior, names, {n: [dims.member, dims.lat, dims.lon, *levels[n]] for n in names})
+    for n in names:
+        if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
+            raise EnsembleError(
+                f"the prior ensemble variable {n!r} has NaN or infinite values; fill or drop "
+                "them before assimilating"
+            )
+    layout = StateLayout(
+        variables=tuple(names),
+        level_dims=tuple(tuple(levels[n]) for n in names),
+        level_shapes=tuple(tuple(prior.sizes[d] for d in levels[n]) for n in names),
+        grid_shape=(prior.sizes[dims.lat], prior.sizes[dims.lon]),
+    )
+    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
+    grid_loc = state_grid_locations(prior, dims, layout, spherical)
+    return levels, layout, spherical, grid_loc
+
+
 def assimilate(
     prior: xr.Dataset,
     obs: xr.Dataset | xr.DataArray,
@@ -336,33 +370,9 @@ def assimilate(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
     spec = spec.bind(names)
-    if prior.sizes[dims.member] < 2:
-        raise EnsembleError(
-            f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
-            "ensemble analysis needs at least 2"
-        )
-    _check_grid(prior, dims)
-    levels = {
-        n: [d for d in prior[n].dims if d not in (dims.member, dims.lat, dims.lon, dims.time)]
-        for n in names
-    }
-    _check_chunks(prior, names, {n: [dims.member, dims.lat, dims.lon, *levels[n]] for n in names})
-    for n in names:
-        if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
-            raise EnsembleError(
-                f"the prior ensemble variable {n!r} has NaN or infinite values; fill or drop "
-                "them before assimilating"
-            )
-    layout = StateLayout(
-        variables=tuple(names),
-        level_dims=tuple(tuple(levels[n]) for n in names),
-        level_shapes=tuple(tuple(prior.sizes[d] for d in levels[n]) for n in names),
-        grid_shape=(prior.sizes[dims.lat], prior.sizes[dims.lon]),
-    )
+    levels, layout, spherical, grid_loc = prepare_state(prior, dims, names)
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
-    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
-    grid_loc = state_grid_locations(prior, dims, layout, spherical)
     obs_plan, values, errors = prepare_observations(
         obs, prior, layout, dims, obs_error, grid_loc,
         obs_dim=obs_dim, require_error=spec.takes_obs_error,

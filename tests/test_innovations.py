@@ -1,0 +1,75 @@
+"""``ds.ensf.innovations``: O − B and O − A through the analysis's own operator, and
+the Desroziers relations, which hold exactly in expectation for an optimal linear
+Gaussian analysis."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+
+
+def _iid_twin(n_time=20, n_mem=60, sigma_o=0.5, seed=0):
+    """Independent N(0, 1) points: prior members and truth alike; obs = truth + noise."""
+    rng = np.random.default_rng(seed)
+    shape = (n_time, n_mem, 10, 20)
+    lat, lon = np.linspace(-45, 45, 10), np.arange(20) * 18.0
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), rng.standard_normal(shape), {"units": "K"})},
+        coords={"time": np.arange(n_time), "lat": lat, "lon": lon},
+    )
+    truth = rng.standard_normal((n_time, 10, 20))
+    obs = xr.Dataset(
+        {"t": (("time", "lat", "lon"), truth + sigma_o * rng.standard_normal(truth.shape))},
+        coords={"time": np.arange(n_time), "lat": lat, "lon": lon},
+    )
+    obs.t.attrs["units"] = "K"
+    return prior, obs
+
+
+def test_desroziers_relations_hold_for_a_near_optimal_analysis():
+    sigma_o = 0.5
+    prior, obs = _iid_twin(sigma_o=sigma_o)
+    # each point sees only its own observation (points 18 degrees apart, 100 km radius):
+    # a scalar Kalman update per point, optimal for independent points
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        analysis = prior.ensf.assimilate(obs, method="letkf", obs_error=sigma_o, loc_radius=100.0)
+    diag = prior.ensf.innovations(obs, analysis, obs_error=sigma_o)
+    a = diag.attrs
+    assert a["t_count"] == 20 * 200
+    # E[(O-B)^2] = sigma_b^2 + sigma_o^2, E[(O-B)(O-A)] = sigma_o^2 (sampling error ~3 %)
+    assert a["t_mean_omb_squared"] == pytest.approx(a["t_mean_prior_plus_obs_variance"], rel=0.08)
+    assert a["t_mean_omb_times_oma"] == pytest.approx(sigma_o**2, rel=0.12)
+    assert a["t_mean_obs_variance"] == pytest.approx(sigma_o**2)
+    assert abs(a["t_mean_omb"]) < 0.05
+
+
+def test_stations_are_compared_through_the_bilinear_operator():
+    prior, _ = _iid_twin(n_time=2, n_mem=5)
+    lats, lons = np.array([10.3, -20.0]), np.array([37.0, 200.5])
+    stations = xr.Dataset(
+        {"t": (("time", "station"), np.array([[1.0, 2.0], [3.0, np.nan]]), {"units": "K"})},
+        coords={"time": np.arange(2), "lat": ("station", lats), "lon": ("station", lons)},
+    )
+    diag = prior.ensf.innovations(stations, obs_error=0.4)
+    expected = prior.t.mean("member").interp(
+        lat=xr.DataArray(lats, dims="s"), lon=xr.DataArray(lons, dims="s")
+    )  # scipy's interpolation: an independent implementation
+    np.testing.assert_allclose(diag.prior_mean.values[0], expected.values[0], rtol=1e-10)
+    np.testing.assert_allclose(diag.omb.values[0], [1.0, 2.0] - expected.values[0], rtol=1e-10)
+    assert np.isnan(diag.omb.values[1, 1]) and np.isfinite(diag.omb.values[1, 0])
+    assert list(diag.variable.values) == ["t", "t"]
+    np.testing.assert_allclose(diag.latitude.values, lats)
+    assert "t_mean_omb_times_oma" not in diag.attrs  # no analysis given
+
+
+def test_gridded_observations_keep_only_observed_points():
+    prior, obs = _iid_twin(n_time=2, n_mem=5)
+    sparse = obs.where((obs.lat > 0) & (obs.lon < 50))
+    diag = prior.ensf.innovations(sparse, obs_error=0.4)
+    assert diag.sizes["obs"] == int(((obs.lat > 0) & (obs.lon < 50)).sum())

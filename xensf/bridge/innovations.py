@@ -1,0 +1,155 @@
+"""Observation-space diagnostics: innovations (O − B), residuals (O − A), Desroziers.
+
+:func:`innovations` puts each observation next to the prior ensemble (and, if given,
+the analysis ensemble) seen through the same observation operator the analysis uses,
+so that what a user checks is what the filter saw. It computes eagerly (a diagnostic
+is small: one value per observation and time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ObservationMismatchError
+from .analysis import prepare_state
+from .dims import find_dims, state_variables
+from .observations import prepare_observations
+from .units import dequantify
+
+__all__ = ["innovations"]
+
+
+def innovations(
+    prior: xr.Dataset,
+    obs: xr.Dataset | xr.DataArray,
+    analysis: xr.Dataset | None = None,
+    *,
+    obs_error: Any = None,
+    member_dim: str | None = None,
+    lat_dim: str | None = None,
+    lon_dim: str | None = None,
+    time_dim: str | None = None,
+    obs_dim: str | None = None,
+    variables: str | list[str] | None = None,
+) -> xr.Dataset:
+    """The observations beside the prior (and analysis) ensemble at their locations.
+
+    See :meth:`xensf.accessor.EnsfDatasetAccessor.innovations`.
+    """
+    prior, _ = dequantify(prior)
+    obs, _ = dequantify(obs)
+    dims = find_dims(
+        prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
+    )
+    names = state_variables(
+        prior, (dims.member, dims.lat, dims.lon), variables, purpose="to compare with"
+    )
+    _, layout, spherical, grid_loc = prepare_state(prior, dims, names)
+    plan, values, errors = prepare_observations(
+        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim
+    )
+    times = prior[dims.time].values if dims.time is not None else None
+    n_times = 1 if times is None else times.size
+
+    def stacked(ens: xr.Dataset) -> np.ndarray:  # (T, N, d), float64
+        arrays = []
+        for n in names:
+            order = [d for d in (dims.time, dims.member) if d is not None]
+            rest = [d for d in prior[n].dims if d not in order]
+            a = np.asarray(ens[n].transpose(*order, *rest).values, dtype=np.float64)
+            arrays.append(a if times is not None else a[None])
+        return layout.stack(arrays)
+
+    def at_obs(ens: xr.Dataset):  # mean and spread (T, M)
+        x = stacked(ens)
+        hx = (x[:, :, plan.indices] * plan.weights).sum(-1)  # (T, N, M)
+        return hx.mean(1), hx.std(1, ddof=1)
+
+    y, err = plan.flatten(
+        [np.asarray(v.values) for v in values], [np.asarray(e.values) for e in errors], n_times
+    )
+    seen = np.isfinite(y) & np.isfinite(err)
+    b_mean, b_spread = at_obs(prior)
+    out = {
+        "observation": y,
+        "obs_error": err,
+        "prior_mean": b_mean,
+        "prior_spread": b_spread,
+        "omb": y - b_mean,
+    }
+    if analysis is not None:
+        missing = [n for n in names if n not in analysis.data_vars]
+        if missing or any(analysis[n].shape != prior[n].shape for n in names if n in analysis):
+            raise ObservationMismatchError(
+                f"the analysis must have the prior's state variables {names} with their "
+                f"shapes; it lacks {missing} or differs in shape"
+            )
+        a_mean, a_spread = at_obs(analysis)
+        out.update(analysis_mean=a_mean, analysis_spread=a_spread, oma=y - a_mean)
+    out = {k: np.where(seen, v, np.nan) for k, v in out.items()}
+
+    field = plan.indices[:, 0] // layout.grid_size
+    var_of_row = np.asarray(layout.variables)[layout.field_of_variable()[field]]
+    obs_dims = ("time", "obs") if times is not None else ("obs",)
+    data_vars = {
+        k: (obs_dims, v if times is not None else v[0], {"long_name": _LONG_NAMES[k]})
+        for k, v in out.items()
+    }
+    where = (
+        {"latitude": {"units": "degrees_north"}, "longitude": {"units": "degrees_east"}}
+        if spherical
+        else {str(dims.lat): {}, str(dims.lon): {}}
+    )
+    coords: dict[str, Any] = {"variable": ("obs", var_of_row)}
+    for (name, attrs), column in zip(where.items(), plan.locations.T, strict=True):
+        coords[name] = ("obs", column, attrs)
+    if times is not None:
+        coords["time"] = ("time", times)
+    result = xr.Dataset(data_vars, coords=coords)
+    # gridded observations: only the points observed at some time
+    result = result.isel(obs=np.flatnonzero(seen.any(axis=0)))
+    for v in names:
+        result.attrs.update(_desroziers(out, seen & (var_of_row == v)[None, :], v))
+    result.attrs["title"] = "observation-space diagnostics made with xensf"
+    return result
+
+
+_LONG_NAMES = {
+    "observation": "observation, in the state's units",
+    "obs_error": "observation error standard deviation",
+    "prior_mean": "prior ensemble mean at the observation (the filter's operator)",
+    "prior_spread": "prior ensemble standard deviation at the observation",
+    "omb": "innovation, observation minus prior mean (O - B)",
+    "analysis_mean": "analysis ensemble mean at the observation",
+    "analysis_spread": "analysis ensemble standard deviation at the observation",
+    "oma": "residual, observation minus analysis mean (O - A)",
+}
+
+
+def _desroziers(out: dict[str, np.ndarray], mask: np.ndarray, name: str) -> dict[str, Any]:
+    """Consistency figures of one variable (Desroziers et al. 2005), as attributes.
+
+    ``E[(O−B)²]`` against ``σ_b² + σ_o²`` always; with an analysis, also
+    ``E[(O−B)(O−A)]`` against ``σ_o²`` (a consistent system has each pair equal).
+    """
+    count = int(mask.sum())
+    attrs: dict[str, Any] = {f"{name}_count": count}
+    if count == 0:
+        return attrs
+
+    def mean(values):
+        return float(np.mean(values[mask]))
+
+    attrs[f"{name}_mean_omb"] = mean(out["omb"])
+    attrs[f"{name}_mean_omb_squared"] = mean(out["omb"] ** 2)
+    attrs[f"{name}_mean_prior_plus_obs_variance"] = mean(
+        out["prior_spread"] ** 2 + out["obs_error"] ** 2
+    )
+    attrs[f"{name}_mean_obs_variance"] = mean(out["obs_error"] ** 2)
+    if "oma" in out:
+        attrs[f"{name}_mean_omb_times_oma"] = mean(out["omb"] * out["oma"])
+        attrs[f"{name}_mean_oma"] = mean(out["oma"])
+    return attrs
