@@ -469,3 +469,17 @@ def test_dask_backed_inputs_give_the_same_run():
     lazy = xensf.cycle(Persistence(np.timedelta64(6, "h")), lazy_start, lazy_obs, **kwargs)
     assert_same_run(lazy, eager)
     assert lazy_start.t.chunks is not None and lazy_obs.t.chunks is not None  # still lazy
+
+
+def test_warnings_of_a_run_are_summarised_once(tmp_path):
+    """A warning that fires every cycle (its text carries numbers) is reported once per
+    run, with the count, not printed and kept in the registry every cycle."""
+    e = experiment(4)
+    with pytest.warns(xensf.ObservationErrorWarning) as record:
+        xensf.cycle(
+            e["model"], e["initial_ensemble"], e["obs"], method="letkf", obs_error=50.0,
+            progress=False,
+        )  # fmt: skip
+    ours = [w for w in record if w.category is xensf.ObservationErrorWarning]
+    assert len(ours) == 1
+    assert "ObservationErrorWarning in 4 of the 4 cycles of this run" in str(ours[0].message)

@@ -20,10 +20,12 @@ resumed cycles agree with an uninterrupted run to rounding, not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from .errors import (
     ObservationMismatchError,
     OptionError,
     RunStoreError,
+    XensfWarning,
 )
 from .forecast import forecaster_settings
 from .store import (
@@ -282,6 +285,7 @@ def cycle(
             current = run.read_restart(names)
         rows = []
         bar = _progress(len(schedule), done, progress)
+        tally = _WarningTally()
         try:
             for k in range(done, len(schedule)):
                 t = schedule.time(k)
@@ -292,10 +296,12 @@ def cycle(
                 if j is None:
                     analysis, count = forecast, 0
                 else:
-                    analysis, count = _analyse(
-                        state0, names, dims, forecast, obs, obs_time, j, t, k, len(schedule),
-                        spec.name, latent_model, obs_error, seed, device, member_dim, options,
-                    )  # fmt: skip
+                    with tally.cycle(k):
+                        analysis, count = _analyse(
+                            state0, names, dims, forecast, obs, obs_time, j, t, k,
+                            len(schedule), spec.name, latent_model, obs_error, seed, device,
+                            member_dim, options,
+                        )  # fmt: skip
                 row = _row(state0, names, member, bool(members), t, forecast, analysis, count)
                 if run is None:
                     rows.append(row)
@@ -314,6 +320,7 @@ def cycle(
                 bar.update(1)
         finally:
             bar.close()
+            tally.report(len(schedule))
     finally:
         if run is not None:
             run.close()
@@ -626,6 +633,41 @@ def _analyse(state0, names, dims, forecast, obs, obs_time, j, t, k, n, method, l
             )
         out[v] = values.astype(state0[v].dtype, copy=False)
     return out, count
+
+
+class _WarningTally:
+    """xensf's warnings of a run: one summary each at its end, not one per cycle.
+
+    A warning whose text changes every cycle (it carries numbers) would otherwise be
+    printed every cycle and kept in the warnings registry, which then grows with the
+    run. Other warnings pass through as they are.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[type, tuple[set[int], str]] = {}
+
+    @contextlib.contextmanager
+    def cycle(self, k: int):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            if issubclass(w.category, XensfWarning):
+                cycles, _ = self.seen.setdefault(
+                    w.category, (set(), f"cycle {k + 1}: {w.message}")
+                )
+                cycles.add(k)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def report(self, total: int) -> None:
+        for category, (cycles, first) in self.seen.items():
+            warnings.warn(
+                f"{category.__name__} in {len(cycles)} of the {total} cycles of this run; the "
+                f"first, at {first}",
+                category,
+                stacklevel=4,
+            )
 
 
 # -- what is recorded --------------------------------------------------------------------
