@@ -305,15 +305,32 @@ class EnsfDatasetAccessor:
         """Root-mean-square error of the ensemble mean against ``truth``.
 
         ``dims``: the dims to average over (default: all dims of ``truth`` except time).
+        On a latitude/longitude grid (latitude in degrees), grid points are weighted
+        by cos(latitude), their share of the sphere's area, so that the many points
+        near the poles do not count as much as the tropics.
         """
-        from .bridge.dims import find_role
-        from .metrics import ensemble_rmse
+        from .bridge.dims import find_dims, find_role
+        from .bridge.observations import is_geographic
+        from .errors import XensfError
+        from .metrics import area_weights, ensemble_rmse
 
         member = self._member_dim(member_dim)
         if dims is None:
             time = find_role(truth, "time", required=False)
             dims = [d for d in self._obj.dims if d not in (time, member)]
-        return ensemble_rmse(self._obj, truth, member, dims=dims)
+        weights = None
+        try:
+            found = find_dims(self._obj, member_dim=member_dim)
+        except XensfError:  # no grid to weight
+            found = None
+        if (
+            found is not None
+            and found.lat in self._obj.coords
+            and found.lat in dims
+            and is_geographic(self._obj, found)
+        ):
+            weights = area_weights(self._obj[found.lat])
+        return ensemble_rmse(self._obj, truth, member, dims=dims, weights=weights)
 
 
 @xr.register_dataarray_accessor("ensf")

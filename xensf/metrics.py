@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-__all__ = ["ensemble_rmse", "mean_spread", "relative_rmse"]
+__all__ = ["area_weights", "ensemble_rmse", "mean_spread", "relative_rmse"]
 
 
 def ensemble_rmse(
@@ -14,17 +14,23 @@ def ensemble_rmse(
     member_dim: str,
     where: xr.DataArray | None = None,
     dims: list[str] | None = None,
+    weights: xr.DataArray | None = None,
 ):
     """Root-mean-square error of the ensemble mean against ``truth``.
 
     Averaged over ``dims`` (a DataArray or Dataset of the rest), or over every point
-    (and time, level) of ``truth`` as a float; only where ``where`` is true.
+    (and time, level) of ``truth`` as a float; only where ``where`` is true. With
+    ``dims``, ``weights`` (e.g. cos(latitude), :func:`area_weights`) weight the mean
+    when all of its dims are among ``dims``.
     """
     error = ensemble.mean(member_dim) - truth
     if where is not None:
         error = error.where(where)
     if dims is not None:
-        return (error**2).mean(dims) ** 0.5
+        squared = error**2
+        if weights is not None and set(weights.dims) <= set(dims):
+            return squared.weighted(weights).mean(dims) ** 0.5
+        return squared.mean(dims) ** 0.5
     return float(np.sqrt((error**2).mean()))
 
 
@@ -58,3 +64,11 @@ def relative_rmse(
         num = num + (((mean - truth[v]) / s) ** 2).sum(dims)
         den = den + ((truth[v] / s) ** 2).sum(dims)
     return np.sqrt(num / den)
+
+
+def area_weights(latitude: xr.DataArray) -> xr.DataArray:
+    """cos(latitude), the relative area of a regular latitude/longitude grid's rows.
+
+    Negative values at the poles from rounding are clipped to 0.
+    """
+    return np.cos(np.deg2rad(latitude)).clip(min=0.0)
