@@ -49,12 +49,16 @@ def describe_bundle(path) -> str:
     """A plain-text account of a latent model bundle, from its JSON alone."""
     from .latent.bundle import bundle_info
     from .latent.model import check_model_metadata
+    from .latent.networks import LatentGrid
 
     info = bundle_info(path)
     meta = info["metadata"]
     check_model_metadata(meta, str(path))
     config = meta["config"]
     arch, data = config["architecture"], config.get("data") or {}
+    latent = LatentGrid(
+        tuple(arch["grid_shape"]), arch["latent_channels"], arch["patch"], arch["downsample"]
+    )
     quality, training = config.get("quality") or {}, config.get("training") or {}
     layout = config.get("obs_layout") or {}
     lines = [
@@ -63,9 +67,7 @@ def describe_bundle(path) -> str:
         f"  grid        {arch['grid_shape'][0]} x {arch['grid_shape'][1]}"
         + (" (periodic longitude)" if arch["periodic_lon"] else "")
         + (f", dims ({data['lat_dim']}, {data['lon_dim']})" if "lat_dim" in data else ""),
-        f"  latent      {arch['latent_channels']} x "
-        f"{-(-arch['grid_shape'][0] // (arch['patch'] * 2 ** arch['downsample']))} x "
-        f"{-(-arch['grid_shape'][1] // (arch['patch'] * 2 ** arch['downsample']))} "
+        f"  latent      {' x '.join(map(str, latent.shape))} "
         f"(patch {arch['patch']}, {arch['downsample']} stride-2 stages, width "
         f"{arch['width']}, {arch['blocks']} residual blocks)",
         f"  observes    {layout.get('kind', '?')}"

@@ -563,12 +563,6 @@ def _select_time(ds: xr.Dataset, time, every) -> xr.Dataset:
     return ds
 
 
-def _history(ds: xr.Dataset, call: str) -> None:
-    from .bridge.metadata import with_history
-
-    ds.attrs = with_history(ds.attrs, call)
-
-
 def open(
     source: str | os.PathLike | xr.Dataset | None = None,
     *,
@@ -708,7 +702,9 @@ def open(
             )
         ds = ds.chunk(dict(chunks))
     call = f"xensf.era5.open({label!r}, variables={variables!r}, levels={levels!r}, time={time!r})"
-    _history(ds, call)
+    from .bridge.metadata import with_history
+
+    ds.attrs = with_history(ds.attrs, call)
     return ds
 
 

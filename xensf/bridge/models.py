@@ -99,20 +99,41 @@ def _cached_bundle(model, digest: str) -> Path:
     """The model's bundle in the cache, named by its content, verified on every reuse.
 
     Whatever lies at the path is loaded and its content compared with the model's:
-    a bundle planted or damaged there is replaced, never used.
+    a bundle planted or damaged there is replaced, never used. A bundle this process
+    wrote or verified, and whose files have not changed since (same inodes, sizes and
+    modification times), is not loaded again.
     """
     from ..errors import BundleError
     from ..latent import LatentModel
 
     path = model_cache_dir() / f"{digest[:32]}.xensf"
+    if _VERIFIED.get(path) == (digest, _signature(path)):
+        return path
     if os.path.lexists(path):
         try:
             if LatentModel.load(path).content_digest() == digest:
+                _VERIFIED[path] = (digest, _signature(path))
                 return path
         except (BundleError, OptionError, OSError):
             pass
     model.save(path, private=True)
+    _VERIFIED[path] = (digest, _signature(path))
     return path
+
+
+#: Cache bundles checked by this process: path -> (content digest, file signature).
+_VERIFIED: dict[Path, tuple[str, tuple]] = {}
+
+
+def _signature(path: Path) -> tuple | None:
+    """Inode, size and modification time of the bundle folder and its files."""
+    try:
+        return tuple(
+            (st.st_ino, st.st_size, st.st_mtime_ns)
+            for st in (os.stat(p) for p in (path, *sorted(path.iterdir())))
+        )
+    except OSError:
+        return None
 
 
 def cached_model(handle: ModelHandle, device) -> Any:
