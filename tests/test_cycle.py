@@ -226,6 +226,16 @@ def test_a_longer_run_continues_a_shorter_one(tmp_path, reference):
     assert_same_run(run(path, 4, members=True), reference)
 
 
+def test_the_run_is_read_back_in_dask_chunks_of_many_cycles(tmp_path):
+    """One chunk file per cycle on disk; one dask chunk for a short run (not one per cycle)."""
+    path = tmp_path / "run.zarr"
+    out = run(path, 4)
+    assert out.eta_analysis_mean.chunks[0] == (4,)
+    assert out.obs_count.chunks == ((4,),)
+    assert out.eta_analysis_mean.encoding["chunks"][0] == 1  # the store's own layout
+    assert out.eta_analysis_mean.chunks[1:] == tuple((s,) for s in out.eta_analysis_mean.shape[1:])
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     path = tmp_path / "run.zarr"
     run(path, 2)

@@ -745,7 +745,14 @@ def _without_coordinate_fill(ds: xr.Dataset) -> xr.Dataset:
 
 
 def _opened(path) -> xr.Dataset:
-    return _without_coordinate_fill(xr.open_zarr(path, consolidated=True))
+    """The run store, lazily: dask chunks of many cycles along time (dask's size target).
+
+    The store holds one cycle per chunk file (so a commit never rewrites a committed
+    chunk); its dask view groups them, so a long run is not a graph of one task per
+    cycle and dask's chunk caches, which hold the chunk tuples, stay small.
+    """
+    ds = xr.open_zarr(path, consolidated=True, chunks={TIME: "auto"})
+    return _without_coordinate_fill(ds)
 
 
 def _encoding(template: xr.Dataset) -> dict[str, dict[str, Any]]:
