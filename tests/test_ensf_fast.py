@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-import xensf.filters.ensf_fused as ensf_fused
+import xensf.filters.ensf_componentwise as ensf_componentwise
 import xensf.filters.ensf_kernel as ensf_kernel
 from xensf.errors import OptionError
 from xensf.filters.ensf import ensf_analysis
@@ -68,7 +68,7 @@ def test_linear_steps_in_blocks_equal_one_block(problem, monkeypatch, table):
     prior, y, idx = problem
     kw = dict(generator=[1, 2, 3], scale=prior.std(-2), steps=20)
     whole = ensf_analysis(prior, y, idx, 0.3, implementation="fused", **kw)
-    monkeypatch.setattr(ensf_fused, "_TABLE_ELEMENTS", table)  # 1 step, then 3 per block
+    monkeypatch.setattr(ensf_componentwise, "_TABLE_ELEMENTS", table)  # 1 step, then 3 per block
     blocks = ensf_analysis(prior, y, idx, 0.3, implementation="fused", **kw)
     torch.testing.assert_close(blocks, whole, rtol=1e-6, atol=1e-6)
     ref = ensf_analysis(prior, y, idx, 0.3, implementation="reference", **kw)
@@ -88,7 +88,7 @@ def test_fused_cpu_equals_reference_float64_and_weights(problem):
 def test_auto_takes_the_fused_path_where_it_applies(problem, monkeypatch):
     prior, y, idx = problem
     calls = []
-    original = ensf_fused.integrate_componentwise
+    original = ensf_componentwise.integrate_componentwise
 
     def spy(*args, **kwargs):
         calls.append(kwargs["kernel"])
@@ -120,16 +120,16 @@ def test_kernel_failure_falls_back_to_the_torch_step(problem, monkeypatch):
     kw = dict(generator=[1, 2, 3], steps=20)
     ref = ensf_analysis(prior, y, idx, 0.3, implementation="reference", **kw)
     noise = _noise_for(prior, [1, 2, 3])
-    out = ensf_fused.integrate_componentwise(
+    out = ensf_componentwise.integrate_componentwise(
         *_componentwise_args(prior, y, idx, 0.3), 20, True, noise, kernel=True
     )
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 
 def _noise_for(prior, seeds):
-    from xensf.filters.ensf import _NoiseSource
+    from xensf.filters.noise import NoiseSource
 
-    return _NoiseSource(seeds, prior.shape[:-2], prior.shape[-2:], prior.device, prior.dtype)
+    return NoiseSource(seeds, prior.shape[:-2], prior.shape[-2:], prior.device, prior.dtype)
 
 
 def _componentwise_args(prior, y, idx, std):
@@ -139,7 +139,7 @@ def _componentwise_args(prior, y, idx, std):
     precision = torch.where(torch.isnan(y), 0.0, torch.full_like(y, std**-2))
     y_filled = torch.nan_to_num(y, nan=0.0)
     op = as_observation_operator(idx).to(dtype=prior.dtype)
-    obs = ensf_fused.componentwise_observations(op, y_filled, precision, prior.shape[-1])
+    obs = ensf_componentwise.componentwise_observations(op, y_filled, precision, prior.shape[-1])
     return prior, obs, torch.ones(()), DiffusionSchedule(), linear_damping
 
 

@@ -9,7 +9,6 @@ a result does not depend on how the data is chunked or batched.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..errors import (
     ObservationMismatchError,
     OptionError,
 )
+from ..filters.noise import analysis_seeds
 from ..obs import check_longitude
 from .device import compute_device
 from .dims import EnsembleDims, find_dims, state_variables
@@ -39,24 +39,6 @@ from .observations import (
 from .units import dequantify, requantify
 
 __all__ = ["analysis_seeds", "assimilate"]
-
-
-def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]:
-    """One 63-bit seed per analysis, from the user's seed and the analysis time alone."""
-    if times is None:
-        times = np.zeros(n, dtype=np.int64)
-    values = np.asarray(times)
-    if values.dtype.kind in "mM":
-        values = values.astype("datetime64[ns]" if values.dtype.kind == "M" else "timedelta64[ns]")
-        values = values.view(np.int64)
-    out = []
-    for v in values.ravel():
-        digest = hashlib.blake2b(
-            f"{int(seed)}|{np.asarray(v).tobytes().hex()}|{np.asarray(v).dtype.str}".encode(),
-            digest_size=8,
-        ).digest()
-        out.append(int.from_bytes(digest, "little") & (2**63 - 1))
-    return out
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ class Block:
     err: np.ndarray
     #: where there is an observation ``(T, M)``
     observed: np.ndarray
-    #: one seed per time (:func:`~xensf.bridge.analysis.analysis_seeds`)
+    #: one seed per time (:func:`~xensf.filters.noise.analysis_seeds`)
     seeds: list[int]
     plan: BlockPlan
     #: the torch device to compute on

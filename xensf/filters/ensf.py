@@ -8,7 +8,6 @@ prior (estimated from the forecast ensemble) plus a damped likelihood score. See
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import EnsembleError, OptionError
-from .ensf_fused import componentwise_observations, integrate_componentwise
+from .ensf_componentwise import componentwise_observations, integrate_componentwise
+from .ensf_reference import integrate
+from .noise import NoiseSource
 from .operators import LinearObservationOperator, as_observation_operator
 from .schedule import DiffusionSchedule, resolve_damping
 from .tensors import as_float_tensor, compute_dtype, restore_array_type
@@ -103,7 +104,7 @@ def ensf_analysis(
 
     ``likelihood="gaussian"`` is the exact score ``∇ log p(y | z_τ)`` of the likelihood
     of the *noised* state under a Gaussian approximation of the prior ensemble, with no
-    damping (see ``_GaussianLikelihood`` for the derivation and the N×N / m×m algebra).
+    damping (see :class:`~xensf.filters.gaussian_likelihood.GaussianLikelihood` for the derivation and the N×N / m×m algebra).
     With the mixture prior score, for a linear operator and a Gaussian prior ensemble,
     it samples the Kalman posterior of the smoothed prior, covariance ``P + ε_β
     diag(scale²)`` (the sample covariance, ``N − 1``), within Monte-Carlo error for
@@ -172,7 +173,7 @@ def ensf_analysis(
     implementation : {"auto", "reference", "fused"}, default "auto"
         How the steps are computed; all three integrate the same discretisation.
         ``"reference"`` is the general integrator (any operator, both likelihoods).
-        ``"fused"`` (see :mod:`xensf.filters.ensf_fused`) needs the damped likelihood
+        ``"fused"`` (see :mod:`xensf.filters.ensf_componentwise`) needs the damped likelihood
         and a componentwise operator (each observation reads one state component,
         none read twice, no transform or ``arctan``, e.g. an index tensor): on CPU it
         runs the step in a few elementwise passes and draws the same noise as the
@@ -301,7 +302,7 @@ def ensf_analysis(
             "one component per observation, none observed twice, and no transform or "
             f'arctan); got {_describe_operator(op)}; use implementation="auto"'
         )
-    noise = _NoiseSource(generator, batch, (n_members, d), device, dtype)
+    noise = NoiseSource(generator, batch, (n_members, d), device, dtype)
     if cw is not None:
         from .ensf_kernel import kernel_applies
 
@@ -321,7 +322,7 @@ def ensf_analysis(
             )
         return restore_array_type(post, prior)
     with torch.no_grad():
-        post = _integrate(
+        post = integrate(
             prior_t,
             y_filled,
             precision,
@@ -335,231 +336,6 @@ def ensf_analysis(
             noise,
         )
     return restore_array_type(post, prior)
-
-
-# -- the integrator ------------------------------------------------------------------
-
-
-def _integrate(
-    prior: torch.Tensor,
-    y: torch.Tensor,
-    precision: torch.Tensor,
-    op,
-    scale: torch.Tensor,
-    schedule: DiffusionSchedule,
-    h_of: Callable[[float], float],
-    steps: int,
-    mixture: bool,
-    gaussian: bool,
-    noise: _NoiseSource,
-) -> torch.Tensor:
-    mean = prior.mean(dim=-2, keepdim=True)
-    z0 = (prior - mean) / scale
-    scale2 = scale * scale
-    z0_sq_half = 0.5 * (z0 * z0).sum(-1).unsqueeze(-2)  # (..., 1, N)
-    z0_t = z0.transpose(-1, -2)
-    y = y.unsqueeze(-2)  # (..., 1, m)
-    observed = bool((precision > 0).any())
-
-    # For a linear operator the curvature does not depend on the state: compute it once.
-    fixed_curvature = None
-    if isinstance(op, LinearObservationOperator) and op.transform is None and observed:
-        fixed_curvature = scale2 * op.curvature_bound(mean, precision)
-    exact = None
-    if gaussian and observed:
-        exact = _GaussianLikelihood(z0, mean, scale, op, y, precision, schedule.eps_beta)
-
-    dt = 1.0 / steps
-    # Start from the forward process's exact marginal at τ = 1, the mixture
-    # Σ_j N(α₁ z0_j, β₁² I), stratified: particle j starts in member j's component.
-    # N(0, I) would be the usual approximation, but in high dimension the small α₁ z0
-    # term is what keeps each particle near its own member; without it the particles
-    # pick members at random, duplicating some and dropping others, which adds the
-    # noise of a resampling to the analysis mean.
-    z = noise.draw().mul_(math.sqrt(schedule.beta2(1.0))).add_(z0, alpha=schedule.alpha(1.0))
-    for k in range(steps):
-        tau = 1.0 - k * dt
-        if exact is not None:
-            # The noised likelihood's strength changes by O(1) over a step near τ = 0
-            # (its variance shrinks like γ² ≈ τ): coefficients at the step's midpoint
-            # halve the bias there (measured: posterior variance error 66 % → 33 % for
-            # σ = 0.1 spread, 100 steps).
-            tau -= 0.5 * dt
-        alpha = schedule.alpha(tau)
-        beta2 = schedule.beta2(tau)
-        g2 = schedule.diffusion2(tau)
-        h = float(h_of(tau))
-
-        if mixture:
-            # log w_ij = (α z_i·z0_j − α²‖z0_j‖²/2) / β² + const_i: the ‖z_i‖² term cancels.
-            logits = torch.matmul(z, z0_t).mul_(alpha / beta2)
-            logits.sub_(z0_sq_half, alpha=alpha * alpha / beta2)
-            weights = torch.softmax(logits, dim=-1)
-            mu = torch.matmul(weights, z0)
-        else:
-            mu = z0
-        # Reverse drift linearised around the current z and frozen over the step:
-        # −f z + g² s(z') ≈ a − λ z', λ = f + g²/β² (+ g² h c), then integrated exactly.
-        a = mu * (g2 * alpha / beta2)
-        lam_prior = schedule.drift(tau) + g2 / beta2  # > 0 because g²/β² ≥ −2f
-        xi = noise.draw()
-
-        if exact is not None:
-            lik, stiffness = exact.score(z, alpha, beta2)
-            a.add_(lik, alpha=g2)
-            # ‖∂lik/∂z‖ ≤ stiffness = 1/γ². While dτ g²/γ² ≤ 1 the explicit step is
-            # stable; beyond, take c = 1/γ² implicitly, which bounds the amplification
-            # of every direction by 1 (see _GaussianLikelihood).
-            c = 0.0 if dt * g2 * stiffness <= 1.0 else stiffness
-            if c:
-                a.add_(z, alpha=g2 * c)
-            lam = lam_prior + g2 * c
-            e1 = math.expm1(-lam * dt)
-            phi = -e1 / lam
-            noise_std = math.sqrt(0.5 * g2 * phi * (e1 + 2.0))
-            z = (z * (1.0 + e1)).add_(a, alpha=phi).add_(xi, alpha=noise_std)
-        elif h != 0.0 and observed:
-            x = mean + scale * z
-            grad, curv = op.likelihood_terms(
-                x, y, precision.unsqueeze(-2), curvature=fixed_curvature is None
-            )
-            grad = scale * grad
-            curv = fixed_curvature if fixed_curvature is not None else scale2 * curv
-            a.add_(grad.addcmul_(curv, z), alpha=g2 * h)
-            lam = curv * (g2 * h) + lam_prior
-            e1 = torch.expm1(lam * -dt)  # e^{−λ dτ} − 1
-            phi = e1.div(lam).neg_()  # (1 − e^{−λ dτ}) / λ
-            # Exact OU step: mean z e^{−λdτ} + φ a, variance g² (1 − e^{−2λdτ}) / 2λ.
-            noise_std = (phi * (e1 + 2.0)).mul_(0.5 * g2).sqrt_()
-            z = z + e1 * z + phi * a + noise_std * xi
-        else:
-            e1 = math.expm1(-lam_prior * dt)
-            phi = -e1 / lam_prior
-            noise_std = math.sqrt(0.5 * g2 * phi * (e1 + 2.0))
-            z = (z * (1.0 + e1)).add_(a, alpha=phi).add_(xi, alpha=noise_std)
-    return mean + scale * z
-
-
-class _GaussianLikelihood:
-    """Exact score of ``p(y | z_τ)`` for a linear operator and a Gaussian prior.
-
-    The prior the reverse SDE samples is the ensemble smoothed by the kernel of variance
-    ``ε_β`` (what the mixture score converges to), so the clean variable is
-    ``z̃ = z0 + √ε_β ξ`` with covariance ``C = U Uᵀ + ε_β I`` (``U = Z/√(N−1)``, ``Z`` the
-    standardised deviations, mean 0), and ``z_τ = α z̃ + γ ε`` with ``γ² = β² − α² ε_β``
-    (then ``z_τ = α z0 + β ε``, the forward process). With ``Σ = Cov z_τ = α² U Uᵀ +
-    β² I`` and ``K = (α² UᵀU + β² I_N)⁻¹`` (push-through identity):
-
-    * ``M = C Σ⁻¹ = (γ²/β²) U K Uᵀ + (ε_β/β²) I``, ``E[z̃ | z_τ] = α M z_τ``,
-      ``Cov[z̃ | z_τ] = γ² M``;
-    * ``p(y | z_τ) = N(y; H(x̄ + s∘α M z_τ), S)`` with ``G = H diag(s)``, ``B = G U``,
-      ``S = Γ + (γ⁴/β²) B K Bᵀ + (γ² ε_β/β²) G Gᵀ``;
-    * score ``α M Gᵀ S⁻¹ (y − H(x̄ + s∘α M z))``.
-
-    ``S⁻¹`` is applied in whichever of two forms is smaller (``a = γ⁴/β²``,
-    ``b = γ²ε_β/β²``, ``Π`` the observation precision, 0 for a missing observation):
-
-    * more observations than members, and no two observations reading the same state
-      component (so ``G Gᵀ = diag(D)``): Woodbury in precision form, ``Π' = Π / (1 +
-      b Π D)``, ``S⁻¹ = Π' − a Π' B (K⁻¹ + a Bᵀ Π' B)⁻¹ Bᵀ Π'``, an r×r Cholesky per step
-    * otherwise: ``S⁻¹ = Π^½ (I + Π^½ (b GGᵀ + a BKBᵀ) Π^½)⁻¹ Π^½``, an m×m Cholesky per
-      step (``G Gᵀ`` is built once from the sparse rows).
-
-    Both factorise in float64 (the matrices are small) and are well conditioned: the
-    added identity, resp. ``K⁻¹ ⪰ β² I``. Everything is computed in the eigenbasis of
-    ``UᵀU``, where ``K`` is diagonal.
-
-    The score's Jacobian is ``−L``, ``L = α² M Gᵀ S⁻¹ G M``. Since ``S ⪰ G (γ² M) Gᵀ``,
-    ``L ⪯ α² M (γ² M)⁻¹ M = α² M / γ² ⪯ I / γ²`` (the eigenvalues of ``α² M`` are
-    ``α²(λ + ε_β)/(α² λ + β²) ≤ 1``), whatever σ: the noised likelihood is never
-    stiffer than ``1/γ²``, which the integrator uses to choose its step.
-    """
-
-    def __init__(self, z0, mean, scale, op, y, precision, eps_beta):
-        n_members, d = z0.shape[-2:]
-        u = z0 / math.sqrt(n_members - 1)  # rows: the columns of U
-        # U = W diag(√λ) Qᵀ. Only its r = min(N − 1, d) singular directions matter (the
-        # others have λ = 0), so keep the rows √λ_i w_iᵀ of the rotated ensemble, from the
-        # smaller of the two Gram matrices.
-        rank = min(n_members - 1, d)
-        if n_members <= d:
-            lam, rot = torch.linalg.eigh(u @ u.mT)
-            rows = rot.mT @ u
-        else:
-            lam, rot = torch.linalg.eigh(u.mT @ u)
-            rows = (rot * lam.clamp_min(0.0).sqrt().unsqueeze(-2)).mT
-        self.lam = lam[..., -rank:].clamp_min(0.0).unsqueeze(-2)  # (..., 1, r)
-        self.u = rows[..., -rank:, :]  # (..., r, d): orthogonal rows, squared norms λ
-        self.op = op
-        self.scale = scale
-        self.d = d
-        self.eps_beta = eps_beta
-        self.bt = op.linear(scale * self.u)  # (..., r, m): Bᵀ in the rotated basis
-        self.innovation = y - op.linear(mean)  # (..., 1, m)
-        self.precision = precision.unsqueeze(-2)  # (..., 1, m)
-        s2 = torch.ones_like(mean) * scale * scale  # (..., 1, d)
-        if op.n_obs > rank and _rows_disjoint(op, d):
-            squared = LinearObservationOperator(op.indices, op.weights * op.weights)
-            self.smoothing = squared.linear(s2)  # diag(G Gᵀ): (..., 1, m)
-            self.dense = None
-        else:  # fewer observations than members, or G Gᵀ not diagonal: solve in m×m
-            self.smoothing = None
-            self.dense = _gram(op, s2.sqrt()).double()  # G Gᵀ: (..., m, m)
-
-    def score(self, z: torch.Tensor, alpha: float, beta2: float) -> tuple[torch.Tensor, float]:
-        eps = self.eps_beta
-        gamma2 = beta2 - alpha * alpha * eps
-        p, q = gamma2 / beta2, eps / beta2
-        a, b = gamma2 * p, gamma2 * q
-        kdiag = 1.0 / (self.lam * (alpha * alpha) + beta2)  # K in the rotated basis
-        zhat = torch.matmul(torch.matmul(z, self.u.mT).mul_(kdiag), self.u)
-        zhat = zhat.mul_(alpha * p).add_(z, alpha=alpha * q)  # E[z̃ | z_τ] = α M z
-        residual = self.innovation - self.op.linear(self.scale * zhat)
-        v = self._solve(residual, a, b, kdiag)  # S⁻¹ residual
-        grad = self.scale * self.op.linear_adjoint(v, self.d)  # Gᵀ v
-        proj = torch.matmul(v, self.bt.mT).mul_(kdiag)  # K Bᵀ v
-        out = torch.matmul(proj, self.u).mul_(alpha * p).add_(grad, alpha=alpha * q)
-        return out, 1.0 / gamma2
-
-    def _solve(self, r, a, b, kdiag):
-        bt = self.bt.double()
-        if self.dense is None:
-            pp = self.precision / (1.0 + b * self.precision * self.smoothing)
-            pp = pp.double()
-            inner = torch.matmul(bt * pp, bt.mT).mul_(a)
-            inner.diagonal(dim1=-2, dim2=-1).add_(1.0 / kdiag.double().squeeze(-2))
-            chol = torch.linalg.cholesky(inner)
-            rp = r.double() * pp
-            t = torch.cholesky_solve(torch.matmul(rp, bt.mT).mT, chol).mT
-            return (rp - torch.matmul(t, bt).mul_(a) * pp).to(r.dtype)
-        sp = self.precision.double().sqrt()  # (..., 1, m)
-        cov = torch.matmul(bt.mT * kdiag.double(), bt).mul_(a).add_(self.dense, alpha=b)
-        mat = cov * sp * sp.mT
-        mat.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        chol = torch.linalg.cholesky(mat)
-        v = torch.cholesky_solve((r.double() * sp).mT, chol).mT * sp
-        return v.to(r.dtype)
-
-
-def _rows_disjoint(op: LinearObservationOperator, d: int) -> bool:
-    """Whether no state component is read by two observations (or twice by one)."""
-    m, k = op.indices.shape[-2:]
-    used = (op.weights != 0).to(torch.float32).reshape(*op.indices.shape[:-2], m * k)
-    counts = torch.zeros(*op.indices.shape[:-2], d, device=used.device)
-    counts.scatter_add_(-1, op.indices.reshape(*op.indices.shape[:-2], m * k), used)
-    return bool((counts <= 1).all())
-
-
-def _gram(op: LinearObservationOperator, s: torch.Tensor) -> torch.Tensor:
-    """``G Gᵀ`` with ``G = W diag(s)``, from the sparse rows (m² k² work and memory)."""
-    idx, w = op.indices, op.weights
-    m, k = idx.shape[-2:]
-    batch = torch.broadcast_shapes(idx.shape[:-2], s.shape[:-2])
-    flat = idx.expand(*batch, m, k).reshape(*batch, m * k)
-    s_at = torch.gather(s.expand(*batch, 1, s.shape[-1]).squeeze(-2), -1, flat)
-    ws = w.to(s.dtype).expand(*batch, m, k) * s_at.reshape(*batch, m, k)
-    same = (idx[..., :, None, :, None] == idx[..., None, :, None, :]).to(s.dtype)
-    return torch.einsum("...ik,...jl,...ijkl->...ij", ws, ws, same)
 
 
 def _describe_operator(op) -> str:
@@ -620,89 +396,3 @@ def _batch_shape(prior, obs_shape, scale, op) -> torch.Size:
     except RuntimeError:
         listed = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
         raise OptionError(f"batch dims do not broadcast: {listed}") from None
-
-
-class _NoiseSource:
-    """Draws standard normal tensors ``(*batch, N, d)``, from one or per-entry streams."""
-
-    def __init__(self, generator, batch, member_shape, device, dtype):
-        self.batch = tuple(batch)
-        self.member_shape = tuple(member_shape)
-        self.device = device
-        self.dtype = dtype
-        self.generators: list[torch.Generator] | None = None
-        self.generator: torch.Generator | None = None
-        self.seed: int | None = None
-        self.seeds: list[int] | None = None
-        n_entries = math.prod(self.batch)
-        if generator is None or isinstance(generator, torch.Generator):
-            self.generator = generator
-        elif isinstance(generator, int | np.integer) and not isinstance(generator, bool):
-            self.seed = int(generator)
-            self.generator = _seeded(self.seed, device)
-        else:
-            seeds = _as_seed_list(generator)
-            self.seeds = seeds
-            if len(seeds) != n_entries:
-                raise OptionError(
-                    f"generator has {len(seeds)} seeds but there are {n_entries} batch "
-                    f"entries (batch shape {self.batch}); give one seed per entry"
-                )
-            self.generators = [_seeded(s, device) for s in seeds]
-
-    def keys(self) -> torch.Tensor:
-        """One int64 key per batch entry (C order) for counter-based generators.
-
-        A seed list gives its seeds; an int seed ``s`` gives ``s`` to the first entry
-        (so one entry with ``s`` equals ``[s]``) and distinct keys to the others; a
-        ``torch.Generator`` (or the global one) provides one random key.
-        """
-        n = math.prod(self.batch)
-        if self.seeds is not None:
-            keys = self.seeds
-        else:
-            if self.seed is not None:
-                base = self.seed
-            else:
-                where = self.device if self.generator is None else self.generator.device
-                base = int(
-                    torch.randint(2**62, (1,), generator=self.generator, device=where).item()
-                )
-            keys = [(base + 0x9E3779B97F4A7C15 * i) % 2**63 for i in range(n)]
-        return torch.tensor(keys, dtype=torch.int64, device=self.device)
-
-    def draw(self) -> torch.Tensor:
-        shape = self.member_shape
-        if self.generators is not None:
-            out = torch.empty((len(self.generators), *shape), dtype=self.dtype, device=self.device)
-            for row, g in zip(out, self.generators, strict=True):
-                if g.device == self.device:
-                    torch.randn(shape, generator=g, dtype=self.dtype, device=self.device, out=row)
-                else:
-                    row.copy_(self._randn(shape, g))
-            return out.reshape(*self.batch, *shape)
-        return self._randn(self.batch + shape, self.generator)
-
-    def _randn(self, shape, generator) -> torch.Tensor:
-        where = self.device if generator is None else generator.device
-        out = torch.randn(shape, generator=generator, device=where, dtype=self.dtype)
-        return out.to(self.device)
-
-
-def _seeded(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _as_seed_list(generator) -> list[int]:
-    try:
-        seeds = np.asarray(
-            generator.cpu() if isinstance(generator, torch.Tensor) else generator
-        ).ravel()
-    except Exception:
-        seeds = None
-    if seeds is None or seeds.dtype.kind not in "iu":
-        raise OptionError(
-            "generator must be a torch.Generator, an int seed, a sequence of int seeds "
-            f"(one per batch entry) or None; got {generator!r}"
-        )
-    return [int(s) for s in seeds]

@@ -1,6 +1,6 @@
 """One fused CUDA kernel per EnSF step (Triton), with the noise drawn inside it.
 
-The componentwise EnSF step (see :mod:`xensf.filters.ensf_fused`) reads the particles
+The componentwise EnSF step (see :mod:`xensf.filters.ensf_componentwise`) reads the particles
 ``z`` and the standardised prior ``z0`` and writes ``z``: ``3 N d`` floats, plus a few
 per-component vectors. A plain implementation makes a dozen passes over memory per
 step; this kernel makes one:
@@ -225,7 +225,7 @@ def run_fused_steps(
     """Integrate the reverse SDE from ``z`` at τ = 1 to τ = 0 with one kernel per step.
 
     ``z``, ``z0``: ``(..., N, d)``; ``mean``, ``scale`` and the fields of ``obs``
-    (:class:`~xensf.filters.ensf_fused.ComponentwiseObservations`) broadcast to
+    (:class:`~xensf.filters.ensf_componentwise.ComponentwiseObservations`) broadcast to
     ``(..., 1, d)``; ``seeds``: one int64 per batch entry. Returns the particles at
     τ = 0 in standardised units. Raises :class:`KernelUnavailable` if the kernel
     cannot be compiled here (the caller then runs the torch step).
