@@ -236,6 +236,21 @@ def test_the_run_is_read_back_in_dask_chunks_of_many_cycles(tmp_path):
     assert out.eta_analysis_mean.chunks[1:] == tuple((s,) for s in out.eta_analysis_mean.shape[1:])
 
 
+def test_input_attributes_are_stored_as_an_analysis_stores_them(tmp_path):
+    """One serialiser: a numeric list stays numbers, a mapping is sorted JSON, True is 1."""
+    from xensf.bridge.metadata import netcdf_attr_value
+
+    e = experiment(1)
+    attrs = {"levels": [850, 500], "config": {"b": 1, "a": [1, 2]}, "flag": True}
+    start = e["initial_ensemble"].assign_attrs(attrs)
+    out = xensf.cycle(
+        e["model"], start, e["obs"], store=tmp_path / "run.zarr", progress=False, **e["options"]
+    )
+    for key, value in attrs.items():
+        np.testing.assert_array_equal(out.attrs[key], netcdf_attr_value(value))
+    assert out.attrs["config"] == '{"a": [1, 2], "b": 1}'
+
+
 def test_resume_with_other_settings_is_refused(tmp_path):
     path = tmp_path / "run.zarr"
     run(path, 2)

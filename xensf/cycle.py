@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .bridge.metadata import CF_CONVENTIONS, with_history, xensf_version
+from .bridge.metadata import (
+    CF_CONVENTIONS,
+    json_text,
+    mark_realization,
+    netcdf_attr_value,
+    with_history,
+    without_fill_value,
+    xensf_version,
+)
 from .errors import (
     DimensionError,
     EnsembleError,
@@ -674,7 +682,7 @@ class _WarningTally:
 
 
 def _clean_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: _attr_value(v) for k, v in attrs.items() if k not in _DROPPED_ATTRS}
+    return {k: netcdf_attr_value(v) for k, v in attrs.items() if k not in _DROPPED_ATTRS}
 
 
 def _row(state0, names, member, members, t, forecast, analysis, count) -> xr.Dataset:
@@ -713,8 +721,7 @@ def _row(state0, names, member, members, t, forecast, analysis, count) -> xr.Dat
     if members:
         if member not in coords:
             coords[member] = xr.Variable(member, np.arange(state0.sizes[member]))
-        coords[member].attrs["standard_name"] = "realization"
-        coords[member].attrs.setdefault("long_name", "ensemble member")
+        mark_realization(coords[member])
         coords[member].attrs.setdefault("units", "1")
     time_attrs = {"standard_name": "time", "axis": "T", "long_name": "analysis time"}
     if not isinstance(t, np.datetime64):
@@ -740,7 +747,7 @@ def _spread(x: np.ndarray, axis: int) -> np.ndarray:
 def _without_coordinate_fill(ds: xr.Dataset) -> xr.Dataset:
     """No ``_FillValue`` on coordinates when the result is written on (CF 2.5.1)."""
     for name in ds.coords:
-        ds[name].encoding["_FillValue"] = None
+        without_fill_value(ds.variables[name])
     return ds
 
 
@@ -772,34 +779,6 @@ def _encoding(template: xr.Dataset) -> dict[str, dict[str, Any]]:
 
 
 # -- settings, attributes, the store -----------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types (for the settings a resume compares)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        return _jsonable(value.item())
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
-def _attr_value(value: Any) -> Any:
-    """An attribute value that reads back from zarr unchanged."""
-    if isinstance(value, bool | np.bool_):
-        return int(value)
-    if value is None:
-        return "none"
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str | int | float):
-        return value
-    return json.dumps(_jsonable(value), sort_keys=True)
 
 
 def _digest(ds: xr.Dataset) -> str:
@@ -843,11 +822,11 @@ def _settings(forecaster, state0, names, obs, obs_time, method, resolved, latent
         "every": schedule.every,
         "members": bool(members),
     }
-    return json.loads(json.dumps(_jsonable(settings), sort_keys=True))
+    return json.loads(json_text(settings))
 
 
 def _global_attrs(input_attrs, settings, method, call) -> dict[str, Any]:
-    attrs = {k: _attr_value(v) for k, v in input_attrs.items() if not k.startswith("xensf_")}
+    attrs = {k: netcdf_attr_value(v) for k, v in input_attrs.items() if not k.startswith("xensf_")}
     attrs = with_history(attrs, call)
     attrs.update(
         {
@@ -860,15 +839,15 @@ def _global_attrs(input_attrs, settings, method, call) -> dict[str, Any]:
             "xensf_seed": settings["seed"],
             "xensf_every": settings["every"],
             "xensf_members": int(settings["members"]),
-            "xensf_obs_error": _attr_value(settings["obs_error"]),
-            "xensf_forecaster": json.dumps(settings["forecaster"], sort_keys=True),
-            "xensf_obs": json.dumps(settings["obs"], sort_keys=True),
-            "xensf_initial_ensemble": json.dumps(settings["initial_ensemble"], sort_keys=True),
-            "xensf_settings": json.dumps(settings, sort_keys=True),
+            "xensf_obs_error": netcdf_attr_value(settings["obs_error"]),
+            "xensf_forecaster": json_text(settings["forecaster"]),
+            "xensf_obs": json_text(settings["obs"]),
+            "xensf_initial_ensemble": json_text(settings["initial_ensemble"]),
+            "xensf_settings": json_text(settings),
         }
     )
     for key, value in settings["options"].items():
-        attrs[f"xensf_{key}"] = _attr_value(value)
+        attrs[f"xensf_{key}"] = netcdf_attr_value(value)
     if settings["latent_model"] is not None:
         attrs["xensf_latent_model_sha256"] = settings["latent_model"]["weights_sha256"]
     return attrs

@@ -191,7 +191,7 @@ def analysis_metadata(
         var.encoding = dict(var.encoding)
 
     ds.attrs = _global_attrs(ds.attrs, prior.attrs, call, method, parameters, now)
-    _mark_realization(ds.variables[member_dim])
+    mark_realization(ds.variables[member_dim])
     if time_dim is not None and time_dim in ds.coords:
         _mend_time(ds, time_dim)
     for dim in ds.dims:
@@ -204,11 +204,12 @@ def analysis_metadata(
 
 
 def netcdf_attr_value(value: Any) -> Any:
-    """Turn ``value`` into something netCDF can store as an attribute.
+    """Turn ``value`` into something netCDF and zarr can store as an attribute.
 
     Strings and numbers pass; booleans become 0/1 and None ``"none"`` (netCDF has
-    neither); numeric sequences become arrays; mappings and other sequences JSON
-    strings; anything else its ``str``.
+    neither); numeric sequences become arrays (zarr stores them as lists); mappings and
+    other sequences JSON strings (:func:`json_text`); anything else its ``str``. The one
+    attribute serialiser of xensf's outputs: analyses, cycling runs and ERA5 reads.
 
     Examples
     --------
@@ -222,7 +223,7 @@ def netcdf_attr_value(value: Any) -> Any:
     if isinstance(value, str | int | float | np.integer | np.floating):
         return value
     if isinstance(value, Mapping):
-        return json.dumps(value, sort_keys=True, default=_json_default)
+        return json_text(value)
     if isinstance(value, list | tuple | np.ndarray):
         array = np.asarray(value, dtype=object if isinstance(value, list | tuple) else None)
         numeric = all(
@@ -232,8 +233,13 @@ def netcdf_attr_value(value: Any) -> Any:
         )
         if numeric and array.ndim == 1 and array.size:
             return np.asarray(value)
-        return json.dumps(value, default=_json_default)
+        return json_text(value)
     return str(value)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON with sorted keys; numpy scalars and arrays as plain numbers."""
+    return json.dumps(value, sort_keys=True, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -242,6 +248,24 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return str(value)
+
+
+def without_fill_value(var: xr.Variable) -> None:
+    """No missing-value marker on a coordinate variable (CF 2.5.1), in place.
+
+    xarray gives float variables a NaN ``_FillValue`` when it writes them unless told
+    not to; inputs read from files bring theirs in ``encoding`` or ``attrs``.
+    """
+    var.encoding["_FillValue"] = None
+    var.encoding.pop("missing_value", None)
+    var.attrs.pop("_FillValue", None)
+    var.attrs.pop("missing_value", None)
+
+
+def mark_realization(var: xr.Variable) -> None:
+    """The member coordinate as CF's ``realization`` axis, in place."""
+    var.attrs["standard_name"] = "realization"
+    var.attrs.setdefault("long_name", "ensemble member")
 
 
 def _global_attrs(
@@ -278,11 +302,6 @@ def _conventions(existing: Any) -> str:
     tokens = [t for t in re.split(r"[,\s]+", text) if t]
     others = [t for t in tokens if not t.upper().startswith("CF-")]
     return separator.join([CF_CONVENTIONS, *others])
-
-
-def _mark_realization(var: xr.Variable) -> None:
-    var.attrs["standard_name"] = "realization"
-    var.attrs.setdefault("long_name", "ensemble member")
 
 
 def _mend_time(ds: xr.Dataset, time_dim: str) -> None:
@@ -340,12 +359,7 @@ def _zero_lead_time(ds: xr.Dataset, time_dim: str) -> bool:
 
 
 def _mend_coordinate_variable(var: xr.Variable, name: str) -> None:
-    # CF 2.5.1: coordinate variables must not have missing values. xarray adds a
-    # NaN _FillValue to float variables unless told not to.
-    var.encoding["_FillValue"] = None
-    var.encoding.pop("missing_value", None)
-    var.attrs.pop("_FillValue", None)
-    var.attrs.pop("missing_value", None)
+    without_fill_value(var)
     if name in AXIS_NAMES and "standard_name" not in var.attrs:
         standard_name, units = AXIS_NAMES[name]
         var.attrs["standard_name"] = standard_name
