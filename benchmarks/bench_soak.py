@@ -7,7 +7,7 @@ of ``xensf.cycle`` on the same store (each resumes the last), as a long operatio
 run is; a thread samples the process's resident memory (RSS) and its open file
 descriptors every ``--every`` seconds throughout.
 
-Prints one row per leg (cycles done, wall time, RSS and open files at its end) and
+Prints one row per leg as it ends (cycles done, wall time, RSS and open files) and
 the verdict: the RSS growth over the second half of the run per 1000 cycles, and the
 change in open files, against thresholds (flat: < 1 MB per 1000 cycles, no file
 descriptor leaked).
@@ -31,7 +31,7 @@ N, EVERY, MEMBERS = 16, 10, 6
 
 def _experiment(cycles: int):
     """The model, initial ensemble and observations (xensf's own twin pieces)."""
-    from xensf.forecast import ShallowWaterForecaster
+    from xensf.cycling.forecast import ShallowWaterForecaster
     from xensf.twin import TwinSetup, initial_ensemble, observations, truth_run
 
     setup = TwinSetup(
@@ -93,15 +93,15 @@ def main(argv=None) -> int:
             _, rss, fds = sampler.sample()
             rows.append((run.sizes["time"], time.perf_counter() - began, rss, fds))
             run.close()
+            if leg == 1:
+                print(f"{'cycles':>8} {'wall s':>9} {'RSS MB':>9} {'open fds':>9}", flush=True)
+            print(f"{rows[-1][0]:>8} {rows[-1][1]:>9.1f} {rss:>9.1f} {fds:>9}", flush=True)
         sampler.stop.set()
         sampler.join()
         size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
 
     print(f"soak: {args.cycles} cycles of a {N}x{N} shallow-water twin, {MEMBERS} members, "
           f"{args.method}, in {args.legs} resumed legs; store {size:.1f} MB")  # fmt: skip
-    print(f"{'cycles':>8} {'wall s':>9} {'RSS MB':>9} {'open fds':>9}")
-    for cycles, wall, rss, fds in rows:
-        print(f"{cycles:>8} {wall:>9.1f} {rss:>9.1f} {fds:>9}")
     times = np.array([s[0] for s in sampler.samples])
     rss = np.array([s[1] for s in sampler.samples])
     half = times >= times[0] + 0.5 * (times[-1] - times[0])

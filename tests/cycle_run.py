@@ -8,7 +8,7 @@ Run as a script, ``python tests/cycle_run.py STORE`` cycles it (4 cycles, member
 recorded) into ``STORE``; the tests start it in a subprocess and kill it from outside.
 ``python tests/cycle_run.py --kill POINT STORE [POINT STORE ...]`` imports xensf once
 and forks one process per pair that cycles into ``STORE`` and kills itself with
-SIGKILL at ``POINT`` (``XENSF_CYCLE_KILL``, see :mod:`xensf.store`); it prints each
+SIGKILL at ``POINT`` (``XENSF_CYCLE_KILL``, see :mod:`xensf.cycling.store`); it prints each
 child's wait status. Forking after the (slow) imports and before any computation keeps
 the test fast.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 import xensf
-from xensf.forecast import ShallowWaterForecaster
+from xensf.cycling.forecast import ShallowWaterForecaster
 from xensf.models.swe import ShallowWaterConfig
 
 N = 16
@@ -69,7 +69,7 @@ def kill_runs(pairs: list[tuple[str, str]]) -> None:
     import zarr  # noqa: F401
 
     import xensf.bridge.analysis  # noqa: F401
-    from xensf.store import KILL_ENV
+    from xensf.cycling.store import KILL_ENV
 
     children = {}
     for point, store in pairs:

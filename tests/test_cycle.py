@@ -18,6 +18,8 @@ from conftest import make_ensemble
 from cycle_run import EVERY, experiment, run
 
 import xensf
+from xensf.cycling.forecast import Persistence, forecaster_settings
+from xensf.cycling.store import KILL_ENV, CycleStore
 from xensf.errors import (
     DimensionError,
     ForecastError,
@@ -25,8 +27,6 @@ from xensf.errors import (
     OptionError,
     RunStoreError,
 )
-from xensf.forecast import Persistence, forecaster_settings
-from xensf.store import KILL_ENV, CycleStore
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -508,3 +508,16 @@ def test_warnings_of_a_run_are_summarised_once(tmp_path):
     ours = [w for w in record if w.category is xensf.ObservationErrorWarning]
     assert len(ours) == 1
     assert "ObservationErrorWarning in 4 of the 4 cycles of this run" in str(ours[0].message)
+
+
+def test_the_old_forecast_module_name_still_works_with_a_future_warning():
+    import importlib
+    import sys
+
+    import xensf.cycling
+
+    sys.modules.pop("xensf.forecast", None)
+    with pytest.warns(FutureWarning, match="xensf.cycling.forecast"):
+        old = importlib.import_module("xensf.forecast")
+    assert old.ShallowWaterForecaster is xensf.cycling.ShallowWaterForecaster
+    assert old.Persistence is Persistence

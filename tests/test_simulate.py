@@ -9,7 +9,7 @@ import xarray as xr
 
 import xensf
 import xensf.models as models
-from xensf.forecast import (
+from xensf.cycling.forecast import (
     Forecaster,
     Persistence,
     ShallowWaterForecaster,

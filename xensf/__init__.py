@@ -34,7 +34,7 @@ _LAZY = {
     "ensf_analysis": "xensf.filters",
     "letkf_analysis": "xensf.filters",
     "assimilate": "xensf.bridge.analysis",
-    "cycle": "xensf.cycle",
+    "cycle": "xensf.cycling",
     "open_era5_sample": "xensf.sample",
     "open_era5": "xensf.era5",
     "catalog": "xensf.catalog",
@@ -68,10 +68,10 @@ __all__ = [
 def __getattr__(name: str):
     if name == "era5":  # the ERA5 loader module, imported on first use: xensf.era5.open
         return import_module("xensf.era5")
-    if name in ("catalog", "cycle"):
-        # One object under each name, before and after anything imports the submodule:
-        # the module, which calls its function when called (xensf.catalog(),
-        # xensf.cycle(...)) and holds its helpers (xensf.catalog.era5_entries()).
+    if name == "catalog":
+        # One object under the name, before and after anything imports the submodule:
+        # the module, which calls its function when called (xensf.catalog()) and holds
+        # its helpers (xensf.catalog.era5_entries()).
         module = import_module(f"xensf.{name}")
         globals()[name] = module
         return module

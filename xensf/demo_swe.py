@@ -162,7 +162,7 @@ def _mean_over_second_half(curve: xr.DataArray) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the demo with the options parsed by :mod:`xensf.cli`."""
     import xensf
-    from xensf.forecast import ShallowWaterForecaster
+    from xensf.cycling.forecast import ShallowWaterForecaster
 
     started = time.perf_counter()
     setup = (FULL_SETUP if args.full else DEMO_SETUP).with_(prior=args.prior, seed=args.seed)

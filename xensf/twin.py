@@ -217,7 +217,7 @@ def training_runs(
 
 def free_run(initial: xr.Dataset, setup: TwinSetup, device=None) -> xr.Dataset:
     """The ensemble run without assimilation, at every cycle time after t0."""
-    from .forecast import ShallowWaterForecaster
+    from .cycling.forecast import ShallowWaterForecaster
 
     model = ShallowWaterForecaster(setup.config, device=device)
     state = initial.drop_vars("time")

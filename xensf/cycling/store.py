@@ -1,6 +1,7 @@
 """A zarr store that grows by one cycle at a time and is never seen half-written.
 
-:func:`xensf.cycle` writes its results here. The store is an ordinary zarr v3 group
+:func:`xensf.cycle` writes its results here; this module owns the run format (its
+encoding, opening a run to write or resume, reading it back). The store is an ordinary zarr v3 group
 with consolidated metadata, so ``xr.open_zarr(path)`` reads it like any other; what is
 particular is the order in which it is written.
 
@@ -69,9 +70,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import RunStoreError
+from ..bridge.metadata import without_fill_value
+from ..errors import RunStoreError
 
-__all__ = ["RUN_KIND", "RUN_MARKER", "CycleStore"]
+__all__ = ["RUN_KIND", "RUN_MARKER", "CycleStore", "open_run", "read_run"]
 
 RUN_MARKER = "xensf_run"
 RUN_KIND = "cycle"
@@ -491,3 +493,92 @@ def remove_run(path: Path) -> None:
         shutil.rmtree(path)
     finally:
         _release_lock(lock)
+
+
+# -- the run: encoding, opening to write, reading back ----------------------------------
+
+
+def without_coordinate_fill(ds: xr.Dataset) -> xr.Dataset:
+    """No ``_FillValue`` on coordinates when the result is written on (CF 2.5.1)."""
+    for name in ds.coords:
+        without_fill_value(ds.variables[name])
+    return ds
+
+
+def read_run(path) -> xr.Dataset:
+    """The run store, lazily: dask chunks of many cycles along time (dask's size target).
+
+    The store holds one cycle per chunk file (so a commit never rewrites a committed
+    chunk); its dask view groups them, so a long run is not a graph of one task per
+    cycle and dask's chunk caches, which hold the chunk tuples, stay small.
+    """
+    ds = xr.open_zarr(path, consolidated=True, chunks={TIME: "auto"})
+    return without_coordinate_fill(ds)
+
+
+def _encoding(template: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Chunks of one cycle along time, whole otherwise; no fill value on coordinates."""
+    encoding = {}
+    for name, var in template.variables.items():
+        if TIME in var.dims:
+            enc: dict[str, Any] = {"chunks": (1, *var.shape[1:])}
+        else:
+            enc = {"chunks": var.shape}
+        if name in template.coords:
+            enc["_FillValue"] = None
+        if name == TIME and var.dtype.kind == "M":
+            enc.update(units=DATETIME_UNITS, calendar="proleptic_gregorian", dtype="int64")
+        encoding[str(name)] = enc
+    return encoding
+
+
+def open_run(store, overwrite: bool, settings: dict, template: xr.Dataset,
+             restart: Mapping[str, xr.Variable]) -> CycleStore | None:  # fmt: skip
+    """The run at ``store`` to write into: resumed, started afresh, or created.
+
+    ``settings`` must equal the stored run's (each difference is named in the error);
+    ``template`` is one cycle's record (its variables, coordinates and attributes) and
+    ``restart`` the ensemble a new run starts from. None for ``store=None``.
+    """
+    if store is None:
+        return None
+    path = local_path(store)
+    if path.exists() or path.is_symlink():
+        attrs = CycleStore.read_attrs(path)  # refuses anything that is not a run
+        if overwrite:
+            remove_run(path)
+        else:
+            try:
+                stored = json.loads(attrs.get("xensf_settings", "null"))
+            except ValueError:
+                stored = None
+            if not isinstance(stored, dict):
+                raise RunStoreError(f"{str(path)!r}: the run's settings are unreadable")
+            diffs = differences(stored, settings)
+            if diffs:
+                raise RunStoreError(
+                    f"{str(path)!r} holds a run made with other settings, so it cannot be "
+                    f"resumed: {'; '.join(diffs)}. Use another store, or overwrite=True to "
+                    "start it afresh"
+                )
+            return CycleStore.open(path)
+    return CycleStore.create(path, template.isel({TIME: slice(0, 0)}), _encoding(template),
+                             dict(restart))  # fmt: skip
+
+
+def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
+    """Each key whose value differs between two settings, with both values."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(stored) | set(current)):
+            name = f"{prefix}.{key}" if prefix else key
+            if key not in stored:
+                out.append(f"{name} (not in the store; this call: {current[key]!r})")
+            elif key not in current:
+                out.append(f"{name} (the store: {stored[key]!r}; not in this call)")
+            else:
+                out.extend(differences(stored[key], current[key], name))
+        return out
+    if stored != current:
+        return [f"{prefix} (the store: {stored!r}; this call: {current!r})"]
+    return []

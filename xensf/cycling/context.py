@@ -1,0 +1,136 @@
+"""One cycle: the forecast to its time and the analysis there, around a run's context.
+
+:class:`CycleContext` holds what stays fixed over a run (the forecaster, the initial
+ensemble as the template of every state, the observations, the schedule, the method
+and its options); :meth:`CycleContext.forecast` and :meth:`CycleContext.analyse` take a
+cycle's number and arrays and check what comes back, naming the cycle when it is bad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import EnsembleError, ForecastError
+from .schedule import Schedule, obs_at
+from .store import TIME
+
+__all__ = ["CycleContext"]
+
+
+@dataclass(frozen=True)
+class CycleContext:
+    """What every cycle of a run needs besides the ensemble it starts from."""
+
+    forecaster: Any
+    #: the initial ensemble without a time: the template of every state and record
+    state0: xr.Dataset
+    #: the state variables (those with the member dim)
+    names: list[str]
+    member: str
+    obs: xr.Dataset
+    obs_time: str
+    schedule: Schedule
+    method: str
+    latent_model: Any
+    obs_error: Any
+    seed: int
+    device: str | None
+    member_dim: str | None
+    #: whether the record holds the members too
+    members: bool
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> dict[str, tuple]:
+        return {v: self.state0[v].dims for v in self.names}
+
+    def forecast(self, current: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+        """The ensemble ``current`` (at cycle ``k - 1``) forecast to cycle ``k``'s time."""
+        schedule = self.schedule
+        steps = schedule.steps[k] - (schedule.steps[k - 1] if k else 0)
+        if steps == 0:
+            return current
+        t = schedule.time(k)
+        state0 = self.state0
+        state = state0.copy(deep=False)
+        for v in self.names:
+            state[v] = state0[v].copy(data=np.array(current[v], copy=True))
+        state = state.assign_coords({TIME: t - steps * self.forecaster.time_step})
+        result = self.forecaster.forecast(state, steps)
+        where = f"cycle {k + 1} of {len(schedule)} (the forecast to {t})"
+        if not isinstance(result, xr.Dataset):
+            raise ForecastError(
+                f"{where}: the model returned a {type(result).__name__}, not a Dataset"
+            )
+        dims = self.dims
+        out = {}
+        for v in self.names:
+            if v not in result.data_vars:
+                raise ForecastError(f"{where}: the model's result has no variable {v!r}")
+            da = result[v]
+            if set(da.dims) != set(dims[v]) or da.transpose(*dims[v]).shape != state0[v].shape:
+                raise ForecastError(
+                    f"{where}: the model returned {v!r} with dims {dict(da.sizes)}; the state "
+                    f"has {dict(state0[v].sizes)}"
+                )
+            values = np.asarray(da.transpose(*dims[v]).values).astype(state0[v].dtype, copy=False)
+            if not np.all(np.isfinite(values)):
+                raise ForecastError(
+                    f"{where}: the model returned NaN or infinite values in {v!r}. The store "
+                    f"keeps the {k} cycle(s) before it; fix the model (e.g. a shorter time "
+                    "step) and run the same call again to resume"
+                )
+            out[v] = values
+        return out
+
+    def observations(self, k: int) -> xr.Dataset | None:
+        """Cycle ``k``'s observations (a length-1 ``time`` dim), or None if it has none."""
+        j = self.schedule.obs_index[k]
+        return None if j is None else obs_at(self.obs, self.obs_time, j, self.schedule.time(k))
+
+    def prior(self, values: dict[str, np.ndarray], k: int) -> xr.Dataset:
+        """The ensemble ``values`` as a Dataset at cycle ``k``'s time (a length-1 dim)."""
+        prior = self.state0[self.names].copy(deep=False)
+        for v in self.names:
+            prior[v] = self.state0[v].copy(data=values[v])
+        return prior.expand_dims({TIME: [self.schedule.time(k)]})
+
+    def assimilate(self, prior: xr.Dataset, at: xr.Dataset, **extra: Any) -> xr.Dataset:
+        """``assimilate`` with the run's method, model, errors, seed and options."""
+        from ..bridge.analysis import assimilate
+
+        return assimilate(
+            prior, at, method=self.method, model=self.latent_model, obs_error=self.obs_error,
+            seed=self.seed, device=self.device, member_dim=self.member_dim, **extra,
+            **self.options,
+        )  # fmt: skip
+
+    def dry_run(self) -> None:
+        """Build (not compute) the first analysis, so that bad input fails before any work."""
+        first = next((i for i, j in enumerate(self.schedule.obs_index) if j is not None), None)
+        if first is None:
+            return
+        state = {v: self.state0[v].data for v in self.names}
+        self.assimilate(self.prior(state, first).chunk(), self.observations(first))
+
+    def analyse(self, forecast: dict[str, np.ndarray], k: int) -> tuple[dict[str, np.ndarray], int]:
+        """Cycle ``k``'s analysis of ``forecast``, and the number of observations it used."""
+        at = self.observations(k)
+        count = int(sum(np.isfinite(at[v].values).sum() for v in at.data_vars if v in self.names))
+        result = self.assimilate(self.prior(forecast, k), at, call="xensf.cycle")
+        out = {}
+        for v in self.names:
+            values = np.asarray(result[v].isel({TIME: 0}).transpose(*self.dims[v]).values)
+            if not np.all(np.isfinite(values)):
+                raise EnsembleError(
+                    f"cycle {k + 1} of {len(self.schedule)} (analysis at "
+                    f"{self.schedule.time(k)}): the analysis of {v!r} has NaN or infinite "
+                    "values; the store keeps the cycles before it. Check obs_error and the "
+                    "method's options"
+                )
+            out[v] = values.astype(self.state0[v].dtype, copy=False)
+        return out, count
