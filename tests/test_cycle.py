@@ -87,11 +87,29 @@ def test_store_contents_and_cf_metadata(tmp_path, reference):
         for v in ("eta", "u", "v")
         for kind in ("forecast", "analysis")
         for stat in ("", "_mean", "_spread")
-    } | {"obs_count"}
+    } | {"obs_count"} | {
+        f"{v}_{stat}"
+        for v in ("eta", "u", "v")
+        for stat in ("count", "omb_mean", "omb_rms", "oma_mean", "oma_rms")
+    }
     assert reference.eta_analysis.dims == ("time", "member", "y", "x")
     assert reference.eta_analysis_mean.dims == ("time", "y", "x")
     np.testing.assert_array_equal(reference.time, e["obs"].time)
     np.testing.assert_array_equal(reference.obs_count, [3 * 16] * 4)  # 4 x 4 points, 3 vars
+
+    # the fit to the observations, by hand from the recorded members: every 4th point
+    for v in ("eta", "u", "v"):
+        np.testing.assert_array_equal(reference[f"{v}_count"], [16] * 4)
+        for kind, letter in (("forecast", "b"), ("analysis", "a")):
+            mean = reference[f"{v}_{kind}"].astype(np.float64).mean("member")
+            d = (e["obs"][v].astype(np.float64) - mean.values).values.reshape(4, -1)
+            d = d[:, np.isfinite(d[0])]
+            np.testing.assert_allclose(reference[f"{v}_om{letter}_mean"], d.mean(1), rtol=1e-5)
+            rms = np.sqrt((d**2).mean(1))
+            np.testing.assert_allclose(reference[f"{v}_om{letter}_rms"], rms, rtol=1e-5)
+        assert reference[f"{v}_omb_rms"].attrs["units"] == e["initial_ensemble"][v].attrs["units"]
+    # the analysis fits the observations better than the forecast did
+    assert (reference.eta_oma_rms < reference.eta_omb_rms).all()
 
     source = e["initial_ensemble"]
     for v in ("eta", "u", "v"):

@@ -73,3 +73,17 @@ def test_gridded_observations_keep_only_observed_points():
     sparse = obs.where((obs.lat > 0) & (obs.lon < 50))
     diag = prior.ensf.innovations(sparse, obs_error=0.4)
     assert diag.sizes["obs"] == int(((obs.lat > 0) & (obs.lon < 50)).sum())
+
+
+def test_without_errors_only_the_differences_are_given():
+    """The latent methods need no observation error; O − B and O − A need none either."""
+    from xensf.bridge.innovations import innovations
+
+    prior, obs = _iid_twin(n_time=2, n_mem=5)
+    with pytest.raises(xensf.OptionError, match="no observation error"):
+        innovations(prior, obs)
+    diag = innovations(prior, obs, prior, with_errors=False)
+    assert "obs_error" not in diag and not any("variance" in k for k in diag.attrs)
+    full = innovations(prior, obs, prior, obs_error=0.5)
+    xr.testing.assert_identical(diag.omb, full.omb)
+    np.testing.assert_array_equal(diag.oma, diag.omb)  # the "analysis" is the prior

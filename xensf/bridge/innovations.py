@@ -34,10 +34,13 @@ def innovations(
     time_dim: str | None = None,
     obs_dim: str | None = None,
     variables: str | list[str] | None = None,
+    with_errors: bool = True,
 ) -> xr.Dataset:
     """The observations beside the prior (and analysis) ensemble at their locations.
 
-    See :meth:`xensf.accessor.EnsfDatasetAccessor.innovations`.
+    See :meth:`xensf.accessor.EnsfDatasetAccessor.innovations`. ``with_errors=False``
+    asks for no observation errors (the latent methods need none): the result then has
+    no ``obs_error`` and no Desroziers figures.
     """
     prior, _ = dequantify(prior)
     obs, _ = dequantify(obs)
@@ -49,7 +52,7 @@ def innovations(
     )
     _, layout, spherical, grid_loc = prepare_state(prior, dims, names)
     plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim
+        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim, require_error=with_errors
     )
     times = prior[dims.time].values if dims.time is not None else None
     n_times = 1 if times is None else times.size
@@ -90,6 +93,8 @@ def innovations(
         a_mean, a_spread = at_obs(analysis)
         out.update(analysis_mean=a_mean, analysis_spread=a_spread, oma=y - a_mean)
     out = {k: np.where(seen, v, np.nan) for k, v in out.items()}
+    if not with_errors:
+        del out["obs_error"]  # placeholders, not errors
 
     field = plan.indices[:, 0] // layout.grid_size
     var_of_row = np.asarray(layout.variables)[layout.field_of_variable()[field]]
@@ -111,7 +116,7 @@ def innovations(
     result = xr.Dataset(data_vars, coords=coords)
     # gridded observations: only the points observed at some time
     result = result.isel(obs=np.flatnonzero(seen.any(axis=0)))
-    for v in names:
+    for v in names if with_errors else ():
         result.attrs.update(_desroziers(out, seen & (var_of_row == v)[None, :], v))
     result.attrs["title"] = "observation-space diagnostics made with xensf"
     return result

@@ -18,7 +18,7 @@ from ..errors import EnsembleError, ForecastError
 from .schedule import Schedule, obs_at
 from .store import TIME
 
-__all__ = ["CycleContext"]
+__all__ = ["OBSERVATION_STATISTICS", "CycleContext"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,15 @@ class CycleContext:
         state = {v: self.state0[v].data for v in self.names}
         self.assimilate(self.prior(state, first).chunk(), self.observations(first))
 
-    def analyse(self, forecast: dict[str, np.ndarray], k: int) -> tuple[dict[str, np.ndarray], int]:
-        """Cycle ``k``'s analysis of ``forecast``, and the number of observations it used."""
+    def analyse(
+        self, forecast: dict[str, np.ndarray], k: int
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, dict[str, float]]]:
+        """Cycle ``k``'s analysis of ``forecast``, the number of observations it used, and
+        per variable the observation-space statistics of :func:`fit_to_observations`."""
         at = self.observations(k)
         count = int(sum(np.isfinite(at[v].values).sum() for v in at.data_vars if v in self.names))
-        result = self.assimilate(self.prior(forecast, k), at, call="xensf.cycle")
+        prior = self.prior(forecast, k)
+        result = self.assimilate(prior, at, call="xensf.cycle")
         out = {}
         for v in self.names:
             values = np.asarray(result[v].isel({TIME: 0}).transpose(*self.dims[v]).values)
@@ -133,4 +137,49 @@ class CycleContext:
                     "method's options"
                 )
             out[v] = values.astype(self.state0[v].dtype, copy=False)
-        return out, count
+        return out, count, self.fit_to_observations(prior, at, result)
+
+    def fit_to_observations(
+        self, prior: xr.Dataset, at: xr.Dataset, analysis: xr.Dataset
+    ) -> dict[str, dict[str, float]]:
+        """Per state variable: its observations' count, mean and RMS of O − B and O − A.
+
+        B and A are the forecast and analysis ensemble means seen through the filter's
+        own observation operator (:func:`xensf.bridge.innovations.innovations`); NaN
+        where a variable has no observations.
+        """
+        from ..bridge.innovations import innovations
+
+        diag = innovations(
+            prior, at, analysis, obs_error=self.obs_error, member_dim=self.member_dim,
+            with_errors=False,
+        )  # fmt: skip
+        variable = diag["variable"].values
+        out = {}
+        for v in self.names:
+            omb = diag["omb"].values[..., variable == v].ravel()
+            oma = diag["oma"].values[..., variable == v].ravel()
+            seen = np.isfinite(omb)
+            omb, oma = omb[seen], oma[seen]
+            out[v] = {"count": int(seen.sum())} | (
+                {stat: np.nan for stat in OBSERVATION_STATISTICS if stat != "count"}
+                if not seen.any()
+                else {
+                    "omb_mean": float(omb.mean()),
+                    "omb_rms": float(np.sqrt(np.mean(omb**2))),
+                    "oma_mean": float(oma.mean()),
+                    "oma_rms": float(np.sqrt(np.mean(oma**2))),
+                }
+            )
+        return out
+
+
+#: The per-cycle observation-space statistics of each state variable ``v``, stored as
+#: ``v_<name>``: their long names (units: the variable's, except the count's).
+OBSERVATION_STATISTICS = {
+    "count": "number of its observations assimilated",
+    "omb_mean": "mean innovation, observation minus forecast mean (O - B)",
+    "omb_rms": "RMS innovation, observation minus forecast mean (O - B)",
+    "oma_mean": "mean residual, observation minus analysis mean (O - A)",
+    "oma_rms": "RMS residual, observation minus analysis mean (O - A)",
+}

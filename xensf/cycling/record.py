@@ -21,7 +21,7 @@ from ..bridge.metadata import (
     with_history,
     xensf_version,
 )
-from .context import CycleContext
+from .context import OBSERVATION_STATISTICS, CycleContext
 from .store import FORMAT, FORMAT_ATTR, RUN_KIND, RUN_MARKER, TIME
 
 __all__ = ["cycle_record", "run_attrs"]
@@ -50,8 +50,14 @@ _STATISTICS = {
 }
 
 
-def cycle_record(ctx: CycleContext, t: Any, forecast, analysis, count: int) -> xr.Dataset:
-    """One cycle as a Dataset with a length-1 ``time`` dim."""
+def cycle_record(
+    ctx: CycleContext, t: Any, forecast, analysis, count: int, fit: dict | None = None
+) -> xr.Dataset:
+    """One cycle as a Dataset with a length-1 ``time`` dim.
+
+    ``fit`` holds the observation-space statistics of each variable
+    (:meth:`CycleContext.fit_to_observations`); None for a cycle without observations.
+    """
     state0, names, member, members = ctx.state0, ctx.names, ctx.member, ctx.members
     data = {}
     for v in names:
@@ -74,6 +80,15 @@ def cycle_record(ctx: CycleContext, t: Any, forecast, analysis, count: int) -> x
                 attrs = dict(base)
                 attrs["long_name"] = f"{label}, {kind} ensemble"
                 data[f"{v}_{kind}"] = xr.Variable((TIME, *da.dims), values[None], attrs)
+        for stat, description in OBSERVATION_STATISTICS.items():
+            attrs = {"long_name": f"{label}: {description}"}
+            if stat == "count":
+                attrs["units"] = "1"
+                value = np.array([0 if fit is None else fit[v][stat]], dtype=np.int64)
+            else:
+                attrs.update({k: base[k] for k in ("units",) if k in base})
+                value = np.array([np.nan if fit is None else fit[v][stat]], dtype=np.float64)
+            data[f"{v}_{stat}"] = xr.Variable((TIME,), value, attrs)
     data["obs_count"] = xr.Variable(
         (TIME,),
         np.array([count], dtype=np.int64),

@@ -134,7 +134,10 @@ def cycle(
         ``v_forecast_mean``, ``v_forecast_spread``, ``v_analysis_mean``,
         ``v_analysis_spread`` (and with ``members``, ``v_forecast`` and ``v_analysis``
         with the member dim), and ``obs_count``, the number of observations each
-        analysis used. CF attributes (units and ``standard_name`` of the input,
+        analysis used; per variable the fit to the observations, ``v_count`` (its
+        observations), ``v_omb_mean``, ``v_omb_rms`` (O − B, the observations minus the
+        forecast mean through the filter's operator) and ``v_oma_mean``, ``v_oma_rms``
+        (O − A), NaN in a cycle without observations of ``v``. CF attributes (units and ``standard_name`` of the input,
         ``cell_methods`` of the statistic); the method, its options, the forecaster's
         settings, the observations and the seed in ``xensf_*`` global attributes.
         The opened store (lazy, dask-backed) with ``store=``, else in memory.
@@ -250,11 +253,11 @@ def _cycles(
         for k in range(done, len(schedule)):
             forecast = ctx.forecast(current, k)
             if schedule.obs_index[k] is None:
-                analysis, count = forecast, 0
+                analysis, count, fit = forecast, 0, None
             else:
                 with tally.cycle(k):
-                    analysis, count = ctx.analyse(forecast, k)
-            row = cycle_record(ctx, schedule.time(k), forecast, analysis, count)
+                    analysis, count, fit = ctx.analyse(forecast, k)
+            row = cycle_record(ctx, schedule.time(k), forecast, analysis, count, fit)
             if run is None:
                 rows.append(row)
             else:
