@@ -19,7 +19,6 @@ assimilation). Definitions: :mod:`xensf.twin`.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 import xarray as xr
 
 from xensf.cli import SWE_METHODS
-from xensf.demo_swe import run, shipped_model_path
+from xensf.demo_swe import DEMO_SETUP, FULL_SETUP, run_twin, shipped_model_path
 from xensf.metrics import relative_rmse
 from xensf.twin import field_scales
 
@@ -99,22 +98,16 @@ def main() -> None:
     for prior in args.priors:
         out = Path(args.output) / prior
         print(f"\n===== {prior} prior =====")
-        run(
-            argparse.Namespace(
-                full=args.size == "full",
-                methods=args.methods,
-                truth_position=args.truth_position,
-                prior_position=args.prior_position,
-                noise=args.noise,
-                prior=prior,
-                model=args.model,
-                seed=args.seed,
-                device=args.device,
-                output=str(out),
-                no_plot=False,
-            )
+        setup = (FULL_SETUP if args.size == "full" else DEMO_SETUP).with_(
+            prior=prior, seed=args.seed
         )
-        results[prior] = json.loads((out / "summary.json").read_text())
+        for name in ("truth_position", "prior_position"):
+            if getattr(args, name) is not None:
+                setup = setup.with_(**{name: tuple(getattr(args, name))})
+        results[prior] = run_twin(
+            setup, args.methods, args.noise, out, model=args.model, kind=args.size,
+            device=args.device,
+        )  # fmt: skip
     model_path = args.model or (shipped_model_path() if args.size == "demo" else None)
     summarise(Path(args.output), results, model_path)
 

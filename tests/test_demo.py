@@ -54,6 +54,17 @@ def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkey
         assert (out / name).stat().st_size > 10_000
 
 
+def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):
+    """The twin experiment as a function (what the demo and the benchmark call)."""
+    setup = demo_swe.DEMO_SETUP.with_(steps=30, members=5, prior="easy", seed=3)
+    summary = demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["relative_rmse_second_half"]) == {"free run", "letkf"}
+    assert summary["setup"]["seed"] == 3 and summary["noise_percent"] == [10.0]
+    run = xr.open_zarr(tmp_path / "letkf-noise10.zarr")
+    assert run.attrs["xensf_seed"] == 3 and not list(tmp_path.glob("*.png"))
+
+
 def test_observations_follow_the_documented_noise_definition():
     setup = TwinSetup(n=20, steps=20, every=10, stride=5)
     truth = truth_run(setup, device="cpu")

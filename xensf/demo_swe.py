@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ from .twin import (
     truth_run,
 )
 
-__all__ = ["DEMO_SETUP", "FULL_SETUP", "TRAINING", "method_options", "run", "shipped_model_path"]
+__all__ = [
+    "DEMO_SETUP",
+    "FULL_SETUP",
+    "TRAINING",
+    "method_options",
+    "run",
+    "run_twin",
+    "shipped_model_path",
+]
 
 #: The reduced setup: the same 1000 km basin on 40 × 40 cells (25 km), observed by the
 #: paper's network — 10 × 10 points 100 km apart (every 4th cell here, every 15th
@@ -161,18 +170,53 @@ def _mean_over_second_half(curve: xr.DataArray) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo with the options parsed by :mod:`xensf.cli`."""
-    import xensf
-    from xensf.cycling.forecast import ShallowWaterForecaster
-
-    started = time.perf_counter()
     setup = (FULL_SETUP if args.full else DEMO_SETUP).with_(prior=args.prior, seed=args.seed)
     for name in ("truth_position", "prior_position"):
         if getattr(args, name, None) is not None:
             setup = setup.with_(**{name: tuple(getattr(args, name))})
     noises = args.noise if args.noise is not None else ([0.0, 10.0, 20.0] if args.full else [10.0])
-    out = Path(args.output)
+    run_twin(
+        setup,
+        args.methods,
+        noises,
+        args.output,
+        model=args.model,
+        kind="full" if args.full else "demo",
+        device=args.device,
+        plot=not args.no_plot,
+    )
+    return 0
+
+
+def run_twin(
+    setup: TwinSetup,
+    methods: Sequence[str],
+    noises: Sequence[float],
+    output: str | Path,
+    *,
+    model: Any = None,
+    kind: str = "demo",
+    device: str | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """The twin experiment: every method cycled at every noise level; returns the summary.
+
+    ``noises`` in per cent of each variable's std; ``model`` the latent model (a
+    ``LatentModel`` or a bundle path) of the latent methods, by default the shipped one
+    for ``kind="demo"`` and, for ``kind="full"``, one trained into ``output`` (reused
+    when it is there). Writes the truth, the free run and one zarr run per method and
+    noise level, ``summary.json`` (the returned dict: the setup, the noise levels, the
+    relative RMSE over the second half per method and noise, the seconds each took) and,
+    with ``plot``, the figures into ``output``; prints the table.
+    """
+    import xensf
+    from xensf.cycling.forecast import ShallowWaterForecaster
+
+    started = time.perf_counter()
+    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    methods = list(args.methods)
+    methods = list(methods)
+    noises = [float(p) for p in noises]
     cfg = setup.config
     print(
         f"xensf {xensf.__version__} demo: planar shallow-water basin {setup.n}x{setup.n} "
@@ -193,31 +237,29 @@ def run(args: argparse.Namespace) -> int:
         "each variable's std."
     )
 
-    model = None
-    if any(m.startswith("latent") for m in methods):
-        if args.model:
-            model = xensf.load(args.model)
-        elif args.full:
-            path = out / "swe-full.xensf"
-            if path.exists():
-                model = xensf.load(path)
-            else:
-                print(f"training the latent model for the full setup into {path} ...")
-                train_model(setup, path, "full", seed=args.seed, device=args.device)
-                model = xensf.load(path)
-        else:
-            model = xensf.load(shipped_model_path())
+    if not any(m.startswith("latent") for m in methods):
+        model = None
+    elif model is not None:
+        model = model if isinstance(model, xensf.LatentModel) else xensf.load(model)
+    elif kind == "full":
+        path = out / "swe-full.xensf"
+        if not path.exists():
+            print(f"training the latent model for the full setup into {path} ...")
+            train_model(setup, path, "full", seed=setup.seed, device=device)
+        model = xensf.load(path)
+    else:
+        model = xensf.load(shipped_model_path())
 
-    truth = truth_run(setup, device=args.device)
+    truth = truth_run(setup, device=device)
     scales = field_scales(truth)
     reference = truth.isel(time=slice(1, None))
-    initial = initial_ensemble(setup, device=args.device)
-    free = free_run(initial, setup, device=args.device)
+    initial = initial_ensemble(setup, device=device)
+    free = free_run(initial, setup, device=device)
     free_curve = relative_rmse(free, reference, scales)
     _write_zarr(truth, out / "truth.zarr")
     _write_zarr(free, out / "free-run.zarr")
 
-    forecaster = ShallowWaterForecaster(cfg, device=args.device)
+    forecaster = ShallowWaterForecaster(cfg, device=device)
     curves: dict[str, dict[str, xr.DataArray]] = {}
     table: dict[str, dict[str, float]] = {"free run": {}}
     timings: dict[str, float] = {}
@@ -238,8 +280,8 @@ def run(args: argparse.Namespace) -> int:
                     obs,
                     every=setup.every,
                     store=store,
-                    seed=args.seed,
-                    device=args.device,
+                    seed=setup.seed,
+                    device=device,
                     progress=True,
                     overwrite=True,
                     **method_options(method, setup, errors, model),
@@ -260,12 +302,14 @@ def run(args: argparse.Namespace) -> int:
         "relative_rmse_second_half": table,
         "seconds": timings,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    (out / "summary.json").write_text(text)
+    summary = json.loads(text)  # as written: JSON's lists for the setup's tuples
     print(f"wrote {out / 'summary.json'} and the zarr stores in {out}/")
-    if not args.no_plot:
+    if plot:
         _figures(out, setup, curves, truth, free, last, noises)
     print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0
+    return summary
 
 
 def _report_quality_warnings(method: str, label: str, caught, cycles: int) -> None:
