@@ -494,7 +494,7 @@ _DROP = object()
 )
 def test_an_edited_latent_model_bundle_is_refused_at_load(tiny_model, tmp_path, change, field):
     import xensf
-    from xensf.bridge.models import model_handle
+    from xensf.bridge.model_cache import model_handle
 
     path = tmp_path / "edited.xensf"
     tiny_model.save(path)

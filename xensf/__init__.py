@@ -38,7 +38,7 @@ _LAZY = {
     "open_era5_sample": "xensf.sample",
     "open_era5": "xensf.era5",
     "catalog": "xensf.catalog",
-    "load": "xensf.bridge.models",
+    "load": "xensf.bridge.model_cache",
     "train_latent": "xensf.bridge.training",
     "LatentModel": "xensf.latent",
 }

@@ -176,7 +176,7 @@ def shallow_water(
     """
     import torch
 
-    from .bridge.device import compute_device
+    from .filters.device import compute_device
     from .models.swe import ShallowWaterConfig, initial_state, shallow_water_run
 
     dev = compute_device(device)
@@ -282,7 +282,7 @@ def lorenz96(
     """
     import torch
 
-    from .bridge.device import compute_device
+    from .filters.device import compute_device
     from .models.l96 import lorenz96_run
 
     dev = compute_device(device)

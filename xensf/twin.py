@@ -111,7 +111,7 @@ def initial_ensemble(setup: TwinSetup, device=None) -> xr.Dataset:
     """The members at t0, ``(member, y, x)``, with a scalar ``time`` coordinate."""
     import torch
 
-    from .bridge.device import compute_device
+    from .filters.device import compute_device
     from .models.swe import initial_state
     from .simulate import shallow_water_state
 

@@ -22,14 +22,14 @@ from ..errors import (
     ObservationMismatchError,
     OptionError,
 )
+from ..filters.device import compute_device
 from ..filters.noise import analysis_seeds
 from ..obs import check_longitude
-from .device import compute_device
 from .dims import EnsembleDims, find_dims, state_variables
 from .layout import StateLayout
 from .metadata import analysis_metadata
 from .methods import Block, Method, resolve_method
-from .models import ModelHandle, model_handle
+from .model_cache import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
     is_geographic,

@@ -14,10 +14,10 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
-from .device import compute_device
+from ..filters.device import compute_device
 from .dims import find_role
 from .layout import StateLayout
-from .models import cached_model, model_handle
+from .model_cache import cached_model, model_handle
 from .signature import check_signature, data_signature
 
 __all__ = ["decode", "encode"]

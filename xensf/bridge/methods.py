@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import ModelQualityWarning, OptionError
-from .models import cached_model
+from .model_cache import cached_model
 
 if TYPE_CHECKING:
     from .analysis import BlockPlan

@@ -187,7 +187,7 @@ class TorchForecaster:
     def forecast(self, state: xr.Dataset, steps: int) -> xr.Dataset:
         import torch
 
-        from ..bridge.device import compute_device
+        from ..filters.device import compute_device
 
         steps = _check_steps(steps, f"{type(self).__name__}.forecast")
         missing = [v for v in self.variables if v not in state.data_vars]

@@ -201,7 +201,7 @@ def cycle(
     spec = resolve_method(method, latent_model, options)
     latent_digest = None
     if latent_model is not None:
-        from ..bridge.models import model_handle
+        from ..bridge.model_cache import model_handle
 
         # Resolved once: each analysis then reads the bundle by its path, and an
         # in-memory model is not hashed again every cycle.
