@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 
 import xensf  # noqa: F401  (registers the accessor)
@@ -53,3 +54,99 @@ def test_ensemble_rmse_over_every_point_and_where():
     assert np.isclose(
         ensemble_rmse(ens.t, truth.t, "member", where), np.sqrt((error[where.values] ** 2).mean())
     )
+
+
+# -- CRPS, spread-skill, rank histogram: against their definitions -------------------
+
+
+def _crps_by_integration(members: np.ndarray, y: float) -> float:
+    """∫ (F_ens(x) − 1[x ≥ y])² dx, exactly: the integrand is a step function."""
+    points = np.sort(np.append(members, y))
+    total = 0.0
+    for a, b in zip(points[:-1], points[1:], strict=True):
+        x = 0.5 * (a + b)
+        total += ((members <= x).mean() - float(x >= y)) ** 2 * (b - a)
+    return total
+
+
+def test_crps_is_the_integral_of_the_squared_cdf_difference():
+    from xensf.metrics import crps
+
+    rng = np.random.default_rng(1)
+    ens = xr.DataArray(rng.standard_normal((7, 30)), dims=("member", "point"))
+    truth = xr.DataArray(rng.standard_normal(30) * 2, dims="point")
+    got = crps(ens, truth, "member", dims=[])
+    expected = [_crps_by_integration(ens.values[:, i], truth.values[i]) for i in range(30)]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    # a single member: the absolute error
+    np.testing.assert_allclose(crps(ens[:1], truth, "member", dims=[]), abs(ens[0] - truth))
+
+
+def test_fair_crps_of_a_large_gaussian_ensemble_is_the_gaussian_crps():
+    from math import erf, exp, pi, sqrt
+
+    from xensf.metrics import crps
+
+    rng = np.random.default_rng(2)
+    mu, sigma = 0.3, 1.7
+    ens = xr.DataArray(mu + sigma * rng.standard_normal((4000, 5)), dims=("member", "point"))
+    truth = xr.DataArray([-2.0, 0.0, 0.3, 1.0, 4.0], dims="point")
+    z = (truth.values - mu) / sigma
+    phi = np.array([exp(-0.5 * v * v) / sqrt(2 * pi) for v in z])
+    cdf = np.array([0.5 * (1 + erf(v / sqrt(2))) for v in z])
+    analytic = sigma * (z * (2 * cdf - 1) + 2 * phi - 1 / sqrt(pi))
+    got = crps(ens, truth, "member", dims=[], fair=True)
+    np.testing.assert_allclose(got, analytic, rtol=0.03)
+
+
+def test_spread_skill_is_one_for_exchangeable_members_and_truth_and_less_when_too_narrow():
+    from xensf.metrics import spread_skill
+
+    rng = np.random.default_rng(3)
+    draws = rng.standard_normal((6, 20000))  # 5 members and the truth, exchangeable
+    ens = xr.DataArray(draws[:5], dims=("member", "point"))
+    truth = xr.DataArray(draws[5], dims="point")
+    assert float(spread_skill(ens, truth, "member")) == pytest.approx(1.0, abs=0.02)
+    assert float(spread_skill(0.5 * ens, truth, "member")) < 0.7
+
+
+def test_rank_histogram_is_flat_when_calibrated_and_sloped_when_biased():
+    from xensf.metrics import rank_histogram
+
+    rng = np.random.default_rng(4)
+    draws = rng.standard_normal((9, 18000))
+    ens = xr.DataArray(draws[:8], dims=("member", "point"))
+    truth = xr.DataArray(draws[8], dims="point")
+    counts = rank_histogram(ens, truth, "member")
+    assert counts.dims == ("rank",) and list(counts["rank"].values) == list(range(9))
+    assert int(counts.sum()) == 18000
+    expected = 18000 / 9
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 26.1  # 99.9 % point of chi-square with 8 degrees of freedom
+    biased = rank_histogram(ens + 1.0, truth, "member")
+    assert int(biased[0]) > 4 * int(biased[-1])  # the truth falls below a high ensemble
+
+
+def test_rank_histogram_breaks_ties_at_random_but_reproducibly_and_skips_nan():
+    from xensf.metrics import rank_histogram
+
+    ens = xr.DataArray(np.zeros((3, 3000)), dims=("member", "point"))  # every member ties
+    truth = xr.DataArray(np.zeros(3000), dims="point").where(np.arange(3000) != 0)
+    counts = rank_histogram(ens, truth, "member", seed=5)
+    assert int(counts.sum()) == 2999
+    assert counts.min() > 650  # four ranks, about 750 each
+    xr.testing.assert_equal(counts, rank_histogram(ens.chunk(point=700), truth, "member", seed=5))
+
+
+def test_accessor_scores_weight_by_area_and_keep_time():
+    ens, truth = _case()
+    crps = ens.ensf.crps(truth)
+    assert crps.t.dims == ("time",)
+    from xensf.metrics import crps as plain
+
+    w = xr.DataArray(np.cos(np.deg2rad(ens.lat.values)), dims="lat", coords={"lat": ens.lat})
+    per_point = plain(ens.t, truth.t, "member", dims=[])
+    np.testing.assert_allclose(crps.t, per_point.weighted(w).mean(["lat", "lon"]))
+    assert ens.ensf.spread_skill(truth).t.dims == ("time",)
+    hist = ens.ensf.rank_histogram(truth)
+    assert hist.t.dims == ("rank", "time") and int(hist.t.sum()) == truth.t.size

@@ -420,3 +420,11 @@ def test_point_locations_normalises_longitude():
     np.testing.assert_array_equal(loc[:, 1], [-180.0, -0.5, -180.0, 0.0])
     assert np.all((loc[:, 1] >= -180.0) & (loc[:, 1] < 180.0))
     assert point_locations([1e-20], [-1e-20])[0, 1] < 180.0
+
+
+def test_the_padded_gridded_helpers_are_deprecated():
+    mask = np.array([[[True, False, True]]])
+    with pytest.warns(FutureWarning, match="NaN in y"):
+        index, valid = gridded_operator(mask)
+    with pytest.warns(FutureWarning, match="next release"):
+        gather_observations(np.array([[[1.0, np.nan, 2.0]]]), index, valid)

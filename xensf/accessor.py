@@ -309,10 +309,64 @@ class EnsfDatasetAccessor:
         by cos(latitude), their share of the sphere's area, so that the many points
         near the poles do not count as much as the tropics.
         """
+        from .metrics import ensemble_rmse
+
+        member, dims, weights = self._score_dims(truth, dims, member_dim)
+        return ensemble_rmse(self._obj, truth, member, dims=dims, weights=weights)
+
+    def crps(
+        self,
+        truth: xr.Dataset,
+        dims: list[str] | None = None,
+        member_dim: str | None = None,
+        fair: bool = False,
+    ) -> xr.Dataset:
+        """Continuous ranked probability score against ``truth`` (lower is better).
+
+        In each variable's units; averaged over ``dims`` as :meth:`rmse` (cos(latitude)
+        weights on a latitude/longitude grid). ``fair=True``: the fair CRPS, which does
+        not depend on the ensemble size in expectation. See :func:`xensf.metrics.crps`.
+        """
+        from .metrics import crps
+
+        member, dims, weights = self._score_dims(truth, dims, member_dim)
+        return crps(self._obj, truth, member, dims=dims, weights=weights, fair=fair)
+
+    def spread_skill(
+        self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
+    ) -> xr.Dataset:
+        """Spread–skill ratio against ``truth``: 1 calibrated, < 1 over-confident.
+
+        Averaged over ``dims`` as :meth:`rmse`. See :func:`xensf.metrics.spread_skill`.
+        """
+        from .metrics import spread_skill
+
+        member, dims, weights = self._score_dims(truth, dims, member_dim)
+        return spread_skill(self._obj, truth, member, dims=dims, weights=weights)
+
+    def rank_histogram(
+        self,
+        truth: xr.Dataset,
+        dims: list[str] | None = None,
+        member_dim: str | None = None,
+        seed: int = 0,
+    ) -> xr.Dataset:
+        """How often the truth falls below 0, 1, …, N members (a ``rank`` dim of N + 1).
+
+        Counted over ``dims`` (default: all dims of ``truth`` except time, unweighted);
+        flat for a calibrated ensemble. See :func:`xensf.metrics.rank_histogram`.
+        """
+        from .metrics import rank_histogram
+
+        member, dims, _ = self._score_dims(truth, dims, member_dim)
+        return rank_histogram(self._obj, truth, member, dims=dims, seed=seed)
+
+    def _score_dims(self, truth, dims, member_dim):
+        """The member dim, the dims to average over, and the area weights (or None)."""
         from .bridge.dims import find_dims, find_role
         from .bridge.observations import is_geographic
         from .errors import XensfError
-        from .metrics import area_weights, ensemble_rmse
+        from .metrics import area_weights
 
         member = self._member_dim(member_dim)
         if dims is None:
@@ -330,7 +384,7 @@ class EnsfDatasetAccessor:
             and is_geographic(self._obj, found)
         ):
             weights = area_weights(self._obj[found.lat])
-        return ensemble_rmse(self._obj, truth, member, dims=dims, weights=weights)
+        return member, dims, weights
 
 
 @xr.register_dataarray_accessor("ensf")

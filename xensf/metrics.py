@@ -1,11 +1,27 @@
-"""Skill scores of an ensemble against a truth, on xarray objects."""
+"""Skill scores of an ensemble against a truth, on xarray objects.
+
+The one home of xensf's scores: RMSE of the ensemble mean, spread, the continuous
+ranked probability score (CRPS), the spread–skill ratio and the rank histogram;
+``ds.ensf.rmse``, ``ds.ensf.crps``, ``ds.ensf.spread_skill`` and
+``ds.ensf.rank_histogram`` call them. They are array code tested against definitions
+(xskillscore, the reference for xarray scores, brings scipy, statsmodels, numba and
+bottleneck with it; these few scores do not need them).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["area_weights", "ensemble_rmse", "mean_spread", "relative_rmse"]
+__all__ = [
+    "area_weights",
+    "crps",
+    "ensemble_rmse",
+    "mean_spread",
+    "rank_histogram",
+    "relative_rmse",
+    "spread_skill",
+]
 
 
 def ensemble_rmse(
@@ -72,3 +88,106 @@ def area_weights(latitude: xr.DataArray) -> xr.DataArray:
     Negative values at the poles from rounding are clipped to 0.
     """
     return np.cos(np.deg2rad(latitude)).clip(min=0.0)
+
+
+def _mean(values, dims, weights):
+    if dims is None:
+        return values.mean()
+    if weights is not None and set(weights.dims) <= set(dims):
+        return values.weighted(weights).mean(dims)
+    return values.mean(dims)
+
+
+def crps(
+    ensemble: xr.DataArray | xr.Dataset,
+    truth: xr.DataArray | xr.Dataset,
+    member_dim: str,
+    dims: list[str] | None = None,
+    weights: xr.DataArray | None = None,
+    fair: bool = False,
+):
+    """Continuous ranked probability score of the ensemble against ``truth``.
+
+    ``CRPS = E|X − y| − ½ E|X − X'|`` for the members' empirical distribution, point by
+    point (in the variable's units; 0 for a perfect deterministic forecast), then
+    averaged over ``dims`` (default: every dim, weighted by ``weights`` as in
+    :func:`ensemble_rmse`). ``fair=True`` gives the fair CRPS (Ferro 2014), ``½ E|X − X'|``
+    over distinct pairs, whose expectation does not depend on the ensemble size.
+    """
+    members = ensemble.sizes[member_dim]
+    if members < (2 if fair else 1):
+        raise ValueError(f"the fair CRPS needs at least 2 members, got {members}")
+    skill = abs(ensemble - truth).mean(member_dim)
+    pairs = xr.apply_ufunc(
+        _mean_pair_distance,
+        ensemble,
+        input_core_dims=[[member_dim]],
+        kwargs={"fair": fair},
+        dask="parallelized",
+        output_dtypes=[np.float64],
+    )
+    return _mean(skill - 0.5 * pairs, dims, weights)
+
+
+def _mean_pair_distance(x: np.ndarray, fair: bool) -> np.ndarray:
+    """``E|X − X'|`` over the last axis from the sorted members: ``Σ (2i − N − 1) x_(i)``,
+    over ``N²`` pairs (all) or ``N (N − 1)`` (distinct)."""
+    n = x.shape[-1]
+    ordered = np.sort(np.asarray(x, dtype=np.float64), axis=-1)
+    coefficients = 2.0 * np.arange(1, n + 1) - n - 1
+    total = 2.0 * (ordered * coefficients).sum(-1)
+    return total / (n * (n - 1) if fair else n * n)
+
+
+def spread_skill(
+    ensemble: xr.DataArray | xr.Dataset,
+    truth: xr.DataArray | xr.Dataset,
+    member_dim: str,
+    dims: list[str] | None = None,
+    weights: xr.DataArray | None = None,
+):
+    """Spread–skill ratio: ``√((N + 1)/N · mean variance) / RMSE of the mean``.
+
+    1 for a calibrated ensemble whose members and truth are exchangeable; below 1 an
+    over-confident ensemble, above 1 an under-confident one. The factor ``(N + 1)/N``
+    (Fortin et al. 2014) makes the ratio 1 in expectation at any ensemble size ``N``;
+    the variance has ``ddof=1``. Means over ``dims`` (default: every dim), weighted as
+    in :func:`ensemble_rmse`.
+    """
+    n = ensemble.sizes[member_dim]
+    if n < 2:
+        raise ValueError(f"a spread needs at least 2 members, got {n}")
+    variance = _mean(ensemble.var(member_dim, ddof=1), dims, weights)
+    squared = _mean((ensemble.mean(member_dim) - truth) ** 2, dims, weights)
+    return np.sqrt((n + 1) / n * variance / squared)
+
+
+def rank_histogram(
+    ensemble: xr.DataArray | xr.Dataset,
+    truth: xr.DataArray | xr.Dataset,
+    member_dim: str,
+    dims: list[str] | None = None,
+    seed: int = 0,
+):
+    """Counts of the truth's rank among the members (Talagrand diagram), along ``rank``.
+
+    Rank ``r`` (0 … N) is the number of members below the truth; a truth equal to some
+    members takes a rank drawn uniformly among the tied positions (from ``seed``, so the
+    counts are reproducible). Counted over ``dims`` (default: every dim); a flat
+    histogram is what a calibrated ensemble gives, a U shape an over-confident one, a
+    slope a biased one. NaN truths are not counted.
+    """
+    n = ensemble.sizes[member_dim]
+    # computed here (one number per point of the truth), so that the tie-breaking draws
+    # follow the points in order whatever the chunks
+    below = (ensemble < truth).sum(member_dim).compute()
+    ties = (ensemble == truth).sum(member_dim).compute()
+    rng = np.random.default_rng(seed)
+
+    def draw(b, t):
+        return b + np.floor(rng.random(np.shape(t)) * (np.asarray(t) + 1)).astype(np.int64)
+
+    rank = xr.apply_ufunc(draw, below, ties).where(truth.notnull(), -1)
+    over = rank.dims if dims is None else dims
+    counts = [(rank == r).sum(over) for r in range(n + 1)]
+    return xr.concat(counts, dim="rank").assign_coords(rank=np.arange(n + 1))

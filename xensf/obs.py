@@ -9,9 +9,9 @@ vector, on plain numpy arrays and torch tensors:
 * point observations (stations, soundings): :func:`bilinear_weights` and
   :func:`point_operator`, which build a
   :class:`~xensf.filters.operators.LinearObservationOperator`;
-* observations on the state grid with gaps: :func:`gridded_operator`, an index tensor
-  padded where the observed set changes from one analysis time to the next, and
-  :func:`gather_observations`, the matching observation vector;
+* observations on the state grid with gaps need no operator of their own: the filters
+  take a missing observation as NaN (``gridded_operator`` and ``gather_observations``,
+  which padded an index instead, are deprecated);
 * observation errors: :func:`resolve_obs_error` turns the user's ``obs_error`` (a
   number, a per-variable mapping, or a relative error such as ``"10%"``) into one
   standard deviation per field;
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -432,8 +433,21 @@ def point_operator(
 # --------------------------------------------------------------------------------------
 # gridded observations with gaps
 # --------------------------------------------------------------------------------------
+def _superseded(name: str) -> None:
+    warnings.warn(
+        f"xensf.obs.{name} is deprecated and will be removed in the next release: the "
+        "filters take missing observations as NaN in y (or obs_std = inf), so observe every "
+        "grid point with an index operator and leave the gaps NaN",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
 def gridded_operator(mask) -> tuple[torch.Tensor, torch.Tensor]:
     """Index observation operator for observations on the state grid with gaps.
+
+    Deprecated (removed in the next release): the filters take missing observations as
+    NaN in ``y``, which needs no padded index.
 
     Parameters
     ----------
@@ -460,6 +474,7 @@ def gridded_operator(mask) -> tuple[torch.Tensor, torch.Tensor]:
     >>> index.tolist(), valid.tolist()
     ([[1, 3], [2, 0]], [[True, True], [True, False]])
     """
+    _superseded("gridded_operator")
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool:
         raise ObservationMismatchError(
@@ -483,6 +498,8 @@ def gridded_operator(mask) -> tuple[torch.Tensor, torch.Tensor]:
 def gather_observations(obs, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The observation vector matching :func:`gridded_operator`.
 
+    Deprecated with it (removed in the next release).
+
     Parameters
     ----------
     obs : array_like or torch.Tensor, shape ``(..., n_fields, nlat, nlon)``
@@ -496,6 +513,7 @@ def gather_observations(obs, index: torch.Tensor, valid: torch.Tensor) -> torch.
         ``obs`` at the observed positions, NaN at the padding; floating dtype of
         ``obs`` (float32 for integer input).
     """
+    _superseded("gather_observations")
     obs = torch.as_tensor(obs)
     if not obs.is_floating_point():
         obs = obs.to(torch.float32)
