@@ -101,7 +101,7 @@ def main() -> None:
     methods = {
         "prior": None,
         "ensf": dict(method="ensf", obs_error=obs_error),
-        "letkf": dict(method="letkf", obs_error=obs_error),
+        "letkf": dict(method="letkf", obs_error=obs_error, loc_radius=None),  # global ETKF
         "latent-ensf": dict(model=model),
         "latent-letkf": dict(model=model, method="latent-letkf"),
     }

@@ -76,6 +76,8 @@ def main(argv=None) -> int:
 
     model, start, obs, errors = _experiment(args.cycles)
     options = {"obs_error": errors}
+    if args.method == "letkf":
+        options["loc_radius"] = None  # the global ETKF, as in the soaks recorded so far
     if args.method == "ensf":
         options["steps"] = 5
     sampler = Sampler(args.every)

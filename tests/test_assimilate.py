@@ -123,7 +123,7 @@ def test_result_keeps_structure_and_mends_metadata(era5_twin):
     prior, truth = era5_twin
     before = prior.copy(deep=True)
     analysis = prior.ensf.assimilate(
-        gridded_obs(truth), method="letkf", obs_error={"z": 10.0, "t": 0.1}
+        gridded_obs(truth), method="letkf", loc_radius=None, obs_error={"z": 10.0, "t": 0.1}
     )
     xr.testing.assert_identical(prior, before)  # nothing modified in place
     assert set(analysis.coords) == set(prior.coords)
@@ -200,8 +200,8 @@ def test_units_are_converted(small):
     obs_k = truth.where(truth.lat > 0)
     obs_c = obs_k.copy()
     obs_c["t"] = (obs_k["t"] - 273.15).assign_attrs(units="degC")
-    a = prior.ensf.assimilate(obs_k, method="letkf", obs_error=0.5)
-    b = prior.ensf.assimilate(obs_c, method="letkf", obs_error=0.5)
+    a = prior.ensf.assimilate(obs_k, method="letkf", loc_radius=None, obs_error=0.5)
+    b = prior.ensf.assimilate(obs_c, method="letkf", loc_radius=None, obs_error=0.5)
     xr.testing.assert_allclose(a, b, atol=1e-3)
 
 
@@ -209,23 +209,25 @@ def test_obs_error_forms(small):
     truth = small.isel(member=0, drop=True)
     prior = small.isel(member=slice(1, None))
     obs = truth.where(truth.lat > 0)
-    by_number = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5)
-    by_mapping = prior.ensf.assimilate(obs, method="letkf", obs_error={"t": 0.5})
+    by_number = prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
+    by_mapping = prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error={"t": 0.5})
     with_attr = obs.copy()
     with_attr["t"] = obs["t"].assign_attrs(obs_error=0.5)
-    by_attr = prior.ensf.assimilate(with_attr, method="letkf")
+    by_attr = prior.ensf.assimilate(with_attr, method="letkf", loc_radius=None)
     with_var = obs.assign(t_error=xr.full_like(obs["t"], 0.5))
-    by_var = prior.ensf.assimilate(with_var, method="letkf")
+    by_var = prior.ensf.assimilate(with_var, method="letkf", loc_radius=None)
     for other in (by_mapping, by_attr, by_var):
         xr.testing.assert_allclose(other, by_number)
     # relative: 10% of the spatial std of the observations
     spread = float(obs["t"].std())
-    rel = prior.ensf.assimilate(obs, method="letkf", obs_error="10%")
+    rel = prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error="10%")
     xr.testing.assert_allclose(
-        rel, prior.ensf.assimilate(obs, method="letkf", obs_error=0.1 * spread), atol=1e-4
+        rel,
+        prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.1 * spread),
+        atol=1e-4,
     )
     with pytest.raises(OptionError, match="no observation error"):
-        prior.ensf.assimilate(obs, method="letkf")
+        prior.ensf.assimilate(obs, method="letkf", loc_radius=None)
 
 
 def test_dims_by_cf_metadata_and_overrides(small):
@@ -234,14 +236,14 @@ def test_dims_by_cf_metadata_and_overrides(small):
     odd["when"].attrs["standard_name"] = "time"
     truth = odd.isel(ens_id=0, drop=True)
     a = odd.isel(ens_id=slice(1, None)).ensf.assimilate(
-        truth.where(truth.yy > 0), method="letkf", obs_error=0.5
+        truth.where(truth.yy > 0), method="letkf", loc_radius=None, obs_error=0.5
     )
     assert a.sizes["ens_id"] == 7
     plain = small.rename(member="m")
     with pytest.raises(DimensionError, match="no member dimension"):
         plain.ensf.assimilate(plain.isel(m=0), obs_error=1.0)
     b = plain.ensf.assimilate(
-        plain.isel(m=0, drop=True), obs_error=1.0, method="letkf", member_dim="m"
+        plain.isel(m=0, drop=True), obs_error=1.0, method="letkf", loc_radius=None, member_dim="m"
     )
     assert b.sizes["m"] == 8
 
@@ -249,7 +251,9 @@ def test_dims_by_cf_metadata_and_overrides(small):
 def test_dataarray_accessor(small):
     da = small["t"]
     obs = da.isel(member=0, drop=True).where(small.lat > 0)
-    out = da.isel(member=slice(1, None)).ensf.assimilate(obs, method="letkf", obs_error=0.5)
+    out = da.isel(member=slice(1, None)).ensf.assimilate(
+        obs, method="letkf", loc_radius=None, obs_error=0.5
+    )
     assert isinstance(out, xr.DataArray) and out.dims == da.dims
     assert out.attrs["xensf_method"] == "letkf"
     assert out.ensf.mean().dims == ("time", "lat", "lon")
@@ -335,11 +339,11 @@ def test_unknown_method_and_options(case):
     with pytest.raises(OptionError, match=r"unknown option\(s\) \['inflation'\]"):
         prior.ensf.assimilate(obs, method="ensf", obs_error=1.0, inflation=1.1)
     with pytest.raises(OptionError, match="rtps must lie in"):
-        prior.ensf.assimilate(obs, method="letkf", obs_error=1.0, rtps=2)
+        prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=1.0, rtps=2)
     with pytest.raises(OptionError, match="obs_error"):
         prior.ensf.assimilate(obs, obs_error=-1.0)
     with pytest.raises(OptionError, match="does not use a model"):
-        prior.ensf.assimilate(obs, method="letkf", obs_error=1.0, model="x.xensf")
+        prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=1.0, model="x.xensf")
 
 
 def test_import_is_light():
@@ -358,7 +362,7 @@ def test_written_analysis_passes_the_cf_checker(tmp_path, era5_twin):
     prior, truth = era5_twin
     obs = gridded_obs(truth)
     analysis = prior.chunk(time=2).ensf.assimilate(
-        obs, method="letkf", obs_error={"z": 10.0, "t": 0.1}
+        obs, method="letkf", loc_radius=None, obs_error={"z": 10.0, "t": 0.1}
     )
     path = tmp_path / "analysis.nc"
     analysis.to_netcdf(path)
@@ -383,9 +387,102 @@ def test_the_analysis_of_era5_open_output_passes_the_cf_checker(tmp_path):
     prior, truth = ds.isel(member=slice(1, None)), ds.isel(member=0, drop=True)
     obs = gridded_obs(truth)
     analysis = prior.chunk({"member": -1}).ensf.assimilate(
-        obs, method="letkf", obs_error={"z": 10.0, "t": 0.1}
+        obs, method="letkf", loc_radius=None, obs_error={"z": 10.0, "t": 0.1}
     )
     analysis.to_netcdf(tmp_path / "analysis.nc")
     assert cf_errors(tmp_path / "analysis.nc") == []
     ds.to_netcdf(tmp_path / "opened.nc")  # the loader's own output too
     assert cf_errors(tmp_path / "opened.nc") == []
+
+
+def test_letkf_needs_a_radius_and_the_error_gives_the_grid_spacing():
+    """No default radius (docs/method.md, 'LETKF localisation'); None is the global ETKF."""
+    rng = np.random.default_rng(0)
+    planar = xr.Dataset(
+        {"h": (("member", "y", "x"), rng.standard_normal((5, 8, 10)))},
+        coords={"y": np.arange(8) * 25.0, "x": np.arange(10) * 25.0},
+    )
+    obs = planar.h.isel(member=0).where(planar.x == 50.0).to_dataset()
+    with pytest.raises(OptionError, match=r"loc_radius=.*about 25 grid coordinate"):
+        planar.ensf.assimilate(obs, method="letkf", obs_error=0.1)
+    local = planar.ensf.assimilate(obs, method="letkf", obs_error=0.1, loc_radius=30.0)
+    glob = planar.ensf.assimilate(obs, method="letkf", obs_error=0.1, loc_radius=None)
+    far = planar.x > 150  # beyond twice the radius of every observation
+    np.testing.assert_array_equal(local.h.where(far), planar.h.where(far))
+    assert not np.allclose(glob.h.where(far).fillna(0), planar.h.where(far).fillna(0))
+    assert glob.attrs["xensf_loc_radius"] == "none" and local.attrs["xensf_loc_radius"] == 30.0
+
+
+def test_grid_spacing_on_a_sphere_is_the_root_of_the_area_per_point():
+    from xensf.bridge.observations import grid_spacing
+    from xensf.obs import grid_locations
+
+    lat, lon = np.arange(-89.5, 90.0, 1.0), np.arange(0.0, 360.0, 1.0)
+    spacing = grid_spacing(grid_locations(lat, lon), spherical=True)
+    expected = np.sqrt(4 * np.pi * 6371.0**2 / (lat.size * lon.size))
+    assert spacing == pytest.approx(expected, rel=1e-3)
+    planar = np.stack(np.meshgrid(np.arange(4) * 2.0, np.arange(5) * 8.0, indexing="ij"), -1)
+    assert grid_spacing(planar.reshape(-1, 2), spherical=False) == pytest.approx(4.0)
+
+
+# -- observation times near, not at, the state's times --------------------------------
+
+
+def _six_hourly():
+    rng = np.random.default_rng(5)
+    times = np.array(["2001-01-01T00", "2001-01-01T06"], dtype="datetime64[ns]")
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), 280 + rng.standard_normal((2, 6, 5, 8)))},
+        coords={"time": times, "lat": np.linspace(-40, 40, 5), "lon": np.arange(8) * 45.0},
+    )
+    prior.t.attrs["units"] = "K"
+
+    def stations(obs_times, values, lats):
+        return xr.Dataset(
+            {"t": (("time", "station"), np.asarray(values, float), {"units": "K"})},
+            coords={
+                "time": np.asarray(obs_times, dtype="datetime64[ns]"),
+                "lat": ("station", np.asarray(lats, float)),
+                "lon": ("station", np.full(len(lats), 90.0)),
+            },
+        )
+
+    return prior, stations
+
+
+def test_observations_within_the_tolerance_are_assimilated_at_the_nearest_state_time():
+    prior, stations = _six_hourly()
+    options = {"method": "letkf", "loc_radius": None, "obs_error": 0.5}
+    near = stations(["2001-01-01T00:20", "2001-01-01T05:50"], [[281.0], [279.0]], [10.0])
+    at = near.assign_coords(time=prior.time.values)
+    with pytest.raises(ObservationMismatchError, match=r"2001-01-01 00:20:00.*obs_time_tolerance"):
+        prior.ensf.assimilate(near, **options)
+    got = prior.ensf.assimilate(near, obs_time_tolerance="30min", **options)
+    xr.testing.assert_identical(got.t, prior.ensf.assimilate(at, **options).t)
+    with pytest.raises(ObservationMismatchError, match=r"2001-01-01 03:00:00 \(nearest state"):
+        prior.ensf.assimilate(
+            stations(["2001-01-01T03:00"], [[281.0]], [10.0]), obs_time_tolerance="1h", **options
+        )
+    with pytest.raises(OptionError, match="obs_time_tolerance must be a time span"):
+        prior.ensf.assimilate(near, obs_time_tolerance="soon", **options)
+
+
+def test_several_observation_times_at_one_state_time_merge_stations_and_refuse_grids():
+    prior, stations = _six_hourly()
+    options = {"method": "letkf", "loc_radius": None, "obs_error": 0.5}
+    # two station reports near 00:00, one near 06:00
+    two = stations(
+        ["2001-01-01T00:10", "2001-01-01T00:40", "2001-01-01T06:00"],
+        [[281.0, np.nan], [np.nan, 279.5], [278.0, np.nan]],
+        [10.0, -20.0],
+    )
+    got = prior.ensf.assimilate(two, obs_time_tolerance=np.timedelta64(1, "h"), **options)
+    merged = stations(
+        prior.time.values, [[281.0, np.nan, np.nan, 279.5], [278.0, np.nan, np.nan, np.nan]],
+        [10.0, -20.0, 10.0, -20.0],
+    )  # fmt: skip
+    xr.testing.assert_allclose(got.t, prior.ensf.assimilate(merged, **options).t)
+    grid = prior.t.isel(member=0).to_dataset()
+    twice = grid.assign_coords(time=np.array(["2001-01-01T00", "2001-01-01T00:30"], "M8[ns]"))
+    with pytest.raises(ObservationMismatchError, match="one field per time"):
+        prior.ensf.assimilate(twice, obs_time_tolerance="1h", **options)

@@ -440,7 +440,7 @@ def test_persistence_with_cycles_without_observations(tmp_path, numeric_time, ca
         step = 6.0
     obs = truth.isel(time=[2, 4]).where(truth.lat > 0)  # every 2nd step, northern half
     out = xensf.cycle(
-        Persistence(step), start, obs, method="letkf", obs_error=0.5, every=1,
+        Persistence(step), start, obs, method="letkf", loc_radius=None, obs_error=0.5, every=1,
         store=tmp_path / "run.zarr", members=True, progress=True,
     )  # fmt: skip
     bar = capsys.readouterr().err
@@ -506,7 +506,7 @@ def test_latent_ensf_with_persistence(tmp_path):
 def test_dask_backed_inputs_give_the_same_run():
     ens = make_ensemble(n_members=5, n_times=3, nlat=6, nlon=8)
     start, obs = ens.isel(time=[0]), (ens.isel(member=0, drop=True) + 1.0).isel(time=[1, 2])
-    kwargs = dict(method="letkf", obs_error=0.5, progress=False)
+    kwargs = dict(method="letkf", loc_radius=None, obs_error=0.5, progress=False)
     eager = xensf.cycle(Persistence(np.timedelta64(6, "h")), start, obs, **kwargs)
     lazy_start, lazy_obs = start.chunk(), obs.chunk({"time": 1})
     lazy = xensf.cycle(Persistence(np.timedelta64(6, "h")), lazy_start, lazy_obs, **kwargs)
@@ -520,7 +520,7 @@ def test_warnings_of_a_run_are_summarised_once(tmp_path):
     e = experiment(4)
     with pytest.warns(xensf.ObservationErrorWarning) as record:
         xensf.cycle(
-            e["model"], e["initial_ensemble"], e["obs"], method="letkf", obs_error=50.0,
+            e["model"], e["initial_ensemble"], e["obs"], method="letkf", loc_radius=None, obs_error=50.0,
             progress=False,
         )  # fmt: skip
     ours = [w for w in record if w.category is xensf.ObservationErrorWarning]

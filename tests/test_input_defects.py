@@ -22,6 +22,9 @@ from xensf.errors import (
     OptionError,
 )
 
+#: Options that give each method its global (unlocalised) form.
+GLOBAL = {"letkf": {"loc_radius": None}, "ensf": {}}
+
 
 @pytest.fixture
 def ds() -> xr.Dataset:
@@ -66,7 +69,7 @@ def test_letkf_with_tiny_observation_errors_fits_the_observation(
 def test_float64_is_analysed_in_float64_and_unobserved_times_are_untouched(two_days, obs, method):
     day1 = obs.expand_dims(time=two_days.time[:1])
     both = day1.reindex(time=two_days.time)  # day 2 has no observation
-    out = two_days.ensf.assimilate(both, method=method, obs_error=0.5)
+    out = two_days.ensf.assimilate(both, method=method, obs_error=0.5, **GLOBAL[method])
     assert out.t.dtype == np.float64
     np.testing.assert_array_equal(out.t.isel(time=1).values, two_days.t.isel(time=1).values)
     changed = out.t.isel(time=0) - two_days.t.isel(time=0)
@@ -75,7 +78,7 @@ def test_float64_is_analysed_in_float64_and_unobserved_times_are_untouched(two_d
         return  # EnSF draws its noise in the working dtype: float32 and float64 runs differ
     # float64 throughout, not the float32 analysis widened: close to it, not equal
     as32 = two_days.astype("float32").ensf.assimilate(
-        both.astype("float32"), method=method, obs_error=0.5
+        both.astype("float32"), method=method, obs_error=0.5, loc_radius=None
     )
     diff = float(abs(out.t.isel(time=0) - as32.t.isel(time=0).astype("float64")).max())
     assert 0 < diff < 1e-4
@@ -91,21 +94,29 @@ def _at_obs(ds: xr.Dataset) -> float:
 
 def test_an_error_in_offset_units_is_a_difference(ds, obs):
     kelvin = obs.assign(t_error=xr.full_like(obs.t, 0.5).assign_attrs(units="K"))
-    reference = _at_obs(kelvin.pipe(lambda o: ds.ensf.assimilate(o, method="letkf")))
+    reference = _at_obs(
+        kelvin.pipe(lambda o: ds.ensf.assimilate(o, method="letkf", loc_radius=None))
+    )
     assert abs(reference - _at_obs(ds)) > 0.5  # an error of 0.5 K moves the mean
     celsius = kelvin.assign(t_error=kelvin.t_error.assign_attrs(units="degC"))
-    assert _at_obs(ds.ensf.assimilate(celsius, method="letkf")) == pytest.approx(reference)
+    assert _at_obs(ds.ensf.assimilate(celsius, method="letkf", loc_radius=None)) == pytest.approx(
+        reference
+    )
     # an obs_error attribute is in the units of its variable, also as a difference
     fahrenheit = obs.assign(t=(obs.t - 273.15) * 1.8 + 32)
     fahrenheit.t.attrs.update(units="degF", obs_error=0.9)
-    assert _at_obs(ds.ensf.assimilate(fahrenheit, method="letkf")) == pytest.approx(reference)
+    assert _at_obs(
+        ds.ensf.assimilate(fahrenheit, method="letkf", loc_radius=None)
+    ) == pytest.approx(reference)
     with pytest.raises(OptionError, match="obs_error='half'"):
-        ds.ensf.assimilate(obs.assign(t=obs.t.assign_attrs(obs_error="half")), method="letkf")
+        ds.ensf.assimilate(
+            obs.assign(t=obs.t.assign_attrs(obs_error="half")), method="letkf", loc_radius=None
+        )
 
 
 def test_a_scalar_observation_time_is_one_time(two_days, obs):
     out = two_days.ensf.assimilate(
-        obs.assign_coords(time=two_days.time[0]), method="letkf", obs_error=0.5
+        obs.assign_coords(time=two_days.time[0]), method="letkf", loc_radius=None, obs_error=0.5
     )
     np.testing.assert_array_equal(out.t.isel(time=1).values, two_days.t.isel(time=1).values)
     assert float(abs(out.t.isel(time=0) - two_days.t.isel(time=0)).max()) > 0.5
@@ -113,17 +124,20 @@ def test_a_scalar_observation_time_is_one_time(two_days, obs):
         two_days.ensf.assimilate(
             obs.assign_coords(time=np.datetime64("2001-01-05", "ns")),
             method="letkf",
+            loc_radius=None,
             obs_error=0.5,
         )
 
 
 def test_pint_quantities_are_converted_at_the_boundary(ds, obs):
     pytest.importorskip("pint_xarray")
-    expected = ds.ensf.assimilate(obs, method="letkf", obs_error=0.5)
+    expected = ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
     celsius = obs.assign(t=obs.t - 273.15).pint.quantify(t="degC")
-    got = ds.ensf.assimilate(celsius, method="letkf", obs_error=0.5)
+    got = ds.ensf.assimilate(celsius, method="letkf", loc_radius=None, obs_error=0.5)
     np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
-    quantified = ds.pint.quantify().ensf.assimilate(celsius, method="letkf", obs_error=0.5)
+    quantified = ds.pint.quantify().ensf.assimilate(
+        celsius, method="letkf", loc_radius=None, obs_error=0.5
+    )
     assert str(quantified.t.data.units) == "kelvin"
     np.testing.assert_allclose(
         quantified.t.pint.dequantify().values, expected.t.values, rtol=0, atol=1e-9
@@ -146,10 +160,10 @@ def test_a_regional_grid_across_the_dateline_in_natural_order():
     assert float(abs(out.t - ds.t).max()) > 0.5
     far = stations.isel(station=[0]).assign_coords(lon=("station", [0.0]))
     with pytest.raises(ObservationDomainError, match="outside the grid"):
-        ds.ensf.assimilate(far, method="letkf", obs_error=0.5)
+        ds.ensf.assimilate(far, method="letkf", loc_radius=None, obs_error=0.5)
     # sorted, the same grid would read as global: refused, with the way out
     with pytest.raises(DimensionError, match="natural order"):
-        ds.sortby("lon").ensf.assimilate(far, method="letkf", obs_error=0.5)
+        ds.sortby("lon").ensf.assimilate(far, method="letkf", loc_radius=None, obs_error=0.5)
 
 
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():
@@ -177,14 +191,14 @@ def test_zero_stations_leave_the_prior_as_it_is(two_days):
         coords={"time": two_days.time, "lat": ("station", []), "lon": ("station", [])},
     )
     for method in ("letkf", "ensf"):
-        out = two_days.ensf.assimilate(none, method=method, obs_error=0.5)
+        out = two_days.ensf.assimilate(none, method=method, obs_error=0.5, **GLOBAL[method])
         np.testing.assert_array_equal(out.t.values, two_days.t.values)
 
 
 def test_repeated_observation_times_are_refused(two_days, obs):
     twice = obs.expand_dims(time=[two_days.time.values[0]] * 2)
     with pytest.raises(ObservationMismatchError, match="appears 2 times"):
-        two_days.ensf.assimilate(twice, method="letkf", obs_error=0.5)
+        two_days.ensf.assimilate(twice, method="letkf", loc_radius=None, obs_error=0.5)
 
 
 @pytest.mark.parametrize(
@@ -198,7 +212,7 @@ def test_repeated_observation_times_are_refused(two_days, obs):
 )
 def test_out_of_range_options_are_refused(ds, obs, options, match):
     with pytest.raises(OptionError, match=match):
-        ds.ensf.assimilate(obs, method="letkf", **options)
+        ds.ensf.assimilate(obs, method="letkf", loc_radius=None, **options)
 
 
 def test_a_scale_that_would_overflow_is_refused(ds, obs):
@@ -212,13 +226,14 @@ def test_a_scale_that_would_overflow_is_refused(ds, obs):
 def test_any_magnitude_gives_the_same_analysis_in_its_units(ds, obs, dtype, method, size):
     """Units are arbitrary: the analysis of a state scaled by ``size`` is the scaled one."""
     expected = ds.astype(dtype).ensf.assimilate(
-        obs.astype(dtype), method=method, obs_error=0.5, seed=2
+        obs.astype(dtype), method=method, obs_error=0.5, seed=2, **GLOBAL[method]
     )
     scaled = (ds * size).astype(dtype).assign_attrs(ds.attrs)
     scaled.t.attrs = ds.t.attrs
     got = scaled.ensf.assimilate(
-        (obs * size).astype(dtype), method=method, obs_error=0.5 * size, seed=2
-    )
+        (obs * size).astype(dtype), method=method, obs_error=0.5 * size, seed=2,
+        **GLOBAL[method],
+    )  # fmt: skip
     assert np.isfinite(got.t.values).all()
     np.testing.assert_allclose(got.t.values / size, expected.t.values, rtol=1e-4)
 
@@ -227,7 +242,9 @@ def test_any_magnitude_gives_the_same_analysis_in_its_units(ds, obs, dtype, meth
 def test_a_relative_error_with_one_observation_names_the_variable(ds, obs, chunked):
     given = obs.chunk() if chunked else obs
     with pytest.raises(OptionError, match=r"obs_error='10%' for 't'.*\(1 observation\)"):
-        ds.ensf.assimilate(given, method="letkf", obs_error="10%")  # before any compute
+        ds.ensf.assimilate(
+            given, method="letkf", loc_radius=None, obs_error="10%"
+        )  # before any compute
 
 
 def test_an_empty_variable_list_is_refused():
@@ -237,10 +254,10 @@ def test_an_empty_variable_list_is_refused():
 
 def test_errors_that_dwarf_the_prior_spread_warn_with_the_numbers(ds, obs):
     with pytest.warns(xensf.ObservationErrorWarning, match=r"'t' \(RMS 50\) are 3\d\.\d times"):
-        ds.ensf.assimilate(obs, method="letkf", obs_error=50.0)
+        ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=50.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", xensf.ObservationErrorWarning)
-        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5)
+        ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
 
 
 def test_a_relative_error_far_above_the_spread_warns_on_the_era5_sample(era5_twin):

@@ -176,7 +176,7 @@ def test_increment_update_adds_the_decoded_latent_increment(case):
 @pytest.mark.parametrize("method", ["latent-ensf", "latent-ensf-letkf"])
 def test_chunking_does_not_change_a_bit(case, method):
     model, prior, _, obs = case
-    options = {"obs_error": 0.05} if method == "latent-ensf-letkf" else {}
+    options = {"obs_error": 0.05, "loc_radius": None} if method == "latent-ensf-letkf" else {}
     eager = prior.ensf.assimilate(obs, model=model, seed=1, method=method, **options)
     for chunks in (1, 3):
         lazy = prior.chunk(time=chunks).ensf.assimilate(
@@ -233,10 +233,10 @@ def test_a_model_worse_than_the_observations_warns(case, untrained):
 def test_latent_ensf_letkf(case):
     model, prior, truth, obs = case
     with pytest.raises(OptionError, match="obs_error"):
-        prior.ensf.assimilate(obs, model=model, method="latent-ensf-letkf")
+        prior.ensf.assimilate(obs, model=model, method="latent-ensf-letkf", loc_radius=None)
     gappy = obs.where(obs.time != obs.time[2])  # nothing observed at time 2
     hybrid = prior.ensf.assimilate(
-        gappy, model=model, method="latent-ensf-letkf", obs_error=0.05, seed=2
+        gappy, model=model, method="latent-ensf-letkf", loc_radius=None, obs_error=0.05, seed=2
     )
     assert hybrid.attrs["xensf_method"] == "latent-ensf-letkf"
     assert np.isfinite(hybrid.h.values).all() and hybrid.h.dtype == prior.h.dtype
@@ -252,7 +252,7 @@ def test_latent_ensf_letkf(case):
     # the displaced prior: the latent analysis is the better background, and the LETKF
     # with the real observations improves on it
     latent = prior.ensf.assimilate(gappy, model=model, seed=2)
-    letkf = prior.ensf.assimilate(gappy, method="letkf", obs_error=0.05)
+    letkf = prior.ensf.assimilate(gappy, method="letkf", loc_radius=None, obs_error=0.05)
     assert err(hybrid) < err(latent) < err(prior)
     assert err(hybrid) < 0.6 * err(letkf)
     localised = prior.ensf.assimilate(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -63,7 +65,7 @@ def _crps_by_integration(members: np.ndarray, y: float) -> float:
     """∫ (F_ens(x) − 1[x ≥ y])² dx, exactly: the integrand is a step function."""
     points = np.sort(np.append(members, y))
     total = 0.0
-    for a, b in zip(points[:-1], points[1:], strict=True):
+    for a, b in itertools.pairwise(points):
         x = 0.5 * (a + b)
         total += ((members <= x).mean() - float(x >= y)) ** 2 * (b - a)
     return total

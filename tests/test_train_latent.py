@@ -241,7 +241,7 @@ def test_latent_analysis_moves_a_misplaced_blob(twin):
     latent = prior.ensf.assimilate(obs, model=model)  # latent-ensf, the default
     latent_letkf = prior.ensf.assimilate(obs, model=model, method="latent-letkf")
     hybrid = prior.ensf.assimilate(
-        obs, model=model, method="latent-ensf-letkf", obs_error=float(std.mean())
+        obs, model=model, method="latent-ensf-letkf", loc_radius=None, obs_error=float(std.mean())
     )
     ensf = prior.ensf.assimilate(obs, method="ensf", obs_error=float(std.mean()))
     err = {

@@ -65,6 +65,7 @@ class EnsfDatasetAccessor:
         time_dim: str | None = None,
         obs_dim: str | None = None,
         variables: str | list[str] | None = None,
+        obs_time_tolerance: Any = None,
         **options: Any,
     ) -> xr.Dataset:
         """Update this forecast ensemble with observations; return the analysis ensemble.
@@ -122,6 +123,11 @@ class EnsfDatasetAccessor:
         variables : str or list of str, optional
             The state variables to update (default: every data variable with member,
             latitude and longitude dims). Others are returned unchanged.
+        obs_time_tolerance : timedelta-like or number, optional
+            Assimilate each observation time at the nearest state time within this
+            span ("30min", ``numpy.timedelta64``; a number for numeric times). Several
+            observation times at one state time: point observations are merged, gridded
+            ones refused. Default: observation times must be state times.
         **options
             Method options. ``ensf``: ``steps`` (100), ``eps_alpha`` (0.05),
             ``eps_beta`` (0.025), ``prior_score`` ("mixture" or "paired"), ``likelihood`` ("damped", the
@@ -129,9 +135,9 @@ class EnsfDatasetAccessor:
             (a number or {variable: number} in state units; default the prior
             ensemble's spread per variable and level at each time). ``letkf``:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
-            spread), ``loc_radius`` (Gaspari–Cohn half-width c, in km on lat/lon grids,
-            in coordinate units on planar grids; weights vanish beyond 2c; None: no
-            localisation). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
+            spread), ``loc_radius`` (required: Gaspari–Cohn half-width c, in km on
+            lat/lon grids, in coordinate units on planar grids; weights vanish beyond
+            2c; None: no localisation, a global ETKF). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood`` (as for ``ensf``, default "gaussian"; the
             latent values are standardised by their spread over the training data) and
             ``update`` ("decode", the published method: members are
@@ -173,7 +179,8 @@ class EnsfDatasetAccessor:
 
         args = {
             "obs": obs, "method": method, "model": _describe_model(model),
-            "obs_error": obs_error, "seed": seed, "device": device, **options,
+            "obs_error": obs_error, "seed": seed, "device": device,
+            "obs_time_tolerance": obs_time_tolerance, **options,
         }  # fmt: skip
         return assimilate(
             self._obj,
@@ -189,6 +196,7 @@ class EnsfDatasetAccessor:
             time_dim=time_dim,
             obs_dim=obs_dim,
             variables=variables,
+            obs_time_tolerance=obs_time_tolerance,
             call=_describe_call({k: v for k, v in args.items() if v is not None}),
             **options,
         )
@@ -243,6 +251,7 @@ class EnsfDatasetAccessor:
         time_dim: str | None = None,
         obs_dim: str | None = None,
         variables: str | list[str] | None = None,
+        obs_time_tolerance: Any = None,
     ) -> xr.Dataset:
         """The observations beside this (prior) ensemble, and ``analysis``, at their points.
 
@@ -252,7 +261,7 @@ class EnsfDatasetAccessor:
 
         Parameters
         ----------
-        obs, obs_error, member_dim, lat_dim, lon_dim, time_dim, obs_dim, variables
+        obs, obs_error, member_dim, lat_dim, lon_dim, time_dim, obs_dim, variables, obs_time_tolerance
             As for :meth:`assimilate` (the observation errors are needed).
         analysis : Dataset, optional
             The analysis ensemble made from this prior and ``obs``.
@@ -273,7 +282,9 @@ class EnsfDatasetAccessor:
 
         Examples
         --------
-        >>> analysis = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5)  # doctest: +SKIP
+        >>> analysis = prior.ensf.assimilate(  # doctest: +SKIP
+        ...     obs, method="letkf", obs_error=0.5, loc_radius=500.0
+        ... )
         >>> diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)  # doctest: +SKIP
         >>> float(abs(diag.oma).mean()) < float(abs(diag.omb).mean())  # doctest: +SKIP
         True
@@ -283,7 +294,7 @@ class EnsfDatasetAccessor:
         return innovations(
             self._obj, obs, analysis, obs_error=obs_error, member_dim=member_dim,
             lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim, obs_dim=obs_dim,
-            variables=variables,
+            variables=variables, obs_time_tolerance=obs_time_tolerance,
         )  # fmt: skip
 
     def _member_dim(self, member_dim: str | None) -> str:

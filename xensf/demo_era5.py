@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DEMO_OBS_ERROR", "DEMO_OPTIONS", "run"]
+__all__ = ["DEMO_OBS_ERROR", "DEMO_OPTIONS", "run", "synthetic_obs"]
 
 #: Observation-error standard deviations of the demo, in the state's units: about
 #: 0.7 and 0.3 of the prior ensemble's spread at 500/850 hPa for z and t.
@@ -22,8 +22,10 @@ DEMO_OBS_ERROR = {"z": 10.0, "t": 0.1}
 DEMO_OPTIONS = {"ensf": {}, "letkf": {"loc_radius": 300.0}}
 
 
-def _synthetic_obs(truth, args, rng):
-    """Observations of ``truth`` plus Gaussian noise: gridded every k-th point, or stations."""
+def synthetic_obs(truth, rng, kind: str = "gridded", stride: int = 4, stations: int = 200):
+    """Observations of ``truth`` plus Gaussian noise of :data:`DEMO_OBS_ERROR`: ``kind``
+    ``"gridded"`` every ``stride``-th point, or ``"points"`` at ``stations`` random
+    places; also the grid points observed (or nearest a station), for the scores."""
     import xarray as xr
 
     noisy = truth.copy(deep=True)
@@ -31,15 +33,15 @@ def _synthetic_obs(truth, args, rng):
         noisy[name] = truth[name] + rng.normal(0.0, sigma, truth[name].shape).astype(
             truth[name].dtype
         )
-    if args.obs == "gridded":
-        k = args.stride
+    if kind == "gridded":
+        k = stride
         obs = noisy.isel(latitude=slice(1, None, k), longitude=slice(0, None, k)).reindex_like(
             truth
         )
         observed = obs["z"].isel(time=0, isobaricInhPa=0, drop=True).notnull()
         return obs, observed
-    lats = rng.uniform(-88.0, 88.0, args.stations)
-    lons = rng.uniform(-180.0, 180.0, args.stations)
+    lats = rng.uniform(-88.0, 88.0, stations)
+    lons = rng.uniform(-180.0, 180.0, stations)
     obs = noisy.interp(
         latitude=xr.DataArray(lats, dims="station"),
         longitude=xr.DataArray(np.mod(lons, 360.0), dims="station"),
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     truth = ds.isel(number=0, drop=True)
     prior = ds.isel(number=slice(1, None))
     rng = np.random.default_rng(args.seed)
-    obs, observed = _synthetic_obs(truth, args, rng)
+    obs, observed = synthetic_obs(truth, rng, args.obs, args.stride, args.stations)
     near = _neighbourhood(observed)
     n_obs = int(obs["z"].isel(time=0).count()) if args.obs == "gridded" else args.stations * 2
     print(

@@ -320,6 +320,7 @@ def assimilate(
     time_dim: str | None = None,
     obs_dim: str | None = None,
     variables: str | list[str] | None = None,
+    obs_time_tolerance: Any = None,
     call: str | None = None,
     **options: Any,
 ) -> xr.Dataset:
@@ -353,11 +354,13 @@ def assimilate(
     )
     spec = spec.bind(names)
     levels, layout, spherical, grid_loc = prepare_state(prior, dims, names)
+    spec = spec.for_grid(grid_loc, spherical)
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
     obs_plan, values, errors = prepare_observations(
         obs, prior, layout, dims, obs_error, grid_loc,
         obs_dim=obs_dim, require_error=spec.takes_obs_error,
+        obs_time_tolerance=obs_time_tolerance,
     )  # fmt: skip
     model_slots = None
     if handle is not None:

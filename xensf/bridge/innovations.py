@@ -35,6 +35,7 @@ def innovations(
     obs_dim: str | None = None,
     variables: str | list[str] | None = None,
     with_errors: bool = True,
+    obs_time_tolerance: Any = None,
 ) -> xr.Dataset:
     """The observations beside the prior (and analysis) ensemble at their locations.
 
@@ -52,8 +53,9 @@ def innovations(
     )
     _, layout, spherical, grid_loc = prepare_state(prior, dims, names)
     plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim, require_error=with_errors
-    )
+        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim, require_error=with_errors,
+        obs_time_tolerance=obs_time_tolerance,
+    )  # fmt: skip
     times = prior[dims.time].values if dims.time is not None else None
     n_times = 1 if times is None else times.size
 

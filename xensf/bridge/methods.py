@@ -39,6 +39,9 @@ __all__ = [
 #: Largest multiplicative inflation accepted.
 MAX_INFLATION = 10.0
 
+#: An option the user must give (the LETKF's loc_radius): set it, or an error says how.
+UNSET: Any = "unset"
+
 
 @dataclass(frozen=True)
 class Block:
@@ -99,6 +102,10 @@ class Method:
         """This method for the state ``variables`` (checks options that name them)."""
         return self
 
+    def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
+        """This method on a grid with points at ``grid_loc`` (checks options that need it)."""
+        return self
+
     def parameters(self, spherical: bool) -> dict[str, Any]:
         """What the analysis records of the method (``xensf_<name>`` attributes)."""
         return self.options()
@@ -134,10 +141,12 @@ def _check_option(method: str, key: str, value: Any) -> None:
     if (
         key == "loc_radius"
         and value is not None
+        and value is not UNSET
         and not (isinstance(value, int | float) and value > 0)
     ):
         raise OptionError(
-            f"{method}: loc_radius must be a positive distance or None, got {value!r}"
+            f"{method}: loc_radius must be a positive distance or None (no localisation), "
+            f"got {value!r}"
         )
     if key == "prior_score" and value not in ("mixture", "paired"):
         raise OptionError(f"{method}: prior_score must be 'mixture' or 'paired', got {value!r}")
@@ -240,7 +249,27 @@ class _LocalisedLETKF:
 
     inflation: float = 1.0
     rtps: float = 0.0
-    loc_radius: float | None = None
+    #: Gaspari–Cohn half-width (zero beyond twice it), in km on latitude/longitude grids,
+    #: else in grid coordinate units; None: no localisation (a global ETKF). No default:
+    #: the right radius depends on the ensemble size and the fields (see for_grid).
+    loc_radius: float | None = UNSET  # type: ignore[assignment]
+
+    def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
+        if self.loc_radius is not UNSET:
+            return self
+        from .observations import grid_spacing
+
+        step = grid_spacing(grid_loc, spherical)
+        unit = "km" if spherical else "grid coordinate units"
+        raise OptionError(
+            f"{self.name} needs loc_radius=, the localisation half-width (Gaspari–Cohn; "
+            f"observations beyond twice it are ignored), in {unit}. This grid's spacing is "
+            f"about {step:.3g} {unit}: try radii from 1 to 6 grid spacings ({step:.3g} to "
+            f"{6 * step:.3g}) and keep the one whose analysis fits withheld observations "
+            "best (prior.ensf.innovations); fewer members need smaller radii (docs/method.md, "
+            "'LETKF localisation'). loc_radius=None analyses every point with every "
+            "observation (a global ETKF), which with a few members hardly moves a large grid"
+        )
 
     def parameters(self, spherical: bool) -> dict[str, Any]:
         units = "km" if spherical else "grid coordinate units"

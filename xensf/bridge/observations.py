@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import DimensionError, ObservationMismatchError, OptionError
@@ -178,6 +180,7 @@ def prepare_observations(
     *,
     obs_dim: str | None = None,
     require_error: bool = True,
+    obs_time_tolerance: Any = None,
 ) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
     """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
 
@@ -186,7 +189,7 @@ def prepare_observations(
     state units, aligned to the prior's times and levels) and their error standard
     deviations (DataArrays that broadcast against the values). With
     ``require_error=False`` (methods that take the error from elsewhere) the errors
-    are placeholders of 1.
+    are placeholders of 1. ``obs_time_tolerance``: see :func:`_on_state_times`.
     """
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
@@ -240,17 +243,12 @@ def prepare_observations(
         times, counts = np.unique(obs[dims.time].values, return_counts=True)
         if (counts > 1).any():
             raise ObservationMismatchError(
-                f"observation time {times[counts > 1][0]!s} appears "
+                f"observation time {time_text(times[counts > 1][0])} appears "
                 f"{counts.max()} times along {dims.time!r}; give each time once, with all "
                 "of its observations (concatenate stations along the station dim, or "
                 "average repeated observations first)"
             )
-        extra = np.setdiff1d(obs[dims.time].values, state_times)
-        if extra.size:
-            raise ObservationMismatchError(
-                f"{extra.size} observation times are not times of the state, e.g. "
-                f"{[str(v) for v in extra[:3]]}; select the observations at the state's times"
-            )
+        obs = _on_state_times(obs, dims, state_times, obs_time_tolerance, names, obs_dim)
         obs = obs.reindex({dims.time: state_times})
 
     gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
@@ -372,6 +370,83 @@ def prepare_observations(
     return plan, values, errors
 
 
+def time_text(value: Any) -> str:
+    """A time for a message: a date and time for datetimes (not nanoseconds), else as is."""
+    value = np.asarray(value)
+    if value.dtype.kind == "M":
+        return str(pd.Timestamp(value[()]))
+    if value.dtype.kind == "m":
+        return str(pd.Timedelta(value[()]))
+    return str(value[()])
+
+
+def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dataset:
+    """``obs`` with every observation time moved to a state time, or an error.
+
+    Without ``tolerance`` an observation time must be a state time. With it (a
+    timedelta-like for datetime times, a number otherwise) each goes to the nearest
+    state time within the tolerance. Several observation times at one state time are
+    merged for point observations (their points side by side along the point dim, padded
+    with NaN where a state time has fewer) and refused for gridded ones, which hold one
+    field per time.
+    """
+    tdim = dims.time
+    times = obs[tdim].values
+    if tolerance is None:
+        extra = np.setdiff1d(times, state_times)
+        if extra.size:
+            raise ObservationMismatchError(
+                f"{extra.size} observation times are not times of the state, e.g. "
+                f"{[time_text(v) for v in extra[:3]]}; select the observations at the state's "
+                "times, or give obs_time_tolerance= to assimilate each at the nearest state time"
+            )
+        return obs
+    datetime = np.asarray(state_times).dtype.kind == "M"
+    try:
+        tol = pd.to_timedelta(tolerance).to_timedelta64() if datetime else float(tolerance)
+    except (TypeError, ValueError):
+        raise OptionError(
+            f"obs_time_tolerance must be a time span ('30min', numpy.timedelta64) for datetime "
+            f"times, a number for numeric ones; got {tolerance!r}"
+        ) from None
+    if (tol < np.timedelta64(0, "ns")) if datetime else not tol >= 0:
+        raise OptionError(f"obs_time_tolerance must not be negative, got {tolerance!r}")
+    order = np.argsort(state_times)
+    ordered = np.asarray(state_times)[order]
+    right = np.clip(np.searchsorted(ordered, times), 0, ordered.size - 1)
+    left = np.clip(right - 1, 0, ordered.size - 1)
+    nearest = np.where(abs(times - ordered[left]) <= abs(ordered[right] - times), left, right)
+    target = ordered[nearest]
+    far = abs(times - target) > tol
+    if far.any():
+        first = np.flatnonzero(far)[0]
+        raise ObservationMismatchError(
+            f"{int(far.sum())} observation times are farther than obs_time_tolerance="
+            f"{tolerance!r} from every state time, e.g. {time_text(times[first])} (nearest state "
+            f"time {time_text(target[first])}); select the observations near the state's times "
+            "or give a larger tolerance"
+        )
+    targets, counts = np.unique(target, return_counts=True)
+    if (counts == 1).all():
+        return obs.assign_coords({tdim: target})
+    if all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names):
+        t = targets[counts > 1][0]
+        raise ObservationMismatchError(
+            f"{int(counts.max())} observation times fall within obs_time_tolerance of the state "
+            f"time {time_text(t)}, and gridded observations hold one field per time; average "
+            "them first (e.g. obs.resample) or give a smaller tolerance"
+        )
+    point = obs_dim or _find_point_dim(obs, names, tdim)
+    groups = [np.flatnonzero(target == t) for t in targets]
+    parts = []
+    for j in range(int(counts.max())):
+        positions = np.array([g[min(j, g.size - 1)] for g in groups])
+        present = xr.DataArray([j < g.size for g in groups], dims=tdim)
+        part = obs.isel({tdim: positions}).assign_coords({tdim: targets})
+        parts.append(part.where(present))
+    return xr.concat(parts, dim=point, data_vars="minimal", coords="minimal", compat="override")
+
+
 def is_geographic(prior: xr.Dataset, dims: EnsembleDims) -> bool:
     """Whether the grid is latitude/longitude in degrees (else planar x/y)."""
     units = str(prior[dims.lat].attrs.get("units", "")).lower()
@@ -393,6 +468,27 @@ def state_grid_locations(prior, dims, layout, spherical) -> np.ndarray:
         return grid_locations(lat, lon)
     y, x = np.meshgrid(np.asarray(lat, np.float64), np.asarray(lon, np.float64), indexing="ij")
     return np.stack([y.ravel(), x.ravel()], -1)
+
+
+def grid_spacing(grid_loc: np.ndarray, spherical: bool) -> float:
+    """The typical distance between neighbouring grid points: √(the grid's area / points).
+
+    In km on a latitude/longitude grid (cells weighted by cos(latitude)), else in grid
+    coordinate units; ``grid_loc`` ``(G, 2)`` from :func:`state_grid_locations`. NaN for
+    a grid of one point.
+    """
+    from ..filters.localization import EARTH_RADIUS_KM
+
+    values = [np.unique(grid_loc[:, i]) for i in (0, 1)]
+    steps = [float(np.median(np.diff(v))) for v in values if v.size > 1]
+    if not steps:
+        return float("nan")
+    dy, dx = (steps * 2)[:2]
+    if not spherical:
+        return float(np.sqrt(dy * dx))
+    cells = np.cos(np.deg2rad(grid_loc[:, 0])).clip(min=0.0)
+    area = float(cells.mean()) * np.deg2rad(dy) * np.deg2rad(dx) * EARTH_RADIUS_KM**2
+    return float(np.sqrt(area))
 
 
 def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields):
