@@ -69,5 +69,10 @@ class ObservationErrorWarning(XensfWarning):
     """Observation errors so large against the prior spread that the analysis hardly moves."""
 
 
+class MaskedObservationWarning(XensfWarning):
+    """Observations on masked points of the prior (NaN in every member: land) were
+    dropped, or re-weighted to the unmasked points next to them."""
+
+
 class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""

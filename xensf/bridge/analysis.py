@@ -35,6 +35,7 @@ from .observations import (
     is_geographic,
     prepare_observations,
     state_grid_locations,
+    time_text,
 )
 from .units import dequantify, requantify
 
@@ -77,14 +78,11 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
         state = [s[None] for s in state]
     T = state[0].shape[0]
     x = layout.stack(state)
-    if not np.all(np.isfinite(x)):
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=(1, 2)))
-        when = f" at time {times[bad[0]]}" if times is not None else ""
-        raise EnsembleError(
-            f"the prior ensemble has NaN or infinite values{when}; fill or drop them "
-            "before assimilating"
-        )
+    masked = _mask_of(x, times, plan)
     y, err = obs.flatten(values, errors, T)
+    if masked.any():
+        x = np.where(masked, np.zeros((), x.dtype), x)  # no spread there: never updated
+        plan, y = _observations_off_the_mask(plan, y, masked)
     seeds = analysis_seeds(plan.seed, times, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     if np.any(np.isfinite(y) & ~(err > 0)):
@@ -101,9 +99,74 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
         plan=plan,
         device=compute_device(plan.device),
         work=_work_dtype(plan),
+        masked=masked if masked.any() else None,
     )
     out = plan.method.analyse(block)
+    if masked.any():
+        out[..., masked] = np.nan
     return _unstack(out, plan)
+
+
+def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
+    """The masked components ``(d,)``: NaN in every member at every time (land).
+
+    Any other NaN or infinite value is an error, as is a mask with a latent method
+    (its networks see the whole field).
+    """
+    nan = np.isnan(x)
+    masked = nan.all(axis=(0, 1))
+    bad = (nan & ~masked) | np.isinf(x)
+    if bad.any():
+        t = np.flatnonzero(bad.any(axis=(1, 2)))[0]
+        component = int(np.flatnonzero(bad[t].any(axis=0))[0])
+        layout = plan.layout
+        name = layout.variables[layout.field_of_variable()[component // layout.grid_size]]
+        when = f" at time {time_text(times[t])}" if times is not None else ""
+        raise EnsembleError(
+            f"the prior ensemble has NaN or infinite values{when} in {name!r} that are not a "
+            "mask: a masked point (land) is NaN in every member and at every time of the "
+            "chunk; fill or drop the others before assimilating"
+        )
+    if masked.any() and plan.method.needs_model:
+        raise EnsembleError(
+            f"the prior has masked points (NaN in every member: {int(masked.sum())} of "
+            f"{masked.size} values), and {plan.method.name} needs every point (its networks "
+            "see the whole field); fill them, or use method='letkf' or 'ensf', which analyse "
+            "the unmasked points"
+        )
+    return masked
+
+
+def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarray):
+    """The plan with each observation's weights on unmasked points only, and ``y`` NaN
+    where an observation reads masked points alone; a warning says how many of each."""
+    import dataclasses
+    import warnings
+
+    from ..errors import MaskedObservationWarning
+
+    obs = plan.obs
+    valid = ~masked[obs.indices] & (obs.weights != 0)
+    kept = np.where(valid, obs.weights, 0.0)
+    total, total_kept = obs.weights.sum(-1), kept.sum(-1)
+    dropped = ~valid.any(-1)
+    moved = ~dropped & (valid != (obs.weights != 0)).any(-1)
+    if not (dropped.any() or moved.any()):
+        return plan, y
+    seen = np.isfinite(y)
+    n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
+    if n_dropped or n_moved:
+        warnings.warn(
+            f"{n_dropped} observations fall on masked points of the prior (NaN in every "
+            f"member) and were dropped; {n_moved} next to the mask use only the unmasked "
+            "points of their interpolation",
+            MaskedObservationWarning,
+            stacklevel=2,
+        )
+    scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
+    weights = kept * scale[:, None]
+    y = np.where(dropped, np.nan, y)
+    return dataclasses.replace(plan, obs=dataclasses.replace(obs, weights=weights)), y
 
 
 #: Observation errors this many times the prior spread at the observed points (RMS
@@ -290,10 +353,7 @@ def prepare_state(prior: xr.Dataset, dims: EnsembleDims, names: list[str]):
     _check_chunks(prior, names, {n: [dims.member, dims.lat, dims.lon, *levels[n]] for n in names})
     for n in names:
         if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
-            raise EnsembleError(
-                f"the prior ensemble variable {n!r} has NaN or infinite values; fill or drop "
-                "them before assimilating"
-            )
+            _check_mask(prior[n], dims)
     layout = StateLayout(
         variables=tuple(names),
         level_dims=tuple(tuple(levels[n]) for n in names),
@@ -303,6 +363,19 @@ def prepare_state(prior: xr.Dataset, dims: EnsembleDims, names: list[str]):
     spherical = dims.lat in prior.coords and is_geographic(prior, dims)
     grid_loc = state_grid_locations(prior, dims, layout, spherical)
     return levels, layout, spherical, grid_loc
+
+
+def _check_mask(da: xr.DataArray, dims: EnsembleDims) -> None:
+    """NaN in an in-memory prior must be a mask: at the same points in every member and
+    time (land); anything else, and any infinite value, is refused before any work."""
+    nan = np.isnan(da)
+    over = [d for d in (dims.member, dims.time) if d is not None and d in da.dims]
+    if bool(np.isinf(da).any()) or bool((nan.any(over) != nan.all(over)).any()):
+        raise EnsembleError(
+            f"the prior ensemble variable {da.name!r} has NaN or infinite values that are "
+            "not a mask: a masked point (land) is NaN in every member and at every time; "
+            "fill or drop the others before assimilating"
+        )
 
 
 def assimilate(

@@ -61,6 +61,8 @@ class Block:
     device: Any
     #: the working precision: ``np.float64`` for float64 states, else ``np.float32``
     work: type
+    #: the masked components ``(d,)`` (land: NaN in the prior, 0 in ``x``), or None
+    masked: np.ndarray | None = None
 
     @property
     def torch_dtype(self):
@@ -222,7 +224,7 @@ class EnSF(Method):
             # 1e-30 with errors of 1e-31 would otherwise underflow float32
             # precisions). Each observation is scaled with the field it observes (the
             # operator stays within one field, so H(x / s) = H(x) / s).
-            scale = _ensf_scale(x[ts], plan.layout, self.scale)  # (T, d)
+            scale = _ensf_scale(x[ts], plan.layout, self.scale, block.masked)  # (T, d)
             _check_ensf_scale(x[ts], scale, plan.layout, self.scale)
             scale_obs = scale[:, obs.indices[sel, 0]]
             post = ensf_analysis(
@@ -582,12 +584,15 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
         )
 
 
-def _ensf_scale(x: np.ndarray, layout, scales: dict[str, float] | None) -> np.ndarray:
+def _ensf_scale(
+    x: np.ndarray, layout, scales: dict[str, float] | None, masked: np.ndarray | None = None
+) -> np.ndarray:
     """Per-component standardisation scale ``(T, d)``.
 
     By default each field (variable at one level) is scaled by the prior ensemble's
-    spread, the root-mean-square over the grid of the member standard deviation, at
-    each analysis time; a floor keeps a field without spread finite.
+    spread, the root-mean-square over the grid (its unmasked points) of the member
+    standard deviation, at each analysis time; a floor keeps a field without spread
+    finite.
     """
     T, _, d = x.shape
     G = layout.grid_size
@@ -598,8 +603,11 @@ def _ensf_scale(x: np.ndarray, layout, scales: dict[str, float] | None) -> np.nd
         s = np.array([scales[layout.variables[i]] for i in var_of_field], dtype=np.float64)
         s = np.broadcast_to(s, (T, layout.n_fields))
     else:
-        spread = np.sqrt(per_field.var(axis=1, ddof=1).mean(axis=-1))  # (T, F)
-        size = np.abs(per_field.mean(axis=1)).max(axis=-1)  # (T, F)
+        where = True if masked is None else ~masked.reshape(layout.n_fields, G)
+        spread = np.sqrt(
+            per_field.var(axis=1, ddof=1).mean(axis=-1, where=where)  # (T, F)
+        )
+        size = np.abs(per_field.mean(axis=1)).max(axis=-1, initial=0.0, where=where)
         floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
         s = np.maximum(spread, floor)
     return np.repeat(s, G, axis=-1).reshape(T, d)
