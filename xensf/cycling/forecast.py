@@ -306,6 +306,8 @@ class ShallowWaterForecaster(TorchForecaster):
             "beta": c.beta,
             "dt_factor": c.dt_factor,
             "dtype": str(c.dtype),
+            # only when not the default, so that runs made before the option resume
+            **({"coriolis": c.coriolis} if c.coriolis != "c-grid" else {}),
         }
 
     def __repr__(self) -> str:

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from ..errors import OptionError
 
 __all__ = [
+    "CORIOLIS_SCHEMES",
     "ShallowWaterConfig",
     "grid_coordinates",
     "initial_state",
@@ -70,6 +71,10 @@ __all__ = [
     "shallow_water_step",
     "velocities_at_centres",
 ]
+
+
+#: The Coriolis discretisations of :class:`ShallowWaterConfig` (``coriolis=``).
+CORIOLIS_SCHEMES = ("c-grid", "co-located")
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,17 @@ class ShallowWaterConfig:
         Floating dtype of the states :func:`initial_state` makes.
     device : str or torch.device
         Device of those states.
+    coriolis : {"c-grid", "co-located"}
+        How the Coriolis term is discretised. ``"c-grid"`` (the default): ``f`` at each
+        velocity's own face, the other velocity averaged to it from its four
+        neighbours, a Crank–Nicolson rotation of the velocities after the pressure
+        step. ``"co-located"``: the scheme of the solver the Latent-EnSF paper used
+        (jostbr/shallow-water): ``f`` at the cell centre, the other velocity taken at
+        the same array index, and the previous step's velocities in the implicit part,
+        ``uⁿ⁺¹ = (u* − (a²/4) uⁿ + a vⁿ) / (1 + a²/4)``; it reproduces that solver's
+        trajectories to round-off (on its grid of ``n`` nodes spaced ``L/(n−1)``, take
+        ``L`` here as ``n`` times that spacing), with the beta-plane too, where the two
+        schemes differ by a few per cent of ``η`` after 2000 steps.
 
     Examples
     --------
@@ -115,8 +131,14 @@ class ShallowWaterConfig:
     dt_factor: float = 0.1
     dtype: torch.dtype = torch.float32
     device: str | torch.device = "cpu"
+    coriolis: str = "c-grid"
 
     def __post_init__(self) -> None:
+        if self.coriolis not in CORIOLIS_SCHEMES:
+            raise OptionError(
+                f"ShallowWaterConfig: coriolis must be one of {CORIOLIS_SCHEMES}, got "
+                f"{self.coriolis!r}"
+            )
         if int(self.n) != self.n or self.n < 2:
             raise OptionError(f"ShallowWaterConfig: n must be an integer >= 2, got {self.n}")
         for name in ("L", "H", "g"):
@@ -308,22 +330,33 @@ def shallow_water_step(state: torch.Tensor, config: ShallowWaterConfig) -> torch
     """
     _check_state(state, config, "shallow_water_step")
     dt, g, dx = config.dt, config.g, config.dx
-    eta, u, v = state.unbind(dim=-3)
+    eta, u_old, v_old = state.unbind(dim=-3)
     mask_u, mask_v = _wall_masks(config.n, state)
     f_u, f_v = _coriolis(config, state)
 
     # 1. pressure gradient (forward)
-    u = (u - (g * dt / dx) * (_east(eta) - eta)) * mask_u
-    v = (v - (g * dt / dx) * (_north(eta) - eta)) * mask_v
+    u = (u_old - (g * dt / dx) * (_east(eta) - eta)) * mask_u
+    v = (v_old - (g * dt / dx) * (_north(eta) - eta)) * mask_v
 
-    # 2. Coriolis: Crank–Nicolson rotation, the other component averaged to the face
-    v_centre = 0.5 * (v + _south(v))
-    u_centre = 0.5 * (u + _west(u))
-    v_at_u = 0.5 * (v_centre + _east(v_centre))
-    u_at_v = 0.5 * (u_centre + _north(u_centre))
-    a_u, a_v = f_u * dt, f_v * dt
-    u = ((1 - a_u**2 / 4) * u + a_u * v_at_u) / (1 + a_u**2 / 4) * mask_u
-    v = ((1 - a_v**2 / 4) * v - a_v * u_at_v) / (1 + a_v**2 / 4) * mask_v
+    # 2. Coriolis
+    if config.coriolis == "c-grid":
+        # Crank–Nicolson rotation, the other component averaged to the face
+        v_centre = 0.5 * (v + _south(v))
+        u_centre = 0.5 * (u + _west(u))
+        v_at_u = 0.5 * (v_centre + _east(v_centre))
+        u_at_v = 0.5 * (u_centre + _north(u_centre))
+        a_u, a_v = f_u * dt, f_v * dt
+        u = ((1 - a_u**2 / 4) * u + a_u * v_at_u) / (1 + a_u**2 / 4) * mask_u
+        v = ((1 - a_v**2 / 4) * v - a_v * u_at_v) / (1 + a_v**2 / 4) * mask_v
+    else:
+        # co-located: f at the cell centre, the other velocity at the same index, the
+        # previous step's velocities in the implicit part (the paper's solver)
+        a = f_u * dt  # f_u is f at the cell-centre rows
+        b = a**2 / 4
+        u, v = (
+            (u - b * u_old + a * v_old) / (1 + b) * mask_u,
+            (v - b * v_old - a * u_old) / (1 + b) * mask_v,
+        )
 
     # 3. continuity (backward), flux form with upwind face depths; wall fluxes are zero
     depth = config.H + eta
