@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_analysis_maps", "plot_relative_rmse", "plot_skill_bars", "plot_twin_maps"]
+__all__ = [
+    "plot_analysis_maps",
+    "plot_diagnostics",
+    "plot_relative_rmse",
+    "plot_skill_bars",
+    "plot_twin_maps",
+]
 
 
 def plot_analysis_maps(
@@ -62,6 +68,64 @@ def plot_analysis_maps(
         ax.set_xlabel(f"{lon_dim} [°]")
         ax.set_aspect("auto")
     axes[0].set_ylabel(f"{lat_dim} [°]")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_diagnostics(
+    innovations: xr.Dataset,
+    histograms: dict[str, xr.DataArray],
+    *,
+    title: str,
+    path: str | Path,
+) -> Path:
+    """Per variable: O − B against O − A at each observation, and rank histograms.
+
+    ``innovations`` is what ``prior.ensf.innovations(obs, analysis)`` returns (its
+    ``omb``, ``oma`` and ``variable``); ``histograms`` maps a label (e.g. "prior",
+    "analysis") to a ``ds.ensf.rank_histogram(truth)`` result. Points inside the grey
+    band, |O − A| < |O − B|, are where the analysis came closer to the observation; a
+    flat histogram (dashed: the count a calibrated ensemble gives) is a calibrated
+    ensemble, a U shape an over-confident one.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [str(v) for v in next(iter(histograms.values())).data_vars]
+    fig, axes = plt.subplots(
+        2, len(names), figsize=(4.4 * len(names), 7.0), constrained_layout=True, squeeze=False
+    )
+    variable = innovations["variable"].values
+    for col, name in enumerate(names):
+        ax = axes[0, col]
+        omb = innovations["omb"].values[..., variable == name].ravel()
+        oma = innovations["oma"].values[..., variable == name].ravel()
+        seen = np.isfinite(omb) & np.isfinite(oma)
+        limit = float(np.abs(omb[seen]).max()) if seen.any() else 1.0
+        line = np.array([-limit, limit])
+        ax.fill_between(line, -np.abs(line), np.abs(line), color="0.9", label="|O−A| < |O−B|")
+        ax.scatter(omb[seen], oma[seen], s=6, alpha=0.6)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        rms_b, rms_a = (float(np.sqrt(np.mean(d[seen] ** 2))) for d in (omb, oma))
+        ax.set_title(f"{name}: RMS O−B {rms_b:.3g}, O−A {rms_a:.3g}")
+        ax.set_xlabel("O − B (observation − prior mean)")
+        ax.set_ylabel("O − A (observation − analysis mean)")
+        ax.legend(loc="upper left", fontsize="small")
+        ax = axes[1, col]
+        width = 0.8 / len(histograms)
+        for k, (label, hist) in enumerate(histograms.items()):
+            counts = hist[name].sum([d for d in hist[name].dims if d != "rank"])
+            ranks = counts["rank"].values
+            ax.bar(ranks + (k - (len(histograms) - 1) / 2) * width, counts.values, width,
+                   label=label)  # fmt: skip
+            ax.axhline(float(counts.sum()) / ranks.size, color="k", ls="--", lw=0.8)
+        ax.set_xlabel("rank of the truth among the members")
+        ax.set_ylabel("count")
+        ax.set_title(f"{name}: rank histogram")
+        ax.legend(fontsize="small")
     fig.suptitle(title)
     return _save(fig, path)
 
