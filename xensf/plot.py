@@ -84,7 +84,7 @@ def plot_diagnostics(
     ``innovations`` is what ``prior.ensf.innovations(obs, analysis)`` returns (its
     ``omb``, ``oma`` and ``variable``); ``histograms`` maps a label (e.g. "prior",
     "analysis") to a ``ds.ensf.rank_histogram(truth)`` result. Points inside the grey
-    band, |O − A| < |O − B|, are where the analysis came closer to the observation; a
+    band, ``|O − A| < |O − B|``, are where the analysis came closer to the observation; a
     flat histogram (dashed: the count a calibrated ensemble gives) is a calibrated
     ensemble, a U shape an over-confident one.
     """
