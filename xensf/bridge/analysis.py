@@ -37,6 +37,7 @@ from .observations import (
     state_grid_locations,
     time_text,
 )
+from .spatial import analyse_in_blocks, is_spatially_chunked
 from .units import dequantify, requantify
 
 __all__ = ["analysis_seeds", "assimilate"]
@@ -334,11 +335,14 @@ def _check_grid(ds: xr.Dataset, dims: EnsembleDims) -> None:
                 )
 
 
-def prepare_state(prior: xr.Dataset, dims: EnsembleDims, names: list[str]):
+def prepare_state(
+    prior: xr.Dataset, dims: EnsembleDims, names: list[str], spatial_blocks: bool = False
+):
     """Check the prior ensemble and lay out its state variables, before any work.
 
     Returns the level dims per variable, the :class:`StateLayout`, whether the grid is
-    latitude/longitude, and the location of every grid point.
+    latitude/longitude, and the location of every grid point. ``spatial_blocks``: the
+    method analyses latitude × longitude blocks, so the grid may be chunked.
     """
     if prior.sizes[dims.member] < 2:
         raise EnsembleError(
@@ -350,7 +354,8 @@ def prepare_state(prior: xr.Dataset, dims: EnsembleDims, names: list[str]):
         n: [d for d in prior[n].dims if d not in (dims.member, dims.lat, dims.lon, dims.time)]
         for n in names
     }
-    _check_chunks(prior, names, {n: [dims.member, dims.lat, dims.lon, *levels[n]] for n in names})
+    grid = [] if spatial_blocks else [dims.lat, dims.lon]
+    _check_chunks(prior, names, {n: [dims.member, *grid, *levels[n]] for n in names})
     for n in names:
         if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
             _check_mask(prior[n], dims)
@@ -426,7 +431,9 @@ def assimilate(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
     spec = spec.bind(names)
-    levels, layout, spherical, grid_loc = prepare_state(prior, dims, names)
+    levels, layout, spherical, grid_loc = prepare_state(
+        prior, dims, names, spatial_blocks=spec.spatial_blocks
+    )
     spec = spec.for_grid(grid_loc, spherical)
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
@@ -465,6 +472,10 @@ def assimilate(
         return out
 
     time_chunks = _time_chunks(prior, names, values, errors, dims.time)
+    if is_spatially_chunked(prior, names, dims):
+        outputs = analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
+        return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
+                       registries)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
     inputs = (
         [bare(prior[n]) for n in names]
@@ -487,6 +498,13 @@ def assimilate(
     )
     if len(names) == 1:
         outputs = (outputs,)
+    return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
+                   registries)  # fmt: skip
+
+
+def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
+            registries) -> xr.Dataset:  # fmt: skip
+    """The analysis Dataset: the prior with the analysed variables, and its metadata."""
     result = prior.copy()
     for n, out in zip(names, outputs, strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)

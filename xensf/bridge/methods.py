@@ -91,6 +91,9 @@ class Method:
     needs_model: ClassVar[bool] = False
     #: whether it takes the real observations' errors (``obs_error``)
     takes_obs_error: ClassVar[bool] = True
+    #: whether a prior chunked along latitude/longitude is analysed block by block
+    #: (:mod:`xensf.bridge.spatial`); otherwise the grid must be one chunk
+    spatial_blocks: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -284,6 +287,7 @@ class LETKF(_LocalisedLETKF, Method):
 
     name: ClassVar[str] = "letkf"
     description: ClassVar[str] = "Local ensemble transform Kalman filter (Hunt et al. 2007)"
+    spatial_blocks: ClassVar[bool] = True
 
     def analyse(self, block: Block) -> np.ndarray:
         out = block.x.astype(block.work, copy=True)

@@ -61,6 +61,7 @@ def letkf_analysis(
     distance: str | Callable = "great_circle",
     state_location=None,
     chunk_size: int | None = None,
+    prior_obs=None,
 ):
     """LETKF analysis (Hunt et al. 2007) with Gaspari–Cohn R-localisation.
 
@@ -118,6 +119,12 @@ def letkf_analysis(
     chunk_size : int, optional
         Locations analysed together. The default keeps the largest temporary near
         ``2**26`` elements.
+    prior_obs : array_like, optional
+        ``(..., N, m)``: the prior seen through the observation operator, computed
+        elsewhere (e.g. from a state split into spatial blocks, of which ``prior`` is
+        one: a block's local analyses need the observations near it, which may read the
+        state outside it). ``obs_op`` is then not applied and may be None; with
+        ``loc_radius``, ``obs_coords`` is required.
 
     Returns
     -------
@@ -200,11 +207,15 @@ def letkf_analysis(
                 "the state components (d, k), or of P locations with state_location (d,)"
             )
 
-    op = as_observation_operator(obs_op)
-    if isinstance(op, LinearObservationOperator):
-        op = op.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        hx = op(x)
+    if prior_obs is not None:
+        op = None
+        hx = as_float_tensor(prior_obs, "prior_obs", dtype=dtype, device=device)
+    else:
+        op = as_observation_operator(obs_op)
+        if isinstance(op, LinearObservationOperator):
+            op = op.to(device=device, dtype=dtype)
+        with torch.no_grad():
+            hx = op(x)
     if hx.ndim < 2 or hx.shape[-2] != n_mem:
         raise ObservationMismatchError(
             f"obs_op(prior) must have shape (..., N={n_mem}, m), got {tuple(hx.shape)}"

@@ -1,0 +1,106 @@
+"""LETKF on spatial blocks: a prior chunked along latitude/longitude is analysed block by
+block, and the result equals the analysis of the unchunked prior to rounding."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+from xensf.errors import ChunkingError
+
+OPTIONS = {"method": "letkf", "obs_error": 0.5, "inflation": 1.05}
+
+
+def _global(dtype="float64"):
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(-80, 80, 17), np.arange(24) * 15.0
+    prior = xr.Dataset(
+        {
+            "t": (("time", "member", "lat", "lon"), 280 + rng.standard_normal((3, 8, 17, 24))),
+            "z": (
+                ("time", "member", "level", "lat", "lon"),
+                5000 + 10 * rng.standard_normal((3, 8, 2, 17, 24)),
+            ),
+        },
+        coords={"time": [0, 1, 2], "lat": lat, "lon": lon, "level": [500, 850]},
+    ).astype(dtype)
+    prior.t.attrs["units"], prior.z.attrs["units"] = "K", "m"
+    stations = xr.Dataset(
+        {"t": (("time", "station"), 280 + rng.standard_normal((3, 30)), {"units": "K"})},
+        coords={
+            "time": [0, 1, 2],
+            "lat": ("station", rng.uniform(-70, 70, 30)),
+            "lon": ("station", rng.uniform(-180, 180, 30)),  # across the dateline
+        },
+    )
+    stations["t"][1, :10] = np.nan
+    gridded = prior.t.isel(member=0).where(prior.lat % 20 == 0).to_dataset()
+    return prior, stations, gridded
+
+
+def _analyses(prior, obs, chunks, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        whole = prior.ensf.assimilate(obs, **OPTIONS, **options)
+        blocks = prior.chunk(chunks).ensf.assimilate(obs, **OPTIONS, **options)
+    return whole, blocks
+
+
+@pytest.mark.parametrize("kind", ["stations", "gridded"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_blocks_equal_the_whole_grid_on_a_sphere(kind, dtype):
+    prior, stations, gridded = _global(dtype)
+    obs = stations if kind == "stations" else gridded
+    chunks = {"time": 2, "lat": 6, "lon": 10}
+    whole, blocks = _analyses(prior, obs, chunks, loc_radius=1500.0)
+    assert blocks.t.chunks == prior.chunk(chunks).t.chunks  # one task per block
+    rtol = 1e-13 if dtype == "float64" else 1e-6  # float32: a unit in the last place
+    for v in ("t", "z"):
+        np.testing.assert_allclose(blocks[v].values, whole[v].values, rtol=rtol)
+        assert float(abs(whole[v] - prior[v]).max()) > 0.1  # the analysis moved
+    assert blocks.attrs["xensf_loc_radius"] == 1500.0
+
+
+def test_blocks_equal_the_whole_grid_on_a_plane():
+    rng = np.random.default_rng(1)
+    prior = xr.Dataset(
+        {"h": (("member", "y", "x"), rng.standard_normal((6, 20, 16)))},
+        coords={"y": np.arange(20) * 10.0, "x": np.arange(16) * 10.0},
+    )
+    obs = prior.h.isel(member=0).where((prior.x % 30 == 0) & (prior.y % 40 == 0)).to_dataset()
+    whole, blocks = _analyses(prior, obs, {"y": 7, "x": 5}, loc_radius=25.0)
+    np.testing.assert_allclose(blocks.h.values, whole.h.values, rtol=0, atol=1e-10)
+
+
+def test_what_cannot_be_done_in_blocks_is_refused_with_the_remedy():
+    prior, stations, _ = _global()
+    split = prior.chunk(lat=6)
+    with pytest.raises(ChunkingError, match=r"localised LETKF: give loc_radius="):
+        split.ensf.assimilate(stations, **OPTIONS, loc_radius=None)
+    with pytest.raises(ChunkingError, match="split into 3 chunks along 'lat'"):
+        split.ensf.assimilate(stations, method="ensf", obs_error=0.5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_observation_routing_never_drops_one_within_reach(seed):
+    import torch
+
+    from xensf.bridge.spatial import within_reach
+    from xensf.filters.localization import great_circle_distance
+    from xensf.obs import grid_locations
+
+    rng = np.random.default_rng(seed)
+    lat0, lon0 = rng.uniform(-85, 60), rng.uniform(-180, 180)
+    lat = lat0 + np.arange(6) * 4.0
+    lon = (lon0 + np.arange(8) * 5.0 + 180) % 360 - 180  # may cross the dateline
+    obs = np.stack([rng.uniform(-90, 90, 4000), rng.uniform(-180, 180, 4000)], -1)
+    reach = float(rng.uniform(200, 3000))
+    points = torch.as_tensor(grid_locations(lat, lon))
+    dist = great_circle_distance(points, torch.as_tensor(obs)).min(0).values.numpy()
+    kept = within_reach(obs, lat, lon, reach, spherical=True)
+    assert kept[dist <= reach].all()
+    assert kept.mean() < 0.9 or reach > 2500  # and it does leave the far ones out
