@@ -2,7 +2,7 @@
 
 Member 0 of the packaged sample (``xensf.open_era5_sample``) is the truth, the other
 members the prior; observations of the truth with the ERA5 demo's errors
-(``xensf.demo_era5.synthetic_obs``), gridded every ``--stride``-th point or at
+(``xensf.experiments.demo_era5.synthetic_obs``), gridded every ``--stride``-th point or at
 ``--stations`` random stations, are assimilated with ``method="letkf"`` for each
 ``loc_radius``: ``None`` (a global ETKF) and the radii in km of ``--radii``.
 Prints, per setting, the RMSE of the analysis mean over the prior mean's, at the
@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 import xensf
-from xensf.demo_era5 import DEMO_OBS_ERROR, synthetic_obs
+from xensf.experiments.demo_era5 import DEMO_OBS_ERROR, synthetic_obs
 
 
 def main() -> None:

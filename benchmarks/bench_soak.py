@@ -1,6 +1,6 @@
 """Soak: many cycles of a small twin through ``xensf.cycle``; does memory stay flat?
 
-A 16 × 16 shallow-water basin (``xensf.twin``), 6 members started near the true bump,
+A 16 × 16 shallow-water basin (``xensf.experiments.twin``), 6 members started near the true bump,
 every 4th point of the truth observed with 5 % noise every 10 model steps, LETKF (or
 ``--method``) each cycle, every cycle committed to a zarr run store. The run is made in ``--legs`` calls
 of ``xensf.cycle`` on the same store (each resumes the last), as a long operational
@@ -32,7 +32,7 @@ N, EVERY, MEMBERS = 16, 10, 6
 def _experiment(cycles: int):
     """The model, initial ensemble and observations (xensf's own twin pieces)."""
     from xensf.cycling.forecast import ShallowWaterForecaster
-    from xensf.twin import TwinSetup, initial_ensemble, observations, truth_run
+    from xensf.experiments.twin import TwinSetup, initial_ensemble, observations, truth_run
 
     setup = TwinSetup(
         n=N, steps=cycles * EVERY, every=EVERY, stride=4, members=MEMBERS, prior="easy"

@@ -13,7 +13,7 @@ RMSE of the ensemble mean over the second half of the run), writes
 (``relative-rmse.png``, ``maps-eta.png``, ...). The closing summary gives each method's
 relative RMSE over the first / the second half of the run (from the stores), and the
 latent model's own floor: its reconstruction of the truth run (encode -> decode, no
-assimilation). Definitions: :mod:`xensf.twin`.
+assimilation). Definitions: :mod:`xensf.experiments.twin`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 import xarray as xr
 
 from xensf.cli import SWE_METHODS
-from xensf.demo_swe import DEMO_SETUP, FULL_SETUP, run_twin, shipped_model_path
+from xensf.experiments.demo_swe import DEMO_SETUP, FULL_SETUP, run_twin, shipped_model_path
+from xensf.experiments.twin import field_scales
 from xensf.metrics import relative_rmse
-from xensf.twin import field_scales
 
 FIELDS = ("eta", "u", "v")
 

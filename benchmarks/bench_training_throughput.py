@@ -3,7 +3,7 @@
     python benchmarks/bench_training_throughput.py [--device cpu|cuda] [--threads K]
                                                    [--states S] [--epochs E]
 
-Trains the demo's architecture (:data:`xensf.demo_swe.TRAINING`: 3 channels, a
+Trains the demo's architecture (:data:`xensf.experiments.demo_swe.TRAINING`: 3 channels, a
 4 x 10 x 10 latent, width 64, 2 residual blocks per scale, batch 64, the full
 Latent-EnSF loss with both decoders) on random states of 40 x 40 and 150 x 150 and
 prints the training states per second of the optimisation epochs (validation passes
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from xensf.demo_swe import TRAINING
+from xensf.experiments.demo_swe import TRAINING
 from xensf.latent import gridded_stride_obs, train_latent_model
 
 

@@ -3,10 +3,10 @@
     python scripts/make_demo_model.py [--output xensf/data/swe-demo.xensf] [--seed 0]
 
 Runs the planar shallow-water basin of the demo's reduced setup
-(:data:`xensf.demo_swe.DEMO_SETUP`, 40 x 40 cells) from random bump positions, none
-the truth's (:func:`xensf.twin.training_runs`), and trains a Latent-EnSF model (state
+(:data:`xensf.experiments.demo_swe.DEMO_SETUP`, 40 x 40 cells) from random bump positions, none
+the truth's (:func:`xensf.experiments.twin.training_runs`), and trains a Latent-EnSF model (state
 VAE with a 4 x 10 x 10 latent + observation encoder for eta, u, v observed at every 4th
-point) with the settings in :data:`xensf.demo_swe.TRAINING`: the run ends at its time
+point) with the settings in :data:`xensf.experiments.demo_swe.TRAINING`: the run ends at its time
 budget of 28 minutes (the learning-rate schedule is stretched to it), about 47 epochs
 with ``--threads 2`` on two quiet CPU cores. So the result depends on the machine's
 speed; the seed fixes everything else. The bundle is safetensors + JSON.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from xensf.demo_swe import DEMO_SETUP, TRAINING, train_model
+from xensf.experiments.demo_swe import DEMO_SETUP, TRAINING, train_model
 
 
 def main() -> None:

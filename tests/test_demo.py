@@ -9,10 +9,10 @@ import pytest
 import xarray as xr
 
 import xensf
-import xensf.demo_swe as demo_swe
+import xensf.experiments.demo_swe as demo_swe
 from xensf.cli import main
+from xensf.experiments.twin import TwinSetup, initial_ensemble, observations, truth_run
 from xensf.metrics import relative_rmse
-from xensf.twin import TwinSetup, initial_ensemble, observations, truth_run
 
 
 def test_shipped_demo_model_fits_the_demo_setup():
@@ -112,3 +112,15 @@ def test_train_model_makes_a_bundle_the_demo_can_use(tmp_path, monkeypatch):
     model = xensf.load(tmp_path / "m.xensf")
     assert tuple(model.config["architecture"]["grid_shape"]) == (16, 16)
     assert model.config["training"]["n_train"] + model.config["training"]["n_val"] == 4 * 3
+
+
+def test_the_old_twin_module_name_still_works_with_a_future_warning():
+    import importlib
+    import sys
+
+    import xensf.experiments.twin as twin
+
+    sys.modules.pop("xensf.twin", None)
+    with pytest.warns(FutureWarning, match="xensf.experiments.twin"):
+        old = importlib.import_module("xensf.twin")
+    assert old.TwinSetup is twin.TwinSetup and old.truth_run is twin.truth_run

@@ -97,8 +97,8 @@ def test_nan_that_is_not_a_mask_is_still_an_error(ocean):
 
 
 def test_latent_methods_refuse_a_mask_with_the_remedy():
-    from xensf.demo_swe import DEMO_SETUP, shipped_model_path
-    from xensf.twin import initial_ensemble, truth_run
+    from xensf.experiments.demo_swe import DEMO_SETUP, shipped_model_path
+    from xensf.experiments.twin import initial_ensemble, truth_run
 
     setup = DEMO_SETUP.with_(steps=10, members=4)
     prior = initial_ensemble(setup, device="cpu").expand_dims(time=[0])

@@ -23,13 +23,13 @@ SWE_METHODS = ("latent-ensf", "latent-ensf-letkf", "ensf", "letkf", "latent-letk
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo_swe import run
+    from .experiments.demo_swe import run
 
     return run(args)
 
 
 def _demo_era5(args: argparse.Namespace) -> int:
-    from .demo_era5 import run
+    from .experiments.demo_era5 import run
 
     return run(args)
 

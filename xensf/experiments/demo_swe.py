@@ -23,7 +23,7 @@ from typing import Any
 
 import xarray as xr
 
-from .metrics import relative_rmse
+from ..metrics import relative_rmse
 from .twin import (
     TwinSetup,
     field_scales,
@@ -98,7 +98,7 @@ def method_options(
     """
     from dataclasses import fields
 
-    from .bridge.methods import METHODS
+    from ..bridge.methods import METHODS
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
@@ -355,7 +355,7 @@ def _figures(out, setup, curves, truth, free, last, noises) -> None:
     except ImportError:  # matplotlib is an optional extra
         print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
         return
-    from .plot import plot_relative_rmse, plot_twin_maps
+    from ..plot import plot_relative_rmse, plot_twin_maps
 
     path = plot_relative_rmse(
         curves,
