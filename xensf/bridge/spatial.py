@@ -66,8 +66,7 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
         for d, index in zip(levels[name], level_index, strict=False):
             at[d] = xr.DataArray(index, dims=("_row", "_corner"))
         weights = xr.DataArray(obs.weights[rows], dims=("_row", "_corner"))
-        seen = prior[name].variable.to_base_variable()
-        values = xr.DataArray(seen).isel(at)
+        values = xr.DataArray(prior[name].variable).isel(at)  # without its coordinates
         parts.append((values * weights).sum("_corner"))
         order.append(rows)
     if not parts:
