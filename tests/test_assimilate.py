@@ -486,3 +486,56 @@ def test_several_observation_times_at_one_state_time_merge_stations_and_refuse_g
     twice = grid.assign_coords(time=np.array(["2001-01-01T00", "2001-01-01T00:30"], "M8[ns]"))
     with pytest.raises(ObservationMismatchError, match="one field per time"):
         prior.ensf.assimilate(twice, obs_time_tolerance="1h", **options)
+
+
+# -- moving observers: positions that change with time ---------------------------------
+
+
+def _drifters():
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(-60, 60, 13), np.arange(24) * 15.0
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), 280 + rng.standard_normal((3, 8, 13, 24)))},
+        coords={"time": [0, 1, 2], "lat": lat, "lon": lon},
+    )
+    prior.t.attrs["units"] = "K"
+    plat = np.array([[10.0, -20.0], [12.0, -18.0], [14.0, -16.0]])
+    plon = np.array([[30.0, 200.0], [35.0, 205.0], [40.0, 210.0]])
+    values = 280 + rng.standard_normal((3, 2))
+    values[1, 1] = np.nan
+    return prior, plat, plon, values
+
+
+@pytest.mark.parametrize(
+    ("method", "options"), [("letkf", {"loc_radius": 1500.0}), ("ensf", {"steps": 20})]
+)
+def test_moving_observers_equal_fixed_stations_at_each_time(method, options):
+    prior, plat, plon, values = _drifters()
+    drifters = xr.Dataset(
+        {"t": (("time", "buoy"), values, {"units": "K"})},
+        coords={"time": [0, 1, 2], "lat": (("time", "buoy"), plat),
+                "lon": (("time", "buoy"), plon)},
+    )  # fmt: skip
+    opts = {"method": method, "obs_error": 0.5, "seed": 1, **options}
+    got = prior.ensf.assimilate(drifters, **opts)
+    by_time = []
+    for t in range(3):
+        fixed = xr.Dataset(
+            {"t": (("time", "buoy"), values[t : t + 1], {"units": "K"})},
+            coords={"time": [t], "lat": ("buoy", plat[t]), "lon": ("buoy", plon[t])},
+        )
+        by_time.append(prior.isel(time=[t]).ensf.assimilate(fixed, **opts).t)
+    np.testing.assert_array_equal(got.t, xr.concat(by_time, "time"))
+    assert float(abs(got.t - prior.t).max()) > 0.5
+
+
+def test_a_moving_observer_without_a_position_is_refused():
+    prior, plat, plon, values = _drifters()
+    plat[2, 0] = np.nan  # the value at that time is given
+    drifters = xr.Dataset(
+        {"t": (("time", "buoy"), values, {"units": "K"})},
+        coords={"time": [0, 1, 2], "lat": (("time", "buoy"), plat),
+                "lon": (("time", "buoy"), plon)},
+    )  # fmt: skip
+    with pytest.raises(ObservationMismatchError, match="1 observations of moving observers"):
+        prior.ensf.assimilate(drifters, method="letkf", obs_error=0.5, loc_radius=1500.0)

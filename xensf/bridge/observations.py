@@ -98,7 +98,7 @@ def _state_levels(prior: xr.Dataset, name: str, dims: EnsembleDims) -> tuple[str
 
 def _find_point_dim(obs: xr.Dataset, names: list[str], time_dim: str | None) -> str:
     candidates = {d for n in names for d in obs[n].dims if d != time_dim}
-    with_coords = [d for d in candidates if _point_coords(obs, d) is not None]
+    with_coords = [d for d in candidates if _point_coords(obs, d, time_dim) is not None]
     if len(with_coords) == 1:
         return with_coords[0]
     if len(with_coords) > 1:
@@ -116,13 +116,65 @@ def _find_point_dim(obs: xr.Dataset, names: list[str], time_dim: str | None) -> 
     )
 
 
-def _point_coords(obs: xr.Dataset, dim: str) -> tuple[str, str] | None:
+def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
     """Names of the latitude and longitude coordinates along ``dim``, if both exist.
 
     Recognised as the state's dims are (:mod:`xensf.bridge.criteria`): CF attributes
-    first, then the usual names.
+    first, then the usual names. With ``time_dim``, coordinates along
+    ``(time_dim, dim)`` (moving observers) count too.
     """
-    along = {name: c for name, c in obs.coords.items() if c.dims == (dim,)}
+    dims_ok = [{dim}] + ([{dim, time_dim}] if time_dim is not None else [])
+    return _lat_lon_names({n: c for n, c in obs.coords.items() if set(c.dims) in dims_ok})
+
+
+#: The point dim of moving observers, one slot per (time, observer).
+MOVING_DIM = "_xensf_slot"
+
+
+def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, prior: xr.Dataset):
+    """Observers that move (latitude and longitude along (time, point)) as fixed slots.
+
+    Each (time, observer) pair becomes a point of its own, observed at its time only
+    (NaN at the others), so the plan's rows stay fixed while the positions change; the
+    observation arrays grow to (times × times × observers) values. Returns the
+    observations and their point dim (unchanged when the observers do not move).
+    """
+    if dims.time is None or dims.time not in obs.dims:
+        return obs, point
+    both = {dims.time, point}
+    names = _point_coords(obs, point, dims.time)
+    if names is None or set(obs[names[0]].dims) != both or set(obs[names[1]].dims) != both:
+        return obs, point
+    lat_name, lon_name = names
+    where = xr.DataArray(np.eye(obs.sizes[dims.time], dtype=bool), dims=(dims.time, "_slot"))
+    values = {n: v for n, v in obs.data_vars.items() if point in v.dims}
+    seen = xr.zeros_like(obs[lat_name], dtype=bool)
+    for v in values.values():
+        extra = [d for d in v.dims if d not in both]
+        seen = seen | (v.notnull().any(extra) if extra else v.notnull())
+    lat, lon = obs[lat_name], obs[lon_name]
+    unknown = seen & (lat.isnull() | lon.isnull())
+    if bool(unknown.any()):
+        raise ObservationMismatchError(
+            f"{int(unknown.sum())} observations of moving observers have no position "
+            f"(NaN {lat_name!r} or {lon_name!r} where the value is given)"
+        )
+    # unobserved slots get the grid's first point: a position inside the domain
+    first = {lat_name: float(prior[dims.lat][0]), lon_name: float(prior[dims.lon][0])}
+    out = obs.drop_vars([lat_name, lon_name])
+    for n, v in values.items():
+        out[n] = (
+            v.where(where) if dims.time in v.dims else v.expand_dims(_slot=where.sizes["_slot"])
+        )
+    out = out.assign_coords(
+        {c: obs[c].where(seen, first[c]).rename({dims.time: "_slot"}) for c in first}
+    )
+    out = out.stack({MOVING_DIM: ("_slot", point)}, create_index=False)
+    return out, MOVING_DIM
+
+
+def _lat_lon_names(along: dict) -> tuple[str, str] | None:
+    """The one latitude and the one longitude among the coordinates ``along``, or None."""
     found = []
     for role in ("latitude", "longitude"):
         by_cf = [
@@ -272,6 +324,7 @@ def prepare_observations(
         point = obs_dim or _find_point_dim(obs, names, dims.time)
         if point not in obs.dims:
             raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
+        obs, point = _moving_to_slots(obs, point, dims, prior)
 
     values, errors, core_dims, error_core_dims = [], [], [], []
     rows_idx, rows_w, rows_loc = [], [], []
