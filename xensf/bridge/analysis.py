@@ -217,17 +217,25 @@ def _unstack(out: np.ndarray, plan: BlockPlan):
     return tuple(result) if len(result) > 1 else result[0]
 
 
-def _check_chunks(ds: xr.Dataset, names: list[str], whole: dict[str, list[str]]) -> None:
+def _check_chunks(
+    ds: xr.Dataset, names: list[str], whole: dict[str, list[str]], grid: tuple = ()
+) -> None:
     for name in names:
         chunks = ds[name].chunks
         if chunks is None:
             continue
         for dim, sizes in zip(ds[name].dims, chunks, strict=True):
             if dim in whole[name] and len(sizes) > 1:
+                hint = (
+                    "; of the methods, only method='letkf' with a loc_radius analyses "
+                    "latitude/longitude blocks"
+                    if dim in grid
+                    else ""
+                )
                 raise ChunkingError(
-                    f"{name!r} is split into {len(sizes)} chunks along {dim!r}; every analysis "
+                    f"{name!r} is split into {len(sizes)} chunks along {dim!r}; this analysis "
                     f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
-                    f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead)"
+                    f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead){hint}"
                 )
 
 
@@ -355,7 +363,9 @@ def prepare_state(
         for n in names
     }
     grid = [] if spatial_blocks else [dims.lat, dims.lon]
-    _check_chunks(prior, names, {n: [dims.member, *grid, *levels[n]] for n in names})
+    _check_chunks(
+        prior, names, {n: [dims.member, *grid, *levels[n]] for n in names}, (dims.lat, dims.lon)
+    )
     for n in names:
         if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
             _check_mask(prior[n], dims)
