@@ -60,11 +60,11 @@ class BlockPlan:
     #: for a station model: the model's slot of each observation row
     model_slots: tuple[int, ...] | None = None
 
-
-def _work_dtype(plan: BlockPlan) -> type:
-    """float64 when a state variable is float64 (so that it is analysed at its own
-    precision, and float32 ones pass exactly through it), else float32."""
-    return np.float64 if any(dt == np.float64 for dt in plan.out_dtypes) else np.float32
+    @property
+    def work_dtype(self) -> type:
+        """float64 when a state variable is float64 (so that it is analysed at its own
+        precision, and float32 ones pass exactly through it), else float32."""
+        return np.float64 if any(dt == np.float64 for dt in self.out_dtypes) else np.float32
 
 
 def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ...]:
@@ -99,7 +99,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
         seeds=seeds,
         plan=plan,
         device=compute_device(plan.device),
-        work=_work_dtype(plan),
+        work=plan.work_dtype,
         masked=masked if masked.any() else None,
     )
     out = plan.method.analyse(block)

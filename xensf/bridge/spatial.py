@@ -14,6 +14,7 @@ the analysis of the unchunked prior to rounding.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -177,7 +178,6 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
     import torch
 
     from ..filters import letkf_analysis
-    from .analysis import _work_dtype
 
     layout, obs = plan.layout, plan.obs
     nv, no = len(layout.variables), len(obs.variables)
@@ -190,12 +190,11 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
     loop = state[0].shape[:lead]
     T = loop[0] if plan.has_time else 1
     nlat, nlon = loop[-2], loop[-1]
-    # (T, N, *levels, lat, lon) per variable, stacked to (T, N, d_block)
-    blocks = []
-    for s in state:
-        s = s if plan.has_time else s[None]
-        blocks.append(np.moveaxis(s, (1, 2), (-2, -1)))
-    x = np.concatenate([b.reshape(*b.shape[:2], -1) for b in blocks], axis=-1)
+    # the state's layout on this block's grid: (T, N, *levels, lat, lon) -> (T, N, d_block)
+    block_layout = dataclasses.replace(layout, grid_shape=(nlat, nlon))
+    x = block_layout.stack(
+        [np.moveaxis(s if plan.has_time else s[None], (1, 2), (-2, -1)) for s in state]
+    )
     if not np.all(np.isfinite(x)):
         raise EnsembleError(
             "the prior ensemble has NaN or infinite values in a spatial block; the block "
@@ -219,8 +218,8 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
     else:
         yy, xx = np.meshgrid(lat_b.astype(np.float64), lon_b.astype(np.float64), indexing="ij")
         points = np.stack([yy.ravel(), xx.ravel()], -1)
-    n_fields = x.shape[-1] // (nlat * nlon)
-    work = _work_dtype(plan)
+    n_fields = block_layout.n_fields
+    work = plan.work_dtype
     out = x.astype(work, copy=True)
     method = plan.method
     device = compute_device(plan.device)
@@ -250,11 +249,8 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
             .numpy()
         )
     # back to (T, lat, lon, N, *levels) per variable, in its dtype
-    result, start = [], 0
-    for b, dt in zip(blocks, plan.out_dtypes, strict=True):
-        size = int(np.prod(b.shape[2:]))
-        part = out[:, :, start : start + size].reshape(b.shape)
-        start += size
+    result = []
+    for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
         part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
         result.append(part if plan.has_time else part[0])
     return tuple(result) if len(result) > 1 else result[0]
