@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import xensf
-from xensf.catalog import catalog_path, era5_entries
+import xensf.era5
+from xensf.era5 import catalog_entries, catalog_path
 from xensf.errors import StoreError
 
 REMOTE = {
@@ -40,14 +41,14 @@ def test_catalog_file_is_plain_intake2_yaml():
     assert set(spec["entries"]) == set(REMOTE) | {"era5_sample"}
 
 
-def test_catalog_lists_the_era5_entries():
+def test_catalog_lists_the_catalog_entries():
     cat = xensf.catalog()
     assert set(cat.entries) == set(REMOTE) | {"era5_sample"}
 
 
 @pytest.mark.parametrize("name", sorted(REMOTE))
 def test_remote_entries_carry_url_and_anonymous_access(name):
-    entry = era5_entries()[name]
+    entry = catalog_entries()[name]
     assert entry["url"] == REMOTE[name]
     assert entry["storage_options"] == {"token": "anon"}
     assert entry["kind"] == "remote"
@@ -65,7 +66,7 @@ def test_every_entry_documents_itself(name):
 
 
 def test_resolutions_documented():
-    entries = era5_entries()
+    entries = catalog_entries()
     assert entries["wb2_era5_64x32"]["grid"].startswith("64 x 32")
     assert entries["wb2_era5_240x121"]["grid"].startswith("240 x 121")
     assert entries["wb2_era5_1440x721"]["grid"].startswith("1440 x 721")
@@ -94,10 +95,18 @@ def test_remote_entry_without_gcsfs_is_a_clear_error(monkeypatch):
         xensf.catalog().arco_era5.read()
 
 
-def test_catalog_callable_after_submodule_import():
-    import xensf.catalog as module
+def test_the_old_catalog_module_still_imports_with_a_warning_and_stays_callable():
+    import importlib
 
-    assert sorted(module().entries) == sorted(xensf.catalog().entries)
+    sys.modules.pop("xensf.catalog", None)
+    with pytest.warns(FutureWarning, match=r"xensf\.era5\.catalog_entries"):
+        module = importlib.import_module("xensf.catalog")
+    try:
+        assert sorted(module().entries) == sorted(xensf.era5.catalog().entries)
+        assert module.era5_entries() == catalog_entries()
+    finally:  # the package attribute back to the function, for the other tests
+        sys.modules.pop("xensf.catalog", None)
+        xensf.catalog = xensf.era5.catalog
 
 
 def test_the_catalog_lists_its_entries_and_one_name_serves_both_uses():
@@ -108,10 +117,13 @@ def test_the_catalog_lists_its_entries_and_one_name_serves_both_uses():
     cat = xensf.catalog()
     assert sorted(cat) == names
     assert all(n in str(cat) for n in names)
-    # in a fresh interpreter, before anything imports the submodule
+    # in a fresh interpreter: one function under each name, before and after the
+    # packages that hold them are imported
     code = (
-        "import xensf; xensf.catalog(); print(sorted(xensf.catalog.era5_entries())); "
-        "import inspect, xensf.cycling; print(inspect.isfunction(xensf.cycle), "
+        "import inspect, xensf; f = xensf.catalog; import xensf.era5; "
+        "print(sorted(xensf.era5.catalog_entries())); "
+        "import xensf.cycling; print(inspect.isfunction(xensf.cycle) and "
+        "inspect.isfunction(f) and f is xensf.catalog is xensf.era5.catalog, "
         "xensf.cycle is xensf.cycling.cycle)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -276,7 +276,7 @@ def test_unreachable_store_names_the_url(monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("Cannot connect to host storage.googleapis.com:443")
 
-    monkeypatch.setattr(xensf.era5.xr, "open_dataset", fail)
+    monkeypatch.setattr(xr, "open_dataset", fail)
     url = "gs://weatherbench2/datasets/era5/nothing.zarr"
     with pytest.raises(StoreError) as info:
         xensf.era5.open(url)

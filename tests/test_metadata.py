@@ -20,7 +20,7 @@ from xensf.bridge.metadata import (
     netcdf_attr_value,
     xensf_version,
 )
-from xensf.sample import open_era5_sample
+from xensf.era5 import open_era5_sample
 
 checker_runner = pytest.importorskip("compliance_checker.runner")
 

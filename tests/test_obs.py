@@ -12,6 +12,7 @@ from xensf.errors import ObservationDomainError, ObservationMismatchError, Optio
 from xensf.filters.operators import LinearObservationOperator
 from xensf.obs import (
     bilinear_weights,
+    field_rows,
     gather_observations,
     grid_locations,
     gridded_operator,
@@ -262,6 +263,20 @@ def test_point_operator_offsets_fields():
         [(flat[:, f][:, idx[i]] * w[i]).sum(-1) for i, f in enumerate(field_index)], -1
     )
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12)
+
+
+def test_field_rows_put_the_points_on_each_field_of_a_level_stack():
+    grid_lat, grid_lon = np.linspace(-30, 30, 4), np.arange(6) * 60.0
+    lat, lon = np.array([-10.0, 12.5, 29.0]), np.array([10.0, 200.0, 359.0])
+    idx, w = bilinear_weights(grid_lat, grid_lon, lat, lon)
+    rows, weights = field_rows(idx, w, np.array([[1], [3]]), grid_lat.size * grid_lon.size)
+    assert rows.shape == weights.shape == (2, 3, 4) and rows.dtype == np.int64
+    for i, field in enumerate((1, 3)):  # one operator per field, built on its own
+        op = point_operator(grid_lat, grid_lon, lat, lon, field, 5)
+        np.testing.assert_array_equal(rows[i], op.indices.numpy())
+        np.testing.assert_array_equal(weights[i], op.weights.numpy())
+    weights[0, 0, 0] = -1.0  # a copy: the input rows are not views of the result
+    assert w[0, 0] != -1.0
 
 
 def test_point_operator_single_field_and_transform():

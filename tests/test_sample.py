@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from xensf.sample import COPERNICUS_NOTICE, open_era5_sample
+from xensf.era5 import COPERNICUS_NOTICE, open_era5_sample
 
 SAMPLE_FILE = Path(__file__).resolve().parent.parent / "xensf" / "data" / "era5-sample.nc"
 

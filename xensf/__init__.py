@@ -36,9 +36,9 @@ _LAZY = {
     "letkf_analysis": "xensf.filters",
     "assimilate": "xensf.bridge.analysis",
     "cycle": "xensf.cycling",
-    "open_era5_sample": "xensf.sample",
+    "open_era5_sample": "xensf.era5",
     "open_era5": "xensf.era5",
-    "catalog": "xensf.catalog",
+    "catalog": "xensf.era5",
     "load": "xensf.bridge.model_cache",
     "train_latent": "xensf.bridge.training",
     "LatentModel": "xensf.latent",
@@ -68,15 +68,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "era5":  # the ERA5 loader module, imported on first use: xensf.era5.open
+    if name == "era5":  # the ERA5 package, imported on first use: xensf.era5.open
         return import_module("xensf.era5")
-    if name == "catalog":
-        # One object under the name, before and after anything imports the submodule:
-        # the module, which calls its function when called (xensf.catalog()) and holds
-        # its helpers (xensf.catalog.era5_entries()).
-        module = import_module(f"xensf.{name}")
-        globals()[name] = module
-        return module
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value

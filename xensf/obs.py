@@ -6,9 +6,10 @@ flattened in C order (latitude slow, longitude fast). Field ``f`` occupies
 ``[f * nlat * nlon, (f + 1) * nlat * nlon)``. This module maps observations onto that
 vector, on plain numpy arrays and torch tensors:
 
-* point observations (stations, soundings): :func:`bilinear_weights` and
-  :func:`point_operator`, which build a
-  :class:`~xensf.filters.operators.LinearObservationOperator`;
+* point observations (stations, soundings): :func:`bilinear_weights` (rows on one
+  field's grid), :func:`field_rows` (the rows moved to fields of the stacked state: the
+  bridge builds its observation plan with it) and :func:`point_operator`, which makes
+  them a :class:`~xensf.filters.operators.LinearObservationOperator`;
 * observations on the state grid with gaps need no operator of their own: the filters
   take a missing observation as NaN (``gridded_operator`` and ``gather_observations``,
   which padded an index instead, are deprecated);
@@ -38,6 +39,7 @@ from .filters.operators import LinearObservationOperator
 __all__ = [
     "bilinear_weights",
     "check_longitude",
+    "field_rows",
     "gather_observations",
     "grid_locations",
     "gridded_operator",
@@ -424,10 +426,39 @@ def point_operator(
             f"field_index must lie in [0, {n_fields if n_fields is not None else 'n_fields'}), "
             f"got {np.unique(field[bad])[:_MAX_LISTED].tolist()}"
         )
-    indices = indices + field[..., None].astype(np.int64) * field_size
+    indices, weights = field_rows(indices, weights, field, field_size)
     return LinearObservationOperator(
         torch.from_numpy(indices), torch.from_numpy(weights), transform
     )
+
+
+def field_rows(
+    indices: np.ndarray, weights: np.ndarray, field_index, field_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Operator rows of points on one field grid, moved to fields of the stacked state.
+
+    Parameters
+    ----------
+    indices, weights : ndarray, shape ``S + (k,)``
+        Rows on a single field's grid (e.g. from :func:`bilinear_weights`).
+    field_index : int or array_like of int
+        The field of each row; broadcast against ``S`` with numpy's rules, so a
+        ``(F, 1)`` array puts every point on each of ``F`` fields.
+    field_size : int
+        Grid points per field (``nlat * nlon``).
+
+    Returns
+    -------
+    indices, weights : ndarray, shape ``broadcast(field_index, S) + (k,)``
+        int64 indices into the stacked state and a copy of the weights.
+    """
+    field = np.asarray(field_index).astype(np.int64)
+    shape = np.broadcast_shapes(field.shape, indices.shape[:-1])
+    k = indices.shape[-1]
+    rows = np.broadcast_to(indices, (*shape, k)) + np.broadcast_to(field, shape)[..., None] * (
+        field_size
+    )
+    return rows.astype(np.int64), np.broadcast_to(weights, (*shape, k)).copy()
 
 
 # --------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import xarray as xr
 from ..errors import DimensionError, ObservationMismatchError, OptionError
 from ..obs import (
     bilinear_weights,
+    field_rows,
     grid_locations,
     parse_relative,
     point_locations,
@@ -392,11 +393,9 @@ def prepare_observations(
             rows_w.append(np.ones_like(idx, dtype=np.float64))
             rows_loc.append(np.tile(grid_loc, (prod(level_shape), 1)))
         else:
-            n = obs.sizes[point]
-            rows_idx.append((field_ids[..., None, None] * G + p_idx).reshape(-1, p_idx.shape[-1]))
-            rows_w.append(
-                np.broadcast_to(p_w, (*level_shape, n, p_w.shape[-1])).reshape(-1, p_w.shape[-1])
-            )
+            idx, w = field_rows(p_idx, p_w, field_ids[..., None], G)
+            rows_idx.append(idx.reshape(-1, p_idx.shape[-1]))
+            rows_w.append(w.reshape(-1, p_w.shape[-1]))
             rows_loc.append(np.tile(p_loc, (prod(level_shape), 1)))
 
     for name, value in zip(names, values, strict=True):

@@ -93,7 +93,7 @@ class TwinSetup:
 
 def truth_run(setup: TwinSetup, device=None) -> xr.Dataset:
     """The true run: ``eta, u, v`` on ``(time, y, x)`` at every cycle time, t0 included."""
-    from ..simulate import shallow_water
+    from ..models.simulate import shallow_water
 
     L = setup.config.L
     x0, y0 = (f * L for f in setup.truth_position)
@@ -112,8 +112,8 @@ def initial_ensemble(setup: TwinSetup, device=None) -> xr.Dataset:
     import torch
 
     from ..filters.device import compute_device
+    from ..models.simulate import shallow_water_state
     from ..models.swe import initial_state
-    from ..simulate import shallow_water_state
 
     cfg = setup.config
     rng = np.random.default_rng([setup.seed, 1])
@@ -192,7 +192,7 @@ def training_runs(
     Positions are uniform in the basin, at least two bump widths from the truth's
     position; ``every`` thins the saved times (default the cycle length).
     """
-    from ..simulate import shallow_water
+    from ..models.simulate import shallow_water
 
     cfg = setup.config
     L = cfg.L
