@@ -70,3 +70,13 @@ def test_bench_throughput_quick_times_all_three_schedulers(tmp_path):
         seconds = float(row.split("|")[2])
         assert math.isfinite(seconds) and seconds > 0
     assert not any(tmp_path.iterdir())  # the stores it wrote are removed
+
+
+def test_bench_adaptive_inflation_quick_compares_with_the_fixed_factors():
+    out = _run("benchmarks/bench_adaptive_inflation.py", "--quick")
+    rows = _rows(out, "adaptive: ")
+    assert len(rows) == 2 and rows[0][0] == "configuration", rows  # header and one config
+    best, fixed_rmse, adaptive_rmse, ratio, factor = map(_number, rows[1][1:6])
+    assert best >= 1 and factor >= 1
+    assert all(math.isfinite(v) and v > 0 for v in (fixed_rmse, adaptive_rmse, ratio))
+    assert "worst ratio" in out

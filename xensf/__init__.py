@@ -32,6 +32,7 @@ from .errors import (
 
 # Public names loaded on first use, so that `import xensf` stays light.
 _LAZY = {
+    "AdaptiveInflation": "xensf.filters",
     "ensf_analysis": "xensf.filters",
     "letkf_analysis": "xensf.filters",
     "assimilate": "xensf.bridge.analysis",

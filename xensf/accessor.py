@@ -137,7 +137,10 @@ class EnsfDatasetAccessor:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
             spread), ``loc_radius`` (required: Gaspari–Cohn half-width c, in km on
             lat/lon grids, in coordinate units on planar grids; weights vanish beyond
-            2c; None: no localisation, a global ETKF). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
+            2c; None: no localisation, a global ETKF), ``adaptive_inflation`` (True or an
+            :class:`xensf.AdaptiveInflation`: Miyoshi 2011 inflation estimated at every
+            grid point instead of ``inflation``; the result then has an ``inflation``
+            variable to start the next analysis from). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood`` (as for ``ensf``, default "gaussian"; the
             latent values are standardised by their spread over the training data) and
             ``update`` ("decode", the published method: members are

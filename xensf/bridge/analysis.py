@@ -102,10 +102,16 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
         work=plan.work_dtype,
         masked=masked if masked.any() else None,
     )
-    out = plan.method.analyse(block)
+    out, fields = plan.method.analyse_with_fields(block)
     if masked.any():
         out[..., masked] = np.nan
-    return _unstack(out, plan)
+    state = _unstack(out, plan)
+    if not fields:
+        return state
+    extra = [fields[name].reshape(T, *layout.grid_shape) for name in plan.method.grid_outputs()]
+    if not plan.has_time:
+        extra = [e[0] for e in extra]
+    return (*(state if isinstance(state, tuple) else (state,)), *extra)
 
 
 def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
@@ -444,7 +450,7 @@ def assimilate(
     levels, layout, spherical, grid_loc = prepare_state(
         prior, dims, names, spatial_blocks=spec.spatial_blocks
     )
-    spec = spec.for_grid(grid_loc, spherical)
+    spec = spec.for_grid(grid_loc, spherical).for_state(prior, dims, layout)
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
     obs_plan, values, errors = prepare_observations(
@@ -482,7 +488,20 @@ def assimilate(
         return out
 
     time_chunks = _time_chunks(prior, names, values, errors, dims.time)
+    grid_outputs = spec.grid_outputs()
+    for name, attrs in grid_outputs.items():
+        if name in prior.variables and prior[name].attrs.get("long_name") != attrs["long_name"]:
+            raise OptionError(
+                f"{spec.name} writes a {name!r} field to the analysis, and the prior already "
+                f"has a variable {name!r}; rename it (prior.rename({{{name!r}: ...}}))"
+            )
     if is_spatially_chunked(prior, names, dims):
+        if grid_outputs:
+            raise ChunkingError(
+                f"{spec.name} with {', '.join(grid_outputs)} fields (adaptive_inflation) "
+                "analyses the grid in one chunk for now: rechunk the prior with "
+                f"{{{dims.lat!r}: -1, {dims.lon!r}: -1}}, or use a fixed inflation"
+            )
         outputs = analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
         return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip
@@ -500,13 +519,13 @@ def assimilate(
         _analyse_block,
         *inputs,
         input_core_dims=core,
-        output_core_dims=state_core,
+        output_core_dims=state_core + [[dims.lat, dims.lon]] * len(grid_outputs),
         dask="parallelized",
-        output_dtypes=list(plan.out_dtypes),
+        output_dtypes=[*plan.out_dtypes, *[np.float64] * len(grid_outputs)],
         kwargs={"plan": plan},
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
-    if len(names) == 1:
+    if len(names) + len(grid_outputs) == 1:
         outputs = (outputs,)
     return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
                    registries)  # fmt: skip
@@ -516,8 +535,14 @@ def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call
             registries) -> xr.Dataset:  # fmt: skip
     """The analysis Dataset: the prior with the analysed variables, and its metadata."""
     result = prior.copy()
-    for n, out in zip(names, outputs, strict=True):
+    for n, out in zip(names, outputs[: len(names)], strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
+    grid = (dims.lat, dims.lon)
+    for (name, attrs), out in zip(spec.grid_outputs().items(), outputs[len(names) :], strict=True):
+        order = [d for d in (dims.time, *grid) if d is not None and d in out.dims]
+        coords = {d: prior[d] for d in order if d in prior.coords}
+        result[name] = xr.DataArray(out.transpose(*order).data, dims=order, coords=coords,
+                                    attrs=attrs)  # fmt: skip
     parameters = {**spec.parameters(spherical), "seed": int(seed), "obs_layout": obs_plan.kind}
     if obs_plan.kind == "point":  # gridded: the count varies with time (NaN = unobserved)
         parameters["obs_slots"] = obs_plan.size

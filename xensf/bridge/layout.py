@@ -66,3 +66,43 @@ class StateLayout:
             )
             start += size
         return out
+
+
+def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray | float:
+    """An option given on the horizontal grid, as ``(G,)`` float64 in the layout's order.
+
+    ``value`` is a number (returned as a float) or a DataArray with the prior's latitude
+    and longitude dims (and at most a length-1 time dim), on the prior's coordinates;
+    ``what`` names the option in the errors.
+    """
+    from ..errors import OptionError
+
+    grid = (dims.lat, dims.lon)
+    if not hasattr(value, "dims"):
+        if np.ndim(value) != 0:
+            raise OptionError(
+                f"{what} must be a number or a DataArray on the state's {list(grid)} grid, "
+                f"got an array of shape {np.shape(value)}"
+            )
+        return float(value)
+    if dims.time is not None and dims.time in value.dims and value.sizes[dims.time] == 1:
+        value = value.isel({dims.time: 0}, drop=True)
+    if set(value.dims) != set(grid):
+        raise OptionError(
+            f"{what} has dims {list(value.dims)}; it must have the state's grid dims "
+            f"{list(grid)} (and at most a length-1 {dims.time!r})"
+        )
+    for dim in grid:
+        if dim in value.coords and dim in prior.coords:
+            ours, theirs = np.asarray(prior[dim].values), np.asarray(value[dim].values)
+            if ours.shape != theirs.shape or not np.allclose(ours, theirs):
+                raise OptionError(
+                    f"{what} is on other {dim!r} coordinates than the state; interpolate it "
+                    f"to the state's grid first (e.g. .interp_like(prior))"
+                )
+    values = np.asarray(value.transpose(*grid).values, dtype=np.float64)
+    if values.shape != layout.grid_shape:
+        raise OptionError(
+            f"{what} has the grid shape {values.shape}, the state {layout.grid_shape}"
+        )
+    return values.ravel()

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ..errors import ModelQualityWarning, OptionError
+from .layout import grid_field
 from .model_cache import cached_model
 
 if TYPE_CHECKING:
@@ -111,13 +112,31 @@ class Method:
         """This method on a grid with points at ``grid_loc`` (checks options that need it)."""
         return self
 
+    def for_state(self, prior: Any, dims: Any, layout: Any) -> Method:
+        """This method on the state ``prior`` (options given on its grid are read here)."""
+        return self
+
     def parameters(self, spherical: bool) -> dict[str, Any]:
         """What the analysis records of the method (``xensf_<name>`` attributes)."""
         return self.options()
 
+    def grid_outputs(self) -> dict[str, dict[str, str]]:
+        """Fields on the horizontal grid that the analysis gives besides the ensemble (one
+        per analysis time), by variable name, with their attributes."""
+        return {}
+
+    def carry(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Options for the next cycle's analysis, given this one's :meth:`grid_outputs`
+        (DataArrays on the grid, one time): how ``xensf.cycle`` carries them on."""
+        return {}
+
     def analyse(self, block: Block) -> np.ndarray:
         """The analysis ``(T, N, d)`` of ``block`` in ``block.work`` precision."""
         raise NotImplementedError
+
+    def analyse_with_fields(self, block: Block) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The analysis and the :meth:`grid_outputs`, each ``(T, grid_size)``."""
+        return self.analyse(block), {}
 
 
 def _check_option(method: str, key: str, value: Any) -> None:
@@ -153,6 +172,14 @@ def _check_option(method: str, key: str, value: Any) -> None:
             f"{method}: loc_radius must be a positive distance or None (no localisation), "
             f"got {value!r}"
         )
+    if key == "adaptive_inflation" and value is not None and not isinstance(value, bool):
+        from ..filters.adaptive_inflation import AdaptiveInflation
+
+        if not isinstance(value, AdaptiveInflation):
+            raise OptionError(
+                f"{method}: adaptive_inflation must be True, False or an "
+                f"xensf.AdaptiveInflation (its settings and starting field), got {value!r}"
+            )
     if key == "prior_score" and value not in ("mixture", "paired"):
         raise OptionError(f"{method}: prior_score must be 'mixture' or 'paired', got {value!r}")
     if key == "update" and value not in ("decode", "increment"):
@@ -289,11 +316,85 @@ class LETKF(_LocalisedLETKF, Method):
     description: ClassVar[str] = "Local ensemble transform Kalman filter (Hunt et al. 2007)"
     spatial_blocks: ClassVar[bool] = True
 
-    def analyse(self, block: Block) -> np.ndarray:
-        out = block.x.astype(block.work, copy=True)
-        for ts, sel in block.groups():
-            out[ts] = _letkf(self, block, block.x[ts], ts, sel)
+    #: Estimate the inflation at every grid point from the innovations (Miyoshi 2011)
+    #: instead of a fixed ``inflation``: True (start from no inflation), or an
+    #: :class:`~xensf.filters.AdaptiveInflation` whose ``mean`` is a number or the
+    #: ``inflation`` field of a previous analysis (a DataArray on the grid).
+    adaptive_inflation: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adaptive_inflation not in (None, False) and self.inflation != 1:
+            raise OptionError(
+                f"letkf: inflation={self.inflation!r} and adaptive_inflation were both given; "
+                "the adaptive field replaces the fixed factor (start it from a value with "
+                "adaptive_inflation=xensf.AdaptiveInflation(mean=...))"
+            )
+
+    def for_state(self, prior: Any, dims: Any, layout: Any) -> Method:
+        settings = self.adaptive_inflation
+        if settings in (None, False):
+            return self
+        from ..filters.adaptive_inflation import AdaptiveInflation
+
+        if settings is True:
+            settings = AdaptiveInflation()
+        field = grid_field(settings.mean, prior, dims, layout, "adaptive_inflation.mean")
+        return replace(self, adaptive_inflation=replace(settings, mean=field))
+
+    def parameters(self, spherical: bool) -> dict[str, Any]:
+        out = super().parameters(spherical)
+        settings = self.adaptive_inflation
+        out["adaptive_inflation"] = (
+            "none"
+            if settings in (None, False)
+            else "Miyoshi (2011)"
+            if settings is True
+            else f"Miyoshi (2011), std {settings.std:g}, bounds [{settings.minimum:g}, "
+            f"{settings.maximum:g}]"
+        )
         return out
+
+    def grid_outputs(self) -> dict[str, dict[str, str]]:
+        if self.adaptive_inflation in (None, False):
+            return {}
+        return {
+            "inflation": {
+                "long_name": "adaptive covariance inflation factor (Miyoshi 2011)",
+                "units": "1",
+                "comment": "the analysis multiplied the prior covariance by this factor "
+                "(the perturbations by its square root); give it to the next analysis as "
+                "adaptive_inflation=xensf.AdaptiveInflation(mean=...)",
+            }
+        }
+
+    def carry(self, fields: dict[str, Any]) -> dict[str, Any]:
+        settings = self.adaptive_inflation
+        if settings in (None, False):
+            return {}
+        from ..filters.adaptive_inflation import AdaptiveInflation
+
+        start = AdaptiveInflation() if settings is True else settings
+        return {"adaptive_inflation": replace(start, mean=fields["inflation"])}
+
+    def analyse(self, block: Block) -> np.ndarray:
+        return self.analyse_with_fields(block)[0]
+
+    def analyse_with_fields(self, block: Block) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        out = block.x.astype(block.work, copy=True)
+        settings = self.adaptive_inflation
+        if settings in (None, False):
+            for ts, sel in block.groups():
+                out[ts] = _letkf(self, block, block.x[ts], ts, sel)
+            return out, {}
+        layout = block.plan.layout
+        start = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
+        field = np.tile(start, (out.shape[0], 1))  # times without observations keep it
+        per_component = replace(settings, mean=np.tile(start, layout.n_fields))
+        for ts, sel in block.groups():
+            out[ts], updated = _letkf(self, block, block.x[ts], ts, sel, per_component)
+            field[ts] = updated[:, : layout.grid_size]  # every field of a point shares it
+        return out, {"inflation": field}
 
 
 # --------------------------------------------------------------------------------------
@@ -429,9 +530,13 @@ def resolve_method(method: str | None, model: Any, options: dict[str, Any]) -> M
 # --------------------------------------------------------------------------------------
 # the pieces the methods share
 # --------------------------------------------------------------------------------------
-def _letkf(params, block: Block, prior: np.ndarray, ts: np.ndarray, sel: np.ndarray):
+def _letkf(
+    params, block: Block, prior: np.ndarray, ts: np.ndarray, sel: np.ndarray, adaptive=None
+):
     """Localised LETKF of ``prior`` (the times ``ts`` of ``block``) with the observations
-    ``sel``; ``params`` has ``inflation``, ``rtps`` and ``loc_radius``."""
+    ``sel``; ``params`` has ``inflation``, ``rtps`` and ``loc_radius``. With ``adaptive``
+    (an :class:`~xensf.filters.AdaptiveInflation` per state component) also the updated
+    inflation ``(len(ts), d)``."""
     import torch
 
     from ..filters import letkf_analysis
@@ -443,25 +548,26 @@ def _letkf(params, block: Block, prior: np.ndarray, ts: np.ndarray, sel: np.ndar
     ).to(device=device, dtype=block.torch_dtype)
     loc = params.loc_radius
     layout = plan.layout
-    return (
-        letkf_analysis(
-            torch.from_numpy(prior.astype(work)).to(device),
-            torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device),
-            op,
-            torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device),
-            inflation=float(params.inflation),
-            rtps=float(params.rtps),
-            loc_radius=loc,
-            state_coords=None if loc is None else plan.grid_locations,
-            state_location=None
-            if loc is None
-            else np.tile(np.arange(layout.grid_size), layout.n_fields),
-            obs_coords=None if loc is None else obs.locations[sel],
-            distance=plan.distance,
-        )
-        .cpu()
-        .numpy()
+    result = letkf_analysis(
+        torch.from_numpy(prior.astype(work)).to(device),
+        torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device),
+        op,
+        torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device),
+        inflation=float(params.inflation),
+        rtps=float(params.rtps),
+        loc_radius=loc,
+        state_coords=None if loc is None else plan.grid_locations,
+        state_location=None
+        if loc is None
+        else np.tile(np.arange(layout.grid_size), layout.n_fields),
+        obs_coords=None if loc is None else obs.locations[sel],
+        distance=plan.distance,
+        adaptive_inflation=adaptive,
     )
+    if adaptive is None:
+        return result.cpu().numpy()
+    analysis, updated = result
+    return analysis.cpu().numpy(), updated.mean.cpu().numpy()
 
 
 def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):

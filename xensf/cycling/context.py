@@ -43,6 +43,8 @@ class CycleContext:
     #: whether the record holds the members too
     members: bool
     options: dict[str, Any] = field(default_factory=dict)
+    #: the resolved method (:class:`xensf.bridge.methods.Method`): what it carries on
+    spec: Any = None
 
     @property
     def dims(self) -> dict[str, tuple]:
@@ -99,33 +101,43 @@ class CycleContext:
             prior[v] = self.state0[v].copy(data=values[v])
         return prior.expand_dims({TIME: [self.schedule.time(k)]})
 
-    def assimilate(self, prior: xr.Dataset, at: xr.Dataset, **extra: Any) -> xr.Dataset:
-        """``assimilate`` with the run's method, model, errors, seed and options."""
+    def assimilate(
+        self, prior: xr.Dataset, at: xr.Dataset, call: str | None = None, **overrides: Any
+    ) -> xr.Dataset:
+        """``assimilate`` with the run's method, model, errors, seed and options (those in
+        ``overrides`` replacing the run's)."""
         from ..bridge.analysis import assimilate
 
         return assimilate(
             prior, at, method=self.method, model=self.latent_model, obs_error=self.obs_error,
-            seed=self.seed, device=self.device, member_dim=self.member_dim, **extra,
-            **self.options,
+            seed=self.seed, device=self.device, member_dim=self.member_dim, call=call,
+            **{**self.options, **overrides},
         )  # fmt: skip
 
-    def dry_run(self) -> None:
-        """Build (not compute) the first analysis, so that bad input fails before any work."""
+    def grid_outputs(self) -> dict[str, dict[str, str]]:
+        """The fields the method gives besides the ensemble, which the run carries on."""
+        return {} if self.spec is None else self.spec.grid_outputs()
+
+    def dry_run(self) -> xr.Dataset | None:
+        """Build (not compute) the first analysis, so that bad input fails before any work;
+        the lazy analysis (None if no cycle has observations)."""
         first = next((i for i, j in enumerate(self.schedule.obs_index) if j is not None), None)
         if first is None:
-            return
+            return None
         state = {v: self.state0[v].data for v in self.names}
-        self.assimilate(self.prior(state, first).chunk(), self.observations(first))
+        return self.assimilate(self.prior(state, first).chunk(), self.observations(first))
 
     def analyse(
-        self, forecast: dict[str, np.ndarray], k: int
-    ) -> tuple[dict[str, np.ndarray], int, dict[str, dict[str, float]]]:
-        """Cycle ``k``'s analysis of ``forecast``, the number of observations it used, and
-        per variable the observation-space statistics of :func:`fit_to_observations`."""
+        self, forecast: dict[str, np.ndarray], k: int, carried: dict[str, xr.DataArray] | None
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, dict[str, float]], dict[str, xr.DataArray]]:
+        """Cycle ``k``'s analysis of ``forecast``, the number of observations it used, per
+        variable the observation-space statistics of :func:`fit_to_observations`, and the
+        method's :meth:`grid_outputs` (``carried``: the previous analysis's, or None)."""
         at = self.observations(k)
         count = int(sum(np.isfinite(at[v].values).sum() for v in at.data_vars if v in self.names))
         prior = self.prior(forecast, k)
-        result = self.assimilate(prior, at, call="xensf.cycle")
+        overrides = self.spec.carry(carried) if carried else {}
+        result = self.assimilate(prior, at, call="xensf.cycle", **overrides)
         out = {}
         for v in self.names:
             values = np.asarray(result[v].isel({TIME: 0}).transpose(*self.dims[v]).values)
@@ -137,7 +149,8 @@ class CycleContext:
                     "method's options"
                 )
             out[v] = values.astype(self.state0[v].dtype, copy=False)
-        return out, count, self.fit_to_observations(prior, at, result)
+        fields = {n: result[n].isel({TIME: 0}).load() for n in self.grid_outputs()}
+        return out, count, self.fit_to_observations(prior, at, result), fields
 
     def fit_to_observations(
         self, prior: xr.Dataset, at: xr.Dataset, analysis: xr.Dataset

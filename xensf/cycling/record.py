@@ -51,12 +51,20 @@ _STATISTICS = {
 
 
 def cycle_record(
-    ctx: CycleContext, t: Any, forecast, analysis, count: int, fit: dict | None = None
+    ctx: CycleContext,
+    t: Any,
+    forecast,
+    analysis,
+    count: int,
+    fit: dict | None = None,
+    fields: dict[str, xr.DataArray] | None = None,
 ) -> xr.Dataset:
     """One cycle as a Dataset with a length-1 ``time`` dim.
 
     ``fit`` holds the observation-space statistics of each variable
     (:meth:`CycleContext.fit_to_observations`); None for a cycle without observations.
+    ``fields`` are the method's fields on the grid that the run carries on
+    (:meth:`CycleContext.grid_outputs`), as they stand after this cycle.
     """
     state0, names, member, members = ctx.state0, ctx.names, ctx.member, ctx.members
     data = {}
@@ -89,6 +97,8 @@ def cycle_record(
                 attrs.update({k: base[k] for k in ("units",) if k in base})
                 value = np.array([np.nan if fit is None else fit[v][stat]], dtype=np.float64)
             data[f"{v}_{stat}"] = xr.Variable((TIME,), value, attrs)
+    for name, da in (fields or {}).items():
+        data[name] = xr.Variable((TIME, *da.dims), np.asarray(da.values)[None], dict(da.attrs))
     data["obs_count"] = xr.Variable(
         (TIME,),
         np.array([count], dtype=np.int64),

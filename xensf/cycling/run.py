@@ -213,8 +213,17 @@ def cycle(
                                                   every, until),
         method=spec.name, latent_model=latent_model, obs_error=obs_error, seed=int(seed),
         device=device, member_dim=member_dim, members=bool(members), options=dict(options),
+        spec=spec,
     )  # fmt: skip
-    ctx.dry_run()
+    first = ctx.dry_run()
+    # The method's fields on the grid (the adaptive inflation), NaN until an analysis
+    # makes them: the record's template of each.
+    fields = {
+        n: xr.DataArray(
+            np.full(first[n].shape[1:], np.nan), dims=first[n].dims[1:], attrs=first[n].attrs
+        )
+        for n in ([] if first is None else ctx.grid_outputs())
+    }
 
     settings = run_settings(ctx, spec.options(), latent_digest)
     call = (
@@ -223,21 +232,28 @@ def cycle(
         f"members={bool(members)}, seed={int(seed)})"
     )
     initial = {v: state0[v].values for v in names}
-    template = cycle_record(ctx, t0, initial, initial, 0)
+    template = cycle_record(ctx, t0, initial, initial, 0, fields=fields)
     template.attrs = run_attrs(initial_ensemble.attrs, settings, spec.name, call)
 
     run = open_run(store, overwrite, settings, template, {v: state0[v].variable for v in names})
     try:
-        return _cycles(ctx, run, template, bool(progress))
+        return _cycles(ctx, run, template, bool(progress), fields)
     finally:
         if run is not None:
             run.close()
 
 
 def _cycles(
-    ctx: CycleContext, run: CycleStore | None, template: xr.Dataset, progress: bool
+    ctx: CycleContext,
+    run: CycleStore | None,
+    template: xr.Dataset,
+    progress: bool,
+    fields: dict[str, xr.DataArray],
 ) -> xr.Dataset:
-    """The cycles not yet in ``run`` (all of them without a store), then the whole run."""
+    """The cycles not yet in ``run`` (all of them without a store), then the whole run.
+
+    ``fields`` are the method's fields on the grid (NaN: none yet); each analysis starts
+    from the last one's, read back from the store when the run resumes."""
     schedule = ctx.schedule
     done = 0 if run is None else run.committed
     if done >= len(schedule):
@@ -246,6 +262,7 @@ def _cycles(
         current = {v: np.array(ctx.state0[v].values, copy=True) for v in ctx.names}
     else:
         current = run.read_restart(ctx.names)
+        fields = {n: f.copy(data=run.read_cycle(n, done - 1)) for n, f in fields.items()}
     rows = []
     bar = _progress(len(schedule), done, progress)
     tally = _WarningTally()
@@ -255,9 +272,10 @@ def _cycles(
             if schedule.obs_index[k] is None:
                 analysis, count, fit = forecast, 0, None
             else:
+                carried = {n: f for n, f in fields.items() if not np.isnan(f.values).all()}
                 with tally.cycle(k):
-                    analysis, count, fit = ctx.analyse(forecast, k)
-            row = cycle_record(ctx, schedule.time(k), forecast, analysis, count, fit)
+                    analysis, count, fit, fields = ctx.analyse(forecast, k, carried or None)
+            row = cycle_record(ctx, schedule.time(k), forecast, analysis, count, fit, fields)
             if run is None:
                 rows.append(row)
             else:

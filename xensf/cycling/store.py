@@ -417,6 +417,14 @@ class CycleStore:
         self._doc = doc
         _kill_point("committed", k)
 
+    def read_cycle(self, name: str, k: int) -> np.ndarray:
+        """The per-cycle array ``name`` at committed cycle ``k``, as written."""
+        if not 0 <= k < self.committed:
+            raise RunStoreError(
+                f"{str(self.path)!r} has {self.committed} committed cycles, not a cycle {k}"
+            )
+        return np.asarray(self._array(name)[k])
+
     def read_restart(self, names: list[str]) -> dict[str, np.ndarray]:
         """The analysis ensemble of the last committed cycle, as written."""
         k = self.committed - 1

@@ -5,6 +5,7 @@ Layer 1 of xensf: torch (and numpy at the edges) only, no xarray.
 
 from __future__ import annotations
 
+from .adaptive_inflation import AdaptiveInflation
 from .ensf import ensf_analysis
 from .letkf import letkf_analysis
 from .localization import cyclic_distance, euclidean_distance, gaspari_cohn, great_circle_distance
@@ -15,6 +16,7 @@ from .operators import (
 )
 
 __all__ = [
+    "AdaptiveInflation",
     "CallableObservationOperator",
     "LinearObservationOperator",
     "as_observation_operator",

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
+import numpy as np
 import torch
 
 from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from .adaptive_inflation import AdaptiveInflation
 from .localization import (
     cyclic_distance,
     euclidean_distance,
@@ -62,6 +65,7 @@ def letkf_analysis(
     state_location=None,
     chunk_size: int | None = None,
     prior_obs=None,
+    adaptive_inflation: AdaptiveInflation | None = None,
 ):
     """LETKF analysis (Hunt et al. 2007) with Gaspari–Cohn R-localisation.
 
@@ -125,6 +129,10 @@ def letkf_analysis(
         one: a block's local analyses need the observations near it, which may read the
         state outside it). ``obs_op`` is then not applied and may be None; with
         ``loc_radius``, ``obs_coords`` is required.
+    adaptive_inflation : AdaptiveInflation, optional
+        Estimate the inflation at every location from this cycle's innovations
+        (Miyoshi 2011; :mod:`xensf.filters.adaptive_inflation`), starting from the
+        field it holds, instead of a fixed ``inflation`` (which must then stay 1).
 
     Returns
     -------
@@ -132,6 +140,10 @@ def letkf_analysis(
         The analysis ensemble, of the broadcast batch shape, then ``(N, d)``; the same
         array type as ``prior`` (numpy in, numpy out), float64 if ``prior`` was float64,
         otherwise float32.
+    AdaptiveInflation
+        Only with ``adaptive_inflation``: the updated field (``mean`` float64 of the
+        batch shape, then ``(d,)``, the array type of ``prior``), the next cycle's
+        ``adaptive_inflation``; returned as ``(analysis, inflation)``.
 
     Raises
     ------
@@ -194,6 +206,18 @@ def letkf_analysis(
         )
     if not (0.0 <= float(rtps) <= 1.0):
         raise OptionError(f"rtps must be a fraction in [0, 1], got {rtps}")
+    if adaptive_inflation is not None:
+        if not isinstance(adaptive_inflation, AdaptiveInflation):
+            raise OptionError(
+                "adaptive_inflation must be an xensf.filters.AdaptiveInflation, got "
+                f"{type(adaptive_inflation).__name__}"
+            )
+        if float(inflation) != 1.0:
+            raise OptionError(
+                f"inflation={inflation} and adaptive_inflation were both given: the adaptive "
+                "field replaces the fixed factor (start it from a value with "
+                "AdaptiveInflation(mean=...))"
+            )
     if loc_radius is not None:
         if not (math.isfinite(float(loc_radius)) and float(loc_radius) > 0):
             raise OptionError(
@@ -255,6 +279,20 @@ def letkf_analysis(
     yv = yv.expand(*batch, m).reshape(bsz, m)
     std = std.expand(*batch, m).reshape(bsz, m)
 
+    delta = None
+    if adaptive_inflation is not None:
+        try:
+            delta = (
+                torch.as_tensor(adaptive_inflation.mean, dtype=torch.float64, device=device)
+                .expand(*batch, d)
+                .reshape(bsz, d)
+            )
+        except RuntimeError as err:
+            raise OptionError(
+                f"adaptive_inflation.mean of shape {tuple(np.shape(adaptive_inflation.mean))} "
+                f"does not broadcast to the batch and state shape {(*batch, d)}"
+            ) from err
+
     xm = x.mean(-2)
     xp0 = x - xm[:, None, :]
     xp = xp0 * inflation
@@ -280,10 +318,15 @@ def letkf_analysis(
         yp, innov, rinv = yp.to(dtype), innov.to(dtype), rinv.to(dtype)
 
     if loc_radius is None:
-        incr = _increment_transforms(yp, innov, rinv[:, None, :], inflation)  # (B, 1, N, N)
+        scale = None
+        if delta is not None:  # one location: the field's value at the first component
+            delta = adaptive_inflation.update(delta[:, :1], yp, innov, rinv[:, None, :])
+            scale = delta.sqrt()
+            delta = delta.expand(bsz, d)
+        incr = _increment_transforms(yp, innov, rinv[:, None, :], inflation, scale)  # (B,1,N,N)
         xa = x + incr[:, 0].transpose(-1, -2).to(dtype) @ xp
     else:
-        xa = _local_analysis(
+        xa, delta = _local_analysis(
             x,
             xp,
             yp,
@@ -298,6 +341,8 @@ def letkf_analysis(
             batch,
             chunk_size,
             float(inflation),
+            delta,
+            adaptive_inflation,
         )
 
     if rtps > 0:
@@ -308,7 +353,11 @@ def letkf_analysis(
         factor = torch.where(safe, 1.0 + rtps * (sb - sa) / torch.where(safe, sa, 1.0), 1.0)
         xa = xa.mean(-2, keepdim=True) + xpa * factor[:, None, :]
 
-    return restore_array_type(xa.reshape(*batch, n_mem, d), prior)
+    analysis = restore_array_type(xa.reshape(*batch, n_mem, d), prior)
+    if adaptive_inflation is None:
+        return analysis
+    field = restore_array_type(delta.reshape(*batch, d), prior)
+    return analysis, replace(adaptive_inflation, mean=field)
 
 
 #: Largest ratio of ``Y'ᵀR⁻¹Y'`` to ``N − 1`` formed in float32 (above it: float64).
@@ -316,7 +365,11 @@ _FLOAT32_SAFE_RATIO = 1e3
 
 
 def _increment_transforms(
-    yp: torch.Tensor, innov: torch.Tensor, w: torch.Tensor, inflation: float
+    yp: torch.Tensor,
+    innov: torch.Tensor,
+    w: torch.Tensor,
+    inflation: float,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Ensemble-space increment matrices ``D = w̄ 1ᵀ + W − I / inflation``, one per location.
 
@@ -325,6 +378,8 @@ def _increment_transforms(
     ``x_n + Σ_k X'_k D[k, n]`` with ``X'`` the inflated perturbations, which equals
     ``x̄ + Σ_k X'_k T[k, n]``. Written as an increment, a location that no observation
     reaches keeps its prior exactly (``D = 0`` without inflation), not up to round-off.
+    ``scale`` ``(B, P)``: a further inflation factor of the perturbations at each location
+    (the adaptive one), see :func:`_transforms`.
     """
     n_mem = yp.shape[-2]
     n_loc = w.shape[-2]
@@ -338,11 +393,16 @@ def _increment_transforms(
         a = a.expand(yp.shape[0], n_loc, n_mem, n_mem)
     b = (w * innov[:, None, :]) @ yp.transpose(-1, -2)  # (B, P, N)
     seen = (w > 0).any(-1).expand(yp.shape[0], n_loc)
-    return _transforms(a, b, seen, inflation)
+    return _transforms(a, b, seen, inflation, scale)
 
 
 def _increment_transforms_sparse(
-    yp: torch.Tensor, innov: torch.Tensor, w: torch.Tensor, inflation: float, k: int
+    yp: torch.Tensor,
+    innov: torch.Tensor,
+    w: torch.Tensor,
+    inflation: float,
+    k: int,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`_increment_transforms` from the ``k`` largest weights of each location.
 
@@ -364,10 +424,10 @@ def _increment_transforms_sparse(
     innk = torch.gather(innov[:, None, :].expand(n_b, n_loc, innov.shape[-1]), -1, idx)
     a = (ypk * vals[:, :, None, :]) @ ypk.transpose(-1, -2)  # (B, P, N, N)
     b = (ypk @ (vals * innk)[..., None]).squeeze(-1)  # (B, P, N)
-    return _transforms(a, b, vals.amax(-1) > 0, inflation)
+    return _transforms(a, b, vals.amax(-1) > 0, inflation, scale)
 
 
-def _transforms(a, b, seen, inflation: float) -> torch.Tensor:
+def _transforms(a, b, seen, inflation: float, scale: torch.Tensor | None = None) -> torch.Tensor:
     """``D`` from ``a = Y'ᵀ R̃⁻¹ Y'`` ``(B, P, N, N)`` and ``b = Y'ᵀ R̃⁻¹ (y − ȳ)``.
 
     The ``N × N`` algebra is done in float64 whatever the input's dtype: with small
@@ -375,10 +435,19 @@ def _transforms(a, b, seen, inflation: float) -> torch.Tensor:
     returns eigenvalues of ``Ã = (N − 1) I + a`` below ``N − 1`` (even negative), which
     the square root turns into NaN. The eigenvalues are also clamped to ``N − 1``, their
     exact lower bound (``a`` is positive semi-definite), against the rounding of ``a``.
+
+    With ``scale`` ``s`` ``(B, P)`` the perturbations (given un-scaled) are inflated by
+    ``s`` at each location: ``a`` becomes ``s² a``, ``b`` becomes ``s b``, and the matrix
+    returned applies to the un-scaled perturbations (``s D``), so that a location no
+    observation reaches gets perturbations ``s · inflation`` times the prior's.
     """
     dtype = a.dtype
     n_mem = a.shape[-1]
     a, b = a.double(), b.double()
+    if scale is not None:
+        s = scale.double()
+        a = a * s.square()[..., None, None]
+        b = b * s[..., None]
     eye = torch.eye(n_mem, dtype=a.dtype, device=a.device)
     a = a + (n_mem - 1) * eye
     a = 0.5 * (a + a.transpose(-1, -2))
@@ -388,6 +457,8 @@ def _transforms(a, b, seen, inflation: float) -> torch.Tensor:
     wsq = (q * ((n_mem - 1) / lam).sqrt()[..., None, :]) @ q.transpose(-1, -2)
     no_update = (1.0 - 1.0 / inflation) * eye
     d = torch.where(seen[..., None, None], wsq + wbar - eye / inflation, no_update)
+    if scale is not None:  # from the inflated perturbations s X' to the given X'
+        d = s[..., None, None] * (d + eye / inflation) - eye / inflation
     return d.to(dtype)
 
 
@@ -428,8 +499,11 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
 
 def _local_analysis(
     x, xp, yp, innov, rinv, radius, dist_fn, state_coords, state_location, obs_coords, op,
-    batch, chunk_size, inflation,
+    batch, chunk_size, inflation, delta=None, adaptive=None,
 ):  # fmt: skip
+    """The analyses at every location, chunk by chunk; with ``delta`` ``(B, d)`` (the
+    adaptive inflation field, see :class:`AdaptiveInflation`) also its update ``(B, d)``.
+    """
     bsz, n_mem, d = xp.shape
     m = yp.shape[-1]
     dtype, device = xp.dtype, xp.device
@@ -500,6 +574,8 @@ def _local_analysis(
     # One component per location, in location order (a ring, a single-field grid):
     # chunks are slices, and the gathers below are skipped.
     in_order = n_loc == d and bool((comp_loc == torch.arange(d, device=device)).all())
+    if delta is not None:  # the field at each location: its value at the first component
+        delta = delta[:, order[starts[:-1].clamp_max(max(d - 1, 0))]]
     xa = torch.empty_like(xp)
     p0 = 0
     while p0 < n_loc:
@@ -520,14 +596,18 @@ def _local_analysis(
         positive = w > 0
         reach = positive.any(dim=1).any(dim=0)
         most = int(positive.sum(-1).max()) if w.numel() else 0  # at the busiest location
+        scale = None
+        if delta is not None:
+            delta[:, p0:p1] = adaptive.update(delta[:, p0:p1], yp_c, innov_c, w)
+            scale = delta[:, p0:p1].sqrt()
         if 4 * most < int(reach.sum()):  # sparse: gather each location's observations
-            incr = _increment_transforms_sparse(yp_c, innov_c, w, inflation, max(most, 1))
+            incr = _increment_transforms_sparse(yp_c, innov_c, w, inflation, max(most, 1), scale)
         elif bool(reach.all()):
-            incr = _increment_transforms(yp_c, innov_c, w, inflation)
+            incr = _increment_transforms(yp_c, innov_c, w, inflation, scale)
         else:
             cols = torch.nonzero(reach).flatten()
             incr = _increment_transforms(
-                yp_c[..., cols], innov_c[..., cols], w[..., cols], inflation
+                yp_c[..., cols], innov_c[..., cols], w[..., cols], inflation, scale
             )
         incr = incr.to(xp.dtype)
         if in_order:
@@ -541,4 +621,4 @@ def _local_analysis(
         upd = (xp[..., comps].transpose(-1, -2)[..., :, :, None] * d_comp).sum(-2)  # (B, nc, N)
         xa[..., comps] = x[..., comps] + upd.transpose(-1, -2)
         p0 = p1
-    return xa
+    return xa, (None if delta is None else delta[:, comp_loc])
