@@ -137,7 +137,9 @@ class EnsfDatasetAccessor:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
             spread), ``loc_radius`` (required: Gaspari–Cohn half-width c, in km on
             lat/lon grids, in coordinate units on planar grids; weights vanish beyond
-            2c; None: no localisation, a global ETKF), ``adaptive_inflation`` (True or an
+            2c; None: no localisation, a global ETKF), ``vertical_radius`` (None: all
+            levels of a point alike; else the half-width along the level dim, in ln p on
+            pressure levels, in metres on height or depth levels), ``adaptive_inflation`` (True or an
             :class:`xensf.AdaptiveInflation`: Miyoshi 2011 inflation estimated at every
             grid point instead of ``inflation``; the result then has an ``inflation``
             variable to start the next analysis from). ``latent-ensf``: ``steps``, ``eps_alpha``, ``eps_beta``,

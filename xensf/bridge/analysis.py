@@ -59,6 +59,8 @@ class BlockPlan:
     model: ModelHandle | None = None
     #: for a station model: the model's slot of each observation row
     model_slots: tuple[int, ...] | None = None
+    #: the vertical coordinate of every field, where the method localises vertically
+    field_heights: np.ndarray | None = None
 
     @property
     def work_dtype(self) -> type:
@@ -473,6 +475,7 @@ def assimilate(
         distance="great_circle" if spherical else "euclidean",
         model=handle,
         model_slots=model_slots,
+        field_heights=spec.field_heights(prior, dims, layout),
     )
 
     def bare(da: xr.DataArray, core_dims=()) -> xr.DataArray:

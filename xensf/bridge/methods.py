@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import ModelQualityWarning, OptionError
 from .layout import grid_field
 from .model_cache import cached_model
+from .vertical import letkf_geometry
 
 if TYPE_CHECKING:
     from .analysis import BlockPlan
@@ -116,6 +117,11 @@ class Method:
         """This method on the state ``prior`` (options given on its grid are read here)."""
         return self
 
+    def field_heights(self, prior: Any, dims: Any, layout: Any) -> np.ndarray | None:
+        """The vertical coordinate of every field, where the method localises vertically
+        (:func:`xensf.bridge.vertical.field_heights`); None otherwise."""
+        return None
+
     def parameters(self, spherical: bool) -> dict[str, Any]:
         """What the analysis records of the method (``xensf_<name>`` attributes)."""
         return self.options()
@@ -162,6 +168,20 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: steps must be a whole number, got {value!r}")
     if key == "rtps" and not (isinstance(value, int | float) and 0 <= value <= 1):
         raise OptionError(f"{method}: rtps must lie in [0, 1], got {value!r}")
+    if (
+        key == "vertical_radius"
+        and value is not None
+        and not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        )
+    ):
+        raise OptionError(
+            f"{method}: vertical_radius must be a positive number (ln p on pressure levels, "
+            f"metres on heights) or None, got {value!r}"
+        )
     if (
         key == "loc_radius"
         and value is not None
@@ -285,6 +305,9 @@ class _LocalisedLETKF:
     #: else in grid coordinate units; None: no localisation (a global ETKF). No default:
     #: the right radius depends on the ensemble size and the fields (see for_grid).
     loc_radius: float | None = UNSET  # type: ignore[assignment]
+    #: Gaspari–Cohn half-width along the level dim: in ln(p) on pressure levels, in
+    #: metres on height or depth levels; None: every level of a point analysed alike.
+    vertical_radius: float | None = None
 
     def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
         if self.loc_radius is not UNSET:
@@ -302,6 +325,18 @@ class _LocalisedLETKF:
             "'LETKF localisation'). loc_radius=None analyses every point with every "
             "observation (a global ETKF), which with a few members hardly moves a large grid"
         )
+
+    def field_heights(self, prior: Any, dims: Any, layout: Any) -> np.ndarray | None:
+        if self.vertical_radius is None:
+            return None
+        if self.loc_radius is None:
+            raise OptionError(
+                f"{self.name}: vertical_radius needs a horizontal loc_radius too (a global "
+                "ETKF has no locations to localise around)"
+            )
+        from .vertical import field_heights
+
+        return field_heights(prior, dims, layout)[0]
 
     def parameters(self, spherical: bool) -> dict[str, Any]:
         units = "km" if spherical else "grid coordinate units"
@@ -546,8 +581,12 @@ def _letkf(
     op = LinearObservationOperator(
         torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
     ).to(device=device, dtype=block.torch_dtype)
-    loc = params.loc_radius
     layout = plan.layout
+    geometry = letkf_geometry(
+        plan.grid_locations, layout.n_fields, obs.locations[sel], obs.indices[sel],
+        layout.grid_size, plan.distance, params.loc_radius, params.vertical_radius,
+        plan.field_heights,
+    )  # fmt: skip
     result = letkf_analysis(
         torch.from_numpy(prior.astype(work)).to(device),
         torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device),
@@ -555,14 +594,8 @@ def _letkf(
         torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device),
         inflation=float(params.inflation),
         rtps=float(params.rtps),
-        loc_radius=loc,
-        state_coords=None if loc is None else plan.grid_locations,
-        state_location=None
-        if loc is None
-        else np.tile(np.arange(layout.grid_size), layout.n_fields),
-        obs_coords=None if loc is None else obs.locations[sel],
-        distance=plan.distance,
         adaptive_inflation=adaptive,
+        **geometry,
     )
     if adaptive is None:
         return result.cpu().numpy()

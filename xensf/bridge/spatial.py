@@ -25,6 +25,7 @@ from ..filters.device import compute_device
 from ..obs import grid_locations
 from .dims import EnsembleDims
 from .layout import StateLayout
+from .vertical import letkf_geometry
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
 
@@ -230,6 +231,10 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
     near = within_reach(obs.locations, lat_b, lon_b, 2.0 * float(method.loc_radius), spherical)
     for t in np.flatnonzero((observed & near).any(axis=1)):  # others keep the prior
         sel = observed[t] & near
+        geometry = letkf_geometry(
+            points, n_fields, obs.locations[sel], obs.indices[sel], layout.grid_size,
+            plan.distance, float(method.loc_radius), method.vertical_radius, plan.field_heights,
+        )  # fmt: skip
         out[t] = (
             letkf_analysis(
                 tensor(x[t]),
@@ -238,12 +243,8 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
                 tensor(err[t][sel]),
                 inflation=float(method.inflation),
                 rtps=float(method.rtps),
-                loc_radius=float(method.loc_radius),
-                state_coords=points,
-                state_location=np.tile(np.arange(nlat * nlon), n_fields),
-                obs_coords=obs.locations[sel],
-                distance=plan.distance,
                 prior_obs=tensor(hx[t][:, sel]),
+                **geometry,
             )
             .cpu()
             .numpy()

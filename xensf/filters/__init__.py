@@ -8,7 +8,13 @@ from __future__ import annotations
 from .adaptive_inflation import AdaptiveInflation
 from .ensf import ensf_analysis
 from .letkf import letkf_analysis
-from .localization import cyclic_distance, euclidean_distance, gaspari_cohn, great_circle_distance
+from .localization import (
+    cyclic_distance,
+    euclidean_distance,
+    gaspari_cohn,
+    great_circle_distance,
+    with_vertical,
+)
 from .operators import (
     CallableObservationOperator,
     LinearObservationOperator,
@@ -26,4 +32,5 @@ __all__ = [
     "gaspari_cohn",
     "great_circle_distance",
     "letkf_analysis",
+    "with_vertical",
 ]

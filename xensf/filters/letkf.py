@@ -37,6 +37,7 @@ from .localization import (
     gaspari_cohn,
     great_circle_distance,
     resolve_distance,
+    with_vertical,
 )
 from .operators import LinearObservationOperator, as_observation_operator
 from .tensors import as_float_tensor, compute_dtype, restore_array_type
@@ -497,6 +498,15 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
     return uniq, inverse
 
 
+def _is_metric(dist_fn) -> bool:
+    """Whether ``dist_fn`` is one of the provided distances (the triangle inequality holds)."""
+    if isinstance(dist_fn, with_vertical):
+        return _is_metric(dist_fn.horizontal)
+    return dist_fn in (great_circle_distance, euclidean_distance) or isinstance(
+        dist_fn, cyclic_distance
+    )
+
+
 def _local_analysis(
     x, xp, yp, innov, rinv, radius, dist_fn, state_coords, state_location, obs_coords, op,
     batch, chunk_size, inflation, delta=None, adaptive=None,
@@ -556,14 +566,7 @@ def _local_analysis(
     # For the provided distances (metrics: the triangle inequality holds) the
     # observations that can reach a chunk are found from the chunk's first location and
     # its radius, so distances are evaluated for those only, not for all P × m pairs.
-    metric = (
-        obs_c.ndim == 2
-        and n_loc * m > _SEARCH_FROM
-        and (
-            dist_fn in (great_circle_distance, euclidean_distance)
-            or isinstance(dist_fn, cyclic_distance)
-        )
-    )
+    metric = obs_c.ndim == 2 and n_loc * m > _SEARCH_FROM and _is_metric(dist_fn)
     cutoff = 2.0 * radius
     if metric and not fixed_chunks:
         # Chunks of ~4√P consecutive locations balance the per-chunk search over all m

@@ -20,7 +20,8 @@ A distance is any callable ``(a, b) -> D`` with ``a`` of shape ``(P, k)`` (state
 locations), ``b`` of shape ``(..., m, k)`` (observation locations) and ``D`` of shape
 ``(..., P, m)``. Three are provided: :func:`great_circle_distance` (``k = 2``, latitude
 and longitude in degrees, km), :func:`euclidean_distance` and :func:`cyclic_distance`
-(a factory for periodic domains, e.g. the Lorenz-96 ring).
+(a factory for periodic domains, e.g. the Lorenz-96 ring); :class:`with_vertical`
+adds a vertical coordinate to any of them (vertical localisation).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "gaspari_cohn",
     "great_circle_distance",
     "resolve_distance",
+    "with_vertical",
 ]
 
 EARTH_RADIUS_KM = 6371.0
@@ -175,6 +177,42 @@ class cyclic_distance:  # lower-case: it is used like a function, cyclic_distanc
 
     def __repr__(self) -> str:
         return f"cyclic_distance({self.period.tolist()})"
+
+
+class with_vertical:  # lower-case: it is used like a function, with_vertical(d, ratio)
+    """A horizontal distance extended by a vertical coordinate (the last column).
+
+    ``with_vertical(horizontal, ratio)(a, b) = sqrt(h² + (ratio · Δz)²)`` with ``h`` the
+    ``horizontal`` distance of all columns but the last and ``Δz`` the difference of
+    the last. With ``ratio = c / c_z`` the Gaspari–Cohn taper of half-width ``c`` in this
+    distance localises with half-width ``c`` horizontally and ``c_z`` vertically (an
+    ellipsoidal support): a purely vertical separation ``Δz`` weighs
+    ``gaspari_cohn(Δz, c_z)``. A NaN vertical coordinate (a field without levels, such
+    as a surface variable) counts as ``Δz = 0``: no vertical localisation for it. If
+    ``horizontal`` is a metric, so is this.
+
+    Parameters
+    ----------
+    horizontal : distance callable or name
+        As for :func:`resolve_distance`.
+    ratio : float
+        Horizontal units per vertical unit (``loc_radius / vertical_radius``).
+    """
+
+    def __init__(self, horizontal, ratio: float):
+        if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0):
+            raise OptionError(f"with_vertical: ratio must be positive and finite, got {ratio!r}")
+        self.horizontal = resolve_distance(horizontal)
+        self.ratio = float(ratio)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = self.horizontal(a[:, :-1], b[..., :-1])
+        dz = b[..., None, :, -1] - a[:, None, -1]
+        dz = torch.nan_to_num(dz, nan=0.0) * self.ratio
+        return torch.sqrt(h.square() + dz.square())
+
+    def __repr__(self) -> str:
+        return f"with_vertical({self.horizontal!r}, ratio={self.ratio:g})"
 
 
 _NAMED_DISTANCES: dict[str, Distance] = {

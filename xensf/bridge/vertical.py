@@ -1,0 +1,146 @@
+"""Vertical localisation: the vertical coordinate of every field, and the geometry the
+LETKF localises in (each grid point's horizontal location plus that coordinate).
+
+A state variable with a level dim has one field per level (:mod:`xensf.bridge.layout`).
+Its vertical coordinate is read from the level coordinate's units: pressure levels
+(``hPa``, ``Pa``, ...) become ``ln p`` — so a vertical radius is in units of ``ln p``
+(0.5: a factor ``e^0.5 ≈ 1.65`` in pressure) — and heights or depths (``m``, ``km``)
+metres. Fields of variables without levels (a surface field) get NaN: they are not
+localised vertically. The LETKF then has one location per (grid point, level) and
+localises with a Gaspari–Cohn taper in the ellipsoidal distance of
+:class:`~xensf.filters.localization.with_vertical`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+from .units import UNITS, parse_units
+
+__all__ = ["field_heights", "letkf_geometry"]
+
+
+def field_heights(prior: Any, dims: Any, layout: Any) -> tuple[np.ndarray, str]:
+    """The vertical coordinate of every field ``(n_fields,)`` and what it is.
+
+    Returns ``(z, kind)``: ``kind`` is ``"log-pressure"`` (``z = ln p``, ``p`` in Pa) or
+    ``"height"`` (metres); NaN for the fields of variables without a level dim.
+
+    Raises
+    ------
+    OptionError
+        No variable has levels, a variable has several level dims, a level coordinate
+        is missing, has no units or units of neither pressure nor length, or the
+        variables mix pressure and height levels.
+    """
+    z = np.full(layout.n_fields, np.nan)
+    kinds = {}
+    for name, level_dims in zip(layout.variables, layout.level_dims, strict=True):
+        if not level_dims:
+            continue
+        if len(level_dims) > 1:
+            raise OptionError(
+                f"vertical_radius: {name!r} has several level dims {list(level_dims)}; "
+                "vertical localisation needs one vertical dim per variable"
+            )
+        values, kind = _vertical_values(prior, level_dims[0])
+        first = layout.first_field(name)
+        z[first : first + values.size] = values
+        kinds[kind] = name
+    if not kinds:
+        raise OptionError(
+            "vertical_radius is given, but no state variable has a level dim to localise "
+            "along; leave vertical_radius out"
+        )
+    if len(kinds) > 1:
+        raise OptionError(
+            f"vertical_radius: {kinds['log-pressure']!r} is on pressure levels and "
+            f"{kinds['height']!r} on height levels; one radius cannot serve both. Analyse "
+            "them in separate calls (variables=...)"
+        )
+    return z, next(iter(kinds))
+
+
+def _vertical_values(prior: Any, dim: str) -> tuple[np.ndarray, str]:
+    """``ln p`` (Pa) or metres of the level coordinate ``dim``, and which."""
+    advice = (
+        "give it a units attribute: a pressure (hPa, Pa) for pressure levels, a length "
+        "(m, km) for heights or depths"
+    )
+    if dim not in prior.coords:
+        raise OptionError(
+            f"vertical_radius: the level dim {dim!r} has no coordinate values; assign its "
+            f"levels (prior.assign_coords({dim}=...)) and {advice}"
+        )
+    units = prior[dim].attrs.get("units")
+    if not units:
+        raise OptionError(f"vertical_radius: the level coordinate {dim!r} has no units; {advice}")
+    values = UNITS.Quantity(
+        np.asarray(prior[dim].values, dtype=np.float64),
+        parse_units(str(units), where=f"the level coordinate {dim!r}"),
+    )
+    if values.check("[pressure]"):
+        pressure = values.to("Pa").magnitude
+        if np.any(pressure <= 0) or not np.all(np.isfinite(pressure)):
+            raise OptionError(
+                f"vertical_radius: the pressure levels {dim!r} must be positive and finite, "
+                f"got {prior[dim].values.tolist()}"
+            )
+        return np.log(pressure), "log-pressure"
+    if values.check("[length]"):
+        return values.to("m").magnitude, "height"
+    raise OptionError(
+        f"vertical_radius: the level coordinate {dim!r} is in {units!r}, neither a pressure "
+        f"nor a length (model levels?); {advice}"
+    )
+
+
+def letkf_geometry(
+    points: np.ndarray,
+    n_fields: int,
+    obs_locations: np.ndarray,
+    obs_rows: np.ndarray,
+    grid_size: int,
+    distance: str,
+    loc_radius: float | None,
+    vertical_radius: float | None = None,
+    heights: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The localisation arguments of :func:`~xensf.filters.letkf_analysis`.
+
+    ``points`` ``(G, k)``: the locations of the analysed grid points (all of the grid or
+    one block); ``obs_locations`` ``(M, k)`` and ``obs_rows`` ``(M, s)`` (the operator's
+    indices into the whole state, of ``grid_size`` points per field) of the observations
+    used. Without ``vertical_radius`` all levels of a grid point share one location;
+    with it (and ``heights``, one per field) each (grid point, level) is a location and
+    the distance is :class:`~xensf.filters.localization.with_vertical`.
+    """
+    n_points = points.shape[0]
+    if loc_radius is None:
+        return {"loc_radius": None}
+    if vertical_radius is None or heights is None:
+        return {
+            "loc_radius": loc_radius,
+            "state_coords": points,
+            "state_location": np.tile(np.arange(n_points), n_fields),
+            "obs_coords": obs_locations,
+            "distance": distance,
+        }
+    from ..filters.localization import with_vertical
+
+    levels, which = np.unique(heights, return_inverse=True)  # NaNs (no levels) as one
+    coords = np.concatenate(
+        [np.column_stack([points, np.full(n_points, z)]) for z in levels]
+    ).astype(np.float64)
+    location = np.repeat(which, n_points) * n_points + np.tile(np.arange(n_points), n_fields)
+    obs_z = heights[np.asarray(obs_rows)[:, 0] // grid_size]
+    return {
+        "loc_radius": loc_radius,
+        "state_coords": coords,
+        "state_location": location,
+        "obs_coords": np.column_stack([obs_locations, obs_z]),
+        "distance": with_vertical(distance, loc_radius / vertical_radius),
+    }
