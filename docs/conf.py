@@ -27,10 +27,11 @@ extensions = [
     "sphinx.ext.autosummary",
     "numpydoc",
     "sphinx_autosummary_accessors",
+    "sphinx_gallery.gen_gallery",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "examples"]
 root_doc = "index"
 
 autosummary_generate = True
@@ -38,6 +39,18 @@ autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_validation_checks: set[str] = set()
 myst_heading_anchors = 3
+
+# The example gallery: every docs/examples/plot_*.py runs when the site is built, and
+# its figures and printed output become the page (so the examples cannot rot).
+sphinx_gallery_conf = {
+    "examples_dirs": "examples",
+    "gallery_dirs": "gallery",
+    "filename_pattern": r"/plot_",
+    "download_all_examples": False,
+    "write_computation_times": False,
+    "abort_on_example_error": True,
+    "reference_url": {"xensf": None},
+}
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"xensf {version}"

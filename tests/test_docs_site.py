@@ -22,5 +22,8 @@ def test_the_docs_site_builds_without_warnings(tmp_path):
     html = tmp_path / "html"
     for page in ("index", "method", "howto-pangeo", "reference", "api"):
         assert (html / f"{page}.html").is_file(), page
+    for example in ("plot_vertical_localisation", "plot_adaptive_inflation", "plot_innovations"):
+        page = (html / "gallery" / f"{example}.html").read_text()
+        assert ".png" in page, example  # the example ran and its figure is on the page
     accessor = (html / "generated" / "xarray.Dataset.ensf.assimilate.html").read_text()
     assert "obs_time_tolerance" in accessor and "loc_radius" in accessor

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ["xensf", "tests", "benchmarks", "scripts"]
+PATHS = ["xensf", "tests", "benchmarks", "scripts", "docs/examples"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:
