@@ -22,7 +22,9 @@ def test_the_docs_site_builds_without_warnings(tmp_path):
     html = tmp_path / "html"
     for page in ("index", "method", "howto-pangeo", "reference", "api"):
         assert (html / f"{page}.html").is_file(), page
-    for example in ("plot_vertical_localisation", "plot_adaptive_inflation", "plot_innovations"):
+    examples = ("plot_vertical_localisation", "plot_adaptive_inflation", "plot_innovations",
+                "plot_demo", "plot_cycling")  # fmt: skip
+    for example in examples:
         page = (html / "gallery" / f"{example}.html").read_text()
         assert ".png" in page, example  # the example ran and its figure is on the page
     accessor = (html / "generated" / "xarray.Dataset.ensf.assimilate.html").read_text()
