@@ -7,17 +7,25 @@ of ``xensf.cycle`` on the same store (each resumes the last), as a long operatio
 run is; a thread samples the process's resident memory (RSS) and its open file
 descriptors every ``--every`` seconds throughout.
 
-Prints one row per leg as it ends (cycles done, wall time, RSS and open files) and
-the verdict: the RSS growth over the second half of the run per 1000 cycles, and the
+Prints one row per leg as it ends (cycles done, wall time, RSS, open files, on glibc
+what the C allocator holds — bytes in use and free bytes it keeps — and Python's
+small-object arenas, which lie outside the C heap, with the bytes of live objects in
+them) and the
+verdict: the RSS growth over the second half of the run per 1000 cycles, and the
 change in open files, against thresholds (flat: < 1 MB per 1000 cycles, no file
-descriptor leaked).
+descriptor leaked). With ``--trim`` the allocator's free memory is handed back to the
+system (glibc ``malloc_trim``) at the end of each leg before the row is sampled, and
+the verdict is taken from those rows: growth that ``--trim`` removes is memory the
+allocator kept for reuse, not memory still referenced.
 
-    python benchmarks/bench_soak.py [--cycles 10000] [--legs 10] [--method letkf]
+    python benchmarks/bench_soak.py [--cycles 10000] [--legs 10] [--method letkf] [--trim]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import sys
 import tempfile
 import threading
@@ -41,6 +49,63 @@ def _experiment(cycles: int):
     obs, errors = observations(truth, setup, 0.05)
     start = initial_ensemble(setup, device="cpu")
     return ShallowWaterForecaster(setup.config, device="cpu"), start, obs, errors
+
+
+_MALLINFO2 = (
+    "arena", "ordblks", "smblks", "hblks", "hblkhd",
+    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+)  # fmt: skip
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2]
+
+
+def _libc():
+    """glibc, where it has ``mallinfo2`` (2.33+); else None (other C libraries)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    return libc
+
+
+def allocator(libc) -> tuple[float, float]:
+    """C heap (MB): bytes in use (small blocks + mmapped) and free bytes kept."""
+    if libc is None:
+        return (float("nan"), float("nan"))
+    info = libc.mallinfo2()
+    return ((info.uordblks + info.hblkhd) / 1e6, info.fordblks / 1e6)
+
+
+def pymalloc() -> tuple[float, float]:
+    """Python's small-object allocator (MB): its arenas (mmap'd, outside the C heap) and
+    the bytes of live objects in them, read from ``sys._debugmallocstats``."""
+    import os
+    import re
+
+    with tempfile.TemporaryFile(mode="w+") as report:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(report.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        report.seek(0)
+        text = report.read()
+
+    def number(label: str) -> float:
+        match = re.search(rf"# {label}\s*=\s*([\d,]+)", text)
+        return float(match.group(1).replace(",", "")) if match else float("nan")
+
+    arena = number("arenas allocated current")
+    size = re.search(r"arenas \* (\d+) bytes/arena", text)
+    arena_bytes = float(size.group(1)) if size else float("nan")
+    return arena * arena_bytes / 1e6, number("bytes in allocated blocks") / 1e6
 
 
 class Sampler(threading.Thread):
@@ -70,7 +135,13 @@ def main(argv=None) -> int:
     parser.add_argument("--legs", type=int, default=10)
     parser.add_argument("--method", default="letkf")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between samples")
+    parser.add_argument(
+        "--trim", action="store_true", help="malloc_trim at each leg's end (glibc)"
+    )
     args = parser.parse_args(argv)
+    libc = _libc()
+    if args.trim and libc is None:
+        parser.error("--trim needs glibc (malloc_trim, mallinfo2)")
 
     import xensf
 
@@ -92,27 +163,54 @@ def main(argv=None) -> int:
                 model, start, obs, method=args.method, store=store, until=until,
                 progress=False, seed=1, **options,
             )  # fmt: skip
-            _, rss, fds = sampler.sample()
-            rows.append((run.sizes["time"], time.perf_counter() - began, rss, fds))
+            cycles = run.sizes["time"]
             run.close()
+            del run
+            if args.trim:
+                libc.malloc_trim(0)
+            _, rss, fds = sampler.sample()
+            used, kept = allocator(libc)
+            arenas, objects = pymalloc()
+            rows.append(
+                (cycles, time.perf_counter() - began, rss, fds, used, kept, arenas, objects)
+            )
             if leg == 1:
-                print(f"{'cycles':>8} {'wall s':>9} {'RSS MB':>9} {'open fds':>9}", flush=True)
-            print(f"{rows[-1][0]:>8} {rows[-1][1]:>9.1f} {rss:>9.1f} {fds:>9}", flush=True)
+                print(f"{'cycles':>8} {'wall s':>9} {'RSS MB':>9} {'open fds':>9} "
+                      f"{'C in use MB':>12} {'C free MB':>10} {'py arenas MB':>13} "
+                      f"{'py objects MB':>14}", flush=True)  # fmt: skip
+            print(f"{cycles:>8} {rows[-1][1]:>9.1f} {rss:>9.1f} {fds:>9} {used:>12.1f} "
+                  f"{kept:>10.1f} {arenas:>13.1f} {objects:>14.1f}", flush=True)  # fmt: skip
         sampler.stop.set()
         sampler.join()
         size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
 
     print(f"soak: {args.cycles} cycles of a {N}x{N} shallow-water twin, {MEMBERS} members, "
           f"{args.method}, in {args.legs} resumed legs; store {size:.1f} MB")  # fmt: skip
-    times = np.array([s[0] for s in sampler.samples])
-    rss = np.array([s[1] for s in sampler.samples])
+    if args.trim:  # the leg ends, each sampled after malloc_trim, against cycles done
+        times = np.array([r[0] for r in rows], dtype=float)
+        rss = np.array([r[2] for r in rows])
+        rate = 1.0
+    else:  # every sample, against time; cycles per second from the legs
+        times = np.array([s[0] for s in sampler.samples])
+        rss = np.array([s[1] for s in sampler.samples])
+        rate = rows[-1][0] / rows[-1][1]
     half = times >= times[0] + 0.5 * (times[-1] - times[0])
-    # cycles per second from the legs, to turn the RSS slope into MB per 1000 cycles
-    rate = rows[-1][0] / rows[-1][1]
     slope = np.polyfit(times[half], rss[half], 1)[0] / rate * 1000 if half.sum() > 2 else 0.0
+    used = np.array([r[4] for r in rows])
+    cycles = np.array([r[0] for r in rows], dtype=float)
+    later = cycles >= cycles[-1] / 2
+    used_slope = np.polyfit(cycles[later], used[later], 1)[0] * 1000 if later.sum() > 2 else 0.0
     fd_change = rows[-1][3] - rows[0][3]
     print(f"RSS: first leg {rows[0][2]:.1f} MB, peak {rss.max():.1f} MB, last {rows[-1][2]:.1f} "
-          f"MB; second-half slope {slope:+.3f} MB per 1000 cycles")  # fmt: skip
+          f"MB; second-half slope {slope:+.3f} MB per 1000 cycles"
+          + (" (leg ends after malloc_trim)" if args.trim else ""))  # fmt: skip
+    print(f"C heap in use: {used[0]:.1f} MB after the first leg, {used[-1]:.1f} MB at the "
+          f"end; second-half slope {used_slope:+.3f} MB per 1000 cycles")  # fmt: skip
+    for label, column in (("Python arenas", 6), ("live Python objects", 7)):
+        values = np.array([r[column] for r in rows])
+        fit = np.polyfit(cycles[later], values[later], 1)[0] * 1000 if later.sum() > 2 else 0.0
+        print(f"{label}: {values[0]:.1f} MB after the first leg, {values[-1]:.1f} MB at the "
+              f"end; second-half slope {fit:+.3f} MB per 1000 cycles")  # fmt: skip
     print(f"open file descriptors: {rows[0][3]} after the first leg, {rows[-1][3]} at the end")
     flat = abs(slope) < 1.0 and fd_change <= 0
     print("verdict:", "flat" if flat else "GROWING")
