@@ -80,3 +80,13 @@ def test_bench_adaptive_inflation_quick_compares_with_the_fixed_factors():
     assert best >= 1 and factor >= 1
     assert all(math.isfinite(v) and v > 0 for v in (fixed_rmse, adaptive_rmse, ratio))
     assert "worst ratio" in out
+
+
+def test_bench_weight_interpolation_quick_times_every_stride():
+    out = _run("benchmarks/bench_weight_interpolation.py", "--quick")
+    rows = _rows(out, "best of 1")
+    assert [r[0] for r in rows[1:]] == ["1", "2", "3"], rows
+    for row in rows[1:]:
+        seconds, difference = _number(row[2]), _number(row[4])
+        assert math.isfinite(seconds) and seconds > 0 and math.isfinite(difference)
+    assert _number(rows[1][4]) == 0.0  # stride 1 is the full analysis

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import ModelQualityWarning, OptionError
+from .geometry import letkf_geometry
 from .layout import grid_field
 from .model_cache import cached_model
-from .vertical import letkf_geometry
 
 if TYPE_CHECKING:
     from .analysis import BlockPlan
@@ -119,7 +119,7 @@ class Method:
 
     def field_heights(self, prior: Any, dims: Any, layout: Any) -> np.ndarray | None:
         """The vertical coordinate of every field, where the method localises vertically
-        (:func:`xensf.bridge.vertical.field_heights`); None otherwise."""
+        (:func:`xensf.bridge.geometry.field_heights`); None otherwise."""
         return None
 
     def parameters(self, spherical: bool) -> dict[str, Any]:
@@ -168,6 +168,13 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: steps must be a whole number, got {value!r}")
     if key == "rtps" and not (isinstance(value, int | float) and 0 <= value <= 1):
         raise OptionError(f"{method}: rtps must lie in [0, 1], got {value!r}")
+    if key == "weight_stride" and not (
+        isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+    ):
+        raise OptionError(
+            f"{method}: weight_stride must be a whole number >= 1 (1: a transform at every "
+            f"grid point), got {value!r}"
+        )
     if (
         key == "vertical_radius"
         and value is not None
@@ -308,6 +315,9 @@ class _LocalisedLETKF:
     #: Gaspari–Cohn half-width along the level dim: in ln(p) on pressure levels, in
     #: metres on height or depth levels; None: every level of a point analysed alike.
     vertical_radius: float | None = None
+    #: Weight interpolation (Yang et al. 2009): the transforms are computed on every
+    #: weight_stride-th row and column of the grid and interpolated between; 1: everywhere.
+    weight_stride: int = 1
 
     def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
         if self.loc_radius is not UNSET:
@@ -334,7 +344,7 @@ class _LocalisedLETKF:
                 f"{self.name}: vertical_radius needs a horizontal loc_radius too (a global "
                 "ETKF has no locations to localise around)"
             )
-        from .vertical import field_heights
+        from .geometry import field_heights
 
         return field_heights(prior, dims, layout)[0]
 
@@ -359,6 +369,11 @@ class LETKF(_LocalisedLETKF, Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.adaptive_inflation not in (None, False) and self.weight_stride > 1:
+            raise OptionError(
+                "letkf: adaptive_inflation needs a transform at every grid point; drop "
+                "weight_stride (or set it to 1)"
+            )
         if self.adaptive_inflation not in (None, False) and self.inflation != 1:
             raise OptionError(
                 f"letkf: inflation={self.inflation!r} and adaptive_inflation were both given; "
@@ -585,7 +600,7 @@ def _letkf(
     geometry = letkf_geometry(
         plan.grid_locations, layout.n_fields, obs.locations[sel], obs.indices[sel],
         layout.grid_size, plan.distance, params.loc_radius, params.vertical_radius,
-        plan.field_heights,
+        plan.field_heights, params.weight_stride, layout.grid_shape,
     )  # fmt: skip
     result = letkf_analysis(
         torch.from_numpy(prior.astype(work)).to(device),

@@ -24,8 +24,8 @@ from ..errors import ChunkingError, EnsembleError
 from ..filters.device import compute_device
 from ..obs import grid_locations
 from .dims import EnsembleDims
+from .geometry import letkf_geometry
 from .layout import StateLayout
-from .vertical import letkf_geometry
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
 
@@ -90,6 +90,12 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "the prior is split into chunks along latitude/longitude, which needs a "
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
             "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
+        )
+    if method.weight_stride > 1:
+        raise ChunkingError(
+            "weight_stride interpolates the transforms across the whole grid, and the prior "
+            "is split into latitude/longitude blocks: rechunk the grid into one chunk "
+            "(ds.chunk({lat: -1, lon: -1})), or drop weight_stride"
         )
     hx = observed_prior(prior, names, dims, levels, plan.layout, plan.obs)
 

@@ -67,6 +67,7 @@ def letkf_analysis(
     chunk_size: int | None = None,
     prior_obs=None,
     adaptive_inflation: AdaptiveInflation | None = None,
+    interpolate_from=None,
 ):
     """LETKF analysis (Hunt et al. 2007) with Gaspari–Cohn R-localisation.
 
@@ -134,6 +135,15 @@ def letkf_analysis(
         Estimate the inflation at every location from this cycle's innovations
         (Miyoshi 2011; :mod:`xensf.filters.adaptive_inflation`), starting from the
         field it holds, instead of a fixed ``inflation`` (which must then stay 1).
+
+    interpolate_from : tuple of three arrays, optional
+        Weight interpolation (Yang et al. 2009): ``(anchors, neighbours, weights)``, the
+        rows of ``state_coords`` (given with ``state_location``) at which the transform
+        is computed ``(Pc,)``, and for every row its anchors ``(P, K)`` (indices into
+        ``anchors``) with interpolation weights ``(P, K)`` summing to 1. Every other
+        location gets the weighted mean of its anchors' transforms; the analysis costs
+        ``Pc`` instead of ``P`` local solves. Needs ``loc_radius``; not with
+        ``adaptive_inflation``.
 
     Returns
     -------
@@ -207,6 +217,8 @@ def letkf_analysis(
         )
     if not (0.0 <= float(rtps) <= 1.0):
         raise OptionError(f"rtps must be a fraction in [0, 1], got {rtps}")
+    if interpolate_from is not None and loc_radius is None:
+        raise OptionError("interpolate_from needs loc_radius (a global ETKF has one location)")
     if adaptive_inflation is not None:
         if not isinstance(adaptive_inflation, AdaptiveInflation):
             raise OptionError(
@@ -226,6 +238,11 @@ def letkf_analysis(
                 f"got {loc_radius}; use loc_radius=None for no localisation"
             )
         dist_fn = resolve_distance(distance)
+        if interpolate_from is not None and (state_location is None or adaptive_inflation):
+            raise OptionError(
+                "interpolate_from needs state_coords of distinct locations with "
+                "state_location, and does not combine with adaptive_inflation"
+            )
         if state_coords is None:
             raise OptionError(
                 "loc_radius is given but state_coords is missing: pass the coordinates of "
@@ -344,6 +361,7 @@ def letkf_analysis(
             float(inflation),
             delta,
             adaptive_inflation,
+            _coarse(interpolate_from, device),
         )
 
     if rtps > 0:
@@ -498,6 +516,33 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
     return uniq, inverse
 
 
+def _coarse(interpolate_from, device):
+    """``interpolate_from`` as tensors on ``device``, checked; None stays None."""
+    if interpolate_from is None:
+        return None
+    try:
+        anchors, neighbours, weights = interpolate_from
+    except (TypeError, ValueError):
+        raise OptionError(
+            "interpolate_from must be (anchors, neighbours, weights), three arrays"
+        ) from None
+    anchors = torch.as_tensor(anchors, device=device).long()
+    neighbours = torch.as_tensor(neighbours, device=device).long()
+    weights = torch.as_tensor(weights, device=device, dtype=torch.float64)
+    if anchors.ndim != 1 or neighbours.ndim != 2 or weights.shape != neighbours.shape:
+        raise OptionError(
+            "interpolate_from: anchors must be (Pc,), neighbours and weights (P, K); got "
+            f"{tuple(anchors.shape)}, {tuple(neighbours.shape)}, {tuple(weights.shape)}"
+        )
+    if neighbours.numel() and (
+        int(neighbours.min()) < 0 or int(neighbours.max()) >= anchors.numel()
+    ):
+        raise OptionError("interpolate_from: neighbours must index into anchors")
+    if not torch.allclose(weights.sum(-1), torch.ones((), dtype=weights.dtype, device=device)):
+        raise OptionError("interpolate_from: each location's weights must sum to 1")
+    return anchors, neighbours, weights
+
+
 def _is_metric(dist_fn) -> bool:
     """Whether ``dist_fn`` is one of the provided distances (the triangle inequality holds)."""
     if isinstance(dist_fn, with_vertical):
@@ -509,7 +554,7 @@ def _is_metric(dist_fn) -> bool:
 
 def _local_analysis(
     x, xp, yp, innov, rinv, radius, dist_fn, state_coords, state_location, obs_coords, op,
-    batch, chunk_size, inflation, delta=None, adaptive=None,
+    batch, chunk_size, inflation, delta=None, adaptive=None, coarse=None,
 ):  # fmt: skip
     """The analyses at every location, chunk by chunk; with ``delta`` ``(B, d)`` (the
     adaptive inflation field, see :class:`AdaptiveInflation`) also its update ``(B, d)``.
@@ -580,18 +625,19 @@ def _local_analysis(
     if delta is not None:  # the field at each location: its value at the first component
         delta = delta[:, order[starts[:-1].clamp_max(max(d - 1, 0))]]
     xa = torch.empty_like(xp)
-    p0 = 0
-    while p0 < n_loc:
-        p1 = min(p0 + chunk_size, n_loc)
+
+    def transforms(where: torch.Tensor, p0: int = 0, p1: int = 0) -> torch.Tensor:
+        """``D`` ``(B, pc, N, N)`` at the locations ``where`` (``p0:p1`` of ``locs``
+        when the adaptive field is updated)."""
         yp_c, innov_c, rinv_c, obs_cc = yp, innov, rinv, obs_c
         if metric:
-            centre = locs[p0 : p0 + 1]
-            reach_radius = float(dist_fn(centre, locs[p0:p1]).max()) + cutoff
+            centre = where[:1]
+            reach_radius = float(dist_fn(centre, where).max()) + cutoff
             near = dist_fn(centre, obs_c)[0] <= reach_radius * (1 + 1e-6) + 1e-9
             cand = torch.nonzero(near).flatten()
             yp_c, innov_c, rinv_c = yp[..., cand], innov[..., cand], rinv[..., cand]
             obs_cc = obs_c[cand]
-        dist = dist_fn(locs[p0:p1], obs_cc)
+        dist = dist_fn(where, obs_cc)
         if dist.ndim == 2:
             dist = dist[None]
         w = gaspari_cohn(dist, radius) * rinv_c[:, None, :]  # (B, pc, m)
@@ -612,7 +658,10 @@ def _local_analysis(
             incr = _increment_transforms(
                 yp_c[..., cols], innov_c[..., cols], w[..., cols], inflation, scale
             )
-        incr = incr.to(xp.dtype)
+        return incr.to(xp.dtype)
+
+    def apply(p0: int, p1: int, incr: torch.Tensor) -> None:
+        """The analysis of the components at locations ``p0:p1`` with their ``D``."""
         if in_order:
             comps = slice(p0, p1)
             d_comp = incr
@@ -623,5 +672,20 @@ def _local_analysis(
         # x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n], as one broadcast product
         upd = (xp[..., comps].transpose(-1, -2)[..., :, :, None] * d_comp).sum(-2)  # (B, nc, N)
         xa[..., comps] = x[..., comps] + upd.transpose(-1, -2)
-        p0 = p1
+
+    if coarse is None:
+        for p0 in range(0, n_loc, chunk_size):
+            p1 = min(p0 + chunk_size, n_loc)
+            apply(p0, p1, transforms(locs[p0:p1], p0, p1))
+    else:  # D at the coarse locations, then interpolated to every location
+        at, neighbours, weights = coarse
+        anchors = locs[at]
+        dc = torch.cat(
+            [transforms(anchors[q : q + chunk_size]) for q in range(0, at.numel(), chunk_size)],
+            dim=1,
+        )
+        for p0 in range(0, n_loc, chunk_size):
+            p1 = min(p0 + chunk_size, n_loc)
+            w = weights[p0:p1].to(dc.dtype)
+            apply(p0, p1, (w[None, :, :, None, None] * dc[:, neighbours[p0:p1]]).sum(2))
     return xa, (None if delta is None else delta[:, comp_loc])

@@ -1,14 +1,20 @@
-"""Vertical localisation: the vertical coordinate of every field, and the geometry the
-LETKF localises in (each grid point's horizontal location plus that coordinate).
+"""Where the LETKF's local analyses are and how far apart: its localisation geometry.
 
-A state variable with a level dim has one field per level (:mod:`xensf.bridge.layout`).
-Its vertical coordinate is read from the level coordinate's units: pressure levels
-(``hPa``, ``Pa``, ...) become ``ln p`` — so a vertical radius is in units of ``ln p``
-(0.5: a factor ``e^0.5 ≈ 1.65`` in pressure) — and heights or depths (``m``, ``km``)
-metres. Fields of variables without levels (a surface field) get NaN: they are not
-localised vertically. The LETKF then has one location per (grid point, level) and
-localises with a Gaspari–Cohn taper in the ellipsoidal distance of
-:class:`~xensf.filters.localization.with_vertical`.
+By default every grid point is one location, shared by all the fields (variables,
+levels) there. Two options change that:
+
+- **vertical localisation** (``vertical_radius``): each (grid point, level) is a
+  location. A state variable with a level dim has one field per level
+  (:mod:`xensf.bridge.layout`); its vertical coordinate is read from the level
+  coordinate's units: pressure levels (``hPa``, ``Pa``, ...) become ``ln p`` — so a
+  vertical radius is in units of ``ln p`` (0.5: a factor ``e^0.5 ≈ 1.65`` in pressure)
+  — and heights or depths (``m``, ``km``) metres. Fields of variables without levels
+  (a surface field) get NaN: they are not localised vertically. The taper is
+  Gaspari–Cohn in the ellipsoidal distance of
+  :class:`~xensf.filters.localization.with_vertical`.
+- **weight interpolation** (``weight_stride``, Yang et al. 2009): the transforms are
+  computed at every ``weight_stride``-th row and column of the grid (and the last) and
+  interpolated bilinearly, in grid index space, to the points between.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 from ..errors import OptionError
 from .units import UNITS, parse_units
 
-__all__ = ["field_heights", "letkf_geometry"]
+__all__ = ["coarse_anchors", "field_heights", "letkf_geometry"]
 
 
 def field_heights(prior: Any, dims: Any, layout: Any) -> tuple[np.ndarray, str]:
@@ -108,6 +114,8 @@ def letkf_geometry(
     loc_radius: float | None,
     vertical_radius: float | None = None,
     heights: np.ndarray | None = None,
+    weight_stride: int = 1,
+    grid_shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """The localisation arguments of :func:`~xensf.filters.letkf_analysis`.
 
@@ -116,7 +124,9 @@ def letkf_geometry(
     indices into the whole state, of ``grid_size`` points per field) of the observations
     used. Without ``vertical_radius`` all levels of a grid point share one location;
     with it (and ``heights``, one per field) each (grid point, level) is a location and
-    the distance is :class:`~xensf.filters.localization.with_vertical`.
+    the distance is :class:`~xensf.filters.localization.with_vertical`. With
+    ``weight_stride > 1`` (``grid_shape`` the ``(nlat, nlon)`` of ``points``) the
+    transforms are interpolated from :func:`coarse_anchors` on every level.
     """
     n_points = points.shape[0]
     if loc_radius is None:
@@ -128,6 +138,7 @@ def letkf_geometry(
             "state_location": np.tile(np.arange(n_points), n_fields),
             "obs_coords": obs_locations,
             "distance": distance,
+            **_interpolation(weight_stride, grid_shape, 1),
         }
     from ..filters.localization import with_vertical
 
@@ -143,4 +154,57 @@ def letkf_geometry(
         "state_location": location,
         "obs_coords": np.column_stack([obs_locations, obs_z]),
         "distance": with_vertical(distance, loc_radius / vertical_radius),
+        **_interpolation(weight_stride, grid_shape, levels.size),
     }
+
+
+def _interpolation(stride: int, grid_shape, n_levels: int) -> dict[str, Any]:
+    """``interpolate_from`` for ``n_levels`` copies of the grid's locations, or nothing."""
+    if stride == 1:
+        return {}
+    anchors, neighbours, weights = coarse_anchors(grid_shape, stride)
+    n_points = grid_shape[0] * grid_shape[1]
+    level = np.arange(n_levels)[:, None]
+    return {
+        "interpolate_from": (
+            (level * n_points + anchors).ravel(),
+            (level[:, :, None] * anchors.size + neighbours[None]).reshape(-1, 4),
+            np.tile(weights, (n_levels, 1)),
+        )
+    }
+
+
+def coarse_anchors(
+    grid_shape: tuple[int, int], stride: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The anchor points of weight interpolation on a ``(nlat, nlon)`` grid.
+
+    Anchors are the points on every ``stride``-th row and column, and on the last row
+    and column. Returns ``(anchors, neighbours, weights)``: the anchors' flat indices
+    ``(Pc,)``; for every point (C order) its four surrounding anchors ``(G, 4)``, as
+    indices into ``anchors``, and bilinear weights in grid index space ``(G, 4)``
+    (exactly 1 on an anchor's own point).
+    """
+    nlat, nlon = grid_shape
+
+    def axis(n: int):
+        marks = np.unique(np.append(np.arange(0, n, stride), n - 1))
+        i = np.arange(n)
+        lower = np.searchsorted(marks, i, side="right") - 1  # the anchor at or below
+        upper = np.minimum(lower + 1, marks.size - 1)
+        span = np.maximum(marks[upper] - marks[lower], 1)
+        frac = np.where(upper > lower, (i - marks[lower]) / span, 0.0)
+        return marks, lower, upper, frac
+
+    rows, r0, r1, fr = axis(nlat)
+    cols, c0, c1, fc = axis(nlon)
+    anchors = (rows[:, None] * nlon + cols[None, :]).ravel()
+    ncols = cols.size
+
+    def at(r, c):  # (nlat, nlon) anchor indices into `anchors`
+        return r[:, None] * ncols + c[None, :]
+
+    neighbours = np.stack([at(r0, c0), at(r0, c1), at(r1, c0), at(r1, c1)], -1)
+    wr, wc = fr[:, None], fc[None, :]
+    weights = np.stack([(1 - wr) * (1 - wc), (1 - wr) * wc, wr * (1 - wc), wr * wc], -1)
+    return anchors, neighbours.reshape(-1, 4), weights.reshape(-1, 4)
