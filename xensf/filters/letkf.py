@@ -135,7 +135,6 @@ def letkf_analysis(
         Estimate the inflation at every location from this cycle's innovations
         (Miyoshi 2011; :mod:`xensf.filters.adaptive_inflation`), starting from the
         field it holds, instead of a fixed ``inflation`` (which must then stay 1).
-
     interpolate_from : tuple of three arrays, optional
         Weight interpolation (Yang et al. 2009): ``(anchors, neighbours, weights)``, the
         rows of ``state_coords`` (given with ``state_location``) at which the transform
