@@ -414,15 +414,18 @@ def test_letkf_needs_a_radius_and_the_error_gives_the_grid_spacing():
 
 
 def test_grid_spacing_on_a_sphere_is_the_root_of_the_area_per_point():
-    from xensf.bridge.observations import grid_spacing
-    from xensf.obs import grid_locations
+    from xensf.bridge.grid import GridCoords
 
     lat, lon = np.arange(-89.5, 90.0, 1.0), np.arange(0.0, 360.0, 1.0)
-    spacing = grid_spacing(grid_locations(lat, lon), spherical=True)
+    spacing = GridCoords(lat, lon, geographic=True, names=("lat", "lon")).spacing()
     expected = np.sqrt(4 * np.pi * 6371.0**2 / (lat.size * lon.size))
     assert spacing == pytest.approx(expected, rel=1e-3)
-    planar = np.stack(np.meshgrid(np.arange(4) * 2.0, np.arange(5) * 8.0, indexing="ij"), -1)
-    assert grid_spacing(planar.reshape(-1, 2), spherical=False) == pytest.approx(4.0)
+    # the same grid as 2-D (curvilinear) coordinates: the area from its geometry
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    curvilinear = GridCoords(lat2, lon2, geographic=True, names=("nav_lat", "nav_lon"))
+    assert curvilinear.spacing() == pytest.approx(expected, rel=1e-3)
+    planar = GridCoords(np.arange(4) * 2.0, np.arange(5) * 8.0, geographic=False, names=("y", "x"))
+    assert planar.spacing() == pytest.approx(4.0)
 
 
 # -- observation times near, not at, the state's times --------------------------------

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 import xensf
@@ -96,7 +97,7 @@ def test_nan_that_is_not_a_mask_is_still_an_error(ocean):
         infinite.ensf.assimilate(obs, method="letkf", obs_error=0.3, loc_radius=1500.0)
 
 
-def test_latent_methods_refuse_a_mask_with_the_remedy():
+def test_a_complete_model_refuses_a_masked_prior_with_the_remedy():
     from xensf.experiments.demo_swe import DEMO_SETUP, shipped_model_path
     from xensf.experiments.twin import initial_ensemble, truth_run
 
@@ -105,5 +106,80 @@ def test_latent_methods_refuse_a_mask_with_the_remedy():
     prior = prior.where(prior.x > prior.x[2])  # a strip of "land"
     obs = truth_run(setup, device="cpu").isel(time=[0]).assign_coords(time=[0])
     obs = obs.where((obs.x % 4 == 0) & (obs.y % 4 == 0))
-    with pytest.raises(EnsembleError, match=r"needs every point.*'letkf' or 'ensf'"):
+    with pytest.raises(EnsembleError, match=r"trained on complete states.*same mask.*'letkf'"):
         prior.ensf.assimilate(obs, model=xensf.load(shipped_model_path()), method="latent-ensf")
+
+
+def _masked_runs(n_time=30, n_member=4, seed=0):
+    """Smooth random 'ocean' fields on 16 x 16 with a land block (NaN everywhere)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.arange(16.0), np.arange(16.0), indexing="ij")
+    c = rng.standard_normal((n_time, n_member, 3, 1, 1))
+    values = (
+        15
+        + c[:, :, 0] * np.sin(y / 4)
+        + c[:, :, 1] * np.cos(x / 5)
+        + 0.5 * c[:, :, 2] * np.sin((x + y) / 6)
+    )
+    land = np.zeros((16, 16), bool)
+    land[5:9, 6:12] = True
+    return xr.Dataset(
+        {"sst": (("time", "member", "y", "x"), np.where(land, np.nan, values), {"units": "degC"})},
+        coords={"time": np.arange(n_time), "y": np.arange(16.0) * 10, "x": np.arange(16.0) * 10},
+    ), land
+
+
+@pytest.fixture(scope="module")
+def masked_model(tmp_path_factory):
+    data, land = _masked_runs()
+    model = xensf.train_latent(
+        data, 2, latent_dim=16, width=8, blocks=1, epochs=3, progress=False, seed=0
+    )
+    path = tmp_path_factory.mktemp("masked") / "ocean.xensf"
+    model.save(path)
+    return data, land, model, path
+
+
+def test_latent_models_train_on_a_masked_ocean_and_keep_the_mask(masked_model):
+    data, land, model, path = masked_model
+    np.testing.assert_array_equal(model.valid.numpy()[0], ~land)
+    assert model.config["mask"] == {"masked_values": int(land.sum()), "values": land.size}
+    # the statistics and the quality record come from the ocean points only
+    assert float(model.mean[0]) == pytest.approx(float(data.sst.mean()), abs=0.05)  # 90 % split
+    assert np.isfinite(model.config["quality"]["relative_rmse"]).all()
+    decoded = model.decode(torch.zeros(2, model.latent_dim)).numpy()
+    assert np.isnan(decoded[:, 0][:, land]).all() and np.isfinite(decoded[:, 0][:, ~land]).all()
+    loaded = xensf.load(path)
+    assert model.metadata()["format_version"] == 3  # older readers refuse it
+    assert torch.equal(loaded.valid, model.valid)
+    assert loaded.content_digest() == model.content_digest()
+
+
+@pytest.mark.parametrize("method", ["latent-ensf", "latent-ensf-letkf"])
+def test_latent_methods_analyse_the_unmasked_points_of_a_masked_prior(masked_model, method):
+    _, land, _, path = masked_model
+    prior = _masked_runs(n_time=2, n_member=6, seed=1)[0]
+    truth = _masked_runs(n_time=2, n_member=1, seed=2)[0].sst.isel(member=0)
+    every = (np.arange(16)[:, None] % 2 == 0) & (np.arange(16)[None, :] % 2 == 0)
+    obs = truth.fillna(15.0).where(every).to_dataset()  # some on land
+    options = {"obs_error": 0.1, "loc_radius": 40.0} if method == "latent-ensf-letkf" else {}
+    with pytest.warns(MaskedObservationWarning):  # the observations on land are dropped
+        out = prior.ensf.assimilate(obs, model=path, method=method, **options)
+    assert out.sst.isel(y=5, x=6).isnull().all()
+    assert bool(out.sst.where(~land).notnull().sum() == prior.sst.notnull().sum())
+    assert not np.allclose(out.sst.where(~land).fillna(0), prior.sst.where(~land).fillna(0))
+
+
+def test_latent_methods_refuse_a_prior_with_another_mask(masked_model):
+    data, _, _, path = masked_model
+    prior = _masked_runs(n_time=1, n_member=4, seed=1)[0]
+    obs = prior.sst.isel(member=0).where(prior.x == 0).to_dataset()
+    other = prior.where(prior.y != 0)  # one more row of "land"
+    with pytest.raises(EnsembleError, match=r"not the one the model .* 16 differ"):
+        other.ensf.assimilate(obs, model=path, method="latent-ensf")
+    states = np.concatenate([data.sst.values[0], other.sst.values[0]])[:, None]
+    with pytest.raises(EnsembleError, match="NaN at the same points in every state"):
+        xensf.latent.train_latent_model(
+            torch.from_numpy(states), xensf.latent.gridded_stride_obs(2), latent_dim=16,
+            width=8, epochs=1, progress=False,
+        )  # fmt: skip

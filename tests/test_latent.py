@@ -558,7 +558,8 @@ def test_save_load_round_trip_is_bit_identical(blob_model, blob_data, tmp_path):
 def test_a_version_1_model_asks_to_be_retrained(blob_model, tmp_path):
     metadata = blob_model.metadata()
     assert metadata["format"] == MODEL_FORMAT == "xensf-latent-model"
-    assert metadata["format_version"] == MODEL_FORMAT_VERSION == 2
+    # an unmasked model is written as version 2 (readable as before); masked ones as 3
+    assert metadata["format_version"] == 2 and MODEL_FORMAT_VERSION == 3
     old = dict(metadata, format_version=1)
     path = save_bundle(tmp_path / "old.xensf", blob_model.tensors(), old)
     for load in (LatentModel.load, xensf.load):
@@ -566,7 +567,7 @@ def test_a_version_1_model_asks_to_be_retrained(blob_model, tmp_path):
             load(path)
         assert "version 1" in str(info.value)
     newer = save_bundle(
-        tmp_path / "new.xensf", blob_model.tensors(), dict(metadata, format_version=3)
+        tmp_path / "new.xensf", blob_model.tensors(), dict(metadata, format_version=4)
     )
     with pytest.raises(BundleError, match="upgrade xensf"):
         LatentModel.load(newer)

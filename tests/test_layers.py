@@ -19,6 +19,7 @@ LAYERS = {
     "xensf.filters": 1,
     "xensf.latent": 2,
     "xensf.obs": 2,
+    "xensf.curvilinear": 2,
     "xensf.bridge": 3,
     "xensf.metrics": 3,
     "xensf.accessor": 4,

@@ -81,10 +81,38 @@ def test_what_cannot_be_done_in_blocks_is_refused_with_the_remedy():
     split = prior.chunk(lat=6)
     with pytest.raises(ChunkingError, match=r"localised LETKF: give loc_radius="):
         split.ensf.assimilate(stations, **OPTIONS, loc_radius=None)
-    with pytest.raises(
-        ChunkingError, match=r"split into 3 chunks along 'lat'.*only method='letkf'"
-    ):
+    with pytest.raises(ChunkingError, match=r"prior_score=.mixture.*couples every point"):
         split.ensf.assimilate(stations, method="ensf", obs_error=0.5)
+    with pytest.raises(ChunkingError, match=r"30 of 30 lie between grid points"):
+        split.ensf.assimilate(stations, method="ensf", obs_error=0.5, prior_score="paired")
+    with pytest.raises(ChunkingError, match=r"split into 3 chunks along 'lat'.*'ensf' with"):
+        split.ensf.assimilate(stations, model=xensf.load(_model_path()), method="latent-ensf")
+
+
+def _model_path():
+    from xensf.experiments.demo_swe import shipped_model_path
+
+    return shipped_model_path()
+
+
+@pytest.mark.parametrize("scale", [None, {"t": 1.0, "z": 10.0}])
+def test_paired_ensf_in_blocks_equals_the_whole_grid(scale):
+    """Componentwise: each block with its own observations, the scale over the whole
+    grid, the noise per tile of the whole grid; chunks that do not follow the tiles."""
+    prior, _, gridded = _global()
+    on_nodes = xr.Dataset(  # stations on grid points read one point each
+        {"t": (("time", "station"), 281 + np.zeros((3, 4)), {"units": "K"})},
+        coords={"time": [0, 1, 2], "lat": ("station", [-60.0, 0.0, 20.0, 70.0]),
+                "lon": ("station", [15.0, 90.0, 180.0, 345.0])},
+    )  # fmt: skip
+    options = dict(method="ensf", obs_error=0.5, prior_score="paired", steps=20, scale=scale)
+    for obs in (gridded, on_nodes):
+        whole = prior.ensf.assimilate(obs, **options)
+        blocks = prior.chunk({"time": 2, "lat": 5, "lon": 7}).ensf.assimilate(obs, **options)
+        assert blocks.t.chunks == prior.chunk({"time": 2, "lat": 5, "lon": 7}).t.chunks
+        for v in ("t", "z"):
+            np.testing.assert_allclose(blocks[v].values, whole[v].values, rtol=1e-12)
+        assert float(abs(whole.t - prior.t).max()) > 0.1  # the analysis moved
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -106,3 +134,30 @@ def test_the_observation_routing_never_drops_one_within_reach(seed):
     kept = within_reach(obs, lat, lon, reach, spherical=True)
     assert kept[dist <= reach].all()
     assert kept.mean() < 0.9 or reach > 2500  # and it does leave the far ones out
+
+
+def test_local_mixture_is_the_mixture_when_one_window_covers_the_grid():
+    prior, _, gridded = _global()
+    options = dict(method="ensf", obs_error=0.5, steps=20)
+    mixture = prior.ensf.assimilate(gridded, **options)
+    one = prior.ensf.assimilate(gridded, prior_score="local-mixture", window=24, **options)
+    for v in ("t", "z"):
+        np.testing.assert_allclose(one[v].values, mixture[v].values, rtol=1e-12)
+    local = prior.ensf.assimilate(gridded, prior_score="local-mixture", window=4, **options)
+    assert not np.allclose(local.t.values, mixture.t.values)  # the weights are local
+    assert local.attrs["xensf_window"] == 4 and local.attrs["xensf_prior_score"] == "local-mixture"
+
+
+def test_local_mixture_in_blocks_equals_the_whole_grid_and_needs_aligned_chunks():
+    prior, stations, gridded = _global()
+    options = dict(method="ensf", obs_error=0.5, steps=20, prior_score="local-mixture", window=4)
+    whole = prior.ensf.assimilate(gridded, **options)
+    blocks = prior.chunk({"time": 2, "lat": 8, "lon": 12}).ensf.assimilate(gridded, **options)
+    for v in ("t", "z"):
+        np.testing.assert_allclose(blocks[v].values, whole[v].values, rtol=1e-12)
+    with pytest.raises(ChunkingError, match=r"chunks along 'lon' \(\[10, 10, 4\]\) cut"):
+        prior.chunk({"lon": 10}).ensf.assimilate(gridded, **options)
+    with pytest.raises(xensf.errors.OptionError, match="30 of 30 lie between grid points"):
+        prior.ensf.assimilate(stations, **options)
+    with pytest.raises(xensf.errors.OptionError, match="likelihood='damped'"):
+        prior.ensf.assimilate(gridded, **{**options, "likelihood": "gaussian"})

@@ -325,7 +325,8 @@ class EnsfDatasetAccessor:
         ``dims``: the dims to average over (default: all dims of ``truth`` except time).
         On a latitude/longitude grid (latitude in degrees), grid points are weighted
         by cos(latitude), their share of the sphere's area, so that the many points
-        near the poles do not count as much as the tropics.
+        near the poles do not count as much as the tropics; on a curvilinear grid (2-D
+        latitude/longitude coordinates) by the area of each point's cell.
         """
         from .metrics import ensemble_rmse
 
@@ -382,7 +383,7 @@ class EnsfDatasetAccessor:
     def _score_dims(self, truth, dims, member_dim):
         """The member dim, the dims to average over, and the area weights (or None)."""
         from .bridge.dims import find_dims, find_role
-        from .bridge.observations import is_geographic
+        from .bridge.grid import grid_coords
         from .errors import XensfError
         from .metrics import area_weights
 
@@ -395,13 +396,14 @@ class EnsfDatasetAccessor:
             found = find_dims(self._obj, member_dim=member_dim)
         except XensfError:  # no grid to weight
             found = None
-        if (
-            found is not None
-            and found.lat in self._obj.coords
-            and found.lat in dims
-            and is_geographic(self._obj, found)
-        ):
-            weights = area_weights(self._obj[found.lat])
+        grid = grid_coords(self._obj, found) if found is not None else None
+        if grid is not None and grid.known and grid.geographic:
+            if grid.curvilinear:
+                weights = grid.cell_area_weights(found.grid)
+            else:
+                weights = area_weights(self._obj[found.lat])
+            if not set(weights.dims) <= set(dims):
+                weights = None
         return member, dims, weights
 
 

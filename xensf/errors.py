@@ -36,6 +36,24 @@ class ObservationMismatchError(XensfError, ValueError):
 class ObservationDomainError(XensfError, ValueError):
     """Point observations lying outside the state's grid."""
 
+    #: How many offending points a message lists.
+    LISTED = 5
+
+    @classmethod
+    def for_points(cls, outside, lat, lon, grid: str) -> ObservationDomainError:
+        """The error for the points ``outside`` (indices into ``lat``/``lon``), naming
+        how many, the first few as ``#index (lat, lon)``, and the ``grid`` they miss
+        (e.g. ``"grid (latitude -90..90)"``)."""
+        outside = [int(i) for i in outside]
+        listed = ", ".join(
+            f"#{i} ({float(lat[i]):g}, {float(lon[i]):g})" for i in outside[: cls.LISTED]
+        )
+        more = f" and {len(outside) - cls.LISTED} more" if len(outside) > cls.LISTED else ""
+        return cls(
+            f"{len(outside)} of {len(lat)} observation points lie outside the {grid}: "
+            f"{listed}{more}. Drop them, or use a grid that covers them."
+        )
+
 
 class OptionError(XensfError, ValueError):
     """An unknown method, an unknown option, or an option value out of range."""

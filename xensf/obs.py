@@ -315,15 +315,8 @@ def bilinear_weights(
 
 def _check_inside(inside: np.ndarray, a: np.ndarray, b: np.ndarray, extent: str) -> None:
     """ObservationDomainError listing the points (coordinates ``a, b``) not ``inside``."""
-    if np.all(inside):
-        return
-    bad = np.flatnonzero(~inside)
-    listed = ", ".join(f"#{i} ({a[i]:g}, {b[i]:g})" for i in bad[:_MAX_LISTED])
-    more = f" and {bad.size - _MAX_LISTED} more" if bad.size > _MAX_LISTED else ""
-    raise ObservationDomainError(
-        f"{bad.size} of {a.size} observation points lie outside the grid ({extent}): "
-        f"{listed}{more}. Drop them, or use a grid that covers them."
-    )
+    if not np.all(inside):
+        raise ObservationDomainError.for_points(np.flatnonzero(~inside), a, b, f"grid ({extent})")
 
 
 def _cell_corners(rows, cols, ncol: int, shape) -> tuple[np.ndarray, np.ndarray]:

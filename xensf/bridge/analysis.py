@@ -26,15 +26,14 @@ from ..filters.device import compute_device
 from ..filters.noise import analysis_seeds
 from ..obs import check_longitude
 from .dims import EnsembleDims, find_dims, state_variables
+from .grid import GridCoords, grid_coords
 from .layout import StateLayout
 from .metadata import analysis_metadata
 from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
-    is_geographic,
     prepare_observations,
-    state_grid_locations,
     time_text,
 )
 from .spatial import analyse_in_blocks, is_spatially_chunked
@@ -119,8 +118,8 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
 def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
     """The masked components ``(d,)``: NaN in every member at every time (land).
 
-    Any other NaN or infinite value is an error, as is a mask with a latent method
-    (its networks see the whole field).
+    Any other NaN or infinite value is an error. (A latent method checks the mask
+    against its model's.)
     """
     nan = np.isnan(x)
     masked = nan.all(axis=(0, 1))
@@ -135,13 +134,6 @@ def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
             f"the prior ensemble has NaN or infinite values{when} in {name!r} that are not a "
             "mask: a masked point (land) is NaN in every member and at every time of the "
             "chunk; fill or drop the others before assimilating"
-        )
-    if masked.any() and plan.method.needs_model:
-        raise EnsembleError(
-            f"the prior has masked points (NaN in every member: {int(masked.sum())} of "
-            f"{masked.size} values), and {plan.method.name} needs every point (its networks "
-            "see the whole field); fill them, or use method='letkf' or 'ensf', which analyse "
-            "the unmasked points"
         )
     return masked
 
@@ -235,8 +227,9 @@ def _check_chunks(
         for dim, sizes in zip(ds[name].dims, chunks, strict=True):
             if dim in whole[name] and len(sizes) > 1:
                 hint = (
-                    "; of the methods, only method='letkf' with a loc_radius analyses "
-                    "latitude/longitude blocks"
+                    "; of the methods, method='letkf' with a loc_radius, and "
+                    "method='ensf' with prior_score='paired', analyse latitude/longitude "
+                    "blocks"
                     if dim in grid
                     else ""
                 )
@@ -329,8 +322,9 @@ def _time_chunks(prior, names, values, errors, time_dim):
     return None
 
 
-def _check_grid(ds: xr.Dataset, dims: EnsembleDims) -> None:
-    geographic = is_geographic(ds, dims)
+def _check_grid(ds: xr.Dataset, dims: EnsembleDims, grid: GridCoords) -> None:
+    # a curvilinear grid's 1-D dim coordinates (if any) are indices, not longitudes
+    geographic = grid.geographic and not grid.curvilinear
     for d in dims.grid:
         if d in ds.coords:
             c = np.asarray(ds[d].values)
@@ -356,8 +350,8 @@ def prepare_state(
 ):
     """Check the prior ensemble and lay out its state variables, before any work.
 
-    Returns the level dims per variable, the :class:`StateLayout`, whether the grid is
-    latitude/longitude, and the location of every grid point. ``spatial_blocks``: the
+    Returns the level dims per variable, the :class:`StateLayout` and the grid's
+    coordinates (:class:`~xensf.bridge.grid.GridCoords`). ``spatial_blocks``: the
     method analyses latitude × longitude blocks, so the grid may be chunked.
     """
     if prior.sizes[dims.member] < 2:
@@ -365,14 +359,15 @@ def prepare_state(
             f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
             "ensemble analysis needs at least 2"
         )
-    _check_grid(prior, dims)
+    grid = grid_coords(prior, dims)
+    _check_grid(prior, dims, grid)
     levels = {
         n: [d for d in prior[n].dims if d not in (dims.member, dims.lat, dims.lon, dims.time)]
         for n in names
     }
-    grid = [] if spatial_blocks else [dims.lat, dims.lon]
+    whole = [] if spatial_blocks else [dims.lat, dims.lon]
     _check_chunks(
-        prior, names, {n: [dims.member, *grid, *levels[n]] for n in names}, (dims.lat, dims.lon)
+        prior, names, {n: [dims.member, *whole, *levels[n]] for n in names}, (dims.lat, dims.lon)
     )
     for n in names:
         if prior[n].chunks is None and not np.all(np.isfinite(prior[n].values)):
@@ -383,9 +378,7 @@ def prepare_state(
         level_shapes=tuple(tuple(prior.sizes[d] for d in levels[n]) for n in names),
         grid_shape=(prior.sizes[dims.lat], prior.sizes[dims.lon]),
     )
-    spherical = dims.lat in prior.coords and is_geographic(prior, dims)
-    grid_loc = state_grid_locations(prior, dims, layout, spherical)
-    return levels, layout, spherical, grid_loc
+    return levels, layout, grid
 
 
 def _check_mask(da: xr.DataArray, dims: EnsembleDims) -> None:
@@ -449,17 +442,16 @@ def assimilate(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
     spec = spec.bind(names)
-    levels, layout, spherical, grid_loc = prepare_state(
-        prior, dims, names, spatial_blocks=spec.spatial_blocks
-    )
-    spec = spec.for_grid(grid_loc, spherical).for_state(prior, dims, layout)
+    levels, layout, grid = prepare_state(prior, dims, names, spatial_blocks=spec.spatial_blocks)
+    spec = spec.for_grid(grid).for_state(prior, dims, layout)
     if handle is not None:
         _check_model_fits(config, handle, prior, dims, layout)
     obs_plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, grid_loc,
+        obs, prior, layout, dims, obs_error, grid,
         obs_dim=obs_dim, require_error=spec.takes_obs_error,
         obs_time_tolerance=obs_time_tolerance,
     )  # fmt: skip
+    spec.check_observations(obs_plan)
     model_slots = None
     if handle is not None:
         model_slots = _model_slots(config, handle, obs_plan, layout)
@@ -471,8 +463,8 @@ def assimilate(
         device=device,
         has_time=dims.time is not None,
         out_dtypes=tuple(prior[n].dtype for n in names),
-        grid_locations=grid_loc,
-        distance="great_circle" if spherical else "euclidean",
+        grid_locations=grid.locations(),
+        distance="great_circle" if grid.geographic else "euclidean",
         model=handle,
         model_slots=model_slots,
         field_heights=spec.field_heights(prior, dims, layout),
@@ -506,7 +498,7 @@ def assimilate(
                 f"{{{dims.lat!r}: -1, {dims.lon!r}: -1}}, or use a fixed inflation"
             )
         outputs = analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
-        return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
+        return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
     inputs = (
@@ -530,7 +522,7 @@ def assimilate(
     )
     if len(names) + len(grid_outputs) == 1:
         outputs = (outputs,)
-    return _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
+    return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                    registries)  # fmt: skip
 
 

@@ -4,6 +4,9 @@ CF metadata first (through cf-xarray's view of ``standard_name``/``axis``/``unit
 then the common names of :mod:`xensf.bridge.criteria`; explicit arguments override
 both. A coordinate found by its attributes counts for the dimension it lies along, so
 ERA5's ``valid_time`` (standard_name ``time``, along dim ``time``) identifies ``time``.
+On a curvilinear grid (2-D latitude and longitude coordinates, see
+:mod:`xensf.bridge.grid`) the coordinates' two dims are the latitude (rows) and
+longitude (columns) dims unless 1-D metadata or names say otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import xarray as xr
 
 from ..errors import DimensionError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
+from .grid import curvilinear_names
 
 __all__ = ["EnsembleDims", "find_dims", "find_role", "state_variables"]
 
@@ -123,9 +127,19 @@ def find_dims(
     """Identify the ensemble's dimensions; time is optional, the others are required."""
     overrides = {"member": member_dim, "latitude": lat_dim, "longitude": lon_dim, "time": time_dim}
     found = {
-        role: find_role(ds, role, override=overrides[role], required=role in REQUIRED_ROLES)
+        role: find_role(ds, role, override=overrides[role], required=False)
         for role in ("member", "latitude", "longitude", "time")
     }
+    pair = curvilinear_names(ds)
+    if pair is not None:
+        # a curvilinear grid: its 2-D latitude/longitude coordinates name the grid dims
+        # (rows, columns) where nothing else does
+        for role, d in zip(("latitude", "longitude"), ds[pair[0]].dims, strict=True):
+            if found[role] is None:
+                found[role] = d
+    for role in REQUIRED_ROLES:
+        if found[role] is None:
+            find_role(ds, role, override=overrides[role])  # raises the role's error
     chosen = [d for d in found.values() if d is not None]
     if len(set(chosen)) != len(chosen):
         raise DimensionError(

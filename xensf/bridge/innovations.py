@@ -51,9 +51,9 @@ def innovations(
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to compare with"
     )
-    _, layout, spherical, grid_loc = prepare_state(prior, dims, names)
+    _, layout, grid = prepare_state(prior, dims, names)
     plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, grid_loc, obs_dim=obs_dim, require_error=with_errors,
+        obs, prior, layout, dims, obs_error, grid, obs_dim=obs_dim, require_error=with_errors,
         obs_time_tolerance=obs_time_tolerance,
     )  # fmt: skip
     times = prior[dims.time].values if dims.time is not None else None
@@ -107,7 +107,7 @@ def innovations(
     }
     where = (
         {"latitude": {"units": "degrees_north"}, "longitude": {"units": "degrees_east"}}
-        if spherical
+        if grid.geographic
         else {str(dims.lat): {}, str(dims.lon): {}}
     )
     coords: dict[str, Any] = {"variable": ("obs", var_of_row)}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import ModelQualityWarning, OptionError
+from ..errors import EnsembleError, ModelQualityWarning, OptionError
 from .geometry import letkf_geometry
 from .layout import grid_field
 from .model_cache import cached_model
@@ -65,6 +65,12 @@ class Block:
     work: type
     #: the masked components ``(d,)`` (land: NaN in the prior, 0 in ``x``), or None
     masked: np.ndarray | None = None
+    #: a spatial block's place in the whole grid: ``(grid_shape, (row0, row1), (col0,
+    #: col1))``; None: ``x`` is the whole grid (``plan.layout``'s)
+    window: tuple | None = None
+    #: the standardisation scale per time and field ``(T, F)`` computed over the whole
+    #: grid (a spatial block cannot see it), or None: from ``x``
+    field_scale: np.ndarray | None = None
 
     @property
     def torch_dtype(self):
@@ -109,13 +115,18 @@ class Method:
         """This method for the state ``variables`` (checks options that name them)."""
         return self
 
-    def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
-        """This method on a grid with points at ``grid_loc`` (checks options that need it)."""
+    def for_grid(self, grid: Any) -> Method:
+        """This method on the grid ``grid`` (a :class:`~xensf.bridge.grid.GridCoords`;
+        checks options that need it)."""
         return self
 
     def for_state(self, prior: Any, dims: Any, layout: Any) -> Method:
         """This method on the state ``prior`` (options given on its grid are read here)."""
         return self
+
+    def check_observations(self, obs: Any) -> None:
+        """Refuse observations (an :class:`~xensf.bridge.observations.ObservationPlan`)
+        that this method's options cannot take, before any work."""
 
     def field_heights(self, prior: Any, dims: Any, layout: Any) -> np.ndarray | None:
         """The vertical coordinate of every field, where the method localises vertically
@@ -207,8 +218,17 @@ def _check_option(method: str, key: str, value: Any) -> None:
                 f"{method}: adaptive_inflation must be True, False or an "
                 f"xensf.AdaptiveInflation (its settings and starting field), got {value!r}"
             )
-    if key == "prior_score" and value not in ("mixture", "paired"):
-        raise OptionError(f"{method}: prior_score must be 'mixture' or 'paired', got {value!r}")
+    scores = ("mixture", "paired", "local-mixture") if method == "ensf" else ("mixture", "paired")
+    if key == "prior_score" and value not in scores:
+        raise OptionError(
+            f"{method}: prior_score must be one of {', '.join(map(repr, scores))}, got {value!r}"
+        )
+    if key == "window" and not (
+        isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+    ):
+        raise OptionError(
+            f"{method}: window must be a positive number of grid points, got {value!r}"
+        )
     if key == "update" and value not in ("decode", "increment"):
         raise OptionError(f"{method}: update must be 'decode' or 'increment', got {value!r}")
     if key == "likelihood" and value not in ("damped", "gaussian"):
@@ -233,6 +253,9 @@ class EnSF(Method):
     """Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)."""
 
     name: ClassVar[str] = "ensf"
+    #: ``prior_score="paired"`` or ``"local-mixture"`` with the damped likelihood: a
+    #: prior chunked along latitude/longitude is analysed block by block (others refuse)
+    spatial_blocks: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)"
     )
@@ -243,6 +266,26 @@ class EnSF(Method):
     likelihood: str = "damped"
     #: a number or ``{variable: number}`` in state units; None: the prior spread
     scale: Any = None
+    #: ``prior_score="local-mixture"``: the side, in grid points, of the windows (a fixed
+    #: partition of the grid from its first row and column) whose members' weights are
+    #: computed apart
+    window: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prior_score == "local-mixture" and self.likelihood != "damped":
+            raise OptionError(
+                "ensf: prior_score='local-mixture' analyses each window apart, which the "
+                "Gaussian likelihood (the ensemble covariance of the whole grid) does not "
+                "allow: use likelihood='damped'"
+            )
+
+    def check_observations(self, obs: Any) -> None:
+        if self.prior_score == "local-mixture":
+            require_point_reads(
+                obs, "ensf with prior_score='local-mixture'",
+                "use prior_score='mixture' or 'paired', or method='letkf'", OptionError,
+            )  # fmt: skip
 
     def bind(self, names: list[str]) -> EnSF:
         """This method with ``scale`` as ``{variable: number}`` for exactly ``names``."""
@@ -258,6 +301,26 @@ class EnSF(Method):
             )
         return EnSF(**{**self.options(), "scale": {k: float(v) for k, v in scale.items()}})
 
+    def windows(self, block: Block):
+        """``(components, rows, cols)`` of each window of ``block``: the state components
+        (in ``block.x``) of one analysis, and its rows and columns in the whole grid.
+
+        One window, the block, unless ``prior_score="local-mixture"``, whose windows are
+        the ``window × window`` cells of a partition of the whole grid from its origin.
+        """
+        layout = block.plan.layout
+        h, w = layout.grid_shape
+        full, (r0, r1), (c0, c1) = block.window or ((h, w), (0, h), (0, w))
+        step = max(full) if self.prior_score != "local-mixture" else int(self.window)
+        fields = np.arange(layout.n_fields)[:, None, None] * layout.grid_size
+        for top in range(r0 - r0 % step, r1, step):
+            for left in range(c0 - c0 % step, c1, step):
+                rows = (max(top, r0), min(top + step, r1))
+                cols = (max(left, c0), min(left + step, c1))
+                i = np.arange(*rows)[None, :, None] - r0
+                j = np.arange(*cols)[None, None, :] - c0
+                yield (fields + i * w + j).ravel(), rows, cols
+
     def parameters(self, spherical: bool) -> dict[str, Any]:
         out = self.options()
         if self.scale is None:
@@ -272,33 +335,53 @@ class EnSF(Method):
 
         plan, obs, x, work = block.plan, block.plan.obs, block.x, block.work
         out = x.astype(work, copy=True)
+        score = "mixture" if self.prior_score == "local-mixture" else self.prior_score
+        # the observed component of each row (its largest weight; local-mixture rows read one)
+        target = obs.indices[np.arange(len(obs.indices)), np.argmax(obs.weights, axis=-1)]
         for ts, sel in block.groups():
-            op = LinearObservationOperator(
-                torch.from_numpy(obs.indices[sel]), torch.from_numpy(obs.weights[sel])
-            ).to(device=block.device, dtype=block.torch_dtype)
             # Standardised here, in float64, rather than by the filter's ``scale``: the
             # filter then sees numbers of order one whatever the units (a state of
             # 1e-30 with errors of 1e-31 would otherwise underflow float32
             # precisions). Each observation is scaled with the field it observes (the
             # operator stays within one field, so H(x / s) = H(x) / s).
-            scale = _ensf_scale(x[ts], plan.layout, self.scale, block.masked)  # (T, d)
+            if block.field_scale is not None and self.scale is None:
+                scale = np.repeat(block.field_scale[ts], plan.layout.grid_size, axis=-1)
+            else:
+                scale = _ensf_scale(x[ts], plan.layout, self.scale, block.masked)  # (T, d)
             _check_ensf_scale(x[ts], scale, plan.layout, self.scale)
-            scale_obs = scale[:, obs.indices[sel, 0]]
-            post = ensf_analysis(
-                torch.from_numpy((x[ts] / scale[:, None, :]).astype(work)).to(block.device),
-                torch.from_numpy((block.y[ts][:, sel] / scale_obs).astype(work)).to(block.device),
-                op,
-                torch.from_numpy((block.err[ts][:, sel] / scale_obs).astype(work)).to(
-                    block.device
-                ),
-                steps=int(self.steps),
-                eps_alpha=float(self.eps_alpha),
-                eps_beta=float(self.eps_beta),
-                prior_score=self.prior_score,
-                likelihood=self.likelihood,
-                generator=[block.seeds[t] for t in ts],
-            )
-            out[ts] = post.cpu().numpy() * scale[:, None, :]
+            for comps, rows, cols in self.windows(block):
+                if comps.size == x.shape[-1]:  # one window: the block, with its rows
+                    use, indices, weights = sel, obs.indices[sel], obs.weights[sel]
+                else:  # a window: the rows on its points, each reading one of them
+                    position = np.full(x.shape[-1], -1)
+                    position[comps] = np.arange(comps.size)
+                    use = sel & (position[target] >= 0)
+                    indices = position[target[use]][:, None]
+                    weights = obs.weights[use].max(axis=-1, keepdims=True)
+                op = LinearObservationOperator(
+                    torch.from_numpy(indices), torch.from_numpy(weights)
+                ).to(device=block.device, dtype=block.torch_dtype)
+                s = scale[:, comps]
+                scale_obs = scale[:, target[use]]
+                post = ensf_analysis(
+                    torch.from_numpy((x[ts][..., comps] / s[:, None, :]).astype(work)).to(
+                        block.device
+                    ),
+                    torch.from_numpy((block.y[ts][:, use] / scale_obs).astype(work)).to(
+                        block.device
+                    ),
+                    op,
+                    torch.from_numpy((block.err[ts][:, use] / scale_obs).astype(work)).to(
+                        block.device
+                    ),
+                    steps=int(self.steps),
+                    eps_alpha=float(self.eps_alpha),
+                    eps_beta=float(self.eps_beta),
+                    prior_score=score,
+                    likelihood=self.likelihood,
+                    generator=_tiled_noise(block, ts, rows, cols),
+                )
+                out[np.ix_(ts, np.arange(x.shape[1]), comps)] = post.cpu().numpy() * s[:, None, :]
         return out
 
 
@@ -319,13 +402,11 @@ class _LocalisedLETKF:
     #: weight_stride-th row and column of the grid and interpolated between; 1: everywhere.
     weight_stride: int = 1
 
-    def for_grid(self, grid_loc: np.ndarray, spherical: bool) -> Method:
+    def for_grid(self, grid: Any) -> Method:
         if self.loc_radius is not UNSET:
             return self
-        from .observations import grid_spacing
-
-        step = grid_spacing(grid_loc, spherical)
-        unit = "km" if spherical else "grid coordinate units"
+        step = grid.spacing()
+        unit = "km" if grid.geographic else "grid coordinate units"
         raise OptionError(
             f"{self.name} needs loc_radius=, the localisation half-width (Gaspari–Cohn; "
             f"observations beyond twice it are ignored), in {unit}. This grid's spacing is "
@@ -635,6 +716,7 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     n_members = x.shape[1]
     shape = (layout.n_fields, *layout.grid_shape)
     model = cached_model(plan.model, block.device)
+    _check_model_mask(model, block.masked, plan)
     if plan.obs.kind == "gridded":
         model_obs = np.full((has.size, layout.size), np.nan, dtype=np.float32)
         model_obs[:, plan.obs.indices[:, 0]] = np.where(observed[has], y[has], np.nan)
@@ -653,9 +735,34 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
         **method.latent_options(),
     )
     post = np.asarray(post).reshape(has.size, n_members, layout.size)
+    if block.masked is not None:  # as the prior there: no spread, never updated
+        post[..., block.masked] = 0.0
     diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
     _warn_quality(diag, plan)
     return post, diag, model
+
+
+def _check_model_mask(model, masked: np.ndarray | None, plan: BlockPlan) -> None:
+    """Refuse a prior whose mask (land: NaN in every member) is not the model's."""
+    valid = None if model.valid is None else model.valid.cpu().numpy().reshape(-1)
+    if masked is None and valid is None:
+        return
+    name = plan.model.path if plan.model is not None else "the model"
+    if valid is None:
+        raise EnsembleError(
+            f"the prior has masked points (NaN in every member: {int(masked.sum())} of "
+            f"{masked.size} values), and the model {name} was trained on complete states: "
+            "train it on data with the same mask (xensf.train_latent takes NaN at the same "
+            "points in every sample), or use method='letkf' or 'ensf'"
+        )
+    prior_valid = np.ones_like(valid) if masked is None else ~masked
+    if not np.array_equal(prior_valid, valid):
+        raise EnsembleError(
+            f"the prior's mask (NaN in every member: {int((~prior_valid).sum())} values) is "
+            f"not the one the model {name} was trained with ({int((~valid).sum())} masked "
+            f"values; {int((prior_valid != valid).sum())} differ): a latent model reads and "
+            "writes exactly its own unmasked points"
+        )
 
 
 #: ``latent-ensf-letkf`` keeps the prior as its background while the prior's error at
@@ -742,6 +849,43 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
         )
 
 
+def require_point_reads(obs: Any, who: str, remedy: str, error: type[Exception]) -> None:
+    """Refuse observations of which some read more than one grid point (stations
+    between grid points), for ``who``, which analyses points or cells apart."""
+    reads = (obs.weights != 0).sum(-1)
+    if (reads > 1).any():
+        raise error(
+            f"{who} needs observations that each read one grid point (gridded ones, or "
+            f"stations on grid points); {int((reads > 1).sum())} of {reads.size} lie "
+            f"between grid points: {remedy}"
+        )
+
+
+#: The side of the noise tiles of the full-space EnSF (:class:`~xensf.filters.noise.TiledNoise`).
+NOISE_TILE = 64
+
+
+def _tiled_noise(block: Block, ts: np.ndarray, rows, cols):
+    """The EnSF's noise for the times ``ts`` on the ``rows × cols`` of the whole grid:
+    drawn per tile of the whole grid, so a spatial block (or a window of the local
+    mixture) gets what the whole grid would there."""
+    from ..filters.noise import TiledNoise
+
+    layout = block.plan.layout
+    grid_shape = block.window[0] if block.window is not None else layout.grid_shape
+    return TiledNoise(
+        [block.seeds[t] for t in ts], block.x.shape[1], layout.n_fields, grid_shape, rows, cols,
+        NOISE_TILE, block.device, block.torch_dtype,
+    )  # fmt: skip
+
+
+def ensf_field_scale(spread: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The default EnSF scale per field from its RMS member spread and largest |mean|:
+    the spread, with a floor that keeps a field without spread finite."""
+    floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
+    return np.maximum(spread, floor)
+
+
 def _ensf_scale(
     x: np.ndarray, layout, scales: dict[str, float] | None, masked: np.ndarray | None = None
 ) -> np.ndarray:
@@ -766,8 +910,7 @@ def _ensf_scale(
             per_field.var(axis=1, ddof=1).mean(axis=-1, where=where)  # (T, F)
         )
         size = np.abs(per_field.mean(axis=1)).max(axis=-1, initial=0.0, where=where)
-        floor = np.maximum(size * 1e-6, np.finfo(np.float32).tiny)
-        s = np.maximum(spread, floor)
+        s = ensf_field_scale(spread, size)
     return np.repeat(s, G, axis=-1).reshape(T, d)
 
 

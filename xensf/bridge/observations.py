@@ -25,15 +25,14 @@ import xarray as xr
 
 from ..errors import DimensionError, ObservationMismatchError, OptionError
 from ..obs import (
-    bilinear_weights,
     field_rows,
-    grid_locations,
     parse_relative,
     point_locations,
     resolve_obs_error,
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role
+from .grid import GridCoords, grid_coords
 from .layout import StateLayout
 from .units import convert_units
 
@@ -132,7 +131,7 @@ def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
 MOVING_DIM = "_xensf_slot"
 
 
-def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, prior: xr.Dataset):
+def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, grid: GridCoords):
     """Observers that move (latitude and longitude along (time, point)) as fixed slots.
 
     Each (time, observer) pair becomes a point of its own, observed at its time only
@@ -161,7 +160,7 @@ def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, prior: xr.
             f"(NaN {lat_name!r} or {lon_name!r} where the value is given)"
         )
     # unobserved slots get the grid's first point: a position inside the domain
-    first = {lat_name: float(prior[dims.lat][0]), lon_name: float(prior[dims.lon][0])}
+    first = dict(zip((lat_name, lon_name), grid.first_point(), strict=True))
     out = obs.drop_vars([lat_name, lon_name])
     for n, v in values.items():
         out[n] = (
@@ -229,7 +228,7 @@ def prepare_observations(
     layout: StateLayout,
     dims: EnsembleDims,
     obs_error,
-    grid_loc: np.ndarray,
+    grid: GridCoords,
     *,
     obs_dim: str | None = None,
     require_error: bool = True,
@@ -237,8 +236,8 @@ def prepare_observations(
 ) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
     """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
 
-    ``grid_loc`` ``(G, 2)`` is where each grid point is (:func:`state_grid_locations`),
-    for the locations of gridded observations. Returns the plan, the observation values (one DataArray per observed variable, in
+    ``grid`` is where the grid points are (:func:`xensf.bridge.grid.grid_coords`): the
+    locations of gridded observations, the interpolation of point observations. Returns the plan, the observation values (one DataArray per observed variable, in
     state units, aligned to the prior's times and levels) and their error standard
     deviations (DataArrays that broadcast against the values). With
     ``require_error=False`` (methods that take the error from elsewhere) the errors
@@ -306,10 +305,14 @@ def prepare_observations(
 
     gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
     if gridded:
-        for role, d in (("latitude", dims.lat), ("longitude", dims.lon)):
-            if d not in obs.coords or d not in prior.coords:
+        on_obs = grid_coords(obs, dims)
+        for role, d, a, b in (
+            ("latitude", on_obs.names and on_obs.names[0], on_obs.lat, grid.lat),
+            ("longitude", on_obs.names and on_obs.names[1], on_obs.lon, grid.lon),
+        ):
+            if not (on_obs.known and grid.known):
                 continue
-            a, b = np.asarray(obs[d].values), np.asarray(prior[d].values)
+            a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
             if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6):
                 raise ObservationMismatchError(
                     f"gridded observations must be on the state's grid, but their {role} "
@@ -320,24 +323,19 @@ def prepare_observations(
                 )
         kind = "gridded"
         point = None
+        grid_loc = grid.locations()
     else:
         kind = "point"
         point = obs_dim or _find_point_dim(obs, names, dims.time)
         if point not in obs.dims:
             raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
-        obs, point = _moving_to_slots(obs, point, dims, prior)
+        obs, point = _moving_to_slots(obs, point, dims, grid)
 
     values, errors, core_dims, error_core_dims = [], [], [], []
     rows_idx, rows_w, rows_loc = [], [], []
-    lat = np.asarray(prior[dims.lat].values) if dims.lat in prior.coords else None
-    lon = np.asarray(prior[dims.lon].values) if dims.lon in prior.coords else None
     if point is not None:
         lat_name, lon_name = _point_coords(obs, point) or (None, None)
-        if lat is None or lon is None:
-            raise ObservationMismatchError(
-                "point observations need latitude/longitude coordinate values on the state"
-            )
-        p_idx, p_w = bilinear_weights(lat, lon, obs[lat_name].values, obs[lon_name].values)
+        p_idx, p_w = grid.station_weights(obs[lat_name].values, obs[lon_name].values)
         p_loc = point_locations(obs[lat_name].values, obs[lon_name].values)
 
     fields, field_levels = [], {}
@@ -497,50 +495,6 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
         part = obs.isel({tdim: positions}).assign_coords({tdim: targets})
         parts.append(part.where(present))
     return xr.concat(parts, dim=point, data_vars="minimal", coords="minimal", compat="override")
-
-
-def is_geographic(prior: xr.Dataset, dims: EnsembleDims) -> bool:
-    """Whether the grid is latitude/longitude in degrees (else planar x/y)."""
-    units = str(prior[dims.lat].attrs.get("units", "")).lower()
-    std = prior[dims.lat].attrs.get("standard_name", "")
-    if units.startswith("degree") or std == "latitude":
-        return True
-    if units or std:
-        return False
-    return str(dims.lat).lower() in ("lat", "latitude")
-
-
-def state_grid_locations(prior, dims, layout, spherical) -> np.ndarray:
-    if dims.lat in prior.coords and dims.lon in prior.coords:
-        lat, lon = prior[dims.lat].values, prior[dims.lon].values
-    else:
-        lat = np.arange(layout.grid_shape[0], dtype=np.float64)
-        lon = np.arange(layout.grid_shape[1], dtype=np.float64)
-    if spherical:
-        return grid_locations(lat, lon)
-    y, x = np.meshgrid(np.asarray(lat, np.float64), np.asarray(lon, np.float64), indexing="ij")
-    return np.stack([y.ravel(), x.ravel()], -1)
-
-
-def grid_spacing(grid_loc: np.ndarray, spherical: bool) -> float:
-    """The typical distance between neighbouring grid points: √(the grid's area / points).
-
-    In km on a latitude/longitude grid (cells weighted by cos(latitude)), else in grid
-    coordinate units; ``grid_loc`` ``(G, 2)`` from :func:`state_grid_locations`. NaN for
-    a grid of one point.
-    """
-    from ..filters.localization import EARTH_RADIUS_KM
-
-    values = [np.unique(grid_loc[:, i]) for i in (0, 1)]
-    steps = [float(np.median(np.diff(v))) for v in values if v.size > 1]
-    if not steps:
-        return float("nan")
-    dy, dx = (steps * 2)[:2]
-    if not spherical:
-        return float(np.sqrt(dy * dx))
-    cells = np.cos(np.deg2rad(grid_loc[:, 0])).clip(min=0.0)
-    area = float(cells.mean()) * np.deg2rad(dy) * np.deg2rad(dx) * EARTH_RADIUS_KM**2
-    return float(np.sqrt(area))
 
 
 def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields):

@@ -16,6 +16,7 @@ import xarray as xr
 
 from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
+from .grid import grid_coords
 from .layout import StateLayout
 
 __all__ = ["check_signature", "data_signature", "fields_of"]
@@ -49,8 +50,8 @@ def fields_of(ds: xr.Dataset, layout: StateLayout) -> list[list]:
 
 def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> dict[str, Any]:
     """A JSON-serialisable description of the state: variables, levels, units and grid."""
-    lat = ds[dims.lat].values if dims.lat in ds.coords else np.arange(layout.grid_shape[0])
-    lon = ds[dims.lon].values if dims.lon in ds.coords else np.arange(layout.grid_shape[1])
+    grid = grid_coords(ds, dims)  # 1-D axes, grid indices, or a curvilinear grid's 2-D
+    lat, lon = grid.lat.ravel(), grid.lon.ravel()
     return {
         "variables": list(layout.variables),
         "fields": fields_of(ds, layout),

@@ -1,5 +1,6 @@
-"""LETKF on spatial blocks: a prior chunked along latitude and longitude, block by block.
+"""Analyses on spatial blocks: a prior chunked along latitude and longitude, block by block.
 
+**LETKF.**
 The LETKF is local: the analysis at a grid point uses the prior there and the
 observations within twice the localisation radius, each seen through the observation
 operator, whose stencil (a grid point, or the four corners of a bilinear
@@ -10,6 +11,15 @@ prior (its times, members, levels and a latitude × longitude block) is analysed
 own task with those values and all observations, the localisation giving zero weight
 to the far ones. No task holds more of the state than its block, and the result equals
 the analysis of the unchunked prior to rounding.
+
+**EnSF** with the paired prior score and the damped likelihood is componentwise: a
+point's update reads only its own members, its own observations and a scale per field,
+so each block is analysed with the observations on its points (each must read one grid
+point), the default scale (the prior spread per field, a mean over the whole grid) is
+reduced over the whole grid first, and the noise is drawn per tile of the whole grid
+(:class:`~xensf.filters.noise.TiledNoise`): the result equals the unchunked analysis to
+rounding. The mixture score and the Gaussian likelihood couple every point of the grid
+and are refused on blocks.
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ import xarray as xr
 
 from ..errors import ChunkingError, EnsembleError
 from ..filters.device import compute_device
-from ..obs import grid_locations
+from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
 from .geometry import letkf_geometry
+from .grid import grid_coords
 from .layout import StateLayout
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
@@ -80,10 +91,14 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
 
 
 def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks):
-    """The LETKF analysis of each latitude × longitude block of ``prior``, lazily.
+    """The analysis of each latitude × longitude block of ``prior``, lazily.
 
     Returns one DataArray per state variable with the prior's dims and chunks.
     """
+    from .methods import EnSF
+
+    if isinstance(plan.method, EnSF):
+        return _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
     method = plan.method
     if method.loc_radius is None:
         raise ChunkingError(
@@ -124,19 +139,16 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         for da, c in zip(group, dims_of, strict=True):
             inputs.append(bare(da, rename=True))
             core.append(renamed(c))
-    lat = (
-        prior[dims.lat]
-        if dims.lat in prior.coords
-        else xr.DataArray(np.arange(prior.sizes[dims.lat], dtype=np.float64), dims=dims.lat)
-    )
-    lon = (
-        prior[dims.lon]
-        if dims.lon in prior.coords
-        else xr.DataArray(np.arange(prior.sizes[dims.lon], dtype=np.float64), dims=dims.lon)
-    )
+    grid = grid_coords(prior, dims)
     chunks = prior[names[0]].variable.chunksizes
-    inputs += [bare(lat).chunk({dims.lat: chunks[dims.lat]}),
-               bare(lon).chunk({dims.lon: chunks[dims.lon]})]  # fmt: skip
+    # the block's coordinates: 1-D axes, or a curvilinear grid's 2-D block
+    coord_dims = [(dims.lat, dims.lon)] * 2 if grid.curvilinear else [(dims.lat,), (dims.lon,)]
+    for values_, cdims in zip((grid.lat, grid.lon), coord_dims, strict=True):
+        inputs.append(
+            xr.DataArray(np.asarray(values_, np.float64), dims=cdims).chunk(
+                {d: chunks[d] for d in cdims}
+            )
+        )
     core += [[], []]
     out = xr.apply_ufunc(
         _analyse_spatial_block,
@@ -145,7 +157,11 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         output_core_dims=[[dims.member, *levels[n]] for n in names],
         dask="parallelized",
         output_dtypes=list(plan.out_dtypes),
-        kwargs={"plan": plan, "spherical": plan.distance == "great_circle"},
+        kwargs={
+            "plan": plan,
+            "spherical": plan.distance == "great_circle",
+            "curvilinear": grid.curvilinear,
+        },
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
     return (out,) if len(names) == 1 else out
@@ -155,7 +171,8 @@ def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarr
     """Which observations may lie within ``reach`` of a point of the block ``lat × lon``.
 
     A necessary condition, so it never drops one that counts: on a sphere (``reach`` in
-    km) the latitude gap to the block's nearest row is at most the angular reach, and,
+    km) the latitude gap to the block's nearest row is at most the angular reach (with
+    ``lon=None``, ``lat`` the block's extreme latitudes: the gap to that band), and,
     away from the poles, the longitude gap at most ``asin(sin d / cos φ)`` at the
     block's highest latitude ``φ``; on a plane, both coordinate gaps at most ``reach``.
     """
@@ -164,8 +181,14 @@ def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarr
     loc = np.asarray(locations, dtype=np.float64)
     if loc.shape[0] == 0:
         return np.zeros(0, bool)
-    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    lat = np.asarray(lat, np.float64)
     gap_y = np.abs(loc[:, :1] - lat[None, :]).min(axis=1)
+    if lon is None:  # latitudes only (the extremes of a curvilinear block)
+        inside = (loc[:, 0] >= lat.min()) & (loc[:, 0] <= lat.max())
+        gap_y = np.where(inside, 0.0, gap_y)
+        d_deg = np.degrees(reach / EARTH_RADIUS_KM) if spherical else reach
+        return gap_y <= d_deg
+    lon = np.asarray(lon, np.float64)
     if not spherical:
         gap_x = np.abs(loc[:, 1:] - lon[None, :]).min(axis=1)
         return (gap_y <= reach) & (gap_x <= reach)
@@ -180,7 +203,7 @@ def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarr
     return ok & (gap_x <= dlon)
 
 
-def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
+def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curvilinear: bool):
     """One task: the LETKF of one block. Loop axes first (time, lat, lon), then core."""
     import torch
 
@@ -193,34 +216,15 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
     values = arrays[nv + 1 : nv + 1 + no]
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     lat, lon = arrays[nv + 1 + 2 * no], arrays[nv + 2 + 2 * no]
-    lead = 3 if plan.has_time else 2  # loop axes: (time,) lat, lon
-    loop = state[0].shape[:lead]
-    T = loop[0] if plan.has_time else 1
-    nlat, nlon = loop[-2], loop[-1]
-    # the state's layout on this block's grid: (T, N, *levels, lat, lon) -> (T, N, d_block)
-    block_layout = dataclasses.replace(layout, grid_shape=(nlat, nlon))
-    x = block_layout.stack(
-        [np.moveaxis(s if plan.has_time else s[None], (1, 2), (-2, -1)) for s in state]
-    )
-    if not np.all(np.isfinite(x)):
-        raise EnsembleError(
-            "the prior ensemble has NaN or infinite values in a spatial block; the block "
-            "LETKF takes no mask: fill them, or give the grid in one chunk"
-        )
-
-    def squeezed(a, ncore):  # (T or 1, *core): without the broadcast lat/lon loop axes
-        a = np.asarray(a)
-        if a.ndim == ncore:
-            return a[None]
-        return a.reshape(a.shape[0] if plan.has_time else 1, *a.shape[a.ndim - ncore :])
-
-    hx = squeezed(hx, 2)
-    vals = [squeezed(v, len(c)) for v, c in zip(values, obs.core_dims, strict=True)]
-    errs = [squeezed(e, len(c)) for e, c in zip(errors, obs.error_core_dims, strict=True)]
-    y, err = obs.flatten(vals, errs, T)
+    T, block_layout, x = _block_state(state, plan, "LETKF")
+    hx = _squeezed(hx, 2, plan)
+    y, err = _block_observations(values, errors, plan, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     lat_b, lon_b = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
-    if spherical:
+    if curvilinear:  # the block's points, in C order
+        points = point_locations(lat_b, lon_b)
+        lat_b, lon_b = lat_b[[lat_b.argmin(), lat_b.argmax()]], None
+    elif spherical:
         points = grid_locations(lat_b, lon_b)
     else:
         yy, xx = np.meshgrid(lat_b.astype(np.float64), lon_b.astype(np.float64), indexing="ij")
@@ -261,3 +265,199 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool):
         part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
         result.append(part if plan.has_time else part[0])
     return tuple(result) if len(result) > 1 else result[0]
+
+
+def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks):
+    """The paired, damped EnSF of each latitude × longitude block of ``prior``, lazily."""
+    from .methods import require_point_reads
+
+    method, obs = plan.method, plan.obs
+    chunks = prior[names[0]].variable.chunksizes
+    if method.prior_score == "mixture" or method.likelihood != "damped":
+        split = " and ".join(
+            f"{len(chunks[d])} chunks along {d!r}" for d in (dims.lat, dims.lon)
+            if len(chunks[d]) > 1
+        )  # fmt: skip
+        raise ChunkingError(
+            f"ensf with prior_score={method.prior_score!r} and likelihood="
+            f"{method.likelihood!r} couples every point of the grid, and the prior is split "
+            f"into {split}: rechunk the grid into one chunk "
+            "(ds.chunk({lat: -1, lon: -1})), or use prior_score='paired' or "
+            "'local-mixture' with likelihood='damped', which are analysed block by block"
+        )
+    require_point_reads(
+        obs, "ensf on latitude/longitude blocks",
+        "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1})), or use method='letkf'",
+        ChunkingError,
+    )  # fmt: skip
+    if method.prior_score == "local-mixture":
+        for d in (dims.lat, dims.lon):
+            if any(size % method.window for size in chunks[d][:-1]):
+                raise ChunkingError(
+                    f"ensf with prior_score='local-mixture' analyses windows of "
+                    f"{method.window} x {method.window} points, and the chunks along {d!r} "
+                    f"({list(chunks[d])}) cut through them: chunk {d!r} in multiples of "
+                    f"{method.window} (ds.chunk({{{d!r}: {4 * method.window}}}))"
+                )
+    order = [d for d in (dims.time, dims.member) if d is not None]
+
+    def bare(da: xr.DataArray) -> xr.DataArray:
+        out = xr.DataArray(da.variable.data, dims=da.dims)
+        if time_chunks is not None and dims.time in out.dims:
+            out = out.chunk({dims.time: time_chunks})
+        return out
+
+    def whole(da: xr.DataArray) -> xr.DataArray:  # the observations: every task gets all
+        out = bare(da).rename({d: _OBS_GRID[k] for k, d in (("lat", dims.lat), ("lon", dims.lon))
+                               if d in da.dims})  # fmt: skip
+        if out.chunks is not None:
+            out = out.chunk({d: -1 for d in out.dims if d != dims.time})
+        return out
+
+    def renamed(core):
+        return [_OBS_GRID["lat"] if d == dims.lat else _OBS_GRID["lon"] if d == dims.lon else d
+                for d in core]  # fmt: skip
+
+    inputs = [bare(prior[n].transpose(*order, *levels[n], dims.lat, dims.lon)) for n in names]
+    core = [[dims.member, *levels[n]] for n in names]
+    for group, dims_of in ((values, obs.core_dims), (errors, obs.error_core_dims)):
+        for da, c in zip(group, dims_of, strict=True):
+            inputs.append(whole(da))
+            core.append(renamed(c))
+    for d in (dims.lat, dims.lon):  # where each block lies in the grid
+        index = xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d)
+        inputs.append(index.chunk({d: chunks[d]}))
+        core.append([])
+    if dims.time is not None:
+        inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
+        core.append([])
+    if method.scale is None:  # the prior spread per field, over the whole grid
+        for n in names:
+            v = prior[n].astype(np.float64)
+            spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
+            size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
+            for reduced in (spread, size):
+                inputs.append(bare(reduced.transpose(*order[:1], *levels[n])))
+                core.append(list(levels[n]))
+    out = xr.apply_ufunc(
+        _ensf_spatial_block,
+        *inputs,
+        input_core_dims=core,
+        output_core_dims=[[dims.member, *levels[n]] for n in names],
+        dask="parallelized",
+        output_dtypes=list(plan.out_dtypes),
+        kwargs={"plan": plan},
+        dask_gufunc_kwargs={"allow_rechunk": False},
+    )
+    return (out,) if len(names) == 1 else out
+
+
+def _ensf_spatial_block(*arrays: np.ndarray, plan: Any):
+    """One task: the paired EnSF of one block. Loop axes first (time, lat, lon), then core."""
+    from ..filters.noise import analysis_seeds
+    from .methods import Block, ensf_field_scale
+
+    layout, obs, method = plan.layout, plan.obs, plan.method
+    nv, no = len(layout.variables), len(obs.variables)
+    state = arrays[:nv]
+    values = arrays[nv : nv + no]
+    errors = arrays[nv + no : nv + 2 * no]
+    at = nv + 2 * no
+    rows, cols = np.asarray(arrays[at]).ravel(), np.asarray(arrays[at + 1]).ravel()
+    at += 2
+    times = None
+    if plan.has_time:
+        times = np.asarray(arrays[at]).ravel()
+        at += 1
+    T, block_layout, x = _block_state(state, plan, "EnSF")
+    nlat, nlon = block_layout.grid_shape
+    y, err = _block_observations(values, errors, plan, T)
+    field_scale = None
+    if method.scale is None:
+        parts = [
+            ensf_field_scale(
+                _squeezed(arrays[at + 2 * v], len(layout.level_dims[v]), plan).reshape(T, -1),
+                _squeezed(arrays[at + 2 * v + 1], len(layout.level_dims[v]), plan).reshape(T, -1),
+            )
+            for v in range(nv)
+        ]
+        field_scale = np.concatenate(parts, axis=-1)  # (T, F)
+    # the observations on this block's points, indexed in the block's layout
+    G, W = layout.grid_size, layout.grid_shape[1]
+    flat = obs.indices[np.arange(obs.indices.shape[0]), np.argmax(obs.weights != 0, axis=-1)]
+    field, point = np.divmod(flat, G)
+    i, j = np.divmod(point, W)
+    r0, c0 = int(rows[0]), int(cols[0])
+    here = (i >= r0) & (i < r0 + nlat) & (j >= c0) & (j < c0 + nlon)
+    local = field[here] * (nlat * nlon) + (i[here] - r0) * nlon + (j[here] - c0)
+    weights = obs.weights[here][np.arange(here.sum()), np.argmax(obs.weights[here] != 0, -1)]
+    observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
+    # A time observed anywhere moves every point (the reverse SDE is not the identity
+    # where nothing is observed): a block without observations of its own at such a
+    # time runs with one missing one (NaN: no likelihood), as the whole grid does there.
+    active = observed.any(axis=1)
+    y = np.concatenate([y[:, here], np.full((T, 1), np.nan)], axis=1)
+    err = np.concatenate([err[:, here], np.ones((T, 1))], axis=1)
+    observed = np.concatenate([observed[:, here], active[:, None]], axis=1)
+    local, weights = np.append(local, 0), np.append(weights, 1.0)
+    block_obs = dataclasses.replace(
+        obs,
+        indices=local[:, None],
+        weights=weights[:, None],
+        locations=np.concatenate([obs.locations[here], np.full((1, 2), np.nan)]),
+    )
+    block = Block(
+        x=x,
+        y=y,
+        err=err,
+        observed=observed,
+        seeds=analysis_seeds(plan.seed, times, T),
+        plan=dataclasses.replace(plan, layout=block_layout, obs=block_obs),
+        device=compute_device(plan.device),
+        work=plan.work_dtype,
+        window=(layout.grid_shape, (r0, r0 + nlat), (c0, c0 + nlon)),
+        field_scale=field_scale,
+    )
+    out = method.analyse(block)
+    result = []
+    for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
+        part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
+        result.append(part if plan.has_time else part[0])
+    return tuple(result) if len(result) > 1 else result[0]
+
+
+def _block_state(state, plan: Any, method: str):
+    """A task's block of the state: ``(T, block layout, x (T, N, d_block))``.
+
+    ``state`` holds each variable with the loop axes first ((time,) lat, lon), then
+    member and levels; ``x`` is stacked as the layout says, on the block's grid.
+    """
+    lead = 3 if plan.has_time else 2
+    loop = state[0].shape[:lead]
+    T = loop[0] if plan.has_time else 1
+    block_layout = dataclasses.replace(plan.layout, grid_shape=(loop[-2], loop[-1]))
+    x = block_layout.stack(
+        [np.moveaxis(s if plan.has_time else s[None], (1, 2), (-2, -1)) for s in state]
+    )
+    if not np.all(np.isfinite(x)):
+        raise EnsembleError(
+            "the prior ensemble has NaN or infinite values in a spatial block; the block "
+            f"{method} takes no mask: fill them, or give the grid in one chunk"
+        )
+    return T, block_layout, x
+
+
+def _squeezed(a, ncore: int, plan: Any) -> np.ndarray:
+    """``(T or 1, *core)``: an input without the broadcast lat/lon loop axes."""
+    a = np.asarray(a)
+    if a.ndim == ncore:
+        return a[None]
+    return a.reshape(a.shape[0] if plan.has_time else 1, *a.shape[a.ndim - ncore :])
+
+
+def _block_observations(values, errors, plan: Any, T: int):
+    """Every observation's value and error ``(T, M)`` (each task gets them all)."""
+    obs = plan.obs
+    vals = [_squeezed(v, len(c), plan) for v, c in zip(values, obs.core_dims, strict=True)]
+    errs = [_squeezed(e, len(c), plan) for e, c in zip(errors, obs.error_core_dims, strict=True)]
+    return obs.flatten(vals, errs, T)

@@ -36,11 +36,12 @@ from ..latent.training import (
     station_obs,
     train_latent_model,
 )
-from ..obs import bilinear_weights, parse_relative, planar_bilinear_weights
+from ..obs import parse_relative
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
 from .dims import EnsembleDims, find_role, state_variables
+from .grid import grid_coords
 from .layout import StateLayout
-from .observations import ERROR_SUFFIXES, is_geographic
+from .observations import ERROR_SUFFIXES
 from .signature import data_signature
 
 __all__ = ["MIN_SAMPLES", "train_latent"]
@@ -100,10 +101,16 @@ def _sample_and_level_dims(ds, names, grid, member, time):
 
 
 def _is_periodic(ds: xr.Dataset, dims: EnsembleDims) -> bool:
-    """A geographic grid whose longitude spacing × count is 360 degrees."""
-    if dims.lon not in ds.coords or dims.lat not in ds.coords or not is_geographic(ds, dims):
+    """A geographic grid whose longitude spacing × count is 360 degrees, or a
+    curvilinear grid whose last column neighbours its first."""
+    grid = grid_coords(ds, dims)
+    if not (grid.known and grid.geographic):
         return False
-    lon = np.asarray(ds[dims.lon].values, dtype=np.float64)
+    if grid.curvilinear:
+        from ..curvilinear import is_periodic_columns
+
+        return is_periodic_columns(grid.lat, grid.lon)
+    lon = np.asarray(grid.lon, dtype=np.float64)
     if lon.size < 2:
         return False
     step = np.abs(np.diff(lon)).mean()
@@ -256,16 +263,7 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
 
     plat = np.asarray(obs[lat_name].values, np.float64)
     plon = np.asarray(obs[lon_name].values, np.float64)
-    geographic = dims.lat in ds.coords and is_geographic(ds, dims)
-    if dims.lat not in ds.coords or dims.lon not in ds.coords:
-        raise ObservationMismatchError(
-            "point observations need the training data's latitude/longitude coordinate values"
-        )
-    glat, glon = ds[dims.lat].values, ds[dims.lon].values
-    if geographic:
-        idx, w = bilinear_weights(glat, glon, plat, plon)
-    else:
-        idx, w = planar_bilinear_weights(glat, glon, plat, plon)
+    idx, w = grid_coords(ds, dims).station_weights(plat, plon)
 
     # Slots in the accessor's order: variable, then level combination, then point.
     n = plat.size
@@ -358,17 +356,27 @@ def _stack_block(block: xr.Dataset, names, samples, levels, grid, n_fields) -> n
     return out
 
 
-def _check_finite(block: xr.Dataset, names, where: str) -> None:
+def _check_finite(block: xr.Dataset, names, where: str, samples) -> None:
+    """NaN only as a mask (at the same grid points and levels in every sample), no inf."""
     for v in names:
         values = block[v].values
-        if not np.all(np.isfinite(values)):
-            bad = np.argwhere(~np.isfinite(values))[0]
+        if np.all(np.isfinite(values)):
+            continue
+        nan = np.isnan(values)
+        over = tuple(i for i, d in enumerate(block[v].dims) if d in samples)
+        masked = nan.all(axis=over, keepdims=True) if over else np.zeros_like(nan)
+        bad = np.isinf(values) | (nan & ~masked)
+        if masked.all() and nan.any():
+            bad = nan
+        if bad.any():
+            first = np.argwhere(bad)[0]
             at = ", ".join(
-                f"{d}={_label(block, d, i)}" for d, i in zip(block[v].dims, bad, strict=True)
+                f"{d}={_label(block, d, i)}" for d, i in zip(block[v].dims, first, strict=True)
             )
             raise EnsembleError(
                 f"the training data variable {v!r} holds NaN or inf ({where}, first at {at}); "
-                "the latent model needs complete states: fill or drop them before training"
+                "the latent model needs complete states, or NaN at the same points in every "
+                "sample (a mask, such as land): fill or drop the others before training"
             )
 
 
@@ -463,7 +471,7 @@ class _DatasetSource(BatchSource):
         limit = 4 * self.batch_size if self.shuffle else self.batch_size
         for k in order:
             block = self.ds.isel(self.pieces[k]).compute()
-            _check_finite(block, names, f"block {dict(self.pieces[k])}")
+            _check_finite(block, names, f"block {dict(self.pieces[k])}", self.layout_args[1])
             buffer.append(_stack_block(block, names, samples, levels, grid, n_fields))
             held += buffer[-1].shape[0]
             if held >= limit:
@@ -517,7 +525,9 @@ def train_latent(
         with CF vertical metadata — ``axis: Z``, ``positive``, a pressure standard
         name — or a usual level name: ``level``, ``plev``, ``isobaricInhPa``, ...)
         become channels; **every other dim is a sample dim** and is stacked into
-        samples. Must be free of NaN. Numpy-backed data is loaded as one tensor;
+        samples. Free of NaN, except a mask: NaN at the same grid points (and levels)
+        in every sample, such as land, is learnt as the model's mask (the loss and the
+        statistics skip it). Numpy-backed data is loaded as one tensor;
         dask-backed data is streamed (see Notes).
     obs_layout : int, (int, int), DataArray or Dataset
         Where the observations the model will be given lie:
@@ -562,7 +572,8 @@ def train_latent(
         takes them (one list, documented there): ``latent_dim`` (default 400, the
         size aimed at), ``latent_channels``, ``patch``, ``downsample``, ``width``,
         ``blocks``, ``lam``, ``kl_warmup``, ``epochs``, ``time_budget`` (seconds),
-        ``lr``, ``min_lr_fraction``, ``patience``, ``device``, ``progress``.
+        ``lr``, ``min_lr_fraction``, ``patience``, ``device``, ``precision``,
+        ``progress``.
 
     Returns
     -------
@@ -586,7 +597,8 @@ def train_latent(
     ObservationDomainError
         Point observations outside the grid.
     EnsembleError
-        Fewer than :data:`MIN_SAMPLES` (10) samples; NaN or inf in the data.
+        Fewer than :data:`MIN_SAMPLES` (10) samples; inf in the data, or NaN that is
+        not a mask.
 
     Notes
     -----
@@ -662,7 +674,7 @@ def train_latent(
 
     streamed = any(ds[v].chunks is not None for v in names)
     if not streamed:
-        _check_finite(ds, names, "before training")
+        _check_finite(ds, names, "before training", samples)
         states = _stack_block(ds, names, samples, levels, grid, layout.n_fields)
     else:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -67,6 +67,7 @@ TRAINING = {
         "lam": 1e-4,
         "epochs": 400,
         "time_budget": 28 * 60,
+        "precision": "bfloat16",
     },
     "full": {
         "runs": 200,
@@ -77,6 +78,7 @@ TRAINING = {
         "lam": 1e-3,
         "epochs": 200,
         "time_budget": 60 * 60,
+        "precision": "bfloat16",
     },
 }
 

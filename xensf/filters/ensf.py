@@ -163,9 +163,10 @@ def ensf_analysis(
         Likelihood weight ``h(τ)`` of ``likelihood="damped"``: ``"linear"`` (what
         ``None`` means) is ``1 − τ`` (the reference EnSF), ``"none"`` is 1, or any
         function of the Python float τ. Must be ``None`` with ``"gaussian"``.
-    generator : torch.Generator, int, sequence of int or None
+    generator : torch.Generator, int, sequence of int, NoiseSource or None
         Source of all noise (the initial draw and the SDE noise). An int is
-        a seed. A sequence of ints (length = number of batch entries, in C order)
+        a seed; a :class:`~xensf.filters.noise.NoiseSource` (e.g. the tiled noise of
+        spatial blocks) is used as it is. A sequence of ints (length = number of batch entries, in C order)
         gives every batch entry its own stream: entry ``b`` then gets the same noise,
         and so the same result, whether it is analysed alone (with ``[seeds[b]]`` or
         ``seeds[b]``) or together with others. ``None`` uses torch's global generator.
@@ -302,11 +303,19 @@ def ensf_analysis(
             "one component per observation, none observed twice, and no transform or "
             f'arctan); got {_describe_operator(op)}; use implementation="auto"'
         )
-    noise = NoiseSource(generator, batch, (n_members, d), device, dtype)
+    if isinstance(generator, NoiseSource):
+        noise = generator
+        if noise.batch != tuple(batch) or noise.member_shape != (n_members, d):
+            raise OptionError(
+                f"the noise source draws {noise.batch + noise.member_shape}, the analysis "
+                f"needs {(*batch, n_members, d)}"
+            )
+    else:
+        noise = NoiseSource(generator, batch, (n_members, d), device, dtype)
     if cw is not None:
         from .ensf_kernel import kernel_applies
 
-        kernel = kernel_applies(device, dtype, n_members)
+        kernel = noise.keyed and kernel_applies(device, dtype, n_members)
         with torch.no_grad():
             post = integrate_componentwise(
                 prior_t,

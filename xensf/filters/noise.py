@@ -1,7 +1,9 @@
 """Where the EnSF's random numbers come from: seeds, per-entry streams, per-time seeds.
 
 A batched analysis draws its standard normals ``(*batch, N, d)`` either from one
-generator or from one stream per batch entry (:class:`NoiseSource`). The xarray layer
+generator or from one stream per batch entry (:class:`NoiseSource`), or, for a gridded
+state analysed in spatial blocks, from one stream per entry and tile of the grid
+(:class:`TiledNoise`), so that a block gets the numbers the whole grid would. The xarray layer
 gives each analysis time its own seed, derived from the user's seed and the time value
 alone (:func:`analysis_seeds`), so a result does not depend on how the times are
 chunked or batched. The fused CUDA kernel draws from counters keyed by
@@ -18,7 +20,7 @@ import torch
 
 from ..errors import OptionError
 
-__all__ = ["NoiseSource", "analysis_seeds"]
+__all__ = ["NoiseSource", "TiledNoise", "analysis_seeds"]
 
 
 def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]:
@@ -41,6 +43,9 @@ def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]
 
 class NoiseSource:
     """Draws standard normal tensors ``(*batch, N, d)``, from one or per-entry streams."""
+
+    #: whether :meth:`keys` gives the fused CUDA kernel keys to draw the same noise
+    keyed = True
 
     def __init__(self, generator, batch, member_shape, device, dtype):
         self.batch = tuple(batch)
@@ -104,6 +109,73 @@ class NoiseSource:
         where = self.device if generator is None else generator.device
         out = torch.randn(shape, generator=generator, device=where, dtype=self.dtype)
         return out.to(self.device)
+
+
+class TiledNoise(NoiseSource):
+    """Standard normals for a block of a gridded state, the same whatever the blocks.
+
+    The state of one batch entry is ``n_fields`` fields on a ``grid_shape`` grid,
+    flattened field by field (:mod:`xensf.obs`'s layout). The grid is cut into fixed
+    tiles of ``tile × tile`` points from its first row and column, and every (entry,
+    tile) pair has its own stream, seeded from the entry's seed and the tile's
+    position alone; each draw takes one ``(N, n_fields, tile, tile)`` array (smaller at
+    the grid's far edges) from the stream of every tile the block touches and keeps
+    the part inside the block. So the block ``rows × cols`` gets exactly the numbers
+    the whole grid would get there: an analysis of the grid in blocks equals the
+    analysis of the whole grid. A block that does not follow the tile boundaries draws
+    the outside parts of its edge tiles too (and throws them away).
+
+    It has no keys for the fused CUDA kernel (``keyed`` is False): analyses with it
+    take the torch path on every device.
+    """
+
+    keyed = False
+
+    def __init__(self, seeds, n_members, n_fields, grid_shape, rows, cols, tile, device, dtype):
+        seeds = _as_seed_list(seeds)
+        self.batch = (len(seeds),)
+        (r0, r1), (c0, c1) = rows, cols
+        self.rows, self.cols = (int(r0), int(r1)), (int(c0), int(c1))
+        self.member_shape = (int(n_members), int(n_fields) * (r1 - r0) * (c1 - c0))
+        self.device = device
+        self.dtype = dtype
+        self.n_fields = int(n_fields)
+        self.grid_shape = tuple(int(v) for v in grid_shape)
+        self.tile = int(tile)
+        self.tiles = [
+            (ti, tj)
+            for ti in range(r0 // self.tile, (r1 - 1) // self.tile + 1)
+            for tj in range(c0 // self.tile, (c1 - 1) // self.tile + 1)
+        ]
+        self.generators = [
+            [_seeded(_tile_seed(seed, ti, tj), device) for ti, tj in self.tiles] for seed in seeds
+        ]
+
+    def keys(self) -> torch.Tensor:
+        raise OptionError("tiled noise has no keys for the fused kernel")
+
+    def draw(self) -> torch.Tensor:
+        (r0, r1), (c0, c1) = self.rows, self.cols
+        n, t = self.member_shape[0], self.tile
+        H, W = self.grid_shape
+        out = torch.empty((self.batch[0], n, self.n_fields, r1 - r0, c1 - c0),
+                          dtype=self.dtype, device=self.device)  # fmt: skip
+        for entry, generators in zip(out, self.generators, strict=True):
+            for (ti, tj), g in zip(self.tiles, generators, strict=True):
+                top, left = ti * t, tj * t
+                shape = (n, self.n_fields, min(t, H - top), min(t, W - left))
+                values = torch.randn(shape, generator=g, dtype=self.dtype, device=self.device)
+                i0, i1 = max(top, r0), min(top + shape[2], r1)
+                j0, j1 = max(left, c0), min(left + shape[3], c1)
+                entry[:, :, i0 - r0 : i1 - r0, j0 - c0 : j1 - c0] = values[
+                    :, :, i0 - top : i1 - top, j0 - left : j1 - left
+                ]
+        return out.reshape(*self.batch, *self.member_shape)
+
+
+def _tile_seed(seed: int, ti: int, tj: int) -> int:
+    digest = hashlib.blake2b(f"{int(seed)}|tile|{ti}|{tj}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _seeded(seed: int, device: torch.device) -> torch.Generator:

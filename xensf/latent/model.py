@@ -46,7 +46,10 @@ LATENT_METHODS = ("latent-ensf", "latent-letkf")
 MODEL_FORMAT = "xensf-latent-model"
 #: Version of the model's layout: 2 is the spatial latent (``latent_channels × h × w``);
 #: version 1 (a dense bottleneck) is no longer read.
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
+#: The version a model without a mask is written with: it reads as before (version 3
+#: adds the mask tensor, which older readers would ignore, so masked models carry 3).
+_UNMASKED_FORMAT_VERSION = 2
 
 _ARCHITECTURE_KEYS = (
     "channels",
@@ -58,6 +61,10 @@ _ARCHITECTURE_KEYS = (
     "blocks",
     "periodic_lon",
 )
+
+
+#: The name of a masked model's mask (True where valid) among its bundle's tensors.
+_MASK_TENSOR = "mask.valid"
 
 
 class LatentModel:
@@ -84,6 +91,10 @@ class LatentModel:
         how the training observations were made), ``"variables"`` and ``"units"`` (one
         per channel, may be None), ``"quality"`` (validation reconstruction errors) and
         ``"training"`` (the training record).
+    valid : torch.Tensor of bool, optional
+        ``(C, H, W)``: False at masked points (land in an ocean model), which the
+        networks see as 0 (the channel mean), the training loss ignores, and
+        :meth:`decode` and :meth:`analyse` return as NaN. None: no mask.
 
     Notes
     -----
@@ -100,6 +111,7 @@ class LatentModel:
         std: torch.Tensor,
         latent_obs_std: torch.Tensor,
         config: Mapping[str, Any],
+        valid: torch.Tensor | None = None,
     ):
         self.vae = vae.eval()
         self.obs_encoder = obs_encoder.eval()
@@ -131,6 +143,16 @@ class LatentModel:
             )
         if layout["kind"] == "points":
             self._set_stations(layout, device)
+        self.valid = None
+        if valid is not None:
+            valid = torch.as_tensor(valid, device=device).to(torch.bool)
+            if tuple(valid.shape) != (vae.channels, *self.grid_shape):
+                raise OptionError(
+                    f"valid must be (C, H, W) = {(vae.channels, *self.grid_shape)}, got "
+                    f"{tuple(valid.shape)}"
+                )
+            if not bool(valid.all()):
+                self.valid = valid
 
     def _set_stations(self, layout: Mapping[str, Any], device) -> None:
         """Tensors that spread station values onto the grid (see :meth:`obs_inputs`)."""
@@ -201,6 +223,8 @@ class LatentModel:
             setattr(self, name, getattr(self, name).to(device))
         if self.obs_kind == "points":
             self._set_stations(self.config["obs_layout"], device)
+        if self.valid is not None:
+            self.valid = self.valid.to(device)
         return self
 
     def __repr__(self) -> str:
@@ -208,13 +232,21 @@ class LatentModel:
         return (
             f"<LatentModel: {self.channels} channel(s) on {h}x{w}, latent "
             f"{'x'.join(map(str, self.latent_shape))} = {self.latent_dim}, {self.obs_kind} "
-            f"observations, on {self.device}>"
+            f"observations{self._mask_text()}, on {self.device}>"
         )
+
+    def _mask_text(self) -> str:
+        if self.valid is None:
+            return ""
+        return f", {int((~self.valid).sum())} masked values"
 
     # -- normalisation -----------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical ``(B, C, H, W)`` to normalised units."""
-        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+        """Physical ``(B, C, H, W)`` to normalised units (0 at masked points)."""
+        out = (x - self.mean[:, None, None]) / self.std[:, None, None]
+        if self.valid is not None:
+            out = torch.where(self.valid, out, torch.zeros((), dtype=out.dtype, device=out.device))
+        return out
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``(B, C, H, W)`` to physical units."""
@@ -328,13 +360,26 @@ class LatentModel:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
-        """States ``(B, C, H, W)`` in physical units from latent vectors ``(B, latent_dim)``."""
+        """States ``(B, C, H, W)`` in physical units from latent vectors ``(B, latent_dim)``
+        (NaN at masked points)."""
+        return self._masked_nan(self._decode(z, batch_size))
+
+    def _decode(self, z: torch.Tensor, batch_size: int | None) -> torch.Tensor:
+        """:meth:`decode`, with the channel mean at masked points (finite everywhere)."""
         z = torch.as_tensor(z, device=self.device).to(self.dtype)
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise OptionError(
                 f"z must be (B, latent_dim={self.latent_dim}), got shape {tuple(z.shape)}"
             )
         return torch.cat([self.denormalize(self.vae.decode(c)) for c in _chunks(z, batch_size)])
+
+    def _masked_nan(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., C, H, W)`` with NaN at the masked points."""
+        if self.valid is None:
+            return x
+        return torch.where(
+            self.valid, x, torch.full((), float("nan"), dtype=x.dtype, device=x.device)
+        )
 
     @torch.no_grad()
     def encode_obs(
@@ -469,6 +514,8 @@ class LatentModel:
         n_times, n_members = prior_t.shape[:2]
         if n_members < 2:
             raise EnsembleError(f"prior has {n_members} member(s) (dim 1); need at least 2")
+        if self.valid is not None:  # masked points may hold anything: they are not read
+            prior_t = torch.where(self.valid.to(prior_t.device), prior_t, 0)
         if not bool(torch.isfinite(prior_t).all()):
             raise EnsembleError("prior contains NaN or inf values; fill or drop them first")
 
@@ -521,8 +568,8 @@ class LatentModel:
                     f"location); drop {sorted(bad)}"
                 )
             z_post = letkf_analysis(z_prior, z_obs, identity, self.latent_obs_std, **options)
-        post = self.decode(z_post.reshape(-1, self.latent_dim), batch_size=batch_size)
-        recon = self.decode(z_prior.reshape(-1, self.latent_dim), batch_size=batch_size)
+        post = self._decode(z_post.reshape(-1, self.latent_dim), batch_size)
+        recon = self._decode(z_prior.reshape(-1, self.latent_dim), batch_size)
         if update == "increment":
             post = states + (post - recon)
         diagnostics = self._diagnostics(
@@ -532,7 +579,8 @@ class LatentModel:
             obs_t,
             mask_t,
         )
-        post = post.reshape(prior_t.shape).to(dtype=out_dtype, device=prior_t.device)
+        post = self._masked_nan(post.reshape(prior_t.shape))
+        post = post.to(dtype=out_dtype, device=prior_t.device)
         if single:
             post = post[0]
         result = post.numpy() if as_numpy else post
@@ -609,18 +657,23 @@ class LatentModel:
 
     # -- persistence -------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The weights, flattened: ``"vae.<name>"`` and ``"obs_encoder.<name>"``, on CPU."""
+        """The weights, flattened: ``"vae.<name>"`` and ``"obs_encoder.<name>"``, on CPU;
+        and the mask (``"mask.valid"``, uint8 ``(C, H, W)``) of a masked model."""
         out = {}
         for prefix, net in (("vae", self.vae), ("obs_encoder", self.obs_encoder)):
             for name, value in net.state_dict().items():
                 out[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
+        if self.valid is not None:
+            out[_MASK_TENSOR] = self.valid.to("cpu", torch.uint8).contiguous()
         return out
 
     def metadata(self) -> dict[str, Any]:
         """The JSON-serialisable description stored next to the weights."""
         return {
             "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
+            "format_version": MODEL_FORMAT_VERSION
+            if self.valid is not None
+            else _UNMASKED_FORMAT_VERSION,
             "xensf_version": VERSION,
             "config": copy.deepcopy(self.config),
             "normalization": {"mean": self.mean.tolist(), "std": self.std.tolist()},
@@ -701,6 +754,17 @@ class LatentModel:
         check_model_metadata(metadata, source)
         config = metadata["config"]
         dtype = MODEL_DTYPES[metadata.get("dtype", "float32")]
+        tensors = dict(tensors)
+        valid = tensors.pop(_MASK_TENSOR, None)
+        if valid is not None:
+            arch = config["architecture"]
+            expected = (arch["channels"], *arch["grid_shape"])
+            if tuple(valid.shape) != tuple(expected) or valid.dtype != torch.uint8:
+                raise BundleError(
+                    f"{source}: its mask {_MASK_TENSOR!r} is {valid.dtype} "
+                    f"{tuple(valid.shape)}, not uint8 {tuple(expected)}; re-save the model"
+                )
+            valid = valid.to(torch.bool)
         check_weight_shapes(config, {k: tuple(v.shape) for k, v in tensors.items()}, source)
         vae, obs_encoder = build_networks(config)
         for prefix, net in (("vae", vae), ("obs_encoder", obs_encoder)):
@@ -717,6 +781,7 @@ class LatentModel:
             torch.tensor(norm["std"], dtype=dtype),
             torch.tensor(metadata["latent_obs_std"], dtype=dtype),
             config,
+            valid=valid,
         )
 
 

@@ -1,0 +1,180 @@
+"""Where a state's grid points are: 1-D axes, or 2-D (curvilinear) coordinates.
+
+A regular grid has a latitude coordinate along its ``lat`` dim and a longitude one
+along its ``lon`` dim (or planar y/x coordinates, or none: grid indices). A curvilinear
+grid (ocean and regional models) has two 2-D coordinates on the two grid dims,
+``lat(y, x)`` and ``lon(y, x)``; the dims then play the latitude and longitude roles
+by position (rows, columns) though they are not parallels and meridians.
+:func:`grid_coords` reads either into one :class:`GridCoords`, the single place the
+bridge asks where a grid point or a station is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ObservationMismatchError
+from .criteria import CF_CRITERIA, COMMON_NAMES
+
+__all__ = ["GridCoords", "curvilinear_names", "grid_coords"]
+
+#: Usual names of 2-D latitude / longitude coordinates (NEMO, ROMS, MOM, CICE, WRF).
+_NAMES_2D = {
+    "latitude": ("nav_lat", "lat_rho", "geolat", "tlat", "ulat", "xlat", "lat2d"),
+    "longitude": ("nav_lon", "lon_rho", "geolon", "tlon", "ulon", "xlong", "lon2d"),
+}
+
+
+def _role_2d(obj: xr.Dataset | xr.DataArray, role: str) -> list[str]:
+    """2-D coordinates that carry the role's CF metadata or a usual name."""
+    out = []
+    for name, coord in obj.coords.items():
+        if coord.ndim != 2:
+            continue
+        attrs = coord.attrs
+        cf = any(
+            isinstance(attrs.get(attr), str) and attrs.get(attr) in values
+            for attr, values in CF_CRITERIA[role].items()
+        )
+        lowered = str(name).lower()
+        if cf or lowered in _NAMES_2D[role] or lowered in COMMON_NAMES[role]:
+            out.append(str(name))
+    return out
+
+
+def curvilinear_names(obj: xr.Dataset | xr.DataArray) -> tuple[str, str] | None:
+    """The names of 2-D latitude and longitude coordinates on the same two dims, or None.
+
+    None too when several candidate pairs exist (name the grid dims then: a curvilinear
+    grid is found only when nothing is ambiguous).
+    """
+    lats, lons = _role_2d(obj, "latitude"), _role_2d(obj, "longitude")
+    pairs = [(a, b) for a in lats for b in lons if obj[a].dims == obj[b].dims and a != b]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+@dataclass(frozen=True)
+class GridCoords:
+    """The grid's coordinates: ``lat`` and ``lon`` 1-D (per dim) or 2-D, or None.
+
+    ``geographic``: degrees on the sphere (else planar units or grid indices).
+    """
+
+    lat: np.ndarray | None
+    lon: np.ndarray | None
+    geographic: bool
+    names: tuple[str, str] | None = None
+
+    @property
+    def curvilinear(self) -> bool:
+        return self.lat is not None and self.lat.ndim == 2
+
+    @property
+    def known(self) -> bool:
+        """Whether the coordinates are given (not grid indices made up here)."""
+        return self.names is not None
+
+    def points(self) -> tuple[np.ndarray, np.ndarray]:
+        """Latitude (y) and longitude (x) of every grid point, each ``(nlat, nlon)``."""
+        if self.curvilinear:
+            return self.lat, self.lon
+        return np.meshgrid(self.lat, self.lon, indexing="ij")
+
+    def station_weights(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+        """Bilinear interpolation rows (``S + (4,)`` indices and weights) to points."""
+        from ..curvilinear import curvilinear_weights
+        from ..obs import bilinear_weights, planar_bilinear_weights
+
+        if not self.known:
+            raise ObservationMismatchError(
+                "point observations need latitude/longitude coordinate values on the state"
+            )
+        if self.curvilinear:
+            return curvilinear_weights(self.lat, self.lon, lat, lon)
+        if self.geographic:
+            return bilinear_weights(self.lat, self.lon, lat, lon)
+        return planar_bilinear_weights(self.lat, self.lon, lat, lon)
+
+    def locations(self) -> np.ndarray:
+        """``(G, 2)`` (latitude, longitude in [-180, 180)) of every grid point in C order,
+        or planar (y, x) when the grid is not geographic."""
+        from ..obs import point_locations
+
+        lat, lon = self.points()
+        if self.geographic:
+            return point_locations(lat, lon).reshape(-1, 2)
+        return np.stack([lat.ravel(), lon.ravel()], -1).astype(np.float64)
+
+    def spacing(self) -> float:
+        """The typical distance between neighbouring grid points: √(the grid's area / points).
+
+        In km on a geographic grid (a regular one's rows weighted by cos(latitude), a
+        curvilinear one's area from its geometry), else in grid coordinate units. NaN
+        for a grid of one point.
+        """
+        from ..filters.localization import EARTH_RADIUS_KM
+
+        if self.curvilinear:
+            from ..curvilinear import cell_areas
+
+            area = cell_areas(self.lat, self.lon, relative=False)
+            return float(np.sqrt(area.mean())) * EARTH_RADIUS_KM
+        axes = [np.asarray(a, np.float64) for a in (self.lat, self.lon)]
+        steps = [float(np.median(np.abs(np.diff(a)))) for a in axes if a.size > 1]
+        if not steps:
+            return float("nan")
+        dy, dx = (steps * 2)[:2]
+        if not self.geographic:
+            return float(np.sqrt(dy * dx))
+        cells = float(np.cos(np.deg2rad(axes[0])).clip(min=0.0).mean())
+        area = cells * np.deg2rad(dy) * np.deg2rad(dx) * EARTH_RADIUS_KM**2
+        return float(np.sqrt(area))
+
+    def first_point(self) -> tuple[float, float]:
+        """The first grid point's latitude and longitude (a position inside the grid)."""
+        lat, lon = self.points()
+        return float(lat[0, 0]), float(lon[0, 0])
+
+    def cell_area_weights(self, dims: tuple[str, str]) -> xr.DataArray:
+        """Relative area of each point of a curvilinear grid, on both grid ``dims``
+        (:func:`xensf.curvilinear.cell_areas`); a regular grid's is cos(latitude)
+        (:func:`xensf.metrics.area_weights`)."""
+        from ..curvilinear import cell_areas
+
+        return xr.DataArray(cell_areas(self.lat, self.lon), dims=dims)
+
+
+def grid_coords(ds: xr.Dataset | xr.DataArray, dims) -> GridCoords:
+    """The :class:`GridCoords` of ``ds``'s grid dims ``dims.lat`` × ``dims.lon``."""
+    pair = curvilinear_names(ds)
+    if pair is not None and set(ds[pair[0]].dims) == {dims.lat, dims.lon}:
+        lat, lon = (
+            np.asarray(ds[n].transpose(dims.lat, dims.lon).values, np.float64) for n in pair
+        )
+        return GridCoords(lat, lon, geographic=True, names=pair)
+    if dims.lat in ds.coords and dims.lon in ds.coords:
+        return GridCoords(
+            np.asarray(ds[dims.lat].values),
+            np.asarray(ds[dims.lon].values),
+            geographic=_is_geographic_axis(ds, dims),
+            names=(dims.lat, dims.lon),
+        )
+    return GridCoords(
+        np.arange(ds.sizes[dims.lat], dtype=np.float64),
+        np.arange(ds.sizes[dims.lon], dtype=np.float64),
+        geographic=False,
+    )
+
+
+def _is_geographic_axis(ds, dims) -> bool:
+    """Whether 1-D grid coordinates are latitude/longitude in degrees (else planar x/y)."""
+    units = str(ds[dims.lat].attrs.get("units", "")).lower()
+    std = ds[dims.lat].attrs.get("standard_name", "")
+    if units.startswith("degree") or std == "latitude":
+        return True
+    if units or std:
+        return False
+    return str(dims.lat).lower() in ("lat", "latitude")
