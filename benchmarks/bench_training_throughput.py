@@ -2,13 +2,15 @@
 
     python benchmarks/bench_training_throughput.py [--device cpu|cuda] [--threads K]
                                                    [--states S] [--epochs E]
+                                                   [--precision float32 bfloat16]
 
 Trains the demo's architecture (:data:`xensf.experiments.demo_swe.TRAINING`: 3 channels, a
 4 x 10 x 10 latent, width 64, 2 residual blocks per scale, batch 64, the full
 Latent-EnSF loss with both decoders) on random states of 40 x 40 and 150 x 150 and
 prints the training states per second of the optimisation epochs (validation passes
-excluded; the first epoch is a warm-up and not counted). The states are random: the
-speed does not depend on what they hold.
+excluded; the first epoch is a warm-up and not counted), for each training precision
+asked for (the demo model trains in bfloat16). The states are random: the speed does
+not depend on what they hold.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from xensf.experiments.demo_swe import TRAINING
 from xensf.latent import gridded_stride_obs, train_latent_model
 
 
-def throughput(n: int, kind: str, states: int, epochs: int, device: str) -> float:
+def throughput(n: int, kind: str, states: int, epochs: int, device: str, precision: str):
     spec = TRAINING[kind]
     data = torch.randn(states, 3, n, n)
     model = train_latent_model(
@@ -37,6 +39,7 @@ def throughput(n: int, kind: str, states: int, epochs: int, device: str) -> floa
         batch_size=64,
         val_fraction=0.05,
         device=device,
+        precision=precision,
         progress=False,
     )
     history = model.config["training"]["history"]
@@ -62,15 +65,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--states", type=int, default=640)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--precision", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"]
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"# training throughput on {name}, {torch.get_num_threads()} torch threads")
-    print(f"{'grid':>9} {'latent':>12} {'states/s':>10}")
+    print(f"{'grid':>9} {'latent':>12} {'precision':>10} {'states/s':>10}")
     for n, kind in ((40, "demo"), (150, "full")):
-        rate, latent = throughput(n, kind, args.states, args.epochs, args.device)
-        print(f"{n:>4} x {n:<3} {latent:>12} {rate:>10.1f}", flush=True)
+        for precision in args.precision:
+            rate, latent = throughput(n, kind, args.states, args.epochs, args.device, precision)
+            print(f"{n:>4} x {n:<3} {latent:>12} {precision:>10} {rate:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":
