@@ -71,14 +71,16 @@ def spread_skill(path: Path, truth: xr.Dataset, scales) -> float:
 
 
 def reconstruction(model_path, truth: xr.Dataset, scales) -> str:
-    """The latent model's floor: relative RMSE of decode(encode(truth)), by half."""
+    """The latent model's floor: relative RMSE of decode(encode(truth)), mean over the
+    whole run, then by half."""
     from xensf.latent import LatentModel
 
     model = LatentModel.load(model_path)
     x = torch.as_tensor(np.stack([truth[v].values for v in FIELDS], 1))
     rec = model.decode(model.encode(x)[0]).cpu().numpy()
     decoded = truth.copy(data={v: rec[:, i] for i, v in enumerate(FIELDS)})
-    return halves(relative_rmse(decoded, truth, scales))
+    curve = relative_rmse(decoded, truth, scales)
+    return f"{float(curve.mean()):.3f} (halves {halves(curve)})"
 
 
 def main() -> None:
