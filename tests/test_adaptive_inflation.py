@@ -183,8 +183,24 @@ def test_adaptive_inflation_options_are_checked_before_any_work():
         ds.assign(inflation=ds.t.isel(member=0)).ensf.assimilate(
             obs, adaptive_inflation=True, **LETKF
         )
-    with pytest.raises(ChunkingError, match="one chunk"):
-        ds.chunk({"lat": 5}).ensf.assimilate(obs, adaptive_inflation=True, **LETKF)
+    with pytest.raises(ChunkingError, match="weight_stride"):
+        ds.chunk({"lat": 5}).ensf.assimilate(obs, weight_stride=2, **LETKF)
+
+
+def test_spatial_blocks_give_the_state_and_the_field_of_the_whole_grid():
+    import xensf
+
+    ds, obs = _grid_case(2)
+    start = xensf.AdaptiveInflation(mean=1.0 + 0.01 * ds.lat.broadcast_like(ds.t.isel(
+        time=0, member=0)), std=0.05)  # fmt: skip
+    whole = ds.ensf.assimilate(obs, adaptive_inflation=start, **LETKF)
+    blocks = ds.chunk({"time": 1, "lat": 4, "lon": 6}).ensf.assimilate(
+        obs, adaptive_inflation=start, **LETKF
+    )
+    assert blocks.inflation.chunks is not None and blocks.inflation.dims == ("time", "lat", "lon")
+    np.testing.assert_allclose(blocks.t.values, whole.t.values, rtol=1e-12)
+    np.testing.assert_allclose(blocks.inflation.values, whole.inflation.values, rtol=1e-12)
+    assert float(abs(whole.inflation - start.mean).max()) > 1e-3  # the field was updated
 
 
 def test_a_cycled_run_carries_and_stores_the_field_and_resumes_to_the_same_run(tmp_path):

@@ -491,12 +491,6 @@ def assimilate(
                 f"has a variable {name!r}; rename it (prior.rename({{{name!r}: ...}}))"
             )
     if is_spatially_chunked(prior, names, dims):
-        if grid_outputs:
-            raise ChunkingError(
-                f"{spec.name} with {', '.join(grid_outputs)} fields (adaptive_inflation) "
-                "analyses the grid in one chunk for now: rechunk the prior with "
-                f"{{{dims.lat!r}: -1, {dims.lon!r}: -1}}, or use a fixed inflation"
-            )
         outputs = analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip

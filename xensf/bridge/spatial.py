@@ -150,13 +150,19 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             )
         )
     core += [[], []]
+    adaptive = method.adaptive_inflation not in (None, False)
+    if adaptive:  # where each block lies in the grid, to read its part of the field
+        for d in (dims.lat, dims.lon):
+            index = xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d)
+            inputs.append(index.chunk({d: chunks[d]}))
+            core.append([])
     out = xr.apply_ufunc(
         _analyse_spatial_block,
         *inputs,
         input_core_dims=core,
-        output_core_dims=[[dims.member, *levels[n]] for n in names],
+        output_core_dims=[[dims.member, *levels[n]] for n in names] + [[]] * adaptive,
         dask="parallelized",
-        output_dtypes=list(plan.out_dtypes),
+        output_dtypes=list(plan.out_dtypes) + [np.float64] * adaptive,
         kwargs={
             "plan": plan,
             "spherical": plan.distance == "great_circle",
@@ -164,7 +170,7 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         },
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
-    return (out,) if len(names) == 1 else out
+    return (out,) if isinstance(out, xr.DataArray) else out
 
 
 def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarray:
@@ -217,6 +223,14 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curv
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     lat, lon = arrays[nv + 1 + 2 * no], arrays[nv + 2 + 2 * no]
     T, block_layout, x = _block_state(state, plan, "LETKF")
+    settings = plan.method.adaptive_inflation
+    field = per_component = None
+    if settings not in (None, False):  # the block's part of the inflation field
+        rows, cols = (np.asarray(a).ravel() for a in arrays[nv + 3 + 2 * no : nv + 5 + 2 * no])
+        whole = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
+        start = whole.reshape(layout.grid_shape)[np.ix_(rows, cols)].ravel()
+        field = np.tile(start, (T, 1))  # times without observations in reach keep it
+        per_component = dataclasses.replace(settings, mean=np.tile(start, layout.n_fields))
     hx = _squeezed(hx, 2, plan)
     y, err = _block_observations(values, errors, plan, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
@@ -245,25 +259,29 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curv
             points, n_fields, obs.locations[sel], obs.indices[sel], layout.grid_size,
             plan.distance, float(method.loc_radius), method.vertical_radius, plan.field_heights,
         )  # fmt: skip
-        out[t] = (
-            letkf_analysis(
-                tensor(x[t]),
-                tensor(y[t][sel]),
-                None,
-                tensor(err[t][sel]),
-                inflation=float(method.inflation),
-                rtps=float(method.rtps),
-                prior_obs=tensor(hx[t][:, sel]),
-                **geometry,
-            )
-            .cpu()
-            .numpy()
+        analysis = letkf_analysis(
+            tensor(x[t]),
+            tensor(y[t][sel]),
+            None,
+            tensor(err[t][sel]),
+            inflation=float(method.inflation),
+            rtps=float(method.rtps),
+            prior_obs=tensor(hx[t][:, sel]),
+            adaptive_inflation=per_component,
+            **geometry,
         )
+        if per_component is not None:
+            analysis, updated = analysis
+            field[t] = updated.mean.cpu().numpy()[: block_layout.grid_size]
+        out[t] = analysis.cpu().numpy()
     # back to (T, lat, lon, N, *levels) per variable, in its dtype
     result = []
     for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
         part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
         result.append(part if plan.has_time else part[0])
+    if field is not None:  # (T, lat, lon): a loop-shaped output
+        field = field.reshape(T, *block_layout.grid_shape)
+        result.append(field if plan.has_time else field[0])
     return tuple(result) if len(result) > 1 else result[0]
 
 
