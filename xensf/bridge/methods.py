@@ -350,7 +350,9 @@ class EnSF(Method):
                 scale = _ensf_scale(x[ts], plan.layout, self.scale, block.masked)  # (T, d)
             _check_ensf_scale(x[ts], scale, plan.layout, self.scale)
             for comps, rows, cols in self.windows(block):
-                if comps.size == x.shape[-1]:  # one window: the block, with its rows
+                whole = comps.size == x.shape[-1]
+                if whole:  # one window: the block, with its rows (and no copies)
+                    comps = slice(None)
                     use, indices, weights = sel, obs.indices[sel], obs.weights[sel]
                 else:  # a window: the rows on its points, each reading one of them
                     position = np.full(x.shape[-1], -1)
@@ -381,7 +383,11 @@ class EnSF(Method):
                     likelihood=self.likelihood,
                     generator=_tiled_noise(block, ts, rows, cols),
                 )
-                out[np.ix_(ts, np.arange(x.shape[1]), comps)] = post.cpu().numpy() * s[:, None, :]
+                post = post.cpu().numpy() * s[:, None, :]
+                if whole:
+                    out[ts] = post
+                else:
+                    out[np.ix_(ts, np.arange(x.shape[1]), comps)] = post
         return out
 
 
