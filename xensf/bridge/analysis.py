@@ -463,7 +463,7 @@ def assimilate(
         device=device,
         has_time=dims.time is not None,
         out_dtypes=tuple(prior[n].dtype for n in names),
-        grid_locations=grid.locations(),
+        grid_locations=grid.locations,
         distance="great_circle" if grid.geographic else "euclidean",
         model=handle,
         model_slots=model_slots,

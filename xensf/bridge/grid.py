@@ -12,6 +12,7 @@ bridge asks where a grid point or a station is.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import xarray as xr
@@ -98,9 +99,10 @@ class GridCoords:
             return bilinear_weights(self.lat, self.lon, lat, lon)
         return planar_bilinear_weights(self.lat, self.lon, lat, lon)
 
+    @cached_property
     def locations(self) -> np.ndarray:
         """``(G, 2)`` (latitude, longitude in [-180, 180)) of every grid point in C order,
-        or planar (y, x) when the grid is not geographic."""
+        or planar (y, x) when the grid is not geographic (computed once)."""
         from ..obs import point_locations
 
         lat, lon = self.points()

@@ -323,7 +323,7 @@ def prepare_observations(
                 )
         kind = "gridded"
         point = None
-        grid_loc = grid.locations()
+        grid_loc = grid.locations
     else:
         kind = "point"
         point = obs_dim or _find_point_dim(obs, names, dims.time)
