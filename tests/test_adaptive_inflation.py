@@ -167,7 +167,6 @@ def test_a_trusted_field_on_the_grid_is_the_fixed_inflation_it_holds():
 
 def test_adaptive_inflation_options_are_checked_before_any_work():
     import xensf
-    from xensf.errors import ChunkingError
 
     ds, obs = _grid_case()
     with pytest.raises(OptionError, match="replaces the fixed factor"):
@@ -183,8 +182,6 @@ def test_adaptive_inflation_options_are_checked_before_any_work():
         ds.assign(inflation=ds.t.isel(member=0)).ensf.assimilate(
             obs, adaptive_inflation=True, **LETKF
         )
-    with pytest.raises(ChunkingError, match="weight_stride"):
-        ds.chunk({"lat": 5}).ensf.assimilate(obs, weight_stride=2, **LETKF)
 
 
 def test_spatial_blocks_give_the_state_and_the_field_of_the_whole_grid():

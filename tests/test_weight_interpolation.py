@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from xensf.bridge.geometry import coarse_anchors
-from xensf.errors import ChunkingError, OptionError
+from xensf.errors import OptionError
 
 
 def test_the_anchor_weights_reproduce_a_linear_field_and_are_exact_on_anchors():
@@ -75,10 +75,24 @@ def test_weight_stride_is_checked_before_any_work():
             ds.ensf.assimilate(obs, weight_stride=bad, **options)
     with pytest.raises(OptionError, match="adaptive_inflation needs a transform"):
         ds.ensf.assimilate(obs, weight_stride=2, adaptive_inflation=True, **options)
-    with pytest.raises(ChunkingError, match="weight_stride"):
-        ds.chunk({"lat": 7}).ensf.assimilate(obs, weight_stride=2, **options)
     with pytest.raises(OptionError, match="interpolate_from needs loc_radius"):
         xensf.letkf_analysis(
             np.zeros((3, 4)) + np.arange(3)[:, None], np.ones(4), np.arange(4), 1.0,
             interpolate_from=([0], [[0]] * 4, [[1.0]] * 4),
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("levels", [False, True])
+def test_spatial_blocks_interpolate_from_the_whole_grids_anchors(levels):
+    """A block's edge interpolates from anchors in other blocks: their transforms are
+    computed at those locations (they need only the observations), so chunked equals
+    the whole grid's interpolated analysis."""
+    ds, obs = _case(levels)
+    options = dict(method="letkf", obs_error=1.0, loc_radius=1500.0, obs_dim="s")
+    if levels:
+        options["vertical_radius"] = 0.5
+    whole = ds.ensf.assimilate(obs, weight_stride=3, **options)
+    blocks = ds.chunk({"lat": 7, "lon": 10}).ensf.assimilate(obs, weight_stride=3, **options)
+    assert blocks.t.chunks is not None
+    np.testing.assert_allclose(blocks.t.values, whole.t.values, rtol=1e-12)
+    assert not np.allclose(whole.t.values, ds.t.values)

@@ -116,6 +116,7 @@ def letkf_geometry(
     heights: np.ndarray | None = None,
     weight_stride: int = 1,
     grid_shape: tuple[int, int] | None = None,
+    anchors: tuple[np.ndarray, ...] | None = None,
 ) -> dict[str, Any]:
     """The localisation arguments of :func:`~xensf.filters.letkf_analysis`.
 
@@ -126,11 +127,20 @@ def letkf_geometry(
     with it (and ``heights``, one per field) each (grid point, level) is a location and
     the distance is :class:`~xensf.filters.localization.with_vertical`. With
     ``weight_stride > 1`` (``grid_shape`` the ``(nlat, nlon)`` of ``points``) the
-    transforms are interpolated from :func:`coarse_anchors` on every level.
+    transforms are interpolated from :func:`coarse_anchors` on every level; or, for a
+    spatial block, from ``anchors`` = :func:`block_anchors`'s ``(extra points,
+    anchors, neighbours, weights)``, whose extra points (anchors outside the block) are
+    locations without state components.
     """
     n_points = points.shape[0]
     if loc_radius is None:
         return {"loc_radius": None}
+    if anchors is not None:
+        extra, one_level = anchors[0], anchors[1:]
+        points = np.concatenate([points, extra]).astype(np.float64)
+    else:
+        one_level = _interpolation(weight_stride, grid_shape)
+    n_locations = points.shape[0]  # the state's points, then any extra anchors
     if vertical_radius is None or heights is None:
         return {
             "loc_radius": loc_radius,
@@ -138,15 +148,15 @@ def letkf_geometry(
             "state_location": np.tile(np.arange(n_points), n_fields),
             "obs_coords": obs_locations,
             "distance": distance,
-            **_interpolation(weight_stride, grid_shape, 1),
+            **_levels(one_level, n_locations, 1),
         }
     from ..filters.localization import with_vertical
 
     levels, which = np.unique(heights, return_inverse=True)  # NaNs (no levels) as one
     coords = np.concatenate(
-        [np.column_stack([points, np.full(n_points, z)]) for z in levels]
+        [np.column_stack([points, np.full(n_locations, z)]) for z in levels]
     ).astype(np.float64)
-    location = np.repeat(which, n_points) * n_points + np.tile(np.arange(n_points), n_fields)
+    location = np.repeat(which, n_points) * n_locations + np.tile(np.arange(n_points), n_fields)
     obs_z = heights[np.asarray(obs_rows)[:, 0] // grid_size]
     return {
         "loc_radius": loc_radius,
@@ -154,24 +164,64 @@ def letkf_geometry(
         "state_location": location,
         "obs_coords": np.column_stack([obs_locations, obs_z]),
         "distance": with_vertical(distance, loc_radius / vertical_radius),
-        **_interpolation(weight_stride, grid_shape, levels.size),
+        **_levels(one_level, n_locations, levels.size),
     }
 
 
-def _interpolation(stride: int, grid_shape, n_levels: int) -> dict[str, Any]:
-    """``interpolate_from`` for ``n_levels`` copies of the grid's locations, or nothing."""
-    if stride == 1:
+def _interpolation(stride: int, grid_shape) -> tuple[np.ndarray, ...] | None:
+    """``(anchors, neighbours, weights)`` of the whole grid for ``stride``, or None."""
+    return None if stride == 1 else coarse_anchors(grid_shape, stride)
+
+
+def _levels(one_level, n_locations: int, n_levels: int) -> dict[str, Any]:
+    """``interpolate_from`` for ``n_levels`` copies of ``n_locations`` locations, or
+    nothing; ``one_level`` is ``(anchors, neighbours, weights)`` for one copy."""
+    if one_level is None:
         return {}
-    anchors, neighbours, weights = coarse_anchors(grid_shape, stride)
-    n_points = grid_shape[0] * grid_shape[1]
+    anchors, neighbours, weights = one_level
     level = np.arange(n_levels)[:, None]
     return {
         "interpolate_from": (
-            (level * n_points + anchors).ravel(),
+            (level * n_locations + anchors).ravel(),
             (level[:, :, None] * anchors.size + neighbours[None]).reshape(-1, 4),
             np.tile(weights, (n_levels, 1)),
         )
     }
+
+
+def block_anchors(
+    grid_locations: np.ndarray, grid_shape, stride: int, rows: np.ndarray, cols: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Weight interpolation for the block ``rows × cols`` of the grid, as the whole grid's.
+
+    The block's points interpolate from the whole grid's anchors (:func:`coarse_anchors`)
+    around them, some of which lie outside the block: those become extra locations
+    (their coordinates from ``grid_locations``), where a transform is computed (it needs
+    only the observations) though there is no state. Returns ``(extra points (E, k),
+    anchors, neighbours, weights)`` over the block's points, then the extra ones (each
+    its own anchor).
+    """
+    anchors, neighbours, weights = coarse_anchors(grid_shape, stride)
+    nlon = grid_shape[1]
+    points = (rows[:, None] * nlon + cols[None, :]).ravel()
+    need = np.unique(neighbours[points])  # ids into `anchors` the block interpolates from
+    flat = anchors[need]
+    i, j = np.divmod(flat, nlon)
+    inside = np.isin(i, rows) & np.isin(j, cols)
+    local = np.searchsorted(rows, i) * cols.size + np.searchsorted(cols, j)
+    extra = flat[~inside]
+    location = np.where(inside, local, 0)
+    location[~inside] = points.size + np.arange(extra.size)
+    own = np.flatnonzero(~inside)  # each extra location: its own anchor, weight 1
+    around = np.searchsorted(need, neighbours[points])
+    own_rows = np.repeat(own[:, None], 4, axis=1)
+    own_weights = np.tile([1.0, 0.0, 0.0, 0.0], (own.size, 1))
+    return (
+        grid_locations[extra],
+        location,
+        np.concatenate([around, own_rows]),
+        np.concatenate([weights[points], own_weights]),
+    )
 
 
 def coarse_anchors(

@@ -34,7 +34,7 @@ from ..errors import ChunkingError, EnsembleError
 from ..filters.device import compute_device
 from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
-from .geometry import letkf_geometry
+from .geometry import block_anchors, letkf_geometry
 from .grid import grid_coords
 from .layout import StateLayout
 
@@ -106,12 +106,6 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
             "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
         )
-    if method.weight_stride > 1:
-        raise ChunkingError(
-            "weight_stride interpolates the transforms across the whole grid, and the prior "
-            "is split into latitude/longitude blocks: rechunk the grid into one chunk "
-            "(ds.chunk({lat: -1, lon: -1})), or drop weight_stride"
-        )
     hx = observed_prior(prior, names, dims, levels, plan.layout, plan.obs)
 
     def bare(da: xr.DataArray, rename: bool = False) -> xr.DataArray:
@@ -151,7 +145,7 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         )
     core += [[], []]
     adaptive = method.adaptive_inflation not in (None, False)
-    if adaptive:  # where each block lies in the grid, to read its part of the field
+    if adaptive or method.weight_stride > 1:  # where each block lies in the grid
         for d in (dims.lat, dims.lon):
             index = xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d)
             inputs.append(index.chunk({d: chunks[d]}))
@@ -223,10 +217,16 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curv
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     lat, lon = arrays[nv + 1 + 2 * no], arrays[nv + 2 + 2 * no]
     T, block_layout, x = _block_state(state, plan, "LETKF")
-    settings = plan.method.adaptive_inflation
-    field = per_component = None
-    if settings not in (None, False):  # the block's part of the inflation field
+    method = plan.method
+    settings = method.adaptive_inflation
+    field = per_component = anchors = None
+    if settings not in (None, False) or method.weight_stride > 1:
         rows, cols = (np.asarray(a).ravel() for a in arrays[nv + 3 + 2 * no : nv + 5 + 2 * no])
+    if method.weight_stride > 1:  # the whole grid's anchors around this block
+        anchors = block_anchors(
+            plan.grid_locations, layout.grid_shape, method.weight_stride, rows, cols
+        )
+    if settings not in (None, False):  # the block's part of the inflation field
         whole = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
         start = whole.reshape(layout.grid_shape)[np.ix_(rows, cols)].ravel()
         field = np.tile(start, (T, 1))  # times without observations in reach keep it
@@ -246,18 +246,23 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curv
     n_fields = block_layout.n_fields
     work = plan.work_dtype
     out = x.astype(work, copy=True)
-    method = plan.method
     device = compute_device(plan.device)
 
     def tensor(a):
         return torch.from_numpy(np.ascontiguousarray(a, dtype=work)).to(device)
 
-    near = within_reach(obs.locations, lat_b, lon_b, 2.0 * float(method.loc_radius), spherical)
+    reach = 2.0 * float(method.loc_radius)
+    near = within_reach(obs.locations, lat_b, lon_b, reach, spherical)
+    if anchors is not None and anchors[0].size:  # and of the anchors outside the block
+        extra = anchors[0]
+        extra_lon = None if lon_b is None else np.unique(extra[:, 1])
+        near |= within_reach(obs.locations, np.unique(extra[:, 0]), extra_lon, reach, spherical)
     for t in np.flatnonzero((observed & near).any(axis=1)):  # others keep the prior
         sel = observed[t] & near
         geometry = letkf_geometry(
             points, n_fields, obs.locations[sel], obs.indices[sel], layout.grid_size,
             plan.distance, float(method.loc_radius), method.vertical_radius, plan.field_heights,
+            anchors=anchors,
         )  # fmt: skip
         analysis = letkf_analysis(
             tensor(x[t]),
