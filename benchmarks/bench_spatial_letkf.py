@@ -1,4 +1,5 @@
-"""LETKF on spatial blocks at scale: a chunked global prior in zarr, stations, a LocalCluster.
+"""LETKF (or EnSF) on spatial blocks at scale: a chunked global prior in zarr, stations,
+a LocalCluster.
 
 A synthetic prior shaped like global ERA5 (``--grid`` latitudes × twice as many
 longitudes, ``--levels`` levels, ``--variables`` variables, ``--members`` members, one
@@ -7,9 +8,12 @@ time; smooth random fields) is written to a zarr store in spatial chunks, then
 with ``method="letkf"`` and ``loc_radius=--radius`` km, the analysis written to another
 zarr store, on a dask ``LocalCluster`` whose workers have ``--memory`` of memory each.
 Prints the time, the peak memory of any worker (sampled), and the time per million
-grid points (latitude × longitude × levels × variables).
+grid points (latitude × longitude × levels × variables). ``--method ensf`` runs the
+EnSF with ``prior_score="paired"`` (``--steps`` steps) instead, with the stations moved
+to their nearest grid points (on blocks each observation must read one point).
 
     python benchmarks/bench_spatial_letkf.py --quick        # 91 x 180, seconds
+    python benchmarks/bench_spatial_letkf.py --method ensf  # the paired EnSF on blocks
     python benchmarks/bench_spatial_letkf.py                # 181 x 360, 13 levels, 4 variables
     python benchmarks/bench_spatial_letkf.py --grid 721 --levels 13 --variables 4 \\
         --members 50 --stations 100000 --chunk 90 --memory 4GB   # 0.25 degrees: ~10.8 GB
@@ -72,6 +76,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory", default="4GB", help="memory limit per worker")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=["letkf", "ensf"], default="letkf")
+    parser.add_argument("--steps", type=int, default=100, help="EnSF steps")
     args = parser.parse_args()
     if args.quick:
         args.grid, args.levels, args.variables, args.stations, args.chunk = 91, 2, 2, 2000, 30
@@ -109,6 +115,10 @@ def main() -> None:
         rng = np.random.default_rng(args.seed)
         lats = np.degrees(np.arcsin(rng.uniform(-1, 1, args.stations)))
         lons = rng.uniform(-180, 180, args.stations)
+        if args.method == "ensf":  # on grid points: each observation reads one point
+            lats = prior.lat.values[np.abs(prior.lat.values[:, None] - lats).argmin(0)]
+            step = float(prior.lon[1] - prior.lon[0])
+            lons = (np.round(lons / step) * step) % 360.0
         stations = xr.Dataset(
             {"v0": (("time", "station"), 280 + rng.standard_normal((1, args.stations)))},
             coords={"time": [0], "lat": ("station", lats), "lon": ("station", lons)},
@@ -120,10 +130,12 @@ def main() -> None:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            analysis = prior.ensf.assimilate(
-                stations, method="letkf", obs_error=1.0, loc_radius=args.radius,
-                inflation=1.05,
-            )  # fmt: skip
+            options = (
+                dict(method="letkf", loc_radius=args.radius, inflation=1.05)
+                if args.method == "letkf"
+                else dict(method="ensf", prior_score="paired", steps=args.steps)
+            )
+            analysis = prior.ensf.assimilate(stations, obs_error=1.0, **options)
             analysis.to_zarr(out_path, mode="w")
         wall = time.perf_counter() - start
         stop.set()
@@ -134,8 +146,13 @@ def main() -> None:
     print(
         f"grid {args.grid} x {2 * (args.grid - 1)}, {args.levels} levels, {args.variables} "
         f"variables, {args.members} members: {size_gb:.2f} GB float32 in "
-        f"{args.chunk} x {args.chunk} chunks; {args.stations} stations, loc_radius "
-        f"{args.radius:g} km; {args.workers} workers x {args.memory}"
+        f"{args.chunk} x {args.chunk} chunks; {args.stations} stations; "
+        + (
+            f"LETKF, loc_radius {args.radius:g} km"
+            if args.method == "letkf"
+            else f"paired EnSF, {args.steps} steps"
+        )
+        + f"; {args.workers} workers x {args.memory}"
     )
     print(f"{'time s':>8} {'peak worker MB':>15} {'s per 1e6 points':>17} {'max change':>11}")
     print(f"{wall:>8.1f} {peak['mb']:>15.0f} {wall / points * 1e6:>17.2f} {moved:>11.3g}")
