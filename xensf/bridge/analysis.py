@@ -491,7 +491,9 @@ def assimilate(
                 f"has a variable {name!r}; rename it (prior.rename({{{name!r}: ...}}))"
             )
     if is_spatially_chunked(prior, names, dims):
-        outputs = analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks)
+        outputs = analyse_in_blocks(
+            prior, names, dims, levels, values, errors, plan, time_chunks, grid
+        )
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]

@@ -35,7 +35,6 @@ from ..filters.device import compute_device
 from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
-from .grid import grid_coords
 from .layout import StateLayout
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
@@ -90,10 +89,11 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
     return out.transpose(*lead, "_row")
 
 
-def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks):
+def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks, grid):
     """The analysis of each latitude × longitude block of ``prior``, lazily.
 
-    Returns one DataArray per state variable with the prior's dims and chunks.
+    ``grid``: the prior's :class:`~xensf.bridge.grid.GridCoords`. Returns one DataArray
+    per state variable (and the grid outputs) with the prior's dims and chunks.
     """
     from .methods import EnSF
 
@@ -133,7 +133,6 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         for da, c in zip(group, dims_of, strict=True):
             inputs.append(bare(da, rename=True))
             core.append(renamed(c))
-    grid = grid_coords(prior, dims)
     chunks = prior[names[0]].variable.chunksizes
     # the block's coordinates: 1-D axes, or a curvilinear grid's 2-D block
     coord_dims = [(dims.lat, dims.lon)] * 2 if grid.curvilinear else [(dims.lat,), (dims.lon,)]
