@@ -106,33 +106,14 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
             "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
         )
-    hx = observed_prior(prior, names, dims, levels, plan.layout, plan.obs)
-
-    def bare(da: xr.DataArray, rename: bool = False) -> xr.DataArray:
-        out = xr.DataArray(da.variable.data, dims=da.dims)
-        if rename:
-            out = out.rename({d: _OBS_GRID[k] for k, d in (("lat", dims.lat), ("lon", dims.lon))
-                              if d in out.dims})  # fmt: skip
-            if out.chunks is not None:
-                out = out.chunk({d: -1 for d in out.dims if d != dims.time})
-        if time_chunks is not None and dims.time in out.dims:
-            out = out.chunk({dims.time: time_chunks})
-        return out
-
-    def renamed(core):
-        return [_OBS_GRID["lat"] if d == dims.lat else _OBS_GRID["lon"] if d == dims.lon else d
-                for d in core]  # fmt: skip
-
-    obs = plan.obs
-    order = [d for d in (dims.time, dims.member) if d is not None]
-    inputs = [bare(prior[n].transpose(*order, *levels[n], dims.lat, dims.lon)) for n in names]
-    core = [[dims.member, *levels[n]] for n in names]
-    inputs.append(bare(hx).chunk({"_row": -1}) if hx.chunks is not None else bare(hx))
-    core.append([dims.member, "_row"])
-    for group, dims_of in ((values, obs.core_dims), (errors, obs.error_core_dims)):
-        for da, c in zip(group, dims_of, strict=True):
-            inputs.append(bare(da, rename=True))
-            core.append(renamed(c))
+    hx = _bare(
+        observed_prior(prior, names, dims, levels, plan.layout, plan.obs), dims, time_chunks
+    )
+    state, state_core, observed, observed_core = _block_inputs(
+        prior, names, dims, levels, values, errors, plan.obs, time_chunks
+    )
+    inputs = [*state, hx.chunk({"_row": -1}) if hx.chunks is not None else hx, *observed]
+    core = [*state_core, [dims.member, "_row"], *observed_core]
     chunks = prior[names[0]].variable.chunksizes
     # the block's coordinates: 1-D axes, or a curvilinear grid's 2-D block
     coord_dims = [(dims.lat, dims.lon)] * 2 if grid.curvilinear else [(dims.lat,), (dims.lon,)]
@@ -145,10 +126,8 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
     core += [[], []]
     adaptive = method.adaptive_inflation not in (None, False)
     if adaptive or method.weight_stride > 1:  # where each block lies in the grid
-        for d in (dims.lat, dims.lon):
-            index = xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d)
-            inputs.append(index.chunk({d: chunks[d]}))
-            core.append([])
+        inputs += _block_indices(prior, dims, chunks)
+        core += [[], []]
     out = xr.apply_ufunc(
         _analyse_spatial_block,
         *inputs,
@@ -289,6 +268,46 @@ def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curv
     return tuple(result) if len(result) > 1 else result[0]
 
 
+def _bare(da: xr.DataArray, dims: EnsembleDims, time_chunks) -> xr.DataArray:
+    """``da``'s data without its coordinates (the result takes the prior's), in the
+    analysis's time chunks."""
+    out = xr.DataArray(da.variable.data, dims=da.dims)
+    if time_chunks is not None and dims.time in out.dims:
+        out = out.chunk({dims.time: time_chunks})
+    return out
+
+
+def _block_inputs(prior, names, dims, levels, values, errors, obs, time_chunks):
+    """The block mapping's state inputs (loop dims first, then member and levels) and
+    observation inputs (whole in every task: their grid dims renamed, one chunk), each
+    with its core dims: ``(state, state_core, observed, observed_core)``."""
+    order = [d for d in (dims.time, dims.member) if d is not None]
+    state = [
+        _bare(prior[n].transpose(*order, *levels[n], dims.lat, dims.lon), dims, time_chunks)
+        for n in names
+    ]
+    grid_name = {dims.lat: _OBS_GRID["lat"], dims.lon: _OBS_GRID["lon"]}
+    observed, observed_core = [], []
+    for group, dims_of in ((values, obs.core_dims), (errors, obs.error_core_dims)):
+        for da, c in zip(group, dims_of, strict=True):
+            out = _bare(da, dims, time_chunks).rename(
+                {d: grid_name[d] for d in da.dims if d in grid_name}
+            )
+            if out.chunks is not None:
+                out = out.chunk({d: -1 for d in out.dims if d != dims.time})
+            observed.append(out)
+            observed_core.append([grid_name.get(d, d) for d in c])
+    return state, [[dims.member, *levels[n]] for n in names], observed, observed_core
+
+
+def _block_indices(prior, dims: EnsembleDims, chunks) -> list[xr.DataArray]:
+    """Row and column indices of the grid, chunked as the prior: where a block lies."""
+    return [
+        xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d).chunk({d: chunks[d]})
+        for d in (dims.lat, dims.lon)
+    ]
+
+
 def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks):
     """The paired, damped EnSF of each latitude × longitude block of ``prior``, lazily."""
     from .methods import require_point_reads
@@ -322,36 +341,15 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
                     f"{method.window} (ds.chunk({{{d!r}: {4 * method.window}}}))"
                 )
     order = [d for d in (dims.time, dims.member) if d is not None]
-
-    def bare(da: xr.DataArray) -> xr.DataArray:
-        out = xr.DataArray(da.variable.data, dims=da.dims)
-        if time_chunks is not None and dims.time in out.dims:
-            out = out.chunk({dims.time: time_chunks})
-        return out
-
-    def whole(da: xr.DataArray) -> xr.DataArray:  # the observations: every task gets all
-        out = bare(da).rename({d: _OBS_GRID[k] for k, d in (("lat", dims.lat), ("lon", dims.lon))
-                               if d in da.dims})  # fmt: skip
-        if out.chunks is not None:
-            out = out.chunk({d: -1 for d in out.dims if d != dims.time})
-        return out
-
-    def renamed(core):
-        return [_OBS_GRID["lat"] if d == dims.lat else _OBS_GRID["lon"] if d == dims.lon else d
-                for d in core]  # fmt: skip
-
-    inputs = [bare(prior[n].transpose(*order, *levels[n], dims.lat, dims.lon)) for n in names]
-    core = [[dims.member, *levels[n]] for n in names]
-    for group, dims_of in ((values, obs.core_dims), (errors, obs.error_core_dims)):
-        for da, c in zip(group, dims_of, strict=True):
-            inputs.append(whole(da))
-            core.append(renamed(c))
-    for d in (dims.lat, dims.lon):  # where each block lies in the grid
-        index = xr.DataArray(np.arange(prior.sizes[d], dtype=np.int64), dims=d)
-        inputs.append(index.chunk({d: chunks[d]}))
-        core.append([])
+    state, state_core, observed, observed_core = _block_inputs(
+        prior, names, dims, levels, values, errors, obs, time_chunks
+    )
+    inputs = [*state, *observed, *_block_indices(prior, dims, chunks)]
+    core = [*state_core, *observed_core, [], []]
     if dims.time is not None:
-        inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
+        inputs.append(
+            _bare(xr.DataArray(prior[dims.time].values, dims=dims.time), dims, time_chunks)
+        )
         core.append([])
     if method.scale is None:  # the prior spread per field, over the whole grid
         for n in names:
@@ -359,7 +357,7 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
             spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
             size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
             for reduced in (spread, size):
-                inputs.append(bare(reduced.transpose(*order[:1], *levels[n])))
+                inputs.append(_bare(reduced.transpose(*order[:1], *levels[n]), dims, time_chunks))
                 core.append(list(levels[n]))
     out = xr.apply_ufunc(
         _ensf_spatial_block,
