@@ -490,6 +490,9 @@ _DROP = object()
         (_set("normalization/std", [0.0]), "normalization\\['std'\\]"),
         (_set("config/architecture/width", 10**6), "do not fit"),
         (_set("config/architecture/patch", "4"), "'patch'"),
+        (_set("config/latent/obs_error/noise", [0.2, 0.1, 0.0, 0.3, 0.4]), "obs_error"),
+        (_set("config/latent/obs_error/noise", [0.0, 0.1]), "obs_error"),
+        (_set("config/latent/obs_error/std", "big"), "obs_error"),
     ],
 )
 def test_an_edited_latent_model_bundle_is_refused_at_load(tiny_model, tmp_path, change, field):

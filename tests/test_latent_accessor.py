@@ -137,8 +137,6 @@ def test_data_that_does_not_fit_the_model(case):
         prior.isel(x=slice(0, 20)).ensf.assimilate(obs.isel(x=slice(0, 20)), model=model)
     with pytest.raises(ObservationMismatchError, match="'h' in 'm'"):
         prior.assign(h=prior.h.assign_attrs(units="cm")).ensf.assimilate(obs, model=model)
-    with pytest.raises(OptionError, match="drop obs_error"):
-        prior.ensf.assimilate(obs, model=model, obs_error=0.1)
     with pytest.raises(OptionError, match="needs a trained latent model"):
         prior.ensf.assimilate(obs, method="latent-ensf")
     points = (
@@ -451,3 +449,45 @@ def test_saved_bundles_follow_the_umask(case, tmp_path):
     folder = tmp_path / "shared.xensf"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert {stat.S_IMODE(f.stat().st_mode) for f in folder.iterdir()} == {0o644}
+
+
+def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_spread():
+    """``w = u / (u + e_l²)`` with ``u`` the prior error its spread does not explain:
+    the prior itself where the spread explains the innovations, the latent members
+    where the prior is far off with no spread, in between in proportion."""
+    from types import SimpleNamespace
+
+    from xensf.bridge.methods import _hybrid_background
+
+    rng = np.random.default_rng(0)
+    n_obs, n_members = 400, 8
+    plan = SimpleNamespace(
+        obs=SimpleNamespace(
+            kind="gridded",
+            indices=np.arange(n_obs)[:, None],
+            weights=np.ones((n_obs, 1)),
+        ),
+        layout=SimpleNamespace(grid_size=n_obs),
+    )
+    model = SimpleNamespace(std=torch.ones(1), config={"quality": {"obs_relative_rmse": [0.1]}})
+    prior = rng.standard_normal((3, n_members, n_obs))
+    prior[1:] *= 1e-3  # no spread at times 1 and 2
+    latent = rng.standard_normal((3, n_members, n_obs))
+    latent *= 0.05 / latent.std(1, ddof=1, keepdims=True)  # latent spread 0.05 < floor 0.1
+    spread0 = np.sqrt((prior[0].std(0, ddof=1) ** 2).mean())
+    err = np.full((3, n_obs), 0.1)
+    observed = np.ones((3, n_obs), bool)
+    # time 0: innovations exactly as large as the spread and the noise explain
+    # time 1: a prior off by 10 with no spread; time 2: off by 0.2 with no spread
+    innovation = np.array([np.sqrt(spread0**2 + 0.01), np.sqrt(100 + 0.01), np.sqrt(0.04 + 0.01)])
+    diag = {"innovation": innovation, "reconstruction": np.full(3, 0.05)}
+    out = _hybrid_background(prior, latent, err, observed, diag, model, plan)
+    np.testing.assert_array_equal(out[0], prior[0])  # the spread explains it: the prior
+    w = (out - prior)[1:] / (latent - prior)[1:]
+    w = w.reshape(2, -1)
+    np.testing.assert_allclose(w, w[:, :1] * np.ones_like(w), rtol=1e-9)  # one weight a time
+    margin = 2 * np.sqrt(2 / n_obs) * innovation[1:] ** 2
+    # e_b² at times 1 and 2, less the (tiny) spread and the sampling margin
+    u = np.array([100.0, 0.04]) - (prior[1:].std(1, ddof=1) ** 2).mean(-1) - margin
+    np.testing.assert_allclose(w[:, 0], u / (u + 0.1**2), rtol=1e-6)
+    assert w[0, 0] > 0.999 and 0.5 < w[1, 0] < 0.9

@@ -88,9 +88,10 @@ class EnsfDatasetAccessor:
             standardised variables; ``"letkf"``: the local ensemble transform Kalman
             filter; ``"latent-ensf"`` (default with a model): Latent-EnSF, the score
             filter in the latent space of ``model``; ``"latent-ensf-letkf"``:
-            Latent-EnSF, then a localised LETKF with the real observations (from the
-            prior recentred on the latent analysis where the prior is far off and does
-            not know it, else from the prior; needs ``obs_error``); ``"latent-letkf"``:
+            Latent-EnSF, then a localised LETKF with the real observations, from the
+            prior members moved towards the latent analysis members as far as the
+            prior's error exceeds its spread (else from the prior; needs
+            ``obs_error``); ``"latent-letkf"``:
             the ETKF in latent space. Latent methods warn
             :class:`~xensf.errors.ModelQualityWarning` when the model cannot represent
             the data as well as the observations pin it down.
@@ -102,9 +103,11 @@ class EnsfDatasetAccessor:
             the model's own stations (any subset) for a station model. Workers receive
             the bundle's path and load it once each.
         obs_error : float, str, mapping, optional
-            Not for ``latent-ensf`` and ``latent-letkf`` (their error is the model's
-            latent observation error, estimated at training); required by
-            ``latent-ensf-letkf`` for its LETKF step. Observation-error standard deviation: a number in the state's units, a
+            Optional for ``latent-ensf`` and ``latent-letkf``: without it their error
+            is the model's latent observation error at its training noise; with it,
+            the model's latent error at that noise (docs/method.md). Required by the
+            other methods (``latent-ensf-letkf`` also for its LETKF step).
+            Observation-error standard deviation: a number in the state's units, a
             mapping ``{variable: number}`` (or ``{variable: {level: number}}``), or a
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:

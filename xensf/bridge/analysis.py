@@ -90,7 +90,7 @@ def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ..
     if np.any(np.isfinite(y) & ~(err > 0)):
         raise OptionError("observation errors must be positive where there are observations")
 
-    if plan.method.takes_obs_error:
+    if plan.method.needs_obs_error:
         _warn_large_errors(x, err, observed, plan)
     block = Block(
         x=x,
@@ -429,11 +429,6 @@ def assimilate(
     spec = resolve_method(method, model, options)
     handle = config = None
     if spec.needs_model:
-        if obs_error is not None and not spec.takes_obs_error:
-            raise OptionError(
-                f"{spec.name} takes its (latent) observation error from the model, estimated "
-                "when it was trained; drop obs_error="
-            )
         handle, config = model_handle(model)
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
@@ -448,7 +443,7 @@ def assimilate(
         _check_model_fits(config, handle, prior, dims, layout)
     obs_plan, values, errors = prepare_observations(
         obs, prior, layout, dims, obs_error, grid,
-        obs_dim=obs_dim, require_error=spec.takes_obs_error,
+        obs_dim=obs_dim, errors="required" if spec.needs_obs_error else "if-given",
         obs_time_tolerance=obs_time_tolerance,
     )  # fmt: skip
     spec.check_observations(obs_plan)

@@ -53,7 +53,7 @@ def innovations(
     )
     _, layout, grid = prepare_state(prior, dims, names)
     plan, values, errors = prepare_observations(
-        obs, prior, layout, dims, obs_error, grid, obs_dim=obs_dim, require_error=with_errors,
+        obs, prior, layout, dims, obs_error, grid, obs_dim=obs_dim, errors="required" if with_errors else "ignored",
         obs_time_tolerance=obs_time_tolerance,
     )  # fmt: skip
     times = prior[dims.time].values if dims.time is not None else None

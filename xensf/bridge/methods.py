@@ -97,8 +97,9 @@ class Method:
     description: ClassVar[str] = ""
     #: whether it needs a trained latent model (``model=``)
     needs_model: ClassVar[bool] = False
-    #: whether it takes the real observations' errors (``obs_error``)
-    takes_obs_error: ClassVar[bool] = True
+    #: whether it needs the observations' errors (``obs_error``); the latent filters
+    #: take them if given (their latent error then follows the stated noise)
+    needs_obs_error: ClassVar[bool] = True
     #: whether a prior chunked along latitude/longitude is analysed block by block
     #: (:mod:`xensf.bridge.spatial`); otherwise the grid must be one chunk
     spatial_blocks: ClassVar[bool] = False
@@ -542,7 +543,7 @@ class _LatentMethod(Method):
     """A filter in a latent model's latent space (``LatentModel.analyse``)."""
 
     needs_model: ClassVar[bool] = True
-    takes_obs_error: ClassVar[bool] = False
+    needs_obs_error: ClassVar[bool] = False
     #: the latent filter, as :meth:`xensf.latent.LatentModel.analyse` names it
     latent_filter: ClassVar[str] = ""
     #: whether the latent filter draws random numbers (then seeded per time)
@@ -606,11 +607,11 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
 
     name: ClassVar[str] = "latent-ensf-letkf"
     description: ClassVar[str] = (
-        "Latent-EnSF, then a localised LETKF with the real observations, from the prior "
-        "recentred on the latent analysis where the prior is far off and its spread "
-        "does not show it, else from the prior"
+        "Latent-EnSF, then a localised LETKF with the real observations, from prior "
+        "members moved towards the latent analysis members as far as the prior's error "
+        "exceeds its spread"
     )
-    takes_obs_error: ClassVar[bool] = True
+    needs_obs_error: ClassVar[bool] = True
 
     def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
         background = _hybrid_background(
@@ -734,6 +735,7 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     post, latent = model.analyse(
         x[has].astype(np.float32).reshape(has.size, n_members, *shape),
         model_obs,
+        obs_noise=_obs_noise(block, has, model) if plan.obs.errors_given else None,
         method=method.latent_filter,
         generator=[block.seeds[t] for t in has] if method.stochastic else None,
         batch_size=n_members,  # one time per network pass: independent of the chunking
@@ -746,6 +748,16 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
     _warn_quality(diag, plan)
     return post, diag, model
+
+
+def _obs_noise(block: Block, has: np.ndarray, model) -> np.ndarray:
+    """Per observed time, the RMS observation error in the model's normalised units
+    (each divided by its channel's std): where the latent error is read off the
+    model's calibration curve."""
+    scale = model.std.cpu().numpy()[_row_fields(block.plan, model)]  # (M,)
+    observed = block.observed[has]
+    ratio = np.where(observed, block.err[has] / scale, 0.0)
+    return np.sqrt((ratio**2).sum(-1) / np.maximum(observed.sum(-1), 1))
 
 
 def _check_model_mask(model, masked: np.ndarray | None, plan: BlockPlan) -> None:
@@ -771,32 +783,26 @@ def _check_model_mask(model, masked: np.ndarray | None, plan: BlockPlan) -> None
         )
 
 
-#: ``latent-ensf-letkf`` keeps the prior as its background while the prior's error at
-#: the observed points is within this many times the prior spread there.
-_SPREAD_TRUST = 2.0
-
-
 def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPlan):
-    """The LETKF background of ``latent-ensf-letkf``, per time.
+    """The LETKF background of ``latent-ensf-letkf``, per time: each prior member moved
+    a fraction ``w`` of the way to its decoded latent analysis member.
 
-    The prior's error at the observed points is estimated from the innovation,
-    ``e_b = sqrt(max(RMS(y − H x̄_b)² − RMS(σ_o)², 0))``; the latent analysis's, ``e_l``,
-    as the largest of the reconstruction error of the prior members there, the model's
-    validation error of decoded observations, and the latent analysis's own spread
-    there — not from its fit to these observations, which it was made from. The latent
-    analysis is taken where both hold:
-
-    - ``e_b² > e_l² + 2·sqrt(2/M)·RMS(innovation)²``: the prior is worse, by more than
-      twice the sampling error of ``e_b²`` (a mean of ``M`` squared innovations; at
-      20 % noise an unguarded estimate swings across ``e_l`` by chance);
-    - ``e_b > 2 · prior spread`` there: the prior ensemble does not know its error, so
-      LETKF alone could not correct it.
-
-    There the prior members are recentred on the latent analysis mean: they keep the
-    prior's perturbations, which carry the flow's uncertainty (the decoded latent
-    members would carry the VAE's error in their mean, where no LETKF sees it).
-    Elsewhere the background is the prior, and the method is LETKF. All figures in
-    units of each variable's training std.
+    At the observed points, in units of each variable's training std: the prior's
+    error is estimated from the innovation, ``e_b² = max(RMS(y − H x̄_b)² − RMS(σ_o)²,
+    0)``, and the part of it that the prior spread ``s_b`` there does not account for
+    — what LETKF from the prior alone could not correct — as ``u = max(e_b² − s_b² −
+    2·sqrt(2/M)·RMS(y − H x̄_b)², 0)`` (less twice the sampling error of ``e_b²``, a
+    mean of ``M`` squared innovations, so that a chance excess does not count). The
+    latent analysis's error ``e_l`` is the largest of the reconstruction error of the
+    prior members there, the model's validation error of decoded observations, and
+    the latent analysis's own spread there — not its fit to these observations, which
+    it was made from. The weight is that of two independent estimates,
+    ``w = u / (u + e_l²)``: 0 where the prior's error is within its spread (the
+    method is then LETKF), towards 1 where the prior is far off and does not know it.
+    Blending members, not only means, brings the latent analysis's perturbations —
+    the uncertainty as the VAE sees it, e.g. of a feature's position, which the prior
+    members may not span — into the ensemble that the LETKF and the next forecasts
+    carry.
     """
     obs = plan.obs
     scale = model.std.cpu().numpy()[_row_fields(plan, model)]  # (M,)
@@ -805,20 +811,18 @@ def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPla
     def rms_at_obs(values):  # (T, M) -> (T,)
         return np.sqrt(np.where(observed, values**2, 0.0).sum(-1) / count)
 
-    sigma_rms = rms_at_obs(err / scale)
-    e_b = np.sqrt(np.maximum(diag["innovation"] ** 2 - sigma_rms**2, 0.0))
-
     def spread_at_obs(members):  # (T, N, d) -> (T,)
         values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
         return rms_at_obs(values.std(1, ddof=1) / scale)
 
+    e_b2 = np.maximum(diag["innovation"] ** 2 - rms_at_obs(err / scale) ** 2, 0.0)
+    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
+    unexplained = np.maximum(e_b2 - spread_at_obs(prior) ** 2 - margin, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
     floor = float(np.sqrt(np.mean(np.square(quality))))
     e_l = np.maximum(np.maximum(diag["reconstruction"], floor), spread_at_obs(latent))
-    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
-    use_latent = (e_b**2 > e_l**2 + margin) & (e_b > _SPREAD_TRUST * spread_at_obs(prior))
-    recentred = prior - prior.mean(1, keepdims=True) + latent.mean(1, keepdims=True)
-    return np.where(use_latent[:, None, None], recentred, prior)
+    w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)
+    return prior + w[:, None, None] * (latent - prior)
 
 
 def _row_fields(plan: BlockPlan, model) -> np.ndarray:
@@ -847,8 +851,8 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
             f"there, {innov:.3g}, and its analysis fits the observations worse than the "
             f"prior (RMS {misfit:.3g}): the model cannot represent this data as well as "
             "the observations pin it down, and its analysis may be worse than the prior. Use "
-            "method='latent-ensf-letkf' (falls back to the prior where the latent analysis "
-            "fits the observations worse), train the model on more data like this, or use "
+            "method='latent-ensf-letkf' (keeps the prior where the latent error is large "
+            "against the prior's), train the model on more data like this, or use "
             "a full-space method (ensf, letkf).",
             ModelQualityWarning,
             stacklevel=2,

@@ -61,6 +61,9 @@ class ObservationPlan:
     indices: np.ndarray
     weights: np.ndarray
     locations: np.ndarray
+    #: whether the errors are the user's (False: placeholders of 1, for a method that
+    #: takes its error from elsewhere and was given none)
+    errors_given: bool = True
 
     @property
     def size(self) -> int:
@@ -231,7 +234,7 @@ def prepare_observations(
     grid: GridCoords,
     *,
     obs_dim: str | None = None,
-    require_error: bool = True,
+    errors: str = "required",
     obs_time_tolerance: Any = None,
 ) -> tuple[ObservationPlan, list[xr.DataArray], list[xr.DataArray]]:
     """Check ``obs`` against the prior and turn it into a plan and aligned inputs.
@@ -239,10 +242,14 @@ def prepare_observations(
     ``grid`` is where the grid points are (:func:`xensf.bridge.grid.grid_coords`): the
     locations of gridded observations, the interpolation of point observations. Returns the plan, the observation values (one DataArray per observed variable, in
     state units, aligned to the prior's times and levels) and their error standard
-    deviations (DataArrays that broadcast against the values). With
-    ``require_error=False`` (methods that take the error from elsewhere) the errors
-    are placeholders of 1. ``obs_time_tolerance``: see :func:`_on_state_times`.
+    deviations (DataArrays that broadcast against the values). ``errors``:
+    ``"required"`` (an error for every variable, or an OptionError), ``"if-given"``
+    (the user's errors if there are any — for every variable, or an OptionError naming
+    those without — else placeholders of 1 and ``plan.errors_given`` False), or
+    ``"ignored"`` (placeholders of 1). ``obs_time_tolerance``: see :func:`_on_state_times`.
     """
+    if errors not in ("required", "if-given", "ignored"):
+        raise ValueError(f"errors must be 'required', 'if-given' or 'ignored', got {errors!r}")
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
             raise ObservationMismatchError(
@@ -331,7 +338,7 @@ def prepare_observations(
             raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
         obs, point = _moving_to_slots(obs, point, dims, grid)
 
-    values, errors, core_dims, error_core_dims = [], [], [], []
+    values, core_dims, error_core_dims = [], [], []
     rows_idx, rows_w, rows_loc = [], [], []
     if point is not None:
         lat_name, lon_name = _point_coords(obs, point) or (None, None)
@@ -396,16 +403,20 @@ def prepare_observations(
             rows_w.append(w.reshape(-1, p_w.shape[-1]))
             rows_loc.append(np.tile(p_loc, (prod(level_shape), 1)))
 
+    errors_given = errors == "required" or (
+        errors == "if-given" and _errors_given(obs, names, obs_error)
+    )
+    error_values = []
     for name, value in zip(names, values, strict=True):
-        if not require_error:
-            errors.append(xr.DataArray(1.0))
+        if not errors_given:
+            error_values.append(xr.DataArray(1.0))
             error_core_dims.append(())
             continue
         levels, keys = field_levels[name]
         err, err_dims = _resolve_error(
             obs, name, value, levels, keys, obs_error, prior, dims, fields
         )
-        errors.append(err)
+        error_values.append(err)
         error_core_dims.append(err_dims)
 
     plan = ObservationPlan(
@@ -416,8 +427,24 @@ def prepare_observations(
         indices=np.concatenate(rows_idx).astype(np.int64),
         weights=np.concatenate(rows_w).astype(np.float64),
         locations=np.concatenate(rows_loc).astype(np.float64),
+        errors_given=errors_given,
     )
-    return plan, values, errors
+    return plan, values, error_values
+
+
+def _errors_given(obs, names, obs_error) -> bool:
+    """Whether the user gave observation errors (``obs_error`` or error variables or
+    attributes on ``obs``) for the variables ``names``; refuses some but not all."""
+    if obs_error is not None:
+        return True
+    without = [name for name in names if _error_source(obs, name) is None]
+    if len(without) not in (0, len(names)):
+        raise OptionError(
+            f"observation errors are given for some observed variables but not for "
+            f"{without}: give them for all (obs_error=, a variable <name>_error or an "
+            "attribute obs_error) or for none"
+        )
+    return not without
 
 
 def time_text(value: Any) -> str:

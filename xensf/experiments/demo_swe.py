@@ -109,8 +109,7 @@ def method_options(
     kwargs: dict[str, Any] = {"method": method}
     if cls.needs_model:
         kwargs["latent_model"] = model
-    if cls.takes_obs_error:
-        kwargs["obs_error"] = errors
+    kwargs["obs_error"] = errors
     if "loc_radius" in names:
         kwargs.update(loc_radius=setup.letkf_radius, inflation=setup.letkf_inflation)
     if "steps" in names and not cls.needs_model:

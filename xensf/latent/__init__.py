@@ -9,6 +9,7 @@ a model bundle (safetensors weights and JSON metadata, never pickle).
 
 from __future__ import annotations
 
+from .calibration import NOISE_SCALES, calibrate_obs_error, obs_error_curve
 from .model import LATENT_METHODS, LatentModel, build_networks
 from .networks import (
     LatentGrid,
@@ -31,6 +32,7 @@ from .training import (
 
 __all__ = [
     "LATENT_METHODS",
+    "NOISE_SCALES",
     "BatchSource",
     "LatentGrid",
     "LatentModel",
@@ -38,11 +40,13 @@ __all__ = [
     "ObservationSampler",
     "StateVAE",
     "build_networks",
+    "calibrate_obs_error",
     "choose_latent_grid",
     "gaussian_kl",
     "gridded_stride_obs",
     "latent_loss",
     "mask_obs",
+    "obs_error_curve",
     "point_obs",
     "reparameterize",
     "station_obs",

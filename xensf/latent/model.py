@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -420,6 +421,7 @@ class LatentModel:
         batch_size: int | None = None,
         return_latent: bool = False,
         update: str = "decode",
+        obs_noise=None,
         **options,
     ):
         """Latent-EnSF (or latent ETKF) analysis of a batch of forecast ensembles.
@@ -470,6 +472,12 @@ class LatentModel:
             reconstruction and inherits the reconstruction error; ``"increment"``
             keeps what the VAE does not represent and changes only what the latent
             update changed (a member the update leaves alone is returned unchanged).
+        obs_noise : float or array, optional
+            The observations' error: RMS of their standard deviations in normalised
+            units (each divided by its channel's :attr:`std`), one number or one per
+            time. The latent observation error is then read from the model's
+            calibration curve at that noise (:meth:`latent_obs_std_at`); default the
+            error at the training noise, :attr:`latent_obs_std`.
         **options
             Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood``, ``scale``, ``damping`` for EnSF;
@@ -481,7 +489,8 @@ class LatentModel:
             ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype.
         latent : dict of torch.Tensor
             Only with ``return_latent``: ``"prior"`` ``(T, N, L)``, ``"obs"`` ``(T, L)``,
-            ``"obs_std"`` ``(L,)``, ``"posterior"`` ``(T, N, L)`` and
+            ``"obs_std"`` ``(L,)`` (``(T, L)`` with ``obs_noise``), ``"posterior"``
+            ``(T, N, L)`` and
             ``"diagnostics"`` (``"reconstruction"``, ``"innovation"``,
             ``"analysis_misfit"``, ``"count"``, each ``(T,)``).
 
@@ -548,6 +557,14 @@ class LatentModel:
             ]
         )
         identity = torch.arange(self.latent_dim, device=self.device)
+        obs_std = self.latent_obs_std
+        if obs_noise is not None:
+            noise = torch.as_tensor(obs_noise, dtype=torch.float64).reshape(-1)
+            if noise.numel() not in (1, n_times):
+                raise ObservationMismatchError(
+                    f"obs_noise has {noise.numel()} values; give one, or one per time ({n_times})"
+                )
+            obs_std = self.latent_obs_std_at(noise.expand(n_times))  # (T, L)
         if method == "latent-ensf":
             # EnSF runs on standardised variables: the latent values' own spread over
             # the training data (the latent is not forced to unit scale)
@@ -556,7 +573,7 @@ class LatentModel:
             # posterior variance), the accessor's default for latent methods too
             options.setdefault("likelihood", "gaussian")
             z_post = ensf_analysis(
-                z_prior, z_obs, identity, self.latent_obs_std, generator=generator, **options
+                z_prior, z_obs, identity, obs_std, generator=generator, **options
             )
         else:
             if generator is not None:
@@ -567,7 +584,7 @@ class LatentModel:
                     f"latent-letkf takes no localisation (latent components have no "
                     f"location); drop {sorted(bad)}"
                 )
-            z_post = letkf_analysis(z_prior, z_obs, identity, self.latent_obs_std, **options)
+            z_post = letkf_analysis(z_prior, z_obs, identity, obs_std, **options)
         post = self._decode(z_post.reshape(-1, self.latent_dim), batch_size)
         recon = self._decode(z_prior.reshape(-1, self.latent_dim), batch_size)
         if update == "increment":
@@ -588,7 +605,7 @@ class LatentModel:
             latent = {
                 "prior": z_prior,
                 "obs": z_obs,
-                "obs_std": self.latent_obs_std,
+                "obs_std": obs_std,
                 "posterior": z_post,
                 "diagnostics": diagnostics,
             }
@@ -602,6 +619,51 @@ class LatentModel:
         if scale is None:
             return torch.ones(self.latent_dim, dtype=self.dtype, device=self.device)
         return torch.as_tensor(scale, dtype=self.dtype, device=self.device)
+
+    def latent_obs_std_at(self, noise) -> torch.Tensor:
+        """The latent observation error for observations of error ``noise``.
+
+        Parameters
+        ----------
+        noise : float or array
+            RMS observation-error standard deviation in normalised units (each divided
+            by its channel's :attr:`std`), ``(T,)`` or a number.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(T, latent_dim)`` (``(latent_dim,)`` for a number): the model's
+            calibration curve (``config["latent"]["obs_error"]``, measured on the
+            validation states at multiples of the training noise, see
+            :mod:`xensf.latent.calibration`), interpolated linearly in the noise
+            variance, extrapolated along its last segment beyond the largest noise.
+
+        Raises
+        ------
+        OptionError
+            A model without the curve (trained with a custom ``make_obs``, or before
+            the curve was recorded), or a negative or non-finite noise.
+        """
+        curve = self.config.get("latent", {}).get("obs_error")
+        if curve is None:
+            raise OptionError(
+                "this latent model has no calibration of its observation error against "
+                "the observation noise (trained with a custom make_obs, or by an older "
+                "xensf): retrain it with xensf.train_latent, or give no observation "
+                "error (the model's error at its training noise is used)"
+            )
+        scalar = np.ndim(noise) == 0
+        q = torch.as_tensor(noise, dtype=torch.float64).reshape(-1)
+        if not bool((torch.isfinite(q) & (q >= 0)).all()):
+            raise OptionError(f"the observation noise must be finite and >= 0, got {noise!r}")
+        x = torch.as_tensor(curve["noise"], dtype=torch.float64).square()  # (K,)
+        v = torch.as_tensor(curve["std"], dtype=torch.float64).square()  # (K, L)
+        hi = torch.searchsorted(x, q.square()).clamp(1, x.numel() - 1)
+        w = (q.square() - x[hi - 1]) / (x[hi] - x[hi - 1])
+        var = v[hi - 1] + w[:, None] * (v[hi] - v[hi - 1])
+        floor = float(min(min(row) for row in curve["std"]))
+        out = var.clamp_min(floor**2).sqrt().to(device=self.device, dtype=self.dtype)
+        return out[0] if scalar else out
 
     def observe(self, states: torch.Tensor) -> torch.Tensor:
         """The model's observation operator on flattened states, normalised.
@@ -884,6 +946,23 @@ def _check_fields(metadata: Mapping[str, Any], source: str) -> None:
         raise bad("config['architecture']", f"describes no latent grid ({err})") from None
     latent = grid.size
     _check_numbers(metadata.get("latent_obs_std"), latent, True, "'latent_obs_std'", bad)
+    curve = (
+        config.get("latent", {}).get("obs_error")
+        if isinstance(config.get("latent"), Mapping)
+        else None
+    )
+    if curve is not None:
+        field = "config['latent']['obs_error']"
+        if not isinstance(curve, Mapping) or not isinstance(curve.get("std"), list):
+            raise bad(field, "is not a mapping with 'noise' and 'std'")
+        noise = curve.get("noise")
+        _check_numbers(noise, len(curve["std"]), False, f"{field}['noise']", bad)
+        if len(noise) < 2 or noise[0] < 0 or any(b <= a for a, b in itertools.pairwise(noise)):
+            raise bad(
+                f"{field}['noise']", f"is {noise!r}, not at least two increasing values >= 0"
+            )
+        for row in curve["std"]:
+            _check_numbers(row, latent, True, f"{field}['std']", bad)
 
 
 def _count(value: Any, minimum: int = 1) -> bool:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import EnsembleError, ObservationMismatchError, OptionError, TrainingDataWarning
+from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
+from .calibration import obs_error_curve
 from .model import LatentModel, build_networks
 from .networks import LatentGrid, choose_latent_grid, gaussian_kl, reparameterize
 
@@ -45,10 +47,6 @@ __all__ = [
 
 # Training precisions: the autocast dtype of the optimisation steps' forward passes.
 _PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
-
-# Smallest latent observation error stored: an encoder that matches the state encoder
-# exactly on the validation set must not give an infinitely precise pseudo-observation.
-_MIN_LATENT_OBS_STD = 1e-3
 
 
 # --------------------------------------------------------------------------------------
@@ -114,9 +112,14 @@ class ObservationSampler:
                 )
 
     def __call__(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        noise_scale: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Observe ``x`` ``(B, C, H, W)``: returns ``(values, mask)``."""
+        """Observe ``x`` ``(B, C, H, W)``: returns ``(values, mask)``; ``noise_scale``
+        multiplies the noise (the latent error's calibration measures several)."""
         self.check(x.shape[1], tuple(x.shape[-2:]))
         if self._std is None:
             flat = x.detach().flatten(2)  # (B, C, H·W); NaN at masked points
@@ -131,6 +134,7 @@ class ObservationSampler:
         else:
             std = torch.as_tensor(self._std, dtype=x.dtype, device=x.device).reshape(1, -1)
             std = std.expand(x.shape[0], x.shape[1])
+        std = std * noise_scale
         if self.layout["kind"] == "points":
             # stations interpolate the state, then their own noise is added
             values, mask = self._select(x)
@@ -1112,6 +1116,14 @@ def train_latent_model(
     final = _evaluate(model, val_src, prepare, seed, lam, full=True)
     model.latent_obs_std = final["latent_obs_std"].to(device=model.device, dtype=model.dtype)
     model.config["latent"] = {"scale": final["latent_scale"].tolist()}
+    if isinstance(make_obs, ObservationSampler):  # a plain callable has no noise to scale
+        # the seed of _evaluate's observations: the curve at the training noise is
+        # latent_obs_std
+        curve = obs_error_curve(
+            model, val_src.batches(0), make_obs, seed=seed + 3, floor=_MIN_LATENT_OBS_STD
+        )
+        if curve is not None:
+            model.config["latent"]["obs_error"] = curve
     model.config["quality"] = {
         "what": (
             "validation reconstruction error decode(encode(x)) - x per channel: rmse in the "

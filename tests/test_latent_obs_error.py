@@ -1,0 +1,111 @@
+"""The latent observation error follows the observation error the user states."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_latent_accessor import case  # noqa: F401  (the module-scoped fixture)
+
+from xensf.bridge.observations import _errors_given
+from xensf.errors import OptionError
+from xensf.latent import NOISE_SCALES, calibrate_obs_error, gridded_stride_obs
+
+
+def test_training_records_the_curve_and_its_training_point_is_latent_obs_std(case):  # noqa: F811
+    model = case[0]
+    curve = model.config["latent"]["obs_error"]
+    noise, std = np.array(curve["noise"]), np.array(curve["std"])
+    assert std.shape == (len(NOISE_SCALES), model.latent_dim)
+    assert noise[0] == 0 and np.all(np.diff(noise) > 0)
+    # the same draws scaled: the noise RMS is proportional to the scale
+    np.testing.assert_allclose(noise[1:] / noise[2], np.array(NOISE_SCALES[1:]), rtol=1e-6)
+    # at the training noise: the error the training stored, from the same draws
+    np.testing.assert_allclose(std[2], model.latent_obs_std.numpy(), rtol=1e-5)
+    # more noise, a larger error (over the latent values)
+    rms = np.sqrt((std**2).mean(1))
+    assert np.all(np.diff(rms) > 0)
+    assert rms[-1] > 1.5 * rms[2]
+
+
+def test_the_error_at_a_noise_interpolates_the_curve_in_variance(case):  # noqa: F811
+    model = case[0]
+    curve = model.config["latent"]["obs_error"]
+    noise, std = np.array(curve["noise"]), np.array(curve["std"])
+    at = model.latent_obs_std_at(noise).numpy()
+    np.testing.assert_allclose(at, std, rtol=1e-5)
+    assert model.latent_obs_std_at(float(noise[3])).shape == (model.latent_dim,)
+    # halfway in variance between two points: the mean of their variances
+    mid = np.sqrt((noise[2] ** 2 + noise[3] ** 2) / 2)
+    np.testing.assert_allclose(
+        model.latent_obs_std_at(mid).numpy() ** 2, (std[2] ** 2 + std[3] ** 2) / 2, rtol=1e-5
+    )
+    # beyond the last point: along the last segment
+    far = noise[-1] * 2
+    slope = (std[-1] ** 2 - std[-2] ** 2) / (noise[-1] ** 2 - noise[-2] ** 2)
+    expected = std[-1] ** 2 + slope * (far**2 - noise[-1] ** 2)
+    np.testing.assert_allclose(model.latent_obs_std_at(far).numpy() ** 2, expected, rtol=1e-4)
+    with pytest.raises(OptionError, match="finite and >= 0"):
+        model.latent_obs_std_at(-0.1)
+
+
+def _noise_error(model, scale):
+    """An obs_error (state units) whose normalised RMS is ``scale`` x the training noise."""
+    return float(model.config["latent"]["obs_error"]["noise"][2] * scale * model.std[0])
+
+
+def test_the_accessor_reads_the_latent_error_at_the_stated_error(case):  # noqa: F811
+    model, prior, _, obs = case
+    options = dict(model=model, seed=3, device="cpu")
+    default = prior.ensf.assimilate(obs, **options)
+    # stated at the training noise: the training's error, so the same analysis
+    same = prior.ensf.assimilate(obs, obs_error=_noise_error(model, 1.0), **options)
+    np.testing.assert_allclose(same.h.values, default.h.values, rtol=0, atol=1e-4)
+    # the error as a variable on the observations is read the same way
+    with_var = obs.assign(h_error=obs.h * 0 + _noise_error(model, 1.0))
+    np.testing.assert_allclose(
+        prior.ensf.assimilate(with_var, **options).h.values, same.h.values, rtol=0, atol=1e-4
+    )
+
+    # noisier observations: a larger latent error, so a smaller pull towards them and
+    # a wider analysis
+    def pull(a):
+        return float(np.abs(a.h.mean("member") - prior.h.mean("member")).mean())
+
+    def spread(a):
+        return float(a.h.std("member").mean())
+
+    noisy = prior.ensf.assimilate(obs, obs_error=_noise_error(model, 4.0), **options)
+    exact = prior.ensf.assimilate(obs, obs_error=_noise_error(model, 0.01), **options)
+    assert pull(noisy) < pull(default)
+    assert spread(exact) < spread(default) < spread(noisy)
+    assert noisy.attrs["xensf_method"] == "latent-ensf"
+
+
+def test_errors_for_some_variables_only_or_a_model_without_the_curve_are_refused(case):  # noqa: F811
+    model, prior, _, obs = case
+    obs2 = obs.assign(g=obs.h * 2, h_error=obs.h * 0 + 0.1)
+    with pytest.raises(OptionError, match=r"not for \['g'\]"):
+        _errors_given(obs2, ["h", "g"], None)
+    assert _errors_given(obs2, ["h"], None) and not _errors_given(obs2, ["g"], None)
+    old = copy.copy(model)
+    old.config = copy.deepcopy(model.config)
+    del old.config["latent"]["obs_error"]
+    with pytest.raises(OptionError, match="no calibration of its observation error"):
+        prior.ensf.assimilate(obs, model=old, obs_error=0.1)
+    # without a stated error it still works, at the training noise
+    assert prior.ensf.assimilate(obs, model=old, seed=1).h.notnull().all()
+
+
+def test_calibrating_a_model_again_on_other_states(case):  # noqa: F811
+    model = copy.copy(case[0])
+    model.config = copy.deepcopy(case[0].config)
+    del model.config["latent"]["obs_error"]
+    states = torch.as_tensor(case[2].h.values[:, None])
+    curve = calibrate_obs_error(model, states, gridded_stride_obs(4, 0.1), seed=5)
+    assert model.config["latent"]["obs_error"] is curve
+    assert np.all(np.diff(curve["noise"]) > 0)
+    with pytest.raises(OptionError, match="noise-free"):
+        calibrate_obs_error(model, states, gridded_stride_obs(4, 0.0))

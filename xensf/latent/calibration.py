@@ -1,0 +1,149 @@
+"""How a latent model's observation error grows with the observation noise.
+
+Latent-EnSF uses the encoded observation ``μ_obs(y)`` as a pseudo-observation of the
+latent state with a diagonal error whose standard deviation, per latent value, is the
+RMS of ``μ_obs(y) − μ(x)`` over held-out states. That error has two parts: what the
+observation encoder cannot recover from a sparse network even for exact observations,
+and the observation noise carried through the encoder. The second grows with the noise
+(close to linearly in its variance), so an error measured at the training noise is too
+small for noisier observations (an overconfident analysis) and too large for more
+accurate ones.
+
+:func:`obs_error_curve` measures it at several multiples of the training noise, with
+the same noise draws scaled (common random numbers, a smooth curve); the model stores
+the curve (``config["latent"]["obs_error"]``) and
+:meth:`~xensf.latent.LatentModel.latent_obs_std_at` reads the error at the noise the
+user states, interpolating linearly in the noise variance.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from ..errors import OptionError
+
+__all__ = ["NOISE_SCALES", "calibrate_obs_error", "obs_error_curve"]
+
+#: Smallest latent observation error stored: an encoder that matches the state encoder
+#: exactly on the validation set must not give an infinitely precise pseudo-observation.
+MIN_LATENT_OBS_STD = 1e-3
+
+#: The multiples of the training noise at which the curve is measured.
+NOISE_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+@torch.no_grad()
+def obs_error_curve(
+    model,
+    batches: Iterable[torch.Tensor],
+    make_obs,
+    *,
+    seed: int,
+    floor: float,
+    scales: tuple[float, ...] = NOISE_SCALES,
+) -> dict[str, Any]:
+    """The latent observation error of ``model`` at multiples of ``make_obs``'s noise.
+
+    Parameters
+    ----------
+    model : LatentModel
+        In eval mode.
+    batches : iterable of torch.Tensor
+        Held-out states ``(B, C, H, W)`` in physical units (NaN at masked points).
+    make_obs : ObservationSampler
+        The training observations; called with ``noise_scale`` = each of ``scales``,
+        each time from a generator seeded with ``seed``, so every scale sees the same
+        noise draws, scaled (at scale 1 the draws of the training's validation).
+    seed : int
+    floor : float
+        Smallest standard deviation stored.
+    scales : tuple of float
+        Increasing, starting at 0.
+
+    Returns
+    -------
+    dict or None
+        None if ``make_obs`` makes noise-free observations; else
+        ``{"noise": [K], "std": [K][L], "what": ...}``: the RMS observation noise in
+        normalised units (each value divided by its channel's std) at each scale, and
+        the RMS over the states of ``μ_obs(y) − μ(x)`` per latent value there.
+    """
+    std = model.std
+    n = len(scales)
+    r_sq = [0.0] * n
+    noise_sq = [0.0] * n
+    noise_count = [0] * n
+    count = 0
+    layout = model.config["obs_layout"]
+    # one stream per scale, each from ``seed``: the same draws at every scale
+    generators = [torch.Generator().manual_seed(seed) for _ in scales]
+    for batch in batches:
+        x = batch.to(device=model.device, dtype=model.dtype)
+        mu = model.vae.encode(model.normalize(x))[0]
+        clean = None
+        for i, s in enumerate(scales):
+            values, mask = make_obs(x, generators[i], noise_scale=s)
+            if model.valid is not None:  # nothing is observed on the mask
+                mask = mask & ~torch.isnan(values)
+            mu_o = model.obs_encoder(*model.obs_inputs(values, mask))[0]
+            r_sq[i] = r_sq[i] + (mu_o - mu).double().square().sum(0)
+            if clean is None:
+                clean = values
+            diff = (values - clean).double()
+            if layout["kind"] == "points":
+                chan = torch.as_tensor(layout["slot_channels"], device=diff.device)
+                diff = diff / std.double()[chan]
+            else:
+                diff = diff / std.double()[:, None, None]
+            noise_sq[i] += float(torch.where(mask, diff, 0.0).square().sum())
+            noise_count[i] += int(mask.sum())
+        count += x.shape[0]
+    noise = [(q / max(c, 1)) ** 0.5 for q, c in zip(noise_sq, noise_count, strict=True)]
+    if not all(b > a for a, b in itertools.pairwise(noise)):
+        return None  # noise-free training observations: nothing to scale
+    return {
+        "what": (
+            "RMS of mu_obs(y) - mu(x) per latent value over the validation states, with "
+            "the training observation noise scaled so that its RMS in normalised units "
+            "(each value divided by its channel's std) is 'noise'"
+        ),
+        "noise": noise,
+        "std": [(r / count).sqrt().clamp_min(floor).float().tolist() for r in r_sq],
+    }
+
+
+def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: int = 64):
+    """Measure ``model``'s observation-error curve on held-out ``states``; store it.
+
+    For a model trained before the curve was recorded, or to re-measure it on other
+    data: sets ``model.config["latent"]["obs_error"]`` (see :func:`obs_error_curve`)
+    and returns it. ``latent_obs_std`` (the error at the training noise, used when no
+    observation error is given) is left as training measured it.
+
+    Parameters
+    ----------
+    model : LatentModel
+    states : torch.Tensor
+        ``(B, C, H, W)`` physical units, states the model was not trained on.
+    make_obs : ObservationSampler
+        The observations the model was trained with (layout and noise).
+    seed : int
+    batch_size : int
+    """
+    model.vae.eval()
+    model.obs_encoder.eval()
+    states = torch.as_tensor(states)
+    curve = obs_error_curve(
+        model, torch.split(states, batch_size), make_obs, seed=seed, floor=MIN_LATENT_OBS_STD
+    )
+    if curve is None:
+        raise OptionError(
+            "make_obs makes noise-free observations: there is no curve to measure; give "
+            "the sampler the model was trained with"
+        )
+    model.config.setdefault("latent", {})["obs_error"] = curve
+    return curve
