@@ -17,6 +17,9 @@ to their nearest grid points (on blocks each observation must read one point).
     python benchmarks/bench_spatial_letkf.py                # 181 x 360, 13 levels, 4 variables
     python benchmarks/bench_spatial_letkf.py --grid 721 --levels 13 --variables 4 \\
         --members 50 --stations 100000 --chunk 90 --memory 4GB   # 0.25 degrees: ~10.8 GB
+
+``--weight-stride k`` computes the LETKF transform every ``k``-th grid point in each
+direction and interpolates the weights (``weight_stride=`` of ``assimilate``).
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", choices=["letkf", "ensf"], default="letkf")
     parser.add_argument("--steps", type=int, default=100, help="EnSF steps")
+    parser.add_argument(
+        "--weight-stride",
+        type=int,
+        default=1,
+        help="LETKF transforms every this many grid points, weights interpolated between",
+    )
     args = parser.parse_args()
     if args.quick:
         args.grid, args.levels, args.variables, args.stations, args.chunk = 91, 2, 2, 2000, 30
@@ -131,7 +140,12 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             options = (
-                dict(method="letkf", loc_radius=args.radius, inflation=1.05)
+                dict(
+                    method="letkf",
+                    loc_radius=args.radius,
+                    inflation=1.05,
+                    weight_stride=args.weight_stride,
+                )
                 if args.method == "letkf"
                 else dict(method="ensf", prior_score="paired", steps=args.steps)
             )
@@ -148,7 +162,7 @@ def main() -> None:
         f"variables, {args.members} members: {size_gb:.2f} GB float32 in "
         f"{args.chunk} x {args.chunk} chunks; {args.stations} stations; "
         + (
-            f"LETKF, loc_radius {args.radius:g} km"
+            f"LETKF, loc_radius {args.radius:g} km, weight stride {args.weight_stride}"
             if args.method == "letkf"
             else f"paired EnSF, {args.steps} steps"
         )
