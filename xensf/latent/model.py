@@ -29,6 +29,7 @@ from .._version import VERSION
 from ..errors import BundleError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
+from .calibration import MIN_LATENT_OBS_STD
 from .networks import LatentGrid, ObservationEncoder, StateVAE
 
 __all__ = [
@@ -661,8 +662,7 @@ class LatentModel:
         hi = torch.searchsorted(x, q.square()).clamp(1, x.numel() - 1)
         w = (q.square() - x[hi - 1]) / (x[hi] - x[hi - 1])
         var = v[hi - 1] + w[:, None] * (v[hi] - v[hi - 1])
-        floor = float(min(min(row) for row in curve["std"]))
-        out = var.clamp_min(floor**2).sqrt().to(device=self.device, dtype=self.dtype)
+        out = var.clamp_min(MIN_LATENT_OBS_STD**2).sqrt().to(device=self.device, dtype=self.dtype)
         return out[0] if scalar else out
 
     def observe(self, states: torch.Tensor) -> torch.Tensor:
