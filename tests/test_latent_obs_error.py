@@ -7,8 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_latent_accessor import case  # noqa: F401  (the module-scoped fixture)
+from test_latent_accessor import case, station_case  # noqa: F401  (module-scoped fixtures)
 
+import xensf
 from xensf.bridge.observations import _errors_given
 from xensf.errors import OptionError
 from xensf.latent import NOISE_SCALES, calibrate_obs_error, gridded_stride_obs
@@ -109,3 +110,23 @@ def test_calibrating_a_model_again_on_other_states(case):  # noqa: F811
     assert np.all(np.diff(curve["noise"]) > 0)
     with pytest.raises(OptionError, match="noise-free"):
         calibrate_obs_error(model, states, gridded_stride_obs(4, 0.0))
+
+
+def test_a_station_model_reads_its_latent_error_at_the_stated_error(station_case):  # noqa: F811
+    """Stations between grid points: the stated error, in the model's normalised units,
+    picks the latent error exactly as the model's own call with that noise does."""
+    model, prior, _, obs = station_case
+    assert "obs_error" in model.config["latent"]
+    error = 0.02
+    analysis = prior.ensf.assimilate(obs, model=model, obs_error=error, seed=3, device="cpu")
+    seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
+    direct = model.analyse(
+        prior.h.values[:, :, None],
+        obs.h.values,
+        generator=seeds,
+        batch_size=prior.sizes["member"],
+        obs_noise=error / float(model.std[0]),
+    )
+    np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
+    default = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu")
+    assert not np.array_equal(analysis.h.values, default.h.values)
