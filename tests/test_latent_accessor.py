@@ -475,13 +475,12 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     latent = rng.standard_normal((3, n_members, n_obs))
     latent *= 0.05 / latent.std(1, ddof=1, keepdims=True)  # latent spread 0.05 < floor 0.1
     spread0 = np.sqrt((prior[0].std(0, ddof=1) ** 2).mean())
-    err = np.full((3, n_obs), 0.1)
     observed = np.ones((3, n_obs), bool)
     # time 0: innovations exactly as large as the spread and the noise explain
     # time 1: a prior off by 10 with no spread; time 2: off by 0.2 with no spread
     innovation = np.array([np.sqrt(spread0**2 + 0.01), np.sqrt(100 + 0.01), np.sqrt(0.04 + 0.01)])
-    diag = {"innovation": innovation, "reconstruction": np.full(3, 0.05)}
-    out = _hybrid_background(prior, latent, err, observed, diag, model, plan)
+    diag = {"innovation": innovation, "reconstruction": np.full(3, 0.05), "noise": np.full(3, 0.1)}
+    out = _hybrid_background(prior, latent, observed, diag, model, plan)
     np.testing.assert_array_equal(out[0], prior[0])  # the spread explains it: the prior
     w = (out - prior)[1:] / (latent - prior)[1:]
     w = w.reshape(2, -1)

@@ -615,7 +615,7 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
 
     def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
         background = _hybrid_background(
-            block.x[has], post, block.err[has], block.observed[has], diag, model, block.plan
+            block.x[has], post, block.observed[has], diag, model, block.plan
         )
         observed = Block(
             x=background,
@@ -732,10 +732,11 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
         slots = np.asarray(plan.model_slots)
         model_obs = np.full((has.size, model.config["obs_layout"]["n_obs"]), np.nan, np.float32)
         model_obs[:, slots] = np.where(observed[has], y[has], np.nan)
+    noise = _obs_noise(block, has, model)
     post, latent = model.analyse(
         x[has].astype(np.float32).reshape(has.size, n_members, *shape),
         model_obs,
-        obs_noise=_obs_noise(block, has, model) if plan.obs.errors_given else None,
+        obs_noise=noise if plan.obs.errors_given else None,
         method=method.latent_filter,
         generator=[block.seeds[t] for t in has] if method.stochastic else None,
         batch_size=n_members,  # one time per network pass: independent of the chunking
@@ -746,6 +747,7 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     if block.masked is not None:  # as the prior there: no spread, never updated
         post[..., block.masked] = 0.0
     diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
+    diag["noise"] = noise  # the stated errors' RMS, normalised (placeholders: 1)
     _warn_quality(diag, plan)
     return post, diag, model
 
@@ -783,13 +785,13 @@ def _check_model_mask(model, masked: np.ndarray | None, plan: BlockPlan) -> None
         )
 
 
-def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPlan):
+def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
     """The LETKF background of ``latent-ensf-letkf``, per time: each prior member moved
     a fraction ``w`` of the way to its decoded latent analysis member.
 
     At the observed points, in units of each variable's training std: the prior's
     error is estimated from the innovation, ``e_b² = max(RMS(y − H x̄_b)² − RMS(σ_o)²,
-    0)``, and the part of it that the prior spread ``s_b`` there does not account for
+    0)`` (``RMS(σ_o)`` is ``diag["noise"]``), and the part of it that the prior spread ``s_b`` there does not account for
     — what LETKF from the prior alone could not correct — as ``u = max(e_b² − s_b² −
     2·sqrt(2/M)·RMS(y − H x̄_b)², 0)`` (less twice the sampling error of ``e_b²``, a
     mean of ``M`` squared innovations, so that a chance excess does not count). The
@@ -815,7 +817,7 @@ def _hybrid_background(prior, latent, err, observed, diag, model, plan: BlockPla
         values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
         return rms_at_obs(values.std(1, ddof=1) / scale)
 
-    e_b2 = np.maximum(diag["innovation"] ** 2 - rms_at_obs(err / scale) ** 2, 0.0)
+    e_b2 = np.maximum(diag["innovation"] ** 2 - diag["noise"] ** 2, 0.0)
     margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
     unexplained = np.maximum(e_b2 - spread_at_obs(prior) ** 2 - margin, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
