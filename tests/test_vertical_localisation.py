@@ -113,3 +113,34 @@ def test_vertical_localisation_needs_levels_it_can_measure():
         surface.ensf.assimilate(
             obs.isel(level=0, drop=True), loc_radius=1000.0, vertical_radius=0.3, **options
         )
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_observations_of_some_levels_make_rows_for_those_levels_only(method):
+    """Stations at one level of four: the plan has one row per station, not one per
+    station and state level, and the analysis is the one from the same stations given
+    at every level with NaN at the other three; also chunked into spatial blocks."""
+    from xensf.bridge.analysis import prepare_state
+    from xensf.bridge.dims import find_dims
+    from xensf.bridge.observations import prepare_observations
+
+    ds, obs = _case()
+    if method == "ensf":  # on grid points (EnSF blocks read one point per observation)
+        obs = obs.assign_coords(lat=("station", [-40.0, 0, 10, 20, 40] * 3))
+        obs = obs.assign_coords(lon=("station", np.arange(15) * 30.0 % 360))
+    dims = find_dims(ds)
+    _, layout, grid = prepare_state(ds, dims, ["t"])
+    plan, _, _ = prepare_observations(obs, ds, layout, dims, 1.0, grid)
+    assert plan.size == obs.sizes["station"]
+    assert np.all(plan.indices // layout.grid_size == 2)  # the 500 hPa field
+    padded = obs.reindex(level=LEVELS)  # the same stations, NaN at the other levels
+    options = dict(method=method, obs_error=1.0, obs_dim="station", seed=1)
+    if method == "letkf":
+        options["loc_radius"] = 3000.0
+    else:
+        options["prior_score"] = "paired"
+    a = ds.ensf.assimilate(obs, **options)
+    xr.testing.assert_equal(a, ds.ensf.assimilate(padded, **options))
+    blocks = ds.chunk(lat=3, lon=4).ensf.assimilate(obs, **options).compute()
+    np.testing.assert_allclose(blocks.t.values, a.t.values, rtol=0, atol=1e-4)
+    assert not np.allclose(a.t.sel(level=500.0).values, ds.t.sel(level=500.0).values)

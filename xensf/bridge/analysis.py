@@ -33,6 +33,7 @@ from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
+    obs_level_names,
     prepare_observations,
     time_text,
 )
@@ -492,12 +493,17 @@ def assimilate(
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
-    inputs = (
-        [bare(prior[n]) for n in names]
-        + [bare(v, c) for v, c in zip(values, obs_plan.core_dims, strict=True)]
-        + [bare(e, c) for e, c in zip(errors, obs_plan.error_core_dims, strict=True)]
-    )
-    core = [*state_core, *map(list, obs_plan.core_dims), *map(list, obs_plan.error_core_dims)]
+    renamed = obs_level_names(levels)
+    obs_inputs = [
+        bare(da, c).rename({d: renamed[d] for d in da.dims if d in renamed})
+        for group, cores in ((values, obs_plan.core_dims), (errors, obs_plan.error_core_dims))
+        for da, c in zip(group, cores, strict=True)
+    ]
+    obs_core = [
+        [renamed.get(d, d) for d in c] for c in (*obs_plan.core_dims, *obs_plan.error_core_dims)
+    ]
+    inputs = [bare(prior[n]) for n in names] + obs_inputs
+    core = [*state_core, *obs_core]
     if dims.time is not None:
         inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
         core.append([])

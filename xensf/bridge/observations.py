@@ -15,6 +15,7 @@ as numpy arrays) plus the observation values and errors as (possibly lazy) input
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -371,20 +372,34 @@ def prepare_observations(
                         f"observation variable {name!r} has {lev} values {bad.tolist()} that "
                         f"the state does not have ({prior[lev].values.tolist()})"
                     )
-        da = da.reindex({lev: prior[lev].values for lev in levels if lev in prior.coords})
+        # only the levels the observations have (in the state's order): rows for levels
+        # never observed would only be NaN, and with many levels they multiply the plan
+        # and the prior gathered at the observations
+        positions = _observed_level_positions(da, prior, levels)
+        da = da.reindex(
+            {
+                lev: prior[lev].values[positions[i]]
+                for i, lev in enumerate(levels)
+                if lev in prior.coords
+            }
+        )
         da = convert_units(da, prior[name].attrs.get("units"), name=name)
         grid_dims = (dims.lat, dims.lon) if gridded else (point,)
         core = (*levels, *grid_dims)
         values.append(da.transpose(*([dims.time] if dims.time in da.dims else []), *core))
         core_dims.append(core)
 
-        level_shape = tuple(prior.sizes[lev] for lev in levels)
+        level_shape = tuple(p.size for p in positions)  # the observed levels
         first = layout.first_field(name)
-        field_ids = first + np.arange(prod(level_shape)).reshape(level_shape)
+        if levels:
+            grids = np.meshgrid(*positions, indexing="ij")
+            field_ids = first + np.ravel_multi_index(grids, [prior.sizes[v] for v in levels])
+        else:
+            field_ids = np.array(first)
         level_values = [
             tuple(
-                prior[lev].values[i] if lev in prior.coords else i
-                for lev, i in zip(levels, ix, strict=True)
+                prior[lev].values[p[i]] if lev in prior.coords else p[i]
+                for lev, p, i in zip(levels, positions, ix, strict=True)
             )
             for ix in np.ndindex(*level_shape)
         ]
@@ -430,6 +445,24 @@ def prepare_observations(
         errors_given=errors_given,
     )
     return plan, values, error_values
+
+
+def _observed_level_positions(da, prior, levels) -> list[np.ndarray]:
+    """Per level dim, the positions in the state of the levels ``da`` has (all of
+    them where ``da`` has no coordinate for the dim)."""
+    out = []
+    for lev in levels:
+        state = np.arange(prior.sizes[lev])
+        if lev in da.coords and lev in prior.coords:
+            state = state[np.isin(prior[lev].values, da[lev].values)]
+        out.append(state)
+    return out
+
+
+def obs_level_names(levels: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Names for the observations' level dims where they meet the prior's in one
+    ``apply_ufunc``: the observations may have fewer levels than the state."""
+    return {lev: f"_obs_{lev}" for dims_ in levels.values() for lev in dims_}
 
 
 def _errors_given(obs, names, obs_error) -> bool:
@@ -548,7 +581,7 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
         if dims.time in err.dims:
             err = err.reindex({dims.time: prior[dims.time].values})
         err = err.reindex(
-            {lev: prior[lev].values for lev in levels if lev in err.dims and lev in prior.coords}
+            {lev: value[lev].values for lev in levels if lev in err.dims and lev in value.coords}
         )
         core = tuple(d for d in value.dims if d in err.dims and d != dims.time)
         return err.transpose(*([dims.time] if dims.time in err.dims else []), *core), core
@@ -556,14 +589,14 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     per_field = resolve_obs_error(obs_error, fields, obs_spread=dict.fromkeys(fields, 1.0))
     spec = obs_error[name] if isinstance(obs_error, dict) else obs_error
     factors = np.array([per_field[k] for k in keys]).reshape(
-        tuple(prior.sizes[lev] for lev in levels)
+        tuple(value.sizes[lev] for lev in levels)
     )
     relative = (
         parse_relative(spec) is not None
         if not isinstance(spec, dict)
         else any(parse_relative(v) is not None for v in spec.values())
     )
-    coords = {lev: prior[lev].values for lev in levels if lev in prior.coords}
+    coords = {lev: value[lev].values for lev in levels if lev in value.coords}
     factor = xr.DataArray(factors, dims=levels, coords=coords)
     if not relative:
         return factor, tuple(levels)

@@ -36,6 +36,7 @@ from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .layout import StateLayout
+from .observations import obs_level_names
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
 
@@ -286,7 +287,7 @@ def _block_inputs(prior, names, dims, levels, values, errors, obs, time_chunks):
         _bare(prior[n].transpose(*order, *levels[n], dims.lat, dims.lon), dims, time_chunks)
         for n in names
     ]
-    grid_name = {dims.lat: _OBS_GRID["lat"], dims.lon: _OBS_GRID["lon"]}
+    grid_name = {dims.lat: _OBS_GRID["lat"], dims.lon: _OBS_GRID["lon"], **obs_level_names(levels)}
     observed, observed_core = [], []
     for group, dims_of in ((values, obs.core_dims), (errors, obs.error_core_dims)):
         for da, c in zip(group, dims_of, strict=True):
@@ -340,7 +341,6 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
                     f"({list(chunks[d])}) cut through them: chunk {d!r} in multiples of "
                     f"{method.window} (ds.chunk({{{d!r}: {4 * method.window}}}))"
                 )
-    order = [d for d in (dims.time, dims.member) if d is not None]
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, obs, time_chunks
     )
@@ -357,7 +357,8 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
             spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
             size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
             for reduced in (spread, size):
-                inputs.append(_bare(reduced.transpose(*order[:1], *levels[n]), dims, time_chunks))
+                lead = [dims.time] if dims.time is not None else []  # no member: reduced
+                inputs.append(_bare(reduced.transpose(*lead, *levels[n]), dims, time_chunks))
                 core.append(list(levels[n]))
     out = xr.apply_ufunc(
         _ensf_spatial_block,
