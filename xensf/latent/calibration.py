@@ -43,7 +43,6 @@ def obs_error_curve(
     make_obs,
     *,
     seed: int,
-    floor: float,
     scales: tuple[float, ...] = NOISE_SCALES,
 ) -> dict[str, Any]:
     """The latent observation error of ``model`` at multiples of ``make_obs``'s noise.
@@ -59,8 +58,6 @@ def obs_error_curve(
         each time from a generator seeded with ``seed``, so every scale sees the same
         noise draws, scaled (at scale 1 the draws of the training's validation).
     seed : int
-    floor : float
-        Smallest standard deviation stored.
     scales : tuple of float
         Increasing, starting at 0.
 
@@ -112,7 +109,7 @@ def obs_error_curve(
             "(each value divided by its channel's std) is 'noise'"
         ),
         "noise": noise,
-        "std": [(r / count).sqrt().clamp_min(floor).float().tolist() for r in r_sq],
+        "std": [(r / count).sqrt().clamp_min(MIN_LATENT_OBS_STD).float().tolist() for r in r_sq],
     }
 
 
@@ -137,9 +134,7 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
     model.vae.eval()
     model.obs_encoder.eval()
     states = torch.as_tensor(states)
-    curve = obs_error_curve(
-        model, torch.split(states, batch_size), make_obs, seed=seed, floor=MIN_LATENT_OBS_STD
-    )
+    curve = obs_error_curve(model, torch.split(states, batch_size), make_obs, seed=seed)
     if curve is None:
         raise OptionError(
             "make_obs makes noise-free observations: there is no curve to measure; give "

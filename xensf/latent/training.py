@@ -1119,9 +1119,7 @@ def train_latent_model(
     if isinstance(make_obs, ObservationSampler):  # a plain callable has no noise to scale
         # the seed of _evaluate's observations: the curve at the training noise is
         # latent_obs_std
-        curve = obs_error_curve(
-            model, val_src.batches(0), make_obs, seed=seed + 3, floor=_MIN_LATENT_OBS_STD
-        )
+        curve = obs_error_curve(model, val_src.batches(0), make_obs, seed=seed + 3)
         if curve is not None:
             model.config["latent"]["obs_error"] = curve
     model.config["quality"] = {
