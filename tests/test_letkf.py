@@ -256,6 +256,12 @@ def test_locations_shared_by_several_components(ring_problem):
     np.testing.assert_allclose(a[:, :40], single, atol=1e-12)
     # The second variable is an affine copy, so its analysis is the same affine copy.
     np.testing.assert_allclose(a[:, 40:], 2.0 * single + 1.0, atol=1e-11)
+    # A third on every second point only: locations with 3 components and with 2.
+    three = np.concatenate([two, 3.0 * prior[:, ::2]], axis=1)
+    at = np.r_[loc_of, np.arange(0, 40, 2)]
+    c = letkf_analysis(three, y, idx, 0.5, state_coords=np.arange(40.0), state_location=at, **kw)
+    np.testing.assert_allclose(c[:, :80], a, atol=1e-12)
+    np.testing.assert_allclose(c[:, 80:], 3.0 * single[:, ::2], atol=1e-11)
 
 
 def test_chunking_does_not_change_the_result(ring_problem):

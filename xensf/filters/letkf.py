@@ -598,11 +598,10 @@ def _local_analysis(
     counts = torch.bincount(comp_loc, minlength=n_loc)
     starts = torch.zeros(n_loc + 1, dtype=torch.long, device=device)
     starts[1:] = torch.cumsum(counts, 0)
-    per_loc = int(counts.max()) if d else 1
 
     fixed_chunks = chunk_size is not None
     if chunk_size is None:
-        cost = bsz * (m + n_mem * n_mem * max(per_loc, 1) + n_mem * n_mem)
+        cost = bsz * (m + 4 * n_mem * n_mem)  # w; A, its eigenvectors, D, a slot's D
         chunk_size = max(1, _CHUNK_BUDGET // max(cost, 1))
     elif int(chunk_size) != chunk_size or chunk_size < 1:
         raise OptionError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -660,17 +659,24 @@ def _local_analysis(
         return incr.to(xp.dtype)
 
     def apply(p0: int, p1: int, incr: torch.Tensor) -> None:
-        """The analysis of the components at locations ``p0:p1`` with their ``D``."""
+        """The analysis of the components at locations ``p0:p1`` with their ``D``:
+        ``x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n]``, one batched vector–matrix
+        product per slot (the j-th component of every location), so that no temporary
+        holds an N × N matrix per component (a location's fields and levels share one)."""
         if in_order:
-            comps = slice(p0, p1)
-            d_comp = incr
+            slots = [(slice(p0, p1), incr)]
         else:
-            c0, c1 = int(starts[p0]), int(starts[p1])
-            comps = order[c0:c1]
-            d_comp = incr[:, comp_loc[comps] - p0]  # (B, nc, N, N)
-        # x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n], as one broadcast product
-        upd = (xp[..., comps].transpose(-1, -2)[..., :, :, None] * d_comp).sum(-2)  # (B, nc, N)
-        xa[..., comps] = x[..., comps] + upd.transpose(-1, -2)
+            first, count = starts[p0:p1], counts[p0:p1]
+            slots = []
+            for j in range(int(count.max()) if p1 > p0 else 0):
+                have = count > j
+                if bool(have.all()):
+                    slots.append((order[first + j], incr))
+                else:
+                    slots.append((order[first[have] + j], incr[:, torch.nonzero(have).flatten()]))
+        for comps, d_comp in slots:
+            upd = xp[..., comps].transpose(-1, -2)[..., None, :] @ d_comp  # (B, nc, 1, N)
+            xa[..., comps] = x[..., comps] + upd[..., 0, :].transpose(-1, -2)
 
     if coarse is None:
         for p0 in range(0, n_loc, chunk_size):
