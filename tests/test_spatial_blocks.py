@@ -161,3 +161,99 @@ def test_local_mixture_in_blocks_equals_the_whole_grid_and_needs_aligned_chunks(
         prior.ensf.assimilate(stations, **options)
     with pytest.raises(xensf.errors.OptionError, match="likelihood='damped'"):
         prior.ensf.assimilate(gridded, **{**options, "likelihood": "gaussian"})
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_the_plan_is_one_key_of_the_graph_not_a_copy_in_every_task(method):
+    """A keyword argument is pickled into every task: the plan (25 MB at 10⁵ stations on
+    a 0.25° grid) must be one dependency that the tasks share."""
+    import cloudpickle
+
+    _, chunked, stations, options = _chunked_global(method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        for blocks in (chunked, chunked.chunk({"lat": -1, "lon": -1})):  # space, time
+            out = blocks.ensf.assimilate(stations, **options)
+            graph = dict(out.t.data.__dask_graph__())
+            holding = [k for k, v in graph.items() if b"BlockPlan" in cloudpickle.dumps(v)]
+            assert len(holding) == 1, holding
+
+
+def _chunked_global(method):
+    """The global case chunked along latitude/longitude, its observations and options."""
+    prior, stations, _ = _global()
+    if method == "letkf":
+        options = {"loc_radius": 1500.0, "inflation": 1.05}
+    else:  # each observation on one grid point
+        stations = stations.assign_coords(
+            lat=("station", prior.lat.values[np.arange(30) % 17]),
+            lon=("station", prior.lon.values[np.arange(30) % 24]),
+        )
+        options = {"steps": 5, "prior_score": "paired"}
+    chunked = prior.chunk({"time": 1, "lat": 6, "lon": 10})
+    return prior, chunked, stations, {"method": method, "obs_error": 0.5, **options}
+
+
+def _state_reads(result):
+    """The tasks that make the prior's chunks (``Dataset.chunk`` names them after their
+    variables), with the graph's dependencies and dependents."""
+    from dask.core import get_deps
+    from dask.utils import key_split
+
+    graph = dict(result.t.data.__dask_graph__())
+    deps, dependents = get_deps(graph)
+    reads = [k for k in graph if key_split(k) in ("xarray-t", "xarray-z")]
+    return reads, deps, dependents
+
+
+#: chunk reads of the whole-grid gathers: t's for the LETKF's stations, t's and z's
+#: for the EnSF's spread per field
+GATHERED = {"letkf": 27, "ensf": 2 * 27}
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_the_whole_grid_gathers_read_their_own_chunks(method):
+    """Every block needs the prior at all observations (LETKF) or its spread over the
+    whole grid (EnSF). Were those gathers to share the blocks' chunk reads, each chunk
+    would stay in memory from the gather until its block ran: at 0.25° with stations
+    everywhere, the whole observed state."""
+    prior, chunked, stations, options = _chunked_global(method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        out = chunked.ensf.assimilate(stations, **options)
+        whole = prior.ensf.assimilate(stations, **options)
+    from dask.utils import key_split
+
+    reads, _, dependents = _state_reads(out)
+    assert len(reads) == 2 * 27 + GATHERED[method]  # each block's own, and the gathers'
+    feeds = [{key_split(d) for d in dependents[k]} for k in reads]
+    # a block (its inputs are transposed to the mapping's order) or a gather, not both
+    assert sum(f == {"transpose"} for f in feeds) == 2 * 27
+    assert not any("transpose" in f for f in feeds if f != {"transpose"}), feeds
+    for v in ("t", "z"):
+        np.testing.assert_allclose(out[v].values, whole[v].values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_on_a_cluster_no_block_is_read_before_the_gathers_end(method):
+    """Distributed would read blocks (root tasks) while the gathers run, and hold them:
+    with a client, the blocks' reads depend on the gathers. Without one they stay root
+    tasks, which the local schedulers order better."""
+    distributed = pytest.importorskip("distributed")
+    _, chunked, stations, options = _chunked_global(method)
+
+    def roots(out):
+        reads, deps, _ = _state_reads(out)
+        return [k for k in reads if not deps[k]]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        local = chunked.ensf.assimilate(stations, **options)
+        with distributed.Client(
+            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ):
+            clustered = chunked.ensf.assimilate(stations, **options)
+            got = clustered.compute()
+    assert len(roots(local)) == 2 * 27 + GATHERED[method]
+    assert len(roots(clustered)) == GATHERED[method]  # the blocks' reads wait for them
+    xr.testing.assert_allclose(got, local.compute(), rtol=1e-12)

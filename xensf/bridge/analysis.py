@@ -37,6 +37,7 @@ from .observations import (
     prepare_observations,
     time_text,
 )
+from .shared import shared_input, shared_value
 from .spatial import analyse_in_blocks, is_spatially_chunked
 from .units import dequantify, requantify
 
@@ -69,8 +70,11 @@ class BlockPlan:
         return np.float64 if any(dt == np.float64 for dt in self.out_dtypes) else np.float32
 
 
-def _analyse_block(*arrays: np.ndarray, plan: BlockPlan) -> tuple[np.ndarray, ...]:
-    """The task: analyse every time of one chunk. Inputs and outputs are numpy."""
+def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The task: analyse every time of one chunk. Inputs and outputs are numpy; the last
+    input holds the :class:`BlockPlan`."""
+    plan: BlockPlan = shared_value(arrays[-1])
+    arrays = arrays[:-1]
     layout, obs = plan.layout, plan.obs
     nv, no = len(layout.variables), len(obs.variables)
     state = list(arrays[:nv])
@@ -507,6 +511,8 @@ def assimilate(
     if dims.time is not None:
         inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
         core.append([])
+    inputs.append(shared_input(plan, lazy=any(i.chunks is not None for i in inputs)))
+    core.append([])
     outputs = xr.apply_ufunc(
         _analyse_block,
         *inputs,
@@ -514,7 +520,6 @@ def assimilate(
         output_core_dims=state_core + [[dims.lat, dims.lon]] * len(grid_outputs),
         dask="parallelized",
         output_dtypes=[*plan.out_dtypes, *[np.float64] * len(grid_outputs)],
-        kwargs={"plan": plan},
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
     if len(names) + len(grid_outputs) == 1:

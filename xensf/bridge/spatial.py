@@ -37,6 +37,7 @@ from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .layout import StateLayout
 from .observations import obs_level_names
+from .shared import shared_input, shared_value
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
 
@@ -108,11 +109,13 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
         )
     hx = _bare(
-        observed_prior(prior, names, dims, levels, plan.layout, plan.obs), dims, time_chunks
-    )
+        observed_prior(_own_reads(prior, names), names, dims, levels, plan.layout, plan.obs),
+        dims, time_chunks,
+    )  # fmt: skip
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, plan.obs, time_chunks
     )
+    state = _after(state, [hx])
     inputs = [*state, hx.chunk({"_row": -1}) if hx.chunks is not None else hx, *observed]
     core = [*state_core, [dims.member, "_row"], *observed_core]
     chunks = prior[names[0]].variable.chunksizes
@@ -129,6 +132,8 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
     if adaptive or method.weight_stride > 1:  # where each block lies in the grid
         inputs += _block_indices(prior, dims, chunks)
         core += [[], []]
+    inputs.append(shared_input(plan, lazy=True))
+    core.append([])
     out = xr.apply_ufunc(
         _analyse_spatial_block,
         *inputs,
@@ -137,7 +142,6 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         dask="parallelized",
         output_dtypes=list(plan.out_dtypes) + [np.float64] * adaptive,
         kwargs={
-            "plan": plan,
             "spherical": plan.distance == "great_circle",
             "curvilinear": grid.curvilinear,
         },
@@ -182,12 +186,14 @@ def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarr
     return ok & (gap_x <= dlon)
 
 
-def _analyse_spatial_block(*arrays: np.ndarray, plan: Any, spherical: bool, curvilinear: bool):
-    """One task: the LETKF of one block. Loop axes first (time, lat, lon), then core."""
+def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bool):
+    """One task: the LETKF of one block. Loop axes first (time, lat, lon), then core;
+    the last input holds the plan."""
     import torch
 
     from ..filters import letkf_analysis
 
+    plan, arrays = shared_value(arrays[-1]), arrays[:-1]
     layout, obs = plan.layout, plan.obs
     nv, no = len(layout.variables), len(obs.variables)
     state = arrays[:nv]
@@ -301,6 +307,48 @@ def _block_inputs(prior, names, dims, levels, values, errors, obs, time_chunks):
     return state, [[dims.member, *levels[n]] for n in names], observed, observed_core
 
 
+def _own_reads(prior: xr.Dataset, names) -> xr.Dataset:
+    """``prior`` with the state variables' chunks read (or computed) anew, for a gather
+    or reduction over the whole grid that every block waits for.
+
+    Sharing the blocks' own reads, every chunk would stay in memory from the gather
+    until its block is analysed (at 0.25° with stations everywhere: the whole observed
+    variable); cloned (``dask.graph_manipulation.clone``), a chunk is released as soon
+    as it is gathered. A prior that is costly to compute is computed twice: write it
+    to zarr, or persist it, first.
+    """
+    from dask.graph_manipulation import clone
+
+    out = prior.copy(deep=False)
+    for n in names:
+        data = prior[n].variable.data
+        out[n] = prior[n].copy(data=clone(data, seed=f"xensf-gather-{data.name}"), deep=False)
+    return out
+
+
+def _after(state: list[xr.DataArray], first: list[xr.DataArray]) -> list[xr.DataArray]:
+    """The blocks' state inputs, read only once ``first`` (the whole-grid gathers) is
+    computed, where the analysis will run on a distributed cluster.
+
+    Distributed hands root tasks to idle workers: while the gathers run, the workers
+    would read many blocks ahead and hold them (at 0.5°, six blocks per worker). Bound
+    to the gathers (``dask.graph_manipulation.bind``) they are read as their blocks
+    run, and the scheduler's queuing keeps that to about one per thread. The local
+    schedulers order tasks by ``dask.order`` alone, which reads every bound block as
+    soon as the gathers end: there they stay root tasks.
+    """
+    from dask.base import get_scheduler
+    from dask.graph_manipulation import bind
+
+    lazy = [f.data for f in first if f.chunks is not None]
+    client = getattr(get_scheduler(), "__self__", None)
+    if not lazy or type(client).__module__.split(".")[0] != "distributed":
+        return state
+    seed = "xensf-blocks-" + "-".join(a.name for a in lazy)
+    bound = bind([s.data for s in state], lazy, seed=seed)
+    return [s.copy(data=b) for s, b in zip(state, bound, strict=True)]
+
+
 def _block_indices(prior, dims: EnsembleDims, chunks) -> list[xr.DataArray]:
     """Row and column indices of the grid, chunked as the prior: where a block lies."""
     return [
@@ -344,22 +392,28 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, obs, time_chunks
     )
-    inputs = [*state, *observed, *_block_indices(prior, dims, chunks)]
+    reductions, reduced_core = [], []
+    if method.scale is None:  # the prior spread per field, over the whole grid
+        whole = _own_reads(prior, names)
+        for n in names:
+            v = whole[n].astype(np.float64)
+            spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
+            size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
+            for reduced in (spread, size):
+                lead = [dims.time] if dims.time is not None else []  # no member: reduced
+                reductions.append(_bare(reduced.transpose(*lead, *levels[n]), dims, time_chunks))
+                reduced_core.append(list(levels[n]))
+    inputs = [*_after(state, reductions), *observed, *_block_indices(prior, dims, chunks)]
     core = [*state_core, *observed_core, [], []]
     if dims.time is not None:
         inputs.append(
             _bare(xr.DataArray(prior[dims.time].values, dims=dims.time), dims, time_chunks)
         )
         core.append([])
-    if method.scale is None:  # the prior spread per field, over the whole grid
-        for n in names:
-            v = prior[n].astype(np.float64)
-            spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
-            size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
-            for reduced in (spread, size):
-                lead = [dims.time] if dims.time is not None else []  # no member: reduced
-                inputs.append(_bare(reduced.transpose(*lead, *levels[n]), dims, time_chunks))
-                core.append(list(levels[n]))
+    inputs += reductions
+    core += reduced_core
+    inputs.append(shared_input(plan, lazy=True))
+    core.append([])
     out = xr.apply_ufunc(
         _ensf_spatial_block,
         *inputs,
@@ -367,17 +421,18 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
         output_core_dims=[[dims.member, *levels[n]] for n in names],
         dask="parallelized",
         output_dtypes=list(plan.out_dtypes),
-        kwargs={"plan": plan},
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
     return (out,) if len(names) == 1 else out
 
 
-def _ensf_spatial_block(*arrays: np.ndarray, plan: Any):
-    """One task: the paired EnSF of one block. Loop axes first (time, lat, lon), then core."""
+def _ensf_spatial_block(*arrays: np.ndarray):
+    """One task: the paired EnSF of one block. Loop axes first (time, lat, lon), then
+    core; the last input holds the plan."""
     from ..filters.noise import analysis_seeds
     from .methods import Block, ensf_field_scale
 
+    plan, arrays = shared_value(arrays[-1]), arrays[:-1]
     layout, obs, method = plan.layout, plan.obs, plan.method
     nv, no = len(layout.variables), len(obs.variables)
     state = arrays[:nv]
