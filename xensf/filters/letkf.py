@@ -663,18 +663,20 @@ def _local_analysis(
         ``x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n]``, one batched vector–matrix
         product per slot (the j-th component of every location), so that no temporary
         holds an N × N matrix per component (a location's fields and levels share one)."""
-        if in_order:
-            slots = [(slice(p0, p1), incr)]
-        else:
+
+        def slots():  # (components, their D); a partial slot's D gathered when used
+            if in_order:
+                yield slice(p0, p1), incr
+                return
             first, count = starts[p0:p1], counts[p0:p1]
-            slots = []
             for j in range(int(count.max()) if p1 > p0 else 0):
                 have = count > j
                 if bool(have.all()):
-                    slots.append((order[first + j], incr))
+                    yield order[first + j], incr
                 else:
-                    slots.append((order[first[have] + j], incr[:, torch.nonzero(have).flatten()]))
-        for comps, d_comp in slots:
+                    yield order[first[have] + j], incr[:, torch.nonzero(have).flatten()]
+
+        for comps, d_comp in slots():
             upd = xp[..., comps].transpose(-1, -2)[..., None, :] @ d_comp  # (B, nc, 1, N)
             xa[..., comps] = x[..., comps] + upd[..., 0, :].transpose(-1, -2)
 
