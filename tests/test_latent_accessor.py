@@ -454,7 +454,9 @@ def test_saved_bundles_follow_the_umask(case, tmp_path):
 def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_spread():
     """``w = u / (u + e_l²)`` with ``u`` the prior error its spread does not explain:
     the prior itself where the spread explains the innovations, the latent members
-    where the prior is far off with no spread, in between in proportion."""
+    where the prior is far off with no spread, in between in proportion; ``e_l`` the
+    largest of the floor, the latent spread and the smaller of the prior members'
+    reconstruction error and the analysis misfit beyond the noise."""
     from types import SimpleNamespace
 
     from xensf.bridge.methods import _hybrid_background
@@ -479,7 +481,12 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     # time 0: innovations exactly as large as the spread and the noise explain
     # time 1: a prior off by 10 with no spread; time 2: off by 0.2 with no spread
     innovation = np.array([np.sqrt(spread0**2 + 0.01), np.sqrt(100 + 0.01), np.sqrt(0.04 + 0.01)])
-    diag = {"innovation": innovation, "reconstruction": np.full(3, 0.05), "noise": np.full(3, 0.1)}
+    diag = {
+        "innovation": innovation,
+        "reconstruction": np.full(3, 0.05),
+        "analysis_misfit": np.full(3, 0.3),
+        "noise": np.full(3, 0.1),
+    }
     out = _hybrid_background(prior, latent, observed, diag, model, plan)
     np.testing.assert_array_equal(out[0], prior[0])  # the spread explains it: the prior
     w = (out - prior)[1:] / (latent - prior)[1:]
@@ -490,3 +497,16 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     u = np.array([100.0, 0.04]) - (prior[1:].std(1, ddof=1) ** 2).mean(-1) - margin
     np.testing.assert_allclose(w[:, 0], u / (u + 0.1**2), rtol=1e-6)
     assert w[0, 0] > 0.999 and 0.5 < w[1, 0] < 0.9
+
+    def weights(reconstruction, misfit):
+        changed = {**diag, "reconstruction": np.full(3, reconstruction)}
+        changed["analysis_misfit"] = np.full(3, misfit)
+        moved = _hybrid_background(prior, latent, observed, changed, model, plan) - prior
+        return (moved[1:] / (latent - prior)[1:]).reshape(2, -1)[:, 0]
+
+    # A prior the model reconstructs badly, while its analysis fits the observations
+    # to their noise: the model represents the state at hand; the floor decides.
+    np.testing.assert_allclose(weights(0.5, 0.1), u / (u + 0.1**2), rtol=1e-6)
+    # It fits them no better: its misfit beyond the noise is the latent error.
+    np.testing.assert_allclose(weights(0.5, 0.5), u / (u + 0.5**2 - 0.1**2), rtol=1e-6)
+    np.testing.assert_allclose(weights(0.3, 0.5), u / (u + 0.3**2), rtol=1e-6)

@@ -795,10 +795,15 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
     — what LETKF from the prior alone could not correct — as ``u = max(e_b² − s_b² −
     2·sqrt(2/M)·RMS(y − H x̄_b)², 0)`` (less twice the sampling error of ``e_b²``, a
     mean of ``M`` squared innovations, so that a chance excess does not count). The
-    latent analysis's error ``e_l`` is the largest of the reconstruction error of the
-    prior members there, the model's validation error of decoded observations, and
-    the latent analysis's own spread there — not its fit to these observations, which
-    it was made from. The weight is that of two independent estimates,
+    latent analysis's error ``e_l`` is the largest of the model's validation error of
+    decoded observations, the latent analysis's own spread there, and how well the
+    model represents the state at hand: the smaller of the reconstruction error of the
+    prior members there and the latent analysis's misfit to these observations beyond
+    their noise. (The reconstruction error alone judged the model by the prior: a
+    prior far from anything the model has seen — the first cycles of a hard twin —
+    reconstructs badly though the model represents the truth well. The misfit alone
+    is optimistic, the analysis being made from these observations; a model that can
+    represent neither fits neither.) The weight is that of two independent estimates,
     ``w = u / (u + e_l²)``: 0 where the prior's error is within its spread (the
     method is then LETKF), towards 1 where the prior is far off and does not know it.
     Blending members, not only means, brings the latent analysis's perturbations —
@@ -822,7 +827,9 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
     unexplained = np.maximum(e_b2 - spread_at_obs(prior) ** 2 - margin, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
     floor = float(np.sqrt(np.mean(np.square(quality))))
-    e_l = np.maximum(np.maximum(diag["reconstruction"], floor), spread_at_obs(latent))
+    misfit = np.sqrt(np.maximum(diag["analysis_misfit"] ** 2 - diag["noise"] ** 2, 0.0))
+    represent = np.minimum(diag["reconstruction"], misfit)
+    e_l = np.maximum(np.maximum(represent, floor), spread_at_obs(latent))
     w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)
     return prior + w[:, None, None] * (latent - prior)
 
