@@ -217,13 +217,13 @@ def test_the_whole_grid_gathers_read_their_own_chunks(method):
     whole grid (EnSF). Were those gathers to share the blocks' chunk reads, each chunk
     would stay in memory from the gather until its block ran: at 0.25° with stations
     everywhere, the whole observed state."""
+    from dask.utils import key_split
+
     prior, chunked, stations, options = _chunked_global(method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
         out = chunked.ensf.assimilate(stations, **options)
         whole = prior.ensf.assimilate(stations, **options)
-    from dask.utils import key_split
-
     reads, _, dependents = _state_reads(out)
     assert len(reads) == 2 * 27 + GATHERED[method]  # each block's own, and the gathers'
     feeds = [{key_split(d) for d in dependents[k]} for k in reads]
