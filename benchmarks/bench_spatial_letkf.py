@@ -70,6 +70,27 @@ def _prior(grid: int, levels: int, n_vars: int, members: int, chunk: int, seed: 
     )
 
 
+def _cluster(args):
+    """A LocalCUDACluster for ``--device cuda`` where dask-cuda is installed (one worker
+    per GPU; ``args.workers`` set to their number), else a LocalCluster."""
+    from dask.distributed import LocalCluster
+
+    if args.device == "cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            pass
+        else:
+            cluster = LocalCUDACluster(memory_limit=args.memory, dashboard_address=None)
+            args.workers = len(cluster.workers)
+            return cluster, "LocalCUDACluster"
+    cluster = LocalCluster(
+        n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory,
+        dashboard_address=None,
+    )  # fmt: skip
+    return cluster, "LocalCluster"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="91 x 180, 2 levels, 2 variables")
@@ -97,25 +118,11 @@ def main() -> None:
         args.grid, args.levels, args.variables, args.stations, args.chunk = 91, 2, 2, 2000, 30
 
     import xarray as xr
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     import xensf  # noqa: F401  (registers the .ensf accessor)
 
-    cluster_kind = "LocalCluster"
-    if args.device == "cuda":
-        try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            LocalCUDACluster = None
-        if LocalCUDACluster is not None:
-            cluster_kind = "LocalCUDACluster"
-            cluster = LocalCUDACluster(memory_limit=args.memory, dashboard_address=None)
-            args.workers = len(cluster.workers)
-    if cluster_kind == "LocalCluster":
-        cluster = LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, memory_limit=args.memory,
-            dashboard_address=None,
-        )  # fmt: skip
+    cluster, cluster_kind = _cluster(args)
     client = Client(cluster)
     peak = {"mb": 0.0}
     stop = threading.Event()

@@ -822,13 +822,15 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
         values = (members[:, :, obs.indices] * obs.weights).sum(-1)  # (T, N, M)
         return rms_at_obs(values.std(1, ddof=1) / scale)
 
-    e_b2 = np.maximum(diag["innovation"] ** 2 - diag["noise"] ** 2, 0.0)
+    def beyond_noise(rms):  # the squared RMS at the observed points less the noise's
+        return np.maximum(rms**2 - diag["noise"] ** 2, 0.0)
+
+    e_b2 = beyond_noise(diag["innovation"])
     margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
     unexplained = np.maximum(e_b2 - spread_at_obs(prior) ** 2 - margin, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
     floor = float(np.sqrt(np.mean(np.square(quality))))
-    misfit = np.sqrt(np.maximum(diag["analysis_misfit"] ** 2 - diag["noise"] ** 2, 0.0))
-    represent = np.minimum(diag["reconstruction"], misfit)
+    represent = np.minimum(diag["reconstruction"], np.sqrt(beyond_noise(diag["analysis_misfit"])))
     e_l = np.maximum(np.maximum(represent, floor), spread_at_obs(latent))
     w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)
     return prior + w[:, None, None] * (latent - prior)
