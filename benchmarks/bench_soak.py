@@ -16,9 +16,14 @@ change in open files, against thresholds (flat: < 1 MB per 1000 cycles, no file
 descriptor leaked). With ``--trim`` the allocator's free memory is handed back to the
 system (glibc ``malloc_trim``) at the end of each leg before the row is sampled, and
 the verdict is taken from those rows: growth that ``--trim`` removes is memory the
-allocator kept for reuse, not memory still referenced.
+allocator kept for reuse, not memory still referenced. With ``--trace LEG`` Python's
+``tracemalloc`` follows every allocation from that leg on (about ten times slower), and
+at the end the script lists where the memory allocated since then and still alive was
+allocated, largest first: what the late legs keep (while it traces, the Python arena
+columns read nan and the C heap holds tracemalloc's own records too).
 
     python benchmarks/bench_soak.py [--cycles 10000] [--legs 10] [--method letkf] [--trim]
+                                    [--trace LEG]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +135,19 @@ class Sampler(threading.Thread):
             self.stop.wait(self.every)
 
 
+def alive_since(snapshot, leg: int, top: int = 5) -> None:
+    """Print where the memory allocated since ``leg`` and still alive was allocated."""
+    ours = tracemalloc.Filter(False, tracemalloc.__file__)
+    stats = snapshot.filter_traces([ours]).statistics("traceback")
+    total = sum(s.size for s in stats) / 1e6
+    print(f"allocated from leg {leg} on and alive at the end: {total:.2f} MB in "
+          f"{sum(s.count for s in stats)} blocks; the largest:")  # fmt: skip
+    for s in stats[:top]:
+        print(f"  {s.size / 1e6:.3f} MB in {s.count} block(s), allocated at")
+        for line in s.traceback.format(limit=6):
+            print("    " + line)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10_000)
@@ -138,7 +157,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--trim", action="store_true", help="malloc_trim at each leg's end (glibc)"
     )
+    parser.add_argument(
+        "--trace", type=int, default=None, metavar="LEG",
+        help="tracemalloc from this leg on; list what was allocated since and is alive",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.trace is not None and not 1 <= args.trace <= args.legs:
+        parser.error(f"--trace takes a leg from 1 to {args.legs}")
     libc = _libc()
     if args.trim and libc is None:
         parser.error("--trim needs glibc (malloc_trim, mallinfo2)")
@@ -159,6 +184,8 @@ def main(argv=None) -> int:
         began = time.perf_counter()
         for leg in range(1, args.legs + 1):
             until = obs.time.values[round(leg * args.cycles / args.legs) - 1]
+            if leg == args.trace:
+                tracemalloc.start(10)
             run = xensf.cycle(
                 model, start, obs, method=args.method, store=store, until=until,
                 progress=False, seed=1, **options,
@@ -182,6 +209,9 @@ def main(argv=None) -> int:
                   f"{kept:>10.1f} {arenas:>13.1f} {objects:>14.1f}", flush=True)  # fmt: skip
         sampler.stop.set()
         sampler.join()
+        if args.trace is not None:
+            alive_since(tracemalloc.take_snapshot(), args.trace)
+            tracemalloc.stop()
         size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) / 1e6
 
     print(f"soak: {args.cycles} cycles of a {N}x{N} shallow-water twin, {MEMBERS} members, "
@@ -212,6 +242,9 @@ def main(argv=None) -> int:
         print(f"{label}: {values[0]:.1f} MB after the first leg, {values[-1]:.1f} MB at the "
               f"end; second-half slope {fit:+.3f} MB per 1000 cycles")  # fmt: skip
     print(f"open file descriptors: {rows[0][3]} after the first leg, {rows[-1][3]} at the end")
+    if args.trace is not None:
+        print("verdict: none while tracing (tracemalloc's own records are in the numbers)")
+        return 0
     flat = abs(slope) < 1.0 and fd_change <= 0
     print("verdict:", "flat" if flat else "GROWING")
     return 0 if flat else 1

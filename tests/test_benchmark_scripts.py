@@ -103,3 +103,16 @@ def test_bench_weight_interpolation_quick_times_every_stride():
         seconds, difference = _number(row[2]), _number(row[4])
         assert math.isfinite(seconds) and seconds > 0 and math.isfinite(difference)
     assert _number(rows[1][4]) == 0.0  # stride 1 is the full analysis
+
+
+def test_bench_soak_traces_what_late_legs_keep():
+    """A short soak: one row per leg, and with ``--trace`` the list of what was
+    allocated from that leg on and is still alive (the search that found the interned
+    string table's doubling), with no verdict on numbers that hold tracemalloc's own."""
+    out = _run("benchmarks/bench_soak.py", "--cycles", "12", "--legs", "3", "--trace", "3")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
+    assert [int(r[0]) for r in rows] == [4, 8, 12], out
+    assert all(math.isfinite(float(r[2])) and float(r[2]) > 0 for r in rows)  # RSS
+    kept = re.search(r"allocated from leg 3 on and alive at the end: ([\d.]+) MB", out)
+    assert kept and float(kept.group(1)) > 0, out
+    assert "allocated at" in out and "verdict: none while tracing" in out
