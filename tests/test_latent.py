@@ -675,7 +675,8 @@ def test_analysis_diagnostics(blob_model):
     assert all(v.shape == (4,) for v in diag.values())
     assert diag["count"].tolist() == [36.0, 36.0, 0.0, 36.0]  # 6 x 6 observed points
     assert latent["prior"].shape == latent["posterior"].shape == (4, 10, 16)
-    assert latent["obs"].shape == (4, 16) and latent["obs_std"].shape == (16,)
+    # the latent error per time: its encoder part measured on each analysis
+    assert latent["obs"].shape == (4, 16) and latent["obs_std"].shape == (4, 16)
     # recompute them at the observed points, in normalised units
     std, mean = float(blob_model.std[0]), float(blob_model.mean[0])
     recon = blob_model.decode(latent["prior"].reshape(-1, 16)).reshape(prior.shape)

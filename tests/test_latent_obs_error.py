@@ -130,3 +130,68 @@ def test_a_station_model_reads_its_latent_error_at_the_stated_error(station_case
     np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
     default = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu")
     assert not np.array_equal(analysis.h.values, default.h.values)
+
+
+def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case):  # noqa: F811
+    """latent_error="ensemble" (latent-ensf's default): the curve's noise-0 part rescaled
+    per time by the encoder's error on the decoded members of the curve's analysis,
+    observed where the observations are; the noise's part added as it is."""
+    model, prior, _, obs = case
+    x, y = prior.h.values[:, :, None], obs.h.values[:, None]
+    seeds = [11, 12, 13, 14]
+    noise = 2.0 * model.config["latent"]["obs_error"]["noise"][2]
+    _, curve = model.analyse(
+        x, y, generator=seeds, obs_noise=noise, latent_error="curve", return_latent=True
+    )
+    _, ens = model.analyse(x, y, generator=seeds, obs_noise=noise, return_latent=True)
+    # recomputed from the public pieces: the first analysis is the curve's (same seeds)
+    members = model.decode(curve["posterior"].reshape(-1, model.latent_dim))
+    z_members = model.encode(members)[0].reshape(curve["posterior"].shape)
+    members = members.reshape(x.shape)
+    seen = torch.as_tensor(~np.isnan(y))
+    base = model.latent_obs_std_at(0.0).double() ** 2
+    noise_part = model.latent_obs_std_at(noise).double() ** 2 - base
+    for t in range(x.shape[0]):
+        observed = torch.where(seen[t], members[t], torch.nan)
+        z_obs = model.encode_obs(observed)[0]
+        error = (z_obs - z_members[t]).double().square().mean()
+        expected = (error / base.mean() * base + noise_part).sqrt()
+        torch.testing.assert_close(ens["obs_std"][t].double(), expected, rtol=1e-4, atol=1e-6)
+    # the analyses differ through that error alone: the same prior and observations
+    torch.testing.assert_close(ens["prior"], curve["prior"])
+    assert not torch.equal(ens["posterior"], curve["posterior"])
+
+
+def test_the_latent_error_option_is_checked_before_any_work(case):  # noqa: F811
+    model, prior, _, obs = case
+    x, y = prior.h.values[:, :, None], obs.h.values[:, None]
+    with pytest.raises(OptionError, match="latent_error must be 'ensemble' or 'curve'"):
+        model.analyse(x, y, latent_error="flow")
+    with pytest.raises(OptionError, match='latent_error="ensemble" is for method="latent-ensf"'):
+        model.analyse(x, y, method="latent-letkf", latent_error="ensemble")
+    with pytest.raises(OptionError, match="latent_error must be 'ensemble' or 'curve'"):
+        prior.ensf.assimilate(obs, model=model, latent_error="flow")
+    # the accessor passes it on: "curve" is the model's own call with "curve"
+    seeds = xensf.bridge.analysis.analysis_seeds(3, prior.time.values)
+    analysis = prior.ensf.assimilate(obs, model=model, seed=3, device="cpu", latent_error="curve")
+    direct = model.analyse(
+        x, y, generator=seeds, batch_size=prior.sizes["member"], latent_error="curve"
+    )
+    np.testing.assert_array_equal(analysis.h.values, direct[:, :, 0])
+
+
+def test_the_hybrid_keeps_the_curve_unless_told(case):  # noqa: F811
+    model, prior, _, obs = case
+    options = dict(
+        model=model,
+        method="latent-ensf-letkf",
+        obs_error=0.05,
+        loc_radius=40.0,
+        seed=2,
+        device="cpu",
+    )
+    default = prior.ensf.assimilate(obs, **options)
+    curve = prior.ensf.assimilate(obs, latent_error="curve", **options)
+    ensemble = prior.ensf.assimilate(obs, latent_error="ensemble", **options)
+    np.testing.assert_array_equal(default.h.values, curve.h.values)
+    assert not np.array_equal(default.h.values, ensemble.h.values)

@@ -232,6 +232,8 @@ def _check_option(method: str, key: str, value: Any) -> None:
         )
     if key == "update" and value not in ("decode", "increment"):
         raise OptionError(f"{method}: update must be 'decode' or 'increment', got {value!r}")
+    if key == "latent_error" and value not in ("ensemble", "curve"):
+        raise OptionError(f"{method}: latent_error must be 'ensemble' or 'curve', got {value!r}")
     if key == "likelihood" and value not in ("damped", "gaussian"):
         raise OptionError(f"{method}: likelihood must be 'damped' or 'gaussian', got {value!r}")
     if key == "scale" and value is not None:
@@ -584,6 +586,9 @@ class LatentEnSF(_LatentMethod):
     # damped one halves the posterior variance; docs/method.md)
     likelihood: str = "gaussian"
     update: str = "decode"
+    # the latent observation error's encoder part measured on the analysis at hand
+    # (LatentModel.analyse, docs/method.md)
+    latent_error: str = "ensemble"
 
     def latent_options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(LatentEnSF)}
@@ -612,6 +617,9 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
         "exceeds its spread"
     )
     needs_obs_error: ClassVar[bool] = True
+    # the curve's latent error: measured on the analysis ("ensemble") it made the
+    # hybrid's first cycles in the hard twin worse and its spread wider (benchmarks.md)
+    latent_error: str = "curve"
 
     def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
         background = _hybrid_background(

@@ -423,6 +423,7 @@ class LatentModel:
         return_latent: bool = False,
         update: str = "decode",
         obs_noise=None,
+        latent_error: str | None = None,
         **options,
     ):
         """Latent-EnSF (or latent ETKF) analysis of a batch of forecast ensembles.
@@ -479,6 +480,17 @@ class LatentModel:
             time. The latent observation error is then read from the model's
             calibration curve at that noise (:meth:`latent_obs_std_at`); default the
             error at the training noise, :attr:`latent_obs_std`.
+        latent_error : {"ensemble", "curve"}, optional
+            How ``"latent-ensf"`` sets the latent observation error. ``"curve"``: the
+            calibration curve at the noise (above). ``"ensemble"`` (its default): the
+            curve's noise-0 part, the observation encoder's own error averaged over the
+            validation states, is rescaled per time to that error measured on the
+            states at hand — a first analysis with the curve's error, whose decoded
+            members are observed at the observed points and encoded both ways — so the
+            analysis spread follows how well the model represents this flow; the
+            noise's part is added as it is. It costs a second latent analysis and a
+            pass of the encoders over the members. ``"latent-letkf"`` takes only
+            ``"curve"`` (its default).
         **options
             Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood``, ``scale``, ``damping`` for EnSF;
@@ -490,7 +502,8 @@ class LatentModel:
             ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype.
         latent : dict of torch.Tensor
             Only with ``return_latent``: ``"prior"`` ``(T, N, L)``, ``"obs"`` ``(T, L)``,
-            ``"obs_std"`` ``(L,)`` (``(T, L)`` with ``obs_noise``), ``"posterior"``
+            ``"obs_std"`` ``(L,)`` (``(T, L)`` with ``obs_noise`` or the ensemble
+            latent error), ``"posterior"``
             ``(T, N, L)`` and
             ``"diagnostics"`` (``"reconstruction"``, ``"innovation"``,
             ``"analysis_misfit"``, ``"count"``, each ``(T,)``).
@@ -510,6 +523,14 @@ class LatentModel:
             raise OptionError(f"method must be one of {LATENT_METHODS}, got {method!r}")
         if update not in ("decode", "increment"):
             raise OptionError(f"update must be 'decode' or 'increment', got {update!r}")
+        if latent_error is None:
+            latent_error = "ensemble" if method == "latent-ensf" else "curve"
+        if latent_error not in ("ensemble", "curve"):
+            raise OptionError(f"latent_error must be 'ensemble' or 'curve', got {latent_error!r}")
+        if latent_error == "ensemble" and method != "latent-ensf":
+            raise OptionError(
+                f'latent_error="ensemble" is for method="latent-ensf"; {method!r} takes "curve"'
+            )
         as_numpy = isinstance(prior, np.ndarray)
         prior_t = torch.as_tensor(prior)
         out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
@@ -573,6 +594,10 @@ class LatentModel:
             # the exact noised likelihood: calibrated spread (the damped one halves the
             # posterior variance), the accessor's default for latent methods too
             options.setdefault("likelihood", "gaussian")
+            if latent_error == "ensemble":
+                obs_std = self._ensemble_obs_std(
+                    z_prior, z_obs, obs_std, obs_t, mask_t, generator, batch_size, options
+                )
             z_post = ensf_analysis(
                 z_prior, z_obs, identity, obs_std, generator=generator, **options
             )
@@ -620,6 +645,58 @@ class LatentModel:
         if scale is None:
             return torch.ones(self.latent_dim, dtype=self.dtype, device=self.device)
         return torch.as_tensor(scale, dtype=self.dtype, device=self.device)
+
+    def _ensemble_obs_std(
+        self, z_prior, z_obs, obs_std, obs, mask, generator, batch_size, options
+    ) -> torch.Tensor:
+        """The latent observation error with its encoder part measured on this analysis.
+
+        The calibration curve's value at noise 0 is the observation encoder's own error,
+        averaged over the validation states; how large it is for the states at hand
+        varies (the model represents some flows better than others). A first analysis
+        with the curve's error gives members near the observed state; each member is
+        observed as the real observations are (same points), and the RMS difference
+        between the encoding of those observations and the member's own encoding is the
+        encoder's error for states like these. It rescales the curve's noise-0 part
+        (per time, one factor for all latent values: 20 members do not pin down 400
+        variances), and the noise's part (the curve above noise 0) is added as it is.
+        Returns ``(T, L)``; ``obs_std`` unchanged for a model without the curve.
+        """
+        if self.config.get("latent", {}).get("obs_error") is None:
+            return obs_std
+        n_times, n_members = z_prior.shape[:2]
+        identity = torch.arange(self.latent_dim, device=self.device)
+        first = ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
+        members = self._decode(first.reshape(-1, self.latent_dim), batch_size)
+        z_members = self.encode(members, batch_size=batch_size)[0]
+        members = members.reshape(n_times, n_members, *members.shape[1:])
+        z_members = z_members.reshape(n_times, n_members, self.latent_dim)
+        observed = ~torch.isnan(obs) if mask is None else mask.to(torch.bool)
+        encoder_error = torch.empty(n_times, dtype=torch.float64, device=self.device)
+        for t in range(n_times):  # one time per pass: independent of the other times
+            seen = observed[t].expand(n_members, *observed.shape[1:])
+            values = self._observe_members(members[t], seen)
+            z_seen = self.encode_obs(values, seen)[0]
+            encoder_error[t] = (z_seen - z_members[t]).double().square().mean()
+        base = self.latent_obs_std_at(0.0).double().square()  # (L,)
+        noise_part = (obs_std.double().square() - base).clamp_min(0)  # (L,) or (T, L)
+        factor = encoder_error / base.mean()  # (T,)
+        var = factor[:, None] * base + noise_part
+        return var.clamp_min(MIN_LATENT_OBS_STD**2).sqrt().to(self.dtype)
+
+    def _observe_members(self, members: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """Members ``(N, C, H, W)`` observed as the observations are: gridded, their
+        values where ``seen`` (NaN elsewhere); stations, the bilinear values at the
+        slots, physical units."""
+        if self.obs_kind == "gridded":
+            return torch.where(seen, members, torch.nan)
+        values = self._slot_values(members.reshape(members.shape[0], -1))
+        return torch.where(seen, values, torch.nan)
+
+    def _slot_values(self, states: torch.Tensor) -> torch.Tensor:
+        """Flattened states ``(..., C·H·W)`` at the station slots ``(..., n_obs)``:
+        bilinear interpolation, physical units."""
+        return (states[..., self._slot_targets] * self._slot_weights).sum(-1)
 
     def latent_obs_std_at(self, noise) -> torch.Tensor:
         """The latent observation error for observations of error ``noise``.
@@ -683,7 +760,7 @@ class LatentModel:
         g = self.grid_shape[0] * self.grid_shape[1]
         if self.obs_kind == "gridded":
             return (states - self.mean.repeat_interleave(g)) / self.std.repeat_interleave(g)
-        values = (states[..., self._slot_targets] * self._slot_weights).sum(-1)
+        values = self._slot_values(states)
         chan = self._slot_channels
         return (values - self.mean[chan]) / self.std[chan]
 
