@@ -48,10 +48,14 @@ def _number(cell: str) -> float:
 
 
 def test_bench_perf_quick_prints_every_table():
-    out = _run("benchmarks/bench_perf.py", "--quick", "--threads", "1", "ensf", "latent", "models")
+    out = _run(
+        "benchmarks/bench_perf.py", "--quick", "--threads", "1", "ensf", "latent",
+        "latent-model", "models",
+    )  # fmt: skip
     for title, n_rows in [
         ("## EnSF, full space", 2),  # auto and reference at one size
         ("## EnSF at latent size", 4),  # T = 1 and 8, auto and reference
+        ("## Latent-EnSF with the demo model", 1),  # T = 1
         ("## Models", 2),  # shallow water and Lorenz-96
     ]:
         rows = _rows(out, title)
