@@ -132,19 +132,17 @@ def test_a_station_model_reads_its_latent_error_at_the_stated_error(station_case
     assert not np.array_equal(analysis.h.values, default.h.values)
 
 
-def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case):  # noqa: F811
-    """latent_error="ensemble" (latent-ensf's default): the curve's noise-0 part rescaled
-    per time by the encoder's error on the decoded members of the curve's analysis,
-    observed where the observations are; the noise's part added as it is."""
-    model, prior, _, obs = case
-    x, y = prior.h.values[:, :, None], obs.h.values[:, None]
-    seeds = [11, 12, 13, 14]
+def _check_ensemble_error(model, x, y, observe):
+    """latent_error="ensemble" against its recomputation from public pieces; ``observe``
+    maps members ``(N, C, H, W)`` to what the observations ``y[t]`` hold there."""
+    seeds = [11, 12, 13, 14][: x.shape[0]]
     noise = 2.0 * model.config["latent"]["obs_error"]["noise"][2]
     _, curve = model.analyse(
         x, y, generator=seeds, obs_noise=noise, latent_error="curve", return_latent=True
     )
     _, ens = model.analyse(x, y, generator=seeds, obs_noise=noise, return_latent=True)
-    # recomputed from the public pieces: the first analysis is the curve's (same seeds)
+    # the first analysis is the curve's (same seeds): decode its members, observe them
+    # where the observations are, and compare the two encodings
     members = model.decode(curve["posterior"].reshape(-1, model.latent_dim))
     z_members = model.encode(members)[0].reshape(curve["posterior"].shape)
     members = members.reshape(x.shape)
@@ -152,7 +150,7 @@ def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case
     base = model.latent_obs_std_at(0.0).double() ** 2
     noise_part = model.latent_obs_std_at(noise).double() ** 2 - base
     for t in range(x.shape[0]):
-        observed = torch.where(seen[t], members[t], torch.nan)
+        observed = torch.where(seen[t], observe(members[t]), torch.nan)
         z_obs = model.encode_obs(observed)[0]
         error = (z_obs - z_members[t]).double().square().mean()
         expected = (error / base.mean() * base + noise_part).sqrt()
@@ -160,6 +158,27 @@ def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case
     # the analyses differ through that error alone: the same prior and observations
     torch.testing.assert_close(ens["prior"], curve["prior"])
     assert not torch.equal(ens["posterior"], curve["posterior"])
+
+
+def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case):  # noqa: F811
+    """latent_error="ensemble" (latent-ensf's default): the curve's noise-0 part rescaled
+    per time by the encoder's error on the decoded members of the curve's analysis,
+    observed where the observations are; the noise's part added as it is."""
+    model, prior, _, obs = case
+    _check_ensemble_error(model, prior.h.values[:, :, None], obs.h.values[:, None], lambda m: m)
+
+
+def test_the_ensemble_latent_error_of_a_station_model(station_case):  # noqa: F811
+    """Stations between grid points: the members are observed by the model's own
+    operator (bilinear, normalised; undone here)."""
+    model, prior, _, obs = station_case
+    chan = torch.as_tensor(model.config["obs_layout"]["slot_channels"])
+
+    def observe(members):
+        normalised = model.observe(members.reshape(members.shape[0], -1))
+        return normalised * model.std[chan] + model.mean[chan]
+
+    _check_ensemble_error(model, prior.h.values[:, :, None], obs.h.values, observe)
 
 
 def test_the_latent_error_option_is_checked_before_any_work(case):  # noqa: F811

@@ -679,7 +679,9 @@ class LatentModel:
             z_seen = self.encode_obs(values, seen)[0]
             encoder_error[t] = (z_seen - z_members[t]).double().square().mean()
         base = self.latent_obs_std_at(0.0).double().square()  # (L,)
-        noise_part = (obs_std.double().square() - base).clamp_min(0)  # (L,) or (T, L)
+        # (L,) or (T, L); not clamped, so that a factor of 1 gives the curve exactly (a
+        # curve measured on few states may dip below its noise-0 value for some values)
+        noise_part = obs_std.double().square() - base
         factor = encoder_error / base.mean()  # (T,)
         var = factor[:, None] * base + noise_part
         return var.clamp_min(MIN_LATENT_OBS_STD**2).sqrt().to(self.dtype)
