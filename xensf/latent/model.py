@@ -579,6 +579,8 @@ class LatentModel:
             ]
         )
         identity = torch.arange(self.latent_dim, device=self.device)
+        # True where observed, the observations' shape (T, ...)
+        observed = ~torch.isnan(obs_t) if mask_t is None else mask_t.to(torch.bool)
         obs_std = self.latent_obs_std
         if obs_noise is not None:
             noise = torch.as_tensor(obs_noise, dtype=torch.float64).reshape(-1)
@@ -596,7 +598,7 @@ class LatentModel:
             options.setdefault("likelihood", "gaussian")
             if latent_error == "ensemble":
                 obs_std = self._ensemble_obs_std(
-                    z_prior, z_obs, obs_std, obs_t, mask_t, generator, batch_size, options
+                    z_prior, z_obs, identity, obs_std, observed, generator, batch_size, options
                 )
             z_post = ensf_analysis(
                 z_prior, z_obs, identity, obs_std, generator=generator, **options
@@ -620,7 +622,7 @@ class LatentModel:
             recon.reshape(n_times, n_members, -1),
             post.reshape(n_times, n_members, -1),
             obs_t,
-            mask_t,
+            observed,
         )
         post = self._masked_nan(post.reshape(prior_t.shape))
         post = post.to(dtype=out_dtype, device=prior_t.device)
@@ -647,7 +649,7 @@ class LatentModel:
         return torch.as_tensor(scale, dtype=self.dtype, device=self.device)
 
     def _ensemble_obs_std(
-        self, z_prior, z_obs, obs_std, obs, mask, generator, batch_size, options
+        self, z_prior, z_obs, identity, obs_std, observed, generator, batch_size, options
     ) -> torch.Tensor:
         """The latent observation error with its encoder part measured on this analysis.
 
@@ -655,9 +657,9 @@ class LatentModel:
         averaged over the validation states; how large it is for the states at hand
         varies (the model represents some flows better than others). A first analysis
         with the curve's error gives members near the observed state; each member is
-        observed as the real observations are (same points), and the RMS difference
-        between the encoding of those observations and the member's own encoding is the
-        encoder's error for states like these. It rescales the curve's noise-0 part
+        observed as the real observations are (same points, ``observed``), and the mean
+        square difference between the encoding of those observations and the member's
+        own encoding is the encoder's error variance for states like these. It rescales the curve's noise-0 part
         (per time, one factor for all latent values: 20 members do not pin down 400
         variances), and the noise's part (the curve above noise 0) is added as it is.
         Returns ``(T, L)``; ``obs_std`` unchanged for a model without the curve.
@@ -665,13 +667,11 @@ class LatentModel:
         if self.config.get("latent", {}).get("obs_error") is None:
             return obs_std
         n_times, n_members = z_prior.shape[:2]
-        identity = torch.arange(self.latent_dim, device=self.device)
         first = ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
         members = self._decode(first.reshape(-1, self.latent_dim), batch_size)
         z_members = self.encode(members, batch_size=batch_size)[0]
         members = members.reshape(n_times, n_members, *members.shape[1:])
         z_members = z_members.reshape(n_times, n_members, self.latent_dim)
-        observed = ~torch.isnan(obs) if mask is None else mask.to(torch.bool)
         encoder_error = torch.empty(n_times, dtype=torch.float64, device=self.device)
         for t in range(n_times):  # one time per pass: independent of the other times
             seen = observed[t].expand(n_members, *observed.shape[1:])
@@ -766,14 +766,14 @@ class LatentModel:
         chan = self._slot_channels
         return (values - self.mean[chan]) / self.std[chan]
 
-    def _diagnostics(self, prior, recon, post, obs, mask) -> dict[str, torch.Tensor]:
+    def _diagnostics(self, prior, recon, post, obs, observed) -> dict[str, torch.Tensor]:
         """Per-time RMS figures at the observed entries, in normalised units.
 
         ``reconstruction``: ``D(E(x)) − x`` over the prior members; ``innovation``:
         ``y − H x̄_b``; ``analysis_misfit``: ``y − H x̄_a``; ``count``: observed entries.
         """
         y = obs.reshape(obs.shape[0], -1).to(self.dtype)
-        observed = ~torch.isnan(y) if mask is None else mask.reshape(y.shape).to(torch.bool)
+        observed = observed.reshape(y.shape)
         if self.obs_kind == "gridded":  # observations are states: observe them as such
             y_n = self.observe(torch.nan_to_num(y))
         else:  # station values, normalised by their slot's channel
