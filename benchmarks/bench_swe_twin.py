@@ -75,37 +75,31 @@ def spread_skill(path: Path, truth: xr.Dataset, scales) -> float:
     return float(np.sqrt(spread / err))
 
 
-def reconstruction(model_path, truth: xr.Dataset, scales) -> str:
-    """The latent model's floor: relative RMSE of decode(encode(truth)), mean over the
-    whole run, then by half."""
-    from xensf.latent import LatentModel
-
-    model = LatentModel.load(model_path)
-    x = torch.as_tensor(np.stack([truth[v].values for v in FIELDS], 1))
-    rec = model.decode(model.encode(x)[0]).cpu().numpy()
-    decoded = truth.copy(data={v: rec[:, i] for i, v in enumerate(FIELDS)})
+def decoded_floor(decoded: np.ndarray, truth: xr.Dataset, scales) -> str:
+    """Relative RMSE of ``decoded`` ``(time, field, y, x)`` against ``truth``: the mean
+    over its times, then by half."""
+    decoded = truth.copy(data={v: decoded[:, i] for i, v in enumerate(FIELDS)})
     curve = relative_rmse(decoded, truth, scales)
     return f"{float(curve.mean()):.3f} (halves {halves(curve)})"
 
 
-def observation_floor(model_path, truth: xr.Dataset, scales, setup: dict) -> str:
-    """The observation encoder's floor: relative RMSE of decode(encode_obs(truth at the
-    observed points)), noise-free, mean over the run from its first analysis time, then
-    by half. A latent analysis that only followed the encoded observation would sit
-    here; below it, the prior's information counts."""
-    from xensf.experiments.twin import TwinSetup, observed_points
-    from xensf.latent import LatentModel
+def reconstruction(model, truth: xr.Dataset) -> np.ndarray:
+    """The latent model's floor: decode(encode(truth)) at every time of the run."""
+    x = torch.as_tensor(np.stack([truth[v].values for v in FIELDS], 1))
+    return model.decode(model.encode(x)[0]).cpu().numpy()
 
-    model = LatentModel.load(model_path)
+
+def observation_floor(model, truth: xr.Dataset, setup: dict) -> np.ndarray:
+    """The observation encoder's floor: decode(encode_obs(truth at the observed
+    points)), noise-free, at every time of ``truth``. A latent analysis that only
+    followed the encoded observation would sit here; below it, the prior's
+    information counts."""
+    from xensf.experiments.twin import TwinSetup, observed_points
+
     mask = observed_points(TwinSetup(n=setup["n"], stride=setup["stride"]))
-    later = truth.isel(time=slice(1, None))  # the analysis times
-    x = torch.as_tensor(np.stack([later[v].values for v in FIELDS], 1))
+    x = torch.as_tensor(np.stack([truth[v].values for v in FIELDS], 1))
     seen = torch.as_tensor(mask).expand_as(x)
-    rec = model.decode(model.encode_obs(torch.where(seen, x, torch.nan), seen)[0])
-    rec = rec.cpu().numpy()
-    decoded = later.copy(data={v: rec[:, i] for i, v in enumerate(FIELDS)})
-    curve = relative_rmse(decoded, later, scales)
-    return f"{float(curve.mean()):.3f} (halves {halves(curve)})"
+    return model.decode(model.encode_obs(torch.where(seen, x, torch.nan), seen)[0]).cpu().numpy()
 
 
 def main() -> None:
@@ -177,10 +171,14 @@ def summarise(output: Path, results: dict, model_path) -> None:
             ]
             print(f"{method:<18}" + "".join(f"{c:>18}" for c in cells))
         if model_path is not None and i == 0:
-            print(
-                f"latent model floor, decode(encode(truth)): {reconstruction(model_path, truth, scales)}"
-            )
-            floor = observation_floor(model_path, truth, scales, summary["setup"])
+            from xensf.latent import LatentModel
+
+            model = LatentModel.load(model_path)
+            floor = decoded_floor(reconstruction(model, truth), truth, scales)
+            print(f"latent model floor, decode(encode(truth)): {floor}")
+            later = truth.isel(time=slice(1, None))  # the analysis times
+            rec = observation_floor(model, later, summary["setup"])
+            floor = decoded_floor(rec, later, scales)
             print(f"observation encoder floor, decode(encode_obs(observed truth)): {floor}")
 
 
