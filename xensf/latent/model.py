@@ -659,9 +659,10 @@ class LatentModel:
         with the curve's error gives members near the observed state; each member is
         observed as the real observations are (same points, ``observed``), and the mean
         square difference between the encoding of those observations and the member's
-        own encoding is the encoder's error variance for states like these. It rescales the curve's noise-0 part
-        (per time, one factor for all latent values: 20 members do not pin down 400
-        variances), and the noise's part (the curve above noise 0) is added as it is.
+        own encoding is the encoder's error variance for states like these. It rescales
+        the curve's noise-0 part (per time, one factor for all latent values: 20 members
+        do not pin down 400 variances), and the noise's part (the curve above noise 0)
+        is added as it is.
         Returns ``(T, L)``; ``obs_std`` unchanged for a model without the curve.
         """
         if self.config.get("latent", {}).get("obs_error") is None:
