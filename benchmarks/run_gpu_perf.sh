@@ -8,7 +8,9 @@
 #      plain eager loop, its compiled step and the bandwidth floor; latent-size EnSF
 #      batched over 1 / 64 / 1024 times; localised LETKF at large d; shallow water
 #      150² with N = 20 / 200 and the Lorenz-96 step at 10⁶ × 20, eager and compiled;
-#   3. where dask.distributed is installed: benchmarks/bench_spatial_letkf.py --quick
+#   3. benchmarks/bench_training_throughput.py --device cuda: latent-model training
+#      states per second at 40² and 150², float32 and bfloat16 (docs/performance.md §6);
+#   4. where dask.distributed is installed: benchmarks/bench_spatial_letkf.py --quick
 #      --device cuda, LETKF on spatial blocks with each block on the GPU (through
 #      dask-cuda's LocalCUDACluster where that is installed too).
 #
@@ -22,13 +24,16 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 device=cuda
 quick=()
+training=()
 if [[ -n "${QUICK:-}" ]]; then
     quick=(--quick)
+    training=(--states 64 --epochs 1 --precision float32)
 fi
 if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "no CUDA device: running the CPU versions at --quick sizes"
     device=cpu
     quick=(--quick)
+    training=(--states 64 --epochs 1 --precision float32)
 fi
 python3 - <<'EOF' 2>&1 | tee "$out/device.txt"
 import torch
@@ -53,6 +58,10 @@ start=$SECONDS
 timeout 100 python3 benchmarks/bench_perf.py --device "$device" "${quick[@]}" models \
     2>&1 | tee "$out/perf_models.txt"
 echo "models: $((SECONDS - start)) s" | tee -a "$out/perf_models.txt"
+start=$SECONDS
+timeout 40 python3 benchmarks/bench_training_throughput.py --device "$device" "${training[@]}" \
+    2>&1 | tee "$out/perf_training.txt"
+echo "training: $((SECONDS - start)) s" | tee -a "$out/perf_training.txt"
 if python3 -c "import dask.distributed, zarr" 2>/dev/null; then
     start=$SECONDS
     timeout 90 python3 benchmarks/bench_spatial_letkf.py --quick --device "$device" \

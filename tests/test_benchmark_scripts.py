@@ -120,3 +120,19 @@ def test_bench_soak_traces_what_late_legs_keep():
     kept = re.search(r"allocated from leg 3 on and alive at the end: ([\d.]+) MB", out)
     assert kept and float(kept.group(1)) > 0, out
     assert "allocated at" in out and "verdict: none while tracing" in out
+
+
+def test_bench_training_throughput_prints_both_grids():
+    # the GPU script's training step at its CPU size (benchmarks/run_gpu_perf.sh)
+    out = _run(
+        "benchmarks/bench_training_throughput.py", "--device", "cpu", "--threads", "1",
+        "--states", "64", "--epochs", "1", "--precision", "float32",
+    )  # fmt: skip
+    rows = [
+        line.split() for line in out.splitlines() if line.strip().endswith(tuple("0123456789"))
+    ]
+    grids = [(r[0], r[2]) for r in rows]
+    assert grids == [("40", "40"), ("150", "150")], out
+    for row in rows:
+        rate = float(row[-1])
+        assert math.isfinite(rate) and rate > 0, row
