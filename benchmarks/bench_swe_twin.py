@@ -3,12 +3,13 @@
     python benchmarks/bench_swe_twin.py [--size demo|full] [--model BUNDLE]
                                         [--priors hard easy] [--output DIR] [--device cuda]
                                         [--truth-position X Y] [--prior-position X Y]
-                                        [--letkf-inflation F]
+                                        [--letkf-inflation F] [--train-minutes M]
 
 ``--size demo`` is the reduced setup of ``xensf demo`` (40 x 40 cells, the paper's
 10 x 10 observation network, the shipped latent model); ``--size full`` is the paper's
-(150 x 150, every 15th point, 2000 steps, 20 members; trains its latent model first
-unless ``--model`` is given; GPU advised). For each prior it runs ``xensf demo`` with
+(150 x 150, every 15th point, 2000 steps, 20 members; trains its latent model first,
+once for both priors, into ``DIR/swe-full.xensf`` unless ``--model`` is given, for
+``--train-minutes`` (default 60); GPU advised). For each prior it runs ``xensf demo`` with
 observation noise 0, 10 and 20 % and all methods, which prints the table (relative
 RMSE of the ensemble mean over the second half of the run), writes
 ``DIR/<prior>/summary.json``, the zarr stores and the figures
@@ -119,7 +120,13 @@ def main() -> None:
         help="multiplicative inflation of letkf and of latent-ensf-letkf's LETKF step "
         "(default: the setup's, 1.1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--train-minutes", type=float, default=None,
+        help="--size full without --model: the latent model's training budget (default 60)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.size == "full" and args.model is None:
+        args.model = str(full_model(args))
     results = {}
     for prior in args.priors:
         out = Path(args.output) / prior
@@ -138,6 +145,23 @@ def main() -> None:
         )  # fmt: skip
     model_path = args.model or (shipped_model_path() if args.size == "demo" else None)
     summarise(Path(args.output), results, model_path)
+
+
+def full_model(args) -> Path:
+    """The paper-size latent model, trained once into ``--output`` for both priors
+    (reused when it is there; training runs keep away from the truth's position)."""
+    from xensf.experiments.demo_swe import train_model
+
+    path = Path(args.output) / "swe-full.xensf"
+    if not path.exists():
+        setup = FULL_SETUP
+        if args.truth_position is not None:
+            setup = setup.with_(truth_position=tuple(args.truth_position))
+        budget = {} if args.train_minutes is None else {"time_budget": args.train_minutes * 60}
+        print(f"training the latent model for the full setup into {path} ...")
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        train_model(setup, path, "full", seed=args.seed, device=args.device, **budget)
+    return path
 
 
 def summarise(output: Path, results: dict, model_path) -> None:

@@ -124,3 +124,38 @@ def test_the_old_twin_module_name_still_works_with_a_future_warning():
     with pytest.warns(FutureWarning, match="xensf.experiments.twin"):
         old = importlib.import_module("xensf.twin")
     assert old.TwinSetup is twin.TwinSetup and old.truth_run is twin.truth_run
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--full", "--train-minutes", "0"], "positive number of minutes"),
+        (["--full", "--train-minutes", "nan"], "positive number of minutes"),
+        (["--train-minutes", "5"], "--full only"),
+        (["--full", "--model", "m.xensf", "--train-minutes", "5"], "not with --model"),
+    ],
+)
+def test_demo_train_minutes_is_checked_before_any_work(tmp_path, capsys, extra, says):
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), *extra]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.filterwarnings("ignore::xensf.TrainingDataWarning")  # 32 tiny training states
+def test_full_demo_trains_its_model_within_the_given_minutes(tmp_path, monkeypatch, capsys):
+    small = demo_swe.FULL_SETUP.with_(n=40, stride=4, steps=40, every=10, members=5, ensf_steps=10)
+    monkeypatch.setattr(demo_swe, "FULL_SETUP", small)
+    monkeypatch.setitem(demo_swe.TRAINING, "full", {**demo_swe.TRAINING["full"], "runs": 12})
+    out = tmp_path / "full"
+    args = ["demo", "--full", "--output", str(out), "--device", "cpu", "--no-plot"]
+    args += ["--methods", "latent-ensf", "--noise", "10", "--train-minutes", "0.01"]
+    assert main(args) == 0
+    record = xensf.load(out / "swe-full.xensf").config["training"]
+    assert record["time_budget"] == pytest.approx(0.6)
+    assert record["epochs_run"] < demo_swe.TRAINING["full"]["epochs"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert np.isfinite(summary["relative_rmse_second_half"]["latent-ensf"]["10%"])
+    # a second run reuses the bundle and says the budget does not apply to it
+    assert main(args) == 0
+    assert "training budget does not apply" in capsys.readouterr().out

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 __all__ = ["build_parser", "main"]
@@ -140,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="a latent model bundle to use instead of the shipped one"
     )
     p.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="--full: the time budget of its latent model's training (default 60; the "
+        "learning-rate schedule is stretched to it)",
+    )
+    p.add_argument(
         "--truth-position",
         nargs=2,
         type=float,
@@ -204,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         bad = [p for p in args.noise if not 0 <= p < 100]
         if bad:
             print(f"xensf demo: --noise takes percentages in [0, 100), got {bad}", file=sys.stderr)
+            return 2
+    if args.command == "demo" and args.train_minutes is not None:
+        problem = None
+        if not (math.isfinite(args.train_minutes) and args.train_minutes > 0):
+            problem = f"takes a positive number of minutes, got {args.train_minutes}"
+        elif not args.full:
+            problem = "applies to --full only (the reduced demo uses the shipped model)"
+        elif args.model is not None:
+            problem = "applies when the demo trains its model, not with --model"
+        if problem:
+            print(f"xensf demo: --train-minutes {problem}", file=sys.stderr)
             return 2
     return args.func(args)
 
