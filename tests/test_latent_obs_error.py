@@ -153,7 +153,12 @@ def _check_ensemble_error(model, x, y, observe):
         observed = torch.where(seen[t], observe(members[t]), torch.nan)
         z_obs = model.encode_obs(observed)[0]
         error = (z_obs - z_members[t]).double().square().mean()
-        expected = (error / base.mean() * base + noise_part).sqrt()
+        measured = error / base.mean() * base + noise_part
+        # then lowered where the latent innovations are smaller than prior + that error
+        z_b, y_t = ens["prior"][t].double(), ens["obs"][t].double()
+        spread = (1 + 1 / z_b.shape[0]) * z_b.var(0)
+        ratio = ((y_t - z_b.mean(0)).square() - spread).mean() / measured.mean()
+        expected = (measured * ratio.clamp(0.25, 1.0)).sqrt()
         torch.testing.assert_close(ens["obs_std"][t].double(), expected, rtol=1e-4, atol=1e-6)
     # the analyses differ through that error alone: the same prior and observations
     torch.testing.assert_close(ens["prior"], curve["prior"])
@@ -163,7 +168,8 @@ def _check_ensemble_error(model, x, y, observe):
 def test_the_ensemble_latent_error_measures_the_encoder_on_a_first_analysis(case):  # noqa: F811
     """latent_error="ensemble" (latent-ensf's default): the curve's noise-0 part rescaled
     per time by the encoder's error on the decoded members of the curve's analysis,
-    observed where the observations are; the noise's part added as it is."""
+    observed where the observations are; the noise's part added as it is; the whole
+    lowered by the innovation factor where the innovations are smaller."""
     model, prior, _, obs = case
     _check_ensemble_error(model, prior.h.values[:, :, None], obs.h.values[:, None], lambda m: m)
 
@@ -214,3 +220,47 @@ def test_the_hybrid_keeps_the_curve_unless_told(case):  # noqa: F811
     ensemble = prior.ensf.assimilate(obs, latent_error="ensemble", **options)
     np.testing.assert_array_equal(default.h.values, curve.h.values)
     assert not np.array_equal(default.h.values, ensemble.h.values)
+
+
+def _linear_gaussian(stated_over_true: float, prior_spread_ok: bool = True, seed: int = 0):
+    """Latent members, pseudo-observations and a stated error for T = 200 times and
+    L = 400 latent values: truth and members from N(m_t, 1), observations the truth plus
+    N(0, 1) noise; the stated error variance is ``stated_over_true``. A prior that
+    misjudges its spread has members tightly around a displaced mean instead."""
+    g = torch.Generator().manual_seed(seed)
+    n_times, n_members, size = 200, 20, 400
+    centre = torch.randn(n_times, 1, size, generator=g, dtype=torch.float64)
+    truth = centre[:, 0] + torch.randn(n_times, size, generator=g, dtype=torch.float64)
+    if prior_spread_ok:
+        members = centre + torch.randn(n_times, n_members, size, generator=g, dtype=torch.float64)
+    else:
+        members = (
+            centre
+            + 3.0
+            + 0.01 * torch.randn(n_times, n_members, size, generator=g, dtype=torch.float64)
+        )
+    z_obs = truth + torch.randn(n_times, size, generator=g, dtype=torch.float64)
+    return members, z_obs, torch.full((size,), stated_over_true**0.5, dtype=torch.float64)
+
+
+def test_the_innovation_factor_recovers_an_overstated_error_and_never_raises_it():
+    """Linear-Gaussian: the innovation variance is R + (1 + 1/N) B, so an error stated twice too
+    large is found (factor ≈ 1/2); one stated too small, or a prior whose spread
+    understates its error, leaves the error as stated (factor 1); a hundredfold
+    overstatement is lowered by the bound alone."""
+    from xensf.latent.calibration import MIN_INNOVATION_FACTOR, innovation_factor
+
+    factor = innovation_factor(*_linear_gaussian(2.0))
+    assert factor.shape == (200,)
+    assert float(factor.mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(factor.std()) < 0.1  # 400 latent values per time: a steady estimate
+    assert torch.all(innovation_factor(*_linear_gaussian(0.5)) == 1.0)
+    assert torch.all(innovation_factor(*_linear_gaussian(1.0, prior_spread_ok=False)) == 1.0)
+    bounded = innovation_factor(*_linear_gaussian(100.0))
+    assert torch.all(bounded == MIN_INNOVATION_FACTOR)
+    # one stated error per time is read per time
+    members, z_obs, std = _linear_gaussian(2.0)
+    per_time = std.expand(200, -1).clone()
+    per_time[:100] *= 2**-0.5  # the first half stated right
+    split = innovation_factor(members, z_obs, per_time)
+    assert float(split[:100].mean()) > 0.9 and float(split[100:].mean()) < 0.6

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import OptionError
 
-__all__ = ["NOISE_SCALES", "calibrate_obs_error", "obs_error_curve"]
+__all__ = ["NOISE_SCALES", "calibrate_obs_error", "innovation_factor", "obs_error_curve"]
 
 #: Smallest latent observation error stored: an encoder that matches the state encoder
 #: exactly on the validation set must not give an infinitely precise pseudo-observation.
@@ -34,6 +34,46 @@ MIN_LATENT_OBS_STD = 1e-3
 
 #: The multiples of the training noise at which the curve is measured.
 NOISE_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+#: The most :func:`innovation_factor` lowers the latent error variance (a factor of 4 in
+#: variance, 2 in standard deviation).
+MIN_INNOVATION_FACTOR = 0.25
+
+
+def innovation_factor(
+    z_prior: torch.Tensor, z_obs: torch.Tensor, obs_std: torch.Tensor
+) -> torch.Tensor:
+    """How much smaller the latent observation error variance is than stated, by time.
+
+    In a linear-Gaussian setting the innovation ``d = z_obs − z̄_b`` of each latent
+    value has variance ``R + (1 + 1/N) B`` (the observation error, the prior's, and the
+    sampling error of the mean of ``N`` members), so
+    ``mean(d² − (1 + 1/N) s_b²) / mean(R)`` over the latent values estimates how the
+    actual error compares with the stated one (``s_b²`` the members' variance). The
+    factor is that
+    ratio, clipped to ``[MIN_INNOVATION_FACTOR, 1]``: **one-sided**, because a larger
+    ratio also appears when the prior's spread understates its error (the hard twin's
+    displaced prior), where raising ``R`` would keep the analysis from moving.
+
+    Parameters
+    ----------
+    z_prior : torch.Tensor
+        ``(T, N, L)`` latent members.
+    z_obs : torch.Tensor
+        ``(T, L)`` latent pseudo-observations.
+    obs_std : torch.Tensor
+        ``(L,)`` or ``(T, L)`` their stated error standard deviations.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T,)`` float64 factors for the error *variances*.
+    """
+    z = z_prior.double()
+    n_members = z.shape[1]
+    innovation = (z_obs.double() - z.mean(1)).square() - (1 + 1 / n_members) * z.var(1)
+    stated = obs_std.double().square().reshape(-1, z.shape[-1]).mean(-1)  # (1,) or (T,)
+    return (innovation.mean(-1) / stated).clamp(MIN_INNOVATION_FACTOR, 1.0)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from .._version import VERSION
 from ..errors import BundleError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
-from .calibration import MIN_LATENT_OBS_STD
+from .calibration import MIN_LATENT_OBS_STD, innovation_factor
 from .networks import LatentGrid, ObservationEncoder, StateVAE
 
 __all__ = [
@@ -488,8 +488,11 @@ class LatentModel:
             states at hand — a first analysis with the curve's error, whose decoded
             members are observed at the observed points and encoded both ways — so the
             analysis spread follows how well the model represents this flow; the
-            noise's part is added as it is. It costs a second latent analysis and a
-            pass of the encoders over the members. ``"latent-letkf"`` takes only
+            noise's part is added as it is; then lowered per time where the latent
+            innovations are smaller than that error and the prior's spread account for
+            (:func:`~xensf.latent.calibration.innovation_factor`; never raised). It
+            costs a second latent analysis and a pass of the encoders over the
+            members. ``"latent-letkf"`` takes only
             ``"curve"`` (its default).
         **options
             Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
@@ -600,6 +603,8 @@ class LatentModel:
                 obs_std = self._ensemble_obs_std(
                     z_prior, z_obs, identity, obs_std, observed, generator, batch_size, options
                 )
+                factor = innovation_factor(z_prior, z_obs, obs_std)  # (T,), at most 1
+                obs_std = (obs_std.double() * factor.sqrt()[:, None]).to(obs_std.dtype)
             z_post = ensf_analysis(
                 z_prior, z_obs, identity, obs_std, generator=generator, **options
             )
