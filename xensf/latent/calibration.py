@@ -14,6 +14,11 @@ the same noise draws scaled (common random numbers, a smooth curve); the model s
 the curve (``config["latent"]["obs_error"]``) and
 :meth:`~xensf.latent.LatentModel.latent_obs_std_at` reads the error at the noise the
 user states, interpolating linearly in the noise variance.
+
+What the curve cannot know is how well the model represents the flow at hand:
+latent-ensf measures the encoder's part on each analysis (``latent_error="ensemble"``),
+and :func:`innovation_factor` then lowers the error where the latent innovations are
+smaller than it says.
 """
 
 from __future__ import annotations
@@ -50,10 +55,10 @@ def innovation_factor(
     sampling error of the mean of ``N`` members), so
     ``mean(d² − (1 + 1/N) s_b²) / mean(R)`` over the latent values estimates how the
     actual error compares with the stated one (``s_b²`` the members' variance). The
-    factor is that
-    ratio, clipped to ``[MIN_INNOVATION_FACTOR, 1]``: **one-sided**, because a larger
-    ratio also appears when the prior's spread understates its error (the hard twin's
-    displaced prior), where raising ``R`` would keep the analysis from moving.
+    factor is that ratio, clipped to ``[MIN_INNOVATION_FACTOR, 1]``: **one-sided**,
+    because a larger ratio also appears when the prior's spread understates its error
+    (the hard twin's displaced prior), where raising ``R`` would keep the analysis from
+    moving.
 
     Parameters
     ----------
