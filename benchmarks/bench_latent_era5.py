@@ -7,7 +7,9 @@ training never sees time ``k``, so neither its truth nor its prior); at time ``k
 member 0 is the truth and members 1–9 are the prior. The truth is observed at every
 8th point in each direction (8 × 15 points per field, about 1/64) with noise (10 % of
 each field's spatial standard deviation by default), and the prior is updated by
-EnSF, LETKF, Latent-EnSF and latent LETKF through ``prior.ensf.assimilate``.
+EnSF, LETKF, Latent-EnSF, latent LETKF (each latent one also with the
+``"increment"`` update) and the Latent-EnSF + LETKF hybrid through
+``prior.ensf.assimilate``.
 
 The table gives, per method, the RMSE of the ensemble mean against the truth for each
 field, divided by the prior's RMSE (< 1: the analysis is closer to the truth than the
@@ -77,6 +79,9 @@ def main() -> None:
         "latent-letkf": dict(method="latent-letkf"),
         "latent-ensf (increment)": dict(update="increment"),
         "latent-letkf (increment)": dict(method="latent-letkf", update="increment"),
+        "latent-ensf-letkf": dict(
+            method="latent-ensf-letkf", obs_error=args.noise, loc_radius=3000.0
+        ),
     }
     ratios: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     prior_rmse, spread, train_s, obs_std = [], [], [], []
