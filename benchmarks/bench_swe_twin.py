@@ -33,7 +33,13 @@ import torch
 import xarray as xr
 
 from xensf.cli import SWE_METHODS
-from xensf.experiments.demo_swe import DEMO_SETUP, FULL_SETUP, run_twin, shipped_model_path
+from xensf.experiments.demo_swe import (
+    DEMO_SETUP,
+    FULL_SETUP,
+    full_model,
+    run_twin,
+    shipped_model_path,
+)
 from xensf.experiments.twin import field_scales
 from xensf.metrics import relative_rmse
 
@@ -125,8 +131,13 @@ def main() -> None:
         help="--size full without --model: the latent model's training budget (default 60)",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.size == "full" and args.model is None:
-        args.model = str(full_model(args))
+    if args.size == "full" and args.model is None:  # one model for both priors
+        setup = FULL_SETUP.with_(seed=args.seed)
+        if args.truth_position is not None:
+            setup = setup.with_(truth_position=tuple(args.truth_position))
+        budget = None if args.train_minutes is None else args.train_minutes * 60
+        path = Path(args.output) / "swe-full.xensf"
+        args.model = str(full_model(setup, path, device=args.device, train_budget=budget))
     results = {}
     for prior in args.priors:
         out = Path(args.output) / prior
@@ -145,23 +156,6 @@ def main() -> None:
         )  # fmt: skip
     model_path = args.model or (shipped_model_path() if args.size == "demo" else None)
     summarise(Path(args.output), results, model_path)
-
-
-def full_model(args) -> Path:
-    """The paper-size latent model, trained once into ``--output`` for both priors
-    (reused when it is there; training runs keep away from the truth's position)."""
-    from xensf.experiments.demo_swe import train_model
-
-    path = Path(args.output) / "swe-full.xensf"
-    if not path.exists():
-        setup = FULL_SETUP
-        if args.truth_position is not None:
-            setup = setup.with_(truth_position=tuple(args.truth_position))
-        budget = {} if args.train_minutes is None else {"time_budget": args.train_minutes * 60}
-        print(f"training the latent model for the full setup into {path} ...")
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-        train_model(setup, path, "full", seed=args.seed, device=args.device, **budget)
-    return path
 
 
 def summarise(output: Path, results: dict, model_path) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "DEMO_SETUP",
     "FULL_SETUP",
     "TRAINING",
+    "full_model",
     "method_options",
     "run",
     "run_twin",
@@ -169,6 +170,22 @@ def _mean_over_second_half(curve: xr.DataArray) -> float:
     return float(curve.isel(time=slice(curve.sizes["time"] // 2, None)).mean())
 
 
+def full_model(
+    setup: TwinSetup, path: Path, *, device=None, train_budget: float | None = None
+) -> Path:
+    """The latent model of the paper-size setup at ``path``, trained there first unless
+    it is there already (its training runs keep away from ``setup``'s truth);
+    ``train_budget`` seconds, if given, replace :data:`TRAINING`'s time budget."""
+    if not path.exists():
+        budget = {} if train_budget is None else {"time_budget": train_budget}
+        print(f"training the latent model for the full setup into {path} ...")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        train_model(setup, path, "full", seed=setup.seed, device=device, **budget)
+    elif train_budget is not None:
+        print(f"reusing the latent model at {path} (the training budget does not apply)")
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo with the options parsed by :mod:`xensf.cli`."""
     setup = (FULL_SETUP if args.full else DEMO_SETUP).with_(prior=args.prior, seed=args.seed)
@@ -247,13 +264,7 @@ def run_twin(
     elif model is not None:
         model = model if isinstance(model, xensf.LatentModel) else xensf.load(model)
     elif kind == "full":
-        path = out / "swe-full.xensf"
-        if not path.exists():
-            budget = {} if train_budget is None else {"time_budget": train_budget}
-            print(f"training the latent model for the full setup into {path} ...")
-            train_model(setup, path, "full", seed=setup.seed, device=device, **budget)
-        elif train_budget is not None:
-            print(f"reusing the latent model at {path} (the training budget does not apply)")
+        path = full_model(setup, out / "swe-full.xensf", device=device, train_budget=train_budget)
         model = xensf.load(path)
     else:
         model = xensf.load(shipped_model_path())
