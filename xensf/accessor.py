@@ -307,6 +307,76 @@ class EnsfDatasetAccessor:
             variables=variables, obs_time_tolerance=obs_time_tolerance,
         )  # fmt: skip
 
+    def cross_validate(
+        self,
+        obs: xr.Dataset | xr.DataArray,
+        settings: dict[str, list[Any]],
+        *,
+        folds: int = 4,
+        seed: int = 0,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> xr.Dataset:
+        """How well the analysis predicts withheld observations, for each setting.
+
+        The observed locations are split at random into ``folds`` groups (all
+        variables and levels of a location together). For every combination of the
+        values in ``settings`` and every group, this (prior) ensemble is analysed
+        with the other groups' observations (``assimilate(..., **kwargs, **setting)``)
+        and the analysis mean is compared with the withheld ones. No truth is needed:
+        this is how to choose ``loc_radius`` (or an inflation) on one's own data, and
+        whether assimilating helps at all.
+
+        Parameters
+        ----------
+        obs : Dataset or named DataArray
+            The observations, as for :meth:`assimilate` (gridded or point).
+        settings : dict
+            ``{option: [values]}``, e.g. ``{"loc_radius": [300.0, 600.0, 1200.0]}``;
+            several options give every combination.
+        folds : int
+            Number of groups (at least 2; each location is withheld once).
+        seed : int
+            Seed of the split and of every analysis.
+        progress : bool
+            Show a progress bar over the ``len(combinations) × folds`` analyses.
+        **kwargs
+            Fixed arguments of :meth:`assimilate` (``method``, ``obs_error``, ...). A
+            relative ``obs_error`` (``"10%"``) is taken from the observations used in
+            each analysis, so it varies a little between groups.
+
+        Returns
+        -------
+        Dataset
+            Along ``setting`` (one per combination, with a coordinate per option) and
+            ``variable``: ``ratio``, RMS(O − A) / RMS(O − B) over the withheld
+            observations of each variable (below 1: the analysis predicts unseen
+            observations better than the prior); ``score``, its mean over variables;
+            ``count``, the withheld observations per variable. Attributes ``folds``,
+            ``seed``, ``best_setting`` (the index of the lowest score) and
+            ``best_score``. Computed eagerly.
+
+        Raises
+        ------
+        xensf.errors.OptionError
+            Settings that are not a mapping of non-empty lists, an option given both as
+            a setting and as a fixed argument, fewer observed locations than folds;
+            and whatever :meth:`assimilate` raises for the first setting.
+
+        Examples
+        --------
+        >>> cv = prior.ensf.cross_validate(  # doctest: +SKIP
+        ...     obs, {"loc_radius": [300.0, 600.0, 1200.0]}, method="letkf", obs_error=0.5
+        ... )
+        >>> cv.loc_radius[cv.attrs["best_setting"]].item()  # doctest: +SKIP
+        300.0
+        """
+        from .bridge.validation import cross_validate
+
+        return cross_validate(
+            self._obj, obs, settings, folds=folds, seed=seed, progress=progress, **kwargs
+        )
+
     def _member_dim(self, member_dim: str | None) -> str:
         from .bridge.dims import find_role
 

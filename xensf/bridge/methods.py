@@ -421,8 +421,9 @@ class _LocalisedLETKF:
             f"observations beyond twice it are ignored), in {unit}. This grid's spacing is "
             f"about {step:.3g} {unit}: try radii from 1 to 6 grid spacings ({step:.3g} to "
             f"{6 * step:.3g}) and keep the one whose analysis fits withheld observations "
-            "best (prior.ensf.innovations); fewer members need smaller radii (docs/method.md, "
-            "'LETKF localisation'). loc_radius=None analyses every point with every "
+            "best (prior.ensf.cross_validate(obs, {'loc_radius': [...]}, ...)); fewer "
+            "members need smaller radii (docs/method.md, 'LETKF localisation'). "
+            "loc_radius=None analyses every point with every "
             "observation (a global ETKF), which with a few members hardly moves a large grid"
         )
 

@@ -1,0 +1,165 @@
+"""``ds.ensf.cross_validate``: the analysis' fit to withheld observations per setting.
+
+The fields are smooth and low-rank (six large-scale patterns), so a withheld point is
+well predicted from its observed neighbours by any analysis that reaches it, and not at
+all by one that does not: the scores must tell those apart, and equal a recomputation
+from the folds and :func:`~xensf.bridge.innovations.innovations`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+from xensf.bridge.innovations import innovations
+from xensf.bridge.validation import _fold_labels
+
+LAT, LON = np.linspace(-60, 60, 9), np.arange(18) * 20.0
+
+
+def _patterns() -> np.ndarray:
+    la, lo = np.deg2rad(LAT)[:, None], np.deg2rad(LON)[None, :]
+    return np.stack([
+        np.ones((9, 18)) * np.cos(la), np.sin(la) + 0 * lo, np.cos(lo) * np.cos(la),
+        np.sin(lo) * np.cos(la), np.cos(2 * lo) * np.cos(la), np.sin(la) * np.sin(lo),
+    ])  # fmt: skip
+
+
+def _smooth_twin(n_mem=40, n_time=2, sigma_o=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    pat = _patterns()
+    coef = rng.standard_normal((n_time, n_mem + 1, pat.shape[0]))
+    fields = np.einsum("tnk,kij->tnij", coef, pat)
+    coords = {"time": np.arange(n_time), "lat": LAT, "lon": LON}
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), fields[:, 1:], {"units": "K"})}, coords=coords
+    )
+    truth = fields[:, 0]
+    noisy = truth + sigma_o * rng.standard_normal(truth.shape)
+    mask = np.zeros((9, 18), bool)
+    mask[::2, ::2] = True
+    obs = xr.Dataset(
+        {"t": (("time", "lat", "lon"), np.where(mask, noisy, np.nan), {"units": "K"})},
+        coords=coords,
+    )
+    return prior, obs
+
+
+def _cv(prior, obs, settings, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        return prior.ensf.cross_validate(obs, settings, progress=False, **kwargs)
+
+
+def test_the_scores_tell_an_analysis_that_reaches_the_withheld_points_from_one_that_does_not():
+    prior, obs = _smooth_twin()
+    before = (prior.copy(deep=True), obs.copy(deep=True))
+    cv = _cv(prior, obs, {"loc_radius": [100.0, None]}, method="letkf", obs_error=0.05)
+    xr.testing.assert_identical(prior, before[0])  # nothing the user gave is modified
+    xr.testing.assert_identical(obs, before[1])
+    # 100 km: each point sees only itself, so withheld points keep the prior mean
+    assert cv.ratio.sel(variable="t").values[0] == pytest.approx(1.0, abs=1e-6)
+    # the global ETKF learns the six patterns from the observed points
+    assert cv.ratio.sel(variable="t").values[1] < 0.3
+    assert cv.attrs["best_setting"] == 1 and cv.loc_radius.values[1] is None
+    assert cv.attrs["best_score"] == pytest.approx(float(cv.score[1]))
+    assert int(cv["count"].sel(variable="t")) == 2 * 45  # every observed value, once
+
+
+def test_an_observation_error_that_ignores_the_observations_scores_one():
+    prior, obs = _smooth_twin()
+    cv = _cv(prior, obs, {"obs_error": [0.05, 1e4]}, method="letkf", loc_radius=None)
+    assert cv.ratio.values[0, 0] < 0.3
+    assert cv.ratio.values[1, 0] == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_array_equal(cv.obs_error.values, [0.05, 1e4])
+
+
+def test_the_ratio_is_recomputed_from_the_folds_and_the_innovations():
+    prior, obs = _smooth_twin(n_time=1)
+    kwargs = dict(method="ensf", obs_error=0.05)
+    cv = _cv(prior, obs, {"steps": [50]}, folds=3, seed=5, **kwargs)
+    label, names, gridded = _fold_labels(prior, obs, 3, 5, {})
+    assert names == ["t"] and gridded
+    # each observed point in one fold, the folds balanced, the unobserved in none
+    seen = obs.t.notnull().any("time")
+    assert ((label >= 0) == seen).all()
+    assert sorted(np.bincount(label.values[seen.values])) == [15, 15, 15]
+    num = den = 0.0
+    for fold in range(3):
+        used, withheld = obs.where(label != fold), obs.where(label == fold)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", xensf.XensfWarning)
+            analysis = prior.ensf.assimilate(used, seed=5, steps=50, **kwargs)
+        d = innovations(prior, withheld, analysis, with_errors=False)
+        w = np.cos(np.deg2rad(d.latitude.values))
+        ok = np.isfinite(d.oma.values)
+        num += float((w * d.oma.values**2)[ok].sum())
+        den += float((w * d.omb.values**2)[ok].sum())
+    assert float(cv.ratio[0, 0]) == pytest.approx(np.sqrt(num / den), rel=1e-9)
+
+
+def test_stations_are_withheld_whole_and_every_level_with_its_location():
+    prior, _ = _smooth_twin(n_time=1)
+    prior = xr.concat([prior, prior * 1.5], "level").assign_coords(level=[850.0, 500.0])
+    prior = prior.transpose("time", "member", "level", "lat", "lon")
+    rng = np.random.default_rng(3)
+    truth = prior.t.isel(member=0)
+    lats, lons = rng.uniform(-55, 55, 12), rng.uniform(0, 340, 12)
+    at = truth.interp(
+        lat=xr.DataArray(lats, dims="station"), lon=xr.DataArray(lons, dims="station")
+    )
+    stations = (
+        at.drop_vars(["lat", "lon"])
+        .assign_coords(lat=("station", lats), lon=("station", lons))
+        .to_dataset(name="t")
+    )
+    stations.t.values[0, 0, 3] = np.nan  # one level missing at one station
+    label, _, gridded = _fold_labels(prior, stations, 4, 0, {})
+    assert not gridded and label.dims == ("station",)
+    assert sorted(np.bincount(label.values)) == [3, 3, 3, 3]
+    cv = _cv(prior, stations, {"loc_radius": [500.0, 4000.0]}, method="letkf", obs_error=0.05)
+    assert int(cv["count"].sel(variable="t")) == 2 * 12 - 1
+    assert cv.ratio.values[1, 0] < cv.ratio.values[0, 0] <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("settings", "kwargs", "match"),
+    [
+        ([300.0], {}, "non-empty mapping"),
+        ({}, {}, "non-empty mapping"),
+        ({"loc_radius": []}, {}, "non-empty list"),
+        ({"loc_radius": "300"}, {}, "non-empty list"),
+        ({"loc_radius": [300.0]}, {"loc_radius": 300.0}, "both a setting"),
+        ({"loc_radius": [300.0]}, {"folds": 1}, "at least 2"),
+        ({"loc_radius": [300.0]}, {"folds": 46}, "at least 46 observed locations"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_analysis(settings, kwargs, match):
+    prior, obs = _smooth_twin(n_time=1)
+    with pytest.raises(xensf.errors.OptionError, match=match):
+        prior.ensf.cross_validate(
+            obs, settings, method="letkf", obs_error=0.05, progress=False, **kwargs
+        )
+
+
+def test_an_unknown_option_fails_as_assimilate_would():
+    prior, obs = _smooth_twin(n_time=1)
+    with pytest.raises(xensf.errors.OptionError, match="unknown option"):
+        _cv(prior, obs, {"radius": [300.0]}, method="letkf", obs_error=0.05, loc_radius=300.0)
+
+
+def test_a_bad_value_in_the_last_setting_fails_before_the_first_analysis(monkeypatch):
+    import xensf.bridge.analysis as analysis
+
+    prior, obs = _smooth_twin(n_time=1)
+    calls = []
+    monkeypatch.setattr(analysis, "assimilate", lambda *a, **k: calls.append(1))
+    with pytest.raises(xensf.errors.OptionError, match="loc_radius"):
+        prior.ensf.cross_validate(
+            obs, {"loc_radius": [300.0, -5.0]}, method="letkf", obs_error=0.05, progress=False
+        )
+    assert calls == []

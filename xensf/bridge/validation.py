@@ -1,0 +1,222 @@
+"""Choosing a method's settings by withheld observations (k-fold cross-validation).
+
+:func:`cross_validate` splits the observed *locations* into folds (every variable and
+level of a location in the same fold, so that a withheld value is not predicted from its
+own neighbour in the vertical or from another variable at the same place), analyses the
+prior with the other folds' observations for each setting, and compares the analysis
+mean with the withheld observations: the ratio RMS(O − A) / RMS(O − B) per variable,
+below 1 where the analysis predicts unseen observations better than the prior does.
+Nothing in it uses a truth, so it is how a user chooses, on their own data, a LETKF's
+``loc_radius``, an inflation, or whether to assimilate at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import OptionError
+from .dims import find_dims, find_role, state_variables
+
+__all__ = ["cross_validate"]
+
+# the arguments of assimilate that say where things are (innovations takes them too)
+_WHERE = ("member_dim", "lat_dim", "lon_dim", "time_dim", "obs_dim", "variables",
+          "obs_time_tolerance")  # fmt: skip
+
+
+def cross_validate(
+    prior: xr.Dataset,
+    obs: xr.Dataset | xr.DataArray,
+    settings: Mapping[str, Sequence[Any]],
+    *,
+    folds: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> xr.Dataset:
+    """The analysis' fit to withheld observations for every combination of ``settings``.
+
+    See :meth:`xensf.accessor.EnsfDatasetAccessor.cross_validate`.
+    """
+    grid = _check_settings(settings)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise OptionError(f"folds must be an integer of at least 2, got {folds!r}")
+    if isinstance(obs, xr.DataArray):
+        obs = obs.to_dataset() if obs.name is not None else obs
+    if not isinstance(obs, xr.Dataset):
+        raise OptionError(
+            f"cross_validate needs the observations as a Dataset or named DataArray, got "
+            f"{type(obs).__name__}"
+        )
+    for name in grid:
+        if name in kwargs or name in ("obs", "folds", "seed", "progress"):
+            raise OptionError(
+                f"{name!r} is both a setting to cross-validate and a fixed argument; give it "
+                "in one place"
+            )
+    where = {k: kwargs[k] for k in _WHERE if k in kwargs}
+    combos = list(itertools.product(*grid.values()))
+    _check_combinations(grid, combos, kwargs)
+    label, names, gridded = _fold_labels(prior, obs, folds, seed, where)
+
+    from tqdm.auto import tqdm
+
+    from .innovations import innovations
+
+    bar = tqdm(total=len(combos) * folds, desc="cross_validate", unit="analysis",
+               disable=not progress)  # fmt: skip
+    sums: list[dict[str, list[float]]] = []
+    with bar:
+        for combo in combos:
+            options = dict(zip(grid, combo, strict=True))
+            sums.append({})
+            for fold in range(folds):
+                used, withheld = obs.copy(), obs.copy()
+                for n in names:  # error variables stay whole
+                    used[n] = obs[n].where(label != fold)
+                    withheld[n] = obs[n].where(label == fold)
+                analysis = prior.ensf.assimilate(used, seed=seed, **kwargs, **options)
+                diag = innovations(prior, withheld, analysis, with_errors=False, **where)
+                seen = np.isfinite(diag.oma.values) & np.isfinite(diag.omb.values)
+                variable = np.broadcast_to(diag.variable.values, seen.shape)
+                weight = np.broadcast_to(_area_weights(diag, gridded), seen.shape)
+                for v in np.unique(diag.variable.values):
+                    pick = seen & (variable == v)
+                    acc = sums[-1].setdefault(str(v), [0.0, 0.0, 0])
+                    acc[0] += float(np.sum(weight[pick] * diag.oma.values[pick] ** 2))
+                    acc[1] += float(np.sum(weight[pick] * diag.omb.values[pick] ** 2))
+                    acc[2] += int(pick.sum())
+                bar.update()
+    return _table(grid, combos, sums, folds, seed)
+
+
+def _check_combinations(grid, combos, kwargs) -> None:
+    """Every combination's method options checked as ``assimilate`` will check them, so
+    that a bad value in the last setting fails before the first analysis."""
+    from .methods import resolve_method
+
+    general = {"method", "model", "obs_error", "seed", "device", *_WHERE}
+    for combo in combos:
+        options = {**kwargs, **dict(zip(grid, combo, strict=True))}
+        resolve_method(
+            options.get("method"),
+            options.get("model"),
+            {k: v for k, v in options.items() if k not in general},
+        )
+
+
+def _area_weights(diag: xr.Dataset, gridded: bool) -> np.ndarray:
+    """Per observation: cos(latitude) for gridded observations on a latitude/longitude
+    grid (the area of the cell each stands for: a regular grid's rows crowd towards the
+    poles, and would otherwise outweigh the tropics), else 1 (stations stand for
+    themselves)."""
+    lat = diag.coords.get("latitude")
+    if gridded and lat is not None and lat.attrs.get("units") == "degrees_north":
+        return np.clip(np.cos(np.deg2rad(lat.values)), 0.0, None)
+    return np.ones(diag.sizes["obs"])
+
+
+def _check_settings(settings) -> dict[str, list[Any]]:
+    if not isinstance(settings, Mapping) or not settings:
+        raise OptionError(
+            "settings must be a non-empty mapping {option: [values to try]}, e.g. "
+            "{'loc_radius': [300.0, 600.0, 1200.0]}"
+        )
+    grid = {}
+    for name, values in settings.items():
+        if not isinstance(name, str):
+            raise OptionError(f"setting names must be option names (strings), got {name!r}")
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
+            raise OptionError(
+                f"settings[{name!r}] must be a non-empty list of values to try, got {values!r}"
+            )
+        grid[name] = list(values)
+    return grid
+
+
+def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str], bool]:
+    """A fold number per observed location (along the point dim of point observations,
+    over the grid of gridded ones; drawn from ``seed``, balanced; -1 where nothing is
+    observed), the observed state variables, and whether the observations are gridded."""
+    dims = find_dims(
+        prior, member_dim=where.get("member_dim"), lat_dim=where.get("lat_dim"),
+        lon_dim=where.get("lon_dim"), time_dim=where.get("time_dim"),
+    )  # fmt: skip
+    names = [n for n in obs.data_vars if n in state_variables(
+        prior, (dims.member, dims.lat, dims.lon), where.get("variables"), purpose="to compare with"
+    )]  # fmt: skip
+    if not names:
+        raise OptionError(
+            f"none of the observation variables {list(obs.data_vars)} is a state variable "
+            f"of the prior ({list(prior.data_vars)})"
+        )
+    gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
+    if gridded:
+        space = [dims.lat, dims.lon]
+    else:
+        from .observations import _find_point_dim
+
+        obs_time = find_role(obs, "time", required=False)
+        space = [where.get("obs_dim") or _find_point_dim(obs, names, obs_time)]
+    seen = None
+    for n in names:
+        here = obs[n].notnull()
+        here = here.any([d for d in here.dims if d not in space])
+        seen = here if seen is None else seen | here
+    seen = seen.transpose(*space)
+    count = int(seen.sum())
+    if count < folds:
+        raise OptionError(
+            f"cross-validation in {folds} folds needs at least {folds} observed locations; "
+            f"the observations have {count}. Use fewer folds (at least 2) or more observations"
+        )
+    rng = np.random.default_rng(seed)
+    fold = np.full(seen.shape, -1, dtype=np.int64)
+    fold[seen.values] = rng.permutation(count) % folds
+    coords = {d: obs[d] for d in space if d in obs.coords}
+    return xr.DataArray(fold, dims=space, coords=coords), names, gridded
+
+
+def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
+    variables = sorted({v for s in sums for v in s})
+    ratio = np.full((len(combos), len(variables)), np.nan)
+    count = np.zeros(len(variables), dtype=np.int64)
+    for i, s in enumerate(sums):
+        for j, v in enumerate(variables):
+            if v in s and s[v][1] > 0:
+                ratio[i, j] = math.sqrt(s[v][0] / s[v][1])
+                count[j] = s[v][2]
+    coords: dict[str, Any] = {"variable": ("variable", variables)}
+    for k, name in enumerate(grid):
+        values = [c[k] for c in combos]
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+        coords[name] = ("setting", np.asarray(values, dtype=float if numeric else object))
+    score = np.nanmean(ratio, axis=1) if variables else np.full(len(combos), np.nan)
+    result = xr.Dataset(
+        {
+            "ratio": (("setting", "variable"), ratio, {
+                "long_name": "RMS(O - A) / RMS(O - B) at the withheld observations",
+            }),
+            "score": ("setting", score, {
+                "long_name": "mean over variables of ratio (below 1: better than the prior)",
+            }),
+            "count": ("variable", count, {"long_name": "withheld observations compared"}),
+        },
+        coords=coords,
+    )  # fmt: skip
+    best = int(np.nanargmin(score)) if np.isfinite(score).any() else None
+    result.attrs.update(
+        title="withheld-observation cross-validation made with xensf",
+        folds=folds,
+        seed=seed,
+    )
+    if best is not None:
+        result.attrs["best_setting"] = best
+        result.attrs["best_score"] = float(score[best])
+    return result
