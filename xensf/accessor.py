@@ -142,7 +142,9 @@ class EnsfDatasetAccessor:
             lat/lon grids, in coordinate units on planar grids; weights vanish beyond
             2c; None: no localisation, a global ETKF), ``vertical_radius`` (None: all
             levels of a point alike; else the half-width along the level dim, in ln p on
-            pressure levels, in metres on height or depth levels), ``weight_stride`` (1;
+            pressure levels, in metres on height or depth levels), ``cross_variable``
+            (True; False: each variable updated by its own observations only, variable
+            localisation), ``weight_stride`` (1;
             n: transforms on every n-th row and column, interpolated between, Yang et
             al. 2009), ``adaptive_inflation`` (True or an
             :class:`xensf.AdaptiveInflation`: Miyoshi 2011 inflation estimated at every

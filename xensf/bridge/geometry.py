@@ -1,7 +1,7 @@
 """Where the LETKF's local analyses are and how far apart: its localisation geometry.
 
 By default every grid point is one location, shared by all the fields (variables,
-levels) there. Two options change that:
+levels) there. Three options change that:
 
 - **vertical localisation** (``vertical_radius``): each (grid point, level) is a
   location. A state variable with a level dim has one field per level
@@ -12,6 +12,10 @@ levels) there. Two options change that:
   (a surface field) get NaN: they are not localised vertically. The taper is
   Gaspari–Cohn in the ellipsoidal distance of
   :class:`~xensf.filters.localization.with_vertical`.
+- **variable localisation** (``cross_variable=False``): each (grid point, variable) is
+  a location, and an observation reaches only the fields of its own variable
+  (:class:`~xensf.filters.localization.within_variable`); with vertical localisation
+  too, each (grid point, level, variable).
 - **weight interpolation** (``weight_stride``, Yang et al. 2009): the transforms are
   computed at every ``weight_stride``-th row and column of the grid (and the last) and
   interpolated bilinearly, in grid index space, to the points between.
@@ -117,17 +121,21 @@ def letkf_geometry(
     weight_stride: int = 1,
     grid_shape: tuple[int, int] | None = None,
     anchors: tuple[np.ndarray, ...] | None = None,
+    variables: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The localisation arguments of :func:`~xensf.filters.letkf_analysis`.
 
     ``points`` ``(G, k)``: the locations of the analysed grid points (all of the grid or
     one block); ``obs_locations`` ``(M, k)`` and ``obs_rows`` ``(M, s)`` (the operator's
     indices into the whole state, of ``grid_size`` points per field) of the observations
-    used. Without ``vertical_radius`` all levels of a grid point share one location;
-    with it (and ``heights``, one per field) each (grid point, level) is a location and
-    the distance is :class:`~xensf.filters.localization.with_vertical`. With
+    used. By default all fields of a grid point share one location. With
+    ``vertical_radius`` (and ``heights``, one per field) the fields of each level have
+    their own copy of the points and the distance is
+    :class:`~xensf.filters.localization.with_vertical`; with ``variables`` (the variable
+    id of each field: variable localisation) those of each variable have their own copy
+    and the distance is :class:`~xensf.filters.localization.within_variable`. With
     ``weight_stride > 1`` (``grid_shape`` the ``(nlat, nlon)`` of ``points``) the
-    transforms are interpolated from :func:`coarse_anchors` on every level; or, for a
+    transforms are interpolated from :func:`coarse_anchors` on every copy; or, for a
     spatial block, from ``anchors`` = :func:`block_anchors`'s ``(extra points,
     anchors, neighbours, weights)``, whose extra points (anchors outside the block) are
     locations without state components.
@@ -141,7 +149,8 @@ def letkf_geometry(
     else:
         one_level = _interpolation(weight_stride, grid_shape)
     n_locations = points.shape[0]  # the state's points, then any extra anchors
-    if vertical_radius is None or heights is None:
+    vertical = vertical_radius is not None and heights is not None
+    if not vertical and variables is None:
         return {
             "loc_radius": loc_radius,
             "state_coords": points,
@@ -150,21 +159,40 @@ def letkf_geometry(
             "distance": distance,
             **_levels(one_level, n_locations, 1),
         }
-    from ..filters.localization import with_vertical
+    from ..filters.localization import with_vertical, within_variable
 
-    levels, which = np.unique(heights, return_inverse=True)  # NaNs (no levels) as one
+    # the columns each field adds to its points' coordinates: its height, its variable
+    columns = []
+    if vertical:
+        levels, which = np.unique(heights, return_inverse=True)  # NaNs (no levels) as one
+        columns.append((levels[which], which))
+        distance = with_vertical(distance, loc_radius / vertical_radius)
+    if variables is not None:
+        ids = np.asarray(variables, dtype=np.int64)
+        columns.append((ids.astype(np.float64), ids))
+        distance = within_variable(distance)
+    key = np.zeros(n_fields, dtype=np.int64)  # one copy of the points per distinct key
+    for _, code in columns:
+        key = key * (int(code.max()) + 1) + code
+    copies, copy_of_field = np.unique(key, return_inverse=True)
+    first = np.array([np.flatnonzero(copy_of_field == c)[0] for c in range(copies.size)])
     coords = np.concatenate(
-        [np.column_stack([points, np.full(n_locations, z)]) for z in levels]
+        [
+            np.column_stack([points, *(np.full(n_locations, v[f]) for v, _ in columns)])
+            for f in first
+        ]
     ).astype(np.float64)
-    location = np.repeat(which, n_points) * n_locations + np.tile(np.arange(n_points), n_fields)
-    obs_z = heights[np.asarray(obs_rows)[:, 0] // grid_size]
+    location = np.repeat(copy_of_field, n_points) * n_locations + np.tile(
+        np.arange(n_points), n_fields
+    )
+    obs_field = np.asarray(obs_rows)[:, 0] // grid_size
     return {
         "loc_radius": loc_radius,
         "state_coords": coords,
         "state_location": location,
-        "obs_coords": np.column_stack([obs_locations, obs_z]),
-        "distance": with_vertical(distance, loc_radius / vertical_radius),
-        **_levels(one_level, n_locations, levels.size),
+        "obs_coords": np.column_stack([obs_locations, *(v[obs_field] for v, _ in columns)]),
+        "distance": distance,
+        **_levels(one_level, n_locations, copies.size),
     }
 
 

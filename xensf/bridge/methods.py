@@ -180,6 +180,11 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: steps must be a whole number, got {value!r}")
     if key == "rtps" and not (isinstance(value, int | float) and 0 <= value <= 1):
         raise OptionError(f"{method}: rtps must lie in [0, 1], got {value!r}")
+    if key == "cross_variable" and not isinstance(value, bool | np.bool_):
+        raise OptionError(
+            f"{method}: cross_variable must be True (observations update every variable "
+            f"nearby) or False (each variable only its own), got {value!r}"
+        )
     if key == "weight_stride" and not (
         isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
     ):
@@ -410,6 +415,10 @@ class _LocalisedLETKF:
     #: Weight interpolation (Yang et al. 2009): the transforms are computed on every
     #: weight_stride-th row and column of the grid and interpolated between; 1: everywhere.
     weight_stride: int = 1
+    #: False: variable localisation (Kang et al. 2011): each variable is analysed with
+    #: its own observations only, not through the ensemble's covariances between
+    #: variables (mostly noise with a few members). True: every observation nearby.
+    cross_variable: bool = True
 
     def for_grid(self, grid: Any) -> Method:
         if self.loc_radius is not UNSET:
@@ -698,6 +707,7 @@ def _letkf(
         plan.grid_locations, layout.n_fields, obs.locations[sel], obs.indices[sel],
         layout.grid_size, plan.distance, params.loc_radius, params.vertical_radius,
         plan.field_heights, params.weight_stride, layout.grid_shape,
+        variables=None if params.cross_variable else layout.field_of_variable(),
     )  # fmt: skip
     result = letkf_analysis(
         torch.from_numpy(prior.astype(work)).to(device),

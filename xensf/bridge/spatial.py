@@ -248,6 +248,7 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
             points, n_fields, obs.locations[sel], obs.indices[sel], layout.grid_size,
             plan.distance, float(method.loc_radius), method.vertical_radius, plan.field_heights,
             anchors=anchors,
+            variables=None if method.cross_variable else block_layout.field_of_variable(),
         )  # fmt: skip
         analysis = letkf_analysis(
             tensor(x[t]),

@@ -14,6 +14,7 @@ from .localization import (
     gaspari_cohn,
     great_circle_distance,
     with_vertical,
+    within_variable,
 )
 from .operators import (
     CallableObservationOperator,
@@ -33,4 +34,5 @@ __all__ = [
     "great_circle_distance",
     "letkf_analysis",
     "with_vertical",
+    "within_variable",
 ]

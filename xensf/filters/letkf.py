@@ -38,6 +38,7 @@ from .localization import (
     great_circle_distance,
     resolve_distance,
     with_vertical,
+    within_variable,
 )
 from .operators import LinearObservationOperator, as_observation_operator
 from .tensors import as_float_tensor, compute_dtype, restore_array_type
@@ -546,6 +547,8 @@ def _is_metric(dist_fn) -> bool:
     """Whether ``dist_fn`` is one of the provided distances (the triangle inequality holds)."""
     if isinstance(dist_fn, with_vertical):
         return _is_metric(dist_fn.horizontal)
+    if isinstance(dist_fn, within_variable):
+        return _is_metric(dist_fn.inner)
     return dist_fn in (great_circle_distance, euclidean_distance) or isinstance(
         dist_fn, cyclic_distance
     )
