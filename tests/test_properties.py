@@ -97,6 +97,7 @@ def cases(draw):
         kwargs["steps"] = 8
     elif draw(st.booleans()):
         kwargs["loc_radius"] = 3000.0
+        kwargs["cross_variable"] = draw(st.booleans())
     chunks = None
     if n_time is not None and draw(st.booleans()):
         chunks = draw(st.integers(1, n_time))
