@@ -163,3 +163,21 @@ def test_a_bad_value_in_the_last_setting_fails_before_the_first_analysis(monkeyp
             obs, {"loc_radius": [300.0, -5.0]}, method="letkf", obs_error=0.05, progress=False
         )
     assert calls == []
+
+
+def test_the_scores_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from xensf.plot import plot_cross_validation
+
+    prior, obs = _smooth_twin(n_time=1)
+    cv = _cv(prior, obs, {"loc_radius": [500.0, 4000.0]}, method="letkf", obs_error=0.05)
+    path = plot_cross_validation(cv, title="radius", path=tmp_path / "cv.png")
+    assert path.stat().st_size > 10_000
+    both = _cv(
+        prior, obs, {"loc_radius": [500.0, None], "inflation": [1.0, 1.1]},
+        method="letkf", obs_error=0.05,
+    )  # fmt: skip
+    assert both.sizes["setting"] == 4
+    assert plot_cross_validation(both, title="two options", path=tmp_path / "b.png").exists()
+    with pytest.raises(xensf.errors.OptionError, match="cross_validate returns"):
+        plot_cross_validation(cv.drop_vars("score"), title="", path=tmp_path / "c.png")

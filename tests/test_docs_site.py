@@ -23,7 +23,7 @@ def test_the_docs_site_builds_without_warnings(tmp_path):
     for page in ("index", "method", "howto-pangeo", "reference", "api"):
         assert (html / f"{page}.html").is_file(), page
     examples = ("plot_vertical_localisation", "plot_adaptive_inflation", "plot_innovations",
-                "plot_demo", "plot_cycling")  # fmt: skip
+                "plot_demo", "plot_cycling", "plot_cross_validation")  # fmt: skip
     for example in examples:
         page = (html / "gallery" / f"{example}.html").read_text()
         assert ".png" in page, example  # the example ran and its figure is on the page

@@ -12,6 +12,7 @@ import xarray as xr
 
 __all__ = [
     "plot_analysis_maps",
+    "plot_cross_validation",
     "plot_diagnostics",
     "plot_relative_rmse",
     "plot_skill_bars",
@@ -165,6 +166,59 @@ def plot_skill_bars(
         ax.set_title(var)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Path:
+    """The withheld-observation ratios of :meth:`~xensf.accessor.EnsfDatasetAccessor.cross_validate`.
+
+    One line per variable and the ``score`` (their mean) against the settings, a dashed
+    line at 1 (the prior: below it, the analysis predicts unseen observations better),
+    the best setting marked. One numeric option: its values on the x axis; otherwise
+    (several options, or values such as ``None``) one tick per setting, labelled.
+
+    Raises
+    ------
+    xensf.errors.OptionError
+        If ``cv`` is not a result of ``cross_validate``.
+    """
+    from .errors import OptionError
+
+    if not (isinstance(cv, xr.Dataset) and {"ratio", "score"} <= set(cv.data_vars)):
+        raise OptionError(
+            "plot_cross_validation needs the Dataset that prior.ensf.cross_validate returns "
+            "(with 'ratio' and 'score' along 'setting')"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    options = [c for c in cv.coords if cv[c].dims == ("setting",)]
+    values = cv[options[0]].values if len(options) == 1 else None
+    numeric = values is not None and values.dtype.kind in "if"
+    x = values.astype(float) if numeric else np.arange(cv.sizes["setting"])
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), constrained_layout=True)
+    for v in cv["variable"].values:
+        ax.plot(x, cv.ratio.sel(variable=v).values, "o-", lw=1.2, ms=4, label=str(v))
+    ax.plot(x, cv.score.values, "s-", color="k", lw=2.0, ms=5, label="score (mean)")
+    best = cv.attrs.get("best_setting")
+    if best is not None:
+        ax.plot(x[best], cv.score.values[best], "*", color="tab:red", ms=14, label="best")
+    ax.axhline(1.0, color="0.4", lw=0.9, ls="--", label="prior")
+    if numeric:
+        ax.set_xlabel(options[0])
+        if np.all(x > 0) and x.max() / x.min() >= 8:
+            ax.set_xscale("log")
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.minorticks_off()
+    else:
+        labels = [", ".join(f"{o}={cv[o].values[i]}" for o in options) for i in range(x.size)]
+        ax.set_xticks(x, labels, rotation=30 if len(options) > 1 else 0, ha="right")
+    ax.set_ylabel("RMS(O − A) / RMS(O − B), withheld")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     return _save(fig, path)
 
 
