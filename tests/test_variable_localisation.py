@@ -136,3 +136,11 @@ def test_cross_variable_must_be_a_bool(value):
         ds.ensf.assimilate(
             obs, method="letkf", obs_error=1.0, loc_radius=500.0, cross_variable=value
         )
+
+
+def test_a_global_etkf_cannot_localise_by_variable():
+    ds, obs = _case()
+    with pytest.raises(OptionError, match="cross_variable=False needs a loc_radius"):
+        ds.ensf.assimilate(
+            obs, method="letkf", obs_error=1.0, loc_radius=None, cross_variable=False
+        )

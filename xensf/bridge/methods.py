@@ -421,6 +421,12 @@ class _LocalisedLETKF:
     cross_variable: bool = True
 
     def for_grid(self, grid: Any) -> Method:
+        if self.loc_radius is None and not self.cross_variable:
+            raise OptionError(
+                f"{self.name}: cross_variable=False needs a loc_radius (variable "
+                "localisation is part of the localisation; a global ETKF has none); give "
+                "loc_radius= or drop cross_variable"
+            )
         if self.loc_radius is not UNSET:
             return self
         step = grid.spacing()
