@@ -132,7 +132,8 @@ def main() -> None:
                 obs, {"loc_radius": args.cv_radii}, method="letkf", obs_error=args.noise,
                 cross_variable=args.cross_variable, seed=args.seed, progress=False,
             )  # fmt: skip
-            cv_scores.append(cv.score.values)
+            picks = (cv.attrs["best_setting"], cv.attrs["one_se_setting"])
+            cv_scores.append((cv.score.values, [args.cv_radii[i] for i in picks]))
         base = field_rmse(prior, truth)
         prior_rmse.append(base)
         spread.append(
@@ -183,9 +184,15 @@ def main() -> None:
             "\nLETKF cross-validation (prior.ensf.cross_validate, 4 folds): RMS(O - A) / "
             "RMS(O - B) at withheld observations, mean over z and t"
         )
-        print(f"{'loc_radius [km]':<22}" + "".join(f"{r:>10g}" for r in args.cv_radii))
-        for k, scores in enumerate(cv_scores):
-            print(f"{f'held-out time {k}':<22}" + "".join(f"{v:>10.3f}" for v in scores))
+        print(
+            f"{'loc_radius [km]':<22}" + "".join(f"{r:>10g}" for r in args.cv_radii)
+            + f"{'best':>8}{'1-SE':>8}"
+        )  # fmt: skip
+        for k, (scores, picks) in enumerate(cv_scores):
+            print(
+                f"{f'held-out time {k}':<22}" + "".join(f"{v:>10.3f}" for v in scores)
+                + "".join(f"{r:>8g}" for r in picks)
+            )  # fmt: skip
     print(f"\n{'':<22}" + "".join(f"{f:>10}" for f in fields))
     print(f"{'prior RMSE':<22}" + "".join(f"{avg(prior_rmse, f):>10.3g}" for f in fields))
     print(f"{'prior spread':<22}" + "".join(f"{avg(spread, f):>10.3g}" for f in fields))

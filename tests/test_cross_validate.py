@@ -67,6 +67,9 @@ def test_the_scores_tell_an_analysis_that_reaches_the_withheld_points_from_one_t
     assert cv.ratio.sel(variable="t").values[1] < 0.3
     assert cv.attrs["best_setting"] == 1 and cv.loc_radius.values[1] is None
     assert cv.attrs["best_score"] == pytest.approx(float(cv.score[1]))
+    # far better than the first setting, beyond any fold-to-fold noise: still chosen
+    assert cv.attrs["one_se_setting"] == 1
+    assert float(cv.score_se[1]) == 0.0 and float(cv.score_se[0]) < 0.7
     assert int(cv["count"].sel(variable="t")) == 2 * 45  # every observed value, once
 
 
@@ -181,3 +184,15 @@ def test_the_scores_plot(tmp_path):
     assert plot_cross_validation(both, title="two options", path=tmp_path / "b.png").exists()
     with pytest.raises(xensf.errors.OptionError, match="cross_validate returns"):
         plot_cross_validation(cv.drop_vars("score"), title="", path=tmp_path / "c.png")
+
+
+def test_near_ties_go_to_the_first_setting_listed():
+    prior, obs = _smooth_twin()
+    # inflations 1.0 and 1.001 give scores within rounding of each other; whichever is
+    # lower, the one-standard-error rule takes the first listed
+    cv = _cv(prior, obs, {"inflation": [1.001, 1.0]}, method="letkf", obs_error=0.05,
+             loc_radius=None)  # fmt: skip
+    assert abs(float(cv.score[0] - cv.score[1])) < 1e-3
+    assert cv.attrs["one_se_setting"] == 0
+    best = cv.attrs["best_setting"]
+    assert float(cv.score[1 - best]) <= float(cv.score[best] + cv.score_se[1 - best])

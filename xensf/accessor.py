@@ -354,9 +354,14 @@ class EnsfDatasetAccessor:
             ``variable``: ``ratio``, RMS(O − A) / RMS(O − B) over the withheld
             observations of each variable (below 1: the analysis predicts unseen
             observations better than the prior); ``score``, its mean over variables;
-            ``count``, the withheld observations per variable. Attributes ``folds``,
-            ``seed``, ``best_setting`` (the index of the lowest score) and
-            ``best_score``. Computed eagerly.
+            ``score_se``, the standard error of each score's difference from the lowest
+            (from the folds, which every setting shares); ``count``, the withheld
+            observations per variable. Attributes ``folds``, ``seed``,
+            ``best_setting`` (the index of the lowest score), ``best_score`` and
+            ``one_se_setting``: the first setting, in the order given, whose score is
+            within one ``score_se`` of the lowest (the one-standard-error rule: list
+            the values from the most cautious, e.g. the smallest radius, on). Computed
+            eagerly.
 
         Raises
         ------
@@ -370,7 +375,7 @@ class EnsfDatasetAccessor:
         >>> cv = prior.ensf.cross_validate(  # doctest: +SKIP
         ...     obs, {"loc_radius": [300.0, 600.0, 1200.0]}, method="letkf", obs_error=0.5
         ... )
-        >>> cv.loc_radius[cv.attrs["best_setting"]].item()  # doctest: +SKIP
+        >>> cv.loc_radius[cv.attrs["one_se_setting"]].item()  # doctest: +SKIP
         300.0
         """
         from .bridge.validation import cross_validate

@@ -172,9 +172,10 @@ def plot_skill_bars(
 def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Path:
     """The withheld-observation ratios of :meth:`~xensf.accessor.EnsfDatasetAccessor.cross_validate`.
 
-    One line per variable and the ``score`` (their mean) against the settings, a dashed
-    line at 1 (the prior: below it, the analysis predicts unseen observations better),
-    the best setting marked. One numeric option: its values on the x axis; otherwise
+    One line per variable and the ``score`` (their mean, with its standard error against
+    the lowest) against the settings, a dashed line at 1 (the prior: below it, the
+    analysis predicts unseen observations better), the one-standard-error choice marked
+    (and the lowest score, where it differs). One numeric option: its values on the x axis; otherwise
     (several options, or values such as ``None``) one tick per setting, labelled.
 
     Raises
@@ -201,10 +202,16 @@ def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Pa
     fig, ax = plt.subplots(figsize=(5.6, 3.6), constrained_layout=True)
     for v in cv["variable"].values:
         ax.plot(x, cv.ratio.sel(variable=v).values, "o-", lw=1.2, ms=4, label=str(v))
-    ax.plot(x, cv.score.values, "s-", color="k", lw=2.0, ms=5, label="score (mean)")
-    best = cv.attrs.get("best_setting")
-    if best is not None:
-        ax.plot(x[best], cv.score.values[best], "*", color="tab:red", ms=14, label="best")
+    se = cv["score_se"].values if "score_se" in cv else None
+    ax.errorbar(x, cv.score.values, yerr=se, fmt="s-", color="k", lw=2.0, ms=5, capsize=3,
+                label="score (mean), ± its s.e. against the lowest")  # fmt: skip
+    chosen, best = cv.attrs.get("one_se_setting"), cv.attrs.get("best_setting")
+    if chosen is not None:
+        ax.plot(x[chosen], cv.score.values[chosen], "*", color="tab:red", ms=14,
+                label="chosen (one-SE rule)")  # fmt: skip
+    if best is not None and best != chosen:
+        ax.plot(x[best], cv.score.values[best], "x", color="tab:red", ms=10, mew=2,
+                label="lowest")  # fmt: skip
     ax.axhline(1.0, color="0.4", lw=0.9, ls="--", label="prior")
     if numeric:
         ax.set_xlabel(options[0])

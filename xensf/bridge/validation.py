@@ -13,7 +13,6 @@ Nothing in it uses a truth, so it is how a user chooses, on their own data, a LE
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,7 +70,9 @@ def cross_validate(
 
     bar = tqdm(total=len(combos) * folds, desc="cross_validate", unit="analysis",
                disable=not progress)  # fmt: skip
-    sums: list[dict[str, list[float]]] = []
+    # per setting and variable, per fold: the weighted sums of (O - A)^2 and (O - B)^2
+    # and the number of withheld observations
+    sums: list[dict[str, np.ndarray]] = []
     with bar:
         for combo in combos:
             options = dict(zip(grid, combo, strict=True))
@@ -88,10 +89,10 @@ def cross_validate(
                 weight = np.broadcast_to(_area_weights(diag, gridded), seen.shape)
                 for v in np.unique(diag.variable.values):
                     pick = seen & (variable == v)
-                    acc = sums[-1].setdefault(str(v), [0.0, 0.0, 0])
-                    acc[0] += float(np.sum(weight[pick] * diag.oma.values[pick] ** 2))
-                    acc[1] += float(np.sum(weight[pick] * diag.omb.values[pick] ** 2))
-                    acc[2] += int(pick.sum())
+                    acc = sums[-1].setdefault(str(v), np.zeros((folds, 3)))
+                    acc[fold, 0] = np.sum(weight[pick] * diag.oma.values[pick] ** 2)
+                    acc[fold, 1] = np.sum(weight[pick] * diag.omb.values[pick] ** 2)
+                    acc[fold, 2] = pick.sum()
                 bar.update()
     return _table(grid, combos, sums, folds, seed)
 
@@ -185,19 +186,32 @@ def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str
 
 def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
     variables = sorted({v for s in sums for v in s})
-    ratio = np.full((len(combos), len(variables)), np.nan)
-    count = np.zeros(len(variables), dtype=np.int64)
-    for i, s in enumerate(sums):
-        for j, v in enumerate(variables):
-            if v in s and s[v][1] > 0:
-                ratio[i, j] = math.sqrt(s[v][0] / s[v][1])
-                count[j] = s[v][2]
+    empty = np.zeros((folds, 3))
+    acc = np.stack([[s.get(v, empty) for v in variables] for s in sums]).reshape(
+        len(combos), len(variables), folds, 3
+    )  # (setting, variable, fold, [oma², omb², count])
+
+    def ratio_of(num, den):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, np.sqrt(num / np.where(den > 0, den, 1.0)), np.nan)
+
+    ratio = ratio_of(acc[..., 0].sum(-1), acc[..., 1].sum(-1))  # pooled over the folds
+    count = acc[0, :, :, 2].sum(-1).astype(np.int64)
+    score = _nanmean(ratio, axis=1)
     coords: dict[str, Any] = {"variable": ("variable", variables)}
     for k, name in enumerate(grid):
         values = [c[k] for c in combos]
         numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
         coords[name] = ("setting", np.asarray(values, dtype=float if numeric else object))
-    score = np.nanmean(ratio, axis=1) if variables else np.full(len(combos), np.nan)
+    # The one-standard-error rule: the best setting's score is the lowest of several
+    # noisy estimates; each setting's score differs from it by an amount whose standard
+    # error the folds give (paired: every setting saw the same folds).
+    per_fold = _nanmean(ratio_of(acc[..., 0], acc[..., 1]), axis=1)  # (setting, fold)
+    best = int(np.nanargmin(score)) if np.isfinite(score).any() else None
+    se = np.full(len(combos), np.nan)
+    if best is not None and folds > 1:
+        diff = per_fold - per_fold[best]
+        se = np.nanstd(diff, axis=1, ddof=1) / np.sqrt(np.isfinite(diff).sum(1))
     result = xr.Dataset(
         {
             "ratio": (("setting", "variable"), ratio, {
@@ -206,17 +220,29 @@ def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
             "score": ("setting", score, {
                 "long_name": "mean over variables of ratio (below 1: better than the prior)",
             }),
+            "score_se": ("setting", se, {
+                "long_name": "standard error of score minus the best score, from the folds",
+            }),
             "count": ("variable", count, {"long_name": "withheld observations compared"}),
         },
         coords=coords,
     )  # fmt: skip
-    best = int(np.nanargmin(score)) if np.isfinite(score).any() else None
     result.attrs.update(
         title="withheld-observation cross-validation made with xensf",
         folds=folds,
         seed=seed,
     )
     if best is not None:
+        within = np.flatnonzero(score <= score[best] + np.nan_to_num(se, nan=0.0))
         result.attrs["best_setting"] = best
         result.attrs["best_score"] = float(score[best])
+        result.attrs["one_se_setting"] = int(within[0])
     return result
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """The mean over ``axis`` of the finite values; NaN where there are none."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis)
+    n = finite.sum(axis)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
