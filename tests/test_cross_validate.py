@@ -196,3 +196,12 @@ def test_near_ties_go_to_the_first_setting_listed():
     assert cv.attrs["one_se_setting"] == 0
     best = cv.attrs["best_setting"]
     assert float(cv.score[1 - best]) <= float(cv.score[best] + cv.score_se[1 - best])
+
+
+def test_dask_backed_inputs_give_the_same_scores():
+    prior, obs = _smooth_twin()
+    settings = {"loc_radius": [500.0, 3000.0]}
+    eager = _cv(prior, obs, settings, method="letkf", obs_error=0.05)
+    lazy = _cv(prior.chunk({"time": 1}), obs.chunk({"time": 1}), settings, method="letkf",
+               obs_error=0.05)  # fmt: skip
+    np.testing.assert_array_equal(lazy.ratio.values, eager.ratio.values)
