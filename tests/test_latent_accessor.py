@@ -513,3 +513,17 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     # It fits them no better: its misfit beyond the noise is the latent error.
     np.testing.assert_allclose(weights(0.5, 0.5), u / (u + 0.5**2 - 0.1**2), rtol=1e-6)
     np.testing.assert_allclose(weights(0.3, 0.5), u / (u + 0.3**2), rtol=1e-6)
+
+
+# -- cross-validation -----------------------------------------------------------------------
+def test_cross_validate_scores_a_latent_method(case):
+    model, prior, _, obs = case
+    cv = prior.ensf.cross_validate(
+        obs, {"update": ["decode", "increment"]}, model=model, folds=2, progress=False
+    )
+    assert list(cv["update"].values) == ["decode", "increment"]
+    # the prior sits around the wrong blob: the latent analysis made from half the
+    # observed points (a gappier pattern than the model was trained on) predicts the
+    # other half better than the prior does
+    assert float(cv.ratio.sel(variable="h")[0]) < 1.0
+    assert np.isfinite(cv.ratio.values).all() and cv.attrs["folds"] == 2
