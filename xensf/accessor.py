@@ -350,7 +350,8 @@ class EnsfDatasetAccessor:
         Returns
         -------
         Dataset
-            Along ``setting`` (one per combination, with a coordinate per option) and
+            Along ``setting`` (one per combination, with a coordinate per option; read
+            one named like a Dataset method, such as ``update``, as ``cv["update"]``) and
             ``variable``: ``ratio``, RMS(O − A) / RMS(O − B) over the withheld
             observations of each variable (below 1: the analysis predicts unseen
             observations better than the prior); ``score``, its mean over variables;
