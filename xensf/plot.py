@@ -175,8 +175,9 @@ def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Pa
     One line per variable and the ``score`` (their mean, with its standard error against
     the lowest) against the settings, a dashed line at 1 (the prior: below it, the
     analysis predicts unseen observations better), the one-standard-error choice marked
-    (and the lowest score, where it differs). One numeric option: its values on the x axis; otherwise
-    (several options, or values such as ``None``) one tick per setting, labelled.
+    (and the lowest score, where it differs). One numeric option: its values on the x
+    axis; otherwise (several options, or values such as ``None``) one tick per setting,
+    labelled.
 
     Raises
     ------

@@ -174,8 +174,7 @@ def letkf_geometry(
     key = np.zeros(n_fields, dtype=np.int64)  # one copy of the points per distinct key
     for _, code in columns:
         key = key * (int(code.max()) + 1) + code
-    copies, copy_of_field = np.unique(key, return_inverse=True)
-    first = np.array([np.flatnonzero(copy_of_field == c)[0] for c in range(copies.size)])
+    copies, first, copy_of_field = np.unique(key, return_index=True, return_inverse=True)
     coords = np.concatenate(
         [
             np.column_stack([points, *(np.full(n_locations, v[f]) for v, _ in columns)])
