@@ -265,6 +265,40 @@ def test_latent_ensf_letkf(case):
     np.testing.assert_array_equal(localised.h.isel(time=2).values, prior.h.isel(time=2).values)
 
 
+def test_latent_ensf_letkf_takes_adaptive_inflation_as_letkf_does(case):
+    """The hybrid's LETKF step with adaptive inflation: a field trusted fully is the
+    fixed inflation it holds; otherwise the field is updated where there are
+    observations, returned, the same however the prior is chunked, and a time without
+    observations keeps both the prior and the starting field."""
+    model, prior, _, obs = case
+    gappy = obs.where(obs.time != obs.time[2])  # nothing observed at time 2
+    options = dict(
+        model=model, method="latent-ensf-letkf", loc_radius=80.0, obs_error=0.05, seed=2
+    )
+    fixed = prior.ensf.assimilate(gappy, inflation=1.1, **options)
+    field = prior.h.isel(time=0, member=0, drop=True) * 0 + 1.21  # 1.1 squared
+    trusted = prior.ensf.assimilate(
+        gappy, adaptive_inflation=xensf.AdaptiveInflation(mean=field, std=1e-9), **options
+    )
+    np.testing.assert_allclose(trusted.h.values, fixed.h.values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(trusted.inflation.values, 1.21, rtol=1e-6)
+    assert "inflation" not in fixed
+
+    start = xensf.AdaptiveInflation(mean=1.0, std=0.5)
+    adaptive = prior.ensf.assimilate(gappy, adaptive_inflation=start, **options)
+    assert adaptive.inflation.dims == ("time", "y", "x")
+    assert "Miyoshi" in adaptive.attrs["xensf_adaptive_inflation"]
+    np.testing.assert_array_equal(adaptive.inflation.isel(time=2).values, 1.0)
+    np.testing.assert_array_equal(adaptive.h.isel(time=2).values, prior.h.isel(time=2).values)
+    updated = adaptive.inflation.isel(time=[0, 1, 3])
+    assert float(abs(updated - 1).max()) > 1e-3 and bool((updated >= 1).all())
+    lazy = prior.chunk(time=1).ensf.assimilate(gappy, adaptive_inflation=start, **options)
+    assert lazy.inflation.chunks is not None
+    xr.testing.assert_allclose(lazy.compute(), adaptive, rtol=0, atol=1e-4)
+    with pytest.raises(OptionError, match=r"latent-ensf-letkf: inflation=1\.1 and adaptive"):
+        prior.ensf.assimilate(gappy, inflation=1.1, adaptive_inflation=True, **options)
+
+
 def test_latent_ensf_letkf_falls_back_to_the_prior(case, untrained):
     """Where the decoded latent analysis fits the observations worse than the prior (a
     bad model, a good prior), the LETKF starts from the prior: plain LETKF."""

@@ -419,6 +419,25 @@ class _LocalisedLETKF:
     #: its own observations only, not through the ensemble's covariances between
     #: variables (mostly noise with a few members). True: every observation nearby.
     cross_variable: bool = True
+    #: Estimate the inflation at every grid point from the innovations (Miyoshi 2011)
+    #: instead of a fixed ``inflation``: True (start from no inflation), or an
+    #: :class:`~xensf.filters.AdaptiveInflation` whose ``mean`` is a number or the
+    #: ``inflation`` field of a previous analysis (a DataArray on the grid).
+    adaptive_inflation: Any = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.adaptive_inflation not in (None, False) and self.weight_stride > 1:
+            raise OptionError(
+                f"{self.name}: adaptive_inflation needs a transform at every grid point; "
+                "drop weight_stride (or set it to 1)"
+            )
+        if self.adaptive_inflation not in (None, False) and self.inflation != 1:
+            raise OptionError(
+                f"{self.name}: inflation={self.inflation!r} and adaptive_inflation were both "
+                "given; the adaptive field replaces the fixed factor (start it from a value "
+                "with adaptive_inflation=xensf.AdaptiveInflation(mean=...))"
+            )
 
     def for_grid(self, grid: Any) -> Method:
         if self.loc_radius is None and not self.cross_variable:
@@ -454,39 +473,6 @@ class _LocalisedLETKF:
 
         return field_heights(prior, dims, layout)[0]
 
-    def parameters(self, spherical: bool) -> dict[str, Any]:
-        units = "km" if spherical else "grid coordinate units"
-        return {**self.options(), "loc_radius_units": units}
-
-
-@dataclass(frozen=True)
-class LETKF(_LocalisedLETKF, Method):
-    """Local ensemble transform Kalman filter (Hunt et al. 2007)."""
-
-    name: ClassVar[str] = "letkf"
-    description: ClassVar[str] = "Local ensemble transform Kalman filter (Hunt et al. 2007)"
-    spatial_blocks: ClassVar[bool] = True
-
-    #: Estimate the inflation at every grid point from the innovations (Miyoshi 2011)
-    #: instead of a fixed ``inflation``: True (start from no inflation), or an
-    #: :class:`~xensf.filters.AdaptiveInflation` whose ``mean`` is a number or the
-    #: ``inflation`` field of a previous analysis (a DataArray on the grid).
-    adaptive_inflation: Any = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.adaptive_inflation not in (None, False) and self.weight_stride > 1:
-            raise OptionError(
-                "letkf: adaptive_inflation needs a transform at every grid point; drop "
-                "weight_stride (or set it to 1)"
-            )
-        if self.adaptive_inflation not in (None, False) and self.inflation != 1:
-            raise OptionError(
-                f"letkf: inflation={self.inflation!r} and adaptive_inflation were both given; "
-                "the adaptive field replaces the fixed factor (start it from a value with "
-                "adaptive_inflation=xensf.AdaptiveInflation(mean=...))"
-            )
-
     def for_state(self, prior: Any, dims: Any, layout: Any) -> Method:
         settings = self.adaptive_inflation
         if settings in (None, False):
@@ -499,9 +485,9 @@ class LETKF(_LocalisedLETKF, Method):
         return replace(self, adaptive_inflation=replace(settings, mean=field))
 
     def parameters(self, spherical: bool) -> dict[str, Any]:
-        out = super().parameters(spherical)
+        units = "km" if spherical else "grid coordinate units"
         settings = self.adaptive_inflation
-        out["adaptive_inflation"] = (
+        adaptive = (
             "none"
             if settings in (None, False)
             else "Miyoshi (2011)"
@@ -509,7 +495,7 @@ class LETKF(_LocalisedLETKF, Method):
             else f"Miyoshi (2011), std {settings.std:g}, bounds [{settings.minimum:g}, "
             f"{settings.maximum:g}]"
         )
-        return out
+        return {**self.options(), "loc_radius_units": units, "adaptive_inflation": adaptive}
 
     def grid_outputs(self) -> dict[str, dict[str, str]]:
         if self.adaptive_inflation in (None, False):
@@ -533,24 +519,49 @@ class LETKF(_LocalisedLETKF, Method):
         start = AdaptiveInflation() if settings is True else settings
         return {"adaptive_inflation": replace(start, mean=fields["inflation"])}
 
+    def letkf_times(
+        self, block: Block, prior: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The LETKF of ``prior`` ``(T, N, d)`` at every observed time of ``block`` (the
+        other times keep ``prior``) and the :meth:`grid_outputs`, each ``(T, grid_size)``:
+        with adaptive inflation its field, the starting one where nothing is observed."""
+        out = np.array(prior, dtype=block.work)
+        fields = self.start_fields(block.plan.layout, out.shape[0])
+        if not fields:
+            for ts, sel in block.groups():
+                out[ts] = _letkf(self, block, prior[ts], ts, sel)
+            return out, {}
+        field = fields["inflation"]
+        n_fields = block.plan.layout.n_fields
+        start = replace(self.adaptive_inflation, mean=np.tile(field[0], n_fields))
+        for ts, sel in block.groups():
+            out[ts], updated = _letkf(self, block, prior[ts], ts, sel, start)
+            field[ts] = updated[:, : field.shape[1]]  # every field of a point shares it
+        return out, fields
+
+    def start_fields(self, layout: Any, n_times: int) -> dict[str, np.ndarray]:
+        """The :meth:`grid_outputs` as they are before the analysis, ``(n_times,
+        grid_size)`` each: the adaptive inflation's starting field (none without it)."""
+        settings = self.adaptive_inflation
+        if settings in (None, False):
+            return {}
+        start = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
+        return {"inflation": np.tile(start, (n_times, 1))}
+
+
+@dataclass(frozen=True)
+class LETKF(_LocalisedLETKF, Method):
+    """Local ensemble transform Kalman filter (Hunt et al. 2007)."""
+
+    name: ClassVar[str] = "letkf"
+    description: ClassVar[str] = "Local ensemble transform Kalman filter (Hunt et al. 2007)"
+    spatial_blocks: ClassVar[bool] = True
+
     def analyse(self, block: Block) -> np.ndarray:
         return self.analyse_with_fields(block)[0]
 
     def analyse_with_fields(self, block: Block) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        out = block.x.astype(block.work, copy=True)
-        settings = self.adaptive_inflation
-        if settings in (None, False):
-            for ts, sel in block.groups():
-                out[ts] = _letkf(self, block, block.x[ts], ts, sel)
-            return out, {}
-        layout = block.plan.layout
-        start = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
-        field = np.tile(start, (out.shape[0], 1))  # times without observations keep it
-        per_component = replace(settings, mean=np.tile(start, layout.n_fields))
-        for ts, sel in block.groups():
-            out[ts], updated = _letkf(self, block, block.x[ts], ts, sel, per_component)
-            field[ts] = updated[:, : layout.grid_size]  # every field of a point shares it
-        return out, {"inflation": field}
+        return self.letkf_times(block, block.x)
 
 
 # --------------------------------------------------------------------------------------
@@ -572,16 +583,22 @@ class _LatentMethod(Method):
         return self.options()
 
     def analyse(self, block: Block) -> np.ndarray:
+        return self.analyse_with_fields(block)[0]
+
+    def analyse_with_fields(self, block: Block) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         out = block.x.astype(block.work, copy=True)
         has = np.flatnonzero(block.observed.any(axis=1))
-        if has.size:
-            post, diag, model = _latent_analysis(self, block, has)
-            out[has] = self.correct(block, has, post, diag, model)
-        return out
+        post, diag, model = _latent_analysis(self, block, has) if has.size else (None,) * 3
+        out[has], fields = self.correct(block, has, post, diag, model)
+        return out, fields
 
-    def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
-        """The analysis of the observed times ``has`` from the decoded latent one."""
-        return post
+    def correct(
+        self, block: Block, has: np.ndarray, post, diag, model
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The analysis of the observed times ``has`` from the decoded latent one
+        (``post``; None when nothing is observed) and the :meth:`grid_outputs` at every
+        time of ``block``."""
+        return (block.x[has] if post is None else post), {}
 
 
 @dataclass(frozen=True)
@@ -637,7 +654,12 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
     # hybrid's first cycles in the hard twin worse and its spread wider (benchmarks.md)
     latent_error: str = "curve"
 
-    def correct(self, block: Block, has: np.ndarray, post, diag, model) -> np.ndarray:
+    def correct(
+        self, block: Block, has: np.ndarray, post, diag, model
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        fields = self.start_fields(block.plan.layout, block.x.shape[0])
+        if post is None:
+            return block.x[has], fields
         background = _hybrid_background(
             block.x[has], post, block.observed[has], diag, model, block.plan
         )
@@ -651,10 +673,10 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
             device=block.device,
             work=block.work,
         )
-        out = np.array(post, dtype=block.work)
-        for ts, sel in observed.groups():
-            out[ts] = _letkf(self, observed, background[ts], ts, sel)
-        return out
+        out, at_has = self.letkf_times(observed, background)
+        for name, values in at_has.items():
+            fields[name][has] = values
+        return out, fields
 
 
 #: The methods ``assimilate`` offers, by name.
