@@ -3,7 +3,8 @@
     python benchmarks/bench_swe_twin.py [--size demo|full] [--model BUNDLE]
                                         [--priors hard easy] [--output DIR] [--device cuda]
                                         [--truth-position X Y] [--prior-position X Y]
-                                        [--letkf-inflation F] [--train-minutes M]
+                                        [--letkf-inflation F | --adaptive-inflation D]
+                                        [--train-minutes M]
 
 ``--size demo`` is the reduced setup of ``xensf demo`` (40 x 40 cells, the paper's
 10 x 10 observation network, the shipped latent model); ``--size full`` is the paper's
@@ -18,7 +19,9 @@ relative RMSE over the first / the second half of the run (from the stores), and
 latent model's own floor: its reconstruction of the truth run (encode -> decode, no
 assimilation), and its observation encoder's: the truth observed noise-free at the
 observed points, encoded and decoded. ``--letkf-inflation`` sets the multiplicative
-inflation of the LETKF methods (the setup's 1.1 otherwise). Definitions:
+inflation of the LETKF methods (the setup's 1.1 otherwise); ``--adaptive-inflation D``
+gives them adaptive inflation instead (Miyoshi 2011, started from none, damping ``D``,
+1 = persistence). Definitions:
 :mod:`xensf.experiments.twin`.
 """
 
@@ -127,10 +130,17 @@ def main() -> None:
         "(default: the setup's, 1.1)",
     )  # fmt: skip
     parser.add_argument(
+        "--adaptive-inflation", type=float, default=None, metavar="DAMPING",
+        help="adaptive inflation (Miyoshi 2011) instead of the fixed factor for letkf and "
+        "latent-ensf-letkf's LETKF step, with this damping (1: persistence)",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-minutes", type=float, default=None,
         help="--size full without --model: the latent model's training budget (default 60)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.letkf_inflation is not None and args.adaptive_inflation is not None:
+        parser.error("--letkf-inflation and --adaptive-inflation exclude each other")
     if args.size == "full" and args.model is None:  # one model for both priors
         setup = FULL_SETUP.with_(seed=args.seed)
         if args.truth_position is not None:
@@ -150,6 +160,8 @@ def main() -> None:
                 setup = setup.with_(**{name: tuple(getattr(args, name))})
         if args.letkf_inflation is not None:
             setup = setup.with_(letkf_inflation=args.letkf_inflation)
+        if args.adaptive_inflation is not None:
+            setup = setup.with_(letkf_adaptive_damping=args.adaptive_inflation)
         results[prior] = run_twin(
             setup, args.methods, args.noise, out, model=args.model, kind=args.size,
             device=args.device,

@@ -65,6 +65,21 @@ def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):
     assert run.attrs["xensf_seed"] == 3 and not list(tmp_path.glob("*.png"))
 
 
+def test_the_twin_cycles_its_letkf_with_adaptive_inflation_when_given_a_damping(tmp_path):
+    setup = demo_swe.DEMO_SETUP.with_(
+        steps=30, members=5, prior="easy", letkf_adaptive_damping=0.9
+    )
+    options = demo_swe.method_options("letkf", setup, {"eta": 0.1}, None)
+    assert "inflation" not in options and options["adaptive_inflation"].damping == 0.9
+    summary = demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
+    assert summary["setup"]["letkf_adaptive_damping"] == 0.9
+    run = xr.open_zarr(tmp_path / "letkf-noise10.zarr")
+    assert run.inflation.sizes["time"] == 3 and float(run.inflation.min()) >= 1.0
+    assert json.loads(run.attrs["xensf_adaptive_inflation"])["damping"] == 0.9
+    fixed = demo_swe.method_options("letkf", setup.with_(letkf_adaptive_damping=None), {}, None)
+    assert fixed["inflation"] == setup.letkf_inflation and "adaptive_inflation" not in fixed
+
+
 def test_observations_follow_the_documented_noise_definition():
     setup = TwinSetup(n=20, steps=20, every=10, stride=5)
     truth = truth_run(setup, device="cpu")

@@ -96,7 +96,8 @@ def method_options(
 
     From what the method is (:data:`xensf.bridge.methods.METHODS`): a latent model if it
     needs one, the observation errors if it takes them, the twin's localisation and
-    inflation for a localised LETKF on the real observations, the twin's step count for
+    inflation (fixed, or adaptive with its damping) for a localised LETKF on the real
+    observations, the twin's step count for
     full-space EnSF; every other option at the method's default.
     """
     from dataclasses import fields
@@ -111,8 +112,13 @@ def method_options(
     if cls.needs_model:
         kwargs["latent_model"] = model
     kwargs["obs_error"] = errors
-    if "loc_radius" in names:
+    if "loc_radius" in names and setup.letkf_adaptive_damping is None:
         kwargs.update(loc_radius=setup.letkf_radius, inflation=setup.letkf_inflation)
+    elif "loc_radius" in names:
+        from ..filters.adaptive_inflation import AdaptiveInflation
+
+        adaptive = AdaptiveInflation(damping=setup.letkf_adaptive_damping)
+        kwargs.update(loc_radius=setup.letkf_radius, adaptive_inflation=adaptive)
     if "steps" in names and not cls.needs_model:
         kwargs["steps"] = setup.ensf_steps
     return kwargs

@@ -64,6 +64,9 @@ class TwinSetup:
     noise_floor: float = 0.01  # fraction of s_v told to the filters at 0 % noise
     letkf_radius: float = 150e3  # m, Gaspari–Cohn half-width c (weight 0 at 2c)
     letkf_inflation: float = 1.1
+    # None: the fixed letkf_inflation; a number: adaptive inflation (Miyoshi 2011) started
+    # from none, with this damping (1 = persistence), instead
+    letkf_adaptive_damping: float | None = None
     ensf_steps: int = 100
     seed: int = 0
     start: str = "2000-01-01"
