@@ -71,11 +71,13 @@ def test_the_twin_cycles_its_letkf_with_adaptive_inflation_when_given_a_damping(
     )
     options = demo_swe.method_options("letkf", setup, {"eta": 0.1}, None)
     assert "inflation" not in options and options["adaptive_inflation"].damping == 0.9
-    summary = demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
+    methods = ["letkf", "latent-ensf-letkf"]
+    summary = demo_swe.run_twin(setup, methods, [10], tmp_path, device="cpu", plot=False)
     assert summary["setup"]["letkf_adaptive_damping"] == 0.9
-    run = xr.open_zarr(tmp_path / "letkf-noise10.zarr")
-    assert run.inflation.sizes["time"] == 3 and float(run.inflation.min()) >= 1.0
-    assert json.loads(run.attrs["xensf_adaptive_inflation"])["damping"] == 0.9
+    for method in methods:
+        run = xr.open_zarr(tmp_path / f"{method}-noise10.zarr")
+        assert run.inflation.sizes["time"] == 3 and float(run.inflation.min()) >= 1.0
+        assert json.loads(run.attrs["xensf_adaptive_inflation"])["damping"] == 0.9
     fixed = demo_swe.method_options("letkf", setup.with_(letkf_adaptive_damping=None), {}, None)
     assert fixed["inflation"] == setup.letkf_inflation and "adaptive_inflation" not in fixed
 
