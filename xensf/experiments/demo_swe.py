@@ -97,8 +97,8 @@ def method_options(
     From what the method is (:data:`xensf.bridge.methods.METHODS`): a latent model if it
     needs one, the observation errors if it takes them, the twin's localisation and
     inflation (fixed, or adaptive with its damping) for a localised LETKF on the real
-    observations, the twin's step count for
-    full-space EnSF; every other option at the method's default.
+    observations, the twin's step count for full-space EnSF; every other option at the
+    method's default.
     """
     from dataclasses import fields
 
