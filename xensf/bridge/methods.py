@@ -401,7 +401,9 @@ class EnSF(Method):
 
 @dataclass(frozen=True)
 class _LocalisedLETKF:
-    """The options of a localised LETKF on the real observations (a mixin)."""
+    """The options of a localised LETKF on the real observations and its loop over the
+    observed times, adaptive inflation included (a mixin of ``letkf`` and
+    ``latent-ensf-letkf``)."""
 
     inflation: float = 1.0
     rtps: float = 0.0
