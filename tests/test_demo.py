@@ -65,7 +65,7 @@ def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):
     assert run.attrs["xensf_seed"] == 3 and not list(tmp_path.glob("*.png"))
 
 
-def test_the_twin_cycles_its_letkf_with_adaptive_inflation_when_given_a_damping(tmp_path):
+def test_the_twin_cycles_its_letkf_methods_with_adaptive_inflation_given_a_damping(tmp_path):
     setup = demo_swe.DEMO_SETUP.with_(
         steps=30, members=5, prior="easy", letkf_adaptive_damping=0.9
     )
