@@ -524,7 +524,8 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
         "analysis_misfit": np.full(3, 0.3),
         "noise": np.full(3, 0.1),
     }
-    out = _hybrid_background(prior, latent, observed, diag, model, plan)
+    out, evidence = _hybrid_background(prior, latent, observed, diag, model, plan)
+    assert evidence is None  # the test of each analysis alone
     np.testing.assert_array_equal(out[0], prior[0])  # the spread explains it: the prior
     w = (out - prior)[1:] / (latent - prior)[1:]
     w = w.reshape(2, -1)
@@ -538,7 +539,7 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     def weights(reconstruction, misfit):
         changed = {**diag, "reconstruction": np.full(3, reconstruction)}
         changed["analysis_misfit"] = np.full(3, misfit)
-        moved = _hybrid_background(prior, latent, observed, changed, model, plan) - prior
+        moved = _hybrid_background(prior, latent, observed, changed, model, plan)[0] - prior
         return (moved[1:] / (latent - prior)[1:]).reshape(2, -1)[:, 0]
 
     # A prior the model reconstructs badly, while its analysis fits the observations
@@ -547,6 +548,131 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     # It fits them no better: its misfit beyond the noise is the latent error.
     np.testing.assert_allclose(weights(0.5, 0.5), u / (u + 0.5**2 - 0.1**2), rtol=1e-6)
     np.testing.assert_allclose(weights(0.3, 0.5), u / (u + 0.3**2), rtol=1e-6)
+
+
+def test_the_hybrid_blends_on_accumulated_evidence_when_given_a_start():
+    """``blend_evidence``: ``S = max(0, S₀ + z − 1)`` with ``z`` the innovations' excess
+    over noise and spread in sampling errors; the single test's weight where ``S ≥ 4``,
+    none below. A chance excess of three sampling errors, which the single test
+    blends on, counts only on top of earlier evidence."""
+    from types import SimpleNamespace
+
+    from xensf.bridge.methods import EVIDENCE_THRESHOLD, _hybrid_background
+
+    rng = np.random.default_rng(1)
+    n_obs, n_members = 400, 8
+    plan = SimpleNamespace(
+        obs=SimpleNamespace(
+            kind="gridded", indices=np.arange(n_obs)[:, None], weights=np.ones((n_obs, 1))
+        ),
+        layout=SimpleNamespace(grid_size=n_obs),
+    )
+    model = SimpleNamespace(std=torch.ones(1), config={"quality": {"obs_relative_rmse": [0.1]}})
+    prior = 1e-3 * rng.standard_normal((3, n_members, n_obs))  # (almost) no spread
+    latent = prior + rng.standard_normal((3, n_members, n_obs))
+    s2 = (prior.std(1, ddof=1) ** 2).mean(-1)
+    sampling = np.sqrt(2 / n_obs)
+    noise2 = 0.01
+    # time 0: explained by the noise; 1: far off (z ≈ 14); 2: z = 3 exactly
+    i2 = np.array([noise2, 100.0 + noise2, (noise2 + s2[2]) / (1 - 3 * sampling)])
+    diag = {
+        "innovation": np.sqrt(i2),
+        "reconstruction": np.full(3, 0.05),
+        "analysis_misfit": np.full(3, 0.3),
+        "noise": np.full(3, 0.1),
+    }
+    z = (i2 - noise2 - s2) / (sampling * i2)
+    np.testing.assert_allclose(z[2], 3.0, rtol=1e-9)
+    single, _ = _hybrid_background(prior, latent, np.ones((3, n_obs), bool), diag, model, plan)
+    assert not np.array_equal(single[2], prior[2])  # the single test blends on z = 3
+
+    def run(start):
+        return _hybrid_background(
+            prior, latent, np.ones((3, n_obs), bool), diag, model, plan, start
+        )
+
+    out, evidence = run(0.0)
+    np.testing.assert_allclose(evidence, np.maximum(z - 1, 0), rtol=1e-9)
+    assert evidence[0] == 0 and evidence[1] >= EVIDENCE_THRESHOLD > evidence[2]
+    np.testing.assert_array_equal(out[0], prior[0])
+    np.testing.assert_array_equal(out[1], single[1])  # far off: blends at once
+    np.testing.assert_array_equal(out[2], prior[2])  # one chance excess: not yet
+    out, evidence = run(2.0)  # with earlier evidence it adds up to the threshold
+    np.testing.assert_allclose(evidence[2], 4.0, rtol=1e-9)
+    np.testing.assert_array_equal(out[2], single[2])
+    np.testing.assert_allclose(run(0.5)[1][0], 0.0)  # never below 0: the drift empties it
+
+
+def test_blend_evidence_through_the_accessor(case):
+    """``blend_evidence=S₀``: the analysis returns the accumulated evidence per time (the
+    start where nothing is observed); a large start is the single test, 0 with this
+    network (36 observations: ``z ≤ sqrt(18)``, one analysis adds at most 3.24) never
+    blends and is plain LETKF; chunking does not matter; bad starts are refused."""
+    model, prior, _, obs = case
+    gappy = obs.where(obs.time != obs.time[2])  # nothing observed at time 2
+    options = dict(model=model, method="latent-ensf-letkf", loc_radius=None, obs_error=0.05,
+                   seed=2)  # fmt: skip
+    single = prior.ensf.assimilate(gappy, **options)
+    assert "blend_evidence" not in single
+    assert not np.array_equal(single.h.values, prior.ensf.assimilate(
+        gappy, method="letkf", loc_radius=None, obs_error=0.05).h.values)  # fmt: skip
+    settled = prior.ensf.assimilate(gappy, blend_evidence=100.0, **options)
+    np.testing.assert_array_equal(settled.h.values, single.h.values)
+    fresh = prior.ensf.assimilate(gappy, blend_evidence=0.0, **options)
+    assert fresh.blend_evidence.dims == ("time",)
+    assert fresh.blend_evidence.attrs["units"] == "1"
+    evidence = fresh.blend_evidence.values
+    assert evidence[2] == 0 and (evidence[[0, 1, 3]] > 0).all()
+    assert (evidence < np.sqrt(36 / 2) - 1 + 1e-9).all()
+    added = settled.blend_evidence.values - 100  # z − 1 at each observed time
+    assert added[2] == 0
+    np.testing.assert_allclose(np.maximum(added, 0), evidence, rtol=1e-6, atol=1e-9)
+    letkf = prior.ensf.assimilate(gappy, method="letkf", loc_radius=None, obs_error=0.05)
+    np.testing.assert_array_equal(fresh.h.values, letkf.h.values)
+    lazy = prior.chunk(time=1).ensf.assimilate(gappy, blend_evidence=0.0, **options)
+    assert lazy.blend_evidence.chunks is not None
+    xr.testing.assert_identical(lazy.compute(), fresh)
+    for bad in (-1.0, float("nan"), "0", True):
+        with pytest.raises(OptionError, match="blend_evidence must be None"):
+            prior.ensf.assimilate(gappy, blend_evidence=bad, **options)
+
+
+def test_a_cycled_run_carries_the_blend_evidence_and_resumes_to_the_same_run(case, tmp_path):
+    """``xensf.cycle`` stores the evidence every cycle and starts each analysis from the
+    last one's (also after a resume): with 36 observations no single analysis blends,
+    so a displaced prior is moved towards the latent analysis only once the evidence of
+    successive cycles has added up (here, of a truth that jumps between two positions
+    and a persistence forecast that keeps the last analysis)."""
+    from xensf.bridge.methods import EVIDENCE_THRESHOLD
+    from xensf.cycling import Persistence
+
+    model, prior, _, obs = case
+    start = prior.isel(time=0)
+    times = prior.time.values[0] + np.arange(1, 5) * np.timedelta64(1, "h")
+    at = obs.isel(time=[1, 3, 1, 3]).assign_coords(time=times)  # a truth that jumps
+    options = dict(method="latent-ensf-letkf", latent_model=model, loc_radius=None,
+                   obs_error=0.05, blend_evidence=0.0, members=True, progress=False,
+                   device="cpu")  # fmt: skip
+    forecaster = Persistence(np.timedelta64(1, "h"))
+    full = xensf.cycle(forecaster, start, at, store=tmp_path / "full.zarr", **options).load()
+    evidence = full.blend_evidence.values
+    assert full.blend_evidence.dims == ("time",) and evidence.shape == (4,)
+    assert evidence[0] < EVIDENCE_THRESHOLD <= evidence[-1]
+    for k in range(4):  # each cycle's analysis starts from the previous cycle's evidence
+        before = 0.0 if k == 0 else float(evidence[k - 1])
+        forecast = full.h_forecast.isel(time=[k]).rename(member="member")
+        alone = forecast.to_dataset(name="h").ensf.assimilate(
+            at.isel(time=[k]), model=model, method="latent-ensf-letkf", loc_radius=None,
+            obs_error=0.05, blend_evidence=before, seed=int(full.attrs["xensf_seed"]) + k,
+            device="cpu",
+        )  # fmt: skip
+        np.testing.assert_allclose(float(alone.blend_evidence[0]), evidence[k], rtol=1e-6)
+    part = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", until=times[1],
+                       **options)  # fmt: skip
+    part.close()
+    rest = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", **options).load()
+    np.testing.assert_array_equal(rest.blend_evidence.values, evidence)
+    np.testing.assert_array_equal(rest.h_analysis.values, full.h_analysis.values)
 
 
 # -- cross-validation -----------------------------------------------------------------------

@@ -115,6 +115,7 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if not fields:
         return state
     extra = [fields[name].reshape(T, *layout.grid_shape) for name in plan.method.grid_outputs()]
+    extra += [fields[name].reshape(T) for name in plan.method.time_outputs()]
     if not plan.has_time:
         extra = [e[0] for e in extra]
     return (*(state if isinstance(state, tuple) else (state,)), *extra)
@@ -483,8 +484,8 @@ def assimilate(
         return out
 
     time_chunks = _time_chunks(prior, names, values, errors, dims.time)
-    grid_outputs = spec.grid_outputs()
-    for name, attrs in grid_outputs.items():
+    extra_outputs = spec.outputs()
+    for name, attrs in extra_outputs.items():
         if name in prior.variables and prior[name].attrs.get("long_name") != attrs["long_name"]:
             raise OptionError(
                 f"{spec.name} writes a {name!r} field to the analysis, and the prior already "
@@ -517,12 +518,14 @@ def assimilate(
         _analyse_block,
         *inputs,
         input_core_dims=core,
-        output_core_dims=state_core + [[dims.lat, dims.lon]] * len(grid_outputs),
+        output_core_dims=state_core
+        + [[dims.lat, dims.lon]] * len(spec.grid_outputs())
+        + [[]] * len(spec.time_outputs()),
         dask="parallelized",
-        output_dtypes=[*plan.out_dtypes, *[np.float64] * len(grid_outputs)],
+        output_dtypes=[*plan.out_dtypes, *[np.float64] * len(extra_outputs)],
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
-    if len(names) + len(grid_outputs) == 1:
+    if len(names) + len(extra_outputs) == 1:
         outputs = (outputs,)
     return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                    registries)  # fmt: skip
@@ -535,7 +538,7 @@ def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call
     for n, out in zip(names, outputs[: len(names)], strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
     grid = (dims.lat, dims.lon)
-    for (name, attrs), out in zip(spec.grid_outputs().items(), outputs[len(names) :], strict=True):
+    for (name, attrs), out in zip(spec.outputs().items(), outputs[len(names) :], strict=True):
         order = [d for d in (dims.time, *grid) if d is not None and d in out.dims]
         coords = {d: prior[d] for d in order if d in prior.coords}
         result[name] = xr.DataArray(out.transpose(*order).data, dims=order, coords=coords,

@@ -143,9 +143,18 @@ class Method:
         per analysis time), by variable name, with their attributes."""
         return {}
 
+    def time_outputs(self) -> dict[str, dict[str, str]]:
+        """Numbers that the analysis gives besides the ensemble, one per analysis time, by
+        variable name, with their attributes."""
+        return {}
+
+    def outputs(self) -> dict[str, dict[str, str]]:
+        """The :meth:`grid_outputs`, then the :meth:`time_outputs`."""
+        return {**self.grid_outputs(), **self.time_outputs()}
+
     def carry(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Options for the next cycle's analysis, given this one's :meth:`grid_outputs`
-        (DataArrays on the grid, one time): how ``xensf.cycle`` carries them on."""
+        """Options for the next cycle's analysis, given this one's :meth:`outputs`
+        (DataArrays, one time): how ``xensf.cycle`` carries them on."""
         return {}
 
     def analyse(self, block: Block) -> np.ndarray:
@@ -153,7 +162,8 @@ class Method:
         raise NotImplementedError
 
     def analyse_with_fields(self, block: Block) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The analysis and the :meth:`grid_outputs`, each ``(T, grid_size)``."""
+        """The analysis and the :meth:`outputs`: each grid output ``(T, grid_size)``,
+        each time output ``(T,)``."""
         return self.analyse(block), {}
 
 
@@ -215,6 +225,21 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(
             f"{method}: loc_radius must be a positive distance or None (no localisation), "
             f"got {value!r}"
+        )
+    if (
+        key == "blend_evidence"
+        and value is not None
+        and not (
+            isinstance(value, int | float | np.integer | np.floating)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value >= 0
+        )
+    ):
+        raise OptionError(
+            f"{method}: blend_evidence must be None (each analysis's evidence alone) or a "
+            "number >= 0, the evidence accumulated so far (0: none yet; a previous "
+            f"analysis's as float(analysis.blend_evidence)), got {value!r}"
         )
     if key == "adaptive_inflation" and value is not None and not isinstance(value, bool):
         from ..filters.adaptive_inflation import AdaptiveInflation
@@ -528,7 +553,7 @@ class _LocalisedLETKF:
         other times keep ``prior``) and the :meth:`grid_outputs`, each ``(T, grid_size)``:
         with adaptive inflation its field, the starting one where nothing is observed."""
         out = np.array(prior, dtype=block.work)
-        fields = self.start_fields(block.plan.layout, out.shape[0])
+        fields = self.inflation_start(block.plan.layout, out.shape[0])
         if not fields:
             for ts, sel in block.groups():
                 out[ts] = _letkf(self, block, prior[ts], ts, sel)
@@ -541,7 +566,7 @@ class _LocalisedLETKF:
             field[ts] = updated[:, : field.shape[1]]  # every field of a point shares it
         return out, fields
 
-    def start_fields(self, layout: Any, n_times: int) -> dict[str, np.ndarray]:
+    def inflation_start(self, layout: Any, n_times: int) -> dict[str, np.ndarray]:
         """The :meth:`grid_outputs` as they are before the analysis, ``(n_times,
         grid_size)`` each: the adaptive inflation's starting field (none without it)."""
         settings = self.adaptive_inflation
@@ -655,16 +680,46 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
     # the curve's latent error: measured on the analysis ("ensemble") it made the
     # hybrid's first cycles in the hard twin worse and its spread wider (benchmarks.md)
     latent_error: str = "curve"
+    #: None: step 2 blends on the evidence of each analysis alone. A number: on the
+    #: evidence accumulated over analyses (a CUSUM of the innovations' excess),
+    #: starting from this value (0: none yet); the analysis gives the updated value as
+    #: its ``blend_evidence`` variable, which ``xensf.cycle`` carries on.
+    blend_evidence: float | None = None
+
+    def time_outputs(self) -> dict[str, dict[str, str]]:
+        if self.blend_evidence is None:
+            return {}
+        return {
+            "blend_evidence": {
+                "long_name": "evidence that the prior is off beyond its spread, accumulated "
+                "over analyses (CUSUM)",
+                "units": "1",
+                "comment": "latent-ensf-letkf moved the prior towards its latent analysis "
+                f"only where this is at least {EVIDENCE_THRESHOLD:g}; give it to the next "
+                "analysis as blend_evidence=float(...)",
+            }
+        }
+
+    def carry(self, fields: dict[str, Any]) -> dict[str, Any]:
+        carried = super().carry(fields)
+        if self.blend_evidence is not None:
+            carried["blend_evidence"] = float(fields["blend_evidence"])
+        return carried
 
     def correct(
         self, block: Block, has: np.ndarray, post, diag, model
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        fields = self.start_fields(block.plan.layout, block.x.shape[0])
+        fields = self.inflation_start(block.plan.layout, block.x.shape[0])
+        if self.blend_evidence is not None:
+            fields["blend_evidence"] = np.full(block.x.shape[0], float(self.blend_evidence))
         if post is None:
             return block.x[has], fields
-        background = _hybrid_background(
-            block.x[has], post, block.observed[has], diag, model, block.plan
-        )
+        background, evidence = _hybrid_background(
+            block.x[has], post, block.observed[has], diag, model, block.plan,
+            self.blend_evidence,
+        )  # fmt: skip
+        if evidence is not None:
+            fields["blend_evidence"][has] = evidence
         observed = Block(
             x=background,
             y=block.y[has],
@@ -834,9 +889,18 @@ def _check_model_mask(model, masked: np.ndarray | None, plan: BlockPlan) -> None
         )
 
 
-def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
+#: The cumulative blend test of ``latent-ensf-letkf`` (``blend_evidence``): each
+#: analysis adds its excess in sampling errors less this drift ...
+EVIDENCE_DRIFT = 1.0
+#: ... and the prior is moved towards the latent analysis only while the sum is at
+#: least this. Both set once from the demo twin's sequences (docs/benchmarks.md).
+EVIDENCE_THRESHOLD = 4.0
+
+
+def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan, evidence=None):
     """The LETKF background of ``latent-ensf-letkf``, per time: each prior member moved
-    a fraction ``w`` of the way to its decoded latent analysis member.
+    a fraction ``w`` of the way to its decoded latent analysis member, and the
+    accumulated evidence per time (None when ``evidence``, the starting value, is None).
 
     At the observed points, in units of each variable's training std: the prior's
     error is estimated from the innovation, ``e_b² = max(RMS(y − H x̄_b)² − RMS(σ_o)²,
@@ -859,6 +923,14 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
     the uncertainty as the VAE sees it, e.g. of a feature's position, which the prior
     members may not span — into the ensemble that the LETKF and the next forecasts
     carry.
+
+    With ``evidence``, a number, the test accumulates over analyses: the excess of
+    ``e_b²`` over ``s_b²`` in sampling errors, ``z = (e_b² − s_b²) / (sqrt(2/M)·RMS(y −
+    H x̄_b)²)``, is added to it less :data:`EVIDENCE_DRIFT` (never below 0), and ``w``
+    is kept only where the sum is at least :data:`EVIDENCE_THRESHOLD`, else 0. A prior
+    that is off keeps ``z`` high over several analyses; a chance excess of one does not
+    add up. (``z ≤ sqrt(M/2)``: with few observations the evidence needs several
+    analyses, and with two or fewer it never reaches the threshold.)
     """
     obs = plan.obs
     scale = model.std.cpu().numpy()[_row_fields(plan, model)]  # (M,)
@@ -875,14 +947,20 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan):
         return np.maximum(rms**2 - diag["noise"] ** 2, 0.0)
 
     e_b2 = beyond_noise(diag["innovation"])
-    margin = 2.0 * np.sqrt(2.0 / count) * diag["innovation"] ** 2
-    unexplained = np.maximum(e_b2 - spread_at_obs(prior) ** 2 - margin, 0.0)
+    sampling = np.sqrt(2.0 / count) * diag["innovation"] ** 2  # of e_b², a mean of M squares
+    excess = e_b2 - spread_at_obs(prior) ** 2
+    unexplained = np.maximum(excess - 2.0 * sampling, 0.0)
+    accumulated = None
+    if evidence is not None:
+        z = np.divide(excess, sampling, out=np.zeros_like(excess), where=sampling > 0)
+        accumulated = np.maximum(float(evidence) + z - EVIDENCE_DRIFT, 0.0)
+        unexplained = np.where(accumulated >= EVIDENCE_THRESHOLD, unexplained, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
     floor = float(np.sqrt(np.mean(np.square(quality))))
     represent = np.minimum(diag["reconstruction"], np.sqrt(beyond_noise(diag["analysis_misfit"])))
     e_l = np.maximum(np.maximum(represent, floor), spread_at_obs(latent))
     w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)
-    return prior + w[:, None, None] * (latent - prior)
+    return prior + w[:, None, None] * (latent - prior), accumulated
 
 
 def _row_fields(plan: BlockPlan, model) -> np.ndarray:

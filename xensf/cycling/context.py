@@ -114,9 +114,10 @@ class CycleContext:
             **{**self.options, **overrides},
         )  # fmt: skip
 
-    def grid_outputs(self) -> dict[str, dict[str, str]]:
-        """The fields the method gives besides the ensemble, which the run carries on."""
-        return {} if self.spec is None else self.spec.grid_outputs()
+    def outputs(self) -> dict[str, dict[str, str]]:
+        """What the method gives besides the ensemble (fields on the grid, numbers), which
+        the run carries on."""
+        return {} if self.spec is None else self.spec.outputs()
 
     def dry_run(self) -> xr.Dataset | None:
         """Build (not compute) the first analysis, so that bad input fails before any work;
@@ -132,7 +133,7 @@ class CycleContext:
     ) -> tuple[dict[str, np.ndarray], int, dict[str, dict[str, float]], dict[str, xr.DataArray]]:
         """Cycle ``k``'s analysis of ``forecast``, the number of observations it used, per
         variable the observation-space statistics of :func:`fit_to_observations`, and the
-        method's :meth:`grid_outputs` (``carried``: the previous analysis's, or None)."""
+        method's :meth:`outputs` (``carried``: the previous analysis's, or None)."""
         at = self.observations(k)
         count = int(sum(np.isfinite(at[v].values).sum() for v in at.data_vars if v in self.names))
         prior = self.prior(forecast, k)
@@ -149,7 +150,7 @@ class CycleContext:
                     "method's options"
                 )
             out[v] = values.astype(self.state0[v].dtype, copy=False)
-        fields = {n: result[n].isel({TIME: 0}).load() for n in self.grid_outputs()}
+        fields = {n: result[n].isel({TIME: 0}).load() for n in self.outputs()}
         return out, count, self.fit_to_observations(prior, at, result), fields
 
     def fit_to_observations(

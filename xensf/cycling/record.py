@@ -63,8 +63,8 @@ def cycle_record(
 
     ``fit`` holds the observation-space statistics of each variable
     (:meth:`CycleContext.fit_to_observations`); None for a cycle without observations.
-    ``fields`` are the method's fields on the grid that the run carries on
-    (:meth:`CycleContext.grid_outputs`), as they stand after this cycle.
+    ``fields`` are the method's outputs that the run carries on (fields on the grid,
+    numbers: :meth:`CycleContext.outputs`), as they stand after this cycle.
     """
     state0, names, member, members = ctx.state0, ctx.names, ctx.member, ctx.members
     data = {}

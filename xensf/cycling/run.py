@@ -216,13 +216,13 @@ def cycle(
         spec=spec,
     )  # fmt: skip
     first = ctx.dry_run()
-    # The method's fields on the grid (the adaptive inflation), NaN until an analysis
-    # makes them: the record's template of each.
+    # The method's outputs (the adaptive inflation's field on the grid, the hybrid's
+    # blend evidence), NaN until an analysis makes them: the record's template of each.
     fields = {
         n: xr.DataArray(
             np.full(first[n].shape[1:], np.nan), dims=first[n].dims[1:], attrs=first[n].attrs
         )
-        for n in ([] if first is None else ctx.grid_outputs())
+        for n in ([] if first is None else ctx.outputs())
     }
 
     settings = run_settings(ctx, spec.options(), latent_digest)
@@ -252,8 +252,8 @@ def _cycles(
 ) -> xr.Dataset:
     """The cycles not yet in ``run`` (all of them without a store), then the whole run.
 
-    ``fields`` are the method's fields on the grid (NaN: none yet); each analysis starts
-    from the last one's, read back from the store when the run resumes."""
+    ``fields`` are the method's outputs (NaN: none yet); each analysis starts from the
+    last one's, read back from the store when the run resumes."""
     schedule = ctx.schedule
     done = 0 if run is None else run.committed
     if done >= len(schedule):
