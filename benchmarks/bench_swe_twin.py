@@ -135,6 +135,11 @@ def main() -> None:
         "latent-ensf-letkf's LETKF step, with this damping (1: persistence)",
     )  # fmt: skip
     parser.add_argument(
+        "--blend-evidence", action="store_true",
+        help="latent-ensf-letkf blends on the evidence accumulated over cycles "
+        "(blend_evidence=0.0) instead of each analysis's alone",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-minutes", type=float, default=None,
         help="--size full without --model: the latent model's training budget (default 60)",
     )  # fmt: skip
@@ -162,6 +167,8 @@ def main() -> None:
             setup = setup.with_(letkf_inflation=args.letkf_inflation)
         if args.adaptive_inflation is not None:
             setup = setup.with_(letkf_adaptive_damping=args.adaptive_inflation)
+        if args.blend_evidence:
+            setup = setup.with_(blend_evidence=True)
         results[prior] = run_twin(
             setup, args.methods, args.noise, out, model=args.model, kind=args.size,
             device=args.device,

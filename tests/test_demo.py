@@ -65,21 +65,31 @@ def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):
     assert run.attrs["xensf_seed"] == 3 and not list(tmp_path.glob("*.png"))
 
 
-def test_the_twin_cycles_its_letkf_methods_with_adaptive_inflation_given_a_damping(tmp_path):
+def test_the_twin_cycles_adaptive_inflation_and_blend_evidence_when_its_setup_asks(tmp_path):
+    """Both LETKF methods with adaptive inflation given a damping, and the hybrid with
+    its blend test on accumulated evidence."""
     setup = demo_swe.DEMO_SETUP.with_(
-        steps=30, members=5, prior="easy", letkf_adaptive_damping=0.9
+        steps=30, members=5, prior="easy", letkf_adaptive_damping=0.9, blend_evidence=True
     )
     options = demo_swe.method_options("letkf", setup, {"eta": 0.1}, None)
     assert "inflation" not in options and options["adaptive_inflation"].damping == 0.9
+    assert "blend_evidence" not in options
     methods = ["letkf", "latent-ensf-letkf"]
     summary = demo_swe.run_twin(setup, methods, [10], tmp_path, device="cpu", plot=False)
     assert summary["setup"]["letkf_adaptive_damping"] == 0.9
+    assert summary["setup"]["blend_evidence"] is True
     for method in methods:
         run = xr.open_zarr(tmp_path / f"{method}-noise10.zarr")
         assert run.inflation.sizes["time"] == 3 and float(run.inflation.min()) >= 1.0
         assert json.loads(run.attrs["xensf_adaptive_inflation"])["damping"] == 0.9
+    hybrid = xr.open_zarr(tmp_path / "latent-ensf-letkf-noise10.zarr")
+    assert hybrid.blend_evidence.dims == ("time",) and (hybrid.blend_evidence >= 0).all()
     fixed = demo_swe.method_options("letkf", setup.with_(letkf_adaptive_damping=None), {}, None)
     assert fixed["inflation"] == setup.letkf_inflation and "adaptive_inflation" not in fixed
+    single = demo_swe.method_options(
+        "latent-ensf-letkf", setup.with_(blend_evidence=False), {}, None
+    )
+    assert "blend_evidence" not in single
 
 
 def test_observations_follow_the_documented_noise_definition():

@@ -97,8 +97,9 @@ def method_options(
     From what the method is (:data:`xensf.bridge.methods.METHODS`): a latent model if it
     needs one, the observation errors if it takes them, the twin's localisation and
     inflation (fixed, or adaptive with its damping) for a localised LETKF on the real
-    observations, the twin's step count for full-space EnSF; every other option at the
-    method's default.
+    observations, the hybrid's blend test on accumulated evidence if the setup asks for
+    it, the twin's step count for full-space EnSF; every other option at the method's
+    default.
     """
     from dataclasses import fields
 
@@ -119,6 +120,8 @@ def method_options(
 
         adaptive = AdaptiveInflation(damping=setup.letkf_adaptive_damping)
         kwargs.update(loc_radius=setup.letkf_radius, adaptive_inflation=adaptive)
+    if "blend_evidence" in names and setup.blend_evidence:
+        kwargs["blend_evidence"] = 0.0
     if "steps" in names and not cls.needs_model:
         kwargs["steps"] = setup.ensf_steps
     return kwargs

@@ -67,6 +67,9 @@ class TwinSetup:
     # None: the fixed letkf_inflation; a number: adaptive inflation (Miyoshi 2011) started
     # from none, with this damping (1 = persistence), instead
     letkf_adaptive_damping: float | None = None
+    # latent-ensf-letkf blends on the evidence accumulated over cycles (blend_evidence,
+    # started from 0) instead of each analysis's alone
+    blend_evidence: bool = False
     ensf_steps: int = 100
     seed: int = 0
     start: str = "2000-01-01"
