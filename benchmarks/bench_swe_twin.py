@@ -85,6 +85,16 @@ def spread_skill(path: Path, truth: xr.Dataset, scales) -> float:
     return float(np.sqrt(spread / err))
 
 
+def blends(path: Path) -> str:
+    """How many cycles of a ``latent-ensf-letkf`` run blended, of how many, and the
+    largest weight (a run made before the weight was stored: "-")."""
+    store = open_store(path)
+    if "blend_weight" not in store:
+        return "-"
+    weight = store.blend_weight.values
+    return f"{int((weight > 0).sum())}/{weight.size}, {weight.max():.2f}"
+
+
 def decoded_floor(decoded: np.ndarray, truth: xr.Dataset, scales) -> str:
     """Relative RMSE of ``decoded`` ``(time, field, y, x)`` against ``truth``: the mean
     over its times, then by half."""
@@ -207,6 +217,12 @@ def summarise(output: Path, results: dict, model_path) -> None:
                 for p in noises
             ]
             print(f"{method:<18}" + "".join(f"{c:>18}" for c in cells))
+        if "latent-ensf-letkf" in summary["relative_rmse_second_half"]:
+            print(
+                "latent-ensf-letkf: cycles that blended (blend_weight > 0), their largest weight"
+            )
+            cells = [blends(out / f"latent-ensf-letkf-noise{p:g}.zarr") for p in noises]
+            print(f"{'':<18}" + "".join(f"{c:>18}" for c in cells))
         if model_path is not None and i == 0:
             from xensf.latent import LatentModel
 

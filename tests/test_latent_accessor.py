@@ -524,7 +524,7 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
         "analysis_misfit": np.full(3, 0.3),
         "noise": np.full(3, 0.1),
     }
-    out, evidence = _hybrid_background(prior, latent, observed, diag, model, plan)
+    out, weight, evidence = _hybrid_background(prior, latent, observed, diag, model, plan)
     assert evidence is None  # the test of each analysis alone
     np.testing.assert_array_equal(out[0], prior[0])  # the spread explains it: the prior
     w = (out - prior)[1:] / (latent - prior)[1:]
@@ -535,6 +535,7 @@ def test_the_hybrid_background_moves_only_as_far_as_the_prior_error_exceeds_its_
     u = np.array([100.0, 0.04]) - (prior[1:].std(1, ddof=1) ** 2).mean(-1) - margin
     np.testing.assert_allclose(w[:, 0], u / (u + 0.1**2), rtol=1e-6)
     assert w[0, 0] > 0.999 and 0.5 < w[1, 0] < 0.9
+    np.testing.assert_allclose(weight, [0.0, *w[:, 0]], rtol=1e-9)  # the weight returned
 
     def weights(reconstruction, misfit):
         changed = {**diag, "reconstruction": np.full(3, reconstruction)}
@@ -583,7 +584,7 @@ def test_the_hybrid_blends_on_accumulated_evidence_when_given_a_start():
     }
     z = (i2 - noise2 - s2) / (sampling * i2)
     np.testing.assert_allclose(z[2], 3.0, rtol=1e-9)
-    single, _ = _hybrid_background(prior, latent, np.ones((3, n_obs), bool), diag, model, plan)
+    single, *_ = _hybrid_background(prior, latent, np.ones((3, n_obs), bool), diag, model, plan)
     assert not np.array_equal(single[2], prior[2])  # the single test blends on z = 3
 
     def run(start):
@@ -591,16 +592,18 @@ def test_the_hybrid_blends_on_accumulated_evidence_when_given_a_start():
             prior, latent, np.ones((3, n_obs), bool), diag, model, plan, start
         )
 
-    out, evidence = run(0.0)
+    out, weight, evidence = run(0.0)
     np.testing.assert_allclose(evidence, np.maximum(z - 1, 0), rtol=1e-9)
     assert evidence[0] == 0 and evidence[1] >= EVIDENCE_THRESHOLD > evidence[2]
     np.testing.assert_array_equal(out[0], prior[0])
     np.testing.assert_array_equal(out[1], single[1])  # far off: blends at once
     np.testing.assert_array_equal(out[2], prior[2])  # one chance excess: not yet
-    out, evidence = run(2.0)  # with earlier evidence it adds up to the threshold
+    assert weight[0] == weight[2] == 0 and weight[1] > 0.9
+    out, weight, evidence = run(2.0)  # with earlier evidence it adds up to the threshold
     np.testing.assert_allclose(evidence[2], 4.0, rtol=1e-9)
     np.testing.assert_array_equal(out[2], single[2])
-    np.testing.assert_allclose(run(0.5)[1][0], 0.0)  # never below 0: the drift empties it
+    assert weight[2] > 0
+    np.testing.assert_allclose(run(0.5)[2][0], 0.0)  # never below 0: the drift empties it
 
 
 def test_blend_evidence_through_the_accessor(case):
@@ -614,6 +617,8 @@ def test_blend_evidence_through_the_accessor(case):
                    seed=2)  # fmt: skip
     single = prior.ensf.assimilate(gappy, **options)
     assert "blend_evidence" not in single
+    assert single.blend_weight.dims == ("time",) and single.blend_weight[2] == 0
+    assert (single.blend_weight.isel(time=[0, 1, 3]) > 0).any()  # the displaced prior
     assert not np.array_equal(single.h.values, prior.ensf.assimilate(
         gappy, method="letkf", loc_radius=None, obs_error=0.05).h.values)  # fmt: skip
     settled = prior.ensf.assimilate(gappy, blend_evidence=100.0, **options)
@@ -624,6 +629,8 @@ def test_blend_evidence_through_the_accessor(case):
     evidence = fresh.blend_evidence.values
     assert evidence[2] == 0 and (evidence[[0, 1, 3]] > 0).all()
     assert (evidence < np.sqrt(36 / 2) - 1 + 1e-9).all()
+    assert (fresh.blend_weight == 0).all()  # so it did not blend
+    xr.testing.assert_identical(settled.blend_weight, single.blend_weight)
     added = settled.blend_evidence.values - 100  # z − 1 at each observed time
     assert added[2] == 0
     np.testing.assert_allclose(np.maximum(added, 0), evidence, rtol=1e-6, atol=1e-9)
@@ -658,6 +665,8 @@ def test_a_cycled_run_carries_the_blend_evidence_and_resumes_to_the_same_run(cas
     evidence = full.blend_evidence.values
     assert full.blend_evidence.dims == ("time",) and evidence.shape == (4,)
     assert evidence[0] < EVIDENCE_THRESHOLD <= evidence[-1]
+    weight = full.blend_weight.values  # blended only where the evidence had added up
+    np.testing.assert_array_equal(weight > 0, evidence >= EVIDENCE_THRESHOLD)
     for k in range(4):  # each cycle's analysis starts from the previous cycle's evidence
         before = 0.0 if k == 0 else float(evidence[k - 1])
         forecast = full.h_forecast.isel(time=[k]).rename(member="member")
@@ -672,6 +681,7 @@ def test_a_cycled_run_carries_the_blend_evidence_and_resumes_to_the_same_run(cas
     part.close()
     rest = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", **options).load()
     np.testing.assert_array_equal(rest.blend_evidence.values, evidence)
+    np.testing.assert_array_equal(rest.blend_weight.values, weight)
     np.testing.assert_array_equal(rest.h_analysis.values, full.h_analysis.values)
 
 

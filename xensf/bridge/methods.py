@@ -687,9 +687,20 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
     blend_evidence: float | None = None
 
     def time_outputs(self) -> dict[str, dict[str, str]]:
+        weight = {
+            "blend_weight": {
+                "long_name": "weight of the latent analysis in the LETKF background "
+                "(latent-ensf-letkf)",
+                "units": "1",
+                "comment": "each prior member was moved this fraction of the way to its "
+                "decoded latent analysis member before the LETKF (0: the prior; 0 where "
+                "nothing is observed)",
+            }
+        }
         if self.blend_evidence is None:
-            return {}
+            return weight
         return {
+            **weight,
             "blend_evidence": {
                 "long_name": "evidence that the prior is off beyond its spread, accumulated "
                 "over analyses (CUSUM)",
@@ -697,7 +708,7 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
                 "comment": "latent-ensf-letkf moved the prior towards its latent analysis "
                 f"only where this is at least {EVIDENCE_THRESHOLD:g}; give it to the next "
                 "analysis as blend_evidence=float(...)",
-            }
+            },
         }
 
     def carry(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -710,14 +721,16 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
         self, block: Block, has: np.ndarray, post, diag, model
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         fields = self.inflation_start(block.plan.layout, block.x.shape[0])
+        fields["blend_weight"] = np.zeros(block.x.shape[0])
         if self.blend_evidence is not None:
             fields["blend_evidence"] = np.full(block.x.shape[0], float(self.blend_evidence))
         if post is None:
             return block.x[has], fields
-        background, evidence = _hybrid_background(
+        background, weight, evidence = _hybrid_background(
             block.x[has], post, block.observed[has], diag, model, block.plan,
             self.blend_evidence,
         )  # fmt: skip
+        fields["blend_weight"][has] = weight
         if evidence is not None:
             fields["blend_evidence"][has] = evidence
         observed = Block(
@@ -899,8 +912,9 @@ EVIDENCE_THRESHOLD = 4.0
 
 def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan, evidence=None):
     """The LETKF background of ``latent-ensf-letkf``, per time: each prior member moved
-    a fraction ``w`` of the way to its decoded latent analysis member, and the
-    accumulated evidence per time (None when ``evidence``, the starting value, is None).
+    a fraction ``w`` of the way to its decoded latent analysis member; ``w`` per time;
+    and the accumulated evidence per time (None when ``evidence``, the starting value,
+    is None).
 
     At the observed points, in units of each variable's training std: the prior's
     error is estimated from the innovation, ``e_b² = max(RMS(y − H x̄_b)² − RMS(σ_o)²,
@@ -960,7 +974,7 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan, ev
     represent = np.minimum(diag["reconstruction"], np.sqrt(beyond_noise(diag["analysis_misfit"])))
     e_l = np.maximum(np.maximum(represent, floor), spread_at_obs(latent))
     w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)
-    return prior + w[:, None, None] * (latent - prior), accumulated
+    return prior + w[:, None, None] * (latent - prior), w, accumulated
 
 
 def _row_fields(plan: BlockPlan, model) -> np.ndarray:
