@@ -145,6 +145,9 @@ def main() -> None:
         "latent-ensf-letkf's LETKF step, with this damping (1: persistence)",
     )  # fmt: skip
     parser.add_argument(
+        "--members", type=int, default=None, help="ensemble size (default: the setup's, 20)"
+    )
+    parser.add_argument(
         "--blend-evidence", action="store_true",
         help="latent-ensf-letkf blends on the evidence accumulated over cycles "
         "(blend_evidence=0.0) instead of each analysis's alone",
@@ -179,6 +182,8 @@ def main() -> None:
             setup = setup.with_(letkf_adaptive_damping=args.adaptive_inflation)
         if args.blend_evidence:
             setup = setup.with_(blend_evidence=True)
+        if args.members is not None:
+            setup = setup.with_(members=args.members)
         results[prior] = run_twin(
             setup, args.methods, args.noise, out, model=args.model, kind=args.size,
             device=args.device,
