@@ -52,6 +52,10 @@ def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkey
     assert table["ensf"]["20%"] == pytest.approx(expected, rel=1e-6)
     for name in ("relative-rmse.png", "maps-eta.png", "maps-u.png", "maps-v.png"):
         assert (out / name).stat().st_size > 10_000
+    hybrid = xr.open_zarr(out / "latent-ensf-letkf-noise20.zarr")
+    blended = summary["latent-ensf-letkf_blended_cycles"]
+    assert blended["20%"] == int((hybrid.blend_weight > 0).sum()) and set(blended) == {"0%", "20%"}
+    assert (out / "blend-weight.png").stat().st_size > 10_000
 
 
 def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):

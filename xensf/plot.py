@@ -277,6 +277,33 @@ def plot_relative_rmse(
     return _save(fig, path)
 
 
+def plot_blend_weight(weights: dict[str, xr.DataArray], *, title: str, path: str | Path) -> Path:
+    """The weight of the latent analysis in ``latent-ensf-letkf``'s background at each
+    cycle (its ``blend_weight``), one line per observation-noise level (the keys of
+    ``weights``, 1-D DataArrays along ``time``); hours as in :func:`plot_relative_rmse`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), constrained_layout=True)
+    for label, weight in weights.items():
+        t = weight["time"].values
+        step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
+        hours = (t - (t[0] - step)) / np.timedelta64(1, "h")
+        blended = int((weight.values > 0).sum())
+        ax.plot(hours, weight.values, marker="o", ms=3, lw=1.2,
+                label=f"noise {label}: {blended} of {t.size} cycles")  # fmt: skip
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("model time [h]")
+    ax.set_ylabel("weight of the latent analysis")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 def plot_twin_maps(
     truth: xr.DataArray,
     free: xr.DataArray,

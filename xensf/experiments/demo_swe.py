@@ -292,6 +292,7 @@ def run_twin(
     table: dict[str, dict[str, float]] = {"free run": {}}
     timings: dict[str, float] = {}
     last: dict[str, xr.Dataset] = {}
+    weights: dict[str, xr.DataArray] = {}  # latent-ensf-letkf's blend weight per cycle
     for p in noises:
         label = f"{p:g}%"
         obs, errors = observations(truth, setup, p / 100)
@@ -322,6 +323,8 @@ def run_twin(
             table.setdefault(method, {})[label] = _mean_over_second_half(curve)
             if label == f"{noises[len(noises) // 2]:g}%":
                 last[method] = means.isel(time=-1).compute()
+            if "blend_weight" in result:
+                weights[label] = result.blend_weight.compute()
 
     _print_table(table, noises, timings, methods)
     summary = {
@@ -330,12 +333,16 @@ def run_twin(
         "relative_rmse_second_half": table,
         "seconds": timings,
     }
+    if weights:  # how often the hybrid leaned on the latent analysis
+        summary["latent-ensf-letkf_blended_cycles"] = {
+            label: int((w.values > 0).sum()) for label, w in weights.items()
+        }
     text = json.dumps(summary, indent=2)
     (out / "summary.json").write_text(text)
     summary = json.loads(text)  # as written: JSON's lists for the setup's tuples
     print(f"wrote {out / 'summary.json'} and the zarr stores in {out}/")
     if plot:
-        _figures(out, setup, curves, truth, free, last, noises)
+        _figures(out, setup, curves, truth, free, last, noises, weights)
     print(f"done in {time.perf_counter() - started:.1f} s")
     return summary
 
@@ -377,13 +384,13 @@ def _print_table(table, noises, timings, methods) -> None:
     )
 
 
-def _figures(out, setup, curves, truth, free, last, noises) -> None:
+def _figures(out, setup, curves, truth, free, last, noises, weights) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:  # matplotlib is an optional extra
         print("matplotlib not installed: no figures (pip install 'xensf[plots]')")
         return
-    from ..plot import plot_relative_rmse, plot_twin_maps
+    from ..plot import plot_blend_weight, plot_relative_rmse, plot_twin_maps
 
     path = plot_relative_rmse(
         curves,
@@ -391,6 +398,14 @@ def _figures(out, setup, curves, truth, free, last, noises) -> None:
         path=out / "relative-rmse.png",
     )
     print(f"wrote {path}")
+    if weights:
+        path = plot_blend_weight(
+            weights,
+            title=f"latent-ensf-letkf: how far each cycle moved the prior towards the "
+            f"latent analysis ({setup.prior} prior)",
+            path=out / "blend-weight.png",
+        )
+        print(f"wrote {path}")
     if not last:
         return
     t = next(iter(last.values()))["time"].values
