@@ -646,8 +646,9 @@ def test_blend_evidence_through_the_accessor(case):
 
 def test_a_cycled_run_carries_the_blend_evidence_and_resumes_to_the_same_run(case, tmp_path):
     """``xensf.cycle`` stores the evidence every cycle and starts each analysis from the
-    last one's (also after a resume): with 36 observations no single analysis blends,
-    so a displaced prior is moved towards the latent analysis only once the evidence of
+    last one's (also across a cycle without observations, which keeps it and blends
+    nothing, and after a resume): with 36 observations no single analysis blends, so a
+    displaced prior is moved towards the latent analysis only once the evidence of
     successive cycles has added up (here, of a truth that jumps between two positions
     and a persistence forecast that keeps the last analysis)."""
     from xensf.bridge.methods import EVIDENCE_THRESHOLD
@@ -655,28 +656,30 @@ def test_a_cycled_run_carries_the_blend_evidence_and_resumes_to_the_same_run(cas
 
     model, prior, _, obs = case
     start = prior.isel(time=0)
-    times = prior.time.values[0] + np.arange(1, 5) * np.timedelta64(1, "h")
-    at = obs.isel(time=[1, 3, 1, 3]).assign_coords(time=times)  # a truth that jumps
+    times = prior.time.values[0] + np.arange(1, 6) * np.timedelta64(1, "h")
+    observed = [0, 1, 3, 4]  # nothing at the third hour
+    at = obs.isel(time=[1, 3, 1, 3]).assign_coords(time=times[observed])  # a truth that jumps
     options = dict(method="latent-ensf-letkf", latent_model=model, loc_radius=None,
                    obs_error=0.05, blend_evidence=0.0, members=True, progress=False,
-                   device="cpu")  # fmt: skip
+                   device="cpu", every=1)  # fmt: skip
     forecaster = Persistence(np.timedelta64(1, "h"))
     full = xensf.cycle(forecaster, start, at, store=tmp_path / "full.zarr", **options).load()
-    evidence = full.blend_evidence.values
-    assert full.blend_evidence.dims == ("time",) and evidence.shape == (4,)
+    np.testing.assert_array_equal(full.obs_count.values > 0, [True, True, False, True, True])
+    evidence, weight = full.blend_evidence.values, full.blend_weight.values
+    assert full.blend_evidence.dims == ("time",) and evidence.shape == (5,)
     assert evidence[0] < EVIDENCE_THRESHOLD <= evidence[-1]
-    weight = full.blend_weight.values  # blended only where the evidence had added up
-    np.testing.assert_array_equal(weight > 0, evidence >= EVIDENCE_THRESHOLD)
-    for k in range(4):  # each cycle's analysis starts from the previous cycle's evidence
+    assert evidence[2] == evidence[1] and weight[2] == 0  # kept, nothing blended
+    # blended only where the evidence had added up
+    np.testing.assert_array_equal(weight[observed] > 0, evidence[observed] >= EVIDENCE_THRESHOLD)
+    for i, k in enumerate(observed):  # each analysis starts from the last evidence
         before = 0.0 if k == 0 else float(evidence[k - 1])
         forecast = full.h_forecast.isel(time=[k]).rename(member="member")
         alone = forecast.to_dataset(name="h").ensf.assimilate(
-            at.isel(time=[k]), model=model, method="latent-ensf-letkf", loc_radius=None,
-            obs_error=0.05, blend_evidence=before, seed=int(full.attrs["xensf_seed"]) + k,
-            device="cpu",
+            at.isel(time=[i]), model=model, method="latent-ensf-letkf", loc_radius=None,
+            obs_error=0.05, blend_evidence=before, device="cpu",
         )  # fmt: skip
         np.testing.assert_allclose(float(alone.blend_evidence[0]), evidence[k], rtol=1e-6)
-    part = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", until=times[1],
+    part = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", until=times[2],
                        **options)  # fmt: skip
     part.close()
     rest = xensf.cycle(forecaster, start, at, store=tmp_path / "part.zarr", **options).load()

@@ -157,6 +157,11 @@ class Method:
         (DataArrays, one time): how ``xensf.cycle`` carries them on."""
         return {}
 
+    def outputs_without_observations(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The :meth:`outputs` of a cycle without observations, given the last ones (as
+        an analysis with nothing observed gives them): by default the same."""
+        return fields
+
     def analyse(self, block: Block) -> np.ndarray:
         """The analysis ``(T, N, d)`` of ``block`` in ``block.work`` precision."""
         raise NotImplementedError
@@ -716,6 +721,9 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
         if self.blend_evidence is not None:
             carried["blend_evidence"] = float(fields["blend_evidence"])
         return carried
+
+    def outputs_without_observations(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return {**fields, "blend_weight": fields["blend_weight"] * 0.0}  # nothing blended
 
     def correct(
         self, block: Block, has: np.ndarray, post, diag, model

@@ -119,6 +119,10 @@ class CycleContext:
         the run carries on."""
         return {} if self.spec is None else self.spec.outputs()
 
+    def outputs_without_observations(self, fields: dict[str, xr.DataArray]) -> dict:
+        """The method's :meth:`outputs` at a cycle without observations, given the last."""
+        return fields if self.spec is None else self.spec.outputs_without_observations(fields)
+
     def dry_run(self) -> xr.Dataset | None:
         """Build (not compute) the first analysis, so that bad input fails before any work;
         the lazy analysis (None if no cycle has observations)."""

@@ -271,6 +271,7 @@ def _cycles(
             forecast = ctx.forecast(current, k)
             if schedule.obs_index[k] is None:
                 analysis, count, fit = forecast, 0, None
+                fields = ctx.outputs_without_observations(fields)
             else:
                 carried = {n: f for n, f in fields.items() if not np.isnan(f.values).all()}
                 with tally.cycle(k):
