@@ -12,6 +12,7 @@ import xarray as xr
 
 __all__ = [
     "plot_analysis_maps",
+    "plot_blend_weight",
     "plot_cross_validation",
     "plot_diagnostics",
     "plot_relative_rmse",
