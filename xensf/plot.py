@@ -241,6 +241,12 @@ METHOD_STYLE = {
 }
 
 
+def _cycle_hours(t: np.ndarray) -> np.ndarray:
+    """Cycle times as hours since the first one's time minus one cycle (the start)."""
+    step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
+    return (t - (t[0] - step)) / np.timedelta64(1, "h")
+
+
 def plot_relative_rmse(
     curves: dict[str, dict[str, xr.DataArray]], *, title: str, path: str | Path
 ) -> Path:
@@ -262,9 +268,7 @@ def plot_relative_rmse(
     top = 0.0
     for ax, label in zip(axes, labels, strict=True):
         for method, curve in curves[label].items():
-            t = curve["time"].values
-            step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
-            hours = (t - (t[0] - step)) / np.timedelta64(1, "h")
+            hours = _cycle_hours(curve["time"].values)
             style = METHOD_STYLE.get(method, {})
             ax.plot(hours, curve.values, label=method, lw=1.6, **style)
             top = max(top, float(np.nanmax(curve.values)))
@@ -290,12 +294,10 @@ def plot_blend_weight(weights: dict[str, xr.DataArray], *, title: str, path: str
 
     fig, ax = plt.subplots(figsize=(6.4, 3.2), constrained_layout=True)
     for label, weight in weights.items():
-        t = weight["time"].values
-        step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
-        hours = (t - (t[0] - step)) / np.timedelta64(1, "h")
+        hours = _cycle_hours(weight["time"].values)
         blended = int((weight.values > 0).sum())
         ax.plot(hours, weight.values, marker="o", ms=3, lw=1.2,
-                label=f"noise {label}: {blended} of {t.size} cycles")  # fmt: skip
+                label=f"noise {label}: {blended} of {hours.size} cycles")  # fmt: skip
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("model time [h]")
     ax.set_ylabel("weight of the latent analysis")
