@@ -1,0 +1,218 @@
+"""Property-based tests of the latent methods through ``assimilate``.
+
+The companion of ``test_properties.py`` for ``latent-ensf``, ``latent-letkf`` and
+``latent-ensf-letkf``: a small blob model (gridded observations every 4th point, or
+ten stations off the grid points), and Hypothesis varies what the model leaves free:
+the ensemble dim's name and the dims' order, float32 or float64, the number of
+members and times, gaps in the observations (whole times unobserved, everything
+unobserved), observations where the model has none, every form of observation error,
+the methods' options, and numpy or dask with random time chunks.
+
+The property: an ``XensfError``, or a correct result: finite, the prior's dims, dtype
+and coordinates, every unobserved time returned exactly as given, the hybrid's per-time
+outputs in range, numpy = dask bit for bit; and the input never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from test_latent import GRID, blobs, random_positions
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import xensf  # noqa: E402
+from xensf.bridge.dims import find_dims  # noqa: E402
+from xensf.bridge.layout import StateLayout  # noqa: E402
+from xensf.bridge.signature import data_signature  # noqa: E402
+from xensf.errors import XensfError, XensfWarning  # noqa: E402
+from xensf.latent import gridded_stride_obs, train_latent_model  # noqa: E402
+
+STATIONS_Y = [15.0, 37.5, 62.0, 95.0, 118.0, 141.5, 170.0, 205.0]
+STATIONS_X = [22.0, 140.5, 65.0, 201.0, 17.5, 110.0, 48.0, 160.0]
+AXIS = np.arange(GRID) * 10.0  # km
+
+
+def _grid(ds: xr.Dataset) -> xr.Dataset:
+    return ds.assign_coords(y=("y", AXIS, {"units": "km"}), x=("x", AXIS, {"units": "km"}))
+
+
+@functools.cache
+def _models() -> dict[str, xensf.LatentModel]:
+    """The gridded and the station model, trained briefly (once per process): the
+    properties hold for any model, a good one is not needed."""
+    pos = random_positions(120, torch.Generator().manual_seed(0))
+    fields = blobs(pos[:, 0], pos[:, 1])
+    training = _grid(xr.Dataset({"h": (("time", "y", "x"), fields[:, 0].numpy(), {"units": "m"})}))
+    small = dict(latent_dim=16, width=8, blocks=1, epochs=6, batch_size=32, lr=3e-3, seed=0)
+    gridded = train_latent_model(
+        fields, gridded_stride_obs(4, 0.1), patience=8, device="cpu", progress=False,
+        variables=["h"], units=["m"], **small,
+    )  # fmt: skip
+    layout = StateLayout(("h",), ((),), ((),), (GRID, GRID))
+    ensemble = training.isel(time=[0]).rename(time="member")
+    gridded.config["data"] = data_signature(training, find_dims(ensemble), layout)
+    stations = xr.Dataset(coords={"y": ("station", STATIONS_Y), "x": ("station", STATIONS_X)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", XensfWarning)
+        station = xensf.train_latent(training, stations, progress=False, **small)
+    return {"gridded": gridded, "stations": station}
+
+
+@st.composite
+def cases(draw):
+    """A prior, observations and ``assimilate`` keyword arguments."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_mem = draw(st.sampled_from([1, 2, 5, 12]))  # 1 member: refused
+    n_time = draw(st.sampled_from([None, 1, 2, 3]))
+    nt = n_time or 1
+    truth_pos = random_positions(nt, gen)
+    prior_pos = random_positions(nt, gen) if draw(st.booleans()) else truth_pos
+    jitter = draw(st.sampled_from([0.0, 0.5, 2.0])) * torch.randn(2, nt, n_mem, generator=gen)
+    members = blobs(
+        (prior_pos[:, None, 0] + jitter[0]).flatten(),
+        (prior_pos[:, None, 1] + jitter[1]).flatten(),
+    ).reshape(nt, n_mem, GRID, GRID)
+    truth = blobs(*truth_pos.T)[:, 0].numpy()
+    member = draw(st.sampled_from(["member", "number", "realization"]))
+    dtype = draw(st.sampled_from(["float32", "float64"]))
+    dims = ["time", member, "y", "x"]
+    values = members.numpy().astype(dtype)
+    if n_time is None:
+        dims, values, truth = dims[1:], values[0], truth[0]
+    order = draw(st.permutations(dims))
+    values = values.transpose([dims.index(d) for d in order])
+    coords = {}
+    if n_time is not None:
+        coords["time"] = np.datetime64("2020-01-01", "ns") + np.arange(nt) * np.timedelta64(1, "h")
+    prior = _grid(xr.Dataset({"h": (order, values, {"units": "m"})}, coords))
+    truth = _grid(xr.DataArray(truth, dims=[d for d in dims if d != member], coords=coords))
+
+    kind = draw(st.sampled_from(["gridded", "stations"]))
+    noise = draw(st.sampled_from([0.0, 0.05]))
+    if kind == "gridded":
+        mask = (truth.y % 40 == 0) & (truth.x % 40 == 0)
+        if draw(st.booleans()):  # a point the model's observation encoder never saw
+            mask = mask | ((truth.y == 10.0) & (truth.x == 10.0))
+        gaps = xr.zeros_like(truth, bool).copy(
+            data=rng.random(truth.shape) < draw(st.sampled_from([0.0, 0.5, 1.0]))
+        )
+        obs = (truth + noise * rng.standard_normal(truth.shape)).where(mask & ~gaps)
+    else:
+        take = np.sort(rng.choice(len(STATIONS_Y), draw(st.integers(0, 8)), replace=False))
+        if draw(st.booleans()):  # a station outside the domain
+            take = np.append(take, -1)
+        sy, sx = np.append(STATIONS_Y, 400.0), np.append(STATIONS_X, 50.0)
+        at = truth.interp(y=xr.DataArray(np.clip(sy, 0, 230), dims="station"),
+                          x=xr.DataArray(sx, dims="station")).isel(station=take)  # fmt: skip
+        sy, sx = sy[take], sx[take]
+        obs = (at + noise * rng.standard_normal(at.shape)).drop_vars(["y", "x"])
+        obs = obs.assign_coords(y=("station", sy), x=("station", sx))
+    obs = obs.astype(dtype).assign_attrs(units="m").to_dataset(name="h")
+    if n_time is not None and draw(st.booleans()):  # nothing observed at the last time
+        obs["h"] = obs.h.where(obs.time != obs.time[-1])
+
+    method = draw(st.sampled_from(["latent-ensf", "latent-letkf", "latent-ensf-letkf"]))
+    kwargs = {"method": method, "model": _models()[kind], "device": "cpu"}
+    if method in ("latent-ensf", "latent-ensf-letkf"):
+        kwargs["steps"] = 10
+    if method in ("latent-ensf", "latent-letkf"):
+        kwargs["update"] = draw(st.sampled_from(["decode", "increment"]))
+    if method == "latent-ensf-letkf" or draw(st.booleans()):
+        form = draw(st.sampled_from(["number", "dict", "relative", "variable", "attribute"]))
+        err = 0.05
+        if form == "number":
+            kwargs["obs_error"] = err
+        elif form == "dict":
+            kwargs["obs_error"] = {"h": err}
+        elif form == "relative":
+            kwargs["obs_error"] = "10%"
+        elif form == "variable":
+            obs["h_error"] = xr.full_like(obs.h, err).assign_attrs(units="m")
+        else:
+            obs.h.attrs["obs_error"] = err
+    if method == "latent-ensf-letkf":
+        kwargs["loc_radius"] = draw(st.sampled_from([None, 80.0]))
+        kwargs["blend_evidence"] = draw(st.sampled_from([None, 0.0, 6.0]))
+        if draw(st.booleans()):
+            kwargs["adaptive_inflation"] = True
+        else:
+            kwargs["inflation"] = draw(st.sampled_from([1.0, 1.1]))
+    chunks = draw(st.integers(1, n_time)) if n_time is not None and draw(st.booleans()) else None
+    return prior, obs, kwargs, chunks
+
+
+def _assimilate(prior, obs, kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", XensfWarning)
+        return prior.ensf.assimilate(obs, seed=5, **kwargs)
+
+
+def _unobserved_times(prior: xr.Dataset, obs: xr.Dataset) -> list[int]:
+    if "time" not in prior.dims:
+        return [] if bool(obs.h.notnull().any()) else [None]
+    seen = obs.h.notnull().any([d for d in obs.h.dims if d != "time"]).values
+    return [i for i in range(prior.sizes["time"]) if not seen[i]]
+
+
+def _check(case) -> str:
+    """``"refused"`` (an XensfError) or ``"analysed"`` (a correct result); asserts both."""
+    prior, obs, kwargs, chunks = case
+    prior_before, obs_before = copy.deepcopy(prior), copy.deepcopy(obs)
+    try:
+        out = _assimilate(prior, obs, kwargs)
+    except XensfError:
+        return "refused"
+    finally:
+        xr.testing.assert_identical(prior, prior_before)
+        xr.testing.assert_identical(obs, obs_before)
+    assert out.h.dims == prior.h.dims and out.h.dtype == prior.h.dtype
+    for name, coord in prior.coords.items():
+        np.testing.assert_array_equal(out[name].values, coord.values)
+    assert np.isfinite(out.h.values).all()
+    assert out.h.attrs["units"] == "m"
+    for t in _unobserved_times(prior, obs):
+        where = {} if t is None else {"time": t}
+        np.testing.assert_array_equal(out.h.isel(where).values, prior.h.isel(where).values)
+    if kwargs["method"] == "latent-ensf-letkf":
+        weight = out.blend_weight.values
+        assert ((weight >= 0) & (weight <= 1)).all()
+        for t in _unobserved_times(prior, obs):
+            assert float(out.blend_weight.isel({} if t is None else {"time": t})) == 0.0
+        if kwargs["blend_evidence"] is not None:
+            evidence = out.blend_evidence.values
+            assert np.isfinite(evidence).all() and (evidence >= 0).all()
+    if chunks is not None:
+        lazy = _assimilate(prior.chunk({"time": chunks}), obs.chunk({"time": chunks}), kwargs)
+        with warnings.catch_warnings():  # the lazy analysis warns when computed
+            warnings.simplefilter("ignore", XensfWarning)
+            lazy = lazy.compute()
+        for name in out.data_vars:
+            np.testing.assert_array_equal(lazy[name].values, out[name].values, err_msg=name)
+    return "analysed"
+
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+@settings(max_examples=20, **_COMMON)
+@given(cases())
+def test_latent_assimilate_gives_a_result_or_an_xensf_error(case):
+    hypothesis.event(_check(case))
+
+
+@pytest.mark.slow
+@settings(max_examples=300, **_COMMON)
+@given(cases())
+def test_latent_assimilate_gives_a_result_or_an_xensf_error_many(case):
+    hypothesis.event(_check(case))
