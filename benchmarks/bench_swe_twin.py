@@ -153,6 +153,10 @@ def main() -> None:
         "(blend_evidence=0.0) instead of each analysis's alone",
     )  # fmt: skip
     parser.add_argument(
+        "--obs-gaps", type=float, default=0.0, metavar="SHARE",
+        help="leave out this share of the observed points at random at each cycle",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-minutes", type=float, default=None,
         help="--size full without --model: the latent model's training budget (default 60)",
     )  # fmt: skip
@@ -184,6 +188,8 @@ def main() -> None:
             setup = setup.with_(blend_evidence=True)
         if args.members is not None:
             setup = setup.with_(members=args.members)
+        if args.obs_gaps:
+            setup = setup.with_(obs_gaps=args.obs_gaps)
         results[prior] = run_twin(
             setup, args.methods, args.noise, out, model=args.model, kind=args.size,
             device=args.device,

@@ -10,7 +10,10 @@ VAE with a 4 x 10 x 10 latent + observation encoder for eta, u, v observed at ev
 point) with the settings in :data:`xensf.experiments.demo_swe.TRAINING`: the run ends at its time
 budget of 28 minutes (the learning-rate schedule is stretched to it), in bfloat16: about
 91 epochs with ``--threads 2`` on two quiet CPU cores with AVX-512 BF16 (47 in float32). So the result depends on the machine's
-speed; the seed fixes everything else. The bundle is safetensors + JSON.
+speed; the seed fixes everything else. On a CPU without native bfloat16 it trains in
+float32 (a ``PrecisionWarning``; about 17 epochs on a 2-core AVX2 machine measured in
+docs/performance.md): remake the shipped model on a CPU with AVX-512 BF16 or a GPU.
+The bundle is safetensors + JSON.
 
 ``--calibrate-only`` keeps the weights of the bundle at ``--output`` and (re)measures
 its latent observation error against the observation noise
@@ -43,6 +46,12 @@ def main() -> None:
         "--minutes", type=float, default=None, help="time budget (default TRAINING's)"
     )
     parser.add_argument(
+        "--obs-dropout",
+        type=float,
+        default=None,
+        help="largest share of a training sample's observations left out (default TRAINING's)",
+    )
+    parser.add_argument(
         "--calibrate-only",
         action="store_true",
         help="keep the weights; measure the latent error's noise curve on fresh runs",
@@ -56,6 +65,8 @@ def main() -> None:
     changes = {}
     if args.lam is not None:
         changes["lam"] = args.lam
+    if args.obs_dropout is not None:
+        changes["obs_dropout"] = args.obs_dropout
     if args.minutes is not None:
         changes["time_budget"] = args.minutes * 60
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import xarray as xr
 import xensf
 import xensf.experiments.demo_swe as demo_swe
 from xensf.cli import main
+from xensf.errors import OptionError
 from xensf.experiments.twin import TwinSetup, initial_ensemble, observations, truth_run
 from xensf.metrics import relative_rmse
 
@@ -112,6 +113,17 @@ def test_observations_follow_the_documented_noise_definition():
     np.testing.assert_array_equal(
         clean.u.where(observed).values, truth.u.isel(time=slice(1, None)).where(observed).values
     )
+
+    # a share of the points left out per time: the same points in every variable, and
+    # the rest of the observations as without gaps
+    gappy, _ = observations(truth, setup.with_(obs_gaps=0.5), 0.2)
+    kept = gappy.eta.notnull()
+    assert (gappy.u.notnull() == kept).all() and (gappy.v.notnull() == kept).all()
+    assert 0 < int(kept.sum()) < int(obs.eta.notnull().sum())
+    xr.testing.assert_equal(gappy.eta.where(kept), obs.eta.where(kept))
+    assert not (kept.isel(time=0) == kept.isel(time=1)).all()
+    with pytest.raises(OptionError, match="obs_gaps"):
+        setup.with_(obs_gaps=1.0)
 
 
 def test_hard_and_easy_priors():

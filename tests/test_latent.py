@@ -696,3 +696,27 @@ def test_analysis_diagnostics(blob_model):
     # the displaced prior misses the observations; the analysis fits them better
     assert bool((diag["analysis_misfit"][[0, 1, 3]] < 0.7 * diag["innovation"][[0, 1, 3]]).all())
     assert bool((diag["reconstruction"][[0, 1, 3]] < diag["innovation"][[0, 1, 3]]).all())
+
+
+def test_obs_dropout_teaches_the_observation_encoder_to_read_gaps(blob_data):
+    """Trained on whole layouts, the observation encoder reads a layout with gaps badly;
+    trained with obs_dropout it reads both."""
+    sampler = gridded_stride_obs(2, 0.05)
+    small = dict(latent_dim=36, width=16, blocks=1, epochs=15, batch_size=32, lr=3e-3, seed=0)
+    whole = train_latent_model(blob_data, sampler, device="cpu", progress=False, **small)
+    gaps = train_latent_model(
+        blob_data, sampler, device="cpu", progress=False, obs_dropout=0.7, **small
+    )
+    held_out = random_positions(100, torch.Generator().manual_seed(5))
+    x = blobs(held_out[:, 0], held_out[:, 1])
+
+    def error(model, missing):
+        gen = torch.Generator().manual_seed(9)
+        values, mask = sampler(x, gen)
+        kept = torch.rand(mask.shape, generator=gen) >= missing
+        decoded = model.decode(model.encode_obs(torch.where(mask & kept, values, torch.nan))[0])
+        return relative_error(decoded, x)
+
+    assert error(gaps, 0.3) < 0.5 * error(whole, 0.3)
+    assert error(gaps, 0.6) < 0.5 * error(whole, 0.6)
+    assert error(gaps, 0.0) < 0.1  # and still reads the whole layout

@@ -230,6 +230,44 @@ def test_a_model_worse_than_the_observations_warns(case, untrained):
         prior.ensf.assimilate(obs, model=model, seed=0)
 
 
+def _coverage_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "observation layout" in str(w.message)]
+
+
+def test_observations_with_gaps_the_encoder_never_saw_warn(case, station_case):
+    model, prior, _, obs = case  # trained on whole layouts: every 4th point of 24 x 24
+    assert model.obs_dropout == 0.0 and model.obs_layout_values == 36
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        prior.ensf.assimilate(obs, model=model, seed=0)  # the whole layout
+        gappy = obs.where((obs.y % 80 == 0) | (obs.time != obs.time[1]))  # 18 of 36 at t1
+        prior.ensf.assimilate(gappy, model=model, seed=0)
+    (message,) = _coverage_warnings(record)
+    assert "at 1 of 4 analysed times cover as little as 50%" in message
+    assert "(18 of 36 values)" in message and "obs_dropout >= 0.50" in message
+    assert issubclass(
+        next(w.category for w in record if "observation layout" in str(w.message)),
+        ModelQualityWarning,
+    )
+    # a model trained to do without up to 60 % of its observations: no warning
+    model.config["training"]["obs_dropout"] = 0.6
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            prior.ensf.assimilate(gappy, model=model, seed=0)
+        assert _coverage_warnings(record) == []
+    finally:
+        model.config["training"]["obs_dropout"] = 0.0
+    # a station model given six of its ten stations
+    station_model, station_prior, _, station_obs = station_case
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        station_prior.ensf.assimilate(station_obs.isel(station=[7, 1, 4, 0, 9, 2]),
+                                      model=station_model, seed=0)  # fmt: skip
+    (message,) = _coverage_warnings(record)
+    assert "cover as little as 60%" in message and "(6 of 10 values)" in message
+
+
 # -- latent-ensf-letkf --------------------------------------------------------------------
 def test_latent_ensf_letkf(case):
     model, prior, truth, obs = case

@@ -8,6 +8,8 @@ where the prior ensemble sits in the wrong place.
 
 from __future__ import annotations
 
+import warnings
+
 import dask
 import numpy as np
 import pytest
@@ -29,6 +31,7 @@ from xensf.errors import (
     ObservationDomainError,
     ObservationMismatchError,
     OptionError,
+    PrecisionWarning,
 )
 from xensf.latent import station_obs
 
@@ -270,3 +273,32 @@ def test_dask_backed_prior_gives_the_same_latent_analysis(twin):
     assert lazy.h.chunks is not None
     with dask.config.set(scheduler="threads"):
         xr.testing.assert_allclose(eager, lazy.compute(), atol=1e-5)
+
+
+# -- training on gaps (obs_dropout) --------------------------------------------------------
+def test_obs_dropout_is_checked_and_recorded(runs):
+    for bad in (-0.1, 1.0, True, "half", float("nan")):
+        with pytest.raises(OptionError, match="obs_dropout"):
+            train_latent(runs, 4, obs_dropout=bad, **TINY)
+    model = train_latent(runs, 4, obs_dropout=0.5, **TINY)
+    assert model.config["training"]["obs_dropout"] == 0.5 and model.obs_dropout == 0.5
+    # the values of a whole layout: every 4th point of the 16 x 16 grid
+    assert model.config["obs_layout"]["n_values"] == 16 == model.obs_layout_values
+    del model.config["obs_layout"]["n_values"]  # a bundle saved before it was recorded
+    assert model.obs_layout_values == 16
+    assert train_latent(runs, 4, **TINY).obs_dropout == 0.0
+
+
+def test_bfloat16_where_the_cpu_only_emulates_it_trains_in_float32(runs, monkeypatch):
+    import xensf.latent.training as training
+
+    monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: False)
+    with pytest.warns(PrecisionWarning, match="emulated.*float32 instead"):
+        fallback = train_latent(runs, 4, precision="bfloat16", device="cpu", **TINY)
+    assert fallback.config["training"]["precision"] == "float32"
+    assert _same(fallback, train_latent(runs, 4, precision="float32", device="cpu", **TINY))
+    monkeypatch.setattr(training, "cpu_has_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        native = train_latent(runs, 4, precision="bfloat16", device="cpu", **TINY)
+    assert native.config["training"]["precision"] == "bfloat16"

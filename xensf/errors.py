@@ -83,6 +83,10 @@ class TrainingDataWarning(XensfWarning):
     """Training data too small for the model asked for."""
 
 
+class PrecisionWarning(XensfWarning):
+    """A precision asked for that this hardware only emulates (much slower); another used."""
+
+
 class ObservationErrorWarning(XensfWarning):
     """Observation errors so large against the prior spread that the analysis hardly moves."""
 

@@ -70,6 +70,9 @@ class TwinSetup:
     # latent-ensf-letkf blends on the evidence accumulated over cycles (blend_evidence,
     # started from 0) instead of each analysis's alone
     blend_evidence: bool = False
+    # share of the observed points left out at random at each cycle (all variables of
+    # a point together: a station out)
+    obs_gaps: float = 0.0
     ensf_steps: int = 100
     seed: int = 0
     start: str = "2000-01-01"
@@ -79,6 +82,8 @@ class TwinSetup:
             raise OptionError(f"TwinSetup: every={self.every} must divide steps={self.steps}")
         if self.prior not in ("hard", "easy"):
             raise OptionError(f"TwinSetup: prior must be 'hard' or 'easy', got {self.prior!r}")
+        if not 0 <= self.obs_gaps < 1:
+            raise OptionError(f"TwinSetup: obs_gaps is a share in [0, 1), got {self.obs_gaps!r}")
 
     @property
     def config(self):
@@ -155,7 +160,8 @@ def initial_ensemble(setup: TwinSetup, device=None) -> xr.Dataset:
 def observations(
     truth: xr.Dataset, setup: TwinSetup, noise: float, *, seed: int | None = None
 ) -> tuple[xr.Dataset, dict[str, float]]:
-    """Noisy observations of every ``stride``-th point at each cycle time after t0.
+    """Noisy observations of every ``stride``-th point at each cycle time after t0, less
+    a share ``setup.obs_gaps`` of those points left out at random per time.
 
     Returns the gridded observations (NaN where unobserved) and the observation error
     per variable the filters are told (``max(noise, noise_floor) · s_v``).
@@ -166,18 +172,23 @@ def observations(
     rng = np.random.default_rng([setup.seed if seed is None else seed, 2, int(noise * 1000)])
     obs = truth.isel(time=slice(1, None)).copy(deep=True)
     mask = observed_points(setup)
+    gaps = np.random.default_rng([setup.seed, 3]).random((obs.sizes["time"], *mask.shape))
+    missing = gaps < setup.obs_gaps  # (time, n, n), the same for every noise level
     for v in ("eta", "u", "v"):
         values = obs[v].values
         values = values + noise * scales[v] * rng.standard_normal(values.shape).astype(
             values.dtype
         )
         values[:, ~mask] = np.nan
+        values[missing] = np.nan
         obs[v].values = values
     obs.attrs = {
         "title": "synthetic observations of the shallow-water truth",
         "observation_noise": f"{noise:.0%} of each variable's std over the truth run",
         "observation_stride": setup.stride,
     }
+    if setup.obs_gaps:
+        obs.attrs["observation_gaps"] = f"{setup.obs_gaps:.0%} of the points left out per time"
     errors = {v: max(noise, setup.noise_floor) * s for v, s in scales.items()}
     return obs, errors
 

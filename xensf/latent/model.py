@@ -203,6 +203,33 @@ class LatentModel:
         return self.config["obs_layout"]["kind"]
 
     @property
+    def obs_layout_values(self) -> int | None:
+        """How many values an observation of the whole training layout holds (every
+        station slot, every observed grid point of every channel); None when the layout
+        does not say (a custom ``make_obs``, or a masked gridded model, saved before it
+        was recorded)."""
+        layout = self.config["obs_layout"]
+        if "n_values" in layout:
+            return int(layout["n_values"])
+        if layout["kind"] == "points":
+            return int(sum(layout.get("observed", [True] * int(layout["n_obs"]))))
+        if self.valid is not None:  # some of the layout may lie on the mask
+            return None
+        if layout.get("sampler") == "mask":
+            return int(layout["n_observed"])
+        if layout.get("sampler") == "stride":
+            (sy, sx), (oy, ox) = layout["stride"], layout["offset"]
+            h, w = self.grid_shape
+            return self.channels * len(range(oy, h, sy)) * len(range(ox, w, sx))
+        return None
+
+    @property
+    def obs_dropout(self) -> float:
+        """The largest share of its observations the observation encoder was trained to
+        do without (``train_latent_model``'s ``obs_dropout``; 0 for older models)."""
+        return float(self.config.get("training", {}).get("obs_dropout", 0.0))
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """``(latent_channels, h, w)``: the latent grid; flattened it has ``latent_dim`` values."""
         return self.vae.latent.shape

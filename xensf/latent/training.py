@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import EnsembleError, ObservationMismatchError, OptionError, TrainingDataWarning
+from ..errors import (
+    EnsembleError,
+    ObservationMismatchError,
+    OptionError,
+    PrecisionWarning,
+    TrainingDataWarning,
+)
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
 from .calibration import obs_error_curve
 from .model import LatentModel, build_networks
@@ -759,6 +765,8 @@ def _obs_layout(make_obs, channels: int, grid_shape, probe: torch.Tensor) -> dic
         raise ObservationMismatchError(
             f"make_obs's layout says {layout['kind']!r} but it returned {kind} values"
         )
+    # the values of a whole-layout observation (none on a land mask: NaN there)
+    layout["n_values"] = int((mask[0] & ~torch.isnan(values[0])).sum())
     return layout
 
 
@@ -793,6 +801,7 @@ def train_latent_model(
     periodic_lon: bool = False,
     variables: Sequence[str] | None = None,
     units: Sequence[str | None] | None = None,
+    obs_dropout: float = 0.0,
 ) -> LatentModel:
     """Train a state VAE and an observation encoder for Latent-EnSF.
 
@@ -878,7 +887,10 @@ def train_latent_model(
         per second on a CPU with AVX-512 BF16 and more on a GPU (see
         docs/performance.md), for a rounding of about 0.4 % in the activations, far
         below the reconstruction errors these models reach. The saved model is
-        float32 either way.
+        float32 either way. On a CPU that only emulates bfloat16
+        (:func:`cpu_has_bfloat16`) it trains in float32 instead, with a
+        :class:`~xensf.errors.PrecisionWarning`; ``config["training"]["precision"]``
+        records the precision used.
     progress : bool, default True
         Show a tqdm progress bar over epochs with the validation reconstruction error.
     val_states : tensor, array, re-iterable or callable, optional
@@ -891,6 +903,14 @@ def train_latent_model(
         The last grid axis is periodic (global longitude).
     variables, units : sequence, optional
         One name (and unit) per channel, recorded in the model's configuration.
+    obs_dropout : float, default 0.0
+        Train the observation encoder on gaps too: in every training sample a share of
+        the observed values, drawn uniformly between 0 and ``obs_dropout`` for that
+        sample, is left out (each value independently), so the encoder learns to read
+        any subset of its observation layout. 0: always the whole layout, and an
+        encoder that may be poor when observations are missing (docs/method.md,
+        "Missing data"). In [0, 1); validation and the quality record use the whole
+        layout either way.
 
     Returns
     -------
@@ -917,6 +937,8 @@ def train_latent_model(
     -----
     TrainingDataWarning
         Fewer training states than latent values: the model will not generalise.
+    PrecisionWarning
+        ``precision="bfloat16"`` on a CPU that emulates it: float32 is used.
 
     Examples
     --------
@@ -953,7 +975,23 @@ def train_latent_model(
         raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     if precision not in _PRECISIONS:
         raise OptionError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    if isinstance(obs_dropout, bool) or not (
+        isinstance(obs_dropout, int | float) and 0 <= obs_dropout < 1
+    ):
+        raise OptionError(
+            f"obs_dropout is the largest share of the observations left out of a training "
+            f"sample, in [0, 1); got {obs_dropout!r}"
+        )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
+        warnings.warn(
+            f"precision='bfloat16' on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
+            "no AVX-512 BF16 or AMX) is emulated, about ten times slower than float32: "
+            "training in float32 instead (give precision='float32' to say so)",
+            PrecisionWarning,
+            stacklevel=2,
+        )
+        precision = "float32"
     split_gen = torch.Generator().manual_seed(seed)
 
     train_src, val_src = _split(states, val_states, val_fraction, batch_size, split_gen)
@@ -1020,11 +1058,16 @@ def train_latent_model(
         vae.to(memory_format=layout_format)
         obs_encoder.to(memory_format=layout_format)
 
-    def prepare(batch, generator):
+    def prepare(batch, generator, dropout=0.0):
         x = batch.to(device=device, dtype=torch.float32)
         values, mask = make_obs(x, generator)
         if valid is not None:  # nothing is observed on the mask
             mask = mask & ~torch.isnan(values)
+        if dropout > 0:  # a share up to dropout of each sample's observations left out
+            share = torch.rand(mask.shape[0], generator=generator) * dropout
+            drawn = torch.rand(mask.shape, generator=generator)
+            kept = drawn >= share.reshape(-1, *[1] * (mask.dim() - 1))
+            mask = mask & kept.to(mask.device)
         obs_values, obs_weight = model.obs_inputs(values, mask)
         return (
             t.contiguous(memory_format=layout_format) if t.dim() == 4 else t
@@ -1058,7 +1101,7 @@ def train_latent_model(
             for group in optimiser.param_groups:
                 group["lr"] = rate
             weight = lam * min(1.0, frac / kl_warmup) if kl_warmup > 0 else lam
-            x, ov, ow = prepare(batch, obs_gen)
+            x, ov, ow = prepare(batch, obs_gen, obs_dropout)
             with torch.autocast(device.type, dtype=low, enabled=low is not None):
                 loss, terms = latent_loss(model, x, ov, ow, weight, noise_gen, sample=sample)
             optimiser.zero_grad(set_to_none=True)
@@ -1140,6 +1183,7 @@ def train_latent_model(
         "min_lr_fraction": float(min_lr_fraction),
         "batch_size": batch_size,
         "precision": precision,
+        "obs_dropout": float(obs_dropout),
         "epochs_max": epochs,
         "time_budget": time_budget,
         "patience": patience,
@@ -1214,6 +1258,15 @@ def _evaluate(model, val_src, prepare, seed, lam, full: bool = False) -> dict[st
             .cpu(),
         )
     return out
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX): where it does
+    not, PyTorch emulates it (measured: 11 times slower than float32 on an AVX2 CPU)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN: assume emulated
+        return False
 
 
 def _split(states, val_states, val_fraction, batch_size, generator):
