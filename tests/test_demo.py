@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -24,6 +25,26 @@ def test_shipped_demo_model_fits_the_demo_setup():
         demo_swe.DEMO_SETUP.n,
         demo_swe.DEMO_SETUP.n,
     )
+
+
+def test_the_shipped_model_warns_when_half_its_observations_are_missing():
+    """Trained on whole layouts (every 4th point, three variables: 300 values), it reads
+    gaps badly (benchmarks.md, "Observations with gaps") and says so."""
+    model = xensf.load(demo_swe.shipped_model_path())
+    assert model.obs_layout_values == 300 and model.obs_dropout == 0.0
+    setup = demo_swe.DEMO_SETUP.with_(steps=10, every=10)
+    truth = truth_run(setup, device="cpu")
+    prior = initial_ensemble(setup, device="cpu").expand_dims(time=truth.time[1:])
+    for gaps, expected in ((0.0, 0), (0.5, 1)):
+        obs, errors = observations(truth, setup.with_(obs_gaps=gaps), 0.1)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            prior.ensf.assimilate(obs, model=model, obs_error=errors, seed=0)
+        coverage = [w for w in record if "observation layout" in str(w.message)]
+        assert len(coverage) == expected
+        if expected:
+            assert coverage[0].category is xensf.ModelQualityWarning
+            assert "of 300 values" in str(coverage[0].message)
 
 
 def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkeypatch, capsys):

@@ -206,18 +206,14 @@ class LatentModel:
     def obs_layout_values(self) -> int | None:
         """How many values an observation of the whole training layout holds (every
         station slot, every observed grid point of every channel); None when the layout
-        does not say (a custom ``make_obs``, or a masked gridded model, saved before it
-        was recorded)."""
+        does not say (a gridded model saved before it was recorded, but for an unmasked
+        model with a stride layout)."""
         layout = self.config["obs_layout"]
         if "n_values" in layout:
             return int(layout["n_values"])
         if layout["kind"] == "points":
             return int(sum(layout.get("observed", [True] * int(layout["n_obs"]))))
-        if self.valid is not None:  # some of the layout may lie on the mask
-            return None
-        if layout.get("sampler") == "mask":
-            return int(layout["n_observed"])
-        if layout.get("sampler") == "stride":
+        if self.valid is None and layout.get("sampler") == "stride":
             (sy, sx), (oy, ox) = layout["stride"], layout["offset"]
             h, w = self.grid_shape
             return self.channels * len(range(oy, h, sy)) * len(range(ox, w, sx))
