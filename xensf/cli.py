@@ -75,7 +75,16 @@ def describe_bundle(path) -> str:
         + (f", every {layout['stride']} points" if "stride" in layout else "")
         + (f", {layout['n_observed']} points per field" if "n_observed" in layout else "")
         + (f", {layout['n_obs']} station slots" if "n_obs" in layout else "")
+        + (f" ({layout['n_values']} values in all)" if "n_values" in layout else "")
         + (f"; trained with noise {layout['noise']}" if "noise" in layout else ""),
+        "  gaps        "
+        + (
+            f"trained with up to {training['obs_dropout']:.0%} of each sample's observations "
+            "left out"
+            if training.get("obs_dropout")
+            else "trained on whole layouts only: warns when a time's observations cover "
+            "less than 95 % of them"
+        ),
     ]
     channels = config.get("variables") or [f"channel {i}" for i in range(arch["channels"])]
     units = config.get("units") or [None] * len(channels)
