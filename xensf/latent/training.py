@@ -909,8 +909,8 @@ def train_latent_model(
         sample, is left out (each value independently), so the encoder learns to read
         any subset of its observation layout. 0: always the whole layout, and an
         encoder that may be poor when observations are missing (docs/method.md,
-        "Missing data"). In [0, 1); validation and the quality record use the whole
-        layout either way.
+        "Observations with gaps": a price on whole layouts, measured). In [0, 1);
+        validation and the quality record use the whole layout either way.
 
     Returns
     -------
