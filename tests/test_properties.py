@@ -105,31 +105,40 @@ def cases(draw):
 
 
 def _assimilate(prior, obs, kwargs):
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # computed here too: a lazy analysis warns then
         warnings.simplefilter("ignore", XensfWarning)
-        return prior.ensf.assimilate(obs, seed=5, **kwargs)
+        return prior.ensf.assimilate(obs, seed=5, **kwargs).compute()
 
 
-def _check(case) -> str:
-    """``"refused"`` (an XensfError) or ``"analysed"`` (a correct result); asserts both."""
+def analysed(case, name: str = "t", units: str = "K") -> xr.Dataset | None:
+    """The analysis of a generated case, or None where it was refused with an
+    XensfError; asserts what holds either way (the input unchanged) and what every
+    result keeps (variable ``name``: the prior's dims, dtype, coordinates and units,
+    finite; numpy = dask bit for bit in every output)."""
     prior, obs, kwargs, chunks = case
     prior_before, obs_before = copy.deepcopy(prior), copy.deepcopy(obs)
     try:
         out = _assimilate(prior, obs, kwargs)
     except XensfError:
-        return "refused"
+        return None
     finally:
         xr.testing.assert_identical(prior, prior_before)
         xr.testing.assert_identical(obs, obs_before)
-    assert out.t.dims == prior.t.dims and out.t.dtype == prior.t.dtype
-    for name, coord in prior.coords.items():  # values kept (attributes may be mended)
-        np.testing.assert_array_equal(out[name].values, coord.values)
-    assert np.isfinite(out.t.values).all()
-    assert out.t.attrs["units"] == "K"
+    assert out[name].dims == prior[name].dims and out[name].dtype == prior[name].dtype
+    for coord_name, coord in prior.coords.items():  # values kept (attributes may be mended)
+        np.testing.assert_array_equal(out[coord_name].values, coord.values)
+    assert np.isfinite(out[name].values).all()
+    assert out[name].attrs["units"] == units
     if chunks is not None:
         lazy = _assimilate(prior.chunk({"time": chunks}), obs.chunk({"time": chunks}), kwargs)
-        np.testing.assert_array_equal(lazy.t.values, out.t.values)
-    return "analysed"
+        for var in out.data_vars:
+            np.testing.assert_array_equal(lazy[var].values, out[var].values, err_msg=var)
+    return out
+
+
+def _check(case) -> str:
+    """``"refused"`` (an XensfError) or ``"analysed"`` (a correct result); asserts both."""
+    return "refused" if analysed(case) is None else "analysed"
 
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
