@@ -24,6 +24,24 @@ from hypothesis import strategies as st  # noqa: E402
 import xensf  # noqa: E402, F401  (registers the accessor)
 from xensf.errors import XensfError, XensfWarning  # noqa: E402
 
+OBS_ERROR_FORMS = st.sampled_from(["number", "dict", "relative", "variable", "attribute"])
+
+
+def give_obs_error(form, obs, kwargs, name, err, units, relative) -> None:
+    """State the error ``err`` of the observations of ``name`` in ``form``: a number,
+    a mapping, the ``relative`` error, an ``<name>_error`` variable or an attribute
+    (into ``kwargs`` or the fresh ``obs``)."""
+    if form == "number":
+        kwargs["obs_error"] = err
+    elif form == "dict":
+        kwargs["obs_error"] = {name: err}
+    elif form == "relative":
+        kwargs["obs_error"] = relative
+    elif form == "variable":
+        obs[f"{name}_error"] = xr.full_like(obs[name], err).assign_attrs(units=units)
+    else:
+        obs[name].attrs["obs_error"] = err
+
 
 @st.composite
 def cases(draw):
@@ -78,19 +96,8 @@ def cases(draw):
     else:
         gaps = rng.random(truth.shape) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
         obs = truth.where(~gaps).to_dataset()
-    form = draw(st.sampled_from(["number", "dict", "relative", "variable", "attribute"]))
     kwargs = {}
-    err = 0.5 * scale
-    if form == "number":
-        kwargs["obs_error"] = err
-    elif form == "dict":
-        kwargs["obs_error"] = {"t": err}
-    elif form == "relative":
-        kwargs["obs_error"] = "20%"
-    elif form == "variable":
-        obs["t_error"] = xr.full_like(obs.t, err).assign_attrs(units="K")
-    else:
-        obs.t.attrs["obs_error"] = err
+    give_obs_error(draw(OBS_ERROR_FORMS), obs, kwargs, "t", 0.5 * scale, "K", "20%")
     method = draw(st.sampled_from(["letkf", "ensf"]))
     kwargs["method"] = method
     if method == "ensf":

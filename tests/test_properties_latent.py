@@ -23,7 +23,7 @@ import pytest
 import torch
 import xarray as xr
 from test_latent import GRID, blobs, random_positions
-from test_properties import analysed
+from test_properties import OBS_ERROR_FORMS, analysed, give_obs_error
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -129,18 +129,7 @@ def cases(draw):
     if method in ("latent-ensf", "latent-letkf"):
         kwargs["update"] = draw(st.sampled_from(["decode", "increment"]))
     if method == "latent-ensf-letkf" or draw(st.booleans()):
-        form = draw(st.sampled_from(["number", "dict", "relative", "variable", "attribute"]))
-        err = 0.05
-        if form == "number":
-            kwargs["obs_error"] = err
-        elif form == "dict":
-            kwargs["obs_error"] = {"h": err}
-        elif form == "relative":
-            kwargs["obs_error"] = "10%"
-        elif form == "variable":
-            obs["h_error"] = xr.full_like(obs.h, err).assign_attrs(units="m")
-        else:
-            obs.h.attrs["obs_error"] = err
+        give_obs_error(draw(OBS_ERROR_FORMS), obs, kwargs, "h", 0.05, "m", "10%")
     if method == "latent-ensf-letkf":
         kwargs["loc_radius"] = draw(st.sampled_from([None, 80.0]))
         kwargs["blend_evidence"] = draw(st.sampled_from([None, 0.0, 6.0]))
@@ -167,13 +156,14 @@ def _check(case) -> str:
     if out is None:
         return "refused"
     prior, obs, kwargs, _ = case
-    for t in _unobserved_times(prior, obs):
+    unobserved = _unobserved_times(prior, obs)
+    for t in unobserved:
         where = {} if t is None else {"time": t}
         np.testing.assert_array_equal(out.h.isel(where).values, prior.h.isel(where).values)
     if kwargs["method"] == "latent-ensf-letkf":
         weight = out.blend_weight.values
         assert ((weight >= 0) & (weight <= 1)).all()
-        for t in _unobserved_times(prior, obs):
+        for t in unobserved:
             assert float(out.blend_weight.isel({} if t is None else {"time": t})) == 0.0
         if kwargs["blend_evidence"] is not None:
             evidence = out.blend_evidence.values

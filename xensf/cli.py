@@ -49,7 +49,7 @@ def _info(args: argparse.Namespace) -> int:
 def describe_bundle(path) -> str:
     """A plain-text account of a latent model bundle, from its JSON alone."""
     from .latent.bundle import bundle_info
-    from .latent.model import check_model_metadata
+    from .latent.model import COVERAGE_TOLERANCE, check_model_metadata
     from .latent.networks import LatentGrid
 
     info = bundle_info(path)
@@ -83,7 +83,7 @@ def describe_bundle(path) -> str:
             "left out"
             if training.get("obs_dropout")
             else "trained on whole layouts only: warns when a time's observations cover "
-            "less than 95 % of them"
+            f"less than {1 - COVERAGE_TOLERANCE:.0%} of them"
         ),
     ]
     channels = config.get("variables") or [f"channel {i}" for i in range(arch["channels"])]

@@ -1020,11 +1020,6 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
         )
 
 
-#: How much less of a model's observation layout than its training left out the
-#: observations of an analysis may cover before a ModelQualityWarning says so.
-COVERAGE_TOLERANCE = 0.05
-
-
 def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
     """ModelQualityWarning when the observations of some time cover less of the model's
     observation layout than its observation encoder was trained on.
@@ -1038,10 +1033,10 @@ def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
         return
     counts = (~np.isnan(model_obs)).reshape(model_obs.shape[0], -1).sum(-1)
     lowest = float(counts.min()) / total
-    trained = model.obs_dropout
-    if lowest >= 1 - trained - COVERAGE_TOLERANCE:
+    if lowest >= model.min_coverage:
         return
-    short = int((counts / total < 1 - trained - COVERAGE_TOLERANCE).sum())
+    trained = model.obs_dropout
+    short = int((counts / total < model.min_coverage).sum())
     seen = (
         "whole layouts only"
         if trained == 0

@@ -172,8 +172,10 @@ def observations(
     rng = np.random.default_rng([setup.seed if seed is None else seed, 2, int(noise * 1000)])
     obs = truth.isel(time=slice(1, None)).copy(deep=True)
     mask = observed_points(setup)
-    gaps = np.random.default_rng([setup.seed, 3]).random((obs.sizes["time"], *mask.shape))
-    missing = gaps < setup.obs_gaps  # (time, n, n), the same for every noise level
+    missing = np.zeros((obs.sizes["time"], *mask.shape), bool)  # (time, n, n)
+    if setup.obs_gaps:  # the same points left out at every noise level
+        gaps = np.random.default_rng([setup.seed, 3]).random(missing.shape)
+        missing = gaps < setup.obs_gaps
     for v in ("eta", "u", "v"):
         values = obs[v].values
         values = values + noise * scales[v] * rng.standard_normal(values.shape).astype(

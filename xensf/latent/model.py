@@ -45,6 +45,10 @@ LATENT_METHODS = ("latent-ensf", "latent-letkf")
 
 #: ``metadata["format"]`` of a latent model inside a bundle (the bundle container has
 #: its own, :data:`xensf.latent.bundle.BUNDLE_FORMAT`).
+#: How much less of its observation layout than its training left out the observations
+#: of an analysis may cover before the latent methods warn (``LatentModel.min_coverage``).
+COVERAGE_TOLERANCE = 0.05
+
 MODEL_FORMAT = "xensf-latent-model"
 #: Version of the model's layout: 2 is the spatial latent (``latent_channels × h × w``);
 #: version 1 (a dense bottleneck) is no longer read.
@@ -224,6 +228,12 @@ class LatentModel:
         """The largest share of its observations the observation encoder was trained to
         do without (``train_latent_model``'s ``obs_dropout``; 0 for older models)."""
         return float(self.config.get("training", {}).get("obs_dropout", 0.0))
+
+    @property
+    def min_coverage(self) -> float:
+        """The least share of :attr:`obs_layout_values` an analysis's observations may
+        cover before the latent methods warn: what training left out, and a tolerance."""
+        return 1 - self.obs_dropout - COVERAGE_TOLERANCE
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
