@@ -16,9 +16,10 @@ docs/performance.md): remake the shipped model on a CPU with AVX-512 BF16 or a G
 The bundle is safetensors + JSON.
 
 ``--calibrate-only`` keeps the weights of the bundle at ``--output`` and (re)measures
-its latent observation error against the observation noise
-(:func:`xensf.latent.calibrate_obs_error`) on 30 fresh runs from other random bump
-positions (none the truth's; training runs are not reused).
+its latent observation error against the observation noise and against the share of
+the layout observed (:func:`xensf.latent.calibrate_obs_error`) on 30 fresh runs from
+other random bump positions (none the truth's; training runs are not reused). The
+float32 sums depend on the thread count (the shipped curves: ``--threads 2``).
 """
 
 from __future__ import annotations
@@ -101,12 +102,18 @@ def calibrate(path: Path, device: str) -> None:
     curve = calibrate_obs_error(
         model, torch.from_numpy(states), mask_obs(observed_points(DEMO_SETUP), noise)
     )
+    coverage = model.config["latent"]["coverage_error"]
     model.save(path)
     print(
         f"latent error on {states.shape[0]} fresh states at noise (normalised RMS) "
         + ", ".join(
             f"{n:.3f}: {float(np.sqrt(np.mean(np.square(s)))):.4f}"
             for n, s in zip(curve["noise"], curve["std"], strict=True)
+        )
+        + "; at coverage "
+        + ", ".join(
+            f"{c:g}: {float(np.sqrt(np.mean(np.square(s)))):.4f}"
+            for c, s in zip(coverage["coverage"], coverage["std"], strict=True)
         )
         + f"; wrote {path}"
     )

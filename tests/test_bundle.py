@@ -493,6 +493,13 @@ _DROP = object()
         (_set("config/latent/obs_error/noise", [0.2, 0.1, 0.0, 0.3, 0.4]), "obs_error"),
         (_set("config/latent/obs_error/noise", [0.0, 0.1]), "obs_error"),
         (_set("config/latent/obs_error/std", "big"), "obs_error"),
+        (_set("config/latent/coverage_error/coverage", [0, 0.5, 0.25, 0.75, 0.9, 1]), "coverage"),
+        (
+            _set("config/latent/coverage_error/coverage", [0, 0.1, 0.25, 0.5, 0.75, 0.9]),
+            "coverage",
+        ),
+        (_set("config/latent/coverage_error/obs_relative_rmse", [1.0]), "obs_relative_rmse"),
+        (_set("config/latent/coverage_error", [1.0]), "coverage_error"),
     ],
 )
 def test_an_edited_latent_model_bundle_is_refused_at_load(tiny_model, tmp_path, change, field):

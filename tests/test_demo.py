@@ -47,6 +47,20 @@ def test_the_shipped_model_warns_when_half_its_observations_are_missing():
             assert "of 300 values" in str(coverage[0].message)
 
 
+def test_the_shipped_model_knows_how_much_gaps_cost_its_encoder():
+    """Its coverage curve (measured on 30 fresh runs, make_demo_model.py
+    --calibrate-only): half the layout missing costs the encoder most of what the
+    whole layout gave, so the hybrid widens its latent error there many times."""
+    model = xensf.load(demo_swe.shipped_model_path())
+    curve = model.config["latent"]["coverage_error"]
+    rms = [float(np.sqrt(np.mean(np.square(s)))) for s in curve["std"]]
+    assert rms[curve["coverage"].index(0.5)] > 4 * rms[-1]
+    assert rms[0] > rms[curve["coverage"].index(0.5)]
+    latent, decoded = model.coverage_excess([1.0, 0.5])
+    assert not latent[0].any() and float(decoded[0]) == 0
+    assert float(decoded[1]) > 0.1  # squared relative error added: 0.07 -> above 0.3
+
+
 def test_demo_runs_every_method_and_writes_table_stores_figures(tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     small = demo_swe.DEMO_SETUP.with_(steps=40, members=6, ensf_steps=10)

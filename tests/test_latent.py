@@ -671,9 +671,10 @@ def test_analysis_diagnostics(blob_model):
     obs[2] = math.nan  # nothing observed at time 2
     post, latent = blob_model.analyse(prior, obs, generator=[0, 1, 2, 3], return_latent=True)
     diag = latent["diagnostics"]
-    assert set(diag) == {"reconstruction", "innovation", "analysis_misfit", "count"}
+    assert set(diag) == {"reconstruction", "innovation", "analysis_misfit", "count", "coverage"}
     assert all(v.shape == (4,) for v in diag.values())
     assert diag["count"].tolist() == [36.0, 36.0, 0.0, 36.0]  # 6 x 6 observed points
+    assert diag["coverage"].tolist() == [1.0, 1.0, 0.0, 1.0]  # of the 36-point layout
     assert latent["prior"].shape == latent["posterior"].shape == (4, 10, 16)
     # the latent error per time: its encoder part measured on each analysis
     assert latent["obs"].shape == (4, 16) and latent["obs_std"].shape == (4, 16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from test_latent_accessor import case, station_case  # noqa: F401  (module-scope
 import xensf
 from xensf.bridge.observations import _errors_given
 from xensf.errors import OptionError
-from xensf.latent import NOISE_SCALES, calibrate_obs_error, gridded_stride_obs
+from xensf.latent import COVERAGES, NOISE_SCALES, calibrate_obs_error, gridded_stride_obs
 
 
 def test_training_records_the_curve_and_its_training_point_is_latent_obs_std(case):  # noqa: F811
@@ -110,6 +111,107 @@ def test_calibrating_a_model_again_on_other_states(case):  # noqa: F811
     assert np.all(np.diff(curve["noise"]) > 0)
     with pytest.raises(OptionError, match="noise-free"):
         calibrate_obs_error(model, states, gridded_stride_obs(4, 0.0))
+
+
+# -- observations with gaps: the coverage curve ------------------------------------------
+def test_training_records_the_coverage_curve(case, station_case):  # noqa: F811
+    """The encoder's error at shares of its layout: largest with nothing observed, the
+    whole layout's close to the error training measured there (other noise draws)."""
+    for model in (case[0], station_case[0]):
+        curve = model.config["latent"]["coverage_error"]
+        std = np.array(curve["std"])
+        assert curve["coverage"] == list(COVERAGES)
+        assert std.shape == (len(COVERAGES), model.latent_dim)
+        rms = np.sqrt((std**2).mean(1))
+        decoded = np.array(curve["obs_relative_rmse"])
+        assert rms[0] > 2 * rms[-1] and decoded[0] > 2 * decoded[-1]
+        assert rms[COVERAGES.index(0.5)] > rms[-1] and decoded[COVERAGES.index(0.5)] > decoded[-1]
+        whole = float(np.sqrt((model.latent_obs_std.numpy() ** 2).mean()))
+        assert 0.67 < rms[-1] / whole < 1.5
+        quality = float(np.sqrt(np.mean(np.square(model.config["quality"]["obs_relative_rmse"]))))
+        assert 0.67 < decoded[-1] / quality < 1.5
+
+
+def test_the_coverage_excess_interpolates_the_curve(case):  # noqa: F811
+    model = case[0]
+    curve = model.config["latent"]["coverage_error"]
+    v = np.array(curve["std"]) ** 2
+    d = np.array(curve["obs_relative_rmse"]) ** 2
+    latent, decoded = model.coverage_excess(np.array(COVERAGES))
+    np.testing.assert_allclose(latent.numpy(), np.maximum(v - v[-1], 0), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(decoded.numpy(), np.maximum(d - d[-1], 0), rtol=1e-6, atol=1e-12)
+    assert not latent[-1].any() and decoded[-1] == 0  # the whole layout: nothing added
+    # halfway between two measured coverages: halfway between their variances
+    mid = (COVERAGES[2] + COVERAGES[3]) / 2
+    half = np.maximum((v[2] + v[3]) / 2 - v[-1], 0)
+    np.testing.assert_allclose(
+        model.coverage_excess(mid)[0][0].numpy(), half, rtol=1e-6, atol=1e-12
+    )
+    with pytest.raises(OptionError, match="coverage"):
+        model.coverage_excess(1.5)
+    old = copy.copy(model)
+    old.config = copy.deepcopy(model.config)
+    del old.config["latent"]["coverage_error"]  # a model from before the curve
+    assert not old.coverage_excess([0.2, 0.5])[0].any()
+
+
+def test_gaps_widen_the_latent_error_and_a_whole_layout_is_unchanged(case):  # noqa: F811
+    """The analysis's latent error grows by the curve's excess at the coverage of each
+    time; with the whole layout it is exactly that of a model without the curve."""
+    model, prior, _, obs = case
+    old = copy.copy(model)
+    old.config = copy.deepcopy(model.config)
+    del old.config["latent"]["coverage_error"]
+    x = prior.h.values[:, :, None]
+    whole = obs.h.values[:, None]
+    # every other observed point left out at times 1 and 3 (18 of 36)
+    gappy = whole.copy()
+    gappy[[1, 3], :, ::8] = np.nan
+    options = dict(
+        generator=[1, 2, 3, 4],
+        batch_size=12,
+        latent_error="curve",
+        return_latent=True,
+        coverage_error=True,
+    )
+    post_new, latent_new = model.analyse(x, whole, **options)
+    post_old, _ = old.analyse(x, whole, **options)
+    np.testing.assert_array_equal(post_new, post_old)
+    np.testing.assert_array_equal(latent_new["diagnostics"]["coverage"].numpy(), np.ones(4))
+    _, latent_gap = model.analyse(x, gappy, **options)
+    coverage = latent_gap["diagnostics"]["coverage"].numpy()
+    np.testing.assert_allclose(coverage, [1, 0.5, 1, 0.5])
+    expected = torch.sqrt(model.latent_obs_std.double() ** 2 + model.coverage_excess(0.5)[0][0])
+    for t in (1, 3):
+        np.testing.assert_allclose(latent_gap["obs_std"][t].numpy(), expected.numpy(), rtol=1e-5)
+        assert bool((latent_gap["obs_std"][t] >= model.latent_obs_std).all())
+    for t in (0, 2):
+        np.testing.assert_array_equal(
+            latent_gap["obs_std"][t].numpy(), model.latent_obs_std.numpy()
+        )
+    # without coverage_error (the latent methods alone): the curve's error at every time
+    _, latent_plain = model.analyse(x, gappy, **{**options, "coverage_error": False})
+    np.testing.assert_array_equal(latent_plain["obs_std"].numpy(), model.latent_obs_std.numpy())
+    with pytest.raises(OptionError, match="coverage_error"):
+        model.analyse(x, gappy, coverage_error="yes")
+
+
+def test_the_hybrid_leaves_times_with_gaps_to_the_real_observations(case):  # noqa: F811
+    """latent-ensf-letkf widens the latent error where half the layout is missing, so it
+    moves the prior less far towards the latent analysis there; elsewhere as before."""
+    model, prior, _, obs = case
+    old = copy.copy(model)
+    old.config = copy.deepcopy(model.config)
+    del old.config["latent"]["coverage_error"]
+    gappy = obs.where((obs.y % 80 == 0) | ~obs.time.isin(obs.time[[1, 3]]))  # 18 of 36
+    options = dict(method="latent-ensf-letkf", obs_error=0.05, loc_radius=40.0, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.ModelQualityWarning)  # the gaps: expected
+        new_w = prior.ensf.assimilate(gappy, model=model, **options).blend_weight.values
+        old_w = prior.ensf.assimilate(gappy, model=old, **options).blend_weight.values
+    np.testing.assert_array_equal(new_w[[0, 2]], old_w[[0, 2]])
+    assert old_w[[1, 3]].min() > 0
+    assert np.all(new_w[[1, 3]] < 0.8 * old_w[[1, 3]])
 
 
 def test_a_station_model_reads_its_latent_error_at_the_stated_error(station_case):  # noqa: F811

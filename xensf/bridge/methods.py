@@ -691,6 +691,11 @@ class LatentEnSFLETKF(_LocalisedLETKF, LatentEnSF):
     #: its ``blend_evidence`` variable, which ``xensf.cycle`` carries on.
     blend_evidence: float | None = None
 
+    def latent_options(self) -> dict[str, Any]:
+        # the latent error widened where the observations have gaps: the blend then
+        # leaves such times to the real observations (docs/method.md)
+        return {**super().latent_options(), "coverage_error": True}
+
     def time_outputs(self) -> dict[str, dict[str, str]]:
         weight = {
             "blend_weight": {
@@ -932,7 +937,8 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan, ev
     2·sqrt(2/M)·RMS(y − H x̄_b)², 0)`` (less twice the sampling error of ``e_b²``, a
     mean of ``M`` squared innovations, so that a chance excess does not count). The
     latent analysis's error ``e_l`` is the largest of the model's validation error of
-    decoded observations, the latent analysis's own spread there, and how well the
+    decoded observations (with what gaps in the layout add to it, from the model's
+    coverage curve), the latent analysis's own spread there, and how well the
     model represents the state at hand: the smaller of the reconstruction error of the
     prior members there and the latent analysis's misfit to these observations beyond
     their noise. (The reconstruction error alone judged the model by the prior: a
@@ -979,7 +985,11 @@ def _hybrid_background(prior, latent, observed, diag, model, plan: BlockPlan, ev
         accumulated = np.maximum(float(evidence) + z - EVIDENCE_DRIFT, 0.0)
         unexplained = np.where(accumulated >= EVIDENCE_THRESHOLD, unexplained, 0.0)
     quality = model.config.get("quality", {}).get("obs_relative_rmse", [0.0])
-    floor = float(np.sqrt(np.mean(np.square(quality))))
+    floor2 = float(np.mean(np.square(quality)))
+    coverage = diag.get("coverage")
+    if coverage is not None and not np.isnan(coverage).any():  # and what gaps add to it
+        floor2 = floor2 + model.coverage_excess(coverage)[1].cpu().numpy()
+    floor = np.sqrt(floor2)
     represent = np.minimum(diag["reconstruction"], np.sqrt(beyond_noise(diag["analysis_misfit"])))
     e_l = np.maximum(np.maximum(represent, floor), spread_at_obs(latent))
     w = unexplained / (unexplained + np.maximum(e_l, 1e-12) ** 2)

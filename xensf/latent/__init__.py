@@ -9,7 +9,13 @@ a model bundle (safetensors weights and JSON metadata, never pickle).
 
 from __future__ import annotations
 
-from .calibration import NOISE_SCALES, calibrate_obs_error, obs_error_curve
+from .calibration import (
+    COVERAGES,
+    NOISE_SCALES,
+    calibrate_obs_error,
+    coverage_error_curve,
+    obs_error_curve,
+)
 from .model import LATENT_METHODS, LatentModel, build_networks
 from .networks import (
     LatentGrid,
@@ -31,6 +37,7 @@ from .training import (
 )
 
 __all__ = [
+    "COVERAGES",
     "LATENT_METHODS",
     "NOISE_SCALES",
     "BatchSource",
@@ -42,6 +49,7 @@ __all__ = [
     "build_networks",
     "calibrate_obs_error",
     "choose_latent_grid",
+    "coverage_error_curve",
     "gaussian_kl",
     "gridded_stride_obs",
     "latent_loss",

@@ -15,7 +15,15 @@ the curve (``config["latent"]["obs_error"]``) and
 :meth:`~xensf.latent.LatentModel.latent_obs_std_at` reads the error at the noise the
 user states, interpolating linearly in the noise variance.
 
-What the curve cannot know is how well the model represents the flow at hand:
+Observations with gaps (a share of the training layout missing) are read less well
+by the observation encoder, the more so when it was trained on whole layouts only
+(``obs_dropout=0``). :func:`coverage_error_curve` measures the error at shares of the
+layout from 0 to 1, at the training noise, with nested subsets of the same draws; the
+model stores it (``config["latent"]["coverage_error"]``) and
+:meth:`~xensf.latent.LatentModel.coverage_excess` adds what the gaps add to the
+error variance, so that an analysis leans on the prior as much as the gaps deserve.
+
+What the curves cannot know is how well the model represents the flow at hand:
 latent-ensf measures the encoder's part on each analysis (``latent_error="ensemble"``),
 and :func:`innovation_factor` then lowers the error where the latent innovations are
 smaller than it says.
@@ -31,7 +39,15 @@ import torch
 
 from ..errors import OptionError
 
-__all__ = ["NOISE_SCALES", "calibrate_obs_error", "innovation_factor", "obs_error_curve"]
+__all__ = [
+    "COVERAGES",
+    "NOISE_SCALES",
+    "calibrate_obs_error",
+    "coverage_error_curve",
+    "innovation_factor",
+    "leave_out",
+    "obs_error_curve",
+]
 
 #: Smallest latent observation error stored: an encoder that matches the state encoder
 #: exactly on the validation set must not give an infinitely precise pseudo-observation.
@@ -39,6 +55,10 @@ MIN_LATENT_OBS_STD = 1e-3
 
 #: The multiples of the training noise at which the curve is measured.
 NOISE_SCALES = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+#: The shares of the observation layout at which :func:`coverage_error_curve` measures
+#: the error (0: nothing observed, the encoder's answer to an empty layout).
+COVERAGES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 #: The most :func:`innovation_factor` lowers the latent error variance (a factor of 4 in
 #: variance, 2 in standard deviation).
@@ -158,13 +178,95 @@ def obs_error_curve(
     }
 
 
-def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: int = 64):
-    """Measure ``model``'s observation-error curve on held-out ``states``; store it.
+def leave_out(mask: torch.Tensor, drawn: torch.Tensor, share) -> torch.Tensor:
+    """``mask`` with the values whose uniform draw ``drawn`` (``mask``'s shape) is below
+    ``share`` left out: a number, or one per sample ``(B,)`` (the first dim)."""
+    share = torch.as_tensor(share, dtype=drawn.dtype, device=drawn.device)
+    if share.dim():
+        share = share.reshape(-1, *[1] * (mask.dim() - 1))
+    return mask & (drawn >= share).to(mask.device)
 
-    For a model trained before the curve was recorded, or to re-measure it on other
+
+@torch.no_grad()
+def coverage_error_curve(
+    model,
+    batches: Iterable[torch.Tensor],
+    make_obs,
+    *,
+    seed: int,
+    coverages: tuple[float, ...] = COVERAGES,
+) -> dict[str, Any]:
+    """The latent observation error of ``model`` when its observations cover a share
+    of the training layout.
+
+    Parameters
+    ----------
+    model : LatentModel
+        In eval mode.
+    batches : iterable of torch.Tensor
+        Held-out states ``(B, C, H, W)`` in physical units (NaN at masked points).
+    make_obs : callable
+        The training observations (layout and noise), called once per batch with a
+        generator seeded with ``seed``; each coverage keeps the observed values whose
+        one uniform draw is below it (nested subsets: a smooth curve).
+    seed : int
+    coverages : tuple of float
+        Increasing, from 0 to 1.
+
+    Returns
+    -------
+    dict
+        ``{"coverage": [K], "std": [K][L], "obs_relative_rmse": [K], "what": ...}``:
+        the RMS over the states of ``μ_obs(y) − μ(x)`` per latent value, and the
+        relative error of the decoded observation encoding ``decode(μ_obs(y))`` (RMS
+        over the channels of each channel's RMSE in normalised units, as the model's
+        ``quality["obs_relative_rmse"]``), at each coverage.
+    """
+    n = len(coverages)
+    r_sq = [0.0] * n
+    sq = [0.0] * n
+    count = 0
+    keep = 1.0 if model.valid is None else model.valid.to(model.dtype)  # masked: no error
+    generator = torch.Generator().manual_seed(seed)
+    for batch in batches:
+        x = batch.to(device=model.device, dtype=model.dtype)
+        xn = model.normalize(x)
+        mu = model.vae.encode(xn)[0]
+        values, mask = make_obs(x, generator)
+        if model.valid is not None:  # nothing is observed on the mask
+            mask = mask & ~torch.isnan(values)
+        drawn = torch.rand(mask.shape, generator=generator)
+        for i, c in enumerate(coverages):
+            mu_o = model.obs_encoder(*model.obs_inputs(values, leave_out(mask, drawn, 1 - c)))[0]
+            r_sq[i] = r_sq[i] + (mu_o - mu).double().square().sum(0)
+            err = ((model.vae.decode(mu_o) - xn).square() * keep).sum((-2, -1)).double().sum(0)
+            sq[i] = sq[i] + err
+        count += x.shape[0]
+    h, w = model.grid_shape
+    points = keep.sum((-2, -1)).double() if model.valid is not None else h * w
+    return {
+        "what": (
+            "RMS of mu_obs(y) - mu(x) per latent value over the validation states, and the "
+            "relative error of decode(mu_obs(y)), with a share 'coverage' of the training "
+            "observation layout observed, at the training noise"
+        ),
+        "coverage": [float(c) for c in coverages],
+        "std": [(r / count).sqrt().clamp_min(MIN_LATENT_OBS_STD).float().tolist() for r in r_sq],
+        "obs_relative_rmse": [
+            float((q / (count * points)).sqrt().square().mean().sqrt()) for q in sq
+        ],
+    }
+
+
+def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: int = 64):
+    """Measure ``model``'s observation-error curves on held-out ``states``; store them.
+
+    For a model trained before the curves were recorded, or to re-measure them on other
     data: sets ``model.config["latent"]["obs_error"]`` (see :func:`obs_error_curve`)
-    and returns it. ``latent_obs_std`` (the error at the training noise, used when no
-    observation error is given) is left as training measured it.
+    and ``model.config["latent"]["coverage_error"]`` (see
+    :func:`coverage_error_curve`) and returns the first. ``latent_obs_std`` (the error
+    at the training noise, used when no observation error is given) is left as
+    training measured it.
 
     Parameters
     ----------
@@ -185,5 +287,9 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
             "make_obs makes noise-free observations: there is no curve to measure; give "
             "the sampler the model was trained with"
         )
-    model.config.setdefault("latent", {})["obs_error"] = curve
+    latent = model.config.setdefault("latent", {})
+    latent["obs_error"] = curve
+    latent["coverage_error"] = coverage_error_curve(
+        model, torch.split(states, batch_size), make_obs, seed=seed
+    )
     return curve

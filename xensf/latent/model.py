@@ -457,6 +457,7 @@ class LatentModel:
         update: str = "decode",
         obs_noise=None,
         latent_error: str | None = None,
+        coverage_error: bool = False,
         **options,
     ):
         """Latent-EnSF (or latent ETKF) analysis of a batch of forecast ensembles.
@@ -527,6 +528,14 @@ class LatentModel:
             costs a second latent analysis and a pass of the encoders over the
             members. ``"latent-letkf"`` takes only
             ``"curve"`` (its default).
+        coverage_error : bool, default False
+            Widen the latent observation error of each time whose observations cover
+            less than the whole layout by what the model's coverage curve says the gaps
+            add (:meth:`coverage_excess`, at :meth:`coverage`). ``latent-ensf-letkf``
+            sets it: there the wider error lets the real observations decide (the demo
+            twin with half its points missing: 0.54 → 0.07 over the second half). The
+            latent methods alone do not: with it their analysis stays nearer a prior
+            that is off and was measured worse (docs/method.md, "Observations with gaps").
         **options
             Passed to the filter: ``steps``, ``eps_alpha``, ``eps_beta``,
             ``prior_score``, ``likelihood``, ``scale``, ``damping`` for EnSF;
@@ -542,7 +551,8 @@ class LatentModel:
             latent error), ``"posterior"``
             ``(T, N, L)`` and
             ``"diagnostics"`` (``"reconstruction"``, ``"innovation"``,
-            ``"analysis_misfit"``, ``"count"``, each ``(T,)``).
+            ``"analysis_misfit"``, ``"count"``, ``"coverage"`` (:meth:`coverage`; NaN
+            where the layout's size is not recorded), each ``(T,)``).
 
         Raises
         ------
@@ -567,6 +577,8 @@ class LatentModel:
             raise OptionError(
                 f'latent_error="ensemble" is for method="latent-ensf"; {method!r} takes "curve"'
             )
+        if not isinstance(coverage_error, bool):
+            raise OptionError(f"coverage_error must be True or False, got {coverage_error!r}")
         as_numpy = isinstance(prior, np.ndarray)
         prior_t = torch.as_tensor(prior)
         out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
@@ -625,6 +637,11 @@ class LatentModel:
                     f"obs_noise has {noise.numel()} values; give one, or one per time ({n_times})"
                 )
             obs_std = self.latent_obs_std_at(noise.expand(n_times))  # (T, L)
+        coverage = self.coverage(observed)
+        if coverage_error and coverage is not None:  # what gaps add, where there are any
+            extra = self.coverage_excess(coverage)[0]  # (T, L) float64
+            wider = (obs_std.double().square() + extra).sqrt().to(obs_std.dtype)
+            obs_std = torch.where(extra > 0, wider, obs_std)
         if method == "latent-ensf":
             # EnSF runs on standardised variables: the latent values' own spread over
             # the training data (the latent is not forced to unit scale)
@@ -661,6 +678,11 @@ class LatentModel:
             post.reshape(n_times, n_members, -1),
             obs_t,
             observed,
+        )
+        diagnostics["coverage"] = (
+            torch.full((n_times,), torch.nan, dtype=torch.float64, device=self.device)
+            if coverage is None
+            else coverage
         )
         post = self._masked_nan(post.reshape(prior_t.shape))
         post = post.to(dtype=out_dtype, device=prior_t.device)
@@ -738,6 +760,55 @@ class LatentModel:
         """Flattened states ``(..., C·H·W)`` at the station slots ``(..., n_obs)``:
         bilinear interpolation, physical units."""
         return (states[..., self._slot_targets] * self._slot_weights).sum(-1)
+
+    def coverage(self, observed: torch.Tensor) -> torch.Tensor | None:
+        """``(T,)`` float64: the share of the observation layout (:attr:`obs_layout_values`)
+        that the observations of each time cover (``observed`` ``(T, ...)``, True where
+        observed), at most 1; None where the layout's size is not recorded."""
+        total = self.obs_layout_values
+        if not total:
+            return None
+        counts = observed.reshape(observed.shape[0], -1).sum(-1).double()
+        return (counts / total).clamp(max=1.0)
+
+    def coverage_excess(self, coverage) -> tuple[torch.Tensor, torch.Tensor]:
+        """What gaps add to the latent observation error, by the coverage curve.
+
+        Parameters
+        ----------
+        coverage : float or array
+            ``(T,)`` shares of the observation layout observed, in ``[0, 1]``.
+
+        Returns
+        -------
+        latent : torch.Tensor
+            ``(T, latent_dim)`` float64: the latent error variance at that coverage
+            less the one of the whole layout (``config["latent"]["coverage_error"]``,
+            measured on the validation states at the training noise, see
+            :func:`~xensf.latent.coverage_error_curve`), interpolated linearly in the
+            coverage, never below 0; zeros for a model without the curve (trained
+            before it was recorded: :func:`~xensf.latent.calibrate_obs_error` measures it).
+        decoded : torch.Tensor
+            ``(T,)`` float64: the same for the squared relative error of the decoded
+            observation encoding.
+        """
+        q = torch.as_tensor(coverage, dtype=torch.float64).reshape(-1).cpu()
+        if not bool(((q >= 0) & (q <= 1)).all()):
+            raise OptionError(f"coverage must be in [0, 1], got {coverage!r}")
+        curve = self.config.get("latent", {}).get("coverage_error")
+        if curve is None:
+            zeros = torch.zeros(q.numel(), self.latent_dim, dtype=torch.float64)
+            return zeros.to(self.device), zeros[:, 0].to(self.device)
+        c = torch.as_tensor(curve["coverage"], dtype=torch.float64)  # (K,) increasing
+        v = torch.as_tensor(curve["std"], dtype=torch.float64).square()  # (K, L)
+        d = torch.as_tensor(curve["obs_relative_rmse"], dtype=torch.float64).square()  # (K,)
+        q = q.clamp(float(c[0]), float(c[-1]))
+        hi = torch.searchsorted(c, q).clamp(1, c.numel() - 1)
+        w = ((q - c[hi - 1]) / (c[hi] - c[hi - 1]))[:, None]
+        # convex weights: exact at the measured coverages (0 at the whole layout)
+        latent = (1 - w) * v[hi - 1] + w * v[hi] - v[-1]
+        decoded = (1 - w[:, 0]) * d[hi - 1] + w[:, 0] * d[hi] - d[-1]
+        return latent.clamp_min(0).to(self.device), decoded.clamp_min(0).to(self.device)
 
     def latent_obs_std_at(self, noise) -> torch.Tensor:
         """The latent observation error for observations of error ``noise``.
@@ -1064,23 +1135,38 @@ def _check_fields(metadata: Mapping[str, Any], source: str) -> None:
         raise bad("config['architecture']", f"describes no latent grid ({err})") from None
     latent = grid.size
     _check_numbers(metadata.get("latent_obs_std"), latent, True, "'latent_obs_std'", bad)
-    curve = (
-        config.get("latent", {}).get("obs_error")
-        if isinstance(config.get("latent"), Mapping)
-        else None
-    )
-    if curve is not None:
-        field = "config['latent']['obs_error']"
-        if not isinstance(curve, Mapping) or not isinstance(curve.get("std"), list):
-            raise bad(field, "is not a mapping with 'noise' and 'std'")
-        noise = curve.get("noise")
-        _check_numbers(noise, len(curve["std"]), False, f"{field}['noise']", bad)
-        if len(noise) < 2 or noise[0] < 0 or any(b <= a for a, b in itertools.pairwise(noise)):
-            raise bad(
-                f"{field}['noise']", f"is {noise!r}, not at least two increasing values >= 0"
-            )
-        for row in curve["std"]:
-            _check_numbers(row, latent, True, f"{field}['std']", bad)
+    _check_curve(config, "obs_error", "noise", latent, bad)
+    coverage = _check_curve(config, "coverage_error", "coverage", latent, bad, ends_at=1)
+    if coverage is not None:
+        field = "config['latent']['coverage_error']['obs_relative_rmse']"
+        _check_numbers(coverage.get("obs_relative_rmse"), len(coverage["std"]), False, field, bad)
+
+
+def _check_curve(config, name, axis, latent, bad, *, ends_at=None) -> Mapping | None:
+    """``config["latent"][name]``, a curve of ``std`` rows (``latent`` values each) over
+    increasing ``axis`` values >= 0 (ending at ``ends_at`` where given); None if absent."""
+    section = config.get("latent")
+    curve = section.get(name) if isinstance(section, Mapping) else None
+    if curve is None:
+        return None
+    field = f"config['latent'][{name!r}]"
+    if not isinstance(curve, Mapping) or not isinstance(curve.get("std"), list):
+        raise bad(field, f"is not a mapping with {axis!r} and 'std'")
+    values = curve.get(axis)
+    _check_numbers(values, len(curve["std"]), False, f"{field}[{axis!r}]", bad)
+    if (
+        len(values) < 2
+        or values[0] < 0
+        or any(b <= a for a, b in itertools.pairwise(values))
+        or (ends_at is not None and values[-1] != ends_at)
+    ):
+        last = "" if ends_at is None else f", the last {ends_at}"
+        raise bad(
+            f"{field}[{axis!r}]", f"is {values!r}, not at least two increasing values >= 0{last}"
+        )
+    for row in curve["std"]:
+        _check_numbers(row, latent, True, f"{field}['std']", bad)
+    return curve
 
 
 def _count(value: Any, minimum: int = 1) -> bool:

@@ -36,7 +36,7 @@ from ..errors import (
     TrainingDataWarning,
 )
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
-from .calibration import obs_error_curve
+from .calibration import coverage_error_curve, leave_out, obs_error_curve
 from .model import LatentModel, build_networks
 from .networks import LatentGrid, choose_latent_grid, gaussian_kl, reparameterize
 
@@ -1065,9 +1065,7 @@ def train_latent_model(
             mask = mask & ~torch.isnan(values)
         if dropout > 0:  # a share up to dropout of each sample's observations left out
             share = torch.rand(mask.shape[0], generator=generator) * dropout
-            drawn = torch.rand(mask.shape, generator=generator)
-            kept = drawn >= share.reshape(-1, *[1] * (mask.dim() - 1))
-            mask = mask & kept.to(mask.device)
+            mask = leave_out(mask, torch.rand(mask.shape, generator=generator), share)
         obs_values, obs_weight = model.obs_inputs(values, mask)
         return (
             t.contiguous(memory_format=layout_format) if t.dim() == 4 else t
@@ -1165,6 +1163,9 @@ def train_latent_model(
         curve = obs_error_curve(model, val_src.batches(0), make_obs, seed=seed + 3)
         if curve is not None:
             model.config["latent"]["obs_error"] = curve
+    model.config["latent"]["coverage_error"] = coverage_error_curve(
+        model, val_src.batches(0), make_obs, seed=seed + 3
+    )
     model.config["quality"] = {
         "what": (
             "validation reconstruction error decode(encode(x)) - x per channel: rmse in the "
