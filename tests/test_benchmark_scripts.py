@@ -136,3 +136,16 @@ def test_bench_training_throughput_prints_both_grids():
     for row in rows:
         rate = float(row[-1])
         assert math.isfinite(rate) and rate > 0, row
+
+
+def test_bench_obs_layout_shows_the_encoder_lost_off_its_layout():
+    out = _run("benchmarks/bench_obs_layout.py", "--runs", "1")
+    errors = {
+        line[:44].strip(): float(line.split()[-1])
+        for line in out.splitlines()
+        if line[:44].strip().startswith(("its layout", "every"))
+    }
+    assert len(errors) == 5
+    layout = errors["its layout (every 4th point)"]
+    assert layout < 0.15
+    assert errors["its layout shifted by two cells"] > 5 * layout

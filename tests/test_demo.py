@@ -13,7 +13,13 @@ import xensf
 import xensf.experiments.demo_swe as demo_swe
 from xensf.cli import main
 from xensf.errors import OptionError
-from xensf.experiments.twin import TwinSetup, initial_ensemble, observations, truth_run
+from xensf.experiments.twin import (
+    TwinSetup,
+    initial_ensemble,
+    observations,
+    observed_points,
+    truth_run,
+)
 from xensf.metrics import relative_rmse
 
 
@@ -25,6 +31,9 @@ def test_shipped_demo_model_fits_the_demo_setup():
         demo_swe.DEMO_SETUP.n,
         demo_swe.DEMO_SETUP.n,
     )
+    # it knows its observation layout: every 4th point, in all three variables
+    expected = np.broadcast_to(observed_points(demo_swe.DEMO_SETUP), (3, 40, 40))
+    np.testing.assert_array_equal(model.obs_points.numpy(), expected)
 
 
 def test_the_shipped_model_warns_when_half_its_observations_are_missing():

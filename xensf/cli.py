@@ -49,7 +49,7 @@ def _info(args: argparse.Namespace) -> int:
 def describe_bundle(path) -> str:
     """A plain-text account of a latent model bundle, from its JSON alone."""
     from .latent.bundle import bundle_info
-    from .latent.model import COVERAGE_TOLERANCE, check_model_metadata
+    from .latent.model import _OBS_POINTS_TENSOR, COVERAGE_TOLERANCE, check_model_metadata
     from .latent.networks import LatentGrid
 
     info = bundle_info(path)
@@ -77,6 +77,17 @@ def describe_bundle(path) -> str:
         + (f", {layout['n_obs']} station slots" if "n_obs" in layout else "")
         + (f" ({layout['n_values']} values in all)" if "n_values" in layout else "")
         + (f"; trained with noise {layout['noise']}" if "noise" in layout else ""),
+        "  layout      "
+        + (
+            "its grid points recorded: observations elsewhere are kept from the encoder, "
+            "with a warning"
+            if layout.get("kind") == "gridded"
+            and ("stride" in layout or _OBS_POINTS_TENSOR in (info.get("tensors") or {}))
+            else "stations: the encoder reads its slots"
+            if layout.get("kind") == "points"
+            else "its points not recorded: observations anywhere on the grid reach the "
+            "encoder (xensf.latent.calibrate_obs_error records them)"
+        ),
         "  gaps        "
         + (
             f"trained with up to {training['obs_dropout']:.0%} of each sample's observations "

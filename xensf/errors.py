@@ -96,5 +96,10 @@ class MaskedObservationWarning(XensfWarning):
     dropped, or re-weighted to the unmasked points next to them."""
 
 
+class ObservationLayoutWarning(XensfWarning):
+    """Observations at grid points outside a latent model's observation layout were not
+    given to its observation encoder (it was never trained to read values there)."""
+
+
 class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import EnsembleError, ModelQualityWarning, OptionError
+from ..errors import EnsembleError, ModelQualityWarning, ObservationLayoutWarning, OptionError
 from .geometry import letkf_geometry
 from .layout import grid_field
 from .model_cache import cached_model
@@ -846,7 +846,9 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     gridded model, or as its station slots for a station model. A model whose
     reconstruction error of the prior members at the observed points exceeds the RMS
     innovation there, and whose analysis fits the observations worse than the prior
-    mean, gets a :class:`~xensf.errors.ModelQualityWarning`.
+    mean, gets a :class:`~xensf.errors.ModelQualityWarning`. Gridded observations off
+    the model's layout are kept from it (:func:`_drop_outside_layout`); a time left with
+    none is returned as the prior, with zero diagnostics (so the hybrid does not blend).
     """
     plan, x, y, observed = block.plan, block.x, block.y, block.observed
     layout = plan.layout
@@ -862,25 +864,82 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
         slots = np.asarray(plan.model_slots)
         model_obs = np.full((has.size, model.config["obs_layout"]["n_obs"]), np.nan, np.float32)
         model_obs[:, slots] = np.where(observed[has], y[has], np.nan)
+    if plan.obs.kind == "gridded":
+        model_obs = _drop_outside_layout(model, model_obs, plan, method)
     _warn_coverage(model, model_obs, plan)
     noise = _obs_noise(block, has, model)
-    post, latent = model.analyse(
-        x[has].astype(np.float32).reshape(has.size, n_members, *shape),
-        model_obs,
-        obs_noise=noise if plan.obs.errors_given else None,
-        method=method.latent_filter,
-        generator=[block.seeds[t] for t in has] if method.stochastic else None,
-        batch_size=n_members,  # one time per network pass: independent of the chunking
-        return_latent=True,
-        **method.latent_options(),
-    )
-    post = np.asarray(post).reshape(has.size, n_members, layout.size)
+    # the times with an observation the encoder reads; the others stay the prior
+    seen = ~np.isnan(model_obs).reshape(has.size, -1).all(-1)
+    at = has[seen]
+    post = x[has].astype(np.result_type(x.dtype, np.float32))
+    diag = {
+        k: np.zeros(has.size)
+        for k in ("reconstruction", "innovation", "analysis_misfit", "count", "coverage")
+    }
+    if at.size:
+        analysed, latent = model.analyse(
+            x[at].astype(np.float32).reshape(at.size, n_members, *shape),
+            model_obs[seen],
+            obs_noise=noise[seen] if plan.obs.errors_given else None,
+            method=method.latent_filter,
+            generator=[block.seeds[t] for t in at] if method.stochastic else None,
+            batch_size=n_members,  # one time per network pass: independent of the chunking
+            return_latent=True,
+            **method.latent_options(),
+        )
+        post[seen] = np.asarray(analysed).reshape(at.size, n_members, layout.size)
+        for k, v in latent["diagnostics"].items():
+            diag[k][seen] = v.cpu().numpy()
     if block.masked is not None:  # as the prior there: no spread, never updated
         post[..., block.masked] = 0.0
-    diag = {k: v.cpu().numpy() for k, v in latent["diagnostics"].items()}
     diag["noise"] = noise  # the stated errors' RMS, normalised (placeholders: 1)
     _warn_quality(diag, plan)
     return post, diag, model
+
+
+def _drop_outside_layout(model, model_obs: np.ndarray, plan: BlockPlan, method) -> np.ndarray:
+    """Gridded observations ``(T, C, H, W)`` with those at grid points outside the
+    model's observation layout (:attr:`~xensf.latent.LatentModel.obs_points`) set to
+    NaN, and an :class:`~xensf.errors.ObservationLayoutWarning` saying how many.
+
+    The encoder was trained to read its layout only: values elsewhere are inputs it
+    never saw (the demo's model given its layout shifted by two cells decoded the state
+    at relative error 1.0 instead of 0.065; every other point, its layout among them,
+    0.24: ``benchmarks/bench_obs_layout.py``). A model that does not know its layout
+    (``obs_points`` None) gets them all."""
+    points = model.obs_points
+    if points is None:
+        return model_obs
+    observed = ~np.isnan(model_obs)
+    outside = observed & ~points.numpy()
+    if not outside.any():
+        return model_obs
+    n_times = model_obs.shape[0]
+    left = (observed & ~outside).reshape(n_times, -1).sum(-1)
+    empty = int((left == 0).sum())
+    uses = (
+        "latent-ensf-letkf still assimilates them in its LETKF step"
+        if method.name == "latent-ensf-letkf"
+        else "the latent analysis does not use them: use method='latent-ensf-letkf' (its "
+        "LETKF step assimilates every observation) or a full-space method"
+    )
+    warnings.warn(
+        f"{int(outside.sum())} of {int(observed.sum())} observed values (at "
+        f"{int(outside.reshape(n_times, -1).any(-1).sum())} of {n_times} analysed times) "
+        f"lie at grid points outside the observation layout of the latent model "
+        f"{plan.model.path} ({int(points.sum())} values) and were not given to its "
+        f"observation encoder, which was never trained to read values there; {uses}, "
+        "or train a model on a layout that holds them"
+        + (
+            f". At {empty} time(s) no observation lies on the layout: the latent analysis "
+            "leaves them as the prior"
+            if empty
+            else ""
+        ),
+        ObservationLayoutWarning,
+        stacklevel=2,
+    )
+    return np.where(outside, np.nan, model_obs).astype(model_obs.dtype)
 
 
 def _obs_noise(block: Block, has: np.ndarray, model) -> np.ndarray:

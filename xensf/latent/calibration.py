@@ -32,7 +32,7 @@ smaller than it says.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -178,6 +178,20 @@ def obs_error_curve(
     }
 
 
+def layout_points(make_obs, state: torch.Tensor) -> torch.Tensor | None:
+    """``(C, H, W)`` bool: where ``make_obs`` observes ``state`` (one ``(C, H, W)``
+    state, NaN on a mask), for a sampler of a fixed gridded layout (``stride`` or
+    ``mask``: :func:`~xensf.latent.gridded_stride_obs`, :func:`~xensf.latent.mask_obs`);
+    None for any other ``make_obs`` (its layout may change from sample to sample)."""
+    layout = getattr(make_obs, "layout", None)
+    if not isinstance(layout, Mapping) or layout.get("kind") != "gridded":
+        return None
+    if layout.get("sampler") not in ("stride", "mask"):
+        return None
+    values, mask = make_obs(state[None].to(torch.float32), torch.Generator().manual_seed(0))
+    return (torch.as_tensor(mask)[0] & ~torch.isnan(torch.as_tensor(values)[0])).cpu()
+
+
 def leave_out(mask: torch.Tensor, drawn: torch.Tensor, share) -> torch.Tensor:
     """``mask`` with the values whose uniform draw ``drawn`` (``mask``'s shape) is below
     ``share`` left out: a number, or one per sample ``(B,)`` (the first dim)."""
@@ -264,7 +278,8 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
     For a model trained before the curves were recorded, or to re-measure them on other
     data: sets ``model.config["latent"]["obs_error"]`` (see :func:`obs_error_curve`)
     and ``model.config["latent"]["coverage_error"]`` (see
-    :func:`coverage_error_curve`) and returns the first. ``latent_obs_std`` (the error
+    :func:`coverage_error_curve`) and returns the first; a gridded model that does not
+    record its layout's points gets them from ``make_obs`` (:func:`layout_points`). ``latent_obs_std`` (the error
     at the training noise, used when no observation error is given) is left as
     training measured it.
 
@@ -289,6 +304,10 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
         )
     latent = model.config.setdefault("latent", {})
     latent["obs_error"] = curve
+    if model.obs_kind == "gridded" and model.obs_points is None:  # an older model
+        points = layout_points(make_obs, states[0].to(torch.float32))
+        if points is not None:
+            model.obs_points = points
     latent["coverage_error"] = coverage_error_curve(
         model, torch.split(states, batch_size), make_obs, seed=seed
     )

@@ -71,6 +71,8 @@ _ARCHITECTURE_KEYS = (
 
 #: The name of a masked model's mask (True where valid) among its bundle's tensors.
 _MASK_TENSOR = "mask.valid"
+#: The bundle tensor of a gridded model's observation layout (uint8 ``(C, H, W)``).
+_OBS_POINTS_TENSOR = "obs_layout.points"
 
 
 class LatentModel:
@@ -118,6 +120,7 @@ class LatentModel:
         latent_obs_std: torch.Tensor,
         config: Mapping[str, Any],
         valid: torch.Tensor | None = None,
+        obs_points: torch.Tensor | None = None,
     ):
         self.vae = vae.eval()
         self.obs_encoder = obs_encoder.eval()
@@ -159,6 +162,9 @@ class LatentModel:
                 )
             if not bool(valid.all()):
                 self.valid = valid
+        self._obs_points = None
+        if obs_points is not None:
+            self.obs_points = obs_points
 
     def _set_stations(self, layout: Mapping[str, Any], device) -> None:
         """Tensors that spread station values onto the grid (see :meth:`obs_inputs`)."""
@@ -222,6 +228,41 @@ class LatentModel:
             h, w = self.grid_shape
             return self.channels * len(range(oy, h, sy)) * len(range(ox, w, sx))
         return None
+
+    @property
+    def obs_points(self) -> torch.Tensor | None:
+        """``(C, H, W)`` bool, on the CPU: the grid values a gridded model's observation
+        layout holds, those its observation encoder was trained to read; None for a
+        station model, or where the layout is not known (a custom ``make_obs``; a
+        ``mask_obs`` layout saved before xensf recorded it: set it, then save).
+        Observations elsewhere are not given to the encoder (the accessor warns)."""
+        if self._obs_points is not None:
+            return self._obs_points
+        layout = self.config["obs_layout"]
+        if layout["kind"] != "gridded" or layout.get("sampler") != "stride":
+            return None
+        (sy, sx), (oy, ox) = layout["stride"], layout["offset"]
+        points = torch.zeros(self.channels, *self.grid_shape, dtype=torch.bool)
+        points[:, oy::sy, ox::sx] = True
+        return points if self.valid is None else points & self.valid.cpu()
+
+    @obs_points.setter
+    def obs_points(self, points) -> None:
+        if self.obs_kind != "gridded":
+            raise OptionError("a station model's layout is its stations: it has no obs_points")
+        points = torch.as_tensor(np.asarray(points)).cpu()
+        shape = (self.channels, *self.grid_shape)
+        if points.dtype not in (torch.bool, torch.uint8) or tuple(points.shape[-2:]) != shape[1:]:
+            raise OptionError(
+                f"obs_points must be a boolean (H, W) or (C, H, W) array on the model's "
+                f"grid, {shape}; got {points.dtype} of shape {tuple(points.shape)}"
+            )
+        points = points.to(torch.bool).expand(shape).clone()
+        if self.valid is not None:  # nothing is observed on the mask
+            points &= self.valid.cpu()
+        if not bool(points.any()):
+            raise OptionError("obs_points holds no observed value")
+        self._obs_points = points
 
     @property
     def obs_dropout(self) -> float:
@@ -916,6 +957,8 @@ class LatentModel:
                 out[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
         if self.valid is not None:
             out[_MASK_TENSOR] = self.valid.to("cpu", torch.uint8).contiguous()
+        if self._obs_points is not None:
+            out[_OBS_POINTS_TENSOR] = self._obs_points.to(torch.uint8).contiguous()
         return out
 
     def metadata(self) -> dict[str, Any]:
@@ -1016,6 +1059,21 @@ class LatentModel:
                     f"{tuple(valid.shape)}, not uint8 {tuple(expected)}; re-save the model"
                 )
             valid = valid.to(torch.bool)
+        points = tensors.pop(_OBS_POINTS_TENSOR, None)
+        if points is not None:
+            arch = config["architecture"]
+            expected = (arch["channels"], *arch["grid_shape"])
+            if (
+                tuple(points.shape) != tuple(expected)
+                or points.dtype != torch.uint8
+                or config["obs_layout"].get("kind") != "gridded"
+                or not bool(points.any())
+            ):
+                raise BundleError(
+                    f"{source}: its observation layout {_OBS_POINTS_TENSOR!r} is "
+                    f"{points.dtype} {tuple(points.shape)}, not a non-empty uint8 "
+                    f"{tuple(expected)} of a gridded model; re-save the model"
+                )
         check_weight_shapes(config, {k: tuple(v.shape) for k, v in tensors.items()}, source)
         vae, obs_encoder = build_networks(config)
         for prefix, net in (("vae", vae), ("obs_encoder", obs_encoder)):
@@ -1033,6 +1091,7 @@ class LatentModel:
             torch.tensor(metadata["latent_obs_std"], dtype=dtype),
             config,
             valid=valid,
+            obs_points=points,
         )
 
 

@@ -36,7 +36,7 @@ from ..errors import (
     TrainingDataWarning,
 )
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
-from .calibration import coverage_error_curve, leave_out, obs_error_curve
+from .calibration import coverage_error_curve, layout_points, leave_out, obs_error_curve
 from .model import LatentModel, build_networks
 from .networks import LatentGrid, choose_latent_grid, gaussian_kl, reparameterize
 
@@ -1046,7 +1046,10 @@ def train_latent_model(
     obs_encoder.to(device)
     if valid is not None:
         config["mask"] = {"masked_values": int((~valid).sum()), "values": valid.numel()}
-    model = LatentModel(vae, obs_encoder, mean, std, torch.ones(latent.size), config, valid)
+    model = LatentModel(
+        vae, obs_encoder, mean, std, torch.ones(latent.size), config, valid,
+        obs_points=layout_points(make_obs, probe[0]),
+    )  # fmt: skip
     params = [*vae.parameters(), *obs_encoder.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
     obs_gen = torch.Generator().manual_seed(seed + 1)
