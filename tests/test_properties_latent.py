@@ -9,7 +9,8 @@ unobserved), observations where the model has none, every form of observation er
 the methods' options, and numpy or dask with random time chunks.
 
 The property: an ``XensfError``, or a correct result: finite, the prior's dims, dtype
-and coordinates, every unobserved time returned exactly as given, the hybrid's per-time
+and coordinates, every unobserved time returned exactly as given (for the latent
+methods alone also every time observed only off the gridded model's layout), the hybrid's per-time
 outputs in range, numpy = dask bit for bit; and the input never modified.
 """
 
@@ -160,6 +161,12 @@ def _check(case) -> str:
     for t in unobserved:
         where = {} if t is None else {"time": t}
         np.testing.assert_array_equal(out.h.isel(where).values, prior.h.isel(where).values)
+    if kwargs["method"] != "latent-ensf-letkf" and kwargs["model"].obs_kind == "gridded":
+        # a time observed only off the model's layout: nothing for the encoder, the prior
+        on_layout = obs.assign(h=obs.h.where((obs.y % 40 == 0) & (obs.x % 40 == 0)))
+        for t in _unobserved_times(prior, on_layout):
+            where = {} if t is None else {"time": t}
+            np.testing.assert_array_equal(out.h.isel(where).values, prior.h.isel(where).values)
     if kwargs["method"] == "latent-ensf-letkf":
         weight = out.blend_weight.values
         assert ((weight >= 0) & (weight <= 1)).all()
