@@ -13,7 +13,13 @@ from test_latent_accessor import case, station_case  # noqa: F401  (module-scope
 import xensf
 from xensf.bridge.observations import _errors_given
 from xensf.errors import OptionError
-from xensf.latent import COVERAGES, NOISE_SCALES, calibrate_obs_error, gridded_stride_obs
+from xensf.latent import (
+    COVERAGES,
+    NOISE_SCALES,
+    calibrate_obs_error,
+    coverage_error_curve,
+    gridded_stride_obs,
+)
 
 
 def test_training_records_the_curve_and_its_training_point_is_latent_obs_std(case):  # noqa: F811
@@ -130,6 +136,14 @@ def test_training_records_the_coverage_curve(case, station_case):  # noqa: F811
         assert 0.67 < rms[-1] / whole < 1.5
         quality = float(np.sqrt(np.mean(np.square(model.config["quality"]["obs_relative_rmse"]))))
         assert 0.67 < decoded[-1] / quality < 1.5
+
+
+def test_the_coverage_curve_needs_the_whole_layout_last(case):  # noqa: F811
+    states = torch.as_tensor(case[2].h.values[:, None])
+    for bad in ((0.0, 0.5), (0.5, 0.25, 1.0), (-0.1, 1.0), (1.0,)):
+        with pytest.raises(OptionError, match="coverages"):
+            coverage_error_curve(case[0], [states], gridded_stride_obs(4, 0.1), seed=0,
+                                 coverages=bad)  # fmt: skip
 
 
 def test_the_coverage_excess_interpolates_the_curve(case):  # noqa: F811

@@ -45,6 +45,7 @@ __all__ = [
     "calibrate_obs_error",
     "coverage_error_curve",
     "innovation_factor",
+    "layout_points",
     "leave_out",
     "obs_error_curve",
 ]
@@ -221,11 +222,12 @@ def coverage_error_curve(
         Held-out states ``(B, C, H, W)`` in physical units (NaN at masked points).
     make_obs : callable
         The training observations (layout and noise), called once per batch with a
-        generator seeded with ``seed``; each coverage keeps the observed values whose
-        one uniform draw is below it (nested subsets: a smooth curve).
+        generator seeded with ``seed``; coverage ``c`` keeps the observed values whose
+        one uniform draw is at least ``1 − c`` (nested subsets: a smooth curve).
     seed : int
     coverages : tuple of float
-        Increasing, from 0 to 1.
+        Increasing, in ``[0, 1]``, the last 1 (the whole layout, what the others are
+        compared with).
 
     Returns
     -------
@@ -236,6 +238,13 @@ def coverage_error_curve(
         over the channels of each channel's RMSE in normalised units, as the model's
         ``quality["obs_relative_rmse"]``), at each coverage.
     """
+    if (
+        len(coverages) < 2
+        or coverages[0] < 0
+        or coverages[-1] != 1
+        or any(b <= a for a, b in itertools.pairwise(coverages))
+    ):
+        raise OptionError(f"coverages must increase from >= 0 to 1, got {coverages!r}")
     n = len(coverages)
     r_sq = [0.0] * n
     sq = [0.0] * n

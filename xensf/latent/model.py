@@ -518,6 +518,8 @@ class LatentModel:
         obs : torch.Tensor or numpy.ndarray
             Observations of each time: ``(T, C, H, W)`` gridded, NaN where unobserved,
             or ``(T, n_obs)`` point slots (``(C, H, W)`` / ``(n_obs,)`` for one time).
+            Gridded values off the model's layout (:attr:`obs_points`) reach the
+            encoder as given: the accessor keeps them away, a direct call should too.
         mask : array of bool, optional
             True where observed, same shape as ``obs``; default ``~isnan(obs)``.
         method : {"latent-ensf", "latent-letkf"}, default "latent-ensf"
