@@ -42,6 +42,7 @@ def test_info_describes_the_shipped_model(capsys):
     assert "100 points per field (300 values in all)" in text
     assert "gaps        trained on whole layouts only" in text
     assert "layout      its grid points recorded" in text
+    assert "decoded observation error 0.652 with half the layout, 0.068 whole" in text
 
 
 def test_info_on_something_else_says_what_is_wrong(tmp_path, capsys):

@@ -46,6 +46,17 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coverage_text(curve) -> str:
+    """What half the layout costs the encoder, from a model's coverage curve."""
+    if not curve or 0.5 not in curve.get("coverage", []):
+        return ""
+    decoded = curve["obs_relative_rmse"]
+    return (
+        f"; decoded observation error {decoded[curve['coverage'].index(0.5)]:.3f} with half "
+        f"the layout, {decoded[-1]:.3f} whole"
+    )
+
+
 def describe_bundle(path) -> str:
     """A plain-text account of a latent model bundle, from its JSON alone."""
     from .latent.bundle import bundle_info
@@ -95,7 +106,8 @@ def describe_bundle(path) -> str:
             if training.get("obs_dropout")
             else "trained on whole layouts only: warns when a time's observations cover "
             f"less than {1 - COVERAGE_TOLERANCE:.0%} of them"
-        ),
+        )
+        + _coverage_text((config.get("latent") or {}).get("coverage_error")),
     ]
     channels = config.get("variables") or [f"channel {i}" for i in range(arch["channels"])]
     units = config.get("units") or [None] * len(channels)
