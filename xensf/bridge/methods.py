@@ -1097,15 +1097,17 @@ def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
     badly: in the demo twin, half the points missing took latent-ensf from 0.10 to 0.68
     relative RMSE (docs/benchmarks.md).
     """
-    total = model.obs_layout_values
-    if not total:
+    observed = ~np.isnan(model_obs)
+    coverage = model.coverage(observed)
+    if coverage is None:
         return
-    counts = (~np.isnan(model_obs)).reshape(model_obs.shape[0], -1).sum(-1)
-    lowest = float(counts.min()) / total
+    total = model.obs_layout_values
+    counts = observed.reshape(model_obs.shape[0], -1).sum(-1)
+    lowest = float(coverage.min())
     if lowest >= model.min_coverage:
         return
     trained = model.obs_dropout
-    short = int((counts / total < model.min_coverage).sum())
+    short = int((coverage < model.min_coverage).sum())
     seen = (
         "whole layouts only"
         if trained == 0

@@ -807,10 +807,12 @@ class LatentModel:
     def coverage(self, observed: torch.Tensor) -> torch.Tensor | None:
         """``(T,)`` float64: the share of the observation layout (:attr:`obs_layout_values`)
         that the observations of each time cover (``observed`` ``(T, ...)``, True where
-        observed), at most 1; None where the layout's size is not recorded."""
+        observed; a tensor or array), at most 1; None where the layout's size is not
+        recorded."""
         total = self.obs_layout_values
         if not total:
             return None
+        observed = torch.as_tensor(observed)
         counts = observed.reshape(observed.shape[0], -1).sum(-1).double()
         return (counts / total).clamp(max=1.0)
 
