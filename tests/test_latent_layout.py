@@ -124,7 +124,7 @@ def test_a_mask_layout_is_recorded_and_saved(tmp_path):
     assert custom.obs_points is None
 
 
-def test_an_older_mask_model_gets_its_layout_when_calibrated(tmp_path):
+def test_an_older_mask_model_gets_its_layout_when_calibrated():
     mask = np.zeros((8, 8), bool)
     mask[::3, ::3] = True
     model = _tiny(mask_obs(mask))
