@@ -93,6 +93,63 @@ def test_the_hybrid_still_assimilates_them_with_its_letkf(case):  # noqa: F811
     assert err(analysis) < err(alone)
 
 
+def _analyse(model, prior, obs, seeds, **options):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = model.analyse(
+            prior, obs, generator=seeds, batch_size=prior.shape[1], return_latent=True, **options
+        )
+    return out, _layout_warnings(record)
+
+
+def test_the_model_keeps_them_from_its_encoder_too(case):  # noqa: F811
+    """A direct ``LatentModel.analyse`` call: as the accessor, with its own warning."""
+    model, prior, truth, _ = case
+    x = prior.h.values[:, :, None]
+    dense = truth.h.where((truth.y % 20 == 0) & (truth.x % 20 == 0)).values[:, None]
+    on_layout = np.where(model.obs_points.numpy(), dense, np.nan)
+    seeds = [5, 6, 7, 8]
+    (post, latent), (message,) = _analyse(model, x, dense, seeds)
+    (alone, latent_alone), none = _analyse(model, x, on_layout, seeds)
+    assert none == []
+    assert "432 of 576 observed values (at 4 of 4 times)" in message
+    assert "LatentModel.obs_points" in message
+    np.testing.assert_array_equal(post, alone)
+    for k in ("count", "coverage", "innovation"):
+        torch.testing.assert_close(latent["diagnostics"][k], latent_alone["diagnostics"][k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):  # noqa: F811
+    """Time 1 has nothing on the layout (its values shifted off it), time 3 nothing at
+    all: both come back as their prior, bit for bit; times 0 and 2 as if analysed alone."""
+    model, prior, truth, obs = case
+    x = prior.h.values[:, :, None].astype(dtype)
+    y = obs.h.values[:, None].copy()
+    shifted = truth.h.where((truth.y % 40 == 20) & (truth.x % 40 == 20)).values
+    y[1, 0], y[3] = shifted[1], np.nan
+    given = (x.copy(), y.copy())
+    seeds = [5, 6, 7, 8]
+    (post, latent), (message,) = _analyse(model, x, y, seeds, obs_noise=[0.1, 0.2, 0.3, 0.4])
+    assert "2 time(s) with none on the layout are returned as the prior" in message
+    assert post.dtype == dtype
+    np.testing.assert_array_equal(post[[1, 3]], x[[1, 3]])
+    (seen, latent_seen), _ = _analyse(model, x[[0, 2]], y[[0, 2]], [5, 7], obs_noise=[0.1, 0.3])
+    np.testing.assert_array_equal(post[[0, 2]], seen)
+    assert not np.array_equal(post[[0, 2]], x[[0, 2]])
+    np.testing.assert_array_equal(x, given[0])  # nothing the caller gave is modified
+    np.testing.assert_array_equal(y, given[1])
+    diag = latent["diagnostics"]
+    assert diag["count"].tolist() == [36.0, 0.0, 36.0, 0.0]
+    assert float(diag["innovation"][1]) == 0.0 == float(diag["reconstruction"][3])
+    assert bool(torch.isnan(latent["obs"][[1, 3]]).all())
+    torch.testing.assert_close(latent["posterior"][[1, 3]], latent["prior"][[1, 3]])
+    torch.testing.assert_close(latent["posterior"][[0, 2]], latent_seen["posterior"])
+    # nothing observed at any time: the prior, and no network pass needed for it
+    (untouched, _), _ = _analyse(model, x, np.full_like(y, np.nan), seeds)
+    np.testing.assert_array_equal(untouched, x)
+
+
 def _tiny(make_obs, **options):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -847,8 +847,9 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     reconstruction error of the prior members at the observed points exceeds the RMS
     innovation there, and whose analysis fits the observations worse than the prior
     mean, gets a :class:`~xensf.errors.ModelQualityWarning`. Gridded observations off
-    the model's layout are kept from it (:func:`_drop_outside_layout`); a time left with
-    none is returned as the prior, with zero diagnostics (so the hybrid does not blend).
+    the model's layout are kept from it (:func:`_drop_outside_layout`, which says what
+    the method does without them); the model returns a time left with none as the
+    prior, with zero diagnostics (so the hybrid does not blend).
     """
     plan, x, y, observed = block.plan, block.x, block.y, block.observed
     layout = plan.layout
@@ -868,28 +869,21 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
         model_obs = _drop_outside_layout(model, model_obs, plan, method)
     _warn_coverage(model, model_obs, plan)
     noise = _obs_noise(block, has, model)
-    # the times with an observation the encoder reads; the others stay the prior
-    seen = ~np.isnan(model_obs).reshape(has.size, -1).all(-1)
-    at = has[seen]
-    post = x[has].astype(np.result_type(x.dtype, np.float32))
-    diag = {
-        k: np.zeros(has.size)
-        for k in ("reconstruction", "innovation", "analysis_misfit", "count", "coverage")
-    }
-    if at.size:
-        analysed, latent = model.analyse(
-            x[at].astype(np.float32).reshape(at.size, n_members, *shape),
-            model_obs[seen],
-            obs_noise=noise[seen] if plan.obs.errors_given else None,
-            method=method.latent_filter,
-            generator=[block.seeds[t] for t in at] if method.stochastic else None,
-            batch_size=n_members,  # one time per network pass: independent of the chunking
-            return_latent=True,
-            **method.latent_options(),
-        )
-        post[seen] = np.asarray(analysed).reshape(at.size, n_members, layout.size)
-        for k, v in latent["diagnostics"].items():
-            diag[k][seen] = v.cpu().numpy()
+    # in the prior's dtype (at least float32): a time with no observation the encoder
+    # reads comes back as its prior, exactly
+    dtype = np.result_type(x.dtype, np.float32)
+    post, latent = model.analyse(
+        x[has].astype(dtype, copy=False).reshape(has.size, n_members, *shape),
+        model_obs,
+        obs_noise=noise if plan.obs.errors_given else None,
+        method=method.latent_filter,
+        generator=[block.seeds[t] for t in has] if method.stochastic else None,
+        batch_size=n_members,  # one time per network pass: independent of the chunking
+        return_latent=True,
+        **method.latent_options(),
+    )
+    post = np.asarray(post).reshape(has.size, n_members, layout.size)
+    diag = {k: v.cpu().numpy().astype(np.float64) for k, v in latent["diagnostics"].items()}
     if block.masked is not None:  # as the prior there: no spread, never updated
         post[..., block.masked] = 0.0
     diag["noise"] = noise  # the stated errors' RMS, normalised (placeholders: 1)
@@ -907,13 +901,11 @@ def _drop_outside_layout(model, model_obs: np.ndarray, plan: BlockPlan, method) 
     at relative error 1.0 instead of 0.065; every other point, its layout among them,
     0.24: ``benchmarks/bench_obs_layout.py``). A model that does not know its layout
     (``obs_points`` None) gets them all."""
-    points = model.obs_points
-    if points is None:
-        return model_obs
     observed = ~np.isnan(model_obs)
-    outside = observed & ~points.numpy()
-    if not outside.any():
+    outside = model.outside_layout(observed)
+    if outside is None:
         return model_obs
+    outside, points = outside.numpy(), model.obs_points
     n_times = model_obs.shape[0]
     left = (observed & ~outside).reshape(n_times, -1).sum(-1)
     empty = int((left == 0).sum())

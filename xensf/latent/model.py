@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,13 @@ import numpy as np
 import torch
 
 from .._version import VERSION
-from ..errors import BundleError, EnsembleError, ObservationMismatchError, OptionError
+from ..errors import (
+    BundleError,
+    EnsembleError,
+    ObservationLayoutWarning,
+    ObservationMismatchError,
+    OptionError,
+)
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
 from .calibration import MIN_LATENT_OBS_STD, innovation_factor
@@ -73,6 +80,36 @@ _ARCHITECTURE_KEYS = (
 _MASK_TENSOR = "mask.valid"
 #: The bundle tensor of a gridded model's observation layout (uint8 ``(C, H, W)``).
 _OBS_POINTS_TENSOR = "obs_layout.points"
+
+
+def _warn_outside_layout(outside: torch.Tensor, observed: torch.Tensor, points) -> None:
+    """Say that the observed values ``outside`` a model's layout were not encoded."""
+    n_times = observed.shape[0]
+    left = (observed & ~outside).reshape(n_times, -1).any(-1)
+    empty = int((~left).sum())
+    warnings.warn(
+        f"{int(outside.sum())} of {int(observed.sum())} observed values (at "
+        f"{int(outside.reshape(n_times, -1).any(-1).sum())} of {n_times} times) lie at grid "
+        f"points outside the model's observation layout ({int(points.sum())} values, "
+        "LatentModel.obs_points) and were not given to its observation encoder, which was "
+        "never trained to read values there; give the layout's values only, or train a "
+        "model on a layout that holds them"
+        + (
+            f". {empty} time(s) with none on the layout are returned as the prior" if empty else ""
+        ),
+        ObservationLayoutWarning,
+        stacklevel=3,
+    )
+
+
+def _result(post: torch.Tensor, device, single: bool, as_numpy: bool, latent: dict | None):
+    """What :meth:`LatentModel.analyse` returns: ``post`` on ``device``, without its time
+    dim for a single time, as numpy for numpy input, with ``latent`` where given."""
+    post = post.to(device)
+    if single:
+        post = post[0]
+    result = post.numpy() if as_numpy else post
+    return result if latent is None else (result, latent)
 
 
 class LatentModel:
@@ -518,8 +555,10 @@ class LatentModel:
         obs : torch.Tensor or numpy.ndarray
             Observations of each time: ``(T, C, H, W)`` gridded, NaN where unobserved,
             or ``(T, n_obs)`` point slots (``(C, H, W)`` / ``(n_obs,)`` for one time).
-            Gridded values off the model's layout (:attr:`obs_points`) reach the
-            encoder as given: the accessor keeps them away, a direct call should too.
+            Gridded values off the model's layout (:attr:`obs_points`) are not given
+            to the encoder (it was never trained to read them), with an
+            :class:`~xensf.errors.ObservationLayoutWarning`. A time with no observed
+            value the encoder reads is returned as its prior, exactly.
         mask : array of bool, optional
             True where observed, same shape as ``obs``; default ``~isnan(obs)``.
         method : {"latent-ensf", "latent-letkf"}, default "latent-ensf"
@@ -587,7 +626,8 @@ class LatentModel:
         Returns
         -------
         posterior : same type as ``prior``
-            ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype.
+            ``(T, N, C, H, W)`` (or ``(N, C, H, W)``), physical units, ``prior``'s dtype
+            (computed in the model's; the prior itself at times with no observation).
         latent : dict of torch.Tensor
             Only with ``return_latent``: ``"prior"`` ``(T, N, L)``, ``"obs"`` ``(T, L)``,
             ``"obs_std"`` ``(L,)`` (``(T, L)`` with ``obs_noise`` or the ensemble
@@ -595,7 +635,8 @@ class LatentModel:
             ``(T, N, L)`` and
             ``"diagnostics"`` (``"reconstruction"``, ``"innovation"``,
             ``"analysis_misfit"``, ``"count"``, ``"coverage"`` (:meth:`coverage`; NaN
-            where the layout's size is not recorded), each ``(T,)``).
+            where the layout's size is not recorded), each ``(T,)``). At a time with no
+            observation: ``"obs"`` NaN, ``"posterior"`` the prior, the diagnostics 0.
 
         Raises
         ------
@@ -653,6 +694,30 @@ class LatentModel:
                 f"{n_times} time(s): give one observation per time, (T, ...)"
             )
 
+        if obs_noise is not None:
+            obs_noise = torch.as_tensor(obs_noise, dtype=torch.float64).reshape(-1)
+            if obs_noise.numel() not in (1, n_times):
+                raise ObservationMismatchError(
+                    f"obs_noise has {obs_noise.numel()} values; give one, or one per time "
+                    f"({n_times})"
+                )
+        # True where observed, the observations' shape (T, ...)
+        observed = ~torch.isnan(obs_t) if mask_t is None else mask_t.to(torch.bool)
+        outside = self.outside_layout(observed)
+        if outside is not None:
+            _warn_outside_layout(outside, observed, self.obs_points)
+            observed = observed & ~outside
+            obs_t = torch.where(outside, torch.nan, obs_t)
+            mask_t = None if mask_t is None else observed
+        seen = observed.reshape(n_times, -1).any(-1)
+        if not bool(seen.all()):  # a time with nothing to go on stays its prior
+            return self._analyse_seen(
+                prior_t, obs_t, mask_t, seen, out_dtype, single, as_numpy,
+                method=method, generator=generator, batch_size=batch_size,
+                return_latent=return_latent, update=update, obs_noise=obs_noise,
+                latent_error=latent_error, coverage_error=coverage_error, **options,
+            )  # fmt: skip
+
         states = prior_t.reshape(n_times * n_members, *prior_t.shape[2:])
         states = states.to(device=self.device, dtype=self.dtype)
         z_prior = self.encode(states, batch_size=batch_size)[0]
@@ -670,16 +735,9 @@ class LatentModel:
             ]
         )
         identity = torch.arange(self.latent_dim, device=self.device)
-        # True where observed, the observations' shape (T, ...)
-        observed = ~torch.isnan(obs_t) if mask_t is None else mask_t.to(torch.bool)
         obs_std = self.latent_obs_std
         if obs_noise is not None:
-            noise = torch.as_tensor(obs_noise, dtype=torch.float64).reshape(-1)
-            if noise.numel() not in (1, n_times):
-                raise ObservationMismatchError(
-                    f"obs_noise has {noise.numel()} values; give one, or one per time ({n_times})"
-                )
-            obs_std = self.latent_obs_std_at(noise.expand(n_times))  # (T, L)
+            obs_std = self.latent_obs_std_at(obs_noise.expand(n_times))  # (T, L)
         coverage = self.coverage(observed)
         if coverage_error and coverage is not None:  # what gaps add, where there are any
             extra = self.coverage_excess(coverage)[0]  # (T, L) float64
@@ -722,26 +780,82 @@ class LatentModel:
             obs_t,
             observed,
         )
-        diagnostics["coverage"] = (
-            torch.full((n_times,), torch.nan, dtype=torch.float64, device=self.device)
-            if coverage is None
-            else coverage
+        diagnostics["coverage"] = self._coverage_diagnostic(coverage, n_times)
+        post = self._masked_nan(post.reshape(prior_t.shape)).to(out_dtype)
+        latent = dict(prior=z_prior, obs=z_obs, obs_std=obs_std, posterior=z_post)
+        latent["diagnostics"] = diagnostics
+        return _result(post, prior_t.device, single, as_numpy, latent if return_latent else None)
+
+    def _coverage_diagnostic(self, coverage: torch.Tensor | None, n_times: int) -> torch.Tensor:
+        """The diagnostics' ``"coverage"``: :meth:`coverage`, NaN where it is None."""
+        if coverage is not None:
+            return coverage
+        return torch.full((n_times,), torch.nan, dtype=torch.float64, device=self.device)
+
+    def outside_layout(self, observed: torch.Tensor) -> torch.Tensor | None:
+        """True where ``observed`` (gridded, ``(..., C, H, W)``, True where observed)
+        lies off the observation layout (:attr:`obs_points`), a bool tensor on
+        ``observed``'s device (a tensor or array); None where nothing does, or where the
+        layout is not known (a station model, a custom ``make_obs``)."""
+        points = self.obs_points
+        if points is None:
+            return None
+        observed = torch.as_tensor(observed)
+        outside = observed & ~points.to(observed.device)
+        return outside if bool(outside.any()) else None
+
+    def _analyse_seen(self, prior, obs, mask, seen, out_dtype, single, as_numpy, **kwargs) -> Any:
+        """:meth:`analyse` of the times ``seen`` (``(T,)`` bool) alone; the others, with
+        no observation the encoder reads, are returned as their prior (exactly, in its
+        dtype), their diagnostics zero and their latent posterior the prior's."""
+        n_times = prior.shape[0]
+        at = seen.nonzero().squeeze(1).cpu()
+        generator, noise = kwargs.pop("generator"), kwargs.pop("obs_noise")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n_times:
+                raise OptionError(
+                    f"generator has {len(generator)} seeds; give one per time ({n_times})"
+                )
+            generator = [generator[i] for i in at.tolist()]
+        if noise is not None and noise.numel() > 1:  # checked: one per time
+            noise = noise[at]
+        post = self._masked_nan(prior.to(device=self.device)).to(out_dtype).clone()
+        return_latent = kwargs["return_latent"]
+        latent = None
+        if at.numel():
+            part = self.analyse(
+                prior[at], obs[at], None if mask is None else mask[at],
+                generator=generator, obs_noise=noise, **kwargs,
+            )  # fmt: skip
+            part, latent = part if return_latent else (part, None)
+            post[at.to(post.device)] = part.to(post.device)
+        if not return_latent:
+            return _result(post, prior.device, single, as_numpy, None)
+        # the latent prior of every time; at the others, no observation and no update
+        states = prior.reshape(-1, *prior.shape[2:]).to(device=self.device, dtype=self.dtype)
+        z_prior = self.encode(states, batch_size=kwargs["batch_size"])[0]
+        z_prior = z_prior.reshape(n_times, prior.shape[1], self.latent_dim)
+        coverage = self.coverage(~torch.isnan(obs) if mask is None else mask)
+        full = dict(
+            prior=z_prior,
+            obs=torch.full_like(z_prior[:, 0], torch.nan),
+            obs_std=self.latent_obs_std,
+            posterior=z_prior.clone(),
+            diagnostics={
+                k: torch.zeros(n_times, dtype=self.dtype, device=self.device)
+                for k in ("reconstruction", "innovation", "analysis_misfit", "count")
+            },
         )
-        post = self._masked_nan(post.reshape(prior_t.shape))
-        post = post.to(dtype=out_dtype, device=prior_t.device)
-        if single:
-            post = post[0]
-        result = post.numpy() if as_numpy else post
-        if return_latent:
-            latent = {
-                "prior": z_prior,
-                "obs": z_obs,
-                "obs_std": obs_std,
-                "posterior": z_post,
-                "diagnostics": diagnostics,
-            }
-            return result, latent
-        return result
+        full["diagnostics"]["coverage"] = self._coverage_diagnostic(coverage, n_times)
+        if latent is not None:
+            idx = at.to(self.device)
+            full["obs"][idx], full["posterior"][idx] = latent["obs"], latent["posterior"]
+            if latent["obs_std"].ndim == 2:  # one row per time
+                full["obs_std"] = torch.full_like(full["obs"], torch.nan)
+                full["obs_std"][idx] = latent["obs_std"]
+            for k, v in latent["diagnostics"].items():
+                full["diagnostics"][k][idx] = v
+        return _result(post, prior.device, single, as_numpy, full)
 
     @property
     def latent_scale(self) -> torch.Tensor:
