@@ -170,6 +170,20 @@ def test_latent_methods_analyse_the_unmasked_points_of_a_masked_prior(masked_mod
     assert not np.allclose(out.sst.where(~land).fillna(0), prior.sst.where(~land).fillna(0))
 
 
+def test_a_masked_model_returns_an_unobserved_time_as_its_prior(masked_model):
+    """``LatentModel.analyse`` directly: NaN on land, the sea as given, at a time with
+    nothing observed; the observed time analysed."""
+    _, land, model, _ = masked_model
+    prior = _masked_runs(n_time=2, n_member=6, seed=1)[0].sst.values[:, :, None]
+    truth = _masked_runs(n_time=2, n_member=1, seed=2)[0].sst.values[:, 0, None]
+    obs = np.where(model.obs_points.numpy(), truth, np.nan)
+    obs[1] = np.nan
+    post = model.analyse(prior, obs, generator=[0, 1])
+    np.testing.assert_array_equal(post[1], prior[1])  # NaN on land in both
+    assert np.isnan(post[0][..., land]).all()
+    assert not np.allclose(post[0][..., ~land], prior[0][..., ~land])
+
+
 def test_latent_methods_refuse_a_prior_with_another_mask(masked_model):
     data, _, _, path = masked_model
     prior = _masked_runs(n_time=1, n_member=4, seed=1)[0]

@@ -819,7 +819,7 @@ class LatentModel:
             generator = [generator[i] for i in at.tolist()]
         if noise is not None and noise.numel() > 1:  # checked: one per time
             noise = noise[at]
-        post = self._masked_nan(prior.to(device=self.device)).to(out_dtype).clone()
+        post = self._masked_nan(prior.to(device=self.device, dtype=out_dtype)).clone()
         return_latent = kwargs["return_latent"]
         latent = None
         if at.numel():
