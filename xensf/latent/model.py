@@ -500,6 +500,10 @@ class LatentModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent Gaussian of observations.
 
+        The network as it is: every value given is read, on the layout or off it
+        (:meth:`outside_layout`), and observations with nothing observed still get an
+        encoding. :meth:`analyse` keeps both away from it.
+
         Parameters
         ----------
         values : torch.Tensor
