@@ -145,6 +145,9 @@ def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):
     assert bool(torch.isnan(latent["obs"][[1, 3]]).all())
     torch.testing.assert_close(latent["posterior"][[1, 3]], latent["prior"][[1, 3]])
     torch.testing.assert_close(latent["posterior"][[0, 2]], latent_seen["posterior"])
+    torch.testing.assert_close(latent["prior"][[0, 2]], latent_seen["prior"])
+    encoded = model.encode(torch.from_numpy(x[3]).float(), batch_size=x.shape[1])[0]
+    torch.testing.assert_close(latent["prior"][3], encoded)
     # nothing observed at any time: the prior, and no network pass needed for it
     (untouched, _), _ = _analyse(model, x, np.full_like(y, np.nan), seeds)
     np.testing.assert_array_equal(untouched, x)

@@ -835,10 +835,18 @@ class LatentModel:
             post[at.to(post.device)] = part.to(post.device)
         if not return_latent:
             return _result(post, prior.device, single, as_numpy, None)
-        # the latent prior of every time; at the others, no observation and no update
-        states = prior.reshape(-1, *prior.shape[2:]).to(device=self.device, dtype=self.dtype)
-        z_prior = self.encode(states, batch_size=kwargs["batch_size"])[0]
-        z_prior = z_prior.reshape(n_times, prior.shape[1], self.latent_dim)
+        # the latent prior of every time (the analysed ones' from their analysis); at the
+        # others, no observation and no update
+        n_members = prior.shape[1]
+        z_prior = torch.empty(
+            n_times, n_members, self.latent_dim, dtype=self.dtype, device=self.device
+        )
+        rest = (~seen).nonzero().squeeze(1).cpu()
+        states = prior[rest].reshape(-1, *prior.shape[2:]).to(device=self.device, dtype=self.dtype)
+        z_rest = self.encode(states, batch_size=kwargs["batch_size"])[0]
+        z_prior[rest.to(self.device)] = z_rest.reshape(rest.numel(), n_members, self.latent_dim)
+        if latent is not None:
+            z_prior[at.to(self.device)] = latent["prior"]
         coverage = self.coverage(~torch.isnan(obs) if mask is None else mask)
         full = dict(
             prior=z_prior,
