@@ -14,7 +14,12 @@ import torch
 from test_latent_accessor import case  # noqa: F401  (module-scoped fixture)
 
 import xensf
-from xensf.errors import BundleError, ObservationLayoutWarning, OptionError
+from xensf.errors import (
+    BundleError,
+    ObservationLayoutWarning,
+    ObservationMismatchError,
+    OptionError,
+)
 from xensf.latent import (
     LatentModel,
     calibrate_obs_error,
@@ -151,6 +156,29 @@ def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):
     # nothing observed at any time: the prior, and no network pass needed for it
     (untouched, _), _ = _analyse(model, x, np.full_like(y, np.nan), seeds)
     np.testing.assert_array_equal(untouched, x)
+
+
+def test_the_model_reads_a_mask_as_given_and_refuses_what_it_cannot_read(case):  # noqa: F811
+    """A mask broadcast over the times is the NaN pattern's equal; anything may stand
+    where it is False (inf too); a mask that does not fit, or an infinite observed value,
+    is refused before any work."""
+    model, prior, truth, _ = case
+    x = prior.h.values[:, :, None]
+    points = model.obs_points.numpy()
+    y = np.where(points, truth.h.values[:, None], np.nan)
+    (expected, latent), _ = _analyse(model, x, y, [5, 6, 7, 8])
+    anything = np.where(points, y, np.inf)
+    (post, latent_mask), none = _analyse(model, x, anything, [5, 6, 7, 8], mask=points)
+    assert none == []
+    np.testing.assert_array_equal(post, expected)
+    for k, v in latent["diagnostics"].items():
+        assert torch.equal(latent_mask["diagnostics"][k], v)
+    with pytest.raises(
+        ObservationMismatchError, match=r"mask of shape \(1, 24, 12\) does not fit"
+    ):
+        model.analyse(x, y, points[..., :12])
+    with pytest.raises(ObservationMismatchError, match=r"144 observed value\(s\) are infinite"):
+        model.analyse(x, np.where(points, np.inf, np.nan)[None].repeat(4, 0))
 
 
 def _tiny(make_obs, **options):

@@ -102,6 +102,38 @@ def _warn_outside_layout(outside: torch.Tensor, observed: torch.Tensor, points) 
     )
 
 
+def _observed(values: torch.Tensor, mask=None) -> torch.Tensor:
+    """True where ``values`` are observed, ``values``' shape: ``mask`` (boolean,
+    broadcastable to it) or, by default, where they are not NaN; ObservationMismatchError
+    for a mask of another type or shape, True at a NaN, or an infinite observed value."""
+    if mask is None:
+        mask = ~torch.isnan(values)
+    else:
+        mask = torch.as_tensor(mask, device=values.device)
+        if mask.dtype != torch.bool:
+            raise ObservationMismatchError(
+                f"the observation mask must be boolean, got {mask.dtype}"
+            )
+        try:
+            mask = mask.expand(values.shape)
+        except RuntimeError:
+            raise ObservationMismatchError(
+                f"the observation mask of shape {tuple(mask.shape)} does not fit the "
+                f"observations' {tuple(values.shape)}"
+            ) from None
+        if bool((mask & torch.isnan(values)).any()):
+            raise ObservationMismatchError(
+                "the observation mask is True where the value is NaN; mark missing "
+                "observations False in the mask"
+            )
+    if bool((mask & torch.isinf(values)).any()):
+        raise ObservationMismatchError(
+            f"{int((mask & torch.isinf(values)).sum())} observed value(s) are infinite; "
+            "give finite values, and NaN (or False in the mask) where nothing is observed"
+        )
+    return mask
+
+
 def _result(post: torch.Tensor, device, single: bool, as_numpy: bool, latent: dict | None):
     """What :meth:`LatentModel.analyse` returns: ``post`` on ``device``, without its time
     dim for a single time, as numpy for numpy input, with ``latent`` where given."""
@@ -391,21 +423,7 @@ class LatentModel:
             Both ``(B, C, H, W)``.
         """
         values = torch.as_tensor(values, device=self.device).to(self.dtype)
-        finite = ~torch.isnan(values)
-        if mask is None:
-            mask = finite
-        else:
-            mask = torch.as_tensor(mask, device=self.device)
-            if mask.dtype != torch.bool:
-                raise ObservationMismatchError(
-                    f"the observation mask must be boolean, got {mask.dtype}"
-                )
-            mask = mask.expand(values.shape)
-            if bool((mask & ~finite).any()):
-                raise ObservationMismatchError(
-                    "the observation mask is True where the value is NaN; mark missing "
-                    "observations False in the mask"
-                )
+        mask = _observed(values, mask)
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
         if self.obs_kind == "gridded":
             normed = torch.where(mask, self.normalize(values), zero)
@@ -564,7 +582,9 @@ class LatentModel:
             :class:`~xensf.errors.ObservationLayoutWarning`. A time with no observed
             value the encoder reads is returned as its prior, exactly.
         mask : array of bool, optional
-            True where observed, same shape as ``obs``; default ``~isnan(obs)``.
+            True where observed, ``obs``' shape or broadcastable to it (one mask for
+            every time); default ``~isnan(obs)``. Values where it is False are not
+            read. An observed value that is NaN or infinite is refused.
         method : {"latent-ensf", "latent-letkf"}, default "latent-ensf"
             ``"latent-ensf"``: :func:`~xensf.filters.ensf.ensf_analysis` on the latent
             ensemble, standardised by the spread of each latent value over the training
@@ -706,13 +726,14 @@ class LatentModel:
                     f"({n_times})"
                 )
         # True where observed, the observations' shape (T, ...)
-        observed = ~torch.isnan(obs_t) if mask_t is None else mask_t.to(torch.bool)
+        observed = _observed(obs_t, mask_t)
         outside = self.outside_layout(observed)
         if outside is not None:
             _warn_outside_layout(outside, observed, self.obs_points)
             observed = observed & ~outside
-            obs_t = torch.where(outside, torch.nan, obs_t)
-            mask_t = None if mask_t is None else observed
+        # NaN wherever nothing is read (the mask may leave anything there)
+        obs_t = torch.where(observed, obs_t, torch.nan)
+        mask_t = None if mask_t is None else observed
         seen = observed.reshape(n_times, -1).any(-1)
         if not bool(seen.all()):  # a time with nothing to go on stays its prior
             return self._analyse_seen(
