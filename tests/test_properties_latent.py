@@ -12,6 +12,14 @@ The property: an ``XensfError``, or a correct result: finite, the prior's dims, 
 and coordinates, every unobserved time returned exactly as given (for the latent
 methods alone also every time observed only off the gridded model's layout), the hybrid's per-time
 outputs in range, numpy = dask bit for bit; and the input never modified.
+
+And the same model's ``LatentModel.analyse`` called directly (``model_cases``): gridded
+observations on the layout, on half of it, on and off it, off it only or none, station
+slots with gaps, a mask with anything where it is False, float32 or float64, either
+update, every form of ``obs_noise``. The property: the prior's shape and dtype, finite,
+an ``ObservationLayoutWarning`` exactly when values lie off the layout, every time with
+nothing the encoder reads returned exactly as given, every other time bit for bit as
+analysed alone; the input never modified.
 """
 
 from __future__ import annotations
@@ -196,3 +204,106 @@ def test_latent_assimilate_gives_a_result_or_an_xensf_error_many(case):
     outcome = _check(case)
     hypothesis.event(outcome)
     assert outcome in ("refused", "analysed")
+
+
+@st.composite
+def model_cases(draw):
+    """``LatentModel.analyse`` called directly: a prior array, observations (gridded
+    with any pattern on and off the layout, or station slots), a mask or none, and
+    keyword arguments."""
+    kind = draw(st.sampled_from(["gridded", "stations"]))
+    model = _models()[kind]
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    n_time, n_mem = draw(st.integers(1, 3)), draw(st.sampled_from([2, 5]))
+    pos = random_positions(n_time * (n_mem + 1), gen)
+    fields = blobs(pos[:, 0], pos[:, 1])[:, 0].reshape(n_time, n_mem + 1, 1, GRID, GRID)
+    prior = fields[:, 1:].numpy().astype(draw(st.sampled_from(["float32", "float64"])))
+    truth = fields[:, 0].numpy()
+    if kind == "gridded":
+        points = model.obs_points.numpy()
+        patterns = st.sampled_from(["layout", "half", "layout and off", "off", "none"])
+        obs = np.full(truth.shape, np.nan)
+        for t in range(n_time):
+            pattern = draw(patterns)
+            keep = points & (rng.random(points.shape) < 0.5) if pattern == "half" else points
+            if pattern == "off":
+                keep = np.roll(points, 2, axis=-1)
+            elif pattern == "layout and off":
+                keep = keep | np.roll(points, 2, axis=-1)
+            obs[t] = np.where(keep if pattern != "none" else False, truth[t], np.nan)
+    else:
+        slots = model.config["obs_layout"]["n_obs"]
+        obs = rng.standard_normal((n_time, slots)) * 0.1 + 1.0
+        obs[rng.random(obs.shape) < draw(st.sampled_from([0.0, 0.5, 1.0]))] = np.nan
+        if draw(st.booleans()):
+            obs[draw(st.integers(0, n_time - 1))] = np.nan
+    mask = None
+    if draw(st.booleans()):  # a mask, and anything where it is False
+        mask = ~np.isnan(obs)
+        obs = np.where(mask, obs, draw(st.sampled_from([0.0, np.inf, -7.5])))
+    method = draw(st.sampled_from(["latent-ensf", "latent-letkf"]))
+    kwargs = {"method": method, "batch_size": n_mem}
+    if method == "latent-ensf":
+        kwargs.update(steps=10, generator=[int(s) for s in rng.integers(0, 1000, n_time)])
+    kwargs["update"] = draw(st.sampled_from(["decode", "increment"]))
+    noise = draw(st.sampled_from([None, "one", "per time"]))
+    if noise is not None:
+        kwargs["obs_noise"] = 0.1 if noise == "one" else list(rng.uniform(0.0, 0.3, n_time))
+    return model, prior, obs.astype("float32"), mask, kwargs
+
+
+def _read(model, obs: np.ndarray, mask) -> np.ndarray:
+    """``(T,)`` bool: the times with a value the model's encoder reads."""
+    observed = ~np.isnan(obs) if mask is None else mask
+    if model.obs_points is not None:
+        observed = observed & model.obs_points.numpy()
+    return observed.reshape(len(obs), -1).any(-1)
+
+
+def _check_model(case) -> None:
+    model, prior, obs, mask, kwargs = case
+    given = [a.copy() for a in (prior, obs, *([] if mask is None else [mask]))]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        post = model.analyse(prior, obs, mask, **kwargs)
+    for before, after in zip(given, (prior, obs, mask), strict=False):
+        np.testing.assert_array_equal(before, after)  # nothing given is modified
+    assert post.shape == prior.shape and post.dtype == prior.dtype
+    assert np.isfinite(post).all()
+    off = mask if mask is not None else ~np.isnan(obs)
+    if model.obs_points is not None:
+        off = off & ~model.obs_points.numpy()
+        warned = any(issubclass(w.category, xensf.ObservationLayoutWarning) for w in record)
+        assert warned == bool(off.any())
+    read = _read(model, obs, mask)
+    for t in np.flatnonzero(~read):
+        np.testing.assert_array_equal(post[t], prior[t])  # exactly the prior
+    for t in np.flatnonzero(read):  # as if analysed alone
+        alone = dict(kwargs)
+        if "generator" in alone:
+            alone["generator"] = [kwargs["generator"][t]]
+        if isinstance(kwargs.get("obs_noise"), list):
+            alone["obs_noise"] = [kwargs["obs_noise"][t]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", XensfWarning)
+            single = model.analyse(
+                prior[t : t + 1],
+                obs[t : t + 1],
+                None if mask is None else mask[t : t + 1],
+                **alone,
+            )
+        np.testing.assert_array_equal(post[t], single[0])
+
+
+@settings(max_examples=15, **_COMMON)
+@given(model_cases())
+def test_the_model_analyses_what_it_reads_and_returns_the_rest(case):
+    _check_model(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_COMMON)
+@given(model_cases())
+def test_the_model_analyses_what_it_reads_and_returns_the_rest_many(case):
+    _check_model(case)
