@@ -156,6 +156,9 @@ def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):
     # nothing observed at any time: the prior, and no network pass needed for it
     (untouched, _), _ = _analyse(model, x, np.full_like(y, np.nan), seeds)
     np.testing.assert_array_equal(untouched, x)
+    # options are checked all the same, before any work
+    with pytest.raises(OptionError, match="deterministic"):
+        model.analyse(x, np.full_like(y, np.nan), method="latent-letkf", generator=seeds)
 
 
 def test_the_model_reads_a_mask_as_given_and_refuses_what_it_cannot_read(case):  # noqa: F811

@@ -687,6 +687,15 @@ class LatentModel:
             )
         if not isinstance(coverage_error, bool):
             raise OptionError(f"coverage_error must be True or False, got {coverage_error!r}")
+        if method == "latent-letkf":
+            if generator is not None:
+                raise OptionError('method="latent-letkf" is deterministic; leave generator=None')
+            bad = {"loc_radius", "state_coords", "obs_coords"} & set(options)
+            if bad:
+                raise OptionError(
+                    f"latent-letkf takes no localisation (latent components have no "
+                    f"location); drop {sorted(bad)}"
+                )
         as_numpy = isinstance(prior, np.ndarray)
         prior_t = torch.as_tensor(prior)
         out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
@@ -785,14 +794,6 @@ class LatentModel:
                 z_prior, z_obs, identity, obs_std, generator=generator, **options
             )
         else:
-            if generator is not None:
-                raise OptionError('method="latent-letkf" is deterministic; leave generator=None')
-            bad = {"loc_radius", "state_coords", "obs_coords"} & set(options)
-            if bad:
-                raise OptionError(
-                    f"latent-letkf takes no localisation (latent components have no "
-                    f"location); drop {sorted(bad)}"
-                )
             z_post = letkf_analysis(z_prior, z_obs, identity, obs_std, **options)
         post = self._decode(z_post.reshape(-1, self.latent_dim), batch_size)
         recon = self._decode(z_prior.reshape(-1, self.latent_dim), batch_size)
