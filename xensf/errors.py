@@ -1,12 +1,34 @@
-"""Exception types raised by xensf.
+"""Exception and warning types raised by xensf, and how its warnings are issued.
 
 Every error xensf raises on bad input is one of these, so that callers can catch
 them specifically. Each subclasses the builtin it refines (``ValueError``,
 ``KeyError``) so generic handlers keep working. Messages name the variable,
-dimension or file at fault and say what would fix it.
+dimension or file at fault and say what would fix it. Warnings are issued by
+:func:`warn_user`, so that they name the caller's line, not xensf's.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the frame that called the outermost xensf
+    function on the stack: the line of the user's code that called into xensf, past
+    the xarray and dask frames xensf runs its blocks through (when a dask worker runs
+    them, the scheduler's frame in that thread). The warning then shows where the call
+    was made, and the warnings filters' ``module`` and the once-per-location registry
+    apply to it."""
+    frame, level, outermost = sys._getframe(0), 1, 1
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(_PACKAGE):
+            outermost = level
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=outermost + 1)
 
 
 class XensfError(Exception):

@@ -27,13 +27,12 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .errors import ObservationDomainError, ObservationMismatchError, OptionError
+from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
 __all__ = [
@@ -458,12 +457,11 @@ def field_rows(
 # gridded observations with gaps
 # --------------------------------------------------------------------------------------
 def _superseded(name: str) -> None:
-    warnings.warn(
+    warn_user(
         f"xensf.obs.{name} is deprecated and will be removed in the next release: the "
         "filters take missing observations as NaN in y (or obs_std = inf), so observe every "
         "grid point with an index operator and leave the gaps NaN",
         FutureWarning,
-        stacklevel=3,
     )
 
 

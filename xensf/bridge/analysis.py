@@ -21,6 +21,7 @@ from ..errors import (
     EnsembleError,
     ObservationMismatchError,
     OptionError,
+    warn_user,
 )
 from ..filters.device import compute_device
 from ..filters.noise import analysis_seeds
@@ -148,7 +149,6 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     """The plan with each observation's weights on unmasked points only, and ``y`` NaN
     where an observation reads masked points alone; a warning says how many of each."""
     import dataclasses
-    import warnings
 
     from ..errors import MaskedObservationWarning
 
@@ -163,12 +163,11 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     seen = np.isfinite(y)
     n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
     if n_dropped or n_moved:
-        warnings.warn(
+        warn_user(
             f"{n_dropped} observations fall on masked points of the prior (NaN in every "
             f"member) and were dropped; {n_moved} next to the mask use only the unmasked "
             "points of their interpolation",
             MaskedObservationWarning,
-            stacklevel=2,
         )
     scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
     weights = kept * scale[:, None]
@@ -183,7 +182,6 @@ _ERROR_SPREAD_RATIO = 10.0
 
 def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
     """Warn, per variable, where the errors dwarf the prior spread at the observed points."""
-    import warnings
 
     from ..errors import ObservationErrorWarning
 
@@ -203,14 +201,13 @@ def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
         if rms_err > _ERROR_SPREAD_RATIO * rms_spread:
             name = plan.layout.variables[v]
             ratio = rms_err / rms_spread if rms_spread > 0 else float("inf")
-            warnings.warn(
+            warn_user(
                 f"the observation errors of {name!r} (RMS {rms_err:.3g}) are {ratio:.3g} "
                 f"times the prior ensemble spread at the observed points (RMS "
                 f"{rms_spread:.3g}): the analysis will hardly move from the prior. If that "
                 "is not meant, give smaller errors (obs_error='P%' is P % of the "
                 "observations' spatial standard deviation, not of the prior spread).",
                 ObservationErrorWarning,
-                stacklevel=2,
             )
 
 

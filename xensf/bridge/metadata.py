@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from .._version import VERSION
+from ..errors import warn_user
 
 CF_CONVENTIONS = "CF-1.11"
 ATTR_PREFIX = "xensf_"
@@ -322,14 +322,13 @@ def _mend_time(ds: xr.Dataset, time_dim: str) -> None:
         comment = var.attrs.get("comment")
         var.attrs["comment"] = f"{comment}\n{note}" if comment else note
         return
-    warnings.warn(
+    warn_user(
         f"The time coordinate {time_dim!r} has standard_name 'forecast_reference_time' "
         "and a non-zero lead time, so it is not the time the analysis is valid at; it is "
         "left as it is, and the CF checker will report that the coordinate variable "
         f"{time_dim!r} lacks standard_name 'time'. Make the valid time the time "
         "dimension coordinate (e.g. ds.swap_dims(time='valid_time')) to avoid this.",
         CFMetadataWarning,
-        stacklevel=3,
     )
 
 

@@ -12,13 +12,18 @@ is one class here and one entry there, and the bridge needs no change.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..errors import EnsembleError, ModelQualityWarning, ObservationLayoutWarning, OptionError
+from ..errors import (
+    EnsembleError,
+    ModelQualityWarning,
+    ObservationLayoutWarning,
+    OptionError,
+    warn_user,
+)
 from .geometry import letkf_geometry
 from .layout import grid_field
 from .model_cache import cached_model
@@ -915,7 +920,7 @@ def _drop_outside_layout(model, model_obs: np.ndarray, plan: BlockPlan, method) 
         else "the latent analysis does not use them: use method='latent-ensf-letkf' (its "
         "LETKF step assimilates every observation) or a full-space method"
     )
-    warnings.warn(
+    warn_user(
         f"{int(outside.sum())} of {int(observed.sum())} observed values (at "
         f"{int(outside.reshape(n_times, -1).any(-1).sum())} of {n_times} analysed times) "
         f"lie at grid points outside the observation layout of the latent model "
@@ -929,7 +934,6 @@ def _drop_outside_layout(model, model_obs: np.ndarray, plan: BlockPlan, method) 
             else ""
         ),
         ObservationLayoutWarning,
-        stacklevel=2,
     )
     return np.where(outside, np.nan, model_obs).astype(model_obs.dtype)
 
@@ -1066,7 +1070,7 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
     innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
     misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
     if rec > innov and misfit > innov:
-        warnings.warn(
+        warn_user(
             f"the latent model {plan.model.path} reconstructs the prior members at the "
             f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
             f"training std), more than the RMS innovation (observation minus prior mean) "
@@ -1077,7 +1081,6 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
             "against the prior's), train the model on more data like this, or use "
             "a full-space method (ensf, letkf).",
             ModelQualityWarning,
-            stacklevel=2,
         )
 
 
@@ -1105,7 +1108,7 @@ def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
         if trained == 0
         else f"layouts with up to {trained:.0%} of the values left out"
     )
-    warnings.warn(
+    warn_user(
         f"the observations at {short} of {counts.size} analysed times cover as little as "
         f"{lowest:.0%} of the latent model {plan.model.path}'s observation layout "
         f"({int(counts.min())} of {total} values); its observation encoder was trained on "
@@ -1114,7 +1117,6 @@ def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
         "(xensf.train_latent(..., obs_dropout=...)), or use method='latent-ensf-letkf' "
         "(it falls back on the real observations) or a full-space method (ensf, letkf).",
         ModelQualityWarning,
-        stacklevel=2,
     )
 
 

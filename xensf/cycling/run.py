@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, EnsembleError, OptionError, XensfWarning
+from ..errors import DimensionError, EnsembleError, OptionError, XensfWarning, warn_user
 from .context import CycleContext
 from .forecast import check_forecaster
 from .record import cycle_record, run_attrs
@@ -329,11 +329,10 @@ class _WarningTally:
 
     def report(self, total: int) -> None:
         for category, (cycles, first) in self.seen.items():
-            warnings.warn(
+            warn_user(
                 f"{category.__name__} in {len(cycles)} of the {total} cycles of this run; the "
                 f"first, at {first}",
                 category,
-                stacklevel=4,
             )
 
 

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable
 
 import torch
 
+from ..errors import warn_user
 from .schedule import DiffusionSchedule
 
 __all__ = ["KernelUnavailable", "kernel_applies", "run_fused_steps"]
@@ -283,10 +283,9 @@ def run_fused_steps(
                 torch.sum(partials, dim=1, out=logits)  # fixed order: deterministic
     except Exception as err:  # compile errors differ between Triton versions
         _failed = f"{type(err).__name__}: {err}"
-        warnings.warn(
+        warn_user(
             f"the fused EnSF kernel failed ({_failed}); using the torch step from now on",
             RuntimeWarning,
-            stacklevel=3,
         )
         raise KernelUnavailable(_failed) from err
     return zb.reshape(z.shape)

@@ -18,7 +18,6 @@ import hashlib
 import itertools
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ..errors import (
     ObservationLayoutWarning,
     ObservationMismatchError,
     OptionError,
+    warn_user,
 )
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
@@ -87,7 +87,7 @@ def _warn_outside_layout(outside: torch.Tensor, observed: torch.Tensor, points) 
     n_times = observed.shape[0]
     left = (observed & ~outside).reshape(n_times, -1).any(-1)
     empty = int((~left).sum())
-    warnings.warn(
+    warn_user(
         f"{int(outside.sum())} of {int(observed.sum())} observed values (at "
         f"{int(outside.reshape(n_times, -1).any(-1).sum())} of {n_times} times) lie at grid "
         f"points outside the model's observation layout ({int(points.sum())} values, "
@@ -98,7 +98,6 @@ def _warn_outside_layout(outside: torch.Tensor, observed: torch.Tensor, points) 
             f". {empty} time(s) with none on the layout are returned as the prior" if empty else ""
         ),
         ObservationLayoutWarning,
-        stacklevel=3,
     )
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from ..errors import (
     OptionError,
     PrecisionWarning,
     TrainingDataWarning,
+    warn_user,
 )
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
 from .calibration import coverage_error_curve, layout_points, leave_out, obs_error_curve
@@ -984,12 +984,11 @@ def train_latent_model(
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
-        warnings.warn(
+        warn_user(
             f"precision='bfloat16' on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
             "no AVX-512 BF16 or AMX) is emulated, about ten times slower than float32: "
             "training in float32 instead (give precision='float32' to say so)",
             PrecisionWarning,
-            stacklevel=2,
         )
         precision = "float32"
     split_gen = torch.Generator().manual_seed(seed)
@@ -1009,13 +1008,12 @@ def train_latent_model(
             grid[key] = value
     latent = LatentGrid(grid_shape, **grid)  # checks the values
     if n_train is not None and n_train < latent.size:
-        warnings.warn(
+        warn_user(
             f"{n_train} training states for a latent of {latent.size} values "
             f"({'x'.join(map(str, latent.shape))}): a model this size needs many more states "
             "than latent values to generalise. Give more states (more runs, more times) or "
             "a smaller latent_dim.",
             TrainingDataWarning,
-            stacklevel=2,
         )
     if normalization is None:
         mean, std = _statistics(train_src, "states", channels)
