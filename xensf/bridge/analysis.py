@@ -19,6 +19,8 @@ from ..errors import (
     ChunkingError,
     DimensionError,
     EnsembleError,
+    MaskedObservationWarning,
+    ObservationErrorWarning,
     ObservationMismatchError,
     OptionError,
     warn_user,
@@ -150,8 +152,6 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     where an observation reads masked points alone; a warning says how many of each."""
     import dataclasses
 
-    from ..errors import MaskedObservationWarning
-
     obs = plan.obs
     valid = ~masked[obs.indices] & (obs.weights != 0)
     kept = np.where(valid, obs.weights, 0.0)
@@ -182,9 +182,6 @@ _ERROR_SPREAD_RATIO = 10.0
 
 def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
     """Warn, per variable, where the errors dwarf the prior spread at the observed points."""
-
-    from ..errors import ObservationErrorWarning
-
     rows = np.flatnonzero(observed.any(axis=0))
     if rows.size == 0:
         return
