@@ -105,6 +105,21 @@ def test_chunking_does_not_matter(case):
     )
 
 
+def test_latent_letkf_localises_in_latent_cells(case):
+    """latent-letkf's radius is in latent grid cells, not in the grid's units: a
+    ``loc_radius`` (km or metres, as letkf takes it) is refused rather than read as
+    cells, and the localised analysis is not the global one."""
+    model, prior, _, obs = case
+    with pytest.raises(OptionError, match="loc_radius"):
+        prior.ensf.assimilate(obs, model=model, method="latent-letkf", loc_radius=300.0)
+    with pytest.raises(OptionError, match="latent_radius"):
+        prior.ensf.assimilate(obs, model=model, method="latent-letkf", latent_radius=0)
+    local = prior.ensf.assimilate(obs, model=model, method="latent-letkf", latent_radius=0.5)
+    glob = prior.ensf.assimilate(obs, model=model, method="latent-letkf", latent_radius=None)
+    assert not np.allclose(local.h.values, glob.h.values)
+    assert np.isfinite(local.h.values).all()
+
+
 def test_model_by_path_and_a_time_without_observations(case, tmp_path):
     model, prior, _, obs = case
     model.save(tmp_path / "blob.xensf")

@@ -92,7 +92,7 @@ class EnsfDatasetAccessor:
             prior members moved towards the latent analysis members as far as the
             prior's error exceeds its spread (else from the prior; needs
             ``obs_error``); ``"latent-letkf"``:
-            the ETKF in latent space. Latent methods warn
+            the LETKF in latent space, localised on the latent grid. Latent methods warn
             :class:`~xensf.errors.ModelQualityWarning` when the model cannot represent
             the data as well as the observations pin it down.
         model : LatentModel or path, optional
@@ -156,7 +156,11 @@ class EnsfDatasetAccessor:
             decoded posterior latents; or "increment": each member plus the decoded
             latent increment, which keeps what the VAE cannot represent).
             ``latent-ensf-letkf``: those of ``latent-ensf`` and of ``letkf``.
-            ``latent-letkf``: ``inflation``, ``rtps`` (0.9), ``update``.
+            ``latent-letkf``: ``latent_radius`` (Gaspari–Cohn half-width in latent grid
+            cells; None: the global ETKF; "auto", the default: 1 cell where the latent
+            has at least as many values as there are members, else global),
+            ``inflation``, ``rtps`` (1.0),
+            ``update``.
 
         Returns
         -------

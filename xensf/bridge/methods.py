@@ -226,6 +226,15 @@ def _check_option(method: str, key: str, value: Any) -> None:
             f"{method}: vertical_radius must be a positive number (ln p on pressure levels, "
             f"metres on heights) or None, got {value!r}"
         )
+    if key == "latent_radius" and not (
+        value is None
+        or (isinstance(value, str) and value == "auto")
+        or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0)
+    ):
+        raise OptionError(
+            f"{method}: latent_radius must be a positive number of latent grid cells, "
+            f'None (the global ETKF) or "auto", got {value!r}'
+        )
     if (
         key == "loc_radius"
         and value is not None
@@ -666,13 +675,22 @@ class LatentEnSF(_LatentMethod):
 
 @dataclass(frozen=True)
 class LatentLETKF(_LatentMethod):
-    """The global ETKF on the latent ensemble with the encoded observation."""
+    """The LETKF on the latent ensemble with the encoded observation, localised on the
+    latent grid (``latent_radius`` cells; None: the global ETKF; "auto": 1 cell where
+    the latent has at least as many values as there are members, else global)."""
 
     name: ClassVar[str] = "latent-letkf"
-    description: ClassVar[str] = "ETKF on the latent ensemble with the encoded observation"
+    description: ClassVar[str] = (
+        "LETKF on the latent ensemble with the encoded observation, localised on the latent grid"
+    )
     latent_filter: ClassVar[str] = "latent-letkf"
     inflation: float = 1.0
-    rtps: float = 0.9
+    # relaxation to the prior spread, in full: with the localisation the analysis
+    # spread is still below its error (docs/benchmarks.md)
+    rtps: float = 1.0
+    # Gaspari–Cohn half-width in latent grid cells; None: the global ETKF; "auto":
+    # LatentModel.analyse's rule (localised where the members cannot span the latent)
+    latent_radius: float | str | None = "auto"
     update: str = "decode"
 
 
