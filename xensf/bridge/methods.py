@@ -24,6 +24,7 @@ from ..errors import (
     OptionError,
     warn_user,
 )
+from ..latent.model import check_latent_radius
 from .geometry import letkf_geometry
 from .layout import grid_field
 from .model_cache import cached_model
@@ -226,15 +227,8 @@ def _check_option(method: str, key: str, value: Any) -> None:
             f"{method}: vertical_radius must be a positive number (ln p on pressure levels, "
             f"metres on heights) or None, got {value!r}"
         )
-    if key == "latent_radius" and not (
-        value is None
-        or (isinstance(value, str) and value == "auto")
-        or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0)
-    ):
-        raise OptionError(
-            f"{method}: latent_radius must be a positive number of latent grid cells, "
-            f'None (the global ETKF) or "auto", got {value!r}'
-        )
+    if key == "latent_radius":
+        check_latent_radius(value, method)
     if (
         key == "loc_radius"
         and value is not None

@@ -115,16 +115,39 @@ def _warn_outside_layout(outside: torch.Tensor, observed: torch.Tensor, points) 
 _LATENT_PLACES = {"loc_radius", "state_coords", "obs_coords", "state_location", "distance"}
 
 
+def check_latent_radius(value: Any, method: str = "latent-letkf") -> None:
+    """Refuse a ``latent_radius`` that is not a positive number of latent grid cells,
+    None (the global ETKF) or ``"auto"``."""
+    if not (
+        value is None
+        or (isinstance(value, str) and value == "auto")
+        or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0)
+    ):
+        raise OptionError(
+            f"{method}: latent_radius must be a positive number of latent grid cells, "
+            f'None (the global ETKF) or "auto", got {value!r}'
+        )
+
+
 def _check_filter_options(method: str, options: Mapping[str, Any]) -> None:
     """Refuse options the latent filter of ``method`` does not take, before any work."""
     given = {"prior", "y", "obs_op", "obs_std", "generator"}
     if method == "latent-ensf":
         known = set(inspect.signature(ensf_analysis).parameters) - given
-    else:  # not those that return another shape or need the full-space grid
+    else:
+        bad = _LATENT_PLACES & set(options)
+        if bad:
+            raise OptionError(
+                f"latent-letkf localises on the latent grid, whose locations the model "
+                f"knows; drop {sorted(bad)} and give latent_radius, the Gaspari–Cohn "
+                f"half-width in latent grid cells (None: the global ETKF)"
+            )
+        check_latent_radius(options.get("latent_radius", "auto"))
+        # not those that return another shape or need the full-space grid
         known = set(inspect.signature(letkf_analysis).parameters) - given - _LATENT_PLACES
         known -= {"prior_obs", "adaptive_inflation", "interpolate_from"}
         known.add("latent_radius")
-    unknown = set(options) - known - (_LATENT_PLACES if method == "latent-letkf" else set())
+    unknown = set(options) - known
     if unknown:
         raise OptionError(
             f"{method} takes no option(s) {sorted(unknown)}; its filter options are "
@@ -724,25 +747,6 @@ class LatentModel:
         if method == "latent-letkf":
             if generator is not None:
                 raise OptionError('method="latent-letkf" is deterministic; leave generator=None')
-            bad = _LATENT_PLACES & set(options)
-            if bad:
-                raise OptionError(
-                    f"latent-letkf localises on the latent grid, whose locations the model "
-                    f"knows; drop {sorted(bad)} and give latent_radius, the Gaspari–Cohn "
-                    f"half-width in latent grid cells (None: the global ETKF)"
-                )
-            radius = options.get("latent_radius", "auto")
-            if not (
-                radius is None
-                or (isinstance(radius, str) and radius == "auto")
-                or (
-                    isinstance(radius, int | float) and not isinstance(radius, bool) and radius > 0
-                )
-            ):
-                raise OptionError(
-                    f"latent-letkf: latent_radius must be a positive number of latent grid "
-                    f'cells, None (the global ETKF) or "auto", got {radius!r}'
-                )
         as_numpy = isinstance(prior, np.ndarray)
         prior_t = torch.as_tensor(prior)
         out_dtype = prior_t.dtype if prior_t.is_floating_point() else self.dtype
