@@ -1013,7 +1013,7 @@ class LatentModel:
         ``"auto"`` (the default): :data:`LATENT_RADIUS` where the latent has at least
         ``n_members`` values (the ensemble's ``N − 1`` directions cannot span it), else
         the global ETKF (localising there only throws information away: the blob
-        twin's easy case 0.076 → 0.099, docs/benchmarks.md).
+        twin's easy case 0.085 → 0.099, docs/benchmarks.md).
         """
         options = dict(options)
         radius = options.pop("latent_radius", "auto")
