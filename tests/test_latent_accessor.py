@@ -130,6 +130,25 @@ def test_model_by_path_and_a_time_without_observations(case, tmp_path):
     np.testing.assert_array_equal(by_path.h.isel(time=2).values, prior.h.isel(time=2).values)
 
 
+def test_a_bundle_with_its_layout_loads_and_analyses_on_the_device(case, tmp_path, device):
+    """A bundle that records its observation layout (``obs_points``, as ``xensf demo
+    --full``'s model does) loads onto the device, keeps the layout on the CPU, and
+    analyses there as on the CPU. (On a GPU the load crashed: the layout tensor, loaded
+    onto the GPU, was read through numpy.)"""
+    model, prior, _, obs = case
+    model.save(tmp_path / "plain.xensf")
+    with_layout = xensf.load(tmp_path / "plain.xensf")
+    with_layout.obs_points = ~np.isnan(obs.h.values[0])
+    with_layout.save(tmp_path / "layout.xensf")
+    loaded = xensf.load(tmp_path / "layout.xensf", device=device)
+    assert loaded.obs_points.device.type == "cpu"
+    assert torch.equal(loaded.obs_points, with_layout.obs_points)
+    path = str(tmp_path / "layout.xensf")
+    there = prior.ensf.assimilate(obs, model=path, method="latent-letkf", device=device)
+    here = prior.ensf.assimilate(obs, model=path, method="latent-letkf", device="cpu")
+    xr.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
+
+
 def test_encode_decode(case):
     model, prior, _, _ = case
     latent = prior.ensf.encode(model, device="cpu")

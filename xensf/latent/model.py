@@ -372,7 +372,13 @@ class LatentModel:
     def obs_points(self, points) -> None:
         if self.obs_kind != "gridded":
             raise OptionError("a station model's layout is its stations: it has no obs_points")
-        points = torch.as_tensor(np.asarray(points)).cpu()
+        # a tensor on any device (a bundle loaded onto a GPU) as it is; numpy cannot
+        # read a CUDA tensor
+        points = (
+            points.detach().cpu()
+            if isinstance(points, torch.Tensor)
+            else torch.as_tensor(np.asarray(points))
+        )
         shape = (self.channels, *self.grid_shape)
         if points.dtype not in (torch.bool, torch.uint8) or tuple(points.shape[-2:]) != shape[1:]:
             raise OptionError(
