@@ -9,6 +9,7 @@ numbers is.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -149,3 +150,35 @@ def test_bench_obs_layout_shows_the_encoder_lost_off_its_layout():
     layout = errors["its layout (every 4th point)"]
     assert layout < 0.15
     assert errors["its layout shifted by two cells"] > 5 * layout
+
+
+def test_gpu_full_demo_script_runs_its_methods_apart_and_merges_them(tmp_path):
+    """``benchmarks/run_gpu_full_demo.sh`` at its CPU size (the reduced setup and the
+    shipped model, two methods): each method runs as its own process, and the merged
+    closing summary has both halves of each, and names no missing run."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "QUICK": "1",
+        "METHODS": "letkf latent-letkf",
+        "NOISES": "10",
+        "OUT": str(tmp_path / "out"),
+        "WORK": str(tmp_path / "work"),
+    }
+    proc = subprocess.run(
+        ["bash", "benchmarks/run_gpu_full_demo.sh"], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "runs without a summary (timed out or failed): none" in proc.stdout, proc.stdout
+    summary = (tmp_path / "out" / "full-demo.txt").read_text()
+    for method in ("free run", "letkf", "latent-letkf"):
+        # the first / second half row (the spread / skill table names it again)
+        (row,) = [ln for ln in summary.splitlines() if ln.startswith(f"{method}  ") and "/" in ln]
+        first, second = (float(v) for v in row[len(method) :].split("/"))
+        assert math.isfinite(first) and math.isfinite(second), row
+    assert "latent model floor" in summary
+    merged = json.loads((tmp_path / "out" / "full-demo.json").read_text())
+    assert set(merged["relative_rmse_second_half"]) == {"free run", "letkf", "latent-letkf"}
