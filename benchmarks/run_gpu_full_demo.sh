@@ -86,8 +86,8 @@ for f in sorted(work.glob("*/summary.json")):
     s = json.loads(f.read_text())
     for store in f.parent.glob("*.zarr"):
         link = merged / store.name
-        if not link.exists():
-            link.symlink_to(store)
+        if not link.is_symlink():
+            link.symlink_to(store.resolve())
     if summary is None:
         summary = {**s, "noise_percent": [], "relative_rmse_second_half": {}, "seconds": {}}
     summary["noise_percent"] = sorted(set(summary["noise_percent"]) | set(s["noise_percent"]))
