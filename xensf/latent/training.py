@@ -145,14 +145,23 @@ class ObservationSampler:
             # stations interpolate the state, then their own noise is added
             values, mask = self._select(x)
             chan = torch.as_tensor(self.layout["slot_channels"], device=x.device)
-            noise = torch.randn(values.shape, generator=generator, dtype=x.dtype)
-            return values + noise.to(x.device) * std[:, chan], mask
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        noisy = x + noise.to(x.device) * std[:, :, None, None]
+            noise = _standard_normal(values.shape, generator, x)
+            return values + noise * std[:, chan], mask
+        noisy = x + _standard_normal(x.shape, generator, x) * std[:, :, None, None]
         return self._select(noisy)
 
     def __repr__(self) -> str:
         return f"ObservationSampler({self.layout})"
+
+
+def _standard_normal(shape, generator: torch.Generator | None, like: torch.Tensor):
+    """``N(0, 1)`` draws of ``shape`` in ``like``'s dtype, on ``like``'s device, drawn
+    where ``generator`` lives (torch's global CPU generator for None): a CPU generator
+    gives the same numbers whatever device the states are on; one on the states' GPU
+    draws there, without drawing and copying a whole field on the host for every batch
+    (at 150 x 150 that took longer than a training step's arithmetic on a GPU)."""
+    device = torch.device("cpu") if generator is None else generator.device
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
 
 
 def _gridded_select(mask: torch.Tensor):
@@ -472,6 +481,13 @@ def latent_loss(
         The batch means of the five terms: ``"rec"``, ``"rec_obs"``, ``"latent"``,
         ``"kl"``, ``"kl_obs"``.
     """
+    loss, terms = _loss_and_terms(model, x, obs_values, obs_mask, lam, generator, sample)
+    return loss, {k: float(v) for k, v in terms.items()}
+
+
+def _loss_and_terms(model, x, obs_values, obs_mask, lam, generator, sample):
+    """:func:`latent_loss` with its terms as 0-dim tensors on ``x``'s device (reading
+    them is left to the caller: each read waits for the device)."""
     # the terms in float32 also when the networks run under autocast in a lower precision
     mu, logvar = (t.float() for t in model.vae.encode(x))
     mu_o, logvar_o = (t.float() for t in model.obs_encoder(obs_values, obs_mask))
@@ -484,11 +500,11 @@ def latent_loss(
     kl, kl_o = gaussian_kl(mu, logvar), gaussian_kl(mu_o, logvar_o)
     loss = (rec + rec_o + match + lam * (kl + kl_o)).mean()
     terms = {
-        "rec": float(rec.detach().mean()),
-        "rec_obs": float(rec_o.detach().mean()),
-        "latent": float(match.detach().mean()),
-        "kl": float(kl.detach().mean()),
-        "kl_obs": float(kl_o.detach().mean()),
+        "rec": rec.detach().mean(),
+        "rec_obs": rec_o.detach().mean(),
+        "latent": match.detach().mean(),
+        "kl": kl.detach().mean(),
+        "kl_obs": kl_o.detach().mean(),
     }
     return loss, terms
 
@@ -1050,7 +1066,9 @@ def train_latent_model(
     )  # fmt: skip
     params = [*vae.parameters(), *obs_encoder.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
-    obs_gen = torch.Generator().manual_seed(seed + 1)
+    # on the training device: the observations' noise and dropout are drawn there (on
+    # the CPU the same numbers as a CPU generator's)
+    obs_gen = torch.Generator(device=device).manual_seed(seed + 1)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 2)
     sample = lam > 0
     low = _PRECISIONS[precision]
@@ -1065,8 +1083,10 @@ def train_latent_model(
         if valid is not None:  # nothing is observed on the mask
             mask = mask & ~torch.isnan(values)
         if dropout > 0:  # a share up to dropout of each sample's observations left out
-            share = torch.rand(mask.shape[0], generator=generator) * dropout
-            mask = leave_out(mask, torch.rand(mask.shape, generator=generator), share)
+            where = generator.device
+            share = torch.rand(mask.shape[0], generator=generator, device=where) * dropout
+            drawn = torch.rand(mask.shape, generator=generator, device=where)
+            mask = leave_out(mask, drawn, share)
         obs_values, obs_weight = model.obs_inputs(values, mask)
         return (
             t.contiguous(memory_format=layout_format) if t.dim() == 4 else t
@@ -1102,20 +1122,22 @@ def train_latent_model(
             weight = lam * min(1.0, frac / kl_warmup) if kl_warmup > 0 else lam
             x, ov, ow = prepare(batch, obs_gen, obs_dropout)
             with torch.autocast(device.type, dtype=low, enabled=low is not None):
-                loss, terms = latent_loss(model, x, ov, ow, weight, noise_gen, sample=sample)
+                loss, terms = _loss_and_terms(model, x, ov, ow, weight, noise_gen, sample)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             step += 1
             n = x.shape[0]
             seen += n
-            for k, v in {"loss": float(loss.detach()), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + v * n
+            # summed on the device and read once an epoch: a read per step would make
+            # the host wait for every step on a GPU instead of queueing the next one
+            for k, v in {"loss": loss.detach(), **terms}.items():
+                sums[k] = sums.get(k, 0.0) + v.double() * n
         if seen == 0:
             raise EnsembleError(f"the training states yielded no data in epoch {epoch}")
         if steps_per_epoch is None:
             steps_per_epoch = step
-        train_terms = {k: v / seen for k, v in sums.items()}
+        train_terms = {k: float(v) / seen for k, v in sums.items()}
         check = _evaluate(model, val_src, prepare, seed, lam)
         if not math.isfinite(check["loss"]):
             raise OptionError(
