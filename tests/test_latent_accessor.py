@@ -147,6 +147,12 @@ def test_a_bundle_with_its_layout_loads_and_analyses_on_the_device(case, tmp_pat
     there = prior.ensf.assimilate(obs, model=path, method="latent-letkf", device=device)
     here = prior.ensf.assimilate(obs, model=path, method="latent-letkf", device="cpu")
     xr.testing.assert_allclose(there, here, rtol=0, atol=1e-4)
+    # the stochastic methods draw other numbers on a GPU: finite, and on the prior's grid
+    for method, options in (("latent-ensf", {}), ("latent-ensf-letkf", {"loc_radius": 40.0})):
+        there = prior.ensf.assimilate(obs, model=path, method=method, obs_error=0.05, seed=1,
+                                      device=device, **options)  # fmt: skip
+        assert np.isfinite(there.h.values).all(), method
+        assert there.h.dims == prior.h.dims and there.h.shape == prior.h.shape, method
 
 
 def test_encode_decode(case):
