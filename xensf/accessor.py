@@ -159,7 +159,7 @@ class EnsfDatasetAccessor:
             ``latent-letkf``: ``latent_radius`` (Gaspari–Cohn half-width in latent grid
             cells; None: the global ETKF; "auto", the default: 1 cell where the latent
             has at least as many values as there are members, else global),
-            ``inflation``, ``rtps`` (1.0),
+            ``inflation`` (1.2), ``rtps`` (1.0),
             ``update``.
 
         Returns
