@@ -678,8 +678,8 @@ class LatentLETKF(_LatentMethod):
         "LETKF on the latent ensemble with the encoded observation, localised on the latent grid"
     )
     latent_filter: ClassVar[str] = "latent-letkf"
-    # multiplicative, on top of the relaxation: lower or equal error in every twin
-    # setting measured, the paper-size one most (docs/benchmarks.md)
+    # multiplicative, on top of the relaxation: lower or equal error in the twin
+    # settings measured (one cell +0.001), the paper-size one most (docs/benchmarks.md)
     inflation: float = 1.2
     # relaxation to the prior spread, in full: with the localisation the analysis
     # spread is still below its error (docs/benchmarks.md)

@@ -1132,7 +1132,7 @@ def train_latent_model(
             # summed on the device and read once an epoch: a read per step would make
             # the host wait for every step on a GPU instead of queueing the next one
             for k, v in {"loss": loss.detach(), **terms}.items():
-                sums[k] = sums.get(k, 0.0) + v.double() * n
+                sums[k] = sums.get(k, 0.0) + v.float() * n  # (no float64 on some GPUs)
         if seen == 0:
             raise EnsembleError(f"the training states yielded no data in epoch {epoch}")
         if steps_per_epoch is None:
