@@ -100,10 +100,9 @@ print("runs without a summary (timed out or failed):", ", ".join(missing) or "no
 if summary is not None:
     summary["missing"] = missing
     (merged / "summary.json").write_text(json.dumps(summary, indent=2))
-    (Path(sys.argv[1]) / "full-demo.json").write_text(json.dumps(summary, indent=2))
     complete = {m: r for m, r in summary["relative_rmse_second_half"].items()
                 if len(r) == len(summary["noise_percent"])}
     summary["relative_rmse_second_half"] = complete
     summarise(work / "merged", {"hard": summary}, model)
 PY
-cp "$work/full-demo.json" "$out/" 2>/dev/null
+cp "$work/merged/hard/summary.json" "$out/full-demo.json" 2>/dev/null

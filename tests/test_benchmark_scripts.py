@@ -22,10 +22,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args: str, timeout: int = 300) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def _run(*args: str, timeout: int = 300, command=(sys.executable,), **env: str) -> str:
+    """Run ``command args`` from the repository root with one thread (``env`` added to
+    the environment; this interpreter's folder first on PATH, for shell scripts)."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": path, **env}
     proc = subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -156,23 +159,12 @@ def test_gpu_full_demo_script_runs_its_methods_apart_and_merges_them(tmp_path):
     """``benchmarks/run_gpu_full_demo.sh`` at its CPU size (the reduced setup and the
     shipped model, two methods): each method runs as its own process, and the merged
     closing summary has both halves of each, and names no missing run."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "QUICK": "1",
-        "METHODS": "letkf latent-letkf",
-        "NOISES": "10",
-        "OUT": str(tmp_path / "out"),
-        "WORK": str(tmp_path / "work"),
-    }
-    proc = subprocess.run(
-        ["bash", "benchmarks/run_gpu_full_demo.sh"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=600,
+    out = _run(
+        "benchmarks/run_gpu_full_demo.sh", command=("bash",), timeout=600, QUICK="1",
+        METHODS="letkf latent-letkf", NOISES="10", OUT=str(tmp_path / "out"),
+        WORK=str(tmp_path / "work"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "runs without a summary (timed out or failed): none" in proc.stdout, proc.stdout
+    assert "runs without a summary (timed out or failed): none" in out, out
     summary = (tmp_path / "out" / "full-demo.txt").read_text()
     for method in ("free run", "letkf", "latent-letkf"):
         # the first / second half row (the spread / skill table names it again)
