@@ -4,11 +4,13 @@ holds), locations no observation reaches, and bad input."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from xensf.errors import OptionError
+from xensf.errors import InflationLimitWarning, OptionError
 from xensf.filters import AdaptiveInflation, cyclic_distance, letkf_analysis
 
 
@@ -54,9 +56,10 @@ def test_the_update_weighs_the_old_field_and_the_estimate_by_their_variances(dam
 
 def test_the_field_stays_within_its_bounds():
     prior, y = _twin(d=200, n=10, truth_scale=3.0, seed=4)  # far too narrow a prior
-    _, field = letkf_analysis(
-        prior, y, np.arange(200), 1.0, adaptive_inflation=AdaptiveInflation(1.9, std=1.0)
-    )
+    with pytest.warns(InflationLimitWarning, match=r"maximum \(2\) at 100% of"):
+        _, field = letkf_analysis(
+            prior, y, np.arange(200), 1.0, adaptive_inflation=AdaptiveInflation(1.9, std=1.0)
+        )
     np.testing.assert_array_equal(field.mean, 2.0)  # the default maximum
     _, field = letkf_analysis(
         prior * 10, y, np.arange(200), 1.0, adaptive_inflation=AdaptiveInflation(std=1.0)
@@ -94,6 +97,41 @@ def test_locations_no_observation_reaches_keep_their_field_and_inflate_by_it():
     assert np.all(field.mean[5:45] != 1.44)
     perturbations = prior[:, far] - prior[:, far].mean(0)
     np.testing.assert_allclose(analysis[:, far] - analysis[:, far].mean(0), 1.2 * perturbations)
+
+
+@pytest.mark.parametrize("loc_radius", [None, 5.0])
+def test_a_field_held_at_its_maximum_by_errors_the_ensemble_misses_warns(loc_radius):
+    """Cycle after cycle a fresh prior of unit spread meets a truth three times wider
+    (errors that only Δ ≈ 9 explains): the analysis warns whenever the field sits at its
+    maximum 2 over half the ring or more. Globally the 200 observations make one precise
+    estimate, and the field is at the bound after the first analysis; localised (about
+    ten observations in reach of each point) it climbs by about ``std`` a cycle, and the
+    warning waits for it. A truth 1.3 times wider (Δ ≈ 1.7, within the bound) and one the
+    spread explains never warn."""
+    options = {}
+    if loc_radius is not None:
+        ring = np.arange(200.0)
+        options = dict(loc_radius=loc_radius, state_coords=ring, distance=cyclic_distance(200))
+
+    def cycles(truth_scale):
+        settings, history = AdaptiveInflation(std=0.1), []
+        for k in range(30):
+            prior, y = _twin(d=200, n=20, truth_scale=truth_scale, seed=100 + k)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _, settings = letkf_analysis(
+                    prior, y, np.arange(200), 1.0, adaptive_inflation=settings, **options
+                )
+            limit = [w for w in caught if issubclass(w.category, InflationLimitWarning)]
+            history.append((float(np.mean(settings.mean == 2.0)), len(limit)))
+        return history
+
+    wide = cycles(3.0)
+    assert all((share >= 0.5) == bool(n) for share, n in wide)  # warns exactly then
+    first = next(k for k, (_, n) in enumerate(wide) if n)
+    assert first == 0 if loc_radius is None else first >= 5
+    assert wide[-1] == (1.0, 1)  # at the bound everywhere: one warning an analysis
+    assert not any(n for _, n in cycles(1.3) + cycles(1.0))
 
 
 def test_bad_adaptive_inflation_is_refused_before_any_work():
@@ -227,3 +265,37 @@ def test_a_cycled_run_carries_and_stores_the_field_and_resumes_to_the_same_run(t
     rest = xensf.cycle(model, start, obs, store=tmp_path / "part.zarr", **options).load()
     np.testing.assert_array_equal(rest.inflation.values, full.inflation.values)
     np.testing.assert_array_equal(rest.eta_analysis_mean.values, full.eta_analysis_mean.values)
+
+
+def test_a_cycled_run_whose_members_miss_the_truth_reports_the_field_at_its_bound():
+    """The 16 × 16 basin with all six members started from bumps away from the truth's:
+    LETKF cannot move them onto it, the innovations keep asking for more inflation, and
+    the field reaches its maximum over more and more of the basin. ``xensf.cycle``
+    reports the analyses' warnings once, with the number of cycles they fired in: those
+    whose stored field sits at the bound over half the grid."""
+    import re
+
+    import xensf
+    from xensf.cycling import ShallowWaterForecaster
+    from xensf.models.swe import ShallowWaterConfig
+
+    truth = xensf.models.shallow_water(n=16, steps=200, every=10, device="cpu")
+    start = xensf.models.shallow_water(
+        np.linspace(1e5, 3e5, 6), np.full(6, 2e5), n=16, steps=0, every=1, device="cpu"
+    )
+    obs = truth.isel(time=slice(1, None), x=slice(None, None, 4), y=slice(None, None, 4))
+    obs = obs.reindex(x=truth.x, y=truth.y)
+    model = ShallowWaterForecaster(ShallowWaterConfig(n=16), device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = xensf.cycle(
+            model, start, obs, method="letkf", obs_error={"eta": 2e-3, "u": 5e-4, "v": 5e-4},
+            loc_radius=150e3, progress=False, adaptive_inflation=xensf.AdaptiveInflation(std=0.2),
+        )  # fmt: skip
+    limit = [str(w.message) for w in caught if w.category is xensf.InflationLimitWarning]
+    assert len(limit) == 1, limit
+    share = (run.inflation.values == 2.0).mean(axis=(1, 2))
+    at_bound = int((share >= 0.5).sum())
+    assert 0 < at_bound < 20 and share[-1] > 0.5
+    assert re.search(rf"in {at_bound} of the 20 cycles of this run", limit[0])
+    assert "add members" in limit[0].lower() and "latent-ensf-letkf" in limit[0]

@@ -125,3 +125,9 @@ class ObservationLayoutWarning(XensfWarning):
 
 class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""
+
+
+class InflationLimitWarning(XensfWarning):
+    """An adaptive inflation field at its maximum over most of the analysed grid: the
+    ensemble cannot represent the errors the observations show, and more inflation adds
+    noise rather than skill."""

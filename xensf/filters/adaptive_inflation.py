@@ -35,9 +35,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import OptionError
+from ..errors import InflationLimitWarning, OptionError, warn_user
 
 __all__ = ["AdaptiveInflation"]
+
+# The share of an analysis's state components whose updated field sits at the maximum
+# from which the analysis warns (InflationLimitWarning). Each update moves the field
+# towards the cycle's estimate as far as the estimate's precision allows (few
+# observations in reach: about ``std``; hundreds: most of the way), so a field at the
+# bound over half the grid says the innovations keep asking for more than ``maximum``.
+SATURATED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -127,3 +134,24 @@ class AdaptiveInflation:
         var_prior = self.std**2
         posterior = (prior * var_obs + estimate * var_prior) / (var_prior + var_obs)
         return torch.where(seen, posterior, prior).clamp(self.minimum, self.maximum)
+
+    def warn_if_saturated(self, field: torch.Tensor) -> None:
+        """Warn (:class:`~xensf.InflationLimitWarning`) when ``field``, an analysis's
+        updated ``Δ``, sits at ``maximum`` at :data:`SATURATED_SHARE` of its components
+        or more: the ensemble cannot represent the errors the observations show there."""
+        if self.maximum <= self.minimum or field.numel() == 0:
+            return  # a field fixed by its bounds is a fixed inflation
+        share = float((field >= self.maximum).double().mean())
+        if share < SATURATED_SHARE:
+            return
+        warn_user(
+            f"adaptive inflation is at its maximum ({self.maximum:g}) at {share:.0%} of the "
+            f"analysed state (mean factor {float(field.double().mean()):.2f}): the "
+            "innovations there are larger than any inflation of this ensemble explains. "
+            "Its errors lie outside the members' span (a feature displaced beyond all of "
+            "them, model error) or there are too few members for the localisation; more "
+            "inflation adds noise there, not skill. Add members, shorten loc_radius, or "
+            "use a latent method (method='latent-ensf-letkf'); see docs/method.md, "
+            "'Adaptive inflation'",
+            InflationLimitWarning,
+        )

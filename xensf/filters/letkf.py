@@ -375,6 +375,7 @@ def letkf_analysis(
     analysis = restore_array_type(xa.reshape(*batch, n_mem, d), prior)
     if adaptive_inflation is None:
         return analysis
+    adaptive_inflation.warn_if_saturated(delta)
     field = restore_array_type(delta.reshape(*batch, d), prior)
     return analysis, replace(adaptive_inflation, mean=field)
 
