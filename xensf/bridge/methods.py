@@ -384,7 +384,13 @@ class EnSF(Method):
         score = "mixture" if self.prior_score == "local-mixture" else self.prior_score
         # the observed component of each row (its largest weight; local-mixture rows read one)
         target = obs.indices[np.arange(len(obs.indices)), np.argmax(obs.weights, axis=-1)]
-        for ts, sel in block.groups():
+        groups = block.groups()
+        if self.likelihood == "gaussian":
+            # one time per call: batched over times, the Gaussian likelihood's small
+            # matrix algebra (eigh, Cholesky, products) sums in another order for another
+            # batch size, and an analysis must not depend on which times a chunk holds
+            groups = [(ts[i : i + 1], sel) for ts, sel in groups for i in range(len(ts))]
+        for ts, sel in groups:
             # Standardised here, in float64, rather than by the filter's ``scale``: the
             # filter then sees numbers of order one whatever the units (a state of
             # 1e-30 with errors of 1e-31 would otherwise underflow float32
@@ -839,20 +845,25 @@ def _letkf(
         plan.field_heights, params.weight_stride, layout.grid_shape,
         variables=None if params.cross_variable else layout.field_of_variable(),
     )  # fmt: skip
-    result = letkf_analysis(
-        torch.from_numpy(prior.astype(work)).to(device),
-        torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device),
-        op,
-        torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device),
-        inflation=float(params.inflation),
-        rtps=float(params.rtps),
-        adaptive_inflation=adaptive,
-        **geometry,
+    x = torch.from_numpy(prior.astype(work)).to(device)
+    y = torch.from_numpy(block.y[ts][:, sel].astype(work)).to(device)
+    err = torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device)
+    # One time per call: batched over times, torch's CPU matrix products and eigh sum
+    # in another order for another batch size, and an analysis must not depend on which
+    # times a chunk holds (the last bit of float64 did, tests/test_properties.py).
+    options = dict(
+        inflation=float(params.inflation), rtps=float(params.rtps), adaptive_inflation=adaptive
     )
+    results = [
+        letkf_analysis(x[t : t + 1], y[t : t + 1], op, err[t : t + 1], **options, **geometry)
+        for t in range(len(ts))
+    ]
     if adaptive is None:
-        return result.cpu().numpy()
-    analysis, updated = result
-    return analysis.cpu().numpy(), updated.mean.cpu().numpy()
+        return torch.cat(results).cpu().numpy()
+    return (
+        torch.cat([analysis for analysis, _ in results]).cpu().numpy(),
+        np.concatenate([updated.mean.cpu().numpy() for _, updated in results]),
+    )
 
 
 def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
