@@ -850,7 +850,7 @@ def _letkf(
     err = torch.from_numpy(block.err[ts][:, sel].astype(work)).to(device)
     # One time per call: batched over times, torch's CPU matrix products and eigh sum
     # in another order for another batch size, and an analysis must not depend on which
-    # times a chunk holds (the last bit of float64 did, tests/test_properties.py).
+    # times a chunk holds (the last bit of float64 did: tests/test_assimilate.py).
     options = dict(
         inflation=float(params.inflation), rtps=float(params.rtps), adaptive_inflation=adaptive
     )
