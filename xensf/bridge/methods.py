@@ -78,6 +78,14 @@ class Block:
     #: grid (a spatial block cannot see it), or None: from ``x``
     field_scale: np.ndarray | None = None
 
+    def __post_init__(self):
+        # C order, whatever the order of the input's dims: a numpy-backed prior arrives
+        # here in its own memory layout and a dask chunk in another, and torch's kernels
+        # sum in another order over another layout (the last bit of a float64 analysis
+        # differed; tests/test_assimilate.py)
+        for name in ("x", "y", "err"):
+            object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name)))
+
     @property
     def torch_dtype(self):
         import torch
