@@ -613,3 +613,27 @@ def test_a_prior_stored_member_inside_gives_the_same_bits_from_numpy_and_dask(op
             obs.chunk(time=1), obs_error=0.5, seed=5, **options
         )
         np.testing.assert_array_equal(lazy.t.values, eager.t.values, err_msg=f"seed {seed}")
+
+
+def test_a_relative_error_gives_the_same_bits_from_numpy_and_dask():
+    """``obs_error="20%"`` scales with the spatial spread of each time's observations;
+    computed from a numpy-backed input in its own memory layout and from the dask
+    chunks in another, the float64 spreads once differed in the last bit, and so the
+    analyses. Twenty draws on a one-row grid, every point observed, two times, chunks
+    of one."""
+    coords = {
+        "lat": [10.0],
+        "lon": np.arange(100.0, 130.0, 5.0),
+        "time": np.arange(2).astype("datetime64[D]").astype("datetime64[ns]"),
+    }
+    options = dict(obs_error="20%", method="letkf", loc_radius=3000.0, seed=5)
+    for seed in range(20):
+        r = np.random.default_rng(seed)
+        values = 280 + r.standard_normal((1, 6, 5, 2))
+        prior = xr.Dataset(
+            {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
+        )
+        obs = (prior.t.isel(member=0) + r.standard_normal((1, 6, 2))).to_dataset()
+        eager = prior.ensf.assimilate(obs, **options)
+        lazy = prior.chunk(time=1).ensf.assimilate(obs.chunk(time=1), **options)
+        np.testing.assert_array_equal(lazy.t.values, eager.t.values, err_msg=f"seed {seed}")

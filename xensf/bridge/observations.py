@@ -602,10 +602,14 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
         return factor, tuple(levels)
     spread_dims = [d for d in value.dims if d not in levels]
     # Computed now (observations are small), in numpy and float64 whatever the
-    # chunking (dask's std sums otherwise, and the error would depend on the chunks);
-    # a relative error that comes out zero or undefined is refused here, naming the
+    # chunking (dask's std sums otherwise, and the error would depend on the chunks),
+    # from one memory layout, C order with the reduced dims last (numpy sums in another
+    # order over another layout, and a numpy-backed input arrives in its own); a
+    # relative error that comes out zero or undefined is refused here, naming the
     # variable, not as NaN deep in a task.
     loaded = value.astype(np.float64).compute()
+    loaded = loaded.transpose(*[d for d in loaded.dims if d not in spread_dims], *spread_dims)
+    loaded = loaded.copy(data=np.ascontiguousarray(loaded.values))
     spread, count = loaded.std(dim=spread_dims, skipna=True), loaded.count(spread_dims)
     unusable = (count > 0) & ~(spread > 0)
     if bool(unusable.any()):
