@@ -186,7 +186,8 @@ def _check(case) -> str:
     return "analysed"
 
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# the same examples every run unless the "fuzz" profile is loaded (tests/conftest.py)
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @settings(max_examples=20, **_COMMON)
