@@ -396,6 +396,31 @@ def test_gaussian_likelihood_small_error_is_stable():
     assert torch.all((post[:, 2:].std(0) > 0.7) & (post[:, 2:].std(0) < 1.3))
 
 
+def test_gaussian_likelihood_of_an_ensemble_without_spread_is_finite():
+    """Members equal but for their mean's rounding: the standardised deviations are the
+    same in every member, two components of ~1e-7 (the values of a latent ensemble the
+    property suite drew). The float32 eigh of their Gram matrix returned NaN, and the
+    likelihood's Cholesky failed with torch's LinAlgError; in float64 it is finite,
+    rank one, and the likelihood's score is finite."""
+    from xensf.filters.gaussian_likelihood import GaussianLikelihood
+
+    z0 = torch.zeros(12, 16)
+    z0[:, 4], z0[:, 7] = 1.7513643513211719e-07, -2.9057567019208363e-08
+    idx = torch.arange(0, 16, 2)[:, None]
+    op = LinearObservationOperator(idx, torch.ones(idx.shape))
+    likelihood = GaussianLikelihood(
+        z0, torch.zeros(1, 16), torch.ones(1, 16), op, torch.full((1, 8), 0.3),
+        torch.full((1, 8), 4.0), 0.025,
+    )  # fmt: skip
+    assert torch.isfinite(likelihood.lam).all() and torch.isfinite(likelihood.u).all()
+    expected = float(z0[0].double().square().sum() * 12 / 11)  # the one nonzero eigenvalue
+    assert float(likelihood.lam[..., -1]) == pytest.approx(expected, rel=1e-5)
+    score, _ = likelihood.score(
+        torch.randn(12, 16, generator=torch.Generator().manual_seed(0)), 0.5, 0.6
+    )
+    assert torch.isfinite(score).all()
+
+
 def test_gaussian_interpolation_operator_matches_kalman_mean():
     """Rows sharing a state component (dense m×m path) agree with index rows' algebra."""
     gen = torch.Generator().manual_seed(2)

@@ -59,14 +59,18 @@ class GaussianLikelihood:
         # others have λ = 0), so keep the rows √λ_i w_iᵀ of the rotated ensemble, from the
         # smaller of the two Gram matrices.
         rank = min(n_members - 1, d)
+        # In float64 (the Gram matrix is small): an ensemble of almost no spread gives a
+        # float32 Gram matrix of subnormal numbers, whose eigh returned NaN
+        # (tests/test_ensf.py).
+        wide = u.double()
         if n_members <= d:
-            lam, rot = torch.linalg.eigh(u @ u.mT)
-            rows = rot.mT @ u
+            lam, rot = torch.linalg.eigh(wide @ wide.mT)
+            rows = rot.mT @ wide
         else:
-            lam, rot = torch.linalg.eigh(u.mT @ u)
+            lam, rot = torch.linalg.eigh(wide.mT @ wide)
             rows = (rot * lam.clamp_min(0.0).sqrt().unsqueeze(-2)).mT
-        self.lam = lam[..., -rank:].clamp_min(0.0).unsqueeze(-2)  # (..., 1, r)
-        self.u = rows[..., -rank:, :]  # (..., r, d): orthogonal rows, squared norms λ
+        self.lam = lam[..., -rank:].clamp_min(0.0).unsqueeze(-2).to(u.dtype)  # (..., 1, r)
+        self.u = rows[..., -rank:, :].to(u.dtype)  # (..., r, d): orthogonal, norms² λ
         self.op = op
         self.scale = scale
         self.d = d
