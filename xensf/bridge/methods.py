@@ -392,12 +392,11 @@ class EnSF(Method):
         score = "mixture" if self.prior_score == "local-mixture" else self.prior_score
         # the observed component of each row (its largest weight; local-mixture rows read one)
         target = obs.indices[np.arange(len(obs.indices)), np.argmax(obs.weights, axis=-1)]
-        groups = block.groups()
-        if self.likelihood == "gaussian":
-            # one time per call: batched over times, the Gaussian likelihood's small
-            # matrix algebra (eigh, Cholesky, products) sums in another order for another
-            # batch size, and an analysis must not depend on which times a chunk holds
-            groups = [(ts[i : i + 1], sel) for ts, sel in groups for i in range(len(ts))]
+        # One time per call: batched over times, torch's CPU matrix products (the
+        # mixture weights, the Gaussian likelihood's eigh and Cholesky) sum in another
+        # order for some batch sizes and shapes, and an analysis must not depend on
+        # which times a chunk holds (tests/test_assimilate.py).
+        groups = [(ts[i : i + 1], sel) for ts, sel in block.groups() for i in range(len(ts))]
         for ts, sel in groups:
             # Standardised here, in float64, rather than by the filter's ``scale``: the
             # filter then sees numbers of order one whatever the units (a state of
