@@ -59,9 +59,9 @@ class GaussianLikelihood:
         # others have λ = 0), so keep the rows √λ_i w_iᵀ of the rotated ensemble, from the
         # smaller of the two Gram matrices.
         rank = min(n_members - 1, d)
-        # In float64 (the Gram matrix is small): an ensemble of almost no spread gives a
-        # float32 Gram matrix of subnormal numbers, whose eigh returned NaN
-        # (tests/test_ensf.py).
+        # In float64 (the Gram matrix is small): for members equal but for their mean's
+        # rounding (deviations ~1e-7, the same in every member) the float32 eigh of the
+        # Gram matrix returned NaN (tests/test_ensf.py).
         wide = u.double()
         if n_members <= d:
             lam, rot = torch.linalg.eigh(wide @ wide.mT)
