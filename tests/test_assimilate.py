@@ -544,6 +544,18 @@ def test_a_moving_observer_without_a_position_is_refused():
         prior.ensf.assimilate(drifters, method="letkf", obs_error=0.5, loc_radius=1500.0)
 
 
+def _assert_chunks_keep_the_bits(prior, obs, chunks=(1,), label="", **options):
+    """The analysis of ``prior`` with ``obs`` equals, bit for bit in every output, the
+    same analysis of both chunked along time in each of ``chunks``."""
+    eager = prior.ensf.assimilate(obs, **options)
+    for size in chunks:
+        lazy = prior.chunk(time=size).ensf.assimilate(obs.chunk(time=size), **options)
+        for name in eager.data_vars:
+            np.testing.assert_array_equal(
+                lazy[name].values, eager[name].values, err_msg=f"{name}, {label}"
+            )
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -557,9 +569,9 @@ def test_a_moving_observer_without_a_position_is_refused():
     ],
 )
 def test_times_observed_alike_give_the_same_bits_however_chunked(options):
-    """Times with the same observed points are analysed in one group; in float64 the
-    group's analysis once differed in the last bit from the same times in chunks of one
-    (batched matrix algebra sums in another order for another batch size). Ten draws,
+    """Times with the same observed points were once analysed in one batched call, and
+    in float64 that analysis differed in the last bit from the same times in chunks of
+    one (batched matrix algebra sums in another order for another batch size). Ten draws,
     every time observed at the same points, numpy against chunks of one and of two."""
     dims = ("member", "lat", "lon", "time")
     coords = {
@@ -574,15 +586,9 @@ def test_times_observed_alike_give_the_same_bits_however_chunked(options):
         seen = np.broadcast_to(r.random((3, 5, 1)) < 0.6, (3, 5, 4))
         obs = (prior.t.isel(member=0) + r.standard_normal((3, 5, 4))).where(seen)
         obs = obs.to_dataset()
-        eager = prior.ensf.assimilate(obs, obs_error=0.5, seed=5, **options)
-        for chunks in (1, 2):
-            lazy = prior.chunk(time=chunks).ensf.assimilate(
-                obs.chunk(time=chunks), obs_error=0.5, seed=5, **options
-            )
-            for name in eager.data_vars:
-                np.testing.assert_array_equal(
-                    lazy[name].values, eager[name].values, err_msg=f"{name}, seed {seed}"
-                )
+        _assert_chunks_keep_the_bits(
+            prior, obs, (1, 2), f"seed {seed}", obs_error=0.5, seed=5, **options
+        )
 
 
 @pytest.mark.parametrize(
@@ -608,11 +614,9 @@ def test_a_prior_stored_member_inside_gives_the_same_bits_from_numpy_and_dask(op
             {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
         )
         obs = (prior.t.isel(member=0) + r.standard_normal((4, 4, 1))).to_dataset()
-        eager = prior.ensf.assimilate(obs, obs_error=0.5, seed=5, **options)
-        lazy = prior.chunk(time=1).ensf.assimilate(
-            obs.chunk(time=1), obs_error=0.5, seed=5, **options
+        _assert_chunks_keep_the_bits(
+            prior, obs, label=f"seed {seed}", obs_error=0.5, seed=5, **options
         )
-        np.testing.assert_array_equal(lazy.t.values, eager.t.values, err_msg=f"seed {seed}")
 
 
 def test_a_relative_error_gives_the_same_bits_from_numpy_and_dask():
@@ -634,9 +638,7 @@ def test_a_relative_error_gives_the_same_bits_from_numpy_and_dask():
             {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
         )
         obs = (prior.t.isel(member=0) + r.standard_normal((1, 6, 2))).to_dataset()
-        eager = prior.ensf.assimilate(obs, **options)
-        lazy = prior.chunk(time=1).ensf.assimilate(obs.chunk(time=1), **options)
-        np.testing.assert_array_equal(lazy.t.values, eager.t.values, err_msg=f"seed {seed}")
+        _assert_chunks_keep_the_bits(prior, obs, label=f"seed {seed}", **options)
 
 
 def test_stations_at_every_time_give_the_same_bits_however_chunked():
@@ -659,6 +661,4 @@ def test_stations_at_every_time_give_the_same_bits_however_chunked():
         },
     )
     options = dict(method="ensf", steps=8, obs_error=5000.0, seed=5)
-    eager = prior.ensf.assimilate(stations, **options)
-    lazy = prior.chunk(time=1).ensf.assimilate(stations.chunk(time=1), **options)
-    np.testing.assert_array_equal(lazy.t.values, eager.t.values)
+    _assert_chunks_keep_the_bits(prior, stations, **options)
