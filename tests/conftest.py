@@ -14,7 +14,7 @@ import xensf
 # The property suites (tests/test_properties*.py) draw the same examples on every run,
 # so that a red CI is reproducible. `--hypothesis-profile=fuzz --hypothesis-seed=N`
 # draws others: run with fresh seeds now and then, it has found defects the fixed
-# examples did not (README, "Tests").
+# examples did not (README, Quickstart, "To run the tests").
 settings.register_profile("xensf", derandomize=True)
 settings.register_profile("fuzz", derandomize=False)
 
