@@ -591,6 +591,18 @@ def test_times_observed_alike_give_the_same_bits_however_chunked(options):
         )
 
 
+def _member_inside_case(r, lat, lon, times):
+    """A float64 prior stored as (lat, lon, member, time), five members about 280 K, and
+    observations of every point: member 0 plus unit noise."""
+    values = 280 + r.standard_normal((len(lat), len(lon), 5, len(times)))
+    coords = {"lat": lat, "lon": lon, "time": times}
+    prior = xr.Dataset(
+        {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
+    )
+    noise = r.standard_normal((len(lat), len(lon), len(times)))
+    return prior, (prior.t.isel(member=0) + noise).to_dataset()
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -602,18 +614,10 @@ def test_a_prior_stored_member_inside_gives_the_same_bits_from_numpy_and_dask(op
     """A numpy prior whose memory holds its dims as (lat, lon, member, time) reached the
     filters in that layout, a dask chunk of it in C order, and the float64 analyses
     once differed in the last bit. Twenty draws, every point observed."""
-    coords = {
-        "lat": [-60.0, -20.0, 20.0, 60.0],
-        "lon": np.arange(100.0, 120.0, 5.0),
-        "time": np.array(["1970-01-01"], "datetime64[ns]"),
-    }
+    lat, lon = [-60.0, -20.0, 20.0, 60.0], np.arange(100.0, 120.0, 5.0)
+    times = np.array(["1970-01-01"], "datetime64[ns]")
     for seed in range(20):
-        r = np.random.default_rng(seed)
-        values = 280 + r.standard_normal((4, 4, 5, 1))
-        prior = xr.Dataset(
-            {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
-        )
-        obs = (prior.t.isel(member=0) + r.standard_normal((4, 4, 1))).to_dataset()
+        prior, obs = _member_inside_case(np.random.default_rng(seed), lat, lon, times)
         _assert_chunks_keep_the_bits(
             prior, obs, label=f"seed {seed}", obs_error=0.5, seed=5, **options
         )
@@ -625,19 +629,11 @@ def test_a_relative_error_gives_the_same_bits_from_numpy_and_dask():
     chunks in another, the float64 spreads once differed in the last bit, and so the
     analyses. Twenty draws on a one-row grid, every point observed, two times, chunks
     of one."""
-    coords = {
-        "lat": [10.0],
-        "lon": np.arange(100.0, 130.0, 5.0),
-        "time": np.arange(2).astype("datetime64[D]").astype("datetime64[ns]"),
-    }
+    lat, lon = [10.0], np.arange(100.0, 130.0, 5.0)
+    times = np.arange(2).astype("datetime64[D]").astype("datetime64[ns]")
     options = dict(obs_error="20%", method="letkf", loc_radius=3000.0, seed=5)
     for seed in range(20):
-        r = np.random.default_rng(seed)
-        values = 280 + r.standard_normal((1, 6, 5, 2))
-        prior = xr.Dataset(
-            {"t": (("lat", "lon", "member", "time"), values, {"units": "K"})}, coords=coords
-        )
-        obs = (prior.t.isel(member=0) + r.standard_normal((1, 6, 2))).to_dataset()
+        prior, obs = _member_inside_case(np.random.default_rng(seed), lat, lon, times)
         _assert_chunks_keep_the_bits(prior, obs, label=f"seed {seed}", **options)
 
 
