@@ -584,6 +584,8 @@ def test_analyse_checks_its_inputs(blob_model, blob_data):
     obs, _ = gridded_stride_obs(4, 0.1)(blob_data[:2], torch.Generator())
     with pytest.raises(OptionError, match="method"):
         blob_model.analyse(prior, obs, method="ensf")
+    with pytest.raises(OptionError, match=f"1 seed\\(s\\) for {len(prior)} time"):
+        blob_model.analyse(prior, obs, generator=[1])
     with pytest.raises(EnsembleError, match="grid"):
         blob_model.analyse(torch.zeros(2, 4, 1, 10, 10), obs)
     with pytest.raises(ObservationMismatchError, match="time"):

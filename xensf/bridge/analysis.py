@@ -1,10 +1,10 @@
 """``assimilate``: a forecast ensemble Dataset and observations -> analysis ensemble.
 
 The work is mapped over chunks along time with :func:`xarray.apply_ufunc`
-(``dask="parallelized"``): one task per chunk, and inside it one batched filter call
-per group of times that share the same set of observed points. Every analysis time
-draws its random numbers from a seed derived from ``(seed, time value)`` alone, so
-a result does not depend on how the data is chunked or batched.
+(``dask="parallelized"``): one task per chunk, and inside it one filter call per
+analysis time (batched, torch's CPU matrix products may sum in another order). Every
+analysis time draws its random numbers from a seed derived from ``(seed, time value)``
+alone, so a result does not depend on how the data is chunked.
 """
 
 from __future__ import annotations

@@ -877,8 +877,8 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     """The decoded latent analysis ``(len(has), N, d)`` of the observed times ``has``,
     its diagnostics and the model.
 
-    All those times go through the networks and the filter in one batched call, one
-    time per network pass (so the result does not depend on the chunking). The
+    All those times go to the model in one call, which runs one time per network pass
+    and per filter call (so the result does not depend on the chunking). The
     observations reach the model laid out on the grid (NaN where unobserved) for a
     gridded model, or as its station slots for a station model. A model whose
     reconstruction error of the prior members at the observed points exceeds the RMS

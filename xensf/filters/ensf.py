@@ -168,8 +168,11 @@ def ensf_analysis(
         a seed; a :class:`~xensf.filters.noise.NoiseSource` (e.g. the tiled noise of
         spatial blocks) is used as it is. A sequence of ints (length = number of batch entries, in C order)
         gives every batch entry its own stream: entry ``b`` then gets the same noise,
-        and so the same result, whether it is analysed alone (with ``[seeds[b]]`` or
-        ``seeds[b]``) or together with others. ``None`` uses torch's global generator.
+        and so the same result up to rounding, whether it is analysed alone (with
+        ``[seeds[b]]`` or ``seeds[b]``) or together with others (batched, torch's CPU
+        matrix products may sum in another order for some shapes: for the same bits,
+        analyse one entry per call, as the accessor does). ``None`` uses torch's
+        global generator.
         Seeds on CPU and CUDA give different streams.
     implementation : {"auto", "reference", "fused"}, default "auto"
         How the steps are computed; all three integrate the same discretisation.

@@ -625,8 +625,9 @@ class LatentModel:
         all ``T × N`` states, or chunks of ``batch_size``); the observation of each time
         is encoded to a latent mean ``μ_obs``, used as a pseudo-observation of the
         latent state with the identity operator and error ``latent_obs_std``; the
-        latent ensembles of all times are updated in one batched filter call; the
-        posterior members are decoded.
+        latent ensembles are updated (one time per filter call with one seed per time,
+        and always for ``"latent-letkf"``, else in one batched call); the posterior
+        members are decoded.
 
         Parameters
         ----------
@@ -655,8 +656,10 @@ class LatentModel:
             least as many values as there are members, else global).
         generator : torch.Generator, int, list of int or None
             Noise for ``"latent-ensf"``: a list of one seed per time makes each time's
-            result independent of which other times are analysed with it. Must be None
-            for ``"latent-letkf"`` (deterministic).
+            result independent, bit for bit, of which other times are analysed with it
+            (each is analysed in a filter call of its own); one seed or generator draws
+            the noise of all times together, in one call. Must be None for
+            ``"latent-letkf"`` (deterministic).
         batch_size : int, optional
             States per network pass (observations: ``batch_size // N`` times per pass);
             default all at once. The accessor passes ``N``, one time per pass, so that
@@ -767,6 +770,12 @@ class LatentModel:
         n_times, n_members = prior_t.shape[:2]
         if n_members < 2:
             raise EnsembleError(f"prior has {n_members} member(s) (dim 1); need at least 2")
+        seeds = _seed_list(generator)
+        if seeds is not None and len(seeds) != n_times:
+            raise OptionError(
+                f"generator lists {len(seeds)} seed(s) for {n_times} time(s); give one seed "
+                "per time, or one seed for all"
+            )
         if self.valid is not None:  # masked points may hold anything: they are not read
             prior_t = torch.where(self.valid.to(prior_t.device), prior_t, 0)
         if not bool(torch.isfinite(prior_t).all()):
@@ -847,25 +856,10 @@ class LatentModel:
                 )
                 factor = innovation_factor(z_prior, z_obs, obs_std)  # (T,), at most 1
                 obs_std = (obs_std.double() * factor.sqrt()[:, None]).to(obs_std.dtype)
-            z_post = ensf_analysis(
-                z_prior, z_obs, identity, obs_std, generator=generator, **options
-            )
+            z_post = _latent_ensf(z_prior, z_obs, identity, obs_std, generator, options)
         else:
             local = self._latent_localisation(options, n_members)
-            # one time per call: the localised solve sums in another order for another
-            # number of times, and an analysis must not depend on which times share it
-            z_post = torch.cat(
-                [
-                    letkf_analysis(
-                        z_prior[t : t + 1],
-                        z_obs[t : t + 1],
-                        identity,
-                        obs_std if obs_std.ndim == 1 else obs_std[t : t + 1],
-                        **local,
-                    )
-                    for t in range(n_times)
-                ]
-            )
+            z_post = _one_time_per_call(letkf_analysis, z_prior, z_obs, identity, obs_std, local)
         post = self._decode(z_post.reshape(-1, self.latent_dim), batch_size)
         recon = self._decode(z_prior.reshape(-1, self.latent_dim), batch_size)
         if update == "increment":
@@ -908,12 +902,9 @@ class LatentModel:
         n_times = prior.shape[0]
         at = seen.nonzero().squeeze(1).cpu()
         generator, noise = kwargs.pop("generator"), kwargs.pop("obs_noise")
-        if isinstance(generator, (list, tuple)):
-            if len(generator) != n_times:
-                raise OptionError(
-                    f"generator has {len(generator)} seeds; give one per time ({n_times})"
-                )
-            generator = [generator[i] for i in at.tolist()]
+        seeds = _seed_list(generator)  # one per time: checked by analyse
+        if seeds is not None:
+            generator = [seeds[i] for i in at.tolist()]
         if noise is not None and noise.numel() > 1:  # checked: one per time
             noise = noise[at]
         post = self._masked_nan(prior.to(device=self.device, dtype=out_dtype)).clone()
@@ -990,7 +981,7 @@ class LatentModel:
         if self.config.get("latent", {}).get("obs_error") is None:
             return obs_std
         n_times, n_members = z_prior.shape[:2]
-        first = ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
+        first = _latent_ensf(z_prior, z_obs, identity, obs_std, generator, options)
         members = self._decode(first.reshape(-1, self.latent_dim), batch_size)
         z_members = self.encode(members, batch_size=batch_size)[0]
         members = members.reshape(n_times, n_members, *members.shape[1:])
@@ -1524,6 +1515,44 @@ def build_networks(config: Mapping[str, Any]) -> tuple[StateVAE, ObservationEnco
     vae = StateVAE(arch["channels"], latent, **shape)
     obs_encoder = ObservationEncoder(arch["channels"], latent, **shape)
     return vae, obs_encoder
+
+
+def _latent_ensf(z_prior, z_obs, identity, obs_std, generator, options) -> torch.Tensor:
+    """:func:`~xensf.filters.ensf.ensf_analysis` of the latent ensembles ``(T, N, L)``.
+
+    With one seed per time (the accessor's way), one time per call
+    (:func:`_one_time_per_call`); a single generator or seed draws the noise of all
+    times together, so they are analysed together."""
+    seeds = _seed_list(generator)
+    if seeds is None:
+        return ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
+    return _one_time_per_call(ensf_analysis, z_prior, z_obs, identity, obs_std, options, seeds)
+
+
+def _seed_list(generator) -> list | None:
+    """``generator`` as a list of one seed per time; None for one generator or seed."""
+    if generator is None or isinstance(generator, torch.Generator | int | np.integer):
+        return None
+    return list(generator)
+
+
+def _one_time_per_call(
+    analysis, z_prior, z_obs, identity, obs_std, options, seeds: list | None = None
+) -> torch.Tensor:
+    """``analysis`` (the EnSF or the LETKF) of each time of ``(T, N, L)`` latent ensembles
+    in a call of its own, ``seeds[t]`` its noise. Batched over times, torch's CPU matrix
+    products sum in another order for some shapes (the EnSF's Gaussian likelihood with 27
+    latent values and 5 to 11 members, the localised LETKF's solve), and an analysis must
+    not depend on which other times share its call (a dask chunk's;
+    ``tests/test_latent_accessor.py``)."""
+    parts = []
+    for t in range(z_prior.shape[0]):
+        noise = {} if seeds is None else {"generator": seeds[t : t + 1]}
+        std = obs_std if obs_std.ndim == 1 else obs_std[t : t + 1]
+        parts.append(
+            analysis(z_prior[t : t + 1], z_obs[t : t + 1], identity, std, **noise, **options)
+        )
+    return torch.cat(parts)
 
 
 def _chunks(x: torch.Tensor, batch_size: int | None):
