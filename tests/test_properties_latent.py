@@ -57,7 +57,9 @@ def _grid(ds: xr.Dataset) -> xr.Dataset:
 @functools.cache
 def _models() -> dict[str, xensf.LatentModel]:
     """The gridded and the station model, trained briefly (once per process): the
-    properties hold for any model, a good one is not needed."""
+    properties hold for any model, a good one is not needed. A second gridded model has
+    a latent of 27 values (3 × 3 × 3), a size at which torch's batched CPU products
+    sum in another order for another number of times (tests/test_latent_accessor.py)."""
     pos = random_positions(120, torch.Generator().manual_seed(0))
     fields = blobs(pos[:, 0], pos[:, 1])
     training = _grid(xr.Dataset({"h": (("time", "y", "x"), fields[:, 0].numpy(), {"units": "m"})}))
@@ -66,14 +68,19 @@ def _models() -> dict[str, xensf.LatentModel]:
         fields, gridded_stride_obs(4, 0.1), patience=8, device="cpu", progress=False,
         variables=["h"], units=["m"], **small,
     )  # fmt: skip
+    odd = train_latent_model(
+        fields, gridded_stride_obs(4, 0.1), patience=8, device="cpu", progress=False,
+        variables=["h"], units=["m"], **dict(small, latent_dim=27), latent_channels=3,
+    )  # fmt: skip
     layout = StateLayout(("h",), ((),), ((),), (GRID, GRID))
     ensemble = training.isel(time=[0]).rename(time="member")
-    gridded.config["data"] = data_signature(training, find_dims(ensemble), layout)
+    for model in (gridded, odd):
+        model.config["data"] = data_signature(training, find_dims(ensemble), layout)
     stations = xr.Dataset(coords={"y": ("station", STATIONS_Y), "x": ("station", STATIONS_X)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", XensfWarning)
         station = xensf.train_latent(training, stations, progress=False, **small)
-    return {"gridded": gridded, "stations": station}
+    return {"gridded": gridded, "gridded-27": odd, "stations": station}
 
 
 @st.composite
@@ -132,7 +139,8 @@ def cases(draw):
         obs["h"] = obs.h.where(obs.time != obs.time[-1])
 
     method = draw(st.sampled_from(["latent-ensf", "latent-letkf", "latent-ensf-letkf"]))
-    kwargs = {"method": method, "model": _models()[kind], "device": "cpu"}
+    name = draw(st.sampled_from(["gridded", "gridded-27"])) if kind == "gridded" else kind
+    kwargs = {"method": method, "model": _models()[name], "device": "cpu"}
     if method in ("latent-ensf", "latent-ensf-letkf"):
         kwargs["steps"] = 10
     if method in ("latent-ensf", "latent-letkf"):
