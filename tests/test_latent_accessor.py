@@ -19,6 +19,7 @@ from xensf.bridge.dims import find_dims
 from xensf.bridge.layout import StateLayout
 from xensf.bridge.signature import data_signature
 from xensf.errors import (
+    DimensionError,
     ModelQualityWarning,
     ObservationDomainError,
     ObservationMismatchError,
@@ -169,12 +170,42 @@ def test_encode_decode(case):
         model.encode(prior.h.values.reshape(-1, 1, GRID, GRID))[0].numpy(),
         rtol=1e-6,
     )
-    chunked = prior.chunk(time=2).ensf.encode(model, device="cpu").compute()
-    xr.testing.assert_allclose(chunked, latent, rtol=1e-4, atol=1e-5)  # batch-size round-off
     states = latent.ensf.decode(model)
     assert states.h.attrs["units"] == "m"
     assert states.h.transpose(*prior.h.dims).shape == prior.h.shape
     np.testing.assert_array_equal(states.y.values, prior.y.values)
+    with pytest.raises(DimensionError, match=r"'latent_mean' along 'latent'.*\['h'\]"):
+        prior.ensf.decode(model)  # states, not latent data
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread, where its CPU convolutions differ most between batch sizes
+    (on two, this test's chunks happened to agree before the fix as well). Dask's
+    chunks run in this thread too: a worker thread of dask's pool would keep the one
+    thread it first ran torch with after the setting is restored, and later tests
+    would compare two thread counts."""
+    import dask
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with dask.config.set(scheduler="synchronous"):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("chunks", [{"time": 1}, {"time": 3}, {"member": 5}])
+def test_encode_and_decode_give_the_same_bits_however_chunked(case, chunks, one_torch_thread):
+    """A chunk's states go through the networks in passes of a fixed size: before, a
+    pass held the whole chunk, and CPU convolutions summed in another order for
+    another number of states."""
+    model, prior, _, _ = case
+    latent = prior.ensf.encode(model, device="cpu")
+    lazy = prior.chunk(chunks).ensf.encode(model, device="cpu")
+    assert lazy.latent_mean.chunks is not None
+    xr.testing.assert_identical(lazy.compute(), latent)
+    states = latent.ensf.decode(model)
+    xr.testing.assert_identical(latent.chunk(chunks).ensf.decode(model).compute(), states)
 
 
 def test_data_that_does_not_fit_the_model(case):

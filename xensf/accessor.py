@@ -237,7 +237,9 @@ class EnsfDatasetAccessor:
         -------
         Dataset
             ``latent_mean`` and ``latent_log_variance`` with the state's sample dims
-            (time, member, ...) and a ``latent`` dim; lazy if the input was.
+            (time, member, ...) and a ``latent`` dim; lazy if the input was. The states
+            go through the encoder 16 at a time whatever the chunks hold, so the bits do
+            not depend on the chunking.
         """
         from .bridge.encoding import encode
 
@@ -249,7 +251,8 @@ class EnsfDatasetAccessor:
         """Decode a latent Dataset (``latent_mean`` along ``latent``) to states.
 
         The result is on the grid, with the variables, levels and units, that the model
-        was trained on; the latent data's other dims (time, member) are kept.
+        was trained on; the latent data's other dims (time, member) are kept. As for
+        :meth:`encode`, the bits do not depend on the chunking.
         """
         from .bridge.encoding import decode
 

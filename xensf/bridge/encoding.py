@@ -24,15 +24,30 @@ __all__ = ["decode", "encode"]
 
 LATENT_DIM = "latent"
 
+#: States per network pass of ``encode`` and ``decode``, whatever the chunk holds (its
+#: last pass padded with zeros). CPU convolutions sum in another order for another
+#: batch size (a state encoded alone or with 4 others differs in its last bits from
+#: the same state among 63 others), so a state's result must not depend on how many
+#: share its chunk; its position within a pass of a given size does not matter.
+PASS_STATES = 16
+
+
+def _in_passes(run, x: np.ndarray):
+    """``run(x)`` (a model's encode or decode, on ``(B, ...)``) in passes of
+    :data:`PASS_STATES` items, the last one padded with zeros and the padding dropped."""
+    extra = -len(x) % PASS_STATES
+    padded = np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)]) if extra else x
+    out = run(padded, batch_size=PASS_STATES)
+    return tuple(o[: len(x)] for o in out) if isinstance(out, tuple) else out[: len(x)]
+
 
 def _encode_block(*arrays, handle, layout, device):
     lead = arrays[0].shape[: arrays[0].ndim - len(layout.level_dims[0]) - 2]
     flat = [a.reshape(-1, *a.shape[len(lead) :]) for a in arrays]
     x = layout.stack([f[:, None] for f in flat])[:, 0]  # (B, d)
     model = cached_model(handle, compute_device(device))
-    mu, logvar = model.encode(
-        x.astype(np.float32).reshape(-1, layout.n_fields, *layout.grid_shape)
-    )
+    states = x.astype(np.float32).reshape(-1, layout.n_fields, *layout.grid_shape)
+    mu, logvar = _in_passes(model.encode, states)
     size = mu.shape[-1]
     return mu.cpu().numpy().reshape(*lead, size), logvar.cpu().numpy().reshape(*lead, size)
 
@@ -122,7 +137,7 @@ def _levels(data, name) -> list[str]:
 def _decode_block(z, *, handle, layout, device):
     lead = z.shape[:-1]
     model = cached_model(handle, compute_device(device))
-    x = model.decode(z.reshape(-1, z.shape[-1]).astype(np.float32)).cpu().numpy()
+    x = _in_passes(model.decode, z.reshape(-1, z.shape[-1]).astype(np.float32)).cpu().numpy()
     parts = layout.unstack(x.reshape(-1, 1, layout.size))
     out = tuple(p[:, 0].reshape(*lead, *p.shape[2:]) for p in parts)
     return out if len(out) > 1 else out[0]
@@ -135,6 +150,11 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     if data is None:
         raise OptionError(
             "the model has no data signature (trained without xarray); use model.decode"
+        )
+    if isinstance(latent, xr.Dataset) and "latent_mean" not in latent.data_vars:
+        raise DimensionError(
+            "decode takes latent data, a Dataset with 'latent_mean' along 'latent' (what "
+            f"ds.ensf.encode(model) returns); this one has {sorted(map(str, latent.data_vars))}"
         )
     z = latent["latent_mean"] if isinstance(latent, xr.Dataset) else latent
     if LATENT_DIM not in z.dims:
