@@ -214,6 +214,12 @@ def test_data_that_does_not_fit_the_model(case):
         prior.rename(h="q").ensf.assimilate(obs.rename(h="q"), model=model)
     with pytest.raises(ObservationMismatchError, match="grid"):
         prior.isel(x=slice(0, 20)).ensf.assimilate(obs.isel(x=slice(0, 20)), model=model)
+    flipped = prior.isel(y=slice(None, None, -1))
+    with pytest.raises(ObservationMismatchError, match=r"reverse it, ds\.isel\(y=slice\("):
+        flipped.ensf.assimilate(obs, model=model)
+    stretched = {"y": prior.y * 2}  # not a reversal
+    with pytest.raises(ObservationMismatchError, match="regrid the data"):
+        prior.assign_coords(stretched).ensf.assimilate(obs.assign_coords(stretched), model=model)
     with pytest.raises(ObservationMismatchError, match="'h' in 'm'"):
         prior.assign(h=prior.h.assign_attrs(units="cm")).ensf.assimilate(obs, model=model)
     with pytest.raises(OptionError, match="needs a trained latent model"):
