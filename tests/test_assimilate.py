@@ -296,8 +296,27 @@ def test_incompatible_units(era5_twin):
 def test_obs_on_another_grid(case):
     prior, obs = case
     shifted = obs.assign_coords(lat=obs.lat + 1.0)
-    with pytest.raises(ObservationMismatchError, match="must be on the state's grid"):
+    with pytest.raises(ObservationMismatchError, match=r"must be on the state's grid.*interp"):
         prior.ensf.assimilate(shifted, obs_error=1.0)
+
+
+def test_obs_on_the_same_grid_in_another_order_are_told_the_one_line_fix(case):
+    """Gridded observations with the latitudes the other way round, or the longitudes
+    in the other convention, are refused with the fix, which then gives the analysis."""
+    prior, obs = case
+    expected = prior.ensf.assimilate(obs, obs_error=1.0, seed=0)
+    flipped = obs.isel(lat=slice(None, None, -1))
+    with pytest.raises(ObservationMismatchError, match=r"another order: obs\.isel\(lat=slice"):
+        prior.ensf.assimilate(flipped, obs_error=1.0)
+    fixed = flipped.isel(lat=slice(None, None, -1))
+    xr.testing.assert_equal(prior.ensf.assimilate(fixed, obs_error=1.0, seed=0), expected)
+    signed = obs.assign_coords(lon=((obs.lon + 180) % 360) - 180).sortby("lon")
+    with pytest.raises(
+        ObservationMismatchError, match=r"obs\.assign_coords\(lon=obs\.lon % 360\)"
+    ):
+        prior.ensf.assimilate(signed, obs_error=1.0)
+    fixed = signed.assign_coords(lon=signed.lon % 360).sortby("lon")
+    xr.testing.assert_equal(prior.ensf.assimilate(fixed, obs_error=1.0, seed=0), expected)
 
 
 def test_point_obs_outside_domain(era5_twin):

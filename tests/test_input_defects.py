@@ -166,6 +166,20 @@ def test_a_regional_grid_across_the_dateline_in_natural_order():
         ds.sortby("lon").ensf.assimilate(far, method="letkf", loc_radius=None, obs_error=0.5)
 
 
+def test_latitudes_beyond_the_poles_are_refused_unless_the_axis_says_it_is_planar(ds, obs):
+    """A latitude axis from -100 to 100 degrees was taken as it stood: distances,
+    localisation and station interpolation on a sphere that has no such points."""
+    beyond = {"lat": np.linspace(-100, 100, 6)}
+    with pytest.raises(DimensionError, match=r"'lat' coordinate .* -100 to 100, beyond the poles"):
+        ds.assign_coords(beyond).ensf.assimilate(obs.assign_coords(beyond), method="letkf",
+                                                 obs_error=0.5, loc_radius=2000.0)  # fmt: skip
+    planar = {"lat": ("lat", beyond["lat"], {"units": "km"})}
+    out = ds.assign_coords(planar).ensf.assimilate(
+        obs.assign_coords(planar), method="letkf", obs_error=0.5, loc_radius=200.0
+    )
+    assert float(abs(out.t - ds.t).max()) > 0.1
+
+
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():
     sample = xensf.catalog().era5_sample.read()  # dask-backed, with a dask valid_time
     prior, truth = sample.isel(number=slice(1, None)), sample.isel(number=0)

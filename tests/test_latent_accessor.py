@@ -215,7 +215,9 @@ def test_data_that_does_not_fit_the_model(case):
     with pytest.raises(ObservationMismatchError, match="grid"):
         prior.isel(x=slice(0, 20)).ensf.assimilate(obs.isel(x=slice(0, 20)), model=model)
     flipped = prior.isel(y=slice(None, None, -1))
-    with pytest.raises(ObservationMismatchError, match=r"reverse it, ds\.isel\(y=slice\("):
+    with pytest.raises(
+        ObservationMismatchError, match=r"ds\.isel\(y=slice\(None, None, -1\)\) rev"
+    ):
         flipped.ensf.assimilate(obs, model=model)
     stretched = {"y": prior.y * 2}  # not a reversal
     with pytest.raises(ObservationMismatchError, match="regrid the data"):

@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..filters.device import compute_device
 from ..filters.noise import analysis_seeds
-from ..obs import check_longitude
+from ..obs import EDGE_TOLERANCE, check_longitude
 from .dims import EnsembleDims, find_dims, state_variables
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
@@ -323,6 +323,16 @@ def _time_chunks(prior, names, values, errors, time_dim):
 
 
 def _check_grid(ds: xr.Dataset, dims: EnsembleDims, grid: GridCoords) -> None:
+    if grid.geographic and grid.lat is not None:
+        lat = np.asarray(grid.lat, np.float64)
+        lat = lat[np.isfinite(lat)]
+        if lat.size and float(np.abs(lat).max()) > 90.0 + EDGE_TOLERANCE:
+            name = grid.names[0] if grid.names else dims.lat
+            raise DimensionError(
+                f"the {name!r} coordinate is read as latitude in degrees, but it runs from "
+                f"{lat.min():g} to {lat.max():g}, beyond the poles; if it is a planar axis, "
+                f"say so with its units (ds[{name!r}].attrs['units'] = 'km', or 'm')"
+            )
     # a curvilinear grid's 1-D dim coordinates (if any) are indices, not longitudes
     geographic = grid.geographic and not grid.curvilinear
     for d in dims.grid:

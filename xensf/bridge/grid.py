@@ -180,3 +180,40 @@ def _is_geographic_axis(ds, dims) -> bool:
     if units or std:
         return False
     return str(dims.lat).lower() in ("lat", "latitude")
+
+
+def reorder_fix(obj: str, axes: list[tuple[str, object, object, bool]]) -> str | None:
+    """How to put a grid given in another order on the expected one, or None.
+
+    ``axes``: one ``(dim, expected, found, longitude)`` per grid axis, the coordinate
+    values as the reference and as given. Where every axis holds the expected values,
+    some in the other order (or, for a ``longitude`` in degrees, in the other
+    convention, -180..180 against 0..360), the returned advice names the one-line fix
+    on ``obj`` (the variable name used in it, e.g. ``"ds"`` or ``"obs"``)."""
+    reverse, convention = [], []
+    for dim, expected, found, longitude in axes:
+        a, b = np.asarray(expected, np.float64), np.asarray(found, np.float64)
+        if a.shape != b.shape or a.ndim != 1:
+            return None
+        if _close(a, b):
+            continue
+        if a.size > 1 and _close(a[::-1], b):
+            reverse.append(dim)
+        elif longitude and _close(np.sort(np.mod(a, 360.0)), np.sort(np.mod(b, 360.0))):
+            convention.append((dim, bool((a < 0).any())))
+        else:
+            return None
+    fixes = []
+    if reverse:
+        slices = ", ".join(f"{d}=slice(None, None, -1)" for d in reverse)
+        fixes.append(f"{obj}.isel({slices}) reverses {' and '.join(map(repr, reverse))}")
+    for dim, signed in convention:
+        to = f"(({obj}.{dim} + 180) % 360) - 180" if signed else f"{obj}.{dim} % 360"
+        fixes.append(f"{obj}.assign_coords({dim}={to}).sortby({dim!r}) converts {dim!r}")
+    if not fixes:
+        return None
+    return "the same grid in another order: " + "; ".join(fixes)
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0, atol=1e-6))

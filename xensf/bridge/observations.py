@@ -33,7 +33,7 @@ from ..obs import (
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role
-from .grid import GridCoords, grid_coords
+from .grid import GridCoords, grid_coords, reorder_fix
 from .layout import StateLayout
 from .units import convert_units
 
@@ -322,12 +322,21 @@ def prepare_observations(
                 continue
             a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
             if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6):
+                fix = None
+                if not (on_obs.curvilinear or grid.curvilinear):
+                    lon = grid.geographic
+                    axes = [(dims.lat, grid.lat, on_obs.lat, False),
+                            (dims.lon, grid.lon, on_obs.lon, lon)]  # fmt: skip
+                    fix = reorder_fix("obs", axes)
                 raise ObservationMismatchError(
                     f"gridded observations must be on the state's grid, but their {role} "
                     f"({d}: {a.size} values, {a[:1]}..{a[-1:]}) differs from the state's "
-                    f"({b.size} values, {b[:1]}..{b[-1:]}); interpolate them to the state "
-                    "grid, or pass them as point observations (an 'obs' dim with latitude "
-                    "and longitude coordinates)"
+                    f"({b.size} values, {b[:1]}..{b[-1:]}); "
+                    + (
+                        fix
+                        or "interpolate them to the state grid, or pass them as point "
+                        "observations (an 'obs' dim with latitude and longitude coordinates)"
+                    )
                 )
         kind = "gridded"
         point = None

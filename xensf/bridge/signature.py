@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
-from .grid import grid_coords
+from .grid import grid_coords, reorder_fix
 from .layout import StateLayout
 
 __all__ = ["check_signature", "data_signature", "fields_of"]
@@ -95,26 +95,13 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
                 f"{sig['lon'][0]:g}..{sig['lon'][-1]:g})"
             )
 
-        fix = "regrid the data or train a model on this grid"
-        flipped = [a for a in ("lat", "lon") if _reversed(expected[a], found[a])]
-        if flipped and all(a in flipped or _same(expected[a], found[a]) for a in ("lat", "lon")):
-            dims = [found[f"{a}_dim"] for a in flipped]
-            fix = (
-                f"the same grid with {' and '.join(map(repr, dims))} in the other order: "
-                f"reverse it, ds.isel({', '.join(f'{d}=slice(None, None, -1)' for d in dims)})"
-            )
+        # reversals only: the signature does not say whether x is a longitude
+        axes = [(found[f"{a}_dim"], expected[a], found[a], False) for a in ("lat", "lon")]
+        fix = None
+        if [len(found["lat"]), len(found["lon"])] == found["grid_shape"]:  # 1-D axes
+            fix = reorder_fix("ds", axes)
+        fix = fix or "regrid the data or train a model on this grid"
         raise ObservationMismatchError(
             f"the model {model} was trained on a {extent(expected)} grid; the data's grid is "
             f"{extent(found)}; {fix}"
         )
-
-
-def _same(a, b) -> bool:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and bool(np.allclose(a, b))
-
-
-def _reversed(a, b) -> bool:
-    """Whether coordinate values ``b`` are ``a`` in the other order (and not ``a``)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return a.shape == b.shape and a.size > 1 and _same(a[::-1], b) and not _same(a, b)
