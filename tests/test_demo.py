@@ -186,6 +186,34 @@ def test_cli_rejects_bad_noise(capsys):
     assert "percentages" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--seed", "-1"], "--seed takes a non-negative integer, got -1"),
+        (["--truth-position", "2", "0"], "--truth-position takes fractions"),
+        (["--prior-position", "0", "nan"], "--prior-position takes fractions"),
+        (["--device", "tpu"], "device='tpu' is not a torch device"),
+        (["--model", "no-such.xensf"], "--model: No bundle at no-such.xensf"),
+    ],
+)
+def test_demo_arguments_are_checked_before_any_work(tmp_path, capsys, extra, says):
+    """Each once ended in a traceback (an XensfError, numpy's ValueError, torch's
+    RuntimeError), some after the truth run was made."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), *extra]) == 2
+    assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    args = ["demo", "--output", str(blocked / "demo"), "--methods", "letkf", "--no-plot"]
+    assert main(args) == 1
+    assert capsys.readouterr().err.startswith("xensf demo: [Errno 20] Not a directory")
+    assert main(["demo-era5", "--seed", "-1"]) == 2
+
+
 def test_era5_demo_still_runs(tmp_path, capsys):
     assert main(["demo-era5", "--output", str(tmp_path), "--no-plot", "--methods", "letkf"]) == 0
     assert "RMSE at obs" in capsys.readouterr().out

@@ -180,6 +180,26 @@ def test_latitudes_beyond_the_poles_are_refused_unless_the_axis_says_it_is_plana
     assert float(abs(out.t - ds.t).max()) > 0.1
 
 
+def test_a_device_that_is_not_there_is_an_option_error(ds, obs):
+    """torch's RuntimeError or AssertionError ("Torch not compiled with CUDA enabled")
+    came out of the first task; a name torch does not know is now refused at graph
+    build, and a device this process lacks in the task that would use it (at graph
+    build the client may lack the GPUs of its workers)."""
+    import torch
+
+    lazy = ds.expand_dims(time=2).chunk(time=1)
+    options = dict(method="letkf", obs_error=0.5, loc_radius=None)
+    with pytest.raises(OptionError, match="device='tpu' is not a torch device"):
+        lazy.ensf.assimilate(obs.expand_dims(time=2), device="tpu", **options)
+    missing = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    says = "finds no CUDA device" if missing == "cuda" else "CUDA device\\(s\\), cuda:0 to"
+    with pytest.raises(OptionError, match=says):
+        ds.ensf.assimilate(obs, device=missing, **options)
+    result = lazy.ensf.assimilate(obs.expand_dims(time=2), device=missing, **options)
+    with pytest.raises(OptionError, match=says):
+        result.compute()
+
+
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():
     sample = xensf.catalog().era5_sample.read()  # dask-backed, with a dask valid_time
     prior, truth = sample.isel(number=slice(1, None)), sample.isel(number=0)

@@ -118,7 +118,9 @@ class EnsfDatasetAccessor:
             from ``(seed, time value)``, so results do not depend on chunking.
         device : str, optional
             Torch device for the computation; default CUDA when available, else CPU.
-            Chosen inside each task, so building the graph touches no GPU.
+            Chosen inside each task, so building the graph touches no GPU: a name torch
+            does not know is refused at once, a device this process lacks when the task
+            that would use it runs (an :class:`~xensf.errors.OptionError` either way).
         member_dim, lat_dim, lon_dim, time_dim : str, optional
             Override the dimension detection (CF attributes, then usual names).
         obs_dim : str, optional

@@ -36,13 +36,7 @@ def _demo_era5(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .errors import XensfError
-
-    try:
-        print(describe_bundle(args.bundle))
-    except XensfError as err:
-        print(f"xensf info: {err}", file=sys.stderr)
-        return 1
+    print(describe_bundle(args.bundle))  # an XensfError is reported by main
     return 0
 
 
@@ -257,7 +251,47 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"xensf demo: --train-minutes {problem}", file=sys.stderr)
             return 2
-    return args.func(args)
+    problem = _argument_problem(args)
+    if problem:
+        print(f"xensf {args.command}: {problem}", file=sys.stderr)
+        return 2
+    from .errors import XensfError
+
+    try:
+        return args.func(args)
+    except (XensfError, OSError) as err:  # what to fix, without a traceback
+        print(f"xensf {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the seed, the device or the bump positions, before any work."""
+    if getattr(args, "seed", 0) < 0:
+        return f"--seed takes a non-negative integer, got {args.seed}"
+    for flag in ("truth_position", "prior_position"):
+        where = getattr(args, flag, None)
+        if where is not None and not all(math.isfinite(v) and abs(v) <= 0.5 for v in where):
+            return (
+                f"--{flag.replace('_', '-')} takes fractions of the basin side from its "
+                f"centre, each in [-0.5, 0.5]; got {where[0]:g} {where[1]:g}"
+            )
+    from .errors import BundleError, OptionError
+
+    if getattr(args, "device", None) is not None:
+        from .filters.device import compute_device
+
+        try:
+            compute_device(args.device)
+        except OptionError as err:
+            return str(err)
+    if getattr(args, "model", None) is not None:
+        from .latent.bundle import bundle_info
+
+        try:
+            bundle_info(args.model)  # its JSON only: the weights are read when used
+        except BundleError as err:
+            return f"--model: {err}"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

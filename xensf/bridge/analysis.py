@@ -25,7 +25,7 @@ from ..errors import (
     OptionError,
     warn_user,
 )
-from ..filters.device import compute_device
+from ..filters.device import compute_device, parse_device
 from ..filters.noise import analysis_seeds
 from ..obs import EDGE_TOLERANCE, check_longitude
 from .dims import EnsembleDims, find_dims, state_variables
@@ -436,6 +436,8 @@ def assimilate(
     obs, _ = dequantify(obs)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise OptionError(f"seed must be an integer, got {seed!r}")
+    if device is not None:
+        parse_device(device)  # whether it is there is for the task to find
     spec = resolve_method(method, model, options)
     handle = config = None
     if spec.needs_model:

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
-from ..filters.device import compute_device
+from ..filters.device import compute_device, parse_device
 from .dims import find_role
 from .layout import StateLayout
 from .model_cache import cached_model, model_handle
@@ -56,6 +56,8 @@ def encode(
     ds: xr.Dataset, model: Any, *, variables=None, lat_dim=None, lon_dim=None, device=None
 ) -> xr.Dataset:
     """Latent Gaussian (mean, log-variance) of every state in ``ds``; see the accessor."""
+    if device is not None:
+        parse_device(device)
     handle, config = model_handle(model)
     data = config.get("data")
     if data is None:
@@ -145,6 +147,8 @@ def _decode_block(z, *, handle, layout, device):
 
 def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.Dataset:
     """States on the model's grid from latent vectors; see the accessor."""
+    if device is not None:
+        parse_device(device)
     handle, config = model_handle(model)
     data = config.get("data")
     if data is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["compute_device"]
+from ..errors import OptionError
+
+__all__ = ["compute_device", "parse_device"]
 
 _INIT_LOCK = threading.Lock()
 _READY: set[str] = set()
@@ -22,8 +24,9 @@ def compute_device(device=None):
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = parse_device(device)
     if device.type == "cuda" and str(device) not in _READY:
+        _check_cuda(device)
         with _INIT_LOCK:
             if str(device) not in _READY:
                 torch.cuda.init()
@@ -31,3 +34,35 @@ def compute_device(device=None):
                 torch.linalg.cholesky(torch.eye(2, device=device))
                 _READY.add(str(device))
     return device
+
+
+def parse_device(device):
+    """``device`` as a ``torch.device``, or an :class:`~xensf.errors.OptionError` that
+    names it. Whether the device is there is not checked: at graph build the client
+    may lack the GPUs its workers have (:func:`compute_device` checks, in the task)."""
+    import torch
+
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise OptionError(
+            f"device={device!r} is not a torch device ({err}); give 'cpu', 'cuda' or "
+            "'cuda:N', or None for CUDA when available"
+        ) from None
+
+
+def _check_cuda(device) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise OptionError(
+            f"device={str(device)!r}, but torch finds no CUDA device in this process "
+            "(torch.cuda.is_available() is False); give device='cpu', or None for CUDA "
+            "when available"
+        )
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise OptionError(
+            f"device={str(device)!r}, but this process sees {count} CUDA device(s), "
+            f"cuda:0 to cuda:{count - 1}"
+        )

@@ -73,7 +73,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._version import VERSION
-from ..errors import BundleError, OptionError
+from ..errors import BundleError
+from ..filters.device import parse_device
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_info", "load_bundle", "save_bundle"]
 
@@ -444,12 +445,7 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _device(device: str | torch.device | None) -> str:
-    if device is None:
-        return "cpu"
-    try:
-        return str(torch.device(device))
-    except (RuntimeError, TypeError) as err:
-        raise OptionError(f"device={device!r} is not a torch device: {err}") from err
+    return "cpu" if device is None else str(parse_device(device))
 
 
 # --- writing -------------------------------------------------------------------------

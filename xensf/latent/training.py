@@ -35,6 +35,7 @@ from ..errors import (
     TrainingDataWarning,
     warn_user,
 )
+from ..filters.device import compute_device
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
 from .calibration import coverage_error_curve, layout_points, leave_out, obs_error_curve
 from .model import LatentModel, build_networks
@@ -998,7 +999,7 @@ def train_latent_model(
             f"obs_dropout is the largest share of the observations left out of a training "
             f"sample, in [0, 1); got {obs_dropout!r}"
         )
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = compute_device(device)  # an OptionError for a device that is not there
     if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bfloat16():
         warn_user(
             f"precision='bfloat16' on this CPU ({torch.backends.cpu.get_cpu_capability()}: "
