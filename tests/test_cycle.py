@@ -410,6 +410,13 @@ def test_observation_times_must_be_model_times_on_cycle_boundaries(tmp_path):
         xensf.cycle(model, start, obs, **{**kw, "inflation": 1.1})
     with pytest.raises(ObservationMismatchError, match="no observation variable"):
         xensf.cycle(model, start, obs.rename(eta="h", u="uu", v="vv"), **kw)
+    # once numpy's ValueError, a truthy string taken as True, a message naming model=
+    with pytest.raises(OptionError, match="until='banana' is not a time"):
+        xensf.cycle(model, start, obs, until="banana", **kw)
+    with pytest.raises(OptionError, match="members must be True or False, got 'yes'"):
+        xensf.cycle(model, start, obs, members="yes", **kw)
+    with pytest.raises(OptionError, match="drop latent_model= or"):
+        xensf.cycle(model, start, obs, latent_model="some.xensf", **kw)
     assert not path.exists()  # all refused before any work
 
 

@@ -800,8 +800,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def resolve_method(method: str | None, model: Any, options: dict[str, Any]) -> Method:
-    """The method object for ``method`` with ``options``; OptionError on anything wrong."""
+def resolve_method(
+    method: str | None, model: Any, options: dict[str, Any], model_arg: str = "model"
+) -> Method:
+    """The method object for ``method`` with ``options``; OptionError on anything wrong
+    (naming the caller's model argument, ``model_arg``)."""
     if method is None:
         method = "latent-ensf" if model is not None else "ensf"
     if method not in METHODS:
@@ -809,12 +812,12 @@ def resolve_method(method: str | None, model: Any, options: dict[str, Any]) -> M
     cls = METHODS[method]
     if model is not None and not cls.needs_model:
         raise OptionError(
-            f"method {method!r} does not use a model; drop model= or choose a latent method "
+            f"method {method!r} does not use a model; drop {model_arg}= or choose a latent method "
             f"({', '.join(repr(n) for n, c in METHODS.items() if c.needs_model)})"
         )
     if model is None and cls.needs_model:
         raise OptionError(
-            f"method {method!r} needs a trained latent model: pass model=xensf.load(path) "
+            f"method {method!r} needs a trained latent model: pass {model_arg}=xensf.load(path) "
             "(or a bundle path); train one with xensf.train_latent"
         )
     known = [f.name for f in fields(cls)]

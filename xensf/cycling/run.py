@@ -176,6 +176,9 @@ def cycle(
     forecaster = check_forecaster(model)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
         raise OptionError(f"seed must be an integer, got {seed!r}")
+    for name, flag in (("members", members), ("overwrite", overwrite)):
+        if not isinstance(flag, bool | np.bool_):
+            raise OptionError(f"{name} must be True or False, got {flag!r}")
     if not isinstance(initial_ensemble, xr.Dataset):
         raise TypeError(
             f"initial_ensemble must be an xarray Dataset, got {type(initial_ensemble).__name__}"
@@ -198,7 +201,7 @@ def cycle(
                 "before cycling"
             )
     obs, obs_time = check_obs(obs, names)
-    spec = resolve_method(method, latent_model, options)
+    spec = resolve_method(method, latent_model, options, model_arg="latent_model")
     latent_digest = None
     if latent_model is not None:
         from ..bridge.model_cache import model_handle

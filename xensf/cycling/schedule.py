@@ -201,7 +201,13 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
     if until is None:
         last = int(ks.max())
     else:
-        u = np.datetime64(until, "ns") if datetime else float(until)
+        try:
+            u = np.datetime64(until, "ns") if datetime else float(until)
+        except (TypeError, ValueError):
+            kind = "a date ('2000-01-01T10') or numpy.datetime64" if datetime else "a number"
+            raise OptionError(
+                f"until={until!r} is not a time: give {kind}, like the model's times"
+            ) from None
         if u < t0:
             raise OptionError(f"until={until!r} is before the initial time {t0}")
         offset = u - t0
