@@ -152,3 +152,30 @@ def test_accessor_scores_weight_by_area_and_keep_time():
     assert ens.ensf.spread_skill(truth).t.dims == ("time",)
     hist = ens.ensf.rank_histogram(truth)
     assert hist.t.dims == ("rank", "time") and int(hist.t.sum()) == truth.t.size
+
+
+def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
+    """Each was once scored without a word: a truth with members broadcast against the
+    mean, a truth of another variable gave an empty Dataset, a truth on other points
+    was scored on the overlap, one in degC was compared with kelvin (273 off)."""
+    from xensf.errors import DimensionError, EnsembleError, OptionError
+
+    ens, _ = _case()
+    ens["t"].attrs["units"] = "K"
+    truth = (ens.isel(member=0, drop=True) + 0.5).assign(t=lambda d: d.t.assign_attrs(units="K"))
+    with pytest.raises(DimensionError, match="the truth has the member dim 'member'"):
+        ens.ensf.rmse(ens)
+    with pytest.raises(OptionError, match=r"none of the ensemble's variables \['t'\]"):
+        ens.ensf.crps(truth.rename(t="q"))
+    with pytest.raises(DimensionError, match=r"'lat' coordinate differs.*truth\.interp"):
+        ens.ensf.spread_skill(truth.isel(lat=slice(0, 3)))  # scored on the overlap before
+    with pytest.raises(DimensionError, match=r"dims \['level'\] are not dims"):
+        ens.ensf.rmse(truth, dims=["level"])
+    with pytest.raises(OptionError, match="seed must be a non-negative integer"):
+        ens.ensf.rank_histogram(truth, seed=-1)
+    with pytest.raises(EnsembleError, match="at least 2 members"):
+        ens.isel(member=[0]).ensf.spread_skill(truth)
+    celsius = (truth - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))
+    xr.testing.assert_allclose(ens.ensf.rmse(celsius), ens.ensf.rmse(truth))
+    later = ens.ensf.rmse(truth.isel(time=[1, 2]))  # scored at the times both have
+    xr.testing.assert_allclose(later, ens.ensf.rmse(truth).isel(time=[1, 2]))

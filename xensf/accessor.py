@@ -12,6 +12,8 @@ from typing import Any
 
 import xarray as xr
 
+from .errors import DimensionError, OptionError
+
 __all__ = ["EnsfDataArrayAccessor", "EnsfDatasetAccessor"]
 
 
@@ -420,8 +422,8 @@ class EnsfDatasetAccessor:
         """
         from .metrics import ensemble_rmse
 
-        member, dims, weights = self._score_dims(truth, dims, member_dim)
-        return ensemble_rmse(self._obj, truth, member, dims=dims, weights=weights)
+        ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
+        return ensemble_rmse(ens, truth, member, dims=dims, weights=weights)
 
     def crps(
         self,
@@ -438,8 +440,8 @@ class EnsfDatasetAccessor:
         """
         from .metrics import crps
 
-        member, dims, weights = self._score_dims(truth, dims, member_dim)
-        return crps(self._obj, truth, member, dims=dims, weights=weights, fair=fair)
+        ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
+        return crps(ens, truth, member, dims=dims, weights=weights, fair=fair)
 
     def spread_skill(
         self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
@@ -450,8 +452,8 @@ class EnsfDatasetAccessor:
         """
         from .metrics import spread_skill
 
-        member, dims, weights = self._score_dims(truth, dims, member_dim)
-        return spread_skill(self._obj, truth, member, dims=dims, weights=weights)
+        ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
+        return spread_skill(ens, truth, member, dims=dims, weights=weights)
 
     def rank_histogram(
         self,
@@ -467,20 +469,33 @@ class EnsfDatasetAccessor:
         """
         from .metrics import rank_histogram
 
-        member, dims, _ = self._score_dims(truth, dims, member_dim)
-        return rank_histogram(self._obj, truth, member, dims=dims, seed=seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+        ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
+        return rank_histogram(ens, truth, member, dims=dims, seed=seed)
 
-    def _score_dims(self, truth, dims, member_dim):
-        """The member dim, the dims to average over, and the area weights (or None)."""
+    def _scoring(self, truth, dims, member_dim):
+        """The ensemble and the truth to score (their shared variables, the truth in
+        the ensemble's units), the member dim, the dims to average over, and the area
+        weights (or None); an XensfError for a truth that does not fit."""
         from .bridge.dims import find_dims, find_role
         from .bridge.grid import grid_coords
         from .errors import XensfError
         from .metrics import area_weights
 
         member = self._member_dim(member_dim)
+        ens, truth = _comparable(self._obj, truth, member)
         if dims is None:
             time = find_role(truth, "time", required=False)
             dims = [d for d in self._obj.dims if d not in (time, member)]
+        else:
+            dims = [dims] if isinstance(dims, str) else list(dims)
+            unknown = [d for d in dims if d not in ens.dims or d == member]
+            if unknown:
+                raise DimensionError(
+                    f"dims {unknown} are not dims of the ensemble to average over; it has "
+                    f"{[d for d in ens.dims if d != member]}"
+                )
         weights = None
         try:
             found = find_dims(self._obj, member_dim=member_dim)
@@ -494,7 +509,52 @@ class EnsfDatasetAccessor:
                 weights = area_weights(self._obj[found.lat])
             if not set(weights.dims) <= set(dims):
                 weights = None
-        return member, dims, weights
+        return ens, truth, member, dims, weights
+
+
+def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, xr.Dataset]:
+    """The ensemble's variables that ``truth`` has, and ``truth`` in their units, on the
+    same points: a :class:`~xensf.errors.XensfError` where it cannot be."""
+    from .bridge.dims import find_role
+    from .bridge.units import convert_units
+
+    if isinstance(truth, xr.DataArray):
+        if truth.name not in ensemble.data_vars:
+            raise OptionError(
+                f"a truth DataArray must be named after the ensemble variable it is the "
+                f"truth of ({list(ensemble.data_vars)}), got {truth.name!r}"
+            )
+        truth = truth.to_dataset()
+    if not isinstance(truth, xr.Dataset):
+        raise OptionError(f"truth must be an xarray Dataset, got {type(truth).__name__}")
+    if member in truth.dims:
+        raise DimensionError(
+            f"the truth has the member dim {member!r}: give one state (e.g. one run, or "
+            f"ds.isel({member}=0)), not an ensemble"
+        )
+    names = [v for v in ensemble.data_vars if v in truth.data_vars]
+    if not names:
+        raise OptionError(
+            f"the truth has none of the ensemble's variables {list(ensemble.data_vars)}; "
+            f"it has {list(truth.data_vars)}"
+        )
+    for d in truth.dims:
+        if d not in ensemble.dims or d not in truth.indexes or d not in ensemble.indexes:
+            continue
+        ours, theirs = ensemble.indexes[d], truth.indexes[d]
+        if not ours.intersection(theirs).size:
+            raise DimensionError(f"the truth's {d!r} shares no value with the ensemble's")
+        if d != find_role(ensemble, "time", required=False) and not ours.equals(theirs):
+            raise DimensionError(
+                f"the truth's {d!r} coordinate differs from the ensemble's: score on the "
+                f"same points (select or interpolate the truth, e.g. "
+                f"truth.interp({d}=ds.{d}))"
+            )
+    checked = {
+        v: convert_units(truth[v], ensemble[v].attrs.get("units"), name=v, what="truth")
+        for v in names
+    }
+    return ensemble[names], truth.assign(checked)[names]
 
 
 @xr.register_dataarray_accessor("ensf")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from .errors import EnsembleError
+
 __all__ = [
     "area_weights",
     "crps",
@@ -156,7 +158,7 @@ def spread_skill(
     """
     n = ensemble.sizes[member_dim]
     if n < 2:
-        raise ValueError(f"a spread needs at least 2 members, got {n}")
+        raise EnsembleError(f"a spread needs at least 2 members along {member_dim!r}, got {n}")
     variance = _mean(ensemble.var(member_dim, ddof=1), dims, weights)
     squared = _mean((ensemble.mean(member_dim) - truth) ** 2, dims, weights)
     return np.sqrt((n + 1) / n * variance / squared)
