@@ -230,6 +230,13 @@ def test_missing_level_lists_the_levels(wb2_store):
         xensf.era5.open(wb2_store, variables=["t"], levels=[1, 500])
 
 
+@pytest.mark.parametrize("every, says", [("banana", "takes a duration such as '6h'"),
+                                         ("0h", "must be a positive duration")])  # fmt: skip
+def test_a_bad_every_is_an_option_error(wb2_store, every, says):
+    with pytest.raises(OptionError, match=says):  # 'banana' was pandas' ValueError
+        xensf.era5.open(wb2_store, variables=["z500"], every=every)
+
+
 def test_level_on_a_surface_variable(wb2_store):
     with pytest.raises(OptionError, match="no level dim"):
         xensf.era5.open(wb2_store, variables=["msl500"])

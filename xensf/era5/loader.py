@@ -198,7 +198,12 @@ def _select_time(ds: xr.Dataset, time, every) -> xr.Dataset:
                 )
             ds = ds.sel(time=stamps)
     if every is not None:
-        step = pd.Timedelta(every).to_timedelta64().astype("timedelta64[ns]")
+        try:
+            step = pd.Timedelta(every).to_timedelta64().astype("timedelta64[ns]")
+        except (TypeError, ValueError):
+            raise OptionError(
+                f"every= takes a duration such as '6h' or a numpy.timedelta64, got {every!r}"
+            ) from None
         if step <= np.timedelta64(0, "ns"):
             raise OptionError(f"every= must be a positive duration, got {every!r}")
         offsets = ds["time"].values.astype("datetime64[ns]").astype(np.int64) % step.astype(
