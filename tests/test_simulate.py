@@ -49,6 +49,12 @@ def test_shallow_water_simulator_rejects_bad_positions():
         models.shallow_water(np.zeros((2, 2)), np.zeros((2, 2)), n=10, steps=2, every=1)
     with pytest.raises(xensf.OptionError, match="basin"):
         models.shallow_water(2e6, 0.0, n=10, steps=2, every=1)
+    # once blamed on the bump height after a run of NaN, and numpy's ValueError after
+    # the whole run
+    with pytest.raises(xensf.OptionError, match=r"must be finite, got nan"):
+        models.shallow_water(float("nan"), 0.0, n=10, steps=2, every=1)
+    with pytest.raises(xensf.OptionError, match="start='banana' is not a time"):
+        models.shallow_water(n=10, steps=2, every=1, start="banana")
 
 
 def test_lorenz96_simulator():

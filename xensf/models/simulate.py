@@ -179,6 +179,13 @@ def shallow_water(
     from ..filters.device import compute_device
     from .swe import ShallowWaterConfig, initial_state, shallow_water_run
 
+    try:
+        t0 = np.datetime64(start, "ns")
+    except (TypeError, ValueError):
+        raise OptionError(
+            f"shallow_water: start={start!r} is not a time; give a date such as "
+            "'2000-01-01' or a numpy.datetime64"
+        ) from None
     dev = compute_device(device)
     if config is None:
         config = ShallowWaterConfig(n=n, dtype=dtype or torch.float32, device=dev)
@@ -208,7 +215,6 @@ def shallow_water(
         raise OptionError(
             "shallow_water: the run produced NaN or inf; lower the bump height or dt_factor"
         )
-    t0 = np.datetime64(start, "ns")
     step_ns = np.timedelta64(config.dt_ns, "ns")
     times = t0 + np.arange(0, steps + 1, every) * step_ns
     ds = shallow_water_state(

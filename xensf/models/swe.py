@@ -243,6 +243,10 @@ def initial_state(
     kw = {"dtype": config.dtype, "device": config.device}
     x0, y0 = torch.broadcast_tensors(torch.as_tensor(x0, **kw), torch.as_tensor(y0, **kw))
     half = config.L / 2
+    if not bool((x0.isfinite() & y0.isfinite()).all()):
+        raise OptionError(
+            f"initial_state: the bump centre (x0, y0) must be finite, got {x0}, {y0}"
+        )
     if bool(((x0.abs() > half) | (y0.abs() > half)).any()):
         raise OptionError(
             f"initial_state: the bump centre (x0, y0) must lie in the basin, |x0|, |y0| <= "
