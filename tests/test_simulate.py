@@ -57,6 +57,22 @@ def test_shallow_water_simulator_rejects_bad_positions():
         models.shallow_water(n=10, steps=2, every=1, start="banana")
 
 
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        ({"d": 0}, "d=0 is out of range"),  # an IndexError before
+        ({"members": -1}, "members=-1 is out of range"),  # torch's RuntimeError
+        ({"members": 0}, "members=0 is out of range"),  # an empty ensemble
+        ({"dt": float("nan")}, "dt=nan is out of range"),  # NaN states, without a word
+        ({"forcing": 1e6, "steps": 200}, "the run produced NaN or inf"),  # the same
+        ({"x0": np.full(12, np.nan)}, "x0 holds NaN or inf"),  # the same
+    ],
+)
+def test_lorenz96_simulator_refuses_what_would_give_no_finite_run(options, says):
+    with pytest.raises(xensf.OptionError, match=says):
+        models.lorenz96(**{"d": 12, "steps": 20, "every": 5, **options})
+
+
 def test_lorenz96_simulator():
     ds = models.lorenz96(d=12, members=4, steps=20, every=5, spinup=50, seed=3)
     assert ds.x.dims == ("time", "member", "site") and ds.sizes["time"] == 5

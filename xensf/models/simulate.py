@@ -291,6 +291,18 @@ def lorenz96(
     from ..filters.device import compute_device
     from .l96 import lorenz96_run
 
+    for name, value, ok in (
+        ("d", d, isinstance(d, int | np.integer) and d >= 4),
+        ("members", members, members is None or (isinstance(members, int | np.integer) and members >= 1)),
+        ("dt", dt, np.isfinite(dt) and dt > 0),
+        ("forcing", forcing, np.isfinite(forcing)),
+        ("spread", spread, np.isfinite(spread) and spread >= 0),
+    ):  # fmt: skip
+        if not ok:
+            raise OptionError(
+                f"lorenz96: {name}={value!r} is out of range (d: an integer >= 4, members: "
+                "None or >= 1, dt: > 0, forcing: finite, spread: >= 0)"
+            )
     dev = compute_device(device)
     dtype = dtype or torch.float64
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -305,6 +317,8 @@ def lorenz96(
             x = x + spread * noise
     else:
         x = torch.as_tensor(np.asarray(x0), dtype=dtype, device=dev)
+        if not bool(torch.isfinite(x).all()):
+            raise OptionError("lorenz96: x0 holds NaN or inf; give a finite initial state")
         d = x.shape[-1]
         if members is not None and (x.ndim != 2 or x.shape[0] != members):
             raise OptionError(
@@ -316,6 +330,11 @@ def lorenz96(
             f"lorenz96: every={every} must be a positive integer dividing steps={steps}"
         )
     traj = lorenz96_run(x, steps, dt=dt, forcing=forcing, every=every)
+    if not bool(torch.isfinite(traj).all()):
+        raise OptionError(
+            f"lorenz96: the run produced NaN or inf (dt={dt:g}, forcing={forcing:g}); a "
+            "smaller dt keeps the integration stable (0.05 is the usual step at F = 8)"
+        )
     dims = ("time", "member", "site") if traj.ndim == 3 else ("time", "site")
     coords = {
         "time": (
