@@ -187,6 +187,8 @@ def test_a_device_that_is_not_there_is_an_option_error(ds, obs):
     build the client may lack the GPUs of its workers)."""
     import torch
 
+    from xensf.experiments.demo_swe import shipped_model_path
+
     lazy = ds.expand_dims(time=2).chunk(time=1)
     options = dict(method="letkf", obs_error=0.5, loc_radius=None)
     with pytest.raises(OptionError, match="device='tpu' is not a torch device"):
@@ -198,6 +200,8 @@ def test_a_device_that_is_not_there_is_an_option_error(ds, obs):
     result = lazy.ensf.assimilate(obs.expand_dims(time=2), device=missing, **options)
     with pytest.raises(OptionError, match=says):
         result.compute()
+    with pytest.raises(OptionError, match=says):  # torch's pin_memory RuntimeError before
+        xensf.load(shipped_model_path(), device=missing)
 
 
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():

@@ -586,6 +586,13 @@ def test_analyse_checks_its_inputs(blob_model, blob_data):
         blob_model.analyse(prior, obs, method="ensf")
     with pytest.raises(OptionError, match=f"1 seed\\(s\\) for {len(prior)} time"):
         blob_model.analyse(prior, obs, generator=[1])
+    with pytest.raises(OptionError, match="a list of int seeds"):  # its letters were seeds
+        blob_model.analyse(prior, obs, generator="ab")
+    # NaN in, NaN out without a word before
+    with pytest.raises(EnsembleError, match="NaN or inf at grid points the model reads"):
+        blob_model.encode(torch.full((2, 1, GRID, GRID), math.nan))
+    with pytest.raises(OptionError, match="z holds NaN"):
+        blob_model.decode(torch.full((2, blob_model.latent_dim), math.nan))
     with pytest.raises(EnsembleError, match="grid"):
         blob_model.analyse(torch.zeros(2, 4, 1, 10, 10), obs)
     with pytest.raises(ObservationMismatchError, match="time"):

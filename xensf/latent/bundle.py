@@ -74,7 +74,7 @@ from safetensors.torch import load_file, save_file
 
 from .._version import VERSION
 from ..errors import BundleError
-from ..filters.device import parse_device
+from ..filters.device import compute_device
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_info", "load_bundle", "save_bundle"]
 
@@ -445,7 +445,9 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _device(device: str | torch.device | None) -> str:
-    return "cpu" if device is None else str(parse_device(device))
+    """``device`` as a string, an OptionError if torch does not know it or this
+    process lacks it (torch's own error came from deep inside the load)."""
+    return "cpu" if device is None else str(compute_device(device))
 
 
 # --- writing -------------------------------------------------------------------------

@@ -545,6 +545,12 @@ class LatentModel:
         self._check_states(x, "x")
         if x.ndim != 4:
             raise EnsembleError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+        read = torch.isfinite(x) if self.valid is None else torch.isfinite(x) | ~self.valid
+        if not bool(read.all()):
+            raise EnsembleError(
+                "x holds NaN or inf at grid points the model reads; fill them (only the "
+                "model's masked points may hold NaN)"
+            )
         parts = [self.vae.encode(self.normalize(c)) for c in _chunks(x, batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -552,6 +558,8 @@ class LatentModel:
     def decode(self, z: torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """States ``(B, C, H, W)`` in physical units from latent vectors ``(B, latent_dim)``
         (NaN at masked points)."""
+        if not bool(torch.isfinite(torch.as_tensor(z)).all()):
+            raise OptionError("z holds NaN or inf; give finite latent vectors")
         return self._masked_nan(self._decode(z, batch_size))
 
     def _decode(self, z: torch.Tensor, batch_size: int | None) -> torch.Tensor:
@@ -1533,7 +1541,15 @@ def _seed_list(generator) -> list | None:
     """``generator`` as a list of one seed per time; None for one generator or seed."""
     if generator is None or isinstance(generator, torch.Generator | int | np.integer):
         return None
-    return list(generator)
+    seeds = list(generator) if not isinstance(generator, str | bytes) else None
+    if seeds is None or not all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds
+    ):
+        raise OptionError(
+            "generator must be a torch.Generator, an int seed or a list of int seeds (one "
+            f"per time), got {generator!r}"
+        )
+    return seeds
 
 
 def _one_time_per_call(
