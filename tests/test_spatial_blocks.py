@@ -76,6 +76,27 @@ def test_blocks_equal_the_whole_grid_on_a_plane():
     np.testing.assert_allclose(blocks.h.values, whole.h.values, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_a_block_no_observation_reaches_is_inflated_as_the_whole_grid_is(adaptive):
+    """Stations in the northern rows only, and a radius that keeps them from the
+    southern blocks: those blocks were returned as the prior, while the whole grid's
+    analysis inflates every point of an observed time (its local analysis has no
+    observation), so the two differed by the inflation (0.05 of the spread here)."""
+    prior, stations, _ = _global()
+    north = stations.where(stations.lat > 40)
+    options = {**OPTIONS, "loc_radius": 300.0}
+    if adaptive:  # the field's start inflates where no observation reaches
+        del options["inflation"]
+        options["adaptive_inflation"] = xensf.AdaptiveInflation(1.21)
+    whole = prior.ensf.assimilate(north, **options)
+    blocks = prior.chunk({"lat": 4, "lon": 12}).ensf.assimilate(north, **options)
+    south = {"lat": slice(0, 4)}  # its own block, 2500 km and more from every station
+    for v in ("t", "z"):
+        np.testing.assert_allclose(blocks[v].values, whole[v].values, rtol=1e-13)
+    spread = lambda ds: float(ds.t.isel(south).std("member").mean())  # noqa: E731
+    assert spread(blocks) == pytest.approx((1.1 if adaptive else 1.05) * spread(prior), rel=1e-9)
+
+
 def test_what_cannot_be_done_in_blocks_is_refused_with_the_remedy():
     prior, stations, _ = _global()
     split = prior.chunk(lat=6)

@@ -242,7 +242,10 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
         extra = anchors[0]
         extra_lon = None if lon_b is None else np.unique(extra[:, 1])
         near |= within_reach(obs.locations, np.unique(extra[:, 0]), extra_lon, reach, spherical)
-    for t in np.flatnonzero((observed & near).any(axis=1)):  # others keep the prior
+    # Every time with an observation anywhere is analysed, as the whole grid is: a
+    # block that no observation reaches still gets the inflation (its points' local
+    # analyses have no observation), and only a time without any keeps the prior.
+    for t in np.flatnonzero(observed.any(axis=1)):
         sel = observed[t] & near
         geometry = letkf_geometry(
             points, n_fields, obs.locations[sel], obs.indices[sel], layout.grid_size,
