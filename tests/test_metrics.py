@@ -177,5 +177,9 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         ens.isel(member=[0]).ensf.spread_skill(truth)
     celsius = (truth - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))
     xr.testing.assert_allclose(ens.ensf.rmse(celsius), ens.ensf.rmse(truth))
+    float32 = truth.assign_coords(lat=truth.lat.astype("float32"))  # the same points
+    xr.testing.assert_allclose(ens.ensf.rmse(float32), ens.ensf.rmse(truth))
+    with pytest.raises(DimensionError, match="'time' shares no value"):
+        ens.ensf.rmse(truth.assign_coords(time=truth.time + 10))
     later = ens.ensf.rmse(truth.isel(time=[1, 2]))  # scored at the times both have
     xr.testing.assert_allclose(later, ens.ensf.rmse(truth).isel(time=[1, 2]))

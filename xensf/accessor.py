@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from .errors import DimensionError, OptionError
@@ -469,7 +470,7 @@ class EnsfDatasetAccessor:
         """
         from .metrics import rank_histogram
 
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
             raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
         ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
         return rank_histogram(ens, truth, member, dims=dims, seed=seed)
@@ -542,9 +543,14 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
         if d not in ensemble.dims or d not in truth.indexes or d not in ensemble.indexes:
             continue
         ours, theirs = ensemble.indexes[d], truth.indexes[d]
-        if not ours.intersection(theirs).size:
-            raise DimensionError(f"the truth's {d!r} shares no value with the ensemble's")
-        if d != find_role(ensemble, "time", required=False) and not ours.equals(theirs):
+        if d == find_role(ensemble, "time", required=False):
+            if not ours.intersection(theirs).size:
+                raise DimensionError(f"the truth's {d!r} shares no value with the ensemble's")
+            continue  # scored at the times both have
+        numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
+        if numeric and len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=0, atol=1e-6):
+            truth = truth.assign_coords({d: ensemble[d]})  # float32 coordinates, say
+        elif not ours.equals(theirs):
             raise DimensionError(
                 f"the truth's {d!r} coordinate differs from the ensemble's: score on the "
                 f"same points (select or interpolate the truth, e.g. "
