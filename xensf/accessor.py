@@ -468,10 +468,10 @@ class EnsfDatasetAccessor:
         Counted over ``dims`` (default: all dims of ``truth`` except time, unweighted);
         flat for a calibrated ensemble. See :func:`xensf.metrics.rank_histogram`.
         """
+        from .filters.noise import check_seed
         from .metrics import rank_histogram
 
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+        check_seed(seed, non_negative=True)
         ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
         return rank_histogram(ens, truth, member, dims=dims, seed=seed)
 

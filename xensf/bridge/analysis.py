@@ -26,7 +26,7 @@ from ..errors import (
     warn_user,
 )
 from ..filters.device import compute_device, parse_device
-from ..filters.noise import analysis_seeds
+from ..filters.noise import analysis_seeds, check_seed
 from ..obs import EDGE_TOLERANCE, check_longitude
 from .dims import EnsembleDims, find_dims, state_variables
 from .grid import GridCoords, grid_coords
@@ -434,8 +434,7 @@ def assimilate(
     # quantified state variables quantities again on the way out.
     prior, registries = dequantify(prior)
     obs, _ = dequantify(obs)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise OptionError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     if device is not None:
         parse_device(device)  # whether it is there is for the task to find
     spec = resolve_method(method, model, options)

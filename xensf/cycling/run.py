@@ -30,6 +30,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, EnsembleError, OptionError, XensfWarning, warn_user
+from ..filters.noise import check_seed
 from .context import CycleContext
 from .forecast import check_forecaster
 from .record import cycle_record, run_attrs
@@ -174,8 +175,7 @@ def cycle(
     (2, 20)
     """
     forecaster = check_forecaster(model)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise OptionError(f"seed must be an integer, got {seed!r}")
+    check_seed(seed)
     for name, flag in (("members", members), ("overwrite", overwrite)):
         if not isinstance(flag, bool | np.bool_):
             raise OptionError(f"{name} must be True or False, got {flag!r}")

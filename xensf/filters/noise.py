@@ -20,7 +20,17 @@ import torch
 
 from ..errors import OptionError
 
-__all__ = ["NoiseSource", "TiledNoise", "analysis_seeds"]
+__all__ = ["NoiseSource", "TiledNoise", "analysis_seeds", "check_seed"]
+
+
+def check_seed(seed, *, non_negative: bool = False) -> int:
+    """``seed`` as an int, or an :class:`~xensf.errors.OptionError`: an integer (not a
+    bool), at least 0 where ``non_negative`` (numpy's generators take no other)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise OptionError(f"seed must be an integer, got {seed!r}")
+    if non_negative and seed < 0:
+        raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]:

@@ -36,6 +36,7 @@ from ..errors import (
     warn_user,
 )
 from ..filters.device import compute_device
+from ..filters.noise import check_seed
 from .calibration import MIN_LATENT_OBS_STD as _MIN_LATENT_OBS_STD
 from .calibration import coverage_error_curve, layout_points, leave_out, obs_error_curve
 from .model import LatentModel, build_networks
@@ -975,9 +976,7 @@ def train_latent_model(
         _positive_int(patience, "patience")
     if not (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0):
         raise OptionError(f"blocks must be an integer >= 0, got {blocks!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise OptionError(f"seed must be an integer, got {seed!r}")
-    seed = int(seed)
+    seed = check_seed(seed)
     for value, name in ((lam, "lam"), (lr, "lr")):
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
