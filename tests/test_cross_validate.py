@@ -139,6 +139,7 @@ def test_stations_are_withheld_whole_and_every_level_with_its_location():
         ({"loc_radius": [300.0]}, {"loc_radius": 300.0}, "both a setting"),
         ({"loc_radius": [300.0]}, {"folds": 1}, "at least 2"),
         ({"loc_radius": [300.0]}, {"folds": 46}, "at least 46 observed locations"),
+        ({"loc_radius": [300.0]}, {"seed": -1}, "non-negative integer"),  # numpy's error
     ],
 )
 def test_bad_settings_are_refused_before_any_analysis(settings, kwargs, match):

@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import OptionError
+from ..filters.noise import check_seed
 from .dims import find_dims, find_role, state_variables
 
 __all__ = ["cross_validate"]
@@ -44,6 +45,7 @@ def cross_validate(
     See :meth:`xensf.accessor.EnsfDatasetAccessor.cross_validate`.
     """
     grid = _check_settings(settings)
+    check_seed(seed, non_negative=True)  # numpy's generator draws the folds
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise OptionError(f"folds must be an integer of at least 2, got {folds!r}")
     if isinstance(obs, xr.DataArray):
