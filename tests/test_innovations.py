@@ -87,3 +87,18 @@ def test_without_errors_only_the_differences_are_given():
     full = innovations(prior, obs, prior, obs_error=0.5)
     xr.testing.assert_identical(diag.omb, full.omb)
     np.testing.assert_array_equal(diag.oma, diag.omb)  # the "analysis" is the prior
+
+
+def test_an_analysis_on_other_points_or_in_other_units_is_refused_or_converted():
+    """Read by position, an analysis with its latitudes the other way round gave
+    O - A against the wrong points, and one in degC was read as kelvin (273 off)."""
+    prior, obs = _iid_twin(n_time=2, n_mem=5)
+    analysis = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=100.0)
+    diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
+    celsius = (analysis - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))
+    converted = prior.ensf.innovations(obs, celsius, obs_error=0.5)
+    np.testing.assert_allclose(converted.oma.values, diag.oma.values, atol=1e-9)
+    with pytest.raises(xensf.DimensionError, match="analysis's 'lat' coordinate differs"):
+        prior.ensf.innovations(obs, analysis.isel(lat=slice(None, None, -1)), obs_error=0.5)
+    with pytest.raises(xensf.ObservationMismatchError, match="must be the Dataset"):
+        prior.ensf.innovations(obs, analysis.t.values, obs_error=0.5)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from .errors import DimensionError, OptionError
@@ -516,8 +515,8 @@ class EnsfDatasetAccessor:
 def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, xr.Dataset]:
     """The ensemble's variables that ``truth`` has, and ``truth`` in their units, on the
     same points: a :class:`~xensf.errors.XensfError` where it cannot be."""
+    from .bridge.alignment import aligned_like
     from .bridge.dims import find_role
-    from .bridge.units import convert_units
 
     if isinstance(truth, xr.DataArray):
         if truth.name not in ensemble.data_vars:
@@ -539,28 +538,9 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
             f"the truth has none of the ensemble's variables {list(ensemble.data_vars)}; "
             f"it has {list(truth.data_vars)}"
         )
-    for d in truth.dims:
-        if d not in ensemble.dims or d not in truth.indexes or d not in ensemble.indexes:
-            continue
-        ours, theirs = ensemble.indexes[d], truth.indexes[d]
-        if d == find_role(ensemble, "time", required=False):
-            if not ours.intersection(theirs).size:
-                raise DimensionError(f"the truth's {d!r} shares no value with the ensemble's")
-            continue  # scored at the times both have
-        numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
-        if numeric and len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=0, atol=1e-6):
-            truth = truth.assign_coords({d: ensemble[d]})  # float32 coordinates, say
-        elif not ours.equals(theirs):
-            raise DimensionError(
-                f"the truth's {d!r} coordinate differs from the ensemble's: score on the "
-                f"same points (select or interpolate the truth, e.g. "
-                f"truth.interp({d}=ds.{d}))"
-            )
-    checked = {
-        v: convert_units(truth[v], ensemble[v].attrs.get("units"), name=v, what="truth")
-        for v in names
-    }
-    return ensemble[names], truth.assign(checked)[names]
+    time = find_role(ensemble, "time", required=False)
+    partial = () if time is None else (time,)  # scored at the times both have
+    return ensemble[names], aligned_like(ensemble, truth, names, what="truth", partial=partial)
 
 
 @xr.register_dataarray_accessor("ensf")

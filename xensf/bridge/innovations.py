@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ObservationMismatchError
+from .alignment import aligned_like
 from .analysis import prepare_state
 from .dims import find_dims, state_variables
 from .observations import prepare_observations
@@ -86,12 +87,19 @@ def innovations(
         "omb": y - b_mean,
     }
     if analysis is not None:
+        if not isinstance(analysis, xr.Dataset):
+            raise ObservationMismatchError(
+                f"the analysis must be the Dataset assimilate returned, got "
+                f"{type(analysis).__name__}"
+            )
         missing = [n for n in names if n not in analysis.data_vars]
-        if missing or any(analysis[n].shape != prior[n].shape for n in names if n in analysis):
+        if missing or any(analysis[n].sizes != prior[n].sizes for n in names if n in analysis):
             raise ObservationMismatchError(
                 f"the analysis must have the prior's state variables {names} with their "
                 f"shapes; it lacks {missing} or differs in shape"
             )
+        # on the prior's points and in its units (a degC analysis was read as kelvin)
+        analysis = aligned_like(prior, analysis, names, what="analysis")
         a_mean, a_spread = at_obs(analysis)
         out.update(analysis_mean=a_mean, analysis_spread=a_spread, oma=y - a_mean)
     out = {k: np.where(seen, v, np.nan) for k, v in out.items()}

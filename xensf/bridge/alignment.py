@@ -1,0 +1,56 @@
+"""A second Dataset (a truth, an analysis) on a reference's points and in its units.
+
+Scores and diagnostics compare two Datasets point by point; xarray would align them by
+label and silently keep the overlap, and would subtract degC from kelvin. Here the
+other Dataset must hold the reference's points (float32 spellings of the same
+coordinates allowed) and is converted to the reference's units, or the caller gets an
+:class:`~xensf.errors.XensfError` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ..errors import DimensionError
+from .units import convert_units
+
+__all__ = ["aligned_like"]
+
+
+def aligned_like(
+    reference: xr.Dataset,
+    other: xr.Dataset,
+    names: list[str],
+    *,
+    what: str,
+    partial: tuple[str, ...] = (),
+) -> xr.Dataset:
+    """``other[names]`` on ``reference``'s points, in ``reference``'s units.
+
+    Each dim of ``other`` that both index must hold ``reference``'s values (to 1e-6,
+    then takes ``reference``'s labels); a dim in ``partial`` (time, for a truth) need
+    only share one value, and xarray keeps the shared ones. ``what`` names ``other``
+    in the messages.
+    """
+    for d in other.dims:
+        if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
+            continue
+        ours, theirs = reference.indexes[d], other.indexes[d]
+        if d in partial:
+            if not ours.intersection(theirs).size:
+                raise DimensionError(f"the {what}'s {d!r} shares no value with the ensemble's")
+            continue
+        numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
+        if numeric and len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=0, atol=1e-6):
+            other = other.assign_coords({d: reference[d]})  # float32 coordinates, say
+        elif not ours.equals(theirs):
+            raise DimensionError(
+                f"the {what}'s {d!r} coordinate differs from the ensemble's: give it on the "
+                f"same points (select or interpolate it, e.g. {what}.interp({d}=ds.{d}))"
+            )
+    converted = {
+        n: convert_units(other[n], reference[n].attrs.get("units"), name=n, what=f"the {what}")
+        for n in names
+    }
+    return other.assign(converted)[names]
