@@ -551,6 +551,12 @@ class LatentModel:
                 "x holds NaN or inf at grid points the model reads; fill them (only the "
                 "model's masked points may hold NaN)"
             )
+        return self._encode(x, batch_size)
+
+    def _encode(
+        self, x: torch.Tensor, batch_size: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of states already checked (``analyse`` checks its prior once)."""
         parts = [self.vae.encode(self.normalize(c)) for c in _chunks(x, batch_size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -828,7 +834,7 @@ class LatentModel:
 
         states = prior_t.reshape(n_times * n_members, *prior_t.shape[2:])
         states = states.to(device=self.device, dtype=self.dtype)
-        z_prior = self.encode(states, batch_size=batch_size)[0]
+        z_prior = self._encode(states, batch_size)[0]
         z_prior = z_prior.reshape(n_times, n_members, self.latent_dim)
         # observations in passes of as many times as a state pass holds ensembles
         per_pass = None if batch_size is None else max(1, batch_size // n_members)
@@ -935,7 +941,7 @@ class LatentModel:
         )
         rest = (~seen).nonzero().squeeze(1).cpu()
         states = prior[rest].reshape(-1, *prior.shape[2:]).to(device=self.device, dtype=self.dtype)
-        z_rest = self.encode(states, batch_size=kwargs["batch_size"])[0]
+        z_rest = self._encode(states, kwargs["batch_size"])[0]
         z_prior[rest.to(self.device)] = z_rest.reshape(rest.numel(), n_members, self.latent_dim)
         if latent is not None:
             z_prior[at.to(self.device)] = latent["prior"]
@@ -991,7 +997,7 @@ class LatentModel:
         n_times, n_members = z_prior.shape[:2]
         first = _latent_ensf(z_prior, z_obs, identity, obs_std, generator, options)
         members = self._decode(first.reshape(-1, self.latent_dim), batch_size)
-        z_members = self.encode(members, batch_size=batch_size)[0]
+        z_members = self._encode(members, batch_size)[0]
         members = members.reshape(n_times, n_members, *members.shape[1:])
         z_members = z_members.reshape(n_times, n_members, self.latent_dim)
         encoder_error = torch.empty(n_times, dtype=torch.float64, device=self.device)
