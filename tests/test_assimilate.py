@@ -357,6 +357,14 @@ def test_unknown_method_and_options(case):
         prior.ensf.assimilate(obs, method="kalman", obs_error=1.0)
     with pytest.raises(OptionError, match=r"unknown option\(s\) \['inflation'\]"):
         prior.ensf.assimilate(obs, method="ensf", obs_error=1.0, inflation=1.1)
+    # a misspelt option or parameter is answered with the name meant; an option of
+    # another method with the methods that take it
+    with pytest.raises(OptionError, match="'locradius': did you mean 'loc_radius'"):
+        prior.ensf.assimilate(obs, method="letkf", obs_error=1.0, locradius=300.0)
+    with pytest.raises(OptionError, match="'obs_eror': did you mean 'obs_error'"):
+        prior.ensf.assimilate(obs, method="letkf", obs_eror=1.0)
+    with pytest.raises(OptionError, match="'loc_radius' is an option of 'letkf'"):
+        prior.ensf.assimilate(obs, method="ensf", obs_error=1.0, loc_radius=300.0)
     with pytest.raises(OptionError, match="rtps must lie in"):
         prior.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=1.0, rtps=2)
     with pytest.raises(OptionError, match="obs_error"):

@@ -408,6 +408,8 @@ def test_observation_times_must_be_model_times_on_cycle_boundaries(tmp_path):
         xensf.cycle(lambda x: x, start, obs, **kw)
     with pytest.raises(OptionError, match="unknown option"):
         xensf.cycle(model, start, obs, **{**kw, "inflation": 1.1})
+    with pytest.raises(OptionError, match="'untill': did you mean 'until'"):
+        xensf.cycle(model, start, obs, **kw, untill=3)
     with pytest.raises(ObservationMismatchError, match="no observation variable"):
         xensf.cycle(model, start, obs.rename(eta="h", u="uu", v="vv"), **kw)
     # once numpy's ValueError, a truthy string taken as True, a message naming model=

@@ -233,6 +233,13 @@ def test_bad_input_is_refused_before_training(runs):
         train_latent(runs, 4, noise="ten percent", **TINY)
     with pytest.raises(OptionError, match="obs_layout"):
         train_latent(runs, "every 4th", **TINY)
+    with pytest.raises(OptionError, match="'latent_dims': did you mean 'latent_dim'"):
+        train_latent(runs, 4, latent_dims=16, width=8, epochs=1, progress=False)
+    with pytest.raises(OptionError, match=r"unknown option\(s\) \['banana'\]"):
+        train_latent(runs, 4, banana=1, **TINY)
+    no_points = xr.Dataset(coords={"y": ("station", []), "x": ("station", [])})
+    with pytest.raises(ObservationMismatchError, match="no points along 'station'"):
+        train_latent(runs, no_points, **TINY)
 
 
 # -- the acceptance twin experiment ------------------------------------------------------

@@ -4,11 +4,13 @@ Every error xensf raises on bad input is one of these, so that callers can catch
 them specifically. Each subclasses the builtin it refines (``ValueError``,
 ``KeyError``) so generic handlers keep working. Messages name the variable,
 dimension or file at fault and say what would fix it. Warnings are issued by
-:func:`warn_user`, so that they name the caller's line, not xensf's.
+:func:`warn_user`, so that they name the caller's line, not xensf's; a misspelt name
+is answered with :func:`did_you_mean`.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import warnings
@@ -29,6 +31,13 @@ def warn_user(message: str, category: type[Warning]) -> None:
             outermost = level
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=outermost + 1)
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """``"'name': did you mean 'x'?"`` for the candidate closest to a misspelt
+    ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=0.75)
+    return f"{name!r}: did you mean {close[0]!r}?" if close else ""
 
 
 class XensfError(Exception):

@@ -9,6 +9,7 @@ alone, so a result does not depend on how the data is chunked.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,7 +438,9 @@ def assimilate(
     check_seed(seed)
     if device is not None:
         parse_device(device)  # whether it is there is for the task to find
-    spec = resolve_method(method, model, options)
+    spec = resolve_method(
+        method, model, options, parameters=inspect.signature(assimilate).parameters
+    )
     handle = config = None
     if spec.needs_model:
         handle, config = model_handle(model)

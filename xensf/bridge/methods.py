@@ -12,6 +12,7 @@ is one class here and one entry there, and the bridge needs no change.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +23,7 @@ from ..errors import (
     ModelQualityWarning,
     ObservationLayoutWarning,
     OptionError,
+    did_you_mean,
     warn_user,
 )
 from ..latent.model import check_latent_radius
@@ -801,10 +803,15 @@ METHODS: dict[str, type[Method]] = {
 
 
 def resolve_method(
-    method: str | None, model: Any, options: dict[str, Any], model_arg: str = "model"
+    method: str | None,
+    model: Any,
+    options: dict[str, Any],
+    model_arg: str = "model",
+    parameters: Sequence[str] = (),
 ) -> Method:
     """The method object for ``method`` with ``options``; OptionError on anything wrong
-    (naming the caller's model argument, ``model_arg``)."""
+    (naming the caller's model argument, ``model_arg``, and suggesting the closest of
+    the options and the caller's own ``parameters`` for a misspelt name)."""
     if method is None:
         method = "latent-ensf" if model is not None else "ensf"
     if method not in METHODS:
@@ -823,8 +830,17 @@ def resolve_method(
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(options) - set(known))
     if unknown:
+        hints = []
+        for name in unknown:
+            elsewhere = [n for n, c in METHODS.items() if name in {f.name for f in fields(c)}]
+            if elsewhere:
+                hints.append(f"{name!r} is an option of {', '.join(map(repr, elsewhere))}")
+            elif hint := did_you_mean(name, [*known, *parameters]):
+                hints.append(hint)
         raise OptionError(
-            f"unknown option(s) {unknown} for method {method!r}; its options are {sorted(known)}"
+            f"unknown option(s) {unknown} for method {method!r}"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; its options are {sorted(known)}"
         )
     return cls(**options)
 

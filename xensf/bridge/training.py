@@ -14,6 +14,7 @@ this module imports torch (``xensf.train_latent`` is loaded on first use).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from itertools import pairwise, product
@@ -28,6 +29,7 @@ from ..errors import (
     EnsembleError,
     ObservationMismatchError,
     OptionError,
+    did_you_mean,
 )
 from ..latent.training import (
     BatchSource,
@@ -263,6 +265,11 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
 
     plat = np.asarray(obs[lat_name].values, np.float64)
     plon = np.asarray(obs[lon_name].values, np.float64)
+    if plat.size == 0:
+        raise ObservationMismatchError(
+            f"the point obs_layout has no points along {point!r}: give the locations the "
+            "model will observe (at least one)"
+        )
     idx, w = grid_coords(ds, dims).station_weights(plat, plon)
 
     # Slots in the accessor's order: variable, then level combination, then point.
@@ -657,7 +664,26 @@ def train_latent(
     signature = data_signature(ds, dims, layout)
     channel_vars = [v for v in names for _ in range(layout.n_fields_of(v))]
     channel_units = [ds[v].attrs.get("units") for v in channel_vars]
-    own = {"periodic_lon", "variables", "units", "val_states", "normalization"} & set(options)
+    set_here = {
+        "states",
+        "make_obs",
+        "periodic_lon",
+        "variables",
+        "units",
+        "val_states",
+        "normalization",
+    }
+    own = set_here & set(options)
+    named = set(inspect.signature(train_latent).parameters)
+    takes = set(inspect.signature(train_latent_model).parameters) - named - set_here
+    unknown = sorted(set(options) - takes - set_here)
+    if unknown:
+        hints = [h for n in unknown if (h := did_you_mean(n, [*takes, *named]))]
+        raise OptionError(
+            f"unknown option(s) {unknown} for train_latent"
+            + (f" ({'; '.join(hints)})" if hints else "")
+            + f"; its network and optimisation options are {sorted(takes)}"
+        )
     if own:
         raise OptionError(
             f"train_latent sets {sorted(own)} from the Dataset itself; drop them (use "

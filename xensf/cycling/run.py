@@ -23,6 +23,7 @@ rounding, not bit for bit.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 from typing import Any
 
@@ -201,7 +202,13 @@ def cycle(
                 "before cycling"
             )
     obs, obs_time = check_obs(obs, names)
-    spec = resolve_method(method, latent_model, options, model_arg="latent_model")
+    spec = resolve_method(
+        method,
+        latent_model,
+        options,
+        model_arg="latent_model",
+        parameters=inspect.signature(cycle).parameters,
+    )
     latent_digest = None
     if latent_model is not None:
         from ..bridge.model_cache import model_handle
