@@ -54,9 +54,26 @@ def test_the_update_weighs_the_old_field_and_the_estimate_by_their_variances(dam
     np.testing.assert_allclose(field.mean, expected, rtol=1e-6)
 
 
+def test_the_limit_warning_reads_the_same_at_every_analysis():
+    """Its text does not change with how much of the state is at the bound, so the
+    warnings registry shows it once per calling line, not once per time or chunk of
+    a long assimilate."""
+    settings = AdaptiveInflation(std=0.1)
+    texts = []
+    for share in (0.6, 0.8, 1.0):
+        field = torch.where(torch.arange(100) < 100 * share, 2.0, 1.3)
+        with pytest.warns(InflationLimitWarning) as caught:
+            settings.warn_if_saturated(field)
+        texts.append(str(caught[0].message))
+    assert len(set(texts)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings.warn_if_saturated(torch.where(torch.arange(100) < 40, 2.0, 1.3))
+
+
 def test_the_field_stays_within_its_bounds():
     prior, y = _twin(d=200, n=10, truth_scale=3.0, seed=4)  # far too narrow a prior
-    with pytest.warns(InflationLimitWarning, match=r"maximum \(2\) at 100% of"):
+    with pytest.warns(InflationLimitWarning, match=r"maximum \(2\) over 50% or more of"):
         _, field = letkf_analysis(
             prior, y, np.arange(200), 1.0, adaptive_inflation=AdaptiveInflation(1.9, std=1.0)
         )

@@ -144,9 +144,13 @@ class AdaptiveInflation:
         share = float((field >= self.maximum).double().mean())
         if share < SATURATED_SHARE:
             return
+        # The text is the same for every analysis of these settings, so that the
+        # warnings registry shows it once per calling line (as for any warning), not
+        # once per time or chunk; where it is, the analysis's inflation field shows.
         warn_user(
-            f"adaptive inflation is at its maximum ({self.maximum:g}) at {share:.0%} of the "
-            f"analysed state (mean factor {float(field.double().mean()):.2f}): the "
+            f"adaptive inflation is at its maximum ({self.maximum:g}) over "
+            f"{SATURATED_SHARE:.0%} or more of the analysed state (the analysis's "
+            "inflation field shows where): the "
             "innovations there are larger than any inflation of this ensemble explains. "
             "Its errors lie outside the members' span (a feature displaced beyond all of "
             "them, model error) or there are too few members for the localisation; more "
