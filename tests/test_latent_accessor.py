@@ -348,6 +348,20 @@ def test_a_model_worse_than_the_observations_warns(case, untrained):
         prior.ensf.assimilate(obs, model=model, seed=0)
 
 
+def test_a_block_warning_is_shown_once_however_the_times_are_chunked(case, untrained):
+    """Each chunk of times finds its own numbers; were each to warn, a prior in four
+    chunks would show four versions of the warning where the numpy one shows one."""
+    _, _, truth, obs = case
+    close = _close_prior(truth)
+    for prior, chunked in ((close, False), (close.chunk(time=1), True)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("default")
+            prior.ensf.assimilate(obs, model=untrained, seed=0).compute()
+        shown = [str(w.message) for w in record if w.category is ModelQualityWarning]
+        assert len(shown) == 1, shown
+        assert ("Shown once for this analysis" in shown[0]) is chunked
+
+
 def _coverage_warnings(record) -> list[str]:
     return [str(w.message) for w in record if "observation layout" in str(w.message)]
 

@@ -10,7 +10,7 @@ alone, so a result does not depend on how the data is chunked.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,24 @@ class BlockPlan:
     model_slots: tuple[int, ...] | None = None
     #: the vertical coordinate of every field, where the method localises vertically
     field_heights: np.ndarray | None = None
+    #: whether the analysis runs in several blocks (chunks of times, spatial blocks)
+    chunked: bool = False
+    #: the block warnings this analysis has shown (:meth:`warn`), shared by its tasks
+    shown: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def warn(self, key: Any, message: str, category: type[Warning]) -> None:
+        """``warn_user``, once per ``key`` for the whole analysis. Each block finds its
+        own numbers, so a warning of every block would differ from block to block and
+        be shown as often as the data is chunked; the first block to raise it speaks
+        for the analysis."""
+        if self.shown.setdefault(key, message) is not message:
+            return  # dict.setdefault is atomic: one of the racing tasks wins
+        if self.chunked:
+            message += (
+                " (Shown once for this analysis, with the numbers of the first of its "
+                "chunks that raised it.)"
+            )
+        warn_user(message, category)
 
     @property
     def work_dtype(self) -> type:
@@ -151,8 +169,6 @@ def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
 def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarray):
     """The plan with each observation's weights on unmasked points only, and ``y`` NaN
     where an observation reads masked points alone; a warning says how many of each."""
-    import dataclasses
-
     obs = plan.obs
     valid = ~masked[obs.indices] & (obs.weights != 0)
     kept = np.where(valid, obs.weights, 0.0)
@@ -164,7 +180,8 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     seen = np.isfinite(y)
     n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
     if n_dropped or n_moved:
-        warn_user(
+        plan.warn(
+            MaskedObservationWarning,
             f"{n_dropped} observations fall on masked points of the prior (NaN in every "
             f"member) and were dropped; {n_moved} next to the mask use only the unmasked "
             "points of their interpolation",
@@ -173,7 +190,7 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
     weights = kept * scale[:, None]
     y = np.where(dropped, np.nan, y)
-    return dataclasses.replace(plan, obs=dataclasses.replace(obs, weights=weights)), y
+    return replace(plan, obs=replace(obs, weights=weights)), y
 
 
 #: Observation errors this many times the prior spread at the observed points (RMS
@@ -199,7 +216,8 @@ def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
         if rms_err > _ERROR_SPREAD_RATIO * rms_spread:
             name = plan.layout.variables[v]
             ratio = rms_err / rms_spread if rms_spread > 0 else float("inf")
-            warn_user(
+            plan.warn(
+                (ObservationErrorWarning, name),
                 f"the observation errors of {name!r} (RMS {rms_err:.3g}) are {ratio:.3g} "
                 f"times the prior ensemble spread at the observed points (RMS "
                 f"{rms_spread:.3g}): the analysis will hardly move from the prior. If that "
@@ -501,7 +519,15 @@ def assimilate(
             )
     if is_spatially_chunked(prior, names, dims):
         outputs = analyse_in_blocks(
-            prior, names, dims, levels, values, errors, plan, time_chunks, grid
+            prior,
+            names,
+            dims,
+            levels,
+            values,
+            errors,
+            replace(plan, chunked=True),
+            time_chunks,
+            grid,
         )
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
                        registries)  # fmt: skip
@@ -520,6 +546,7 @@ def assimilate(
     if dims.time is not None:
         inputs.append(bare(xr.DataArray(prior[dims.time].values, dims=(dims.time,))))
         core.append([])
+    plan = replace(plan, chunked=time_chunks is not None and len(time_chunks) > 1)
     inputs.append(shared_input(plan, lazy=any(i.chunks is not None for i in inputs)))
     core.append([])
     outputs = xr.apply_ufunc(

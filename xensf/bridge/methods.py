@@ -24,7 +24,6 @@ from ..errors import (
     ObservationLayoutWarning,
     OptionError,
     did_you_mean,
-    warn_user,
 )
 from ..latent.model import check_latent_radius
 from .geometry import letkf_geometry
@@ -971,7 +970,8 @@ def _drop_outside_layout(model, model_obs: np.ndarray, plan: BlockPlan, method) 
         else "the latent analysis does not use them: use method='latent-ensf-letkf' (its "
         "LETKF step assimilates every observation) or a full-space method"
     )
-    warn_user(
+    plan.warn(
+        ObservationLayoutWarning,
         f"{int(outside.sum())} of {int(observed.sum())} observed values (at "
         f"{int(outside.reshape(n_times, -1).any(-1).sum())} of {n_times} analysed times) "
         f"lie at grid points outside the observation layout of the latent model "
@@ -1121,7 +1121,8 @@ def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
     innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
     misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
     if rec > innov and misfit > innov:
-        warn_user(
+        plan.warn(
+            (ModelQualityWarning, "quality"),
             f"the latent model {plan.model.path} reconstructs the prior members at the "
             f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
             f"training std), more than the RMS innovation (observation minus prior mean) "
@@ -1159,7 +1160,8 @@ def _warn_coverage(model, model_obs: np.ndarray, plan: BlockPlan) -> None:
         if trained == 0
         else f"layouts with up to {trained:.0%} of the values left out"
     )
-    warn_user(
+    plan.warn(
+        (ModelQualityWarning, "coverage"),
         f"the observations at {short} of {counts.size} analysed times cover as little as "
         f"{lowest:.0%} of the latent model {plan.model.path}'s observation layout "
         f"({int(counts.min())} of {total} values); its observation encoder was trained on "
