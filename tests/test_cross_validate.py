@@ -81,6 +81,23 @@ def test_an_observation_error_that_ignores_the_observations_scores_one():
     np.testing.assert_array_equal(cv.obs_error.values, [0.05, 1e4])
 
 
+def test_a_warning_of_every_analysis_is_reported_once_with_its_count():
+    """Each fold's analysis finds its own numbers: the user gets one summary, not one
+    version per setting and fold."""
+    prior, obs = _smooth_twin()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        prior.ensf.cross_validate(
+            obs, {"obs_error": [1e3, 1e4]}, method="letkf", loc_radius=None, progress=False
+        )
+    shown = [str(w.message) for w in record if w.category is xensf.ObservationErrorWarning]
+    assert len(shown) == 1, shown
+    assert shown[0].startswith(
+        "ObservationErrorWarning in 8 of the 8 analyses of this cross-validation; the "
+        "first, at obs_error=1000.0, fold 1: the observation errors of 't'"
+    )
+
+
 def test_the_ratio_is_recomputed_from_the_folds_and_the_innovations():
     prior, obs = _smooth_twin(n_time=1)
     kwargs = dict(method="ensf", obs_error=0.05)

@@ -10,6 +10,7 @@ is answered with :func:`did_you_mean`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import sys
@@ -31,6 +32,43 @@ def warn_user(message: str, category: type[Warning]) -> None:
             outermost = level
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=outermost + 1)
+
+
+class WarningTally:
+    """xensf's warnings over a sequence of analyses (the cycles of a run, the settings
+    and folds of a cross-validation): one summary each at the end, not one per step.
+
+    A warning whose text changes from step to step (it carries numbers) would otherwise
+    be printed at every step and kept in the warnings registry, which then grows with
+    the sequence. Other warnings pass through as they are. ``what`` names the steps in
+    the summary ("cycles of this run").
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.seen: dict[type, tuple[set[str], str]] = {}
+
+    @contextlib.contextmanager
+    def step(self, label: str):
+        """Record the warnings of one step, called ``label`` in the summary."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            if issubclass(w.category, XensfWarning):
+                steps, _ = self.seen.setdefault(w.category, (set(), f"{label}: {w.message}"))
+                steps.add(label)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+    def report(self, total: int) -> None:
+        """One warning per category seen, out of ``total`` steps."""
+        for category, (steps, first) in self.seen.items():
+            warn_user(
+                f"{category.__name__} in {len(steps)} of the {total} {self.what}; the "
+                f"first, at {first}",
+                category,
+            )
 
 
 def did_you_mean(name: str, candidates) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import OptionError
+from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, state_variables
 
@@ -75,6 +75,7 @@ def cross_validate(
     # per setting and variable, per fold: the weighted sums of (O - A)^2 and (O - B)^2
     # and the number of withheld observations
     sums: list[dict[str, np.ndarray]] = []
+    tally = WarningTally("analyses of this cross-validation")
     with bar:
         for combo in combos:
             options = dict(zip(grid, combo, strict=True))
@@ -84,18 +85,22 @@ def cross_validate(
                 for n in names:  # error variables stay whole
                     used[n] = obs[n].where(label != fold)
                     withheld[n] = obs[n].where(label == fold)
-                analysis = prior.ensf.assimilate(used, seed=seed, **kwargs, **options)
-                diag = innovations(prior, withheld, analysis, with_errors=False, **where)
-                seen = np.isfinite(diag.oma.values) & np.isfinite(diag.omb.values)
+                step = ", ".join(f"{k}={v!r}" for k, v in options.items())
+                with tally.step(f"{step}, fold {fold + 1}"):
+                    analysis = prior.ensf.assimilate(used, seed=seed, **kwargs, **options)
+                    diag = innovations(prior, withheld, analysis, with_errors=False, **where)
+                    oma, omb = diag.oma.values, diag.omb.values  # computed here
+                seen = np.isfinite(oma) & np.isfinite(omb)
                 variable = np.broadcast_to(diag.variable.values, seen.shape)
                 weight = np.broadcast_to(_area_weights(diag, gridded), seen.shape)
                 for v in np.unique(diag.variable.values):
                     pick = seen & (variable == v)
                     acc = sums[-1].setdefault(str(v), np.zeros((folds, 3)))
-                    acc[fold, 0] = np.sum(weight[pick] * diag.oma.values[pick] ** 2)
-                    acc[fold, 1] = np.sum(weight[pick] * diag.omb.values[pick] ** 2)
+                    acc[fold, 0] = np.sum(weight[pick] * oma[pick] ** 2)
+                    acc[fold, 1] = np.sum(weight[pick] * omb[pick] ** 2)
                     acc[fold, 2] = pick.sum()
                 bar.update()
+    tally.report(len(combos) * folds)
     return _table(grid, combos, sums, folds, seed)
 
 

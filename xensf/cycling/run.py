@@ -22,15 +22,18 @@ rounding, not bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-import warnings
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, EnsembleError, OptionError, XensfWarning, warn_user
+from ..errors import (
+    DimensionError,
+    EnsembleError,
+    OptionError,
+    WarningTally,
+)
 from ..filters.noise import check_seed
 from .context import CycleContext
 from .forecast import check_forecaster
@@ -275,7 +278,7 @@ def _cycles(
         fields = {n: f.copy(data=run.read_cycle(n, done - 1)) for n, f in fields.items()}
     rows = []
     bar = _progress(len(schedule), done, progress)
-    tally = _WarningTally()
+    tally = WarningTally("cycles of this run")
     try:
         for k in range(done, len(schedule)):
             forecast = ctx.forecast(current, k)
@@ -284,7 +287,7 @@ def _cycles(
                 fields = ctx.outputs_without_observations(fields)
             else:
                 carried = {n: f for n, f in fields.items() if not np.isnan(f.values).all()}
-                with tally.cycle(k):
+                with tally.step(f"cycle {k + 1}"):
                     analysis, count, fit, fields = ctx.analyse(forecast, k, carried or None)
             row = cycle_record(ctx, schedule.time(k), forecast, analysis, count, fit, fields)
             if run is None:
@@ -310,40 +313,6 @@ def _cycles(
     out = xr.concat(rows, TIME, coords="minimal", compat="override", combine_attrs="override")
     out.attrs = dict(template.attrs)
     return without_coordinate_fill(out)
-
-
-class _WarningTally:
-    """xensf's warnings of a run: one summary each at its end, not one per cycle.
-
-    A warning whose text changes every cycle (it carries numbers) would otherwise be
-    printed every cycle and kept in the warnings registry, which then grows with the
-    run. Other warnings pass through as they are.
-    """
-
-    def __init__(self) -> None:
-        self.seen: dict[type, tuple[set[int], str]] = {}
-
-    @contextlib.contextmanager
-    def cycle(self, k: int):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-        for w in caught:
-            if issubclass(w.category, XensfWarning):
-                cycles, _ = self.seen.setdefault(
-                    w.category, (set(), f"cycle {k + 1}: {w.message}")
-                )
-                cycles.add(k)
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-
-    def report(self, total: int) -> None:
-        for category, (cycles, first) in self.seen.items():
-            warn_user(
-                f"{category.__name__} in {len(cycles)} of the {total} cycles of this run; the "
-                f"first, at {first}",
-                category,
-            )
 
 
 def _progress(total: int, done: int, enabled: bool):
