@@ -423,3 +423,9 @@ def test_observation_errors(small_problem):
         letkf_analysis(prior, y, idx, 0.0)
     with pytest.raises(ObservationMismatchError, match="obs_std"):
         letkf_analysis(prior, y, idx, np.ones(3))
+    # an index past the state (or negative) is named, not torch's gather error
+    for outside in (prior.shape[-1], -1):
+        bad_idx = np.array(idx, copy=True)
+        bad_idx[-1] = outside
+        with pytest.raises(OptionError, match=r"outside \[0, 30\)"):
+            letkf_analysis(prior, y, bad_idx, 0.3)

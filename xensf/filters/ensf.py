@@ -364,16 +364,8 @@ def _prepare_operator(obs_op, prior: torch.Tensor):
         raise OptionError(
             f"an index obs_op must hold integers, got a float array ({obs_op.dtype})"
         )
-    op = as_observation_operator(obs_op)
-    op = op.to(device=prior.device, dtype=prior.dtype)
-    if isinstance(op, LinearObservationOperator):
-        d = prior.shape[-1]
-        if op.indices.numel() and (bool((op.indices < 0).any()) or bool((op.indices >= d).any())):
-            raise OptionError(
-                f"obs_op indexes state components outside [0, {d}) (d = prior's last dim); "
-                f"found indices from {int(op.indices.min())} to {int(op.indices.max())}"
-            )
-    return op
+    op = as_observation_operator(obs_op, d=prior.shape[-1])
+    return op.to(device=prior.device, dtype=prior.dtype)
 
 
 def _operator_output_size(op, prior: torch.Tensor) -> int:

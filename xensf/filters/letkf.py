@@ -253,7 +253,7 @@ def letkf_analysis(
         op = None
         hx = as_float_tensor(prior_obs, "prior_obs", dtype=dtype, device=device)
     else:
-        op = as_observation_operator(obs_op)
+        op = as_observation_operator(obs_op, d=x.shape[-1])
         if isinstance(op, LinearObservationOperator):
             op = op.to(device=device, dtype=dtype)
         with torch.no_grad():

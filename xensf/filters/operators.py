@@ -225,10 +225,23 @@ class CallableObservationOperator:
         return g**2
 
 
-def as_observation_operator(obs_op) -> LinearObservationOperator | CallableObservationOperator:
-    """Normalise the ``obs_op`` argument of the filters (see the module docstring)."""
+def as_observation_operator(
+    obs_op, d: int | None = None
+) -> LinearObservationOperator | CallableObservationOperator:
+    """Normalise the ``obs_op`` argument of the filters (see the module docstring);
+    with ``d``, the state's size, an index or linear operator must read components in
+    ``[0, d)`` (an :class:`~xensf.errors.OptionError` otherwise)."""
     if isinstance(obs_op, LinearObservationOperator | CallableObservationOperator):
-        return obs_op
-    if isinstance(obs_op, torch.Tensor) or hasattr(obs_op, "__array__"):
-        return LinearObservationOperator.from_index(torch.as_tensor(obs_op))
-    return CallableObservationOperator(obs_op)
+        op = obs_op
+    elif isinstance(obs_op, torch.Tensor) or hasattr(obs_op, "__array__"):
+        op = LinearObservationOperator.from_index(torch.as_tensor(obs_op))
+    else:
+        op = CallableObservationOperator(obs_op)
+    if d is not None and isinstance(op, LinearObservationOperator) and op.indices.numel():
+        low, high = int(op.indices.min()), int(op.indices.max())
+        if low < 0 or high >= d:
+            raise OptionError(
+                f"obs_op indexes state components outside [0, {d}) (d = prior's last dim); "
+                f"found indices from {low} to {high}"
+            )
+    return op
