@@ -212,6 +212,11 @@ def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys):
     assert main(args) == 1
     assert capsys.readouterr().err.startswith("xensf demo: [Errno 20] Not a directory")
     assert main(["demo-era5", "--seed", "-1"]) == 2
+    capsys.readouterr()
+    assert main(["demo-era5", "--stations", "0"]) == 2
+    assert (
+        capsys.readouterr().err == "xensf demo-era5: --stations takes a positive integer, got 0\n"
+    )
 
 
 def test_era5_demo_still_runs(tmp_path, capsys):

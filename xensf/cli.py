@@ -232,9 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "stride", 1) < 1 or getattr(args, "stations", 1) < 1:
-        print("xensf: --stride and --stations must be positive", file=sys.stderr)
-        return 2
+    for flag in ("stride", "stations"):
+        if getattr(args, flag, 1) < 1:
+            print(
+                f"xensf {args.command}: --{flag} takes a positive integer, got {getattr(args, flag)}",
+                file=sys.stderr,
+            )
+            return 2
     if args.command == "demo" and args.noise is not None:
         bad = [p for p in args.noise if not 0 <= p < 100]
         if bad:
