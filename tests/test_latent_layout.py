@@ -159,6 +159,16 @@ def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):
     # options are checked all the same, before any work
     with pytest.raises(OptionError, match="deterministic"):
         model.analyse(x, np.full_like(y, np.nan), method="latent-letkf", generator=seeds)
+    # their values too, though no filter runs
+    for bad, match in (
+        (dict(steps=0), "steps"),
+        (dict(eps_alpha=1.5), "eps_alpha"),
+        (dict(obs_noise=-0.1), "obs_noise"),
+        (dict(method="latent-letkf", inflation=0.0), "inflation"),
+        (dict(method="latent-letkf", rtps=2.0), "rtps"),
+    ):
+        with pytest.raises(OptionError, match=match):
+            model.analyse(x, np.full_like(y, np.nan), **bad)
 
 
 def test_the_model_reads_a_mask_as_given_and_refuses_what_it_cannot_read(case):  # noqa: F811

@@ -155,6 +155,22 @@ def _check_filter_options(method: str, options: Mapping[str, Any]) -> None:
         )
 
 
+def _check_filter_values(method: str, kwargs: Mapping[str, Any]) -> None:
+    """Run the latent filter of ``method`` once on a two-member, one-value problem with
+    the caller's filter options (``kwargs`` less :meth:`LatentModel.analyse`'s own), so
+    that a value the filter refuses fails also where no time has an observation to
+    analyse, and no filter call would have checked it."""
+    own = set(inspect.signature(LatentModel.analyse).parameters)
+    options = {k: v for k, v in kwargs.items() if k not in own and k != "latent_radius"}
+    options.pop("scale", None)  # (L,) values: a one-value problem cannot take them
+    prior = torch.tensor([[0.0], [1.0]])
+    index = torch.zeros(1, dtype=torch.long)
+    if method == "latent-ensf":
+        ensf_analysis(prior, torch.zeros(1), index, 1.0, generator=0, **options)
+    else:
+        letkf_analysis(prior, torch.zeros(1), index, 1.0, **options)
+
+
 def _observed(values: torch.Tensor, mask=None) -> torch.Tensor:
     """True where ``values`` are observed, ``values``' shape: ``mask`` (boolean,
     broadcastable to it) or, by default, where they are not NaN; ObservationMismatchError
@@ -814,6 +830,9 @@ class LatentModel:
                     f"obs_noise has {obs_noise.numel()} values; give one, or one per time "
                     f"({n_times})"
                 )
+            if not bool((torch.isfinite(obs_noise) & (obs_noise >= 0)).all()):
+                # checked here too: a call whose times have no observation uses none
+                raise OptionError(f"obs_noise must be finite and >= 0, got {obs_noise.tolist()}")
         # True where observed, the observations' shape (T, ...)
         observed = _observed(obs_t, mask_t)
         outside = self.outside_layout(observed)
@@ -924,6 +943,8 @@ class LatentModel:
         post = self._masked_nan(prior.to(device=self.device, dtype=out_dtype)).clone()
         return_latent = kwargs["return_latent"]
         latent = None
+        if not at.numel():
+            _check_filter_values(kwargs["method"], kwargs)
         if at.numel():
             part = self.analyse(
                 prior[at], obs[at], None if mask is None else mask[at],
