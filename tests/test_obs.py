@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from xensf.errors import ObservationDomainError, ObservationMismatchError, OptionError
 from xensf.filters.operators import LinearObservationOperator
@@ -399,6 +400,13 @@ def test_obs_error_mapping_forms():
         ({"t": {500: 1.0, 850: 1.0, 300: 1.0}, "z": 1.0, "sp": 1.0}, r"not observed: \[300\]"),
         ({"t": 1.0, "z": 1.0, "sp": {0: 1.0}}, "'sp' has no levels"),
         ({"t": {500: 1.0, 850: "x"}, "z": 1.0, "sp": 1.0}, "cannot read"),
+        # a field of errors is sent where it belongs, without its repr in the message
+        (
+            xr.DataArray(np.full((3, 4), 0.5), dims=("lat", "lon")),
+            r"\{'lat': 3, 'lon': 4\}.*'_error'",
+        ),
+        (np.full(5, 0.5), r"ndarray of shape \(5,\).*'_error'"),
+        (xr.DataArray(0.5, attrs={"units": "degC"}), "0-d DataArray; give a plain number"),
     ],
 )
 def test_obs_error_bad_forms(spec, match):

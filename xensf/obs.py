@@ -626,6 +626,20 @@ def _one_std(value, field: FieldKey, obs_spread, where: str) -> float:
                 "positive; give an absolute error for it"
             )
         return fraction * spread
+    if hasattr(value, "dims") and np.ndim(value) == 0:
+        raise OptionError(
+            f"obs_error{where} is a 0-d {type(value).__name__}; give a plain number in the "
+            "state's units (float(...)), or the error in the observations' attributes"
+        )
+    if hasattr(value, "dims") or (isinstance(value, np.ndarray) and value.ndim > 0):
+        # a field of errors: its home is the observations, not this argument
+        shape = dict(value.sizes) if hasattr(value, "sizes") else value.shape
+        raise OptionError(
+            f"obs_error{where} is a {type(value).__name__} of shape {shape}. Errors that "
+            "vary from point to point or time to time go into the observations: a "
+            f"variable named after the observed one with '_error' (e.g. obs['t_error'] "
+            f"beside obs['t']). {_ACCEPTED}"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray):
         raise OptionError(f"obs_error{where} is {value!r}. {_ACCEPTED}")
     try:
