@@ -253,6 +253,18 @@ def test_bare_safetensors_file_is_named(saved, tmp_path):
         load_bundle(bare)
 
 
+def test_a_path_from_home_and_the_json_inside_a_bundle(tmp_path, saved, tensors, monkeypatch):
+    """``~`` is the user's home, as xarray and pandas read it (not a folder named
+    ``~``); the bundle.json of a bundle given for the bundle names the bundle."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_bundle("~/home.xensf", tensors, {"latent_dim": 8})
+    assert (tmp_path / "home.xensf").is_dir() and not Path("~").exists()
+    assert bundle_info("~/home.xensf")["metadata"] == {"latent_dim": 8}
+    assert torch.equal(load_bundle("~/home.xensf")[0]["index"], tensors["index"])
+    with pytest.raises(BundleError, match=rf"give the bundle.*: {saved}$"):
+        load_bundle(saved / "bundle.json")
+
+
 def test_missing_bundle_and_missing_parts(tmp_path, saved):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nowhere.xensf")

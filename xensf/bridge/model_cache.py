@@ -39,7 +39,7 @@ class ModelHandle:
 def model_handle(model: Any) -> tuple[ModelHandle, dict[str, Any]]:
     """A handle and the model's configuration, reading only the bundle's JSON."""
     from ..latent import LatentModel
-    from ..latent.bundle import bundle_info
+    from ..latent.bundle import bundle_info, bundle_path
     from ..latent.model import check_model_metadata, check_weight_shapes
 
     if isinstance(model, str | os.PathLike):
@@ -47,9 +47,9 @@ def model_handle(model: Any) -> tuple[ModelHandle, dict[str, Any]]:
         check_model_metadata(info["metadata"], str(model))
         shapes = {k: v["shape"] for k, v in info["tensors"].items()}
         check_weight_shapes(info["metadata"]["config"], shapes, str(model))
-        return ModelHandle(str(Path(model).resolve()), info["weights_sha256"]), info["metadata"][
-            "config"
-        ]
+        return ModelHandle(str(bundle_path(model).resolve()), info["weights_sha256"]), info[
+            "metadata"
+        ]["config"]
     if isinstance(model, LatentModel):
         digest = model.content_digest()
         source = model.source

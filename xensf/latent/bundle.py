@@ -152,7 +152,7 @@ def save_bundle(
     >>> tensors["w"].shape, meta["latent_dim"]
     (torch.Size([2, 3]), 8)
     """
-    path = Path(path)
+    path = bundle_path(path)
     document_metadata = _jsonable(metadata, "metadata")
     if not isinstance(document_metadata, dict):
         raise BundleError(f"metadata must be a dict with string keys, got {type(metadata)}.")
@@ -262,7 +262,7 @@ def load_bundle(
     --------
     bundle_info : the metadata alone, without reading the weights.
     """
-    path = Path(path)
+    path = bundle_path(path)
     target = _device(device)
     document = _read_document(path)
     weights = path / WEIGHTS_FILE
@@ -316,7 +316,12 @@ def bundle_info(path: str | os.PathLike) -> dict[str, Any]:
     BundleError
         As :func:`load_bundle`, for everything that concerns ``bundle.json``.
     """
-    return _read_document(Path(path))
+    return _read_document(bundle_path(path))
+
+
+def bundle_path(path) -> Path:
+    """A bundle's path as given, with ``~`` expanded (as xarray and pandas expand it)."""
+    return Path(path).expanduser()
 
 
 # --- reading -------------------------------------------------------------------------
@@ -327,6 +332,11 @@ def _read_document(path: Path) -> dict[str, Any]:
     if not path.is_dir():
         if not path.exists():
             raise BundleError(f"No bundle at {path}: it does not exist.")
+        if path.name == DOCUMENT_FILE:
+            raise BundleError(
+                f"{path} is the {DOCUMENT_FILE} of a bundle; give the bundle, the "
+                f"directory that holds it: {path.parent}"
+            )
         raise BundleError(
             f"{path} is not an xensf bundle: {_describe_file(path)}. A bundle is a "
             f"directory holding {DOCUMENT_FILE} and {WEIGHTS_FILE}; xensf never loads "

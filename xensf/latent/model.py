@@ -20,7 +20,6 @@ import itertools
 import json
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -1299,7 +1298,7 @@ class LatentModel:
             The bundle is not a latent model of a version this xensf can read (a
             version-1 bundle, with a dense latent, must be retrained).
         """
-        from .bundle import bundle_info, load_bundle
+        from .bundle import bundle_info, bundle_path, load_bundle
 
         tensors, metadata = load_bundle(path, device=device)
         model = cls.from_parts(tensors, metadata, device=device, source=str(path))
@@ -1307,7 +1306,7 @@ class LatentModel:
         # (while the model and the file are both unchanged) instead of a copy.
         info = bundle_info(path)
         model.source = {
-            "path": str(Path(path).resolve()),
+            "path": str(bundle_path(path).resolve()),
             "weights_sha256": info["weights_sha256"],
             "metadata_sha256": info["metadata_sha256"],
             "content": model.content_digest(),
