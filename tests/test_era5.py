@@ -298,6 +298,13 @@ def test_missing_store_names_the_url(url):
         xensf.era5.open(url)
 
 
+def test_a_store_under_home_is_read_from_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    xr.Dataset({"z": ("x", np.arange(3.0))}).to_zarr(tmp_path / "small.zarr")
+    ds = xensf.era5.open_store("~/small.zarr")
+    np.testing.assert_array_equal(ds.z.values, [0.0, 1.0, 2.0])
+
+
 def test_chunks_name_the_dims_of_the_result():
     ds = xensf.era5.open("era5_sample", chunks={"member": -1, "time": 1})
     assert ds["z"].chunksizes["member"] == (ds.sizes["member"],)

@@ -72,6 +72,8 @@ def open_store(
     """
     url = os.fspath(url)
     protocol = url_protocol(url)
+    if protocol == "file" and "://" not in url:
+        url = os.path.expanduser(url)  # as xarray reads a path from home
     package = _REMOTE_PACKAGES.get(protocol)
     if package is not None:
         try:
