@@ -497,6 +497,38 @@ def test_observations_within_the_tolerance_are_assimilated_at_the_nearest_state_
         prior.ensf.assimilate(near, obs_time_tolerance="soon", **options)
 
 
+def _noleap(prior, days=(1, 2), hour=0):
+    """``prior`` on cftime dates of the noleap calendar (climate model output)."""
+    import cftime
+
+    dates = [cftime.DatetimeNoLeap(2001, 1, d, hour) for d in days]
+    return prior.assign_coords(time=np.array(dates, dtype=object))
+
+
+def test_cftime_times_are_seeded_by_their_dates_and_matched_within_a_tolerance():
+    """EnSF on a noleap calendar gives the same bits from two Datasets built alike
+    (its seeds once came from the dates' memory addresses), numpy-backed or in dask;
+    a tolerance matches cftime dates too; times of another kind are named."""
+    prior, stations = _six_hourly()
+    prior = _noleap(prior.isel(time=[0, 1]))
+    obs = _noleap(stations(["2001-01-01T00", "2001-01-01T06"], [[281.0], [279.0]], [10.0]))
+    options = {"method": "ensf", "obs_error": 0.5, "steps": 10}
+    first = prior.ensf.assimilate(obs, **options)
+    again = _noleap(prior).ensf.assimilate(_noleap(obs), **options)
+    xr.testing.assert_identical(first, again)
+    xr.testing.assert_identical(
+        first, prior.chunk(time=1).ensf.assimilate(obs, **options).compute()
+    )
+    late = _noleap(obs, hour=1)
+    near = prior.ensf.assimilate(late, obs_time_tolerance="2h", **options)
+    xr.testing.assert_identical(near.t, first.t)
+    on_datetime64 = obs.assign_coords(time=np.array(["2001-01-01", "2001-01-02"], "M8[ns]"))
+    with pytest.raises(ObservationMismatchError, match="numpy datetime64 and the state's cftime"):
+        prior.ensf.assimilate(on_datetime64, **options)
+    with pytest.raises(ObservationMismatchError, match="convert_calendar\\('noleap'"):
+        prior.ensf.assimilate(on_datetime64, **options)
+
+
 def test_several_observation_times_at_one_state_time_merge_stations_and_refuse_grids():
     prior, stations = _six_hourly()
     options = {"method": "letkf", "loc_radius": None, "obs_error": 0.5}

@@ -499,6 +499,48 @@ def time_text(value: Any) -> str:
     return str(value[()])
 
 
+def _time_kind(values: np.ndarray) -> str:
+    """What times are, for comparing the observations' with the state's: numpy
+    datetime64, cftime in a calendar, strings, numbers."""
+    values = np.asarray(values)
+    if values.dtype.kind == "M":
+        return "numpy datetime64"
+    if values.dtype.kind in "iuf":
+        return "numbers"
+    if values.dtype.kind == "m":
+        return "numpy timedelta64"
+    first = values.flat[0] if values.size else None
+    if hasattr(first, "calendar"):
+        return f"cftime dates in the {first.calendar!r} calendar"
+    if isinstance(first, str) or values.dtype.kind == "U":
+        return "strings"
+    return type(first).__name__
+
+
+def _check_time_kinds(times, state_times, tdim: str) -> None:
+    """Refuse observation times of another kind than the state's (datetime64 against
+    cftime, another calendar, strings): none of them could match, and the times would
+    print alike."""
+    ours, theirs = _time_kind(times), _time_kind(state_times)
+    if not np.size(times) or not np.size(state_times) or ours == theirs:
+        return
+    if theirs.startswith("cftime"):
+        calendar = np.asarray(state_times).flat[0].calendar
+        fix = f"obs.convert_calendar({calendar!r}, dim={tdim!r}, use_cftime=True)"
+    elif theirs == "numpy datetime64" and ours != "numbers":
+        fix = (
+            f"obs.convert_calendar('standard', dim={tdim!r}, use_cftime=False)"
+            if ours.startswith("cftime")
+            else f"obs.assign_coords({tdim}=pd.to_datetime(obs.{tdim}.values))"
+        )
+    else:
+        fix = "decode both alike (xarray.decode_cf)"
+    raise ObservationMismatchError(
+        f"the observation times are {ours} and the state's {theirs}, so none can match "
+        f"however alike they print; convert the observations' times, e.g. {fix}"
+    )
+
+
 def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dataset:
     """``obs`` with every observation time moved to a state time, or an error.
 
@@ -511,6 +553,7 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
     """
     tdim = dims.time
     times = obs[tdim].values
+    _check_time_kinds(times, state_times, tdim)
     if tolerance is None:
         extra = np.setdiff1d(times, state_times)
         if extra.size:
@@ -520,15 +563,20 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
                 "times, or give obs_time_tolerance= to assimilate each at the nearest state time"
             )
         return obs
-    datetime = np.asarray(state_times).dtype.kind == "M"
+    kind = _time_kind(state_times)
     try:
-        tol = pd.to_timedelta(tolerance).to_timedelta64() if datetime else float(tolerance)
+        if kind == "numpy datetime64":
+            tol = pd.to_timedelta(tolerance).to_timedelta64()
+        elif kind.startswith("cftime"):  # their differences are datetime.timedelta
+            tol = pd.to_timedelta(tolerance).to_pytimedelta()
+        else:
+            tol = float(tolerance)
     except (TypeError, ValueError):
         raise OptionError(
             f"obs_time_tolerance must be a time span ('30min', numpy.timedelta64) for datetime "
             f"times, a number for numeric ones; got {tolerance!r}"
         ) from None
-    if (tol < np.timedelta64(0, "ns")) if datetime else not tol >= 0:
+    if not tol >= tol * 0:
         raise OptionError(f"obs_time_tolerance must not be negative, got {tolerance!r}")
     order = np.argsort(state_times)
     ordered = np.asarray(state_times)[order]

@@ -33,6 +33,14 @@ def check_seed(seed, *, non_negative: bool = False) -> int:
     return int(seed)
 
 
+def _object_time_key(v) -> str:
+    """A time held as a Python object (a cftime date) by its value: the bytes of an
+    object array are a pointer, another at every run."""
+    if hasattr(v, "calendar"):
+        return f"{v.calendar}|{v.year}|{v.month}|{v.day}|{v.hour}|{v.minute}|{v.second}|{v.microsecond}"
+    return repr(v)
+
+
 def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]:
     """One 63-bit seed per analysis, from the user's seed and the analysis time alone."""
     if times is None:
@@ -43,10 +51,11 @@ def analysis_seeds(seed: int, times: np.ndarray | None, n: int = 1) -> list[int]
         values = values.view(np.int64)
     out = []
     for v in values.ravel():
-        digest = hashlib.blake2b(
-            f"{int(seed)}|{np.asarray(v).tobytes().hex()}|{np.asarray(v).dtype.str}".encode(),
-            digest_size=8,
-        ).digest()
+        if values.dtype.kind == "O":
+            text = f"{int(seed)}|{_object_time_key(v)}|O"
+        else:
+            text = f"{int(seed)}|{np.asarray(v).tobytes().hex()}|{np.asarray(v).dtype.str}"
+        digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
         out.append(int.from_bytes(digest, "little") & (2**63 - 1))
     return out
 
