@@ -436,6 +436,22 @@ def test_inputs_are_not_modified():
 # ---------------------------------------------------------------------------------------
 
 
+def test_a_time_step_as_text_and_a_cftime_start():
+    """'6h' is a time span, as xarray reads one; a cftime start (a noleap climate run)
+    is refused before any work with the conversion that cycling takes."""
+    import cftime
+
+    assert Persistence("6h").time_step == np.timedelta64(6, "h")
+    with pytest.raises(OptionError, match="cannot read time_step='soon'"):
+        Persistence("soon")
+    ens = make_ensemble(n_members=5, n_times=3, nlat=6, nlon=8)
+    dates = np.array([cftime.DatetimeNoLeap(2001, 1, d) for d in (1, 2, 3)], dtype=object)
+    ens = ens.assign_coords(time=dates)
+    obs = ens.isel(member=0, drop=True).isel(time=[1, 2])
+    with pytest.raises(OptionError, match=r"cftime date \('noleap' calendar\).*convert_calendar"):
+        xensf.cycle(Persistence("1D"), ens.isel(time=[0]), obs, method="letkf", obs_error=0.5)
+
+
 @pytest.mark.parametrize("numeric_time", [False, True], ids=["datetime", "numeric"])
 def test_persistence_with_cycles_without_observations(tmp_path, numeric_time, capsys):
     ens = make_ensemble(n_members=5, n_times=5, nlat=6, nlon=8)

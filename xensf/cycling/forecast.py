@@ -16,9 +16,11 @@ Built in:
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import OptionError
@@ -83,6 +85,13 @@ def _check_steps(steps: Any, who: str) -> int:
 
 
 def _check_time_step(time_step: Any, who: str) -> Any:
+    if isinstance(time_step, str | datetime.timedelta | pd.Timedelta):
+        try:  # "6h", "1D", as xarray and pandas read time spans
+            time_step = pd.to_timedelta(time_step).to_timedelta64()
+        except ValueError:
+            raise OptionError(
+                f"{who}: cannot read time_step={time_step!r} as a time span ('6h', '1D')"
+            ) from None
     if isinstance(time_step, np.timedelta64):
         if not time_step > np.timedelta64(0, "ns"):
             raise OptionError(f"{who}: time_step must be positive, got {time_step}")
@@ -102,9 +111,9 @@ class Persistence:
 
     Parameters
     ----------
-    time_step : numpy.timedelta64 or float
-        The nominal time step (e.g. ``np.timedelta64(6, "h")``), so that cycling knows
-        which times are model times.
+    time_step : numpy.timedelta64, str or float
+        The nominal time step (e.g. ``np.timedelta64(6, "h")`` or ``"6h"``), so that
+        cycling knows which times are model times.
     """
 
     def __init__(self, time_step: Any) -> None:
@@ -136,8 +145,9 @@ class TorchForecaster:
         ``torch.nn.Module`` is put in eval mode and moved to ``device``.
     variables : list of str
         The state variables, in the channel order ``step`` expects.
-    time_step : numpy.timedelta64 or float
-        What one call of ``step`` advances.
+    time_step : numpy.timedelta64, str or float
+        What one call of ``step`` advances (a string such as ``"6h"`` is read as a
+        ``numpy.timedelta64``).
     member_dim : str
         The member dimension of the states.
     device : str or torch.device, optional

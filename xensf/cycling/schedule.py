@@ -67,6 +67,15 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
         t0 = ds[scalar[0]].values[()]
         state = ds.drop_vars(scalar[0])
     t0 = np.asarray(t0)
+    if hasattr(t0[()], "calendar"):
+        raise OptionError(
+            f"the initial time {t0[()]} is a cftime date ({t0[()].calendar!r} calendar), and "
+            "xensf.cycle runs on numpy datetime64 or numeric times only; convert the "
+            "ensemble and the observations, e.g. ds.convert_calendar('standard', "
+            "use_cftime=False) (a 360-day calendar also needs align_on='date'), or "
+            "give them numeric times (days since the start) with a numeric time_step. "
+            "assimilate itself takes cftime times."
+        )
     if isinstance(time_step, np.timedelta64):
         if t0.dtype.kind != "M":
             raise OptionError(
