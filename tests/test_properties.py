@@ -4,13 +4,16 @@
 Hypothesis generates small ensembles with varied dim names and orders, latitude either
 way, both longitude conventions, float32 or float64, gridded or station observations
 with random gaps, every form of observation error, numpy or dask with random time
-chunks, and length-1 dims. A modest number of examples runs by default; ``-m slow``
-runs many more.
+chunks, times as numpy datetimes, cftime dates of a noleap or 360-day calendar or
+numbers, and length-1 dims; EnSF, which draws noise, must give the same bits again
+from a deep copy of its input. A modest number of examples runs by default; ``-m
+slow`` runs many more.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import warnings
 
 import numpy as np
@@ -41,6 +44,26 @@ def give_obs_error(form, obs, kwargs, name, err, units, relative) -> None:
         obs[f"{name}_error"] = xr.full_like(obs[name], err).assign_attrs(units=units)
     else:
         obs[name].attrs["obs_error"] = err
+
+
+#: the kinds of time coordinate drawn: numpy datetimes, cftime dates of two climate
+#: calendars (object arrays), numbers
+TIME_KINDS = ("datetime64", "noleap", "360_day", "numeric")
+
+
+#: the methods that draw noise (from seeds of the user's seed and the analysis time)
+RANDOM_METHODS = ("ensf", "latent-ensf", "latent-ensf-letkf")
+
+
+def _times(kind: str, n: int) -> np.ndarray:
+    if kind == "datetime64":
+        return np.arange(n).astype("datetime64[D]").astype("datetime64[ns]")
+    if kind == "numeric":
+        return np.arange(n) * 6.0
+    import cftime
+
+    start = cftime.datetime(2001, 2, 28, calendar=kind)  # past February's end
+    return np.array([start + datetime.timedelta(days=d) for d in range(n)])
 
 
 @st.composite
@@ -74,7 +97,7 @@ def cases(draw):
     values = (280.0 + rng.standard_normal(shape)) * scale
     coords = {names["lat"]: lat, names["lon"]: lon}
     if n_time is not None:
-        coords["time"] = np.arange(n_time).astype("datetime64[D]").astype("datetime64[ns]")
+        coords["time"] = _times(draw(st.sampled_from(TIME_KINDS)), n_time)
     prior = xr.Dataset({"t": (order, values.astype(dtype), {"units": "K"})}, coords=coords)
 
     truth = prior.t.isel({names["member"]: 0}, drop=True)
@@ -140,7 +163,18 @@ def analysed(case, name: str = "t", units: str = "K") -> xr.Dataset | None:
         lazy = _assimilate(prior.chunk({"time": chunks}), obs.chunk({"time": chunks}), kwargs)
         for var in out.data_vars:
             np.testing.assert_array_equal(lazy[var].values, out[var].values, err_msg=var)
+    if kwargs["method"] in RANDOM_METHODS:  # the same bits from a copy of the input
+        again = _assimilate(_rebuilt(prior), _rebuilt(obs), kwargs)
+        for var in out.data_vars:
+            np.testing.assert_array_equal(again[var].values, out[var].values, err_msg=var)
     return out
+
+
+def _rebuilt(ds: xr.Dataset) -> xr.Dataset:
+    """A copy of ``ds`` whose coordinates hold new objects (a deep copy shares its
+    indexes, and with them the cftime dates), as a Dataset built again would."""
+    fresh = {c: (ds[c].dims, copy.deepcopy(ds[c].values), ds[c].attrs) for c in ds.coords}
+    return ds.copy(deep=True).assign_coords(fresh)
 
 
 def _check(case) -> str:

@@ -4,14 +4,16 @@ The companion of ``test_properties.py`` for ``latent-ensf``, ``latent-letkf`` an
 ``latent-ensf-letkf``: a small blob model (gridded observations every 4th point, or
 ten stations off the grid points), and Hypothesis varies what the model leaves free:
 the ensemble dim's name and the dims' order, float32 or float64, the number of
-members and times, gaps in the observations (whole times unobserved, everything
-unobserved), observations where the model has none, every form of observation error,
-the methods' options, and numpy or dask with random time chunks.
+members and times, times as numpy datetimes, cftime dates or numbers, gaps in the
+observations (whole times unobserved, everything unobserved), observations where the
+model has none, every form of observation error, the methods' options, and numpy or
+dask with random time chunks.
 
 The property: an ``XensfError``, or a correct result: finite, the prior's dims, dtype
 and coordinates, every unobserved time returned exactly as given (for the latent
 methods alone also every time observed only off the gridded model's layout), the hybrid's per-time
-outputs in range, numpy = dask bit for bit; and the input never modified.
+outputs in range, numpy = dask bit for bit, the methods that draw noise the same bits
+again from a rebuilt copy of their input; and the input never modified.
 
 And the same model's ``LatentModel.analyse`` called directly (``model_cases``): gridded
 observations on the layout, on half of it, on and off it, off it only or none, station
@@ -32,7 +34,7 @@ import pytest
 import torch
 import xarray as xr
 from test_latent import GRID, blobs, random_positions
-from test_properties import OBS_ERROR_FORMS, analysed, give_obs_error
+from test_properties import OBS_ERROR_FORMS, TIME_KINDS, _times, analysed, give_obs_error
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -110,7 +112,7 @@ def cases(draw):
     values = values.transpose([dims.index(d) for d in order])
     coords = {}
     if n_time is not None:
-        coords["time"] = np.datetime64("2020-01-01", "ns") + np.arange(nt) * np.timedelta64(1, "h")
+        coords["time"] = _times(draw(st.sampled_from(TIME_KINDS)), nt)
     prior = _grid(xr.Dataset({"h": (order, values, {"units": "m"})}, coords))
     truth = _grid(xr.DataArray(truth, dims=[d for d in dims if d != member], coords=coords))
 
