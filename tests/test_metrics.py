@@ -181,5 +181,9 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
     xr.testing.assert_allclose(ens.ensf.rmse(float32), ens.ensf.rmse(truth))
     with pytest.raises(DimensionError, match="'time' shares no value"):
         ens.ensf.rmse(truth.assign_coords(time=truth.time + 10))
+    dates = ens.assign_coords(time=np.array(["2001-01-01", "2001-01-02", "2001-01-03"], "M8[ns]"))
+    noleap = dates.convert_calendar("noleap", use_cftime=True)
+    with pytest.raises(DimensionError, match="truth times are numpy datetime64 and the state's"):
+        noleap.ensf.rmse(truth.assign_coords(time=dates.time))  # they print alike
     later = ens.ensf.rmse(truth.isel(time=[1, 2]))  # scored at the times both have
     xr.testing.assert_allclose(later, ens.ensf.rmse(truth).isel(time=[1, 2]))

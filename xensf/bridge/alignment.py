@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError
+from .observations import check_time_kinds
 from .units import convert_units
 
 __all__ = ["aligned_like"]
@@ -37,6 +38,7 @@ def aligned_like(
         if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
             continue
         ours, theirs = reference.indexes[d], other.indexes[d]
+        check_time_kinds(np.asarray(theirs), np.asarray(ours), str(d), what, what, DimensionError)
         if d in partial:
             if not ours.intersection(theirs).size:
                 raise DimensionError(f"the {what}'s {d!r} shares no value with the ensemble's")

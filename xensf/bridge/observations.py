@@ -517,27 +517,34 @@ def _time_kind(values: np.ndarray) -> str:
     return type(first).__name__
 
 
-def _check_time_kinds(times, state_times, tdim: str) -> None:
-    """Refuse observation times of another kind than the state's (datetime64 against
-    cftime, another calendar, strings): none of them could match, and the times would
-    print alike."""
+def check_time_kinds(
+    times,
+    state_times,
+    tdim: str,
+    what: str = "observation",
+    name: str = "obs",
+    error: type[Exception] = ObservationMismatchError,
+) -> None:
+    """Refuse (``error``) ``what`` times (``name`` in the fix shown) of another kind
+    than the state's (datetime64 against cftime, another calendar, strings): none of
+    them could match, and the times would print alike."""
     ours, theirs = _time_kind(times), _time_kind(state_times)
     if not np.size(times) or not np.size(state_times) or ours == theirs:
         return
     if theirs.startswith("cftime"):
         calendar = np.asarray(state_times).flat[0].calendar
-        fix = f"obs.convert_calendar({calendar!r}, dim={tdim!r}, use_cftime=True)"
+        fix = f"{name}.convert_calendar({calendar!r}, dim={tdim!r}, use_cftime=True)"
     elif theirs == "numpy datetime64" and ours != "numbers":
         fix = (
-            f"obs.convert_calendar('standard', dim={tdim!r}, use_cftime=False)"
+            f"{name}.convert_calendar('standard', dim={tdim!r}, use_cftime=False)"
             if ours.startswith("cftime")
-            else f"obs.assign_coords({tdim}=pd.to_datetime(obs.{tdim}.values))"
+            else f"{name}.assign_coords({tdim}=pd.to_datetime({name}.{tdim}.values))"
         )
     else:
         fix = "decode both alike (xarray.decode_cf)"
-    raise ObservationMismatchError(
-        f"the observation times are {ours} and the state's {theirs}, so none can match "
-        f"however alike they print; convert the observations' times, e.g. {fix}"
+    raise error(
+        f"the {what} times are {ours} and the state's {theirs}, so none can match "
+        f"however alike they print; convert the {what} times, e.g. {fix}"
     )
 
 
@@ -553,7 +560,7 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
     """
     tdim = dims.time
     times = obs[tdim].values
-    _check_time_kinds(times, state_times, tdim)
+    check_time_kinds(times, state_times, tdim)
     if tolerance is None:
         extra = np.setdiff1d(times, state_times)
         if extra.size:
