@@ -436,20 +436,36 @@ def test_inputs_are_not_modified():
 # ---------------------------------------------------------------------------------------
 
 
-def test_a_time_step_as_text_and_a_cftime_start():
-    """'6h' is a time span, as xarray reads one; a cftime start (a noleap climate run)
-    is refused before any work with the conversion that cycling takes."""
-    import cftime
+def test_a_noleap_run_cycles_resumes_and_matches_its_datetime64_twin(tmp_path):
+    """Climate runs on cftime calendars cycle as datetime64 ones do: LETKF on the
+    noleap dates of a January gives the datetime64 run's bits; the store holds the
+    dates in their calendar and resumes from them; '6h' is a time span, as xarray
+    reads one; observations on datetime64 against a noleap start are named."""
+    ens = make_ensemble(n_members=5, n_times=5, nlat=6, nlon=8)
+    truth = ens.isel(member=0, drop=True) + 1.0
+    obs = truth.isel(time=[1, 2, 3, 4]).where(truth.lat > 0)
+    kw = dict(method="letkf", loc_radius=None, obs_error=0.5, progress=False, members=True)
+    dates = xensf.cycle(Persistence(np.timedelta64(6, "h")), ens.isel(time=[0]), obs, **kw)
 
+    def noleap(ds):
+        return ds.convert_calendar("noleap", use_cftime=True)
+
+    start, later = noleap(ens.isel(time=[0])), noleap(obs)
     assert Persistence("6h").time_step == np.timedelta64(6, "h")
+    path = tmp_path / "noleap.zarr"
+    first = xensf.cycle(Persistence("6h"), start, later, store=path, until="2020-01-01T12", **kw)
+    assert first.sizes["time"] == 2
+    run = xensf.cycle(Persistence("6h"), start, later, store=path, **kw)  # resumed
+    assert run.time.values[0].calendar == "noleap"
+    np.testing.assert_array_equal(run.time.values, later.time.values)
+    for name in ("t_analysis", "t_forecast_mean", "t_analysis_spread"):
+        np.testing.assert_array_equal(run[name].values, dates[name].values, err_msg=name)
+    in_memory = xensf.cycle(Persistence("6h"), start, later, **kw)
+    xr.testing.assert_identical(in_memory.t_analysis, run.t_analysis.load())
     with pytest.raises(OptionError, match="cannot read time_step='soon'"):
         Persistence("soon")
-    ens = make_ensemble(n_members=5, n_times=3, nlat=6, nlon=8)
-    dates = np.array([cftime.DatetimeNoLeap(2001, 1, d) for d in (1, 2, 3)], dtype=object)
-    ens = ens.assign_coords(time=dates)
-    obs = ens.isel(member=0, drop=True).isel(time=[1, 2])
-    with pytest.raises(OptionError, match=r"cftime date \('noleap' calendar\).*convert_calendar"):
-        xensf.cycle(Persistence("1D"), ens.isel(time=[0]), obs, method="letkf", obs_error=0.5)
+    with pytest.raises(ObservationMismatchError, match="numpy datetime64 and the state's cftime"):
+        xensf.cycle(Persistence("6h"), start, obs, **kw)
 
 
 @pytest.mark.parametrize("numeric_time", [False, True], ids=["datetime", "numeric"])

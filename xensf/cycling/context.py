@@ -61,7 +61,7 @@ class CycleContext:
         state = state0.copy(deep=False)
         for v in self.names:
             state[v] = state0[v].copy(data=np.array(current[v], copy=True))
-        state = state.assign_coords({TIME: t - steps * self.forecaster.time_step})
+        state = state.assign_coords({TIME: schedule.time(k - 1) if k else schedule.t0})
         result = self.forecaster.forecast(state, steps)
         where = f"cycle {k + 1} of {len(schedule)} (the forecast to {t})"
         if not isinstance(result, xr.Dataset):

@@ -8,6 +8,7 @@ as the analysis.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,26 @@ class Schedule:
     obs_index: tuple[int | None, ...]
 
     def time(self, i: int) -> Any:
-        return self.t0 + self.steps[i] * self.time_step
+        offset = self.steps[i] * self.time_step
+        if is_cftime(self.t0):  # cftime dates add datetime.timedelta, to the microsecond
+            return self.t0 + offset.astype("timedelta64[us]").item()
+        return self.t0 + offset
 
     def __len__(self) -> int:
         return len(self.steps)
+
+
+def is_cftime(t: Any) -> bool:
+    """Whether ``t`` is a cftime date (a climate calendar: noleap, 360_day, ...)."""
+    return hasattr(t, "calendar")
+
+
+def _nanoseconds(offset: Any) -> int:
+    """A time span (numpy timedelta64, or the datetime.timedelta of two cftime dates)
+    in nanoseconds."""
+    if isinstance(offset, datetime.timedelta):
+        return (offset // datetime.timedelta(microseconds=1)) * 1000
+    return int(offset.astype("timedelta64[ns]").astype(np.int64))
 
 
 def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
@@ -67,22 +84,17 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
         t0 = ds[scalar[0]].values[()]
         state = ds.drop_vars(scalar[0])
     t0 = np.asarray(t0)
-    if hasattr(t0[()], "calendar"):
-        raise OptionError(
-            f"the initial time {t0[()]} is a cftime date ({t0[()].calendar!r} calendar), and "
-            "xensf.cycle runs on numpy datetime64 or numeric times only; convert the "
-            "ensemble and the observations, e.g. ds.convert_calendar('standard', "
-            "use_cftime=False) (a 360-day calendar also needs align_on='date'), or "
-            "give them numeric times (days since the start) with a numeric time_step. "
-            "assimilate itself takes cftime times."
-        )
     if isinstance(time_step, np.timedelta64):
-        if t0.dtype.kind != "M":
+        if is_cftime(t0[()]):
+            t0 = t0[()]
+        elif t0.dtype.kind != "M":
             raise OptionError(
                 f"the model's time_step is a timedelta ({time_step}) but the initial time "
-                f"{t0} is not a datetime; use a forecaster with a numeric time_step"
+                f"{t0} is not a date (numpy datetime64 or cftime); use a forecaster with a "
+                "numeric time_step"
             )
-        t0 = t0.astype("datetime64[ns]")[()]
+        else:
+            t0 = t0.astype("datetime64[ns]")[()]
     else:
         if t0.dtype.kind not in "iuf":
             raise OptionError(
@@ -125,10 +137,7 @@ def check_obs(obs: Any, names: list[str]) -> tuple[xr.Dataset, str]:
 def _steps_of(offset: Any, step: Any, what: str) -> int:
     """``offset / step`` as an integer, or an error naming ``what``."""
     if isinstance(step, np.timedelta64):
-        ns, step_ns = (
-            int(offset.astype("timedelta64[ns]").astype(np.int64)),
-            int(step.astype(np.int64)),
-        )
+        ns, step_ns = _nanoseconds(offset), int(step.astype(np.int64))
         k, rest = divmod(ns, step_ns)
         if rest:
             raise ObservationMismatchError(
@@ -148,8 +157,13 @@ def _steps_of(offset: Any, step: Any, what: str) -> int:
 
 def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
     times = obs[obs_time].values
-    datetime = isinstance(step, np.timedelta64)
-    if datetime:
+    dates = isinstance(step, np.timedelta64)
+    if is_cftime(t0):
+        from ..bridge.observations import check_time_kinds
+
+        check_time_kinds(times, np.asarray([t0]), obs_time)  # the same calendar
+        bad = np.array([t is None for t in times], dtype=bool)
+    elif dates:
         if times.dtype.kind != "M":
             raise ObservationMismatchError(
                 f"the observation times ({times.dtype}) are not datetimes like the initial "
@@ -211,9 +225,12 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
         last = int(ks.max())
     else:
         try:
-            u = np.datetime64(until, "ns") if datetime else float(until)
+            if is_cftime(t0):
+                u = until if is_cftime(until) else _cftime_date(until, t0.calendar)
+            else:
+                u = np.datetime64(until, "ns") if dates else float(until)
         except (TypeError, ValueError):
-            kind = "a date ('2000-01-01T10') or numpy.datetime64" if datetime else "a number"
+            kind = "a date ('2000-01-01T10') or numpy.datetime64" if dates else "a number"
             raise OptionError(
                 f"until={until!r} is not a time: give {kind}, like the model's times"
             ) from None
@@ -221,8 +238,8 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
             raise OptionError(f"until={until!r} is before the initial time {t0}")
         offset = u - t0
         last = (
-            int(offset.astype(np.int64)) // int(step.astype(np.int64))
-            if datetime
+            _nanoseconds(offset) // int(step.astype(np.int64))
+            if dates
             else int(np.floor(float(offset) / float(step) + 1e-9))
         )
         last -= last % every
@@ -241,6 +258,13 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
         steps=steps,
         obs_index=tuple(position.get(s) for s in steps),
     )
+
+
+def _cftime_date(text: Any, calendar: str) -> Any:
+    """``text`` ('2001-03-01T06') as a cftime date of ``calendar``."""
+    if not isinstance(text, str):
+        raise TypeError(f"not a date: {text!r}")
+    return xr.date_range(text, periods=1, calendar=calendar, use_cftime=True)[0]
 
 
 def obs_at(obs: xr.Dataset, obs_time: str, j: int, t: Any) -> xr.Dataset:

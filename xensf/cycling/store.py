@@ -85,6 +85,8 @@ ROOT_DOC = "zarr.json"
 CREATING_SUFFIX = ".xensf-creating"
 # The encoding of datetime coordinates: exact to the nanosecond, whatever the step.
 DATETIME_UNITS = "nanoseconds since 1970-01-01"
+# cftime dates (noleap, 360_day, ...) count microseconds, their finest unit.
+CFTIME_UNITS = "microseconds since 1970-01-01"
 
 # Test-only: ``XENSF_CYCLE_KILL="<point>@<cycle>"`` makes the writing process kill
 # itself with SIGKILL at that point of that cycle, so that tests can interrupt a write
@@ -167,11 +169,24 @@ def _is_cycle_array(name: str, meta: Mapping[str, Any]) -> bool:
 
 
 def encode_values(var: xr.Variable | np.ndarray) -> np.ndarray:
-    """A variable's values as the store holds them (datetimes as int64 nanoseconds)."""
+    """A variable's values as the store holds them (datetimes as int64 nanoseconds,
+    cftime dates as int64 microseconds in their calendar)."""
     values = np.asarray(var.values if isinstance(var, xr.Variable) else var)
     if values.dtype.kind == "M":
         return values.astype("datetime64[ns]").view(np.int64)
+    calendar = _cftime_calendar(values)
+    if calendar is not None:
+        import cftime
+
+        return np.asarray(cftime.date2num(values, CFTIME_UNITS, calendar), dtype=np.int64)
     return values
+
+
+def _cftime_calendar(values: np.ndarray) -> str | None:
+    """The calendar of an array of cftime dates, else None."""
+    if values.dtype.kind != "O" or not values.size:
+        return None
+    return getattr(values.flat[0], "calendar", None)
 
 
 class CycleStore:
@@ -570,8 +585,19 @@ def open_run(store, overwrite: bool, settings: dict, template: xr.Dataset,
                     "start it afresh"
                 )
             return CycleStore.open(path)
-    return CycleStore.create(path, template.isel({TIME: slice(0, 0)}), _encoding(template),
-                             dict(restart))  # fmt: skip
+    return CycleStore.create(path, _cftime_encoded(template).isel({TIME: slice(0, 0)}),
+                             _encoding(template), dict(restart))  # fmt: skip
+
+
+def _cftime_encoded(template: xr.Dataset) -> xr.Dataset:
+    """``template`` with cftime times written as their int64 values and CF attributes:
+    xarray cannot tell an empty object array of dates from any other, so it would not
+    encode the empty time of a new store."""
+    calendar = _cftime_calendar(template[TIME].values)
+    if calendar is None:
+        return template
+    attrs = {**template[TIME].attrs, "units": CFTIME_UNITS, "calendar": calendar}
+    return template.assign_coords({TIME: (TIME, encode_values(template[TIME].variable), attrs)})
 
 
 def differences(stored: Any, current: Any, prefix: str = "") -> list[str]:
