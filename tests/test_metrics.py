@@ -175,6 +175,8 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         ens.ensf.rank_histogram(truth, seed=-1)
     with pytest.raises(EnsembleError, match="at least 2 members"):
         ens.isel(member=[0]).ensf.spread_skill(truth)
+    with pytest.raises(EnsembleError, match="at least 2 members"):  # xarray's TypeError before
+        ens.isel(member=[0]).ensf.spread()
     celsius = (truth - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))
     xr.testing.assert_allclose(ens.ensf.rmse(celsius), ens.ensf.rmse(truth))
     float32 = truth.assign_coords(lat=truth.lat.astype("float32"))  # the same points

@@ -12,7 +12,7 @@ from typing import Any
 
 import xarray as xr
 
-from .errors import DimensionError, OptionError
+from .errors import DimensionError, EnsembleError, OptionError
 
 __all__ = ["EnsfDataArrayAccessor", "EnsfDatasetAccessor"]
 
@@ -407,7 +407,13 @@ class EnsfDatasetAccessor:
 
     def spread(self, member_dim: str | None = None) -> xr.Dataset:
         """Ensemble standard deviation (``ddof=1``) over the member dim."""
-        return self._obj.std(self._member_dim(member_dim), ddof=1, keep_attrs=True)
+        member = self._member_dim(member_dim)
+        if self._obj.sizes[member] < 2:
+            raise EnsembleError(
+                f"a spread needs at least 2 members along {member!r}, got "
+                f"{self._obj.sizes[member]}"
+            )
+        return self._obj.std(member, ddof=1, keep_attrs=True)
 
     def rmse(
         self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
