@@ -102,3 +102,10 @@ def test_an_analysis_on_other_points_or_in_other_units_is_refused_or_converted()
         prior.ensf.innovations(obs, analysis.isel(lat=slice(None, None, -1)), obs_error=0.5)
     with pytest.raises(xensf.ObservationMismatchError, match="must be the Dataset"):
         prior.ensf.innovations(obs, analysis.t.values, obs_error=0.5)
+    # each mismatch named ("it lacks [] or differs in shape" before)
+    with pytest.raises(xensf.ObservationMismatchError, match=r"lacks \['t'\] \(it has \['q'\]\)"):
+        prior.ensf.innovations(obs, analysis.rename(t="q"), obs_error=0.5)
+    with pytest.raises(
+        xensf.ObservationMismatchError, match=r"analysis's 't' has sizes .*'member': 2"
+    ):
+        prior.ensf.innovations(obs, analysis.isel(member=[0, 1]), obs_error=0.5)

@@ -93,11 +93,17 @@ def innovations(
                 f"{type(analysis).__name__}"
             )
         missing = [n for n in names if n not in analysis.data_vars]
-        if missing or any(analysis[n].sizes != prior[n].sizes for n in names if n in analysis):
+        if missing:
             raise ObservationMismatchError(
-                f"the analysis must have the prior's state variables {names} with their "
-                f"shapes; it lacks {missing} or differs in shape"
+                f"the analysis must have the prior's state variables {names}; it lacks "
+                f"{missing} (it has {list(analysis.data_vars)})"
             )
+        for n in names:
+            if analysis[n].sizes != prior[n].sizes:
+                raise ObservationMismatchError(
+                    f"the analysis's {n!r} has sizes {dict(analysis[n].sizes)}, the prior's "
+                    f"{dict(prior[n].sizes)}: give the analysis made from this prior"
+                )
         # on the prior's points and in its units (a degC analysis was read as kelvin)
         analysis = aligned_like(prior, analysis, names, what="analysis")
         a_mean, a_spread = at_obs(analysis)
