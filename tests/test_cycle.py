@@ -441,6 +441,8 @@ def test_a_noleap_run_cycles_resumes_and_matches_its_datetime64_twin(tmp_path):
     noleap dates of a January gives the datetime64 run's bits; the store holds the
     dates in their calendar and resumes from them; '6h' is a time span, as xarray
     reads one; observations on datetime64 against a noleap start are named."""
+    import cftime
+
     ens = make_ensemble(n_members=5, n_times=5, nlat=6, nlon=8)
     truth = ens.isel(member=0, drop=True) + 1.0
     obs = truth.isel(time=[1, 2, 3, 4]).where(truth.lat > 0)
@@ -466,6 +468,8 @@ def test_a_noleap_run_cycles_resumes_and_matches_its_datetime64_twin(tmp_path):
         Persistence("soon")
     with pytest.raises(ObservationMismatchError, match="numpy datetime64 and the state's cftime"):
         xensf.cycle(Persistence("6h"), start, obs, **kw)
+    with pytest.raises(OptionError, match="a cftime date of the 'noleap' calendar"):
+        xensf.cycle(Persistence("6h"), start, later, until=cftime.Datetime360Day(2020, 1, 1), **kw)
 
 
 @pytest.mark.parametrize("numeric_time", [False, True], ids=["datetime", "numeric"])

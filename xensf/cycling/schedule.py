@@ -227,10 +227,14 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
         try:
             if is_cftime(t0):
                 u = until if is_cftime(until) else _cftime_date(until, t0.calendar)
+                if u.calendar != t0.calendar:
+                    raise TypeError(f"until is in the {u.calendar!r} calendar")
             else:
                 u = np.datetime64(until, "ns") if dates else float(until)
         except (TypeError, ValueError):
             kind = "a date ('2000-01-01T10') or numpy.datetime64" if dates else "a number"
+            if is_cftime(t0):
+                kind = f"a date ('2000-01-01T10') or a cftime date of the {t0.calendar!r} calendar"
             raise OptionError(
                 f"until={until!r} is not a time: give {kind}, like the model's times"
             ) from None
