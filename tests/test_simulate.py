@@ -118,8 +118,9 @@ def test_torch_forecaster_wraps_a_module_and_checks_shapes():
         bad.forecast(state, 1)
     with pytest.raises(xensf.OptionError, match="no variable"):
         TorchForecaster(Damp(), ["h"], 1.0).forecast(state, 1)
+    assert TorchForecaster(Damp(), ["eta"], "6h").time_step == np.timedelta64(6, "h")
     with pytest.raises(xensf.OptionError, match="time_step"):
-        TorchForecaster(Damp(), ["eta"], "6h")
+        TorchForecaster(Damp(), ["eta"], "six hours")
 
 
 def test_persistence():
