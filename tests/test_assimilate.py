@@ -495,6 +495,9 @@ def test_observations_within_the_tolerance_are_assimilated_at_the_nearest_state_
         )
     with pytest.raises(OptionError, match="obs_time_tolerance must be a time span"):
         prior.ensf.assimilate(near, obs_time_tolerance="soon", **options)
+    # 3600 meant as seconds was read as nanoseconds, and every time was "farther"
+    with pytest.raises(OptionError, match="obs_time_tolerance=3600 is a bare number.*'1h'"):
+        prior.ensf.assimilate(near, obs_time_tolerance=3600, **options)
 
 
 def _noleap(prior, days=(1, 2), hour=0):

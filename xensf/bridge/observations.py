@@ -571,6 +571,15 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
             )
         return obs
     kind = _time_kind(state_times)
+    dated = kind == "numpy datetime64" or kind.startswith("cftime")
+    bare = isinstance(tolerance, int | float | np.number) and not isinstance(
+        tolerance, bool | np.timedelta64
+    )
+    if dated and bare:
+        raise OptionError(
+            f"obs_time_tolerance={tolerance!r} is a bare number, and the state's times are "
+            "dates: give a span with its unit, e.g. '30min', '1h' or numpy.timedelta64(1, 'h')"
+        )
     try:
         if kind == "numpy datetime64":
             tol = pd.to_timedelta(tolerance).to_timedelta64()
