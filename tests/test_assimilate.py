@@ -283,6 +283,12 @@ def test_obs_variable_not_in_state(case):
     prior, obs = case
     with pytest.raises(ObservationMismatchError, match=r"\['q'\] are not state variables"):
         prior.ensf.assimilate(obs.rename(t="q"), obs_error=1.0)
+    # a variable of the prior that variables= leaves out is named as such, not renamed
+    both = prior.assign(q=prior.t * 0 + 1.0)
+    with pytest.raises(
+        ObservationMismatchError, match=r"\['t'\] are variables of the prior left out"
+    ):
+        both.ensf.assimilate(obs, obs_error=1.0, variables=["q"])
 
 
 def test_incompatible_units(era5_twin):
@@ -496,7 +502,7 @@ def test_observations_within_the_tolerance_are_assimilated_at_the_nearest_state_
     with pytest.raises(OptionError, match="obs_time_tolerance must be a time span"):
         prior.ensf.assimilate(near, obs_time_tolerance="soon", **options)
     # 3600 meant as seconds was read as nanoseconds, and every time was "farther"
-    with pytest.raises(OptionError, match="obs_time_tolerance=3600 is a bare number.*'1h'"):
+    with pytest.raises(OptionError, match=r"obs_time_tolerance=3600 is a bare number.*'1h'"):
         prior.ensf.assimilate(near, obs_time_tolerance=3600, **options)
 
 

@@ -272,9 +272,16 @@ def prepare_observations(
         raise ObservationMismatchError("the observation Dataset has no data variables")
     unknown = [n for n in names if n not in layout.variables]
     if unknown:
+        left_out = [n for n in unknown if n in prior.data_vars]
+        fix = (
+            f"{left_out} are variables of the prior left out of variables=: add them, or "
+            "drop those observations"
+            if left_out
+            else "rename the observations to the state's names"
+        )
         raise ObservationMismatchError(
             f"observation variables {unknown} are not state variables; the state has "
-            f"{list(layout.variables)} (rename the observations to the state's names)"
+            f"{list(layout.variables)} ({fix})"
         )
 
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
