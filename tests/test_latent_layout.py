@@ -164,6 +164,7 @@ def test_the_model_returns_a_time_with_no_observation_as_its_prior(case, dtype):
         (dict(steps=0), "steps"),
         (dict(eps_alpha=1.5), "eps_alpha"),
         (dict(obs_noise=-0.1), "obs_noise"),
+        (dict(damping="linear"), "damping applies to"),  # the latent EnSF is Gaussian
         (dict(method="latent-letkf", inflation=0.0), "inflation"),
         (dict(method="latent-letkf", rtps=2.0), "rtps"),
     ):

@@ -165,6 +165,7 @@ def _check_filter_values(method: str, kwargs: Mapping[str, Any]) -> None:
     prior = torch.tensor([[0.0], [1.0]])
     index = torch.zeros(1, dtype=torch.long)
     if method == "latent-ensf":
+        options.setdefault("likelihood", "gaussian")  # as analyse sets it
         ensf_analysis(prior, torch.zeros(1), index, 1.0, generator=0, **options)
     else:
         letkf_analysis(prior, torch.zeros(1), index, 1.0, **options)
