@@ -71,6 +71,15 @@ class WarningTally:
             )
 
 
+def keyword_names(fn, hide: tuple[str, ...] = ()) -> list[str]:
+    """The keyword-only parameters of ``fn`` a user may give, less ``hide``: the names
+    :func:`did_you_mean` offers beside a function's ``**options``."""
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in hide]
+
+
 def did_you_mean(name: str, candidates) -> str:
     """``"'name': did you mean 'x'?"`` for the candidate closest to a misspelt
     ``name``, or ``""`` when none is close."""

@@ -9,7 +9,6 @@ alone, so a result does not depend on how the data is chunked.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..errors import (
     ObservationErrorWarning,
     ObservationMismatchError,
     OptionError,
+    keyword_names,
     warn_user,
 )
 from ..filters.device import compute_device, parse_device
@@ -457,7 +457,7 @@ def assimilate(
     if device is not None:
         parse_device(device)  # whether it is there is for the task to find
     spec = resolve_method(
-        method, model, options, parameters=inspect.signature(assimilate).parameters
+        method, model, options, parameters=keyword_names(assimilate, hide=("call",))
     )
     handle = config = None
     if spec.needs_model:

@@ -30,6 +30,7 @@ from ..errors import (
     ObservationMismatchError,
     OptionError,
     did_you_mean,
+    keyword_names,
 )
 from ..latent.training import (
     BatchSource,
@@ -674,7 +675,7 @@ def train_latent(
         "normalization",
     }
     own = set_here & set(options)
-    named = set(inspect.signature(train_latent).parameters)
+    named = set(keyword_names(train_latent))
     takes = set(inspect.signature(train_latent_model).parameters) - named - set_here
     unknown = sorted(set(options) - takes - set_here)
     if unknown:

@@ -22,7 +22,6 @@ rounding, not bit for bit.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -33,6 +32,7 @@ from ..errors import (
     EnsembleError,
     OptionError,
     WarningTally,
+    keyword_names,
 )
 from ..filters.noise import check_seed
 from .context import CycleContext
@@ -210,7 +210,7 @@ def cycle(
         latent_model,
         options,
         model_arg="latent_model",
-        parameters=inspect.signature(cycle).parameters,
+        parameters=keyword_names(cycle),
     )
     latent_digest = None
     if latent_model is not None:
