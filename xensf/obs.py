@@ -637,7 +637,7 @@ def _one_std(value, field: FieldKey, obs_spread, where: str) -> float:
         raise OptionError(
             f"obs_error{where} is a {type(value).__name__} of shape {shape}. Errors that "
             "vary from point to point or time to time go into the observations: a "
-            f"variable named after the observed one with '_error' (e.g. obs['t_error'] "
+            "variable named after the observed one with '_error' (e.g. obs['t_error'] "
             f"beside obs['t']). {_ACCEPTED}"
         )
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray):

@@ -37,7 +37,8 @@ def _object_time_key(v) -> str:
     """A time held as a Python object (a cftime date) by its value: the bytes of an
     object array are a pointer, another at every run."""
     if hasattr(v, "calendar"):
-        return f"{v.calendar}|{v.year}|{v.month}|{v.day}|{v.hour}|{v.minute}|{v.second}|{v.microsecond}"
+        fields = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+        return f"{v.calendar}|" + "|".join(map(str, fields))
     return repr(v)
 
 

@@ -943,8 +943,6 @@ class LatentModel:
         post = self._masked_nan(prior.to(device=self.device, dtype=out_dtype)).clone()
         return_latent = kwargs["return_latent"]
         latent = None
-        if not at.numel():
-            _check_filter_values(kwargs["method"], kwargs)
         if at.numel():
             part = self.analyse(
                 prior[at], obs[at], None if mask is None else mask[at],
@@ -952,6 +950,8 @@ class LatentModel:
             )  # fmt: skip
             part, latent = part if return_latent else (part, None)
             post[at.to(post.device)] = part.to(post.device)
+        else:  # no filter call checks the options' values: a dry run does
+            _check_filter_values(kwargs["method"], kwargs)
         if not return_latent:
             return _result(post, prior.device, single, as_numpy, None)
         # the latent prior of every time (the analysed ones' from their analysis); at the
