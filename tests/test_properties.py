@@ -5,7 +5,8 @@ Hypothesis generates small ensembles with varied dim names and orders, latitude 
 way, both longitude conventions, float32 or float64, gridded or station observations
 with random gaps, every form of observation error, numpy or dask with random time
 chunks, times as numpy datetimes, cftime dates of a noleap or 360-day calendar or
-numbers, and length-1 dims; EnSF, which draws noise, must give the same bits again
+numbers (observed at them, or an hour later with ``obs_time_tolerance``), and length-1
+dims; EnSF, which draws noise, must give the same bits again
 from a deep copy of its input. A modest number of examples runs by default; ``-m
 slow`` runs many more.
 """
@@ -66,6 +67,15 @@ def _times(kind: str, n: int) -> np.ndarray:
     return np.array([start + datetime.timedelta(days=d) for d in range(n)])
 
 
+def _hour_later(times: np.ndarray, kind: str) -> np.ndarray:
+    """``times`` (of :func:`_times`) an hour later (numeric ones, 6 apart: 0.5 later)."""
+    if kind == "numeric":
+        return times + 0.5
+    if kind == "datetime64":
+        return times + np.timedelta64(1, "h")
+    return np.array([t + datetime.timedelta(hours=1) for t in times])
+
+
 @st.composite
 def cases(draw):
     """A prior, observations and ``assimilate`` keyword arguments."""
@@ -97,7 +107,8 @@ def cases(draw):
     values = (280.0 + rng.standard_normal(shape)) * scale
     coords = {names["lat"]: lat, names["lon"]: lon}
     if n_time is not None:
-        coords["time"] = _times(draw(st.sampled_from(TIME_KINDS)), n_time)
+        time_kind = draw(st.sampled_from(TIME_KINDS))
+        coords["time"] = _times(time_kind, n_time)
     prior = xr.Dataset({"t": (order, values.astype(dtype), {"units": "K"})}, coords=coords)
 
     truth = prior.t.isel({names["member"]: 0}, drop=True)
@@ -120,6 +131,9 @@ def cases(draw):
         gaps = rng.random(truth.shape) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
         obs = truth.where(~gaps).to_dataset()
     kwargs = {}
+    if n_time is not None and draw(st.booleans()):  # observed an hour off the state's times
+        obs = obs.assign_coords(time=_hour_later(obs.time.values, time_kind))
+        kwargs["obs_time_tolerance"] = 1.0 if time_kind == "numeric" else "2h"
     give_obs_error(draw(OBS_ERROR_FORMS), obs, kwargs, "t", 0.5 * scale, "K", "20%")
     method = draw(st.sampled_from(["letkf", "ensf"]))
     kwargs["method"] = method
