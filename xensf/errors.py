@@ -80,6 +80,21 @@ def keyword_names(fn, hide: tuple[str, ...] = ()) -> list[str]:
     return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in hide]
 
 
+def unknown_options(unknown, where: str, listing: str, candidates, other_home=None):
+    """The :class:`OptionError` for the options ``unknown`` that ``where`` does not
+    take: each is answered with where else it belongs (``other_home(name)``, a hint or
+    ``""``) or the closest of ``candidates``; ``listing`` ends the message with what
+    ``where`` does take."""
+    hints = [
+        h for n in unknown if (h := (other_home and other_home(n)) or did_you_mean(n, candidates))
+    ]
+    return OptionError(
+        f"unknown option(s) {unknown} for {where}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f"; {listing}"
+    )
+
+
 def did_you_mean(name: str, candidates) -> str:
     """``"'name': did you mean 'x'?"`` for the candidate closest to a misspelt
     ``name``, or ``""`` when none is close."""

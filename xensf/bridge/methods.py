@@ -23,7 +23,7 @@ from ..errors import (
     ModelQualityWarning,
     ObservationLayoutWarning,
     OptionError,
-    did_you_mean,
+    unknown_options,
 )
 from ..latent.model import check_latent_radius
 from .geometry import letkf_geometry
@@ -829,18 +829,15 @@ def resolve_method(
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(options) - set(known))
     if unknown:
-        hints = []
-        for name in unknown:
-            elsewhere = [n for n, c in METHODS.items() if name in {f.name for f in fields(c)}]
-            if elsewhere:
-                hints.append(f"{name!r} is an option of {', '.join(map(repr, elsewhere))}")
-            elif hint := did_you_mean(name, [*known, *parameters]):
-                hints.append(hint)
-        raise OptionError(
-            f"unknown option(s) {unknown} for method {method!r}"
-            + (f" ({'; '.join(hints)})" if hints else "")
-            + f"; its options are {sorted(known)}"
-        )
+
+        def other_home(name: str) -> str:
+            homes = [n for n, c in METHODS.items() if name in {f.name for f in fields(c)}]
+            return f"{name!r} is an option of {', '.join(map(repr, homes))}" if homes else ""
+
+        raise unknown_options(
+            unknown, f"method {method!r}", f"its options are {sorted(known)}",
+            [*known, *parameters], other_home,
+        )  # fmt: skip
     return cls(**options)
 
 

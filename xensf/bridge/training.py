@@ -29,8 +29,8 @@ from ..errors import (
     EnsembleError,
     ObservationMismatchError,
     OptionError,
-    did_you_mean,
     keyword_names,
+    unknown_options,
 )
 from ..latent.training import (
     BatchSource,
@@ -679,12 +679,8 @@ def train_latent(
     takes = set(inspect.signature(train_latent_model).parameters) - named - set_here
     unknown = sorted(set(options) - takes - set_here)
     if unknown:
-        hints = [h for n in unknown if (h := did_you_mean(n, [*takes, *named]))]
-        raise OptionError(
-            f"unknown option(s) {unknown} for train_latent"
-            + (f" ({'; '.join(hints)})" if hints else "")
-            + f"; its network and optimisation options are {sorted(takes)}"
-        )
+        listing = f"its network and optimisation options are {sorted(takes)}"
+        raise unknown_options(unknown, "train_latent", listing, [*takes, *named])
     if own:
         raise OptionError(
             f"train_latent sets {sorted(own)} from the Dataset itself; drop them (use "
