@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -139,6 +140,30 @@ def test_the_twin_cycles_adaptive_inflation_and_blend_evidence_when_its_setup_as
         "latent-ensf-letkf", setup.with_(blend_evidence=False), {}, None
     )
     assert "blend_evidence" not in single
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"members": 1}, "members=1"),
+        ({"stride": 0}, "stride=0"),
+        ({"every": 0}, "every=0"),
+        ({"stride": 40}, "stride=40 is larger than the grid"),
+        ({"truth_position": (0.7, 0.0)}, "truth_position=(0.7, 0.0)"),
+        ({"prior_position": (0.1, float("nan"))}, "prior_position=(0.1, nan)"),
+        ({"eta_noise": -0.05}, "eta_noise=-0.05"),
+        ({"noise_floor": 0.0}, "noise_floor=0.0"),
+        ({"letkf_inflation": 0.0}, "letkf_inflation=0.0"),
+        ({"ensf_steps": 0}, "ensf_steps=0"),
+        ({"steps": 20.5}, "steps=20.5"),
+    ],
+)
+def test_a_twin_setup_out_of_range_is_refused_naming_the_field(change, named):
+    # Before, stride=0 and every=0 gave numpy's and Python's raw errors at the first
+    # run, and one member or a negative noise were taken as given.
+    with pytest.raises(OptionError, match=re.escape(named)):
+        TwinSetup(**{"n": 20, "steps": 20, "every": 10, "stride": 5, **change})
+    TwinSetup(n=20, steps=20, every=10, stride=5, truth_position=np.array([0.1, -0.2]))
 
 
 def test_observations_follow_the_documented_noise_definition():

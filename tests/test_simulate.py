@@ -66,6 +66,10 @@ def test_shallow_water_simulator_rejects_bad_positions():
         ({"dt": float("nan")}, "dt=nan is out of range"),  # NaN states, without a word
         ({"forcing": 1e6, "steps": 200}, "the run produced NaN or inf"),  # the same
         ({"x0": np.full(12, np.nan)}, "x0 holds NaN or inf"),  # the same
+        ({"seed": None}, "seed=None is out of range"),  # torch's RuntimeError
+        ({"every": 5.0}, "every=5.0 is out of range"),  # torch's TypeError
+        ({"x0": np.zeros((2, 2, 12))}, r"x0 has shape \(2, 2, 12\)"),  # xarray's ValueError
+        ({"x0": np.ones(8)}, r"x0 has shape \(8,\); give \(12,\)"),  # 8 sites, d=12 dropped
     ],
 )
 def test_lorenz96_simulator_refuses_what_would_give_no_finite_run(options, says):

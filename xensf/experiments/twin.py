@@ -44,6 +44,53 @@ __all__ = [
 ]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _is_position(v) -> bool:
+    return (
+        isinstance(v, tuple | list | np.ndarray)
+        and np.ndim(v) == 1
+        and len(v) == 2
+        and all(_is_real(f) and -0.5 <= f <= 0.5 for f in v)
+    )
+
+
+# What each field of a TwinSetup must be: (the rule in words, the test).
+_RULES: dict[str, tuple[str, Any]] = {
+    "n": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "steps": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "every": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "members": ("an integer >= 2 (an ensemble)", lambda v: _is_int(v) and v >= 2),
+    "truth_position": (
+        "two fractions of the basin side from its centre, each in [-0.5, 0.5]",
+        _is_position,
+    ),
+    "prior_position": (
+        "two fractions of the basin side from its centre, each in [-0.5, 0.5]",
+        _is_position,
+    ),
+    "eta_noise": ("a finite number >= 0 (metres)", lambda v: _is_real(v) and 0 <= v < np.inf),
+    "jitter_cells": ("a finite number >= 0 (cells)", lambda v: _is_real(v) and 0 <= v < np.inf),
+    "noise_floor": ("a finite number > 0", lambda v: _is_real(v) and 0 < v < np.inf),
+    "letkf_radius": ("a finite number > 0 (metres)", lambda v: _is_real(v) and 0 < v < np.inf),
+    "letkf_inflation": ("a finite number >= 1", lambda v: _is_real(v) and 1 <= v < np.inf),
+    "letkf_adaptive_damping": (
+        "None or a number in [0, 1]",
+        lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
+    ),
+    "obs_gaps": ("a share in [0, 1)", lambda v: _is_real(v) and 0 <= v < 1),
+    "ensf_steps": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "seed": ("an integer", _is_int),
+}
+
+
 @dataclass(frozen=True)
 class TwinSetup:
     """Everything that defines one twin experiment.
@@ -78,12 +125,19 @@ class TwinSetup:
     start: str = "2000-01-01"
 
     def __post_init__(self) -> None:
+        for name, (must_be, holds) in _RULES.items():
+            value = getattr(self, name)
+            if not holds(value):
+                raise OptionError(f"TwinSetup: {name}={value!r}; it must be {must_be}")
         if self.steps % self.every:
             raise OptionError(f"TwinSetup: every={self.every} must divide steps={self.steps}")
+        if self.stride > self.n:
+            raise OptionError(
+                f"TwinSetup: stride={self.stride} is larger than the grid (n={self.n}); "
+                "observe every stride-th cell with a stride of at most n"
+            )
         if self.prior not in ("hard", "easy"):
             raise OptionError(f"TwinSetup: prior must be 'hard' or 'easy', got {self.prior!r}")
-        if not 0 <= self.obs_gaps < 1:
-            raise OptionError(f"TwinSetup: obs_gaps is a share in [0, 1), got {self.obs_gaps!r}")
 
     @property
     def config(self):

@@ -237,7 +237,7 @@ def shallow_water(
 def lorenz96(
     x0: Any = None,
     *,
-    d: int = 40,
+    d: int | None = None,
     members: int | None = None,
     steps: int = 1000,
     every: int = 1,
@@ -258,8 +258,9 @@ def lorenz96(
         small perturbation of site 0, integrated for ``spinup`` steps onto the attractor;
         with ``members`` the ensemble is that state plus Gaussian noise of std
         ``spread`` drawn from ``seed``.
-    d : int
-        Number of sites (any size; 10⁶ works).
+    d : int, optional
+        Number of sites (any size; 10⁶ works). Default: 40, or the last dim of ``x0``
+        (a ``d`` that differs from it is an error).
     members : int, optional
         Ensemble size (adds a ``member`` dim).
     steps, every : int
@@ -291,8 +292,19 @@ def lorenz96(
     from ..filters.device import compute_device
     from .l96 import lorenz96_run
 
+    if x0 is not None:
+        x0 = np.asarray(x0)
+        if x0.ndim not in (1, 2) or (d is not None and x0.shape[-1] != d):
+            raise OptionError(
+                f"lorenz96: x0 has shape {x0.shape}; give ({d or 'd'},) or (members, "
+                f"{d or 'd'}): one state or one per member"
+            )
+        d = x0.shape[-1]
+    d = 40 if d is None else d
     for name, value, ok in (
         ("d", d, isinstance(d, int | np.integer) and d >= 4),
+        ("seed", seed, isinstance(seed, int | np.integer)),
+        ("every", every, isinstance(every, int | np.integer) and every >= 1),
         ("members", members, members is None or (isinstance(members, int | np.integer) and members >= 1)),
         ("dt", dt, np.isfinite(dt) and dt > 0),
         ("forcing", forcing, np.isfinite(forcing)),
@@ -300,8 +312,9 @@ def lorenz96(
     ):  # fmt: skip
         if not ok:
             raise OptionError(
-                f"lorenz96: {name}={value!r} is out of range (d: an integer >= 4, members: "
-                "None or >= 1, dt: > 0, forcing: finite, spread: >= 0)"
+                f"lorenz96: {name}={value!r} is out of range (d: an integer >= 4, seed and "
+                "every: integers, every >= 1, members: None or >= 1, dt: > 0, forcing: "
+                "finite, spread: >= 0)"
             )
     dev = compute_device(device)
     dtype = dtype or torch.float64
@@ -316,16 +329,15 @@ def lorenz96(
             noise = torch.randn((members, d), generator=g, dtype=dtype).to(dev)
             x = x + spread * noise
     else:
-        x = torch.as_tensor(np.asarray(x0), dtype=dtype, device=dev)
+        x = torch.as_tensor(x0, dtype=dtype, device=dev)
         if not bool(torch.isfinite(x).all()):
             raise OptionError("lorenz96: x0 holds NaN or inf; give a finite initial state")
-        d = x.shape[-1]
         if members is not None and (x.ndim != 2 or x.shape[0] != members):
             raise OptionError(
                 f"lorenz96: x0 has shape {tuple(x.shape)}; with members={members} it must be "
                 f"({members}, d)"
             )
-    if int(every) != every or every < 1 or steps % every:
+    if steps % every:
         raise OptionError(
             f"lorenz96: every={every} must be a positive integer dividing steps={steps}"
         )
