@@ -38,6 +38,7 @@ def plot_analysis_maps(
     a reader sees at a glance where each method reduced the error; observed points
     are marked on the truth map.
     """
+    _check_maps("plot_analysis_maps", truth, observed, {"prior": prior, **analyses}, member_dim)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,28 +86,45 @@ def plot_diagnostics(
 
     ``innovations`` is what ``prior.ensf.innovations(obs, analysis)`` returns (its
     ``omb``, ``oma`` and ``variable``); ``histograms`` maps a label (e.g. "prior",
-    "analysis") to a ``ds.ensf.rank_histogram(truth)`` result. Points inside the grey
+    "analysis") to a ``ds.ensf.rank_histogram(truth)`` result; without a truth (real
+    data) give ``{}`` for the O − B / O − A panels alone. Points inside the grey
     band, ``|O − A| < |O − B|``, are where the analysis came closer to the observation; a
     flat histogram (dashed: the count a calibrated ensemble gives) is a calibrated
     ensemble, a U shape an over-confident one.
     """
+    from .errors import OptionError
+
+    if not (
+        isinstance(innovations, xr.Dataset)
+        and {"omb", "oma", "variable"} <= set(innovations.variables)
+    ):
+        raise OptionError(
+            "plot_diagnostics needs the Dataset that prior.ensf.innovations(obs, analysis) "
+            "returns (with 'omb', 'oma' and 'variable'; the analysis gives 'oma')"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [str(v) for v in next(iter(histograms.values())).data_vars]
+    if histograms:
+        names = [str(v) for v in next(iter(histograms.values())).data_vars]
+    else:
+        names = [str(v) for v in dict.fromkeys(innovations["variable"].values.tolist())]
+    rows = 2 if histograms else 1
     fig, axes = plt.subplots(
-        2, len(names), figsize=(4.4 * len(names), 7.0), constrained_layout=True, squeeze=False
-    )
+        rows, len(names), figsize=(4.4 * len(names), 3.5 * rows), constrained_layout=True,
+        squeeze=False,
+    )  # fmt: skip
     variable = innovations["variable"].values
     for col, name in enumerate(names):
         ax = axes[0, col]
         omb = innovations["omb"].values[..., variable == name].ravel()
         oma = innovations["oma"].values[..., variable == name].ravel()
         seen = np.isfinite(omb) & np.isfinite(oma)
-        limit = float(np.abs(omb[seen]).max()) if seen.any() else 1.0
-        line = np.array([-limit, limit])
+        limit = 1.05 * float(np.abs(omb[seen]).max()) if seen.any() else 1.0
+        # The band |O − A| < |O − B| is two triangles meeting at the origin.
+        line = np.array([-limit, 0.0, limit])
         ax.fill_between(line, -np.abs(line), np.abs(line), color="0.9", label="|O−A| < |O−B|")
         ax.scatter(omb[seen], oma[seen], s=6, alpha=0.6)
         ax.set_xlim(-limit, limit)
@@ -116,6 +134,8 @@ def plot_diagnostics(
         ax.set_xlabel("O − B (observation − prior mean)")
         ax.set_ylabel("O − A (observation − analysis mean)")
         ax.legend(loc="upper left", fontsize="small")
+        if not histograms:
+            continue
         ax = axes[1, col]
         width = 0.8 / len(histograms)
         for k, (label, hist) in enumerate(histograms.items()):
@@ -322,6 +342,7 @@ def plot_twin_maps(
     colour scale, the bottom row one symmetric error scale. Observed points are marked
     on the truth.
     """
+    _check_maps("plot_twin_maps", truth, observed, {"free run": free, **analyses}, None)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,11 +384,56 @@ def plot_twin_maps(
     return _save(fig, path, dpi=100)
 
 
+def _check_maps(
+    caller: str,
+    truth: xr.DataArray,
+    observed: xr.DataArray,
+    fields: dict[str, xr.DataArray],
+    member_dim: str | None,
+) -> None:
+    """Refuse maps that are not 2-D on the truth's grid, naming the argument and its dims."""
+    from .errors import DimensionError
+
+    def check(name: str, da, dims: set | None) -> None:
+        if not isinstance(da, xr.DataArray):
+            raise DimensionError(
+                f"{caller}: {name} must be a DataArray, got a {type(da).__name__}; take one "
+                "variable, e.g. ds['t']"
+            )
+        if dims is None:  # the truth: its two dims are the grid
+            extra, missing = list(da.dims[:-2]), da.ndim < 2
+        else:
+            if member_dim is not None and member_dim in dims - set(da.dims):
+                raise DimensionError(
+                    f"{caller}: {name} has no dim member_dim={member_dim!r} (its dims: {da.dims})"
+                )
+            extra, missing = [d for d in da.dims if d not in dims], bool(dims - set(da.dims))
+        if extra:
+            raise DimensionError(
+                f"{caller}: {name} has dims {da.dims}; select one value of {extra}, e.g. "
+                f".isel({extra[0]}=0)"
+            )
+        if missing:
+            raise DimensionError(
+                f"{caller}: {name} has dims {da.dims}; it needs the grid's two dims"
+                + (f" {tuple(truth.dims)}" if dims is not None else "")
+            )
+
+    check("truth", truth, None)
+    grid = set(truth.dims)
+    check("observed", observed, grid)
+    for name, field in fields.items():
+        check(repr(name), field, grid | ({member_dim} if member_dim else set()))
+
+
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write the figure to ``path`` and release it (figures are not kept open)."""
+    """Write the figure to ``path`` and release it (figures are not kept open, also
+    when writing fails)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path

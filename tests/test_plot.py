@@ -1,0 +1,99 @@
+"""The figures of ``xensf.plot``: what they draw and what they refuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xensf
+
+pytest.importorskip("matplotlib")
+import matplotlib.pyplot as plt
+
+from xensf import plot
+
+
+@pytest.fixture
+def analysed():
+    r = np.random.default_rng(0)
+    prior = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60, 60, 6), "lon": np.arange(8) * 45.0},
+    )
+    obs = xr.full_like(prior.t[0], np.nan).to_dataset()
+    obs.t[2, 3], obs.t[4, 5] = 282.0, 279.0
+    analysis = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=3000.0)
+    return prior, obs, analysis
+
+
+@pytest.fixture
+def kept(monkeypatch):
+    """The figures the plot functions make, kept open for inspection."""
+    figures = []
+
+    def keep(fig, path, dpi=110):
+        figures.append(fig)
+        return path
+
+    monkeypatch.setattr(plot, "_save", keep)
+    yield figures
+    for fig in figures:
+        plt.close(fig)
+
+
+def test_the_diagnostics_band_is_where_the_analysis_came_closer(analysed, kept, tmp_path):
+    # The grey band |O − A| < |O − B| used to be drawn between two points only, which
+    # filled the whole square: every observation looked improved.
+    prior, obs, analysis = analysed
+    diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
+    histogram = analysis.ensf.rank_histogram(prior.t.isel(member=0))
+    plot.plot_diagnostics(diag, {"analysis": histogram}, title="", path=tmp_path / "d.png")
+    (fig,) = kept
+    ax = fig.axes[0]
+    band = ax.collections[0].get_paths()[0]
+    limit = ax.get_xlim()[1]
+    for x, y in [(0.5, 0.2), (-0.5, 0.2), (0.5, -0.4), (-0.8, -0.1)]:
+        assert band.contains_point((x * limit, y * limit))
+    for x, y in [(0.2, 0.5), (-0.2, 0.5), (0.1, -0.8), (-0.3, -0.6)]:
+        assert not band.contains_point((x * limit, y * limit))
+
+
+def test_the_diagnostics_without_a_truth_and_without_an_analysis(analysed, kept, tmp_path):
+    prior, obs, analysis = analysed
+    diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
+    plot.plot_diagnostics(diag, {}, title="", path=tmp_path / "d.png")  # real data: no truth
+    (fig,) = kept
+    assert len(fig.axes) == 1  # the O − B / O − A panel of the one variable
+    without = prior.ensf.innovations(obs, obs_error=0.5)
+    with pytest.raises(xensf.OptionError, match="'oma'"):
+        plot.plot_diagnostics(without, {}, title="", path=tmp_path / "d.png")
+
+
+def test_maps_of_other_dims_are_refused_naming_the_argument(analysed, tmp_path):
+    prior, obs, analysis = analysed
+    truth = prior.t.isel(member=0)
+    observed = obs.t.notnull()
+    draw = plot.plot_analysis_maps
+    with pytest.raises(xensf.DimensionError, match="truth must be a DataArray"):
+        draw(prior, prior.t, {}, observed, member_dim="member", title="", path=tmp_path / "a")
+    with pytest.raises(xensf.DimensionError, match=r"select one value of \['time'\]"):
+        draw(truth.expand_dims(time=2), prior.t, {}, observed, member_dim="member", title="",
+             path=tmp_path / "a")  # fmt: skip
+    with pytest.raises(xensf.DimensionError, match="no dim member_dim='ens'"):
+        draw(truth, prior.t, {}, observed, member_dim="ens", title="", path=tmp_path / "a")
+    with pytest.raises(xensf.DimensionError, match="'letkf' has dims"):
+        draw(truth, prior.t, {"letkf": analysis.t.isel(lat=0)}, observed, member_dim="member",
+             title="", path=tmp_path / "a")  # fmt: skip
+    path = draw(truth, prior.t, {"letkf": analysis.t}, observed, member_dim="member",
+                title="", path=tmp_path / "maps.png")  # fmt: skip
+    assert path.stat().st_size > 0
+
+
+def test_a_figure_that_cannot_be_written_is_not_left_open(analysed, tmp_path):
+    prior, obs, analysis = analysed
+    diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
+    before = plt.get_fignums()
+    with pytest.raises(FileNotFoundError):
+        plot.plot_diagnostics(diag, {}, title="", path=tmp_path / "missing" / "d.png")
+    assert plt.get_fignums() == before
