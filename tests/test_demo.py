@@ -304,3 +304,19 @@ def test_full_demo_trains_its_model_within_the_given_minutes(tmp_path, monkeypat
     # a second run reuses the bundle and says the budget does not apply to it
     assert main(args) == 0
     assert "training budget does not apply" in capsys.readouterr().out
+
+
+def test_the_demo_table_keeps_its_columns_for_the_longest_method_name(capsys):
+    # "latent-ensf-letkf" is longer than the 14 characters the name column had, so its
+    # numbers stood three places right of the others'.
+    table = {
+        "free run": {"0%": 1.158, "10%": 1.156},
+        "latent-ensf-letkf": {"0%": 0.013, "10%": 0.034},
+        "ensf": {"0%": 0.273, "10%": 0.391},
+    }
+    demo_swe._print_table(table, [0, 10], {"ensf 0%": 1.0}, ["ensf", "latent-ensf-letkf"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()][1:]
+    header, *body = rows
+    assert header.startswith("method")
+    starts = {tuple(m.start() for m in re.finditer(r"\d\.\d+", line)) for line in body}
+    assert len(starts) == 1, body

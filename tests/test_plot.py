@@ -97,3 +97,47 @@ def test_a_figure_that_cannot_be_written_is_not_left_open(analysed, tmp_path):
     with pytest.raises(FileNotFoundError):
         plot.plot_diagnostics(diag, {}, title="", path=tmp_path / "missing" / "d.png")
     assert plt.get_fignums() == before
+
+
+def test_every_demo_method_has_its_own_colour():
+    # latent-ensf-letkf had no style, so it took matplotlib's first colour: the blue of
+    # ensf, and the headline figure showed two blue lines.
+    from xensf.cli import SWE_METHODS
+
+    styles = [plot.METHOD_STYLE[m] for m in ("free run", *SWE_METHODS)]
+    assert len({s["color"] for s in styles}) == len(styles)
+
+
+def test_a_long_title_is_broken_to_the_figure_width(analysed, kept, tmp_path):
+    plot.plot_blend_weight(
+        {"10%": xr.DataArray([0.9, 0.1], dims="time", coords={"time": [0.0, 1.0]})},
+        title="latent-ensf-letkf: how far each cycle moved the prior towards the latent "
+        "analysis (hard prior)",
+        path=tmp_path / "b.png",
+    )
+    (fig,) = kept
+    fig.canvas.draw()
+    title = fig.axes[0].title
+    assert "\n" in title.get_text()
+    box = title.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+@pytest.mark.parametrize("kind", ["datetime64", "noleap", "numeric"])
+def test_the_time_figures_take_every_kind_of_time_a_run_may_have(kind, kept, tmp_path):
+    # Only datetime64 times were read: numeric (and cftime) times, which xensf.cycle
+    # runs on, gave numpy's UFuncTypeError.
+    if kind == "datetime64":
+        times = np.array(["2000-01-01T06", "2000-01-01T12", "2000-01-01T18"], "datetime64[ns]")
+    elif kind == "noleap":
+        times = xr.date_range("2000-01-01T06", periods=3, freq="6h", calendar="noleap")
+    else:
+        times = np.array([6.0, 12.0, 18.0])
+    curve = xr.DataArray([0.5, 0.2, 0.1], dims="time", coords={"time": times})
+    plot.plot_relative_rmse({"10%": {"ensf": curve}}, title="", path=tmp_path / "r.png")
+    plot.plot_blend_weight({"10%": curve}, title="", path=tmp_path / "b.png")
+    for fig in kept:
+        np.testing.assert_allclose(fig.axes[0].lines[0].get_xdata(), [6.0, 12.0, 18.0])
+        assert fig.axes[0].get_xlabel() == (
+            "model time" if kind == "numeric" else "model time [h]"
+        )

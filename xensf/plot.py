@@ -71,7 +71,7 @@ def plot_analysis_maps(
         ax.set_xlabel(f"{lon_dim} [°]")
         ax.set_aspect("auto")
     axes[0].set_ylabel(f"{lat_dim} [°]")
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig))
     return _save(fig, path)
 
 
@@ -148,7 +148,7 @@ def plot_diagnostics(
         ax.set_ylabel("count")
         ax.set_title(f"{name}: rank histogram")
         ax.legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig))
     return _save(fig, path)
 
 
@@ -186,7 +186,7 @@ def plot_skill_bars(
         ax.set_ylabel("RMSE / prior RMSE")
         ax.set_title(var)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig))
     return _save(fig, path)
 
 
@@ -247,7 +247,7 @@ def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Pa
     ax.set_ylabel("RMS(O − A) / RMS(O − B), withheld")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title)
+    ax.set_title(_fit(title, fig))
     return _save(fig, path)
 
 
@@ -255,16 +255,27 @@ def plot_cross_validation(cv: xr.Dataset, *, title: str, path: str | Path) -> Pa
 METHOD_STYLE = {
     "free run": {"color": "0.45", "ls": "--"},
     "latent-ensf": {"color": "tab:red", "ls": "-"},
+    "latent-ensf-letkf": {"color": "tab:orange", "ls": "-"},
     "ensf": {"color": "tab:blue", "ls": "-"},
     "letkf": {"color": "tab:green", "ls": "-"},
     "latent-letkf": {"color": "tab:purple", "ls": "-."},
 }
 
 
-def _cycle_hours(t: np.ndarray) -> np.ndarray:
-    """Cycle times as hours since the first one's time minus one cycle (the start)."""
-    step = t[1] - t[0] if len(t) > 1 else np.timedelta64(1, "h")
-    return (t - (t[0] - step)) / np.timedelta64(1, "h")
+def _cycle_hours(t: np.ndarray) -> tuple[np.ndarray, str]:
+    """Cycle times since the first one's time minus one cycle (the start), and the axis
+    label: hours for dates (numpy or cftime), the time's own units for numbers."""
+    t = np.asarray(t)
+    step = t[1] - t[0] if len(t) > 1 else None
+    if t.dtype.kind in "iuf":
+        return t - (t[0] - (step if step is not None else 1)), "model time"
+    if step is None:
+        step = np.timedelta64(1, "h")
+    elapsed = t - (t[0] - step)
+    if elapsed.dtype.kind == "m":
+        return elapsed / np.timedelta64(1, "h"), "model time [h]"
+    # cftime dates: their differences are datetime.timedelta
+    return np.array([d.total_seconds() / 3600 for d in elapsed]), "model time [h]"
 
 
 def plot_relative_rmse(
@@ -273,7 +284,8 @@ def plot_relative_rmse(
     """Relative RMSE against time, one panel per observation-noise level.
 
     ``curves[noise_label][method]`` is a 1-D DataArray along ``time``; the time axis is
-    shown in hours since the first value's time minus one cycle.
+    shown in hours since the first value's time minus one cycle (dates: numpy or cftime),
+    or in the time's own units (numeric times).
     """
     import matplotlib
 
@@ -288,17 +300,17 @@ def plot_relative_rmse(
     top = 0.0
     for ax, label in zip(axes, labels, strict=True):
         for method, curve in curves[label].items():
-            hours = _cycle_hours(curve["time"].values)
+            hours, xlabel = _cycle_hours(curve["time"].values)
             style = METHOD_STYLE.get(method, {})
             ax.plot(hours, curve.values, label=method, lw=1.6, **style)
             top = max(top, float(np.nanmax(curve.values)))
         ax.set_title(f"observation noise {label}")
-        ax.set_xlabel("model time [h]")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("relative RMSE of the ensemble mean")
     axes[0].set_ylim(0, min(top * 1.05, 2.0))
     axes[-1].legend(fontsize=8, loc="upper right")
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig))
     return _save(fig, path)
 
 
@@ -314,16 +326,16 @@ def plot_blend_weight(weights: dict[str, xr.DataArray], *, title: str, path: str
 
     fig, ax = plt.subplots(figsize=(6.4, 3.2), constrained_layout=True)
     for label, weight in weights.items():
-        hours = _cycle_hours(weight["time"].values)
+        hours, xlabel = _cycle_hours(weight["time"].values)
         blended = int((weight.values > 0).sum())
         ax.plot(hours, weight.values, marker="o", ms=3, lw=1.2,
                 label=f"noise {label}: {blended} of {hours.size} cycles")  # fmt: skip
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("model time [h]")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("weight of the latent analysis")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_fit(title, fig, 10), fontsize=10)
     return _save(fig, path)
 
 
@@ -380,7 +392,7 @@ def plot_twin_maps(
     fig.colorbar(bottom, ax=list(axes[1, 1:]), shrink=0.7, label=f"error [{units}]")
     axes[0, 0].set_ylabel("y [km]")
     axes[1, 1].set_xlabel("x [km]")
-    fig.suptitle(title)
+    fig.suptitle(_fit(title, fig))
     return _save(fig, path, dpi=100)
 
 
@@ -424,6 +436,14 @@ def _check_maps(
     check("observed", observed, grid)
     for name, field in fields.items():
         check(repr(name), field, grid | ({member_dim} if member_dim else set()))
+
+
+def _fit(title: str, fig, points: float = 12.0) -> str:
+    """``title`` broken into lines that fit the figure's width (not cut at its edge)."""
+    import textwrap
+
+    chars = int(fig.get_figwidth() * 72 / (0.55 * points))
+    return "\n".join(textwrap.fill(line, max(chars, 20)) for line in title.splitlines())
 
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:

@@ -366,10 +366,13 @@ def _report_quality_warnings(method: str, label: str, caught, cycles: int) -> No
 
 def _print_table(table, noises, timings, methods) -> None:
     labels = [f"{p:g}%" for p in noises]
+    width = max(len(m) for m in ["method", *table]) + 2
     print()
     print("relative RMSE of the ensemble mean, mean over the second half of the run")
     print(
-        f"{'method':<14}" + "".join(f"{'noise ' + lab:>13}" for lab in labels) + f"{'time s':>10}"
+        f"{'method':<{width}}"
+        + "".join(f"{'noise ' + lab:>13}" for lab in labels)
+        + f"{'time s':>10}"
     )
     for method, row in table.items():
         secs = sum(v for k, v in timings.items() if k.startswith(method + " "))
@@ -378,7 +381,7 @@ def _print_table(table, noises, timings, methods) -> None:
             f"{row[lab]:>12.3f}{'*' if row[lab] == b else ' '}"
             for lab, b in zip(labels, best, strict=True)
         )
-        print(f"{method:<14}{cells}{secs if method in methods else 0.0:>10.1f}")
+        print(f"{method:<{width}}{cells}{secs if method in methods else 0.0:>10.1f}")
     print(
         "(* lowest in its column; relative RMSE = ||(mean - truth)/s|| / ||truth/s||, s = std of each variable over the truth run)"
     )
