@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the ERA5 demo with the options parsed by :mod:`xensf.cli`."""
 
     import xensf
-    from xensf.metrics import ensemble_rmse, mean_spread
+    from xensf.metrics import area_weights, ensemble_rmse, mean_spread
 
     started = time.perf_counter()
     out = Path(args.output)
@@ -122,7 +122,15 @@ def run(args: argparse.Namespace) -> int:
             skill.setdefault(name, {})[label] = {
                 "at obs": ensemble_rmse(ens[name], truth[name], "number", observed),
                 "next to obs": ensemble_rmse(ens[name], truth[name], "number", near & ~observed),
-                "global": ensemble_rmse(ens[name], truth[name], "number"),
+                "global": float(
+                    ensemble_rmse(
+                        ens[name],
+                        truth[name],
+                        "number",
+                        dims=list(truth[name].dims),
+                        weights=area_weights(truth["latitude"]),
+                    )
+                ),
             }
             rows.append(
                 (
@@ -153,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
         cells += [f"{v:{w}.4g}" for v, w in zip(row[2:], widths[2:], strict=True)]
         print("  ".join(cells))
     print(
-        "\nRMSE of the ensemble mean against the truth member; 'next to obs' = the 8 grid "
-        "neighbours of observed points."
+        "\nRMSE of the ensemble mean against the truth member: at obs and next to obs (the 8 "
+        "grid neighbours of observed points) over those points, global weighted by "
+        "cos(latitude), the area of each grid row."
     )
 
     for method, analysis in analyses.items():
