@@ -303,3 +303,27 @@ def test_a_relative_error_far_above_the_spread_warns_on_the_era5_sample(era5_twi
     obs = truth.isel(latitude=slice(0, None, 8), longitude=slice(0, None, 8)).reindex_like(truth)
     with pytest.warns(xensf.ObservationErrorWarning, match="'z'"):
         prior.ensf.assimilate(obs, method="letkf", obs_error="10%", loc_radius=500.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        # A mask given for the values: every point "observed" at 0 or 1 K, and an
+        # analysis mean of 71 K from a prior near 280 K, without a word.
+        (lambda obs: obs.notnull(), "has dtype bool.*obs.where"),
+        (lambda obs: obs.astype(str), "has dtype <U"),
+        (lambda obs: obs.astype("datetime64[ns]"), "has dtype datetime64"),
+        (lambda obs: obs.assign(t_error=obs.t.astype(str)), "error variable 't_error'"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["assimilate", "innovations"])
+def test_observations_that_are_not_numbers_are_refused(ds, obs, make, says, entry):
+    bad = make(obs)
+    with pytest.raises(ObservationMismatchError, match=says):
+        if entry == "assimilate":
+            ds.ensf.assimilate(bad, method="letkf", obs_error=None, loc_radius=2000.0)
+        else:
+            ds.ensf.innovations(bad, obs_error=None)
+    ints = xr.full_like(obs, 282, dtype=np.int64)  # numbers of any kind are fine
+    assert ints.t.dtype.kind == "i"
+    ds.ensf.assimilate(ints, method="letkf", obs_error=0.5, loc_radius=2000.0)

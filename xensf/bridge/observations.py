@@ -284,6 +284,20 @@ def prepare_observations(
             f"{list(layout.variables)} ({fix})"
         )
 
+    for name in [*names, *sorted(error_vars, key=str)]:
+        kind = obs[name].dtype.kind
+        if kind not in "iuf":
+            role = "error variable" if name in error_vars else "observation variable"
+            hint = (
+                "; a boolean is a mask: give the observed values, e.g. obs.where(mask)"
+                if kind == "b"
+                else ""
+            )
+            raise ObservationMismatchError(
+                f"{role} {name!r} has dtype {obs[name].dtype}; observations and their "
+                f"errors are numbers (floats, NaN where nothing was observed){hint}"
+            )
+
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
     obs_time = find_role(obs, "time", required=False)
     if (
