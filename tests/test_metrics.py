@@ -189,3 +189,16 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         noleap.ensf.rmse(truth.assign_coords(time=dates.time))  # they print alike
     later = ens.ensf.rmse(truth.isel(time=[1, 2]))  # scored at the times both have
     xr.testing.assert_allclose(later, ens.ensf.rmse(truth).isel(time=[1, 2]))
+
+
+@pytest.mark.parametrize("score", ["rmse", "crps", "spread_skill", "rank_histogram"])
+def test_a_truth_that_is_not_numbers_is_refused(score):
+    # A boolean truth (a mask given by mistake) was scored as 0 and 1: an RMSE near the
+    # state's magnitude, without a word; a truth of strings gave numpy's UFuncTypeError.
+    from xensf.errors import OptionError
+
+    ens, truth = _case()
+    for bad in (truth > 0, truth.astype(str)):
+        with pytest.raises(OptionError, match=r"the truth's 't' has dtype (bool|<U)"):
+            getattr(ens.ensf, score)(bad)
+    getattr(ens.ensf, score)(truth.astype(np.float32))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError
+from ..errors import DimensionError, OptionError
 from .observations import check_time_kinds
 from .units import convert_units
 
@@ -50,6 +50,12 @@ def aligned_like(
             raise DimensionError(
                 f"the {what}'s {d!r} coordinate differs from the ensemble's: give it on the "
                 f"same points (select or interpolate it, e.g. {what}.interp({d}=ds.{d}))"
+            )
+    for n in names:
+        if n in other.data_vars and other[n].dtype.kind not in "iuf":
+            raise OptionError(
+                f"the {what}'s {n!r} has dtype {other[n].dtype}; it must hold numbers, the "
+                "values on the ensemble's points"
             )
     converted = {
         n: convert_units(other[n], reference[n].attrs.get("units"), name=n, what=f"the {what}")
