@@ -327,3 +327,6 @@ def test_observations_that_are_not_numbers_are_refused(ds, obs, make, says, entr
     ints = xr.full_like(obs, 282, dtype=np.int64)  # numbers of any kind are fine
     assert ints.t.dtype.kind == "i"
     ds.ensf.assimilate(ints, method="letkf", obs_error=0.5, loc_radius=2000.0)
+    # and an error given as an attribute is no variable to check
+    ds.ensf.assimilate(obs.assign(t=obs.t.assign_attrs(obs_error=0.5)), method="letkf",
+                       loc_radius=2000.0)  # fmt: skip

@@ -284,7 +284,7 @@ def prepare_observations(
             f"{list(layout.variables)} ({fix})"
         )
 
-    for name in [*names, *sorted(error_vars, key=str)]:
+    for name in [*names, *sorted((v for v in error_vars if v in obs.data_vars), key=str)]:
         kind = obs[name].dtype.kind
         if kind not in "iuf":
             role = "error variable" if name in error_vars else "observation variable"
