@@ -202,3 +202,54 @@ def test_a_truth_that_is_not_numbers_is_refused(score):
         with pytest.raises(OptionError, match=r"the truth's 't' has dtype (bool|<U)"):
             getattr(ens.ensf, score)(bad)
     getattr(ens.ensf, score)(truth.astype(np.float32))
+
+
+def test_scores_and_statistics_say_what_they_are_not_what_the_state_is():
+    # The scores kept the state's attributes: a spread-skill ratio and a count of ranks
+    # in kelvin, with standard_name air_temperature; mean and spread said nothing of
+    # the reduction over the members.
+    ens, truth = _case()
+    attrs = {"units": "K", "standard_name": "air_temperature", "long_name": "temperature"}
+    ens["t"].attrs.update(attrs)
+    truth["t"].attrs["units"] = "K"
+    expected = {
+        "rmse": ("temperature: RMSE of the ensemble mean", "K"),
+        "crps": ("temperature: CRPS", "K"),
+        "spread_skill": ("temperature: spread-skill ratio", "1"),
+        "rank_histogram": ("temperature: count of the truth's rank among the members", "1"),
+    }
+    for score, (long_name, units) in expected.items():
+        assert getattr(ens.ensf, score)(truth).t.attrs == {"long_name": long_name, "units": units}
+    assert ens.ensf.mean().t.attrs == {**attrs, "cell_methods": "member: mean"}
+    spread = ens.assign(t=ens.t.assign_attrs(cell_methods="time: point")).ensf.spread()
+    assert spread.t.attrs["cell_methods"] == "time: point member: standard_deviation"
+    assert ens.t.attrs == attrs  # the input's untouched
+
+
+def test_the_dataarray_accessor_scores_like_the_dataset_one():
+    ens, truth = _case()
+    da, truth_da = ens.t, truth.t.rename("anything")
+    for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
+        xr.testing.assert_identical(
+            getattr(da.ensf, score)(truth_da), getattr(ens.ensf, score)(truth).t
+        )
+    xr.testing.assert_identical(
+        da.ensf.rmse(truth_da, dims=["lat"]), ens.ensf.rmse(truth, dims=["lat"]).t
+    )
+
+
+def test_the_dataarray_accessor_diagnoses_like_the_dataset_one():
+    ens, truth = _case()
+    obs = truth.where((truth.lat > 0) & (truth.lon < 200))
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    analysis = ens.ensf.assimilate(obs, **options)
+    xr.testing.assert_identical(
+        ens.t.ensf.innovations(obs.t.rename("o"), analysis.t, obs_error=0.5),
+        ens.ensf.innovations(obs, analysis, obs_error=0.5),
+    )
+    settings = {"loc_radius": [1000.0, 3000.0]}
+    kwargs = {"method": "letkf", "obs_error": 0.5, "folds": 2, "progress": False}
+    xr.testing.assert_identical(
+        ens.t.ensf.cross_validate(obs.t, settings, **kwargs),
+        ens.ensf.cross_validate(obs, settings, **kwargs),
+    )

@@ -402,18 +402,24 @@ class EnsfDatasetAccessor:
         return find_role(self._obj, "member", override=member_dim)
 
     def mean(self, member_dim: str | None = None) -> xr.Dataset:
-        """Ensemble mean over the member dim (found as in :meth:`assimilate`)."""
-        return self._obj.mean(self._member_dim(member_dim), keep_attrs=True)
+        """Ensemble mean over the member dim (found as in :meth:`assimilate`); the
+        variables keep their attributes, with ``cell_methods`` saying so."""
+        member = self._member_dim(member_dim)
+        return _with_cell_method(
+            self._obj, self._obj.mean(member, keep_attrs=True), member, "mean"
+        )
 
     def spread(self, member_dim: str | None = None) -> xr.Dataset:
-        """Ensemble standard deviation (``ddof=1``) over the member dim."""
+        """Ensemble standard deviation (``ddof=1``) over the member dim; attributes as
+        :meth:`mean`'s."""
         member = self._member_dim(member_dim)
         if self._obj.sizes[member] < 2:
             raise EnsembleError(
                 f"a spread needs at least 2 members along {member!r}, got "
                 f"{self._obj.sizes[member]}"
             )
-        return self._obj.std(member, ddof=1, keep_attrs=True)
+        spread = self._obj.std(member, ddof=1, keep_attrs=True)
+        return _with_cell_method(self._obj, spread, member, "standard_deviation")
 
     def rmse(
         self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
@@ -429,7 +435,8 @@ class EnsfDatasetAccessor:
         from .metrics import ensemble_rmse
 
         ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
-        return ensemble_rmse(ens, truth, member, dims=dims, weights=weights)
+        return _described(ens, ensemble_rmse(ens, truth, member, dims=dims, weights=weights),
+                          "RMSE of the ensemble mean")  # fmt: skip
 
     def crps(
         self,
@@ -447,7 +454,8 @@ class EnsfDatasetAccessor:
         from .metrics import crps
 
         ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
-        return crps(ens, truth, member, dims=dims, weights=weights, fair=fair)
+        score = crps(ens, truth, member, dims=dims, weights=weights, fair=fair)
+        return _described(ens, score, "fair CRPS" if fair else "CRPS")
 
     def spread_skill(
         self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
@@ -459,7 +467,8 @@ class EnsfDatasetAccessor:
         from .metrics import spread_skill
 
         ens, truth, member, dims, weights = self._scoring(truth, dims, member_dim)
-        return spread_skill(ens, truth, member, dims=dims, weights=weights)
+        score = spread_skill(ens, truth, member, dims=dims, weights=weights)
+        return _described(ens, score, "spread-skill ratio", units="1")
 
     def rank_histogram(
         self,
@@ -478,7 +487,8 @@ class EnsfDatasetAccessor:
 
         check_seed(seed, non_negative=True)
         ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
-        return rank_histogram(ens, truth, member, dims=dims, seed=seed)
+        counts = rank_histogram(ens, truth, member, dims=dims, seed=seed)
+        return _described(ens, counts, "count of the truth's rank among the members", units="1")
 
     def _scoring(self, truth, dims, member_dim):
         """The ensemble and the truth to score (their shared variables, the truth in
@@ -549,6 +559,32 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
     return ensemble[names], aligned_like(ensemble, truth, names, what="truth", partial=partial)
 
 
+def _with_cell_method(ensemble: xr.Dataset, stat: xr.Dataset, member: str, method: str):
+    """``stat`` (reduced over ``member``) with ``cell_methods`` naming the reduction on
+    each variable that had the member dim (appended to any the variable had)."""
+    out = stat.copy()
+    for v in out.data_vars:
+        if v in ensemble and member in ensemble[v].dims:
+            earlier = out[v].attrs.get("cell_methods")
+            entry = f"{member}: {method}"
+            out[v].attrs["cell_methods"] = f"{earlier} {entry}" if earlier else entry
+    return out
+
+
+def _described(ensemble: xr.Dataset, score: xr.Dataset, what: str, units: str | None = None):
+    """``score`` with attributes of a score, not of the state: a ``long_name`` that
+    says which, and ``units`` (the variable's, or ``units`` for a ratio or a count); the
+    state's ``standard_name`` and the rest are dropped."""
+    out = score.copy()
+    for v in out.data_vars:
+        base = ensemble[v].attrs if v in ensemble else {}
+        attrs = {"long_name": f"{base.get('long_name', v)}: {what}"}
+        if units is not None or "units" in base:
+            attrs["units"] = units if units is not None else base["units"]
+        out[v].attrs = attrs
+    return out
+
+
 @xr.register_dataarray_accessor("ensf")
 class EnsfDataArrayAccessor:
     """The ``.ensf`` accessor on a DataArray: the Dataset methods for one variable."""
@@ -564,9 +600,7 @@ class EnsfDataArrayAccessor:
         """As :meth:`EnsfDatasetAccessor.assimilate`; ``obs`` may be a DataArray."""
         ds = self._as_dataset()
         name = next(iter(ds.data_vars))
-        if isinstance(obs, xr.DataArray):
-            obs = obs.to_dataset(name=name)
-        result = ds.ensf.assimilate(obs, **kwargs)
+        result = ds.ensf.assimilate(self._named(obs), **kwargs)
         out = result[name]
         out.attrs.update(
             {
@@ -586,3 +620,46 @@ class EnsfDataArrayAccessor:
         """Ensemble standard deviation (``ddof=1``) over the member dim."""
         ds = self._as_dataset()
         return ds.ensf.spread(member_dim)[next(iter(ds.data_vars))]
+
+    def rmse(self, truth: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
+        """As :meth:`EnsfDatasetAccessor.rmse`; ``truth`` may be a DataArray."""
+        return self._score("rmse", truth, kwargs)
+
+    def crps(self, truth: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
+        """As :meth:`EnsfDatasetAccessor.crps`; ``truth`` may be a DataArray."""
+        return self._score("crps", truth, kwargs)
+
+    def spread_skill(self, truth: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
+        """As :meth:`EnsfDatasetAccessor.spread_skill`; ``truth`` may be a DataArray."""
+        return self._score("spread_skill", truth, kwargs)
+
+    def rank_histogram(self, truth: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
+        """As :meth:`EnsfDatasetAccessor.rank_histogram`; ``truth`` may be a DataArray."""
+        return self._score("rank_histogram", truth, kwargs)
+
+    def innovations(
+        self,
+        obs: xr.DataArray | xr.Dataset,
+        analysis: xr.DataArray | xr.Dataset | None = None,
+        **kwargs: Any,
+    ) -> xr.Dataset:
+        """As :meth:`EnsfDatasetAccessor.innovations`; ``obs`` and ``analysis`` may be
+        DataArrays (of this variable)."""
+        ds = self._as_dataset()
+        return ds.ensf.innovations(self._named(obs), self._named(analysis), **kwargs)
+
+    def cross_validate(
+        self, obs: xr.DataArray | xr.Dataset, settings: dict[str, list[Any]], **kwargs: Any
+    ) -> xr.Dataset:
+        """As :meth:`EnsfDatasetAccessor.cross_validate`; ``obs`` may be a DataArray."""
+        return self._as_dataset().ensf.cross_validate(self._named(obs), settings, **kwargs)
+
+    def _named(self, other):
+        """A DataArray given for this variable, as a Dataset under this variable's name."""
+        if isinstance(other, xr.DataArray):
+            return other.to_dataset(name=next(iter(self._as_dataset().data_vars)))
+        return other
+
+    def _score(self, score: str, truth, kwargs: dict[str, Any]) -> xr.DataArray:
+        ds = self._as_dataset()
+        return getattr(ds.ensf, score)(self._named(truth), **kwargs)[next(iter(ds.data_vars))]
