@@ -20,6 +20,7 @@ from xensf.bridge.layout import StateLayout
 from xensf.bridge.signature import data_signature
 from xensf.errors import (
     DimensionError,
+    EnsembleError,
     ModelQualityWarning,
     ObservationDomainError,
     ObservationMismatchError,
@@ -176,6 +177,13 @@ def test_encode_decode(case):
     np.testing.assert_array_equal(states.y.values, prior.y.values)
     with pytest.raises(DimensionError, match=r"'latent_mean' along 'latent'.*\['h'\]"):
         prior.ensf.decode(model)  # states, not latent data
+    # NaN: named by the Dataset's variables, not the model's tensors ("x holds NaN",
+    # where x was also a dim of the data)
+    gap = prior.h.where(prior.h.y != prior.h.y[3])
+    with pytest.raises(EnsembleError, match=r"the variables \['h'\] hold NaN or inf"):
+        prior.assign(h=gap).ensf.encode(model, device="cpu")
+    with pytest.raises(OptionError, match="latent_mean holds NaN or inf"):
+        latent.where(latent.member > 0).ensf.decode(model)
 
 
 @pytest.fixture

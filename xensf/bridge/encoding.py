@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, OptionError
+from ..errors import DimensionError, EnsembleError, OptionError
 from ..filters.device import compute_device, parse_device
 from .dims import find_role
 from .layout import StateLayout
@@ -47,6 +47,16 @@ def _encode_block(*arrays, handle, layout, device):
     x = layout.stack([f[:, None] for f in flat])[:, 0]  # (B, d)
     model = cached_model(handle, compute_device(device))
     states = x.astype(np.float32).reshape(-1, layout.n_fields, *layout.grid_shape)
+    read = np.isfinite(states)
+    if model.valid is not None:
+        read |= ~model.valid.cpu().numpy()
+    if not read.all():
+        fields = np.flatnonzero(~read.all(axis=(0, 2, 3)))
+        bad = sorted({layout.variables[i] for i in layout.field_of_variable()[fields]})
+        raise EnsembleError(
+            f"the variables {bad} hold NaN or inf at grid points the model reads; fill them (only the "
+            "model's masked points may hold NaN)"
+        )
     mu, logvar = _in_passes(model.encode, states)
     size = mu.shape[-1]
     return mu.cpu().numpy().reshape(*lead, size), logvar.cpu().numpy().reshape(*lead, size)
@@ -137,6 +147,11 @@ def _levels(data, name) -> list[str]:
 
 
 def _decode_block(z, *, handle, layout, device):
+    if not np.isfinite(z).all():
+        raise OptionError(
+            "latent_mean holds NaN or inf; decode finite latent vectors (what "
+            "ds.ensf.encode(model) returns)"
+        )
     lead = z.shape[:-1]
     model = cached_model(handle, compute_device(device))
     x = _in_passes(model.decode, z.reshape(-1, z.shape[-1]).astype(np.float32)).cpu().numpy()
