@@ -377,6 +377,45 @@ def test_a_nan_forecast_stops_with_the_cycle_and_the_store_resumes(tmp_path, ref
     assert_same_run(resumed, reference)
 
 
+class Reshuffled:
+    """The shallow-water forecaster, its result changed by ``change`` before it returns."""
+
+    def __init__(self, inner, change):
+        self.inner, self.change, self.time_step = inner, change, inner.time_step
+
+    def settings(self):
+        return forecaster_settings(self.inner)
+
+    def forecast(self, state, steps):
+        return self.change(self.inner.forecast(state, steps))
+
+
+def test_a_forecast_is_read_by_its_labels_and_units(reference):
+    # The forecast was read by position and its numbers taken in the state's units: a
+    # model that returned its members in another order, its rows flipped, or eta in
+    # centimetres gave another run (an analysis mean of 12 697 m for the last), and
+    # one on other grid points or members went through without a word.
+    e = experiment(4)
+    args = (e["initial_ensemble"], e["obs"])
+    kwargs = dict(members=True, progress=False, **e["options"])
+
+    def flipped(out):
+        out = out.isel(member=slice(None, None, -1), y=slice(None, None, -1))
+        return out.assign(eta=(out.eta * 100).assign_attrs(units="cm"))
+
+    run = xensf.cycle(Reshuffled(e["model"], flipped), *args, **kwargs)
+    xr.testing.assert_allclose(
+        _without_history(run), _without_history(reference), rtol=1e-5, atol=1e-6
+    )
+    for change, says in [
+        (lambda out: out.assign_coords(x=out.x + 1.0), "other 'x' labels"),
+        (lambda out: out.assign_coords(member=out.member + 10), "other 'member' labels"),
+        (lambda out: out.assign(eta=out.eta.assign_attrs(units="kg")), "'eta'.*'kg'"),
+    ]:
+        with pytest.raises(ForecastError, match=rf"cycle 1 of 4 .*{says}"):
+            xensf.cycle(Reshuffled(e["model"], change), *args, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------
