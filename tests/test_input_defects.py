@@ -330,3 +330,32 @@ def test_observations_that_are_not_numbers_are_refused(ds, obs, make, says, entr
     # and an error given as an attribute is no variable to check
     ds.ensf.assimilate(obs.assign(t=obs.t.assign_attrs(obs_error=0.5)), method="letkf",
                        loc_radius=2000.0)  # fmt: skip
+
+
+def test_observation_levels_are_read_in_their_units():
+    # Levels were compared by their numbers alone: observations on levels in Pa were
+    # refused against a state in hPa, and 500 and 850 "Pa" were taken as 500 and 850 hPa.
+    from xensf.errors import UnitsError
+
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "level", "lat", "lon"), 280 + r.standard_normal((5, 2, 6, 8)), {"units": "K"})},
+        coords={"level": ("level", [500.0, 850.0], {"units": "hPa"}), "lat": np.linspace(-60, 60, 6),
+                "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    obs = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+    obs.t[1, 2, 3] = 282.0
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 2000.0}
+    expected = state.ensf.assimilate(obs, **options)
+    in_pa = obs.assign_coords(level=("level", [50000.0, 85000.0], {"units": "Pa"}))
+    xr.testing.assert_identical(state.ensf.assimilate(in_pa, **options), expected)
+    one = in_pa.isel(level=[1])
+    xr.testing.assert_identical(state.ensf.assimilate(one, **options), expected)
+    mislabelled = obs.assign_coords(level=("level", [500.0, 850.0], {"units": "Pa"}))
+    with pytest.raises(ObservationMismatchError, match=r"values \[5.0, 8.5\] hPa that the state"):
+        state.ensf.assimilate(mislabelled, **options)
+    with pytest.raises(UnitsError, match="'level' coordinate is in 'm', the state's in 'hPa'"):
+        state.ensf.assimilate(
+            obs.assign_coords(level=obs.level.assign_attrs(units="m")), **options
+        )
+    assert obs.level.attrs == {"units": "hPa"} and in_pa.level.values[0] == 50000.0  # untouched

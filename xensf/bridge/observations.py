@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import DimensionError, ObservationMismatchError, OptionError
+from ..errors import DimensionError, ObservationMismatchError, OptionError, UnitsError
 from ..obs import (
     field_rows,
     parse_relative,
@@ -376,6 +376,9 @@ def prepare_observations(
         p_idx, p_w = grid.station_weights(obs[lat_name].values, obs[lon_name].values)
         p_loc = point_locations(obs[lat_name].values, obs[lon_name].values)
 
+    obs = _levels_in_state_units(
+        obs, prior, {lev for name in names for lev in _state_levels(prior, name, dims)}
+    )
     fields, field_levels = [], {}
     for name in names:
         da = obs[name]
@@ -398,9 +401,10 @@ def prepare_observations(
             if lev in obs.coords and lev in prior.coords:
                 bad = np.setdiff1d(obs[lev].values, prior[lev].values)
                 if bad.size:
+                    units = f" {prior[lev].attrs['units']}" if "units" in prior[lev].attrs else ""
                     raise ObservationMismatchError(
-                        f"observation variable {name!r} has {lev} values {bad.tolist()} that "
-                        f"the state does not have ({prior[lev].values.tolist()})"
+                        f"observation variable {name!r} has {lev} values {bad.tolist()}{units} "
+                        f"that the state does not have ({prior[lev].values.tolist()}{units})"
                     )
         # only the levels the observations have (in the state's order): rows for levels
         # never observed would only be NaN, and with many levels they multiply the plan
@@ -475,6 +479,34 @@ def prepare_observations(
         errors_given=errors_given,
     )
     return plan, values, error_values
+
+
+def _levels_in_state_units(obs: xr.Dataset, prior: xr.Dataset, level_dims) -> xr.Dataset:
+    """``obs`` with each level coordinate in the state's units (pressure levels in Pa
+    against the state's hPa), a converted value that lands on a state level (to 1e-6)
+    taking that level's value; a level without units is in the state's already."""
+    for lev in sorted(level_dims, key=str):
+        if lev not in obs.coords or lev not in prior.coords:
+            continue
+        theirs, ours = obs[lev].attrs.get("units"), prior[lev].attrs.get("units")
+        if theirs is None or ours is None or theirs == ours:
+            continue
+        try:
+            values = convert_units(obs[lev], ours, name=str(lev), what="levels").values
+        except UnitsError:
+            raise UnitsError(
+                f"the observations' {lev!r} coordinate is in {theirs!r}, the state's in "
+                f"{ours!r}, and the one does not convert to the other; give the "
+                "observations on the state's levels"
+            ) from None
+        state = prior[lev].values
+        if values.dtype.kind == "f" and state.dtype.kind in "fiu":
+            flat = values.reshape(-1)
+            near = np.isclose(flat[:, None], state.reshape(-1)[None, :], rtol=1e-6, atol=0)
+            flat = np.where(near.any(axis=1), state.reshape(-1)[near.argmax(axis=1)], flat)
+            values = flat.reshape(values.shape)
+        obs = obs.assign_coords({lev: (obs[lev].dims, values, {**obs[lev].attrs, "units": ours})})
+    return obs
 
 
 def _observed_level_positions(da, prior, levels) -> list[np.ndarray]:
