@@ -359,3 +359,29 @@ def test_observation_levels_are_read_in_their_units():
             obs.assign_coords(level=obs.level.assign_attrs(units="m")), **options
         )
     assert obs.level.attrs == {"units": "hPa"} and in_pa.level.values[0] == 50000.0  # untouched
+
+
+@pytest.mark.parametrize("unit, scale", [("km", 1.0), ("m", 1000.0)])
+def test_a_station_on_a_planar_grid_is_localised_where_it_is(unit, scale):
+    # A station's x was wrapped into [-180, 180) as if it were a longitude, so on a
+    # planar grid a station at x = 300 km was localised at -60 (in metres, anywhere):
+    # LETKF moved the wrong points. A station on a grid node must give the analysis of
+    # the same observation given on the grid.
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "y", "x"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"y": ("y", np.arange(6) * 100.0 * scale, {"units": unit}),
+                "x": ("x", np.arange(8) * 100.0 * scale, {"units": unit})},
+    )  # fmt: skip
+    gridded = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+    gridded.t.loc[{"y": 200.0 * scale, "x": 600.0 * scale}] = 281.0
+    station = xr.Dataset(
+        {"t": ("station", [281.0])},
+        coords={"y": ("station", [200.0 * scale]), "x": ("station", [600.0 * scale])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 150.0 * scale}
+    on_grid = state.ensf.assimilate(gridded, **options)
+    at_station = state.ensf.assimilate(station, **options)
+    np.testing.assert_allclose(at_station.t.values, on_grid.t.values, rtol=0, atol=1e-10)
+    far = abs(state.x - 600.0 * scale) > 300.0 * scale  # beyond twice the radius
+    np.testing.assert_array_equal(at_station.t.where(far).values, state.t.where(far).values)

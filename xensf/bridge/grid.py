@@ -103,12 +103,18 @@ class GridCoords:
     def locations(self) -> np.ndarray:
         """``(G, 2)`` (latitude, longitude in [-180, 180)) of every grid point in C order,
         or planar (y, x) when the grid is not geographic (computed once)."""
+        return self.locations_of(*self.points()).reshape(-1, 2)
+
+    def locations_of(self, lat, lon) -> np.ndarray:
+        """``(..., 2)`` locations of points given by this grid's two coordinates, as
+        :attr:`locations` has them: latitude and longitude in [-180, 180) on a
+        geographic grid, planar (y, x) as they are otherwise (an x of 330 km is not a
+        longitude to wrap)."""
         from ..obs import point_locations
 
-        lat, lon = self.points()
         if self.geographic:
-            return point_locations(lat, lon).reshape(-1, 2)
-        return np.stack([lat.ravel(), lon.ravel()], -1).astype(np.float64)
+            return point_locations(lat, lon)
+        return np.stack(np.broadcast_arrays(lat, lon), -1).astype(np.float64)
 
     def spacing(self) -> float:
         """The typical distance between neighbouring grid points: √(the grid's area / points).

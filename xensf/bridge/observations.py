@@ -28,7 +28,6 @@ from ..errors import DimensionError, ObservationMismatchError, OptionError, Unit
 from ..obs import (
     field_rows,
     parse_relative,
-    point_locations,
     resolve_obs_error,
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
@@ -374,7 +373,7 @@ def prepare_observations(
     if point is not None:
         lat_name, lon_name = _point_coords(obs, point) or (None, None)
         p_idx, p_w = grid.station_weights(obs[lat_name].values, obs[lon_name].values)
-        p_loc = point_locations(obs[lat_name].values, obs[lon_name].values)
+        p_loc = grid.locations_of(obs[lat_name].values, obs[lon_name].values)
 
     obs = _levels_in_state_units(
         obs, prior, {lev for name in names for lev in _state_levels(prior, name, dims)}
