@@ -7,7 +7,9 @@ with random gaps, every form of observation error, numpy or dask with random tim
 chunks, times as numpy datetimes, cftime dates of a noleap or 360-day calendar or
 numbers (observed at them, or an hour later with ``obs_time_tolerance``), and length-1
 dims; EnSF, which draws noise, must give the same bits again
-from a deep copy of its input. A modest number of examples runs by default; ``-m
+from a deep copy of its input. A second property holds on geographic and planar grids
+(km or m, anywhere): a station on a grid node gives LETKF's analysis of the same
+observation given on the grid. A modest number of examples runs by default; ``-m
 slow`` runs many more.
 """
 
@@ -211,3 +213,71 @@ def test_assimilate_gives_a_result_or_an_xensf_error(case):
 @given(cases())
 def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
     assert _check(case) in ("refused", "analysed")
+
+
+@st.composite
+def node_cases(draw):
+    """A prior on a geographic or planar grid, a grid node, and LETKF's options: the
+    same observation given at the node as a station and on the grid."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_y, n_x, n_mem = draw(st.integers(2, 5)), draw(st.integers(2, 6)), draw(st.integers(2, 5))
+    if draw(st.booleans()):  # latitude/longitude in degrees
+        names = (
+            draw(st.sampled_from(["lat", "latitude"])),
+            draw(st.sampled_from(["lon", "longitude"])),
+        )
+        ys = np.linspace(-60, 60, n_y)
+        step = 360.0 / n_x if draw(st.booleans()) else 5.0
+        xs = 100.0 + step * np.arange(n_x)
+        if draw(st.booleans()):  # the -180..180 convention
+            xs = (xs + 180.0) % 360.0 - 180.0
+        attrs, spacing = ({}, {}), 111.0 * min(120.0 / (n_y - 1), step)  # km
+    else:  # planar, in km or m, anywhere
+        names = ("y", "x")
+        unit, per_km = draw(st.sampled_from([("km", 1.0), ("m", 1000.0)]))
+        spacing = draw(st.sampled_from([50.0, 200.0])) * per_km
+        origin = draw(st.sampled_from([0.0, -700.0, 2500.0])) * per_km
+        ys, xs = origin + spacing * np.arange(n_y), origin + spacing * np.arange(n_x)
+        attrs = ({"units": unit}, {"units": unit})
+    if draw(st.booleans()):
+        ys = ys[::-1]
+    values = 280.0 + rng.standard_normal((n_mem, n_y, n_x))
+    prior = xr.Dataset(
+        {"t": (("member", *names), values, {"units": "K"})},
+        coords={names[0]: (names[0], ys, attrs[0]), names[1]: (names[1], xs, attrs[1])},
+    )
+    i, j = draw(st.integers(0, n_y - 1)), draw(st.integers(0, n_x - 1))
+    value = 280.0 + rng.standard_normal()
+    gridded = xr.full_like(prior.t.isel(member=0), np.nan).to_dataset()
+    gridded.t[i, j] = value
+    station = xr.Dataset(
+        {"t": ("station", [value])},
+        coords={names[0]: ("station", [ys[i]]), names[1]: ("station", [xs[j]])},
+    )
+    radius = draw(st.sampled_from([None, 1.5, 4.0]))
+    options = {"method": "letkf", "obs_error": 0.5, "seed": 5}
+    options["loc_radius"] = None if radius is None else radius * spacing
+    return prior, gridded, station, options
+
+
+def _node_check(case) -> None:
+    prior, gridded, station, options = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", XensfWarning)
+        on_grid = prior.ensf.assimilate(gridded, **options)
+        at_station = prior.ensf.assimilate(station, **options)
+    np.testing.assert_allclose(at_station.t.values, on_grid.t.values, rtol=0, atol=1e-9)
+
+
+@settings(max_examples=20, **_COMMON)
+@given(node_cases())
+def test_a_station_on_a_grid_node_is_the_gridded_observation_there(case):
+    # Caught the station of a planar grid localised at its x wrapped as a longitude.
+    _node_check(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_COMMON)
+@given(node_cases())
+def test_a_station_on_a_grid_node_is_the_gridded_observation_there_many(case):
+    _node_check(case)
