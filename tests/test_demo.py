@@ -219,6 +219,10 @@ def test_cli_rejects_bad_noise(capsys):
         (["--prior-position", "0", "nan"], "--prior-position takes fractions"),
         (["--device", "tpu"], "device='tpu' is not a torch device"),
         (["--model", "no-such.xensf"], "--model: No bundle at no-such.xensf"),
+        # ran each twice, the second overwriting the first's stores, and printed a table
+        # with two columns of one name
+        (["--noise", "10", "20", "10"], "--noise lists 10 more than once"),
+        (["--methods", "letkf", "ensf", "letkf"], "--methods lists letkf more than once"),
     ],
 )
 def test_demo_arguments_are_checked_before_any_work(tmp_path, capsys, extra, says):

@@ -272,6 +272,13 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the seed, the device or the bump positions, before any work."""
     if getattr(args, "seed", 0) < 0:
         return f"--seed takes a non-negative integer, got {args.seed}"
+    for flag in ("noise", "methods"):
+        given = getattr(args, flag, None) or []
+        twice = sorted(
+            {f"{v:g}" if isinstance(v, float) else v for v in given if given.count(v) > 1}
+        )
+        if twice:
+            return f"--{flag} lists {', '.join(twice)} more than once; give each once"
     for flag in ("truth_position", "prior_position"):
         where = getattr(args, flag, None)
         if where is not None and not all(math.isfinite(v) and abs(v) <= 0.5 for v in where):
