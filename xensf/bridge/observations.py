@@ -372,8 +372,9 @@ def prepare_observations(
     rows_idx, rows_w, rows_loc = [], [], []
     if point is not None:
         lat_name, lon_name = _point_coords(obs, point) or (None, None)
-        p_idx, p_w = grid.station_weights(obs[lat_name].values, obs[lon_name].values)
-        p_loc = grid.locations_of(obs[lat_name].values, obs[lon_name].values)
+        p_lat, p_lon = obs[lat_name].values, obs[lon_name].values  # read once if lazy
+        p_idx, p_w = grid.station_weights(p_lat, p_lon)
+        p_loc = grid.locations_of(p_lat, p_lon)
 
     obs = _levels_in_state_units(
         obs, prior, {lev for name in names for lev in _state_levels(prior, name, dims)}
