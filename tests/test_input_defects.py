@@ -385,3 +385,30 @@ def test_a_station_on_a_planar_grid_is_localised_where_it_is(unit, scale):
     np.testing.assert_allclose(at_station.t.values, on_grid.t.values, rtol=0, atol=1e-10)
     far = abs(state.x - 600.0 * scale) > 300.0 * scale  # beyond twice the radius
     np.testing.assert_array_equal(at_station.t.where(far).values, state.t.where(far).values)
+
+
+def test_a_float32_spelling_of_metre_coordinates_is_the_same_grid():
+    # Coordinates were compared to 1e-6 in their own units: float32 metres (rounded by
+    # up to 0.03 m at 500 km) were "another grid" for a truth and gridded observations,
+    # though the comparison was meant to allow float32 spellings.
+    r = np.random.default_rng(0)
+    axis = -487500.0 + 25000.0 * np.arange(40) + 0.123
+    ds = xr.Dataset(
+        {"eta": (("member", "y", "x"), r.standard_normal((5, 40, 40)), {"units": "m"})},
+        coords={"y": ("y", axis, {"units": "m"}), "x": ("x", axis, {"units": "m"})},
+    )
+    spelt = {"x": ds.x.astype(np.float32), "y": ds.y.astype(np.float32)}
+    truth = ds.eta.isel(member=0)
+    xr.testing.assert_identical(ds.ensf.rmse(truth.assign_coords(spelt)), ds.ensf.rmse(truth))
+    obs = xr.full_like(truth, np.nan).to_dataset()
+    obs.eta[3, 3] = 1.0
+    options = {"method": "letkf", "obs_error": 0.1, "loc_radius": 1e5}
+    xr.testing.assert_identical(
+        ds.ensf.assimilate(obs.assign_coords(spelt), **options),
+        ds.ensf.assimilate(obs, **options),
+    )
+    moved = obs.assign_coords(x=ds.x + 1.0)  # a metre off is another grid
+    with pytest.raises(ObservationMismatchError, match="must be on the state's grid"):
+        ds.ensf.assimilate(moved, **options)
+    with pytest.raises(DimensionError, match="'x' coordinate differs"):
+        ds.ensf.rmse(truth.assign_coords(x=ds.x + 1.0))

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
+from .grid import same_points
 from .observations import check_time_kinds
 from .units import convert_units
 
@@ -44,7 +45,7 @@ def aligned_like(
                 raise DimensionError(f"the {what}'s {d!r} shares no value with the ensemble's")
             continue
         numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
-        if numeric and len(ours) == len(theirs) and np.allclose(ours, theirs, rtol=0, atol=1e-6):
+        if numeric and same_points(theirs, ours):
             other = other.assign_coords({d: reference[d]})  # float32 coordinates, say
         elif not ours.equals(theirs):
             raise DimensionError(

@@ -76,6 +76,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
     ``what`` names the option in the errors.
     """
     from ..errors import OptionError
+    from .grid import same_points
 
     grid = (dims.lat, dims.lon)
     if not hasattr(value, "dims"):
@@ -95,7 +96,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
     for dim in grid:
         if dim in value.coords and dim in prior.coords:
             ours, theirs = np.asarray(prior[dim].values), np.asarray(value[dim].values)
-            if ours.shape != theirs.shape or not np.allclose(ours, theirs):
+            if not same_points(theirs, ours):
                 raise OptionError(
                     f"{what} is on other {dim!r} coordinates than the state; interpolate it "
                     f"to the state's grid first (e.g. .interp_like(prior))"

@@ -32,7 +32,7 @@ from ..obs import (
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role
-from .grid import GridCoords, grid_coords, reorder_fix
+from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .units import convert_units
 
@@ -341,7 +341,7 @@ def prepare_observations(
             if not (on_obs.known and grid.known):
                 continue
             a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-            if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=1e-6):
+            if not same_points(a, b):
                 fix = None
                 if not (on_obs.curvilinear or grid.curvilinear):
                     lon = grid.geographic

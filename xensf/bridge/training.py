@@ -42,7 +42,7 @@ from ..latent.training import (
 from ..obs import parse_relative
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
 from .dims import EnsembleDims, find_role, state_variables
-from .grid import grid_coords
+from .grid import grid_coords, same_points
 from .layout import StateLayout
 from .observations import ERROR_SUFFIXES
 from .signature import data_signature
@@ -143,10 +143,6 @@ def _noise(noise) -> tuple[float, float | None]:
     return 0.0, float(noise)
 
 
-def _coords_match(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6 * max(1.0, np.abs(b).max()))
-
-
 def _mask_sampler(mask: xr.DataArray, ds, dims, layout, levels, fraction, std):
     if mask.dtype != bool:
         raise ObservationMismatchError(
@@ -155,9 +151,9 @@ def _mask_sampler(mask: xr.DataArray, ds, dims, layout, levels, fraction, std):
     for d in dims.grid:
         if d in mask.coords and d in ds.coords:
             a, b = np.asarray(mask[d].values, np.float64), np.asarray(ds[d].values, np.float64)
-            if _coords_match(a, b):
+            if same_points(a, b):
                 continue
-            if a.shape == b.shape and _coords_match(np.sort(a), np.sort(b)):
+            if a.shape == b.shape and same_points(np.sort(a), np.sort(b)):
                 mask = mask.sel({d: ds[d].values}, method="nearest")  # same points, other order
                 continue
             raise ObservationMismatchError(

@@ -25,6 +25,7 @@ def _on_state_points(da: xr.DataArray, state0: xr.Dataset, v: str, where: str) -
     """A forecast variable on the state's labels and in its units: members or grid rows
     given in another order are put back in the state's (by label), labels the state
     does not have and units that do not convert are a ForecastError."""
+    from ..bridge.grid import same_points
     from ..bridge.units import convert_units
     from ..errors import XensfError
 
@@ -35,7 +36,7 @@ def _on_state_points(da: xr.DataArray, state0: xr.Dataset, v: str, where: str) -
         if ours.equals(theirs):
             continue
         numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
-        if numeric and np.allclose(np.asarray(ours), np.asarray(theirs), rtol=0, atol=1e-6):
+        if numeric and same_points(theirs, ours):
             da = da.assign_coords({d: state0[d]})  # float32 coordinates, say
         elif len(ours) == len(theirs) and theirs.is_unique and set(ours) == set(theirs):
             da = da.sel({d: ours})  # the same labels in another order
