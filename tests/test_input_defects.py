@@ -412,3 +412,27 @@ def test_a_float32_spelling_of_metre_coordinates_is_the_same_grid():
         ds.ensf.assimilate(moved, **options)
     with pytest.raises(DimensionError, match="'x' coordinate differs"):
         ds.ensf.rmse(truth.assign_coords(x=ds.x + 1.0))
+
+
+def test_a_latent_model_takes_a_float32_spelling_of_its_grid():
+    # The data signature compared a hash of the coordinates rounded to 1e-6: the same
+    # grid spelt in float32 was another grid to the model.
+    from xensf.bridge.dims import find_dims
+    from xensf.bridge.layout import StateLayout
+    from xensf.bridge.signature import check_signature, data_signature
+
+    axis = 1000.013 + 0.37 * np.arange(16)  # km, not exact in float32
+    ds = xr.Dataset(
+        {"h": (("member", "y", "x"), np.zeros((2, 16, 16)), {"units": "m"})},
+        coords={"y": ("y", axis, {"units": "km"}), "x": ("x", axis, {"units": "km"})},
+    )
+    layout = StateLayout(("h",), ((),), ((),), (16, 16))
+
+    def signature(data):
+        return data_signature(data, find_dims(data), layout)
+
+    spelt = ds.assign_coords(x=ds.x.astype(np.float32), y=ds.y.astype(np.float32))
+    assert signature(spelt)["grid_hash"] != signature(ds)["grid_hash"]
+    check_signature(signature(ds), signature(spelt), model="m.xensf")
+    with pytest.raises(ObservationMismatchError, match="trained on a 16x16"):
+        check_signature(signature(ds), signature(ds.assign_coords(x=ds.x + 0.5)), model="m.xensf")

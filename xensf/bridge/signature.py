@@ -16,7 +16,7 @@ import xarray as xr
 
 from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
-from .grid import grid_coords, reorder_fix
+from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 
 __all__ = ["check_signature", "data_signature", "fields_of"]
@@ -83,9 +83,12 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
                 f"the model {model} was trained on {var!r} in {units!r}, the data has "
                 f"{found['units'].get(var)!r}; convert the data (ds[{var!r}].pint.to(...)) first"
             )
-    if (
-        expected["grid_shape"] != found["grid_shape"]
-        or expected["grid_hash"] != found["grid_hash"]
+    if expected["grid_shape"] != found["grid_shape"] or not (
+        expected["grid_hash"] == found["grid_hash"]  # the same coordinates to 1e-6
+        or (
+            same_points(found["lat"], expected["lat"])
+            and same_points(found["lon"], expected["lon"])
+        )
     ):
 
         def extent(sig):
