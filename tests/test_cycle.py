@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +415,23 @@ def test_a_forecast_is_read_by_its_labels_and_units(reference):
     ]:
         with pytest.raises(ForecastError, match=rf"cycle 1 of 4 .*{says}"):
             xensf.cycle(Reshuffled(e["model"], change), *args, **kwargs)
+
+
+def test_a_table_of_station_rows_cycles_like_the_grid_it_came_from():
+    # A table (rows with a time and a position each) was refused ("need a time dim");
+    # laid out by time, its moving-observer positions (y(time, row)) were then dropped
+    # with the time's other labels, and the cycle found no positions at all.
+    e = experiment(2)
+    table = e["obs"].stack(row=("time", "y", "x")).dropna("row").reset_index("row")
+    assert table["y"].dims == ("row",) and table["time"].dims == ("row",)
+    kwargs = dict(progress=False, **e["options"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.ObservationErrorWarning)
+        rows = xensf.cycle(e["model"], e["initial_ensemble"], table, **kwargs)
+        grid = xensf.cycle(e["model"], e["initial_ensemble"], e["obs"], **kwargs)
+    assert int(rows.obs_count.sum()) == int(grid.obs_count.sum()) > 0
+    for v in ("eta_analysis_mean", "u_analysis_spread"):
+        np.testing.assert_allclose(rows[v].values, grid[v].values, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

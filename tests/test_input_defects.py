@@ -436,3 +436,35 @@ def test_a_latent_model_takes_a_float32_spelling_of_its_grid():
     check_signature(signature(ds), signature(spelt), model="m.xensf")
     with pytest.raises(ObservationMismatchError, match="trained on a 16x16"):
         check_signature(signature(ds), signature(ds.assign_coords(x=ds.x + 0.5)), model="m.xensf")
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_table_of_observations_is_assimilated_at_each_row_s_time(two_days, method):
+    # A table (rows with a time, a latitude and a longitude each, as pandas'
+    # DataFrame.to_xarray() gives) was assimilated whole at every time of the state:
+    # the rows' times were not read.
+    import pandas as pd
+
+    days = two_days.time.values
+    frame = pd.DataFrame(
+        {"time": days[[0, 0, 1]], "lat": [10.0, -20.0, 30.0], "lon": [20.0, 100.0, 200.0],
+         "t": [281.0, 279.0, 280.5]}
+    )  # fmt: skip
+    options = {"method": method, "obs_error": 0.5, **GLOBAL[method]}
+    with pytest.raises(
+        ObservationMismatchError, match=r"obs.set_coords\(\['time', 'lat', 'lon'\]\)"
+    ):
+        two_days.ensf.assimilate(frame.to_xarray(), **options)
+    table = frame.to_xarray().set_coords(["time", "lat", "lon"])
+    analysis = two_days.ensf.assimilate(table, **options)
+    for day in days:
+        rows = frame[frame.time == day]
+        stations = xr.Dataset(
+            {"t": ("station", rows.t.values)},
+            coords={"lat": ("station", rows.lat.values), "lon": ("station", rows.lon.values)},
+        ).expand_dims(time=[day])
+        alone = two_days.sel(time=[day]).ensf.assimilate(stations, **options)
+        np.testing.assert_array_equal(analysis.t.sel(time=[day]).values, alone.t.values)
+    late = table.assign_coords(time=table.time + np.timedelta64(3, "h"))
+    with pytest.raises(ObservationMismatchError, match="not times of the state"):
+        two_days.ensf.assimilate(late, **options)

@@ -119,6 +119,27 @@ def _find_point_dim(obs: xr.Dataset, names: list[str], time_dim: str | None) -> 
     )
 
 
+def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
+    """Rows of observations with a time each (a table: the time coordinate ``tc``,
+    latitude and longitude along one dim, as ``DataFrame.to_xarray().set_coords(...)``
+    gives) laid out by time: a ``tc`` dim and the rows of each time along the row dim,
+    padded with NaN (the layout of moving observers). Anything else is returned as it
+    is."""
+    if tc is None or tc not in obs.coords or tc in obs.dims or obs[tc].ndim != 1:
+        return obs
+    (row,) = obs[tc].dims
+    times = obs[tc].values
+    _, which = np.unique(times, return_inverse=True)
+    slot = np.empty(len(times), np.int64)
+    for k in np.unique(which):
+        rows = np.flatnonzero(which == k)
+        slot[rows] = np.arange(rows.size)
+    slot_dim = f"{row}_slot"
+    table = obs.drop_vars(row, errors="ignore").assign_coords({slot_dim: (row, slot)})
+    table = table.set_index({row: [tc, slot_dim]}).unstack(row)
+    return table.drop_vars(slot_dim).rename({slot_dim: row})
+
+
 def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
     """Names of the latitude and longitude coordinates along ``dim``, if both exist.
 
@@ -272,12 +293,22 @@ def prepare_observations(
     unknown = [n for n in names if n not in layout.variables]
     if unknown:
         left_out = [n for n in unknown if n in prior.data_vars]
-        fix = (
-            f"{left_out} are variables of the prior left out of variables=: add them, or "
-            "drop those observations"
-            if left_out
-            else "rename the observations to the state's names"
-        )
+        roles = ("latitude", "longitude", "time")
+        coord_like = [n for n in unknown if any(str(n).lower() in COMMON_NAMES[r] for r in roles)]
+        if left_out:
+            fix = (
+                f"{left_out} are variables of the prior left out of variables=: add them, or "
+                "drop those observations"
+            )
+        elif (
+            coord_like
+        ):  # a table from pandas: DataFrame.to_xarray() makes every column a variable
+            fix = (
+                f"{coord_like} look like the observations' positions and times: make them "
+                f"coordinates, obs.set_coords({[str(n) for n in coord_like]})"
+            )
+        else:
+            fix = "rename the observations to the state's names"
         raise ObservationMismatchError(
             f"observation variables {unknown} are not state variables; the state has "
             f"{list(layout.variables)} ({fix})"
@@ -297,6 +328,7 @@ def prepare_observations(
                 f"errors are numbers (floats, NaN where nothing was observed){hint}"
             )
 
+    obs = rows_by_time(obs, dims.time)
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
     obs_time = find_role(obs, "time", required=False)
     if (

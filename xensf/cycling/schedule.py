@@ -109,6 +109,7 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
 
 def check_obs(obs: Any, names: list[str]) -> tuple[xr.Dataset, str]:
     from ..bridge.dims import find_role
+    from ..bridge.observations import rows_by_time
 
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
@@ -118,7 +119,10 @@ def check_obs(obs: Any, names: list[str]) -> tuple[xr.Dataset, str]:
             )
         obs = obs.to_dataset()
     if not isinstance(obs, xr.Dataset):
-        raise TypeError(f"obs must be an xarray Dataset or DataArray, got {type(obs).__name__}")
+        raise ObservationMismatchError(
+            f"obs must be an xarray Dataset or DataArray, got {type(obs).__name__}"
+        )
+    obs = rows_by_time(obs, TIME)  # a table of rows with a time each, laid out by time
     tdim = find_role(obs, "time", required=False)
     if tdim is None or tdim not in obs.coords:
         raise ObservationMismatchError(
@@ -274,7 +278,9 @@ def _cftime_date(text: Any, calendar: str) -> Any:
 def obs_at(obs: xr.Dataset, obs_time: str, j: int, t: Any) -> xr.Dataset:
     """The observations of one cycle with a length-1 ``time`` dim holding ``t``."""
     one = obs.isel({obs_time: [j]})
-    along = [c for c in one.coords if c != obs_time and obs_time in one[c].dims]
+    # other labels of the time alone (valid_time, step) go: the cycle's time replaces
+    # them; positions that move with time (lat(time, station)) stay
+    along = [c for c in one.coords if c != obs_time and one[c].dims == (obs_time,)]
     one = one.drop_vars(along)
     if obs_time != TIME:
         one = one.rename({obs_time: TIME})
