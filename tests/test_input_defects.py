@@ -468,3 +468,18 @@ def test_a_table_of_observations_is_assimilated_at_each_row_s_time(two_days, met
     late = table.assign_coords(time=table.time + np.timedelta64(3, "h"))
     with pytest.raises(ObservationMismatchError, match="not times of the state"):
         two_days.ensf.assimilate(late, **options)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_infinite_observation_is_refused_not_dropped(two_days, obs, method, chunked):
+    # An observation of inf (an overflow upstream) was taken as missing: the analysis
+    # came back as the prior without a word.
+    bad = obs.expand_dims(time=two_days.time).copy(deep=True)
+    bad.t[1, 2, 3] = np.inf
+    prior = two_days.chunk(time=1) if chunked else two_days
+    options = {"method": method, "obs_error": 0.5, **GLOBAL[method]}
+    with pytest.raises(ObservationMismatchError, match="'t' hold 1 infinite value"):
+        prior.ensf.assimilate(bad, **options).compute()
+    with pytest.raises(ObservationMismatchError, match="'t' hold 1 infinite value"):
+        two_days.ensf.innovations(bad, obs_error=0.5)

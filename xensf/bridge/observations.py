@@ -76,10 +76,16 @@ class ObservationPlan:
         ``([1 or T,] *error_core_dims[i])``; both broadcast to ``(T, *core_dims[i])``.
         """
         ys, es = [], []
-        for v, e, core, ecore in zip(
-            values, errors, self.core_dims, self.error_core_dims, strict=True
+        for name, v, e, core, ecore in zip(
+            self.variables, values, errors, self.core_dims, self.error_core_dims, strict=True
         ):
             v = np.asarray(v, dtype=np.float64)
+            if np.isinf(v).any():
+                raise ObservationMismatchError(
+                    f"the observations of {name!r} hold {int(np.isinf(v).sum())} infinite "
+                    "value(s); an observation is a finite number (NaN where nothing was "
+                    "observed): fix them or set them to NaN"
+                )
             shape = v.shape[v.ndim - len(core) :]
             lead = v.shape[0] if v.ndim > len(core) else 1  # (not -1: zero stations)
             v = np.broadcast_to(v.reshape(lead, *shape), (n_times, *shape))
