@@ -483,3 +483,16 @@ def test_an_infinite_observation_is_refused_not_dropped(two_days, obs, method, c
         prior.ensf.assimilate(bad, **options).compute()
     with pytest.raises(ObservationMismatchError, match="'t' hold 1 infinite value"):
         two_days.ensf.innovations(bad, obs_error=0.5)
+
+
+def test_an_observation_without_an_error_is_named(ds, obs):
+    # The analysis said only "observation errors must be positive where there are
+    # observations"; the innovations left such an observation out without a word.
+    err = xr.full_like(obs.t, 0.5)
+    err[2, 3] = np.nan
+    with pytest.raises(OptionError, match="errors of 't' are NaN at 1 observation"):
+        ds.ensf.assimilate(obs.assign(t_error=err), method="letkf", loc_radius=None)
+    with pytest.raises(OptionError, match="errors of 't' are NaN at 1 observation"):
+        ds.ensf.innovations(obs.assign(t_error=err))
+    with pytest.raises(OptionError, match="errors of 't' are zero or negative at 1"):
+        ds.ensf.assimilate(obs.assign(t_error=err.fillna(0.0)), method="ensf")

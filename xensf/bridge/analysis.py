@@ -114,8 +114,6 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         plan, y = _observations_off_the_mask(plan, y, masked)
     seeds = analysis_seeds(plan.seed, times, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
-    if np.any(np.isfinite(y) & ~(err > 0)):
-        raise OptionError("observation errors must be positive where there are observations")
 
     if plan.method.needs_obs_error:
         _warn_large_errors(x, err, observed, plan)

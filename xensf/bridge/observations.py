@@ -95,6 +95,14 @@ class ObservationPlan:
             # insert singleton axes for the value dims the error does not vary along
             full = [eshape[ecore.index(d)] if d in ecore else 1 for d in core]
             e = np.broadcast_to(e.reshape(lead, *full), (n_times, *shape))
+            unweighed = np.isfinite(v) & ~(e > 0)  # NaN, zero or negative where observed
+            if unweighed.any():
+                kind = "NaN" if np.isnan(e[unweighed]).any() else "zero or negative"
+                raise OptionError(
+                    f"the observation errors of {name!r} are {kind} at "
+                    f"{int(unweighed.sum())} observation(s); give each observation a "
+                    "positive error (or set its value to NaN to leave it out)"
+                )
             ys.append(v.reshape(n_times, -1))
             es.append(e.reshape(n_times, -1))
         return np.concatenate(ys, axis=-1), np.concatenate(es, axis=-1)
