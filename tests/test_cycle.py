@@ -409,8 +409,8 @@ def test_a_forecast_is_read_by_its_labels_and_units(reference):
         _without_history(run), _without_history(reference), rtol=1e-5, atol=1e-6
     )
     for change, says in [
-        (lambda out: out.assign_coords(x=out.x + 1.0), "other 'x' labels"),
-        (lambda out: out.assign_coords(member=out.member + 10), "other 'member' labels"),
+        (lambda out: out.assign_coords(x=out.x + 1.0), "'x' coordinate differs"),
+        (lambda out: out.assign_coords(member=out.member + 10), "'member' coordinate differs"),
         (lambda out: out.assign(eta=out.eta.assign_attrs(units="kg")), "'eta'.*'kg'"),
     ]:
         with pytest.raises(ForecastError, match=rf"cycle 1 of 4 .*{says}"):

@@ -98,8 +98,12 @@ def test_an_analysis_on_other_points_or_in_other_units_is_refused_or_converted()
     celsius = (analysis - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))
     converted = prior.ensf.innovations(obs, celsius, obs_error=0.5)
     np.testing.assert_allclose(converted.oma.values, diag.oma.values, atol=1e-9)
+    # the other way round, it is read by its labels (it was refused, before that read
+    # by position)
+    flipped = prior.ensf.innovations(obs, analysis.isel(lat=slice(None, None, -1)), obs_error=0.5)
+    xr.testing.assert_identical(flipped, diag)
     with pytest.raises(xensf.DimensionError, match="analysis's 'lat' coordinate differs"):
-        prior.ensf.innovations(obs, analysis.isel(lat=slice(None, None, -1)), obs_error=0.5)
+        prior.ensf.innovations(obs, analysis.assign_coords(lat=analysis.lat + 1.0), obs_error=0.5)
     with pytest.raises(xensf.ObservationMismatchError, match="must be the Dataset"):
         prior.ensf.innovations(obs, analysis.t.values, obs_error=0.5)
     # each mismatch named ("it lacks [] or differs in shape" before)

@@ -253,3 +253,14 @@ def test_the_dataarray_accessor_diagnoses_like_the_dataset_one():
         ens.t.ensf.cross_validate(obs.t, settings, **kwargs),
         ens.ensf.cross_validate(obs, settings, **kwargs),
     )
+
+
+def test_a_truth_in_another_order_is_scored_by_its_labels():
+    # It was refused as "differs from the ensemble's", though its points are the same.
+    ens, truth = _case()
+    truth = truth.assign_coords(lat=ens.lat, lon=ens.lon)
+    flipped = truth.isel(lat=slice(None, None, -1), lon=[3, 0, 5, 1, 4, 2])
+    for score in ("rmse", "crps", "spread_skill"):
+        xr.testing.assert_identical(
+            getattr(ens.ensf, score)(flipped), getattr(ens.ensf, score)(truth)
+        )

@@ -30,10 +30,11 @@ def aligned_like(
 ) -> xr.Dataset:
     """``other[names]`` on ``reference``'s points, in ``reference``'s units.
 
-    Each dim of ``other`` that both index must hold ``reference``'s values (to 1e-6,
-    then takes ``reference``'s labels); a dim in ``partial`` (time, for a truth) need
-    only share one value, and xarray keeps the shared ones. ``what`` names ``other``
-    in the messages.
+    Each dim of ``other`` that both index must hold ``reference``'s values (as
+    :func:`~xensf.bridge.grid.same_points` compares them, then takes ``reference``'s
+    labels, or the same labels in another order, then put in ``reference``'s); a dim in
+    ``partial`` (time, for a truth) need only share one value, and xarray keeps the
+    shared ones. ``what`` names ``other`` in the messages.
     """
     for d in other.dims:
         if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
@@ -47,10 +48,13 @@ def aligned_like(
         numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
         if numeric and same_points(theirs, ours):
             other = other.assign_coords({d: reference[d]})  # float32 coordinates, say
+        elif len(ours) == len(theirs) and theirs.is_unique and set(ours) == set(theirs):
+            other = other.sel({d: ours})  # the same labels in another order
         elif not ours.equals(theirs):
             raise DimensionError(
-                f"the {what}'s {d!r} coordinate differs from the ensemble's: give it on the "
-                f"same points (select or interpolate it, e.g. {what}.interp({d}=ds.{d}))"
+                f"the {what}'s {d!r} coordinate differs from the ensemble's ({_head(theirs)} "
+                f"against {_head(ours)}): give it on the same points (select or interpolate "
+                f"it, e.g. {what}.interp({d}=ds.{d}))"
             )
     for n in names:
         if n in other.data_vars and other[n].dtype.kind not in "iuf":
@@ -63,3 +67,10 @@ def aligned_like(
         for n in names
     }
     return other.assign(converted)[names]
+
+
+def _head(index) -> str:
+    """The first labels of a coordinate, for messages."""
+    values = np.asarray(index)
+    shown = ", ".join(str(v) for v in values[:3])
+    return f"[{shown}{', ...' if values.size > 3 else ''}]"

@@ -14,42 +14,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import EnsembleError, ForecastError
+from ..bridge.alignment import aligned_like
+from ..errors import EnsembleError, ForecastError, XensfError
 from .schedule import Schedule, obs_at
 from .store import TIME
 
 __all__ = ["OBSERVATION_STATISTICS", "CycleContext"]
-
-
-def _on_state_points(da: xr.DataArray, state0: xr.Dataset, v: str, where: str) -> xr.DataArray:
-    """A forecast variable on the state's labels and in its units: members or grid rows
-    given in another order are put back in the state's (by label), labels the state
-    does not have and units that do not convert are a ForecastError."""
-    from ..bridge.grid import same_points
-    from ..bridge.units import convert_units
-    from ..errors import XensfError
-
-    for d in da.dims:
-        if d not in da.indexes or d not in state0.indexes:
-            continue  # no labels to go by: the positions are the state's
-        ours, theirs = state0.indexes[d], da.indexes[d]
-        if ours.equals(theirs):
-            continue
-        numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
-        if numeric and same_points(theirs, ours):
-            da = da.assign_coords({d: state0[d]})  # float32 coordinates, say
-        elif len(ours) == len(theirs) and theirs.is_unique and set(ours) == set(theirs):
-            da = da.sel({d: ours})  # the same labels in another order
-        else:
-            raise ForecastError(
-                f"{where}: the model returned {v!r} on other {d!r} labels than the state's "
-                f"({theirs[:3].tolist()}... against {ours[:3].tolist()}...); return the "
-                "forecast on the state's grid and members"
-            )
-    try:
-        return convert_units(da, state0[v].attrs.get("units"), name=v, what="the model's forecast")
-    except XensfError as err:
-        raise ForecastError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -110,7 +80,10 @@ class CycleContext:
                     f"{where}: the model returned {v!r} with dims {dict(da.sizes)}; the state "
                     f"has {dict(state0[v].sizes)}"
                 )
-            da = _on_state_points(da, state0, v, where)
+            try:  # by its labels and in the state's units
+                da = aligned_like(state0, result, [v], what="forecast")[v]
+            except XensfError as err:
+                raise ForecastError(f"{where}: {err}") from None
             values = np.asarray(da.transpose(*dims[v]).values).astype(state0[v].dtype, copy=False)
             if not np.all(np.isfinite(values)):
                 raise ForecastError(
