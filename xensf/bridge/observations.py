@@ -314,9 +314,8 @@ def prepare_observations(
                 f"{left_out} are variables of the prior left out of variables=: add them, or "
                 "drop those observations"
             )
-        elif (
-            coord_like
-        ):  # a table from pandas: DataFrame.to_xarray() makes every column a variable
+        # a table from pandas: DataFrame.to_xarray() makes every column a variable
+        elif coord_like:
             fix = (
                 f"{coord_like} look like the observations' positions and times: make them "
                 f"coordinates, obs.set_coords({[str(n) for n in coord_like]})"
