@@ -54,8 +54,8 @@ def _encode_block(*arrays, handle, layout, device):
         fields = np.flatnonzero(~read.all(axis=(0, 2, 3)))
         bad = sorted({layout.variables[i] for i in layout.field_of_variable()[fields]})
         raise EnsembleError(
-            f"the variables {bad} hold NaN or inf at grid points the model reads; fill them (only the "
-            "model's masked points may hold NaN)"
+            f"the variables {bad} hold NaN or inf at grid points the model reads; fill them "
+            "(only the model's masked points may hold NaN)"
         )
     mu, logvar = _in_passes(model.encode, states)
     size = mu.shape[-1]

@@ -70,7 +70,6 @@ class CycleContext:
                 f"{where}: the model returned a {type(result).__name__}, not a Dataset"
             )
         dims = self.dims
-        out = {}
         for v in self.names:
             if v not in result.data_vars:
                 raise ForecastError(f"{where}: the model's result has no variable {v!r}")
@@ -80,10 +79,13 @@ class CycleContext:
                     f"{where}: the model returned {v!r} with dims {dict(da.sizes)}; the state "
                     f"has {dict(state0[v].sizes)}"
                 )
-            try:  # by its labels and in the state's units
-                da = aligned_like(state0, result, [v], what="forecast")[v]
-            except XensfError as err:
-                raise ForecastError(f"{where}: {err}") from None
+        try:  # read by its labels and in the state's units
+            result = aligned_like(state0, result, list(self.names), what="forecast")
+        except XensfError as err:
+            raise ForecastError(f"{where}: {err}") from None
+        out = {}
+        for v in self.names:
+            da = result[v]
             values = np.asarray(da.transpose(*dims[v]).values).astype(state0[v].dtype, copy=False)
             if not np.all(np.isfinite(values)):
                 raise ForecastError(
