@@ -496,3 +496,94 @@ def test_an_observation_without_an_error_is_named(ds, obs):
         ds.ensf.innovations(obs.assign(t_error=err))
     with pytest.raises(OptionError, match="errors of 't' are zero or negative at 1"):
         ds.ensf.assimilate(obs.assign(t_error=err.fillna(0.0)), method="ensf")
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_grid_in_radians_is_a_latitude_longitude_grid(method):
+    # Latitude and longitude in radians were read as planar coordinates: distances in
+    # radians, so loc_radius=2000 (km) reached every point, and a station's position
+    # was a number in the grid's units whatever its own units said.
+    r = np.random.default_rng(0)
+    lat, lon = np.linspace(-60.0, 60.0, 6), np.arange(8) * 45.0
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": ("lat", lat, {"units": "degrees_north"}),
+                "lon": ("lon", lon, {"units": "degrees_east"})},
+    )  # fmt: skip
+    radians = state.assign_coords(
+        lat=("lat", np.deg2rad(lat), {"units": "radians"}),
+        lon=("lon", np.deg2rad(lon), {"units": "radians"}),
+    )
+    station = xr.Dataset(
+        {"t": ("station", [282.0, 279.0])},
+        coords={"lat": ("station", [-12.0, 30.0], {"units": "degrees_north"}),
+                "lon": ("station", [100.0, 300.0], {"units": "degrees_east"})},
+    )  # fmt: skip
+    in_radians = station.assign_coords(
+        lat=("station", np.deg2rad(station.lat.values), {"units": "rad"}),
+        lon=("station", np.deg2rad(station.lon.values), {"units": "rad"}),
+    )
+    options = {"method": method, "obs_error": 0.5, "seed": 0}
+    options.update(loc_radius=2000.0) if method == "letkf" else None
+    expected = state.ensf.assimilate(station, **options)
+    for grid, points in [(radians, station), (state, in_radians), (radians, in_radians)]:
+        got = grid.ensf.assimilate(points, **options)
+        np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
+        assert got.lat.attrs["units"] == grid.lat.attrs["units"]  # come back as given
+    if method == "letkf":  # localised: far points keep their prior
+        assert int((abs(expected.t - state.t) > 1e-9).any("member").sum()) < 48 / 2
+    # scores weight rows by the cosine of the latitude, whatever its units
+    truth = state.t.isel(member=0) + 1.0
+    xr.testing.assert_allclose(
+        radians.ensf.rmse(truth.assign_coords(lat=radians.lat, lon=radians.lon)),
+        state.ensf.rmse(truth),
+    )
+
+
+@pytest.mark.parametrize(
+    ("grid_unit", "station_unit", "factor"), [("km", "m", 1000.0), ("m", "km", 1e-3)]
+)
+def test_station_positions_are_read_in_their_units(grid_unit, station_unit, factor):
+    # A station's y/x were read as numbers in the grid's units: stations in km on a
+    # grid in m were put near its origin (a silently wrong analysis), stations in m on
+    # a grid in km were refused as outside the grid.
+    r = np.random.default_rng(0)
+    scale = 1.0 if grid_unit == "km" else 1000.0
+    state = xr.Dataset(
+        {"t": (("member", "y", "x"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"y": ("y", np.arange(6) * 100.0 * scale, {"units": grid_unit}),
+                "x": ("x", np.arange(8) * 100.0 * scale, {"units": grid_unit})},
+    )  # fmt: skip
+    yx = np.array([[250.0, 420.0], [80.0, 610.0]]) * scale
+    station = xr.Dataset(
+        {"t": ("station", [282.0, 279.0])},
+        coords={"y": ("station", yx[:, 0], {"units": grid_unit}),
+                "x": ("station", yx[:, 1], {"units": grid_unit})},
+    )  # fmt: skip
+    other = station.assign_coords(
+        y=("station", yx[:, 0] * factor, {"units": station_unit}),
+        x=("station", yx[:, 1] * factor, {"units": station_unit}),
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 150.0 * scale}
+    expected = state.ensf.assimilate(station, **options)
+    got = state.ensf.assimilate(other, **options)
+    np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
+    assert not np.array_equal(expected.t.values, state.t.values)
+    seconds = other.assign_coords(y=other.y.assign_attrs(units="s"))
+    with pytest.raises(xensf.UnitsError, match=r"'y'.*'s'"):
+        state.ensf.assimilate(seconds, **options)
+
+
+def test_stations_in_km_on_a_latitude_longitude_grid_are_refused():
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    station = xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [10.0], {"units": "km"}),
+                "lon": ("station", [20.0], {"units": "km"})},
+    )  # fmt: skip
+    with pytest.raises(xensf.UnitsError, match="'lat' is in 'km', not an angle"):
+        state.ensf.assimilate(station, method="letkf", obs_error=0.5, loc_radius=2000.0)

@@ -880,3 +880,25 @@ def test_cross_validate_scores_a_latent_method(case):
     # other half better than the prior does
     assert float(cv.ratio.sel(variable="h")[0]) < 1.0
     assert np.isfinite(cv.ratio.values).all() and cv.attrs["folds"] == 2
+
+
+def test_a_station_layout_is_read_in_its_units():
+    # Training read a station layout's y/x as numbers in the grid's units: stations
+    # in m on a grid in km were outside it.
+    def layout(stations):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", xensf.TrainingDataWarning)
+            model = xensf.train_latent(
+                _training_set(40), stations, latent_dim=16, width=4, blocks=1, epochs=1,
+                progress=False,
+            )  # fmt: skip
+        return model.config["obs_layout"]
+
+    in_km = _stations()
+    in_m = xr.Dataset(
+        coords={"y": ("station", np.array(STATION_Y) * 1000.0, {"units": "m"}),
+                "x": ("station", np.array(STATION_X) * 1000.0, {"units": "m"})},
+    )  # fmt: skip
+    expected, got = layout(in_km), layout(in_m)
+    assert got["indices"] == expected["indices"]
+    np.testing.assert_allclose(got["weights"], expected["weights"], rtol=0, atol=1e-12)

@@ -522,7 +522,8 @@ class EnsfDatasetAccessor:
             if grid.curvilinear:
                 weights = grid.cell_area_weights(found.grid)
             else:
-                weights = area_weights(self._obj[found.lat])
+                # in degrees whatever the coordinate's angle units
+                weights = area_weights(self._obj[found.lat].copy(data=grid.lat))
             if not set(weights.dims) <= set(dims):
                 weights = None
         return ens, truth, member, dims, weights

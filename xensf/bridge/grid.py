@@ -17,8 +17,9 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
-from ..errors import ObservationMismatchError
+from ..errors import ObservationMismatchError, UnitsError
 from .criteria import CF_CRITERIA, COMMON_NAMES
+from .units import convert_units, degrees_per
 
 __all__ = ["GridCoords", "curvilinear_names", "grid_coords"]
 
@@ -61,13 +62,17 @@ def curvilinear_names(obj: xr.Dataset | xr.DataArray) -> tuple[str, str] | None:
 class GridCoords:
     """The grid's coordinates: ``lat`` and ``lon`` 1-D (per dim) or 2-D, or None.
 
-    ``geographic``: degrees on the sphere (else planar units or grid indices).
+    ``geographic``: degrees on the sphere (else planar units or grid indices); a
+    geographic grid given in another angle (radians) holds its values in degrees here.
+    ``units``: the units of the coordinates as given (their ``units`` attributes), in
+    which a point's coordinates without units of their own are read.
     """
 
     lat: np.ndarray | None
     lon: np.ndarray | None
     geographic: bool
     names: tuple[str, str] | None = None
+    units: tuple[str | None, str | None] = (None, None)
 
     @property
     def curvilinear(self) -> bool:
@@ -83,6 +88,37 @@ class GridCoords:
         if self.curvilinear:
             return self.lat, self.lon
         return np.meshgrid(self.lat, self.lon, indexing="ij")
+
+    def point_coordinate(self, coord: xr.DataArray, axis: int) -> xr.DataArray:
+        """A point's coordinate (a station's latitude, ``axis`` 0, or longitude, 1) in
+        the units this grid's values are in: degrees on a geographic grid, the grid's
+        own units on a planar one (a station in m on a grid in km is divided by 1000).
+        A coordinate without units is in the grid's units as given.
+
+        Raises :class:`~xensf.errors.UnitsError` where the units do not convert (a
+        station in km on a latitude/longitude grid)."""
+        given = coord.attrs.get("units") or self.units[axis]
+        if not given:
+            return coord
+        role = ("latitude", "longitude")[axis] if self.geographic else ("y", "x")[axis]
+        if self.geographic:
+            factor = degrees_per(given)
+            if factor is None and not str(given).lower().startswith("degree"):
+                raise UnitsError(
+                    f"the point coordinate {coord.name!r} is in {given!r}, not an angle, "
+                    f"but the state's grid is {role} in degrees; give the points' positions "
+                    "in degrees (or radians)"
+                )
+            if factor in (None, 1.0):
+                return coord
+            return (coord * factor).assign_attrs({**coord.attrs, "units": "degree"})
+        target = self.units[axis]
+        if not target:
+            return coord
+        what = f"point coordinates ({role} of the state's grid, in {target!r})"
+        return convert_units(
+            coord.assign_attrs(units=given), target, name=str(coord.name), what=what
+        )
 
     def station_weights(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         """Bilinear interpolation rows (``S + (4,)`` indices and weights) to points."""
@@ -159,16 +195,19 @@ def grid_coords(ds: xr.Dataset | xr.DataArray, dims) -> GridCoords:
     """The :class:`GridCoords` of ``ds``'s grid dims ``dims.lat`` × ``dims.lon``."""
     pair = curvilinear_names(ds)
     if pair is not None and set(ds[pair[0]].dims) == {dims.lat, dims.lon}:
-        lat, lon = (
-            np.asarray(ds[n].transpose(dims.lat, dims.lon).values, np.float64) for n in pair
-        )
-        return GridCoords(lat, lon, geographic=True, names=pair)
+        lat, lon = (_in_degrees(ds[n].transpose(dims.lat, dims.lon), np.float64) for n in pair)
+        units = tuple(ds[n].attrs.get("units") for n in pair)
+        return GridCoords(lat, lon, geographic=True, names=pair, units=units)
     if dims.lat in ds.coords and dims.lon in ds.coords:
+        geographic = _is_geographic_axis(ds, dims)
+        axes = [ds[dims.lat], ds[dims.lon]]
+        lat, lon = (_in_degrees(a) if geographic else np.asarray(a.values) for a in axes)
         return GridCoords(
-            np.asarray(ds[dims.lat].values),
-            np.asarray(ds[dims.lon].values),
-            geographic=_is_geographic_axis(ds, dims),
+            lat,
+            lon,
+            geographic=geographic,
             names=(dims.lat, dims.lon),
+            units=tuple(a.attrs.get("units") for a in axes),
         )
     return GridCoords(
         np.arange(ds.sizes[dims.lat], dtype=np.float64),
@@ -177,11 +216,20 @@ def grid_coords(ds: xr.Dataset | xr.DataArray, dims) -> GridCoords:
     )
 
 
+def _in_degrees(coord: xr.DataArray, dtype=None) -> np.ndarray:
+    """A latitude or longitude coordinate's values in degrees (from radians, say, where
+    its units say so; as they are where its units are degrees or not given)."""
+    values = np.asarray(coord.values, dtype)
+    factor = degrees_per(coord.attrs.get("units"))
+    return values if factor in (None, 1.0) else values * factor
+
+
 def _is_geographic_axis(ds, dims) -> bool:
-    """Whether 1-D grid coordinates are latitude/longitude in degrees (else planar x/y)."""
+    """Whether 1-D grid coordinates are latitude/longitude in degrees or another angle
+    (else planar x/y)."""
     units = str(ds[dims.lat].attrs.get("units", "")).lower()
     std = ds[dims.lat].attrs.get("standard_name", "")
-    if units.startswith("degree") or std == "latitude":
+    if units.startswith("degree") or std == "latitude" or degrees_per(units) is not None:
         return True
     if units or std:
         return False

@@ -166,6 +166,18 @@ def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
     return _lat_lon_names({n: c for n, c in obs.coords.items() if set(c.dims) in dims_ok})
 
 
+def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoords):
+    """``obs`` with its points' latitude and longitude in the units of the grid's values
+    (:meth:`GridCoords.point_coordinate`: stations in m on a grid in km, or in radians
+    on one in degrees, are where their units say, not where their numbers would be)."""
+    names = _point_coords(obs, point, time_dim)
+    if names is None or not grid.known:
+        return obs
+    return obs.assign_coords(
+        {n: grid.point_coordinate(obs[n], axis) for axis, n in enumerate(names)}
+    )
+
+
 #: The point dim of moving observers, one slot per (time, observer).
 MOVING_DIM = "_xensf_slot"
 
@@ -412,6 +424,7 @@ def prepare_observations(
         point = obs_dim or _find_point_dim(obs, names, dims.time)
         if point not in obs.dims:
             raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
+        obs = _points_in_grid_units(obs, point, dims.time, grid)
         obs, point = _moving_to_slots(obs, point, dims, grid)
 
     values, core_dims, error_core_dims = [], [], []

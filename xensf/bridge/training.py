@@ -260,14 +260,17 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
         observed = data or list(layout.variables)
         obs_vars = {v: (obs[v] if v in obs.data_vars else None) for v in observed}
 
-    plat = np.asarray(obs[lat_name].values, np.float64)
-    plon = np.asarray(obs[lon_name].values, np.float64)
+    grid = grid_coords(ds, dims)
+    plat, plon = (
+        np.asarray(grid.point_coordinate(obs[n], axis).values, np.float64)
+        for axis, n in enumerate((lat_name, lon_name))
+    )
     if plat.size == 0:
         raise ObservationMismatchError(
             f"the point obs_layout has no points along {point!r}: give the locations the "
             "model will observe (at least one)"
         )
-    idx, w = grid_coords(ds, dims).station_weights(plat, plon)
+    idx, w = grid.station_weights(plat, plon)
 
     # Slots in the accessor's order: variable, then level combination, then point.
     n = plat.size

@@ -13,7 +13,7 @@ from cf_xarray.units import units as UNITS  # pint registry that reads CF/UDUNIT
 
 from ..errors import UnitsError
 
-__all__ = ["convert_units", "dequantify", "parse_units", "requantify"]
+__all__ = ["convert_units", "degrees_per", "dequantify", "parse_units", "requantify"]
 
 
 def parse_units(units: str, *, where: str) -> pint.Unit:
@@ -84,6 +84,28 @@ def convert_units(
     bare = xr.DataArray(da.variable.data, dims=da.dims)
     converted = bare.pint.quantify(source, unit_registry=UNITS).pint.to(target).pint.dequantify()
     return da.copy(data=converted.data).assign_attrs(units=units)
+
+
+#: pint's names of the angle units (angles are dimensionless in pint, so a "percent"
+#: would otherwise convert to degrees as readily as a radian does).
+_ANGLES = frozenset(
+    {"radian", "milliradian", "degree", "degrees", "degrees_north", "degrees_east",
+     "arcminute", "arcsecond", "turn", "gradian"}
+)  # fmt: skip
+
+
+def degrees_per(units: str | None) -> float | None:
+    """How many degrees one ``units`` is, where ``units`` names an angle (``"radian"``:
+    57.3, ``"degrees_north"``: 1); None for anything else, unparsable units included."""
+    if not units:
+        return None
+    try:
+        unit = UNITS.parse_units(str(units))
+    except Exception:  # pint raises several unrelated types here
+        return None
+    if str(unit) not in _ANGLES:
+        return None
+    return float(UNITS.Quantity(1.0, unit).to("degree").magnitude)
 
 
 def _difference(unit: pint.Unit) -> pint.Quantity:
