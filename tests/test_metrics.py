@@ -264,3 +264,28 @@ def test_a_truth_in_another_order_is_scored_by_its_labels():
         xr.testing.assert_identical(
             getattr(ens.ensf, score)(flipped), getattr(ens.ensf, score)(truth)
         )
+
+
+def test_bounds_and_other_variables_without_members_are_left_alone():
+    # A CMIP-style file has lat_bnds / time_bnds as data variables: the default dims of
+    # a score took their "bnds" dim (a raw xarray ValueError), and spread() took the
+    # standard deviation of dates over members they do not have (a raw numpy error).
+    r = np.random.default_rng(0)
+    lat, lon = np.linspace(-60.0, 60.0, 6), np.arange(8) * 45.0
+    time = np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]")
+    tas = (("member", "time", "lat", "lon"), 280 + r.standard_normal((6, 2, 6, 8)), {"units": "K"})
+    bare = xr.Dataset({"tas": tas}, coords={"lat": lat, "lon": lon, "time": time})
+    ds = bare.assign(
+        lat_bnds=(("lat", "bnds"), np.stack([lat - 12, lat + 12], -1)),
+        time_bnds=(("time", "bnds"), np.stack([time, time + np.timedelta64(1, "D")], -1)),
+    )
+    truth = ds.tas.isel(member=0) + 0.5
+    for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
+        xr.testing.assert_identical(
+            getattr(ds.ensf, score)(truth), getattr(bare.ensf, score)(truth)
+        )
+    for stat in ("mean", "spread"):
+        got = getattr(ds.ensf, stat)()
+        xr.testing.assert_identical(got.tas, getattr(bare.ensf, stat)().tas)
+        xr.testing.assert_identical(got.drop_vars("tas"), ds.drop_vars("tas"))
+        assert list(got.data_vars) == list(ds.data_vars)

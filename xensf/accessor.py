@@ -403,11 +403,11 @@ class EnsfDatasetAccessor:
 
     def mean(self, member_dim: str | None = None) -> xr.Dataset:
         """Ensemble mean over the member dim (found as in :meth:`assimilate`); the
-        variables keep their attributes, with ``cell_methods`` saying so."""
+        variables keep their attributes, with ``cell_methods`` saying so. Variables
+        without the member dim (bounds, static fields) come back as given."""
         member = self._member_dim(member_dim)
-        return _with_cell_method(
-            self._obj, self._obj.mean(member, keep_attrs=True), member, "mean"
-        )
+        stat = _over_members(self._obj, member, lambda e: e.mean(member, keep_attrs=True))
+        return _with_cell_method(self._obj, stat, member, "mean")
 
     def spread(self, member_dim: str | None = None) -> xr.Dataset:
         """Ensemble standard deviation (``ddof=1``) over the member dim; attributes as
@@ -418,7 +418,7 @@ class EnsfDatasetAccessor:
                 f"a spread needs at least 2 members along {member!r}, got "
                 f"{self._obj.sizes[member]}"
             )
-        spread = self._obj.std(member, ddof=1, keep_attrs=True)
+        spread = _over_members(self._obj, member, lambda e: e.std(member, ddof=1, keep_attrs=True))
         return _with_cell_method(self._obj, spread, member, "standard_deviation")
 
     def rmse(
@@ -426,7 +426,8 @@ class EnsfDatasetAccessor:
     ) -> xr.Dataset:
         """Root-mean-square error of the ensemble mean against ``truth``.
 
-        ``dims``: the dims to average over (default: all dims of ``truth`` except time).
+        ``dims``: the dims to average over (default: all dims of the scored variables,
+        those ``truth`` has, except time and members).
         On a latitude/longitude grid (latitude in degrees), grid points are weighted
         by cos(latitude), their share of the sphere's area, so that the many points
         near the poles do not count as much as the tropics; on a curvilinear grid (2-D
@@ -503,7 +504,7 @@ class EnsfDatasetAccessor:
         ens, truth = _comparable(self._obj, truth, member)
         if dims is None:
             time = find_role(truth, "time", required=False)
-            dims = [d for d in self._obj.dims if d not in (time, member)]
+            dims = [d for d in ens.dims if d not in (time, member)]
         else:
             dims = [dims] if isinstance(dims, str) else list(dims)
             unknown = [d for d in dims if d not in ens.dims or d == member]
@@ -558,6 +559,15 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
     time = find_role(ensemble, "time", required=False)
     partial = () if time is None else (time,)  # scored at the times both have
     return ensemble[names], aligned_like(ensemble, truth, names, what="truth", partial=partial)
+
+
+def _over_members(ensemble: xr.Dataset, member: str, reduce) -> xr.Dataset:
+    """``reduce`` applied to the variables along ``member``; the others (a CMIP file's
+    ``time_bnds``, a static orography) come back as given, not "averaged" over members
+    they do not have (a standard deviation of dates fails, one of bounds is 0)."""
+    along = [v for v in ensemble.data_vars if member in ensemble[v].dims]
+    stat = reduce(ensemble[along])
+    return ensemble.drop_dims(member).assign(stat.data_vars)[list(ensemble.data_vars)]
 
 
 def _with_cell_method(ensemble: xr.Dataset, stat: xr.Dataset, member: str, method: str):
