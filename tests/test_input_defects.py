@@ -587,3 +587,21 @@ def test_stations_in_km_on_a_latitude_longitude_grid_are_refused():
     )  # fmt: skip
     with pytest.raises(xensf.UnitsError, match="'lat' is in 'km', not an angle"):
         state.ensf.assimilate(station, method="letkf", obs_error=0.5, loc_radius=2000.0)
+
+
+def test_an_integer_variable_beside_the_state_names_both_ways_out():
+    r = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"}),
+         "flag": (("member", "lat", "lon"), np.ones((6, 6, 8), int))},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    obs = xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(OptionError, match=r"astype\('float64'\).*variables=\['t'\]"):
+        ds.ensf.assimilate(obs, **options)
+    kept = ds.ensf.assimilate(obs, variables=["t"], **options)
+    xr.testing.assert_identical(kept.flag.drop_vars("member"), ds.flag)  # a member index added

@@ -181,5 +181,10 @@ def state_variables(
             )
     for v in names:
         if ds[v].dtype.kind != "f":
-            raise OptionError(f"state variable {v!r} has dtype {ds[v].dtype}; expected floats")
+            others = [n for n in names if n != v]
+            leave = f" or leave it out with variables={others}" if others else ""
+            raise OptionError(
+                f"state variable {v!r} has dtype {ds[v].dtype}; expected floats: cast it "
+                f"(ds[{v!r}].astype('float64')){leave}"
+            )
     return names
