@@ -163,7 +163,7 @@ def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
     ``(time_dim, dim)`` (moving observers) count too.
     """
     dims_ok = [{dim}] + ([{dim, time_dim}] if time_dim is not None else [])
-    return _lat_lon_names({n: c for n, c in obs.coords.items() if set(c.dims) in dims_ok})
+    return lat_lon_names({n: c for n, c in obs.coords.items() if set(c.dims) in dims_ok})
 
 
 def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoords):
@@ -224,7 +224,7 @@ def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, grid: Grid
     return out, MOVING_DIM
 
 
-def _lat_lon_names(along: dict) -> tuple[str, str] | None:
+def lat_lon_names(along: dict) -> tuple[str, str] | None:
     """The one latitude and the one longitude among the coordinates ``along``, or None."""
     found = []
     for role in ("latitude", "longitude"):

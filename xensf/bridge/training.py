@@ -40,11 +40,11 @@ from ..latent.training import (
     train_latent_model,
 )
 from ..obs import parse_relative
-from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES
+from .criteria import LEVEL_NAMES
 from .dims import EnsembleDims, find_role, state_variables
 from .grid import grid_coords, same_points
 from .layout import StateLayout
-from .observations import ERROR_SUFFIXES
+from .observations import ERROR_SUFFIXES, lat_lon_names
 from .signature import data_signature
 
 __all__ = ["MIN_SAMPLES", "train_latent"]
@@ -208,19 +208,8 @@ def _point_dim(obs: xr.Dataset | xr.DataArray) -> tuple[str, str, str] | None:
     """``(dim, lat name, lon name)`` of the dim along which lat/lon coordinates lie."""
     found = []
     for dim in obs.dims:
-        along = {n: c for n, c in obs.coords.items() if c.dims == (dim,)}
-        names = []
-        for role in ("latitude", "longitude"):
-            by_cf = [
-                n
-                for n, c in along.items()
-                if any(c.attrs.get(a) in vals for a, vals in CF_CRITERIA[role].items())
-            ]
-            by_name = [n for n in along if str(n).lower() in COMMON_NAMES[role]]
-            match = by_cf or by_name
-            if len(match) == 1:
-                names.append(match[0])
-        if len(names) == 2:
+        names = lat_lon_names({n: c for n, c in obs.coords.items() if c.dims == (dim,)})
+        if names is not None:
             found.append((dim, *names))
     if len(found) > 1:
         raise ObservationMismatchError(
