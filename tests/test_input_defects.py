@@ -605,3 +605,34 @@ def test_an_integer_variable_beside_the_state_names_both_ways_out():
         ds.ensf.assimilate(obs, **options)
     kept = ds.ensf.assimilate(obs, variables=["t"], **options)
     xr.testing.assert_equal(kept.flag.drop_vars("member"), ds.flag)  # CF attrs added
+
+
+def test_numpy_numbers_are_numbers_for_every_option():
+    # Options were checked with isinstance(value, int | float): np.float32(1.1) was "not
+    # a positive number" for inflation, as was np.int64(20) for steps (what a numpy grid
+    # of settings gives), while True passed as rtps=1 and loc_radius=1.
+    r = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    obs = xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
+    letkf = {"method": "letkf", "obs_error": 0.5}
+    same = [
+        (dict(letkf, loc_radius=np.float32(3000), inflation=np.float32(1.25), rtps=np.float16(0.5)),
+         dict(letkf, loc_radius=3000.0, inflation=1.25, rtps=0.5)),
+        (dict(method="ensf", obs_error=0.5, seed=0, steps=np.int64(20), eps_alpha=np.float32(0.5)),
+         dict(method="ensf", obs_error=0.5, seed=0, steps=20, eps_alpha=0.5)),
+    ]  # fmt: skip
+    for numpy_options, python_options in same:
+        got = ds.ensf.assimilate(obs, **numpy_options)
+        expected = ds.ensf.assimilate(obs, **python_options)
+        for analysis in (got, expected):
+            del analysis.attrs["history"]  # the call as made, numpy spellings and all
+        xr.testing.assert_identical(got, expected)
+    for bad in (dict(rtps=True), dict(loc_radius=True), dict(inflation=True)):
+        with pytest.raises(OptionError, match=f"{next(iter(bad))}.*True"):
+            ds.ensf.assimilate(obs, **{**letkf, "loc_radius": 3000.0, **bad})

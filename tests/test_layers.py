@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xensf"
 #: docs/architecture.md's table: the layer of each package or top-level module.
 LAYERS = {
     "xensf.errors": 0,
+    "xensf.checks": 0,
     "xensf._version": 0,
     "xensf.data": 0,
     "xensf.filters": 1,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..checks import is_integer, is_real
 from ..errors import (
     EnsembleError,
     ModelQualityWarning,
@@ -190,10 +191,7 @@ class Method:
 def _check_option(method: str, key: str, value: Any) -> None:
     """Range checks that can be made before any work is done."""
     if key in ("steps", "inflation") and (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
+        not is_real(value) or not math.isfinite(value) or value <= 0
     ):
         raise OptionError(f"{method}: {key} must be a positive number, got {value!r}")
     if key == "inflation" and value < 1:
@@ -204,20 +202,18 @@ def _check_option(method: str, key: str, value: Any) -> None:
             f"{MAX_INFLATION:g}; a prior that needs this much is wrong, not underdispersed "
             "(usual values are 1.0-1.5; rtps= relaxes the analysis spread instead)"
         )
-    if key in ("eps_alpha", "eps_beta") and not (isinstance(value, int | float) and 0 < value < 1):
+    if key in ("eps_alpha", "eps_beta") and not (is_real(value) and 0 < value < 1):
         raise OptionError(f"{method}: {key} must lie in (0, 1), got {value!r}")
     if key == "steps" and int(value) != value:
         raise OptionError(f"{method}: steps must be a whole number, got {value!r}")
-    if key == "rtps" and not (isinstance(value, int | float) and 0 <= value <= 1):
+    if key == "rtps" and not (is_real(value) and 0 <= value <= 1):
         raise OptionError(f"{method}: rtps must lie in [0, 1], got {value!r}")
     if key == "cross_variable" and not isinstance(value, bool | np.bool_):
         raise OptionError(
             f"{method}: cross_variable must be True (observations update every variable "
             f"nearby) or False (each variable only its own), got {value!r}"
         )
-    if key == "weight_stride" and not (
-        isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
-    ):
+    if key == "weight_stride" and not (is_integer(value) and value >= 1):
         raise OptionError(
             f"{method}: weight_stride must be a whole number >= 1 (1: a transform at every "
             f"grid point), got {value!r}"
@@ -225,12 +221,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
     if (
         key == "vertical_radius"
         and value is not None
-        and not (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        )
+        and not (is_real(value) and math.isfinite(value) and value > 0)
     ):
         raise OptionError(
             f"{method}: vertical_radius must be a positive number (ln p on pressure levels, "
@@ -242,7 +233,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
         key == "loc_radius"
         and value is not None
         and value is not UNSET
-        and not (isinstance(value, int | float) and value > 0)
+        and not (is_real(value) and value > 0)
     ):
         raise OptionError(
             f"{method}: loc_radius must be a positive distance or None (no localisation), "
@@ -251,12 +242,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
     if (
         key == "blend_evidence"
         and value is not None
-        and not (
-            isinstance(value, int | float | np.integer | np.floating)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value >= 0
-        )
+        and not (is_real(value) and math.isfinite(value) and value >= 0)
     ):
         raise OptionError(
             f"{method}: blend_evidence must be None (each analysis's evidence alone) or a "
@@ -276,9 +262,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(
             f"{method}: prior_score must be one of {', '.join(map(repr, scores))}, got {value!r}"
         )
-    if key == "window" and not (
-        isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
-    ):
+    if key == "window" and not (is_integer(value) and value >= 1):
         raise OptionError(
             f"{method}: window must be a positive number of grid points, got {value!r}"
         )
@@ -290,10 +274,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: likelihood must be 'damped' or 'gaussian', got {value!r}")
     if key == "scale" and value is not None:
         numbers = value.values() if isinstance(value, dict) else [value]
-        if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-            for v in numbers
-        ):
+        if not all(is_real(v) and math.isfinite(v) and v > 0 for v in numbers):
             raise OptionError(
                 f"{method}: scale must be a positive number or a mapping {{variable: "
                 f"positive number}}, got {value!r}"

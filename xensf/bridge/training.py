@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..checks import is_integer
 from ..errors import (
     DimensionError,
     EnsembleError,
@@ -301,15 +302,9 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
 def _observation_sampler(obs_layout, ds, dims, layout, levels, noise):
     fraction, std = _noise(noise)
     h, w = layout.grid_shape
-    if isinstance(obs_layout, int | np.integer | tuple | list) and not isinstance(
-        obs_layout, bool
-    ):
-        stride = (
-            (obs_layout, obs_layout) if isinstance(obs_layout, int | np.integer) else obs_layout
-        )
-        if len(stride) != 2 or not all(
-            isinstance(s, int | np.integer) and not isinstance(s, bool) and s >= 1 for s in stride
-        ):
+    if is_integer(obs_layout) or isinstance(obs_layout, tuple | list):
+        stride = (obs_layout, obs_layout) if is_integer(obs_layout) else obs_layout
+        if len(stride) != 2 or not all(is_integer(s) and s >= 1 for s in stride):
             raise OptionError(
                 f"a stride obs_layout must be a positive integer or a pair (sy, sx), got {obs_layout!r}"
             )
@@ -688,7 +683,7 @@ def train_latent(
         _check_finite(ds, names, "before training", samples)
         states = _stack_block(ds, names, samples, levels, grid, layout.n_fields)
     else:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
         pieces = _blocks(ds, names, samples, batch_size)
         layout_args = (names, samples, levels, grid, layout.n_fields)

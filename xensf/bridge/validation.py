@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import is_integer, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, state_variables
@@ -46,7 +47,7 @@ def cross_validate(
     """
     grid = _check_settings(settings)
     check_seed(seed, non_negative=True)  # numpy's generator draws the folds
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+    if not is_integer(folds) or folds < 2:
         raise OptionError(f"folds must be an integer of at least 2, got {folds!r}")
     if isinstance(obs, xr.DataArray):
         obs = obs.to_dataset() if obs.name is not None else obs
@@ -208,7 +209,7 @@ def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
     coords: dict[str, Any] = {"variable": ("variable", variables)}
     for k, name in enumerate(grid):
         values = [c[k] for c in combos]
-        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+        numeric = all(is_real(x) for x in values)
         coords[name] = ("setting", np.asarray(values, dtype=float if numeric else object))
     # The one-standard-error rule: the best setting's score is the lowest of several
     # noisy estimates; each setting's score differs from it by an amount whose standard

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import is_integer, is_real
 from ..errors import OptionError
 
 __all__ = [
@@ -44,30 +45,22 @@ __all__ = [
 ]
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-
-
 def _is_position(v) -> bool:
     return (
         isinstance(v, tuple | list | np.ndarray)
         and np.ndim(v) == 1
         and len(v) == 2
-        and all(_is_real(f) and -0.5 <= f <= 0.5 for f in v)
+        and all(is_real(f) and -0.5 <= f <= 0.5 for f in v)
     )
 
 
 # What each field of a TwinSetup must be: (the rule in words, the test).
 _RULES: dict[str, tuple[str, Any]] = {
-    "n": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
-    "steps": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "every": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "stride": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "members": ("an integer >= 2 (an ensemble)", lambda v: _is_int(v) and v >= 2),
+    "n": ("an integer >= 2", lambda v: is_integer(v) and v >= 2),
+    "steps": ("a positive integer", lambda v: is_integer(v) and v >= 1),
+    "every": ("a positive integer", lambda v: is_integer(v) and v >= 1),
+    "stride": ("a positive integer", lambda v: is_integer(v) and v >= 1),
+    "members": ("an integer >= 2 (an ensemble)", lambda v: is_integer(v) and v >= 2),
     "truth_position": (
         "two fractions of the basin side from its centre, each in [-0.5, 0.5]",
         _is_position,
@@ -76,18 +69,18 @@ _RULES: dict[str, tuple[str, Any]] = {
         "two fractions of the basin side from its centre, each in [-0.5, 0.5]",
         _is_position,
     ),
-    "eta_noise": ("a finite number >= 0 (metres)", lambda v: _is_real(v) and 0 <= v < np.inf),
-    "jitter_cells": ("a finite number >= 0 (cells)", lambda v: _is_real(v) and 0 <= v < np.inf),
-    "noise_floor": ("a finite number > 0", lambda v: _is_real(v) and 0 < v < np.inf),
-    "letkf_radius": ("a finite number > 0 (metres)", lambda v: _is_real(v) and 0 < v < np.inf),
-    "letkf_inflation": ("a finite number >= 1", lambda v: _is_real(v) and 1 <= v < np.inf),
+    "eta_noise": ("a finite number >= 0 (metres)", lambda v: is_real(v) and 0 <= v < np.inf),
+    "jitter_cells": ("a finite number >= 0 (cells)", lambda v: is_real(v) and 0 <= v < np.inf),
+    "noise_floor": ("a finite number > 0", lambda v: is_real(v) and 0 < v < np.inf),
+    "letkf_radius": ("a finite number > 0 (metres)", lambda v: is_real(v) and 0 < v < np.inf),
+    "letkf_inflation": ("a finite number >= 1", lambda v: is_real(v) and 1 <= v < np.inf),
     "letkf_adaptive_damping": (
         "None or a number in [0, 1]",
-        lambda v: v is None or (_is_real(v) and 0 <= v <= 1),
+        lambda v: v is None or (is_real(v) and 0 <= v <= 1),
     ),
-    "obs_gaps": ("a share in [0, 1)", lambda v: _is_real(v) and 0 <= v < 1),
-    "ensf_steps": ("a positive integer", lambda v: _is_int(v) and v >= 1),
-    "seed": ("an integer", _is_int),
+    "obs_gaps": ("a share in [0, 1)", lambda v: is_real(v) and 0 <= v < 1),
+    "ensf_steps": ("a positive integer", lambda v: is_integer(v) and v >= 1),
+    "seed": ("an integer", is_integer),
 }
 
 

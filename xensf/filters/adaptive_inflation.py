@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import is_real
 from ..errors import InflationLimitWarning, OptionError, warn_user
 
 __all__ = ["AdaptiveInflation"]
@@ -86,13 +87,13 @@ class AdaptiveInflation:
     damping: float = 1.0
 
     def __post_init__(self):
-        if not (isinstance(self.damping, int | float) and 0 <= self.damping <= 1):
+        if not (is_real(self.damping) and 0 <= self.damping <= 1):
             raise OptionError(
                 f"AdaptiveInflation.damping must lie in [0, 1], got {self.damping!r}"
             )
         for name in ("std", "minimum", "maximum"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (is_real(value) and math.isfinite(value) and value > 0):
                 raise OptionError(
                     f"AdaptiveInflation.{name} must be a positive number, got {value!r}"
                 )

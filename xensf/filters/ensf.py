@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import is_integer
 from ..errors import EnsembleError, OptionError
 from .ensf_componentwise import componentwise_observations, integrate_componentwise
 from .ensf_reference import integrate
@@ -228,7 +229,7 @@ def ensf_analysis(
             "is exact at every pseudo-time and takes no damping: leave damping=None"
         )
     h_of = resolve_damping("linear" if damping is None else damping)
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+    if not is_integer(steps) or steps < 1:
         raise OptionError(f"steps must be a positive integer, got {steps!r}")
     if prior_score not in PRIOR_SCORES:
         raise OptionError(f"prior_score must be one of {PRIOR_SCORES}, got {prior_score!r}")

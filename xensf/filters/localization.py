@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..checks import is_real
 from ..errors import OptionError
 
 __all__ = [
@@ -201,7 +202,7 @@ class with_vertical:  # lower-case: it is used like a function, with_vertical(d,
     """
 
     def __init__(self, horizontal, ratio: float):
-        if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio > 0):
+        if not (is_real(ratio) and math.isfinite(ratio) and ratio > 0):
             raise OptionError(f"with_vertical: ratio must be positive and finite, got {ratio!r}")
         self.horizontal = resolve_distance(horizontal)
         self.ratio = float(ratio)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from ..checks import is_integer
 from ..errors import OptionError
 
 __all__ = ["NoiseSource", "TiledNoise", "analysis_seeds", "check_seed"]
@@ -26,7 +27,7 @@ __all__ = ["NoiseSource", "TiledNoise", "analysis_seeds", "check_seed"]
 def check_seed(seed, *, non_negative: bool = False) -> int:
     """``seed`` as an int, or an :class:`~xensf.errors.OptionError`: an integer (not a
     bool), at least 0 where ``non_negative`` (numpy's generators take no other)."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+    if not is_integer(seed):
         raise OptionError(f"seed must be an integer, got {seed!r}")
     if non_negative and seed < 0:
         raise OptionError(f"seed must be a non-negative integer, got {seed!r}")
@@ -79,7 +80,7 @@ class NoiseSource:
         n_entries = math.prod(self.batch)
         if generator is None or isinstance(generator, torch.Generator):
             self.generator = generator
-        elif isinstance(generator, int | np.integer) and not isinstance(generator, bool):
+        elif is_integer(generator):
             self.seed = int(generator)
             self.generator = _seeded(self.seed, device)
         else:

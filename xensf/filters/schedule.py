@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..checks import is_real
 from ..errors import OptionError
 
 __all__ = ["DAMPINGS", "DiffusionSchedule", "linear_damping", "resolve_damping"]
@@ -56,7 +57,7 @@ class DiffusionSchedule:
     def __post_init__(self) -> None:
         for name in ("eps_alpha", "eps_beta"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 < float(value) < 1.0):
+            if not (is_real(value) and 0.0 < float(value) < 1.0):
                 raise OptionError(f"{name} must be a number in (0, 1), got {value!r}")
 
     def alpha(self, tau: float) -> float:

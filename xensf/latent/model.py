@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .._version import VERSION
+from ..checks import is_integer, is_real
 from ..errors import (
     BundleError,
     EnsembleError,
@@ -120,7 +121,7 @@ def check_latent_radius(value: Any, method: str = "latent-letkf") -> None:
     if not (
         value is None
         or (isinstance(value, str) and value == "auto")
-        or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0)
+        or (is_real(value) and value > 0)
     ):
         raise OptionError(
             f"{method}: latent_radius must be a positive number of latent grid cells, "
@@ -1569,9 +1570,7 @@ def _seed_list(generator) -> list | None:
     if generator is None or isinstance(generator, torch.Generator | int | np.integer):
         return None
     seeds = list(generator) if not isinstance(generator, str | bytes) else None
-    if seeds is None or not all(
-        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds
-    ):
+    if seeds is None or not all(is_integer(s) for s in seeds):
         raise OptionError(
             "generator must be a torch.Generator, an int seed or a list of int seeds (one "
             f"per time), got {generator!r}"
@@ -1601,6 +1600,6 @@ def _one_time_per_call(
 def _chunks(x: torch.Tensor, batch_size: int | None):
     if batch_size is None:
         return [x]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return list(torch.split(x, batch_size))
+    return list(torch.split(x, int(batch_size)))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checks import is_integer, is_real
 from ..errors import (
     EnsembleError,
     ObservationMismatchError,
@@ -90,7 +91,7 @@ class ObservationSampler:
     ):
         if noise_std is None:
             if not (
-                isinstance(noise_std_fraction, int | float)
+                is_real(noise_std_fraction)
                 and math.isfinite(noise_std_fraction)
                 and noise_std_fraction >= 0
             ):
@@ -436,10 +437,8 @@ def _slot_channels(channels, n: int) -> torch.Tensor:
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
-    if len(pair) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum for v in pair
-    ):
+    pair = (value, value) if is_integer(value) else tuple(value)
+    if len(pair) != 2 or any(not is_integer(v) or v < minimum for v in pair):
         raise OptionError(f"{name} must be an integer >= {minimum} or a pair, got {value!r}")
     return int(pair[0]), int(pair[1])
 
@@ -974,26 +973,24 @@ def train_latent_model(
     _positive_int(latent_dim, "latent_dim")
     if patience is not None:
         _positive_int(patience, "patience")
-    if not (isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0):
+    if not (is_integer(blocks) and blocks >= 0):
         raise OptionError(f"blocks must be an integer >= 0, got {blocks!r}")
     seed = check_seed(seed)
     for value, name in ((lam, "lam"), (lr, "lr")):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        if not (is_real(value) and math.isfinite(value) and value >= 0):
             raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
     if lr <= 0:
         raise OptionError(f"lr must be positive, got {lr!r}")
     for value, name in ((kl_warmup, "kl_warmup"), (min_lr_fraction, "min_lr_fraction")):
-        if not (isinstance(value, int | float) and 0 <= value <= 1):
+        if not (is_real(value) and 0 <= value <= 1):
             raise OptionError(f"{name} must lie in [0, 1], got {value!r}")
     if time_budget is not None and not (
-        isinstance(time_budget, int | float) and time_budget > 0 and math.isfinite(time_budget)
+        is_real(time_budget) and time_budget > 0 and math.isfinite(time_budget)
     ):
         raise OptionError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
     if precision not in _PRECISIONS:
         raise OptionError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
-    if isinstance(obs_dropout, bool) or not (
-        isinstance(obs_dropout, int | float) and 0 <= obs_dropout < 1
-    ):
+    if not (is_real(obs_dropout) and 0 <= obs_dropout < 1):
         raise OptionError(
             f"obs_dropout is the largest share of the observations left out of a training "
             f"sample, in [0, 1); got {obs_dropout!r}"
@@ -1298,12 +1295,12 @@ def _split(states, val_states, val_fraction, batch_size, generator):
     train = _as_source(states, "states", batch_size, generator, shuffle=True)
     if val_states is not None:
         return train, _as_source(val_states, "val_states", batch_size, generator, shuffle=False)
-    if not (isinstance(val_fraction, int | float) and 0 < val_fraction < 1):
+    if not (is_real(val_fraction) and 0 < val_fraction < 1):
         raise OptionError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     return train.split(val_fraction, generator)
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not is_integer(value) or value < 1:
         raise OptionError(f"{name} must be a positive integer, got {value!r}")
     return int(value)

@@ -1,0 +1,26 @@
+"""What counts as a whole number or a real number in an option.
+
+An option that takes a count (``steps``, ``epochs``, a seed) takes a Python or numpy
+integer, never a bool (``True`` is an ``int`` to Python, and ``steps=True`` is a
+mistake, not one step); one that takes a number takes those or a float. Every layer's
+option checks ask here, so they agree on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["is_integer", "is_real"]
+
+
+def is_integer(value) -> bool:
+    """Whether ``value`` is a Python or numpy integer, and not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """Whether ``value`` is a Python or numpy integer or float, and not a bool (it may be
+    infinite or NaN: the caller says which values it takes)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool
+    )
