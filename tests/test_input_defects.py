@@ -636,3 +636,28 @@ def test_numpy_numbers_are_numbers_for_every_option():
     for bad in (dict(rtps=True), dict(loc_radius=True), dict(inflation=True)):
         with pytest.raises(OptionError, match=f"{next(iter(bad))}.*True"):
             ds.ensf.assimilate(obs, **{**letkf, "loc_radius": 3000.0, **bad})
+
+
+def test_a_regional_grid_in_radians_across_the_dateline_is_read_in_degrees():
+    # The longitude check read the coordinate as given: in radians, the natural order
+    # across the dateline (2.79 ... 3.14, -2.97) jumped by "353.9 degrees" and was refused.
+    r = np.random.default_rng(0)
+    lon, lat = np.array([160.0, 170.0, 180.0, -170.0, -160.0]), np.array([-10.0, 0.0, 10.0])
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 3, 5)), {"units": "K"})},
+        coords={"lat": ("lat", lat, {"units": "degrees_north"}),
+                "lon": ("lon", lon, {"units": "degrees_east"})},
+    )  # fmt: skip
+    radians = state.assign_coords(
+        lat=("lat", np.deg2rad(lat), {"units": "radian"}),
+        lon=("lon", np.deg2rad(lon), {"units": "radian"}),
+    )
+    station = xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [2.0], {"units": "degrees_north"}),
+                "lon": ("station", [178.0], {"units": "degrees_east"})},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 1000.0}
+    expected = state.ensf.assimilate(station, **options)
+    got = radians.ensf.assimilate(station, **options)
+    np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)

@@ -354,10 +354,11 @@ def _check_grid(ds: xr.Dataset, dims: EnsembleDims, grid: GridCoords) -> None:
     geographic = grid.geographic and not grid.curvilinear
     for d in dims.grid:
         if d in ds.coords:
-            c = np.asarray(ds[d].values)
+            longitude = geographic and d == dims.lon
+            c = np.asarray(grid.lon if longitude else ds[d].values)  # grid.lon: degrees
             if c.ndim != 1 or c.size < 2:
                 continue
-            if geographic and d == dims.lon:
+            if longitude:
                 # Monotonic round the circle: a regional grid across the dateline in
                 # its natural order (160 ... 180, -170, -160) is fine.
                 try:
