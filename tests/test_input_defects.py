@@ -661,3 +661,16 @@ def test_a_regional_grid_in_radians_across_the_dateline_is_read_in_degrees():
     expected = state.ensf.assimilate(station, **options)
     got = radians.ensf.assimilate(station, **options)
     np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
+
+
+def test_observations_with_a_member_dim_are_refused_with_the_fix():
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    obs = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+    obs.t[2, 3] = 282.0
+    with pytest.raises(ObservationMismatchError, match=r"member dim 'member'.*isel\(member=0"):
+        state.ensf.assimilate(obs.expand_dims(member=[0]), method="letkf", obs_error=0.5,
+                              loc_radius=3000.0)  # fmt: skip

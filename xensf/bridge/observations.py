@@ -445,6 +445,13 @@ def prepare_observations(
         allowed = {dims.time, *levels, *((dims.lat, dims.lon) if gridded else (point,))}
         stray = [d for d in da.dims if d not in allowed]
         if stray:
+            if dims.member in stray:
+                raise ObservationMismatchError(
+                    f"observation variable {name!r} has the member dim {dims.member!r}: "
+                    "observations are one set for every member (the filters perturb them "
+                    "as they need); drop it, e.g. "
+                    f"obs.isel({dims.member}=0, drop=True) if every member holds the same values"
+                )
             raise ObservationMismatchError(
                 f"observation variable {name!r} has dims {stray} that the state variable "
                 f"{name!r} does not have (its level dims are {list(levels)})"
