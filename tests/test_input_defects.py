@@ -674,3 +674,6 @@ def test_observations_with_a_member_dim_are_refused_with_the_fix():
     with pytest.raises(ObservationMismatchError, match=r"member dim 'member'.*isel\(member=0"):
         state.ensf.assimilate(obs.expand_dims(member=[0]), method="letkf", obs_error=0.5,
                               loc_radius=3000.0)  # fmt: skip
+    with pytest.raises(ObservationMismatchError, match=r"obs.squeeze\(\['height'\], drop=True\)"):
+        state.ensf.assimilate(obs.expand_dims(height=[2.0]), method="letkf", obs_error=0.5,
+                              loc_radius=3000.0)  # fmt: skip

@@ -452,9 +452,13 @@ def prepare_observations(
                     "as they need); drop it, e.g. "
                     f"obs.isel({dims.member}=0, drop=True) if every member holds the same values"
                 )
+            single = [d for d in stray if da.sizes[d] == 1]
+            hint = (
+                f"; drop the length-1 ones with obs.squeeze({single}, drop=True)" if single else ""
+            )
             raise ObservationMismatchError(
                 f"observation variable {name!r} has dims {stray} that the state variable "
-                f"{name!r} does not have (its level dims are {list(levels)})"
+                f"{name!r} does not have (its level dims are {list(levels)}){hint}"
             )
         missing = [lev for lev in levels if lev not in da.dims]
         if missing:
