@@ -663,7 +663,7 @@ def test_a_regional_grid_in_radians_across_the_dateline_is_read_in_degrees():
     np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
 
 
-def test_observations_with_a_member_dim_are_refused_with_the_fix():
+def test_observations_with_a_dim_the_state_lacks_are_refused_with_the_fix():
     r = np.random.default_rng(0)
     state = xr.Dataset(
         {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
