@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import xensf  # noqa: F401  (registers the accessor)
+import xensf  # registers the accessor
 from xensf.metrics import ensemble_rmse
 
 
@@ -289,3 +289,30 @@ def test_bounds_and_other_variables_without_members_are_left_alone():
         xr.testing.assert_identical(got.tas, getattr(bare.ensf, stat)().tas)
         xr.testing.assert_identical(got.drop_vars("tas"), ds.drop_vars("tas"))
         assert list(got.data_vars) == list(ds.data_vars)
+
+
+def test_a_truth_at_one_time_or_level_scores_the_ensemble_there():
+    # truth.isel(time=0) keeps its time as a scalar coordinate; it was broadcast to every
+    # time, so the second day's ensemble was scored against the first day's truth (and
+    # a truth at one level against every level).
+    r = np.random.default_rng(0)
+    time = np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]")
+    ens = xr.Dataset(
+        {"t": (("time", "member", "level", "lat", "lon"), 280 + r.standard_normal((2, 6, 2, 4, 5)),
+               {"units": "K"})},
+        coords={"time": time, "level": [500.0, 850.0], "lat": np.linspace(-45.0, 45.0, 4),
+                "lon": np.arange(5) * 72.0},
+    )  # fmt: skip
+    truth = ens.t.isel(member=0) + r.standard_normal((2, 2, 4, 5))
+    for score in ("rmse", "crps", "spread_skill"):
+        whole = getattr(ens.ensf, score)(truth)
+        at_day_2 = getattr(ens.ensf, score)(truth.isel(time=1))
+        assert at_day_2.t.dims == ("time",) and list(at_day_2.time.values) == [time[1]]
+        xr.testing.assert_allclose(at_day_2.t, whole.t.isel(time=[1]))
+        at_500 = getattr(ens.ensf, score)(truth.sel(level=500.0))
+        expected = getattr(ens.isel(level=[0]).ensf, score)(truth.isel(level=[0]))
+        xr.testing.assert_allclose(at_500.t, expected.t)
+    with pytest.raises(xensf.errors.DimensionError, match=r"time=2001-01-03 00:00:00.*drop_vars"):
+        ens.ensf.rmse(truth.isel(time=0).assign_coords(time=np.datetime64("2001-01-03", "ns")))
+    static = ens.ensf.rmse(truth.isel(time=0).drop_vars("time"))  # no time: every time
+    assert static.t.dims == ()

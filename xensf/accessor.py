@@ -427,7 +427,9 @@ class EnsfDatasetAccessor:
         """Root-mean-square error of the ensemble mean against ``truth``.
 
         ``dims``: the dims to average over (default: all dims of the scored variables,
-        those ``truth`` has, except time and members).
+        those ``truth`` has, except time and members). Scored at the times both have; a
+        truth at one time or level (a scalar coordinate, as ``truth.isel(time=0)``
+        leaves it) scores the ensemble there.
         On a latitude/longitude grid (latitude in degrees), grid points are weighted
         by cos(latitude), their share of the sphere's area, so that the many points
         near the poles do not count as much as the tropics; on a curvilinear grid (2-D
@@ -535,6 +537,7 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
     same points: a :class:`~xensf.errors.XensfError` where it cannot be."""
     from .bridge.alignment import aligned_like
     from .bridge.dims import find_role
+    from .bridge.observations import time_text
 
     if isinstance(truth, xr.DataArray):
         if truth.name not in ensemble.data_vars:
@@ -556,9 +559,23 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
             f"the truth has none of the ensemble's variables {list(ensemble.data_vars)}; "
             f"it has {list(truth.data_vars)}"
         )
+    ensemble = ensemble[names]
+    # A truth at one time or level (truth.isel(time=0) keeps the time as a scalar
+    # coordinate) is the truth there, not at every time: score the ensemble there.
+    for d in [d for d in ensemble.dims if d != member and d not in truth.dims]:
+        if d in truth.coords and truth[d].ndim == 0 and d in ensemble.indexes:
+            value = truth[d].values[()]
+            if value not in ensemble.indexes[d]:
+                raise DimensionError(
+                    f"the truth is at {d}={time_text(value)} (a scalar coordinate), which the "
+                    f"ensemble's {d!r} does not have; select a truth the ensemble has, or "
+                    f"drop that coordinate (truth.drop_vars({d!r})) to score every {d}"
+                )
+            ensemble = ensemble.sel({d: [value]})
+            truth = truth.expand_dims(d)
     time = find_role(ensemble, "time", required=False)
     partial = () if time is None else (time,)  # scored at the times both have
-    return ensemble[names], aligned_like(ensemble, truth, names, what="truth", partial=partial)
+    return ensemble, aligned_like(ensemble, truth, names, what="truth", partial=partial)
 
 
 def _over_members(ensemble: xr.Dataset, member: str, reduce) -> xr.Dataset:
