@@ -677,3 +677,34 @@ def test_observations_with_a_dim_the_state_lacks_are_refused_with_the_fix():
     with pytest.raises(ObservationMismatchError, match=r"obs.squeeze\(\['height'\], drop=True\)"):
         state.ensf.assimilate(obs.expand_dims(height=[2.0]), method="letkf", obs_error=0.5,
                               loc_radius=3000.0)  # fmt: skip
+
+
+def test_a_state_at_one_time_takes_only_the_observations_of_that_time():
+    # forecast.isel(time=0) keeps its time as a scalar coordinate; observations of
+    # another day (a length-1 time dim or a scalar time coordinate) were applied to it.
+    r = np.random.default_rng(0)
+    time = np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]")
+    state = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), 280 + r.standard_normal((2, 6, 6, 8)),
+               {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0, "time": time},
+    )  # fmt: skip
+    obs = xr.Dataset(
+        {"t": (("time", "station"), [[282.0], [270.0]])},
+        coords={"time": time, "lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    expected = state.ensf.assimilate(obs, **options).isel(time=0)
+    day_1 = state.isel(time=0)
+    for same_day in (obs.isel(time=[0]), obs.isel(time=0)):
+        got = day_1.ensf.assimilate(same_day, **options)
+        np.testing.assert_array_equal(got.t.values, expected.t.values)
+    near = obs.isel(time=[0]).assign_coords(time=time[:1] + np.timedelta64(10, "m"))
+    got = day_1.ensf.assimilate(near, obs_time_tolerance="1h", **options)
+    np.testing.assert_array_equal(got.t.values, expected.t.values)
+    for other_day in (obs.isel(time=[1]), obs.isel(time=1), obs):
+        with pytest.raises(ObservationMismatchError, match=r"not times of the state.*2001-01-02"):
+            day_1.ensf.assimilate(other_day, **options)
+    # a state with no time at all takes observations without one, as before
+    untimed = day_1.drop_vars("time").ensf.assimilate(obs.isel(time=1, drop=True), **options)
+    assert not np.array_equal(untimed.t.values, day_1.t.values)

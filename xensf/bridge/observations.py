@@ -15,6 +15,7 @@ as numpy arrays) plus the observation values and errors as (possibly lazy) input
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
@@ -366,6 +367,9 @@ def prepare_observations(
         # A scalar time coordinate is one observation time, not every time.
         obs = obs.expand_dims(dims.time)
         obs_time = dims.time
+    if dims.time is None:
+        obs, obs_time = _at_the_state_time(obs, obs_time, prior, dims, obs_time_tolerance,
+                                           names, obs_dim)  # fmt: skip
     if obs_time is not None and dims.time is None:
         if obs.sizes[obs_time] != 1:
             raise ObservationMismatchError(
@@ -669,6 +673,26 @@ def check_time_kinds(
         f"the {what} times are {ours} and the state's {theirs}, so none can match "
         f"however alike they print; convert the {what} times, e.g. {fix}"
     )
+
+
+def _at_the_state_time(obs, obs_time, prior, dims, tolerance, names, obs_dim):
+    """For a state without a time dim but at one time (a scalar time coordinate, as
+    ``forecast.isel(time=0)`` leaves it): the observations at that time, or an error.
+
+    Observations at another time were applied to it without a word. Returns the
+    observations and their time dim (None where they have no time)."""
+    known = [obs_time] if obs_time is not None else list(COMMON_NAMES["time"])
+    found = [n for n in known if n in prior.coords and prior[n].ndim == 0]
+    if not found:
+        return obs, obs_time
+    name = found[0]
+    if obs_time is None:
+        if name not in obs.coords or obs[name].ndim != 0:
+            return obs, None  # observations without a time: at the state's
+        obs, obs_time = obs.expand_dims(name), name
+    one = dataclasses.replace(dims, time=obs_time)
+    at = np.asarray([prior[name].values[()]])
+    return _on_state_times(obs, one, at, tolerance, names, obs_dim), obs_time
 
 
 def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dataset:
