@@ -708,3 +708,30 @@ def test_a_state_at_one_time_takes_only_the_observations_of_that_time():
     # a state with no time at all takes observations without one, as before
     untimed = day_1.drop_vars("time").ensf.assimilate(obs.isel(time=1, drop=True), **options)
     assert not np.array_equal(untimed.t.values, day_1.t.values)
+
+
+def test_a_state_at_one_level_takes_only_the_observations_of_that_level():
+    # ds.sel(level=500) keeps its level as a scalar coordinate; observations at 850 hPa
+    # (a scalar coordinate too) were applied to it without a word.
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "level", "lat", "lon"), 280 + r.standard_normal((6, 2, 6, 8)),
+               {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0,
+                "level": ("level", [500.0, 850.0], {"units": "hPa"})},
+    )  # fmt: skip
+    obs = xr.Dataset(
+        {"t": (("level", "station"), [[250.0], [282.0]])},
+        coords={"level": ("level", [500.0, 850.0], {"units": "hPa"}),
+                "lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    at_500 = state.sel(level=500.0)
+    expected = state.ensf.assimilate(obs.sel(level=[500.0]), **options).sel(level=500.0)
+    in_pa = obs.assign_coords(level=("level", [50000.0, 85000.0], {"units": "Pa"}))
+    for given in (obs.sel(level=500.0), obs.sel(level=[500.0]), obs, in_pa):
+        got = at_500.ensf.assimilate(given, **options)
+        np.testing.assert_array_equal(got.t.values, expected.t.values)
+    for other in (obs.sel(level=850.0), obs.sel(level=[850.0])):
+        with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
+            at_500.ensf.assimilate(other, **options)

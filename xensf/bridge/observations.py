@@ -31,7 +31,7 @@ from ..obs import (
     parse_relative,
     resolve_obs_error,
 )
-from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
+from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role
 from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
@@ -439,9 +439,13 @@ def prepare_observations(
         p_idx, p_w = grid.station_weights(p_lat, p_lon)
         p_loc = grid.locations_of(p_lat, p_lon)
 
+    at_one_level = _scalar_levels(prior)
     obs = _levels_in_state_units(
-        obs, prior, {lev for name in names for lev in _state_levels(prior, name, dims)}
+        obs,
+        prior,
+        {lev for name in names for lev in _state_levels(prior, name, dims)} | set(at_one_level),
     )
+    obs = _at_the_state_levels(obs, prior, at_one_level)
     fields, field_levels = [], {}
     for name in names:
         da = obs[name]
@@ -553,6 +557,43 @@ def prepare_observations(
         errors_given=errors_given,
     )
     return plan, values, error_values
+
+
+def _scalar_levels(prior: xr.Dataset) -> list[str]:
+    """The state's vertical coordinates that are scalars: a state at one level without
+    a level dim, as ``ds.sel(level=500)`` leaves it."""
+    vertical = set(prior.cf.axes.get("Z", [])) | set(prior.cf.coordinates.get("vertical", []))
+    return [
+        str(n)
+        for n, c in prior.coords.items()
+        if c.ndim == 0 and (n in vertical or str(n).lower() in LEVEL_NAMES)
+    ]
+
+
+def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) -> xr.Dataset:
+    """``obs`` at the one level of a state without a level dim (the ``levels``, scalar
+    coordinates of ``prior``, in whose units :func:`_levels_in_state_units` has put the
+    observations'), or an error: observations of another level were applied to it."""
+    for lev in levels:
+        if lev not in obs.coords or obs[lev].ndim > 1:
+            continue
+        ours = prior[lev].values[()]
+        theirs = np.atleast_1d(obs[lev].values)
+        if theirs.dtype.kind in "fiu" and np.asarray(ours).dtype.kind in "fiu":
+            hit = np.isclose(theirs, ours, rtol=1e-6, atol=0)
+        else:
+            hit = theirs == ours
+        units = f" {prior[lev].attrs['units']}" if "units" in prior[lev].attrs else ""
+        ours = ours.item() if isinstance(ours, np.generic) else ours  # 500.0, not np.float64
+        if not hit.any():
+            raise ObservationMismatchError(
+                f"the state is at {lev}={ours}{units} (a scalar coordinate, no {lev!r} dim) "
+                f"and the observations are at {lev} {theirs.tolist()}; give the "
+                f"observations of that level (obs.sel({lev}={ours!r}))"
+            )
+        if lev in obs.dims:
+            obs = obs.isel({lev: int(np.flatnonzero(hit)[0])})
+    return obs
 
 
 def _levels_in_state_units(obs: xr.Dataset, prior: xr.Dataset, level_dims) -> xr.Dataset:
