@@ -735,3 +735,18 @@ def test_a_state_at_one_level_takes_only_the_observations_of_that_level():
     for other in (obs.sel(level=850.0), obs.sel(level=[850.0])):
         with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
             at_500.ensf.assimilate(other, **options)
+
+
+def test_a_dataframe_given_as_observations_is_told_how_to_convert():
+    pd = pytest.importorskip("pandas")
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    table = pd.DataFrame({"lat": [12.0], "lon": [90.0], "t": [282.0]})
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(ObservationMismatchError, match=r"got DataFrame; .*to_xarray\(\)"):
+        state.ensf.assimilate(table, **options)
+    converted = table.to_xarray().set_coords(["lat", "lon"])  # as the message says
+    assert not np.array_equal(state.ensf.assimilate(converted, **options).t.values, state.t.values)

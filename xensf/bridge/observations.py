@@ -307,8 +307,16 @@ def prepare_observations(
             )
         obs = obs.to_dataset()
     if not isinstance(obs, xr.Dataset):
+        table = type(obs).__name__ == "DataFrame"
+        hint = (
+            "; a table of rows: df.to_xarray().set_coords([...]) with its time and "
+            "position columns (docs/howto-point-observations.md, 'A table of observations')"
+            if table
+            else ""
+        )
         raise ObservationMismatchError(
-            f"observations must be an xarray Dataset (or named DataArray), got {type(obs).__name__}"
+            f"observations must be an xarray Dataset (or named DataArray), got "
+            f"{type(obs).__name__}{hint}"
         )
     error_vars = set()
     for name in obs.data_vars:
