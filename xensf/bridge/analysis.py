@@ -257,6 +257,20 @@ def _check_chunks(
                 )
 
 
+def _stacking_order(names: list[str], config) -> list[str]:
+    """The order the state variables are stacked in: a latent model's own (it was
+    trained on its channels in that order), else by name. Not the Dataset's: the
+    random draws of EnSF fall on the stacked vector, and ``ds[["t", "q"]]`` and
+    ``ds[["q", "t"]]`` (or one file set opened in another order) must give one
+    analysis. The result keeps the Dataset's order."""
+    if config is None:
+        return sorted(names)
+    order = (config.get("data") or {}).get("variables")
+    if order is not None and sorted(order) == sorted(names):
+        return list(order)
+    return names  # the model's check says what differs
+
+
 def _check_model_fits(config, handle, prior, dims, layout) -> None:
     """Refuse a model trained on other variables, levels, units or another grid."""
     from .signature import check_signature, data_signature
@@ -467,6 +481,7 @@ def assimilate(
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
+    names = _stacking_order(names, config)
     spec = spec.bind(names)
     levels, layout, grid = prepare_state(prior, dims, names, spatial_blocks=spec.spatial_blocks)
     spec = spec.for_grid(grid).for_state(prior, dims, layout)
