@@ -7,6 +7,7 @@ failed before its fix.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -732,8 +733,8 @@ def test_a_state_at_one_level_takes_only_the_observations_of_that_level():
     for given in (obs.sel(level=500.0), obs.sel(level=[500.0]), obs, in_pa):
         got = at_500.ensf.assimilate(given, **options)
         np.testing.assert_array_equal(got.t.values, expected.t.values)
-    for other in (obs.sel(level=850.0), obs.sel(level=[850.0])):
-        with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
+    for other, fix in ((obs.sel(level=850.0), "assign_coords"), (obs.sel(level=[850.0]), "sel")):
+        with pytest.raises(ObservationMismatchError, match=rf"level=500.0 hPa.*\[850.0\].*{fix}"):
             at_500.ensf.assimilate(other, **options)
 
 
@@ -797,3 +798,27 @@ def test_a_latent_model_takes_its_variables_in_any_order():
         one = prior.ensf.assimilate(obs, model=model, seed=1)
         other = prior[["b", "a"]].ensf.assimilate(obs[["b", "a"]], model=model, seed=1)
     xr.testing.assert_identical(one, other[["a", "b"]])
+
+
+def test_gridded_observations_on_part_of_the_grid_are_told_how_to_fill_it():
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    full = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+    full.t[2, 3], full.t[4, 6] = 282.0, 279.0
+    region = full.isel(lat=slice(1, 5), lon=slice(2, 7))
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(
+        ObservationMismatchError, match=r"4 of the state's 6 .*reindex_like"
+    ) as err:
+        state.ensf.assimilate(region, **options)
+    # the reindex the message gives
+    fix = re.search(
+        r"obs\.reindex_like\(ds, method='nearest', tolerance=([0-9.]+)\)", str(err.value)
+    )
+    filled = region.reindex_like(state, method="nearest", tolerance=float(fix.group(1)))
+    xr.testing.assert_identical(
+        state.ensf.assimilate(filled, **options), state.ensf.assimilate(full, **options)
+    )

@@ -417,7 +417,7 @@ def prepare_observations(
                     lon = grid.geographic
                     axes = [(dims.lat, grid.lat, on_obs.lat, False),
                             (dims.lon, grid.lon, on_obs.lon, lon)]  # fmt: skip
-                    fix = reorder_fix("obs", axes)
+                    fix = reorder_fix("obs", axes) or _subset_fix(a, b)
                 raise ObservationMismatchError(
                     f"gridded observations must be on the state's grid, but their {role} "
                     f"({d}: {a.size} values, {a[:1]}..{a[-1:]}) differs from the state's "
@@ -597,7 +597,12 @@ def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) 
             raise ObservationMismatchError(
                 f"the state is at {lev}={ours}{units} (a scalar coordinate, no {lev!r} dim) "
                 f"and the observations are at {lev} {theirs.tolist()}; give the "
-                f"observations of that level (obs.sel({lev}={ours!r}))"
+                + (
+                    f"observations of that level (obs.sel({lev}={ours!r}))"
+                    if lev in obs.dims
+                    else f"observations of that level, or, if they observe it, say so "
+                    f"(obs.assign_coords({lev}={ours!r}))"
+                )
             )
         if lev in obs.dims:
             obs = obs.isel({lev: int(np.flatnonzero(hit)[0])})
@@ -721,6 +726,22 @@ def check_time_kinds(
     raise error(
         f"the {what} times are {ours} and the state's {theirs}, so none can match "
         f"however alike they print; convert the {what} times, e.g. {fix}"
+    )
+
+
+def _subset_fix(theirs: np.ndarray, ours: np.ndarray) -> str | None:
+    """Where gridded observations cover some of the state's grid lines only (a region,
+    every 4th point): the reindex that puts them on the whole grid, NaN elsewhere."""
+    if theirs.size == 0 or ours.size < 2 or theirs.size >= ours.size:
+        return None
+    scale = max(1.0, float(np.nanmax(np.abs(ours))))
+    if not (np.abs(theirs[:, None] - ours[None, :]).min(axis=1) <= 1e-6 * scale).all():
+        return None
+    step = float(np.abs(np.diff(ours)).min())
+    return (
+        f"they lie on {theirs.size} of the state's {ours.size} grid lines: "
+        f"obs.reindex_like(ds, method='nearest', tolerance={step / 10:g}) puts them on "
+        "its grid, NaN where nothing is observed"
     )
 
 
