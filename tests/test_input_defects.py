@@ -822,3 +822,26 @@ def test_gridded_observations_on_part_of_the_grid_are_told_how_to_fill_it():
     xr.testing.assert_identical(
         state.ensf.assimilate(filled, **options), state.ensf.assimilate(full, **options)
     )
+
+
+def test_an_obs_error_quantity_is_told_to_give_its_magnitude():
+    from cf_xarray.units import units
+
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    obs = xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    error = units.Quantity(500.0, "mK")
+    for given in (error, {"t": error}):
+        with pytest.raises(OptionError, match=r"quantity .*m_as\("):
+            state.ensf.assimilate(obs, obs_error=given, **options)
+    np.testing.assert_array_equal(  # the magnitude, as the message says
+        state.ensf.assimilate(obs, obs_error=error.m_as("K"), **options).t.values,
+        state.ensf.assimilate(obs, obs_error=0.5, **options).t.values,
+    )

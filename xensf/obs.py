@@ -640,6 +640,12 @@ def _one_std(value, field: FieldKey, obs_spread, where: str) -> float:
             "variable named after the observed one with '_error' (e.g. obs['t_error'] "
             f"beside obs['t']). {_ACCEPTED}"
         )
+    if hasattr(value, "magnitude") and hasattr(value, "units"):  # a pint Quantity
+        raise OptionError(
+            f"obs_error{where} is the quantity {value!r}; give its magnitude in the state "
+            f"variable's units (e.g. q.m_as('K'); for an error, a difference, in degC: "
+            f"q.m_as('delta_degC')) or put the error in the observations' attributes"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real | np.ndarray):
         raise OptionError(f"obs_error{where} is {value!r}. {_ACCEPTED}")
     try:
