@@ -845,3 +845,22 @@ def test_an_obs_error_quantity_is_told_to_give_its_magnitude():
         state.ensf.assimilate(obs, obs_error=error.m_as("K"), **options).t.values,
         state.ensf.assimilate(obs, obs_error=0.5, **options).t.values,
     )
+
+
+def test_station_metadata_given_as_variables_is_told_where_it_goes():
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )
+    obs = xr.Dataset(
+        {"t": ("station", [282.0, 279.0]), "name": ("station", ["A", "B"]),
+         "qc": ("station", [0, 1])},
+        coords={"lat": ("station", [12.0, 36.0]), "lon": ("station", [90.0, 180.0])},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(ObservationMismatchError, match=r"set_coords\(\['name', 'qc'\]\)"):
+        state.ensf.assimilate(obs, **options)
+    expected = state.ensf.assimilate(obs[["t"]], **options)
+    for fixed in (obs.set_coords(["name", "qc"]), obs.drop_vars(["name", "qc"])):
+        np.testing.assert_array_equal(state.ensf.assimilate(fixed, **options).t, expected.t)

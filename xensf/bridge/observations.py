@@ -343,7 +343,12 @@ def prepare_observations(
                 f"coordinates, obs.set_coords({[str(n) for n in coord_like]})"
             )
         else:
-            fix = "rename the observations to the state's names"
+            fix = (
+                "rename the observations to the state's names; what is not an observation "
+                "of the state (a station name, a quality flag, an elevation) goes into the "
+                f"coordinates, obs.set_coords({[str(n) for n in unknown]}), or out, "
+                f"obs.drop_vars({[str(n) for n in unknown]})"
+            )
         raise ObservationMismatchError(
             f"observation variables {unknown} are not state variables; the state has "
             f"{list(layout.variables)} ({fix})"
