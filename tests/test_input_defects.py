@@ -864,3 +864,31 @@ def test_station_metadata_given_as_variables_is_told_where_it_goes():
     expected = state.ensf.assimilate(obs[["t"]], **options)
     for fixed in (obs.set_coords(["name", "qc"]), obs.drop_vars(["name", "qc"])):
         np.testing.assert_array_equal(state.ensf.assimilate(fixed, **options).t, expected.t)
+
+
+def test_a_curvilinear_grid_in_radians_is_read_in_degrees():
+    r = np.random.default_rng(0)
+    y, x = np.meshgrid(np.arange(6), np.arange(8), indexing="ij")
+    lat2, lon2 = -30 + 10.0 * y + 2.0 * x, 100 + 12.0 * x + 1.0 * y
+
+    def grid(lat, lon, units):
+        return {"nav_lat": (("y", "x"), lat, {"standard_name": "latitude", "units": units}),
+                "nav_lon": (("y", "x"), lon, {"standard_name": "longitude", "units": units})}  # fmt: skip
+
+    sst = (("member", "y", "x"), 290 + r.standard_normal((6, 6, 8)), {"units": "K"})
+    degrees = xr.Dataset({"sst": sst}, coords=grid(lat2, lon2, "degrees"))
+    radians = xr.Dataset({"sst": sst}, coords=grid(np.deg2rad(lat2), np.deg2rad(lon2), "radian"))
+    buoy = xr.Dataset(
+        {"sst": ("buoy", [292.0])},
+        coords={"lat": ("buoy", [5.0], {"units": "degrees_north"}),
+                "lon": ("buoy", [150.0], {"units": "degrees_east"})},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 1500.0}
+    expected = degrees.ensf.assimilate(buoy, **options)
+    got = radians.ensf.assimilate(buoy, **options)
+    np.testing.assert_allclose(got.sst.values, expected.sst.values, rtol=0, atol=1e-9)
+    assert not np.array_equal(expected.sst.values, degrees.sst.values)
+    truth = degrees.sst.isel(member=0) + 0.5  # cell areas from the grid in degrees
+    np.testing.assert_allclose(
+        radians.ensf.rmse(truth.assign_coords(radians.coords)).sst, degrees.ensf.rmse(truth).sst
+    )
