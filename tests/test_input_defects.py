@@ -892,3 +892,36 @@ def test_a_curvilinear_grid_in_radians_is_read_in_degrees():
     np.testing.assert_allclose(
         radians.ensf.rmse(truth.assign_coords(radians.coords)).sst, degrees.ensf.rmse(truth).sst
     )
+
+
+def test_a_latent_model_takes_its_grid_in_other_units():
+    # A model trained on a grid in km refused the same grid in m ("regrid the data").
+    r = np.random.default_rng(0)
+    axis = np.arange(8) * 10.0
+    train = xr.Dataset(
+        {"a": (("time", "y", "x"), r.standard_normal((40, 8, 8)), {"units": "m"})},
+        coords={"y": ("y", axis, {"units": "km"}), "x": ("x", axis, {"units": "km"}),
+                "time": np.arange(40)},
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.TrainingDataWarning)
+        model = xensf.train_latent(
+            train, 2, latent_dim=4, width=4, blocks=1, epochs=1, progress=False, seed=0
+        )
+    prior = train.isel(time=slice(0, 6)).rename(time="member")
+    obs = xr.full_like(prior.isel(member=0), np.nan)
+    obs["a"][::2, ::2] = 0.5
+    in_m = {"y": ("y", axis * 1000.0, {"units": "m"}), "x": ("x", axis * 1000.0, {"units": "m"})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.ModelQualityWarning)  # one epoch of training
+        expected = prior.ensf.assimilate(obs, model=model, seed=1)
+        got = prior.assign_coords(in_m).ensf.assimilate(
+            obs.assign_coords(in_m), model=model, seed=1
+        )
+    np.testing.assert_array_equal(got.a.values, expected.a.values)
+    assert got.y.attrs["units"] == "m"  # the data's coordinates come back as given
+    elsewhere = {"y": ("y", axis * 1000.0, {"units": "s"}), "x": in_m["x"]}
+    with pytest.raises(ObservationMismatchError, match="regrid"):
+        prior.assign_coords(elsewhere).ensf.assimilate(
+            obs.assign_coords(elsewhere), model=model, seed=1
+        )

@@ -18,6 +18,7 @@ from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
 from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
+from .units import UNITS, degrees_per
 
 __all__ = ["check_signature", "data_signature", "fields_of"]
 
@@ -51,7 +52,11 @@ def fields_of(ds: xr.Dataset, layout: StateLayout) -> list[list]:
 def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> dict[str, Any]:
     """A JSON-serialisable description of the state: variables, levels, units and grid."""
     grid = grid_coords(ds, dims)  # 1-D axes, grid indices, or a curvilinear grid's 2-D
-    lat, lon = grid.lat.ravel(), grid.lon.ravel()
+    lat, lon = grid.lat, grid.lon
+    if grid.known:  # as given (radians stay radians), with their units beside them
+        lat, lon = (np.asarray(ds[n].transpose(*(d for d in dims.grid if d in ds[n].dims))
+                               .values) for n in grid.names)  # fmt: skip
+    lat, lon = lat.ravel(), lon.ravel()
     return {
         "variables": list(layout.variables),
         "fields": fields_of(ds, layout),
@@ -62,7 +67,45 @@ def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> d
         "lat": [float(v) for v in np.asarray(lat, np.float64)],
         "lon": [float(v) for v in np.asarray(lon, np.float64)],
         "grid_hash": _grid_hash(lat, lon),
+        "grid_units": list(grid.units) if grid.known else [None, None],
     }
+
+
+def _same_grid(expected: dict[str, Any], found: dict[str, Any]) -> bool:
+    """Whether two signatures' grids hold the same points: the same coordinates, or the
+    same once the data's are converted to the model's units (a grid in km against
+    one in m, radians against degrees). Signatures from before ``grid_units`` was
+    recorded compare as given."""
+    if expected["grid_shape"] != found["grid_shape"]:
+        return False
+    if expected["grid_hash"] == found["grid_hash"] or (
+        same_points(found["lat"], expected["lat"]) and same_points(found["lon"], expected["lon"])
+    ):
+        return True
+    ours, theirs = expected.get("grid_units"), found.get("grid_units")
+    if not ours or not theirs:
+        return False
+    for axis, a, b in (("lat", 0, 0), ("lon", 1, 1)):
+        factor = _factor(theirs[b], ours[a])
+        if factor is None or not same_points(np.asarray(found[axis]) * factor, expected[axis]):
+            return False
+    return True
+
+
+def _factor(given: str | None, wanted: str | None) -> float | None:
+    """The factor that takes coordinates in ``given`` units to ``wanted``; 1 where
+    both are the same (or neither is known), None where they do not convert."""
+    if given == wanted or (given is None and wanted is None):
+        return 1.0
+    if given is None or wanted is None:
+        return None
+    a, b = degrees_per(given), degrees_per(wanted)
+    if a is not None or b is not None:  # angles: dimensionless to pint, so by name
+        return a / b if a is not None and b is not None else None
+    try:
+        return float(UNITS.Quantity(1.0, given).to(wanted).magnitude)
+    except Exception:  # pint raises several unrelated types here
+        return None
 
 
 def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: str) -> None:
@@ -83,13 +126,7 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
                 f"the model {model} was trained on {var!r} in {units!r}, the data has "
                 f"{found['units'].get(var)!r}; convert the data (ds[{var!r}].pint.to(...)) first"
             )
-    if expected["grid_shape"] != found["grid_shape"] or not (
-        expected["grid_hash"] == found["grid_hash"]  # the same coordinates to 1e-6
-        or (
-            same_points(found["lat"], expected["lat"])
-            and same_points(found["lon"], expected["lon"])
-        )
-    ):
+    if not _same_grid(expected, found):
 
         def extent(sig):
             return (
