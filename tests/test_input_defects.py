@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import xarray as xr
+from test_cycle import assert_same_run  # bit for bit but the history line
 
 import xensf
 from xensf.errors import (
@@ -42,6 +43,15 @@ def obs(ds) -> xr.Dataset:
     out = xr.full_like(ds.t[0], np.nan).to_dataset()
     out.t[2, 3] = 282.0
     return out
+
+
+@pytest.fixture
+def station() -> xr.Dataset:
+    """One observation of t, off the grid's nodes."""
+    return xr.Dataset(
+        {"t": ("station", [282.0])},
+        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
 
 
 @pytest.fixture
@@ -349,9 +359,9 @@ def test_observation_levels_are_read_in_their_units():
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 2000.0}
     expected = state.ensf.assimilate(obs, **options)
     in_pa = obs.assign_coords(level=("level", [50000.0, 85000.0], {"units": "Pa"}))
-    xr.testing.assert_identical(state.ensf.assimilate(in_pa, **options), expected)
+    assert_same_run(state.ensf.assimilate(in_pa, **options), expected)
     one = in_pa.isel(level=[1])
-    xr.testing.assert_identical(state.ensf.assimilate(one, **options), expected)
+    assert_same_run(state.ensf.assimilate(one, **options), expected)
     mislabelled = obs.assign_coords(level=("level", [500.0, 850.0], {"units": "Pa"}))
     with pytest.raises(ObservationMismatchError, match=r"values \[5.0, 8.5\] hPa that the state"):
         state.ensf.assimilate(mislabelled, **options)
@@ -404,7 +414,7 @@ def test_a_float32_spelling_of_metre_coordinates_is_the_same_grid():
     obs = xr.full_like(truth, np.nan).to_dataset()
     obs.eta[3, 3] = 1.0
     options = {"method": "letkf", "obs_error": 0.1, "loc_radius": 1e5}
-    xr.testing.assert_identical(
+    assert_same_run(
         ds.ensf.assimilate(obs.assign_coords(spelt), **options),
         ds.ensf.assimilate(obs, **options),
     )
@@ -499,27 +509,48 @@ def test_an_observation_without_an_error_is_named(ds, obs):
         ds.ensf.assimilate(obs.assign(t_error=err.fillna(0.0)), method="ensf")
 
 
+def _in_degrees_and_radians(lat, lon) -> tuple[xr.Dataset, xr.Dataset]:
+    """One ensemble of t on a latitude/longitude grid, its coordinates in degrees and
+    in radians."""
+    r = np.random.default_rng(0)
+    t = 280 + r.standard_normal((6, lat.size, lon.size))
+    degrees = xr.Dataset(
+        {"t": (("member", "lat", "lon"), t, {"units": "K"})},
+        coords={"lat": ("lat", lat, {"units": "degrees_north"}),
+                "lon": ("lon", lon, {"units": "degrees_east"})},
+    )  # fmt: skip
+    radians = degrees.assign_coords(
+        lat=("lat", np.deg2rad(lat), {"units": "radian"}),
+        lon=("lon", np.deg2rad(lon), {"units": "radian"}),
+    )
+    return degrees, radians
+
+
+def _points_in_degrees(name, values, lat, lon, dim="station") -> xr.Dataset:
+    """Observations of ``name`` at points whose positions say they are in degrees."""
+    return xr.Dataset(
+        {name: (dim, values)},
+        coords={"lat": (dim, lat, {"units": "degrees_north"}),
+                "lon": (dim, lon, {"units": "degrees_east"})},
+    )  # fmt: skip
+
+
+def _assert_same_analysis(one, other, points, name="t", **options) -> xr.Dataset:
+    """``one``'s analysis, after checking that ``other`` (the same state in other
+    units) gets the same one."""
+    expected = one.ensf.assimilate(points, **options)
+    got = other.ensf.assimilate(points, **options)
+    np.testing.assert_allclose(got[name].values, expected[name].values, rtol=0, atol=1e-9)
+    return expected
+
+
 @pytest.mark.parametrize("method", ["letkf", "ensf"])
 def test_a_grid_in_radians_is_a_latitude_longitude_grid(method):
     # Latitude and longitude in radians were read as planar coordinates: distances in
     # radians, so loc_radius=2000 (km) reached every point, and a station's position
     # was a number in the grid's units whatever its own units said.
-    r = np.random.default_rng(0)
-    lat, lon = np.linspace(-60.0, 60.0, 6), np.arange(8) * 45.0
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": ("lat", lat, {"units": "degrees_north"}),
-                "lon": ("lon", lon, {"units": "degrees_east"})},
-    )  # fmt: skip
-    radians = state.assign_coords(
-        lat=("lat", np.deg2rad(lat), {"units": "radians"}),
-        lon=("lon", np.deg2rad(lon), {"units": "radians"}),
-    )
-    station = xr.Dataset(
-        {"t": ("station", [282.0, 279.0])},
-        coords={"lat": ("station", [-12.0, 30.0], {"units": "degrees_north"}),
-                "lon": ("station", [100.0, 300.0], {"units": "degrees_east"})},
-    )  # fmt: skip
+    state, radians = _in_degrees_and_radians(np.linspace(-60.0, 60.0, 6), np.arange(8) * 45.0)
+    station = _points_in_degrees("t", [282.0, 279.0], [-12.0, 30.0], [100.0, 300.0])
     in_radians = station.assign_coords(
         lat=("station", np.deg2rad(station.lat.values), {"units": "rad"}),
         lon=("station", np.deg2rad(station.lon.values), {"units": "rad"}),
@@ -575,19 +606,14 @@ def test_station_positions_are_read_in_their_units(grid_unit, station_unit, fact
         state.ensf.assimilate(seconds, **options)
 
 
-def test_stations_in_km_on_a_latitude_longitude_grid_are_refused():
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
+def test_stations_in_km_on_a_latitude_longitude_grid_are_refused(ds):
     station = xr.Dataset(
         {"t": ("station", [282.0])},
         coords={"lat": ("station", [10.0], {"units": "km"}),
                 "lon": ("station", [20.0], {"units": "km"})},
     )  # fmt: skip
     with pytest.raises(xensf.UnitsError, match="'lat' is in 'km', not an angle"):
-        state.ensf.assimilate(station, method="letkf", obs_error=0.5, loc_radius=2000.0)
+        ds.ensf.assimilate(station, method="letkf", obs_error=0.5, loc_radius=2000.0)
 
 
 def test_an_integer_variable_beside_the_state_names_both_ways_out():
@@ -608,19 +634,11 @@ def test_an_integer_variable_beside_the_state_names_both_ways_out():
     xr.testing.assert_equal(kept.flag.drop_vars("member"), ds.flag)  # CF attrs added
 
 
-def test_numpy_numbers_are_numbers_for_every_option():
+def test_numpy_numbers_are_numbers_for_every_option(ds, station):
     # Options were checked with isinstance(value, int | float): np.float32(1.1) was "not
     # a positive number" for inflation, as was np.int64(20) for steps (what a numpy grid
     # of settings gives), while True passed as rtps=1 and loc_radius=1.
-    r = np.random.default_rng(0)
-    ds = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
-    obs = xr.Dataset(
-        {"t": ("station", [282.0])},
-        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
-    )
+    obs = station
     letkf = {"method": "letkf", "obs_error": 0.5}
     same = [
         (dict(letkf, loc_radius=np.float32(3000), inflation=np.float32(1.25), rtps=np.float16(0.5)),
@@ -642,41 +660,22 @@ def test_numpy_numbers_are_numbers_for_every_option():
 def test_a_regional_grid_in_radians_across_the_dateline_is_read_in_degrees():
     # The longitude check read the coordinate as given: in radians, the natural order
     # across the dateline (2.79 ... 3.14, -2.97) jumped by "353.9 degrees" and was refused.
-    r = np.random.default_rng(0)
-    lon, lat = np.array([160.0, 170.0, 180.0, -170.0, -160.0]), np.array([-10.0, 0.0, 10.0])
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 3, 5)), {"units": "K"})},
-        coords={"lat": ("lat", lat, {"units": "degrees_north"}),
-                "lon": ("lon", lon, {"units": "degrees_east"})},
-    )  # fmt: skip
-    radians = state.assign_coords(
-        lat=("lat", np.deg2rad(lat), {"units": "radian"}),
-        lon=("lon", np.deg2rad(lon), {"units": "radian"}),
-    )
-    station = xr.Dataset(
-        {"t": ("station", [282.0])},
-        coords={"lat": ("station", [2.0], {"units": "degrees_north"}),
-                "lon": ("station", [178.0], {"units": "degrees_east"})},
-    )  # fmt: skip
+    lon = np.array([160.0, 170.0, 180.0, -170.0, -160.0])
+    state, radians = _in_degrees_and_radians(np.array([-10.0, 0.0, 10.0]), lon)
+    station = _points_in_degrees("t", [282.0], [2.0], [178.0])
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 1000.0}
-    expected = state.ensf.assimilate(station, **options)
-    got = radians.ensf.assimilate(station, **options)
-    np.testing.assert_allclose(got.t.values, expected.t.values, rtol=0, atol=1e-9)
+    expected = _assert_same_analysis(state, radians, station, **options)
+    assert not np.array_equal(expected.t.values, state.t.values)
 
 
-def test_observations_with_a_dim_the_state_lacks_are_refused_with_the_fix():
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
-    obs = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+def test_observations_with_a_dim_the_state_lacks_are_refused_with_the_fix(ds):
+    obs = xr.full_like(ds.t.isel(member=0), np.nan).to_dataset()
     obs.t[2, 3] = 282.0
     with pytest.raises(ObservationMismatchError, match=r"member dim 'member'.*isel\(member=0"):
-        state.ensf.assimilate(obs.expand_dims(member=[0]), method="letkf", obs_error=0.5,
+        ds.ensf.assimilate(obs.expand_dims(member=[0]), method="letkf", obs_error=0.5,
                               loc_radius=3000.0)  # fmt: skip
     with pytest.raises(ObservationMismatchError, match=r"obs.squeeze\(\['height'\], drop=True\)"):
-        state.ensf.assimilate(obs.expand_dims(height=[2.0]), method="letkf", obs_error=0.5,
+        ds.ensf.assimilate(obs.expand_dims(height=[2.0]), method="letkf", obs_error=0.5,
                               loc_radius=3000.0)  # fmt: skip
 
 
@@ -738,19 +737,14 @@ def test_a_state_at_one_level_takes_only_the_observations_of_that_level():
             at_500.ensf.assimilate(other, **options)
 
 
-def test_a_dataframe_given_as_observations_is_told_how_to_convert():
+def test_a_dataframe_given_as_observations_is_told_how_to_convert(ds):
     pd = pytest.importorskip("pandas")
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
     table = pd.DataFrame({"lat": [12.0], "lon": [90.0], "t": [282.0]})
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
     with pytest.raises(ObservationMismatchError, match=r"got DataFrame; .*to_xarray\(\)"):
-        state.ensf.assimilate(table, **options)
+        ds.ensf.assimilate(table, **options)
     converted = table.to_xarray().set_coords(["lat", "lon"])  # as the message says
-    assert not np.array_equal(state.ensf.assimilate(converted, **options).t.values, state.t.values)
+    assert not np.array_equal(ds.ensf.assimilate(converted, **options).t.values, ds.t.values)
 
 
 def test_the_order_of_the_variables_does_not_change_the_analysis():
@@ -772,18 +766,19 @@ def test_the_order_of_the_variables_does_not_change_the_analysis():
         one = ds[["t", "q"]].ensf.assimilate(obs, obs_error=0.5, **options)
         other = ds[["q", "t"]].ensf.assimilate(obs, obs_error=0.5, **options)
         assert list(other.data_vars) == ["q", "t"]  # the result keeps the given order
-        xr.testing.assert_identical(one, other[["t", "q"]])
+        assert_same_run(one, other[["t", "q"]])
 
 
-def test_a_latent_model_takes_its_variables_in_any_order():
+def _tiny_latent_case(names) -> tuple:
+    """A latent model of random fields ``names`` on an 8 × 8 grid in km, trained one
+    epoch (it only has to run), a prior of six of its states and every other point
+    observed."""
     r = np.random.default_rng(0)
-    coords = {"y": ("y", np.arange(8) * 10.0, {"units": "km"}),
-              "x": ("x", np.arange(8) * 10.0, {"units": "km"})}  # fmt: skip
+    axis = ("x", np.arange(8) * 10.0, {"units": "km"})
     train = xr.Dataset(
-        {"a": (("time", "y", "x"), r.standard_normal((40, 8, 8)), {"units": "m"}),
-         "b": (("time", "y", "x"), r.standard_normal((40, 8, 8)), {"units": "m"})},
-        coords={**coords, "time": np.arange(40)},
-    )  # fmt: skip
+        {n: (("time", "y", "x"), r.standard_normal((40, 8, 8)), {"units": "m"}) for n in names},
+        coords={"y": ("y", *axis[1:]), "x": axis, "time": np.arange(40)},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.TrainingDataWarning)
         model = xensf.train_latent(
@@ -791,68 +786,53 @@ def test_a_latent_model_takes_its_variables_in_any_order():
         )
     prior = train.isel(time=slice(0, 6)).rename(time="member")
     obs = xr.full_like(prior.isel(member=0), np.nan)
-    obs["a"][::2, ::2] = 0.5
-    obs["b"][::2, ::2] = -0.5
+    for k, n in enumerate(names):
+        obs[n][::2, ::2] = 0.5 - k
+    return model, prior, obs
+
+
+def test_a_latent_model_takes_its_variables_in_any_order():
+    model, prior, obs = _tiny_latent_case(["a", "b"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.ModelQualityWarning)  # one epoch of training
         one = prior.ensf.assimilate(obs, model=model, seed=1)
         other = prior[["b", "a"]].ensf.assimilate(obs[["b", "a"]], model=model, seed=1)
-    xr.testing.assert_identical(one, other[["a", "b"]])
+    assert_same_run(one, other[["a", "b"]])
 
 
-def test_gridded_observations_on_part_of_the_grid_are_told_how_to_fill_it():
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
-    full = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+def test_gridded_observations_on_part_of_the_grid_are_told_how_to_fill_it(ds):
+    full = xr.full_like(ds.t.isel(member=0), np.nan).to_dataset()
     full.t[2, 3], full.t[4, 6] = 282.0, 279.0
     region = full.isel(lat=slice(1, 5), lon=slice(2, 7))
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
     with pytest.raises(
         ObservationMismatchError, match=r"4 of the state's 6 .*reindex_like"
     ) as err:
-        state.ensf.assimilate(region, **options)
+        ds.ensf.assimilate(region, **options)
     # the reindex the message gives
     fix = re.search(
         r"obs\.reindex_like\(ds, method='nearest', tolerance=([0-9.]+)\)", str(err.value)
     )
-    filled = region.reindex_like(state, method="nearest", tolerance=float(fix.group(1)))
-    xr.testing.assert_identical(
-        state.ensf.assimilate(filled, **options), state.ensf.assimilate(full, **options)
-    )
+    filled = region.reindex_like(ds, method="nearest", tolerance=float(fix.group(1)))
+    assert_same_run(ds.ensf.assimilate(filled, **options), ds.ensf.assimilate(full, **options))
 
 
-def test_an_obs_error_quantity_is_told_to_give_its_magnitude():
+def test_an_obs_error_quantity_is_told_to_give_its_magnitude(ds, station):
     from cf_xarray.units import units
 
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
-    obs = xr.Dataset(
-        {"t": ("station", [282.0])},
-        coords={"lat": ("station", [12.0]), "lon": ("station", [90.0])},
-    )
+    obs = station
     options = {"method": "letkf", "loc_radius": 3000.0}
     error = units.Quantity(500.0, "mK")
     for given in (error, {"t": error}):
         with pytest.raises(OptionError, match=r"quantity .*m_as\("):
-            state.ensf.assimilate(obs, obs_error=given, **options)
+            ds.ensf.assimilate(obs, obs_error=given, **options)
     np.testing.assert_array_equal(  # the magnitude, as the message says
-        state.ensf.assimilate(obs, obs_error=error.m_as("K"), **options).t.values,
-        state.ensf.assimilate(obs, obs_error=0.5, **options).t.values,
+        ds.ensf.assimilate(obs, obs_error=error.m_as("K"), **options).t.values,
+        ds.ensf.assimilate(obs, obs_error=0.5, **options).t.values,
     )
 
 
-def test_station_metadata_given_as_variables_is_told_where_it_goes():
-    r = np.random.default_rng(0)
-    state = xr.Dataset(
-        {"t": (("member", "lat", "lon"), 280 + r.standard_normal((6, 6, 8)), {"units": "K"})},
-        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
-    )
+def test_station_metadata_given_as_variables_is_told_where_it_goes(ds):
     obs = xr.Dataset(
         {"t": ("station", [282.0, 279.0]), "name": ("station", ["A", "B"]),
          "qc": ("station", [0, 1])},
@@ -860,10 +840,10 @@ def test_station_metadata_given_as_variables_is_told_where_it_goes():
     )  # fmt: skip
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
     with pytest.raises(ObservationMismatchError, match=r"set_coords\(\['name', 'qc'\]\)"):
-        state.ensf.assimilate(obs, **options)
-    expected = state.ensf.assimilate(obs[["t"]], **options)
+        ds.ensf.assimilate(obs, **options)
+    expected = ds.ensf.assimilate(obs[["t"]], **options)
     for fixed in (obs.set_coords(["name", "qc"]), obs.drop_vars(["name", "qc"])):
-        np.testing.assert_array_equal(state.ensf.assimilate(fixed, **options).t, expected.t)
+        np.testing.assert_array_equal(ds.ensf.assimilate(fixed, **options).t, expected.t)
 
 
 def test_a_curvilinear_grid_in_radians_is_read_in_degrees():
@@ -878,15 +858,9 @@ def test_a_curvilinear_grid_in_radians_is_read_in_degrees():
     sst = (("member", "y", "x"), 290 + r.standard_normal((6, 6, 8)), {"units": "K"})
     degrees = xr.Dataset({"sst": sst}, coords=grid(lat2, lon2, "degrees"))
     radians = xr.Dataset({"sst": sst}, coords=grid(np.deg2rad(lat2), np.deg2rad(lon2), "radian"))
-    buoy = xr.Dataset(
-        {"sst": ("buoy", [292.0])},
-        coords={"lat": ("buoy", [5.0], {"units": "degrees_north"}),
-                "lon": ("buoy", [150.0], {"units": "degrees_east"})},
-    )  # fmt: skip
+    buoy = _points_in_degrees("sst", [292.0], [5.0], [150.0], dim="buoy")
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 1500.0}
-    expected = degrees.ensf.assimilate(buoy, **options)
-    got = radians.ensf.assimilate(buoy, **options)
-    np.testing.assert_allclose(got.sst.values, expected.sst.values, rtol=0, atol=1e-9)
+    expected = _assert_same_analysis(degrees, radians, buoy, name="sst", **options)
     assert not np.array_equal(expected.sst.values, degrees.sst.values)
     truth = degrees.sst.isel(member=0) + 0.5  # cell areas from the grid in degrees
     np.testing.assert_allclose(
@@ -896,21 +870,8 @@ def test_a_curvilinear_grid_in_radians_is_read_in_degrees():
 
 def test_a_latent_model_takes_its_grid_in_other_units():
     # A model trained on a grid in km refused the same grid in m ("regrid the data").
-    r = np.random.default_rng(0)
-    axis = np.arange(8) * 10.0
-    train = xr.Dataset(
-        {"a": (("time", "y", "x"), r.standard_normal((40, 8, 8)), {"units": "m"})},
-        coords={"y": ("y", axis, {"units": "km"}), "x": ("x", axis, {"units": "km"}),
-                "time": np.arange(40)},
-    )  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", xensf.TrainingDataWarning)
-        model = xensf.train_latent(
-            train, 2, latent_dim=4, width=4, blocks=1, epochs=1, progress=False, seed=0
-        )
-    prior = train.isel(time=slice(0, 6)).rename(time="member")
-    obs = xr.full_like(prior.isel(member=0), np.nan)
-    obs["a"][::2, ::2] = 0.5
+    model, prior, obs = _tiny_latent_case(["a"])
+    axis = prior.x.values
     in_m = {"y": ("y", axis * 1000.0, {"units": "m"}), "x": ("x", axis * 1000.0, {"units": "m"})}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.ModelQualityWarning)  # one epoch of training
