@@ -886,3 +886,22 @@ def test_a_latent_model_takes_its_grid_in_other_units():
         prior.assign_coords(elsewhere).ensf.assimilate(
             obs.assign_coords(elsewhere), model=model, seed=1
         )
+
+
+@pytest.mark.parametrize("chunks", [None, {"lat": 3}])
+def test_a_state_at_one_time_draws_from_that_time_s_seed(two_days, chunks):
+    # Without a time dim EnSF drew from the bare seed: forecast.isel(time=0) and
+    # forecast.isel(time=[0]) gave analyses 4.9 K apart, though both are at one time.
+    obs = xr.Dataset(
+        {"t": (("time", "station"), [[282.0], [270.0]])},
+        coords={"time": two_days.time, "lat": ("station", [12.0]), "lon": ("station", [90.0])},
+    )
+    options = {"method": "ensf", "obs_error": 0.5, "seed": 3, "prior_score": "paired"}
+    state = two_days if chunks is None else two_days.chunk(chunks)
+    at_scalar = []
+    for i in (0, 1):
+        as_dim = state.isel(time=[i]).ensf.assimilate(obs.isel(time=[i]), **options)
+        at_scalar.append(state.isel(time=i).ensf.assimilate(obs.isel(time=i), **options))
+        np.testing.assert_array_equal(at_scalar[i].t.values, as_dim.t.isel(time=0).values)
+    untimed = state.isel(time=0, drop=True).ensf.assimilate(obs.isel(time=0, drop=True), **options)
+    assert not np.array_equal(untimed.t.values, at_scalar[0].t.values)  # the bare seed

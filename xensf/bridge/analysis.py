@@ -29,7 +29,7 @@ from ..errors import (
 from ..filters.device import compute_device, parse_device
 from ..filters.noise import analysis_seeds, check_seed
 from ..obs import EDGE_TOLERANCE, check_longitude
-from .dims import EnsembleDims, find_dims, state_variables
+from .dims import EnsembleDims, find_dims, scalar_time, state_variables
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
 from .metadata import analysis_metadata
@@ -61,6 +61,9 @@ class BlockPlan:
     out_dtypes: tuple[np.dtype, ...]
     grid_locations: np.ndarray
     distance: str
+    #: without a time dim, the state's one time (a scalar time coordinate), or None:
+    #: its analysis draws from the seed of that time, as with a length-1 time dim
+    at_time: np.ndarray | None = None
     model: ModelHandle | None = None
     #: for a station model: the model's slot of each observation row
     model_slots: tuple[int, ...] | None = None
@@ -112,7 +115,7 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if masked.any():
         x = np.where(masked, np.zeros((), x.dtype), x)  # no spread there: never updated
         plan, y = _observations_off_the_mask(plan, y, masked)
-    seeds = analysis_seeds(plan.seed, times, T)
+    seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
 
     if plan.method.needs_obs_error:
@@ -255,6 +258,12 @@ def _check_chunks(
                     f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
                     f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead){hint}"
                 )
+
+
+def _one_time(prior: xr.Dataset) -> np.ndarray | None:
+    """The time of a state without a time dim, as a length-1 array, or None."""
+    name = scalar_time(prior)
+    return None if name is None else np.asarray(prior[name].values).reshape(1)
 
 
 def _stacking_order(names: list[str], config) -> list[str]:
@@ -503,6 +512,7 @@ def assimilate(
         seed=int(seed),
         device=device,
         has_time=dims.time is not None,
+        at_time=_one_time(prior) if dims.time is None else None,
         out_dtypes=tuple(prior[n].dtype for n in names),
         grid_locations=grid.locations,
         distance="great_circle" if grid.geographic else "euclidean",

@@ -20,7 +20,7 @@ from ..errors import DimensionError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
 from .grid import curvilinear_names
 
-__all__ = ["EnsembleDims", "find_dims", "find_role", "state_variables"]
+__all__ = ["EnsembleDims", "find_dims", "find_role", "scalar_time", "state_variables"]
 
 _ARG = {"member": "member_dim", "latitude": "lat_dim", "longitude": "lon_dim", "time": "time_dim"}
 
@@ -58,6 +58,18 @@ def _cf_matches(obj: xr.Dataset | xr.DataArray, role: str) -> set[str]:
             if isinstance(value, str) and value in values:
                 names.add(name)
     return {obj[n].dims[0] for n in names if n in obj.coords and obj[n].ndim == 1}
+
+
+def scalar_time(obj: xr.Dataset | xr.DataArray) -> str | None:
+    """The name of ``obj``'s scalar time coordinate, if it has one and no time dim: a
+    state or truth at one time, as ``forecast.isel(time=0)`` leaves it."""
+    if find_role(obj, "time", required=False) is not None:
+        return None
+    for name, coord in obj.coords.items():
+        cf = any(coord.attrs.get(a) in v for a, v in CF_CRITERIA["time"].items())
+        if coord.ndim == 0 and (cf or str(name).lower() in COMMON_NAMES["time"]):
+            return str(name)
+    return None
 
 
 def find_role(

@@ -32,7 +32,7 @@ from ..obs import (
     resolve_obs_error,
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
-from .dims import EnsembleDims, find_role
+from .dims import EnsembleDims, find_role, scalar_time
 from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .units import convert_units
@@ -756,11 +756,9 @@ def _at_the_state_time(obs, obs_time, prior, dims, tolerance, names, obs_dim):
 
     Observations at another time were applied to it without a word. Returns the
     observations and their time dim (None where they have no time)."""
-    known = [obs_time] if obs_time is not None else list(COMMON_NAMES["time"])
-    found = [n for n in known if n in prior.coords and prior[n].ndim == 0]
-    if not found:
+    name = scalar_time(prior)
+    if name is None:
         return obs, obs_time
-    name = found[0]
     if obs_time is None:
         if name not in obs.coords or obs[name].ndim != 0:
             return obs, None  # observations without a time: at the state's

@@ -491,7 +491,7 @@ def _ensf_spatial_block(*arrays: np.ndarray):
         y=y,
         err=err,
         observed=observed,
-        seeds=analysis_seeds(plan.seed, times, T),
+        seeds=analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T),
         plan=dataclasses.replace(plan, layout=block_layout, obs=block_obs),
         device=compute_device(plan.device),
         work=plan.work_dtype,
