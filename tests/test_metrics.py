@@ -316,3 +316,28 @@ def test_a_truth_at_one_time_or_level_scores_the_ensemble_there():
         ens.ensf.rmse(truth.isel(time=0).assign_coords(time=np.datetime64("2001-01-03", "ns")))
     static = ens.ensf.rmse(truth.isel(time=0).drop_vars("time"))  # no time: every time
     assert static.t.dims == ()
+
+
+def test_a_truth_s_coordinates_are_read_in_their_units():
+    # A truth on levels in Pa against an ensemble in hPa was "another grid", with advice
+    # to interpolate (which, on numbers 100 times larger, gives NaN).
+    r = np.random.default_rng(0)
+    ens = xr.Dataset(
+        {"t": (("member", "level", "y", "x"), 280 + r.standard_normal((6, 2, 4, 5)),
+               {"units": "K"})},
+        coords={"level": ("level", [500.0, 850.0], {"units": "hPa"}),
+                "y": ("y", np.arange(4) * 100.0, {"units": "km"}),
+                "x": ("x", np.arange(5) * 100.0, {"units": "km"})},
+    )  # fmt: skip
+    truth = ens.t.isel(member=0) + r.standard_normal((2, 4, 5))
+    other_units = truth.assign_coords(
+        level=("level", [50000.0, 85000.0], {"units": "Pa"}),
+        x=("x", np.arange(5) * 1e5, {"units": "m"}),
+    ).isel(level=[1, 0])  # and in another order
+    for score in ("rmse", "crps", "spread_skill"):
+        xr.testing.assert_identical(
+            getattr(ens.ensf, score)(other_units), getattr(ens.ensf, score)(truth)
+        )
+    seconds = truth.assign_coords(level=("level", [500.0, 850.0], {"units": "s"}))
+    with pytest.raises(xensf.errors.UnitsError, match="'level' coordinate is in 's'"):
+        ens.ensf.rmse(seconds)
