@@ -338,6 +338,8 @@ def test_a_truth_s_coordinates_are_read_in_their_units():
         xr.testing.assert_identical(
             getattr(ens.ensf, score)(other_units), getattr(ens.ensf, score)(truth)
         )
+    at_500 = other_units.sel(level=50000.0)  # one level, a scalar coordinate in Pa
+    xr.testing.assert_identical(ens.ensf.rmse(at_500), ens.ensf.rmse(truth.sel(level=500.0)))
     seconds = truth.assign_coords(level=("level", [500.0, 850.0], {"units": "s"}))
     with pytest.raises(xensf.errors.UnitsError, match="'level' coordinate is in 's'"):
         ens.ensf.rmse(seconds)

@@ -535,7 +535,7 @@ class EnsfDatasetAccessor:
 def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, xr.Dataset]:
     """The ensemble's variables that ``truth`` has, and ``truth`` in their units, on the
     same points: a :class:`~xensf.errors.XensfError` where it cannot be."""
-    from .bridge.alignment import aligned_like
+    from .bridge.alignment import aligned_like, coordinate_in_units
     from .bridge.dims import find_role
     from .bridge.observations import time_text
 
@@ -564,7 +564,8 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
     # coordinate) is the truth there, not at every time: score the ensemble there.
     for d in [d for d in ensemble.dims if d != member and d not in truth.dims]:
         if d in truth.coords and truth[d].ndim == 0 and d in ensemble.indexes:
-            value = truth[d].values[()]
+            truth = coordinate_in_units(ensemble, truth.expand_dims(d), d, "truth")
+            value = truth[d].values[0]
             if value not in ensemble.indexes[d]:
                 raise DimensionError(
                     f"the truth is at {d}={time_text(value)} (a scalar coordinate), which the "
@@ -572,7 +573,6 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
                     f"drop that coordinate (truth.drop_vars({d!r})) to score every {d}"
                 )
             ensemble = ensemble.sel({d: [value]})
-            truth = truth.expand_dims(d)
     time = find_role(ensemble, "time", required=False)
     partial = () if time is None else (time,)  # scored at the times both have
     return ensemble, aligned_like(ensemble, truth, names, what="truth", partial=partial)

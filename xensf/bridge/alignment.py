@@ -17,7 +17,7 @@ from .grid import same_points
 from .observations import check_time_kinds
 from .units import convert_units
 
-__all__ = ["aligned_like"]
+__all__ = ["aligned_like", "coordinate_in_units"]
 
 
 def aligned_like(
@@ -39,7 +39,7 @@ def aligned_like(
     for d in other.dims:
         if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
             continue
-        other = _coordinate_in_units(reference, other, d, what)
+        other = coordinate_in_units(reference, other, d, what)
         ours, theirs = reference.indexes[d], other.indexes[d]
         check_time_kinds(np.asarray(theirs), np.asarray(ours), str(d), what, what, DimensionError)
         if d in partial:
@@ -70,7 +70,7 @@ def aligned_like(
     return other.assign(converted)[names]
 
 
-def _coordinate_in_units(reference, other, d, what: str) -> xr.Dataset:
+def coordinate_in_units(reference, other, d, what: str) -> xr.Dataset:
     """``other`` with its ``d`` coordinate in ``reference``'s units (levels in Pa against
     hPa, a grid in m against km), a converted value that lands on a reference value (to
     a millionth) taking that value; as it is where either has no units."""
