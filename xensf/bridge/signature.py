@@ -85,8 +85,8 @@ def _same_grid(expected: dict[str, Any], found: dict[str, Any]) -> bool:
     ours, theirs = expected.get("grid_units"), found.get("grid_units")
     if not ours or not theirs:
         return False
-    for axis, a, b in (("lat", 0, 0), ("lon", 1, 1)):
-        factor = _factor(theirs[b], ours[a])
+    for k, axis in enumerate(("lat", "lon")):
+        factor = _factor(theirs[k], ours[k])
         if factor is None or not same_points(np.asarray(found[axis]) * factor, expected[axis]):
             return False
     return True
@@ -95,7 +95,7 @@ def _same_grid(expected: dict[str, Any], found: dict[str, Any]) -> bool:
 def _factor(given: str | None, wanted: str | None) -> float | None:
     """The factor that takes coordinates in ``given`` units to ``wanted``; 1 where
     both are the same (or neither is known), None where they do not convert."""
-    if given == wanted or (given is None and wanted is None):
+    if given == wanted:
         return 1.0
     if given is None or wanted is None:
         return None
