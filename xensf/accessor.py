@@ -535,9 +535,10 @@ class EnsfDatasetAccessor:
 def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, xr.Dataset]:
     """The ensemble's variables that ``truth`` has, and ``truth`` in their units, on the
     same points: a :class:`~xensf.errors.XensfError` where it cannot be."""
-    from .bridge.alignment import aligned_like, coordinate_in_units
+    from .bridge.alignment import aligned_like
     from .bridge.dims import find_role
     from .bridge.observations import time_text
+    from .bridge.units import coordinate_in_units
 
     if isinstance(truth, xr.DataArray):
         if truth.name not in ensemble.data_vars:
@@ -564,7 +565,7 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
     # coordinate) is the truth there, not at every time: score the ensemble there.
     for d in [d for d in ensemble.dims if d != member and d not in truth.dims]:
         if d in truth.coords and truth[d].ndim == 0 and d in ensemble.indexes:
-            truth = coordinate_in_units(ensemble, truth.expand_dims(d), d, "truth")
+            truth = coordinate_in_units(ensemble, truth.expand_dims(d), d, whose="the truth's")
             value = truth[d].values[0]
             if value not in ensemble.indexes[d]:
                 raise DimensionError(

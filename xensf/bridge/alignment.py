@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, OptionError, UnitsError
+from ..errors import DimensionError, OptionError
 from .grid import same_points
 from .observations import check_time_kinds
-from .units import convert_units
+from .units import convert_units, coordinate_in_units
 
-__all__ = ["aligned_like", "coordinate_in_units"]
+__all__ = ["aligned_like"]
 
 
 def aligned_like(
@@ -39,7 +39,7 @@ def aligned_like(
     for d in other.dims:
         if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
             continue
-        other = coordinate_in_units(reference, other, d, what)
+        other = coordinate_in_units(reference, other, d, whose=f"the {what}'s")
         ours, theirs = reference.indexes[d], other.indexes[d]
         check_time_kinds(np.asarray(theirs), np.asarray(ours), str(d), what, what, DimensionError)
         if d in partial:
@@ -68,30 +68,6 @@ def aligned_like(
         for n in names
     }
     return other.assign(converted)[names]
-
-
-def coordinate_in_units(reference, other, d, what: str) -> xr.Dataset:
-    """``other`` with its ``d`` coordinate in ``reference``'s units (levels in Pa against
-    hPa, a grid in m against km), a converted value that lands on a reference value (to
-    a millionth) taking that value; as it is where either has no units."""
-    ours, theirs = reference[d].attrs.get("units"), other[d].attrs.get("units")
-    if not (ours and theirs) or ours == theirs or other[d].dtype.kind not in "fiu":
-        return other
-    given = xr.DataArray(
-        np.asarray(other[d].values, np.float64), dims="_", attrs={"units": theirs}
-    )
-    try:
-        values = convert_units(given, ours, name=str(d), what=f"the {what}'s coordinates").values
-    except UnitsError:
-        raise UnitsError(
-            f"the {what}'s {d!r} coordinate is in {theirs!r}, the ensemble's in {ours!r}, and "
-            f"the one does not convert to the other; give the {what} on the ensemble's {d!r}"
-        ) from None
-    if reference[d].dtype.kind in "fiu":
-        target = np.asarray(reference[d].values, np.float64)
-        near = np.isclose(values[:, None], target[None, :], rtol=1e-6, atol=0)
-        values = np.where(near.any(axis=1), target[near.argmax(axis=1)], values)
-    return other.assign_coords({d: (d, values, {**other[d].attrs, "units": ours})})
 
 
 def _head(index) -> str:

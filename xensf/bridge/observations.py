@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import DimensionError, ObservationMismatchError, OptionError, UnitsError
+from ..errors import DimensionError, ObservationMismatchError, OptionError
 from ..obs import (
     field_rows,
     parse_relative,
@@ -35,7 +35,7 @@ from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, find_role, scalar_time
 from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
-from .units import convert_units
+from .units import convert_units, coordinate_in_units
 
 __all__ = ["ObservationPlan", "prepare_observations"]
 
@@ -616,29 +616,11 @@ def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) 
 
 def _levels_in_state_units(obs: xr.Dataset, prior: xr.Dataset, level_dims) -> xr.Dataset:
     """``obs`` with each level coordinate in the state's units (pressure levels in Pa
-    against the state's hPa), a converted value that lands on a state level (to 1e-6)
-    taking that level's value; a level without units is in the state's already."""
+    against the state's hPa; :func:`~xensf.bridge.units.coordinate_in_units`); a level
+    without units is in the state's already."""
     for lev in sorted(level_dims, key=str):
-        if lev not in obs.coords or lev not in prior.coords:
-            continue
-        theirs, ours = obs[lev].attrs.get("units"), prior[lev].attrs.get("units")
-        if theirs is None or ours is None or theirs == ours:
-            continue
-        try:
-            values = convert_units(obs[lev], ours, name=str(lev), what="levels").values
-        except UnitsError:
-            raise UnitsError(
-                f"the observations' {lev!r} coordinate is in {theirs!r}, the state's in "
-                f"{ours!r}, and the one does not convert to the other; give the "
-                "observations on the state's levels"
-            ) from None
-        state = prior[lev].values
-        if values.dtype.kind == "f" and state.dtype.kind in "fiu":
-            flat = values.reshape(-1)
-            near = np.isclose(flat[:, None], state.reshape(-1)[None, :], rtol=1e-6, atol=0)
-            flat = np.where(near.any(axis=1), state.reshape(-1)[near.argmax(axis=1)], flat)
-            values = flat.reshape(values.shape)
-        obs = obs.assign_coords({lev: (obs[lev].dims, values, {**obs[lev].attrs, "units": ours})})
+        if lev in obs.coords and lev in prior.coords:
+            obs = coordinate_in_units(prior, obs, lev, whose="the observations'")
     return obs
 
 

@@ -6,6 +6,7 @@ bare arrays in the state's units.
 
 from __future__ import annotations
 
+import numpy as np
 import pint
 import pint_xarray  # noqa: F401  (registers the .pint accessor)
 import xarray as xr
@@ -13,7 +14,14 @@ from cf_xarray.units import units as UNITS  # pint registry that reads CF/UDUNIT
 
 from ..errors import UnitsError
 
-__all__ = ["convert_units", "degrees_per", "dequantify", "parse_units", "requantify"]
+__all__ = [
+    "convert_units",
+    "coordinate_in_units",
+    "degrees_per",
+    "dequantify",
+    "parse_units",
+    "requantify",
+]
 
 
 def parse_units(units: str, *, where: str) -> pint.Unit:
@@ -106,6 +114,37 @@ def degrees_per(units: str | None) -> float | None:
     if str(unit) not in _ANGLES:
         return None
     return float(UNITS.Quantity(1.0, unit).to("degree").magnitude)
+
+
+def coordinate_in_units(reference, other, name: str, *, whose: str):
+    """``other`` with its ``name`` coordinate in ``reference``'s units (levels in Pa
+    against hPa, a grid in m against km), a converted value that lands on a reference
+    value (to a millionth) taking that value; as it is where either has no units.
+    ``whose`` names ``other`` in the message ("the observations'", "the truth's").
+
+    Raises :class:`UnitsError` where the units do not convert."""
+    ours, theirs = reference[name].attrs.get("units"), other[name].attrs.get("units")
+    if not (ours and theirs) or ours == theirs or other[name].dtype.kind not in "fiu":
+        return other
+    coord = other[name]
+    given = xr.DataArray(
+        np.asarray(coord.values, np.float64), dims=coord.dims, attrs={"units": theirs}
+    )
+    try:
+        values = convert_units(given, ours, name=str(name), what="coordinates").values
+    except UnitsError:
+        raise UnitsError(
+            f"{whose} {name!r} coordinate is in {theirs!r}, the state's in {ours!r}, and the "
+            f"one does not convert to the other; give them on the state's {name!r} values"
+        ) from None
+    if reference[name].dtype.kind in "fiu":
+        target = np.asarray(reference[name].values, np.float64).reshape(-1)
+        flat = values.reshape(-1)
+        near = np.isclose(flat[:, None], target[None, :], rtol=1e-6, atol=0)
+        values = np.where(near.any(axis=1), target[near.argmax(axis=1)], flat).reshape(
+            values.shape
+        )
+    return other.assign_coords({name: (coord.dims, values, {**coord.attrs, "units": ours})})
 
 
 def _difference(unit: pint.Unit) -> pint.Quantity:
