@@ -140,6 +140,26 @@ def test_rank_histogram_breaks_ties_at_random_but_reproducibly_and_skips_nan():
     xr.testing.assert_equal(counts, rank_histogram(ens.chunk(point=700), truth, "member", seed=5))
 
 
+def test_scores_take_only_points_with_a_truth_and_unmasked_members():
+    """A truth with gaps (a gridded product under clouds) or an ensemble with a land
+    mask is scored as the points that have both. The spread-skill ratio averaged the
+    spread over every point and the error over the truth's (7.7 against 2.1 here, the
+    spread being large where the truth is missing), and the rank histogram counted a
+    masked point as rank 0."""
+    rng = np.random.default_rng(7)
+    lat = np.linspace(-60, 60, 6)
+    values = 280 + rng.standard_normal((8, 6, 8)) * np.where(lat > 0, 5.0, 1.0)[:, None]
+    ens = xr.Dataset({"t": (("member", "lat", "lon"), values)},
+                     coords={"lat": lat, "lon": np.arange(8) * 45.0})  # fmt: skip
+    truth = ens.mean("member") + rng.standard_normal((6, 8))
+    south = {"lat": slice(0, 3)}
+    for ensemble, known in ((ens, truth.where(ens.lat < 0)), (ens.where(ens.lat < 0), truth)):
+        for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
+            got = getattr(ensemble.ensf, score)(known)
+            expected = getattr(ens.isel(south).ensf, score)(truth.isel(south))
+            xr.testing.assert_allclose(got.t, expected.t)
+
+
 def test_accessor_scores_weight_by_area_and_keep_time():
     ens, truth = _case()
     crps = ens.ensf.crps(truth)
@@ -175,6 +195,8 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         ens.ensf.rank_histogram(truth, seed=-1)
     with pytest.raises(EnsembleError, match="at least 2 members"):
         ens.isel(member=[0]).ensf.spread_skill(truth)
+    with pytest.raises(EnsembleError, match="fair CRPS needs at least 2 members"):  # ValueError
+        ens.isel(member=[0]).ensf.crps(truth, fair=True)
     with pytest.raises(EnsembleError, match="at least 2 members"):  # xarray's TypeError before
         ens.isel(member=[0]).ensf.spread()
     celsius = (truth - 273.15).assign(t=lambda d: d.t.assign_attrs(units="degC"))

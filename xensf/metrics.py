@@ -92,6 +92,16 @@ def area_weights(latitude: xr.DataArray) -> xr.DataArray:
     return np.cos(np.deg2rad(latitude)).clip(min=0.0)
 
 
+def _scored(ensemble, truth, member_dim):
+    """Where a score is defined: the truth is known and no member is NaN (a mask).
+
+    A score that averages two quantities (spread and error) takes both over these points
+    only: a truth with gaps (a gridded observation product) or an ensemble with a land
+    mask would otherwise give the spread of points that have no error.
+    """
+    return truth.notnull() & ensemble.notnull().all(member_dim)
+
+
 def _mean(values, dims, weights):
     if dims is None:
         return values.mean()
@@ -118,7 +128,10 @@ def crps(
     """
     members = ensemble.sizes[member_dim]
     if members < (2 if fair else 1):
-        raise ValueError(f"the fair CRPS needs at least 2 members, got {members}")
+        raise EnsembleError(
+            f"the fair CRPS needs at least 2 members along {member_dim!r}, got {members}; "
+            "use fair=False for a single member (its CRPS is its absolute error)"
+        )
     skill = abs(ensemble - truth).mean(member_dim)
     pairs = xr.apply_ufunc(
         _mean_pair_distance,
@@ -154,13 +167,15 @@ def spread_skill(
     over-confident ensemble, above 1 an under-confident one. The factor ``(N + 1)/N``
     (Fortin et al. 2014) makes the ratio 1 in expectation at any ensemble size ``N``;
     the variance has ``ddof=1``. Means over ``dims`` (default: every dim), weighted as
-    in :func:`ensemble_rmse`.
+    in :func:`ensemble_rmse`; both over the points where the truth is known and the
+    members are not NaN (a truth with gaps, an ensemble with a land mask).
     """
     n = ensemble.sizes[member_dim]
     if n < 2:
         raise EnsembleError(f"a spread needs at least 2 members along {member_dim!r}, got {n}")
-    variance = _mean(ensemble.var(member_dim, ddof=1), dims, weights)
-    squared = _mean((ensemble.mean(member_dim) - truth) ** 2, dims, weights)
+    scored = _scored(ensemble, truth, member_dim)
+    variance = _mean(ensemble.var(member_dim, ddof=1).where(scored), dims, weights)
+    squared = _mean(((ensemble.mean(member_dim) - truth) ** 2).where(scored), dims, weights)
     return np.sqrt((n + 1) / n * variance / squared)
 
 
@@ -177,7 +192,8 @@ def rank_histogram(
     members takes a rank drawn uniformly among the tied positions (from ``seed``, so the
     counts are reproducible). Counted over ``dims`` (default: every dim); a flat
     histogram is what a calibrated ensemble gives, a U shape an over-confident one, a
-    slope a biased one. NaN truths are not counted.
+    slope a biased one. NaN truths, and points where the members are NaN (a mask), are
+    not counted.
     """
     n = ensemble.sizes[member_dim]
     # computed here (one number per point of the truth), so that the tie-breaking draws
@@ -189,7 +205,7 @@ def rank_histogram(
     def draw(b, t):
         return b + np.floor(rng.random(np.shape(t)) * (np.asarray(t) + 1)).astype(np.int64)
 
-    rank = xr.apply_ufunc(draw, below, ties).where(truth.notnull(), -1)
+    rank = xr.apply_ufunc(draw, below, ties).where(_scored(ensemble, truth, member_dim), -1)
     over = rank.dims if dims is None else dims
     counts = [(rank == r).sum(over) for r in range(n + 1)]
     return xr.concat(counts, dim="rank").assign_coords(rank=np.arange(n + 1))
