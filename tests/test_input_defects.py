@@ -905,3 +905,60 @@ def test_a_state_at_one_time_draws_from_that_time_s_seed(two_days, chunks):
         np.testing.assert_array_equal(at_scalar[i].t.values, as_dim.t.isel(time=0).values)
     untimed = state.isel(time=0, drop=True).ensf.assimilate(obs.isel(time=0, drop=True), **options)
     assert not np.array_equal(untimed.t.values, at_scalar[0].t.values)  # the bare seed
+
+
+def _north_to_south_from_the_dateline(d: xr.Dataset) -> xr.Dataset:
+    """The same data with latitude from north to south (as ERA5 comes) and longitude
+    in -180 … 180 (the other convention), sorted."""
+    d = d.isel(lat=slice(None, None, -1))
+    return d.assign_coords(lon=((d.lon + 180.0) % 360.0) - 180.0).sortby("lon")
+
+
+def _south_to_north_from_zero(d: xr.Dataset) -> xr.Dataset:
+    return d.sortby("lat").assign_coords(lon=d.lon % 360.0).sortby("lon")
+
+
+@pytest.mark.parametrize(
+    "options, chunks, gridded",
+    [
+        ({}, None, True),
+        ({"prior_score": "paired"}, {"lat": 4, "time": 1}, True),  # in spatial blocks
+        ({"prior_score": "local-mixture", "window": 4}, {"time": 1}, False),  # stations on points
+    ],
+)
+def test_the_grid_s_order_does_not_change_the_ensf_analysis(options, chunks, gridded):
+    # EnSF's draws fall on the grid points in the state's order, and its noise tiles and
+    # windows cut the grid from its first row: the same ensemble with latitude from
+    # north to south (ERA5's order) or longitude from -180 got another analysis for one
+    # seed (4.7 K apart here), and another with local-mixture windows.
+    r = np.random.default_rng(2)
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), 280 + r.standard_normal((2, 6, 8, 12)),
+               {"units": "K"})},
+        coords={"time": np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]"),
+                "lat": np.linspace(-70.0, 70.0, 8), "lon": np.arange(12) * 30.0},
+    )  # fmt: skip
+    if gridded:
+        obs = xr.full_like(prior.isel(member=0, drop=True), np.nan)
+        obs["t"][:, 2, 3] = [282.0, 281.0]
+        obs["t"][:, 6, 10] = [279.0, 278.5]
+    else:
+        obs = xr.Dataset(
+            {"t": ("station", [282.0, 279.0])},
+            coords={"lat": ("station", [10.0, 50.0]), "lon": ("station", [120.0, 300.0])},
+        )
+    other_prior = _north_to_south_from_the_dateline(prior)
+    other_obs = _north_to_south_from_the_dateline(obs) if gridded else obs
+    if chunks is not None:
+        prior, other_prior = prior.chunk(chunks), other_prior.chunk(chunks)
+    kwargs = {"method": "ensf", "obs_error": 0.5, "seed": 3, **options}
+    one = prior.ensf.assimilate(obs, **kwargs)
+    other = other_prior.ensf.assimilate(other_obs, **kwargs)
+    # the analysis comes back in the order its data came in, in the same chunks
+    for d in ("lat", "lon"):
+        np.testing.assert_array_equal(other[d].values, other_prior[d].values)
+    assert other.t.chunks == other_prior.t.chunks
+    assert float(abs(one.t - prior.t).max()) > 0.5  # the observations moved it
+    np.testing.assert_array_equal(
+        _south_to_north_from_zero(other).t.values, one.t.transpose(*other.t.dims).values
+    )

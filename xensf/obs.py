@@ -42,6 +42,7 @@ __all__ = [
     "gather_observations",
     "grid_locations",
     "gridded_operator",
+    "longitude_order",
     "parse_relative",
     "planar_bilinear_weights",
     "point_locations",
@@ -125,6 +126,13 @@ def check_longitude(values) -> None:
     :func:`bilinear_weights` reads (monotonic round the circle, at most one turn, no
     regional grid sorted across its seam)."""
     _LongitudeAxis(values, None)
+
+
+def longitude_order(values) -> tuple[bool, bool]:
+    """``(descending, global)`` of a longitude axis that :func:`check_longitude` accepts
+    (global: its last column neighbours its first round the circle); raises as it."""
+    axis = _LongitudeAxis(values, None)
+    return axis.descending, axis.periodic
 
 
 class _LongitudeAxis:

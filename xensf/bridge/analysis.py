@@ -41,6 +41,7 @@ from .observations import (
     prepare_observations,
     time_text,
 )
+from .orientation import Orientation, canonical_orientation
 from .shared import shared_input, shared_value
 from .spatial import analyse_in_blocks, is_spatially_chunked
 from .units import dequantify, requantify
@@ -487,6 +488,11 @@ def assimilate(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
+    orientation = None
+    if spec.follows_grid_order:  # the same data in another order: the same analysis
+        orientation = canonical_orientation(prior, obs, dims, grid_coords(prior, dims))
+        if orientation is not None:
+            prior, obs = orientation.apply(prior), orientation.apply(obs)
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )
@@ -554,7 +560,7 @@ def assimilate(
             grid,
         )
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
-                       registries)  # fmt: skip
+                       registries, orientation)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
     renamed = obs_level_names(levels)
     obs_inputs = [
@@ -587,12 +593,13 @@ def assimilate(
     if len(names) + len(extra_outputs) == 1:
         outputs = (outputs,)
     return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
-                   registries)  # fmt: skip
+                   registries, orientation)  # fmt: skip
 
 
 def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
-            registries) -> xr.Dataset:  # fmt: skip
-    """The analysis Dataset: the prior with the analysed variables, and its metadata."""
+            registries, orientation: Orientation | None) -> xr.Dataset:  # fmt: skip
+    """The analysis Dataset: the prior with the analysed variables, and its metadata
+    (put back in the data's order from the ``orientation`` it was analysed in)."""
     result = prior.copy()
     for n, out in zip(names, outputs[: len(names)], strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
@@ -602,6 +609,8 @@ def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call
         coords = {d: prior[d] for d in order if d in prior.coords}
         result[name] = xr.DataArray(out.transpose(*order).data, dims=order, coords=coords,
                                     attrs=attrs)  # fmt: skip
+    if orientation is not None:
+        result, prior = orientation.undo(result), orientation.undo(prior)
     parameters = {**spec.parameters(spherical), "seed": int(seed), "obs_layout": obs_plan.kind}
     if obs_plan.kind == "point":  # gridded: the count varies with time (NaN = unobserved)
         parameters["obs_slots"] = obs_plan.size

@@ -119,6 +119,10 @@ class Method:
     #: whether a prior chunked along latitude/longitude is analysed block by block
     #: (:mod:`xensf.bridge.spatial`); otherwise the grid must be one chunk
     spatial_blocks: ClassVar[bool] = False
+    #: whether the analysis follows the order of the grid's points (random draws by
+    #: position, windows from the first row): a regular grid is then analysed in one
+    #: order (:mod:`xensf.bridge.orientation`), whatever order the data come in
+    follows_grid_order: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -292,6 +296,7 @@ class EnSF(Method):
     #: ``prior_score="paired"`` or ``"local-mixture"`` with the damped likelihood: a
     #: prior chunked along latitude/longitude is analysed block by block (others refuse)
     spatial_blocks: ClassVar[bool] = True
+    follows_grid_order: ClassVar[bool] = True
     description: ClassVar[str] = (
         "Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)"
     )
