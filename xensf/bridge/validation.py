@@ -185,11 +185,37 @@ def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str
             f"cross-validation in {folds} folds needs at least {folds} observed locations; "
             f"the observations have {count}. Use fewer folds (at least 2) or more observations"
         )
-    rng = np.random.default_rng(seed)
+    at = np.flatnonzero(seen.values)
+    at = at[_by_position(prior, obs, dims, space[0], gridded, at)]
     fold = np.full(seen.shape, -1, dtype=np.int64)
-    fold[seen.values] = rng.permutation(count) % folds
+    fold.ravel()[at] = np.random.default_rng(seed).permutation(count) % folds
     coords = {d: obs[d] for d in space if d in obs.coords}
     return xr.DataArray(fold, dims=space, coords=coords), names, gridded
+
+
+def _by_position(prior, obs, dims, point, gridded, at) -> np.ndarray:
+    """The order of the observed locations ``at`` (flat indices of the grid, or of the
+    point dim ``point``) by latitude, then longitude (in [-180, 180) on the sphere; y
+    and x on a planar grid), in which the folds are drawn: so a location's fold does
+    not depend on the order the locations come in (a grid from north to south, the
+    same stations in another order, or gridded observations given as stations). Moving
+    observers keep their order."""
+    from .grid import grid_coords
+    from .observations import _point_coords, _points_in_grid_units
+
+    grid = grid_coords(prior, dims)
+    if not grid.known:
+        return np.arange(at.size)
+    if gridded:
+        where = grid.locations[at]
+    else:
+        names = _point_coords(obs, point)
+        if names is None:  # positions that change with time
+            return np.arange(at.size)
+        obs = _points_in_grid_units(obs, point, None, grid)
+        lat, lon = (np.asarray(obs[n].values, np.float64) for n in names)
+        where = grid.locations_of(lat, lon)[at]
+    return np.lexsort((where[:, 1], where[:, 0]))
 
 
 def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
