@@ -231,10 +231,41 @@ def test_missing_level_lists_the_levels(wb2_store):
 
 
 @pytest.mark.parametrize("every, says", [("banana", "takes a duration such as '6h'"),
-                                         ("0h", "must be a positive duration")])  # fmt: skip
+                                         ("0h", "must be a positive duration"),
+                                         ("5h", "must divide a day"),
+                                         ("36h", "or be a whole number of days")])  # fmt: skip
 def test_a_bad_every_is_an_option_error(wb2_store, every, says):
-    with pytest.raises(OptionError, match=says):  # 'banana' was pandas' ValueError
+    # 'banana' was pandas' ValueError; 5h and 36h took the times that are multiples of
+    # them since 1970, one day this hour and the next another (on the ERA5 sample, 5h
+    # kept 2017-01-01T12 alone)
+    with pytest.raises(OptionError, match=says):
         xensf.era5.open(wb2_store, variables=["z500"], every=every)
+
+
+def test_every_takes_whole_days_from_the_first_day():
+    times = xensf.era5.open("era5_sample", variables=["z500"], every="2D").time.values
+    np.testing.assert_array_equal(times, np.array(["2017-01-01T00"], "datetime64[ns]"))
+    times = xensf.era5.open("era5_sample", variables=["z500"], every="1D").time.values
+    assert [str(t)[:13] for t in times] == ["2017-01-01T00", "2017-01-02T00"]
+
+
+def test_the_sample_opens_with_its_members_in_one_chunk_and_assimilates_lazily():
+    # The sample's file holds one member per chunk, and the loader kept them: its own
+    # result was refused by assimilate with a ChunkingError.
+    ds = xensf.era5.open("era5_sample", variables=["z500"], chunks={"time": 1})
+    assert ds.z500.chunks[:2] == ((10,), (1, 1, 1, 1))
+    prior, truth = ds.isel(member=slice(1, None)), ds.isel(member=0, drop=True)
+    mask = np.zeros((ds.sizes["latitude"], ds.sizes["longitude"]), bool)
+    mask[::8, ::8] = True
+    obs = truth.where(xr.DataArray(mask, dims=("latitude", "longitude")))
+    options = dict(method="letkf", obs_error=10.0, loc_radius=500.0)
+    analysis = prior.ensf.assimilate(obs, **options)
+    assert isinstance(analysis.z500.data, dask.array.Array)
+    eager = prior.load().ensf.assimilate(obs.load(), **options)
+    np.testing.assert_array_equal(analysis.z500.values, eager.z500.values)
+    # members chunked on purpose stay so
+    own = xensf.era5.open("era5_sample", variables=["z500"], chunks={"member": 5})
+    assert own.z500.chunks[0] == (5, 5)
 
 
 def test_level_on_a_surface_variable(wb2_store):

@@ -206,9 +206,18 @@ def _select_time(ds: xr.Dataset, time, every) -> xr.Dataset:
             ) from None
         if step <= np.timedelta64(0, "ns"):
             raise OptionError(f"every= must be a positive duration, got {every!r}")
-        offsets = ds["time"].values.astype("datetime64[ns]").astype(np.int64) % step.astype(
-            np.int64
-        )
+        times = ds["time"].values.astype("datetime64[ns]")
+        day = np.timedelta64(1, "D").astype("timedelta64[ns]")
+        if day % step == np.timedelta64(0, "ns"):  # 1h, 6h, 12h, 1D: the synoptic hours
+            start = np.datetime64(0, "ns")
+        elif step % day == np.timedelta64(0, "ns"):  # whole days, from the first one
+            start = times[:1].astype("datetime64[D]").astype("datetime64[ns]")
+        else:  # 5h or 36h: whole multiples from 00 UTC would drift from day to day
+            raise OptionError(
+                f"every= must divide a day (e.g. '1h', '3h', '6h', '12h') or be a whole "
+                f"number of days (e.g. '2D'), got {every!r}"
+            )
+        offsets = (times - start).astype(np.int64) % step.astype(np.int64)
         ds = ds.isel(time=np.flatnonzero(offsets == 0))
         if ds.sizes["time"] == 0:
             raise OptionError(f"no selected time is a multiple of every={every!r} from 00 UTC")
@@ -256,7 +265,9 @@ def open(
         store's span.
     every : str or numpy.timedelta64, optional
         Keep only times that are whole multiples of this step from 00 UTC, e.g.
-        ``"6h"`` to take 6-hourly states from hourly ARCO-ERA5.
+        ``"6h"`` to take 6-hourly states from hourly ARCO-ERA5: a step that divides a
+        day, or whole days (``"2D"``: 00 UTC of every other day from the first
+        selected day); other steps (``"5h"``) are an ``OptionError``.
     resolution : str, optional
         With ``source=None``: ``"64x32"`` (5.625°), ``"240x121"`` (1.5°) or
         ``"1440x721"`` (0.25°) picks the WeatherBench2 ERA5 store.
@@ -264,9 +275,11 @@ def open(
         Latitude order of the result; ``None`` keeps the store's.
     chunks : mapping or "auto", optional
         Dask chunks; default the store's own (for WeatherBench2 and ARCO-ERA5: whole
-        globes, a few times per chunk). A mapping names the dims of the result
-        (``member``, ``time``, ``level``, ``latitude``, ``longitude``), whatever the store
-        calls them; the data is opened in the store's chunks and rechunked lazily.
+        globes, a few times per chunk), with the members in one chunk, which every
+        analysis needs (the ERA5 sample's file holds one member per chunk). A mapping
+        names the dims of the result (``member``, ``time``, ``level``, ``latitude``,
+        ``longitude``), whatever the store calls them; the data is opened in the store's
+        chunks and rechunked lazily.
     storage_options : mapping, optional
         fsspec options for a URL ``source`` (for a catalog entry, they override the
         entry's).
@@ -344,6 +357,8 @@ def open(
     ds = normalise(raw, latitude=latitude)
     ds = _select_variables(ds, variables, levels)
     ds = _select_time(ds, time, every)
+    if not (isinstance(chunks, Mapping) and "member" in chunks):
+        ds = _members_in_one_chunk(ds)
     if isinstance(chunks, Mapping):
         # The names of the result (member, latitude, ...), not the store's (number, lat)
         unknown = sorted(set(chunks) - set(ds.dims))
@@ -357,6 +372,16 @@ def open(
     from ..bridge.metadata import with_history
 
     ds.attrs = with_history(ds.attrs, call)
+    return ds
+
+
+def _members_in_one_chunk(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with each dask-backed variable's ``member`` dim in one chunk (lazily), as
+    ``assimilate`` needs it; its other chunks and its coordinates as they are."""
+    for name, var in ds.data_vars.items():
+        if var.chunks is not None and len(var.chunksizes.get("member", ())) > 1:
+            axis = var.dims.index("member")
+            ds[name] = var.copy(data=var.data.rechunk({axis: -1}))
     return ds
 
 
