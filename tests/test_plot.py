@@ -90,6 +90,31 @@ def test_maps_of_other_dims_are_refused_naming_the_argument(analysed, tmp_path):
     assert path.stat().st_size > 0
 
 
+@pytest.mark.parametrize("size", [6, 8])
+def test_maps_draw_every_field_on_the_truth_s_grid_whatever_its_dim_order(kept, tmp_path, size):
+    # The error maps took the values in the order of the field's dims: a prior stored
+    # (member, lon, lat) was drawn transposed on a square grid (its northern error in
+    # the east) and was a raw matplotlib TypeError on another.
+    lat, lon = np.linspace(-60, 60, size), np.arange(8) * 45.0
+    truth = xr.DataArray(np.zeros((size, 8)), dims=("lat", "lon"), coords={"lat": lat, "lon": lon})
+    prior = (truth + (truth.lat > 0) + xr.DataArray(np.zeros(5), dims="member")).transpose(
+        "member", "lon", "lat"
+    )
+    observed = (truth == 0).transpose("lon", "lat") & (truth.lat < -50) & (truth.lon == 90)
+    plot.plot_analysis_maps(truth.transpose("lon", "lat"), prior, {}, observed,
+                            member_dim="member", title="", path=tmp_path / "m.png")  # fmt: skip
+    plot.plot_twin_maps(truth, prior.mean("member"), {}, observed, title="",
+                        path=tmp_path / "t.png")  # fmt: skip
+    north = np.broadcast_to((lat > 0)[:, None], (size, 8)).astype(float)
+    maps, twin = kept
+    np.testing.assert_array_equal(np.asarray(maps.axes[1].collections[0].get_array()).reshape(
+        size, 8), north)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(twin.axes[3].collections[0].get_array()).reshape(
+        size, 8), north)  # fmt: skip
+    dot = maps.axes[0].collections[1].get_offsets()  # the observed point: (lon 90, lat -60)
+    np.testing.assert_array_equal(np.asarray(dot), [[90.0, -60.0]])
+
+
 def test_a_figure_that_cannot_be_written_is_not_left_open(analysed, tmp_path):
     prior, obs, analysis = analysed
     diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)

@@ -38,7 +38,9 @@ def plot_analysis_maps(
     a reader sees at a glance where each method reduced the error; observed points
     are marked on the truth map.
     """
-    _check_maps("plot_analysis_maps", truth, observed, {"prior": prior, **analyses}, member_dim)
+    truth, observed, fields = _check_maps(
+        "plot_analysis_maps", truth, observed, {"prior": prior, **analyses}, member_dim
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,8 +48,7 @@ def plot_analysis_maps(
 
     lat_dim, lon_dim = truth.dims
     lat, lon = truth[lat_dim].values, truth[lon_dim].values
-    errors = {"prior": prior.mean(member_dim) - truth}
-    errors.update({name: a.mean(member_dim) - truth for name, a in analyses.items()})
+    errors = {name: a.mean(member_dim) - truth for name, a in fields.items()}
     limit = float(max(np.nanpercentile(np.abs(e.values), 99) for e in errors.values()))
     obs_lat, obs_lon = np.nonzero(observed.values)
 
@@ -354,13 +355,14 @@ def plot_twin_maps(
     colour scale, the bottom row one symmetric error scale. Observed points are marked
     on the truth.
     """
-    _check_maps("plot_twin_maps", truth, observed, {"free run": free, **analyses}, None)
+    truth, observed, fields = _check_maps(
+        "plot_twin_maps", truth, observed, {"free run": free, **analyses}, None
+    )
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fields = {"free run": free, **analyses}
     y_dim, x_dim = truth.dims
     km = 1e-3
     x, y = truth[x_dim].values * km, truth[y_dim].values * km
@@ -402,8 +404,12 @@ def _check_maps(
     observed: xr.DataArray,
     fields: dict[str, xr.DataArray],
     member_dim: str | None,
-) -> None:
-    """Refuse maps that are not 2-D on the truth's grid, naming the argument and its dims."""
+) -> tuple[xr.DataArray, xr.DataArray, dict[str, xr.DataArray]]:
+    """Refuse maps that are not 2-D on the truth's grid, naming the argument and its dims;
+    return ``truth``, ``observed`` and ``fields`` with their grid dims in one order, the
+    latitude (or y) first where the names say which it is. (A field in the other order
+    was drawn transposed on a square grid.)"""
+    from .bridge.dims import find_role
     from .errors import DimensionError
 
     def check(name: str, da, dims: set | None) -> None:
@@ -436,6 +442,13 @@ def _check_maps(
     check("observed", observed, grid)
     for name, field in fields.items():
         check(repr(name), field, grid | ({member_dim} if member_dim else set()))
+    lat, lon = (find_role(truth, role, required=False) for role in ("latitude", "longitude"))
+    order = (lat, lon) if {lat, lon} == grid else truth.dims
+    return (
+        truth.transpose(*order),
+        observed.transpose(*order),
+        {name: field.transpose(..., *order) for name, field in fields.items()},
+    )
 
 
 def _fit(title: str, fig, points: float = 12.0) -> str:
