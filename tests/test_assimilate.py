@@ -290,6 +290,16 @@ def test_obs_variable_not_in_state(case):
         ObservationMismatchError, match=r"\['t'\] are variables of the prior left out"
     ):
         both.ensf.assimilate(obs, obs_error=1.0, variables=["q"])
+    # the state's own variable under another spelling or another name with its
+    # standard_name: the rename ('T' was taken for a time and set_coords advised)
+    with pytest.raises(ObservationMismatchError, match=r"obs.rename\(\{'T': 't'\}\)"):
+        prior.ensf.assimilate(obs.rename(t="T"), obs_error=1.0)
+    named = prior.assign(t=prior.t.assign_attrs(standard_name="air_temperature"))
+    temperature = obs.rename(t="temp").assign(
+        temp=lambda d: d.temp.assign_attrs(standard_name="air_temperature")
+    )
+    with pytest.raises(ObservationMismatchError, match=r"obs.rename\(\{'temp': 't'\}\)"):
+        named.ensf.assimilate(temperature, obs_error=1.0)
 
 
 def test_incompatible_units(era5_twin):

@@ -156,6 +156,20 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
     return table.drop_vars(slot_dim).rename({slot_dim: row})
 
 
+def _state_names_of(obs, unknown, prior, variables) -> dict:
+    """The state variable each of the ``unknown`` observation variables is likely to be:
+    its name in another case (``T`` for ``t``) or the same CF ``standard_name``."""
+    out = {}
+    for n in unknown:
+        std = obs[n].attrs.get("standard_name")
+        for v in variables:
+            same_name = str(n).lower() == str(v).lower()
+            if same_name or (std and prior[v].attrs.get("standard_name") == std):
+                out[str(n)] = str(v)
+                break
+    return out
+
+
 def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
     """Names of the latitude and longitude coordinates along ``dim``, if both exist.
 
@@ -331,7 +345,10 @@ def prepare_observations(
         left_out = [n for n in unknown if n in prior.data_vars]
         roles = ("latitude", "longitude", "time")
         coord_like = [n for n in unknown if any(str(n).lower() in COMMON_NAMES[r] for r in roles)]
-        if left_out:
+        renames = _state_names_of(obs, unknown, prior, layout.variables)
+        if renames:
+            fix = f"they look like state variables under other names: obs.rename({renames})"
+        elif left_out:
             fix = (
                 f"{left_out} are variables of the prior left out of variables=: add them, or "
                 "drop those observations"
