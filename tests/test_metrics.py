@@ -160,6 +160,26 @@ def test_scores_take_only_points_with_a_truth_and_unmasked_members():
             xr.testing.assert_allclose(got.t, expected.t)
 
 
+def test_scores_take_the_variables_along_the_members_each_over_its_own_dims():
+    """A truth taken from the same file as the ensemble carries its static fields and a
+    per-member series: the static orography was scored (RMSE 0), and a variable without
+    the grid made every score a raw xarray ValueError ('lon' does not exist)."""
+    ens, truth = _case()
+    rng = np.random.default_rng(9)
+    series = 280 + rng.standard_normal((ens.sizes["time"], ens.sizes["member"]))
+    ens = ens.assign(orography=(("lat", "lon"), rng.random((ens.sizes["lat"], ens.sizes["lon"]))),
+                     series=(("time", "member"), series))  # fmt: skip
+    truth = truth.assign(orography=ens.orography, series=ens.series.isel(member=0) + 1.0)
+    for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
+        got = getattr(ens.ensf, score)(truth)
+        assert sorted(got.data_vars) == ["series", "t"]
+        expected = getattr(ens[["t"]].ensf, score)(truth[["t"]])
+        xr.testing.assert_allclose(got.t, expected.t)
+        assert "time" in got.series.dims and not {"lat", "lon"} & set(got.series.dims)
+    error = abs(ens.series.mean("member") - truth.series)
+    xr.testing.assert_allclose(ens.ensf.rmse(truth).series, error, check_dim_order=False)
+
+
 def test_accessor_scores_weight_by_area_and_keep_time():
     ens, truth = _case()
     crps = ens.ensf.crps(truth)

@@ -554,10 +554,13 @@ def _comparable(ensemble: xr.Dataset, truth, member: str) -> tuple[xr.Dataset, x
             f"the truth has the member dim {member!r}: give one state (e.g. one run, or "
             f"ds.isel({member}=0)), not an ensemble"
         )
-    names = [v for v in ensemble.data_vars if v in truth.data_vars]
+    # Only variables along the members are scored: a static orography or a CMIP file's
+    # time_bnds in both would score 0 (or be refused as dates), not the ensemble.
+    scored = [v for v in ensemble.data_vars if member in ensemble[v].dims]
+    names = [v for v in scored if v in truth.data_vars]
     if not names:
         raise OptionError(
-            f"the truth has none of the ensemble's variables {list(ensemble.data_vars)}; "
+            f"the truth has none of the ensemble's variables {scored}; "
             f"it has {list(truth.data_vars)}"
         )
     ensemble = ensemble[names]

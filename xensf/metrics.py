@@ -45,10 +45,7 @@ def ensemble_rmse(
     if where is not None:
         error = error.where(where)
     if dims is not None:
-        squared = error**2
-        if weights is not None and set(weights.dims) <= set(dims):
-            return squared.weighted(weights).mean(dims) ** 0.5
-        return squared.mean(dims) ** 0.5
+        return _mean(error**2, dims, weights) ** 0.5
     return float(np.sqrt((error**2).mean()))
 
 
@@ -103,8 +100,13 @@ def _scored(ensemble, truth, member_dim):
 
 
 def _mean(values, dims, weights):
+    """The mean over ``dims`` (all dims if None), weighted where ``weights``' dims are
+    among them; a Dataset's variables each over the dims of ``dims`` they have (a
+    per-member global mean has no grid to average over)."""
     if dims is None:
         return values.mean()
+    if isinstance(values, xr.Dataset):
+        return values.map(lambda v: _mean(v, [d for d in dims if d in v.dims], weights))
     if weights is not None and set(weights.dims) <= set(dims):
         return values.weighted(weights).mean(dims)
     return values.mean(dims)
