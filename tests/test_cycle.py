@@ -641,3 +641,29 @@ def test_the_old_forecast_module_name_still_works_with_a_future_warning():
         old = importlib.import_module("xensf.forecast")
     assert old.ShallowWaterForecaster is xensf.cycling.ShallowWaterForecaster
     assert old.Persistence is Persistence
+
+
+def test_an_era5_ensemble_at_one_time_starts_a_run_at_its_valid_time(tmp_path):
+    # cfgrib's ERA5 keeps two scalar time coordinates after isel(time=0), the forecast
+    # reference time 'time' and 'valid_time': the run said the ensemble had no time.
+    ds = xensf.open_era5_sample().isel(latitude=slice(0, None, 6), longitude=slice(0, None, 6))
+    start = ds.isel(number=slice(1, None), time=0).load()
+    truth = ds.isel(number=0, drop=True).load()
+    out = xensf.cycle(
+        Persistence(np.timedelta64(12, "h")), start, truth.isel(time=[1]), method="letkf",
+        obs_error={"z": 10.0, "t": 0.1}, loc_radius=1000.0, store=tmp_path / "run.zarr",
+        progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(out.time, truth.time[1:2])
+    assert int(out.obs_count[0]) > 0
+    # a forecast's valid time, not its reference time, is the time it is at
+    forecast = start.assign_coords(valid_time=start.valid_time + np.timedelta64(12, "h"))
+    at_valid = truth[["z"]].isel(time=[1])
+    analysis = forecast.ensf.assimilate(at_valid, method="letkf", obs_error=10.0,
+                                        loc_radius=1000.0)  # fmt: skip
+    assert float(abs(analysis.z - forecast.z).max()) > 0
+    other = forecast.assign_coords(
+        other_time=((), start.valid_time.values, {"standard_name": "time"})
+    )
+    with pytest.raises(DimensionError, match=r"drop_vars\('other_time'\)"):
+        other.ensf.assimilate(at_valid, method="letkf", obs_error=10.0, loc_radius=1000.0)

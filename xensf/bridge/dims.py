@@ -14,13 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
+import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
 from .grid import curvilinear_names
 
-__all__ = ["EnsembleDims", "find_dims", "find_role", "scalar_time", "state_variables"]
+__all__ = [
+    "EnsembleDims",
+    "find_dims",
+    "find_role",
+    "scalar_time",
+    "scalar_times",
+    "state_variables",
+]
 
 _ARG = {"member": "member_dim", "latitude": "lat_dim", "longitude": "lon_dim", "time": "time_dim"}
 
@@ -60,16 +68,40 @@ def _cf_matches(obj: xr.Dataset | xr.DataArray, role: str) -> set[str]:
     return {obj[n].dims[0] for n in names if n in obj.coords and obj[n].ndim == 1}
 
 
-def scalar_time(obj: xr.Dataset | xr.DataArray) -> str | None:
-    """The name of ``obj``'s scalar time coordinate, if it has one and no time dim: a
-    state or truth at one time, as ``forecast.isel(time=0)`` leaves it."""
+def scalar_times(obj: xr.Dataset | xr.DataArray) -> list[str]:
+    """The names of ``obj``'s scalar time coordinates (by CF attributes or the usual
+    names), where it has no time dim: ``ds.isel(time=0)`` of cfgrib's ERA5 leaves two,
+    ``time`` (the forecast reference time) and ``valid_time``."""
     if find_role(obj, "time", required=False) is not None:
-        return None
+        return []
+    out = []
     for name, coord in obj.coords.items():
         cf = any(coord.attrs.get(a) in v for a, v in CF_CRITERIA["time"].items())
         if coord.ndim == 0 and (cf or str(name).lower() in COMMON_NAMES["time"]):
-            return str(name)
-    return None
+            out.append(str(name))
+    return out
+
+
+def scalar_time(obj: xr.Dataset | xr.DataArray) -> str | None:
+    """The name of the time a state or truth at one time is valid at (a scalar
+    coordinate, as ``forecast.isel(time=0)`` leaves it), or None.
+
+    Of several (:func:`scalar_times`), a forecast reference time is not it; the others
+    must agree, or a :class:`~xensf.errors.DimensionError` says which to drop."""
+    names = scalar_times(obj)
+    valid = [n for n in names if obj[n].attrs.get("standard_name") != "forecast_reference_time"]
+    valid = valid or names
+    if not valid:
+        return None
+    first = obj[valid[0]].values[()]
+    differ = [n for n in valid[1:] if not bool(np.all(obj[n].values[()] == first))]
+    if differ:
+        raise DimensionError(
+            f"the state is at one time but its scalar time coordinates {[valid[0], *differ]} "
+            f"differ ({[str(obj[n].values[()]) for n in (valid[0], *differ)]}): keep the "
+            f"one it is valid at, e.g. .drop_vars({differ[0]!r})"
+        )
+    return valid[0]
 
 
 def find_role(

@@ -56,7 +56,7 @@ def _nanoseconds(offset: Any) -> int:
 
 def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
     """``t0`` and the initial ensemble without a time dim or coordinate."""
-    from ..bridge.dims import find_role
+    from ..bridge.dims import find_role, scalar_time, scalar_times
 
     tdim = find_role(ds, "time", required=False)
     if tdim is not None:
@@ -70,19 +70,14 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
         t0 = ds[tdim].values[0]
         state = ds.isel({tdim: 0}, drop=True)
     else:
-        scalar = [
-            c
-            for c in ds.coords
-            if ds[c].ndim == 0
-            and (ds[c].attrs.get("standard_name") == "time" or str(c) in ("time", "valid_time"))
-        ]
-        if len(scalar) != 1:
+        name = scalar_time(ds)  # of cfgrib's time and valid_time, the valid time
+        if name is None:
             raise DimensionError(
                 "initial_ensemble has no time: give it a scalar 'time' coordinate or a time "
                 "dim of length 1 (the time the ensemble is valid at)"
             )
-        t0 = ds[scalar[0]].values[()]
-        state = ds.drop_vars(scalar[0])
+        t0 = ds[name].values[()]
+        state = ds.drop_vars(scalar_times(ds))
     t0 = np.asarray(t0)
     if isinstance(time_step, np.timedelta64):
         if is_cftime(t0[()]):
