@@ -962,3 +962,23 @@ def test_the_grid_s_order_does_not_change_the_ensf_analysis(options, chunks, gri
     np.testing.assert_array_equal(
         _south_to_north_from_zero(other).t.values, one.t.transpose(*other.t.dims).values
     )
+
+
+def test_a_time_dim_of_forecast_reference_times_is_refused_with_the_swap():
+    # cfgrib labels ensemble forecasts by their reference time 'time', with valid_time
+    # along it: observations were matched against the reference times, hours off.
+    ds = xensf.open_era5_sample().isel(latitude=slice(0, None, 6), longitude=slice(0, None, 6))
+    lead = np.timedelta64(12, "h")
+    forecast = ds.isel(number=slice(1, None)).assign_coords(
+        step=ds.step.copy(data=12.0), valid_time=ds.valid_time + lead
+    )
+    forecast.valid_time.attrs.update(standard_name="time")
+    obs = ds[["z"]].isel(number=0, drop=True).isel(time=[0])  # labelled at a reference time
+    with pytest.raises(xensf.DimensionError, match=r"ds.swap_dims\(\{'time': 'valid_time'\}\)"):
+        forecast.ensf.assimilate(obs, method="letkf", obs_error=10.0, loc_radius=1000.0)
+    # the same values at their valid time, and the state labelled by it, as the error says
+    at_valid = obs.assign_coords(valid_time=obs.valid_time + lead).swap_dims(time="valid_time")
+    analysis = forecast.swap_dims(time="valid_time").ensf.assimilate(
+        at_valid, method="letkf", obs_error=10.0, loc_radius=1000.0
+    )
+    assert float(abs(analysis.z - forecast.swap_dims(time="valid_time").z).max()) > 0

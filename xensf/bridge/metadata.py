@@ -313,7 +313,7 @@ def _mend_time(ds: xr.Dataset, time_dim: str) -> None:
         return
     if standard_name != "forecast_reference_time":
         return
-    if _zero_lead_time(ds, time_dim):
+    if zero_lead_time(ds, time_dim):
         var.attrs["standard_name"] = "time"
         note = (
             "Analysis time. It is also the forecast reference time (the input's "
@@ -339,7 +339,7 @@ def _is_time_like(var: xr.Variable) -> bool:
     return var.dtype == object and var.size > 0 and hasattr(var.values.flat[0], "calendar")
 
 
-def _zero_lead_time(ds: xr.Dataset, time_dim: str) -> bool:
+def zero_lead_time(ds: xr.Dataset, time_dim: str) -> bool:
     """Whether the values of ``time_dim`` are also the valid times."""
     reference = ds[time_dim]
     for name, coord in ds.coords.items():
