@@ -667,3 +667,11 @@ def test_an_era5_ensemble_at_one_time_starts_a_run_at_its_valid_time(tmp_path):
     )
     with pytest.raises(DimensionError, match=r"drop_vars\('other_time'\)"):
         other.ensf.assimilate(at_valid, method="letkf", obs_error=10.0, loc_radius=1000.0)
+    # a run started from forecasts labelled by their reference time would begin there
+    forecasts = ds.isel(number=slice(1, None), time=[0]).assign_coords(
+        step=ds.step.copy(data=12.0), valid_time=ds.valid_time[:1] + np.timedelta64(12, "h")
+    )
+    with pytest.raises(DimensionError, match=r"swap_dims\(\{'time': 'valid_time'\}\)"):
+        xensf.cycle(Persistence(np.timedelta64(12, "h")), forecasts, truth.isel(time=[1]),
+                    method="letkf", obs_error=10.0, loc_radius=1000.0,
+                    store=tmp_path / "other.zarr", progress=False)  # fmt: skip

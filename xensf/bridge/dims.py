@@ -23,6 +23,7 @@ from .grid import curvilinear_names
 
 __all__ = [
     "EnsembleDims",
+    "check_valid_times",
     "find_dims",
     "find_role",
     "scalar_time",
@@ -66,6 +67,31 @@ def _cf_matches(obj: xr.Dataset | xr.DataArray, role: str) -> set[str]:
             if isinstance(value, str) and value in values:
                 names.add(name)
     return {obj[n].dims[0] for n in names if n in obj.coords and obj[n].ndim == 1}
+
+
+def check_valid_times(prior: xr.Dataset, time_dim: str) -> None:
+    """Refuse a time dim of forecast reference times whose forecasts are valid later
+    (cfgrib's ``time`` of ensemble forecasts): observations are matched by the time
+    they are valid at, and the state's labels would match them hours off."""
+    from .metadata import zero_lead_time
+
+    coord = prior[time_dim]
+    if coord.attrs.get("standard_name") != "forecast_reference_time":
+        return
+    if zero_lead_time(prior, time_dim):
+        return
+    valid = [n for n, c in prior.coords.items()
+             if n != time_dim and c.dims == (time_dim,) and c.attrs.get("standard_name") == "time"]  # fmt: skip
+    fix = (
+        f"ds.swap_dims({{{time_dim!r}: {valid[0]!r}}})"
+        if valid
+        else "make the time the forecasts are valid at the coordinate of the time dim"
+    )
+    raise DimensionError(
+        f"the state's {time_dim!r} holds forecast reference times (standard_name "
+        "'forecast_reference_time') and its forecasts are valid later; observations are "
+        f"matched by the time they are valid at, so label the state with it first: {fix}"
+    )
 
 
 def scalar_times(obj: xr.Dataset | xr.DataArray) -> list[str]:

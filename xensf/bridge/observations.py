@@ -32,7 +32,7 @@ from ..obs import (
     resolve_obs_error,
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
-from .dims import EnsembleDims, find_role, scalar_time
+from .dims import EnsembleDims, check_valid_times, find_role, scalar_time
 from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .units import convert_units, coordinate_in_units
@@ -409,7 +409,7 @@ def prepare_observations(
         obs = obs.squeeze(obs_time, drop=True)
         obs_time = None
     if obs_time is not None:
-        _check_valid_times(prior, dims.time)
+        check_valid_times(prior, dims.time)
         if obs_time != dims.time:
             obs = obs.rename({obs_time: dims.time})
         state_times = prior[dims.time].values
@@ -747,31 +747,6 @@ def _subset_fix(theirs: np.ndarray, ours: np.ndarray) -> str | None:
         f"they lie on {theirs.size} of the state's {ours.size} grid lines: "
         f"obs.reindex_like(ds, method='nearest', tolerance={step / 10:g}) puts them on "
         "its grid, NaN where nothing is observed"
-    )
-
-
-def _check_valid_times(prior, time_dim: str) -> None:
-    """Refuse a time dim of forecast reference times whose forecasts are valid later
-    (cfgrib's ``time`` of ensemble forecasts): observations are matched by the time
-    they are valid at, and the state's labels would match them hours off."""
-    from .metadata import zero_lead_time
-
-    coord = prior[time_dim]
-    if coord.attrs.get("standard_name") != "forecast_reference_time":
-        return
-    if zero_lead_time(prior, time_dim):
-        return
-    valid = [n for n, c in prior.coords.items()
-             if n != time_dim and c.dims == (time_dim,) and c.attrs.get("standard_name") == "time"]  # fmt: skip
-    fix = (
-        f"ds.swap_dims({{{time_dim!r}: {valid[0]!r}}})"
-        if valid
-        else "make the time the forecasts are valid at the coordinate of the time dim"
-    )
-    raise DimensionError(
-        f"the state's {time_dim!r} holds forecast reference times (standard_name "
-        "'forecast_reference_time') and its forecasts are valid later; observations are "
-        f"matched by the time they are valid at, so label the state with it first: {fix}"
     )
 
 

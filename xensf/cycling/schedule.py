@@ -56,7 +56,7 @@ def _nanoseconds(offset: Any) -> int:
 
 def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
     """``t0`` and the initial ensemble without a time dim or coordinate."""
-    from ..bridge.dims import find_role, scalar_time, scalar_times
+    from ..bridge.dims import check_valid_times, find_role, scalar_time, scalar_times
 
     tdim = find_role(ds, "time", required=False)
     if tdim is not None:
@@ -67,6 +67,7 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
             )
         if tdim not in ds.coords:
             raise DimensionError(f"initial_ensemble's {tdim!r} dim has no coordinate")
+        check_valid_times(ds, tdim)  # a forecast's reference time is not its t0
         t0 = ds[tdim].values[0]
         state = ds.isel({tdim: 0}, drop=True)
     else:
