@@ -77,6 +77,21 @@ def test_letkf_with_tiny_observation_errors_fits_the_observation(
 
 
 @pytest.mark.parametrize("method", ["letkf", "ensf"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_errors_a_vanishing_fraction_of_the_spread_are_refused(ds, obs, dtype, method):
+    # Positive but far below the spread (here about 1 K), the errors gave LETKF analyses
+    # off by 0.05 K at 1e-14 and by 1e10 K at 1e-20 (float64; float32 from 1e-11 on)
+    # and EnSF NaN, with no word.
+    options = {"loc_radius": 2000.0} if method == "letkf" else {}
+    prior, observed = ds.astype(dtype), obs.astype(dtype)
+    for tiny in (1e-11, 1e-20, 1e-100):
+        with pytest.raises(xensf.OptionError, match=r"'t' are as small as .* times the prior"):
+            prior.ensf.assimilate(observed, method=method, obs_error=tiny, **options)
+    out = prior.ensf.assimilate(observed, method=method, obs_error=1e-7, **options)
+    assert abs(float(out.t.isel(lat=2, lon=3).mean("member")) - 282.0) < 1e-3
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
 def test_float64_is_analysed_in_float64_and_unobserved_times_are_untouched(two_days, obs, method):
     day1 = obs.expand_dims(time=two_days.time[:1])
     both = day1.reindex(time=two_days.time)  # day 2 has no observation

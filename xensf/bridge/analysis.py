@@ -120,7 +120,7 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
 
     if plan.method.needs_obs_error:
-        _warn_large_errors(x, err, observed, plan)
+        _check_error_sizes(x, err, observed, plan)
     block = Block(
         x=x,
         y=y,
@@ -198,10 +198,16 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
 #: Observation errors this many times the prior spread at the observed points (RMS
 #: over them, per variable) get an :class:`~xensf.errors.ObservationErrorWarning`.
 _ERROR_SPREAD_RATIO = 10.0
+#: Observation errors below this fraction of the prior spread at their point are refused:
+#: LETKF's analysis goes wrong below about 1e-11 of it in float32 and 1e-14 in float64
+#: (its N × N algebra squares the ratio), EnSF's turns NaN further down.
+_TINY_ERROR_RATIO = 1e-9
 
 
-def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
-    """Warn, per variable, where the errors dwarf the prior spread at the observed points."""
+def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
+    """Per variable: an :class:`~xensf.errors.OptionError` where an observation's error
+    is a vanishing fraction of the prior spread at its point (no filter computes the
+    analysis in floating point there), a warning where the errors dwarf the spread."""
     rows = np.flatnonzero(observed.any(axis=0))
     if rows.size == 0:
         return
@@ -211,12 +217,25 @@ def _warn_large_errors(x, err, observed, plan: BlockPlan) -> None:
     seen = observed[:, rows]
     field = obs.indices[rows, 0] // plan.layout.grid_size
     variable = plan.layout.field_of_variable()[field]
+    errors = np.asarray(err[:, rows], np.float64)
     for v in np.unique(variable):
         mask = seen & (variable == v)[None, :]
-        rms_err = float(np.sqrt(np.mean(np.square(err[:, rows][mask]))))
+        name = plan.layout.variables[v]
+        tiny = mask & (errors < _TINY_ERROR_RATIO * spread)
+        if tiny.any():
+            ratio = float(np.min(errors[tiny] / spread[tiny]))
+            raise OptionError(
+                f"the observation errors of {name!r} are as small as {ratio:.3g} times the "
+                f"prior ensemble spread at their points ({int(tiny.sum())} observation(s) "
+                f"below {_TINY_ERROR_RATIO:g} of it): the analysis cannot be computed in "
+                "floating point there, and an observation that exact pins the analysis "
+                f"anyway. Give errors of at least {_TINY_ERROR_RATIO:g} of the spread (e.g. "
+                f"{float(np.max(spread[tiny])) * 1e-6:.3g} in the state's units), or check "
+                "their units"
+            )
+        rms_err = float(np.sqrt(np.mean(np.square(errors[mask]))))
         rms_spread = float(np.sqrt(np.mean(np.square(spread[mask]))))
         if rms_err > _ERROR_SPREAD_RATIO * rms_spread:
-            name = plan.layout.variables[v]
             ratio = rms_err / rms_spread if rms_spread > 0 else float("inf")
             plan.warn(
                 (ObservationErrorWarning, name),
