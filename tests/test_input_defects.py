@@ -385,6 +385,13 @@ def test_observation_levels_are_read_in_their_units():
             obs.assign_coords(level=obs.level.assign_attrs(units="m")), **options
         )
     assert obs.level.attrs == {"units": "hPa"} and in_pa.level.values[0] == 50000.0  # untouched
+    # levels in messages as numbers, not numpy 2's np.float64(850.0)
+    both = obs.copy(deep=True)
+    both.t[0, 1, 1] = 281.0
+    with pytest.raises(OptionError, match=r"has no entry for the observed levels \[850.0\]\."):
+        state.ensf.assimilate(both, **{**options, "obs_error": {"t": {500.0: 0.5}}})
+    with pytest.raises(OptionError, match=r"for 't' at \{'level': 500.0\} is relative"):
+        state.ensf.assimilate(both, **{**options, "obs_error": "10%"})
 
 
 @pytest.mark.parametrize("unit, scale", [("km", 1.0), ("m", 1000.0)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["is_integer", "is_real"]
+__all__ = ["as_python", "is_integer", "is_real"]
 
 
 def is_integer(value) -> bool:
@@ -24,3 +24,9 @@ def is_real(value) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool
     )
+
+
+def as_python(value):
+    """A numpy scalar as the Python number it holds, for messages (``500.0``, not numpy
+    2's ``np.float64(500.0)``); anything else as it is."""
+    return value.item() if isinstance(value, np.integer | np.floating) else value

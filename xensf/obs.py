@@ -32,6 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .checks import as_python
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
@@ -761,12 +762,14 @@ def _level_std(value: Mapping, field, fields, obs_spread, where: str) -> float:
     if unknown or missing:
         parts = []
         if unknown:
-            parts.append(f"names levels that are not observed: {unknown}")
+            parts.append(f"names levels that are not observed: {list(map(as_python, unknown))}")
         if missing:
-            parts.append(f"has no entry for the observed levels {missing}")
+            parts.append(f"has no entry for the observed levels {list(map(as_python, missing))}")
         raise OptionError(f"obs_error{where} {' and '.join(parts)}. {_ACCEPTED}")
     key = next(k for k in value if _same_level(k, _level(field)))
-    return _one_std(value[key], field, obs_spread, f"{where} at level {_level(field)!r}")
+    return _one_std(
+        value[key], field, obs_spread, f"{where} at level {as_python(_level(field))!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------

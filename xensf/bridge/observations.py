@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..checks import as_python
 from ..errors import DimensionError, ObservationMismatchError, OptionError
 from ..obs import (
     field_rows,
@@ -615,7 +616,7 @@ def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) 
         else:
             hit = theirs == ours
         units = f" {prior[lev].attrs['units']}" if "units" in prior[lev].attrs else ""
-        ours = ours.item() if isinstance(ours, np.generic) else ours  # 500.0, not np.float64
+        ours = as_python(ours)
         if not hit.any():
             raise ObservationMismatchError(
                 f"the state is at {lev}={ours}{units} (a scalar coordinate, no {lev!r} dim) "
@@ -906,7 +907,7 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     spread, count = loaded.std(dim=spread_dims, skipna=True), loaded.count(spread_dims)
     unusable = (count > 0) & ~(spread > 0)
     if bool(unusable.any()):
-        where = {d: unusable[d].values[unusable.values.nonzero()[i][0]] for i, d in
+        where = {d: as_python(unusable[d].values[unusable.values.nonzero()[i][0]]) for i, d in
                  enumerate(unusable.dims) if d in unusable.coords}  # fmt: skip
         at = f" at {where}" if where else ""
         n = int(count.values[unusable.values][0])
