@@ -11,6 +11,7 @@ import re
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from test_cycle import assert_same_run  # bit for bit but the history line
@@ -1004,3 +1005,25 @@ def test_a_time_dim_of_forecast_reference_times_is_refused_with_the_swap():
         at_valid, method="letkf", obs_error=10.0, loc_radius=1000.0
     )
     assert float(abs(analysis.z - forecast.swap_dims(time="valid_time").z).max()) > 0
+
+
+def test_the_order_of_the_levels_does_not_change_the_ensf_analysis():
+    # ERA5 as cfgrib writes it has levels 850, 500 hPa, WeatherBench2 500, 850: EnSF's
+    # draws fell on other levels, and the same data got analyses 4.7 K apart for one seed.
+    r = np.random.default_rng(4)
+    state = xr.Dataset(
+        {"t": (("member", "level", "lat", "lon"), 280 + r.standard_normal((6, 3, 6, 8)),
+               {"units": "K"})},
+        coords={"level": ("level", [300.0, 500.0, 850.0], {"units": "hPa"}),
+                "lat": np.linspace(-60, 60, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    obs = xr.full_like(state.t.isel(member=0), np.nan).to_dataset()
+    obs.t[1, 2, 3], obs.t[2, 4, 6] = 282.0, 279.0
+    one = state.ensf.assimilate(obs, method="ensf", obs_error=0.5, seed=2)
+    down = {"level": slice(None, None, -1)}
+    other = state.isel(down).ensf.assimilate(obs.isel(down), method="ensf", obs_error=0.5, seed=2)
+    np.testing.assert_array_equal(other.level.values, [850.0, 500.0, 300.0])
+    np.testing.assert_array_equal(other.isel(down).t.values, one.t.values)
+    table = pd.DataFrame({"lat": [12.0], "lon": [90.0], "t": [281.0]})  # refused as before
+    with pytest.raises(ObservationMismatchError, match="got DataFrame"):
+        state.isel(down).ensf.assimilate(table, method="ensf", obs_error=0.5)

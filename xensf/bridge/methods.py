@@ -119,9 +119,10 @@ class Method:
     #: whether a prior chunked along latitude/longitude is analysed block by block
     #: (:mod:`xensf.bridge.spatial`); otherwise the grid must be one chunk
     spatial_blocks: ClassVar[bool] = False
-    #: whether the analysis follows the order of the grid's points (random draws by
-    #: position, windows from the first row): a regular grid is then analysed in one
-    #: order (:mod:`xensf.bridge.orientation`), whatever order the data come in
+    #: whether the analysis follows the order of the state's components (random draws
+    #: by position, windows from the grid's first row): the state is then analysed in
+    #: one order of its grid and levels (:mod:`xensf.bridge.orientation`), whatever
+    #: order the data come in
     follows_grid_order: ClassVar[bool] = False
 
     def __post_init__(self) -> None:

@@ -1,16 +1,18 @@
-"""One order for the points of a regular grid, whatever order the data come in.
+"""One order for the points of a regular grid and its levels, whatever order the data
+come in.
 
-EnSF's random draws fall on the grid's points in the state's order, and its noise tiles
+EnSF's random draws fall on the state's components in their order, and its noise tiles
 and ``local-mixture`` windows cut the grid from its first row and column. The same
 ensemble with latitude from north to south (ERA5 as the CDS and WeatherBench2 store it)
-or from south to north, or a global grid with longitude from -180 or from 0, would
-otherwise get other draws for one seed: another analysis of the same data. So a method
-whose analysis follows the grid's order (:attr:`Method.follows_grid_order`) analyses a
-regular grid in one orientation, latitude (or y) ascending and longitude (or x)
-ascending, a global longitude starting from the column nearest 0°, and the analysis is
-put back in the order the data came in. A regional grid keeps its own first column (its
-natural order across the dateline, ``160 … 180, -170``, is the only one); a curvilinear
-grid has no order to choose and is analysed as it is.
+or from south to north, a global grid with longitude from -180 or from 0, or levels
+850, 500 hPa against 500, 850 would otherwise get other draws for one seed: another
+analysis of the same data. So a method whose analysis follows the state's order
+(:attr:`Method.follows_grid_order`) analyses the state in one orientation, latitude (or
+y), longitude (or x) and numeric levels ascending, a global longitude starting from the
+column nearest 0°, and the analysis is put back in the order the data came in. A
+regional grid keeps its own first column (its natural order across the dateline, ``160
+… 180, -170``, is the only one); a curvilinear grid has no order to choose and is
+analysed as it is (its levels still ascending).
 """
 
 from __future__ import annotations
@@ -29,65 +31,84 @@ __all__ = ["Orientation", "canonical_orientation"]
 
 @dataclass(frozen=True)
 class Orientation:
-    """How to put a grid in its canonical order (:meth:`apply`) and back (:meth:`undo`):
-    reverse latitude, reverse longitude, then roll longitude left by ``lon_shift``."""
+    """How to put a state in its canonical order (:meth:`apply`) and back (:meth:`undo`):
+    reverse the dims ``reverse``, then roll ``lon`` left by ``lon_shift``."""
 
-    lat: str
+    reverse: tuple[str, ...]
     lon: str
-    reverse_lat: bool
-    reverse_lon: bool
     lon_shift: int
 
     def apply(self, obj):
-        """``obj`` (a Dataset or DataArray) in the canonical order; dims of the grid
-        that ``obj`` lacks (point observations) are left alone."""
-        obj = _reversed(obj, self.lat, self.reverse_lat)
-        obj = _reversed(obj, self.lon, self.reverse_lon)
+        """``obj`` (a Dataset or DataArray) in the canonical order; dims that ``obj``
+        lacks (the grid of point observations) are left alone."""
+        for dim in self.reverse:
+            obj = _reversed(obj, dim)
         return _roll(obj, self.lon, -self.lon_shift)
 
     def undo(self, obj):
         """``obj`` in the canonical order put back in the order the data came in."""
         obj = _roll(obj, self.lon, self.lon_shift)
-        obj = _reversed(obj, self.lon, self.reverse_lon)
-        return _reversed(obj, self.lat, self.reverse_lat)
+        for dim in self.reverse:
+            obj = _reversed(obj, dim)
+        return obj
 
 
 def canonical_orientation(
     prior: xr.Dataset, obs, dims: EnsembleDims, grid: GridCoords
 ) -> Orientation | None:
-    """The :class:`Orientation` that puts ``prior``'s regular grid in canonical order, or
-    None where it is in that order already or has none to choose (a curvilinear grid,
-    unknown or non-monotonic coordinates, or gridded observations not on the prior's
-    points, which :func:`~xensf.bridge.observations.prepare_observations` refuses in
-    the data's own order)."""
+    """The :class:`Orientation` that puts ``prior`` in canonical order, or None where it
+    is in that order already or has none to choose. The grid keeps its order where it
+    has none to choose (a curvilinear grid, unknown or non-monotonic coordinates) or
+    where gridded observations are not on the prior's points (which
+    :func:`~xensf.bridge.observations.prepare_observations` refuses in the data's own
+    order); levels (observations are matched to them by value) are put in order
+    whatever the grid."""
+    reverse, shift = [], 0
+    order = _grid_order(dims, grid)
+    if order is not None and _on_the_grid(obs, prior, dims):
+        reverse, shift = order
+    reverse += _descending_levels(prior, dims)
+    if not (reverse or shift):
+        return None
+    return Orientation(tuple(reverse), dims.lon, shift)
+
+
+def _grid_order(dims: EnsembleDims, grid: GridCoords) -> tuple[list[str], int] | None:
+    """The grid dims to reverse and the longitude shift, or None (no order to choose)."""
     if dims.lat is None or dims.lon is None or not grid.known or grid.curvilinear:
         return None
     lat = np.asarray(grid.lat, np.float64)
     lon = np.asarray(grid.lon, np.float64)
     if lat.ndim != 1 or lon.ndim != 1 or not (_monotonic(lat) and lon.size):
         return None
-    reverse_lat = lat.size > 1 and bool(lat[0] > lat[-1])
+    reverse = [dims.lat] if lat.size > 1 and lat[0] > lat[-1] else []
     if lon.size == 1:
-        reverse_lon, shift = False, 0
-    elif grid.geographic:
-        from ..obs import longitude_order
-
-        try:
-            reverse_lon, periodic = longitude_order(lon)
-        except XensfError:  # refused later, in the data's own order
-            return None
-        eastward = lon[::-1] if reverse_lon else lon
-        shift = int(np.argmin(np.mod(eastward, 360.0))) if periodic else 0
-    else:
+        return reverse, 0
+    if not grid.geographic:
         if not _monotonic(lon):
             return None
-        reverse_lon = lon.size > 1 and bool(lon[0] > lon[-1])
-        shift = 0
-    if not (reverse_lat or reverse_lon or shift):
+        return reverse + ([dims.lon] if lon[0] > lon[-1] else []), 0
+    from ..obs import longitude_order
+
+    try:
+        descending, periodic = longitude_order(lon)
+    except XensfError:  # refused later, in the data's own order
         return None
-    if not _on_the_grid(obs, prior, dims):
-        return None
-    return Orientation(dims.lat, dims.lon, reverse_lat, reverse_lon, shift)
+    eastward = lon[::-1] if descending else lon
+    shift = int(np.argmin(np.mod(eastward, 360.0))) if periodic else 0
+    return reverse + ([dims.lon] if descending else []), shift
+
+
+def _descending_levels(prior: xr.Dataset, dims: EnsembleDims) -> list[str]:
+    """The prior's other dims (levels) whose numeric coordinate runs downwards."""
+    out = []
+    for d in prior.dims:
+        if d in (dims.member, dims.lat, dims.lon, dims.time) or d not in prior.indexes:
+            continue
+        values = np.asarray(prior[d].values)
+        if values.dtype.kind in "iuf" and values.size > 1 and bool(np.all(np.diff(values) < 0)):
+            out.append(str(d))
+    return out
 
 
 def _monotonic(values: np.ndarray) -> bool:
@@ -111,8 +132,8 @@ def _on_the_grid(obs, prior: xr.Dataset, dims: EnsembleDims) -> bool:
     return True
 
 
-def _reversed(obj, dim: str, reverse: bool):
-    if not reverse or dim not in obj.dims:
+def _reversed(obj, dim: str):
+    if not _has_dim(obj, dim):
         return obj
     return obj.isel({dim: slice(None, None, -1)})
 
@@ -121,7 +142,7 @@ def _roll(obj, dim: str, shift: int):
     """``obj`` rolled along ``dim`` (coordinates too), each dask-backed variable in its
     own chunks again: dask cuts a rolled chunk in two, and a grid in one chunk must
     not turn into spatial blocks."""
-    if not shift or dim not in obj.dims:
+    if not shift or not _has_dim(obj, dim):
         return obj
     rolled = obj.roll({dim: shift}, roll_coords=True)
     if isinstance(obj, xr.DataArray):
@@ -134,6 +155,12 @@ def _roll(obj, dim: str, shift: int):
             else:
                 rolled[name] = again
     return rolled
+
+
+def _has_dim(obj, dim: str) -> bool:
+    """Whether ``obj`` is an xarray object along ``dim`` (anything else, such as a
+    DataFrame given as observations, is refused later with the fix)."""
+    return isinstance(obj, xr.Dataset | xr.DataArray) and dim in obj.dims
 
 
 def _rechunked_like(rolled, original, dim: str):
