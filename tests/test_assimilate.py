@@ -229,6 +229,11 @@ def test_obs_error_forms(small):
     )
     with pytest.raises(OptionError, match="no observation error"):
         prior.ensf.assimilate(obs, method="letkf", loc_radius=None)
+    # an ancillary error variable named but not there is named in the error
+    linked = obs.assign(t=obs.t.assign_attrs(ancillary_variables="t_sigma t_flag"))
+    linked = linked.assign_coords(t_flag=xr.zeros_like(obs.t))  # a flag, as a coordinate
+    with pytest.raises(OptionError, match=r"ancillary_variables name \['t_sigma'\], which"):
+        prior.ensf.assimilate(linked, method="letkf", loc_radius=None)
 
 
 def test_dims_by_cf_metadata_and_overrides(small):

@@ -856,10 +856,17 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     if obs_error is None:
         src = _error_source(obs, name)
         if src is None:
+            named = str(obs[name].attrs.get("ancillary_variables", "")).split()
+            missing = [a for a in named if a not in obs.variables]
+            lacks = (
+                f" (its ancillary_variables name {missing}, which the observations lack)"
+                if missing
+                else ""
+            )
             raise OptionError(
-                f"no observation error for {name!r}: pass obs_error= (a number in the state's "
-                "units, a mapping {variable: number}, or a relative error such as '10%'), or "
-                f"give the observations a variable {name}_error or an attribute "
+                f"no observation error for {name!r}{lacks}: pass obs_error= (a number in the "
+                "state's units, a mapping {variable: number}, or a relative error such as "
+                f"'10%'), or give the observations a variable {name}_error or an attribute "
                 f"{name}.attrs['obs_error']"
             )
         err = convert_units(
