@@ -1027,3 +1027,23 @@ def test_the_order_of_the_levels_does_not_change_the_ensf_analysis():
     table = pd.DataFrame({"lat": [12.0], "lon": [90.0], "t": [281.0]})  # refused as before
     with pytest.raises(ObservationMismatchError, match="got DataFrame"):
         state.isel(down).ensf.assimilate(table, method="ensf", obs_error=0.5)
+
+
+def test_an_analysis_of_packed_data_is_written_as_it_is(ds, tmp_path):
+    # A prior read from an int16-packed file (scale_factor/add_offset, as ERA5 netCDF
+    # often is) passed its packing on: an analysis outside the input's range was
+    # written wrapped round the int16 range, 12 K off here, without a word.
+    lo, hi = float(ds.t.min()), float(ds.t.max())
+    ds.t.encoding.update(dtype="int16", scale_factor=(hi - lo) / 65000, add_offset=(hi + lo) / 2,
+                         _FillValue=-32767)  # fmt: skip
+    ds.to_netcdf(tmp_path / "packed.nc")
+    with xr.open_dataset(tmp_path / "packed.nc") as packed:
+        obs = xr.full_like(packed.t.isel(member=0), np.nan).to_dataset()
+        obs.t.encoding = {}
+        obs.t[2, 3] = hi + 8.0
+        analysis = packed.ensf.assimilate(obs, method="letkf", obs_error=0.1, loc_radius=3000.0)
+        assert float(analysis.t.max()) > hi + 5.0
+        analysis.to_netcdf(tmp_path / "analysis.nc")
+        assert packed.t.encoding["dtype"] == np.dtype("int16")  # the input's, untouched
+    with xr.open_dataset(tmp_path / "analysis.nc") as written:
+        np.testing.assert_allclose(written.t.values, analysis.t.values, rtol=0, atol=1e-9)

@@ -32,7 +32,7 @@ from ..obs import EDGE_TOLERANCE, check_longitude
 from .dims import EnsembleDims, find_dims, scalar_time, state_variables
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
-from .metadata import analysis_metadata
+from .metadata import analysis_metadata, unpacked
 from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
 from .observations import (
@@ -622,6 +622,7 @@ def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call
     result = prior.copy()
     for n, out in zip(names, outputs[: len(names)], strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
+        unpacked(result[n].variable)  # new values may leave the input's packed range
     grid = (dims.lat, dims.lon)
     for (name, attrs), out in zip(spec.outputs().items(), outputs[len(names) :], strict=True):
         order = [d for d in (dims.time, *grid) if d is not None and d in out.dims]

@@ -365,6 +365,17 @@ def _mend_coordinate_variable(var: xr.Variable, name: str) -> None:
         var.attrs.setdefault("units", units)
 
 
+def unpacked(var: xr.Variable) -> None:
+    """No integer packing in ``var``'s encoding, in place: new values (an analysis) can
+    lie outside the range the input's ``scale_factor``/``add_offset`` fit into its
+    integers, and xarray would write them wrapped round without a word. The variable
+    is then written in its own float dtype; compression and chunks stay."""
+    stored = np.dtype(var.encoding.get("dtype", var.dtype))
+    if stored.kind in "iu" or any(key in var.encoding for key in PACKING_KEYS):
+        for key in (*PACKING_KEYS, "dtype", "_FillValue", "missing_value", "_Unsigned"):
+            var.encoding.pop(key, None)
+
+
 def _drop_float_packing(var: xr.Variable) -> None:
     stored = np.dtype(var.encoding.get("dtype", var.dtype))
     if stored.kind == "f":
