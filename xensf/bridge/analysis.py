@@ -229,9 +229,9 @@ def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
                 f"prior ensemble spread at their points ({int(tiny.sum())} observation(s) "
                 f"below {_TINY_ERROR_RATIO:g} of it): the analysis cannot be computed in "
                 "floating point there, and an observation that exact pins the analysis "
-                f"anyway. Give errors of at least {_TINY_ERROR_RATIO:g} of the spread (e.g. "
-                f"{float(np.max(spread[tiny])) * 1e-6:.3g} in the state's units), or check "
-                "their units"
+                f"anyway. Give errors of at least {_TINY_ERROR_RATIO:g} of the spread (a "
+                f"millionth of it here is {float(np.max(spread[tiny])) * 1e-6:.3g} in the "
+                "state's units), or check their units"
             )
         rms_err = float(np.sqrt(np.mean(np.square(errors[mask]))))
         rms_spread = float(np.sqrt(np.mean(np.square(spread[mask]))))
