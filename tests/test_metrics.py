@@ -385,3 +385,13 @@ def test_a_truth_s_coordinates_are_read_in_their_units():
     seconds = truth.assign_coords(level=("level", [500.0, 850.0], {"units": "s"}))
     with pytest.raises(xensf.errors.UnitsError, match="'level' coordinate is in 's'"):
         ens.ensf.rmse(seconds)
+
+
+def test_every_score_takes_members_stored_one_per_chunk():
+    # The ERA5 sample opened with chunks= holds one member per chunk: the CRPS was a raw
+    # apply_ufunc ValueError (a core dim in several chunks); the other scores worked.
+    ens, truth = _case()
+    lazy = ens.chunk({"member": 1, "time": 1})
+    for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
+        xr.testing.assert_allclose(getattr(lazy.ensf, score)(truth).t.compute(),
+                                   getattr(ens.ensf, score)(truth).t)  # fmt: skip

@@ -142,6 +142,8 @@ def crps(
         kwargs={"fair": fair},
         dask="parallelized",
         output_dtypes=[np.float64],
+        # members stored in several chunks (a file's one per member) are joined lazily
+        dask_gufunc_kwargs={"allow_rechunk": True},
     )
     return _mean(skill - 0.5 * pairs, dims, weights)
 
