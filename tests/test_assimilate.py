@@ -297,6 +297,13 @@ def test_obs_variable_not_in_state(case):
         both.ensf.assimilate(obs, obs_error=1.0, variables=["q"])
     # the state's own variable under another spelling or another name with its
     # standard_name: the rename ('T' was taken for a time and set_coords advised)
+    # a DataArray with no name or another name: its rename (the hint was rename('z'),
+    # whatever the state, and a DataArray named 'x' was told to become a coordinate)
+    for da in (obs.t.rename(None), obs.t.rename("x")):
+        with pytest.raises(
+            ObservationMismatchError, match=r"one of \['t'\] \(obs.rename\('t'\)\)"
+        ):
+            prior.ensf.assimilate(da, obs_error=1.0)
     with pytest.raises(ObservationMismatchError, match=r"obs.rename\(\{'T': 't'\}\)"):
         prior.ensf.assimilate(obs.rename(t="T"), obs_error=1.0)
     named = prior.assign(t=prior.t.assign_attrs(standard_name="air_temperature"))

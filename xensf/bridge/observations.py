@@ -315,10 +315,15 @@ def prepare_observations(
     if errors not in ("required", "if-given", "ignored"):
         raise ValueError(f"errors must be 'required', 'if-given' or 'ignored', got {errors!r}")
     if isinstance(obs, xr.DataArray):
-        if obs.name is None:
+        # the name a DataArray must carry: the state variable it observes
+        state = list(layout.variables)
+        if obs.name is None or obs.name not in [*state, *prior.data_vars]:
+            given = (
+                "an unnamed DataArray" if obs.name is None else f"a DataArray named {obs.name!r}"
+            )
             raise ObservationMismatchError(
-                "observations given as an unnamed DataArray: name it after the state "
-                "variable it observes (obs.rename('z')) or pass a Dataset"
+                f"observations given as {given}: name it after the state variable it "
+                f"observes, one of {state} (obs.rename({state[0]!r})), or pass a Dataset"
             )
         obs = obs.to_dataset()
     if not isinstance(obs, xr.Dataset):
