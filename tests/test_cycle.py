@@ -476,6 +476,10 @@ def test_observation_times_must_be_model_times_on_cycle_boundaries(tmp_path):
         xensf.cycle(model, start, obs, members="yes", **kw)
     with pytest.raises(OptionError, match="drop latent_model= or"):
         xensf.cycle(model, start, obs, latent_model="some.xensf", **kw)
+    # once a raw OverflowError and ValueError
+    for every in (np.inf, "abc", "20", 0, 2.5, True):
+        with pytest.raises(OptionError, match="every must be a positive whole number"):
+            xensf.cycle(model, start, obs, every=every, **kw)
     assert not path.exists()  # all refused before any work
 
 

@@ -9,12 +9,14 @@ as the analysis.
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from ..checks import is_real
 from ..errors import DimensionError, ObservationMismatchError, OptionError
 from .store import TIME
 
@@ -212,7 +214,7 @@ def make_schedule(t0, step, obs, obs_time, every, until) -> Schedule:
                 f"the observation times are not evenly spaced (gaps of {sorted(set(gaps))} "
                 "model steps); give every= (model steps per cycle)"
             )
-    elif isinstance(every, bool) or int(every) != every or every < 1:
+    elif not (is_real(every) and math.isfinite(every) and every == int(every) and every >= 1):
         raise OptionError(f"every must be a positive whole number of model steps, got {every!r}")
     every = int(every)
     for t, k in zip(times, ks, strict=True):
