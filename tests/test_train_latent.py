@@ -79,6 +79,8 @@ def test_same_seed_gives_the_same_model(runs):
     c = train_latent(runs, 4, seed=4, **TINY)
     assert _same(a, b)
     assert not _same(a, c)
+    # nil noise, relative or in the state's units, is one setting (once "0%" was refused)
+    assert _same(train_latent(runs, 4, noise="0%", **TINY), train_latent(runs, 4, noise=0, **TINY))
 
 
 def test_training_on_the_device_draws_its_noise_there(runs, device):
@@ -231,6 +233,11 @@ def test_bad_input_is_refused_before_training(runs):
         train_latent(runs, 4, variables=["u"], **TINY)
     with pytest.raises(OptionError, match="noise"):
         train_latent(runs, 4, noise="ten percent", **TINY)
+    with pytest.raises(OptionError, match="noise"):
+        train_latent(runs, 4, noise="-5%", **TINY)
+    # torch's generators take 64 bits: once a raw ValueError from torch
+    with pytest.raises(OptionError, match="seed must lie between"):
+        train_latent(runs, 4, seed=2**70, **TINY)
     with pytest.raises(OptionError, match="obs_layout"):
         train_latent(runs, "every 4th", **TINY)
     with pytest.raises(OptionError, match="'latent_dims': did you mean 'latent_dim'"):

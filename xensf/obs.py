@@ -575,15 +575,17 @@ _ACCEPTED = (
 _RELATIVE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*%\s*$")
 
 
-def parse_relative(spec) -> float | None:
+def parse_relative(spec, *, zero: bool = False) -> float | None:
     """The fraction a relative error string stands for, or None if ``spec`` is no string.
 
     ``"10%"`` gives ``0.1``; spaces around the number and before ``%`` are allowed.
+    ``"0%"`` is taken only with ``zero=True`` (a training noise may be nil; an
+    observation error may not).
 
     Raises
     ------
     OptionError
-        If ``spec`` is a string but not a positive percentage.
+        If ``spec`` is a string but not a positive (or, with ``zero``, nil) percentage.
 
     Examples
     --------
@@ -596,7 +598,7 @@ def parse_relative(spec) -> float | None:
     if match is None:
         raise OptionError(f"cannot read obs_error {spec!r} as a relative error. {_ACCEPTED}")
     fraction = float(match.group(1)) / 100.0
-    if not (math.isfinite(fraction) and fraction > 0):
+    if not (math.isfinite(fraction) and (fraction > 0 or (zero and fraction == 0))):
         raise OptionError(f"relative obs_error {spec!r} must be positive. {_ACCEPTED}")
     return fraction
 

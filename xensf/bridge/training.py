@@ -128,7 +128,7 @@ def _noise(noise) -> tuple[float, float | None]:
     """``(fraction, absolute std or None)`` from ``"P%"`` or a number in state units."""
     if isinstance(noise, str):
         try:
-            return parse_relative(noise), None
+            return parse_relative(noise, zero=True), None
         except OptionError:
             raise OptionError(
                 f"cannot read noise={noise!r}: give a relative error such as '10%' or a "
@@ -548,7 +548,7 @@ def train_latent(
         Observation noise added to the synthetic training observations: ``"P%"`` is
         ``P/100`` times the spatial standard deviation of each sample's channel (the
         convention of ``obs_error="10%"``); a number is a standard deviation in the
-        state's units, the same for every channel.
+        state's units, the same for every channel. ``"0%"`` or ``0``: no noise.
     batch_size : int, default 64
         Samples per optimisation step; with dask input also the most samples read at
         once.

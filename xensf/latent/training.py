@@ -976,6 +976,11 @@ def train_latent_model(
     if not (is_integer(blocks) and blocks >= 0):
         raise OptionError(f"blocks must be an integer >= 0, got {blocks!r}")
     seed = check_seed(seed)
+    if not -(2**63) <= seed <= 2**64 - 4:  # torch's generators take 64 bits; seed + 3 is drawn
+        raise OptionError(
+            f"seed must lie between -2**63 and 2**64 - 4 (torch's generators take 64 bits), "
+            f"got {seed}"
+        )
     for value, name in ((lam, "lam"), (lr, "lr")):
         if not (is_real(value) and math.isfinite(value) and value >= 0):
             raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
