@@ -115,6 +115,30 @@ def test_maps_draw_every_field_on_the_truth_s_grid_whatever_its_dim_order(kept, 
     np.testing.assert_array_equal(np.asarray(dot), [[90.0, -60.0]])
 
 
+def test_maps_take_every_field_s_points_by_their_labels(kept, tmp_path):
+    # A field stored north to south (ERA5's order) under a truth south to north had
+    # its values drawn on the truth's coordinates: the northern error in the south.
+    lat, lon = np.linspace(-60, 60, 6), np.arange(8) * 45.0
+    truth = xr.DataArray(np.zeros((6, 8)), dims=("lat", "lon"), coords={"lat": lat, "lon": lon})
+    north = np.broadcast_to((lat > 0)[:, None], (6, 8)).astype(float)
+    prior = truth + (truth.lat > 0) + xr.DataArray(np.zeros(5), dims="member")
+    flipped = prior.isel(lat=slice(None, None, -1), lon=np.roll(np.arange(8), 3))
+    observed = (truth == 0) & (truth.lat < -50) & (truth.lon == 90)
+    plot.plot_analysis_maps(truth, flipped, {"a": prior.astype("float32")}, observed[::-1],
+                            member_dim="member", title="", path=tmp_path / "m.png")  # fmt: skip
+    plot.plot_twin_maps(truth, flipped.mean("member"), {}, observed, title="",
+                        path=tmp_path / "t.png")  # fmt: skip
+    maps, twin = kept
+    for drawn in (maps.axes[1], maps.axes[2], twin.axes[3]):
+        np.testing.assert_array_equal(np.asarray(drawn.collections[0].get_array()).reshape(6, 8),
+                                      north)  # fmt: skip
+    dot = maps.axes[0].collections[1].get_offsets()
+    np.testing.assert_array_equal(np.asarray(dot), [[90.0, -60.0]])
+    with pytest.raises(xensf.DimensionError, match="'a' is on another grid than the truth"):
+        plot.plot_analysis_maps(truth, prior, {"a": prior.assign_coords(lat=lat + 1)}, observed,
+                                member_dim="member", title="", path=tmp_path / "m.png")  # fmt: skip
+
+
 def test_a_figure_that_cannot_be_written_is_not_left_open(analysed, tmp_path):
     prior, obs, analysis = analysed
     diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)

@@ -34,7 +34,8 @@ def plot_analysis_maps(
     """Truth, then the error of the prior mean and of each analysis mean, as maps.
 
     All arguments are 2-D (latitude × longitude) except ``prior`` and ``analyses``,
-    which have the member dim too. Error maps share one symmetric colour scale, so
+    which have the member dim too, each on the truth's grid (its points in any order:
+    they are taken by their coordinates). Error maps share one symmetric colour scale, so
     a reader sees at a glance where each method reduced the error; observed points
     are marked on the truth map.
     """
@@ -351,7 +352,8 @@ def plot_twin_maps(
 ) -> Path:
     """Row 1: truth, free-run mean and each analysis mean; row 2: their errors.
 
-    All fields are 2-D ``(y, x)`` ensemble means (or the truth); the top row shares one
+    All fields are 2-D ``(y, x)`` ensemble means (or the truth) on the truth's grid, in
+    any order of its points (taken by their coordinates); the top row shares one
     colour scale, the bottom row one symmetric error scale. Observed points are marked
     on the truth.
     """
@@ -410,6 +412,7 @@ def _check_maps(
     latitude (or y) first where the names say which it is. (A field in the other order
     was drawn transposed on a square grid.)"""
     from .bridge.dims import find_role
+    from .bridge.grid import same_points
     from .errors import DimensionError
 
     def check(name: str, da, dims: set | None) -> None:
@@ -444,10 +447,44 @@ def _check_maps(
         check(repr(name), field, grid | ({member_dim} if member_dim else set()))
     lat, lon = (find_role(truth, role, required=False) for role in ("latitude", "longitude"))
     order = (lat, lon) if {lat, lon} == grid else truth.dims
+    truth = truth.transpose(*order)
+
+    def on_truth_grid(name: str, da: xr.DataArray) -> xr.DataArray:
+        """``da`` with its grid points in the truth's order, taken by their labels (the
+        maps draw every array on the truth's coordinates: a field north to south was
+        drawn upside down under a truth south to north)."""
+        da = da.transpose(..., *order)
+        for d in order:
+            if d not in da.coords or d not in truth.coords:
+                continue  # no labels: positions are all there is
+            mine, theirs = da[d].values, truth[d].values
+            if mine.shape == theirs.shape and np.array_equal(mine, theirs):
+                continue
+            if (
+                mine.shape == theirs.shape
+                and mine.dtype.kind in "iuf"
+                and same_points(mine, theirs)
+            ):
+                da = da.assign_coords({d: truth[d]})  # a float32 spelling: one set of labels
+                continue
+            if mine.shape == theirs.shape and mine.dtype.kind in "iuf":
+                mine_sorted, theirs_sorted = np.argsort(mine), np.argsort(theirs)
+                if same_points(mine[mine_sorted], theirs[theirs_sorted]):
+                    take = np.empty_like(mine_sorted)
+                    take[theirs_sorted] = mine_sorted
+                    da = da.isel({d: take}).assign_coords({d: truth[d]})
+                    continue
+            raise DimensionError(
+                f"{caller}: {name} is on another grid than the truth: its {d!r} has "
+                f"{mine.size} values ({mine[0]}..{mine[-1]}), the truth's {theirs.size} "
+                f"({theirs[0]}..{theirs[-1]}); give every map on the truth's grid"
+            )
+        return da
+
     return (
-        truth.transpose(*order),
-        observed.transpose(*order),
-        {name: field.transpose(..., *order) for name, field in fields.items()},
+        truth,
+        on_truth_grid("observed", observed),
+        {name: on_truth_grid(repr(name), field) for name, field in fields.items()},
     )
 
 
