@@ -234,12 +234,26 @@ def test_demo_arguments_are_checked_before_any_work(tmp_path, capsys, extra, say
     assert not out.exists()
 
 
-def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["demo", "demo-era5"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    # once an OSError after the truth run: "[Errno 17] File exists", "[Errno 20] Not a
+    # directory"
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    args = ["demo", "--output", str(blocked / "demo"), "--methods", "letkf", "--no-plot"]
-    assert main(args) == 1
-    assert capsys.readouterr().err.startswith("xensf demo: [Errno 20] Not a directory")
+    assert main([command, "--output", str(blocked), "--no-plot"]) == 2
+    assert f"--output '{blocked}' is a file; give a folder" in capsys.readouterr().err
+    assert main([command, "--output", str(blocked / "demo"), "--no-plot"]) == 2
+    assert f"lies under '{blocked}', which is a file" in capsys.readouterr().err
+    assert blocked.read_text() == ""
+
+
+def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(xensf, "open_era5_sample", full)
+    assert main(["demo-era5", "--output", str(tmp_path), "--no-plot"]) == 1
+    assert capsys.readouterr().err == "xensf demo-era5: [Errno 28] No space left on device\n"
     assert main(["demo-era5", "--seed", "-1"]) == 2
     capsys.readouterr()
     assert main(["demo-era5", "--stations", "0"]) == 2

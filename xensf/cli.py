@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -286,6 +287,13 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
                 f"--{flag.replace('_', '-')} takes fractions of the basin side from its "
                 f"centre, each in [-0.5, 0.5]; got {where[0]:g} {where[1]:g}"
             )
+    output = getattr(args, "output", None)
+    if output is not None:
+        path = Path(output)
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            where = "is" if blocked == path else f"lies under {str(blocked)!r}, which is"
+            return f"--output {output!r} {where} a file; give a folder (made if missing)"
     from .errors import BundleError, OptionError
 
     if getattr(args, "device", None) is not None:
