@@ -1047,3 +1047,27 @@ def test_an_analysis_of_packed_data_is_written_as_it_is(ds, tmp_path):
         assert packed.t.encoding["dtype"] == np.dtype("int16")  # the input's, untouched
     with xr.open_dataset(tmp_path / "analysis.nc") as written:
         np.testing.assert_allclose(written.t.values, analysis.t.values, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method, options", [("letkf", {"loc_radius": 1000.0}), ("ensf", {})])
+def test_a_station_at_the_pole_of_a_global_grid_without_pole_rows_is_assimilated(method, options):
+    # WeatherBench2's 64 x 32 grid (and Gaussian grids) end half a row short of the
+    # poles: the South Pole's station was refused as outside the grid.
+    r = np.random.default_rng(0)
+    lat, lon = np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625
+    state = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 250 + r.standard_normal((8, 32, 64)), {"units": "K"})},
+        coords={"lat": lat, "lon": lon},
+    )
+    pole = xr.Dataset(
+        {"t": ("station", [260.0])},
+        coords={"lat": ("station", [-90.0]), "lon": ("station", [0.0])},
+    )
+    analysis = state.ensf.assimilate(pole, method=method, obs_error=0.5, seed=1, **options)
+    fit = state.ensf.innovations(pole, analysis, obs_error=0.5)
+    assert abs(float(fit.oma[0])) < abs(float(fit.omb[0]))  # drawn towards the station
+    moved = abs(analysis.t - state.t).mean("member")
+    assert float(moved.isel(lat=0).mean()) > float(moved.isel(lat=-1).mean())  # in the south
+    north_down = state.isel(lat=slice(None, None, -1))
+    again = north_down.ensf.assimilate(pole, method=method, obs_error=0.5, seed=1, **options)
+    np.testing.assert_array_equal(again.t.sortby("lat").values, analysis.t.values)

@@ -166,6 +166,39 @@ def test_outside_domain_raises_and_names_points():
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize("descending", [False, True])
+def test_a_global_grid_without_pole_rows_takes_stations_in_its_polar_caps(descending):
+    # An equiangular 64 x 32 grid (WeatherBench2's) ends half a row short of each pole:
+    # a station at the South Pole was outside the grid. Across the pole the station is
+    # interpolated along its meridian's great circle, so a field smooth on the sphere (the
+    # three Cartesian coordinates) comes out as accurately as between two rows.
+    lat, lon = np.linspace(-87.1875, 87.1875, 32), np.arange(64) * 5.625
+    plat = np.array([-90.0, 90.0, 89.9, -88.5, 88.0, 87.1875, 90.0])
+    plon = np.array([0.0, 33.0, 200.0, 300.0, 10.0, 17.0, 5.625])
+    rows = lat[::-1] if descending else lat
+    indices, weights = bilinear_weights(rows, lon, plat, plon)
+    assert (weights >= 0).all()
+    np.testing.assert_allclose(weights.sum(-1), 1.0)
+    phi, lam = np.deg2rad(rows)[:, None], np.deg2rad(lon)[None, :]
+    p, q = np.deg2rad(plat), np.deg2rad(plon)
+    for field, truth in [
+        (np.cos(phi) * np.cos(lam), np.cos(p) * np.cos(q)),
+        (np.cos(phi) * np.sin(lam), np.cos(p) * np.sin(q)),
+        (np.sin(phi) + 0 * lam, np.sin(p)),
+    ]:
+        np.testing.assert_allclose(_interpolate(field, indices, weights), truth, atol=1.5e-3)
+    # at a pole, on a column: half the node below it, half the node opposite
+    top = 0 if descending else 31
+    np.testing.assert_array_equal(indices[-1][weights[-1] > 0], [top * 64 + 1, top * 64 + 33])
+    np.testing.assert_allclose(weights[-1][weights[-1] > 0], [0.5, 0.5])
+    # a latitude band that wraps round is not global: beyond its rows is outside
+    with pytest.raises(ObservationDomainError, match="#0 \\(61, 10\\)"):
+        bilinear_weights(np.arange(-60.0, 60.1, 2.0), np.arange(0.0, 360.0, 2.0), [61.0], [10.0])
+    # nor is a regional grid near the pole
+    with pytest.raises(ObservationDomainError, match="regional"):
+        bilinear_weights(lat, lon[:20], [89.0], [10.0])
+
+
 def test_outside_domain_lists_only_the_first_few():
     grid_lat = np.array([0.0, 1.0])
     grid_lon = np.array([0.0, 1.0])

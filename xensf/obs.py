@@ -110,6 +110,18 @@ class _LatitudeAxis:
         lo, hi = self.ascending_values[0], self.ascending_values[-1]
         return (lat >= lo - EDGE_TOLERANCE) & (lat <= hi + EDGE_TOLERANCE)
 
+    def in_polar_cap(self, lat: np.ndarray) -> np.ndarray:
+        """Points between the last row and a pole no further from it than the spacing of
+        the last two rows (a global grid without pole rows: equiangular or Gaussian
+        grids end half a spacing short). Meaningful on a grid that wraps round."""
+        grid = self.ascending_values
+        caps = []
+        for edge, inner, sign in ((grid[-1], grid[-2], 1.0), (grid[0], grid[1], -1.0)):
+            width = 90.0 - sign * edge
+            near = 0 < width <= abs(edge - inner) * (1 + 1e-3) + EDGE_TOLERANCE
+            caps.append(near & (sign * lat > sign * edge) & (sign * lat <= 90.0 + EDGE_TOLERANCE))
+        return caps[0] | caps[1]
+
     def bracket(self, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Grid indices ``(i0, i1)`` around each (in-domain) point and the fraction ``t``."""
         grid = self.ascending_values
@@ -283,7 +295,9 @@ def bilinear_weights(
     indices : numpy.ndarray of int64, shape ``S + (4,)``
         Positions in the grid of one field flattened in C order
         (``ilat * nlon + ilon``), in the order (lat0, lon0), (lat0, lon1),
-        (lat1, lon0), (lat1, lon1) of the cell around each point.
+        (lat1, lon0), (lat1, lon1) of the cell around each point. A point in a polar
+        cap (see Notes) has the two columns around its longitude in the last row, then
+        the two around the opposite longitude in the same row.
     weights : numpy.ndarray of float64, shape ``S + (4,)``
         Their weights, non-negative and summing to 1. A point on a grid node has
         weight 1 on that node (and 0 on the other three entries).
@@ -291,13 +305,25 @@ def bilinear_weights(
     Raises
     ------
     ObservationDomainError
-        If points lie outside the grid: latitude beyond the grid's first or last row,
-        longitude outside a regional grid's span, or a NaN coordinate. The message
+        If points lie outside the grid: latitude beyond the grid's first or last row
+        (but in a polar cap), longitude outside a regional grid's span, or a NaN
+        coordinate. The message
         gives how many, the first few as ``#index (lat, lon)``, and the grid's extent.
         Points within ``EDGE_TOLERANCE`` (1e-5 degrees) of an edge count as on it.
     ObservationMismatchError
         If a grid coordinate is not 1-D, has fewer than 2 values, is not strictly
         monotonic, or if ``lat`` and ``lon`` differ in shape.
+
+    Notes
+    -----
+    *Polar caps.* A grid that wraps round the globe and whose last row (first row) lies
+    no further from the North (South) Pole than the spacing of its last two rows ends
+    short of the pole by design (equiangular grids without pole rows, Gaussian grids):
+    the cap beyond that row is inside the grid. A point there is interpolated along
+    its meridian's great circle across the pole, between the last row at its longitude
+    and the last row at the opposite longitude (half and half at the pole itself), so
+    a field smooth on the sphere is read as accurately as between two rows. A
+    latitude band (a cap wider than a row) or a regional grid has no caps.
 
     Examples
     --------
@@ -311,14 +337,40 @@ def bilinear_weights(
     shape = plat.shape
     plat, plon = plat.ravel(), plon.ravel()
 
+    rows = lat_axis.inside(plat)
+    cap = ~rows & lat_axis.in_polar_cap(plat) if lon_axis.periodic else np.zeros_like(rows)
     _check_inside(
-        lat_axis.inside(plat) & lon_axis.inside(plon),
+        (rows | cap) & lon_axis.inside(plon),
         plat,
         plon,
         f"{lat_axis.extent}, {lon_axis.extent}",
     )
 
-    return _cell_corners(lat_axis.bracket(plat), lon_axis.bracket(plon), lon_axis.size, shape)
+    indices, weights = _cell_corners(
+        lat_axis.bracket(plat), lon_axis.bracket(plon), lon_axis.size, plat.shape
+    )
+    if cap.any():
+        indices[cap], weights[cap] = _across_the_pole(lat_axis, lon_axis, plat[cap], plon[cap])
+    return indices.reshape(*shape, 4), weights.reshape(*shape, 4)
+
+
+def _across_the_pole(lat_axis, lon_axis, lat, lon) -> tuple[np.ndarray, np.ndarray]:
+    """Rows for points in a polar cap: along their meridian's great circle, between the
+    last row at their longitude and the last row at the opposite longitude (half and
+    half at the pole), each interpolated between its two columns."""
+    north = lat > 0
+    edge = np.where(north, lat_axis.ascending_values[-1], lat_axis.ascending_values[0])
+    row = np.where(north, lat_axis.size - 1, 0)
+    if lat_axis.descending:
+        row = lat_axis.size - 1 - row
+    beyond = np.clip(np.abs(lat), None, 90.0) - np.abs(edge)
+    far = _snap(beyond / (2.0 * (90.0 - np.abs(edge))))  # the share of the opposite side
+    k0, k1, s = lon_axis.bracket(lon)
+    m0, m1, r = lon_axis.bracket(lon + 180.0)
+    base = row * lon_axis.size
+    indices = np.stack([base + k0, base + k1, base + m0, base + m1], -1)
+    weights = np.stack([(1 - far) * (1 - s), (1 - far) * s, far * (1 - r), far * r], -1)
+    return indices.astype(np.int64), weights
 
 
 def _check_inside(inside: np.ndarray, a: np.ndarray, b: np.ndarray, extent: str) -> None:
