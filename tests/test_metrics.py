@@ -209,6 +209,10 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         ens.ensf.crps(truth.rename(t="q"))
     with pytest.raises(DimensionError, match=r"'lat' coordinate differs.*truth\.interp"):
         ens.ensf.spread_skill(truth.isel(lat=slice(0, 3)))  # scored on the overlap before
+    # the same longitudes from -180: the conversion, not an interpolation that gives NaN
+    signed = truth.assign_coords(lon=((truth.lon + 180) % 360) - 180).sortby("lon")
+    with pytest.raises(DimensionError, match=r"truth\.assign_coords\(lon=truth\.lon % 360\)"):
+        ens.ensf.rmse(signed)
     with pytest.raises(DimensionError, match=r"dims \['level'\] are not dims"):
         ens.ensf.rmse(truth, dims=["level"])
     with pytest.raises(OptionError, match="seed must be a non-negative integer"):

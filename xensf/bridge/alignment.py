@@ -13,7 +13,8 @@ import numpy as np
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
-from .grid import same_points
+from .dims import find_role
+from .grid import reorder_fix, same_points
 from .observations import check_time_kinds
 from .units import convert_units, coordinate_in_units
 
@@ -52,10 +53,16 @@ def aligned_like(
         elif len(ours) == len(theirs) and theirs.is_unique and set(ours) == set(theirs):
             other = other.sel({d: ours})  # the same labels in another order
         elif not ours.equals(theirs):
+            longitude = d == find_role(reference, "longitude", required=False)
+            fix = numeric and reorder_fix(what, [(d, ours, theirs, longitude)])
             raise DimensionError(
                 f"the {what}'s {d!r} coordinate differs from the ensemble's ({_head(theirs)} "
-                f"against {_head(ours)}): give it on the same points (select or interpolate "
-                f"it, e.g. {what}.interp({d}=ds.{d}))"
+                f"against {_head(ours)}): "
+                + (
+                    fix  # the same longitudes in the other convention
+                    or f"give it on the same points (select or interpolate it, e.g. "
+                    f"{what}.interp({d}=ds.{d}))"
+                )
             )
     for n in names:
         if n in other.data_vars and other[n].dtype.kind not in "iuf":
