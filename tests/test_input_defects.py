@@ -1071,3 +1071,24 @@ def test_a_station_at_the_pole_of_a_global_grid_without_pole_rows_is_assimilated
     north_down = state.isel(lat=slice(None, None, -1))
     again = north_down.ensf.assimilate(pole, method=method, obs_error=0.5, seed=1, **options)
     np.testing.assert_array_equal(again.t.sortby("lat").values, analysis.t.values)
+
+
+def test_errors_given_in_two_places_say_which_is_used(ds, obs):
+    # An obs_error= over the observations' own t_error, or a t_error variable over an
+    # obs_error attribute, was taken without a word: the other ignored.
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    own = obs.assign(t_error=xr.full_like(obs.t, 5.0))
+    with pytest.warns(xensf.ObservationErrorWarning, match=r"their own error \(the variable "
+                      r"'t_error'\) is not used"):  # fmt: skip
+        argument = ds.ensf.assimilate(own, obs_error=0.1, **options)
+    xr.testing.assert_identical(argument, ds.ensf.assimilate(obs, obs_error=0.1, **options))
+    both = own.copy()
+    both.t.attrs["obs_error"] = 0.1
+    with pytest.warns(xensf.ObservationErrorWarning, match=r"in 2 places .*the variable "
+                      r"'t_error' is used"):  # fmt: skip
+        variable = ds.ensf.assimilate(both, **options)
+    xr.testing.assert_identical(variable, ds.ensf.assimilate(own, **options))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xensf.ObservationErrorWarning)
+        ds.ensf.assimilate(own, **options)  # one place: nothing to say
+        ds.ensf.innovations(own, obs_error=None)

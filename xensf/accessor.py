@@ -115,6 +115,9 @@ class EnsfDatasetAccessor:
             of the variable's observations (per level, over space and time). Omitted:
             taken from a variable ``<name>_error`` (or one listed in the variable's
             ``ancillary_variables``) or an attribute ``obs_error`` on the observations.
+            Given in more than one of these places, the first in this order is used
+            (``obs_error=``, the variable, the attribute), with an
+            :class:`~xensf.errors.ObservationErrorWarning` naming the ones left unused.
         seed : int
             Seed of every random draw; each analysis time draws from a stream derived
             from ``(seed, time value)``, so results do not depend on chunking.

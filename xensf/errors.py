@@ -181,7 +181,9 @@ class PrecisionWarning(XensfWarning):
 
 
 class ObservationErrorWarning(XensfWarning):
-    """Observation errors so large against the prior spread that the analysis hardly moves."""
+    """Observation errors so large against the prior spread that the analysis hardly moves,
+    or given in more than one place (``obs_error=``, an error variable, an attribute), of
+    which only the first is used."""
 
 
 class MaskedObservationWarning(XensfWarning):

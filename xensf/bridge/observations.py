@@ -26,7 +26,13 @@ import pandas as pd
 import xarray as xr
 
 from ..checks import as_python
-from ..errors import DimensionError, ObservationMismatchError, OptionError
+from ..errors import (
+    DimensionError,
+    ObservationErrorWarning,
+    ObservationMismatchError,
+    OptionError,
+    warn_user,
+)
 from ..obs import (
     field_rows,
     parse_relative,
@@ -257,6 +263,28 @@ def lat_lon_names(along: dict) -> tuple[str, str] | None:
     return found[0], found[1]
 
 
+def _error_places(obs: xr.Dataset, name: str) -> list[tuple[str, str]]:
+    """Where the observations carry an error std for ``name``, in the order they are
+    taken: ``("variable", its name)`` (listed in ``ancillary_variables``, then by suffix)
+    and ``("attribute", its name)``."""
+    da = obs[name]
+    places = [
+        ("variable", anc)
+        for anc in str(da.attrs.get("ancillary_variables", "")).split()
+        if anc in obs and "error" in str(obs[anc].attrs.get("standard_name", "")) + anc
+    ]
+    places += [
+        ("variable", f"{name}{suffix}")
+        for suffix in ERROR_SUFFIXES
+        if f"{name}{suffix}" in obs.data_vars and ("variable", f"{name}{suffix}") not in places
+    ]
+    return places + [("attribute", attr) for attr in ERROR_ATTRS if attr in da.attrs]
+
+
+def _describe_places(places: list[tuple[str, str]]) -> str:
+    return ", ".join(f"the {kind} {where!r}" for kind, where in places)
+
+
 def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | None:
     """The error std attached to observation variable ``name``, if any.
 
@@ -264,23 +292,41 @@ def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | None:
     it is attached to: a 0-d DataArray with those units.
     """
     da = obs[name]
-    for anc in str(da.attrs.get("ancillary_variables", "")).split():
-        if anc in obs and "error" in str(obs[anc].attrs.get("standard_name", "")) + anc:
-            return obs[anc]
-    for suffix in ERROR_SUFFIXES:
-        if f"{name}{suffix}" in obs.data_vars:
-            return obs[f"{name}{suffix}"]
-    for attr in ERROR_ATTRS:
-        if attr in da.attrs:
-            value = np.asarray(da.attrs[attr])  # netCDF attributes may be 1-element arrays
-            if value.dtype.kind not in "iuf" or value.size != 1:
-                raise OptionError(
-                    f"the attribute {attr}={da.attrs[attr]!r} of the observations {name!r} must be a "
-                    "number (the error standard deviation in the observations' units)"
-                )
-            units = {"units": da.attrs["units"]} if "units" in da.attrs else {}
-            return xr.DataArray(float(value.reshape(())), attrs=units)
-    return None
+    places = _error_places(obs, name)
+    if not places:
+        return None
+    kind, where = places[0]
+    if kind == "variable":
+        return obs[where]
+    value = np.asarray(da.attrs[where])  # netCDF attributes may be 1-element arrays
+    if value.dtype.kind not in "iuf" or value.size != 1:
+        raise OptionError(
+            f"the attribute {where}={da.attrs[where]!r} of the observations {name!r} must be a "
+            "number (the error standard deviation in the observations' units)"
+        )
+    units = {"units": da.attrs["units"]} if "units" in da.attrs else {}
+    return xr.DataArray(float(value.reshape(())), attrs=units)
+
+
+def _warn_unused_errors(obs: xr.Dataset, name: str, given: bool) -> None:
+    """An :class:`~xensf.errors.ObservationErrorWarning` where observation errors for
+    ``name`` are given in more than one place: ``obs_error=`` (``given``) over the
+    observations' own, a variable over an attribute. Which is used was silent."""
+    places = _error_places(obs, name)
+    if given and places:
+        warn_user(
+            f"obs_error= sets the error of the observations {name!r}; their own error "
+            f"({_describe_places(places)}) is not used. Leave out obs_error= to use it, or "
+            "drop it from the observations",
+            ObservationErrorWarning,
+        )
+    elif len(places) > 1:
+        warn_user(
+            f"the observations {name!r} carry their error in {len(places)} places "
+            f"({_describe_places(places)}); {_describe_places(places[:1])} is used. Drop "
+            "the others",
+            ObservationErrorWarning,
+        )
 
 
 def _field_key(name: str, level_dims: tuple[str, ...], level_values: tuple):
@@ -858,6 +904,7 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
 
 def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields):
     """The error std of one observation variable as a DataArray broadcasting to ``value``."""
+    _warn_unused_errors(obs, name, obs_error is not None)
     if obs_error is None:
         src = _error_source(obs, name)
         if src is None:
