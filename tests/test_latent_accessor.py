@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import warnings
@@ -345,7 +346,7 @@ def _close_prior(truth, n_members=12, spread=0.01):
 def test_a_model_worse_than_the_observations_warns(case, untrained):
     model, prior, truth, obs = case
     close = _close_prior(truth)
-    with pytest.warns(ModelQualityWarning, match="reconstructs the prior members") as record:
+    with pytest.warns(ModelQualityWarning, match="cannot represent this data") as record:
         close.ensf.assimilate(obs, model=untrained, seed=0)
     assert issubclass(ModelQualityWarning, xensf.XensfWarning)
     assert len([w for w in record if w.category is ModelQualityWarning]) >= 1
@@ -368,6 +369,21 @@ def test_a_block_warning_is_shown_once_however_the_times_are_chunked(case, untra
         shown = [str(w.message) for w in record if w.category is ModelQualityWarning]
         assert len(shown) == 1, shown
         assert ("Shown once for this analysis" in shown[0]) is chunked
+
+
+def test_the_quality_warning_judges_each_time_however_the_times_are_chunked(case, untrained):
+    # Pooled over a chunk's times, one poor time among good ones went unsaid with the
+    # times in one chunk and was said with a chunk per time.
+    _, prior, truth, obs = case
+    mixed = xr.concat([_close_prior(truth).isel(time=[0]), prior.isel(time=[1, 2, 3])], "time")
+    for chunks in (None, {"time": 1}, {"time": 2}):
+        data = mixed if chunks is None else mixed.chunk(chunks)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            data.ensf.assimilate(obs, model=untrained, seed=0).compute()
+        shown = [str(w.message) for w in record if "cannot represent" in str(w.message)]
+        assert len(shown) == 1, (chunks, shown)
+        assert re.search(r"at 1 of [1-4] analysed times", shown[0]), shown[0]
 
 
 def _coverage_warnings(record) -> list[str]:

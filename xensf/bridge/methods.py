@@ -1096,23 +1096,30 @@ def _row_fields(plan: BlockPlan, model) -> np.ndarray:
 def _warn_quality(diag: dict[str, np.ndarray], plan: BlockPlan) -> None:
     """ModelQualityWarning when the model cannot represent the prior as well as obs pin it.
 
-    Both must hold: the reconstruction error of the prior members at the observed points
-    exceeds the RMS innovation there, and the latent analysis fits the observations
-    worse than the prior mean. (The first alone also happens in a well-converged cycle
-    with a good model, where the latent analysis still fits the observations better.)
+    Both must hold at an analysed time: the reconstruction error of the prior members at
+    the observed points exceeds the RMS innovation there, and the latent analysis fits
+    the observations worse than the prior mean. (The first alone also happens in a
+    well-converged cycle with a good model, where the latent analysis still fits the
+    observations better.) Each time is judged on its own, so that whether the warning
+    comes does not depend on how the times are chunked (pooled over a chunk, one poor
+    time among good ones went unsaid without dask and was said with a chunk per time).
     """
-    rec = float(np.sqrt(np.mean(diag["reconstruction"] ** 2)))
-    innov = float(np.sqrt(np.mean(diag["innovation"] ** 2)))
-    misfit = float(np.sqrt(np.mean(diag["analysis_misfit"] ** 2)))
-    if rec > innov and misfit > innov:
+    rec, innov, misfit = (
+        np.asarray(diag[k], np.float64).reshape(-1)
+        for k in ("reconstruction", "innovation", "analysis_misfit")
+    )
+    poor = (rec > innov) & (misfit > innov)
+    if poor.any():
+        t = int(np.flatnonzero(poor)[0])
         plan.warn(
             (ModelQualityWarning, "quality"),
-            f"the latent model {plan.model.path} reconstructs the prior members at the "
-            f"observed points with an RMS error of {rec:.3g} (in units of each variable's "
-            f"training std), more than the RMS innovation (observation minus prior mean) "
-            f"there, {innov:.3g}, and its analysis fits the observations worse than the "
-            f"prior (RMS {misfit:.3g}): the model cannot represent this data as well as "
-            "the observations pin it down, and its analysis may be worse than the prior. Use "
+            f"the latent model {plan.model.path} cannot represent this data as well as "
+            f"the observations pin it down, at {int(poor.sum())} of {poor.size} analysed "
+            f"times. At the first it reconstructs the prior members at the observed points "
+            f"with an RMS error of {rec[t]:.3g} (in units of each variable's training "
+            f"std), more than the RMS innovation (observation minus prior mean) there, "
+            f"{innov[t]:.3g}, and its analysis fits the observations worse than the prior "
+            f"(RMS {misfit[t]:.3g}). Its analysis may be worse than the prior. Use "
             "method='latent-ensf-letkf' (keeps the prior where the latent error is large "
             "against the prior's), train the model on more data like this, or use "
             "a full-space method (ensf, letkf).",
