@@ -318,11 +318,29 @@ def test_an_empty_variable_list_is_refused():
 
 
 def test_errors_that_dwarf_the_prior_spread_warn_with_the_numbers(ds, obs):
-    with pytest.warns(xensf.ObservationErrorWarning, match=r"'t' \(RMS 50\) are 3\d\.\d times"):
+    with pytest.warns(xensf.ObservationErrorWarning, match=r"'t' .* \(RMS 50\) they are "
+                      r"3\d\.\d times"):  # fmt: skip
         ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=50.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", xensf.ObservationErrorWarning)
         ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
+
+
+def test_the_large_error_warning_judges_each_time_however_the_times_are_chunked(two_days, obs):
+    # Pooled over a chunk's times, the errors of one day far above its spread went
+    # unsaid beside a day with a wide spread in one chunk, and were said with a chunk
+    # per day.
+    wide = two_days.copy()
+    wide["t"] = two_days.t.where(two_days.time == two_days.time[0], 280 + 20 * (two_days.t - 280))
+    errors = obs.expand_dims(time=two_days.time).copy()
+    errors["t_error"] = xr.full_like(errors.t, 15.0)
+    for data in (wide, wide.chunk(time=1)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            data.ensf.assimilate(errors, method="letkf", loc_radius=None).compute()
+        shown = [str(w.message) for w in record if w.category is xensf.ObservationErrorWarning]
+        assert len(shown) == 1, shown
+        assert "at 1 of 2 analysed times" in shown[0] or "at 1 of 1 analysed" in shown[0]
 
 
 def test_a_relative_error_far_above_the_spread_warns_on_the_era5_sample(era5_twin):

@@ -196,7 +196,7 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
 
 
 #: Observation errors this many times the prior spread at the observed points (RMS
-#: over them, per variable) get an :class:`~xensf.errors.ObservationErrorWarning`.
+#: over them, per variable and time) get an :class:`~xensf.errors.ObservationErrorWarning`.
 _ERROR_SPREAD_RATIO = 10.0
 #: Observation errors below this fraction of the prior spread at their point are refused:
 #: LETKF's analysis goes wrong below about 1e-11 of it in float32 and 1e-14 in float64
@@ -233,15 +233,23 @@ def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
                 f"millionth of it here is {float(np.max(spread[tiny])) * 1e-6:.3g} in the "
                 "state's units), or check their units"
             )
-        rms_err = float(np.sqrt(np.mean(np.square(errors[mask]))))
-        rms_spread = float(np.sqrt(np.mean(np.square(spread[mask]))))
-        if rms_err > _ERROR_SPREAD_RATIO * rms_spread:
-            ratio = rms_err / rms_spread if rms_spread > 0 else float("inf")
+        # RMS over each time's observations: judged time by time, so that whether it
+        # warns does not depend on how the times are chunked
+        count = mask.sum(axis=1)
+        times = np.flatnonzero(count)
+        rms_err = np.sqrt(np.where(mask, errors**2, 0.0).sum(1)[times] / count[times])
+        rms_spread = np.sqrt(np.where(mask, spread**2, 0.0).sum(1)[times] / count[times])
+        large = rms_err > _ERROR_SPREAD_RATIO * rms_spread
+        if large.any():
+            t = int(np.flatnonzero(large)[0])
+            ratio = rms_err[t] / rms_spread[t] if rms_spread[t] > 0 else float("inf")
             plan.warn(
                 (ObservationErrorWarning, name),
-                f"the observation errors of {name!r} (RMS {rms_err:.3g}) are {ratio:.3g} "
-                f"times the prior ensemble spread at the observed points (RMS "
-                f"{rms_spread:.3g}): the analysis will hardly move from the prior. If that "
+                f"the observation errors of {name!r} are over {_ERROR_SPREAD_RATIO:g} times "
+                f"the prior ensemble spread at the observed points at {int(large.sum())} of "
+                f"{times.size} analysed times with observations of it; at the first (RMS "
+                f"{rms_err[t]:.3g}) they are {ratio:.3g} times the spread (RMS "
+                f"{rms_spread[t]:.3g}): the analysis will hardly move from the prior. If that "
                 "is not meant, give smaller errors (obs_error='P%' is P % of the "
                 "observations' spatial standard deviation, not of the prior spread).",
                 ObservationErrorWarning,
