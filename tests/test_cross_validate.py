@@ -216,6 +216,18 @@ def test_near_ties_go_to_the_first_setting_listed():
     assert float(cv.score[1 - best]) <= float(cv.score[best] + cv.score_se[1 - best])
 
 
+def test_values_to_try_may_be_an_array():
+    # np.linspace / np.geomspace of radii to sweep were refused as "not a list"
+    prior, obs = _smooth_twin()
+    listed = _cv(prior, obs, {"loc_radius": [500.0, 3000.0]}, method="letkf", obs_error=0.05)
+    swept = _cv(prior, obs, {"loc_radius": np.linspace(500.0, 3000.0, 2)}, method="letkf",
+                obs_error=0.05)  # fmt: skip
+    xr.testing.assert_identical(swept, listed)
+    assert type(swept.loc_radius.values.tolist()[0]) is float
+    with pytest.raises(xensf.errors.OptionError, match=r"non-empty list \(or 1-D array\)"):
+        _cv(prior, obs, {"loc_radius": np.ones((2, 2))}, method="letkf", obs_error=0.05)
+
+
 def test_dask_backed_inputs_give_the_same_scores():
     prior, obs = _smooth_twin()
     settings = {"loc_radius": [500.0, 3000.0]}

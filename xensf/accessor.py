@@ -348,7 +348,8 @@ class EnsfDatasetAccessor:
         obs : Dataset or named DataArray
             The observations, as for :meth:`assimilate` (gridded or point).
         settings : dict
-            ``{option: [values]}``, e.g. ``{"loc_radius": [300.0, 600.0, 1200.0]}``;
+            ``{option: [values]}``, e.g. ``{"loc_radius": [300.0, 600.0, 1200.0]}``
+            (a 1-D array, such as ``np.geomspace(300, 1200, 3)``, is taken as its list);
             several options give every combination.
         folds : int
             Number of groups (at least 2; each location is withheld once).

@@ -141,9 +141,12 @@ def _check_settings(settings) -> dict[str, list[Any]]:
     for name, values in settings.items():
         if not isinstance(name, str):
             raise OptionError(f"setting names must be option names (strings), got {name!r}")
+        if isinstance(values, np.ndarray) and values.ndim == 1:
+            values = values.tolist()  # np.linspace(...): the values as Python numbers
         if isinstance(values, str) or not isinstance(values, Sequence) or len(values) == 0:
             raise OptionError(
-                f"settings[{name!r}] must be a non-empty list of values to try, got {values!r}"
+                f"settings[{name!r}] must be a non-empty list (or 1-D array) of values to "
+                f"try, got {values!r}"
             )
         grid[name] = list(values)
     return grid
