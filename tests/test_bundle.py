@@ -276,6 +276,16 @@ def test_missing_bundle_and_missing_parts(tmp_path, saved):
         bundle_info(saved)
 
 
+def test_a_url_is_refused_with_how_to_copy_it_here(tensors, metadata):
+    # once "No bundle at https:/example.org/m.xensf: it does not exist", the URL mangled
+    url = "https://example.org/models/m.xensf"
+    for call in (lambda: load_bundle(url), lambda: bundle_info(url),
+                 lambda: save_bundle(url, tensors, metadata)):  # fmt: skip
+        with pytest.raises(BundleError, match=r"https://example\.org/models/m\.xensf is a URL.*"
+                           r"fsspec\.filesystem\('https'\)"):  # fmt: skip
+            call()
+
+
 # --- tampering and corruption ------------------------------------------------------------
 
 

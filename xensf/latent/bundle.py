@@ -58,6 +58,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -320,7 +321,14 @@ def bundle_info(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def bundle_path(path) -> Path:
-    """A bundle's path as given, with ``~`` expanded (as xarray and pandas expand it)."""
+    """A bundle's path as given, with ``~`` expanded (as xarray and pandas expand it);
+    a URL is a :class:`BundleError` (``Path`` would fold ``https://`` into ``https:/``)."""
+    if isinstance(path, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+        raise BundleError(
+            f"{path} is a URL; a bundle is a local directory. Copy it here first, e.g. "
+            f"fsspec.filesystem({path.split('://')[0]!r}).get({path!r}, 'model.xensf', "
+            "recursive=True), then load 'model.xensf'"
+        )
     return Path(path).expanduser()
 
 
