@@ -228,6 +228,25 @@ def test_values_to_try_may_be_an_array():
         _cv(prior, obs, {"loc_radius": np.ones((2, 2))}, method="letkf", obs_error=0.05)
 
 
+def test_a_result_over_settings_of_any_kind_is_written_to_netcdf(tmp_path):
+    # settings of mixed kinds (a relative and an absolute error) or mappings made a
+    # coordinate of Python objects: to_netcdf raised xarray's "unable to infer dtype"
+    prior, obs = _smooth_twin()
+    for settings, as_text in [({"obs_error": ["10%", 0.05]}, ["10%", "0.05"]),
+                              ({"obs_error": [{"t": 0.05}, {"t": 0.1}]},
+                               ["{'t': 0.05}", "{'t': 0.1}"]),
+                              ({"prior_score": ["mixture", "paired"]}, ["mixture", "paired"])]:  # fmt: skip
+        method = "ensf" if "prior_score" in settings else "letkf"
+        fixed = {"obs_error": 0.05} if method == "ensf" else {"loc_radius": 3000.0}
+        cv = _cv(prior, obs, settings, method=method, **fixed)
+        (name,) = settings
+        assert cv[name].values.tolist() == as_text
+        cv.to_netcdf(tmp_path / "cv.nc")
+        with xr.open_dataset(tmp_path / "cv.nc") as back:
+            assert back[name].values.tolist() == as_text
+            np.testing.assert_array_equal(back.score.values, cv.score.values)
+
+
 def test_dask_backed_inputs_give_the_same_scores():
     prior, obs = _smooth_twin()
     settings = {"loc_radius": [500.0, 3000.0]}

@@ -366,7 +366,9 @@ class EnsfDatasetAccessor:
         -------
         Dataset
             Along ``setting`` (one per combination, with a coordinate per option; read
-            one named like a Dataset method, such as ``update``, as ``cv["update"]``) and
+            one named like a Dataset method, such as ``update``, as ``cv["update"]``;
+            values of mixed kinds, such as ``["10%", 0.5]``, or mappings are held as
+            their text, so that the result writes to netCDF and zarr) and
             ``variable``: ``ratio``, RMS(O − A) / RMS(O − B) over the withheld
             observations of each variable (below 1: the analysis predicts unseen
             observations better than the prior); ``score``, its mean over variables;

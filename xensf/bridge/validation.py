@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..checks import is_integer, is_real
+from ..checks import as_python, is_integer, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, state_variables
@@ -152,6 +152,20 @@ def _check_settings(settings) -> dict[str, list[Any]]:
     return grid
 
 
+def _setting_values(values: list[Any]) -> np.ndarray:
+    """One option's values as a coordinate that netCDF and zarr can write: numbers as
+    floats (None, no localisation say, beside them: written as NaN), strings as
+    strings, and values of mixed kinds or that are neither (``["10%", 0.5]``, mappings)
+    as their text, which xarray could not write."""
+    if all(is_real(x) for x in values):
+        return np.asarray(values, dtype=float)
+    if all(is_real(x) or x is None for x in values):
+        return np.asarray(values, dtype=object)
+    if all(isinstance(x, str) for x in values):
+        return np.asarray(values, dtype=str)
+    return np.asarray([x if isinstance(x, str) else repr(as_python(x)) for x in values])
+
+
 def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str], bool]:
     """A fold number per observed location (along the point dim of point observations,
     over the grid of gridded ones; drawn from ``seed``, balanced; -1 where nothing is
@@ -237,9 +251,7 @@ def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
     score = _nanmean(ratio, axis=1)
     coords: dict[str, Any] = {"variable": ("variable", variables)}
     for k, name in enumerate(grid):
-        values = [c[k] for c in combos]
-        numeric = all(is_real(x) for x in values)
-        coords[name] = ("setting", np.asarray(values, dtype=float if numeric else object))
+        coords[name] = ("setting", _setting_values([c[k] for c in combos]))
     # The one-standard-error rule: the best setting's score is the lowest of several
     # noisy estimates; each setting's score differs from it by an amount whose standard
     # error the folds give (paired: every setting saw the same folds).
