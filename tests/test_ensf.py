@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from xensf.errors import EnsembleError, OptionError
+from xensf.errors import EnsembleError, ObservationMismatchError, OptionError
 from xensf.filters.ensf import ensf_analysis
 from xensf.filters.operators import LinearObservationOperator
 from xensf.filters.schedule import DiffusionSchedule, linear_damping
@@ -258,7 +258,9 @@ def test_float64_is_kept(small_problem, as_numpy):
             EnsembleError,
             "NaN",
         ),
-        ({"y": lambda y: y[:, :2]}, OptionError, "y's last dim"),
+        # observations that do not fit the operator: the class letkf_analysis raises
+        ({"y": lambda y: y[:, :2]}, ObservationMismatchError, "y's last dim"),
+        ({"obs_std": torch.ones(2) * 0.2}, ObservationMismatchError, "obs_std"),
         ({"idx": lambda i: i + 3}, OptionError, "outside"),
         ({"prior_score": "kde"}, OptionError, "mixture"),
         ({"steps": 0}, OptionError, "steps"),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checks import is_integer
-from ..errors import EnsembleError, OptionError
+from ..errors import EnsembleError, ObservationMismatchError, OptionError
 from .ensf_componentwise import componentwise_observations, integrate_componentwise
 from .ensf_reference import integrate
 from .noise import NoiseSource
@@ -199,10 +199,13 @@ def ensf_analysis(
     ------
     EnsembleError
         ``prior`` has fewer than two members, is not ``(..., N, d)``, or holds NaN/inf.
+    ObservationMismatchError
+        ``y`` or ``obs_std`` of a shape that does not fit the operator's observations
+        (as :func:`~xensf.filters.letkf.letkf_analysis` raises).
     OptionError
-        Bad option values, half precision, shapes that do not fit (the message names
-        the argument), an index operator out of range, ``likelihood="gaussian"`` with a
-        nonlinear operator or with a damping.
+        Bad option values, half precision, other shapes that do not fit (the message
+        names the argument), an index operator out of range, ``likelihood="gaussian"``
+        with a nonlinear operator or with a damping.
 
     Examples
     --------
@@ -258,7 +261,7 @@ def ensf_analysis(
     std_t = as_float_tensor(obs_std, "obs_std", dtype=dtype, device=device)
     m = _operator_output_size(op, prior_t)
     if y_t.ndim < 1 or y_t.shape[-1] != m:
-        raise OptionError(
+        raise ObservationMismatchError(
             f"y has shape {tuple(y_t.shape)} but the observation operator gives m={m} "
             "observations: y's last dim must be m"
         )
@@ -267,12 +270,14 @@ def ensf_analysis(
     try:
         obs_shape = torch.broadcast_shapes(y_t.shape, std_t.shape)
     except RuntimeError:
-        raise OptionError(
+        raise ObservationMismatchError(
             f"obs_std of shape {tuple(std_t.shape)} does not broadcast against y of shape "
             f"{tuple(y_t.shape)}"
         ) from None
     if obs_shape[-1] != m:
-        raise OptionError(f"obs_std's last dim must be 1 or m={m}, got shape {tuple(std_t.shape)}")
+        raise ObservationMismatchError(
+            f"obs_std's last dim must be 1 or m={m}, got shape {tuple(std_t.shape)}"
+        )
 
     if scale is None:
         scale_t = torch.ones((), dtype=dtype, device=device)
