@@ -1110,3 +1110,18 @@ def test_errors_given_in_two_places_say_which_is_used(ds, obs):
         warnings.simplefilter("error", xensf.ObservationErrorWarning)
         ds.ensf.assimilate(own, **options)  # one place: nothing to say
         ds.ensf.innovations(own, obs_error=None)
+
+
+def test_one_error_mapping_serves_observations_of_some_state_variables(ds, station):
+    # {"t": ..., "q": ...} for a state of t and q was refused when only t was observed
+    # ("names variables that are not observed"), so one mapping could not serve a
+    # network whose variables come and go.
+    state = ds.assign(q=(ds.t - 280) * 1e-3 + 0.01)
+    state.q.attrs["units"] = "1"
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    both = state.ensf.assimilate(station, obs_error={"t": 0.5, "q": 1e-3}, **options)
+    xr.testing.assert_equal(both, state.ensf.assimilate(station, obs_error={"t": 0.5}, **options))
+    with pytest.raises(OptionError, match=r"not observed: \['tt'\]"):  # a typo still is
+        state.ensf.assimilate(station, obs_error={"t": 0.5, "tt": 1.0}, **options)
+    with pytest.raises(OptionError, match=r"no entry for the observed variables \['t'\]"):
+        state.ensf.assimilate(station, obs_error={"q": 1e-3}, **options)

@@ -110,7 +110,9 @@ class EnsfDatasetAccessor:
             the model's latent error at that noise (docs/method.md). Required by the
             other methods (``latent-ensf-letkf`` also for its LETKF step).
             Observation-error standard deviation: a number in the state's units, a
-            mapping ``{variable: number}`` (or ``{variable: {level: number}}``), or a
+            mapping ``{variable: number}`` (or ``{variable: {level: number}}``; an entry
+            for every observed variable, and it may name state variables not observed
+            this time), or a
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:
             taken from a variable ``<name>_error`` (or one listed in the variable's

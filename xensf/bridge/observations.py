@@ -422,6 +422,10 @@ def prepare_observations(
             f"observation variables {unknown} are not state variables; the state has "
             f"{list(layout.variables)} ({fix})"
         )
+    if isinstance(obs_error, Mapping):
+        # one mapping for the whole state serves observations of some of its variables;
+        # a name that is no state variable (a typo) is still refused
+        obs_error = {k: v for k, v in obs_error.items() if k in names or k not in layout.variables}
 
     for name in [*names, *sorted((v for v in error_vars if v in obs.data_vars), key=str)]:
         kind = obs[name].dtype.kind
