@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import xensf
 from xensf.bridge.metadata import (
     CFMetadataWarning,
     analysis_metadata,
@@ -124,6 +125,38 @@ def test_mended_output_passes_the_cf_checker(tmp_path, result, prior):
         for coord in ("isobaricInhPa", "latitude", "longitude", "number", "time"):
             assert "_FillValue" not in nc[coord].ncattrs()
         assert nc.Conventions == "CF-1.11"
+
+
+_PRODUCTS = {
+    "mean": lambda p, t, o: p.ensf.mean(),
+    "spread": lambda p, t, o: p.ensf.spread(),
+    "rmse": lambda p, t, o: p.ensf.rmse(t),
+    "crps": lambda p, t, o: p.ensf.crps(t),
+    "spread_skill": lambda p, t, o: p.ensf.spread_skill(t),
+    "rank_histogram": lambda p, t, o: p.ensf.rank_histogram(t),
+    "innovations": lambda p, t, o: p.ensf.innovations(o, obs_error={"z": 50.0, "t": 0.5}),
+    "cross_validate": lambda p, t, o: p.isel(time=[0]).ensf.cross_validate(
+        o.isel(time=[0]), {"loc_radius": [500.0, 1000.0]}, method="letkf",
+        obs_error={"z": 50.0, "t": 0.5}, folds=2, progress=False,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("product", sorted(_PRODUCTS))
+def test_products_of_the_ensemble_pass_the_cf_checker(tmp_path, prior, product):
+    # the mean, spread and scores of the ERA5 sample kept its _FillValue on coordinates
+    # and its time labelled forecast_reference_time (5 CF errors); the innovations had
+    # a time without a standard_name, the cross-validation a bare setting coordinate
+    before = snapshot(prior)
+    ensemble, truth = prior.isel(number=slice(1, None)), prior.isel(number=0, drop=True)
+    obs = truth.where((truth.latitude % 15 == 0) & (truth.longitude % 15 == 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        out = _PRODUCTS[product](ensemble, truth, obs)
+    path = tmp_path / f"{product}.nc"
+    out.to_netcdf(path)
+    assert cf_errors(path) == []
+    assert snapshot(prior) == before  # the input's metadata untouched
 
 
 def test_mended_output_keeps_the_information(tmp_path, result, prior):

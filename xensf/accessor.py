@@ -415,7 +415,7 @@ class EnsfDatasetAccessor:
         without the member dim (bounds, static fields) come back as given."""
         member = self._member_dim(member_dim)
         stat = _over_members(self._obj, member, lambda e: e.mean(member, keep_attrs=True))
-        return _with_cell_method(self._obj, stat, member, "mean")
+        return _cf(_with_cell_method(self._obj, stat, member, "mean"))
 
     def spread(self, member_dim: str | None = None) -> xr.Dataset:
         """Ensemble standard deviation (``ddof=1``) over the member dim; attributes as
@@ -427,7 +427,7 @@ class EnsfDatasetAccessor:
                 f"{self._obj.sizes[member]}"
             )
         spread = _over_members(self._obj, member, lambda e: e.std(member, ddof=1, keep_attrs=True))
-        return _with_cell_method(self._obj, spread, member, "standard_deviation")
+        return _cf(_with_cell_method(self._obj, spread, member, "standard_deviation"))
 
     def rmse(
         self, truth: xr.Dataset, dims: list[str] | None = None, member_dim: str | None = None
@@ -499,6 +499,9 @@ class EnsfDatasetAccessor:
         check_seed(seed, non_negative=True)
         ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
         counts = rank_histogram(ens, truth, member, dims=dims, seed=seed)
+        counts["rank"].attrs.update(
+            long_name="rank of the truth among the members (0: below them all)", units="1"
+        )
         return _described(ens, counts, "count of the truth's rank among the members", units="1")
 
     def _scoring(self, truth, dims, member_dim):
@@ -622,7 +625,16 @@ def _described(ensemble: xr.Dataset, score: xr.Dataset, what: str, units: str | 
         if units is not None or "units" in base:
             attrs["units"] = units if units is not None else base["units"]
         out[v].attrs = attrs
-    return out
+    return _cf(out)
+
+
+def _cf(product: xr.Dataset) -> xr.Dataset:
+    """A derived product (a mean, a spread, a score) with its coordinates mended for CF
+    (:func:`xensf.bridge.metadata.cf_coordinates`)."""
+    from .bridge.dims import find_role
+    from .bridge.metadata import cf_coordinates
+
+    return cf_coordinates(product, find_role(product, "time", required=False))
 
 
 @xr.register_dataarray_accessor("ensf")

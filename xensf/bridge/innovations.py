@@ -17,6 +17,7 @@ from ..errors import ObservationMismatchError
 from .alignment import aligned_like
 from .analysis import prepare_state
 from .dims import find_dims, state_variables
+from .metadata import cf_coordinates
 from .observations import prepare_observations
 from .units import dequantify
 
@@ -120,22 +121,28 @@ def innovations(
         for k, v in out.items()
     }
     where = (
-        {"latitude": {"units": "degrees_north"}, "longitude": {"units": "degrees_east"}}
+        {
+            "latitude": {"standard_name": "latitude", "units": "degrees_north"},
+            "longitude": {"standard_name": "longitude", "units": "degrees_east"},
+        }
         if grid.geographic
         else {str(dims.lat): {}, str(dims.lon): {}}
     )
-    coords: dict[str, Any] = {"variable": ("obs", var_of_row)}
+    coords: dict[str, Any] = {
+        "variable": ("obs", var_of_row, {"long_name": "observed state variable"})
+    }
     for (name, attrs), column in zip(where.items(), plan.locations.T, strict=True):
+        attrs = {"long_name": f"{name} of the observation", **attrs}
         coords[name] = ("obs", column, attrs)
-    if times is not None:
-        coords["time"] = ("time", times)
+    if times is not None:  # the analysis times: valid times (reference times are refused)
+        coords["time"] = ("time", times, {"standard_name": "time", "long_name": "analysis time"})
     result = xr.Dataset(data_vars, coords=coords)
     # gridded observations: only the points observed at some time
     result = result.isel(obs=np.flatnonzero(seen.any(axis=0)))
     for v in names if with_errors else ():
         result.attrs.update(_desroziers(out, seen & (var_of_row == v)[None, :], v))
     result.attrs["title"] = "observation-space diagnostics made with xensf"
-    return result
+    return cf_coordinates(result, "time" if times is not None else None)
 
 
 _LONG_NAMES = {

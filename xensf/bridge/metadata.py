@@ -192,15 +192,36 @@ def analysis_metadata(
 
     ds.attrs = _global_attrs(ds.attrs, prior.attrs, call, method, parameters, now)
     mark_realization(ds.variables[member_dim])
+    _mend_coordinates(ds, time_dim)
+    for var in ds.variables.values():
+        _drop_float_packing(var)
+    drop_stale_coordinates(ds)
+    return ds
+
+
+def cf_coordinates(ds: xr.Dataset, time_dim: str | None) -> xr.Dataset:
+    """A product derived from an ensemble (its mean, spread, scores, innovations) with
+    the coordinate mending :func:`analysis_metadata` gives an analysis, so that it too
+    writes to a file the CF checker passes: no ``_FillValue`` on dimension
+    coordinates, the time coordinate's ``standard_name`` (a ``forecast_reference_time``
+    at zero lead time relabelled ``time``), ``Conventions`` of ``CF-1.11``. Returns a
+    new Dataset; ``ds`` and its attribute and encoding dicts are untouched."""
+    out = ds.copy(deep=False)
+    for var in out.variables.values():
+        var.attrs = dict(var.attrs)
+        var.encoding = dict(var.encoding)
+    out.attrs = {**out.attrs, "Conventions": _conventions(out.attrs.get("Conventions"))}
+    _mend_coordinates(out, time_dim if time_dim in out.dims else None)
+    return out
+
+
+def _mend_coordinates(ds: xr.Dataset, time_dim: str | None) -> None:
+    """The time and dimension coordinates of ``ds`` mended for CF, in place."""
     if time_dim is not None and time_dim in ds.coords:
         _mend_time(ds, time_dim)
     for dim in ds.dims:
         if dim in ds.coords:
             _mend_coordinate_variable(ds.variables[dim], str(dim))
-    for var in ds.variables.values():
-        _drop_float_packing(var)
-    drop_stale_coordinates(ds)
-    return ds
 
 
 def netcdf_attr_value(value: Any) -> Any:

@@ -251,7 +251,8 @@ def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
     score = _nanmean(ratio, axis=1)
     coords: dict[str, Any] = {"variable": ("variable", variables)}
     for k, name in enumerate(grid):
-        coords[name] = ("setting", _setting_values([c[k] for c in combos]))
+        values = _setting_values([c[k] for c in combos])
+        coords[name] = ("setting", values, {"long_name": f"{name} of the setting"})
     # The one-standard-error rule: the best setting's score is the lowest of several
     # noisy estimates; each setting's score differs from it by an amount whose standard
     # error the folds give (paired: every setting saw the same folds).
