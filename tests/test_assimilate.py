@@ -411,6 +411,27 @@ def test_import_is_light():
     assert out.stdout.strip() == "False"
 
 
+def test_the_documented_subpackages_are_attributes_of_xensf():
+    # `import xensf; xensf.models.shallow_water(...)` (as the how-tos write it) was an
+    # AttributeError unless the subpackage had been imported by something else first
+    import subprocess
+    import sys
+
+    code = (
+        "import xensf; print(xensf.models.shallow_water.__name__, "
+        "xensf.metrics.crps.__name__, xensf.latent.train_latent_model.__name__, "
+        "xensf.obs.bilinear_weights.__name__); xensf.no_such_thing"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == [
+        "shallow_water",
+        "crps",
+        "train_latent_model",
+        "bilinear_weights",
+    ]
+    assert "AttributeError: module 'xensf' has no attribute 'no_such_thing'" in out.stderr
+
+
 def test_written_analysis_passes_the_cf_checker(tmp_path, era5_twin):
     """The analysis of the real sample, written to netCDF, has no CF-checker errors."""
     from test_metadata import cf_errors

@@ -74,9 +74,19 @@ __all__ = [
 ]
 
 
+#: Subpackages and modules reached as attributes (``xensf.models.shallow_water(...)``,
+#: ``xensf.metrics.crps``), imported on first use as ``xensf.era5`` is. Without this,
+#: ``import xensf; xensf.models`` was an AttributeError unless something had imported
+#: the subpackage first.
+_SUBMODULES = (
+    "curvilinear", "cycling", "era5", "experiments", "filters", "latent", "metrics",
+    "models", "obs", "plot",
+)  # fmt: skip
+
+
 def __getattr__(name: str):
-    if name == "era5":  # the ERA5 package, imported on first use: xensf.era5.open
-        return import_module("xensf.era5")
+    if name in _SUBMODULES:
+        return import_module(f"xensf.{name}")
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
