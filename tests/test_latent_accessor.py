@@ -203,6 +203,20 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def test_encode_and_decode_write_files_the_cf_checker_passes(case, tmp_path):
+    # the decoded grid coordinates were bare and written with a _FillValue, the latent
+    # index had no long_name (3 CF errors each)
+    from test_metadata import cf_errors
+
+    model, prior, _, _ = case
+    latent = prior.ensf.encode(model, device="cpu")
+    states = latent.ensf.decode(model)
+    for name, product in (("latent", latent), ("states", states)):
+        product.to_netcdf(tmp_path / f"{name}.nc")
+        assert cf_errors(tmp_path / f"{name}.nc") == [], name
+    assert states.y.attrs["units"] == "km"  # the grid's units, from the model
+
+
 @pytest.mark.parametrize("chunks", [{"time": 1}, {"time": 3}, {"member": 5}])
 def test_encode_and_decode_give_the_same_bits_however_chunked(case, chunks, one_torch_thread):
     """A chunk's states go through the networks in passes of a fixed size: before, a

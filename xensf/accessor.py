@@ -631,10 +631,9 @@ def _described(ensemble: xr.Dataset, score: xr.Dataset, what: str, units: str | 
 def _cf(product: xr.Dataset) -> xr.Dataset:
     """A derived product (a mean, a spread, a score) with its coordinates mended for CF
     (:func:`xensf.bridge.metadata.cf_coordinates`)."""
-    from .bridge.dims import find_role
     from .bridge.metadata import cf_coordinates
 
-    return cf_coordinates(product, find_role(product, "time", required=False))
+    return cf_coordinates(product)
 
 
 @xr.register_dataarray_accessor("ensf")

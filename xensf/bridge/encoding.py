@@ -17,6 +17,7 @@ from ..errors import DimensionError, EnsembleError, OptionError
 from ..filters.device import compute_device, parse_device
 from .dims import find_role
 from .layout import StateLayout
+from .metadata import cf_coordinates
 from .model_cache import cached_model, model_handle
 from .signature import check_signature, data_signature
 
@@ -120,12 +121,15 @@ def encode(
             "latent_mean": xr.DataArray(mean, dims=(*sample, LATENT_DIM)),
             "latent_log_variance": xr.DataArray(logvar, dims=(*sample, LATENT_DIM)),
         },
-        coords={**coords, LATENT_DIM: np.arange(latent_size)},
+        coords={
+            **coords,
+            LATENT_DIM: (LATENT_DIM, np.arange(latent_size), {"long_name": "latent value index"}),
+        },
     )
     out["latent_mean"].attrs["long_name"] = "mean of the latent Gaussian of the VAE encoder"
     out["latent_log_variance"].attrs["long_name"] = "log-variance of the latent Gaussian"
     out.attrs.update({"xensf_model": handle.path, "xensf_model_sha256": handle.digest})
-    return out
+    return cf_coordinates(out)
 
 
 def _latent_size(config) -> int:
@@ -219,7 +223,11 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     )
     outs = outs if isinstance(outs, tuple) else (outs,)
     coords = {c: z.coords[c] for c in z.coords if LATENT_DIM not in z.coords[c].dims}
-    coords.update({lat: data["lat"], lon: data["lon"], **level_values})
+    units = data.get("grid_units") or [None, None]
+    for dim, values, unit in ((lat, data["lat"], units[0]), (lon, data["lon"], units[1])):
+        attrs = {"long_name": f"{dim} of the grid point"}
+        coords[dim] = (dim, values, attrs if unit is None else {**attrs, "units": unit})
+    coords.update(level_values)
     result = xr.Dataset(
         {
             n: xr.DataArray(o, dims=(*sample, *level_dims[n], lat, lon))
@@ -228,7 +236,8 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
         coords=coords,
     )
     for n in names:
+        result[n].attrs["long_name"] = f"{n} decoded from the latent"
         if data["units"].get(n) is not None:
             result[n].attrs["units"] = data["units"][n]
     result.attrs.update({"xensf_model": handle.path, "xensf_model_sha256": handle.digest})
-    return result
+    return cf_coordinates(result)

@@ -142,7 +142,7 @@ def innovations(
     for v in names if with_errors else ():
         result.attrs.update(_desroziers(out, seen & (var_of_row == v)[None, :], v))
     result.attrs["title"] = "observation-space diagnostics made with xensf"
-    return cf_coordinates(result, "time" if times is not None else None)
+    return cf_coordinates(result)
 
 
 _LONG_NAMES = {

@@ -199,13 +199,18 @@ def analysis_metadata(
     return ds
 
 
-def cf_coordinates(ds: xr.Dataset, time_dim: str | None) -> xr.Dataset:
-    """A product derived from an ensemble (its mean, spread, scores, innovations) with
-    the coordinate mending :func:`analysis_metadata` gives an analysis, so that it too
-    writes to a file the CF checker passes: no ``_FillValue`` on dimension
-    coordinates, the time coordinate's ``standard_name`` (a ``forecast_reference_time``
-    at zero lead time relabelled ``time``), ``Conventions`` of ``CF-1.11``. Returns a
-    new Dataset; ``ds`` and its attribute and encoding dicts are untouched."""
+def cf_coordinates(ds: xr.Dataset, time_dim: str | None = None) -> xr.Dataset:
+    """A product derived from an ensemble (its mean, spread, scores, innovations, latent
+    encoding) with the coordinate mending :func:`analysis_metadata` gives an analysis,
+    so that it too writes to a file the CF checker passes: no ``_FillValue`` on
+    dimension coordinates, the time coordinate's ``standard_name`` (a
+    ``forecast_reference_time`` at zero lead time relabelled ``time``), ``Conventions``
+    of ``CF-1.11``. ``time_dim``: default the dim found as time, if any. Returns a new
+    Dataset; ``ds`` and its attribute and encoding dicts are untouched."""
+    if time_dim is None:
+        from .dims import find_role
+
+        time_dim = find_role(ds, "time", required=False)
     out = ds.copy(deep=False)
     for var in out.variables.values():
         var.attrs = dict(var.attrs)
