@@ -1125,3 +1125,26 @@ def test_one_error_mapping_serves_observations_of_some_state_variables(ds, stati
         state.ensf.assimilate(station, obs_error={"t": 0.5, "tt": 1.0}, **options)
     with pytest.raises(OptionError, match=r"no entry for the observed variables \['t'\]"):
         state.ensf.assimilate(station, obs_error={"q": 1e-3}, **options)
+
+
+def test_a_radius_far_below_the_grid_spacing_warns(ds, obs):
+    # loc_radius=150 meant as km on a grid in metres (25 km apart): every observation
+    # updated its own grid point only, a station between points nothing, without a word
+    r = np.random.default_rng(0)
+    x = xr.DataArray(np.arange(16) * 25e3, dims="x", attrs={"units": "m"})
+    planar = xr.Dataset(
+        {"h": (("member", "y", "x"), r.standard_normal((8, 16, 16)), {"units": "m"})},
+        coords={"y": x.rename(x="y"), "x": x},
+    )
+    seen = xr.full_like(planar.h[0], np.nan).to_dataset()
+    seen.h[8, 8] = 2.0
+    with pytest.warns(xensf.LocalisationWarning, match=r"loc_radius=150\.0 m is under 1/4 .* "
+                      r"about 2\.5e\+04 m"):  # fmt: skip
+        planar.ensf.assimilate(seen, method="letkf", obs_error=0.1, loc_radius=150.0)
+    with pytest.warns(xensf.LocalisationWarning, match=r"loc_radius=50\.0 km .* 3\.19e\+03 km"):
+        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xensf.LocalisationWarning)
+        planar.ensf.assimilate(seen, method="letkf", obs_error=0.1, loc_radius=150e3)
+        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=3000.0)
+        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=None)

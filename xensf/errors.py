@@ -200,6 +200,12 @@ class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""
 
 
+class LocalisationWarning(XensfWarning):
+    """A localisation radius so small against the grid's spacing that an observation
+    reaches no grid point beyond the one it sits on: usually a radius in other units
+    than the grid's (metres for km)."""
+
+
 class InflationLimitWarning(XensfWarning):
     """An adaptive inflation field at its maximum over most of the analysed grid: the
     ensemble cannot represent the errors the observations show, and more inflation adds

@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..checks import is_integer, is_real
+from ..checks import as_python, is_integer, is_real
 from ..errors import (
     EnsembleError,
+    LocalisationWarning,
     ModelQualityWarning,
     ObservationLayoutWarning,
     OptionError,
     unknown_options,
+    warn_user,
 )
 from ..latent.model import check_latent_radius
 from .geometry import letkf_geometry
@@ -51,6 +53,10 @@ MAX_INFLATION = 10.0
 
 #: An option the user must give (the LETKF's loc_radius): set it, or an error says how.
 UNSET: Any = "unset"
+
+#: A loc_radius under this fraction of the grid spacing warns (LocalisationWarning): its
+#: cut-off, twice the radius, then stops short of half a grid spacing.
+LOC_RADIUS_FLOOR = 4.0
 
 
 @dataclass(frozen=True)
@@ -487,10 +493,21 @@ class _LocalisedLETKF:
                 "localisation is part of the localisation; a global ETKF has none); give "
                 "loc_radius= or drop cross_variable"
             )
-        if self.loc_radius is not UNSET:
-            return self
         step = grid.spacing()
-        unit = "km" if grid.geographic else "grid coordinate units"
+        unit = "km" if grid.geographic else (grid.units[0] or "grid coordinate units")
+        if self.loc_radius is not UNSET:
+            if self.loc_radius is not None and self.loc_radius < step / LOC_RADIUS_FLOOR:
+                warn_user(
+                    f"{self.name}: loc_radius={as_python(self.loc_radius)!r} {unit} is under "
+                    f"1/{LOC_RADIUS_FLOOR:g} of this grid's spacing, about {step:.3g} {unit}: "
+                    f"observations are ignored beyond {2 * self.loc_radius:.3g} {unit}, so "
+                    "each updates at most the grid point it sits on (a station between grid "
+                    "points none). Is the radius in other units than the grid's (km on a "
+                    "latitude/longitude grid, else its coordinates' units)? Radii from 1 to 6 "
+                    f"grid spacings ({step:.3g} to {6 * step:.3g} {unit}) are usual.",
+                    LocalisationWarning,
+                )
+            return self
         raise OptionError(
             f"{self.name} needs loc_radius=, the localisation half-width (Gaspari–Cohn; "
             f"observations beyond twice it are ignored), in {unit}. This grid's spacing is "
