@@ -632,6 +632,17 @@ def test_warnings_of_a_run_are_summarised_once(tmp_path):
     ours = [w for w in record if w.category is xensf.ObservationErrorWarning]
     assert len(ours) == 1
     assert "ObservationErrorWarning in 4 of the 4 cycles of this run" in str(ours[0].message)
+    # a warning the analysis gives while it is set up came twice: from the run's dry
+    # run, which checks the input before any work, and in the summary
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        xensf.cycle(
+            e["model"], e["initial_ensemble"], e["obs"], method="letkf", loc_radius=1.0,
+            obs_error=0.05, progress=False,
+        )  # fmt: skip
+    shown = [str(w.message) for w in record if w.category is xensf.LocalisationWarning]
+    assert len(shown) == 1, shown
+    assert shown[0].startswith("LocalisationWarning in 4 of the 4 cycles of this run")
 
 
 def test_the_old_forecast_module_name_still_works_with_a_future_warning():

@@ -8,6 +8,7 @@ cycle's number and arrays and check what comes back, naming the cycle when it is
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from ..bridge.alignment import aligned_like
-from ..errors import EnsembleError, ForecastError, XensfError
+from ..errors import EnsembleError, ForecastError, XensfError, XensfWarning
 from .schedule import Schedule, obs_at
 from .store import TIME
 
@@ -137,7 +138,11 @@ class CycleContext:
         if first is None:
             return None
         state = {v: self.state0[v].data for v in self.names}
-        return self.assimilate(self.prior(state, first).chunk(), self.observations(first))
+        with warnings.catch_warnings():
+            # what the analysis warns while it is set up, the cycles report through the
+            # run's tally: once, with their count (shown here too, it came twice)
+            warnings.simplefilter("ignore", XensfWarning)
+            return self.assimilate(self.prior(state, first).chunk(), self.observations(first))
 
     def analyse(
         self, forecast: dict[str, np.ndarray], k: int, carried: dict[str, xr.DataArray] | None
