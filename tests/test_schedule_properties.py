@@ -53,7 +53,7 @@ def schedules(draw):
     return dict(step=step, t0=t0, ks=ks, times=times, every=every, until=until)
 
 
-def _check(case) -> None:
+def check_schedule(case) -> None:
     obs = xr.Dataset(coords={"time": ("time", case["times"])})
     try:
         schedule = make_schedule(
@@ -90,11 +90,11 @@ _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @settings(max_examples=200, **_COMMON)
 @given(schedules())
 def test_every_observation_is_analysed_at_its_own_cycle(case):
-    _check(case)
+    check_schedule(case)
 
 
 @pytest.mark.slow
 @settings(max_examples=3000, **_COMMON)
 @given(schedules())
 def test_every_observation_is_analysed_at_its_own_cycle_many_examples(case):
-    _check(case)
+    check_schedule(case)
