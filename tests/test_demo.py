@@ -338,3 +338,15 @@ def test_the_demo_table_keeps_its_columns_for_the_longest_method_name(capsys):
     assert header.startswith("method")
     starts = {tuple(m.start() for m in re.finditer(r"\d\.\d+", line)) for line in body}
     assert len(starts) == 1, body
+
+
+def test_the_demo_prints_a_run_s_quality_warning_with_its_own_count(capsys):
+    # xensf.cycle sums a warning of many cycles up in one; the demo counted the caught
+    # warnings and printed "ModelQualityWarning at 1 of 50 analyses" for one of 45 cycles
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("ModelQualityWarning in 45 of the 50 cycles of this run; ...",
+                      xensf.ModelQualityWarning, stacklevel=1)  # fmt: skip
+    demo_swe._report_quality_warnings("latent-ensf", "0%", caught)
+    out = capsys.readouterr().out
+    assert out == "latent-ensf 0%: ModelQualityWarning in 45 of the 50 cycles of this run; ...\n"

@@ -315,7 +315,7 @@ def run_twin(
                     overwrite=True,
                     **method_options(method, setup, errors, model),
                 )
-            _report_quality_warnings(method, label, caught, setup.cycles)
+            _report_quality_warnings(method, label, caught)
             timings[f"{method} {label}"] = time.perf_counter() - t0
             means = xr.Dataset({v: result[f"{v}_analysis_mean"] for v in ("eta", "u", "v")})
             curve = relative_rmse(means, reference, scales).compute()
@@ -347,21 +347,18 @@ def run_twin(
     return summary
 
 
-def _report_quality_warnings(method: str, label: str, caught, cycles: int) -> None:
-    """One line for the ModelQualityWarnings of a run (one per analysis would drown the
-    table); other warnings are shown as they are."""
+def _report_quality_warnings(method: str, label: str, caught) -> None:
+    """The run's ModelQualityWarnings as lines of the printout, named by method and
+    noise (``xensf.cycle`` sums each up once, with the number of cycles it came in);
+    other warnings are shown as they are. (The line once counted the caught warnings,
+    which the summary makes one: "at 1 of 50 analyses" for a warning of 45 cycles.)"""
     import xensf
 
-    quality = [w for w in caught if issubclass(w.category, xensf.ModelQualityWarning)]
     for w in caught:
-        if w not in quality:
+        if issubclass(w.category, xensf.ModelQualityWarning):
+            print(f"{method} {label}: {w.message}")
+        else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if quality:
-        print(
-            f"{method} {label}: ModelQualityWarning at {len(quality)} of {cycles} analyses "
-            f"(the latent analysis fitted the observations worse than the forecast there); "
-            f"the first: {quality[0].message}"
-        )
 
 
 def _print_table(table, noises, timings, methods) -> None:
