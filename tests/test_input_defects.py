@@ -1148,3 +1148,24 @@ def test_a_radius_far_below_the_grid_spacing_warns(ds, obs):
         planar.ensf.assimilate(seen, method="letkf", obs_error=0.1, loc_radius=150e3)
         ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=3000.0)
         ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=None)
+
+
+def test_observations_far_beyond_the_spread_and_errors_warn(ds, obs, two_days):
+    # observations in degC without a units attribute, read in the state's kelvin: an
+    # analysis mean of 44 K at the observed point, without a word
+    celsius = obs.copy(deep=True)
+    celsius.t[2, 3] = 8.0
+    with pytest.warns(xensf.InnovationWarning, match=r"'t' lie a median of \d+ expected .* "
+                      r"observations' median is 8 and the prior mean's there 2\d\d\.\d+"):  # fmt: skip
+        ds.ensf.assimilate(celsius, method="letkf", obs_error=0.5, loc_radius=3000.0)
+    # judged time by time: one day in degC among days in kelvin warns however chunked
+    days = xr.concat([obs, celsius], "time").assign_coords(time=two_days.time)
+    for prior in (two_days, two_days.chunk(time=1)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            prior.ensf.assimilate(days, method="ensf", obs_error=0.5).compute()
+        shown = [str(w.message) for w in record if w.category is xensf.InnovationWarning]
+        assert len(shown) == 1 and "at 1 of " in shown[0], shown
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xensf.InnovationWarning)
+        ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=3000.0)

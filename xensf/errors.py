@@ -200,6 +200,12 @@ class ModelQualityWarning(XensfWarning):
     """A latent model that represents the data at hand worse than the observations pin it down."""
 
 
+class InnovationWarning(XensfWarning):
+    """Observations of a variable lying, typically, far beyond what the prior spread and
+    the observation errors allow from the prior mean: nearly always observations in
+    other units than the state's."""
+
+
 class LocalisationWarning(XensfWarning):
     """A localisation radius so small against the grid's spacing that an observation
     reaches no grid point beyond the one it sits on: usually a radius in other units

@@ -19,6 +19,7 @@ from ..errors import (
     ChunkingError,
     DimensionError,
     EnsembleError,
+    InnovationWarning,
     MaskedObservationWarning,
     ObservationErrorWarning,
     ObservationMismatchError,
@@ -120,7 +121,7 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
 
     if plan.method.needs_obs_error:
-        _check_error_sizes(x, err, observed, plan)
+        _check_against_the_prior(x, y, err, observed, plan)
     block = Block(
         x=x,
         y=y,
@@ -198,16 +199,20 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
 #: Observation errors this many times the prior spread at the observed points (RMS
 #: over them, per variable and time) get an :class:`~xensf.errors.ObservationErrorWarning`.
 _ERROR_SPREAD_RATIO = 10.0
+#: Observations whose median distance from the prior mean (per variable and time) is over
+#: this many expected standard deviations get an :class:`~xensf.errors.InnovationWarning`.
+_GROSS_INNOVATION = 100.0
 #: Observation errors below this fraction of the prior spread at their point are refused:
 #: LETKF's analysis goes wrong below about 1e-11 of it in float32 and 1e-14 in float64
 #: (its N × N algebra squares the ratio), EnSF's turns NaN further down.
 _TINY_ERROR_RATIO = 1e-9
 
 
-def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
+def _check_against_the_prior(x, y, err, observed, plan: BlockPlan) -> None:
     """Per variable: an :class:`~xensf.errors.OptionError` where an observation's error
     is a vanishing fraction of the prior spread at its point (no filter computes the
-    analysis in floating point there), a warning where the errors dwarf the spread."""
+    analysis in floating point there), a warning where the errors dwarf the spread, and
+    one where the observations lie far beyond what the spread and the errors allow."""
     rows = np.flatnonzero(observed.any(axis=0))
     if rows.size == 0:
         return
@@ -218,6 +223,9 @@ def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
     field = obs.indices[rows, 0] // plan.layout.grid_size
     variable = plan.layout.field_of_variable()[field]
     errors = np.asarray(err[:, rows], np.float64)
+    _check_gross_innovations(
+        y[:, rows], members.mean(axis=1), spread, errors, seen, variable, plan
+    )
     for v in np.unique(variable):
         mask = seen & (variable == v)[None, :]
         name = plan.layout.variables[v]
@@ -254,6 +262,38 @@ def _check_error_sizes(x, err, observed, plan: BlockPlan) -> None:
                 "observations' spatial standard deviation, not of the prior spread).",
                 ObservationErrorWarning,
             )
+
+
+def _check_gross_innovations(y, mean, spread, errors, seen, variable, plan: BlockPlan) -> None:
+    """An :class:`~xensf.errors.InnovationWarning` per variable where, at some analysed
+    time, the observations' median distance from the prior mean is over
+    :data:`_GROSS_INNOVATION` expected standard deviations, √(spread² + error²): a whole
+    variable that far off is nearly always in other units than the state (degC read as
+    K, hPa as Pa, height as geopotential). Judged time by time, as the other checks."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distance = np.abs(y - mean) / np.sqrt(spread**2 + errors**2)
+    for v in np.unique(variable):
+        mask = seen & (variable == v)[None, :]
+        times = np.flatnonzero(mask.any(axis=1))
+        typical = np.array([np.median(distance[t][mask[t]]) for t in times])
+        gross = typical > _GROSS_INNOVATION
+        if not gross.any():
+            continue
+        t = times[int(np.flatnonzero(gross)[0])]
+        name = plan.layout.variables[v]
+        plan.warn(
+            (InnovationWarning, name),
+            f"the observations of {name!r} lie a median of {typical[gross][0]:.3g} expected "
+            f"standard deviations (the prior spread and the observation error together) "
+            f"from the prior mean, at {int(gross.sum())} of {times.size} analysed times "
+            f"with observations of it; at the first, the observations' median is "
+            f"{np.median(y[t][mask[t]]):.6g} and the prior mean's there "
+            f"{np.median(mean[t][mask[t]]):.6g}. Are they in other units than the state "
+            "(observations without a units attribute are read in the state's)? If not, the "
+            "prior is far off and far too sure of itself, and the analysis will move a "
+            "long way from it.",
+            InnovationWarning,
+        )
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):
