@@ -411,8 +411,8 @@ def _check_maps(
     return ``truth``, ``observed`` and ``fields`` with their grid dims in one order, the
     latitude (or y) first where the names say which it is. (A field in the other order
     was drawn transposed on a square grid.)"""
+    from .bridge.alignment import on_points_of
     from .bridge.dims import find_role
-    from .bridge.grid import same_points
     from .errors import DimensionError
 
     def check(name: str, da, dims: set | None) -> None:
@@ -449,37 +449,22 @@ def _check_maps(
     order = (lat, lon) if {lat, lon} == grid else truth.dims
     truth = truth.transpose(*order)
 
+    reference = truth.to_dataset(name="__truth__")
+
     def on_truth_grid(name: str, da: xr.DataArray) -> xr.DataArray:
         """``da`` with its grid points in the truth's order, taken by their labels (the
         maps draw every array on the truth's coordinates: a field north to south was
         drawn upside down under a truth south to north)."""
-        da = da.transpose(..., *order)
-        for d in order:
-            if d not in da.coords or d not in truth.coords:
-                continue  # no labels: positions are all there is
-            mine, theirs = da[d].values, truth[d].values
-            if mine.shape == theirs.shape and np.array_equal(mine, theirs):
-                continue
-            if (
-                mine.shape == theirs.shape
-                and mine.dtype.kind in "iuf"
-                and same_points(mine, theirs)
-            ):
-                da = da.assign_coords({d: truth[d]})  # a float32 spelling: one set of labels
-                continue
-            if mine.shape == theirs.shape and mine.dtype.kind in "iuf":
-                mine_sorted, theirs_sorted = np.argsort(mine), np.argsort(theirs)
-                if same_points(mine[mine_sorted], theirs[theirs_sorted]):
-                    take = np.empty_like(mine_sorted)
-                    take[theirs_sorted] = mine_sorted
-                    da = da.isel({d: take}).assign_coords({d: truth[d]})
-                    continue
+        try:
+            field = on_points_of(reference, da.to_dataset(name="__field__"), what="map")
+        except DimensionError:
             raise DimensionError(
-                f"{caller}: {name} is on another grid than the truth: its {d!r} has "
-                f"{mine.size} values ({mine[0]}..{mine[-1]}), the truth's {theirs.size} "
-                f"({theirs[0]}..{theirs[-1]}); give every map on the truth's grid"
-            )
-        return da
+                f"{caller}: {name} is on another grid than the truth "
+                f"({', '.join(f'{d} {da.sizes[d]}' for d in order)} against "
+                f"{', '.join(f'{d} {truth.sizes[d]}' for d in order)} points, or other "
+                "coordinates); give every map on the truth's grid"
+            ) from None
+        return field["__field__"].transpose(..., *order)
 
     return (
         truth,

@@ -18,7 +18,7 @@ from .grid import reorder_fix, same_points
 from .observations import check_time_kinds
 from .units import convert_units, coordinate_in_units
 
-__all__ = ["aligned_like"]
+__all__ = ["aligned_like", "on_points_of"]
 
 
 def aligned_like(
@@ -37,6 +37,26 @@ def aligned_like(
     ``partial`` (time, for a truth) need only share one value, and xarray keeps the
     shared ones. ``what`` names ``other`` in the messages.
     """
+    other = on_points_of(reference, other, what=what, partial=partial)
+    for n in names:
+        if n in other.data_vars and other[n].dtype.kind not in "iuf":
+            raise OptionError(
+                f"the {what}'s {n!r} has dtype {other[n].dtype}; it must hold numbers, the "
+                "values on the ensemble's points"
+            )
+    converted = {
+        n: convert_units(other[n], reference[n].attrs.get("units"), name=n, what=f"the {what}")
+        for n in names
+    }
+    return other.assign(converted)[names]
+
+
+def on_points_of(
+    reference: xr.Dataset, other: xr.Dataset, *, what: str, partial: tuple[str, ...] = ()
+) -> xr.Dataset:
+    """``other`` with every dim that both index on ``reference``'s points, as
+    :func:`aligned_like` takes them (its coordinates in the reference's units); a
+    :class:`~xensf.errors.DimensionError` naming ``what`` where they differ."""
     for d in other.dims:
         if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
             continue
@@ -64,17 +84,7 @@ def aligned_like(
                     f"{what}.interp({d}=ds.{d}))"
                 )
             )
-    for n in names:
-        if n in other.data_vars and other[n].dtype.kind not in "iuf":
-            raise OptionError(
-                f"the {what}'s {n!r} has dtype {other[n].dtype}; it must hold numbers, the "
-                "values on the ensemble's points"
-            )
-    converted = {
-        n: convert_units(other[n], reference[n].attrs.get("units"), name=n, what=f"the {what}")
-        for n in names
-    }
-    return other.assign(converted)[names]
+    return other
 
 
 def _head(index) -> str:
