@@ -223,9 +223,6 @@ def _check_against_the_prior(x, y, err, observed, plan: BlockPlan) -> None:
     field = obs.indices[rows, 0] // plan.layout.grid_size
     variable = plan.layout.field_of_variable()[field]
     errors = np.asarray(err[:, rows], np.float64)
-    _check_gross_innovations(
-        y[:, rows], members.mean(axis=1), spread, errors, seen, variable, plan
-    )
     for v in np.unique(variable):
         mask = seen & (variable == v)[None, :]
         name = plan.layout.variables[v]
@@ -262,6 +259,9 @@ def _check_against_the_prior(x, y, err, observed, plan: BlockPlan) -> None:
                 "observations' spatial standard deviation, not of the prior spread).",
                 ObservationErrorWarning,
             )
+    _check_gross_innovations(
+        y[:, rows], members.mean(axis=1), spread, errors, seen, variable, plan
+    )
 
 
 def _check_gross_innovations(y, mean, spread, errors, seen, variable, plan: BlockPlan) -> None:
