@@ -357,6 +357,18 @@ def _close_prior(truth, n_members=12, spread=0.01):
     )
 
 
+def test_latent_observations_in_other_units_warn_when_their_errors_are_told(case):
+    # observations against another datum (as degC against K) without a units
+    # attribute, with obs_error=: a latent analysis of them, without a word
+    model, prior, _, obs = case
+    with pytest.warns(xensf.InnovationWarning, match=r"observations of 'h' lie a median"):
+        prior.ensf.assimilate(obs + 100.0, model=model, obs_error=0.5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xensf.InnovationWarning)
+        prior.ensf.assimilate(obs, model=model, obs_error=0.005, seed=0)
+        prior.ensf.assimilate(obs + 100.0, model=model, seed=0)  # no errors to judge by
+
+
 def test_a_model_worse_than_the_observations_warns(case, untrained):
     model, prior, truth, obs = case
     close = _close_prior(truth)

@@ -122,6 +122,8 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
     if plan.method.needs_obs_error:
         _check_against_the_prior(x, y, err, observed, plan)
+    elif plan.obs.errors_given:  # a latent method told the errors: their units still tell
+        _check_against_the_prior(x, y, err, observed, plan, sizes=False)
     block = Block(
         x=x,
         y=y,
@@ -208,11 +210,12 @@ _GROSS_INNOVATION = 100.0
 _TINY_ERROR_RATIO = 1e-9
 
 
-def _check_against_the_prior(x, y, err, observed, plan: BlockPlan) -> None:
+def _check_against_the_prior(x, y, err, observed, plan: BlockPlan, sizes: bool = True) -> None:
     """Per variable: an :class:`~xensf.errors.OptionError` where an observation's error
     is a vanishing fraction of the prior spread at its point (no filter computes the
-    analysis in floating point there), a warning where the errors dwarf the spread, and
-    one where the observations lie far beyond what the spread and the errors allow."""
+    analysis in floating point there), a warning where the errors dwarf the spread
+    (those two with ``sizes``: the full-space filters' concerns), and one where the
+    observations lie far beyond what the spread and the errors allow."""
     rows = np.flatnonzero(observed.any(axis=0))
     if rows.size == 0:
         return
@@ -223,7 +226,7 @@ def _check_against_the_prior(x, y, err, observed, plan: BlockPlan) -> None:
     field = obs.indices[rows, 0] // plan.layout.grid_size
     variable = plan.layout.field_of_variable()[field]
     errors = np.asarray(err[:, rows], np.float64)
-    for v in np.unique(variable):
+    for v in np.unique(variable) if sizes else ():
         mask = seen & (variable == v)[None, :]
         name = plan.layout.variables[v]
         tiny = mask & (errors < _TINY_ERROR_RATIO * spread)
