@@ -1121,7 +1121,7 @@ def test_one_error_mapping_serves_observations_of_some_state_variables(ds, stati
     options = {"method": "letkf", "loc_radius": 3000.0}
     both = state.ensf.assimilate(station, obs_error={"t": 0.5, "q": 1e-3}, **options)
     xr.testing.assert_equal(both, state.ensf.assimilate(station, obs_error={"t": 0.5}, **options))
-    with pytest.raises(OptionError, match=r"not observed: \['tt'\]"):  # a typo still is
+    with pytest.raises(OptionError, match=r"names \['tt'\], which are not state variables"):
         state.ensf.assimilate(station, obs_error={"t": 0.5, "tt": 1.0}, **options)
     with pytest.raises(OptionError, match=r"no entry for the observed variables \['t'\]"):
         state.ensf.assimilate(station, obs_error={"q": 1e-3}, **options)

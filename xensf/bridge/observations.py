@@ -424,8 +424,15 @@ def prepare_observations(
         )
     if isinstance(obs_error, Mapping):
         # one mapping for the whole state serves observations of some of its variables;
-        # a name that is no state variable (a typo) is still refused
-        obs_error = {k: v for k, v in obs_error.items() if k in names or k not in layout.variables}
+        # a name that is no state variable (a typo) is refused
+        strangers = [k for k in obs_error if k not in layout.variables]
+        if strangers:
+            raise OptionError(
+                f"the obs_error mapping names {strangers}, which are not state variables "
+                f"(the state has {list(layout.variables)}); give an entry for every "
+                f"observed variable ({names})"
+            )
+        obs_error = {k: v for k, v in obs_error.items() if k in names}
 
     for name in [*names, *sorted((v for v in error_vars if v in obs.data_vars), key=str)]:
         kind = obs[name].dtype.kind
