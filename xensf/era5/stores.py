@@ -8,7 +8,6 @@ that names the URL and says what to do.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,16 +16,11 @@ from typing import Any
 import xarray as xr
 
 from ..errors import StoreError
+from ..urls import url_protocol
 
 __all__ = ["looks_like_path", "open_store", "url_protocol"]
 
 _REMOTE_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs"}
-
-
-def url_protocol(url: str) -> str:
-    """The fsspec protocol of a URL (``"gs"``, ``"memory"``; ``"file"`` for a plain path)."""
-    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", url)
-    return match.group(1).lower() if match else "file"
 
 
 def _first_line(err: BaseException) -> str:

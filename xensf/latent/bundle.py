@@ -58,7 +58,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -76,6 +75,7 @@ from safetensors.torch import load_file, save_file
 from .._version import VERSION
 from ..errors import BundleError
 from ..filters.device import compute_device
+from ..urls import url_scheme
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "bundle_info", "load_bundle", "save_bundle"]
 
@@ -323,11 +323,12 @@ def bundle_info(path: str | os.PathLike) -> dict[str, Any]:
 def bundle_path(path) -> Path:
     """A bundle's path as given, with ``~`` expanded (as xarray and pandas expand it);
     a URL is a :class:`BundleError` (``Path`` would fold ``https://`` into ``https:/``)."""
-    if isinstance(path, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path):
+    scheme = url_scheme(path) if isinstance(path, str) else None
+    if scheme is not None:
         raise BundleError(
             f"{path} is a URL; a bundle is a local directory. Copy it here first, e.g. "
-            f"fsspec.filesystem({path.split('://')[0]!r}).get({path!r}, 'model.xensf', "
-            "recursive=True), then load 'model.xensf'"
+            f"fsspec.filesystem({scheme!r}).get({path!r}, 'model.xensf', recursive=True), "
+            "then load 'model.xensf'"
         )
     return Path(path).expanduser()
 
