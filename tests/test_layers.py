@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "xensf"
 LAYERS = {
     "xensf.errors": 0,
     "xensf.checks": 0,
+    "xensf.urls": 0,
     "xensf._version": 0,
     "xensf.data": 0,
     "xensf.filters": 1,
