@@ -106,12 +106,23 @@ def test_model_errors():
 
 
 def twin_experiment(
-    analysis, *, n_cycles, spin_up, members, seed, arctan=False, obs_std=1.0, every=1
+    analysis,
+    *,
+    n_cycles,
+    spin_up,
+    members,
+    seed,
+    arctan=False,
+    obs_std=1.0,
+    every=1,
+    may_diverge=False,
 ):
     """Truth run, noisy observations of all 40 variables, forecast → analysis cycles.
 
     ``analysis(prior (N, d), y (d,), cycle) -> posterior``. Returns the time-mean
-    analysis RMSE over the cycles after ``spin_up``.
+    analysis RMSE over the cycles after ``spin_up``; with ``may_diverge``, infinity
+    where the filter lost the track so far that the forecast overflowed (how far a
+    lost track runs before it overflows depends on the machine's rounding).
     """
     g = torch.Generator().manual_seed(seed)
     truth = lorenz96_run(8.0 + torch.randn(40, generator=g), 1000)[-1]  # on the attractor
@@ -121,6 +132,8 @@ def twin_experiment(
         for _ in range(every):
             truth = lorenz96_step(truth)
             ens = lorenz96_step(ens)
+        if may_diverge and not bool(torch.isfinite(ens).all()):
+            return float("inf")
         h_truth = torch.arctan(truth) if arctan else truth
         y = h_truth + obs_std * torch.randn(40, generator=g)
         ens = analysis(ens, y, cycle)
@@ -194,6 +207,9 @@ def test_ensf_beats_letkf_with_arctan_observations():
         return ensf_analysis(ens, y, op, 0.05, generator=cycle, **ENSF_SETTINGS)
 
     kw = dict(n_cycles=80, spin_up=30, members=20, seed=1, arctan=True, obs_std=0.05, every=10)
-    rmse_letkf = twin_experiment(letkf, **kw)
+    rmse_letkf = twin_experiment(letkf, **kw, may_diverge=True)
     rmse_ensf = twin_experiment(ensf, **kw)
+    # a lost track errs by 4 to 6 (LETKF's, before its forecast overflows on some
+    # machines); EnSF keeps it roughly
+    assert rmse_ensf < 2.5, rmse_ensf
     assert rmse_ensf < 0.7 * rmse_letkf, (rmse_ensf, rmse_letkf)
