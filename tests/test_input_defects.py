@@ -1169,3 +1169,24 @@ def test_observations_far_beyond_the_spread_and_errors_warn(ds, obs, two_days):
     with warnings.catch_warnings():
         warnings.simplefilter("error", xensf.InnovationWarning)
         ds.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=3000.0)
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("letkf", {"loc_radius": 3000.0}), ("ensf", {"prior_score": "paired"})],
+)
+def test_the_checks_against_the_prior_hold_on_latitude_longitude_blocks(ds, obs, method, options):
+    # a prior chunked along latitude and longitude is analysed block by block, and the
+    # blocks checked nothing: observations in degC read as K went unsaid, an error a
+    # trillionth of the spread was analysed, where the same prior in one chunk warned
+    # and refused
+    celsius = obs.copy(deep=True)
+    celsius.t[2, 3] = 8.0
+    for prior in (ds, ds.chunk(lat=3, lon=4)):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            prior.ensf.assimilate(celsius, method=method, obs_error=0.5, **options).compute()
+        shown = [str(w.message) for w in record if w.category is xensf.InnovationWarning]
+        assert len(shown) == 1 and "observations' median is 8 " in shown[0], shown
+        with pytest.raises(xensf.OptionError, match="as small as"):
+            prior.ensf.assimilate(obs, method=method, obs_error=1e-12, **options).compute()

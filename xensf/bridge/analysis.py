@@ -19,9 +19,7 @@ from ..errors import (
     ChunkingError,
     DimensionError,
     EnsembleError,
-    InnovationWarning,
     MaskedObservationWarning,
-    ObservationErrorWarning,
     ObservationMismatchError,
     OptionError,
     keyword_names,
@@ -43,6 +41,7 @@ from .observations import (
     time_text,
 )
 from .orientation import Orientation, canonical_orientation
+from .plausibility import check_against_the_prior, observed_members
 from .shared import shared_input, shared_value
 from .spatial import analyse_in_blocks, is_spatially_chunked
 from .units import dequantify, requantify
@@ -120,10 +119,12 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
 
-    if plan.method.needs_obs_error:
-        _check_against_the_prior(x, y, err, observed, plan)
-    elif plan.obs.errors_given:  # a latent method told the errors: their units still tell
-        _check_against_the_prior(x, y, err, observed, plan, sizes=False)
+    if plan.method.needs_obs_error or plan.obs.errors_given:
+        # a latent method told the errors: their units still tell, not their sizes
+        check_against_the_prior(
+            observed_members(x, plan.obs), y, err, observed, plan,
+            sizes=plan.method.needs_obs_error,
+        )  # fmt: skip
     block = Block(
         x=x,
         y=y,
@@ -196,107 +197,6 @@ def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarra
     weights = kept * scale[:, None]
     y = np.where(dropped, np.nan, y)
     return replace(plan, obs=replace(obs, weights=weights)), y
-
-
-#: Observation errors this many times the prior spread at the observed points (RMS
-#: over them, per variable and time) get an :class:`~xensf.errors.ObservationErrorWarning`.
-_ERROR_SPREAD_RATIO = 10.0
-#: Observations whose median distance from the prior mean (per variable and time) is over
-#: this many expected standard deviations get an :class:`~xensf.errors.InnovationWarning`.
-_GROSS_INNOVATION = 100.0
-#: Observation errors below this fraction of the prior spread at their point are refused:
-#: LETKF's analysis goes wrong below about 1e-11 of it in float32 and 1e-14 in float64
-#: (its N × N algebra squares the ratio), EnSF's turns NaN further down.
-_TINY_ERROR_RATIO = 1e-9
-
-
-def _check_against_the_prior(x, y, err, observed, plan: BlockPlan, sizes: bool = True) -> None:
-    """Per variable: an :class:`~xensf.errors.OptionError` where an observation's error
-    is a vanishing fraction of the prior spread at its point (no filter computes the
-    analysis in floating point there), a warning where the errors dwarf the spread
-    (those two with ``sizes``: the full-space filters' concerns), and one where the
-    observations lie far beyond what the spread and the errors allow."""
-    rows = np.flatnonzero(observed.any(axis=0))
-    if rows.size == 0:
-        return
-    obs = plan.obs
-    members = (x[:, :, obs.indices[rows]] * obs.weights[rows]).sum(-1)  # (T, N, m)
-    spread = members.std(axis=1, ddof=1)  # (T, m)
-    seen = observed[:, rows]
-    field = obs.indices[rows, 0] // plan.layout.grid_size
-    variable = plan.layout.field_of_variable()[field]
-    errors = np.asarray(err[:, rows], np.float64)
-    for v in np.unique(variable) if sizes else ():
-        mask = seen & (variable == v)[None, :]
-        name = plan.layout.variables[v]
-        tiny = mask & (errors < _TINY_ERROR_RATIO * spread)
-        if tiny.any():
-            ratio = float(np.min(errors[tiny] / spread[tiny]))
-            raise OptionError(
-                f"the observation errors of {name!r} are as small as {ratio:.3g} times the "
-                f"prior ensemble spread at their points ({int(tiny.sum())} observation(s) "
-                f"below {_TINY_ERROR_RATIO:g} of it): the analysis cannot be computed in "
-                "floating point there, and an observation that exact pins the analysis "
-                f"anyway. Give errors of at least {_TINY_ERROR_RATIO:g} of the spread (a "
-                f"millionth of it here is {float(np.max(spread[tiny])) * 1e-6:.3g} in the "
-                "state's units), or check their units"
-            )
-        # RMS over each time's observations: judged time by time, so that whether it
-        # warns does not depend on how the times are chunked
-        count = mask.sum(axis=1)
-        times = np.flatnonzero(count)
-        rms_err = np.sqrt(np.where(mask, errors**2, 0.0).sum(1)[times] / count[times])
-        rms_spread = np.sqrt(np.where(mask, spread**2, 0.0).sum(1)[times] / count[times])
-        large = rms_err > _ERROR_SPREAD_RATIO * rms_spread
-        if large.any():
-            t = int(np.flatnonzero(large)[0])
-            ratio = rms_err[t] / rms_spread[t] if rms_spread[t] > 0 else float("inf")
-            plan.warn(
-                (ObservationErrorWarning, name),
-                f"the observation errors of {name!r} are over {_ERROR_SPREAD_RATIO:g} times "
-                f"the prior ensemble spread at the observed points at {int(large.sum())} of "
-                f"{times.size} analysed times with observations of it; at the first (RMS "
-                f"{rms_err[t]:.3g}) they are {ratio:.3g} times the spread (RMS "
-                f"{rms_spread[t]:.3g}): the analysis will hardly move from the prior. If that "
-                "is not meant, give smaller errors (obs_error='P%' is P % of the "
-                "observations' spatial standard deviation, not of the prior spread).",
-                ObservationErrorWarning,
-            )
-    _check_gross_innovations(
-        y[:, rows], members.mean(axis=1), spread, errors, seen, variable, plan
-    )
-
-
-def _check_gross_innovations(y, mean, spread, errors, seen, variable, plan: BlockPlan) -> None:
-    """An :class:`~xensf.errors.InnovationWarning` per variable where, at some analysed
-    time, the observations' median distance from the prior mean is over
-    :data:`_GROSS_INNOVATION` expected standard deviations, √(spread² + error²): a whole
-    variable that far off is nearly always in other units than the state (degC read as
-    K, hPa as Pa, height as geopotential). Judged time by time, as the other checks."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        distance = np.abs(y - mean) / np.sqrt(spread**2 + errors**2)
-    for v in np.unique(variable):
-        mask = seen & (variable == v)[None, :]
-        times = np.flatnonzero(mask.any(axis=1))
-        typical = np.array([np.median(distance[t][mask[t]]) for t in times])
-        gross = typical > _GROSS_INNOVATION
-        if not gross.any():
-            continue
-        t = times[int(np.flatnonzero(gross)[0])]
-        name = plan.layout.variables[v]
-        plan.warn(
-            (InnovationWarning, name),
-            f"the observations of {name!r} lie a median of {typical[gross][0]:.3g} expected "
-            f"standard deviations (the prior spread and the observation error together) "
-            f"from the prior mean, at {int(gross.sum())} of {times.size} analysed times "
-            f"with observations of it; at the first, the observations' median is "
-            f"{np.median(y[t][mask[t]]):.6g} and the prior mean's there "
-            f"{np.median(mean[t][mask[t]]):.6g}. Are they in other units than the state "
-            "(observations without a units attribute are read in the state's)? If not, the "
-            "prior is far off and far too sure of itself, and the analysis will move a "
-            "long way from it.",
-            InnovationWarning,
-        )
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):

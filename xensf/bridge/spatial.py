@@ -37,6 +37,7 @@ from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .layout import StateLayout
 from .observations import obs_level_names
+from .plausibility import check_against_the_prior
 from .shared import shared_input, shared_value
 
 __all__ = ["analyse_in_blocks", "is_spatially_chunked", "observed_prior", "within_reach"]
@@ -108,15 +109,12 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
             "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
         )
-    hx = _bare(
-        observed_prior(_own_reads(prior, names), names, dims, levels, plan.layout, plan.obs),
-        dims, time_chunks,
-    )  # fmt: skip
+    hx = _whole_observed_prior(prior, names, dims, levels, plan, time_chunks)
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, plan.obs, time_chunks
     )
     state = _after(state, [hx])
-    inputs = [*state, hx.chunk({"_row": -1}) if hx.chunks is not None else hx, *observed]
+    inputs = [*state, hx, *observed]
     core = [*state_core, [dims.member, "_row"], *observed_core]
     chunks = prior[names[0]].variable.chunksizes
     # the block's coordinates: 1-D axes, or a curvilinear grid's 2-D block
@@ -219,6 +217,7 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
     hx = _squeezed(hx, 2, plan)
     y, err = _block_observations(values, errors, plan, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
+    check_against_the_prior(hx, y, err, observed, plan)  # the same in every block
     lat_b, lon_b = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
     if curvilinear:  # the block's points, in C order
         points = point_locations(lat_b, lon_b)
@@ -277,6 +276,16 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
         field = field.reshape(T, *block_layout.grid_shape)
         result.append(field if plan.has_time else field[0])
     return tuple(result) if len(result) > 1 else result[0]
+
+
+def _whole_observed_prior(prior, names, dims, levels, plan, time_chunks) -> xr.DataArray:
+    """:func:`observed_prior` in the analysis's time chunks, whole along the
+    observations: every block's task gets all of it."""
+    hx = _bare(
+        observed_prior(_own_reads(prior, names), names, dims, levels, plan.layout, plan.obs),
+        dims, time_chunks,
+    )  # fmt: skip
+    return hx.chunk({"_row": -1}) if hx.chunks is not None else hx
 
 
 def _bare(da: xr.DataArray, dims: EnsembleDims, time_chunks) -> xr.DataArray:
@@ -396,6 +405,7 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, obs, time_chunks
     )
+    hx = _whole_observed_prior(prior, names, dims, levels, plan, time_chunks)
     reductions, reduced_core = [], []
     if method.scale is None:  # the prior spread per field, over the whole grid
         whole = _own_reads(prior, names)
@@ -407,8 +417,9 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
                 lead = [dims.time] if dims.time is not None else []  # no member: reduced
                 reductions.append(_bare(reduced.transpose(*lead, *levels[n]), dims, time_chunks))
                 reduced_core.append(list(levels[n]))
-    inputs = [*_after(state, reductions), *observed, *_block_indices(prior, dims, chunks)]
-    core = [*state_core, *observed_core, [], []]
+    inputs = [*_after(state, [hx, *reductions]), hx, *observed]
+    inputs += _block_indices(prior, dims, chunks)
+    core = [*state_core, [dims.member, "_row"], *observed_core, [], []]
     if dims.time is not None:
         inputs.append(
             _bare(xr.DataArray(prior[dims.time].values, dims=dims.time), dims, time_chunks)
@@ -440,9 +451,10 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     layout, obs, method = plan.layout, plan.obs, plan.method
     nv, no = len(layout.variables), len(obs.variables)
     state = arrays[:nv]
-    values = arrays[nv : nv + no]
-    errors = arrays[nv + no : nv + 2 * no]
-    at = nv + 2 * no
+    hx = arrays[nv]
+    values = arrays[nv + 1 : nv + 1 + no]
+    errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
+    at = nv + 1 + 2 * no
     rows, cols = np.asarray(arrays[at]).ravel(), np.asarray(arrays[at + 1]).ravel()
     at += 2
     times = None
@@ -452,6 +464,9 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     T, block_layout, x = _block_state(state, plan, "EnSF")
     nlat, nlon = block_layout.grid_shape
     y, err = _block_observations(values, errors, plan, T)
+    check_against_the_prior(  # every observation, as in every block
+        _squeezed(hx, 2, plan), y, err, np.isfinite(y) & np.isfinite(err) & (err > 0), plan
+    )
     field_scale = None
     if method.scale is None:
         parts = [
