@@ -20,6 +20,10 @@ reduced over the whole grid first, and the noise is drawn per tile of the whole 
 (:class:`~xensf.filters.noise.TiledNoise`): the result equals the unchunked analysis to
 rounding. The mixture score and the Gaussian likelihood couple every point of the grid
 and are refused on blocks.
+
+**Both** hand every block the prior at every observation, so that each runs the same
+checks of the observations against the prior (:mod:`xensf.bridge.plausibility`) as an
+analysis in one chunk, on the same numbers.
 """
 
 from __future__ import annotations
