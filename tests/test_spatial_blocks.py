@@ -278,3 +278,21 @@ def test_on_a_cluster_no_block_is_read_before_the_gathers_end(method):
     assert len(roots(local)) == 2 * 27 + GATHERED[method]
     assert len(roots(clustered)) == GATHERED[method]  # the blocks' reads wait for them
     xr.testing.assert_allclose(got, local.compute(), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {**OPTIONS, "loc_radius": 1500.0},
+        {"method": "ensf", "obs_error": 0.5, "prior_score": "paired"},
+    ],
+)
+def test_zero_stations_leave_the_blocks_unchanged(options):
+    # the gather of the prior at no observation had no time and member dims, and the
+    # blocks failed with a raw ValueError from xarray
+    prior, stations, _ = _global()
+    none = stations.isel(station=slice(0, 0))
+    chunked = prior.chunk({"lat": 6, "lon": 10})
+    whole, blocks = (p.ensf.assimilate(none, **options) for p in (prior, chunked))
+    xr.testing.assert_identical(blocks.compute(), whole)
+    np.testing.assert_array_equal(whole.t.values, prior.t.values)

@@ -88,11 +88,12 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
         values = xr.DataArray(prior[name].variable).isel(at)  # without its coordinates
         parts.append((values * weights).sum("_corner"))
         order.append(rows)
-    if not parts:
-        return xr.DataArray(np.zeros((0,)), dims="_row")
+    lead = [d for d in (dims.time, dims.member) if d is not None]
+    if not parts:  # no observation (zero stations): no rows, at every time and member
+        shape = (*(prior.sizes[d] for d in lead), 0)
+        return xr.DataArray(np.zeros(shape, prior[names[0]].dtype), dims=(*lead, "_row"))
     out = xr.concat(parts, "_row") if len(parts) > 1 else parts[0]
     out = out.isel(_row=np.argsort(np.concatenate(order)))
-    lead = [d for d in (dims.time, dims.member) if d is not None]
     return out.transpose(*lead, "_row")
 
 
