@@ -296,3 +296,58 @@ def test_zero_stations_leave_the_blocks_unchanged(options):
     whole, blocks = (p.ensf.assimilate(none, **options) for p in (prior, chunked))
     xr.testing.assert_identical(blocks.compute(), whole)
     np.testing.assert_array_equal(whole.t.values, prior.t.values)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_region_cut_from_a_chunked_prior_and_a_grid_from_180w_are_analysed_in_blocks(method):
+    """A prior opened chunked and then cut to a region (``ds.sel``), or a global grid
+    from -180° (which EnSF rolls to start at 0°), gave dask graphs of sliced chunks,
+    whose copies for the whole-grid gathers read the original's chunks: dask's task
+    fusion failed on them with a raw ValueError."""
+    from dask.utils import key_split
+
+    prior, chunked, stations, options = _chunked_global(method)
+    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
+    from_180w = prior.assign_coords(lon=(prior.lon + 180.0) % 360.0 - 180.0).sortby("lon")
+    cases = [
+        (prior.sel(region), chunked.sel(region)),
+        (from_180w, from_180w.chunk({"time": 1, "lat": 6, "lon": 10})),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        for whole, blocks in cases:
+            near = stations.where(
+                (stations.lat >= whole.lat.min()) & (stations.lat <= whole.lat.max())
+                & (stations.lon >= whole.lon.min()) & (stations.lon <= whole.lon.max()),
+                drop=True,
+            )  # fmt: skip
+            expected = whole.ensf.assimilate(near, **options)
+            out = blocks.ensf.assimilate(near, **options)
+            graph = dict(out.t.data.__dask_graph__())
+            # every task of the copies is renamed in full: its own key and its inputs'
+            assert all(getattr(node, "key", key) == key for key, node in graph.items())
+            cut = [k for k in graph if key_split(k) == "getitem"]
+            assert cut and {k[0] for k in cut} != {cut[0][0]}  # the blocks' and the copies'
+            for v in ("t", "z"):
+                np.testing.assert_allclose(out[v].values, expected[v].values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_region_cut_from_a_chunked_prior_is_analysed_on_a_cluster(method):
+    """The blocks' reads bound to the gathers on a cluster: dask's ``bind`` left the
+    cut chunks' tasks with their old keys, and the cluster cancelled the analysis for
+    "lost dependencies"."""
+    distributed = pytest.importorskip("distributed")
+    prior, chunked, stations, options = _chunked_global(method)
+    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
+    near = stations.where(
+        (abs(stations.lat) <= 45) & (stations.lon >= 30) & (stations.lon <= 300), drop=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        expected = prior.sel(region).ensf.assimilate(near, **options)
+        with distributed.Client(
+            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ):
+            got = chunked.sel(region).ensf.assimilate(near, **options).compute()
+    xr.testing.assert_allclose(got, expected, rtol=1e-12)

@@ -39,6 +39,7 @@ from ..filters.device import compute_device
 from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
+from .graph_copies import bound, cloned
 from .layout import StateLayout
 from .observations import obs_level_names
 from .plausibility import check_against_the_prior
@@ -331,16 +332,14 @@ def _own_reads(prior: xr.Dataset, names) -> xr.Dataset:
 
     Sharing the blocks' own reads, every chunk would stay in memory from the gather
     until its block is analysed (at 0.25° with stations everywhere: the whole observed
-    variable); cloned (``dask.graph_manipulation.clone``), a chunk is released as soon
-    as it is gathered. A prior that is costly to compute is computed twice: write it
+    variable); copied (:func:`~xensf.bridge.graph_copies.cloned`), a chunk is released
+    as soon as it is gathered. A prior that is costly to compute is computed twice: write it
     to zarr, or persist it, first.
     """
-    from dask.graph_manipulation import clone
-
     out = prior.copy(deep=False)
     for n in names:
         data = prior[n].variable.data
-        out[n] = prior[n].copy(data=clone(data, seed=f"xensf-gather-{data.name}"), deep=False)
+        out[n] = prior[n].copy(data=cloned(data, f"xensf-gather-{data.name}"), deep=False)
     return out
 
 
@@ -350,21 +349,19 @@ def _after(state: list[xr.DataArray], first: list[xr.DataArray]) -> list[xr.Data
 
     Distributed hands root tasks to idle workers: while the gathers run, the workers
     would read many blocks ahead and hold them (at 0.5°, six blocks per worker). Bound
-    to the gathers (``dask.graph_manipulation.bind``) they are read as their blocks
+    to the gathers (:func:`~xensf.bridge.graph_copies.bound`) they are read as their blocks
     run, and the scheduler's queuing keeps that to about one per thread. The local
     schedulers order tasks by ``dask.order`` alone, which reads every bound block as
     soon as the gathers end: there they stay root tasks.
     """
     from dask.base import get_scheduler
-    from dask.graph_manipulation import bind
 
     lazy = [f.data for f in first if f.chunks is not None]
     client = getattr(get_scheduler(), "__self__", None)
     if not lazy or type(client).__module__.split(".")[0] != "distributed":
         return state
     seed = "xensf-blocks-" + "-".join(a.name for a in lazy)
-    bound = bind([s.data for s in state], lazy, seed=seed)
-    return [s.copy(data=b) for s, b in zip(state, bound, strict=True)]
+    return [s.copy(data=bound(s.data, lazy, seed)) for s in state]
 
 
 def _block_indices(prior, dims: EnsembleDims, chunks) -> list[xr.DataArray]:
