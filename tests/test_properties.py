@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import xensf  # noqa: E402, F401  (registers the accessor)
-from xensf.errors import XensfError, XensfWarning  # noqa: E402
+from xensf.bridge.dims import find_dims  # noqa: E402
+from xensf.errors import ChunkingError, XensfError, XensfWarning  # noqa: E402
 
 OBS_ERROR_FORMS = st.sampled_from(["number", "dict", "relative", "variable", "attribute"])
 
@@ -213,6 +214,67 @@ def test_assimilate_gives_a_result_or_an_xensf_error(case):
 @given(cases())
 def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
     assert _check(case) in ("refused", "analysed")
+
+
+@st.composite
+def block_cases(draw):
+    """A case of :func:`cases` whose method can run on latitude × longitude blocks (a
+    localised LETKF, EnSF with the paired prior score) and chunk sizes along both."""
+    prior, obs, kwargs, chunks = draw(cases())
+    if kwargs["method"] == "ensf":
+        kwargs["prior_score"] = "paired"
+    elif kwargs.get("loc_radius") is None:
+        kwargs["loc_radius"] = 3000.0
+    dims = find_dims(prior)
+    sizes = {d: draw(st.integers(1, prior.sizes[d])) for d in (dims.lat, dims.lon)}
+    if chunks is not None:
+        sizes["time"] = chunks
+    return prior, obs, kwargs, sizes
+
+
+def _outcome(prior, obs, kwargs):
+    """The analysis (or the XensfError's class) and the classes of the warnings."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always", XensfWarning)
+        try:
+            out = prior.ensf.assimilate(obs, seed=5, **kwargs).compute()
+        except XensfError as error:
+            out = type(error)
+    return out, {w.category for w in record if issubclass(w.category, XensfWarning)}
+
+
+def _blocks_agree(case) -> None:
+    """A prior chunked along latitude and longitude gives the analysis of the prior in
+    one chunk, to rounding, with the same warnings; or both are refused; or the blocks
+    are refused with a ChunkingError (what they cannot do: a station between grid
+    points for EnSF)."""
+    prior, obs, kwargs, sizes = case
+    whole, said = _outcome(prior, obs, kwargs)
+    blocks, said_blocks = _outcome(prior.chunk(sizes), obs, kwargs)
+    if isinstance(whole, type):
+        assert isinstance(blocks, type), (whole, "refused, the blocks analysed")
+        return
+    if blocks is ChunkingError:
+        return
+    assert not isinstance(blocks, type), (blocks, "refused, one chunk analysed")
+    assert said_blocks == said, (said, said_blocks)
+    scale = float(np.abs(prior.t).max())
+    np.testing.assert_allclose(blocks.t.values, whole.t.values, rtol=0, atol=2e-5 * scale)
+
+
+@settings(max_examples=15, **_COMMON)
+@given(block_cases())
+def test_latitude_longitude_blocks_give_the_analysis_and_warnings_of_one_chunk(case):
+    # Caught the blocks skipping the checks against the prior (no InnovationWarning,
+    # no refusal of errors too small to compute with).
+    _blocks_agree(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_COMMON)
+@given(block_cases())
+def test_latitude_longitude_blocks_give_the_analysis_and_warnings_of_one_chunk_many(case):
+    _blocks_agree(case)
 
 
 @st.composite
