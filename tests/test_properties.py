@@ -219,7 +219,8 @@ def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
 @st.composite
 def block_cases(draw):
     """A case of :func:`cases` whose method can run on latitude × longitude blocks (a
-    localised LETKF, EnSF with the paired prior score) and chunk sizes along both."""
+    localised LETKF, EnSF with the paired prior score), chunk sizes along both, and a
+    cut of the grid made after chunking (as ``ds.sel`` of a region of a chunked store)."""
     prior, obs, kwargs, chunks = draw(cases())
     if kwargs["method"] == "ensf":
         kwargs["prior_score"] = "paired"
@@ -229,7 +230,14 @@ def block_cases(draw):
     sizes = {d: draw(st.integers(1, prior.sizes[d])) for d in (dims.lat, dims.lon)}
     if chunks is not None:
         sizes["time"] = chunks
-    return prior, obs, kwargs, sizes
+    cut = {
+        d: slice(1, None)
+        for d in (dims.lat, dims.lon)
+        if prior.sizes[d] > 2 and draw(st.booleans())
+    }
+    if cut and set(cut) <= set(obs.dims):  # gridded observations: on the cut grid
+        obs = obs.isel(cut)
+    return prior, obs, kwargs, sizes, cut
 
 
 def _outcome(prior, obs, kwargs):
@@ -244,13 +252,13 @@ def _outcome(prior, obs, kwargs):
 
 
 def _blocks_agree(case) -> None:
-    """A prior chunked along latitude and longitude gives the analysis of the prior in
-    one chunk, to rounding, with the same warnings; or both are refused; or the blocks
+    """A prior chunked along latitude and longitude (and perhaps cut after) gives the
+    analysis of the prior in one chunk, to rounding, with the same warnings; or both are refused; or the blocks
     are refused with a ChunkingError (what they cannot do: a station between grid
     points for EnSF)."""
-    prior, obs, kwargs, sizes = case
-    whole, said = _outcome(prior, obs, kwargs)
-    blocks, said_blocks = _outcome(prior.chunk(sizes), obs, kwargs)
+    prior, obs, kwargs, sizes, cut = case
+    whole, said = _outcome(prior.isel(cut), obs, kwargs)
+    blocks, said_blocks = _outcome(prior.chunk(sizes).isel(cut), obs, kwargs)
     if isinstance(whole, type):
         assert isinstance(blocks, type), (whole, "refused, the blocks analysed")
         return
