@@ -9,8 +9,10 @@ numbers (observed at them, or an hour later with ``obs_time_tolerance``), and le
 dims; EnSF, which draws noise, must give the same bits again
 from a deep copy of its input. A second property holds on geographic and planar grids
 (km or m, anywhere): a station on a grid node gives LETKF's analysis of the same
-observation given on the grid. A modest number of examples runs by default; ``-m
-slow`` runs many more.
+observation given on the grid. A third: a prior chunked along latitude and longitude
+(and perhaps cut after chunking) gives the analysis, warnings and refusals of the
+prior in one chunk. A modest number of examples runs by default; ``-m slow`` runs
+many more.
 """
 
 from __future__ import annotations
