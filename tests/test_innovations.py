@@ -113,3 +113,28 @@ def test_an_analysis_on_other_points_or_in_other_units_is_refused_or_converted()
         xensf.ObservationMismatchError, match=r"analysis's 't' has sizes .*'member': 2"
     ):
         prior.ensf.innovations(obs, analysis.isel(member=[0, 1]), obs_error=0.5)
+
+
+def test_the_members_are_read_at_the_observations_whatever_the_dim_order_and_chunks():
+    # a prior with longitude before latitude was stacked in its own dim order, and the
+    # prior at each station read at another grid point, without a word; a prior
+    # chunked along latitude/longitude was refused
+    prior, _ = _iid_twin(n_time=2, n_mem=5)
+    stations = xr.Dataset(
+        {"t": (("time", "station"), np.array([[1.0, 2.0], [3.0, 0.5]]), {"units": "K"})},
+        coords={"time": np.arange(2), "lat": ("station", [10.3, -20.0]),
+                "lon": ("station", [37.0, 200.5])},
+    )  # fmt: skip
+    expected = prior.ensf.innovations(stations, prior, obs_error=0.4)
+    bilinear = (
+        prior.t.mean("member")
+        .interp(lat=stations.lat, lon=stations.lon)
+        .transpose("time", "station")
+    )
+    np.testing.assert_allclose(expected.prior_mean.values, bilinear.values, rtol=1e-12)
+    for other in (
+        prior.transpose("lon", "time", "lat", "member"),
+        prior.chunk({"lat": 3, "lon": 7}),
+    ):
+        got = other.ensf.innovations(stations, other, obs_error=0.4)
+        xr.testing.assert_allclose(got, expected, rtol=1e-12)

@@ -19,6 +19,7 @@ from .analysis import prepare_state
 from .dims import find_dims, state_variables
 from .metadata import cf_coordinates
 from .observations import prepare_observations
+from .spatial import observed_prior
 from .units import dequantify
 
 __all__ = ["innovations"]
@@ -53,7 +54,7 @@ def innovations(
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to compare with"
     )
-    _, layout, grid = prepare_state(prior, dims, names)
+    levels, layout, grid = prepare_state(prior, dims, names, spatial_blocks=True)
     plan, values, errors = prepare_observations(
         obs, prior, layout, dims, obs_error, grid, obs_dim=obs_dim, errors="required" if with_errors else "ignored",
         obs_time_tolerance=obs_time_tolerance,
@@ -61,18 +62,12 @@ def innovations(
     times = prior[dims.time].values if dims.time is not None else None
     n_times = 1 if times is None else times.size
 
-    def stacked(ens: xr.Dataset) -> np.ndarray:  # (T, N, d), float64
-        arrays = []
-        for n in names:
-            order = [d for d in (dims.time, dims.member) if d is not None]
-            rest = [d for d in prior[n].dims if d not in order]
-            a = np.asarray(ens[n].transpose(*order, *rest).values, dtype=np.float64)
-            arrays.append(a if times is not None else a[None])
-        return layout.stack(arrays)
-
     def at_obs(ens: xr.Dataset):  # mean and spread (T, M)
-        x = stacked(ens)
-        hx = (x[:, :, plan.indices] * plan.weights).sum(-1)  # (T, N, M)
+        # the members at the observations, gathered by dim name (whatever the order of
+        # the dims, chunked or not: only the chunks holding observed points are read)
+        hx = observed_prior(ens, names, dims, levels, layout, plan)
+        hx = np.asarray(hx.values, np.float64)  # (T, N, M)
+        hx = hx if times is not None else hx[None]
         return hx.mean(1), hx.std(1, ddof=1)
 
     y, err = plan.flatten(
