@@ -306,7 +306,8 @@ class EnsfDatasetAccessor:
             ``v_mean_prior_plus_obs_variance`` (E[(O−B)²] = σ_b² + σ_o² in a consistent
             system), and with ``analysis`` ``v_mean_omb_times_oma`` against
             ``v_mean_obs_variance`` (Desroziers et al. 2005: E[(O−B)(O−A)] = σ_o²).
-            Computed eagerly.
+            Computed eagerly, reading only the chunks that hold observed points (the
+            prior may be chunked along latitude and longitude).
 
         Examples
         --------
