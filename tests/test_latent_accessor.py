@@ -20,6 +20,7 @@ from xensf.bridge.dims import find_dims
 from xensf.bridge.layout import StateLayout
 from xensf.bridge.signature import data_signature
 from xensf.errors import (
+    ChunkingError,
     DimensionError,
     EnsembleError,
     ModelQualityWarning,
@@ -229,6 +230,17 @@ def test_encode_and_decode_give_the_same_bits_however_chunked(case, chunks, one_
     xr.testing.assert_identical(lazy.compute(), latent)
     states = latent.ensf.decode(model)
     xr.testing.assert_identical(latent.chunk(chunks).ensf.decode(model).compute(), states)
+
+
+def test_encode_and_decode_refuse_a_grid_or_latent_split_into_chunks(case):
+    # a latent split along 'latent' failed in decode with xarray's raw ValueError, and
+    # encode named a chunked grid a DimensionError
+    model, prior, _, _ = case
+    with pytest.raises(ChunkingError, match=r"'h' is split into 3 chunks along 'x'.*'x': -1"):
+        prior.chunk(x=10).ensf.encode(model, device="cpu")
+    latent = prior.ensf.encode(model, device="cpu")
+    with pytest.raises(ChunkingError, match=r"along 'latent'.*'latent': -1"):
+        latent.chunk(latent=3).ensf.decode(model)
 
 
 def test_data_that_does_not_fit_the_model(case):
