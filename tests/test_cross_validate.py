@@ -73,6 +73,16 @@ def test_the_scores_tell_an_analysis_that_reaches_the_withheld_points_from_one_t
     assert int(cv["count"].sel(variable="t")) == 2 * 45  # every observed value, once
 
 
+def test_a_prior_chunked_along_latitude_longitude_scores_as_one_chunk():
+    # the localised LETKF analyses such a prior block by block, but its innovations
+    # were refused, so its cross-validation too
+    prior, obs = _smooth_twin(n_mem=10)
+    settings = {"loc_radius": [1000.0, 3000.0]}
+    whole = _cv(prior, obs, settings, method="letkf", obs_error=0.05)
+    blocks = _cv(prior.chunk(lat=4, lon=6), obs, settings, method="letkf", obs_error=0.05)
+    xr.testing.assert_allclose(blocks, whole, rtol=1e-10)
+
+
 def test_an_observation_error_that_ignores_the_observations_scores_one():
     prior, obs = _smooth_twin()
     cv = _cv(prior, obs, {"obs_error": [0.05, 1e4]}, method="letkf", loc_radius=None)
