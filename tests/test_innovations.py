@@ -138,3 +138,28 @@ def test_the_members_are_read_at_the_observations_whatever_the_dim_order_and_chu
     ):
         got = other.ensf.innovations(stations, other, obs_error=0.4)
         xr.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_a_masked_prior_is_read_as_the_analysis_reads_it():
+    # next to a land point the gather summed the other corners without scaling them up
+    # (126 K for a 280 K field), and a station on land read 0 K; before that, both were
+    # NaN, and so were the Desroziers figures
+    prior, _ = _iid_twin(n_time=2, n_mem=5)
+    land = (prior.lat == prior.lat[4]) & (prior.lon == prior.lon[5])
+    masked = prior.where(~land)
+    lats, lons = np.array([-2.0, prior.lat.values[4], 30.0]), np.array([95.0, 90.0, 200.0])
+    stations = xr.Dataset(
+        {"t": (("time", "station"), np.ones((2, 3)), {"units": "K"})},
+        coords={"time": np.arange(2), "lat": ("station", lats), "lon": ("station", lons)},
+    )
+    assert masked.lon.values[5] == 90.0  # the second station sits on the land point
+    with pytest.warns(xensf.MaskedObservationWarning, match="2 observations fall on masked"):
+        diag = masked.ensf.innovations(stations, obs_error=0.4)
+    # off the land point: the weights of the sea points, scaled to sum to one
+    sea = (~land).astype(float)
+    at = {"lat": stations.lat, "lon": stations.lon}
+    mean = masked.t.mean("member").fillna(0.0)
+    expected = ((mean * sea).interp(at) / sea.interp(at)).transpose("time", "station")
+    assert diag.sizes["obs"] == 2  # the station on land is left out, as by the analysis
+    np.testing.assert_allclose(diag.prior_mean.values, expected.values[:, [0, 2]], rtol=1e-12)
+    assert np.isfinite(diag.attrs["t_mean_omb_squared"]) and diag.attrs["t_count"] == 4

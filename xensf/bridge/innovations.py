@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ObservationMismatchError
+from ..errors import MaskedObservationWarning, ObservationMismatchError, warn_user
 from .alignment import aligned_like
 from .analysis import prepare_state
 from .dims import find_dims, state_variables
@@ -75,6 +75,14 @@ def innovations(
     )
     seen = np.isfinite(y) & np.isfinite(err)
     b_mean, b_spread = at_obs(prior)
+    on_mask = seen & ~np.isfinite(b_mean)  # every point it reads is masked (land)
+    if on_mask.any():
+        warn_user(
+            f"{int(on_mask.sum())} observations fall on masked points of the prior (NaN "
+            "in every member) and are left out, as the analysis leaves them out",
+            MaskedObservationWarning,
+        )
+        seen &= ~on_mask
     out = {
         "observation": y,
         "obs_error": err,

@@ -67,6 +67,8 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
     Row ``r`` of the plan reads the stacked state at ``obs.indices[r]`` with
     ``obs.weights[r]``; each stacked index is a (variable, level, latitude, longitude)
     point, gathered with vectorised indexing, which reads only the chunks holding them.
+    NaN points (a land mask) are left out and the other weights scaled up, as the
+    analysis does; a row that reads NaN points only is NaN.
     """
     G, nlon = layout.grid_size, layout.grid_shape[1]
     field, point = np.divmod(obs.indices, G)
@@ -87,7 +89,12 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
             at[d] = xr.DataArray(index, dims=("_row", "_corner"))
         weights = xr.DataArray(obs.weights[rows], dims=("_row", "_corner"))
         values = xr.DataArray(prior[name].variable).isel(at)  # without its coordinates
-        parts.append((values * weights).sum("_corner"))
+        # as the analysis reads a masked prior (NaN at land points): the weights of the
+        # unmasked points scaled up to the whole, NaN where every point read is masked
+        kept = weights.where(values.notnull(), 0.0)
+        total = kept.sum("_corner")
+        scale = weights.sum("_corner") / total.where(total != 0)
+        parts.append((values.fillna(0.0) * kept).sum("_corner") * scale)
         order.append(rows)
     lead = [d for d in (dims.time, dims.member) if d is not None]
     if not parts:  # no observation (zero stations): no rows, at every time and member
