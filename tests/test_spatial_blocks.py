@@ -351,3 +351,27 @@ def test_a_region_cut_from_a_chunked_prior_is_analysed_on_a_cluster(method):
         ):
             got = chunked.sel(region).ensf.assimilate(near, **options).compute()
     xr.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_prior_persisted_on_a_cluster_is_analysed_in_blocks(method):
+    """A persisted prior's graph holds futures: the gathers' copies must share them
+    (the cluster holds their data), or it cancels the analysis for lost dependencies."""
+    distributed = pytest.importorskip("distributed")
+    prior, chunked, stations, options = _chunked_global(method)
+    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
+    near = stations.where(
+        (abs(stations.lat) <= 45) & (stations.lon >= 30) & (stations.lon <= 300), drop=True
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        expected = prior.ensf.assimilate(stations, **options)
+        expected_cut = prior.sel(region).ensf.assimilate(near, **options)
+        with distributed.Client(
+            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+        ):
+            held = chunked.persist()
+            got = held.ensf.assimilate(stations, **options).compute()
+            got_cut = held.sel(region).ensf.assimilate(near, **options).compute()
+    xr.testing.assert_allclose(got, expected, rtol=1e-12)
+    xr.testing.assert_allclose(got_cut, expected_cut, rtol=1e-12)

@@ -8,7 +8,8 @@ region cut with ``ds.sel``, a longitude put in order) then read the original's
 chunks, dask's task fusion failed on it ("Cannot fuse tasks with multiple outputs"),
 and a distributed cluster lost the renamed inputs. Here every task is substituted in
 full. Dask versions before ``GraphNode`` have tuple tasks, which their ``clone`` and
-``bind`` copy correctly: those are used there.
+``bind`` copy correctly: those are used there. What a cluster holds (a persisted
+prior's futures) is shared by the copies, not copied: its data is in memory already.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def bound(data, parents: list, seed: str):
 
 def _copied(data, seed: str, after: list | None):
     import dask.array as da
+    from dask import core
     from dask.base import clone_key
 
     try:
@@ -43,9 +45,13 @@ def _copied(data, seed: str, after: list | None):
         from dask.graph_manipulation import bind, clone
 
         return clone(data, seed=seed) if after is None else bind(data, after, seed=seed)
-    graph = convert_legacy_graph(dict(data.__dask_graph__()))
+    raw = dict(data.__dask_graph__())
+    graph = convert_legacy_graph(raw)  # drops what is held on a cluster (futures)
+    held = {key: value for key, value in raw.items() if key not in graph}
+    if any(key in held for key in core.flatten(data.__dask_keys__())):
+        return data  # persisted on a cluster: in memory already, nothing to read anew
     renamed = {key: clone_key(key, seed) for key in graph}
-    copied = {}
+    copied = dict(held)  # shared, under their own keys
     blocker = None
     if after is not None:
         from dask.graph_manipulation import checkpoint
