@@ -106,6 +106,13 @@ def test_what_cannot_be_done_in_blocks_is_refused_with_the_remedy():
         split.ensf.assimilate(stations, method="ensf", obs_error=0.5)
     with pytest.raises(ChunkingError, match=r"30 of 30 lie between grid points"):
         split.ensf.assimilate(stations, method="ensf", obs_error=0.5, prior_score="paired")
+    # the remedy in the data's own dim names (it said {lat: -1, lon: -1} whatever they were)
+    era5_names = prior.rename(lat="latitude", lon="longitude").chunk(latitude=6)
+    remedy = r"ds\.chunk\(\{'latitude': -1, 'longitude': -1\}\)"
+    with pytest.raises(ChunkingError, match=remedy):
+        era5_names.ensf.assimilate(stations, **OPTIONS, loc_radius=None)
+    with pytest.raises(ChunkingError, match=remedy):
+        era5_names.ensf.assimilate(stations, method="ensf", obs_error=0.5)
     with pytest.raises(ChunkingError, match=r"split into 3 chunks along 'lat'.*'ensf' with"):
         split.ensf.assimilate(stations, model=xensf.load(_model_path()), method="latent-ensf")
 

@@ -120,7 +120,7 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         raise ChunkingError(
             "the prior is split into chunks along latitude/longitude, which needs a "
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
-            "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1}))"
+            f"rechunk the grid into one chunk ({_one_chunk(dims)})"
         )
     hx = _whole_observed_prior(prior, names, dims, levels, plan, time_chunks)
     state, state_core, observed, observed_core = _block_inputs(
@@ -159,6 +159,11 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
         dask_gufunc_kwargs={"allow_rechunk": False},
     )
     return (out,) if isinstance(out, xr.DataArray) else out
+
+
+def _one_chunk(dims: EnsembleDims) -> str:
+    """The rechunk that puts the grid in one chunk, in the data's own dim names."""
+    return f"ds.chunk({{{dims.lat!r}: -1, {dims.lon!r}: -1}})"
 
 
 def within_reach(locations, lat, lon, reach: float, spherical: bool) -> np.ndarray:
@@ -394,12 +399,12 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
             f"ensf with prior_score={method.prior_score!r} and likelihood="
             f"{method.likelihood!r} couples every point of the grid, and the prior is split "
             f"into {split}: rechunk the grid into one chunk "
-            "(ds.chunk({lat: -1, lon: -1})), or use prior_score='paired' or "
+            f"({_one_chunk(dims)}), or use prior_score='paired' or "
             "'local-mixture' with likelihood='damped', which are analysed block by block"
         )
     require_point_reads(
         obs, "ensf on latitude/longitude blocks",
-        "rechunk the grid into one chunk (ds.chunk({lat: -1, lon: -1})), or use method='letkf'",
+        f"rechunk the grid into one chunk ({_one_chunk(dims)}), or use method='letkf'",
         ChunkingError,
     )  # fmt: skip
     if method.prior_score == "local-mixture":
