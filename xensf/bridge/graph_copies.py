@@ -45,9 +45,13 @@ def _copied(data, seed: str, after: list | None):
         from dask.graph_manipulation import bind, clone
 
         return clone(data, seed=seed) if after is None else bind(data, after, seed=seed)
-    raw = dict(data.__dask_graph__())
-    graph = convert_legacy_graph(raw)  # drops what is held on a cluster (futures)
-    held = {key: value for key, value in raw.items() if key not in graph}
+
+    def nodes(collection):  # its tasks, and what a cluster holds (futures) apart
+        raw = dict(collection.__dask_graph__())
+        tasks = convert_legacy_graph(raw)  # which drops the futures
+        return tasks, {key: value for key, value in raw.items() if key not in tasks}
+
+    graph, held = nodes(data)
     if any(key in held for key in core.flatten(data.__dask_keys__())):
         return data  # persisted on a cluster: in memory already, nothing to read anew
     renamed = {key: clone_key(key, seed) for key in graph}
@@ -57,7 +61,8 @@ def _copied(data, seed: str, after: list | None):
         from dask.graph_manipulation import checkpoint
 
         wait = checkpoint(*after)
-        copied.update(convert_legacy_graph(dict(wait.__dask_graph__())))
+        for part in nodes(wait):
+            copied.update(part)
         blocker = TaskRef(wait.key)
     for key, node in graph.items():  # every node a GraphNode, once converted
         new_key = renamed[key]
