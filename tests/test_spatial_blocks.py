@@ -239,6 +239,24 @@ def _state_reads(result):
 GATHERED = {"letkf": 27, "ensf": 2 * 27}
 
 
+#: a region cut from the global grid, as ``ds.sel`` of a chunked store cuts one
+REGION = {"lat": slice(-45, 45), "lon": slice(30, 300)}
+
+
+def _within(stations, ds):
+    """The stations inside ``ds``'s grid."""
+    inside = (stations.lat >= ds.lat.min()) & (stations.lat <= ds.lat.max())
+    inside &= (stations.lon >= ds.lon.min()) & (stations.lon <= ds.lon.max())
+    return stations.where(inside, drop=True)
+
+
+def _cluster(distributed):
+    """A small in-process distributed cluster."""
+    return distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+    )
+
+
 @pytest.mark.parametrize("method", ["letkf", "ensf"])
 def test_the_whole_grid_gathers_read_their_own_chunks(method):
     """Every block needs the prior at all observations (LETKF) or its spread over the
@@ -277,9 +295,7 @@ def test_on_a_cluster_no_block_is_read_before_the_gathers_end(method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
         local = chunked.ensf.assimilate(stations, **options)
-        with distributed.Client(
-            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
-        ):
+        with _cluster(distributed):
             clustered = chunked.ensf.assimilate(stations, **options)
             got = clustered.compute()
     assert len(roots(local)) == 2 * 27 + GATHERED[method]
@@ -314,20 +330,15 @@ def test_a_region_cut_from_a_chunked_prior_and_a_grid_from_180w_are_analysed_in_
     from dask.utils import key_split
 
     prior, chunked, stations, options = _chunked_global(method)
-    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
     from_180w = prior.assign_coords(lon=(prior.lon + 180.0) % 360.0 - 180.0).sortby("lon")
     cases = [
-        (prior.sel(region), chunked.sel(region)),
+        (prior.sel(REGION), chunked.sel(REGION)),
         (from_180w, from_180w.chunk({"time": 1, "lat": 6, "lon": 10})),
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
         for whole, blocks in cases:
-            near = stations.where(
-                (stations.lat >= whole.lat.min()) & (stations.lat <= whole.lat.max())
-                & (stations.lon >= whole.lon.min()) & (stations.lon <= whole.lon.max()),
-                drop=True,
-            )  # fmt: skip
+            near = _within(stations, whole)
             expected = whole.ensf.assimilate(near, **options)
             out = blocks.ensf.assimilate(near, **options)
             graph = dict(out.t.data.__dask_graph__())
@@ -346,17 +357,12 @@ def test_a_region_cut_from_a_chunked_prior_is_analysed_on_a_cluster(method):
     "lost dependencies"."""
     distributed = pytest.importorskip("distributed")
     prior, chunked, stations, options = _chunked_global(method)
-    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
-    near = stations.where(
-        (abs(stations.lat) <= 45) & (stations.lon >= 30) & (stations.lon <= 300), drop=True
-    )
+    near = _within(stations, prior.sel(REGION))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
-        expected = prior.sel(region).ensf.assimilate(near, **options)
-        with distributed.Client(
-            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
-        ):
-            got = chunked.sel(region).ensf.assimilate(near, **options).compute()
+        expected = prior.sel(REGION).ensf.assimilate(near, **options)
+        with _cluster(distributed):
+            got = chunked.sel(REGION).ensf.assimilate(near, **options).compute()
     xr.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
@@ -366,19 +372,14 @@ def test_a_prior_persisted_on_a_cluster_is_analysed_in_blocks(method):
     (the cluster holds their data), or it cancels the analysis for lost dependencies."""
     distributed = pytest.importorskip("distributed")
     prior, chunked, stations, options = _chunked_global(method)
-    region = {"lat": slice(-45, 45), "lon": slice(30, 300)}
-    near = stations.where(
-        (abs(stations.lat) <= 45) & (stations.lon >= 30) & (stations.lon <= 300), drop=True
-    )
+    near = _within(stations, prior.sel(REGION))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
         expected = prior.ensf.assimilate(stations, **options)
-        expected_cut = prior.sel(region).ensf.assimilate(near, **options)
-        with distributed.Client(
-            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
-        ):
+        expected_cut = prior.sel(REGION).ensf.assimilate(near, **options)
+        with _cluster(distributed):
             held = chunked.persist()
             got = held.ensf.assimilate(stations, **options).compute()
-            got_cut = held.sel(region).ensf.assimilate(near, **options).compute()
+            got_cut = held.sel(REGION).ensf.assimilate(near, **options).compute()
     xr.testing.assert_allclose(got, expected, rtol=1e-12)
     xr.testing.assert_allclose(got_cut, expected_cut, rtol=1e-12)
