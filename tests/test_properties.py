@@ -253,7 +253,7 @@ def _outcome(prior, obs, kwargs):
     return out, {w.category for w in record if issubclass(w.category, XensfWarning)}
 
 
-def _blocks_agree(case) -> None:
+def _check_blocks_agree(case) -> None:
     """A prior chunked along latitude and longitude (and perhaps cut after) gives the
     analysis of the prior in one chunk, to rounding, with the same warnings; or both are refused; or the blocks
     are refused with a ChunkingError (what they cannot do: a station between grid
@@ -277,14 +277,14 @@ def _blocks_agree(case) -> None:
 def test_latitude_longitude_blocks_give_the_analysis_and_warnings_of_one_chunk(case):
     # Caught the blocks skipping the checks against the prior (no InnovationWarning,
     # no refusal of errors too small to compute with).
-    _blocks_agree(case)
+    _check_blocks_agree(case)
 
 
 @pytest.mark.slow
 @settings(max_examples=200, **_COMMON)
 @given(block_cases())
 def test_latitude_longitude_blocks_give_the_analysis_and_warnings_of_one_chunk_many(case):
-    _blocks_agree(case)
+    _check_blocks_agree(case)
 
 
 @st.composite
