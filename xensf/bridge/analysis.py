@@ -16,7 +16,6 @@ import numpy as np
 import xarray as xr
 
 from ..errors import (
-    ChunkingError,
     DimensionError,
     EnsembleError,
     MaskedObservationWarning,
@@ -28,7 +27,7 @@ from ..errors import (
 from ..filters.device import compute_device, parse_device
 from ..filters.noise import analysis_seeds, check_seed
 from ..obs import EDGE_TOLERANCE, check_longitude
-from .dims import EnsembleDims, find_dims, scalar_time, state_variables
+from .dims import EnsembleDims, find_dims, require_whole, scalar_time, state_variables
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
 from .metadata import analysis_metadata, unpacked
@@ -211,24 +210,12 @@ def _unstack(out: np.ndarray, plan: BlockPlan):
 def _check_chunks(
     ds: xr.Dataset, names: list[str], whole: dict[str, list[str]], grid: tuple = ()
 ) -> None:
+    hint = (
+        "; of the methods, method='letkf' with a loc_radius, and method='ensf' with "
+        "prior_score='paired', analyse latitude/longitude blocks"
+    )
     for name in names:
-        chunks = ds[name].chunks
-        if chunks is None:
-            continue
-        for dim, sizes in zip(ds[name].dims, chunks, strict=True):
-            if dim in whole[name] and len(sizes) > 1:
-                hint = (
-                    "; of the methods, method='letkf' with a loc_radius, and "
-                    "method='ensf' with prior_score='paired', analyse latitude/longitude "
-                    "blocks"
-                    if dim in grid
-                    else ""
-                )
-                raise ChunkingError(
-                    f"{name!r} is split into {len(sizes)} chunks along {dim!r}; this analysis "
-                    f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
-                    f"ds.chunk({{{dim!r}: -1}}) (chunk along time instead){hint}"
-                )
+        require_whole(ds[name], whole[name], "this analysis", hints=dict.fromkeys(grid, hint))
 
 
 def _one_time(prior: xr.Dataset) -> np.ndarray | None:

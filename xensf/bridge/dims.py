@@ -17,7 +17,7 @@ import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, OptionError
+from ..errors import ChunkingError, DimensionError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
 from .grid import curvilinear_names
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_valid_times",
     "find_dims",
     "find_role",
+    "require_whole",
     "scalar_time",
     "scalar_times",
     "state_variables",
@@ -258,3 +259,18 @@ def state_variables(
                 f"(ds[{v!r}].astype('float64')){leave}"
             )
     return names
+
+
+def require_whole(da: xr.DataArray, dims, purpose: str, instead: str = "time", hints=None) -> None:
+    """A :class:`~xensf.errors.ChunkingError` where the dask-backed ``da`` is split into
+    several chunks along one of ``dims``, which ``purpose`` (``"this analysis"``,
+    ``"encoding"``) reads whole, with the rechunk to do; ``hints`` (dim: text) ends the
+    message where that dim is the one split."""
+    for dim, sizes in zip(da.dims, da.chunks or (), strict=False):
+        if dim in dims and len(sizes) > 1:
+            raise ChunkingError(
+                f"{da.name!r} is split into {len(sizes)} chunks along {dim!r}; {purpose} "
+                f"needs the whole {dim!r} dim in one chunk. Rechunk first: "
+                f"ds.chunk({{{dim!r}: -1}}) (chunk along {instead} instead)"
+                f"{(hints or {}).get(dim, '')}"
+            )

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ChunkingError, DimensionError, EnsembleError, OptionError
+from ..errors import DimensionError, EnsembleError, OptionError
 from ..filters.device import compute_device, parse_device
-from .dims import find_role
+from .dims import find_role, require_whole
 from .layout import StateLayout
 from .metadata import cf_coordinates
 from .model_cache import cached_model, model_handle
@@ -99,7 +99,7 @@ def encode(
     latent_size = _latent_size(config)
     core = [[*levels[n], lat, lon] for n in names]
     for n in names:
-        _check_whole(ds[n], [*levels[n], lat, lon], "encoding")
+        require_whole(ds[n], [*levels[n], lat, lon], "encoding", instead="time or members")
     mean, logvar = xr.apply_ufunc(
         _encode_block,
         *[ds[n].transpose(*sample, *core[i]).variable for i, n in enumerate(names)],
@@ -200,7 +200,7 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     )
     lat, lon = data["lat_dim"], data["lon_dim"]
     sample = [d for d in z.dims if d != LATENT_DIM]
-    _check_whole(z, [LATENT_DIM], "decoding")
+    require_whole(z, [LATENT_DIM], "decoding", instead="time or members")
     outs = xr.apply_ufunc(
         _decode_block,
         z.variable,
@@ -238,15 +238,3 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
             result[n].attrs["units"] = data["units"][n]
     result.attrs.update({"xensf_model": handle.path, "xensf_model_sha256": handle.digest})
     return cf_coordinates(result)
-
-
-def _check_whole(da: xr.DataArray, dims: list, what: str) -> None:
-    """A :class:`~xensf.errors.ChunkingError` where ``da`` is split into several dask
-    chunks along one of ``dims``, which the model reads whole."""
-    for d, sizes in zip(da.dims, da.chunks or [], strict=False):
-        if d in dims and len(sizes) > 1:
-            raise ChunkingError(
-                f"{da.name!r} is split into {len(sizes)} chunks along {d!r}; {what} reads "
-                f"the whole of {dims} at once: rechunk first, ds.chunk({{{d!r}: -1}}) "
-                "(chunk along the other dims instead)"
-            )
