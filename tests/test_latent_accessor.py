@@ -257,8 +257,28 @@ def test_data_that_does_not_fit_the_model(case):
     stretched = {"y": prior.y * 2}  # not a reversal
     with pytest.raises(ObservationMismatchError, match="regrid the data"):
         prior.assign_coords(stretched).ensf.assimilate(obs.assign_coords(stretched), model=model)
-    with pytest.raises(ObservationMismatchError, match="'h' in 'm'"):
-        prior.assign(h=prior.h.assign_attrs(units="cm")).ensf.assimilate(obs, model=model)
+    in_cm = prior.assign(h=(prior.h * 100).assign_attrs(units="cm"))
+    with pytest.raises(ObservationMismatchError, match=r"'h' in 'm'.*pint\.to\('m'\)"):
+        in_cm.ensf.assimilate(obs, model=model)
+    with pytest.raises(ObservationMismatchError, match="another quantity"):
+        prior.assign(h=prior.h.assign_attrs(units="s")).ensf.assimilate(obs, model=model)
+
+
+def test_data_in_the_models_units_spelt_otherwise_is_taken(case):
+    """pint-xarray's ``dequantify`` writes "meter" where the model has "m": the refusal's
+    own advice must lead to data the model takes."""
+    model, prior, _, obs = case
+    expected = prior.ensf.assimilate(obs, model=model)
+    for spelling in ("meter", "metre", "m "):
+        same = prior.assign(h=prior.h.assign_attrs(units=spelling))
+        got = same.ensf.assimilate(obs, model=model)
+        xr.testing.assert_identical(got.h.drop_attrs(), expected.h.drop_attrs())
+        assert got.h.attrs["units"] == spelling
+    converted = prior.assign(h=(prior.h * 100).assign_attrs(units="cm"))
+    converted["h"] = converted["h"].pint.quantify().pint.to("m").pint.dequantify()
+    got = converted.ensf.assimilate(obs, model=model)
+    np.testing.assert_allclose(got.h, expected.h, atol=1e-5)
+    assert converted.ensf.encode(model).latent_mean.notnull().all()
     with pytest.raises(OptionError, match="needs a trained latent model"):
         prior.ensf.assimilate(obs, method="latent-ensf")
     points = (

@@ -18,7 +18,7 @@ from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
 from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
-from .units import UNITS, degrees_per
+from .units import UNITS, degrees_per, same_units
 
 __all__ = ["check_signature", "data_signature", "fields_of"]
 
@@ -108,6 +108,29 @@ def _factor(given: str | None, wanted: str | None) -> float | None:
         return None
 
 
+def _units_fix(var: str, given: str | None, wanted: str | None) -> str:
+    """What to do about data in other units than the model's."""
+    if given is None:
+        return f"give ds[{var!r}] the units attribute {wanted!r} if that is what it holds"
+    if wanted is None:
+        return (
+            "the model was trained on data without units: drop the attribute "
+            f"(del ds[{var!r}].attrs['units']) if the data is in the training data's units"
+        )
+    try:
+        convertible = (
+            UNITS.parse_units(given).dimensionality == UNITS.parse_units(wanted).dimensionality
+        )
+    except Exception:  # pint raises several unrelated types here
+        convertible = False
+    if not convertible:
+        return "the model was trained on another quantity: train one on this variable"
+    return (
+        f"convert the data first: ds[{var!r}] = "
+        f"ds[{var!r}].pint.quantify().pint.to({wanted!r}).pint.dequantify()"
+    )
+
+
 def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: str) -> None:
     """Raise :class:`ObservationMismatchError` naming the first difference."""
     if expected["variables"] != found["variables"]:
@@ -121,10 +144,11 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
             f"{expected['fields']}, the data has {found['fields']}"
         )
     for var, units in expected["units"].items():
-        if found["units"].get(var) != units:
+        given = found["units"].get(var)
+        if not same_units(given, units):
             raise ObservationMismatchError(
                 f"the model {model} was trained on {var!r} in {units!r}, the data has "
-                f"{found['units'].get(var)!r}; convert the data (ds[{var!r}].pint.to(...)) first"
+                f"{given!r}; {_units_fix(var, given, units)}"
             )
     if not _same_grid(expected, found):
 

@@ -21,6 +21,7 @@ __all__ = [
     "dequantify",
     "parse_units",
     "requantify",
+    "same_units",
 ]
 
 
@@ -30,6 +31,20 @@ def parse_units(units: str, *, where: str) -> pint.Unit:
         return UNITS.parse_units(units)
     except Exception as err:  # pint raises several unrelated types here
         raise UnitsError(f"cannot parse the units {units!r} of {where}: {err}") from None
+
+
+def same_units(given: str | None, wanted: str | None) -> bool:
+    """Whether two units strings name the same unit: ``"K"``, ``"kelvin"`` and
+    ``"degK"`` do (pint-xarray's ``dequantify`` writes the long names), ``"degC"`` and
+    ``"K"`` do not. Strings that do not parse are the same only when equal."""
+    if given == wanted:
+        return True
+    if given is None or wanted is None:
+        return False
+    try:
+        return UNITS.parse_units(given) == UNITS.parse_units(wanted)
+    except Exception:  # pint raises several unrelated types here
+        return False
 
 
 def convert_units(
