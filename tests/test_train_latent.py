@@ -30,6 +30,7 @@ from xensf.errors import (
     EnsembleError,
     ObservationDomainError,
     ObservationMismatchError,
+    ObservationLayoutWarning,
     OptionError,
     PrecisionWarning,
 )
@@ -203,6 +204,35 @@ def test_levels_become_channels_and_global_grids_are_periodic(era5):
     assert model.config["architecture"]["periodic_lon"] is True  # 3 degrees x 120
     assert model.config["training"]["sample_dims"] == ["number", "time"]
     assert model.channels == 4
+
+
+@pytest.mark.filterwarnings("ignore::xensf.ModelQualityWarning")  # one epoch
+def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
+    """A model trained on ERA5 as stored (latitude north to south, levels 850, 500 hPa)
+    takes the same data south to north, levels 500, 850, or levels in Pa, and gives
+    the analysis of the data in its own order, put back in the order given."""
+    model = train_latent(era5, 8, **{**TINY, "epochs": 1, "batch_size": 20})
+    assert model.config["data"]["level_units"] == {"isobaricInhPa": "hPa"}
+    prior = era5.isel(time=[0])
+    obs = era5.isel(number=0, time=[0], drop=True)
+    obs = obs.where(((90 - obs.latitude) % 24 == 0) & (obs.longitude % 24 == 0))  # layout
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ObservationLayoutWarning)
+        expected = prior.ensf.assimilate(obs, model=model)
+    assert float(abs(expected.t - prior.t).max()) > 0.1
+    turned = {"latitude": slice(None, None, -1), "isobaricInhPa": slice(None, None, -1)}
+    got = prior.isel(turned).ensf.assimilate(obs.isel(turned), model=model)
+    assert float(got.latitude[0]) == -90.0
+    for name in ("z", "t"):
+        np.testing.assert_array_equal(got[name].isel(turned), expected[name])
+    in_pa = {"isobaricInhPa": ("isobaricInhPa", [85000.0, 50000.0], {"units": "Pa"})}
+    got = prior.assign_coords(in_pa).ensf.assimilate(obs, model=model)
+    np.testing.assert_array_equal(got.t, expected.t)
+    xr.testing.assert_identical(prior.isel(turned).ensf.encode(model), prior.ensf.encode(model))
+    decoded = prior.ensf.encode(model).ensf.decode(model)
+    assert decoded.isobaricInhPa.attrs["units"] == "hPa"
+    with pytest.raises(ObservationMismatchError, match="fields"):  # not the model's levels
+        prior.assign_coords(isobaricInhPa=[700.0, 500.0]).ensf.encode(model)
 
 
 # -- bad input ---------------------------------------------------------------------------

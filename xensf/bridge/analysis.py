@@ -448,8 +448,12 @@ def assimilate(
     orientation = None
     if spec.follows_grid_order:  # the same data in another order: the same analysis
         orientation = canonical_orientation(prior, obs, dims, grid_coords(prior, dims))
-        if orientation is not None:
-            prior, obs = orientation.apply(prior), orientation.apply(obs)
+    elif config is not None and config.get("data") is not None:  # in the model's order
+        from .signature import model_orientation
+
+        orientation = model_orientation(config["data"], prior, dims, obs)
+    if orientation is not None:
+        prior, obs = orientation.apply(prior), orientation.apply(obs)
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to assimilate into"
     )

@@ -19,7 +19,7 @@ from .dims import find_role, require_whole
 from .layout import StateLayout
 from .metadata import cf_coordinates
 from .model_cache import cached_model, model_handle
-from .signature import check_signature, data_signature
+from .signature import check_signature, data_signature, model_orientation, signature_levels
 
 __all__ = ["decode", "encode"]
 
@@ -77,6 +77,12 @@ def encode(
         )
     lat = find_role(ds, "latitude", override=lat_dim)
     lon = find_role(ds, "longitude", override=lon_dim)
+    from .dims import EnsembleDims
+
+    grid_dims = EnsembleDims(member="", lat=lat, lon=lon, time=None)
+    orientation = model_orientation(data, ds, grid_dims)
+    if orientation is not None:  # the same data in another order: read in the model's
+        ds = orientation.apply(ds)
     names = list(variables) if variables is not None else list(data["variables"])
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
@@ -91,9 +97,7 @@ def encode(
         tuple(tuple(ds.sizes[d] for d in levels[n]) for n in names),
         (ds.sizes[lat], ds.sizes[lon]),
     )
-    from .dims import EnsembleDims
-
-    found = data_signature(ds, EnsembleDims(member="", lat=lat, lon=lon, time=None), layout)
+    found = data_signature(ds, grid_dims, layout)
     found["lat_dim"], found["lon_dim"] = data["lat_dim"], data["lon_dim"]
     check_signature(data, found, model=handle.path)
     latent_size = _latent_size(config)
@@ -184,14 +188,11 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
         )
     names = list(data["variables"])
     level_dims = {n: [] for n in names}
-    level_values: dict[str, list] = {}
     for var, levels in data["fields"]:
-        for d, v in levels.items():
+        for d in levels:
             if d not in level_dims[var]:
                 level_dims[var].append(d)
-            level_values.setdefault(d, [])
-            if v not in level_values[d]:
-                level_values[d].append(v)
+    level_values = signature_levels(data)
     layout = StateLayout(
         tuple(names),
         tuple(tuple(level_dims[n]) for n in names),
@@ -224,7 +225,10 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     for dim, values, unit in ((lat, data["lat"], units[0]), (lon, data["lon"], units[1])):
         attrs = {"long_name": f"{dim} of the grid point"}
         coords[dim] = (dim, values, attrs if unit is None else {**attrs, "units": unit})
-    coords.update(level_values)
+    level_units = data.get("level_units") or {}
+    for dim, values in level_values.items():
+        unit = level_units.get(dim)
+        coords[dim] = (dim, values, {} if unit is None else {"units": unit})
     result = xr.Dataset(
         {
             n: xr.DataArray(o, dims=(*sample, *level_dims[n], lat, lon))

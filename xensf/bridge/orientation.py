@@ -26,7 +26,7 @@ from ..errors import XensfError
 from .dims import EnsembleDims
 from .grid import GridCoords, same_points
 
-__all__ = ["Orientation", "canonical_orientation"]
+__all__ = ["Orientation", "canonical_orientation", "on_the_grid"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def canonical_orientation(
     whatever the grid."""
     reverse, shift = [], 0
     order = _grid_order(dims, grid)
-    if order is not None and _on_the_grid(obs, prior, dims):
+    if order is not None and on_the_grid(obs, prior, dims):
         reverse, shift = order
     reverse += _descending_levels(prior, dims)
     if not (reverse or shift):
@@ -116,7 +116,7 @@ def _monotonic(values: np.ndarray) -> bool:
     return bool(np.all(step > 0) or np.all(step < 0))
 
 
-def _on_the_grid(obs, prior: xr.Dataset, dims: EnsembleDims) -> bool:
+def on_the_grid(obs, prior: xr.Dataset, dims: EnsembleDims) -> bool:
     """Whether ``obs`` can be put in the prior's canonical order with it: point
     observations (no grid dims), or gridded ones on the prior's points in its order."""
     if not isinstance(obs, (xr.Dataset, xr.DataArray)):  # refused later, with the fix

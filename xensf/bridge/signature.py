@@ -18,9 +18,16 @@ from ..errors import ObservationMismatchError
 from .dims import EnsembleDims
 from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
+from .orientation import Orientation, on_the_grid
 from .units import UNITS, degrees_per, same_units
 
-__all__ = ["check_signature", "data_signature", "fields_of"]
+__all__ = [
+    "check_signature",
+    "data_signature",
+    "fields_of",
+    "model_orientation",
+    "signature_levels",
+]
 
 
 def _grid_hash(lat: np.ndarray, lon: np.ndarray) -> str:
@@ -60,6 +67,11 @@ def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> d
     return {
         "variables": list(layout.variables),
         "fields": fields_of(ds, layout),
+        "level_units": {
+            d: ds[d].attrs.get("units")
+            for d in dict.fromkeys(d for dims_ in layout.level_dims for d in dims_)
+            if d in ds.coords
+        },
         "units": {v: ds[v].attrs.get("units") for v in layout.variables},
         "lat_dim": dims.lat,
         "lon_dim": dims.lon,
@@ -69,6 +81,50 @@ def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> d
         "grid_hash": _grid_hash(lat, lon),
         "grid_units": list(grid.units) if grid.known else [None, None],
     }
+
+
+def signature_levels(expected: dict[str, Any]) -> dict[str, list]:
+    """Each level dim of a data signature with its values, in the model's order."""
+    levels: dict[str, list] = {}
+    for _, at in expected["fields"]:
+        for dim, value in at.items():
+            if value not in levels.setdefault(dim, []):
+                levels[dim].append(value)
+    return levels
+
+
+def model_orientation(
+    expected: dict[str, Any], ds: xr.Dataset, dims: EnsembleDims, obs=None
+) -> Orientation | None:
+    """The :class:`Orientation` that puts ``ds`` in the order of the data a latent model
+    was trained on (``expected``, the model's data signature): each grid axis and level
+    dim reversed where the model's runs the other way. The same data in the other order
+    (latitude north to south, as ERA5 is stored, for a model trained south to north;
+    levels 850, 500 for one trained on 500, 850) is analysed in the model's order and
+    put back. Gridded observations ``obs`` must be on ``ds``'s points in its order for
+    the grid to be turned (they are refused in the data's own order otherwise). None
+    where nothing is reversed; where no reversal makes the data the model's,
+    :func:`check_signature` names the difference."""
+    reverse = []
+    grid = grid_coords(ds, dims)
+    if grid.known and not grid.curvilinear and (obs is None or on_the_grid(obs, ds, dims)):
+        for dim, name, key in zip((dims.lat, dims.lon), grid.names, ("lat", "lon"), strict=True):
+            values = np.asarray(ds[name].values, np.float64)
+            model = expected.get(key)
+            if (
+                ds[name].dims == (dim,)
+                and values.size > 1
+                and model is not None
+                and not same_points(values, model)
+                and same_points(values[::-1], model)
+            ):
+                reverse.append(dim)
+    for dim, wanted in signature_levels(expected).items():
+        if dim in ds.dims and dim in ds.coords:
+            have = _plain(ds[dim].values)
+            if have != wanted and have[::-1] == wanted:
+                reverse.append(dim)
+    return Orientation(tuple(reverse), dims.lon, 0) if reverse else None
 
 
 def _same_grid(expected: dict[str, Any], found: dict[str, Any]) -> bool:
@@ -89,6 +145,29 @@ def _same_grid(expected: dict[str, Any], found: dict[str, Any]) -> bool:
         factor = _factor(theirs[k], ours[k])
         if factor is None or not same_points(np.asarray(found[axis]) * factor, expected[axis]):
             return False
+    return True
+
+
+def _same_fields(expected: dict[str, Any], found: dict[str, Any]) -> bool:
+    """Whether the data's fields are the model's with their levels in other units (Pa
+    against hPa), by the level units the model's signature records (models from before
+    that record compare the levels as given)."""
+    ours, theirs = expected.get("level_units") or {}, found.get("level_units") or {}
+    if len(expected["fields"]) != len(found["fields"]):
+        return False
+    for (name, at), (their_name, their_at) in zip(
+        expected["fields"], found["fields"], strict=True
+    ):
+        if name != their_name or at.keys() != their_at.keys():
+            return False
+        for dim, value in at.items():
+            factor = _factor(theirs.get(dim), ours.get(dim)) if dim in ours else None
+            other = their_at[dim]
+            if other == value:
+                continue
+            numbers = all(isinstance(v, (int, float)) for v in (value, other))
+            if factor is None or not numbers or not same_points([other * factor], [value]):
+                return False
     return True
 
 
@@ -131,6 +210,33 @@ def _units_fix(var: str, given: str | None, wanted: str | None) -> str:
     )
 
 
+def _longitude_fix(expected: dict[str, Any], found: dict[str, Any]) -> str | None:
+    """The relabelling that gives the data the model's longitudes, where the two differ
+    by whole turns point by point (a regional grid across the dateline as 160 … 180, -170
+    against 160 … 190), else None."""
+    ours, theirs = np.asarray(expected["lon"]), np.asarray(found["lon"])
+    units = (found.get("grid_units") or [None, None])[1]
+    if ours.shape != theirs.shape or degrees_per(units or "degrees_east") != 1.0:
+        return None
+    if not same_points(found["lat"], expected["lat"]):
+        return None
+    turns = (ours - theirs) / 360.0
+    if not np.allclose(turns, np.round(turns), atol=1e-9) or not np.any(np.round(turns)):
+        return None
+    lon = f"ds[{found['lon_dim']!r}]"
+    candidates = (  # each checked on the data's longitudes before it is advised
+        (np.mod(theirs, 360.0), f"{lon} % 360"),
+        (np.where(theirs > 180, theirs - 360, theirs), f"xr.where({lon} > 180, {lon} - 360, {lon})"),
+    )  # fmt: skip
+    for relabelled, relabel in candidates:
+        if same_points(relabelled, ours):
+            return (
+                "the same points with the longitudes in another convention: "
+                f"ds.assign_coords({{{found['lon_dim']!r}: {relabel}}}) gives the model's"
+            )
+    return None
+
+
 def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: str) -> None:
     """Raise :class:`ObservationMismatchError` naming the first difference."""
     if expected["variables"] != found["variables"]:
@@ -138,7 +244,7 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
             f"the model {model} was trained on the variables {expected['variables']}, the "
             f"data has {found['variables']}; select them with variables=... (same order)"
         )
-    if expected["fields"] != found["fields"]:
+    if expected["fields"] != found["fields"] and not _same_fields(expected, found):
         raise ObservationMismatchError(
             f"the model {model} was trained on the fields (variable, levels) "
             f"{expected['fields']}, the data has {found['fields']}"
@@ -163,7 +269,7 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
         axes = [(found[f"{a}_dim"], expected[a], found[a], False) for a in ("lat", "lon")]
         fix = None
         if [len(found["lat"]), len(found["lon"])] == found["grid_shape"]:  # 1-D axes
-            fix = reorder_fix("ds", axes)
+            fix = reorder_fix("ds", axes) or _longitude_fix(expected, found)
         fix = fix or "regrid the data or train a model on this grid"
         raise ObservationMismatchError(
             f"the model {model} was trained on a {extent(expected)} grid; the data's grid is "
