@@ -45,6 +45,16 @@ def test_info_describes_the_shipped_model(capsys):
     assert "decoded observation error 0.652 with half the layout, 0.068 whole" in text
 
 
+def test_info_names_the_level_of_each_channel(era5, tmp_path, capsys):
+    model = xensf.train_latent(
+        era5[["t"]], 8, latent_dim=8, width=4, blocks=1, epochs=1, batch_size=20, progress=False
+    )
+    model.save(tmp_path / "t.xensf")
+    assert main(["info", str(tmp_path / "t.xensf")]) == 0
+    text = capsys.readouterr().out
+    assert "t (isobaricInhPa 850 hPa) " in text and "t (isobaricInhPa 500 hPa) " in text
+
+
 def test_info_on_something_else_says_what_is_wrong(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 1
     assert "is not an xensf bundle" in capsys.readouterr().err

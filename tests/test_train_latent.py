@@ -29,8 +29,8 @@ from xensf.bridge.training import train_latent
 from xensf.errors import (
     EnsembleError,
     ObservationDomainError,
-    ObservationMismatchError,
     ObservationLayoutWarning,
+    ObservationMismatchError,
     OptionError,
     PrecisionWarning,
 )

@@ -104,14 +104,15 @@ def describe_bundle(path) -> str:
         )
         + _coverage_text((config.get("latent") or {}).get("coverage_error")),
     ]
-    channels = config.get("variables") or [f"channel {i}" for i in range(arch["channels"])]
+    channels = _channel_names(config, arch["channels"])
     units = config.get("units") or [None] * len(channels)
     rel = quality.get("relative_rmse") or [None] * len(channels)
     rmse = quality.get("rmse") or [None] * len(channels)
     lines.append("  channels    validation reconstruction error (relative to the channel's std)")
+    width = max([12, *map(len, channels)])
     for name, unit, r, a in zip(channels, units, rel, rmse, strict=False):
         shown = "not recorded" if r is None else f"{r:.3f}  (rmse {a:.4g} {unit or ''})"
-        lines.append(f"    {name:<12} {shown}")
+        lines.append(f"    {name:<{width}} {shown}")
     if training:
         lines.append(
             f"  trained     {training.get('epochs_run', '?')} epochs (best {training.get('best_epoch', '?')}) "
@@ -120,6 +121,24 @@ def describe_bundle(path) -> str:
             f"seed {training.get('seed', '?')}, lambda {training.get('lam', '?')}"
         )
     return "\n".join(lines)
+
+
+def _channel_names(config: dict, n: int) -> list[str]:
+    """Each channel's variable, with its level where it has one (``t (level 500 hPa)``)."""
+    data = config.get("data") or {}
+    units = data.get("level_units") or {}
+    if len(data.get("fields") or []) == n:
+        return [
+            name
+            + "".join(
+                f" ({dim} {value:g}{' ' + units[dim] if units.get(dim) else ''})"
+                if isinstance(value, int | float)
+                else f" ({dim} {value})"
+                for dim, value in at.items()
+            )
+            for name, at in data["fields"]
+        ]
+    return config.get("variables") or [f"channel {i}" for i in range(n)]
 
 
 def build_parser() -> argparse.ArgumentParser:
