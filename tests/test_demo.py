@@ -217,6 +217,8 @@ def test_cli_rejects_bad_noise(capsys):
         (["--seed", "-1"], "--seed takes a non-negative integer, got -1"),
         (["--truth-position", "2", "0"], "--truth-position takes fractions"),
         (["--prior-position", "0", "nan"], "--prior-position takes fractions"),
+        # was ignored: the easy prior starts around the truth
+        (["--prior", "easy", "--prior-position", "0", "0"], "places the hard prior's bump"),
         (["--device", "tpu"], "device='tpu' is not a torch device"),
         (["--model", "no-such.xensf"], "--model: No bundle at no-such.xensf"),
         # ran each twice, the second overwriting the first's stores, and printed a table
@@ -231,6 +233,18 @@ def test_demo_arguments_are_checked_before_any_work(tmp_path, capsys, extra, say
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), *extra]) == 2
     assert says in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_model_for_other_data_is_refused_before_the_runs(era5, tmp_path, capsys):
+    """Once refused after the truth and free runs, with advice to pass variables=."""
+    other = tmp_path / "t.xensf"
+    xensf.train_latent(
+        era5[["t"]], 8, latent_dim=8, width=4, blocks=1, epochs=1, batch_size=20, progress=False
+    ).save(other)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", str(other), "--output", str(out), "--no-plot"]) == 1
+    assert "does not fit the 40x40 twin's data" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -306,6 +306,11 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
                 f"--{flag.replace('_', '-')} takes fractions of the basin side from its "
                 f"centre, each in [-0.5, 0.5]; got {where[0]:g} {where[1]:g}"
             )
+    if getattr(args, "prior_position", None) is not None and args.prior != "hard":
+        return (
+            "--prior-position places the hard prior's bump; the easy prior's members "
+            "start around the truth's (--truth-position)"
+        )
     output = getattr(args, "output", None)
     if output is not None:
         path = Path(output)

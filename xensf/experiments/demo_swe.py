@@ -23,6 +23,7 @@ from typing import Any
 
 import xarray as xr
 
+from ..errors import ObservationMismatchError, OptionError
 from ..metrics import relative_rmse
 from .twin import (
     TwinSetup,
@@ -245,7 +246,6 @@ def run_twin(
 
     started = time.perf_counter()
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     methods = list(methods)
     noises = [float(p) for p in noises]
     cfg = setup.config
@@ -273,15 +273,25 @@ def run_twin(
     elif model is not None:
         model = model if isinstance(model, xensf.LatentModel) else xensf.load(model)
     elif kind == "full":
+        out.mkdir(parents=True, exist_ok=True)
         path = full_model(setup, out / "swe-full.xensf", device=device, train_budget=train_budget)
         model = xensf.load(path)
     else:
         model = xensf.load(shipped_model_path())
 
+    initial = initial_ensemble(setup, device=device)
+    if model is not None:  # a model for other data is refused before the runs
+        try:
+            initial.ensf.encode(model, device=device)
+        except (ObservationMismatchError, OptionError) as err:
+            raise ObservationMismatchError(
+                f"the latent model does not fit the {setup.n}x{setup.n} twin's data: {err}. "
+                "scripts/make_demo_model.py trains one that does"
+            ) from None
+    out.mkdir(parents=True, exist_ok=True)
     truth = truth_run(setup, device=device)
     scales = field_scales(truth)
     reference = truth.isel(time=slice(1, None))
-    initial = initial_ensemble(setup, device=device)
     free = free_run(initial, setup, device=device)
     free_curve = relative_rmse(free, reference, scales)
     _write_zarr(truth, out / "truth.zarr")
