@@ -274,6 +274,11 @@ def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys, 
     assert (
         capsys.readouterr().err == "xensf demo-era5: --stations takes a positive integer, got 0\n"
     )
+    # each was ignored: the stations of gridded observations, the stride of points
+    assert main(["demo-era5", "--stations", "5"]) == 2
+    assert "--stations does not apply to --obs gridded" in capsys.readouterr().err
+    assert main(["demo-era5", "--obs", "points", "--stride", "3"]) == 2
+    assert "--stride does not apply to --obs points" in capsys.readouterr().err
 
 
 def test_era5_demo_still_runs(tmp_path, capsys):

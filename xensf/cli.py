@@ -230,9 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--obs", choices=["gridded", "points"], default="gridded", help="observation layout"
     )
     e.add_argument(
-        "--stride", type=int, default=4, help="gridded: observe every STRIDE-th point (default 4)"
+        "--stride",
+        type=int,
+        default=None,
+        help="gridded: observe every STRIDE-th point (default 4)",
     )
-    e.add_argument("--stations", type=int, default=200, help="points: number of random stations")
+    e.add_argument(
+        "--stations",
+        type=int,
+        default=None,
+        help="points: number of random stations (default 200)",
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the observation noise and of EnSF")
     e.add_argument("--output", default="xensf-demo-era5", help="folder for analyses and figures")
     e.add_argument("--no-plot", action="store_true", help="write no figures")
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for flag in ("stride", "stations"):
-        if getattr(args, flag, 1) < 1:
+        if getattr(args, flag, None) is not None and getattr(args, flag) < 1:
             print(
                 f"xensf {args.command}: --{flag} takes a positive integer, got {getattr(args, flag)}",
                 file=sys.stderr,
@@ -306,6 +314,12 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
                 f"--{flag.replace('_', '-')} takes fractions of the basin side from its "
                 f"centre, each in [-0.5, 0.5]; got {where[0]:g} {where[1]:g}"
             )
+    if args.command == "demo-era5":
+        other = {"gridded": "stations", "points": "stride"}[args.obs]
+        if getattr(args, other) is not None:
+            return f"--{other} does not apply to --obs {args.obs}"
+        args.stride = 4 if args.stride is None else args.stride
+        args.stations = 200 if args.stations is None else args.stations
     if getattr(args, "prior_position", None) is not None and args.prior != "hard":
         return (
             "--prior-position places the hard prior's bump; the easy prior's members "
