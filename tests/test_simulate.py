@@ -55,6 +55,12 @@ def test_shallow_water_simulator_rejects_bad_positions():
         models.shallow_water(float("nan"), 0.0, n=10, steps=2, every=1)
     with pytest.raises(xensf.OptionError, match="start='banana' is not a time"):
         models.shallow_water(n=10, steps=2, every=1, start="banana")
+    # once numpy's raw broadcast ValueError, and an ensemble of no members
+    with pytest.raises(xensf.OptionError, match=r"one length.*got 2 and 3"):
+        models.shallow_water(np.zeros(2), np.zeros(3), n=10, steps=2, every=1)
+    with pytest.raises(xensf.OptionError, match="at least 1"):
+        models.shallow_water(np.zeros(0), np.zeros(0), n=10, steps=2, every=1)
+    assert models.shallow_water([0.0, 1e5], 0.0, n=10, steps=2, every=1).sizes["member"] == 2
 
 
 @pytest.mark.parametrize(

@@ -197,11 +197,17 @@ def shallow_water(
         x0 = config.L / 2.7
     if y0 is None:
         y0 = config.L / 4
-    x0a, y0a = np.broadcast_arrays(np.asarray(x0, float), np.asarray(y0, float))
-    if x0a.ndim > 1:
+    x0a, y0a = np.asarray(x0, float), np.asarray(y0, float)
+    if x0a.ndim > 1 or y0a.ndim > 1:
         raise OptionError(
-            f"shallow_water: x0 and y0 must be numbers or 1-D, got shape {x0a.shape}"
+            f"shallow_water: x0 and y0 must be numbers or 1-D, got shapes {x0a.shape}, {y0a.shape}"
         )
+    if (x0a.ndim == y0a.ndim == 1 and x0a.size != y0a.size) or 0 in (x0a.size, y0a.size):
+        raise OptionError(
+            "shallow_water: x0 and y0 give one member per entry and must have one length "
+            f"(at least 1), got {x0a.size} and {y0a.size}"
+        )
+    x0a, y0a = np.broadcast_arrays(x0a, y0a)
     members = x0a.ndim == 1
     state = initial_state(
         config,
