@@ -188,6 +188,20 @@ def test_encode_decode(case):
         latent.where(latent.member > 0).ensf.decode(model)
 
 
+def test_a_latent_is_decoded_by_the_model_that_encoded_it(case, untrained):
+    """Two models of one latent size decode each other's latent data into nonsense
+    without a word: the model that encoded it is recorded and checked."""
+    model, prior, _, _ = case
+    assert untrained.latent_dim == model.latent_dim
+    latent = prior.ensf.encode(model)
+    with pytest.raises(ObservationMismatchError, match=r"encoded by the model .* not by"):
+        latent.ensf.decode(untrained)
+    untouched = latent.ensf.decode(model)
+    np.testing.assert_array_equal(  # without the record (arithmetic drops it): decoded
+        latent.drop_attrs().ensf.decode(model).h, untouched.h
+    )
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread, where its CPU convolutions differ most between batch sizes

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import DimensionError, EnsembleError, OptionError
+from ..errors import DimensionError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.device import compute_device, parse_device
 from .dims import find_role, require_whole
 from .layout import StateLayout
@@ -178,6 +178,14 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
         raise DimensionError(
             "decode takes latent data, a Dataset with 'latent_mean' along 'latent' (what "
             f"ds.ensf.encode(model) returns); this one has {sorted(map(str, latent.data_vars))}"
+        )
+    encoder = latent.attrs.get("xensf_model_sha256")
+    if encoder is not None and encoder != handle.digest:
+        raise ObservationMismatchError(
+            f"this latent data was encoded by the model {latent.attrs.get('xensf_model')} "
+            f"(weights sha256 {str(encoder)[:12]}…), not by {handle.path} ({handle.digest[:12]}…): "
+            "another model's latent values mean other things; decode with the model that "
+            "encoded them"
         )
     z = latent["latent_mean"] if isinstance(latent, xr.Dataset) else latent
     if LATENT_DIM not in z.dims:
