@@ -229,6 +229,11 @@ def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
     got = prior.assign_coords(in_pa).ensf.assimilate(obs, model=model)
     np.testing.assert_array_equal(got.t, expected.t)
     xr.testing.assert_identical(prior.isel(turned).ensf.encode(model), prior.ensf.encode(model))
+    xr.testing.assert_identical(  # the variables named in another order: the model's
+        prior.ensf.encode(model, variables=["t", "z"]), prior.ensf.encode(model)
+    )
+    with pytest.raises(ObservationMismatchError, match=r"in any order \(variables=\['z', 't'\]"):
+        prior.ensf.encode(model, variables="t")
     decoded = prior.ensf.encode(model).ensf.decode(model)
     assert decoded.isobaricInhPa.attrs["units"] == "hPa"
     with pytest.raises(ObservationMismatchError, match="fields"):  # not the model's levels

@@ -83,7 +83,9 @@ def encode(
     orientation = model_orientation(data, ds, grid_dims)
     if orientation is not None:  # the same data in another order: read in the model's
         ds = orientation.apply(ds)
-    names = list(variables) if variables is not None else list(data["variables"])
+    names = [variables] if isinstance(variables, str) else list(variables or data["variables"])
+    if sorted(names) == sorted(data["variables"]):  # the model's channels in its order
+        names = list(data["variables"])
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise OptionError(f"the model needs the variables {missing}, which the Dataset lacks")

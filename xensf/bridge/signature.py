@@ -242,7 +242,8 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
     if expected["variables"] != found["variables"]:
         raise ObservationMismatchError(
             f"the model {model} was trained on the variables {expected['variables']}, the "
-            f"data has {found['variables']}; select them with variables=... (same order)"
+            f"data has {found['variables']}; the model takes all of its variables, in any order "
+            f"(variables={expected['variables']!r} selects them from a Dataset with more)"
         )
     if expected["fields"] != found["fields"] and not _same_fields(expected, found):
         raise ObservationMismatchError(
