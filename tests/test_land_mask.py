@@ -81,6 +81,35 @@ def test_a_station_next_to_the_coast_reads_only_the_sea(ocean):
     assert not bool((out.sst == prior.sst).where(~land, True).all())
 
 
+def _analysed(prior, obs, **options):
+    """The analysis and the texts of its warnings."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = prior.ensf.assimilate(obs, method="letkf", obs_error=0.3, **options).compute()
+    return out, sorted({str(w.message).split(" (")[0] for w in record})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"loc_radius": 1500.0}, {"loc_radius": 1500.0, "adaptive_inflation": True}],
+)
+def test_a_masked_prior_in_latitude_longitude_blocks_is_analysed_as_in_one_chunk(ocean, options):
+    """An ocean grid big enough to chunk has land on it: the localised LETKF analyses
+    its blocks (it refused a mask there) with the one chunk's mask and warning."""
+    prior, obs, land, _ = ocean
+    stations = xr.Dataset(  # on land, on the coast, at sea; across block edges
+        {"sst": (("time", "station"), [[16.0, 14.0, 15.5], [16.5, 14.5, 15.0]])},
+        coords={"lat": ("station", [-11.25, 0.0, 22.0]), "lon": ("station", [25.0, 45.0, 95.0])},
+    ).assign_coords(time=[0, 1])
+    for observations in (obs, stations):
+        whole, said = _analysed(prior, observations, **options)
+        blocks, told = _analysed(prior.chunk(lat=4, lon=5), observations, **options)
+        assert told == said and any("fall on masked points" in w for w in said)
+        xr.testing.assert_allclose(blocks, whole, rtol=0, atol=1e-10)
+        assert bool(blocks.sst.where(land).isnull().all())
+        assert not np.allclose(blocks.sst.where(~land, 0.0), prior.sst.where(~land, 0.0))
+
+
 def test_nan_that_is_not_a_mask_is_still_an_error(ocean):
     prior, obs, _, _ = ocean
     holey = prior.copy(deep=True)
@@ -89,6 +118,10 @@ def test_nan_that_is_not_a_mask_is_still_an_error(ocean):
         holey.ensf.assimilate(obs, method="letkf", obs_error=0.3, loc_radius=1500.0)
     with pytest.raises(EnsembleError, match="not a mask"):
         holey.chunk(time=1).ensf.assimilate(
+            obs, method="letkf", obs_error=0.3, loc_radius=1500.0
+        ).compute()
+    with pytest.raises(EnsembleError, match="not a mask"):  # in latitude/longitude blocks
+        holey.chunk(lat=4, lon=5).ensf.assimilate(
             obs, method="letkf", obs_error=0.3, loc_radius=1500.0
         ).compute()
     infinite = prior.copy(deep=True)

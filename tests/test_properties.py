@@ -221,14 +221,21 @@ def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
 @st.composite
 def block_cases(draw):
     """A case of :func:`cases` whose method can run on latitude × longitude blocks (a
-    localised LETKF, EnSF with the paired prior score), chunk sizes along both, and a
-    cut of the grid made after chunking (as ``ds.sel`` of a region of a chunked store)."""
+    localised LETKF, perhaps on a prior with a land mask; EnSF with the paired prior
+    score), chunk sizes along both, and a cut of the grid made after chunking (as
+    ``ds.sel`` of a region of a chunked store)."""
     prior, obs, kwargs, chunks = draw(cases())
     if kwargs["method"] == "ensf":
         kwargs["prior_score"] = "paired"
     elif kwargs.get("loc_radius") is None:
         kwargs["loc_radius"] = 3000.0
     dims = find_dims(prior)
+    if kwargs["method"] == "letkf" and draw(st.booleans()):  # land: a mask on some points
+        shape = (prior.sizes[dims.lat], prior.sizes[dims.lon])
+        land = np.asarray(draw(st.lists(st.booleans(), min_size=shape[0] * shape[1],
+                                         max_size=shape[0] * shape[1]))).reshape(shape)  # fmt: skip
+        if not land.all():
+            prior = prior.where(~xr.DataArray(land, dims=(dims.lat, dims.lon)))
     sizes = {d: draw(st.integers(1, prior.sizes[d])) for d in (dims.lat, dims.lon)}
     if chunks is not None:
         sizes["time"] = chunks

@@ -18,7 +18,6 @@ import xarray as xr
 from ..errors import (
     DimensionError,
     EnsembleError,
-    MaskedObservationWarning,
     ObservationMismatchError,
     OptionError,
     keyword_names,
@@ -30,6 +29,7 @@ from ..obs import EDGE_TOLERANCE, check_longitude
 from .dims import EnsembleDims, find_dims, require_whole, scalar_time, state_variables
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
+from .masks import mask_of, observations_off_the_mask
 from .metadata import analysis_metadata, unpacked
 from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
@@ -37,7 +37,6 @@ from .observations import (
     ObservationPlan,
     obs_level_names,
     prepare_observations,
-    time_text,
 )
 from .orientation import Orientation, canonical_orientation
 from .plausibility import check_against_the_prior, observed_members
@@ -110,11 +109,11 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         state = [s[None] for s in state]
     T = state[0].shape[0]
     x = layout.stack(state)
-    masked = _mask_of(x, times, plan)
+    masked = mask_of(x, times, plan)
     y, err = obs.flatten(values, errors, T)
     if masked.any():
         x = np.where(masked, np.zeros((), x.dtype), x)  # no spread there: never updated
-        plan, y = _observations_off_the_mask(plan, y, masked)
+        plan, y = observations_off_the_mask(plan, y, masked)
     seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
 
@@ -146,56 +145,6 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     if not plan.has_time:
         extra = [e[0] for e in extra]
     return (*(state if isinstance(state, tuple) else (state,)), *extra)
-
-
-def _mask_of(x: np.ndarray, times, plan: BlockPlan) -> np.ndarray:
-    """The masked components ``(d,)``: NaN in every member at every time (land).
-
-    Any other NaN or infinite value is an error. (A latent method checks the mask
-    against its model's.)
-    """
-    nan = np.isnan(x)
-    masked = nan.all(axis=(0, 1))
-    bad = (nan & ~masked) | np.isinf(x)
-    if bad.any():
-        t = np.flatnonzero(bad.any(axis=(1, 2)))[0]
-        component = int(np.flatnonzero(bad[t].any(axis=0))[0])
-        layout = plan.layout
-        name = layout.variables[layout.field_of_variable()[component // layout.grid_size]]
-        when = f" at time {time_text(times[t])}" if times is not None else ""
-        raise EnsembleError(
-            f"the prior ensemble has NaN or infinite values{when} in {name!r} that are not a "
-            "mask: a masked point (land) is NaN in every member and at every time of the "
-            "chunk; fill or drop the others before assimilating"
-        )
-    return masked
-
-
-def _observations_off_the_mask(plan: BlockPlan, y: np.ndarray, masked: np.ndarray):
-    """The plan with each observation's weights on unmasked points only, and ``y`` NaN
-    where an observation reads masked points alone; a warning says how many of each."""
-    obs = plan.obs
-    valid = ~masked[obs.indices] & (obs.weights != 0)
-    kept = np.where(valid, obs.weights, 0.0)
-    total, total_kept = obs.weights.sum(-1), kept.sum(-1)
-    dropped = ~valid.any(-1)
-    moved = ~dropped & (valid != (obs.weights != 0)).any(-1)
-    if not (dropped.any() or moved.any()):
-        return plan, y
-    seen = np.isfinite(y)
-    n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
-    if n_dropped or n_moved:
-        plan.warn(
-            MaskedObservationWarning,
-            f"{n_dropped} observations fall on masked points of the prior (NaN in every "
-            f"member) and were dropped; {n_moved} next to the mask use only the unmasked "
-            "points of their interpolation",
-            MaskedObservationWarning,
-        )
-    scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
-    weights = kept * scale[:, None]
-    y = np.where(dropped, np.nan, y)
-    return replace(plan, obs=replace(obs, weights=weights)), y
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):

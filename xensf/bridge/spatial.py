@@ -41,6 +41,7 @@ from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .graph_copies import bound, cloned
 from .layout import StateLayout
+from .masks import mask_of, warn_masked_observations
 from .observations import obs_level_names
 from .plausibility import check_against_the_prior
 from .shared import shared_input, shared_value
@@ -61,21 +62,22 @@ def is_spatially_chunked(prior: xr.Dataset, names: list[str], dims: EnsembleDims
     return False
 
 
-def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.DataArray:
+def observed_prior(prior, names, dims, levels, layout: StateLayout, obs, *, mask_reads=False):
     """The prior at every observation, ``(time, member, obs)`` (lazy for dask input).
 
     Row ``r`` of the plan reads the stacked state at ``obs.indices[r]`` with
     ``obs.weights[r]``; each stacked index is a (variable, level, latitude, longitude)
     point, gathered with vectorised indexing, which reads only the chunks holding them.
     NaN points (a land mask) are left out and the other weights scaled up, as the
-    analysis does; a row that reads NaN points only is NaN.
+    analysis does; a row that reads NaN points only is NaN. With ``mask_reads``, also
+    whether each row reads a NaN point with a weight, ``(time, obs)``: a pair.
     """
     G, nlon = layout.grid_size, layout.grid_shape[1]
     field, point = np.divmod(obs.indices, G)
     ilat, ilon = np.divmod(point, nlon)
     var_of_field = layout.field_of_variable()
     first = np.concatenate([[0], np.cumsum([np.prod(s, dtype=int) for s in layout.level_shapes])])
-    parts, order = [], []
+    parts, reads, order = [], [], []
     for v, name in enumerate(names):
         rows = np.flatnonzero(var_of_field[field[:, 0]] == v)
         if rows.size == 0:
@@ -95,14 +97,20 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs) -> xr.D
         total = kept.sum("_corner")
         scale = weights.sum("_corner") / total.where(total != 0)
         parts.append((values.fillna(0.0) * kept).sum("_corner") * scale)
+        reads.append((values.isnull() & (weights != 0)).any(["_corner", dims.member]))
         order.append(rows)
     lead = [d for d in (dims.time, dims.member) if d is not None]
     if not parts:  # no observation (zero stations): no rows, at every time and member
         shape = (*(prior.sizes[d] for d in lead), 0)
-        return xr.DataArray(np.zeros(shape, prior[names[0]].dtype), dims=(*lead, "_row"))
-    out = xr.concat(parts, "_row") if len(parts) > 1 else parts[0]
-    out = out.isel(_row=np.argsort(np.concatenate(order)))
-    return out.transpose(*lead, "_row")
+        out = xr.DataArray(np.zeros(shape, prior[names[0]].dtype), dims=(*lead, "_row"))
+        return (out, out.isel({dims.member: 0}, drop=True) != 0) if mask_reads else out
+    back = np.argsort(np.concatenate(order))
+    out = (xr.concat(parts, "_row") if len(parts) > 1 else parts[0]).isel(_row=back)
+    out = out.transpose(*lead, "_row")
+    if not mask_reads:
+        return out
+    read = (xr.concat(reads, "_row") if len(reads) > 1 else reads[0]).isel(_row=back)
+    return out, read.transpose(*lead[:-1], "_row")
 
 
 def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunks, grid):
@@ -122,13 +130,15 @@ def analyse_in_blocks(prior, names, dims, levels, values, errors, plan, time_chu
             "localised LETKF: give loc_radius= (a global ETKF reads every point), or "
             f"rechunk the grid into one chunk ({_one_chunk(dims)})"
         )
-    hx = _whole_observed_prior(prior, names, dims, levels, plan, time_chunks)
+    hx, reads_mask = _whole_observed_prior(
+        prior, names, dims, levels, plan, time_chunks, mask_reads=True
+    )
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, plan.obs, time_chunks
     )
-    state = _after(state, [hx])
-    inputs = [*state, hx, *observed]
-    core = [*state_core, [dims.member, "_row"], *observed_core]
+    state = _after(state, [hx, reads_mask])
+    inputs = [*state, hx, reads_mask, *observed]
+    core = [*state_core, [dims.member, "_row"], ["_row"], *observed_core]
     chunks = prior[names[0]].variable.chunksizes
     # the block's coordinates: 1-D axes, or a curvilinear grid's 2-D block
     coord_dims = [(dims.lat, dims.lon)] * 2 if grid.curvilinear else [(dims.lat,), (dims.lon,)]
@@ -213,11 +223,15 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
     layout, obs = plan.layout, plan.obs
     nv, no = len(layout.variables), len(obs.variables)
     state = arrays[:nv]
-    hx = arrays[nv]
+    hx, reads_mask = arrays[nv], arrays[nv + 1]
+    arrays = (*arrays[:nv], hx, *arrays[nv + 2 :])  # the indices below as without it
     values = arrays[nv + 1 : nv + 1 + no]
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     lat, lon = arrays[nv + 1 + 2 * no], arrays[nv + 2 + 2 * no]
-    T, block_layout, x = _block_state(state, plan, "LETKF")
+    T, block_layout, x = _block_state(state, plan, "LETKF", masks=True)
+    masked = mask_of(x, None, dataclasses.replace(plan, layout=block_layout))
+    if masked.any():  # land: no spread there, never updated, NaN again at the end
+        x = np.where(masked, np.zeros((), x.dtype), x)
     method = plan.method
     settings = method.adaptive_inflation
     field = per_component = anchors = None
@@ -234,6 +248,14 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
         per_component = dataclasses.replace(settings, mean=np.tile(start, layout.n_fields))
     hx = _squeezed(hx, 2, plan)
     y, err = _block_observations(values, errors, plan, T)
+    # as one chunk reads a masked prior: rows that read masked points only are dropped
+    # (their gathered prior is NaN), the others were read from their unmasked points
+    dropped = np.isnan(hx).any(axis=1)
+    warn_masked_observations(
+        plan, y, dropped, _squeezed(reads_mask, 1, plan).astype(bool) & ~dropped
+    )
+    y = np.where(dropped, np.nan, y)
+    hx = np.where(dropped[:, None, :], np.zeros((), hx.dtype), hx)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     check_against_the_prior(hx, y, err, observed, plan)  # the same in every block
     lat_b, lon_b = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
@@ -285,6 +307,8 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
             analysis, updated = analysis
             field[t] = updated.mean.cpu().numpy()[: block_layout.grid_size]
         out[t] = analysis.cpu().numpy()
+    if masked.any():
+        out[..., masked] = np.nan
     # back to (T, lat, lon, N, *levels) per variable, in its dtype
     result = []
     for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
@@ -296,14 +320,18 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
     return tuple(result) if len(result) > 1 else result[0]
 
 
-def _whole_observed_prior(prior, names, dims, levels, plan, time_chunks) -> xr.DataArray:
+def _whole_observed_prior(prior, names, dims, levels, plan, time_chunks, *, mask_reads=False):
     """:func:`observed_prior` in the analysis's time chunks, whole along the
-    observations: every block's task gets all of it."""
-    hx = _bare(
-        observed_prior(_own_reads(prior, names), names, dims, levels, plan.layout, plan.obs),
-        dims, time_chunks,
+    observations: every block's task gets all of it (with ``mask_reads``, a pair)."""
+    gathered = observed_prior(
+        _own_reads(prior, names), names, dims, levels, plan.layout, plan.obs,
+        mask_reads=mask_reads,
     )  # fmt: skip
-    return hx.chunk({"_row": -1}) if hx.chunks is not None else hx
+    out = []
+    for part in gathered if mask_reads else (gathered,):
+        part = _bare(part, dims, time_chunks)
+        out.append(part.chunk({"_row": -1}) if part.chunks is not None else part)
+    return tuple(out) if mask_reads else out[0]
 
 
 def _bare(da: xr.DataArray, dims: EnsembleDims, time_chunks) -> xr.DataArray:
@@ -535,11 +563,12 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     return tuple(result) if len(result) > 1 else result[0]
 
 
-def _block_state(state, plan: Any, method: str):
+def _block_state(state, plan: Any, method: str, *, masks: bool = False):
     """A task's block of the state: ``(T, block layout, x (T, N, d_block))``.
 
     ``state`` holds each variable with the loop axes first ((time,) lat, lon), then
-    member and levels; ``x`` is stacked as the layout says, on the block's grid.
+    member and levels; ``x`` is stacked as the layout says, on the block's grid. Without
+    ``masks``, NaN anywhere is refused (with them, the caller finds the mask).
     """
     lead = 3 if plan.has_time else 2
     loop = state[0].shape[:lead]
@@ -548,7 +577,7 @@ def _block_state(state, plan: Any, method: str):
     x = block_layout.stack(
         [np.moveaxis(s if plan.has_time else s[None], (1, 2), (-2, -1)) for s in state]
     )
-    if not np.all(np.isfinite(x)):
+    if not masks and not np.all(np.isfinite(x)):
         raise EnsembleError(
             "the prior ensemble has NaN or infinite values in a spatial block; the block "
             f"{method} takes no mask: fill them, or give the grid in one chunk"

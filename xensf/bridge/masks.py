@@ -1,0 +1,78 @@
+"""Land masks: points that are NaN in every member at every time of a chunk.
+
+An ocean model's land, or rock under a terrain-following grid, is NaN in the prior. An
+analysis leaves those points NaN and analyses the others; an observation whose
+interpolation reads masked points only is dropped, and one next to the mask reads its
+unmasked neighbours, their weights scaled up to the whole. One chunk and the spatial
+blocks of a chunked prior (:mod:`xensf.bridge.spatial`) find the mask and warn about
+the observations it touches here, with the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import EnsembleError, MaskedObservationWarning
+from .observations import time_text
+
+__all__ = ["mask_of", "observations_off_the_mask", "warn_masked_observations"]
+
+
+def mask_of(x: np.ndarray, times, plan: Any) -> np.ndarray:
+    """The masked components ``(d,)`` of ``x`` ``(T, N, d)``, stacked as ``plan.layout``
+    says: NaN in every member at every time (land).
+
+    Any other NaN or infinite value is an :class:`~xensf.errors.EnsembleError`. (A
+    latent method checks the mask against its model's.)
+    """
+    nan = np.isnan(x)
+    masked = nan.all(axis=(0, 1))
+    bad = (nan & ~masked) | np.isinf(x)
+    if bad.any():
+        t = np.flatnonzero(bad.any(axis=(1, 2)))[0]
+        component = int(np.flatnonzero(bad[t].any(axis=0))[0])
+        layout = plan.layout
+        name = layout.variables[layout.field_of_variable()[component // layout.grid_size]]
+        when = f" at time {time_text(times[t])}" if times is not None else ""
+        raise EnsembleError(
+            f"the prior ensemble has NaN or infinite values{when} in {name!r} that are not a "
+            "mask: a masked point (land) is NaN in every member and at every time of the "
+            "chunk; fill or drop the others before assimilating"
+        )
+    return masked
+
+
+def observations_off_the_mask(plan: Any, y: np.ndarray, masked: np.ndarray):
+    """The plan with each observation's weights on unmasked points only, and ``y`` NaN
+    where an observation reads masked points alone; a warning says how many of each."""
+    obs = plan.obs
+    valid = ~masked[obs.indices] & (obs.weights != 0)
+    kept = np.where(valid, obs.weights, 0.0)
+    total, total_kept = obs.weights.sum(-1), kept.sum(-1)
+    dropped = ~valid.any(-1)
+    moved = ~dropped & (valid != (obs.weights != 0)).any(-1)
+    if not (dropped.any() or moved.any()):
+        return plan, y
+    warn_masked_observations(plan, y, dropped, moved)
+    scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
+    weights = kept * scale[:, None]
+    y = np.where(dropped, np.nan, y)
+    return replace(plan, obs=replace(obs, weights=weights)), y
+
+
+def warn_masked_observations(plan: Any, y: np.ndarray, dropped, moved) -> None:
+    """A :class:`~xensf.errors.MaskedObservationWarning` counting the observations
+    (finite ``y``) that read masked points only (``dropped``) or some (``moved``)."""
+    seen = np.isfinite(y)
+    n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
+    if n_dropped or n_moved:
+        plan.warn(
+            MaskedObservationWarning,
+            f"{n_dropped} observations fall on masked points of the prior (NaN in every "
+            f"member) and were dropped; {n_moved} next to the mask use only the unmasked "
+            "points of their interpolation",
+            MaskedObservationWarning,
+        )
