@@ -85,23 +85,28 @@ def _analysed(prior, obs, **options):
     """The analysis and the texts of its warnings."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        out = prior.ensf.assimilate(obs, method="letkf", obs_error=0.3, **options).compute()
+        out = prior.ensf.assimilate(obs, obs_error=0.3, **options).compute()
     return out, sorted({str(w.message).split(" (")[0] for w in record})
 
 
 @pytest.mark.parametrize(
     "options",
-    [{"loc_radius": 1500.0}, {"loc_radius": 1500.0, "adaptive_inflation": True}],
+    [
+        {"method": "letkf", "loc_radius": 1500.0},
+        {"method": "letkf", "loc_radius": 1500.0, "adaptive_inflation": True},
+        {"method": "ensf", "prior_score": "paired", "steps": 20},
+    ],
 )
 def test_a_masked_prior_in_latitude_longitude_blocks_is_analysed_as_in_one_chunk(ocean, options):
-    """An ocean grid big enough to chunk has land on it: the localised LETKF analyses
-    its blocks (it refused a mask there) with the one chunk's mask and warning."""
+    """An ocean grid big enough to chunk has land on it: the localised LETKF and the
+    paired EnSF analyse its blocks (they refused a mask there) with the one chunk's
+    mask, scale and warning."""
     prior, obs, land, _ = ocean
     stations = xr.Dataset(  # on land, on the coast, at sea; across block edges
         {"sst": (("time", "station"), [[16.0, 14.0, 15.5], [16.5, 14.5, 15.0]])},
         coords={"lat": ("station", [-11.25, 0.0, 22.0]), "lon": ("station", [25.0, 45.0, 95.0])},
     ).assign_coords(time=[0, 1])
-    for observations in (obs, stations):
+    for observations in (obs, stations) if options["method"] == "letkf" else (obs,):
         whole, said = _analysed(prior, observations, **options)
         blocks, told = _analysed(prior.chunk(lat=4, lon=5), observations, **options)
         assert told == said and any("fall on masked points" in w for w in said)

@@ -221,8 +221,8 @@ def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
 @st.composite
 def block_cases(draw):
     """A case of :func:`cases` whose method can run on latitude × longitude blocks (a
-    localised LETKF, perhaps on a prior with a land mask; EnSF with the paired prior
-    score), chunk sizes along both, and a cut of the grid made after chunking (as
+    localised LETKF, EnSF with the paired prior score; perhaps on a prior with a land
+    mask), chunk sizes along both, and a cut of the grid made after chunking (as
     ``ds.sel`` of a region of a chunked store)."""
     prior, obs, kwargs, chunks = draw(cases())
     if kwargs["method"] == "ensf":
@@ -230,7 +230,7 @@ def block_cases(draw):
     elif kwargs.get("loc_radius") is None:
         kwargs["loc_radius"] = 3000.0
     dims = find_dims(prior)
-    if kwargs["method"] == "letkf" and draw(st.booleans()):  # land: a mask on some points
+    if draw(st.booleans()):  # land: a mask on some points
         shape = (prior.sizes[dims.lat], prior.sizes[dims.lon])
         land = np.asarray(draw(st.lists(st.booleans(), min_size=shape[0] * shape[1],
                                          max_size=shape[0] * shape[1]))).reshape(shape)  # fmt: skip

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ChunkingError, EnsembleError
+from ..errors import ChunkingError
 from ..filters.device import compute_device
 from ..obs import grid_locations, point_locations
 from .dims import EnsembleDims
@@ -228,10 +228,7 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
     values = arrays[nv + 1 : nv + 1 + no]
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     lat, lon = arrays[nv + 1 + 2 * no], arrays[nv + 2 + 2 * no]
-    T, block_layout, x = _block_state(state, plan, "LETKF", masks=True)
-    masked = mask_of(x, None, dataclasses.replace(plan, layout=block_layout))
-    if masked.any():  # land: no spread there, never updated, NaN again at the end
-        x = np.where(masked, np.zeros((), x.dtype), x)
+    T, block_layout, x, masked = _block_state(state, plan)
     method = plan.method
     settings = method.adaptive_inflation
     field = per_component = anchors = None
@@ -246,16 +243,9 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
         start = whole.reshape(layout.grid_shape)[np.ix_(rows, cols)].ravel()
         field = np.tile(start, (T, 1))  # times without observations in reach keep it
         per_component = dataclasses.replace(settings, mean=np.tile(start, layout.n_fields))
-    hx = _squeezed(hx, 2, plan)
-    y, err = _block_observations(values, errors, plan, T)
-    # as one chunk reads a masked prior: rows that read masked points only are dropped
-    # (their gathered prior is NaN), the others were read from their unmasked points
-    dropped = np.isnan(hx).any(axis=1)
-    warn_masked_observations(
-        plan, y, dropped, _squeezed(reads_mask, 1, plan).astype(bool) & ~dropped
+    y, err, hx = _observations_read_off_the_mask(
+        plan, *_block_observations(values, errors, plan, T), hx, reads_mask
     )
-    y = np.where(dropped, np.nan, y)
-    hx = np.where(dropped[:, None, :], np.zeros((), hx.dtype), hx)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     check_against_the_prior(hx, y, err, observed, plan)  # the same in every block
     lat_b, lon_b = np.asarray(lat).reshape(-1), np.asarray(lon).reshape(-1)
@@ -447,21 +437,26 @@ def _ensf_in_blocks(prior, names, dims, levels, values, errors, plan, time_chunk
     state, state_core, observed, observed_core = _block_inputs(
         prior, names, dims, levels, values, errors, obs, time_chunks
     )
-    hx = _whole_observed_prior(prior, names, dims, levels, plan, time_chunks)
+    hx, reads_mask = _whole_observed_prior(
+        prior, names, dims, levels, plan, time_chunks, mask_reads=True
+    )
     reductions, reduced_core = [], []
     if method.scale is None:  # the prior spread per field, over the whole grid
         whole = _own_reads(prior, names)
         for n in names:
             v = whole[n].astype(np.float64)
-            spread = np.sqrt(v.var(dims.member, ddof=1).mean([dims.lat, dims.lon]))
-            size = abs(v.mean(dims.member)).max([dims.lat, dims.lon])
+            # NaN at the land mask's points, which the means over the grid skip
+            mean = v.mean(dims.member, skipna=False)
+            var = ((v - mean) ** 2).sum(dims.member, skipna=False) / (v.sizes[dims.member] - 1)
+            spread = np.sqrt(var.mean([dims.lat, dims.lon]))
+            size = abs(mean).max([dims.lat, dims.lon])
             for reduced in (spread, size):
                 lead = [dims.time] if dims.time is not None else []  # no member: reduced
                 reductions.append(_bare(reduced.transpose(*lead, *levels[n]), dims, time_chunks))
                 reduced_core.append(list(levels[n]))
-    inputs = [*_after(state, [hx, *reductions]), hx, *observed]
+    inputs = [*_after(state, [hx, reads_mask, *reductions]), hx, reads_mask, *observed]
     inputs += _block_indices(prior, dims, chunks)
-    core = [*state_core, [dims.member, "_row"], *observed_core, [], []]
+    core = [*state_core, [dims.member, "_row"], ["_row"], *observed_core, [], []]
     if dims.time is not None:
         inputs.append(
             _bare(xr.DataArray(prior[dims.time].values, dims=dims.time), dims, time_chunks)
@@ -493,7 +488,8 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     layout, obs, method = plan.layout, plan.obs, plan.method
     nv, no = len(layout.variables), len(obs.variables)
     state = arrays[:nv]
-    hx = arrays[nv]
+    hx, reads_mask = arrays[nv], arrays[nv + 1]
+    arrays = (*arrays[:nv], hx, *arrays[nv + 2 :])  # the indices below as without it
     values = arrays[nv + 1 : nv + 1 + no]
     errors = arrays[nv + 1 + no : nv + 1 + 2 * no]
     at = nv + 1 + 2 * no
@@ -503,11 +499,13 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     if plan.has_time:
         times = np.asarray(arrays[at]).ravel()
         at += 1
-    T, block_layout, x = _block_state(state, plan, "EnSF")
+    T, block_layout, x, masked = _block_state(state, plan, times)
     nlat, nlon = block_layout.grid_shape
-    y, err = _block_observations(values, errors, plan, T)
+    y, err, hx = _observations_read_off_the_mask(
+        plan, *_block_observations(values, errors, plan, T), hx, reads_mask
+    )
     check_against_the_prior(  # every observation, as in every block
-        _squeezed(hx, 2, plan), y, err, np.isfinite(y) & np.isfinite(err) & (err > 0), plan
+        hx, y, err, np.isfinite(y) & np.isfinite(err) & (err > 0), plan
     )
     field_scale = None
     if method.scale is None:
@@ -554,8 +552,11 @@ def _ensf_spatial_block(*arrays: np.ndarray):
         work=plan.work_dtype,
         window=(layout.grid_shape, (r0, r0 + nlat), (c0, c0 + nlon)),
         field_scale=field_scale,
+        masked=masked if masked.any() else None,
     )
     out = method.analyse(block)
+    if masked.any():
+        out[..., masked] = np.nan
     result = []
     for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
         part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
@@ -563,12 +564,13 @@ def _ensf_spatial_block(*arrays: np.ndarray):
     return tuple(result) if len(result) > 1 else result[0]
 
 
-def _block_state(state, plan: Any, method: str, *, masks: bool = False):
-    """A task's block of the state: ``(T, block layout, x (T, N, d_block))``.
+def _block_state(state, plan: Any, times=None):
+    """A task's block of the state: ``(T, block layout, x (T, N, d_block), masked)``.
 
     ``state`` holds each variable with the loop axes first ((time,) lat, lon), then
-    member and levels; ``x`` is stacked as the layout says, on the block's grid. Without
-    ``masks``, NaN anywhere is refused (with them, the caller finds the mask).
+    member and levels; ``x`` is stacked as the layout says, on the block's grid, with
+    its land mask (:func:`~xensf.bridge.masks.mask_of`, ``(d_block,)``) set to 0: no
+    spread there, never updated (the caller sets it NaN again).
     """
     lead = 3 if plan.has_time else 2
     loop = state[0].shape[:lead]
@@ -577,12 +579,23 @@ def _block_state(state, plan: Any, method: str, *, masks: bool = False):
     x = block_layout.stack(
         [np.moveaxis(s if plan.has_time else s[None], (1, 2), (-2, -1)) for s in state]
     )
-    if not masks and not np.all(np.isfinite(x)):
-        raise EnsembleError(
-            "the prior ensemble has NaN or infinite values in a spatial block; the block "
-            f"{method} takes no mask: fill them, or give the grid in one chunk"
-        )
-    return T, block_layout, x
+    masked = mask_of(x, times, dataclasses.replace(plan, layout=block_layout))
+    if masked.any():
+        x = np.where(masked, np.zeros((), x.dtype), x)
+    return T, block_layout, x, masked
+
+
+def _observations_read_off_the_mask(plan: Any, y, err, hx, reads_mask):
+    """``y``, ``err`` and the gathered prior ``hx`` ``(T, N, M)`` as one chunk reads a
+    masked prior: the observations whose gathered prior is NaN (they read masked points
+    only) dropped, the others read from their unmasked points (as gathered), and the
+    warning that counts both."""
+    hx = _squeezed(hx, 2, plan)
+    dropped = np.isnan(hx).any(axis=1)
+    moved = _squeezed(reads_mask, 1, plan).astype(bool) & ~dropped
+    warn_masked_observations(plan, y, dropped, moved)
+    y = np.where(dropped, np.nan, y)
+    return y, err, np.where(dropped[:, None, :], np.zeros((), hx.dtype), hx)
 
 
 def _squeezed(a, ncore: int, plan: Any) -> np.ndarray:
