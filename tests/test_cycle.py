@@ -23,7 +23,9 @@ from xensf.cycling.forecast import Persistence, forecaster_settings
 from xensf.cycling.store import KILL_ENV, CycleStore
 from xensf.errors import (
     DimensionError,
+    EnsembleError,
     ForecastError,
+    MaskedObservationWarning,
     ObservationMismatchError,
     OptionError,
     RunStoreError,
@@ -376,6 +378,82 @@ def test_a_nan_forecast_stops_with_the_cycle_and_the_store_resumes(tmp_path, ref
     assert assert_complete_cycles(path, reference) == 2
     resumed = xensf.cycle(Flaky(e["model"], fail_at=None), *args, **kwargs)
     assert_same_run(resumed, reference)
+
+
+class OnLand:
+    """Persistence that writes ``value`` on the land (where the state is NaN), and NaN
+    at one sea point from call ``blow_up_at`` on."""
+
+    def __init__(self, value, blow_up_at=None):
+        self.inner, self.value, self.blow_up_at = (
+            Persistence(np.timedelta64(1, "D")),
+            value,
+            blow_up_at,
+        )
+        self.time_step, self.calls = self.inner.time_step, 0
+
+    def forecast(self, state, steps):
+        self.calls += 1
+        out = self.inner.forecast(state, steps).fillna(self.value)
+        if self.blow_up_at is not None and self.calls >= self.blow_up_at:
+            out["sst"][0, 0, 0] = np.nan
+        return out
+
+
+def _ocean_run():
+    """An 'ocean' ensemble with a land block at one time, and three days of gridded
+    observations (some on land)."""
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(-30, 30, 9), np.arange(12) * 10.0
+    land = np.zeros((9, 12), bool)
+    land[2:5, 3:7] = True
+    x = np.where(land, np.nan, 15 + rng.standard_normal((8, 9, 12)))
+    start = xr.Dataset(
+        {"sst": (("member", "lat", "lon"), x, {"units": "degC"})},
+        coords={"lat": lat, "lon": lon, "time": np.datetime64("2000-01-01", "ns")},
+    )
+    times = np.datetime64("2000-01-01", "ns") + np.arange(1, 4) * np.timedelta64(1, "D")
+    every = (np.arange(9)[:, None] % 2 == 0) & (np.arange(12)[None, :] % 2 == 0)
+    truth = np.where(every, 15 + rng.standard_normal((3, 9, 12)), np.nan)
+    obs = xr.Dataset(
+        {"sst": (("time", "lat", "lon"), truth, {"units": "degC"})},
+        coords={"time": times, "lat": lat, "lon": lon},
+    )
+    return start, obs, xr.DataArray(land, dims=("lat", "lon"))
+
+
+def test_an_ocean_with_land_cycles_as_its_analyses_by_hand(tmp_path):
+    """assimilate takes a land mask; cycling refused it: NaN in the initial ensemble,
+    in a forecast or in an analysis stopped the run."""
+    start, obs, land = _ocean_run()
+    options = dict(method="letkf", obs_error=0.3, loc_radius=1500.0)
+    with pytest.warns(MaskedObservationWarning, match="in 3 of the 3 cycles"):
+        run = xensf.cycle(
+            OnLand(0.0), start, obs, members=True, progress=False, store=tmp_path / "r.zarr",
+            **options,
+        )  # fmt: skip
+    current = start.drop_vars("time")
+    for k in range(3):  # persistence: each cycle analyses the last analysis
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MaskedObservationWarning)
+            analysis = current.expand_dims(time=obs.time[[k]].values).ensf.assimilate(
+                obs.isel(time=[k]), **options
+            )
+        current = analysis.isel(time=0, drop=True)
+        np.testing.assert_array_equal(run.sst_analysis.isel(time=k), current.sst)
+    # the land stays the run's, whatever the model writes there
+    assert bool(run.sst_forecast.where(land).isnull().all())
+    assert bool(run.sst_analysis_mean.notnull().where(~land, True).all())
+    assert list(run.sst_count.values) == [26, 26, 26]  # 30 observed, 4 of them on land
+    with (
+        pytest.raises(ForecastError, match=r"cycle 2 of 3 .*'sst' off the initial ensemble's"),
+        pytest.warns(MaskedObservationWarning, match="in 1 of the 3 cycles"),  # before it
+    ):
+        xensf.cycle(OnLand(0.0, blow_up_at=2), start, obs, progress=False, **options)
+    holey = start.copy(deep=True)
+    holey.sst[0, 0, 0] = np.nan  # one member only: not a mask
+    with pytest.raises(EnsembleError, match="not a land mask"):
+        xensf.cycle(OnLand(0.0), holey, obs, progress=False, **options)
 
 
 class Reshuffled:

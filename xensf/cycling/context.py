@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,22 @@ from ..errors import EnsembleError, ForecastError, XensfError, XensfWarning
 from .schedule import Schedule, obs_at
 from .store import TIME
 
-__all__ = ["OBSERVATION_STATISTICS", "CycleContext"]
+__all__ = ["OBSERVATION_STATISTICS", "CycleContext", "land_masks", "off_the_mask"]
+
+
+def land_masks(state: xr.Dataset, names: list[str], member: str) -> dict[str, np.ndarray]:
+    """Each variable's land mask: the points where ``state`` is NaN in every member (the
+    member axis kept, of length 1)."""
+    return {
+        v: np.isnan(state[v].values).all(axis=state[v].dims.index(member), keepdims=True)
+        for v in names
+    }
+
+
+def off_the_mask(values: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether ``values`` hold an infinite value, or NaN off the land ``mask`` (which
+    broadcasts against them)."""
+    return bool((np.isinf(values) | (np.isnan(values) & ~mask)).any())
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,12 @@ class CycleContext:
     @property
     def dims(self) -> dict[str, tuple]:
         return {v: self.state0[v].dims for v in self.names}
+
+    @cached_property
+    def masks(self) -> dict[str, np.ndarray]:
+        """Each variable's land mask (:func:`land_masks`): forecasts and analyses are
+        NaN there, and finite everywhere else."""
+        return land_masks(self.state0, self.names, self.member)
 
     def forecast(self, current: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
         """The ensemble ``current`` (at cycle ``k - 1``) forecast to cycle ``k``'s time."""
@@ -88,13 +110,15 @@ class CycleContext:
         for v in self.names:
             da = result[v]
             values = np.asarray(da.transpose(*dims[v]).values).astype(state0[v].dtype, copy=False)
-            if not np.all(np.isfinite(values)):
+            if off_the_mask(values, self.masks[v]):
                 raise ForecastError(
-                    f"{where}: the model returned NaN or infinite values in {v!r}. The store "
-                    f"keeps the {k} cycle(s) before it; fix the model (e.g. a shorter time "
-                    "step) and run the same call again to resume"
+                    f"{where}: the model returned NaN or infinite values in {v!r}"
+                    + (" off the initial ensemble's land mask" if self.masks[v].any() else "")
+                    + f". The store keeps the {k} cycle(s) before it; fix the model (e.g. a "
+                    "shorter time step) and run the same call again to resume"
                 )
-            out[v] = values
+            # the mask stays the run's, whatever the model writes on land
+            out[v] = np.where(self.masks[v], np.nan, values) if self.masks[v].any() else values
         return out
 
     def observations(self, k: int) -> xr.Dataset | None:
@@ -158,7 +182,7 @@ class CycleContext:
         out = {}
         for v in self.names:
             values = np.asarray(result[v].isel({TIME: 0}).transpose(*self.dims[v]).values)
-            if not np.all(np.isfinite(values)):
+            if off_the_mask(values, self.masks[v]):
                 raise EnsembleError(
                     f"cycle {k + 1} of {len(self.schedule)} (analysis at "
                     f"{self.schedule.time(k)}): the analysis of {v!r} has NaN or infinite "

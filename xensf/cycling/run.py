@@ -35,7 +35,7 @@ from ..errors import (
     keyword_names,
 )
 from ..filters.noise import check_seed
-from .context import CycleContext
+from .context import CycleContext, land_masks, off_the_mask
 from .forecast import check_forecaster
 from .record import cycle_record, run_attrs
 from .schedule import check_obs, initial_state, make_schedule
@@ -198,10 +198,11 @@ def cycle(
             f"initial_ensemble has no variable with the member dim {member!r}; its "
             f"variables are {list(state0.data_vars)}"
         )
-    for v in names:
-        if not np.all(np.isfinite(state0[v].values)):
+    for v, mask in land_masks(state0, names, member).items():
+        if off_the_mask(state0[v].values, mask):
             raise EnsembleError(
-                f"the initial ensemble variable {v!r} has NaN or infinite values; fill them "
+                f"the initial ensemble variable {v!r} has NaN or infinite values that are "
+                "not a land mask (NaN in every member at the same points); fill them "
                 "before cycling"
             )
     obs, obs_time = check_obs(obs, names)
