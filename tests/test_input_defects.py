@@ -1195,3 +1195,36 @@ def test_the_checks_against_the_prior_hold_on_latitude_longitude_blocks(ds, obs,
         assert len(shown) == 1 and "observations' median is 8 " in shown[0], shown
         with pytest.raises(xensf.OptionError, match="as small as"):
             prior.ensf.assimilate(obs, method=method, obs_error=1e-12, **options).compute()
+
+
+def test_points_stacked_from_a_grid_are_the_points_they_name(ds, two_days):
+    # grid.stack(station=("lat", "lon")) puts latitude and longitude in a multi-index:
+    # assimilate, innovations, cross_validate and cycle raised xarray's "cannot set or
+    # update variable(s) 'lat', 'lon', which would corrupt the following index"
+    from xensf.cycling import Persistence
+
+    grid = (two_days.t.isel(member=0, drop=True) + 1.0).isel(lat=[1, 4], lon=[0, 3, 6])
+    stacked = grid.to_dataset().stack(station=("lat", "lon"))
+    plain = stacked.reset_index("station")
+    options = dict(method="letkf", obs_error=0.5, loc_radius=3000.0)
+    xr.testing.assert_identical(
+        two_days.ensf.assimilate(stacked, **options), two_days.ensf.assimilate(plain, **options)
+    )
+    xr.testing.assert_identical(
+        two_days.ensf.innovations(stacked, obs_error=0.5),
+        two_days.ensf.innovations(plain, obs_error=0.5),
+    )
+    settings = {"inflation": [1.0, 1.1]}
+    scores = [
+        two_days.ensf.cross_validate(o, settings, folds=2, progress=False, **options).score
+        for o in (stacked, plain)
+    ]
+    xr.testing.assert_identical(*scores)
+    runs = [
+        xensf.cycle(
+            Persistence("1D"), two_days.isel(time=[0]), o.isel(time=[1]), progress=False, **options
+        ).drop_attrs()
+        for o in (stacked, plain)
+    ]
+    xr.testing.assert_identical(*runs)
+    assert isinstance(stacked.indexes["station"], pd.MultiIndex)  # the input as given

@@ -35,6 +35,7 @@ from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
+    flat_indexes,
     obs_level_names,
     prepare_observations,
 )
@@ -381,7 +382,7 @@ def assimilate(
     # pint quantities (pint-xarray) become units attributes at the boundary, and the
     # quantified state variables quantities again on the way out.
     prior, registries = dequantify(prior)
-    obs, _ = dequantify(obs)
+    obs, _ = dequantify(flat_indexes(obs))
     check_seed(seed)
     if device is not None:
         parse_device(device)  # whether it is there is for the task to find

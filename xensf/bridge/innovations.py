@@ -18,7 +18,7 @@ from .alignment import aligned_like
 from .analysis import prepare_state
 from .dims import find_dims, state_variables
 from .metadata import cf_coordinates
-from .observations import prepare_observations
+from .observations import flat_indexes, prepare_observations
 from .spatial import observed_prior
 from .units import dequantify
 
@@ -47,7 +47,7 @@ def innovations(
     no ``obs_error`` and no Desroziers figures.
     """
     prior, _ = dequantify(prior)
-    obs, _ = dequantify(obs)
+    obs, _ = dequantify(flat_indexes(obs))
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )

@@ -45,7 +45,7 @@ from .criteria import LEVEL_NAMES
 from .dims import EnsembleDims, find_role, state_variables
 from .grid import grid_coords, same_points
 from .layout import StateLayout
-from .observations import ERROR_SUFFIXES, lat_lon_names
+from .observations import ERROR_SUFFIXES, flat_indexes, lat_lon_names
 from .signature import data_signature
 
 __all__ = ["MIN_SAMPLES", "train_latent"]
@@ -318,6 +318,7 @@ def _observation_sampler(obs_layout, ds, dims, layout, levels, noise):
     if isinstance(obs_layout, xr.DataArray) and set(dims.grid) <= set(obs_layout.dims):
         return _mask_sampler(obs_layout, ds, dims, layout, levels, fraction, std)
     if isinstance(obs_layout, xr.Dataset | xr.DataArray):
+        obs_layout = flat_indexes(obs_layout)
         spec = _point_dim(obs_layout)
         if spec is None:
             raise ObservationMismatchError(

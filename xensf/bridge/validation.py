@@ -23,6 +23,7 @@ from ..checks import as_python, is_integer, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, state_variables
+from .observations import flat_indexes
 
 __all__ = ["cross_validate"]
 
@@ -49,6 +50,7 @@ def cross_validate(
     check_seed(seed, non_negative=True)  # numpy's generator draws the folds
     if not is_integer(folds) or folds < 2:
         raise OptionError(f"folds must be an integer of at least 2, got {folds!r}")
+    obs = flat_indexes(obs)
     if isinstance(obs, xr.DataArray):
         obs = obs.to_dataset() if obs.name is not None else obs
     if not isinstance(obs, xr.Dataset):

@@ -107,8 +107,9 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
 
 def check_obs(obs: Any, names: list[str]) -> tuple[xr.Dataset, str]:
     from ..bridge.dims import find_role
-    from ..bridge.observations import rows_by_time
+    from ..bridge.observations import flat_indexes, rows_by_time
 
+    obs = flat_indexes(obs)
     if isinstance(obs, xr.DataArray):
         if obs.name is None:
             raise ObservationMismatchError(
