@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from conftest import make_ensemble
@@ -696,6 +697,28 @@ def test_dask_backed_inputs_give_the_same_run():
     lazy = xensf.cycle(Persistence(np.timedelta64(6, "h")), lazy_start, lazy_obs, **kwargs)
     assert_same_run(lazy, eager)
     assert lazy_start.t.chunks is not None and lazy_obs.t.chunks is not None  # still lazy
+
+
+def test_a_lagged_ensemble_stacked_into_one_member_dim_cycles(tmp_path):
+    """Two start times' members stacked into one dim (a multi-index) are an ensemble;
+    cycle's digest of its labels raised numpy's "setting an array element with a
+    sequence", and zarr cannot store the index: the run holds the levels as
+    coordinates along the dim, in memory and in a store, and resumes."""
+    ens = make_ensemble(n_members=8, n_times=3, nlat=6, nlon=8)
+    halves = [ens.isel(member=slice(0, 4)), ens.isel(member=slice(4, 8))]
+    lagged = xr.concat([h.assign_coords(member=np.arange(4)) for h in halves], "init")
+    stacked = lagged.assign_coords(init=[0, 1]).stack(ensemble=("init", "member"))
+    start, obs = stacked.isel(time=[0]), (ens.isel(member=0, drop=True) + 1.0).isel(time=[1, 2])
+    kwargs = dict(method="letkf", loc_radius=3000.0, obs_error=0.5, members=True, progress=False)
+    step = Persistence(np.timedelta64(6, "h"))
+    plain = xensf.cycle(step, start.reset_index("ensemble"), obs, **kwargs)
+    in_memory = xensf.cycle(step, start, obs, **kwargs)
+    assert_same_run(in_memory, plain)
+    stored = xensf.cycle(step, start, obs, store=tmp_path / "run.zarr", **kwargs)
+    assert list(stored.init.values) == [0, 0, 0, 0, 1, 1, 1, 1]  # the levels, as coordinates
+    np.testing.assert_array_equal(stored.t_analysis, plain.t_analysis)
+    assert_same_run(xensf.cycle(step, start, obs, store=tmp_path / "run.zarr", **kwargs), stored)
+    assert isinstance(start.indexes["ensemble"], pd.MultiIndex)  # the input as given
 
 
 def test_warnings_of_a_run_are_summarised_once(tmp_path):

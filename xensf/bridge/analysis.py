@@ -26,7 +26,14 @@ from ..errors import (
 from ..filters.device import compute_device, parse_device
 from ..filters.noise import analysis_seeds, check_seed
 from ..obs import EDGE_TOLERANCE, check_longitude
-from .dims import EnsembleDims, find_dims, require_whole, scalar_time, state_variables
+from .dims import (
+    EnsembleDims,
+    find_dims,
+    flat_indexes,
+    require_whole,
+    scalar_time,
+    state_variables,
+)
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
 from .masks import mask_of, observations_off_the_mask
@@ -35,7 +42,6 @@ from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
 from .observations import (
     ObservationPlan,
-    flat_indexes,
     obs_level_names,
     prepare_observations,
 )

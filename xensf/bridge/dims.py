@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import ChunkingError, DimensionError, OptionError
@@ -26,6 +27,7 @@ __all__ = [
     "check_valid_times",
     "find_dims",
     "find_role",
+    "flat_indexes",
     "require_whole",
     "scalar_time",
     "scalar_times",
@@ -33,6 +35,18 @@ __all__ = [
 ]
 
 _ARG = {"member": "member_dim", "latitude": "lat_dim", "longitude": "lon_dim", "time": "time_dim"}
+
+
+def flat_indexes(data):
+    """``data`` without the multi-indexes along its dims, their levels plain coordinates
+    along them: ``grid.stack(station=("lat", "lon"))`` makes point observations whose
+    latitude and longitude xarray would not let be replaced (it guards the index built
+    from them), and ``ds.stack(member=("init", "number"))`` a lagged ensemble whose
+    member labels zarr cannot store. Anything else comes back as it is."""
+    if not isinstance(data, xr.Dataset | xr.DataArray):
+        return data
+    stacked = [d for d in data.dims if isinstance(data.indexes.get(d), pd.MultiIndex)]
+    return data.reset_index(stacked) if stacked else data
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import xarray as xr
 from ..errors import MaskedObservationWarning, ObservationMismatchError, warn_user
 from .alignment import aligned_like
 from .analysis import prepare_state
-from .dims import find_dims, state_variables
+from .dims import find_dims, flat_indexes, state_variables
 from .metadata import cf_coordinates
-from .observations import flat_indexes, prepare_observations
+from .observations import prepare_observations
 from .spatial import observed_prior
 from .units import dequantify
 

@@ -44,23 +44,12 @@ from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .units import convert_units, coordinate_in_units
 
-__all__ = ["ObservationPlan", "flat_indexes", "prepare_observations"]
+__all__ = ["ObservationPlan", "prepare_observations"]
 
 #: Suffixes of ancillary variables holding an observation's error standard deviation.
 ERROR_SUFFIXES = ("_error", "_err", "_std", "_sigma", "_uncertainty")
 #: Attributes holding an observation's error standard deviation.
 ERROR_ATTRS = ("obs_error", "error_std", "uncertainty")
-
-
-def flat_indexes(obs):
-    """``obs`` without the multi-indexes along its dims: ``grid.stack(station=("lat",
-    "lon"))`` gives point observations whose latitude and longitude are the levels of a
-    ``station`` index, which xarray would not let the coordinates be read or replaced
-    by; reset, they are plain coordinates along ``station``."""
-    if not isinstance(obs, xr.Dataset | xr.DataArray):
-        return obs
-    stacked = [d for d in obs.dims if isinstance(obs.indexes.get(d), pd.MultiIndex)]
-    return obs.reset_index(stacked) if stacked else obs
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,10 @@ from ..latent.training import (
 )
 from ..obs import parse_relative
 from .criteria import LEVEL_NAMES
-from .dims import EnsembleDims, find_role, state_variables
+from .dims import EnsembleDims, find_role, flat_indexes, state_variables
 from .grid import grid_coords, same_points
 from .layout import StateLayout
-from .observations import ERROR_SUFFIXES, flat_indexes, lat_lon_names
+from .observations import ERROR_SUFFIXES, lat_lon_names
 from .signature import data_signature
 
 __all__ = ["MIN_SAMPLES", "train_latent"]

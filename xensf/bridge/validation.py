@@ -22,8 +22,7 @@ import xarray as xr
 from ..checks import as_python, is_integer, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
-from .dims import find_dims, find_role, state_variables
-from .observations import flat_indexes
+from .dims import find_dims, find_role, flat_indexes, state_variables
 
 __all__ = ["cross_validate"]
 

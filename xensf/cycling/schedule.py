@@ -58,8 +58,15 @@ def _nanoseconds(offset: Any) -> int:
 
 def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
     """``t0`` and the initial ensemble without a time dim or coordinate."""
-    from ..bridge.dims import check_valid_times, find_role, scalar_time, scalar_times
+    from ..bridge.dims import (
+        check_valid_times,
+        find_role,
+        flat_indexes,
+        scalar_time,
+        scalar_times,
+    )
 
+    ds = flat_indexes(ds)  # a stacked member dim: its levels, coordinates along it
     tdim = find_role(ds, "time", required=False)
     if tdim is not None:
         if ds.sizes[tdim] != 1:
@@ -106,8 +113,8 @@ def initial_state(ds: xr.Dataset, time_step: Any) -> tuple[Any, xr.Dataset]:
 
 
 def check_obs(obs: Any, names: list[str]) -> tuple[xr.Dataset, str]:
-    from ..bridge.dims import find_role
-    from ..bridge.observations import flat_indexes, rows_by_time
+    from ..bridge.dims import find_role, flat_indexes
+    from ..bridge.observations import rows_by_time
 
     obs = flat_indexes(obs)
     if isinstance(obs, xr.DataArray):

@@ -23,7 +23,10 @@ def _digest(ds: xr.Dataset) -> str:
         var = ds.variables[name]
         values = np.asarray(var.values)
         if values.dtype.kind == "O":
-            values = values.astype(str)
+            try:
+                values = values.astype(str)
+            except (TypeError, ValueError):  # tuples: the labels of a stacked dim
+                values = np.array([str(v) for v in values.ravel()]).reshape(values.shape)
         h.update(f"{name}|{var.dims}|{values.dtype.str}|{values.shape}|".encode())
         h.update(np.ascontiguousarray(values).tobytes())
     return h.hexdigest()
