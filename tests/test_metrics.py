@@ -235,6 +235,21 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         noleap.ensf.rmse(truth.assign_coords(time=dates.time))  # they print alike
     later = ens.ensf.rmse(truth.isel(time=[1, 2]))  # scored at the times both have
     xr.testing.assert_allclose(later, ens.ensf.rmse(truth).isel(time=[1, 2]))
+    # a truth with a dim the ensemble lacks: a stacked grid's cells were broadcast
+    # against the grid, every point scored against every cell without a word; stacked
+    # with its index, or at two levels for an ensemble at one, xarray's raw errors
+    cells = truth.stack(cell=("lat", "lon"))
+    with pytest.raises(DimensionError, match=r"dims \['cell'\].*truth\.unstack\('cell'\)"):
+        ens.ensf.rmse(cells)
+    with pytest.raises(DimensionError, match=r"dims \['cell'\], which the ensemble's 't'"):
+        ens.ensf.rmse(cells.reset_index("cell"))
+    levels = xr.concat([truth, truth + 1.0], "level").assign_coords(level=[500.0, 850.0])
+    at_500 = ens.expand_dims(level=[500.0]).isel(level=0)  # a scalar level coordinate
+    with pytest.raises(DimensionError, match=r"truth\.sel\(level=500\.0\), the ensemble's"):
+        at_500.ensf.crps(levels)
+    xr.testing.assert_allclose(
+        at_500.ensf.crps(levels.sel(level=500.0)), ens.ensf.crps(truth).assign_coords(level=500.0)
+    )
 
 
 @pytest.mark.parametrize("score", ["rmse", "crps", "spread_skill", "rank_histogram"])

@@ -10,6 +10,7 @@ coordinates allowed) and is converted to the reference's units, or the caller ge
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from ..errors import DimensionError, OptionError
@@ -37,6 +38,14 @@ def aligned_like(
     ``partial`` (time, for a truth) need only share one value, and xarray keeps the
     shared ones. ``what`` names ``other`` in the messages.
     """
+    for n in names:
+        extra = [d for d in other[n].dims if d not in reference[n].dims]
+        if extra:
+            raise DimensionError(
+                f"the {what}'s {n!r} has the dims {extra}, which the ensemble's {n!r} "
+                f"{list(reference[n].dims)} lacks (it would be broadcast against them): "
+                f"give it on the ensemble's dims ({_extra_dims_fix(reference, other, extra, what)})"
+            )
     other = on_points_of(reference, other, what=what, partial=partial)
     for n in names:
         if n in other.data_vars and other[n].dtype.kind not in "iuf":
@@ -85,6 +94,20 @@ def on_points_of(
                 )
             )
     return other
+
+
+def _extra_dims_fix(reference: xr.Dataset, other: xr.Dataset, extra: list, what: str) -> str:
+    """How to drop the dims ``extra`` of ``other`` that ``reference`` lacks."""
+    d = extra[0]
+    if d in reference.coords and reference[d].ndim == 0:  # the ensemble at one level
+        value = reference[d].values[()]
+        shown = repr(value.item() if np.asarray(value).dtype.kind in "iuf" else str(value))
+        return f"{what}.sel({d}={shown}), the ensemble's {d}"
+    if isinstance(other.indexes.get(d), pd.MultiIndex):  # a stacked grid
+        return f"{what}.unstack({d!r})"
+    if other.sizes[d] == 1:
+        return f"{what}.isel({d}=0, drop=True)"
+    return f"select one {d} of it, or stack the ensemble the same way"
 
 
 def _head(index) -> str:
