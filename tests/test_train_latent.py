@@ -234,6 +234,8 @@ def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
     )
     with pytest.raises(ObservationMismatchError, match=r"in any order \(variables=\['z', 't'\]"):
         prior.ensf.encode(model, variables="t")
+    with pytest.raises(OptionError, match=r"variables is empty; the model encodes \['z', 't'\]"):
+        prior.ensf.encode(model, variables=[])  # an IndexError before
     decoded = prior.ensf.encode(model).ensf.decode(model)
     assert decoded.isobaricInhPa.attrs["units"] == "hPa"
     with pytest.raises(ObservationMismatchError, match="fields"):  # not the model's levels

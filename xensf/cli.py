@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"xensf {args.command}: {problem}", file=sys.stderr)
         return 2
+    if args.command == "demo-era5":  # the layout's own flag, given or by default
+        args.stride = 4 if args.stride is None else args.stride
+        args.stations = 200 if args.stations is None else args.stations
     from .errors import XensfError
 
     try:
@@ -318,8 +321,6 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
         other = {"gridded": "stations", "points": "stride"}[args.obs]
         if getattr(args, other) is not None:
             return f"--{other} does not apply to --obs {args.obs}"
-        args.stride = 4 if args.stride is None else args.stride
-        args.stations = 200 if args.stations is None else args.stations
     if getattr(args, "prior_position", None) is not None and args.prior != "hard":
         return (
             "--prior-position places the hard prior's bump; the easy prior's members "

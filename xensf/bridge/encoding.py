@@ -83,9 +83,15 @@ def encode(
     orientation = model_orientation(data, ds, grid_dims)
     if orientation is not None:  # the same data in another order: read in the model's
         ds = orientation.apply(ds)
-    names = [variables] if isinstance(variables, str) else list(variables or data["variables"])
+    names = (
+        [variables]
+        if isinstance(variables, str)
+        else list(data["variables"] if variables is None else variables)
+    )
     if sorted(names) == sorted(data["variables"]):  # the model's channels in its order
         names = list(data["variables"])
+    if not names:
+        raise OptionError(f"variables is empty; the model encodes {data['variables']}")
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise OptionError(f"the model needs the variables {missing}, which the Dataset lacks")
