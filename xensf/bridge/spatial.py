@@ -23,7 +23,9 @@ and are refused on blocks.
 
 **Both** hand every block the prior at every observation, so that each runs the same
 checks of the observations against the prior (:mod:`xensf.bridge.plausibility`) as an
-analysis in one chunk, on the same numbers.
+analysis in one chunk, on the same numbers, and which observations read a point of a
+land mask, so that each drops or re-weights them as one chunk does
+(:mod:`xensf.bridge.masks`).
 """
 
 from __future__ import annotations

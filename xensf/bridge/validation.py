@@ -149,6 +149,12 @@ def _check_settings(settings) -> dict[str, list[Any]]:
                 f"settings[{name!r}] must be a non-empty list (or 1-D array) of values to "
                 f"try, got {values!r}"
             )
+        twice = [v for i, v in enumerate(values) if v in list(values)[:i]]
+        if twice:
+            raise OptionError(
+                f"settings[{name!r}] lists {twice[0]!r} more than once; give each value once "
+                "(each is analysed in every fold)"
+            )
         grid[name] = list(values)
     return grid
 
