@@ -99,7 +99,8 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs, *, mask
         total = kept.sum("_corner")
         scale = weights.sum("_corner") / total.where(total != 0)
         parts.append((values.fillna(0.0) * kept).sum("_corner") * scale)
-        reads.append((values.isnull() & (weights != 0)).any(["_corner", dims.member]))
+        if mask_reads:
+            reads.append((values.isnull() & (weights != 0)).any(["_corner", dims.member]))
         order.append(rows)
     lead = [d for d in (dims.time, dims.member) if d is not None]
     if not parts:  # no observation (zero stations): no rows, at every time and member
