@@ -115,6 +115,46 @@ def test_a_masked_prior_in_latitude_longitude_blocks_is_analysed_as_in_one_chunk
         assert not np.allclose(blocks.sst.where(~land, 0.0), prior.sst.where(~land, 0.0))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "letkf", "loc_radius": 1500.0},
+        {"method": "letkf", "loc_radius": 1500.0, "adaptive_inflation": True},
+        {"method": "ensf", "steps": 20},
+        {"method": "ensf", "prior_score": "paired", "steps": 20},
+    ],
+)
+def test_sea_ice_that_comes_and_goes_is_each_times_own_mask(ocean, options):
+    """A mask that moves in time (sea ice over the land's mask) is each time's own: every
+    time is analysed as it is alone, in memory, in one dask chunk of times or in
+    latitude/longitude blocks. (It was refused in memory and taken by dask chunks of one
+    time: the refusal hung on the chunking.)"""
+    prior, obs, land, _ = ocean
+    prior = xr.concat([prior, prior.isel(time=[0]).assign_coords(time=[2])], "time")
+    obs = xr.concat([obs, obs.isel(time=[1]).assign_coords(time=[2])], "time")
+    ice = xr.zeros_like(prior.sst.isel(member=0), dtype=bool)
+    ice[0, 6:, :4] = ice[2, 6:, :4] = True  # times 0 and 2 share a mask, time 1 has its own
+    ice[1, :2, 8:] = True
+    icy = prior.where(~ice)
+    alone = xr.concat(
+        [
+            _analysed(icy.isel(time=[t]), obs.isel(time=[t]), seed=3, **options)[0]
+            for t in range(3)
+        ],
+        "time",
+    )
+    blocked = (
+        [icy.chunk(lat=4, lon=5)] if options.get("loc_radius") or "prior_score" in options else []
+    )
+    for source in [icy, icy.chunk(time=2), *blocked]:
+        got, _ = _analysed(source, obs, seed=3, **options)
+        xr.testing.assert_allclose(got, alone, rtol=0, atol=1e-10)
+        assert bool(got.sst.where(ice | land).isnull().all())
+        sea = ~(ice | land)
+        assert bool(np.isfinite(got.sst.where(sea, 0.0)).all())
+        assert not np.allclose(got.sst.where(sea, 0.0), icy.sst.where(sea, 0.0))
+
+
 def test_nan_that_is_not_a_mask_is_still_an_error(ocean):
     prior, obs, _, _ = ocean
     holey = prior.copy(deep=True)

@@ -222,7 +222,7 @@ def test_assimilate_gives_a_result_or_an_xensf_error_many(case):
 def block_cases(draw):
     """A case of :func:`cases` whose method can run on latitude × longitude blocks (a
     localised LETKF, EnSF with the paired prior score; perhaps on a prior with a land
-    mask), chunk sizes along both, and a cut of the grid made after chunking (as
+    mask, perhaps one that moves in time), chunk sizes along both, and a cut of the grid made after chunking (as
     ``ds.sel`` of a region of a chunked store)."""
     prior, obs, kwargs, chunks = draw(cases())
     if kwargs["method"] == "ensf":
@@ -230,12 +230,15 @@ def block_cases(draw):
     elif kwargs.get("loc_radius") is None:
         kwargs["loc_radius"] = 3000.0
     dims = find_dims(prior)
-    if draw(st.booleans()):  # land: a mask on some points
-        shape = (prior.sizes[dims.lat], prior.sizes[dims.lon])
-        land = np.asarray(draw(st.lists(st.booleans(), min_size=shape[0] * shape[1],
-                                         max_size=shape[0] * shape[1]))).reshape(shape)  # fmt: skip
+    if draw(st.booleans()):  # land: a mask on some points, perhaps moving in time (ice)
+        where = (dims.lat, dims.lon)
+        if dims.time is not None and draw(st.booleans()):
+            where = (dims.time, *where)
+        shape = tuple(prior.sizes[d] for d in where)
+        land = np.asarray(draw(st.lists(st.booleans(), min_size=int(np.prod(shape)),
+                                         max_size=int(np.prod(shape))))).reshape(shape)  # fmt: skip
         if not land.all():
-            prior = prior.where(~xr.DataArray(land, dims=(dims.lat, dims.lon)))
+            prior = prior.where(~xr.DataArray(land, dims=where))
     sizes = {d: draw(st.integers(1, prior.sizes[d])) for d in (dims.lat, dims.lon)}
     if chunks is not None:
         sizes["time"] = chunks

@@ -36,7 +36,7 @@ from .dims import (
 )
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
-from .masks import mask_of, observations_off_the_mask
+from .masks import mask_of, observations_off_the_mask, times_by_mask
 from .metadata import analysis_metadata, unpacked
 from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
@@ -116,14 +116,36 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
         state = [s[None] for s in state]
     T = state[0].shape[0]
     x = layout.stack(state)
-    masked = mask_of(x, times, plan)
+    masks = mask_of(x, times, plan)
     y, err = obs.flatten(values, errors, T)
-    if masked.any():
-        x = np.where(masked, np.zeros((), x.dtype), x)  # no spread there: never updated
-        plan, y = observations_off_the_mask(plan, y, masked)
     seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
-    observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
+    out, fields = None, {}
+    for ts, masked in times_by_mask(masks):  # one group, unless the mask moves in time
+        some = [seeds[t] for t in np.arange(T)[ts]]
+        part, part_fields = _analyse_times(plan, x[ts], y[ts], err[ts], some, masked)
+        if out is None:
+            out = np.empty((T, *part.shape[1:]), part.dtype)
+        out[ts] = part
+        for name, value in part_fields.items():
+            fields.setdefault(name, np.empty((T, *value.shape[1:]), value.dtype))[ts] = value
+    state = _unstack(out, plan)
+    if not fields:
+        return state
+    extra = [fields[name].reshape(T, *layout.grid_shape) for name in plan.method.grid_outputs()]
+    extra += [fields[name].reshape(T) for name in plan.method.time_outputs()]
+    if not plan.has_time:
+        extra = [e[0] for e in extra]
+    return (*(state if isinstance(state, tuple) else (state,)), *extra)
 
+
+def _analyse_times(plan: BlockPlan, x, y, err, seeds, masked):
+    """The analysis ``(T, N, d)`` and the method's fields of times that share one land
+    mask ``masked`` ``(d,)``: no spread there and never updated; the observations read
+    off it."""
+    if masked.any():
+        x = np.where(masked, np.zeros((), x.dtype), x)
+        plan, y = observations_off_the_mask(plan, y, masked)
+    observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     if plan.method.needs_obs_error or plan.obs.errors_given:
         # a latent method told the errors: their units still tell, not their sizes
         check_against_the_prior(
@@ -144,14 +166,7 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     out, fields = plan.method.analyse_with_fields(block)
     if masked.any():
         out[..., masked] = np.nan
-    state = _unstack(out, plan)
-    if not fields:
-        return state
-    extra = [fields[name].reshape(T, *layout.grid_shape) for name in plan.method.grid_outputs()]
-    extra += [fields[name].reshape(T) for name in plan.method.time_outputs()]
-    if not plan.has_time:
-        extra = [e[0] for e in extra]
-    return (*(state if isinstance(state, tuple) else (state,)), *extra)
+    return out, fields
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):
@@ -347,15 +362,15 @@ def prepare_state(
 
 
 def _check_mask(da: xr.DataArray, dims: EnsembleDims) -> None:
-    """NaN in an in-memory prior must be a mask: at the same points in every member and
-    time (land); anything else, and any infinite value, is refused before any work."""
+    """NaN in an in-memory prior must be a mask: at the same points in every member (land,
+    or sea ice at its time); anything else, and any infinite value, is refused before any
+    work."""
     nan = np.isnan(da)
-    over = [d for d in (dims.member, dims.time) if d is not None and d in da.dims]
-    if bool(np.isinf(da).any()) or bool((nan.any(over) != nan.all(over)).any()):
+    if bool(np.isinf(da).any()) or bool((nan.any(dims.member) != nan.all(dims.member)).any()):
         raise EnsembleError(
             f"the prior ensemble variable {da.name!r} has NaN or infinite values that are "
-            "not a mask: a masked point (land) is NaN in every member and at every time; "
-            "fill or drop the others before assimilating"
+            "not a mask: a masked point (land, sea ice) is NaN in every member; fill or drop "
+            "the others before assimilating"
         )
 
 

@@ -1,9 +1,11 @@
-"""Land masks: points that are NaN in every member at every time of a chunk.
+"""Land masks: points that are NaN in every member at a time.
 
 An ocean model's land, or rock under a terrain-following grid, is NaN in the prior. An
 analysis leaves those points NaN and analyses the others; an observation whose
 interpolation reads masked points only is dropped, and one next to the mask reads its
-unmasked neighbours, their weights scaled up to the whole. One chunk and the spatial
+unmasked neighbours, their weights scaled up to the whole. Sea ice, which comes and
+goes, is a mask that moves in time: each time is analysed with its own mask, as it
+would be in a dask chunk of its own (:func:`times_by_mask`). One chunk and the spatial
 blocks of a chunked prior (:mod:`xensf.bridge.spatial`) find the mask and warn about
 the observations it touches here, with the same numbers.
 """
@@ -18,19 +20,20 @@ import numpy as np
 from ..errors import EnsembleError, MaskedObservationWarning
 from .observations import time_text
 
-__all__ = ["mask_of", "observations_off_the_mask", "warn_masked_observations"]
+__all__ = ["mask_of", "observations_off_the_mask", "times_by_mask", "warn_masked_observations"]
 
 
 def mask_of(x: np.ndarray, times, plan: Any) -> np.ndarray:
-    """The masked components ``(d,)`` of ``x`` ``(T, N, d)``, stacked as ``plan.layout``
-    says: NaN in every member at every time (land).
+    """The masked components ``(T, d)`` of ``x`` ``(T, N, d)``, stacked as
+    ``plan.layout`` says: NaN in every member at that time (land, or sea ice that comes
+    and goes).
 
     Any other NaN or infinite value is an :class:`~xensf.errors.EnsembleError`. (A
     latent method checks the mask against its model's.)
     """
     nan = np.isnan(x)
-    masked = nan.all(axis=(0, 1))
-    bad = (nan & ~masked) | np.isinf(x)
+    masked = nan.all(axis=1)
+    bad = (nan & ~masked[:, None, :]) | np.isinf(x)
     if bad.any():
         t = np.flatnonzero(bad.any(axis=(1, 2)))[0]
         component = int(np.flatnonzero(bad[t].any(axis=0))[0])
@@ -39,10 +42,22 @@ def mask_of(x: np.ndarray, times, plan: Any) -> np.ndarray:
         when = f" at time {time_text(times[t])}" if times is not None else ""
         raise EnsembleError(
             f"the prior ensemble has NaN or infinite values{when} in {name!r} that are not a "
-            "mask: a masked point (land) is NaN in every member and at every time of the "
-            "chunk; fill or drop the others before assimilating"
+            "mask: a masked point (land, sea ice) is NaN in every member; fill or drop the "
+            "others before assimilating"
         )
     return masked
+
+
+def times_by_mask(masked: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """The times of ``masked`` ``(T, d)`` grouped by their mask: ``(times, mask (d,))``
+    pairs, ``times`` an index into the first axis. One group (every time: a slice) where
+    the mask stays put, as land does. Times are analysed independently, so a group's
+    analysis is the one its times would get alone (or in a dask chunk of their own)."""
+    if masked.shape[0] == 0 or (masked == masked[:1]).all():
+        return [(slice(None), masked[0] if masked.shape[0] else masked.any(axis=0))]
+    _, first, group = np.unique(masked, axis=0, return_index=True, return_inverse=True)
+    group = group.ravel()
+    return [(np.flatnonzero(group == g), masked[first[g]]) for g in np.argsort(first)]
 
 
 def observations_off_the_mask(plan: Any, y: np.ndarray, masked: np.ndarray):

@@ -43,7 +43,7 @@ from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .graph_copies import bound, cloned
 from .layout import StateLayout
-from .masks import mask_of, warn_masked_observations
+from .masks import mask_of, times_by_mask, warn_masked_observations
 from .observations import obs_level_names
 from .plausibility import check_against_the_prior
 from .shared import shared_input, shared_value
@@ -300,8 +300,7 @@ def _analyse_spatial_block(*arrays: np.ndarray, spherical: bool, curvilinear: bo
             analysis, updated = analysis
             field[t] = updated.mean.cpu().numpy()[: block_layout.grid_size]
         out[t] = analysis.cpu().numpy()
-    if masked.any():
-        out[..., masked] = np.nan
+    out = _masked_back(out, masked)
     # back to (T, lat, lon, N, *levels) per variable, in its dtype
     result = []
     for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
@@ -544,22 +543,25 @@ def _ensf_spatial_block(*arrays: np.ndarray):
         weights=weights[:, None],
         locations=np.concatenate([obs.locations[here], np.full((1, 2), np.nan)]),
     )
-    block = Block(
-        x=x,
-        y=y,
-        err=err,
-        observed=observed,
-        seeds=analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T),
-        plan=dataclasses.replace(plan, layout=block_layout, obs=block_obs),
-        device=compute_device(plan.device),
-        work=plan.work_dtype,
-        window=(layout.grid_shape, (r0, r0 + nlat), (c0, c0 + nlon)),
-        field_scale=field_scale,
-        masked=masked if masked.any() else None,
-    )
-    out = method.analyse(block)
-    if masked.any():
-        out[..., masked] = np.nan
+    seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
+    block_plan = dataclasses.replace(plan, layout=block_layout, obs=block_obs)
+    out = np.empty(x.shape, plan.work_dtype)
+    for ts, mask in times_by_mask(masked):  # one group, unless the mask moves in time
+        block = Block(
+            x=x[ts],
+            y=y[ts],
+            err=err[ts],
+            observed=observed[ts],
+            seeds=[seeds[t] for t in np.arange(T)[ts]],
+            plan=block_plan,
+            device=compute_device(plan.device),
+            work=plan.work_dtype,
+            window=(layout.grid_shape, (r0, r0 + nlat), (c0, c0 + nlon)),
+            field_scale=None if field_scale is None else field_scale[ts],
+            masked=mask if mask.any() else None,
+        )
+        out[ts] = method.analyse(block)
+    out = _masked_back(out, masked)
     result = []
     for part, dt in zip(block_layout.unstack(out), plan.out_dtypes, strict=True):
         part = np.moveaxis(part, (-2, -1), (1, 2)).astype(dt, copy=False)
@@ -572,8 +574,8 @@ def _block_state(state, plan: Any, times=None):
 
     ``state`` holds each variable with the loop axes first ((time,) lat, lon), then
     member and levels; ``x`` is stacked as the layout says, on the block's grid, with
-    its land mask (:func:`~xensf.bridge.masks.mask_of`, ``(d_block,)``) set to 0: no
-    spread there, never updated (the caller sets it NaN again).
+    its land mask (:func:`~xensf.bridge.masks.mask_of`, ``(T, d_block)``) set to 0: no
+    spread there, never updated (the caller sets it NaN again, :func:`_masked_back`).
     """
     lead = 3 if plan.has_time else 2
     loop = state[0].shape[:lead]
@@ -584,8 +586,13 @@ def _block_state(state, plan: Any, times=None):
     )
     masked = mask_of(x, times, dataclasses.replace(plan, layout=block_layout))
     if masked.any():
-        x = np.where(masked, np.zeros((), x.dtype), x)
+        x = np.where(masked[:, None, :], np.zeros((), x.dtype), x)
     return T, block_layout, x, masked
+
+
+def _masked_back(out: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    """The analysis ``out`` ``(T, N, d)`` NaN again at each time's masked points."""
+    return np.where(masked[:, None, :], np.nan, out) if masked.any() else out
 
 
 def _observations_read_off_the_mask(plan: Any, y, err, hx, reads_mask):
