@@ -53,6 +53,13 @@ def test_info_names_the_level_of_each_channel(era5, tmp_path, capsys):
     assert main(["info", str(tmp_path / "t.xensf")]) == 0
     text = capsys.readouterr().out
     assert "t (isobaricInhPa 850 hPa) " in text and "t (isobaricInhPa 500 hPa) " in text
+    one = xensf.train_latent(  # at one level: a scalar coordinate, not a dim
+        era5[["t"]].sel(isobaricInhPa=500.0), 8, latent_dim=8, width=4, blocks=1, epochs=1,
+        batch_size=20, progress=False,
+    )  # fmt: skip
+    one.save(tmp_path / "t500.xensf")
+    assert main(["info", str(tmp_path / "t500.xensf")]) == 0
+    assert "t (isobaricInhPa 500 hPa) " in capsys.readouterr().out
 
 
 def test_info_on_something_else_says_what_is_wrong(tmp_path, capsys):

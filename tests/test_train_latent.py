@@ -240,6 +240,60 @@ def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
     assert decoded.isobaricInhPa.attrs["units"] == "hPa"
     with pytest.raises(ObservationMismatchError, match="fields"):  # not the model's levels
         prior.assign_coords(isobaricInhPa=[700.0, 500.0]).ensf.encode(model)
+    # the levels under another name (ERA5 from the CDS's newer files): named, with the fix
+    renamed = prior.rename(isobaricInhPa="pressure_level")
+    fix = r"ds.rename\(\{'pressure_level': 'isobaricInhPa'\}\)"
+    for apply in (
+        lambda ds: ds.ensf.encode(model),
+        lambda ds: ds.ensf.assimilate(obs, model=model),
+    ):
+        with pytest.raises(ObservationMismatchError, match=fix):
+            apply(renamed)  # encode read the levels as states, and said the data had none
+    xr.testing.assert_identical(
+        renamed.rename(pressure_level="isobaricInhPa").ensf.encode(model), prior.ensf.encode(model)
+    )
+    more = xr.concat([prior, prior.isel(isobaricInhPa=[0]).assign_coords(isobaricInhPa=[1000.0])],
+                     "isobaricInhPa")  # fmt: skip
+    with pytest.raises(
+        ObservationMismatchError, match=r"ds.sel\(\{'isobaricInhPa': \[850.0, 500.0\]"
+    ):
+        more.ensf.encode(model)
+
+
+@pytest.mark.filterwarnings("ignore::xensf.ModelQualityWarning")  # one epoch
+def test_a_model_of_one_level_takes_that_level_only(era5):
+    """A model trained at one level (``ds.sel(level=850)``: a scalar coordinate) records
+    it: data at another level was encoded and analysed with it without a word, and data
+    with the level dim was encoded as if each level were a state of its own."""
+    model = train_latent(
+        era5.sel(isobaricInhPa=850.0), 8, **{**TINY, "epochs": 1, "batch_size": 20}
+    )
+    assert model.config["data"]["scalar_levels"] == {"isobaricInhPa": [850.0, "hPa"]}
+    prior = era5.isel(time=[0])
+    obs = era5.isel(number=0, time=[0], drop=True).sel(isobaricInhPa=850.0)
+    obs = obs.where(((90 - obs.latitude) % 24 == 0) & (obs.longitude % 24 == 0))
+    at = prior.sel(isobaricInhPa=850.0)
+    in_pa = at.assign_coords(isobaricInhPa=((), 85000.0, {"units": "Pa"}))
+    np.testing.assert_array_equal(
+        in_pa.ensf.assimilate(obs, model=model).t, at.ensf.assimilate(obs, model=model).t
+    )
+    decoded = at.ensf.encode(model).ensf.decode(model)
+    assert float(decoded.isobaricInhPa) == 850.0 and decoded.isobaricInhPa.attrs["units"] == "hPa"
+    other = prior.sel(isobaricInhPa=500.0)
+    for apply in (
+        lambda ds: ds.ensf.encode(model),
+        lambda ds: ds.ensf.assimilate(obs, model=model),
+    ):
+        with pytest.raises(
+            ObservationMismatchError,
+            match=r"trained at one level, isobaricInhPa=850.0 hPa, .* at isobaricInhPa=500.0",
+        ):
+            apply(other)
+        with pytest.raises(
+            ObservationMismatchError, match=r"ds.sel\(\{'isobaricInhPa': 850.0\}\)"
+        ):
+            apply(prior)  # both levels
+    at.drop_vars("isobaricInhPa").ensf.encode(model)  # a level it does not name: taken
 
 
 # -- bad input ---------------------------------------------------------------------------

@@ -126,7 +126,10 @@ def describe_bundle(path) -> str:
 def _channel_names(config: dict, n: int) -> list[str]:
     """Each channel's variable, with its level where it has one (``t (level 500 hPa)``)."""
     data = config.get("data") or {}
-    units = data.get("level_units") or {}
+    units = dict(data.get("level_units") or {})
+    at_one = {}  # a model of one level (a scalar level coordinate): every channel's
+    for dim, (value, unit) in (data.get("scalar_levels") or {}).items():
+        at_one[dim], units[dim] = value, unit
     if len(data.get("fields") or []) == n:
         return [
             name
@@ -134,7 +137,7 @@ def _channel_names(config: dict, n: int) -> list[str]:
                 f" ({dim} {value:g}{' ' + units[dim] if units.get(dim) else ''})"
                 if isinstance(value, int | float)
                 else f" ({dim} {value})"
-                for dim, value in at.items()
+                for dim, value in {**at, **at_one}.items()
             )
             for name, at in data["fields"]
         ]

@@ -215,7 +215,9 @@ def _check_model_fits(config, handle, prior, dims, layout) -> None:
 
     arch = config["architecture"]
     if config.get("data") is not None:
-        check_signature(config["data"], data_signature(prior, dims, layout), model=handle.path)
+        check_signature(
+            config["data"], data_signature(prior, dims, layout), model=handle.path, data=prior
+        )
     elif arch["channels"] != layout.n_fields or list(arch["grid_shape"]) != list(
         layout.grid_shape
     ):

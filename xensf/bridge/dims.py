@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 
 from ..errors import ChunkingError, DimensionError, OptionError
-from .criteria import CF_CRITERIA, COMMON_NAMES, REQUIRED_ROLES
+from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, REQUIRED_ROLES
 from .grid import curvilinear_names
 
 __all__ = [
@@ -143,6 +143,29 @@ def scalar_time(obj: xr.Dataset | xr.DataArray) -> str | None:
             f"one it is valid at, e.g. .drop_vars({differ[0]!r})"
         )
     return valid[0]
+
+
+def _vertical_names(ds: xr.Dataset | xr.DataArray) -> set:
+    """The coordinates that are vertical levels: CF metadata says so (``axis: Z``,
+    ``positive``, a pressure or height standard_name), or their name is a usual one for
+    levels (:data:`~xensf.bridge.criteria.LEVEL_NAMES`)."""
+    vertical = set(ds.cf.axes.get("Z", [])) | set(ds.cf.coordinates.get("vertical", []))
+    return vertical | {n for n in ds.coords if str(n).lower() in LEVEL_NAMES}
+
+
+def is_level(ds: xr.Dataset | xr.DataArray, dim) -> bool:
+    """Whether ``dim`` is a vertical level dim (training stacks its values into
+    channels, not samples)."""
+    if any(ds[n].dims == (dim,) for n in _vertical_names(ds) if n in ds.coords):
+        return True
+    return str(dim).lower() in LEVEL_NAMES
+
+
+def scalar_levels(ds: xr.Dataset | xr.DataArray) -> list[str]:
+    """The vertical coordinates that are scalars: a state at one level without a level
+    dim, as ``ds.sel(level=500)`` leaves it."""
+    vertical = _vertical_names(ds)
+    return [str(n) for n, c in ds.coords.items() if n in vertical and c.ndim == 0]
 
 
 def find_role(

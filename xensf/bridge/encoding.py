@@ -15,7 +15,7 @@ import xarray as xr
 
 from ..errors import DimensionError, EnsembleError, ObservationMismatchError, OptionError
 from ..filters.device import compute_device, parse_device
-from .dims import find_role, require_whole
+from .dims import find_role, is_level, require_whole
 from .layout import StateLayout
 from .metadata import cf_coordinates
 from .model_cache import cached_model, model_handle
@@ -95,8 +95,9 @@ def encode(
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise OptionError(f"the model needs the variables {missing}, which the Dataset lacks")
-    sample = [
-        d for d in ds[names[0]].dims if d not in (lat, lon) and d not in _levels(data, names[0])
+    known = _levels(data, names[0])
+    sample = [  # a level dim the model lacks is a level still (check_signature says so)
+        d for d in ds[names[0]].dims if d not in (lat, lon, *known) and not is_level(ds, d)
     ]
     levels = {n: [d for d in ds[n].dims if d not in (lat, lon, *sample)] for n in names}
     layout = StateLayout(
@@ -107,7 +108,7 @@ def encode(
     )
     found = data_signature(ds, grid_dims, layout)
     found["lat_dim"], found["lon_dim"] = data["lat_dim"], data["lon_dim"]
-    check_signature(data, found, model=handle.path)
+    check_signature(data, found, model=handle.path, data=ds)
     latent_size = _latent_size(config)
     core = [[*levels[n], lat, lon] for n in names]
     for n in names:
@@ -245,6 +246,8 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     for dim, values in level_values.items():
         unit = level_units.get(dim)
         coords[dim] = (dim, values, {} if unit is None else {"units": unit})
+    for name, (value, unit) in (data.get("scalar_levels") or {}).items():
+        coords[name] = ((), value, {} if unit is None else {"units": unit})  # its one level
     result = xr.Dataset(
         {
             n: xr.DataArray(o, dims=(*sample, *level_dims[n], lat, lon))

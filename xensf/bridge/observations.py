@@ -38,8 +38,8 @@ from ..obs import (
     parse_relative,
     resolve_obs_error,
 )
-from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
-from .dims import EnsembleDims, check_valid_times, find_role, scalar_time
+from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
+from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, scalar_time
 from .grid import GridCoords, grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .units import convert_units, coordinate_in_units
@@ -533,7 +533,7 @@ def prepare_observations(
         p_idx, p_w = grid.station_weights(p_lat, p_lon)
         p_loc = grid.locations_of(p_lat, p_lon)
 
-    at_one_level = _scalar_levels(prior)
+    at_one_level = scalar_levels(prior)
     obs = _levels_in_state_units(
         obs,
         prior,
@@ -651,17 +651,6 @@ def prepare_observations(
         errors_given=errors_given,
     )
     return plan, values, error_values
-
-
-def _scalar_levels(prior: xr.Dataset) -> list[str]:
-    """The state's vertical coordinates that are scalars: a state at one level without
-    a level dim, as ``ds.sel(level=500)`` leaves it."""
-    vertical = set(prior.cf.axes.get("Z", [])) | set(prior.cf.coordinates.get("vertical", []))
-    return [
-        str(n)
-        for n, c in prior.coords.items()
-        if c.ndim == 0 and (n in vertical or str(n).lower() in LEVEL_NAMES)
-    ]
 
 
 def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) -> xr.Dataset:

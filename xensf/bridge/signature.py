@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import ObservationMismatchError
-from .dims import EnsembleDims
+from .dims import EnsembleDims, is_level, scalar_levels
 from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .orientation import Orientation, on_the_grid
@@ -72,6 +72,7 @@ def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> d
             for d in dict.fromkeys(d for dims_ in layout.level_dims for d in dims_)
             if d in ds.coords
         },
+        "scalar_levels": _scalar_levels(ds),
         "units": {v: ds[v].attrs.get("units") for v in layout.variables},
         "lat_dim": dims.lat,
         "lon_dim": dims.lon,
@@ -81,6 +82,17 @@ def data_signature(ds: xr.Dataset, dims: EnsembleDims, layout: StateLayout) -> d
         "grid_hash": _grid_hash(lat, lon),
         "grid_units": list(grid.units) if grid.known else [None, None],
     }
+
+
+def _scalar_levels(ds: xr.Dataset) -> dict[str, list]:
+    """The one level of data without a level dim (``ds.sel(level=500)``): ``{name:
+    [value, units]}`` per scalar vertical coordinate with a number or a name."""
+    out = {}
+    for name in scalar_levels(ds):
+        value = np.asarray(ds[name].values)
+        if value.dtype.kind in "iuf" or value.dtype.kind == "U":
+            out[name] = [value.item(), ds[name].attrs.get("units")]
+    return out
 
 
 def signature_levels(expected: dict[str, Any]) -> dict[str, list]:
@@ -171,6 +183,52 @@ def _same_fields(expected: dict[str, Any], found: dict[str, Any]) -> bool:
     return True
 
 
+def _same_level(given: list, wanted: list) -> bool:
+    """Whether a ``[value, units]`` level is another: its value converted by the units."""
+    if given[0] == wanted[0]:
+        return True
+    factor = _factor(given[1], wanted[1])
+    numbers = all(isinstance(v, (int, float)) for v in (given[0], wanted[0]))
+    return factor is not None and numbers and same_points([given[0] * factor], [wanted[0]])
+
+
+def _units_text(units: str | None) -> str:
+    return f" {units}" if units else ""
+
+
+def _fields_fix(expected: dict[str, Any], found: dict[str, Any], data) -> str:
+    """What makes the data's fields the model's, where the difference is in its level
+    dims: named otherwise, more levels than the model's, or a level dim where the model
+    was trained at one level."""
+    if data is None:
+        return ""
+    want, have = signature_levels(expected), signature_levels(found)
+    ours = {d for d in data.dims if is_level(data, d)}
+    unknown = sorted(ours - set(want), key=str)
+    missing = [d for d in want if d not in data.dims]
+    if missing and len(missing) == len(unknown):
+        renames = dict(zip(unknown, missing, strict=True))
+        return f"; the same levels under another name? ds.rename({renames!r})"
+    picks = {
+        d: values
+        for d, values in want.items()
+        if d in have and have[d] != values and set(values) <= set(have[d])
+    }
+    if picks and not missing:
+        return f"; select the model's levels: ds.sel({picks!r})"
+    one = {
+        d: value
+        for d, (value, _) in (expected.get("scalar_levels") or {}).items()
+        if d in data.dims and value in data[d].values
+    }
+    if one and not want:
+        return f"; the model was trained at one level: ds.sel({one!r})"
+    if missing and all(d in data.coords and data[d].ndim == 0 for d in missing):
+        wanted = {d: want[d] for d in missing}
+        return f"; the model takes the levels {wanted} together, and the data holds one"
+    return ""
+
+
 def _factor(given: str | None, wanted: str | None) -> float | None:
     """The factor that takes coordinates in ``given`` units to ``wanted``; 1 where
     both are the same (or neither is known), None where they do not convert."""
@@ -237,8 +295,11 @@ def _longitude_fix(expected: dict[str, Any], found: dict[str, Any]) -> str | Non
     return None
 
 
-def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: str) -> None:
-    """Raise :class:`ObservationMismatchError` naming the first difference."""
+def check_signature(
+    expected: dict[str, Any], found: dict[str, Any], *, model: str, data: xr.Dataset | None = None
+) -> None:
+    """Raise :class:`ObservationMismatchError` naming the first difference (with the fix
+    for ``data``, the Dataset ``found`` describes, where there is one)."""
     if expected["variables"] != found["variables"]:
         raise ObservationMismatchError(
             f"the model {model} was trained on the variables {expected['variables']}, the "
@@ -249,7 +310,17 @@ def check_signature(expected: dict[str, Any], found: dict[str, Any], *, model: s
         raise ObservationMismatchError(
             f"the model {model} was trained on the fields (variable, levels) "
             f"{expected['fields']}, the data has {found['fields']}"
+            f"{_fields_fix(expected, found, data)}"
         )
+    for name, (value, units) in (expected.get("scalar_levels") or {}).items():
+        theirs = (found.get("scalar_levels") or {}).get(name)
+        if theirs is not None and not _same_level(theirs, [value, units]):
+            raise ObservationMismatchError(
+                f"the model {model} was trained at one level, {name}={value!r}"
+                f"{_units_text(units)}, and the data is at {name}={theirs[0]!r}"
+                f"{_units_text(theirs[1])}: a model of one level does not represent another; "
+                "train a model at this level (or on both levels, with a level dim)"
+            )
     for var, units in expected["units"].items():
         given = found["units"].get(var)
         if not same_units(given, units):

@@ -41,8 +41,7 @@ from ..latent.training import (
     train_latent_model,
 )
 from ..obs import parse_relative
-from .criteria import LEVEL_NAMES
-from .dims import EnsembleDims, find_role, flat_indexes, state_variables
+from .dims import EnsembleDims, find_role, flat_indexes, is_level, state_variables
 from .grid import grid_coords, same_points
 from .layout import StateLayout
 from .observations import ERROR_SUFFIXES, lat_lon_names
@@ -71,20 +70,12 @@ def _grid_dims(ds: xr.Dataset, lat_dim, lon_dim) -> tuple[str, str]:
     return lat, lon
 
 
-def _is_level(ds: xr.Dataset, dim: str) -> bool:
-    """Whether ``dim`` is a vertical level dim (its values become channels)."""
-    vertical = set(ds.cf.axes.get("Z", [])) | set(ds.cf.coordinates.get("vertical", []))
-    if any(name in ds.coords and ds[name].dims == (dim,) for name in vertical):
-        return True
-    return str(dim).lower() in LEVEL_NAMES
-
-
 def _sample_and_level_dims(ds, names, grid, member, time):
     """The dims stacked into samples (shared by all variables) and each variable's levels."""
     levels, samples = {}, None
     for v in names:
         rest = [d for d in ds[v].dims if d not in grid]
-        lev = [d for d in rest if d not in (member, time) and _is_level(ds, d)]
+        lev = [d for d in rest if d not in (member, time) and is_level(ds, d)]
         smp = [d for d in rest if d not in lev]
         if samples is None:
             samples = smp
