@@ -329,23 +329,36 @@ def test_obs_on_another_grid(case):
         prior.ensf.assimilate(shifted, obs_error=1.0)
 
 
-def test_obs_on_the_same_grid_in_another_order_are_told_the_one_line_fix(case):
-    """Gridded observations with the latitudes the other way round, or the longitudes
-    in the other convention, are refused with the fix, which then gives the analysis."""
+def test_obs_on_the_same_grid_in_another_order_are_read_by_their_labels(case):
+    """Gridded observations with the latitudes the other way round, the longitudes in
+    the other convention or rolled, give the analysis, innovations and
+    cross-validation of the same observations in the prior's order: xarray matches
+    data by label. (They were refused, with a fix that did what is done here.)"""
     prior, obs = case
     expected = prior.ensf.assimilate(obs, obs_error=1.0, seed=0)
-    flipped = obs.isel(lat=slice(None, None, -1))
-    with pytest.raises(ObservationMismatchError, match=r"another order: obs\.isel\(lat=slice"):
-        prior.ensf.assimilate(flipped, obs_error=1.0)
-    fixed = flipped.isel(lat=slice(None, None, -1))
-    xr.testing.assert_equal(prior.ensf.assimilate(fixed, obs_error=1.0, seed=0), expected)
-    signed = obs.assign_coords(lon=((obs.lon + 180) % 360) - 180).sortby("lon")
-    with pytest.raises(
-        ObservationMismatchError, match=r"obs\.assign_coords\(lon=obs\.lon % 360\)"
+    told = prior.ensf.innovations(obs, obs_error=1.0)
+    folds = {"inflation": [1.0, 1.2]}
+    table = prior.ensf.cross_validate(obs, folds, method="letkf", obs_error=1.0, loc_radius=2000.0)
+    signed = obs.assign_coords(lon=((obs.lon + 180) % 360) - 180)
+    for turned in (
+        obs.isel(lat=slice(None, None, -1)),
+        signed.sortby("lon"),
+        obs.roll(lon=3, roll_coords=True),
+        signed.sortby("lon").isel(lat=slice(None, None, -1)).chunk(lat=2),
     ):
-        prior.ensf.assimilate(signed, obs_error=1.0)
-    fixed = signed.assign_coords(lon=signed.lon % 360).sortby("lon")
-    xr.testing.assert_equal(prior.ensf.assimilate(fixed, obs_error=1.0, seed=0), expected)
+        xr.testing.assert_equal(prior.ensf.assimilate(turned, obs_error=1.0, seed=0), expected)
+        xr.testing.assert_equal(prior.ensf.innovations(turned, obs_error=1.0), told)
+        xr.testing.assert_equal(
+            prior.ensf.cross_validate(
+                turned, folds, method="letkf", obs_error=1.0, loc_radius=2000.0
+            ),
+            table,
+        )
+    assert obs.lon.min() >= 0 and float(obs.lat[0]) < float(obs.lat[-1])  # the caller's own
+    with pytest.raises(ObservationMismatchError, match=r"must be on the state's grid"):
+        prior.ensf.assimilate(
+            obs.isel(lat=slice(None, None, -1)).isel(lon=slice(1, None)), obs_error=1.0
+        )
 
 
 def test_point_obs_outside_domain(era5_twin):

@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 
 import xensf  # registers the accessor
+from xensf.errors import DimensionError
 from xensf.metrics import ensemble_rmse
 
 
@@ -198,7 +199,7 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
     """Each was once scored without a word: a truth with members broadcast against the
     mean, a truth of another variable gave an empty Dataset, a truth on other points
     was scored on the overlap, one in degC was compared with kelvin (273 off)."""
-    from xensf.errors import DimensionError, EnsembleError, OptionError
+    from xensf.errors import EnsembleError, OptionError
 
     ens, _ = _case()
     ens["t"].attrs["units"] = "K"
@@ -209,10 +210,6 @@ def test_a_truth_that_does_not_fit_the_ensemble_is_refused_not_scored():
         ens.ensf.crps(truth.rename(t="q"))
     with pytest.raises(DimensionError, match=r"'lat' coordinate differs.*truth\.interp"):
         ens.ensf.spread_skill(truth.isel(lat=slice(0, 3)))  # scored on the overlap before
-    # the same longitudes from -180: the conversion, not an interpolation that gives NaN
-    signed = truth.assign_coords(lon=((truth.lon + 180) % 360) - 180).sortby("lon")
-    with pytest.raises(DimensionError, match=r"truth\.assign_coords\(lon=truth\.lon % 360\)"):
-        ens.ensf.rmse(signed)
     with pytest.raises(DimensionError, match=r"dims \['level'\] are not dims"):
         ens.ensf.rmse(truth, dims=["level"])
     with pytest.raises(OptionError, match="seed must be a non-negative integer"):
@@ -317,14 +314,21 @@ def test_the_dataarray_accessor_diagnoses_like_the_dataset_one():
 
 
 def test_a_truth_in_another_order_is_scored_by_its_labels():
-    # It was refused as "differs from the ensemble's", though its points are the same.
+    # It was refused as "differs from the ensemble's", though its points are the same;
+    # so were longitudes from -180 (with the relabelling that is done here) and float32
+    # coordinates in another order.
     ens, truth = _case()
     truth = truth.assign_coords(lat=ens.lat, lon=ens.lon)
     flipped = truth.isel(lat=slice(None, None, -1), lon=[3, 0, 5, 1, 4, 2])
-    for score in ("rmse", "crps", "spread_skill"):
-        xr.testing.assert_identical(
-            getattr(ens.ensf, score)(flipped), getattr(ens.ensf, score)(truth)
-        )
+    signed = truth.assign_coords(lon=((truth.lon + 180) % 360) - 180).sortby("lon")
+    single = flipped.assign_coords(lat=flipped.lat.astype(np.float32) + np.float32(1e-6))
+    for turned in (flipped, signed, single):
+        for score in ("rmse", "crps", "spread_skill"):
+            xr.testing.assert_identical(
+                getattr(ens.ensf, score)(turned), getattr(ens.ensf, score)(truth)
+            )
+    with pytest.raises(DimensionError, match=r"'lon' coordinate differs.*truth\.interp"):
+        ens.ensf.rmse(truth.assign_coords(lon=truth.lon + 30.0))  # other points
 
 
 def test_bounds_and_other_variables_without_members_are_left_alone():

@@ -225,6 +225,9 @@ def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
     assert float(got.latitude[0]) == -90.0
     for name in ("z", "t"):
         np.testing.assert_array_equal(got[name].isel(turned), expected[name])
+    got = prior.isel(turned).ensf.assimilate(obs, model=model)  # observations as stored
+    for name in ("z", "t"):
+        np.testing.assert_array_equal(got[name].isel(turned), expected[name])
     in_pa = {"isobaricInhPa": ("isobaricInhPa", [85000.0, 50000.0], {"units": "Pa"})}
     got = prior.assign_coords(in_pa).ensf.assimilate(obs, model=model)
     np.testing.assert_array_equal(got.t, expected.t)

@@ -15,9 +15,9 @@ import xarray as xr
 
 from ..errors import DimensionError, OptionError
 from .dims import find_role
-from .grid import reorder_fix, same_points
+from .grid import axis_order, reorder_fix, same_points
 from .observations import check_time_kinds
-from .units import convert_units, coordinate_in_units
+from .units import convert_units, coordinate_in_units, degrees_per
 
 __all__ = ["aligned_like", "on_points_of"]
 
@@ -34,7 +34,8 @@ def aligned_like(
 
     Each dim of ``other`` that both index must hold ``reference``'s values (as
     :func:`~xensf.bridge.grid.same_points` compares them, then takes ``reference``'s
-    labels, or the same labels in another order, then put in ``reference``'s); a dim in
+    labels, or the same labels in another order, longitudes in the other convention
+    too, then put in ``reference``'s); a dim in
     ``partial`` (time, for a truth) need only share one value, and xarray keeps the
     shared ones. ``what`` names ``other`` in the messages.
     """
@@ -77,12 +78,19 @@ def on_points_of(
                 raise DimensionError(f"the {what}'s {d!r} shares no value with the ensemble's")
             continue
         numeric = ours.dtype.kind in "fiu" and theirs.dtype.kind in "fiu"
+        longitude = (
+            numeric
+            and d == find_role(reference, "longitude", required=False)
+            and _in_degrees(reference[d])
+        )
         if numeric and same_points(theirs, ours):
             other = other.assign_coords({d: reference[d]})  # float32 coordinates, say
         elif len(ours) == len(theirs) and theirs.is_unique and set(ours) == set(theirs):
             other = other.sel({d: ours})  # the same labels in another order
+        elif numeric and (order := axis_order(ours, theirs, longitude)) is not None:
+            # the same points in another order, in float32 or from -180: by their labels
+            other = other.isel({d: order}).assign_coords({d: reference[d]})
         elif not ours.equals(theirs):
-            longitude = d == find_role(reference, "longitude", required=False)
             fix = numeric and reorder_fix(what, [(d, ours, theirs, longitude)])
             raise DimensionError(
                 f"the {what}'s {d!r} coordinate differs from the ensemble's ({_head(theirs)} "
@@ -94,6 +102,18 @@ def on_points_of(
                 )
             )
     return other
+
+
+def _in_degrees(coord: xr.DataArray) -> bool:
+    """Whether a longitude coordinate is in degrees (so that -180..180 and 0..360 are
+    one), not planar ``x`` in km or an angle in radians."""
+    units = coord.attrs.get("units")
+    if units:
+        return degrees_per(str(units)) == 1.0
+    return coord.attrs.get("standard_name") == "longitude" or str(coord.name).lower() in (
+        "lon",
+        "longitude",
+    )
 
 
 def _extra_dims_fix(reference: xr.Dataset, other: xr.Dataset, extra: list, what: str) -> str:

@@ -45,7 +45,7 @@ from .observations import (
     obs_level_names,
     prepare_observations,
 )
-from .orientation import Orientation, canonical_orientation
+from .orientation import Orientation, canonical_orientation, in_the_state_order
 from .plausibility import check_against_the_prior, observed_members
 from .shared import shared_input, shared_value
 from .spatial import analyse_in_blocks, is_spatially_chunked
@@ -418,6 +418,7 @@ def assimilate(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
+    obs = in_the_state_order(obs, prior, dims)
     orientation = None
     if spec.follows_grid_order:  # the same data in another order: the same analysis
         orientation = canonical_orientation(prior, obs, dims, grid_coords(prior, dims))

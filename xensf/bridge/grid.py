@@ -269,6 +269,20 @@ def reorder_fix(obj: str, axes: list[tuple[str, object, object, bool]]) -> str |
     return "the same grid in another order: " + "; ".join(fixes)
 
 
+def axis_order(expected, found, longitude: bool = False) -> np.ndarray | None:
+    """The index that puts the coordinate values ``found`` in the order of ``expected``
+    where they are the same points in another order (for a ``longitude`` in degrees,
+    also in the other convention, -180..180 against 0..360); None where they are not."""
+    a, b = np.asarray(expected, np.float64), np.asarray(found, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return None
+    if longitude:
+        a, b = np.mod(a, 360.0), np.mod(b, 360.0)
+    index = np.empty(a.size, np.intp)
+    index[np.argsort(a, kind="stable")] = np.argsort(b, kind="stable")
+    return index if same_points(b[index], a) else None
+
+
 def same_points(a, b) -> bool:
     """Whether two coordinate arrays hold the same points: equal shapes, values within a
     millionth of the larger magnitude (at least 1e-6), so that a float32 spelling of

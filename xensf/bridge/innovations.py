@@ -19,6 +19,7 @@ from .analysis import prepare_state
 from .dims import find_dims, flat_indexes, state_variables
 from .metadata import cf_coordinates
 from .observations import prepare_observations
+from .orientation import in_the_state_order
 from .spatial import observed_prior
 from .units import dequantify
 
@@ -51,6 +52,7 @@ def innovations(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
+    obs = in_the_state_order(obs, prior, dims)
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to compare with"
     )

@@ -24,9 +24,9 @@ import xarray as xr
 
 from ..errors import XensfError
 from .dims import EnsembleDims
-from .grid import GridCoords, same_points
+from .grid import GridCoords, axis_order, grid_coords, same_points
 
-__all__ = ["Orientation", "canonical_orientation", "on_the_grid"]
+__all__ = ["Orientation", "canonical_orientation", "in_the_state_order", "on_the_grid"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,36 @@ def on_the_grid(obs, prior: xr.Dataset, dims: EnsembleDims) -> bool:
             if not same_points(obs[d].values, prior[d].values):
                 return False
     return True
+
+
+def in_the_state_order(obs, prior: xr.Dataset, dims: EnsembleDims):
+    """Gridded observations on the prior's points in another order (latitude north to
+    south against south to north, longitude from -180 against from 0, or rolled) put in
+    the prior's order, labelled with its coordinates: xarray matches data by label, and
+    so does an analysis. Anything else is returned as it is (observations off the
+    prior's points are refused later, with the fix)."""
+    if not isinstance(obs, (xr.Dataset, xr.DataArray)):
+        return obs
+    if dims.lat not in obs.dims or dims.lon not in obs.dims:
+        return obs
+    grid, theirs = grid_coords(prior, dims), grid_coords(obs, dims)
+    if not (grid.known and theirs.known) or grid.curvilinear or theirs.curvilinear:
+        return obs
+    index = {}
+    for dim, ours, given, longitude in (
+        (dims.lat, grid.lat, theirs.lat, False),
+        (dims.lon, grid.lon, theirs.lon, grid.geographic),
+    ):
+        if same_points(given, ours):
+            continue
+        order = axis_order(ours, given, longitude)
+        if order is None:
+            return obs
+        index[dim] = order
+    if not index:
+        return obs
+    labels = {n: prior[n].variable for n in grid.names if set(prior[n].dims) & set(index)}
+    return obs.isel(index).assign_coords(labels)
 
 
 def _reversed(obj, dim: str):

@@ -23,6 +23,7 @@ from ..checks import as_python, is_integer, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, flat_indexes, state_variables
+from .orientation import in_the_state_order
 
 __all__ = ["cross_validate"]
 
@@ -66,6 +67,7 @@ def cross_validate(
     where = {k: kwargs[k] for k in _WHERE if k in kwargs}
     combos = list(itertools.product(*grid.values()))
     _check_combinations(grid, combos, kwargs)
+    obs = in_the_state_order(obs, prior, _dims(prior, where))  # folds in the prior's order
     label, names, gridded = _fold_labels(prior, obs, folds, seed, where)
 
     from tqdm.auto import tqdm
@@ -173,14 +175,18 @@ def _setting_values(values: list[Any]) -> np.ndarray:
     return np.asarray([x if isinstance(x, str) else repr(as_python(x)) for x in values])
 
 
+def _dims(prior, where):
+    return find_dims(
+        prior, member_dim=where.get("member_dim"), lat_dim=where.get("lat_dim"),
+        lon_dim=where.get("lon_dim"), time_dim=where.get("time_dim"),
+    )  # fmt: skip
+
+
 def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str], bool]:
     """A fold number per observed location (along the point dim of point observations,
     over the grid of gridded ones; drawn from ``seed``, balanced; -1 where nothing is
     observed), the observed state variables, and whether the observations are gridded."""
-    dims = find_dims(
-        prior, member_dim=where.get("member_dim"), lat_dim=where.get("lat_dim"),
-        lon_dim=where.get("lon_dim"), time_dim=where.get("time_dim"),
-    )  # fmt: skip
+    dims = _dims(prior, where)
     names = [n for n in obs.data_vars if n in state_variables(
         prior, (dims.member, dims.lat, dims.lon), where.get("variables"), purpose="to compare with"
     )]  # fmt: skip
