@@ -548,6 +548,15 @@ def test_an_observation_without_an_error_is_named(ds, obs):
         ds.ensf.innovations(obs.assign(t_error=err))
     with pytest.raises(OptionError, match="errors of 't' are zero or negative at 1"):
         ds.ensf.assimilate(obs.assign(t_error=err.fillna(0.0)), method="ensf")
+    # an infinite error (1 / a weight of 0) left the observation out without a word,
+    # though obs_error=np.inf is refused
+    infinite = obs.assign(t_error=err.fillna(np.inf))
+    with pytest.raises(OptionError, match="errors of 't' are infinite at 1 observation"):
+        ds.ensf.assimilate(infinite, method="letkf", loc_radius=None)
+    with pytest.raises(OptionError, match="errors of 't' are infinite at 1 observation"):
+        ds.chunk(lat=3).ensf.assimilate(infinite, method="letkf", loc_radius=3000.0).compute()
+    with pytest.raises(OptionError, match="errors of 't' are infinite at 1 observation"):
+        ds.ensf.innovations(infinite)
 
 
 def _in_degrees_and_radians(lat, lon) -> tuple[xr.Dataset, xr.Dataset]:

@@ -103,13 +103,20 @@ class ObservationPlan:
             # insert singleton axes for the value dims the error does not vary along
             full = [eshape[ecore.index(d)] if d in ecore else 1 for d in core]
             e = np.broadcast_to(e.reshape(lead, *full), (n_times, *shape))
-            unweighed = np.isfinite(v) & ~(e > 0)  # NaN, zero or negative where observed
+            # NaN, infinite, zero or negative where observed (an infinite error, as 1 / a
+            # weight of 0 gives, left the observation out without a word)
+            unweighed = np.isfinite(v) & ~(np.isfinite(e) & (e > 0))
             if unweighed.any():
-                kind = "NaN" if np.isnan(e[unweighed]).any() else "zero or negative"
+                bad = e[unweighed]
+                kind = (
+                    "NaN" if np.isnan(bad).any()
+                    else "infinite" if np.isinf(bad).any()
+                    else "zero or negative"
+                )  # fmt: skip
                 raise OptionError(
                     f"the observation errors of {name!r} are {kind} at "
                     f"{int(unweighed.sum())} observation(s); give each observation a "
-                    "positive error (or set its value to NaN to leave it out)"
+                    "positive, finite error (or set its value to NaN to leave it out)"
                 )
             ys.append(v.reshape(n_times, -1))
             es.append(e.reshape(n_times, -1))
