@@ -146,9 +146,12 @@ def test_sea_ice_that_comes_and_goes_is_each_times_own_mask(ocean, options):
     blocked = (
         [icy.chunk(lat=4, lon=5)] if options.get("loc_radius") or "prior_score" in options else []
     )
+    on_the_mask = int((obs.sst.notnull() & (ice | land)).sum())  # at their own times
     for source in [icy, icy.chunk(time=2), *blocked]:
-        got, _ = _analysed(source, obs, seed=3, **options)
+        got, said = _analysed(source, obs, seed=3, **options)
         xr.testing.assert_allclose(got, alone, rtol=0, atol=1e-10)
+        if source is icy:  # one chunk: the count of all its times (it said the first's)
+            assert f"{on_the_mask} observations fall on masked points of the prior" in said
         assert bool(got.sst.where(ice | land).isnull().all())
         sea = ~(ice | land)
         assert bool(np.isfinite(got.sst.where(sea, 0.0)).all())

@@ -36,7 +36,12 @@ from .dims import (
 )
 from .grid import GridCoords, grid_coords
 from .layout import StateLayout
-from .masks import mask_of, observations_off_the_mask, times_by_mask
+from .masks import (
+    mask_of,
+    observations_off_the_mask,
+    times_by_mask,
+    warn_masked_observations,
+)
 from .metadata import analysis_metadata, unpacked
 from .methods import Block, Method, resolve_method
 from .model_cache import ModelHandle, model_handle
@@ -119,15 +124,17 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
     masks = mask_of(x, times, plan)
     y, err = obs.flatten(values, errors, T)
     seeds = analysis_seeds(plan.seed, times if plan.has_time else plan.at_time, T)
-    out, fields = None, {}
+    out, fields, counts = None, {}, np.zeros(2, int)
     for ts, masked in times_by_mask(masks):  # one group, unless the mask moves in time
         some = [seeds[t] for t in np.arange(T)[ts]]
-        part, part_fields = _analyse_times(plan, x[ts], y[ts], err[ts], some, masked)
+        part, part_fields, read = _analyse_times(plan, x[ts], y[ts], err[ts], some, masked)
+        counts += read
         if out is None:
             out = np.empty((T, *part.shape[1:]), part.dtype)
         out[ts] = part
         for name, value in part_fields.items():
             fields.setdefault(name, np.empty((T, *value.shape[1:]), value.dtype))[ts] = value
+    warn_masked_observations(plan, tuple(counts))  # of all the chunk's times
     state = _unstack(out, plan)
     if not fields:
         return state
@@ -140,11 +147,12 @@ def _analyse_block(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 def _analyse_times(plan: BlockPlan, x, y, err, seeds, masked):
     """The analysis ``(T, N, d)`` and the method's fields of times that share one land
-    mask ``masked`` ``(d,)``: no spread there and never updated; the observations read
-    off it."""
+    mask ``masked`` ``(d,)`` (no spread there and never updated), and the observations
+    read off it (:func:`~xensf.bridge.masks.masked_counts`)."""
+    counts = (0, 0)
     if masked.any():
         x = np.where(masked, np.zeros((), x.dtype), x)
-        plan, y = observations_off_the_mask(plan, y, masked)
+        plan, y, counts = observations_off_the_mask(plan, y, masked)
     observed = np.isfinite(y) & np.isfinite(err) & (err > 0)
     if plan.method.needs_obs_error or plan.obs.errors_given:
         # a latent method told the errors: their units still tell, not their sizes
@@ -166,7 +174,7 @@ def _analyse_times(plan: BlockPlan, x, y, err, seeds, masked):
     out, fields = plan.method.analyse_with_fields(block)
     if masked.any():
         out[..., masked] = np.nan
-    return out, fields
+    return out, fields, counts
 
 
 def _unstack(out: np.ndarray, plan: BlockPlan):

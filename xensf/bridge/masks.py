@@ -20,7 +20,13 @@ import numpy as np
 from ..errors import EnsembleError, MaskedObservationWarning
 from .observations import time_text
 
-__all__ = ["mask_of", "observations_off_the_mask", "times_by_mask", "warn_masked_observations"]
+__all__ = [
+    "mask_of",
+    "masked_counts",
+    "observations_off_the_mask",
+    "times_by_mask",
+    "warn_masked_observations",
+]
 
 
 def mask_of(x: np.ndarray, times, plan: Any) -> np.ndarray:
@@ -61,8 +67,9 @@ def times_by_mask(masked: np.ndarray) -> list[tuple[Any, np.ndarray]]:
 
 
 def observations_off_the_mask(plan: Any, y: np.ndarray, masked: np.ndarray):
-    """The plan with each observation's weights on unmasked points only, and ``y`` NaN
-    where an observation reads masked points alone; a warning says how many of each."""
+    """The plan with each observation's weights on unmasked points only, ``y`` NaN where
+    an observation reads masked points alone, and how many observations (finite ``y``)
+    were dropped so and how many read some masked points (:func:`masked_counts`)."""
     obs = plan.obs
     valid = ~masked[obs.indices] & (obs.weights != 0)
     kept = np.where(valid, obs.weights, 0.0)
@@ -70,19 +77,25 @@ def observations_off_the_mask(plan: Any, y: np.ndarray, masked: np.ndarray):
     dropped = ~valid.any(-1)
     moved = ~dropped & (valid != (obs.weights != 0)).any(-1)
     if not (dropped.any() or moved.any()):
-        return plan, y
-    warn_masked_observations(plan, y, dropped, moved)
+        return plan, y, (0, 0)
+    counts = masked_counts(y, dropped, moved)
     scale = np.divide(total, total_kept, out=np.zeros_like(total), where=total_kept != 0)
     weights = kept * scale[:, None]
     y = np.where(dropped, np.nan, y)
-    return replace(plan, obs=replace(obs, weights=weights)), y
+    return replace(plan, obs=replace(obs, weights=weights)), y, counts
 
 
-def warn_masked_observations(plan: Any, y: np.ndarray, dropped, moved) -> None:
-    """A :class:`~xensf.errors.MaskedObservationWarning` counting the observations
-    (finite ``y``) that read masked points only (``dropped``) or some (``moved``)."""
+def masked_counts(y: np.ndarray, dropped, moved) -> tuple[int, int]:
+    """The observations (finite ``y``) that read masked points only (``dropped``) and
+    those that read some (``moved``)."""
     seen = np.isfinite(y)
-    n_dropped, n_moved = int((seen & dropped).sum()), int((seen & moved).sum())
+    return int((seen & dropped).sum()), int((seen & moved).sum())
+
+
+def warn_masked_observations(plan: Any, counts: tuple[int, int]) -> None:
+    """A :class:`~xensf.errors.MaskedObservationWarning` with the :func:`masked_counts`
+    of an analysis (of all its times)."""
+    n_dropped, n_moved = counts
     if n_dropped or n_moved:
         plan.warn(
             MaskedObservationWarning,

@@ -43,7 +43,7 @@ from .dims import EnsembleDims
 from .geometry import block_anchors, letkf_geometry
 from .graph_copies import bound, cloned
 from .layout import StateLayout
-from .masks import mask_of, times_by_mask, warn_masked_observations
+from .masks import mask_of, masked_counts, times_by_mask, warn_masked_observations
 from .observations import obs_level_names
 from .plausibility import check_against_the_prior
 from .shared import shared_input, shared_value
@@ -603,7 +603,7 @@ def _observations_read_off_the_mask(plan: Any, y, err, hx, reads_mask):
     hx = _squeezed(hx, 2, plan)
     dropped = np.isnan(hx).any(axis=1)
     moved = _squeezed(reads_mask, 1, plan).astype(bool) & ~dropped
-    warn_masked_observations(plan, y, dropped, moved)
+    warn_masked_observations(plan, masked_counts(y, dropped, moved))
     y = np.where(dropped, np.nan, y)
     return y, err, np.where(dropped[:, None, :], np.zeros((), hx.dtype), hx)
 
