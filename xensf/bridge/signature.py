@@ -184,7 +184,8 @@ def _same_fields(expected: dict[str, Any], found: dict[str, Any]) -> bool:
 
 
 def _same_level(given: list, wanted: list) -> bool:
-    """Whether a ``[value, units]`` level is another: its value converted by the units."""
+    """Whether the level ``given`` (``[value, units]``) is ``wanted``: the same value, or
+    the same in other units (Pa against hPa)."""
     if given[0] == wanted[0]:
         return True
     factor = _factor(given[1], wanted[1])
