@@ -195,6 +195,24 @@ def test_mask_and_point_layouts(runs):
     assert bool(mask.all())
 
 
+@pytest.mark.filterwarnings("ignore::xensf.ModelQualityWarning")  # one epoch
+def test_a_layout_mask_in_another_order_is_the_same_layout(era5):
+    """A gridded layout mask on the data's points from north to south, or with its
+    longitudes from -180, is read by its labels (the second was refused as another
+    grid)."""
+    mask = xr.zeros_like(era5.t.isel(number=0, time=0, isobaricInhPa=0, drop=True), dtype=bool)
+    mask[::8, ::8] = True
+    options = {**TINY, "epochs": 1, "batch_size": 20}
+    expected = train_latent(era5, mask, **options).config["obs_layout"]
+    flipped = mask.isel(latitude=slice(None, None, -1))
+    signed = flipped.assign_coords(longitude=((mask.longitude + 180) % 360) - 180)
+    assert (
+        train_latent(era5, signed.sortby("longitude"), **options).config["obs_layout"] == expected
+    )
+    with pytest.raises(ObservationMismatchError, match="another grid"):
+        train_latent(era5, mask.assign_coords(longitude=mask.longitude + 1.5), **options)
+
+
 def test_levels_become_channels_and_global_grids_are_periodic(era5):
     model = train_latent(era5, 8, **{**TINY, "epochs": 1, "batch_size": 20})
     data = model.config["data"]

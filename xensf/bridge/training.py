@@ -45,6 +45,7 @@ from .dims import EnsembleDims, find_role, flat_indexes, is_level, state_variabl
 from .grid import grid_coords, same_points
 from .layout import StateLayout
 from .observations import ERROR_SUFFIXES, lat_lon_names
+from .orientation import in_the_state_order
 from .signature import data_signature
 
 __all__ = ["MIN_SAMPLES", "train_latent"]
@@ -140,13 +141,11 @@ def _mask_sampler(mask: xr.DataArray, ds, dims, layout, levels, fraction, std):
         raise ObservationMismatchError(
             f"an obs_layout DataArray on the grid is a mask and must be boolean, got {mask.dtype}"
         )
+    mask = in_the_state_order(mask, ds, dims)  # the same points in another order
     for d in dims.grid:
         if d in mask.coords and d in ds.coords:
             a, b = np.asarray(mask[d].values, np.float64), np.asarray(ds[d].values, np.float64)
             if same_points(a, b):
-                continue
-            if a.shape == b.shape and same_points(np.sort(a), np.sort(b)):
-                mask = mask.sel({d: ds[d].values}, method="nearest")  # same points, other order
                 continue
             raise ObservationMismatchError(
                 f"the observation mask is on another grid: its {d!r} has {a.size} values "
