@@ -537,6 +537,27 @@ def test_an_infinite_observation_is_refused_not_dropped(two_days, obs, method, c
         two_days.ensf.innovations(bad, obs_error=0.5)
 
 
+def test_two_observations_at_each_place_are_told_to_be_points(ds, obs):
+    """Two instruments on one grid (or at the same stations): refused with the dim named,
+    and the stacking that makes them points of their own, which then gives an analysis."""
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    two = xr.concat([obs, obs + 1.0], "instrument")
+    fix = r"points of their own: obs\.stack\(obs=\('instrument', 'lat', 'lon'\)\)"
+    with pytest.raises(ObservationMismatchError, match=fix):
+        ds.ensf.assimilate(two, **options)
+    stacked = two.stack(obs=("instrument", "lat", "lon"))
+    assert not np.array_equal(ds.ensf.assimilate(stacked, **options).t, ds.t)
+    stations = xr.Dataset(  # the point dim named obs already: another name
+        {"t": (("instrument", "obs"), [[282.0, 281.0], [283.0, 280.0]])},
+        coords={"lat": ("obs", [0.0, 10.0]), "lon": ("obs", [100.0, 200.0])},
+    )
+    with pytest.raises(ObservationMismatchError, match=r"stack\(points=\('instrument', 'obs'\)\)"):
+        ds.ensf.assimilate(stations, **options)
+    assert not np.array_equal(
+        ds.ensf.assimilate(stations.stack(points=("instrument", "obs")), **options).t, ds.t
+    )
+
+
 def test_an_observation_without_an_error_is_named(ds, obs):
     # The analysis said only "observation errors must be positive where there are
     # observations"; the innovations left such an observation out without a word.

@@ -565,6 +565,14 @@ def prepare_observations(
             hint = (
                 f"; drop the length-1 ones with obs.squeeze({single}, drop=True)" if single else ""
             )
+            several = tuple(d for d in stray if d not in single)
+            if several:  # two instruments at one place: observations of their own
+                places = (dims.lat, dims.lon) if gridded else (point,)
+                into = next(n for n in ("obs", "points", "observation") if n not in obs.dims)
+                hint += (
+                    f"; several observations at each place are points of their own: "
+                    f"obs.stack({into}={(*several, *places)!r})"
+                )
             raise ObservationMismatchError(
                 f"observation variable {name!r} has dims {stray} that the state variable "
                 f"{name!r} does not have (its level dims are {list(levels)}){hint}"
