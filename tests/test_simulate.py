@@ -74,6 +74,8 @@ def test_shallow_water_simulator_rejects_bad_positions():
         ({"x0": np.full(12, np.nan)}, "x0 holds NaN or inf"),  # the same
         ({"seed": None}, "seed=None is out of range"),  # torch's RuntimeError
         ({"every": 5.0}, "every=5.0 is out of range"),  # torch's TypeError
+        ({"spinup": -1}, "spinup=-1 is out of range"),  # named "n_steps", a name not its own
+        ({"steps": 2.5, "every": 1}, "steps=2.5 is out of range"),
         ({"x0": np.zeros((2, 2, 12))}, r"x0 has shape \(2, 2, 12\)"),  # xarray's ValueError
         ({"x0": np.ones(8)}, r"x0 has shape \(8,\); give \(12,\)"),  # 8 sites, d=12 dropped
     ],

@@ -311,6 +311,8 @@ def lorenz96(
         ("d", d, isinstance(d, int | np.integer) and d >= 4),
         ("seed", seed, isinstance(seed, int | np.integer)),
         ("every", every, isinstance(every, int | np.integer) and every >= 1),
+        ("steps", steps, isinstance(steps, int | np.integer) and steps >= 0),
+        ("spinup", spinup, isinstance(spinup, int | np.integer) and spinup >= 0),
         ("members", members, members is None or (isinstance(members, int | np.integer) and members >= 1)),
         ("dt", dt, np.isfinite(dt) and dt > 0),
         ("forcing", forcing, np.isfinite(forcing)),
@@ -319,8 +321,8 @@ def lorenz96(
         if not ok:
             raise OptionError(
                 f"lorenz96: {name}={value!r} is out of range (d: an integer >= 4, seed and "
-                "every: integers, every >= 1, members: None or >= 1, dt: > 0, forcing: "
-                "finite, spread: >= 0)"
+                "every: integers, every >= 1, steps and spinup: integers >= 0, members: None "
+                "or >= 1, dt: > 0, forcing: finite, spread: >= 0)"
             )
     dev = compute_device(device)
     dtype = dtype or torch.float64
