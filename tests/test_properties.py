@@ -298,6 +298,51 @@ def test_latitude_longitude_blocks_give_the_analysis_and_warnings_of_one_chunk_m
 
 
 @st.composite
+def reordered_cases(draw):
+    """A case of :func:`cases` with gridded observations, and the same observations with
+    their latitudes the other way round and their longitudes rolled (on a global grid,
+    perhaps into the other convention)."""
+    prior, obs, kwargs, _ = draw(cases())
+    dims = find_dims(prior)
+    if not (dims.lat in obs.dims and dims.lon in obs.dims):  # stations: nothing to turn
+        return prior, obs, obs, kwargs
+    turned = obs.isel({dims.lat: slice(None, None, -1)}) if draw(st.booleans()) else obs
+    turned = turned.roll({dims.lon: draw(st.integers(0, obs.sizes[dims.lon]))}, roll_coords=True)
+    if draw(st.booleans()):
+        lon = turned[dims.lon]
+        signed = (lon + 180.0) % 360.0 - 180.0 if float(lon.max()) > 180.0 else lon % 360.0
+        turned = turned.assign_coords({dims.lon: signed})
+    return prior, obs, turned, kwargs
+
+
+def _check_observations_read_by_their_labels(case) -> None:
+    """Gridded observations in another order give the analysis and warnings of the same
+    observations in the prior's order, or the same refusal."""
+    prior, obs, turned, kwargs = case
+    expected, said = _outcome(prior, obs, kwargs)
+    got, told = _outcome(prior, turned, kwargs)
+    if isinstance(expected, type):
+        assert got is expected, (expected, got)
+        return
+    assert not isinstance(got, type), (got, "refused, in the prior's order analysed")
+    assert told == said, (said, told)
+    np.testing.assert_array_equal(got.t.values, expected.t.values)
+
+
+@settings(max_examples=15, **_COMMON)
+@given(reordered_cases())
+def test_gridded_observations_in_another_order_are_read_by_their_labels(case):
+    _check_observations_read_by_their_labels(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_COMMON)
+@given(reordered_cases())
+def test_gridded_observations_in_another_order_are_read_by_their_labels_many(case):
+    _check_observations_read_by_their_labels(case)
+
+
+@st.composite
 def node_cases(draw):
     """A prior on a geographic or planar grid, a grid node, and LETKF's options: the
     same observation given at the node as a station and on the grid."""
