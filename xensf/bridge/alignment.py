@@ -15,7 +15,7 @@ import xarray as xr
 
 from ..errors import DimensionError, OptionError
 from .dims import find_role
-from .grid import axis_order, reorder_fix, same_points
+from .grid import axis_order, same_points
 from .observations import check_time_kinds
 from .units import convert_units, coordinate_in_units, degrees_per
 
@@ -91,15 +91,10 @@ def on_points_of(
             # the same points in another order, in float32 or from -180: by their labels
             other = other.isel({d: order}).assign_coords({d: reference[d]})
         elif not ours.equals(theirs):
-            fix = numeric and reorder_fix(what, [(d, ours, theirs, longitude)])
             raise DimensionError(
                 f"the {what}'s {d!r} coordinate differs from the ensemble's ({_head(theirs)} "
-                f"against {_head(ours)}): "
-                + (
-                    fix  # the same longitudes in the other convention
-                    or f"give it on the same points (select or interpolate it, e.g. "
-                    f"{what}.interp({d}=ds.{d}))"
-                )
+                f"against {_head(ours)}): give it on the same points (select or interpolate "
+                f"it, e.g. {what}.interp({d}=ds.{d}))"
             )
     return other
 

@@ -40,7 +40,7 @@ from ..obs import (
 )
 from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, scalar_time
-from .grid import GridCoords, grid_coords, reorder_fix, same_points
+from .grid import GridCoords, grid_coords, same_points
 from .layout import StateLayout
 from .units import convert_units, coordinate_in_units
 
@@ -504,13 +504,11 @@ def prepare_observations(
             if not (on_obs.known and grid.known):
                 continue
             a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
-            if not same_points(a, b):
+            if not same_points(a, b):  # (the same points in another order are put in
+                # the state's by in_the_state_order before this)
                 fix = None
                 if not (on_obs.curvilinear or grid.curvilinear):
-                    lon = grid.geographic
-                    axes = [(dims.lat, grid.lat, on_obs.lat, False),
-                            (dims.lon, grid.lon, on_obs.lon, lon)]  # fmt: skip
-                    fix = reorder_fix("obs", axes) or _subset_fix(a, b)
+                    fix = _subset_fix(a, b)
                 raise ObservationMismatchError(
                     f"gridded observations must be on the state's grid, but their {role} "
                     f"({d}: {a.size} values, {a[:1]}..{a[-1:]}) differs from the state's "
