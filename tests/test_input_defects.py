@@ -522,6 +522,31 @@ def test_a_table_of_observations_is_assimilated_at_each_row_s_time(two_days, met
         two_days.ensf.assimilate(late, **options)
 
 
+def test_a_row_without_a_time_is_refused_not_filed_under_another(two_days):
+    # A row with NaT for its time was filed by pandas under another row's time: its value
+    # replaced the real observation of that time, which was lost without a word.
+    from xensf.cycling import Persistence
+
+    day = two_days.time.values[0]
+    frame = pd.DataFrame(
+        {"time": [day, np.datetime64("NaT")], "lat": [10.0, -20.0], "lon": [20.0, 100.0],
+         "t": [281.0, 279.0]}
+    )  # fmt: skip
+    table = frame.to_xarray().set_coords(["time", "lat", "lon"])
+    options = {"method": "letkf", "obs_error": 0.5, **GLOBAL["letkf"]}
+    with pytest.raises(ObservationMismatchError, match=r"1 observations have no time \(NaT"):
+        two_days.ensf.assimilate(table, **options)
+    with pytest.raises(ObservationMismatchError, match=r"1 observations have no time \(NaT"):
+        xensf.cycle(Persistence("1D"), two_days.isel(time=[0]), table, progress=False, **options)
+    # a row with neither a time nor a value is nothing observed
+    blank = table.copy(deep=True)
+    blank["t"][1] = np.nan
+    got = two_days.ensf.assimilate(blank, **options)
+    want = two_days.ensf.assimilate(table.isel(index=[0]), **options)
+    assert_same_run(got, want)
+    assert not np.array_equal(got.t.sel(time=day).values, two_days.t.sel(time=day).values)
+
+
 @pytest.mark.parametrize("method", ["letkf", "ensf"])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_an_infinite_observation_is_refused_not_dropped(two_days, obs, method, chunked):

@@ -158,6 +158,21 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
         return obs
     (row,) = obs[tc].dims
     times = obs[tc].values
+    missing = pd.isnull(times)
+    if missing.any():
+        # pandas would file them under another row's time (NaT is no index label)
+        given = xr.zeros_like(obs[tc], dtype=bool)
+        for v in obs.data_vars.values():
+            if row in v.dims:
+                other = [d for d in v.dims if d != row]
+                given = given | (v.notnull().any(other) if other else v.notnull())
+        dated = int((given.values & missing).sum())
+        if dated:
+            raise ObservationMismatchError(
+                f"{dated} observations have no time (NaT or NaN {tc!r} where the value is "
+                f"given); give their times, or drop them: obs.isel({row}=obs[{tc!r}].notnull())"
+            )
+        obs, times = obs.isel({row: ~missing}), times[~missing]
     _, which = np.unique(times, return_inverse=True)
     # each row's place among the rows of its time (in one pass, for tables of millions)
     order = np.argsort(which, kind="stable")
