@@ -52,6 +52,7 @@ from .observations import (
 )
 from .orientation import Orientation, canonical_orientation, in_the_state_order
 from .plausibility import check_against_the_prior, observed_members
+from .seam import ClosingColumn, closing_column, folded
 from .shared import shared_input, shared_value
 from .spatial import analyse_in_blocks, is_spatially_chunked
 from .units import dequantify, requantify
@@ -426,6 +427,13 @@ def assimilate(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
+    seam = None
+    if not spec.needs_model:  # a latent model's grid is the model's, as it is
+        # A closing column is its first column again: one place, analysed once.
+        seam = closing_column(prior, dims)
+        obs = folded(obs, dims)
+        if seam is not None:
+            prior = seam.fold(prior)
     obs = in_the_state_order(obs, prior, dims)
     orientation = None
     if spec.follows_grid_order:  # the same data in another order: the same analysis
@@ -503,7 +511,7 @@ def assimilate(
             grid,
         )
         return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
-                       registries, orientation)  # fmt: skip
+                       registries, orientation, seam)  # fmt: skip
     state_core = [[dims.member, *levels[n], dims.lat, dims.lon] for n in names]
     renamed = obs_level_names(levels)
     obs_inputs = [
@@ -536,13 +544,15 @@ def assimilate(
     if len(names) + len(extra_outputs) == 1:
         outputs = (outputs,)
     return _finish(prior, names, outputs, spec, grid.geographic, seed, obs_plan, handle, call, dims,
-                   registries, orientation)  # fmt: skip
+                   registries, orientation, seam)  # fmt: skip
 
 
 def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call, dims,
-            registries, orientation: Orientation | None) -> xr.Dataset:  # fmt: skip
+            registries, orientation: Orientation | None,
+            seam: ClosingColumn | None) -> xr.Dataset:  # fmt: skip
     """The analysis Dataset: the prior with the analysed variables, and its metadata
-    (put back in the data's order from the ``orientation`` it was analysed in)."""
+    (put back in the data's order from the ``orientation`` it was analysed in, and on
+    the closing column of ``seam`` that it was analysed without)."""
     result = prior.copy()
     for n, out in zip(names, outputs[: len(names)], strict=True):
         result[n] = prior[n].copy(data=out.transpose(*prior[n].dims).data)
@@ -555,6 +565,8 @@ def _finish(prior, names, outputs, spec, spherical, seed, obs_plan, handle, call
                                     attrs=attrs)  # fmt: skip
     if orientation is not None:
         result, prior = orientation.undo(result), orientation.undo(prior)
+    if seam is not None:
+        result, prior = seam.unfold(result, [*names, *spec.outputs()]), seam.original
     parameters = {**spec.parameters(spherical), "seed": int(seed), "obs_layout": obs_plan.kind}
     if obs_plan.kind == "point":  # gridded: the count varies with time (NaN = unobserved)
         parameters["obs_slots"] = obs_plan.size

@@ -20,6 +20,7 @@ from .dims import find_dims, flat_indexes, state_variables
 from .metadata import cf_coordinates
 from .observations import prepare_observations
 from .orientation import in_the_state_order
+from .seam import closing_column, folded
 from .spatial import observed_prior
 from .units import dequantify
 
@@ -52,6 +53,11 @@ def innovations(
     dims = find_dims(
         prior, member_dim=member_dim, lat_dim=lat_dim, lon_dim=lon_dim, time_dim=time_dim
     )
+    # a closing column is its first column again: one place, observed and read once
+    seam = closing_column(prior, dims)
+    obs = folded(obs, dims)
+    if seam is not None:
+        prior, analysis = seam.fold(prior), folded(analysis, dims)
     obs = in_the_state_order(obs, prior, dims)
     names = state_variables(
         prior, (dims.member, dims.lat, dims.lon), variables, purpose="to compare with"

@@ -77,6 +77,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
     """
     from ..errors import OptionError
     from .grid import same_points
+    from .seam import folded
 
     grid = (dims.lat, dims.lon)
     if not hasattr(value, "dims"):
@@ -88,6 +89,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
         return float(value)
     if dims.time is not None and dims.time in value.dims and value.sizes[dims.time] == 1:
         value = value.isel({dims.time: 0}, drop=True)
+    value = folded(value, dims)  # a closing column is its first (the state's is folded)
     if set(value.dims) != set(grid):
         raise OptionError(
             f"{what} has dims {list(value.dims)}; it must have the state's grid dims "

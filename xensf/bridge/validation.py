@@ -24,6 +24,7 @@ from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, flat_indexes, state_variables
 from .orientation import in_the_state_order
+from .seam import closing_column, folded
 
 __all__ = ["cross_validate"]
 
@@ -67,8 +68,12 @@ def cross_validate(
     where = {k: kwargs[k] for k in _WHERE if k in kwargs}
     combos = list(itertools.product(*grid.values()))
     _check_combinations(grid, combos, kwargs)
-    obs = in_the_state_order(obs, prior, _dims(prior, where))  # folds in the prior's order
-    label, names, gridded = _fold_labels(prior, obs, folds, seed, where)
+    dims = _dims(prior, where)
+    # folds in the prior's order, a closing column's observations its first column's
+    obs = in_the_state_order(folded(obs, dims), prior, dims)
+    seam = closing_column(prior, dims)  # the grid the observations are drawn on
+    drawn_on = prior if seam is None else seam.fold(prior)
+    label, names, gridded = _fold_labels(drawn_on, obs, folds, seed, where)
 
     from tqdm.auto import tqdm
 
