@@ -174,3 +174,12 @@ def test_innovations_and_cross_validation_see_the_seam_once():
         prior.ensf.cross_validate(obs, settings, **options),
         _open(prior).ensf.cross_validate(_open(obs), settings, **options),
     )
+
+
+def test_scores_weigh_the_seam_once():
+    prior, _ = _closed(-180.0)
+    truth = prior.t.isel(member=0) + 0.5
+    for score in ("rmse", "crps", "spread_skill"):
+        got = getattr(prior.t.ensf, score)(truth)
+        want = getattr(_open(prior).t.ensf, score)(_open(truth.to_dataset()).t)
+        xr.testing.assert_allclose(got, want, rtol=1e-12)

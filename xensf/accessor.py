@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from .errors import DimensionError, EnsembleError, OptionError
@@ -511,6 +512,7 @@ class EnsfDatasetAccessor:
         weights (or None); an XensfError for a truth that does not fit."""
         from .bridge.dims import find_dims, find_role
         from .bridge.grid import grid_coords
+        from .bridge.seam import closing_column
         from .errors import XensfError
         from .metrics import area_weights
 
@@ -539,6 +541,10 @@ class EnsfDatasetAccessor:
             else:
                 # in degrees whatever the coordinate's angle units
                 weights = area_weights(self._obj[found.lat].copy(data=grid.lat))
+                seam = closing_column(self._obj, found)
+                if seam is not None:  # its first column again: one place, weighed once
+                    once = np.r_[np.ones(seam.size - 1), 0.0]
+                    weights = weights * xr.DataArray(once, dims=found.lon)
             if not set(weights.dims) <= set(dims):
                 weights = None
         return ens, truth, member, dims, weights
