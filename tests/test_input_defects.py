@@ -20,6 +20,7 @@ import xensf
 from xensf.errors import (
     ChunkingError,
     DimensionError,
+    EnsembleError,
     ObservationDomainError,
     ObservationMismatchError,
     OptionError,
@@ -1283,3 +1284,36 @@ def test_points_stacked_from_a_grid_are_the_points_they_name(ds, two_days):
     ]
     xr.testing.assert_identical(*runs)
     assert isinstance(stacked.indexes["station"], pd.MultiIndex)  # the input as given
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_numbers_as_a_file_stores_them_are_refused_until_decoded(ds, station, tmp_path, method):
+    # A file read with mask_and_scale=False gave EnSF its fill values (1e36) as numbers:
+    # the analysis changed by 5e30 everywhere, without a word. Packed counts were refused
+    # with the advice to cast them to floats, which gives counts, not kelvin.
+    ds = ds.copy(deep=True)
+    ds["t"][:, 0, :2] = np.nan  # a land mask
+    path = tmp_path / "prior.nc"
+    encoding = {"t": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0,
+                      "_FillValue": -32767}}  # fmt: skip
+    ds.to_netcdf(path, encoding=encoding)
+    options = {"method": method, "obs_error": 0.5, **GLOBAL[method]}
+    with xr.open_dataset(path) as decoded:
+        want = decoded.ensf.assimilate(station, **options)
+    for raw in ({"mask_and_scale": False}, {"decode_cf": False}):
+        with xr.open_dataset(path, **raw) as stored:
+            for prior in (stored, stored.chunk(lat=3)):
+                with pytest.raises(EnsembleError, match=r"'t' is not decoded: .*'scale_factor'"):
+                    prior.ensf.assimilate(station, **options)
+            assert_same_run(xr.decode_cf(stored).ensf.assimilate(station, **options), want)
+    filled = ds.fillna(9.969209968386869e36)
+    filled.t.attrs["_FillValue"] = 9.969209968386869e36
+    with pytest.raises(EnsembleError, match=r"'_FillValue': 9.96"):
+        filled.ensf.assimilate(station, **options)
+    here = ds.ensf.assimilate(station, **options)
+    assert_same_run(xr.decode_cf(filled).ensf.assimilate(station, **options), here)
+    packed = station.assign(t=station.t.assign_attrs(scale_factor=2.0))
+    with pytest.raises(ObservationMismatchError, match=r"observation variable 't' is not decoded"):
+        ds.ensf.assimilate(packed, **options)
+    stated = ds.assign(t=ds.t.assign_attrs(_FillValue=np.nan))  # NaN is missing already
+    xr.testing.assert_equal(stated.ensf.assimilate(station, **options), here)

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..errors import ChunkingError, DimensionError, OptionError
+from ..errors import ChunkingError, DimensionError, EnsembleError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, REQUIRED_ROLES
 from .grid import curvilinear_names
+from .metadata import check_decoded
 
 __all__ = [
     "EnsembleDims",
@@ -288,6 +289,7 @@ def state_variables(
                 f"no data variable has all of the dims {wanted}: nothing {purpose}"
             )
     for v in names:
+        check_decoded(ds[v], f"state variable {v!r}", EnsembleError)
         if ds[v].dtype.kind != "f":
             others = [n for n in names if n != v]
             leave = f" or leave it out with variables={others}" if others else ""

@@ -30,6 +30,31 @@ ATTR_PREFIX = "xensf_"
 # floats they are meaningless, and CF (section 8.1) forbids them there.
 PACKING_KEYS = ("scale_factor", "add_offset")
 
+# Attributes that decoding (xarray.decode_cf) applies and moves into the encoding: found
+# among a variable's attributes, they are still to be applied to its numbers.
+UNDECODED_KEYS = (*PACKING_KEYS, "_FillValue", "missing_value")
+
+
+def check_decoded(da: xr.DataArray, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` where ``da`` (``what``: "state variable 't'") holds numbers as a
+    file stores them, not what they mean: packing (``scale_factor``, ``add_offset``) or
+    a fill value (``_FillValue``, ``missing_value``, not NaN) among its attributes, as
+    ``open_dataset(..., decode_cf=False)`` or ``mask_and_scale=False`` leaves them. Its
+    fill values would be analysed as numbers of 1e36 and its counts as values."""
+    found = {}
+    for key in UNDECODED_KEYS:
+        if key in da.attrs:
+            value = da.attrs[key]
+            if key in PACKING_KEYS or not np.all(np.isnan(np.asarray(value, np.float64))):
+                found[key] = value.item() if hasattr(value, "item") else value
+    if found:
+        raise error(
+            f"{what} is not decoded: its attributes {found} are still to be applied to its "
+            "numbers (a file read with decode_cf=False or mask_and_scale=False). Decode it "
+            "first: xarray.decode_cf(ds), or open the file with its defaults"
+        )
+
+
 # Dimension coordinates the CF checker expects to carry a given standard_name
 # (section 5.1), with the units CF prescribes for them. Only filled in when absent.
 AXIS_NAMES = {

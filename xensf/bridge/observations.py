@@ -42,6 +42,7 @@ from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, scalar_time
 from .grid import GridCoords, grid_coords, same_points
 from .layout import StateLayout
+from .metadata import check_decoded
 from .units import convert_units, coordinate_in_units
 
 __all__ = ["ObservationPlan", "prepare_observations"]
@@ -458,8 +459,9 @@ def prepare_observations(
 
     for name in [*names, *sorted((v for v in error_vars if v in obs.data_vars), key=str)]:
         kind = obs[name].dtype.kind
+        role = "error variable" if name in error_vars else "observation variable"
+        check_decoded(obs[name], f"{role} {name!r}", ObservationMismatchError)
         if kind not in "iuf":
-            role = "error variable" if name in error_vars else "observation variable"
             hint = (
                 "; a boolean is a mask: give the observed values, e.g. obs.where(mask)"
                 if kind == "b"
