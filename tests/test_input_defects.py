@@ -1317,3 +1317,21 @@ def test_numbers_as_a_file_stores_them_are_refused_until_decoded(ds, station, tm
         ds.ensf.assimilate(packed, **options)
     stated = ds.assign(t=ds.t.assign_attrs(_FillValue=np.nan))  # NaN is missing already
     xr.testing.assert_equal(stated.ensf.assimilate(station, **options), here)
+
+
+def test_zoned_observation_times_are_told_the_conversion_that_works(two_days):
+    # Times with a time zone (pandas keeps them as objects) were told to go through
+    # pd.to_datetime, which keeps the zone: the same refusal again; and the fix made a
+    # table's times a dim of their own.
+    days = pd.DatetimeIndex(two_days.time.values).tz_localize("UTC").tz_convert("Europe/Berlin")
+    frame = pd.DataFrame({"time": days, "lat": [10.0, -20.0], "lon": [20.0, 100.0],
+                          "t": [281.0, 279.0]})  # fmt: skip
+    obs = frame.to_xarray().set_coords(["time", "lat", "lon"])
+    options = {"method": "letkf", "obs_error": 0.5, **GLOBAL["letkf"]}
+    with pytest.raises(ObservationMismatchError, match="time zone Europe/Berlin") as told:
+        two_days.ensf.assimilate(obs, **options)
+    fix = str(told.value).rsplit("e.g. ", 1)[1]
+    fixed = eval(fix, {"obs": obs, "pd": pd})  # the conversion as the message gives it
+    naive = frame.assign(time=two_days.time.values).to_xarray().set_coords(["time", "lat", "lon"])
+    assert_same_run(two_days.ensf.assimilate(fixed, **options),
+                    two_days.ensf.assimilate(naive, **options))  # fmt: skip

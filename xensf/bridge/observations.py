@@ -159,6 +159,12 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
         return obs
     (row,) = obs[tc].dims
     times = obs[tc].values
+    kind = _time_kind(times)
+    if kind.startswith(ZONED):  # pandas would lay them out as numbers
+        raise ObservationMismatchError(
+            f"the observation times are {kind}; give them in UTC without the zone, as CF "
+            f"times are, e.g. {_datetime64_fix('obs', tc, kind)}"
+        )
     missing = pd.isnull(times)
     if missing.any():
         # pandas would file them under another row's time (NaT is no index label)
@@ -767,6 +773,10 @@ def time_text(value: Any) -> str:
     return str(value[()])
 
 
+#: How :func:`_time_kind` begins the kind of times with a time zone.
+ZONED = "dates in the time zone"
+
+
 def _time_kind(values: np.ndarray) -> str:
     """What times are, for comparing the observations' with the state's: numpy
     datetime64, cftime in a calendar, strings, numbers."""
@@ -782,6 +792,8 @@ def _time_kind(values: np.ndarray) -> str:
         return f"cftime dates in the {first.calendar!r} calendar"
     if isinstance(first, str) or values.dtype.kind == "U":
         return "strings"
+    if getattr(first, "tzinfo", None) is not None:  # pandas keeps zoned times as objects
+        return f"{ZONED} {first.tzinfo}"
     return type(first).__name__
 
 
@@ -806,7 +818,7 @@ def check_time_kinds(
         fix = (
             f"{name}.convert_calendar('standard', dim={tdim!r}, use_cftime=False)"
             if ours.startswith("cftime")
-            else f"{name}.assign_coords({tdim}=pd.to_datetime({name}.{tdim}.values))"
+            else _datetime64_fix(name, tdim, ours)
         )
     else:
         fix = "decode both alike (xarray.decode_cf)"
@@ -814,6 +826,14 @@ def check_time_kinds(
         f"the {what} times are {ours} and the state's {theirs}, so none can match "
         f"however alike they print; convert the {what} times, e.g. {fix}"
     )
+
+
+def _datetime64_fix(name: str, tdim: str, kind: str) -> str:
+    """How to make ``name``'s times of ``kind`` numpy datetime64, along the dims they
+    have (a table's times are along its rows, not a dim of their own); zoned times in
+    UTC without the zone, as CF times are."""
+    utc = ", utc=True).tz_localize(None" if kind.startswith(ZONED) else ""
+    return f"{name}.assign_coords({tdim}=({name}.{tdim}.dims, pd.to_datetime({name}.{tdim}.values{utc})))"
 
 
 def _subset_fix(theirs: np.ndarray, ours: np.ndarray) -> str | None:
