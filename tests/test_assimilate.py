@@ -206,6 +206,39 @@ def test_units_are_converted(small):
     xr.testing.assert_allclose(a, b, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["degC", "degree_C", "degrees_C", "deg_C", "degrees_celsius", "degrees Celsius",
+     "deg C", "degrees C", "°C", "ºC"],
+)  # fmt: skip
+def test_temperatures_as_data_files_spell_them_are_celsius(small, spelling):
+    # 'degrees Celsius' and 'deg C' were read by pint as an angle (1/57.3) times a
+    # temperature difference: observations of 300 K became 17189 of them. UDUNITS'
+    # 'degree_C' and 'degrees_C' did not parse.
+    truth = small.isel(member=0, drop=True)
+    prior = small.isel(member=slice(1, None))
+    obs = truth.where(truth.lat > 0)
+    options = {"method": "letkf", "loc_radius": None}
+    in_c = obs.assign(t=(obs.t - 273.15).assign_attrs(units=spelling))
+    error = xr.full_like(obs.t, 0.5).assign_attrs(units=spelling)  # a difference
+    want = prior.ensf.assimilate(obs, obs_error=0.5, **options)
+    xr.testing.assert_allclose(prior.ensf.assimilate(in_c.assign(t_error=error), **options),
+                               want, atol=1e-3)  # fmt: skip
+    state = prior.assign(t=(prior.t - 273.15).assign_attrs(units=spelling))
+    back = state.ensf.assimilate(obs, obs_error=0.5, **options)
+    np.testing.assert_allclose(back.t.values + 273.15, want.t.values, atol=1e-3)
+
+
+def test_units_with_an_angle_convert_only_to_units_with_one(small):
+    prior = small.isel(member=slice(1, None))
+    obs = small.isel(member=0, drop=True).where(small.lat > 0)
+    odd = obs.assign(t=obs.t.assign_attrs(units="degrees K m"))  # pint: K m / 57.3
+    with pytest.raises(UnitsError, match="one has an angle and the other not"):
+        prior.assign(t=prior.t.assign_attrs(units="K m")).ensf.assimilate(
+            odd, method="letkf", loc_radius=None, obs_error=0.5
+        )
+
+
 def test_obs_error_forms(small):
     truth = small.isel(member=0, drop=True)
     prior = small.isel(member=slice(1, None))

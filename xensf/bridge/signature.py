@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ObservationMismatchError
+from ..errors import ObservationMismatchError, UnitsError
 from .dims import EnsembleDims, is_level, scalar_levels
 from .grid import grid_coords, reorder_fix, same_points
 from .layout import StateLayout
 from .orientation import Orientation, on_the_grid
-from .units import UNITS, degrees_per, same_units
+from .units import UNITS, degrees_per, parse_units, same_units
 
 __all__ = [
     "check_signature",
@@ -257,9 +257,10 @@ def _units_fix(var: str, given: str | None, wanted: str | None) -> str:
         )
     try:
         convertible = (
-            UNITS.parse_units(given).dimensionality == UNITS.parse_units(wanted).dimensionality
+            parse_units(given, where="").dimensionality
+            == parse_units(wanted, where="").dimensionality
         )
-    except Exception:  # pint raises several unrelated types here
+    except UnitsError:
         convertible = False
     if not convertible:
         return "the model was trained on another quantity: train one on this variable"

@@ -6,6 +6,8 @@ bare arrays in the state's units.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pint
 import pint_xarray  # noqa: F401  (registers the .pint accessor)
@@ -25,10 +27,28 @@ __all__ = [
 ]
 
 
+#: Temperatures as data files spell them: UDUNITS' ``degree_C``, ``degrees_C``,
+#: ``deg_K`` and the spaced ``degrees Celsius``, ``deg C``, ``°C``. pint does not know
+#: the first; the spaced ones it reads as an angle (dimensionless, 1/57.3) times a
+#: temperature difference, so that 300 K became 17189 "degrees Celsius".
+_TEMPERATURE = re.compile(
+    r"(?:deg(?:ree)?s?|[°º])[\s_]*(?P<scale>c|celsius|k|kelvin|f|fahrenheit)", re.IGNORECASE
+)
+_TEMPERATURE_UNITS = {"c": "degree_Celsius", "k": "kelvin", "f": "degree_Fahrenheit"}
+
+
+def _spelt_for_pint(units: str) -> str:
+    """``units`` with a temperature spelt as pint reads it (see ``_TEMPERATURE``)."""
+    found = _TEMPERATURE.fullmatch(units.strip())
+    if found is None:
+        return units
+    return _TEMPERATURE_UNITS[found["scale"][0].lower()]
+
+
 def parse_units(units: str, *, where: str) -> pint.Unit:
     """Parse a units string with cf-xarray's pint registry (CF/UDUNITS spellings), or raise :class:`UnitsError`."""
     try:
-        return UNITS.parse_units(units)
+        return UNITS.parse_units(_spelt_for_pint(units))
     except Exception as err:  # pint raises several unrelated types here
         raise UnitsError(f"cannot parse the units {units!r} of {where}: {err}") from None
 
@@ -42,9 +62,14 @@ def same_units(given: str | None, wanted: str | None) -> bool:
     if given is None or wanted is None:
         return False
     try:
-        return UNITS.parse_units(given) == UNITS.parse_units(wanted)
-    except Exception:  # pint raises several unrelated types here
+        return parse_units(given, where="") == parse_units(wanted, where="")
+    except UnitsError:
         return False
+
+
+def _angles_in(unit: pint.Unit) -> bool:
+    """Whether ``unit`` has an angle among its factors (``degree * coulomb``)."""
+    return any(str(UNITS.Unit(name)) in _ANGLES for name in unit._units)
 
 
 def convert_units(
@@ -93,7 +118,16 @@ def convert_units(
     target = parse_units(units, where=f"state variable {name!r}")
     if source == target:
         return da.assign_attrs(units=units)
-    if source.dimensionality != target.dimensionality:
+    same = source.dimensionality == target.dimensionality
+    if same and _angles_in(source) != _angles_in(target):
+        # angles are dimensionless in pint: 'degrees m' would have been m / 57.3
+        raise UnitsError(
+            f"{what} of {name!r} are in {given!r} ({str(source)!r} to pint) and the state's "
+            f"in {units!r} ({str(target)!r}): one has an angle and the other not, which "
+            "pint would convert by 57.3 per degree; write the units as UDUNITS spells "
+            "them (e.g. 'degC' for degrees Celsius, not 'degrees m')"
+        )
+    if not same:
         raise UnitsError(
             f"{what} of {name!r} are in {given!r} ({source.dimensionality}), which cannot be "
             f"converted to the state's {units!r} ({target.dimensionality}); observe the "
@@ -123,8 +157,8 @@ def degrees_per(units: str | None) -> float | None:
     if not units:
         return None
     try:
-        unit = UNITS.parse_units(str(units))
-    except Exception:  # pint raises several unrelated types here
+        unit = parse_units(str(units), where="")
+    except UnitsError:
         return None
     if str(unit) not in _ANGLES:
         return None
