@@ -183,6 +183,16 @@ def test_missing_observations_equal_dropping_them(small_problem):
     torch.testing.assert_close(with_inf, dropped)
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+def test_an_infinite_observation_is_refused_not_a_nan_analysis(small_problem, value):
+    # The analysis came back NaN, without a word (the LETKF took it as missing).
+    prior, y, idx = small_problem
+    y = y.clone()
+    y[:, 1] = value
+    with pytest.raises(ObservationMismatchError, match=r"y holds \d+ infinite values"):
+        ensf_analysis(prior, y, idx, 0.2, generator=5)
+
+
 def test_no_observations_paired_keeps_members(small_problem):
     """With nothing observed, "paired" returns each member smoothed by √ε_β · scale."""
     prior, y, idx = small_problem

@@ -128,6 +128,16 @@ def test_missing_observations_have_no_weight(small_problem):
     np.testing.assert_allclose(letkf_analysis(prior, y, idx, std_inf), want, atol=1e-12)
 
 
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+def test_an_infinite_observation_is_refused_not_taken_as_missing(small_problem, value):
+    # It was taken as missing without a word (EnSF returned NaN for it).
+    prior, idx, y = small_problem
+    y = y.copy()
+    y[2] = value
+    with pytest.raises(ObservationMismatchError, match="y holds 1 infinite values"):
+        letkf_analysis(prior, y, idx, 0.5)
+
+
 def test_linear_gaussian_mean_and_covariance_are_kalman():
     """ETKF is exact for linear-Gaussian with sample moments (mean and covariance)."""
     rng = np.random.default_rng(3)

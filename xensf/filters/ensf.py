@@ -21,7 +21,12 @@ from .ensf_reference import integrate
 from .noise import NoiseSource
 from .operators import LinearObservationOperator, as_observation_operator
 from .schedule import DiffusionSchedule, resolve_damping
-from .tensors import as_float_tensor, compute_dtype, restore_array_type
+from .tensors import (
+    as_float_tensor,
+    check_observed_values,
+    compute_dtype,
+    restore_array_type,
+)
 
 __all__ = ["IMPLEMENTATIONS", "LIKELIHOODS", "PRIOR_SCORES", "ensf_analysis"]
 
@@ -258,6 +263,7 @@ def ensf_analysis(
             "nonlinear operators"
         )
     y_t = as_float_tensor(y, "y", dtype=dtype, device=device)
+    check_observed_values(y_t)
     std_t = as_float_tensor(obs_std, "obs_std", dtype=dtype, device=device)
     m = _operator_output_size(op, prior_t)
     if y_t.ndim < 1 or y_t.shape[-1] != m:

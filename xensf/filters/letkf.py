@@ -41,7 +41,12 @@ from .localization import (
     within_variable,
 )
 from .operators import LinearObservationOperator, as_observation_operator
-from .tensors import as_float_tensor, compute_dtype, restore_array_type
+from .tensors import (
+    as_float_tensor,
+    check_observed_values,
+    compute_dtype,
+    restore_array_type,
+)
 
 __all__ = ["letkf_analysis"]
 
@@ -265,6 +270,7 @@ def letkf_analysis(
     hx = hx.to(dtype)
     m = hx.shape[-1]
     yv = as_float_tensor(y, "y", dtype=dtype, device=device)
+    check_observed_values(yv)
     if yv.ndim == 0 or yv.shape[-1] != m:
         raise ObservationMismatchError(
             f"y has shape {tuple(yv.shape)} but obs_op gives {m} observations: y must be "

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import OptionError
+from ..errors import ObservationMismatchError, OptionError
 
-__all__ = ["as_float_tensor", "compute_dtype", "restore_array_type"]
+__all__ = ["as_float_tensor", "check_observed_values", "compute_dtype", "restore_array_type"]
 
 _REFUSED = (torch.float16, torch.bfloat16)
 
@@ -70,6 +70,18 @@ def as_float_tensor(
     if array.dtype.kind not in "biuf":
         raise OptionError(f"{name} must be numeric, got an array of dtype {array.dtype}")
     return torch.as_tensor(array, dtype=dtype, device=device)
+
+
+def check_observed_values(y: torch.Tensor) -> None:
+    """Refuse observations ``y`` with an infinite value: NaN marks a missing one, and an
+    infinite one (an overflow upstream) is neither a value nor a mark (the LETKF took
+    it as missing, EnSF returned NaN)."""
+    infinite = int(torch.isinf(y).sum())
+    if infinite:
+        raise ObservationMismatchError(
+            f"y holds {infinite} infinite values; NaN marks a missing observation: set "
+            "those to NaN, or find where they overflowed"
+        )
 
 
 def restore_array_type(result: torch.Tensor, like: Any) -> Any:
