@@ -277,6 +277,9 @@ def test_float64_is_kept(small_problem, as_numpy):
         ({"obs_std": -1.0}, OptionError, "obs_std"),
         ({"eps_beta": 0.0}, OptionError, "eps_beta"),
         ({"damping": "cosine"}, OptionError, "damping"),
+        # a weight that is no finite number >= 0 gave a NaN or exploding analysis
+        ({"damping": lambda tau: float("nan")}, OptionError, r"damping\(1\) gave nan"),
+        ({"damping": lambda tau: tau - 0.5}, OptionError, r"damping\(0\.\d+\) gave -"),
         ({"generator": [1, 2]}, OptionError, "one seed per entry"),
         ({"scale": torch.ones(4)}, OptionError, "scale"),
         ({"scale": -torch.ones(5)}, OptionError, "scale"),

@@ -397,12 +397,31 @@ def test_cyclic_and_euclidean_distance():
         (dict(loc_radius=3.0, state_coords=np.arange(30.0), distance="manhattan"), OptionError, "unknown distance"),
         (dict(loc_radius=3.0, state_coords=np.arange(12.0)), OptionError, "state_location"),
         (dict(loc_radius=3.0, state_coords=np.arange(30.0), obs_coords=np.zeros((3, 1))), ObservationMismatchError, "obs_coords"),
+        # positions that are no positions were taken without a word
+        (dict(loc_radius=3.0, state_coords=np.r_[np.nan, np.arange(29.0)]), OptionError, "1 rows with NaN"),
+        (dict(loc_radius=3.0, state_coords=np.arange(30.0), obs_coords=np.r_[np.nan, np.arange(9.0)]), ObservationMismatchError, "NaN or infinite for 1 observations that count"),
+        (dict(loc_radius=300.0, state_coords=np.c_[np.arange(30.0) * 10, np.zeros(30)]), OptionError, "latitudes beyond"),
+        (dict(loc_radius=300.0, state_coords=np.c_[np.zeros(30), np.arange(30.0)], obs_coords=np.c_[np.full(10, 91.0), np.zeros(10)]), OptionError, "obs_coords has latitudes beyond"),
     ],
 )  # fmt: skip
 def test_option_errors(small_problem, kwargs, error, match):
     prior, idx, y = small_problem
     with pytest.raises(error, match=match):
         letkf_analysis(prior, y, idx, 0.3, **kwargs)
+
+
+def test_a_missing_observation_needs_no_position(small_problem):
+    prior, idx, y = small_problem
+    y = y.copy()
+    y[0] = np.nan
+    where = np.arange(30.0)[idx]
+    unplaced = where.copy()
+    unplaced[0] = np.nan
+    kwargs = {"loc_radius": 3.0, "state_coords": np.arange(30.0), "distance": "euclidean"}
+    np.testing.assert_array_equal(
+        letkf_analysis(prior, y, idx, 0.3, obs_coords=unplaced, **kwargs),
+        letkf_analysis(prior, y, idx, 0.3, obs_coords=where, **kwargs),
+    )
 
 
 def test_obs_coords_required_for_callable_operator(small_problem):

@@ -497,6 +497,12 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
         raise OptionError(
             f"state_coords must be (d, k) or (P, k), got shape {tuple(coords.shape)}"
         )
+    unknown = int((~torch.isfinite(coords).all(-1)).sum())
+    if unknown:
+        raise OptionError(
+            f"state_coords has {unknown} rows with NaN or infinite coordinates: every "
+            "state location needs its position"
+        )
     if state_location is not None:
         loc = torch.as_tensor(state_location, device=device)
         if loc.is_floating_point() or loc.shape != (d,):
@@ -521,6 +527,41 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
         return uniq[:, None], inverse
     uniq, inverse = torch.unique(coords, dim=0, return_inverse=True)
     return uniq, inverse
+
+
+def _check_positions(locs, obs_c, used, dist_fn) -> None:
+    """Refuse observations that count (``used``, ``(B, m)``) without a finite position,
+    and, for great-circle distances, latitudes off the sphere (state or observations):
+    the haversine formula gives them a distance all the same."""
+    unknown = ~torch.isfinite(obs_c).all(-1) & used
+    if bool(unknown.any()):
+        raise ObservationMismatchError(
+            f"obs_coords is NaN or infinite for {int(unknown.sum())} observations that count "
+            "(a value in y, a finite obs_std): give their positions, or mark them missing "
+            "(NaN in y)"
+        )
+    if _horizontal(dist_fn) is not great_circle_distance:
+        return
+    for name, lat in (
+        ("state_coords", locs[:, 0]),
+        ("obs_coords", obs_c[..., 0].expand_as(used)[used]),
+    ):
+        off = lat.abs() > 90.0 + 1e-9
+        if bool(off.any()):
+            raise OptionError(
+                f"{name} has latitudes beyond ±90 degrees (e.g. {float(lat[off][0]):g}); "
+                'distance="great_circle" takes (latitude, longitude) in degrees, in that '
+                "order"
+            )
+
+
+def _horizontal(dist_fn):
+    """The distance on the horizontal that ``dist_fn`` is built on."""
+    if isinstance(dist_fn, with_vertical):
+        return _horizontal(dist_fn.horizontal)
+    if isinstance(dist_fn, within_variable):
+        return _horizontal(dist_fn.inner)
+    return dist_fn
 
 
 def _coarse(interpolate_from, device):
@@ -552,10 +593,7 @@ def _coarse(interpolate_from, device):
 
 def _is_metric(dist_fn) -> bool:
     """Whether ``dist_fn`` is one of the provided distances (the triangle inequality holds)."""
-    if isinstance(dist_fn, with_vertical):
-        return _is_metric(dist_fn.horizontal)
-    if isinstance(dist_fn, within_variable):
-        return _is_metric(dist_fn.inner)
+    dist_fn = _horizontal(dist_fn)
     return dist_fn in (great_circle_distance, euclidean_distance) or isinstance(
         dist_fn, cyclic_distance
     )
@@ -602,6 +640,7 @@ def _local_analysis(
                 f"obs_coords batch dims {tuple(obs_c.shape[:-2])} do not broadcast to the "
                 f"analysis batch {tuple(batch)}"
             ) from err
+    _check_positions(locs, obs_c, rinv > 0, dist_fn)
 
     # Components grouped by location, so a chunk of locations is a slice of `order`.
     order = torch.argsort(comp_loc, stable=True)

@@ -95,12 +95,34 @@ DAMPINGS: dict[str, Callable[[float], float]] = {"linear": linear_damping, "none
 
 
 def resolve_damping(damping: str | Callable[[float], float]) -> Callable[[float], float]:
-    """The damping function named by ``damping`` (a key of :data:`DAMPINGS`) or given."""
+    """The damping function named by ``damping`` (a key of :data:`DAMPINGS`) or given
+    (checked at each pseudo-time it is asked for)."""
     if callable(damping):
-        return damping
+        return _checked_damping(damping)
     try:
         return DAMPINGS[damping]
     except (KeyError, TypeError):
         raise OptionError(
             f"damping must be one of {sorted(DAMPINGS)} or a callable h(tau), got {damping!r}"
         ) from None
+
+
+def _checked_damping(damping: Callable[[float], float]) -> Callable[[float], float]:
+    """``damping`` refusing a weight that is not a finite number of at least 0: the
+    likelihood's score times NaN, or times a negative weight (an observation pushing
+    the members away), gave a NaN or exploding analysis without a word."""
+
+    def h(tau: float) -> float:
+        value = damping(tau)
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not (math.isfinite(weight) and weight >= 0.0):
+            raise OptionError(
+                f"damping({tau:g}) gave {value!r}; the likelihood weight h(tau) must be a "
+                "finite number of at least 0 at every pseudo-time tau in (0, 1]"
+            )
+        return weight
+
+    return h
