@@ -497,12 +497,6 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
         raise OptionError(
             f"state_coords must be (d, k) or (P, k), got shape {tuple(coords.shape)}"
         )
-    unknown = int((~torch.isfinite(coords).all(-1)).sum())
-    if unknown:
-        raise OptionError(
-            f"state_coords has {unknown} rows with NaN or infinite coordinates: every "
-            "state location needs its position"
-        )
     if state_location is not None:
         loc = torch.as_tensor(state_location, device=device)
         if loc.is_floating_point() or loc.shape != (d,):
@@ -530,17 +524,26 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
 
 
 def _check_positions(locs, obs_c, used, dist_fn) -> None:
-    """Refuse observations that count (``used``, ``(B, m)``) without a finite position,
-    and, for great-circle distances, latitudes off the sphere (state or observations):
-    the haversine formula gives them a distance all the same."""
-    unknown = ~torch.isfinite(obs_c).all(-1) & used
+    """Refuse state locations and observations that count (``used``, ``(B, m)``)
+    without a finite horizontal position, and, for great-circle distances, latitudes
+    off the sphere: the distances would give them a weight all the same. (A vertical
+    coordinate may be NaN: a field without levels, see :class:`with_vertical`.)"""
+    horizontal, extra = _horizontal(dist_fn)
+    k = locs.shape[-1] - extra
+    unknown = int((~torch.isfinite(locs[:, :k]).all(-1)).sum())
+    if unknown:
+        raise OptionError(
+            f"state_coords has {unknown} rows with NaN or infinite coordinates: every "
+            "state location needs its position"
+        )
+    unknown = ~torch.isfinite(obs_c[..., :k]).all(-1) & used
     if bool(unknown.any()):
         raise ObservationMismatchError(
             f"obs_coords is NaN or infinite for {int(unknown.sum())} observations that count "
             "(a value in y, a finite obs_std): give their positions, or mark them missing "
             "(NaN in y)"
         )
-    if _horizontal(dist_fn) is not great_circle_distance:
+    if horizontal is not great_circle_distance:
         return
     for name, lat in (
         ("state_coords", locs[:, 0]),
@@ -555,13 +558,16 @@ def _check_positions(locs, obs_c, used, dist_fn) -> None:
             )
 
 
-def _horizontal(dist_fn):
-    """The distance on the horizontal that ``dist_fn`` is built on."""
+def _horizontal(dist_fn) -> tuple[Callable, int]:
+    """The distance on the horizontal that ``dist_fn`` is built on, and how many last
+    columns of a location it reads besides (a vertical coordinate, a variable id)."""
     if isinstance(dist_fn, with_vertical):
-        return _horizontal(dist_fn.horizontal)
+        inner, extra = _horizontal(dist_fn.horizontal)
+        return inner, extra + 1
     if isinstance(dist_fn, within_variable):
-        return _horizontal(dist_fn.inner)
-    return dist_fn
+        inner, extra = _horizontal(dist_fn.inner)
+        return inner, extra + 1
+    return dist_fn, 0
 
 
 def _coarse(interpolate_from, device):
@@ -593,7 +599,7 @@ def _coarse(interpolate_from, device):
 
 def _is_metric(dist_fn) -> bool:
     """Whether ``dist_fn`` is one of the provided distances (the triangle inequality holds)."""
-    dist_fn = _horizontal(dist_fn)
+    dist_fn, _ = _horizontal(dist_fn)
     return dist_fn in (great_circle_distance, euclidean_distance) or isinstance(
         dist_fn, cyclic_distance
     )
