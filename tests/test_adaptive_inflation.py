@@ -165,6 +165,16 @@ def test_bad_adaptive_inflation_is_refused_before_any_work():
         AdaptiveInflation(minimum=2.0, maximum=1.5)
     with pytest.raises(OptionError, match="mean must be positive"):
         AdaptiveInflation(mean=[1.0, 0.0])
+    # a start beyond the bounds was clamped at the first update: 0.5 analysed as 1
+    with pytest.raises(OptionError, match=r"ranges over \[0.5, 1\], beyond its bounds"):
+        AdaptiveInflation(mean=[1.0, 0.5])
+    with pytest.raises(OptionError, match="beyond its bounds"):
+        AdaptiveInflation(mean=3.0)
+    deflating = AdaptiveInflation(mean=0.5, minimum=0.5)
+    field = np.float32(np.nextafter(np.float32(2.0), np.float32(0)))  # stored in float32
+    AdaptiveInflation(mean=np.array([field, 1.0, 2.0], np.float32))
+    out, updated = letkf_analysis(prior, y, np.arange(10), 1.0, adaptive_inflation=deflating)
+    assert float(np.min(updated.mean)) >= 0.5 and np.isfinite(out).all()
     with pytest.raises(OptionError, match="does not broadcast"):
         letkf_analysis(
             prior, y, np.arange(10), 1.0, adaptive_inflation=AdaptiveInflation(np.ones(7))
@@ -244,7 +254,7 @@ def test_spatial_blocks_give_the_state_and_the_field_of_the_whole_grid():
 
     ds, obs = _grid_case(2)
     start = xensf.AdaptiveInflation(mean=1.0 + 0.01 * ds.lat.broadcast_like(ds.t.isel(
-        time=0, member=0)), std=0.05)  # fmt: skip
+        time=0, member=0)), std=0.05, minimum=0.4)  # fmt: skip
     whole = ds.ensf.assimilate(obs, adaptive_inflation=start, **LETKF)
     blocks = ds.chunk({"time": 1, "lat": 4, "lon": 6}).ensf.assimilate(
         obs, adaptive_inflation=start, **LETKF

@@ -109,6 +109,15 @@ class AdaptiveInflation:
             raise OptionError(
                 "AdaptiveInflation.mean must be positive and finite (1.0 is no inflation)"
             )
+        # (a field stored in float32 after its clamp may lie a rounding off its bounds)
+        slack = 1e-6 * self.maximum
+        if np.any(mean < self.minimum - slack) or np.any(mean > self.maximum + slack):
+            raise OptionError(
+                f"AdaptiveInflation.mean ranges over [{mean.min():g}, {mean.max():g}], beyond "
+                f"its bounds [minimum={self.minimum:g}, maximum={self.maximum:g}]: the first "
+                "update would clamp it to them, so a start of 0.5 (deflation) would analyse "
+                "as 1. Start within the bounds, or widen them (minimum=0.5 lets it deflate)"
+            )
 
     def update(
         self, prior: torch.Tensor, yp: torch.Tensor, innov: torch.Tensor, w: torch.Tensor
