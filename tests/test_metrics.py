@@ -420,3 +420,59 @@ def test_every_score_takes_members_stored_one_per_chunk():
     for score in ("rmse", "crps", "spread_skill", "rank_histogram"):
         xr.testing.assert_allclose(getattr(lazy.ensf, score)(truth).t.compute(),
                                    getattr(ens.ensf, score)(truth).t)  # fmt: skip
+
+
+def test_weights_weigh_the_default_mean_over_every_dim():
+    # Without dims, the weights were dropped without a word: an unweighted mean, though
+    # crps and spread_skill said "default: every dim, weighted by weights".
+    from xensf import metrics
+
+    rng = np.random.default_rng(5)
+    lat = np.array([-80.0, -30.0, 0.0, 30.0, 80.0])
+    ens = xr.DataArray(rng.standard_normal((4, 5, 6)), dims=("member", "lat", "lon"),
+                       coords={"lat": lat})  # fmt: skip
+    truth = xr.DataArray(rng.standard_normal((5, 6)), dims=("lat", "lon"), coords={"lat": lat})
+    w = metrics.area_weights(ens.lat)
+    share = np.broadcast_to(w.values[:, None], (5, 6)) / (w.values.sum() * 6)
+    error = ens.values.mean(0) - truth.values
+    assert metrics.ensemble_rmse(ens, truth, "member", weights=w) == pytest.approx(
+        np.sqrt((share * error**2).sum()), rel=1e-12
+    )
+    pointwise = abs(ens - truth).mean("member") - 0.5 * abs(ens - ens.rename(member="other")).mean(
+        ["member", "other"]
+    )
+    assert float(metrics.crps(ens, truth, "member", weights=w)) == pytest.approx(
+        float((share * pointwise.values).sum()), rel=1e-12
+    )
+    for dims in (None, ["lat", "lon"]):
+        assert float(metrics.spread_skill(ens, truth, "member", dims=dims, weights=w)) == (
+            pytest.approx(float(metrics.spread_skill(ens, truth, "member", ["lat", "lon"], w)))
+        )
+
+
+def test_scores_refuse_arguments_that_do_not_fit():
+    from xensf import metrics
+    from xensf.errors import OptionError
+
+    rng = np.random.default_rng(6)
+    ens = xr.DataArray(rng.standard_normal((3, 4, 5)), dims=("member", "lat", "lon"))
+    truth = ens.isel(member=0, drop=True)
+    w = xr.DataArray(np.arange(4.0), dims="lat", coords={"lat": np.arange(4.0)})
+    ens, truth = ens.assign_coords(lat=w.lat), truth.assign_coords(lat=w.lat)
+    for score in (metrics.ensemble_rmse, metrics.crps, metrics.spread_skill):
+        with pytest.raises(DimensionError, match="'members' is not a dim"):
+            score(ens, truth, "members")
+        with pytest.raises(DimensionError, match="the truth has the member dim"):
+            score(ens, ens, "member")
+        with pytest.raises(DimensionError, match=r"dims \['level'\]"):
+            score(ens, truth, "member", dims=["level"])
+        for bad in (w.where(w.lat > 1), -w, 0 * w):
+            with pytest.raises(OptionError, match="weights must be finite"):
+                score(ens, truth, "member", weights=bad)
+    with pytest.raises(OptionError, match="seed must be a non-negative"):
+        metrics.rank_histogram(ens, truth, "member", seed=-1)
+    states = ens.to_dataset(name="h").rename(lat="y", lon="x")
+    with pytest.raises(OptionError, match=r"scales\['h'\] must be a positive"):
+        metrics.relative_rmse(
+            states, truth.to_dataset(name="h").rename(lat="y", lon="x"), {"h": 0}
+        )

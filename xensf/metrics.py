@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .errors import EnsembleError
+from .errors import DimensionError, EnsembleError, OptionError
 
 __all__ = [
     "area_weights",
@@ -37,22 +37,24 @@ def ensemble_rmse(
     """Root-mean-square error of the ensemble mean against ``truth``.
 
     Averaged over ``dims`` (a DataArray or Dataset of the rest), or over every point
-    (and time, level) of ``truth`` as a float; only where ``where`` is true. With
-    ``dims``, ``weights`` (e.g. cos(latitude), :func:`area_weights`) weight the mean
-    when all of its dims are among ``dims``.
+    (and time, level) of ``truth`` as a float; only where ``where`` is true.
+    ``weights`` (e.g. cos(latitude), :func:`area_weights`; finite, at least 0) weight
+    the mean when all of its dims are among those averaged over.
     """
+    _check(ensemble, truth, member_dim, dims, weights)
     error = ensemble.mean(member_dim) - truth
     if where is not None:
         error = error.where(where)
     if dims is not None:
         return _mean(error**2, dims, weights) ** 0.5
-    return float(np.sqrt((error**2).mean()))
+    return float(np.sqrt(_mean(error**2, None, weights)))
 
 
 def mean_spread(
     ensemble: xr.DataArray, member_dim: str, where: xr.DataArray | None = None
 ) -> float:
     """Root of the mean ensemble variance (``ddof=1``), over all points or ``where``."""
+    _check(ensemble, None, member_dim, None, None)
     var = ensemble.var(member_dim, ddof=1)
     if where is not None:
         var = var.where(where)
@@ -72,6 +74,11 @@ def relative_rmse(
     metres does not drown u and v in m/s); the ensemble mean is taken first where
     ``state`` has ``member_dim``.
     """
+    if not scales:
+        raise OptionError("scales is empty: give each variable to score its scale, {name: s}")
+    for v, s in scales.items():
+        if not (isinstance(s, int | float | np.number) and np.isfinite(s) and s > 0):
+            raise OptionError(f"scales[{v!r}] must be a positive finite number, got {s!r}")
     num = 0.0
     den = 0.0
     for v, s in scales.items():
@@ -99,12 +106,43 @@ def _scored(ensemble, truth, member_dim):
     return truth.notnull() & ensemble.notnull().all(member_dim)
 
 
+def _check(ensemble, truth, member_dim, dims, weights) -> None:
+    """A :class:`~xensf.errors.XensfError` for scores' arguments that do not fit: a
+    member dim the ensemble lacks or the truth has, dims to average over that the
+    ensemble lacks, weights that are NaN, negative or all 0."""
+    if member_dim not in ensemble.dims:
+        raise DimensionError(
+            f"member_dim {member_dim!r} is not a dim of the ensemble; it has {list(ensemble.dims)}"
+        )
+    if truth is not None and member_dim in truth.dims:
+        raise DimensionError(
+            f"the truth has the member dim {member_dim!r}: give one state (e.g. one run), "
+            "not an ensemble"
+        )
+    if dims is not None:
+        unknown = [d for d in dims if d not in ensemble.dims or d == member_dim]
+        if unknown:
+            raise DimensionError(
+                f"dims {unknown} are not dims of the ensemble to average over; it has "
+                f"{[d for d in ensemble.dims if d != member_dim]}"
+            )
+    if weights is not None:
+        values = np.asarray(weights, dtype=np.float64)
+        if not (np.isfinite(values).all() and (values >= 0).all() and (values > 0).any()):
+            raise OptionError(
+                "weights must be finite numbers of at least 0, not all 0 (e.g. "
+                "xensf.metrics.area_weights(ds.lat)); fill NaN with 0 to leave points out"
+            )
+
+
 def _mean(values, dims, weights):
     """The mean over ``dims`` (all dims if None), weighted where ``weights``' dims are
     among them; a Dataset's variables each over the dims of ``dims`` they have (a
     per-member global mean has no grid to average over)."""
     if dims is None:
-        return values.mean()
+        if isinstance(values, xr.Dataset):
+            return values.map(lambda v: _mean(v, list(v.dims), weights))
+        dims = list(values.dims)
     if isinstance(values, xr.Dataset):
         return values.map(lambda v: _mean(v, [d for d in dims if d in v.dims], weights))
     if weights is not None and set(weights.dims) <= set(dims):
@@ -128,6 +166,7 @@ def crps(
     :func:`ensemble_rmse`). ``fair=True`` gives the fair CRPS (Ferro 2014), ``½ E|X − X'|``
     over distinct pairs, whose expectation does not depend on the ensemble size.
     """
+    _check(ensemble, truth, member_dim, dims, weights)
     members = ensemble.sizes[member_dim]
     if members < (2 if fair else 1):
         raise EnsembleError(
@@ -174,6 +213,7 @@ def spread_skill(
     in :func:`ensemble_rmse`; both over the points where the truth is known and the
     members are not NaN (a truth with gaps, an ensemble with a land mask).
     """
+    _check(ensemble, truth, member_dim, dims, weights)
     n = ensemble.sizes[member_dim]
     if n < 2:
         raise EnsembleError(f"a spread needs at least 2 members along {member_dim!r}, got {n}")
@@ -199,6 +239,10 @@ def rank_histogram(
     slope a biased one. NaN truths, and points where the members are NaN (a mask), are
     not counted.
     """
+    from .filters.noise import check_seed
+
+    _check(ensemble, truth, member_dim, dims, None)
+    check_seed(seed, non_negative=True)  # numpy's generator breaks the ties
     n = ensemble.sizes[member_dim]
     # computed here (one number per point of the truth), so that the tie-breaking draws
     # follow the points in order whatever the chunks
