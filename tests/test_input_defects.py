@@ -1335,3 +1335,17 @@ def test_zoned_observation_times_are_told_the_conversion_that_works(two_days):
     naive = frame.assign(time=two_days.time.values).to_xarray().set_coords(["time", "lat", "lon"])
     assert_same_run(two_days.ensf.assimilate(fixed, **options),
                     two_days.ensf.assimilate(naive, **options))  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_grid_line_without_a_position_is_named_not_sent_to_be_sorted(ds, station, method):
+    # A NaN latitude was refused as "not strictly monotonic; sort it", and sorting
+    # leaves the NaN where it is.
+    lat = ds.lat.values.copy()
+    lat[2] = np.nan
+    options = {"method": method, "obs_error": 0.5, **GLOBAL[method]}
+    with pytest.raises(DimensionError, match="'lat' coordinate has NaN or infinite values"):
+        ds.assign_coords(lat=lat).ensf.assimilate(station, **options)
+    unsorted = ds.assign_coords(lat=ds.lat.values[[1, 0, 2, 3, 4, 5]])
+    with pytest.raises(DimensionError, match="not strictly monotonic; sort it"):
+        unsorted.ensf.assimilate(station, **options)
