@@ -133,6 +133,9 @@ def test_torch_forecaster_wraps_a_module_and_checks_shapes():
     assert TorchForecaster(Damp(), ["eta"], "6h").time_step == np.timedelta64(6, "h")
     with pytest.raises(xensf.OptionError, match="time_step"):
         TorchForecaster(Damp(), ["eta"], "six hours")
+    # a name listed twice was stacked twice and written back twice, without a word
+    with pytest.raises(xensf.OptionError, match=r"lists \['eta'\] more than once"):
+        TorchForecaster(Damp(), ["eta", "u", "eta"], "6h")
 
 
 def test_persistence():

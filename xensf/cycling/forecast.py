@@ -178,6 +178,12 @@ class TorchForecaster:
             raise OptionError(
                 f"TorchForecaster: variables must be a non-empty list of names, got {variables!r}"
             )
+        twice = sorted({str(v) for v in variables if list(variables).count(v) > 1})
+        if twice:
+            raise OptionError(
+                f"TorchForecaster: variables lists {twice} more than once; list each once "
+                "(the step gets them stacked in this order)"
+            )
         self.step = step
         self.variables = list(variables)
         self.time_step = _check_time_step(time_step, "TorchForecaster")
