@@ -1349,3 +1349,31 @@ def test_a_grid_line_without_a_position_is_named_not_sent_to_be_sorted(ds, stati
     unsorted = ds.assign_coords(lat=ds.lat.values[[1, 0, 2, 3, 4, 5]])
     with pytest.raises(DimensionError, match="not strictly monotonic; sort it"):
         unsorted.ensf.assimilate(station, **options)
+
+
+def test_gridded_observations_on_another_grid_are_told_the_stacking_that_takes_them():
+    # The advice named "point observations" without the call that makes them.
+    rng = np.random.default_rng(1)
+    prior = xr.Dataset(
+        {"t": (("time", "member", "lat", "lon"), 280 + rng.standard_normal((2, 6, 12, 16)),
+               {"units": "K"})},
+        coords={"time": [0, 1], "lat": np.linspace(-60, 60, 12), "lon": np.arange(16) * 22.5},
+    )  # fmt: skip
+    coarse = xr.Dataset(
+        {"t": (("time", "lat", "lon"), 280 + rng.standard_normal((2, 4, 5)), {"units": "K"})},
+        coords={"time": [0, 1], "lat": np.linspace(-50, 50, 4), "lon": np.arange(5) * 60.0 + 7},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 2000.0}
+    with pytest.raises(ObservationMismatchError, match="differs from the state's") as told:
+        prior.ensf.assimilate(coarse, **options)
+    fix = str(told.value).rsplit(": ", 1)[1]
+    points = eval(fix, {"obs": coarse})  # the call as the message gives it
+    by_hand = xr.Dataset(
+        {"t": (("time", "station"), coarse.t.values.reshape(2, -1), {"units": "K"})},
+        coords={"time": [0, 1],
+                "lat": ("station", np.repeat(coarse.lat.values, 5)),
+                "lon": ("station", np.tile(coarse.lon.values, 4))},
+    )  # fmt: skip
+    assert_same_run(
+        prior.ensf.assimilate(points, **options), prior.ensf.assimilate(by_hand, **options)
+    )

@@ -538,8 +538,9 @@ def prepare_observations(
                     f"({b.size} values, {b[:1]}..{b[-1:]}); "
                     + (
                         fix
-                        or "interpolate them to the state grid, or pass them as point "
-                        "observations (an 'obs' dim with latitude and longitude coordinates)"
+                        or "interpolate them to the state grid, or assimilate them at their "
+                        "own positions as point observations: "
+                        f"obs.stack(obs=({dims.lat!r}, {dims.lon!r}))"
                     )
                 )
         kind = "gridded"
