@@ -183,3 +183,22 @@ def test_scores_weigh_the_seam_once():
         got = getattr(prior.t.ensf, score)(truth)
         want = getattr(_open(prior).t.ensf, score)(_open(truth.to_dataset()).t)
         xr.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_a_cycle_counts_the_observations_its_analyses_used():
+    """``obs_count`` counted the observations given: a closing column's twice, and those
+    on a land mask, which the analysis leaves out. It is now the sum of the variables'
+    counts, the observations the analyses used."""
+    import warnings
+
+    from xensf.cycling import Persistence
+
+    prior, obs = _closed(-180.0)
+    prior["t"][:, :, 4, 3] = np.nan  # land under the observation at (4, 3)
+    obs = obs.assign_coords(time=[0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.MaskedObservationWarning)
+        out = xensf.cycle(Persistence(1), prior.isel(time=[0]), obs.isel(time=[1]),
+                          method="letkf", obs_error=0.5, loc_radius=2000.0, progress=False)  # fmt: skip
+    np.testing.assert_array_equal(out.obs_count.values, [1])  # the seam, once
+    np.testing.assert_array_equal(out.t_count.values, out.obs_count.values)

@@ -175,7 +175,6 @@ class CycleContext:
         variable the observation-space statistics of :func:`fit_to_observations`, and the
         method's :meth:`outputs` (``carried``: the previous analysis's, or None)."""
         at = self.observations(k)
-        count = int(sum(np.isfinite(at[v].values).sum() for v in at.data_vars if v in self.names))
         prior = self.prior(forecast, k)
         overrides = self.spec.carry(carried) if carried else {}
         result = self.assimilate(prior, at, call="xensf.cycle", **overrides)
@@ -191,7 +190,10 @@ class CycleContext:
                 )
             out[v] = values.astype(self.state0[v].dtype, copy=False)
         fields = {n: result[n].isel({TIME: 0}).load() for n in self.outputs()}
-        return out, count, self.fit_to_observations(prior, at, result), fields
+        fit = self.fit_to_observations(prior, at, result)
+        # those the analysis used: not those on a land mask, a closing column's once
+        count = sum(stats["count"] for stats in fit.values())
+        return out, count, fit, fields
 
     def fit_to_observations(
         self, prior: xr.Dataset, at: xr.Dataset, analysis: xr.Dataset
