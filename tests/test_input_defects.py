@@ -24,6 +24,7 @@ from xensf.errors import (
     ObservationDomainError,
     ObservationMismatchError,
     OptionError,
+    UnitsError,
 )
 
 #: Options that give each method its global (unlocalised) form.
@@ -1377,3 +1378,23 @@ def test_gridded_observations_on_another_grid_are_told_the_stacking_that_takes_t
     assert_same_run(
         prior.ensf.assimilate(points, **options), prior.ensf.assimilate(by_hand, **options)
     )
+
+
+def test_an_error_variable_in_percent_is_told_how_to_give_a_relative_error(ds, obs):
+    # The refusal's example was geopotential height, of no help for an error in %.
+    relative = obs.assign(t_error=(obs.t * 0 + 5).assign_attrs(units="%"))
+    with pytest.raises(
+        UnitsError, match=r"relative error is a share of each value: give it in 'K'"
+    ):
+        ds.ensf.assimilate(relative, method="letkf", loc_radius=None)
+    humid = ds.assign(
+        t=((ds.t - 280) * 0.02 + 0.5).assign_attrs(units="1")
+    )  # a share itself: converts
+    shared = obs.assign(
+        t=(obs.t * 0 + 0.6).assign_attrs(units="1"),
+        t_error=(obs.t * 0 + 5).assign_attrs(units="%"),
+    )
+    want = humid.ensf.assimilate(
+        shared.assign(t_error=shared.t_error * 0 + 0.05), method="letkf", loc_radius=None
+    )
+    assert_same_run(humid.ensf.assimilate(shared, method="letkf", loc_radius=None), want)

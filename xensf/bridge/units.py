@@ -128,11 +128,21 @@ def convert_units(
             "them (e.g. 'degC' for degrees Celsius, not 'degrees m')"
         )
     if not same:
+        if difference and source.dimensionality == UNITS.dimensionless.dimensionality:
+            # an error relative to each observation's value (5 %)
+            fix = (
+                f"a relative error is a share of each value: give it in {units!r}, e.g. "
+                f"obs[{name!r}] * share (share = 0.05 for 5 %); obs_error='P%' is P % of "
+                "the observations' spread instead"
+            )
+        else:
+            fix = (
+                "observe the same quantity as the state (e.g. multiply geopotential height "
+                "by g0 = 9.80665 m s**-2 to get geopotential)"
+            )
         raise UnitsError(
             f"{what} of {name!r} are in {given!r} ({source.dimensionality}), which cannot be "
-            f"converted to the state's {units!r} ({target.dimensionality}); observe the "
-            "same quantity as the state (e.g. multiply geopotential height by g0 = "
-            "9.80665 m s**-2 to get geopotential)"
+            f"converted to the state's {units!r} ({target.dimensionality}); {fix}"
         )
     if difference:
         factor = _difference(source).to(_difference(target).units).magnitude
