@@ -1395,6 +1395,8 @@ def test_an_error_variable_in_percent_is_told_how_to_give_a_relative_error(ds, o
         t_error=(obs.t * 0 + 5).assign_attrs(units="%"),
     )
     want = humid.ensf.assimilate(
-        shared.assign(t_error=shared.t_error * 0 + 0.05), method="letkf", loc_radius=None
+        shared.assign(t_error=(shared.t_error * 0 + 0.05).assign_attrs(units="1")),
+        method="letkf",
+        loc_radius=None,
     )
     assert_same_run(humid.ensf.assimilate(shared, method="letkf", loc_radius=None), want)
