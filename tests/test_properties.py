@@ -11,8 +11,10 @@ from a deep copy of its input. A second property holds on geographic and planar 
 (km or m, anywhere): a station on a grid node gives LETKF's analysis of the same
 observation given on the grid. A third: a prior chunked along latitude and longitude
 (and perhaps cut after chunking) gives the analysis, warnings and refusals of the
-prior in one chunk. A modest number of examples runs by default; ``-m slow`` runs
-many more.
+prior in one chunk. Gridded observations in another order are read by their labels;
+a global grid given a closing column (its first column again) gives the open grid's
+analysis, warnings and refusals, the first column's analysis in both. A modest number
+of examples runs by default; ``-m slow`` runs many more.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 import xarray as xr
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import xensf  # noqa: E402, F401  (registers the accessor)
@@ -340,6 +342,52 @@ def test_gridded_observations_in_another_order_are_read_by_their_labels(case):
 @given(reordered_cases())
 def test_gridded_observations_in_another_order_are_read_by_their_labels_many(case):
     _check_observations_read_by_their_labels(case)
+
+
+@st.composite
+def closed_cases(draw):
+    """A case of :func:`cases` on a global grid of 2 columns or more, and the same prior
+    and gridded observations with a closing column: the first again, its longitude
+    written again."""
+    prior, obs, kwargs, _ = draw(cases())
+    dims = find_dims(prior)
+    lon = np.asarray(prior[dims.lon].values, np.float64)
+    step = np.mod(np.diff(lon), 360.0)
+    assume(lon.size >= 2 and np.isclose(step.sum() + step[0], 360.0))
+    closed = [
+        xr.concat([ds, ds.isel({dims.lon: [0]})], dims.lon) if dims.lon in ds.dims else ds
+        for ds in (prior, obs)
+    ]
+    return prior, obs, *closed, kwargs, dims.lon
+
+
+def _check_a_closing_column_is_its_first(case) -> None:
+    """A prior and gridded observations with a closing column give the analysis and
+    warnings of the open grid, with the first column's analysis in the closing one; or
+    the same refusal."""
+    prior, obs, closed_prior, closed_obs, kwargs, lon = case
+    expected, said = _outcome(prior, obs, kwargs)
+    got, told = _outcome(closed_prior, closed_obs, kwargs)
+    if isinstance(expected, type):
+        assert got is expected, (expected, got)
+        return
+    assert not isinstance(got, type), (got, "refused, the open grid analysed")
+    assert told == said, (said, told)
+    np.testing.assert_array_equal(got.t.isel({lon: slice(0, -1)}).values, expected.t.values)
+    np.testing.assert_array_equal(got.t.isel({lon: -1}).values, got.t.isel({lon: 0}).values)
+
+
+@settings(max_examples=25, **_COMMON)
+@given(closed_cases())
+def test_a_closing_column_is_analysed_as_its_first(case):
+    _check_a_closing_column_is_its_first(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, **_COMMON)
+@given(closed_cases())
+def test_a_closing_column_is_analysed_as_its_first_many(case):
+    _check_a_closing_column_is_its_first(case)
 
 
 @st.composite
