@@ -228,6 +228,17 @@ def test_missing_level_lists_the_levels(wb2_store):
         xensf.era5.open(wb2_store, variables=["z550"])
     with pytest.raises(OptionError, match="no level 1 hPa"):
         xensf.era5.open(wb2_store, variables=["t"], levels=[1, 500])
+    # [] gave a Dataset of no level, and a level listed twice came back twice
+    with pytest.raises(OptionError, match=r"levels=\[\] asks for no level"):
+        xensf.era5.open(wb2_store, variables=["t"], levels=[])
+    with pytest.raises(OptionError, match="lists 500 hPa more than once"):
+        xensf.era5.open(wb2_store, variables=["t"], levels=[500, 850, 500])
+
+
+def test_a_resolution_with_a_dataset_is_refused_not_ignored():
+    sample = xensf.open_era5_sample()
+    with pytest.raises(OptionError, match="either source= or resolution="):
+        xensf.era5.open(sample, resolution="240x121")
 
 
 @pytest.mark.parametrize("every, says", [("banana", "takes a duration such as '6h'"),

@@ -109,6 +109,13 @@ def _check_levels(ds: xr.Dataset, wanted: Sequence[float], what: str) -> None:
 def _select_variables(ds: xr.Dataset, variables, levels) -> xr.Dataset:
     if levels is not None:
         levels = [float(v) for v in np.atleast_1d(levels)]
+        if not levels:
+            raise OptionError("levels=[] asks for no level; give some, or None for all")
+        twice = sorted({v for v in levels if levels.count(v) > 1})
+        if twice:
+            raise OptionError(
+                f"levels= lists {_fmt_levels(twice)} hPa more than once; give each once"
+            )
         if "level" not in ds.dims:
             raise OptionError(f"levels={levels} given, but the store has no level dim")
         _check_levels(ds, levels, "levels=")
@@ -319,6 +326,8 @@ def open(
     >>> z = xensf.era5.open(resolution="240x121", variables="z500",
     ...                     time=("2018-01-01", "2019-12-31"))  # doctest: +SKIP
     """
+    if source is not None and resolution is not None:
+        raise OptionError("give either source= or resolution=, not both")
     if isinstance(source, xr.Dataset):
         raw = source
         label = "<Dataset>"
@@ -336,8 +345,6 @@ def open(
                     "64x32 (5.625°), 240x121 (1.5°) and 1440x721 (0.25°)"
                 )
             source = RESOLUTIONS[key]
-        elif resolution is not None:
-            raise OptionError("give either source= or resolution=, not both")
         label = os.fspath(source)
         kwargs: dict[str, Any] = {}
         if (
