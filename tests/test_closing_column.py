@@ -36,7 +36,7 @@ def _closed(lon_first: float, last=None, members: int = 10) -> tuple[xr.Dataset,
     values[:, 2, 0] = values[:, 2, -1] = 285.0  # the seam, written in both columns
     values[:, 4, 3] = 278.0
     obs = xr.Dataset({"t": (("time", "lat", "lon"), values, {"units": "K"})}, coords=prior.coords)
-    return prior, obs.drop_vars("lon_bnds", errors="ignore")
+    return prior, obs
 
 
 def _open(ds: xr.Dataset) -> xr.Dataset:

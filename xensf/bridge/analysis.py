@@ -329,12 +329,12 @@ def _check_grid(ds: xr.Dataset, dims: EnsembleDims, grid: GridCoords) -> None:
                 except ObservationMismatchError as err:
                     raise DimensionError(f"the {d!r} coordinate: {err}") from None
                 continue
-            step = np.diff(c.astype(np.float64))
             if not np.all(np.isfinite(c.astype(np.float64))):
                 raise DimensionError(
                     f"the {d!r} coordinate has NaN or infinite values: every grid line "
                     "needs its position"
                 )
+            step = np.diff(c.astype(np.float64))
             if not (np.all(step > 0) or np.all(step < 0)):
                 raise DimensionError(
                     f"the {d!r} coordinate is not strictly monotonic; sort it (ds.sortby({d!r}))"

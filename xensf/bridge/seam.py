@@ -47,8 +47,8 @@ class ClosingColumn:
         twin = obj.isel({self.lon: np.r_[n - 1, 1 : n - 1]})
         if isinstance(obj, xr.DataArray):
             return _filled(body, twin)
-        for name, da in body.data_vars.items():
-            body[name] = _filled(da, twin[name])
+        for name in list(body.data_vars):
+            body[name] = _filled(body[name], twin[name])
         return body
 
     def unfold(self, result: xr.Dataset, names) -> xr.Dataset:
