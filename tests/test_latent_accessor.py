@@ -202,6 +202,21 @@ def test_a_latent_is_decoded_by_the_model_that_encoded_it(case, untrained):
     )
 
 
+def test_a_latent_in_another_order_is_decoded_by_its_labels(case):
+    """A latent dim reversed (or sorted by another key) was decoded by position: each
+    component read as another, a field changed without a word."""
+    model, prior, _, _ = case
+    latent = prior.ensf.encode(model)
+    want = latent.ensf.decode(model)
+    shuffled = latent.isel(latent=np.random.default_rng(0).permutation(model.latent_dim))
+    xr.testing.assert_identical(shuffled.ensf.decode(model), want)
+    xr.testing.assert_identical(shuffled.chunk(member=1).ensf.decode(model).compute(), want)
+    with pytest.raises(DimensionError, match="labels are not its components 0"):
+        latent.assign_coords(latent=latent.latent + 1).ensf.decode(model)
+    bare = latent.drop_vars("latent")  # no labels: the order given
+    xr.testing.assert_identical(bare.ensf.decode(model), want)
+
+
 @pytest.fixture
 def one_torch_thread():
     """torch on one thread, where its CPU convolutions differ most between batch sizes

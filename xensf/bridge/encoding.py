@@ -173,6 +173,26 @@ def _decode_block(z, *, handle, layout, device):
     return out if len(out) > 1 else out[0]
 
 
+def _in_latent_order(z: xr.DataArray) -> xr.DataArray:
+    """``z`` with its latent components in the order of their labels, as ``encode``
+    numbers them (0 … L − 1): a latent dim reversed or sorted by another key (an
+    ``isel``, a ``sortby``) was decoded by position, each component read as another.
+    Without labels the order is the one given."""
+    if LATENT_DIM not in z.coords:
+        return z
+    labels = np.asarray(z[LATENT_DIM].values)
+    size = z.sizes[LATENT_DIM]
+    if labels.dtype.kind not in "iu" or not np.array_equal(np.sort(labels), np.arange(size)):
+        raise DimensionError(
+            f"the latent data's {LATENT_DIM!r} labels are not its components 0 … {size - 1} "
+            f"as encode numbers them (got {labels[:4].tolist()}…); drop them "
+            f"(latent.drop_vars({LATENT_DIM!r})) if the components are in the model's order"
+        )
+    if np.array_equal(labels, np.arange(size)):
+        return z
+    return z.isel({LATENT_DIM: np.argsort(labels)})
+
+
 def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.Dataset:
     """States on the model's grid from latent vectors; see the accessor."""
     if device is not None:
@@ -219,6 +239,7 @@ def decode(latent: xr.Dataset | xr.DataArray, model: Any, *, device=None) -> xr.
     lat, lon = data["lat_dim"], data["lon_dim"]
     sample = [d for d in z.dims if d != LATENT_DIM]
     require_whole(z, [LATENT_DIM], "decoding", instead="time or members")
+    z = _in_latent_order(z)
     outs = xr.apply_ufunc(
         _decode_block,
         z.variable,
