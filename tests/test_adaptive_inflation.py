@@ -230,6 +230,28 @@ def test_a_trusted_field_on_the_grid_is_the_fixed_inflation_it_holds():
     np.testing.assert_allclose(adaptive.inflation.values, 1.21)
 
 
+def test_a_field_in_another_order_is_read_by_its_labels():
+    """A field with latitude north to south, longitudes from -180 or rolled (a previous
+    analysis sorted, a file of another convention) was refused with the advice to
+    interpolate it: it is the same points."""
+    import xensf
+
+    ds, obs = _grid_case(2)
+    field = 1.0 + 0.05 * abs(ds.t.isel(time=0, member=0) - 280)
+    want = ds.ensf.assimilate(obs, adaptive_inflation=xensf.AdaptiveInflation(mean=field), **LETKF)
+    signed = field.assign_coords(lon=(field.lon + 180.0) % 360.0 - 180.0)
+    for other in (field.isel(lat=slice(None, None, -1)), field.roll(lon=5, roll_coords=True),
+                  signed.sortby("lon"), field.transpose()):  # fmt: skip
+        got = ds.ensf.assimilate(
+            obs, adaptive_inflation=xensf.AdaptiveInflation(mean=other), **LETKF
+        )
+        np.testing.assert_array_equal(got.t.values, want.t.values)
+        np.testing.assert_array_equal(got.inflation.values, want.inflation.values)
+    with pytest.raises(xensf.OptionError, match="on other 'lat' coordinates"):  # other points
+        shifted = field.assign_coords(lat=field.lat + 1.0)
+        ds.ensf.assimilate(obs, adaptive_inflation=xensf.AdaptiveInflation(mean=shifted), **LETKF)
+
+
 def test_adaptive_inflation_options_are_checked_before_any_work():
     import xensf
 

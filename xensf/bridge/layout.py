@@ -77,6 +77,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
     """
     from ..errors import OptionError
     from .grid import same_points
+    from .orientation import in_the_state_order
     from .seam import folded
 
     grid = (dims.lat, dims.lon)
@@ -90,6 +91,7 @@ def grid_field(value, prior, dims, layout: StateLayout, what: str) -> np.ndarray
     if dims.time is not None and dims.time in value.dims and value.sizes[dims.time] == 1:
         value = value.isel({dims.time: 0}, drop=True)
     value = folded(value, dims)  # a closing column is its first (the state's is folded)
+    value = in_the_state_order(value, prior, dims)  # read by its labels, as data are
     if set(value.dims) != set(grid):
         raise OptionError(
             f"{what} has dims {list(value.dims)}; it must have the state's grid dims "
