@@ -1400,3 +1400,60 @@ def test_an_error_variable_in_percent_is_told_how_to_give_a_relative_error(ds, o
         loc_radius=None,
     )
     assert_same_run(humid.ensf.assimilate(shared, method="letkf", loc_radius=None), want)
+
+
+def test_observations_with_a_level_each_are_at_their_own_levels():
+    # Reports with a level each (a level coordinate along the stations, as a table's
+    # pressure column gives) were refused by a state with a level dim, with the advice of
+    # one level for all; and a state at one level (a scalar coordinate) took every
+    # report as its own, those of 850 hPa at 500 hPa, without a word.
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"t": (("member", "level", "lat", "lon"), 280 + r.standard_normal((6, 3, 6, 8)),
+               {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0,
+                "level": ("level", [1000.0, 850.0, 500.0], {"units": "hPa"})},
+    )  # fmt: skip
+    lat, lon, levels = [0.0, 36.0, 12.0], [90.0, 225.0, 135.0], [500.0, 850.0, 500.0]
+    reports = xr.Dataset(
+        {"t": ("station", [290.0, 275.0, 284.0])},
+        coords={"lat": ("station", lat), "lon": ("station", lon),
+                "level": ("station", levels, {"units": "hPa"})},
+    )  # fmt: skip
+    # the same reports laid out by level by hand, NaN where a station has no report
+    by_hand = xr.Dataset(
+        {"t": (("level", "station"), [[np.nan, 275.0, np.nan], [290.0, np.nan, 284.0]])},
+        coords={"lat": ("station", lat), "lon": ("station", lon),
+                "level": ("level", [850.0, 500.0], {"units": "hPa"})},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    expected = state.ensf.assimilate(by_hand, **options)
+    in_pa = reports.assign_coords(level=("station", [5e4, 8.5e4, 5e4], {"units": "Pa"}))
+    for given in (reports, in_pa):
+        assert_same_run(state.ensf.assimilate(given, **options), expected)
+    with_errors = reports.assign(t_error=("station", [0.5, 0.5, 0.5], {"units": "K"}))
+    assert_same_run(state.ensf.assimilate(with_errors, **{**options, "obs_error": None}), expected)
+    at_500 = state.sel(level=500.0)
+    np.testing.assert_array_equal(
+        at_500.ensf.assimilate(reports, **options).t.values,
+        at_500.ensf.assimilate(reports.isel(station=[0, 2]), **options).t.values,
+    )
+    # a table: a time and a level in each row
+    timed = state.expand_dims(time=np.array(["2001-01-01", "2001-01-02"], "datetime64[ns]"))
+    table = pd.DataFrame(
+        {"time": timed.time.values[[0, 1, 1]], "lat": lat, "lon": lon, "level": levels,
+         "t": [290.0, 275.0, 284.0]}
+    ).to_xarray().set_coords(["time", "lat", "lon", "level"])  # fmt: skip
+    from_table = timed.ensf.assimilate(table, **options)
+    for i, rows in enumerate(([0], [1, 2])):
+        alone = state.ensf.assimilate(reports.isel(station=rows), **options)
+        np.testing.assert_array_equal(from_table.t.isel(time=i).values, alone.t.values)
+    # a level the state does not have, a value without a level, all at another level
+    with pytest.raises(ObservationMismatchError, match=r"level values \[700.0\] hPa"):
+        elsewhere = reports.assign_coords(level=("station", [500.0, 700.0, 500.0]))
+        state.ensf.assimilate(elsewhere, **options)
+    unplaced = reports.assign_coords(level=("station", [500.0, np.nan, 500.0]))
+    with pytest.raises(ObservationMismatchError, match=r"1 observations have no level"):
+        state.ensf.assimilate(unplaced, **options)
+    with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
+        at_500.ensf.assimilate(reports.isel(station=[1]), **options)

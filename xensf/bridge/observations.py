@@ -168,12 +168,7 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
     missing = pd.isnull(times)
     if missing.any():
         # pandas would file them under another row's time (NaT is no index label)
-        given = xr.zeros_like(obs[tc], dtype=bool)
-        for v in obs.data_vars.values():
-            if row in v.dims:
-                other = [d for d in v.dims if d != row]
-                given = given | (v.notnull().any(other) if other else v.notnull())
-        dated = int((given.values & missing).sum())
+        dated = int((_given_at(obs, obs[tc]).values & missing).sum())
         if dated:
             raise ObservationMismatchError(
                 f"{dated} observations have no time (NaT or NaN {tc!r} where the value is "
@@ -190,6 +185,45 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
     table = obs.drop_vars(row, errors="ignore").assign_coords({slot_dim: (row, slot)})
     table = table.set_index({row: [tc, slot_dim]}).unstack(row)
     return table.drop_vars(slot_dim).rename({slot_dim: row})
+
+
+def _given_at(obs: xr.Dataset, coord: xr.DataArray) -> xr.DataArray:
+    """Where along ``coord``'s dims the observations give a value (in any of their
+    variables that have those dims, at any of their other dims' entries)."""
+    given = xr.zeros_like(coord, dtype=bool).drop_vars(list(coord.coords))
+    for v in obs.data_vars.values():
+        if set(coord.dims) <= set(v.dims):
+            other = [d for d in v.dims if d not in coord.dims]
+            seen = v.notnull().any(other) if other else v.notnull()
+            given = given | seen.drop_vars(list(seen.coords))
+    return given
+
+
+def rows_by_level(obs: xr.Dataset, levels) -> xr.Dataset:
+    """Observations with a level each (a coordinate of one of the state's ``levels``
+    along their rows, as a table's pressure column or aircraft reports give it) laid
+    out along that level as a dim: one entry per level observed, each row's value at
+    its own level and NaN at the others. Anything else is returned as it is."""
+    for lev in sorted(levels, key=str):
+        if lev not in obs.coords or lev in obs.dims or obs[lev].ndim == 0:
+            continue
+        at = obs[lev]
+        missing = at.isnull()
+        if bool(missing.any()):
+            unplaced = int((_given_at(obs, at) & missing).sum())
+            if unplaced:
+                raise ObservationMismatchError(
+                    f"{unplaced} observations have no level (NaN {lev!r} where the value is "
+                    f"given); give their levels, or drop them: obs.where(obs[{lev!r}].notnull())"
+                )
+        values = np.unique(at.values[~missing.values])
+        hit = at.drop_vars(list(at.coords)) == xr.DataArray(values, dims=lev)
+        out = obs.drop_vars(lev)
+        for n, v in obs.data_vars.items():
+            if set(at.dims) & set(v.dims):
+                out[n] = v.where(hit)
+        obs = out.assign_coords({lev: (lev, values, at.attrs)})
+    return obs
 
 
 def _state_names_of(obs, unknown, prior, variables) -> dict:
@@ -250,10 +284,7 @@ def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, grid: Grid
     lat_name, lon_name = names
     where = xr.DataArray(np.eye(obs.sizes[dims.time], dtype=bool), dims=(dims.time, "_slot"))
     values = {n: v for n, v in obs.data_vars.items() if point in v.dims}
-    seen = xr.zeros_like(obs[lat_name], dtype=bool)
-    for v in values.values():
-        extra = [d for d in v.dims if d not in both]
-        seen = seen | (v.notnull().any(extra) if extra else v.notnull())
+    seen = _given_at(obs, obs[lat_name])
     lat, lon = obs[lat_name], obs[lon_name]
     unknown = seen & (lat.isnull() | lon.isnull())
     if bool(unknown.any()):
@@ -479,6 +510,12 @@ def prepare_observations(
             )
 
     obs = rows_by_time(obs, dims.time)
+    at_one_level = scalar_levels(prior)
+    level_names = {lev for name in names for lev in _state_levels(prior, name, dims)}
+    level_names |= set(at_one_level)
+    # levels given row by row, not as a dim (for the hint of _at_the_state_levels)
+    by_row = {n for n in level_names if n in obs.coords and n not in obs.dims and obs[n].ndim}
+    obs = rows_by_level(obs, level_names)
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
     obs_time = find_role(obs, "time", required=False)
     if (
@@ -562,13 +599,8 @@ def prepare_observations(
         p_idx, p_w = grid.station_weights(p_lat, p_lon)
         p_loc = grid.locations_of(p_lat, p_lon)
 
-    at_one_level = scalar_levels(prior)
-    obs = _levels_in_state_units(
-        obs,
-        prior,
-        {lev for name in names for lev in _state_levels(prior, name, dims)} | set(at_one_level),
-    )
-    obs = _at_the_state_levels(obs, prior, at_one_level)
+    obs = _levels_in_state_units(obs, prior, level_names)
+    obs = _at_the_state_levels(obs, prior, at_one_level, by_row)
     fields, field_levels = [], {}
     for name in names:
         da = obs[name]
@@ -690,10 +722,13 @@ def prepare_observations(
     return plan, values, error_values
 
 
-def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) -> xr.Dataset:
+def _at_the_state_levels(
+    obs: xr.Dataset, prior: xr.Dataset, levels: list[str], by_row=frozenset()
+) -> xr.Dataset:
     """``obs`` at the one level of a state without a level dim (the ``levels``, scalar
     coordinates of ``prior``, in whose units :func:`_levels_in_state_units` has put the
-    observations'), or an error: observations of another level were applied to it."""
+    observations'), or an error: observations of another level were applied to it.
+    ``by_row``: the levels the user gave row by row (laid out by :func:`rows_by_level`)."""
     for lev in levels:
         if lev not in obs.coords or obs[lev].ndim > 1:
             continue
@@ -710,7 +745,9 @@ def _at_the_state_levels(obs: xr.Dataset, prior: xr.Dataset, levels: list[str]) 
                 f"the state is at {lev}={ours}{units} (a scalar coordinate, no {lev!r} dim) "
                 f"and the observations are at {lev} {theirs.tolist()}; give the "
                 + (
-                    f"observations of that level (obs.sel({lev}={ours!r}))"
+                    f"observations of that level (obs.where(obs[{lev!r}] == {ours!r}, drop=True))"
+                    if lev in by_row
+                    else f"observations of that level (obs.sel({lev}={ours!r}))"
                     if lev in obs.dims
                     else f"observations of that level, or, if they observe it, say so "
                     f"(obs.assign_coords({lev}={ours!r}))"
