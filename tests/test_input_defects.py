@@ -1453,7 +1453,7 @@ def test_observations_with_a_level_each_are_at_their_own_levels():
         elsewhere = reports.assign_coords(level=("station", [500.0, 700.0, 500.0]))
         state.ensf.assimilate(elsewhere, **options)
     unplaced = reports.assign_coords(level=("station", [500.0, np.nan, 500.0]))
-    with pytest.raises(ObservationMismatchError, match=r"1 observations have no level"):
+    with pytest.raises(ObservationMismatchError, match=r"1 observations of \[.t.\] have no level"):
         state.ensf.assimilate(unplaced, **options)
     with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
         at_500.ensf.assimilate(reports.isel(station=[1]), **options)

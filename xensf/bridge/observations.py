@@ -16,7 +16,7 @@ as numpy arrays) plus the observation values and errors as (possibly lazy) input
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -187,41 +187,48 @@ def rows_by_time(obs: xr.Dataset, tc: str | None) -> xr.Dataset:
     return table.drop_vars(slot_dim).rename({slot_dim: row})
 
 
-def _given_at(obs: xr.Dataset, coord: xr.DataArray) -> xr.DataArray:
+def _given_at(obs: xr.Dataset, coord: xr.DataArray, names=None) -> xr.DataArray:
     """Where along ``coord``'s dims the observations give a value (in any of their
-    variables that have those dims, at any of their other dims' entries)."""
+    variables, or of the variables ``names``, that have those dims, at any of their
+    other dims' entries)."""
     given = xr.zeros_like(coord, dtype=bool).drop_vars(list(coord.coords))
-    for v in obs.data_vars.values():
-        if set(coord.dims) <= set(v.dims):
+    for n, v in obs.data_vars.items():
+        if set(coord.dims) <= set(v.dims) and (names is None or n in names):
             other = [d for d in v.dims if d not in coord.dims]
             seen = v.notnull().any(other) if other else v.notnull()
             given = given | seen.drop_vars(list(seen.coords))
     return given
 
 
-def rows_by_level(obs: xr.Dataset, levels) -> xr.Dataset:
-    """Observations with a level each (a coordinate of one of the state's ``levels``
-    along their rows, as a table's pressure column or aircraft reports give it) laid
-    out along that level as a dim: one entry per level observed, each row's value at
-    its own level and NaN at the others. Anything else is returned as it is."""
-    for lev in sorted(levels, key=str):
+def rows_by_level(obs: xr.Dataset, levels_of: Mapping[str, Collection[str]]) -> xr.Dataset:
+    """Observations with a level each (a coordinate of a level along their rows, as a
+    table's pressure column or aircraft reports give it) laid out along that level as a
+    dim: one entry per level observed, each row's value at its own level and NaN at the
+    others. ``levels_of``: the state's levels (dims and scalar coordinates) of each
+    observed variable; only those variables with the level, and their error
+    variables, are laid out (a surface variable in the same table keeps its rows).
+    Anything else is returned as it is."""
+    for lev in sorted({lev for levels in levels_of.values() for lev in levels}, key=str):
         if lev not in obs.coords or lev in obs.dims or obs[lev].ndim == 0:
             continue
         at = obs[lev]
+        names = [n for n, levels in levels_of.items() if lev in levels]
         missing = at.isnull()
         if bool(missing.any()):
-            unplaced = int((_given_at(obs, at) & missing).sum())
+            unplaced = int((_given_at(obs, at, names) & missing).sum())
             if unplaced:
                 raise ObservationMismatchError(
-                    f"{unplaced} observations have no level (NaN {lev!r} where the value is "
-                    f"given); give their levels, or drop them: obs.where(obs[{lev!r}].notnull())"
+                    f"{unplaced} observations of {names} have no level (NaN {lev!r} where "
+                    f"the value is given); give their levels, or drop them: "
+                    f"obs.where(obs[{lev!r}].notnull())"
                 )
+        names += [e for n in names for kind, e in _error_places(obs, n) if kind == "variable"]
         values = np.unique(at.values[~missing.values])
         hit = at.drop_vars(list(at.coords)) == xr.DataArray(values, dims=lev)
         out = obs.drop_vars(lev)
-        for n, v in obs.data_vars.items():
-            if set(at.dims) & set(v.dims):
-                out[n] = v.where(hit)
+        for n in names:
+            if set(at.dims) & set(obs[n].dims):
+                out[n] = obs[n].where(hit)
         obs = out.assign_coords({lev: (lev, values, at.attrs)})
     return obs
 
@@ -511,11 +518,11 @@ def prepare_observations(
 
     obs = rows_by_time(obs, dims.time)
     at_one_level = scalar_levels(prior)
-    level_names = {lev for name in names for lev in _state_levels(prior, name, dims)}
-    level_names |= set(at_one_level)
+    levels_of = {name: {*_state_levels(prior, name, dims), *at_one_level} for name in names}
+    level_names = {lev for levels in levels_of.values() for lev in levels}
     # levels given row by row, not as a dim (for the hint of _at_the_state_levels)
     by_row = {n for n in level_names if n in obs.coords and n not in obs.dims and obs[n].ndim}
-    obs = rows_by_level(obs, level_names)
+    obs = rows_by_level(obs, levels_of)
     # Time: the observations' time dim is the state's (renamed if it goes by another name).
     obs_time = find_role(obs, "time", required=False)
     if (
