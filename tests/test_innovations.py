@@ -163,3 +163,37 @@ def test_a_masked_prior_is_read_as_the_analysis_reads_it():
     assert diag.sizes["obs"] == 2  # the station on land is left out, as by the analysis
     np.testing.assert_allclose(diag.prior_mean.values, expected.values[:, [0, 2]], rtol=1e-12)
     assert np.isfinite(diag.attrs["t_mean_omb_squared"]) and diag.attrs["t_count"] == 4
+
+
+def test_each_observation_says_its_level():
+    # Observations at two levels of one place came back as two rows with the same
+    # variable and position: their innovations could not be told apart by level.
+    prior, _ = _iid_twin(n_time=1, n_mem=5)
+    prior = prior.isel(time=0, drop=True)
+    levels = xr.DataArray([850.0, 500.0], dims="level", attrs={"units": "hPa"})
+    prior = prior.assign(
+        t=prior.t.expand_dims(level=levels.size, axis=1).assign_coords(level=levels)
+        + xr.DataArray([0.0, 10.0], dims="level"),
+        ps=prior.t.assign_attrs(units="hPa") + 1000.0,
+    )
+    reports = xr.Dataset(
+        {"t": ("station", [1.0, 11.0, 2.0]), "ps": ("station", [1001.0, np.nan, 999.0])},
+        coords={"lat": ("station", [10.0, 10.0, -20.0]), "lon": ("station", [36.0] * 3),
+                "level": ("station", [850.0, 500.0, 500.0], {"units": "hPa"})},
+    )  # fmt: skip
+    diag = prior.ensf.innovations(reports, obs_error=0.5)
+    assert diag.level.attrs["units"] == "hPa"
+    t, ps = (
+        diag.where(diag.variable == "t", drop=True),
+        diag.where(diag.variable == "ps", drop=True),
+    )
+    assert np.isnan(ps.level.values).all() and ps.sizes["obs"] == 2
+    for level in (850.0, 500.0):  # each level's rows are those of its reports alone
+        alone = prior.ensf.innovations(
+            reports[["t"]].where(reports.level == level, drop=True), obs_error=0.5
+        )
+        at = t.where(t.level == level, drop=True)
+        np.testing.assert_array_equal(np.sort(at.omb.values), np.sort(alone.omb.values))
+        np.testing.assert_array_equal(alone.level.values, level)
+    at_500 = prior.sel(level=500.0).ensf.innovations(reports[["t"]], obs_error=0.5)
+    assert at_500.level.item() == 500.0 and at_500.sizes["obs"] == 2

@@ -300,8 +300,9 @@ class EnsfDatasetAccessor:
         -------
         Dataset
             Along ``obs`` (and ``time``, if the prior has it), with coordinates
-            ``variable``, ``latitude`` and ``longitude`` (x and y on a planar grid):
-            ``observation``, ``obs_error``, ``prior_mean``, ``prior_spread``, ``omb``
+            ``variable``, ``latitude`` and ``longitude`` (x and y on a planar grid)
+            and each of the state's levels (NaN for a variable without it; group by it
+            for profiles of O − B): ``observation``, ``obs_error``, ``prior_mean``, ``prior_spread``, ``omb``
             (O − B) and, with ``analysis``, ``analysis_mean``, ``analysis_spread``,
             ``oma`` (O − A); NaN where there is no observation. Attributes per variable
             ``v``: ``v_count``, ``v_mean_omb``, ``v_mean_omb_squared`` against

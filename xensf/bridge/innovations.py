@@ -16,7 +16,7 @@ import xarray as xr
 from ..errors import MaskedObservationWarning, ObservationMismatchError, warn_user
 from .alignment import aligned_like
 from .analysis import prepare_state
-from .dims import find_dims, flat_indexes, state_variables
+from .dims import find_dims, flat_indexes, scalar_levels, state_variables
 from .metadata import cf_coordinates
 from .observations import prepare_observations
 from .orientation import in_the_state_order
@@ -145,6 +145,10 @@ def innovations(
     for (name, attrs), column in zip(where.items(), plan.locations.T, strict=True):
         attrs = {"long_name": f"{name} of the observation", **attrs}
         coords[name] = ("obs", column, attrs)
+    for lev, (column, attrs) in _levels_of_fields(prior, layout).items():
+        coords[lev] = ("obs", column[field], attrs)  # where on the state's levels
+    for lev in scalar_levels(prior):  # a state at one level: its observations' level
+        coords[lev] = prior[lev].variable
     if times is not None:  # the analysis times: valid times (reference times are refused)
         coords["time"] = ("time", times, {"standard_name": "time", "long_name": "analysis time"})
     result = xr.Dataset(data_vars, coords=coords)
@@ -154,6 +158,32 @@ def innovations(
         result.attrs.update(_desroziers(out, seen & (var_of_row == v)[None, :], v))
     result.attrs["title"] = "observation-space diagnostics made with xensf"
     return cf_coordinates(result)
+
+
+def _levels_of_fields(prior: xr.Dataset, layout) -> dict[str, tuple[np.ndarray, dict]]:
+    """Per level dim of the state, its label at each field of the state vector (NaN, or
+    None for labels that are not numbers, where the field's variable has no such level;
+    the level's position where the dim has no coordinate) and its coordinate's
+    attributes."""
+    names = list(dict.fromkeys(lev for var_dims in layout.level_dims for lev in var_dims))
+    labels = {
+        lev: prior[lev].values if lev in prior.coords else np.arange(prior.sizes[lev])
+        for lev in names
+    }
+    at_field: dict[str, list] = {lev: [] for lev in names}
+    for var_dims, shape in zip(layout.level_dims, layout.level_shapes, strict=True):
+        for at in np.ndindex(*shape):
+            where = dict(zip(var_dims, at, strict=True))
+            for lev in names:
+                at_field[lev].append(labels[lev][where[lev]] if lev in where else None)
+    out = {}
+    for lev in names:
+        if labels[lev].dtype.kind in "fiu":
+            column = np.array([np.nan if v is None else v for v in at_field[lev]], float)
+        else:
+            column = np.array(at_field[lev], object)
+        out[lev] = (column, dict(prior[lev].attrs) if lev in prior.coords else {})
+    return out
 
 
 _LONG_NAMES = {
