@@ -202,3 +202,14 @@ def test_a_cycle_counts_the_observations_its_analyses_used():
                           method="letkf", obs_error=0.5, loc_radius=2000.0, progress=False)  # fmt: skip
     np.testing.assert_array_equal(out.obs_count.values, [1])  # the seam, once
     np.testing.assert_array_equal(out.t_count.values, out.obs_count.values)
+
+
+def test_a_rank_histogram_counts_the_seam_once():
+    # unweighted, it counted the closing column's points as well as their twins'
+    prior, _ = _closed(-180.0)
+    truth = prior.t.isel(member=0) + 0.5
+    got = prior.t.ensf.rank_histogram(truth)
+    want = _open(prior).t.ensf.rank_histogram(_open(truth.to_dataset()).t)
+    xr.testing.assert_identical(got, want)
+    by_column = prior.t.ensf.rank_histogram(truth, dims=["lat"])  # not averaged over: kept
+    assert by_column.sizes["lon"] == prior.sizes["lon"]

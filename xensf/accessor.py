@@ -494,24 +494,27 @@ class EnsfDatasetAccessor:
     ) -> xr.Dataset:
         """How often the truth falls below 0, 1, …, N members (a ``rank`` dim of N + 1).
 
-        Counted over ``dims`` (default: all dims of ``truth`` except time, unweighted);
+        Counted over ``dims`` (default: all dims of ``truth`` except time, unweighted;
+        a global grid's closing column, its first column again, is counted once);
         flat for a calibrated ensemble. See :func:`xensf.metrics.rank_histogram`.
         """
         from .filters.noise import check_seed
         from .metrics import rank_histogram
 
         check_seed(seed, non_negative=True)
-        ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim)
+        ens, truth, member, dims, _ = self._scoring(truth, dims, member_dim, seam_once=True)
         counts = rank_histogram(ens, truth, member, dims=dims, seed=seed)
         counts["rank"].attrs.update(
             long_name="rank of the truth among the members (0: below them all)", units="1"
         )
         return _described(ens, counts, "count of the truth's rank among the members", units="1")
 
-    def _scoring(self, truth, dims, member_dim):
+    def _scoring(self, truth, dims, member_dim, seam_once: bool = False):
         """The ensemble and the truth to score (their shared variables, the truth in
         the ensemble's units), the member dim, the dims to average over, and the area
-        weights (or None); an XensfError for a truth that does not fit."""
+        weights (or None); an XensfError for a truth that does not fit. ``seam_once``:
+        a closing column averaged over is left out of the ensemble and the truth (for
+        unweighted counts; the weights give it none)."""
         from .bridge.dims import find_dims, find_role
         from .bridge.grid import grid_coords
         from .bridge.seam import closing_column
@@ -547,6 +550,9 @@ class EnsfDatasetAccessor:
                 if seam is not None:  # its first column again: one place, weighed once
                     once = np.r_[np.ones(seam.size - 1), 0.0]
                     weights = weights * xr.DataArray(once, dims=found.lon)
+                    if seam_once and seam.lon in dims:
+                        ens = seam.fold(ens)
+                        truth = seam.fold(truth) if seam.lon in truth.dims else truth
             if not set(weights.dims) <= set(dims):
                 weights = None
         return ens, truth, member, dims, weights
