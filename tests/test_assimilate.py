@@ -287,6 +287,18 @@ def test_dims_by_cf_metadata_and_overrides(small):
     assert b.sizes["m"] == 8
 
 
+def test_the_member_dim_of_pangeo_cmip6_stores_is_found(small):
+    # intake-esm's CMIP6 collections name it member_id, labelled "r1i1p1f1", ...
+    cmip = small.rename(member="member_id").assign_coords(
+        member_id=[f"r{i + 1}i1p1f1" for i in range(small.sizes["member"])]
+    )
+    truth = cmip.isel(member_id=0, drop=True)
+    a = cmip.ensf.assimilate(truth.where(truth.lat > 0), method="letkf", loc_radius=None,
+                             obs_error=0.5)  # fmt: skip
+    assert list(a.member_id.values) == list(cmip.member_id.values)
+    assert a.ensf.spread().t.dims == ("time", "lat", "lon")
+
+
 def test_dataarray_accessor(small):
     da = small["t"]
     obs = da.isel(member=0, drop=True).where(small.lat > 0)

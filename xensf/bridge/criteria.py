@@ -30,7 +30,16 @@ CF_CRITERIA: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: Dimension names tried, case-insensitively, when no coordinate carries CF attributes.
 COMMON_NAMES: dict[str, tuple[str, ...]] = {
-    "member": ("member", "number", "realization", "ensemble", "ens", "mem", "ensemble_member"),
+    "member": (
+        "member",
+        "number",
+        "realization",
+        "ensemble",
+        "ens",
+        "mem",
+        "ensemble_member",
+        "member_id",
+    ),
     "latitude": ("lat", "latitude", "y", "nav_lat", "rlat"),
     "longitude": ("lon", "longitude", "x", "nav_lon", "rlon"),
     "time": ("time", "valid_time", "t"),
