@@ -1457,3 +1457,31 @@ def test_observations_with_a_level_each_are_at_their_own_levels():
         state.ensf.assimilate(unplaced, **options)
     with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
         at_500.ensf.assimilate(reports.isel(station=[1]), **options)
+
+
+def test_observations_without_a_dim_the_state_has_once_are_of_its_one_entry():
+    # A CMIP6 store's length-1 dcpp_init_year (labelled NaN) was a level dim the
+    # observations had to give; given, its NaN label matched nothing, and the
+    # observations were refused as of a dcpp_init_year the state does not have.
+    r = np.random.default_rng(0)
+    state = xr.Dataset(
+        {"tas": (("member_id", "dcpp_init_year", "lat", "lon"),
+                 280 + r.standard_normal((6, 1, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0,
+                "member_id": [f"r{i + 1}i1p1f1" for i in range(6)], "dcpp_init_year": [np.nan]},
+    )  # fmt: skip
+    stations = xr.Dataset(
+        {"tas": ("station", [282.0, 279.0])},
+        coords={"lat": ("station", [12.0, -30.0]), "lon": ("station", [90.0, 200.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    squeezed = state.squeeze("dcpp_init_year", drop=True).ensf.assimilate(stations, **options)
+    for given in (stations, stations.expand_dims(dcpp_init_year=[np.nan])):
+        got = state.ensf.assimilate(given, **options)
+        assert got.tas.dims == state.tas.dims
+        np.testing.assert_array_equal(
+            got.tas.squeeze("dcpp_init_year").values, squeezed.tas.values
+        )
+    labelled = state.assign_coords(dcpp_init_year=[1990.0])
+    with pytest.raises(ObservationMismatchError, match=r"dcpp_init_year values \[2000.0\]"):
+        labelled.ensf.assimilate(stations.assign_coords(dcpp_init_year=2000.0), **options)

@@ -639,6 +639,12 @@ def prepare_observations(
                 f"{name!r} does not have (its level dims are {list(levels)}){hint}"
             )
         missing = [lev for lev in levels if lev not in da.dims]
+        for lev in [lev for lev in missing if prior.sizes[lev] == 1]:
+            # the state's one entry along it (a CMIP6 store's dcpp_init_year): the
+            # observations are of it, as those of a state at one level without the dim
+            given = lev in da.coords or lev not in prior.coords
+            da = da.expand_dims(lev if given else {lev: prior[lev].values})
+            missing.remove(lev)
         if missing:
             raise ObservationMismatchError(
                 f"observation variable {name!r} lacks the level dims {missing} of the state "
@@ -647,7 +653,8 @@ def prepare_observations(
             )
         for lev in levels:
             if lev in obs.coords and lev in prior.coords:
-                bad = np.setdiff1d(obs[lev].values, prior[lev].values)
+                theirs = np.unique(obs[lev].values)  # (pandas' isin takes NaN for NaN)
+                bad = theirs[~pd.Index(theirs).isin(prior[lev].values)]
                 if bad.size:
                     units = f" {prior[lev].attrs['units']}" if "units" in prior[lev].attrs else ""
                     raise ObservationMismatchError(
@@ -782,7 +789,7 @@ def _observed_level_positions(da, prior, levels) -> list[np.ndarray]:
     for lev in levels:
         state = np.arange(prior.sizes[lev])
         if lev in da.coords and lev in prior.coords:
-            state = state[np.isin(prior[lev].values, da[lev].values)]
+            state = state[pd.Index(prior[lev].values).isin(da[lev].values)]  # NaN too
         out.append(state)
     return out
 
