@@ -1485,3 +1485,30 @@ def test_observations_without_a_dim_the_state_has_once_are_of_its_one_entry():
     labelled = state.assign_coords(dcpp_init_year=[1990.0])
     with pytest.raises(ObservationMismatchError, match=r"dcpp_init_year values \[2000.0\]"):
         labelled.ensf.assimilate(stations.assign_coords(dcpp_init_year=2000.0), **options)
+
+
+def test_a_latent_model_tells_to_squeeze_a_dim_of_length_one_it_has_not():
+    # train_latent takes a CMIP6 store's dcpp_init_year as a sample dim; the prior's own
+    # was then a field level the model lacks, refused without a fix
+    r = np.random.default_rng(0)
+    train = xr.Dataset(
+        {"tas": (("time", "dcpp_init_year", "y", "x"), r.standard_normal((40, 1, 8, 8)),
+                 {"units": "K"})},
+        coords={"y": ("y", np.arange(8) * 10.0, {"units": "km"}),
+                "x": ("x", np.arange(8) * 10.0, {"units": "km"}),
+                "time": np.arange(40), "dcpp_init_year": [np.nan]},
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.TrainingDataWarning)
+        model = xensf.train_latent(
+            train, 2, latent_dim=4, width=4, blocks=1, epochs=1, progress=False, seed=0
+        )
+    prior = train.isel(time=slice(0, 6)).rename(time="member")
+    obs = xr.full_like(prior.isel(member=0, dcpp_init_year=0, drop=True), np.nan)
+    obs["tas"][::2, ::2] = 0.5
+    with pytest.raises(ObservationMismatchError, match=r"ds.squeeze\(\['dcpp_init_year'\]\)"):
+        prior.ensf.assimilate(obs, model=model, method="latent-ensf")
+    squeezed = prior.squeeze(["dcpp_init_year"])  # as it says
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.XensfWarning)
+        assert squeezed.ensf.assimilate(obs, model=model, method="latent-ensf").tas.notnull().all()

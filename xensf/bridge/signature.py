@@ -227,6 +227,9 @@ def _fields_fix(expected: dict[str, Any], found: dict[str, Any], data) -> str:
     if missing and all(d in data.coords and data[d].ndim == 0 for d in missing):
         wanted = {d: want[d] for d in missing}
         return f"; the model takes the levels {wanted} together, and the data holds one"
+    once = sorted((d for d in set(have) - set(want) if data.sizes.get(d) == 1), key=str)
+    if once and not missing:  # (a CMIP6 store's dcpp_init_year: a sample dim in training)
+        return f"; the model has no {once}, of length 1 in the data: ds.squeeze({once!r})"
     return ""
 
 
