@@ -17,8 +17,9 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
-from ..errors import ObservationMismatchError, UnitsError
+from ..errors import ObservationDomainError, ObservationMismatchError, UnitsError
 from .criteria import CF_CRITERIA, COMMON_NAMES
+from .rotated import RotatedPole, in_the_frame, is_in_the_frame, rotated_pole
 from .units import convert_units, degrees_per
 
 __all__ = ["GridCoords", "curvilinear_names", "grid_coords"]
@@ -65,7 +66,10 @@ class GridCoords:
     ``geographic``: degrees on the sphere (else planar units or grid indices); a
     geographic grid given in another angle (radians) holds its values in degrees here.
     ``units``: the units of the coordinates as given (their ``units`` attributes), in
-    which a point's coordinates without units of their own are read.
+    which a point's coordinates without units of their own are read. ``rotated``: the
+    coordinates are those of a rotated-pole frame (``grid_latitude``), whose ``pole``
+    (:mod:`xensf.bridge.rotated`; None where no grid mapping gives it) turns
+    geographic points into it.
     """
 
     lat: np.ndarray | None
@@ -73,6 +77,8 @@ class GridCoords:
     geographic: bool
     names: tuple[str, str] | None = None
     units: tuple[str | None, str | None] = (None, None)
+    rotated: bool = False
+    pole: RotatedPole | None = None
 
     @property
     def curvilinear(self) -> bool:
@@ -120,6 +126,16 @@ class GridCoords:
             coord.assign_attrs(units=given), target, name=str(coord.name), what=what
         )
 
+    def point_coordinates(
+        self, lat: xr.DataArray, lon: xr.DataArray
+    ) -> tuple[xr.DataArray, xr.DataArray]:
+        """Points' latitude and longitude (y and x) as this grid's values are: in its
+        units (:meth:`point_coordinate`) and, on a rotated-pole grid, in its frame."""
+        lat, lon = (self.point_coordinate(c, axis) for axis, c in enumerate((lat, lon)))
+        if self.rotated:
+            lat, lon = in_the_frame(lat, lon, self.pole, self.names)
+        return lat, lon
+
     def station_weights(self, lat, lon) -> tuple[np.ndarray, np.ndarray]:
         """Bilinear interpolation rows (``S + (4,)`` indices and weights) to points."""
         from ..curvilinear import curvilinear_weights
@@ -131,6 +147,13 @@ class GridCoords:
             )
         if self.curvilinear:
             return curvilinear_weights(self.lat, self.lon, lat, lon)
+        if self.rotated:
+            try:
+                return bilinear_weights(self.lat, self.lon, lat, lon)
+            except ObservationDomainError as e:
+                raise ObservationDomainError(
+                    f"{e} (Positions in the grid's rotated frame: pole at {self.pole}.)"
+                ) from None
         if self.geographic:
             return bilinear_weights(self.lat, self.lon, lat, lon)
         return planar_bilinear_weights(self.lat, self.lon, lat, lon)
@@ -202,12 +225,15 @@ def grid_coords(ds: xr.Dataset | xr.DataArray, dims) -> GridCoords:
         geographic = _is_geographic_axis(ds, dims)
         axes = [ds[dims.lat], ds[dims.lon]]
         lat, lon = (_in_degrees(a) if geographic else np.asarray(a.values) for a in axes)
+        rotated = geographic and is_in_the_frame(ds[dims.lat])
         return GridCoords(
             lat,
             lon,
             geographic=geographic,
             names=(dims.lat, dims.lon),
             units=tuple(a.attrs.get("units") for a in axes),
+            rotated=rotated,
+            pole=rotated_pole(ds) if rotated else None,
         )
     return GridCoords(
         np.arange(ds.sizes[dims.lat], dtype=np.float64),

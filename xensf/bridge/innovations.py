@@ -20,6 +20,7 @@ from .dims import find_dims, flat_indexes, scalar_levels, state_variables
 from .metadata import cf_coordinates
 from .observations import prepare_observations
 from .orientation import in_the_state_order
+from .rotated import FRAME_NAMES
 from .seam import closing_column, folded
 from .spatial import observed_prior
 from .units import dequantify
@@ -132,7 +133,11 @@ def innovations(
         for k, v in out.items()
     }
     where = (
-        {
+        {  # the positions the filters use: on a rotated-pole grid, in its frame
+            name: {"standard_name": name, "units": "degrees"} for name in FRAME_NAMES
+        }
+        if grid.rotated
+        else {
             "latitude": {"standard_name": "latitude", "units": "degrees_north"},
             "longitude": {"standard_name": "longitude", "units": "degrees_east"},
         }

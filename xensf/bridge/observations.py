@@ -259,14 +259,15 @@ def _point_coords(obs: xr.Dataset, dim: str, time_dim: str | None = None):
 
 
 def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoords):
-    """``obs`` with its points' latitude and longitude in the units of the grid's values
-    (:meth:`GridCoords.point_coordinate`: stations in m on a grid in km, or in radians
-    on one in degrees, are where their units say, not where their numbers would be)."""
+    """``obs`` with its points' latitude and longitude as the grid's values are
+    (:meth:`GridCoords.point_coordinates`: stations in m on a grid in km, or in radians
+    on one in degrees, are where their units say, not where their numbers would be; on
+    a rotated-pole grid, in its frame)."""
     names = _point_coords(obs, point, time_dim)
     if names is None or not grid.known:
         return obs
     return obs.assign_coords(
-        {n: grid.point_coordinate(obs[n], axis) for axis, n in enumerate(names)}
+        dict(zip(names, grid.point_coordinates(*(obs[n] for n in names)), strict=True))
     )
 
 

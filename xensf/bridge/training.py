@@ -242,8 +242,8 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
 
     grid = grid_coords(ds, dims)
     plat, plon = (
-        np.asarray(grid.point_coordinate(obs[n], axis).values, np.float64)
-        for axis, n in enumerate((lat_name, lon_name))
+        np.asarray(c.values, np.float64)
+        for c in grid.point_coordinates(obs[lat_name], obs[lon_name])
     )
     if plat.size == 0:
         raise ObservationMismatchError(
