@@ -1512,3 +1512,39 @@ def test_a_latent_model_tells_to_squeeze_a_dim_of_length_one_it_has_not():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", xensf.XensfWarning)
         assert squeezed.ensf.assimilate(obs, model=model, method="latent-ensf").tas.notnull().all()
+
+
+def test_geographic_stations_on_a_projected_grid_are_refused_not_read_as_metres():
+    # On a Lambert grid in metres, a station at lat 48.85, lon 2.35 (its coordinates
+    # named so, or with standard_name latitude) was read as 48.85 m north and 2.35 m
+    # east of the projection's origin, and assimilated at the grid's centre.
+    r = np.random.default_rng(0)
+    x, y = np.arange(-500e3, 500.1e3, 100e3), np.arange(-400e3, 400.1e3, 100e3)
+    ds = xr.Dataset(
+        {"tas": (("member", "y", "x"), 280 + r.standard_normal((6, y.size, x.size)),
+                 {"units": "K", "grid_mapping": "lambert"})},
+        coords={"y": ("y", y, {"standard_name": "projection_y_coordinate", "units": "m"}),
+                "x": ("x", x, {"standard_name": "projection_x_coordinate", "units": "m"})},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 300.0}
+    geographic = [
+        {"lat": ("station", [48.85]), "lon": ("station", [2.35])},
+        {"latitude": ("station", [48.85], {"units": "degrees_north"}),
+         "longitude": ("station", [2.35], {"units": "degrees_east"})},
+        {"y": ("station", [48.85], {"standard_name": "latitude"}),
+         "x": ("station", [2.35], {"standard_name": "longitude"})},
+    ]  # fmt: skip
+    for coords in geographic:
+        stations = xr.Dataset({"tas": ("station", [290.0])}, coords=coords)
+        with pytest.raises(ObservationMismatchError, match=r"projected.*pyproj"):
+            ds.ensf.assimilate(stations, **options)
+    # in the grid's own coordinates they are where they say
+    planar = xr.Dataset(
+        {"tas": ("station", [290.0])},
+        coords={
+            "y": ("station", [100.0], {"units": "km"}),
+            "x": ("station", [200.0], {"units": "km"}),
+        },
+    )
+    change = abs(ds.ensf.assimilate(planar, **options).tas - ds.tas).mean("member")
+    assert change.argmax(...) == {"y": 5, "x": 7}

@@ -316,11 +316,8 @@ def test_data_in_the_models_units_spelt_otherwise_is_taken(case):
         .stack(station=("y", "x"))
         .reset_index("station")
     )
-    points = points.to_dataset().assign_coords(
-        lat=("station", [1.0, 2, 3, 4]), lon=("station", [1.0, 2, 3, 4])
-    )
-    with pytest.raises(ObservationMismatchError, match="gridded"):
-        prior.ensf.assimilate(points.drop_vars(["y", "x"]), model=model)
+    with pytest.raises(ObservationMismatchError, match="gridded"):  # at their y, x
+        prior.ensf.assimilate(points.to_dataset(), model=model)
 
 
 def test_increment_update_adds_the_decoded_latent_increment(case):

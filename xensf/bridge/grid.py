@@ -131,6 +131,20 @@ class GridCoords:
     ) -> tuple[xr.DataArray, xr.DataArray]:
         """Points' latitude and longitude (y and x) as this grid's values are: in its
         units (:meth:`point_coordinate`) and, on a rotated-pole grid, in its frame."""
+        if self.known and not self.geographic:
+            geographic = [c for c, own in zip((lat, lon), self.names, strict=True)
+                          if _looks_geographic(c, own)]  # fmt: skip
+            if geographic:
+                raise ObservationMismatchError(
+                    f"the state's grid is projected ({self.names[0]!r}, {self.names[1]!r} "
+                    f"in {self.units[0] or 'no units'}) and the points' positions "
+                    f"{[str(c.name) for c in geographic]} are geographic (latitude, "
+                    "longitude); project them onto the grid first, e.g. with pyproj, "
+                    "x, y = pyproj.Transformer.from_crs('EPSG:4326', pyproj.CRS.from_cf("
+                    "ds[ds[var].attrs['grid_mapping']].attrs), always_xy=True).transform("
+                    "lon, lat), or give the state its 2-D latitude and longitude "
+                    "coordinates, with which stations are placed as on any curvilinear grid"
+                )
         lat, lon = (self.point_coordinate(c, axis) for axis, c in enumerate((lat, lon)))
         if self.rotated:
             lat, lon = in_the_frame(lat, lon, self.pole, self.names)
@@ -248,6 +262,18 @@ def _in_degrees(coord: xr.DataArray, dtype=None) -> np.ndarray:
     values = np.asarray(coord.values, dtype)
     factor = degrees_per(coord.attrs.get("units"))
     return values if factor in (None, 1.0) else values * factor
+
+
+def _looks_geographic(coord: xr.DataArray, own: str) -> bool:
+    """Whether a point coordinate is a latitude or longitude (by its standard_name, an
+    angle's units, or, without either, its name where the grid's is another)."""
+    std, units = coord.attrs.get("standard_name"), coord.attrs.get("units")
+    if std in ("latitude", "longitude"):
+        return True
+    if units:
+        return degrees_per(units) is not None or str(units).lower().startswith("degree")
+    named = str(coord.name).lower() in ("lat", "latitude", "lon", "longitude")
+    return not std and coord.name != own and named
 
 
 def _is_geographic_axis(ds, dims) -> bool:
