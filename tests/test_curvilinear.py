@@ -187,3 +187,31 @@ def test_area_weighted_scores_use_the_cell_areas():
     weights = xr.DataArray(cell_areas(lat2, lon2), dims=("y", "x"))
     want = float(np.sqrt((err**2).weighted(weights).mean()))
     assert float(prior.ensf.rmse(truth).t) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_grid_written_with_a_time_dim_is_told_how_to_drop_it():
+    # WRF writes XLAT(Time, south_north, west_east): no grid was found, and the message
+    # said only to name a latitude dim, which leaves the stations without positions
+    j, i = np.meshgrid(np.arange(10), np.arange(12), indexing="ij")
+    lat, lon = 40 + 0.2 * j + 0.01 * i, -100 + 0.25 * i - 0.01 * j
+    rng = np.random.default_rng(0)
+    grid = ("Time", "south_north", "west_east")
+    wrf = xr.Dataset(
+        {"T2": (("member", *grid), 280 + rng.standard_normal((6, 2, 10, 12)), {"units": "K"})},
+        coords={"XLAT": (grid, np.stack([lat, lat]), {"units": "degree_north"}),
+                "XLONG": (grid, np.stack([lon, lon]), {"units": "degree_east"})},
+    )  # fmt: skip
+    station = xr.Dataset(
+        {"T2": ("station", [285.0])},
+        coords={"lat": ("station", [41.0]), "lon": ("station", [-98.5])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 100.0}
+    fix = r"ds.assign_coords\(XLAT=ds\['XLAT'\].isel\(Time=0, drop=True\), XLONG="
+    with pytest.raises(xensf.DimensionError, match=fix):
+        wrf.ensf.assimilate(station, **options)
+    fixed = wrf.assign_coords(
+        XLAT=wrf.XLAT.isel(Time=0, drop=True), XLONG=wrf.XLONG.isel(Time=0, drop=True)
+    )
+    change = abs(fixed.ensf.assimilate(station, **options).T2 - wrf.T2).mean("member").isel(Time=0)
+    near = change.argmax(...)  # the station's cell
+    assert abs(lat[near["south_north"].item(), near["west_east"].item()] - 41.0) < 0.2

@@ -20,7 +20,7 @@ import xarray as xr
 
 from ..errors import ChunkingError, DimensionError, EnsembleError, OptionError
 from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, REQUIRED_ROLES
-from .grid import curvilinear_names
+from .grid import curvilinear_names, grid_in_time_fix
 from .metadata import check_decoded
 
 __all__ = [
@@ -248,7 +248,11 @@ def find_dims(
                 found[role] = d
     for role in REQUIRED_ROLES:
         if found[role] is None:
-            find_role(ds, role, override=overrides[role])  # raises the role's error
+            try:
+                find_role(ds, role, override=overrides[role])  # raises the role's error
+            except DimensionError as e:
+                fix = grid_in_time_fix(ds) if role != "member" else ""
+                raise DimensionError(f"{e}{fix}") from None
     chosen = [d for d in found.values() if d is not None]
     if len(set(chosen)) != len(chosen):
         raise DimensionError(

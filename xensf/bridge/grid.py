@@ -31,11 +31,11 @@ _NAMES_2D = {
 }
 
 
-def _role_2d(obj: xr.Dataset | xr.DataArray, role: str) -> list[str]:
-    """2-D coordinates that carry the role's CF metadata or a usual name."""
+def _role_2d(obj: xr.Dataset | xr.DataArray, role: str, ndim: int = 2) -> list[str]:
+    """2-D (``ndim``-D) coordinates that carry the role's CF metadata or a usual name."""
     out = []
     for name, coord in obj.coords.items():
-        if coord.ndim != 2:
+        if coord.ndim != ndim:
             continue
         attrs = coord.attrs
         cf = any(
@@ -46,6 +46,23 @@ def _role_2d(obj: xr.Dataset | xr.DataArray, role: str) -> list[str]:
         if cf or lowered in _NAMES_2D[role] or lowered in COMMON_NAMES[role]:
             out.append(str(name))
     return out
+
+
+def grid_in_time_fix(obj: xr.Dataset | xr.DataArray) -> str:
+    """How to read a grid whose latitude/longitude coordinates also have a time dim
+    (WRF's ``XLAT(Time, south_north, west_east)``), or ``""`` where there is none."""
+    lats, lons = _role_2d(obj, "latitude", 3), _role_2d(obj, "longitude", 3)
+    for a, b in ((a, b) for a in lats for b in lons if obj[a].dims == obj[b].dims and a != b):
+        t = next(
+            (d for d in obj[a].dims if str(d).lower() in COMMON_NAMES["time"]), obj[a].dims[0]
+        )
+        return (
+            f"; the grid's coordinates {a!r} and {b!r} have the dim {t!r} too (as WRF writes "
+            f"them): on a grid that does not move, give them without it, "
+            f"ds.assign_coords({a}=ds[{a!r}].isel({t}=0, drop=True), "
+            f"{b}=ds[{b!r}].isel({t}=0, drop=True))"
+        )
+    return ""
 
 
 def curvilinear_names(obj: xr.Dataset | xr.DataArray) -> tuple[str, str] | None:
