@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import xensf  # noqa: F401  (registers the accessor)
+import xensf
 from xensf.curvilinear import cell_areas, curvilinear_weights, is_periodic_columns
 from xensf.errors import ObservationDomainError, ObservationMismatchError
 from xensf.obs import bilinear_weights
