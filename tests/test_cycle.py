@@ -791,3 +791,39 @@ def test_an_era5_ensemble_at_one_time_starts_a_run_at_its_valid_time(tmp_path):
         xensf.cycle(Persistence(np.timedelta64(12, "h")), forecasts, truth.isel(time=[1]),
                     method="letkf", obs_error=10.0, loc_radius=1000.0,
                     store=tmp_path / "other.zarr", progress=False)  # fmt: skip
+
+
+class _Counted:
+    """Persistence with a time step in hours, recording the steps it is asked for."""
+
+    def __init__(self, time_step):
+        self.time_step, self.asked = time_step, []
+
+    def forecast(self, state, steps):
+        self.asked.append(steps)
+        return state
+
+
+def test_a_time_step_in_hours_is_read_as_hours():
+    # The schedule took timedelta64(6, "h") as 6 ns: the model was asked for 3.6e12
+    # steps per cycle, and the error messages put the cycle in 2028.
+    rng = np.random.default_rng(0)
+    start = xr.Dataset(
+        {"t": (("member", "lat", "lon"), 280 + rng.standard_normal((6, 6, 8)), {"units": "K"})},
+        coords={"lat": np.linspace(-60, 60, 6), "lon": np.arange(8) * 45.0,
+                "time": np.datetime64("2001-01-01", "ns")},
+    )  # fmt: skip
+    times = np.array(["2001-01-01T06", "2001-01-01T12"], "datetime64[ns]")
+    obs = xr.Dataset(
+        {"t": (("time", "station"), [[290.0], [289.0]])},
+        coords={"time": times, "lat": ("station", [0.0]), "lon": ("station", [90.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0, "progress": False}
+    hours = _Counted(np.timedelta64(6, "h"))
+    run = xensf.cycle(hours, start, obs, **options)
+    assert hours.asked == [1, 1]
+    np.testing.assert_array_equal(run.time.values, times)
+    reference = xensf.cycle(Persistence("6h"), start, obs, **options)
+    xr.testing.assert_equal(run, reference)  # the same numbers; the attributes name each model
+    with pytest.raises(OptionError, match="positive and finite"):
+        xensf.cycle(_Counted(float("inf")), start.assign_coords(time=0.0), obs, **options)

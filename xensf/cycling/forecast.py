@@ -32,6 +32,7 @@ __all__ = [
     "TorchForecaster",
     "check_forecaster",
     "forecaster_settings",
+    "model_time_step",
 ]
 
 
@@ -332,6 +333,14 @@ class ShallowWaterForecaster(TorchForecaster):
 
 def check_forecaster(model: Any) -> Any:
     """``model`` if it is a usable :class:`Forecaster` (a positive time step), else an error."""
+    model_time_step(model)
+    return model
+
+
+def model_time_step(model: Any) -> Any:
+    """The forecaster's ``time_step``, checked: a ``timedelta64[ns]`` (a step of
+    ``timedelta64(6, "h")`` counts hours, which the schedule's arithmetic in
+    nanoseconds read as 6 ns) or a float."""
     if not callable(getattr(model, "forecast", None)) or not hasattr(model, "time_step"):
         raise OptionError(
             f"model must be a forecaster with a time_step and a forecast(state, steps) method "
@@ -339,12 +348,13 @@ def check_forecaster(model: Any) -> Any:
         )
     step = model.time_step
     if isinstance(step, np.timedelta64):
-        if not step > np.timedelta64(0, "ns"):
+        if np.isnat(step) or not step > np.timedelta64(0, "ns"):
             raise OptionError(f"the model's time_step must be positive, got {step}")
-    elif not (isinstance(step, int | float | np.number) and not isinstance(step, bool)):
+        return step.astype("timedelta64[ns]")
+    if not (isinstance(step, int | float | np.number) and not isinstance(step, bool)):
         raise OptionError(
             f"the model's time_step must be a numpy.timedelta64 or a number, got {step!r}"
         )
-    elif not step > 0:
-        raise OptionError(f"the model's time_step must be positive, got {step!r}")
-    return model
+    if not (step > 0 and np.isfinite(step)):
+        raise OptionError(f"the model's time_step must be positive and finite, got {step!r}")
+    return float(step)

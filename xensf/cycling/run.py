@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..filters.noise import check_seed
 from .context import CycleContext, land_masks, off_the_mask
-from .forecast import check_forecaster
+from .forecast import check_forecaster, model_time_step
 from .record import cycle_record, run_attrs
 from .schedule import check_obs, initial_state, make_schedule
 from .settings import run_settings
@@ -191,7 +191,8 @@ def cycle(
     from ..bridge.methods import resolve_method
 
     member = find_role(initial_ensemble, "member", override=member_dim)
-    t0, state0 = initial_state(initial_ensemble, forecaster.time_step)
+    step = model_time_step(forecaster)  # in ns: timedelta64(6, 'h') counts hours
+    t0, state0 = initial_state(initial_ensemble, step)
     names = [v for v in state0.data_vars if member in state0[v].dims]
     if not names:
         raise DimensionError(
@@ -223,7 +224,7 @@ def cycle(
         latent_model, latent_digest = handle.path, handle.digest
     ctx = CycleContext(
         forecaster=forecaster, state0=state0, names=names, member=member, obs=obs,
-        obs_time=obs_time, schedule=make_schedule(t0, forecaster.time_step, obs, obs_time,
+        obs_time=obs_time, schedule=make_schedule(t0, step, obs, obs_time,
                                                   every, until),
         method=spec.name, latent_model=latent_model, obs_error=obs_error, seed=int(seed),
         device=device, member_dim=member_dim, members=bool(members), options=dict(options),
