@@ -1548,3 +1548,33 @@ def test_geographic_stations_on_a_projected_grid_are_refused_not_read_as_metres(
     )
     change = abs(ds.ensf.assimilate(planar, **options).tas - ds.tas).mean("member")
     assert change.argmax(...) == {"y": 5, "x": 7}
+
+
+def test_a_forecast_labelled_by_lead_time_is_told_to_label_it_by_valid_time():
+    # cfgrib reads one forecast as dims (number, step, ...), step its lead times and
+    # valid_time along it: observations at dates were refused with the advice to decode
+    # both alike (xarray.decode_cf), which does not help
+    r = np.random.default_rng(0)
+    t0 = np.datetime64("2020-01-01T00", "ns")
+    lead = np.array([6, 12], "timedelta64[h]").astype("timedelta64[ns]")
+    forecast = xr.Dataset(
+        {"t": (("number", "step", "lat", "lon"), 280 + r.standard_normal((6, 2, 6, 8)), {"units": "K"})},
+        coords={"step": ("step", lead, {"standard_name": "forecast_period"}),
+                "time": ((), t0, {"standard_name": "forecast_reference_time"}),
+                "valid_time": ("step", t0 + lead, {"standard_name": "time"}),
+                "lat": np.linspace(60.0, -60.0, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    dated = xr.Dataset(
+        {"t": (("time", "station"), [[290.0], [289.0]])},
+        coords={"time": t0 + lead, "lat": ("station", [0.0]), "lon": ("station", [90.0])},
+    )
+    fix = r"lead times .*ds.swap_dims\(\{'step': 'valid_time'\}\)"
+    with pytest.raises(xensf.DimensionError, match=fix):
+        forecast.ensf.assimilate(dated, **options)
+    by_valid_time = forecast.swap_dims(step="valid_time").ensf.assimilate(dated, **options)
+    # observations labelled by lead time too are matched as before
+    by_lead = forecast.ensf.assimilate(
+        dated.rename(time="step").assign_coords(step=lead), **options
+    )
+    np.testing.assert_array_equal(by_lead.t.values, by_valid_time.t.values)

@@ -85,17 +85,17 @@ def _cf_matches(obj: xr.Dataset | xr.DataArray, role: str) -> set[str]:
     return {obj[n].dims[0] for n in names if n in obj.coords and obj[n].ndim == 1}
 
 
-def check_valid_times(prior: xr.Dataset, time_dim: str) -> None:
+def check_valid_times(prior: xr.Dataset, time_dim: str, obs_times=None) -> None:
     """Refuse a time dim of forecast reference times whose forecasts are valid later
     (cfgrib's ``time`` of ensemble forecasts): observations are matched by the time
-    they are valid at, and the state's labels would match them hours off."""
+    they are valid at, and the state's labels would match them hours off. Likewise a
+    time dim of lead times (cfgrib's ``step`` of one forecast) against ``obs_times``
+    that are dates."""
     from .metadata import zero_lead_time
 
+    if time_dim not in prior.coords:
+        return
     coord = prior[time_dim]
-    if coord.attrs.get("standard_name") != "forecast_reference_time":
-        return
-    if zero_lead_time(prior, time_dim):
-        return
     valid = [n for n, c in prior.coords.items()
              if n != time_dim and c.dims == (time_dim,) and c.attrs.get("standard_name") == "time"]  # fmt: skip
     fix = (
@@ -103,6 +103,17 @@ def check_valid_times(prior: xr.Dataset, time_dim: str) -> None:
         if valid
         else "make the time the forecasts are valid at the coordinate of the time dim"
     )
+    dated = obs_times is not None and np.asarray(obs_times).dtype.kind == "M"
+    if coord.dtype.kind == "m" and dated:
+        raise DimensionError(
+            f"the state's time dim {time_dim!r} holds lead times ({coord.dtype}) and the "
+            "observations' times are dates; observations are matched by the time they are "
+            f"valid at, so label the state with it first: {fix}"
+        )
+    if coord.attrs.get("standard_name") != "forecast_reference_time":
+        return
+    if zero_lead_time(prior, time_dim):
+        return
     raise DimensionError(
         f"the state's {time_dim!r} holds forecast reference times (standard_name "
         "'forecast_reference_time') and its forecasts are valid later; observations are "

@@ -547,7 +547,7 @@ def prepare_observations(
         obs = obs.squeeze(obs_time, drop=True)
         obs_time = None
     if obs_time is not None:
-        check_valid_times(prior, dims.time)
+        check_valid_times(prior, dims.time, obs[obs_time].values)
         if obs_time != dims.time:
             obs = obs.rename({obs_time: dims.time})
         state_times = prior[dims.time].values
