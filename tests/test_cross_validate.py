@@ -293,3 +293,25 @@ def test_a_location_s_fold_does_not_depend_on_the_order_the_locations_come_in():
             shuffled.lon.values, strict=True)] == list(reordered.values)  # fmt: skip
     # and a grid's observations given as stations fall into the same folds
     assert [label.sel(lat=a, lon=b).item() for a, b in by_place] == list(by_place.values())
+
+
+def test_reports_at_one_place_are_withheld_together():
+    # Rows of a table at one place (two levels of one sounding) fell into different
+    # folds: the analysis that predicted one had the other, a few metres away, to use.
+    prior, _ = _smooth_twin(n_time=1)
+    prior = xr.concat([prior, prior * 1.5], "level").assign_coords(level=[850.0, 500.0])
+    prior = prior.transpose("time", "member", "level", "lat", "lon")
+    rng = np.random.default_rng(3)
+    lats, lons = rng.uniform(-55, 55, 6), rng.uniform(0, 340, 6)
+    rows = xr.Dataset(
+        {"t": (("time", "row"), np.ones((1, 12)))},
+        coords={"time": prior.time, "lat": ("row", np.repeat(lats, 2)),
+                "lon": ("row", np.repeat(lons, 2)), "level": ("row", [850.0, 500.0] * 6)},
+    )  # fmt: skip
+    label, _, _ = _fold_labels(prior, rows, 3, 0, {})
+    assert (label.values[::2] == label.values[1::2]).all()  # a place's rows together
+    assert sorted(np.bincount(label.values)) == [4, 4, 4]
+    with pytest.raises(
+        xensf.OptionError, match="needs at least 7 observed locations; the observations have 6"
+    ):
+        _fold_labels(prior, rows, 7, 0, {})

@@ -343,7 +343,8 @@ class EnsfDatasetAccessor:
         """How well the analysis predicts withheld observations, for each setting.
 
         The observed locations are split at random into ``folds`` groups (all
-        variables and levels of a location together). For every combination of the
+        variables and levels of a location together, the rows of a table at one
+        place too). For every combination of the
         values in ``settings`` and every group, this (prior) ensemble is analysed
         with the other groups' observations (``assimilate(..., **kwargs, **setting)``)
         and the analysis mean is compared with the withheld ones. No truth is needed:

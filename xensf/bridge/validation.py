@@ -214,43 +214,48 @@ def _fold_labels(prior, obs, folds, seed, where) -> tuple[xr.DataArray, list[str
         here = here.any([d for d in here.dims if d not in space])
         seen = here if seen is None else seen | here
     seen = seen.transpose(*space)
-    count = int(seen.sum())
+    at = np.flatnonzero(seen.values)
+    where = _positions(prior, obs, dims, space[0], gridded, at)
+    if where is None:  # positions that change with time: each observer a location
+        place = np.arange(at.size)
+    else:
+        order = np.lexsort((where[:, 1], where[:, 0]))
+        at = at[order]
+        # rows at one place (a table's levels of one sounding) are one location
+        place = np.unique(where[order], axis=0, return_inverse=True)[1].ravel()
+    count = int(place.max()) + 1 if place.size else 0
     if count < folds:
         raise OptionError(
             f"cross-validation in {folds} folds needs at least {folds} observed locations; "
             f"the observations have {count}. Use fewer folds (at least 2) or more observations"
         )
-    at = np.flatnonzero(seen.values)
-    at = at[_by_position(prior, obs, dims, space[0], gridded, at)]
     fold = np.full(seen.shape, -1, dtype=np.int64)
-    fold.ravel()[at] = np.random.default_rng(seed).permutation(count) % folds
+    fold.ravel()[at] = (np.random.default_rng(seed).permutation(count) % folds)[place]
     coords = {d: obs[d] for d in space if d in obs.coords}
     return xr.DataArray(fold, dims=space, coords=coords), names, gridded
 
 
-def _by_position(prior, obs, dims, point, gridded, at) -> np.ndarray:
-    """The order of the observed locations ``at`` (flat indices of the grid, or of the
-    point dim ``point``) by latitude, then longitude (in [-180, 180) on the sphere; y
-    and x on a planar grid), in which the folds are drawn: so a location's fold does
-    not depend on the order the locations come in (a grid from north to south, the
-    same stations in another order, or gridded observations given as stations). Moving
-    observers keep their order."""
+def _positions(prior, obs, dims, point, gridded, at) -> np.ndarray | None:
+    """The positions ``(latitude, longitude in [-180, 180))`` on the sphere, ``(y, x)``
+    on a planar grid, grid indices on a grid without coordinates) of the observed
+    locations ``at`` (flat indices of the grid, or of the point dim ``point``), by which
+    the folds are drawn: so a location's fold does not depend on the order the
+    locations come in (a grid from north to south, the same stations in another order,
+    or gridded observations given as stations). None for moving observers."""
     from .grid import grid_coords
     from .observations import _point_coords, _points_in_grid_units
 
     grid = grid_coords(prior, dims)
     if not grid.known:
-        return np.arange(at.size)
+        return np.stack([at, np.zeros_like(at)], -1).astype(np.float64)
     if gridded:
-        where = grid.locations[at]
-    else:
-        names = _point_coords(obs, point)
-        if names is None:  # positions that change with time
-            return np.arange(at.size)
-        obs = _points_in_grid_units(obs, point, None, grid)
-        lat, lon = (np.asarray(obs[n].values, np.float64) for n in names)
-        where = grid.locations_of(lat, lon)[at]
-    return np.lexsort((where[:, 1], where[:, 0]))
+        return grid.locations[at]
+    names = _point_coords(obs, point)
+    if names is None:  # positions that change with time
+        return None
+    obs = _points_in_grid_units(obs, point, None, grid)
+    lat, lon = (np.asarray(obs[n].values, np.float64) for n in names)
+    return grid.locations_of(lat, lon)[at]
 
 
 def _table(grid, combos, sums, folds, seed) -> xr.Dataset:
