@@ -1002,3 +1002,12 @@ def test_a_station_layout_is_read_in_its_units():
     expected, got = layout(in_km), layout(in_m)
     assert got["indices"] == expected["indices"]
     np.testing.assert_allclose(got["weights"], expected["weights"], rtol=0, atol=1e-12)
+
+
+def test_a_dataarray_encodes_and_its_latent_decodes_as_the_dataset_does(case):
+    model, prior, _, _ = case
+    z = prior.ensf.encode(model, device="cpu")
+    xr.testing.assert_identical(prior.h.ensf.encode(model, device="cpu"), z)
+    xr.testing.assert_identical(
+        z.latent_mean.ensf.decode(model, device="cpu"), z.ensf.decode(model, device="cpu")
+    )

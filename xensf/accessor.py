@@ -679,6 +679,18 @@ class EnsfDataArrayAccessor:
         )
         return out
 
+    def encode(self, model: Any, **kwargs: Any) -> xr.Dataset:
+        """As :meth:`EnsfDatasetAccessor.encode`: this variable's states (the model's
+        only variable) to the latent Dataset."""
+        return self._as_dataset().ensf.encode(model, **kwargs)
+
+    def decode(self, model: Any, *, device=None) -> xr.Dataset:
+        """As :meth:`EnsfDatasetAccessor.decode`, for the latent means as a DataArray
+        (``z.latent_mean``): the Dataset of the model's variables."""
+        from .bridge.encoding import decode
+
+        return decode(self._obj, model, device=device)
+
     def mean(self, member_dim: str | None = None) -> xr.DataArray:
         """Ensemble mean over the member dim."""
         ds = self._as_dataset()
