@@ -1457,6 +1457,9 @@ def test_observations_with_a_level_each_are_at_their_own_levels():
         state.ensf.assimilate(unplaced, **options)
     with pytest.raises(ObservationMismatchError, match=r"level=500.0 hPa.*\[850.0\]"):
         at_500.ensf.assimilate(reports.isel(station=[1]), **options)
+    # a level under another name than the state's: told to rename it
+    with pytest.raises(ObservationMismatchError, match=r"obs.rename\(\{'plev': 'level'\}\)"):
+        state.ensf.assimilate(reports.rename(level="plev"), **options)
 
 
 def test_observations_without_a_dim_the_state_has_once_are_of_its_one_entry():

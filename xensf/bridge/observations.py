@@ -38,7 +38,7 @@ from ..obs import (
     parse_relative,
     resolve_obs_error,
 )
-from .criteria import CF_CRITERIA, COMMON_NAMES, POINT_DIM_NAMES
+from .criteria import CF_CRITERIA, COMMON_NAMES, LEVEL_NAMES, POINT_DIM_NAMES
 from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, scalar_time
 from .grid import GridCoords, grid_coords, same_points
 from .layout import StateLayout
@@ -650,7 +650,9 @@ def prepare_observations(
             raise ObservationMismatchError(
                 f"observation variable {name!r} lacks the level dims {missing} of the state "
                 f"variable; give the observations a {missing[0]!r} dim (e.g. "
-                f"obs[{name!r}].expand_dims({missing[0]}=[value]))"
+                f"obs[{name!r}].expand_dims({missing[0]}=[value])) or, for reports with a "
+                f"level each, a {missing[0]!r} coordinate along them in the state's levels"
+                + _other_level_hint(obs, missing[0])
             )
         for lev in levels:
             if lev in obs.coords and lev in prior.coords:
@@ -771,6 +773,14 @@ def _at_the_state_levels(
         if lev in obs.dims:
             obs = obs.isel({lev: int(np.flatnonzero(hit)[0])})
     return obs
+
+
+def _other_level_hint(obs: xr.Dataset, lev: str) -> str:
+    """A hint where the observations carry a level under another name than ``lev``."""
+    others = [str(n) for n in obs.coords if n != lev and str(n).lower() in LEVEL_NAMES]
+    if not others:
+        return ""
+    return f" (their {others[0]!r} is not the state's {lev!r}: obs.rename({{{others[0]!r}: {lev!r}}})?)"
 
 
 def _levels_in_state_units(obs: xr.Dataset, prior: xr.Dataset, level_dims) -> xr.Dataset:
