@@ -31,7 +31,7 @@ _NAMES_2D = {
 }
 
 
-def _role_2d(obj: xr.Dataset | xr.DataArray, role: str, ndim: int = 2) -> list[str]:
+def _role_coords(obj: xr.Dataset | xr.DataArray, role: str, ndim: int = 2) -> list[str]:
     """2-D (``ndim``-D) coordinates that carry the role's CF metadata or a usual name."""
     out = []
     for name, coord in obj.coords.items():
@@ -51,7 +51,7 @@ def _role_2d(obj: xr.Dataset | xr.DataArray, role: str, ndim: int = 2) -> list[s
 def grid_in_time_fix(obj: xr.Dataset | xr.DataArray) -> str:
     """How to read a grid whose latitude/longitude coordinates also have a time dim
     (WRF's ``XLAT(Time, south_north, west_east)``), or ``""`` where there is none."""
-    lats, lons = _role_2d(obj, "latitude", 3), _role_2d(obj, "longitude", 3)
+    lats, lons = _role_coords(obj, "latitude", 3), _role_coords(obj, "longitude", 3)
     for a, b in ((a, b) for a in lats for b in lons if obj[a].dims == obj[b].dims and a != b):
         t = next(
             (d for d in obj[a].dims if str(d).lower() in COMMON_NAMES["time"]), obj[a].dims[0]
@@ -71,7 +71,7 @@ def curvilinear_names(obj: xr.Dataset | xr.DataArray) -> tuple[str, str] | None:
     None too when several candidate pairs exist (name the grid dims then: a curvilinear
     grid is found only when nothing is ambiguous).
     """
-    lats, lons = _role_2d(obj, "latitude"), _role_2d(obj, "longitude")
+    lats, lons = _role_coords(obj, "latitude"), _role_coords(obj, "longitude")
     pairs = [(a, b) for a in lats for b in lons if obj[a].dims == obj[b].dims and a != b]
     return pairs[0] if len(pairs) == 1 else None
 

@@ -22,6 +22,7 @@ from .observations import prepare_observations
 from .orientation import in_the_state_order
 from .rotated import FRAME_NAMES
 from .seam import closing_column, folded
+from .signature import fields_of
 from .spatial import observed_prior
 from .units import dequantify
 
@@ -166,27 +167,16 @@ def innovations(
 
 
 def _levels_of_fields(prior: xr.Dataset, layout) -> dict[str, tuple[np.ndarray, dict]]:
-    """Per level dim of the state, its label at each field of the state vector (NaN, or
-    None for labels that are not numbers, where the field's variable has no such level;
-    the level's position where the dim has no coordinate) and its coordinate's
+    """Per level dim of the state, its label at each field of the state vector
+    (:func:`~xensf.bridge.signature.fields_of`; NaN, or None for labels that are not
+    numbers, where the field's variable has no such level) and its coordinate's
     attributes."""
-    names = list(dict.fromkeys(lev for var_dims in layout.level_dims for lev in var_dims))
-    labels = {
-        lev: prior[lev].values if lev in prior.coords else np.arange(prior.sizes[lev])
-        for lev in names
-    }
-    at_field: dict[str, list] = {lev: [] for lev in names}
-    for var_dims, shape in zip(layout.level_dims, layout.level_shapes, strict=True):
-        for at in np.ndindex(*shape):
-            where = dict(zip(var_dims, at, strict=True))
-            for lev in names:
-                at_field[lev].append(labels[lev][where[lev]] if lev in where else None)
+    fields = [levels for _, levels in fields_of(prior, layout)]
     out = {}
-    for lev in names:
-        if labels[lev].dtype.kind in "fiu":
-            column = np.array([np.nan if v is None else v for v in at_field[lev]], float)
-        else:
-            column = np.array(at_field[lev], object)
+    for lev in dict.fromkeys(d for var_dims in layout.level_dims for d in var_dims):
+        numeric = lev not in prior.coords or prior[lev].dtype.kind in "fiu"
+        column = np.array([f.get(lev, np.nan if numeric else None) for f in fields],
+                          float if numeric else object)  # fmt: skip
         out[lev] = (column, dict(prior[lev].attrs) if lev in prior.coords else {})
     return out
 
