@@ -476,3 +476,64 @@ def test_scores_refuse_arguments_that_do_not_fit():
         metrics.relative_rmse(
             states, truth.to_dataset(name="h").rename(lat="y", lon="x"), {"h": 0}
         )
+
+
+def test_scores_refuse_a_truth_whose_labels_do_not_meet_the_ensemble_s():
+    """xarray aligns by label: a truth on float32 spellings of the coordinates met the
+    ensemble nowhere, and every score was NaN (the rank histogram all zeros)."""
+    from xensf import metrics
+
+    rng = np.random.default_rng(7)
+    lat, lon = np.linspace(-6.0, 6.0, 7) + 0.1, np.arange(8) * 0.3
+    ens = xr.DataArray(
+        rng.standard_normal((5, 7, 8)),
+        dims=("member", "lat", "lon"),
+        coords={"lat": lat, "lon": lon},
+    )
+    truth = ens.isel(member=0, drop=True).assign_coords(lat=lat.astype(np.float32))
+    scores = (metrics.ensemble_rmse, metrics.crps, metrics.spread_skill, metrics.rank_histogram)
+    for score in scores:
+        with pytest.raises(DimensionError, match="no 'lat' label in common"):
+            score(ens, truth, "member")
+    repeated = ens.isel(member=0, drop=True).isel(lon=[0, 0, 1, 2, 3, 4, 5, 6])
+    with pytest.raises(DimensionError, match="truth's 'lon' labels repeat"):
+        metrics.crps(ens, repeated, "member")
+    # the accessor's scores take the float32 spelling as the same points
+    assert np.isfinite(float(ens.ensf.rmse(truth)))
+    # a truth over part of the ensemble's labels is still scored where both have them
+    part = ens.isel(member=0, drop=True).isel(lat=slice(0, 3))
+    assert np.isfinite(metrics.ensemble_rmse(ens, part, "member"))
+
+
+def test_ensemble_rmse_of_a_dataset_over_every_point_is_one_number_per_variable():
+    from xensf import metrics
+
+    rng = np.random.default_rng(8)
+    ens = xr.Dataset(
+        {
+            "t": (("member", "lat", "lon"), rng.standard_normal((4, 3, 5))),
+            "q": (("member", "lat", "lon"), 2 + rng.standard_normal((4, 3, 5))),
+        }
+    )
+    truth = ens.isel(member=0, drop=True) + 1.0
+    got = metrics.ensemble_rmse(ens, truth, "member")
+    for v in ("t", "q"):
+        error = ens[v].mean("member") - truth[v]
+        assert float(got[v]) == pytest.approx(float(np.sqrt((error**2).mean())))
+        assert float(got[v]) == pytest.approx(metrics.ensemble_rmse(ens[v], truth[v], "member"))
+
+
+def test_relative_rmse_names_a_variable_or_dim_it_cannot_score():
+    from xensf import metrics
+    from xensf.errors import OptionError
+
+    rng = np.random.default_rng(9)
+    states = xr.Dataset({"h": (("member", "lat", "lon"), rng.standard_normal((3, 4, 5)))})
+    truth = states.isel(member=0, drop=True)
+    with pytest.raises(DimensionError, match=r"lacks the dims \['y', 'x'\]"):
+        metrics.relative_rmse(states, truth, {"h": 1.0})
+    with pytest.raises(OptionError, match="scales names 'u', which the state lacks"):
+        metrics.relative_rmse(states, truth, {"u": 1.0}, dims=("lat", "lon"))
+    got = metrics.relative_rmse(states, truth, {"h": 2.0}, dims=("lat", "lon"))
+    error = states.h.mean("member") - truth.h
+    assert float(got) == pytest.approx(float(np.sqrt((error**2).sum() / (truth.h**2).sum())))

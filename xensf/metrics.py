@@ -37,7 +37,8 @@ def ensemble_rmse(
     """Root-mean-square error of the ensemble mean against ``truth``.
 
     Averaged over ``dims`` (a DataArray or Dataset of the rest), or over every point
-    (and time, level) of ``truth`` as a float; only where ``where`` is true.
+    (and time, level) of ``truth``: a float (a Dataset of one number per variable for
+    a Dataset); only where ``where`` is true.
     ``weights`` (e.g. cos(latitude), :func:`area_weights`; finite, at least 0) weight
     the mean when all of its dims are among those averaged over.
     """
@@ -47,7 +48,10 @@ def ensemble_rmse(
         error = error.where(where)
     if dims is not None:
         return _mean(error**2, dims, weights) ** 0.5
-    return float(np.sqrt(_mean(error**2, None, weights)))
+    mean = _mean(error**2, None, weights)
+    if isinstance(mean, xr.Dataset):  # one number per variable
+        return mean**0.5
+    return float(np.sqrt(mean))
 
 
 def mean_spread(
@@ -79,6 +83,18 @@ def relative_rmse(
     for v, s in scales.items():
         if not (isinstance(s, int | float | np.number) and np.isfinite(s) and s > 0):
             raise OptionError(f"scales[{v!r}] must be a positive finite number, got {s!r}")
+        for data, whose in ((state, "state"), (truth, "truth")):
+            if v not in data.data_vars:
+                raise OptionError(
+                    f"scales names {v!r}, which the {whose} lacks; its variables are "
+                    f"{list(data.data_vars)}"
+                )
+            missing = [d for d in dims if d not in data[v].dims]
+            if missing:
+                raise DimensionError(
+                    f"the {whose}'s {v!r} lacks the dims {missing} to score over (it has "
+                    f"{list(data[v].dims)}): pass its grid's dims as dims= (by default ('y', 'x'))"
+                )
     num = 0.0
     den = 0.0
     for v, s in scales.items():
@@ -119,6 +135,8 @@ def _check(ensemble, truth, member_dim, dims, weights) -> None:
             f"the truth has the member dim {member_dim!r}: give one state (e.g. one run), "
             "not an ensemble"
         )
+    if truth is not None:
+        _check_labels_meet(ensemble, truth)
     if dims is not None:
         unknown = [d for d in dims if d not in ensemble.dims or d == member_dim]
         if unknown:
@@ -132,6 +150,28 @@ def _check(ensemble, truth, member_dim, dims, weights) -> None:
             raise OptionError(
                 "weights must be finite numbers of at least 0, not all 0 (e.g. "
                 "xensf.metrics.area_weights(ds.lat)); fill NaN with 0 to leave points out"
+            )
+
+
+def _check_labels_meet(ensemble, truth) -> None:
+    """A :class:`~xensf.errors.DimensionError` where xarray's alignment of the two by
+    label would fail or leave nothing to score: repeated labels along a dim, or no label
+    in common (a float32 spelling of the ensemble's coordinates, other dates)."""
+    for dim in set(ensemble.indexes) & set(truth.indexes):
+        ours, theirs = ensemble.indexes[dim], truth.indexes[dim]
+        for index, whose in ((ours, "ensemble"), (theirs, "truth")):
+            if not index.is_unique:
+                raise DimensionError(
+                    f"the {whose}'s {dim!r} labels repeat; scores pair the ensemble and "
+                    "the truth by label: drop the repeats"
+                )
+        if ours.intersection(theirs).empty:
+            raise DimensionError(
+                f"the ensemble and the truth have no {dim!r} label in common (the "
+                f"ensemble's {ours[0]} … {ours[-1]}, the truth's {theirs[0]} … "
+                f"{theirs[-1]}), so every score would be NaN. Here the labels must be the "
+                "same; the accessor's scores (ensemble.ensf.rmse(truth) and the others) "
+                "also take a float32 spelling of the same coordinates"
             )
 
 
