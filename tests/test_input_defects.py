@@ -328,6 +328,20 @@ def test_errors_that_dwarf_the_prior_spread_warn_with_the_numbers(ds, obs):
         ds.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
 
 
+def test_an_ensemble_of_copies_of_one_forecast_is_told_to_be_perturbed(ds, obs):
+    # It was told its errors were "inf times the spread" and to give smaller errors,
+    # which no error can mend.
+    copies = xr.concat([ds.isel(member=0)] * ds.sizes["member"], "member")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        got = copies.ensf.assimilate(obs, method="letkf", loc_radius=None, obs_error=0.5)
+    shown = [str(w.message) for w in record if w.category is xensf.ObservationErrorWarning]
+    assert len(shown) == 1, shown
+    assert "members of 't' are all the same at the observed points" in shown[0]
+    assert "needs perturbing" in shown[0] and "inf" not in shown[0]
+    np.testing.assert_array_equal(got.t.values, copies.t.values)
+
+
 def test_the_large_error_warning_judges_each_time_however_the_times_are_chunked(two_days, obs):
     # Pooled over a chunk's times, the errors of one day far above its spread went
     # unsaid beside a day with a wide spread in one chunk, and were said with a chunk

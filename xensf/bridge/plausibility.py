@@ -85,7 +85,19 @@ def check_against_the_prior(
         large = rms_err > _ERROR_SPREAD_RATIO * rms_spread
         if large.any():
             t = int(np.flatnonzero(large)[0])
-            ratio = rms_err[t] / rms_spread[t] if rms_spread[t] > 0 else float("inf")
+            if rms_spread[t] == 0:
+                plan.warn(
+                    (ObservationErrorWarning, name),
+                    f"the prior members of {name!r} are all the same at the observed points "
+                    f"at {int((rms_spread[large] == 0).sum())} of {times.size} analysed "
+                    "times with observations of it: an ensemble without spread there "
+                    "trusts itself fully, and no observation will move it. An ensemble of "
+                    "copies of one forecast needs perturbing (e.g. with noise of the "
+                    "forecast's expected error) before it can be assimilated into.",
+                    ObservationErrorWarning,
+                )
+                continue
+            ratio = rms_err[t] / rms_spread[t]
             plan.warn(
                 (ObservationErrorWarning, name),
                 f"the observation errors of {name!r} are over {_ERROR_SPREAD_RATIO:g} times "
