@@ -1595,3 +1595,38 @@ def test_a_forecast_labelled_by_lead_time_is_told_to_label_it_by_valid_time():
         dated.rename(time="step").assign_coords(step=lead), **options
     )
     np.testing.assert_array_equal(by_lead.t.values, by_valid_time.t.values)
+
+
+def test_observations_between_the_state_s_levels_are_told_how_to_reach_them():
+    # Profiles at their own depths (Argo floats) were refused with the levels listed and
+    # no way on: the operator does not interpolate between levels.
+    r = np.random.default_rng(3)
+    depth = ("lev", [5.0, 15.0, 25.0, 50.0], {"units": "m", "positive": "down"})
+    prior = xr.Dataset(
+        {"thetao": (("member", "lev", "lat", "lon"), 15 + r.standard_normal((6, 4, 6, 8)),
+                    {"units": "degC"})},
+        coords={"lev": depth, "lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    obs = xr.Dataset(
+        {"thetao": ("obs", [16.0, 15.5, 15.2])},
+        coords={"lat": ("obs", [0.0] * 3), "lon": ("obs", [10.0] * 3),
+                "lev": ("obs", [7.0, 18.0, 33.0], {"units": "m"})},
+    )  # fmt: skip
+    options = {"method": "letkf", "obs_error": 0.1, "loc_radius": 3000.0}
+    with pytest.raises(ObservationMismatchError, match="does not interpolate") as info:
+        prior.ensf.assimilate(obs, **options)
+    fix = re.search(r"nearest state level, (obs\.assign_coords\(.*\)\)) \(its", str(info.value))
+    nearest = eval(fix.group(1))  # the recipe as the message spells it
+    assert nearest.lev.values.tolist() == [5.0, 15.0, 25.0]
+    assert np.isfinite(prior.ensf.assimilate(nearest, **options).thetao.values).any()
+    # below the deepest level: dropped, as the message says
+    deep = obs.assign_coords(lev=("obs", [60.0, 70.0, 80.0], {"units": "m"}))
+    with pytest.raises(ObservationMismatchError, match="beyond its levels") as info:
+        prior.ensf.assimilate(deep, **options)
+    assert "obs.where((obs['lev'] >= 5.0) & (obs['lev'] <= 50.0), drop=True)" in str(info.value)
+    # gridded observations on their own levels: interpolated along the level dim
+    gridded = prior.isel(member=0, drop=True).interp(lev=[10.0, 20.0])
+    with pytest.raises(ObservationMismatchError, match="does not interpolate") as info:
+        prior.ensf.assimilate(gridded, **options)
+    fix = re.search(r"\((obs\.interp\(.*\)) interpolates", str(info.value))
+    assert fix.group(1) == "obs.interp(lev=prior['lev'].values)"

@@ -663,6 +663,7 @@ def prepare_observations(
                     raise ObservationMismatchError(
                         f"observation variable {name!r} has {lev} values {bad.tolist()}{units} "
                         f"that the state does not have ({prior[lev].values.tolist()}{units})"
+                        + _off_level_fix(lev, bad, prior[lev].values, lev in by_row, point)
                     )
         # only the levels the observations have (in the state's order): rows for levels
         # never observed would only be NaN, and with many levels they multiply the plan
@@ -773,6 +774,38 @@ def _at_the_state_levels(
         if lev in obs.dims:
             obs = obs.isel({lev: int(np.flatnonzero(hit)[0])})
     return obs
+
+
+def _off_level_fix(lev: str, bad, ours, by_row: bool, point: str | None) -> str:
+    """How to bring observations at levels the state lacks to its levels: the
+    observation operator reads the state at its own levels and does not interpolate
+    between them."""
+    ours = np.asarray(ours)
+    if ours.dtype.kind not in "fiu" or np.asarray(bad).dtype.kind not in "fiu":
+        return ": give observations at the state's levels, or drop the others"
+    outside = (bad < np.nanmin(ours)) | (bad > np.nanmax(ours))
+    if outside.all():
+        low, high = as_python(np.nanmin(ours)), as_python(np.nanmax(ours))
+        return (
+            f": they lie beyond its levels; drop them, obs.where((obs[{lev!r}] >= {low!r}) "
+            f"& (obs[{lev!r}] <= {high!r}), drop=True) (in the state's units)"
+        )
+    if by_row and point is not None:
+        nearest = (
+            f"obs.assign_coords({lev}=({point!r}, prior[{lev!r}].sel({lev}="
+            f"obs[{lev!r}].values, method='nearest').values))"
+        )
+        how = (
+            "interpolate each profile to the state's levels, or take each report at the "
+            f"nearest state level, {nearest} (its levels in the state's units), adding the "
+            "error that makes to its error"
+        )
+    else:
+        how = f"obs.interp({lev}=prior[{lev!r}].values) interpolates them linearly"
+    return (
+        ". The observation operator reads the state at its levels and does not "
+        f"interpolate between them: bring the observations to them first ({how})"
+    )
 
 
 def _other_level_hint(obs: xr.Dataset, lev: str) -> str:
