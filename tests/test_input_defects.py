@@ -1630,3 +1630,43 @@ def test_observations_between_the_state_s_levels_are_told_how_to_reach_them():
         prior.ensf.assimilate(gridded, **options)
     fix = re.search(r"\((obs\.interp\(.*\)) interpolates", str(info.value))
     assert fix.group(1) == "obs.interp(lev=prior['lev'].values)"
+
+
+def test_stations_without_a_position_or_with_text_for_one(ds):
+    # A station with NaN latitude and no value (a table's station that did not report)
+    # was refused as "outside the grid (nan, 100)"; one with a value was told the same;
+    # positions written as text were read as numbers, and '45N' crashed in numpy.
+    stations = xr.Dataset(
+        {"t": ("obs", [282.0, np.nan, 281.0])},
+        coords={"lat": ("obs", [0.0, np.nan, 12.0]), "lon": ("obs", [10.0, 100.0, 200.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    expected = ds.ensf.assimilate(stations.isel(obs=[0, 2]), **options)
+    got = ds.ensf.assimilate(stations, **options)
+    np.testing.assert_array_equal(got.t.values, expected.t.values)
+    reported = stations.assign(t=("obs", [282.0, 283.0, 281.0]))
+    with pytest.raises(ObservationMismatchError, match="1 observations have no position") as e:
+        ds.ensf.assimilate(reported, **options)
+    fix = re.search(r"drop them: (obs\.where\(.*\))$", str(e.value)).group(1)
+    assert_same_run(ds.ensf.assimilate(eval(fix, {"obs": reported}), **options),
+                    ds.ensf.assimilate(reported.isel(obs=[0, 2]), **options))  # fmt: skip
+    for text in (["0", "nan", "12"], ["0N", "", "12N"]):
+        with pytest.raises(ObservationMismatchError, match="'lat' has dtype <U"):
+            ds.ensf.assimilate(stations.assign_coords(lat=("obs", text)), **options)
+
+
+def test_observation_times_without_labels_are_refused_against_dated_states(two_days):
+    # A time dim without a coordinate was called "numbers" and told to decode both alike.
+    stations = xr.Dataset(
+        {"t": (("time", "obs"), [[282.0], [281.0]])},
+        coords={"lat": ("obs", [0.0]), "lon": ("obs", [10.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(ObservationMismatchError, match="time dim 'time' has no coordinate"):
+        two_days.ensf.assimilate(stations, **options)
+    labelled = stations.assign_coords(time=two_days.time.values)
+    # with no labels on either, the times pair by position, as xarray pairs them
+    assert_same_run(
+        two_days.drop_vars("time").ensf.assimilate(stations, **options),
+        two_days.ensf.assimilate(labelled, **options).drop_vars("time"),
+    )

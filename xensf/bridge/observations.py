@@ -264,11 +264,64 @@ def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoord
     on one in degrees, are where their units say, not where their numbers would be; on
     a rotated-pole grid, in its frame)."""
     names = _point_coords(obs, point, time_dim)
-    if names is None or not grid.known:
+    if names is None:
+        return obs
+    for n in names:
+        _check_position_numbers(obs[n])
+    if not grid.known:
         return obs
     return obs.assign_coords(
         dict(zip(names, grid.point_coordinates(*(obs[n] for n in names)), strict=True))
     )
+
+
+def _check_position_numbers(coord: xr.DataArray) -> None:
+    """Refuse positions that are not numbers (text from a table, '45N'), as values that
+    are not numbers are refused: read as numbers they would be guessed at."""
+    kind = coord.dtype.kind
+    if kind in "iuf":
+        return
+    if kind == "O":
+        try:
+            np.asarray(coord.values, dtype=np.float64)
+            return
+        except (TypeError, ValueError):
+            pass
+    sample = np.asarray(coord.values).ravel()[:2].tolist()
+    raise ObservationMismatchError(
+        f"the points' position {coord.name!r} has dtype {coord.dtype} ({sample}…); "
+        "positions are numbers (degrees, or the grid's units): convert them first, e.g. "
+        f"obs.assign_coords({coord.name}=obs[{coord.name!r}].astype(float)) where they are "
+        "numbers written as text"
+    )
+
+
+def _without_unplaced_points(obs: xr.Dataset, point: str, grid: GridCoords) -> xr.Dataset:
+    """``obs`` with the points that have no position (NaN latitude or longitude) and no
+    value put at the grid's first point, where they weigh nothing (their values are
+    NaN); a point with no position and a value is an error."""
+    names = _point_coords(obs, point)
+    if names is None or not grid.known:
+        return obs
+    lat, lon = obs[names[0]], obs[names[1]]
+    missing = lat.isnull() | lon.isnull()
+    if not bool(missing.any()):
+        return obs
+    _check_placed(_given_at(obs, lat), missing, names, "")
+    first = dict(zip(names, grid.first_point(), strict=True))
+    return obs.assign_coords({c: obs[c].where(~missing, first[c]) for c in names})
+
+
+def _check_placed(seen, missing, names, whose: str) -> None:
+    """An error for observations given (``seen``) where their position is ``missing``."""
+    unknown = seen & missing
+    if bool(unknown.any()):
+        lat, lon = names
+        raise ObservationMismatchError(
+            f"{int(unknown.sum())} observations{whose} have no position (NaN {lat!r} or "
+            f"{lon!r} where the value is given); give their positions, or drop them: "
+            f"obs.where(obs[{lat!r}].notnull() & obs[{lon!r}].notnull(), drop=True)"
+        )
 
 
 #: The point dim of moving observers, one slot per (time, observer).
@@ -294,12 +347,7 @@ def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, grid: Grid
     values = {n: v for n, v in obs.data_vars.items() if point in v.dims}
     seen = _given_at(obs, obs[lat_name])
     lat, lon = obs[lat_name], obs[lon_name]
-    unknown = seen & (lat.isnull() | lon.isnull())
-    if bool(unknown.any()):
-        raise ObservationMismatchError(
-            f"{int(unknown.sum())} observations of moving observers have no position "
-            f"(NaN {lat_name!r} or {lon_name!r} where the value is given)"
-        )
+    _check_placed(seen, lat.isnull() | lon.isnull(), names, " of moving observers")
     # unobserved slots get the grid's first point: a position inside the domain
     first = dict(zip((lat_name, lon_name), grid.first_point(), strict=True))
     out = obs.drop_vars([lat_name, lon_name])
@@ -547,6 +595,7 @@ def prepare_observations(
         obs = obs.squeeze(obs_time, drop=True)
         obs_time = None
     if obs_time is not None:
+        _check_times_labelled(obs, obs_time, prior, dims.time)
         check_valid_times(prior, dims.time, obs[obs_time].values)
         if obs_time != dims.time:
             obs = obs.rename({obs_time: dims.time})
@@ -598,6 +647,7 @@ def prepare_observations(
             raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
         obs = _points_in_grid_units(obs, point, dims.time, grid)
         obs, point = _moving_to_slots(obs, point, dims, grid)
+        obs = _without_unplaced_points(obs, point, grid)
 
     values, core_dims, error_core_dims = [], [], []
     rows_idx, rows_w, rows_loc = [], [], []
@@ -891,6 +941,26 @@ def _time_kind(values: np.ndarray) -> str:
     if getattr(first, "tzinfo", None) is not None:  # pandas keeps zoned times as objects
         return f"{ZONED} {first.tzinfo}"
     return type(first).__name__
+
+
+def _check_times_labelled(obs: xr.Dataset, obs_time: str, prior: xr.Dataset, tdim: str) -> None:
+    """Refuse observations whose time dim has no coordinate against a state whose times
+    are labelled: xarray numbers such a dim 0, 1, …, which are no times (a state whose
+    time dim has no coordinate either is matched by position, as xarray would)."""
+    if obs_time in obs.coords or tdim not in prior.coords:
+        return
+    same_length = obs.sizes[obs_time] == prior.sizes[tdim]
+    raise ObservationMismatchError(
+        f"the observations' time dim {obs_time!r} has no coordinate (xarray numbers it "
+        f"0, 1, …) and the state's {tdim!r} holds times; label the observations with "
+        f"their times, obs.assign_coords({obs_time}=[...])"
+        + (
+            f", or, if they are the state's times in its order, "
+            f"obs.assign_coords({obs_time}=prior[{tdim!r}].values)"
+            if same_length
+            else ""
+        )
+    )
 
 
 def check_time_kinds(
