@@ -339,6 +339,13 @@ def test_bad_input_is_refused_before_training(runs):
     edge = xr.Dataset(coords={"y": ("station", [50.0]), "x": ("station", [0.4 * SMALL.dx_km])})
     with pytest.raises(ObservationDomainError, match="outside"):
         train_latent(runs, edge, **TINY)
+    # a station without a place, or with its place as text, was refused as outside the
+    # grid at (nan, 5) or read as numbers
+    unplaced = xr.Dataset(coords={"y": ("station", [50.0, np.nan]), "x": ("station", [5.0] * 2)})
+    with pytest.raises(ObservationMismatchError, match="1 observations of the obs_layout have"):
+        train_latent(runs, unplaced, **TINY)
+    with pytest.raises(ObservationMismatchError, match="'y' has dtype <U"):
+        train_latent(runs, unplaced.assign_coords(y=("station", ["50", "60"])), **TINY)
     with pytest.raises(EnsembleError, match="at least 10"):
         train_latent(runs.isel(time=slice(0, 2)), 4, **TINY)
     with pytest.raises(OptionError, match="'u'"):

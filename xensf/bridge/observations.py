@@ -267,7 +267,7 @@ def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoord
     if names is None:
         return obs
     for n in names:
-        _check_position_numbers(obs[n])
+        check_position_numbers(obs[n])
     if not grid.known:
         return obs
     return obs.assign_coords(
@@ -275,7 +275,7 @@ def _points_in_grid_units(obs: xr.Dataset, point: str, time_dim, grid: GridCoord
     )
 
 
-def _check_position_numbers(coord: xr.DataArray) -> None:
+def check_position_numbers(coord: xr.DataArray) -> None:
     """Refuse positions that are not numbers (text from a table, '45N'), as values that
     are not numbers are refused: read as numbers they would be guessed at."""
     kind = coord.dtype.kind
@@ -307,19 +307,19 @@ def _without_unplaced_points(obs: xr.Dataset, point: str, grid: GridCoords) -> x
     missing = lat.isnull() | lon.isnull()
     if not bool(missing.any()):
         return obs
-    _check_placed(_given_at(obs, lat), missing, names, "")
+    check_placed(_given_at(obs, lat), missing, names, "")
     first = dict(zip(names, grid.first_point(), strict=True))
     return obs.assign_coords({c: obs[c].where(~missing, first[c]) for c in names})
 
 
-def _check_placed(seen, missing, names, whose: str) -> None:
+def check_placed(seen, missing, names, whose: str, where: str = " where the value is given"):
     """An error for observations given (``seen``) where their position is ``missing``."""
     unknown = seen & missing
     if bool(unknown.any()):
         lat, lon = names
         raise ObservationMismatchError(
             f"{int(unknown.sum())} observations{whose} have no position (NaN {lat!r} or "
-            f"{lon!r} where the value is given); give their positions, or drop them: "
+            f"{lon!r}{where}); give their positions, or drop them: "
             f"obs.where(obs[{lat!r}].notnull() & obs[{lon!r}].notnull(), drop=True)"
         )
 
@@ -347,7 +347,7 @@ def _moving_to_slots(obs: xr.Dataset, point: str, dims: EnsembleDims, grid: Grid
     values = {n: v for n, v in obs.data_vars.items() if point in v.dims}
     seen = _given_at(obs, obs[lat_name])
     lat, lon = obs[lat_name], obs[lon_name]
-    _check_placed(seen, lat.isnull() | lon.isnull(), names, " of moving observers")
+    check_placed(seen, lat.isnull() | lon.isnull(), names, " of moving observers")
     # unobserved slots get the grid's first point: a position inside the domain
     first = dict(zip((lat_name, lon_name), grid.first_point(), strict=True))
     out = obs.drop_vars([lat_name, lon_name])

@@ -44,7 +44,12 @@ from ..obs import parse_relative
 from .dims import EnsembleDims, find_role, flat_indexes, is_level, state_variables
 from .grid import grid_coords, same_points
 from .layout import StateLayout
-from .observations import ERROR_SUFFIXES, lat_lon_names
+from .observations import (
+    ERROR_SUFFIXES,
+    check_placed,
+    check_position_numbers,
+    lat_lon_names,
+)
 from .orientation import in_the_state_order
 from .signature import data_signature
 
@@ -240,6 +245,11 @@ def _points_sampler(obs, spec, ds, dims, layout, levels, fraction, std):
         observed = data or list(layout.variables)
         obs_vars = {v: (obs[v] if v in obs.data_vars else None) for v in observed}
 
+    for name in (lat_name, lon_name):
+        check_position_numbers(obs[name])
+    # the model observes every point of its layout: each needs a place
+    missing = (obs[lat_name].isnull() | obs[lon_name].isnull()).values
+    check_placed(True, missing, (lat_name, lon_name), " of the obs_layout", where="")
     grid = grid_coords(ds, dims)
     plat, plon = (
         np.asarray(c.values, np.float64)
