@@ -1670,3 +1670,13 @@ def test_observation_times_without_labels_are_refused_against_dated_states(two_d
         two_days.drop_vars("time").ensf.assimilate(stations, **options),
         two_days.ensf.assimilate(labelled, **options).drop_vars("time"),
     )
+
+
+def test_an_option_read_out_of_an_array_is_the_number_it_holds(ds, obs):
+    # cv.loc_radius[i].values is a 0-d array: it was refused as "not a positive distance"
+    options = {"method": "letkf", "obs_error": 0.5}
+    want = ds.ensf.assimilate(obs, loc_radius=3000.0, inflation=1.1, **options)
+    got = ds.ensf.assimilate(obs, loc_radius=np.array(3000.0), inflation=np.array(1.1), **options)
+    assert_same_run(got, want)
+    with pytest.raises(OptionError, match="loc_radius must be a positive distance"):
+        ds.ensf.assimilate(obs, loc_radius=np.array([3000.0]), **options)

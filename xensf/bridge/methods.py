@@ -842,7 +842,16 @@ def resolve_method(
             unknown, f"method {method!r}", f"its options are {sorted(known)}",
             [*known, *parameters], other_home,
         )  # fmt: skip
-    return cls(**options)
+    # a number read out of an array (cv.loc_radius[i].values) is a 0-d array: the number
+    return cls(**{k: _as_number(v) for k, v in options.items()})
+
+
+def _as_number(value: Any) -> Any:
+    """A 0-d numpy array of numbers or a bool as the Python value it holds; anything
+    else as it is."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
+    return value
 
 
 # --------------------------------------------------------------------------------------
