@@ -75,6 +75,32 @@ def test_gridded_observations_keep_only_observed_points():
     assert diag.sizes["obs"] == int(((obs.lat > 0) & (obs.lon < 50)).sum())
 
 
+def test_positions_are_reported_in_the_state_s_longitude_convention():
+    # Beside a grid in 0 … 360 they were reported in -180 … 180: a station given at 200
+    # came back at -160, off a map of the state drawn from 0 to 360.
+    prior, obs = _iid_twin(n_time=1, n_mem=5)
+    sparse = obs.where(obs.lon > 180)
+    diag = prior.ensf.innovations(sparse, obs_error=0.4)
+    assert diag.longitude.min() > 180
+    np.testing.assert_array_equal(
+        np.unique(diag.longitude), prior.lon.where(prior.lon > 180).dropna("lon")
+    )
+    stations = xr.Dataset(
+        {"t": (("time", "station"), [[0.5, -0.5]])},
+        coords={"time": obs.time, "lat": ("station", [10.0, 20.0]), "lon": ("station", [-160.0, 20.0])},
+    )  # fmt: skip
+    assert prior.ensf.innovations(stations, obs_error=0.4).longitude.values.tolist() == [
+        200.0,
+        20.0,
+    ]
+    west = prior.roll(lon=10, roll_coords=True)
+    west = west.assign_coords(lon=(west.lon + 180) % 360 - 180)  # -180 … 162
+    assert west.ensf.innovations(stations, obs_error=0.4).longitude.values.tolist() == [
+        -160.0,
+        20.0,
+    ]
+
+
 def test_without_errors_only_the_differences_are_given():
     """The latent methods need no observation error; O − B and O − A need none either."""
     from xensf.bridge.innovations import innovations

@@ -106,6 +106,17 @@ class GridCoords:
         """Whether the coordinates are given (not grid indices made up here)."""
         return self.names is not None
 
+    def in_own_longitudes(self, lon: np.ndarray) -> np.ndarray:
+        """Longitudes in [-180, 180) (as :attr:`locations` holds them) in this grid's own
+        convention, to report positions beside the state: in [0, 360) where the grid's
+        longitudes run from 0 past 180, as they are otherwise."""
+        if not self.geographic or self.rotated or self.lon is None:
+            return lon
+        own = np.asarray(self.lon, np.float64)
+        if np.nanmin(own) >= 0.0 and np.nanmax(own) > 180.0:
+            return np.mod(lon, 360.0)
+        return lon
+
     def points(self) -> tuple[np.ndarray, np.ndarray]:
         """Latitude (y) and longitude (x) of every grid point, each ``(nlat, nlon)``."""
         if self.curvilinear:

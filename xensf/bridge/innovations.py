@@ -150,6 +150,8 @@ def innovations(
     }
     for (name, attrs), column in zip(where.items(), plan.locations.T, strict=True):
         attrs = {"long_name": f"{name} of the observation", **attrs}
+        if name == "longitude":  # as the state's are: 0 … 360 beside a grid in them
+            column = grid.in_own_longitudes(column)
         coords[name] = ("obs", column, attrs)
     for lev, (column, attrs) in _levels_of_fields(prior, layout).items():
         coords[lev] = ("obs", column[field], attrs)  # where on the state's levels
