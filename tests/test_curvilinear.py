@@ -7,13 +7,15 @@ gives the regular grid's analysis to the interpolation error of smooth fields.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import xarray as xr
 
 import xensf
 from xensf.curvilinear import cell_areas, curvilinear_weights, is_periodic_columns
-from xensf.errors import ObservationDomainError, ObservationMismatchError
+from xensf.errors import DimensionError, ObservationDomainError, ObservationMismatchError
 from xensf.obs import bilinear_weights
 
 
@@ -215,3 +217,27 @@ def test_a_grid_written_with_a_time_dim_is_told_how_to_drop_it():
     change = abs(fixed.ensf.assimilate(station, **options).T2 - wrf.T2).mean("member").isel(Time=0)
     near = change.argmax(...)  # the station's cell
     assert abs(lat[near["south_north"].item(), near["west_east"].item()] - 41.0) < 0.2
+
+
+def test_a_grid_given_as_data_variables_is_refused_with_set_coords():
+    # netCDF without a coordinates attribute opens with lat/lon as data variables: the
+    # grid was read as numbered points, and loc_radius=300 (km) spanned 300 cells.
+    rng = np.random.default_rng(0)
+    y, x = np.meshgrid(np.arange(6), np.arange(8), indexing="ij")
+    prior = xr.Dataset(
+        {
+            "t": (("member", "y", "x"), 280 + rng.standard_normal((6, 6, 8)), {"units": "K"}),
+            "lat": (("y", "x"), 40 + y + 0.1 * x, {"standard_name": "latitude"}),
+            "lon": (("y", "x"), -10 + 1.5 * x + 0.05 * y, {"standard_name": "longitude"}),
+        }
+    )
+    obs = xr.full_like(prior.t[0], np.nan).to_dataset()
+    obs.t[2, 3] = 282.0
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 150.0}
+    with pytest.raises(DimensionError, match="data variables, not coordinates") as info:
+        prior.ensf.assimilate(obs, **options)
+    fix = re.search(r"make them coordinates: (ds\.set_coords\(.*\))$", str(info.value)).group(1)
+    mended = eval(fix, {"ds": prior})
+    got = mended.ensf.assimilate(obs, **options)
+    moved = (abs(got.t - mended.t).max("member") > 0).sum()
+    assert 0 < int(moved) < 48  # localised in km: not the whole grid

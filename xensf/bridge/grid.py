@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 import xarray as xr
 
-from ..errors import ObservationDomainError, ObservationMismatchError, UnitsError
+from ..errors import DimensionError, ObservationDomainError, ObservationMismatchError, UnitsError
 from .criteria import CF_CRITERIA, COMMON_NAMES
 from .rotated import RotatedPole, in_the_frame, is_in_the_frame, rotated_pole
 from .units import convert_units, degrees_per
@@ -33,19 +33,38 @@ _NAMES_2D = {
 
 def _role_coords(obj: xr.Dataset | xr.DataArray, role: str, ndim: int = 2) -> list[str]:
     """2-D (``ndim``-D) coordinates that carry the role's CF metadata or a usual name."""
-    out = []
-    for name, coord in obj.coords.items():
-        if coord.ndim != ndim:
-            continue
-        attrs = coord.attrs
-        cf = any(
-            isinstance(attrs.get(attr), str) and attrs.get(attr) in values
-            for attr, values in CF_CRITERIA[role].items()
-        )
-        lowered = str(name).lower()
-        if cf or lowered in _NAMES_2D[role] or lowered in COMMON_NAMES[role]:
-            out.append(str(name))
-    return out
+    return [
+        str(name)
+        for name, coord in obj.coords.items()
+        if coord.ndim == ndim and _plays_role(name, coord, role)
+    ]
+
+
+def _plays_role(name, var: xr.DataArray, role: str) -> bool:
+    """Whether ``var`` carries the role's CF metadata, or its name is a usual one."""
+    cf = any(
+        isinstance(var.attrs.get(attr), str) and var.attrs.get(attr) in values
+        for attr, values in CF_CRITERIA[role].items()
+    )
+    lowered = str(name).lower()
+    return cf or lowered in _NAMES_2D[role] or lowered in COMMON_NAMES[role]
+
+
+def _grid_as_data_fix(ds: xr.Dataset | xr.DataArray, dims) -> str | None:
+    """How to make the grid's latitude and longitude coordinates where a file gives them
+    as data variables on the grid dims (netCDF without a ``coordinates`` attribute), or
+    None where it does not."""
+    if not isinstance(ds, xr.Dataset):
+        return None
+    grid = {dims.lat, dims.lon}
+    found = [
+        next((str(n) for n, v in ds.data_vars.items()
+              if v.dims and set(v.dims) <= grid and _plays_role(n, v, role)), None)
+        for role in ("latitude", "longitude")
+    ]  # fmt: skip
+    if None in found:
+        return None
+    return f"ds.set_coords({found})"
 
 
 def grid_in_time_fix(obj: xr.Dataset | xr.DataArray) -> str:
@@ -276,6 +295,13 @@ def grid_coords(ds: xr.Dataset | xr.DataArray, dims) -> GridCoords:
             units=tuple(a.attrs.get("units") for a in axes),
             rotated=rotated,
             pole=rotated_pole(ds) if rotated else None,
+        )
+    fix = _grid_as_data_fix(ds, dims)
+    if fix is not None:
+        raise DimensionError(
+            f"the grid's latitude and longitude are data variables, not coordinates, so "
+            f"the grid ({dims.lat!r}, {dims.lon!r}) would be read as numbered points, with "
+            f"distances in grid cells; make them coordinates: {fix}"
         )
     return GridCoords(
         np.arange(ds.sizes[dims.lat], dtype=np.float64),
