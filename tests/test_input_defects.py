@@ -1665,6 +1665,9 @@ def test_observation_times_without_labels_are_refused_against_dated_states(two_d
     with pytest.raises(ObservationMismatchError, match="time dim 'time' has no coordinate"):
         two_days.ensf.assimilate(stations, **options)
     labelled = stations.assign_coords(time=two_days.time.values)
+    # the other way round it was the state's times that were "numbers"
+    with pytest.raises(ObservationMismatchError, match="state's time dim 'time' has no coord"):
+        two_days.drop_vars("time").ensf.assimilate(labelled, **options)
     # with no labels on either, the times pair by position, as xarray pairs them
     assert_same_run(
         two_days.drop_vars("time").ensf.assimilate(stations, **options),
@@ -1680,3 +1683,19 @@ def test_an_option_read_out_of_an_array_is_the_number_it_holds(ds, obs):
     assert_same_run(got, want)
     with pytest.raises(OptionError, match="loc_radius must be a positive distance"):
         ds.ensf.assimilate(obs, loc_radius=np.array([3000.0]), **options)
+
+
+def test_reports_with_levels_against_a_state_without_level_labels_are_refused(ds):
+    # A raw numpy reshape error came out of the observation errors.
+    unlabelled = ds.expand_dims(plev=3, axis=1)
+    reports = xr.Dataset(
+        {"t": ("obs", [282.0])},
+        coords={"lat": ("obs", [0.0]), "lon": ("obs", [10.0]), "plev": ("obs", [500.0])},
+    )
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
+    with pytest.raises(ObservationMismatchError, match="level dim 'plev' has no coordinate"):
+        unlabelled.ensf.assimilate(reports, **options)
+    labelled = unlabelled.assign_coords(plev=("plev", [1000.0, 850.0, 500.0], {"units": "hPa"}))
+    got = labelled.ensf.assimilate(reports, vertical_radius=0.1, **options)
+    moved = abs(got.t - labelled.t).max(["member", "lat", "lon"])
+    assert moved.sel(plev=500.0) > 0 and moved.sel(plev=1000.0) == 0

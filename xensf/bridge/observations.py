@@ -705,6 +705,17 @@ def prepare_observations(
                 + _other_level_hint(obs, missing[0])
             )
         for lev in levels:
+            if (
+                lev in obs.coords
+                and lev not in prior.coords
+                and (lev in by_row or da.sizes.get(lev) != prior.sizes[lev])
+            ):
+                raise ObservationMismatchError(
+                    f"the observations of {name!r} are at {lev} values "
+                    f"{np.unique(obs[lev].values).tolist()[:5]}, and the state's level dim "
+                    f"{lev!r} has no coordinate to find them in (xarray numbers it 0, 1, …); "
+                    f"label the state's levels, prior.assign_coords({lev}=[...])"
+                )
             if lev in obs.coords and lev in prior.coords:
                 theirs = np.unique(obs[lev].values)  # (pandas' isin takes NaN for NaN)
                 bad = theirs[~pd.Index(theirs).isin(prior[lev].values)]
@@ -944,22 +955,32 @@ def _time_kind(values: np.ndarray) -> str:
 
 
 def _check_times_labelled(obs: xr.Dataset, obs_time: str, prior: xr.Dataset, tdim: str) -> None:
-    """Refuse observations whose time dim has no coordinate against a state whose times
-    are labelled: xarray numbers such a dim 0, 1, …, which are no times (a state whose
-    time dim has no coordinate either is matched by position, as xarray would)."""
-    if obs_time in obs.coords or tdim not in prior.coords:
+    """Refuse observations and a state of which one labels its time dim with dates and
+    the other gives it no coordinate: xarray numbers such a dim 0, 1, …, which are no
+    dates (both unlabelled, or labelled with numbers, they are matched by those)."""
+    ours, theirs = obs_time in obs.coords, tdim in prior.coords
+    if ours == theirs:
         return
-    same_length = obs.sizes[obs_time] == prior.sizes[tdim]
-    raise ObservationMismatchError(
-        f"the observations' time dim {obs_time!r} has no coordinate (xarray numbers it "
-        f"0, 1, …) and the state's {tdim!r} holds times; label the observations with "
-        f"their times, obs.assign_coords({obs_time}=[...])"
-        + (
-            f", or, if they are the state's times in its order, "
-            f"obs.assign_coords({obs_time}=prior[{tdim!r}].values)"
-            if same_length
-            else ""
+    labelled = obs[obs_time] if ours else prior[tdim]
+    if _time_kind(np.asarray(labelled.values)) == "numbers":
+        return
+    if not ours:
+        same_length = obs.sizes[obs_time] == prior.sizes[tdim]
+        raise ObservationMismatchError(
+            f"the observations' time dim {obs_time!r} has no coordinate (xarray numbers it "
+            f"0, 1, …) and the state's {tdim!r} holds dates; label the observations with "
+            f"their times, obs.assign_coords({obs_time}=[...])"
+            + (
+                f", or, if they are the state's times in its order, "
+                f"obs.assign_coords({obs_time}=prior[{tdim!r}].values)"
+                if same_length
+                else ""
+            )
         )
+    raise ObservationMismatchError(
+        f"the state's time dim {tdim!r} has no coordinate (xarray numbers it 0, 1, …) and "
+        f"the observations' {obs_time!r} holds dates; label the state with the times its "
+        f"members are valid at, prior.assign_coords({tdim}=[...])"
     )
 
 
