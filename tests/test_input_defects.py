@@ -1699,3 +1699,32 @@ def test_reports_with_levels_against_a_state_without_level_labels_are_refused(ds
     got = labelled.ensf.assimilate(reports, vertical_radius=0.1, **options)
     moved = abs(got.t - labelled.t).max(["member", "lat", "lon"])
     assert moved.sel(plev=500.0) > 0 and moved.sel(plev=1000.0) == 0
+
+
+def test_an_error_mapping_without_entries_for_empty_variables_or_levels_says_so():
+    # obs = xr.full_like(forecast.isel(member=0), np.nan) with only t filled in: a
+    # mapping {"t": ...} was refused for lacking "the observed variable" z, all NaN.
+    r = np.random.default_rng(4)
+    prior = xr.Dataset(
+        {v: (("member", "plev", "lat", "lon"), base + r.standard_normal((6, 3, 6, 8)),
+             {"units": u}) for v, base, u in (("t", 280.0, "K"), ("z", 5000.0, "m"))},
+        coords={"plev": ("plev", [1000.0, 850.0, 500.0], {"units": "hPa"}),
+                "lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    obs = xr.full_like(prior.isel(member=0, drop=True), np.nan)
+    obs.t[1:, 2, 3] = [282.0, 283.0]
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    with pytest.raises(OptionError, match="only NaN: leave them out, obs.drop_vars") as info:
+        prior.ensf.assimilate(obs, obs_error={"t": 0.5}, **options)
+    obs = eval(re.search(r"leave them out, (obs\.\S+\))\.", str(info.value)).group(1))
+    per_level = {"t": {850.0: 0.7, 500.0: 0.5}}
+    with pytest.raises(OptionError, match=r"levels \[1000.0\]; .* obs.drop_sel") as info:
+        prior.ensf.assimilate(obs, obs_error=per_level, **options)
+    obs = eval(re.search(r"leave them out, (obs\.\S+\))\.", str(info.value)).group(1))
+    assert obs.plev.values.tolist() == [850.0, 500.0] and list(obs.data_vars) == ["t"]
+    got = prior.ensf.assimilate(obs, obs_error=per_level, **options)
+    flat = prior.ensf.assimilate(obs, obs_error={"t": 0.7}, **options)
+    assert not np.array_equal(got.t.values, flat.t.values)  # 500 hPa read with its 0.5
+    # a level with observations still needs its entry, and is not called empty
+    with pytest.raises(OptionError, match=r"levels \[850.0\]\. obs_error must"):
+        prior.ensf.assimilate(obs, obs_error={"t": {500.0: 0.5}}, **options)

@@ -733,6 +733,7 @@ def resolve_obs_error(
     fields: Sequence[FieldKey],
     *,
     obs_spread: Mapping[FieldKey, float] | None = None,
+    empty: Callable[[FieldKey], str | None] | None = None,
 ) -> dict[FieldKey, float]:
     """One observation-error standard deviation per observed field.
 
@@ -756,6 +757,10 @@ def resolve_obs_error(
     obs_spread : mapping, optional
         ``{field: spatial standard deviation of its observations}``, needed only for
         relative errors.
+    empty : callable, optional
+        Asked, only for what a mapping leaves out (a variable, or a field of a variable
+        with levels), whether it holds no observation (only NaN): it returns how to
+        leave it out of the observations, or None; the error then says so.
 
     Returns
     -------
@@ -790,7 +795,8 @@ def resolve_obs_error(
         if missing:
             parts.append(f"has no entry for the observed variables {missing}")
         raise OptionError(
-            f"the obs_error mapping {' and '.join(parts)} (observed: {variables}). {_ACCEPTED}"
+            f"the obs_error mapping {' and '.join(parts)} (observed: {variables})"
+            f"{_empty_hint(missing, empty) if not unknown else ''}. {_ACCEPTED}"
         )
 
     result = {}
@@ -798,13 +804,24 @@ def resolve_obs_error(
         value = spec[_variable(field)]
         where = f" for {_variable(field)!r}"
         if isinstance(value, Mapping):
-            result[field] = _level_std(value, field, fields, obs_spread, where)
+            result[field] = _level_std(value, field, fields, obs_spread, where, empty)
         else:
             result[field] = _one_std(value, field, obs_spread, where)
     return result
 
 
-def _level_std(value: Mapping, field, fields, obs_spread, where: str) -> float:
+def _empty_hint(keys: list, empty) -> str:
+    """Where every one of ``keys`` (variables or fields) holds no observation: that they
+    hold only NaN, and how to leave them out (``empty``'s answers), else nothing."""
+    if empty is None or not keys:
+        return ""
+    fixes = [empty(k) for k in keys]
+    if any(fix is None for fix in fixes):
+        return ""
+    return f"; they hold no observation, only NaN: leave them out, {' and '.join(dict.fromkeys(fixes))}"
+
+
+def _level_std(value: Mapping, field, fields, obs_spread, where: str, empty=None) -> float:
     var = _variable(field)
     if not isinstance(field, tuple) or len(field) < 2:
         raise OptionError(
@@ -819,7 +836,8 @@ def _level_std(value: Mapping, field, fields, obs_spread, where: str) -> float:
             parts.append(f"names levels that are not observed: {list(map(as_python, unknown))}")
         if missing:
             parts.append(f"has no entry for the observed levels {list(map(as_python, missing))}")
-        raise OptionError(f"obs_error{where} {' and '.join(parts)}. {_ACCEPTED}")
+        hint = _empty_hint([(var, lv) for lv in missing], empty) if not unknown else ""
+        raise OptionError(f"obs_error{where} {' and '.join(parts)}{hint}. {_ACCEPTED}")
     key = next(k for k in value if _same_level(k, _level(field)))
     return _one_std(
         value[key], field, obs_spread, f"{where} at level {as_python(_level(field))!r}"

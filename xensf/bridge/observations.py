@@ -16,7 +16,7 @@ as numpy arrays) plus the observation values and errors as (possibly lazy) input
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from math import prod
 from typing import Any
@@ -776,6 +776,7 @@ def prepare_observations(
         errors == "if-given" and _errors_given(obs, names, obs_error)
     )
     error_values = []
+    empty = _empty_fields(names, values, field_levels, by_row)
     for name, value in zip(names, values, strict=True):
         if not errors_given:
             error_values.append(xr.DataArray(1.0))
@@ -783,7 +784,7 @@ def prepare_observations(
             continue
         levels, keys = field_levels[name]
         err, err_dims = _resolve_error(
-            obs, name, value, levels, keys, obs_error, prior, dims, fields
+            obs, name, value, levels, keys, obs_error, prior, dims, fields, empty
         )
         error_values.append(err)
         error_core_dims.append(err_dims)
@@ -1139,7 +1140,40 @@ def _on_state_times(obs, dims, state_times, tolerance, names, obs_dim) -> xr.Dat
     return xr.concat(parts, dim=point, data_vars="minimal", coords="minimal", compat="override")
 
 
-def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields):
+def _empty_fields(names, values, field_levels, by_row) -> Callable[[Any], str | None]:
+    """For an ``obs_error`` mapping's error message: whether a variable (by name) or a
+    field (``(variable, level)``) holds no observation, only NaN, and if so how to leave
+    it out of the observations. Reads the observations when asked, only then."""
+    where = {}
+    for name, value in zip(names, values, strict=True):
+        levels, keys = field_levels[name]
+        shape = tuple(value.sizes[lev] for lev in levels)
+        for key, index in zip(keys, np.ndindex(*shape), strict=True):
+            where[key] = (name, value, dict(zip(levels, index, strict=True)))
+
+    def nothing_at(key) -> bool:
+        _, value, index = where[key]
+        return not bool(value.isel(index).notnull().any())
+
+    def empty(key) -> str | None:
+        if key in names:  # a whole variable
+            fields = [k for k, (n, _, _) in where.items() if n == key]
+            return f"obs.drop_vars([{key!r}])" if all(map(nothing_at, fields)) else None
+        if key not in where or not nothing_at(key):
+            return None
+        _, value, index = where[key]
+        (lev, i), *more = index.items()
+        if more or lev not in value.coords:
+            return None
+        label = as_python(value[lev].values[i])
+        if lev in by_row:
+            return f"obs.where(obs[{lev!r}] != {label!r}, drop=True)"
+        return f"obs.drop_sel({lev}=[{label!r}])"
+
+    return empty
+
+
+def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, fields, empty=None):
     """The error std of one observation variable as a DataArray broadcasting to ``value``."""
     _warn_unused_errors(obs, name, obs_error is not None)
     if obs_error is None:
@@ -1176,7 +1210,9 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
         core = tuple(d for d in value.dims if d in err.dims and d != dims.time)
         return err.transpose(*([dims.time] if dims.time in err.dims else []), *core), core
     # Numbers and relative errors: resolve with unit spread to learn each field's factor.
-    per_field = resolve_obs_error(obs_error, fields, obs_spread=dict.fromkeys(fields, 1.0))
+    per_field = resolve_obs_error(
+        obs_error, fields, obs_spread=dict.fromkeys(fields, 1.0), empty=empty
+    )
     spec = obs_error[name] if isinstance(obs_error, dict) else obs_error
     factors = np.array([per_field[k] for k in keys]).reshape(
         tuple(value.sizes[lev] for lev in levels)
