@@ -451,6 +451,10 @@ def test_refuses_to_overwrite_what_is_not_a_bundle(tmp_path, kind):
 def test_missing_parent_directory(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         save_bundle(tmp_path / "no" / "such" / "b.xensf", {}, {})
+    # a file where the directory should be was said not to exist
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(BundleError, match="a-file is a file, not a directory"):
+        save_bundle(tmp_path / "a-file" / "b.xensf", {}, {})
 
 
 # -- latent-model bundles edited by hand (metadata hash made to match) ------------------

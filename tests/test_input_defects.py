@@ -1714,7 +1714,7 @@ def test_an_error_mapping_without_entries_for_empty_variables_or_levels_says_so(
     obs = xr.full_like(prior.isel(member=0, drop=True), np.nan)
     obs.t[1:, 2, 3] = [282.0, 283.0]
     options = {"method": "letkf", "loc_radius": 3000.0}
-    with pytest.raises(OptionError, match="only NaN: leave them out, obs.drop_vars") as info:
+    with pytest.raises(OptionError, match=r"only NaN: leave them out, obs\.drop_vars") as info:
         prior.ensf.assimilate(obs, obs_error={"t": 0.5}, **options)
     obs = eval(re.search(r"leave them out, (obs\.\S+\))\.", str(info.value)).group(1))
     per_level = {"t": {850.0: 0.7, 500.0: 0.5}}

@@ -161,7 +161,8 @@ def save_bundle(
 
     parent = path.parent
     if not parent.is_dir():
-        raise BundleError(f"Cannot save the bundle {path}: directory {parent} does not exist.")
+        what = "is a file, not a directory" if parent.exists() else "does not exist"
+        raise BundleError(f"Cannot save the bundle {path}: {parent} {what}.")
     if os.path.lexists(path) and not overwrite and not _is_bundle(path):
         raise BundleError(
             f"{path} exists and is not an xensf bundle; refusing to replace it. "
