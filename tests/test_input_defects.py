@@ -1728,3 +1728,35 @@ def test_an_error_mapping_without_entries_for_empty_variables_or_levels_says_so(
     # a level with observations still needs its entry, and is not called empty
     with pytest.raises(OptionError, match=r"levels \[850.0\]\. obs_error must"):
         prior.ensf.assimilate(obs, obs_error={"t": {500.0: 0.5}}, **options)
+
+
+def test_per_level_errors_are_relative_only_where_given_so_whatever_the_key_type():
+    # {"500": "10%"} (a level as text, which the mapping accepts) was read as an
+    # absolute 0.1 K; and a level with one observation and an absolute error was
+    # refused as if its error were relative.
+    r = np.random.default_rng(5)
+    prior = xr.Dataset(
+        {"t": (("member", "plev", "lat", "lon"), 280 + r.standard_normal((6, 2, 6, 8)),
+               {"units": "K"})},
+        coords={"plev": ("plev", [850.0, 500.0], {"units": "hPa"}),
+                "lat": np.linspace(-60.0, 60.0, 6), "lon": np.arange(8) * 45.0},
+    )  # fmt: skip
+    noise = 5 * r.standard_normal((2, 6, 8))
+    obs = (prior.t.mean("member") + noise).where(r.random((2, 6, 8)) < 0.5).to_dataset()
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    spread_500 = float(obs.t.sel(plev=500.0).std())
+    want = prior.ensf.assimilate(
+        obs, obs_error={"t": {850: 0.5, 500: 0.1 * spread_500}}, **options
+    )
+    for keys in ((850, 500), ("850", "500"), (np.float32(850), np.float64(500))):
+        spec = {"t": {keys[0]: 0.5, keys[1]: "10%"}}
+        np.testing.assert_allclose(
+            prior.ensf.assimilate(obs, obs_error=spec, **options).t.values,
+            want.t.values,
+            rtol=1e-12,
+        )
+    one_at_850 = obs.where((obs.plev == 500.0) | ((obs.lat == 12.0) & (obs.lon == 135.0)))
+    one_at_850.t.loc[{"plev": 850.0, "lat": 12.0, "lon": 135.0}] = 282.0
+    prior.ensf.assimilate(one_at_850, obs_error={"t": {850: 0.5, 500: "10%"}}, **options)
+    with pytest.raises(OptionError, match=r"at \{'plev': 850.0\} is relative"):
+        prior.ensf.assimilate(one_at_850, obs_error={"t": {850: "10%", 500: 0.5}}, **options)

@@ -810,6 +810,19 @@ def resolve_obs_error(
     return result
 
 
+def error_spec_of(spec, field: FieldKey):
+    """The part of an ``obs_error`` spec that applies to ``field``: the spec itself, the
+    variable's entry of a mapping, or the level's entry of a per-level mapping (levels
+    matched as :func:`resolve_obs_error` matches them: ``"500"`` is 500.0); None where
+    the mapping has none."""
+    if not isinstance(spec, Mapping):
+        return spec
+    value = spec.get(_variable(field))
+    if not isinstance(value, Mapping):
+        return value
+    return next((v for k, v in value.items() if _same_level(k, _level(field))), None)
+
+
 def _empty_hint(keys: list, empty) -> str:
     """Where every one of ``keys`` (variables or fields) holds no observation: that they
     hold only NaN, and how to leave them out (``empty``'s answers), else nothing."""
@@ -838,9 +851,11 @@ def _level_std(value: Mapping, field, fields, obs_spread, where: str, empty=None
             parts.append(f"has no entry for the observed levels {list(map(as_python, missing))}")
         hint = _empty_hint([(var, lv) for lv in missing], empty) if not unknown else ""
         raise OptionError(f"obs_error{where} {' and '.join(parts)}{hint}. {_ACCEPTED}")
-    key = next(k for k in value if _same_level(k, _level(field)))
     return _one_std(
-        value[key], field, obs_spread, f"{where} at level {as_python(_level(field))!r}"
+        error_spec_of({var: value}, field),
+        field,
+        obs_spread,
+        f"{where} at level {as_python(_level(field))!r}",
     )
 
 

@@ -34,6 +34,7 @@ from ..errors import (
     warn_user,
 )
 from ..obs import (
+    error_spec_of,
     field_rows,
     parse_relative,
     resolve_obs_error,
@@ -1213,19 +1214,18 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     per_field = resolve_obs_error(
         obs_error, fields, obs_spread=dict.fromkeys(fields, 1.0), empty=empty
     )
-    spec = obs_error[name] if isinstance(obs_error, dict) else obs_error
-    factors = np.array([per_field[k] for k in keys]).reshape(
-        tuple(value.sizes[lev] for lev in levels)
-    )
-    relative = (
-        parse_relative(spec) is not None
-        if not isinstance(spec, dict)
-        else any(parse_relative(v) is not None for v in spec.values())
-    )
+    spec = obs_error[name] if isinstance(obs_error, Mapping) else obs_error
+    shape = tuple(value.sizes[lev] for lev in levels)
+    factors = np.array([per_field[k] for k in keys]).reshape(shape)
+    # which fields' errors are relative (a per-level mapping may mix them with numbers)
+    is_rel = np.array(
+        [parse_relative(error_spec_of(obs_error, k)) is not None for k in keys]
+    ).reshape(shape)
     coords = {lev: value[lev].values for lev in levels if lev in value.coords}
     factor = xr.DataArray(factors, dims=levels, coords=coords)
-    if not relative:
+    if not is_rel.any():
         return factor, tuple(levels)
+    is_rel = xr.DataArray(is_rel, dims=levels, coords=coords)
     spread_dims = [d for d in value.dims if d not in levels]
     # Computed now (observations are small), in numpy and float64 whatever the
     # chunking (dask's std sums otherwise, and the error would depend on the chunks),
@@ -1237,7 +1237,7 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
     loaded = loaded.transpose(*[d for d in loaded.dims if d not in spread_dims], *spread_dims)
     loaded = loaded.copy(data=np.ascontiguousarray(loaded.values))
     spread, count = loaded.std(dim=spread_dims, skipna=True), loaded.count(spread_dims)
-    unusable = (count > 0) & ~(spread > 0)
+    unusable = (count > 0) & ~(spread > 0) & is_rel
     if bool(unusable.any()):
         where = {d: as_python(unusable[d].values[unusable.values.nonzero()[i][0]]) for i, d in
                  enumerate(unusable.dims) if d in unusable.coords}  # fmt: skip
@@ -1250,12 +1250,5 @@ def _resolve_error(obs, name, value, levels, keys, obs_error, prior, dims, field
             "Give an absolute error for it (e.g. obs_error={" + repr(name) + ": 0.5})"
         )
     spread = spread.where(count > 0, 1.0)  # no observations there: any placeholder
-    if isinstance(spec, dict):  # only the levels given as "P%" scale with the spread
-        is_rel = np.array(
-            [
-                parse_relative(spec.get(k[1] if isinstance(k, tuple) else k, 0)) is not None
-                for k in keys
-            ]
-        ).reshape(factors.shape)
-        spread = xr.where(xr.DataArray(is_rel, dims=levels, coords=coords), spread, 1.0)
+    spread = xr.where(is_rel, spread, 1.0)  # only the fields given as "P%" scale with it
     return (factor * spread).transpose(*levels), tuple(levels)
