@@ -1695,6 +1695,11 @@ def test_reports_with_levels_against_a_state_without_level_labels_are_refused(ds
     options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3000.0}
     with pytest.raises(ObservationMismatchError, match="level dim 'plev' has no coordinate"):
         unlabelled.ensf.assimilate(reports, **options)
+    # gridded, with fewer levels than the state and neither labelled: no way to pair them
+    gridded = xr.full_like(unlabelled.t.isel(member=0, plev=[0, 1]), np.nan).to_dataset()
+    gridded.t[1, 2, 3] = 282.0
+    with pytest.raises(ObservationMismatchError, match="have 2 entries along 'plev', the state 3"):
+        unlabelled.ensf.assimilate(gridded, **options)
     labelled = unlabelled.assign_coords(plev=("plev", [1000.0, 850.0, 500.0], {"units": "hPa"}))
     got = labelled.ensf.assimilate(reports, vertical_radius=0.1, **options)
     moved = abs(got.t - labelled.t).max(["member", "lat", "lon"])

@@ -706,16 +706,20 @@ def prepare_observations(
                 + _other_level_hint(obs, missing[0])
             )
         for lev in levels:
-            if (
-                lev in obs.coords
-                and lev not in prior.coords
-                and (lev in by_row or da.sizes.get(lev) != prior.sizes[lev])
+            if lev not in prior.coords and (
+                lev in by_row or (lev in da.dims and da.sizes[lev] != prior.sizes[lev])
             ):
+                given = (
+                    f"are at {lev} values {np.unique(obs[lev].values).tolist()[:5]}"
+                    if lev in obs.coords
+                    else f"have {da.sizes[lev]} entries along {lev!r}, the state "
+                    f"{prior.sizes[lev]}"
+                )
                 raise ObservationMismatchError(
-                    f"the observations of {name!r} are at {lev} values "
-                    f"{np.unique(obs[lev].values).tolist()[:5]}, and the state's level dim "
+                    f"the observations of {name!r} {given}, and the state's level dim "
                     f"{lev!r} has no coordinate to find them in (xarray numbers it 0, 1, …); "
-                    f"label the state's levels, prior.assign_coords({lev}=[...])"
+                    f"label the state's levels, prior.assign_coords({lev}=[...]), and the "
+                    "observations' alike"
                 )
             if lev in obs.coords and lev in prior.coords:
                 theirs = np.unique(obs[lev].values)  # (pandas' isin takes NaN for NaN)
