@@ -1668,7 +1668,10 @@ def test_observation_times_without_labels_are_refused_against_dated_states(two_d
     # the other way round it was the state's times that were "numbers"
     with pytest.raises(ObservationMismatchError, match="state's time dim 'time' has no coord"):
         two_days.drop_vars("time").ensf.assimilate(labelled, **options)
-    # with no labels on either, the times pair by position, as xarray pairs them
+    # with no labels on either, the times pair by position, as xarray pairs them, where
+    # there are as many (else a raw xarray AlignmentError came out)
+    with pytest.raises(ObservationMismatchError, match=r"\(1 entries\) nor the state's"):
+        two_days.drop_vars("time").ensf.assimilate(stations.isel(time=[0]), **options)
     assert_same_run(
         two_days.drop_vars("time").ensf.assimilate(stations, **options),
         two_days.ensf.assimilate(labelled, **options).drop_vars("time"),

@@ -965,6 +965,13 @@ def _check_times_labelled(obs: xr.Dataset, obs_time: str, prior: xr.Dataset, tdi
     the other gives it no coordinate: xarray numbers such a dim 0, 1, …, which are no
     dates (both unlabelled, or labelled with numbers, they are matched by those)."""
     ours, theirs = obs_time in obs.coords, tdim in prior.coords
+    if not (ours or theirs) and obs.sizes[obs_time] != prior.sizes[tdim]:
+        raise ObservationMismatchError(
+            f"neither the observations' time dim {obs_time!r} ({obs.sizes[obs_time]} "
+            f"entries) nor the state's {tdim!r} ({prior.sizes[tdim]}) has a coordinate, "
+            "so there is no telling which times are whose; label both with their times, "
+            f"obs.assign_coords({obs_time}=[...]) and prior.assign_coords({tdim}=[...])"
+        )
     if ours == theirs:
         return
     labelled = obs[obs_time] if ours else prior[tdim]
