@@ -1768,3 +1768,18 @@ def test_per_level_errors_are_relative_only_where_given_so_whatever_the_key_type
     prior.ensf.assimilate(one_at_850, obs_error={"t": {850: 0.5, 500: "10%"}}, **options)
     with pytest.raises(OptionError, match=r"at \{'plev': 850.0\} is relative"):
         prior.ensf.assimilate(one_at_850, obs_error={"t": {850: "10%", 500: 0.5}}, **options)
+
+
+def test_gridded_observations_of_another_size_on_an_unlabelled_grid_are_refused():
+    # A raw xarray AlignmentError came out.
+    r = np.random.default_rng(6)
+    prior = xr.Dataset({"h": (("member", "y", "x"), r.standard_normal((6, 6, 8)))})
+    options = {"method": "letkf", "obs_error": 0.5, "loc_radius": 3.0}
+    for shape in ((5, 8), (6, 7)):
+        obs = xr.Dataset({"h": (("y", "x"), np.full(shape, np.nan))})
+        obs.h[2, 3] = 1.0
+        with pytest.raises(ObservationMismatchError, match="must be on the state's grid"):
+            prior.ensf.assimilate(obs, **options)
+    same = xr.Dataset({"h": (("y", "x"), np.full((6, 8), np.nan))})
+    same.h[2, 3] = 1.0
+    assert np.isfinite(prior.ensf.assimilate(same, **options).h.values).all()

@@ -615,6 +615,15 @@ def prepare_observations(
     gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
     if gridded:
         on_obs = grid_coords(obs, dims)
+        unlike = [d for d in (dims.lat, dims.lon) if obs.sizes[d] != prior.sizes[d]]
+        if unlike and not (on_obs.known and grid.known):  # (else told by their values)
+            raise ObservationMismatchError(
+                f"gridded observations must be on the state's grid, but they have "
+                f"{[obs.sizes[d] for d in unlike]} points along {unlike} and the state "
+                f"{[prior.sizes[d] for d in unlike]}, without coordinates on "
+                f"{'both' if not (on_obs.known or grid.known) else 'one'} to say where: "
+                "give the observations the state's grid"
+            )
         for role, d, a, b in (
             ("latitude", on_obs.names and on_obs.names[0], on_obs.lat, grid.lat),
             ("longitude", on_obs.names and on_obs.names[1], on_obs.lon, grid.lon),
