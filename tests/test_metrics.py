@@ -537,3 +537,17 @@ def test_relative_rmse_names_a_variable_or_dim_it_cannot_score():
     got = metrics.relative_rmse(states, truth, {"h": 2.0}, dims=("lat", "lon"))
     error = states.h.mean("member") - truth.h
     assert float(got) == pytest.approx(float(np.sqrt((error**2).sum() / (truth.h**2).sum())))
+
+
+def test_a_truth_of_another_size_along_an_unlabelled_dim_is_refused():
+    # A raw xarray AlignmentError came out of the accessor's scores.
+    ens, truth = _case()  # the truth has no coordinates: paired by position
+    assert np.isfinite(ens.ensf.rmse(truth).t.values).all()
+    with pytest.raises(
+        DimensionError, match="truth has 2 entries along 'time' and the ensemble 3"
+    ):
+        ens.ensf.rmse(truth.isel(time=[0, 1]))
+    with pytest.raises(DimensionError, match=r"truth's 'lat' has no coordinate.*truth\.assign"):
+        ens.ensf.crps(truth.isel(lat=[0, 1, 2]))
+    with pytest.raises(DimensionError, match=r"ensemble's 'time' has no coordinate.*ds\.assign"):
+        ens.drop_vars("time").ensf.spread_skill(truth.isel(time=[0, 1]).assign_coords(time=[0, 1]))

@@ -68,7 +68,20 @@ def on_points_of(
     :func:`aligned_like` takes them (its coordinates in the reference's units); a
     :class:`~xensf.errors.DimensionError` naming ``what`` where they differ."""
     for d in other.dims:
-        if d not in reference.dims or d not in other.indexes or d not in reference.indexes:
+        if d not in reference.dims:
+            continue
+        if (d not in other.indexes or d not in reference.indexes) and (
+            other.sizes[d] != reference.sizes[d]
+        ):  # xarray pairs the entries of an unlabelled dim by position, if it can
+            name = "ds" if d not in reference.indexes else what
+            whose = "the ensemble's" if name == "ds" else f"the {what}'s"
+            raise DimensionError(
+                f"the {what} has {other.sizes[d]} entries along {d!r} and the ensemble "
+                f"{reference.sizes[d]}, and {whose} {d!r} has no coordinate to tell which "
+                f"are the same: label it ({name}.assign_coords({d}=[...])) or give the "
+                f"{what} on the ensemble's {d!r}"
+            )
+        if d not in other.indexes or d not in reference.indexes:
             continue
         other = coordinate_in_units(reference, other, d, whose=f"the {what}'s")
         ours, theirs = reference.indexes[d], other.indexes[d]
