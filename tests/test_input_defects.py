@@ -1672,6 +1672,14 @@ def test_observation_times_without_labels_are_refused_against_dated_states(two_d
     # there are as many (else a raw xarray AlignmentError came out)
     with pytest.raises(ObservationMismatchError, match=r"\(1 entries\) nor the state's"):
         two_days.drop_vars("time").ensf.assimilate(stations.isel(time=[0]), **options)
+    # a state whose times are the numbers 0, 1, … pairs with xarray's numbering
+    numbered = two_days.assign_coords(time=[0.0, 1.0])
+    assert_same_run(
+        numbered.ensf.assimilate(stations, **options),
+        numbered.ensf.assimilate(stations.assign_coords(time=[0.0, 1.0]), **options),
+    )
+    with pytest.raises(ObservationMismatchError, match=r"holds other numbers, \[0.0, 6.0\]"):
+        two_days.assign_coords(time=[0.0, 6.0]).ensf.assimilate(stations, **options)
     assert_same_run(
         two_days.drop_vars("time").ensf.assimilate(stations, **options),
         two_days.ensf.assimilate(labelled, **options).drop_vars("time"),

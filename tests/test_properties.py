@@ -84,8 +84,9 @@ def _hour_later(times: np.ndarray, kind: str) -> np.ndarray:
 
 
 @st.composite
-def cases(draw):
-    """A prior, observations and ``assimilate`` keyword arguments."""
+def cases(draw, unlabelled: bool = True):
+    """A prior, observations and ``assimilate`` keyword arguments; with ``unlabelled``,
+    some without the coordinates of a dim (paired by position, or refused)."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_mem = draw(st.integers(1, 5))  # 1 member: refused with an EnsembleError
     n_lat, n_lon = draw(st.integers(1, 5)), draw(st.integers(1, 6))
@@ -149,6 +150,21 @@ def cases(draw):
     elif draw(st.booleans()):
         kwargs["loc_radius"] = 3000.0
         kwargs["cross_variable"] = draw(st.booleans())
+    if n_time is not None and draw(st.booleans()):  # observed at fewer times
+        obs = obs.isel(time=slice(0, draw(st.integers(1, n_time))))
+    # coordinates left out, as files without them open: paired by position or refused
+    dropped = [(), ("prior", "time"), ("obs", "time"), ("obs", "grid")] if unlabelled else [()]
+    if left_out := draw(st.sampled_from(dropped)):
+        whose, what = left_out
+        drop = (
+            ["time"]
+            if what == "time"
+            else [c for c in (*obs.coords, *obs.dims) if "lat" in c or "lon" in c]
+        )
+        if whose == "prior" and "time" in prior.coords:
+            prior = prior.drop_vars("time")
+        elif whose == "obs":
+            obs = obs.drop_vars([c for c in drop if c in obs.coords])
     chunks = None
     if n_time is not None and draw(st.booleans()):
         chunks = draw(st.integers(1, n_time))
@@ -304,7 +320,7 @@ def reordered_cases(draw):
     """A case of :func:`cases` with gridded observations, and the same observations with
     their latitudes the other way round and their longitudes rolled (on a global grid,
     perhaps into the other convention)."""
-    prior, obs, kwargs, _ = draw(cases())
+    prior, obs, kwargs, _ = draw(cases(unlabelled=False))
     dims = find_dims(prior)
     if not (dims.lat in obs.dims and dims.lon in obs.dims):  # stations: nothing to turn
         return prior, obs, obs, kwargs
@@ -356,7 +372,7 @@ def closed_cases(draw):
     """A case of :func:`cases` on a global grid of 2 columns or more, and the same prior
     and gridded observations with a closing column: the first again, its longitude
     written again."""
-    prior, obs, kwargs, _ = draw(cases())
+    prior, obs, kwargs, _ = draw(cases(unlabelled=False))
     dims = find_dims(prior)
     lon = np.asarray(prior[dims.lon].values, np.float64)
     step = np.mod(np.diff(lon), 360.0)

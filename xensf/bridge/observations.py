@@ -972,7 +972,8 @@ def _time_kind(values: np.ndarray) -> str:
 def _check_times_labelled(obs: xr.Dataset, obs_time: str, prior: xr.Dataset, tdim: str) -> None:
     """Refuse observations and a state of which one labels its time dim with dates and
     the other gives it no coordinate: xarray numbers such a dim 0, 1, …, which are no
-    dates (both unlabelled, or labelled with numbers, they are matched by those)."""
+    dates. Neither labelled, they are paired entry by entry where their sizes agree; one
+    labelled with numbers, by those numbers against 0, 1, … where they match."""
     ours, theirs = obs_time in obs.coords, tdim in prior.coords
     if not (ours or theirs) and obs.sizes[obs_time] != prior.sizes[tdim]:
         raise ObservationMismatchError(
@@ -984,14 +985,16 @@ def _check_times_labelled(obs: xr.Dataset, obs_time: str, prior: xr.Dataset, tdi
     if ours == theirs:
         return
     labelled = obs[obs_time] if ours else prior[tdim]
-    if _time_kind(np.asarray(labelled.values)) == "numbers":
-        return
+    numbers = _time_kind(np.asarray(labelled.values)) == "numbers"
+    if numbers and (ours or np.array_equal(labelled.values, np.arange(obs.sizes[obs_time]))):
+        return  # paired by the numbers: xarray's 0, 1, … against the other's labels
     if not ours:
         same_length = obs.sizes[obs_time] == prior.sizes[tdim]
         raise ObservationMismatchError(
             f"the observations' time dim {obs_time!r} has no coordinate (xarray numbers it "
-            f"0, 1, …) and the state's {tdim!r} holds dates; label the observations with "
-            f"their times, obs.assign_coords({obs_time}=[...])"
+            f"0, 1, …) and the state's {tdim!r} holds "
+            + (f"other numbers, {prior[tdim].values.tolist()[:3]}…" if numbers else "dates")
+            + f"; label the observations with their times, obs.assign_coords({obs_time}=[...])"
             + (
                 f", or, if they are the state's times in its order, "
                 f"obs.assign_coords({obs_time}=prior[{tdim!r}].values)"
