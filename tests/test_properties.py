@@ -125,11 +125,15 @@ def cases(draw, unlabelled: bool = True):
         n_obs = draw(st.integers(0, 4))
         slat = rng.uniform(lat.min() - 5, lat.max() + 5, n_obs)  # some may lie outside
         slon = rng.uniform(lon.min(), lon.min() + step * n_lon, n_obs)
+        if n_obs and draw(st.booleans()):  # a station without a position
+            slat[0] = np.nan
         obs_dims = (("time",) if n_time is not None else ()) + ("station",)
         ov = (
             280.0 * scale
             + rng.standard_normal(((n_time,) if n_time is not None else ()) + (n_obs,)) * scale
         )
+        if n_obs and np.isnan(slat[0]) and draw(st.booleans()):  # and no value: left out
+            ov[..., 0] = np.nan
         obs = xr.Dataset(
             {"t": (obs_dims, ov.astype(dtype), {"units": "K"})},
             coords={"lat": ("station", slat), "lon": ("station", slon)}
