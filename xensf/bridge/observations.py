@@ -866,16 +866,17 @@ def _off_level_fix(lev: str, bad, ours, by_row: bool, point: str | None) -> str:
             f": they lie beyond its levels; drop them, obs.where((obs[{lev!r}] >= {low!r}) "
             f"& (obs[{lev!r}] <= {high!r}), drop=True) (in the state's units)"
         )
-    if by_row and point is not None:
-        nearest = (
-            f"obs.assign_coords({lev}=({point!r}, prior[{lev!r}].sel({lev}="
-            f"obs[{lev!r}].values, method='nearest').values))"
-        )
-        how = (
-            "interpolate each profile to the state's levels, or take each report at the "
-            f"nearest state level, {nearest} (its levels in the state's units), adding the "
-            "error that makes to its error"
-        )
+    if by_row:
+        how = "interpolate each profile to the state's levels"
+        if point is not None and point != MOVING_DIM:  # (moving observers: their slots)
+            nearest = (
+                f"obs.assign_coords({lev}=({point!r}, prior[{lev!r}].sel({lev}="
+                f"obs[{lev!r}].values, method='nearest').values))"
+            )
+            how += (
+                f", or take each report at the nearest state level, {nearest} (its levels "
+                "in the state's units), adding the error that makes to its error"
+            )
     else:
         how = f"obs.interp({lev}=prior[{lev!r}].values) interpolates them linearly"
     return (
