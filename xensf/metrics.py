@@ -165,7 +165,7 @@ def _check_labels_meet(ensemble, truth) -> None:
                     f"the {whose}'s {dim!r} labels repeat; scores pair the ensemble and "
                     "the truth by label: drop the repeats"
                 )
-        if ours.intersection(theirs).empty:
+        if len(ours) and len(theirs) and ours.intersection(theirs).empty:
             raise DimensionError(
                 f"the ensemble and the truth have no {dim!r} label in common (the "
                 f"ensemble's {ours[0]} … {ours[-1]}, the truth's {theirs[0]} … "
