@@ -294,6 +294,12 @@ def test_time_outside_the_span(wb2_store, time):
         xensf.era5.open(wb2_store, variables=["z500"], time=time)
 
 
+def test_a_time_range_given_backwards(wb2_store):
+    # it was told that no time of the store lies in it, with the span it lies in
+    with pytest.raises(OptionError, match="starts at 2020-01-02 after it stops at 2020-01-01"):
+        xensf.era5.open(wb2_store, variables=["z500"], time=("2020-01-02", "2020-01-01"))
+
+
 def test_time_not_in_the_store(wb2_store):
     with pytest.raises(OptionError, match=r"not times of the store.*2020-01-01T03"):
         xensf.era5.open(wb2_store, variables=["z500"], time="2020-01-01T03")

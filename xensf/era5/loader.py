@@ -180,6 +180,11 @@ def _select_time(ds: xr.Dataset, time, every) -> xr.Dataset:
                 raise OptionError("time= takes a slice without a step; use every=")
             start = _timestamp(time.start, "the start time") if time.start is not None else None
             stop = _timestamp(time.stop, "the stop time") if time.stop is not None else None
+            if start is not None and stop is not None and start > stop:
+                raise OptionError(
+                    f"time= starts at {time.start} after it stops at {time.stop}; give the "
+                    "earlier time first"
+                )
             if (start is not None and start < times[0]) or (stop is not None and stop > times[-1]):
                 asked = f"{time.start or '…'} to {time.stop or '…'}"
                 raise OptionError(
