@@ -310,6 +310,27 @@ def test_dataarray_accessor(small):
     assert out.ensf.mean().dims == ("time", "lat", "lon")
 
 
+def test_an_unnamed_dataarray_keeps_no_name_and_asks_for_one_to_match_names(small):
+    # A DataArray made from numpy has no name: its results came back named "state", and
+    # observations as a Dataset were told that 't' looked like their positions
+    da = small["t"].rename(None)
+    obs = small.t.isel(member=0, drop=True).where(small.lat > 0)
+    kw = dict(method="letkf", loc_radius=None, obs_error=0.5)
+    out = da.ensf.assimilate(obs, **kw)
+    assert out.name is None
+    xr.testing.assert_identical(out.rename("t"), small.t.ensf.assimilate(obs, **kw))
+    for result in (da.ensf.mean(), da.ensf.spread(), da.ensf.rmse(obs)):
+        assert result.name is None
+    with pytest.raises(ObservationMismatchError, match=r"unnamed DataArray.*da.rename\('t'\)"):
+        da.ensf.assimilate(obs.to_dataset(), **kw)
+    with pytest.raises(OptionError, match=r"obs_error is a mapping.*unnamed DataArray"):
+        da.ensf.assimilate(obs, **{**kw, "obs_error": {"t": 0.5}})
+    with pytest.raises(OptionError, match=r"variables \['t'\] of the truth"):
+        da.ensf.rmse(obs.to_dataset())
+    with pytest.raises(OptionError, match=r"named 'lat', as one of its coordinates"):
+        small.t.rename("lat").ensf.mean()
+
+
 # ---------------------------------------------------------------------------------
 # bad input: a clear error before any work
 # ---------------------------------------------------------------------------------

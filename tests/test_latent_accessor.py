@@ -1008,6 +1008,15 @@ def test_a_dataarray_encodes_and_its_latent_decodes_as_the_dataset_does(case):
     model, prior, _, _ = case
     z = prior.ensf.encode(model, device="cpu")
     xr.testing.assert_identical(prior.h.ensf.encode(model, device="cpu"), z)
+    # an unnamed DataArray (made from numpy) is taken as the model's one variable; it
+    # was called "state" and refused as not the model's 'h'
+    unnamed = prior.h.rename(None)
+    xr.testing.assert_identical(unnamed.ensf.encode(model, device="cpu"), z)
+    analysis = unnamed.ensf.assimilate(case[3].h, model=model, seed=0)
+    assert analysis.name is None
+    xr.testing.assert_identical(
+        analysis, prior.h.ensf.assimilate(case[3].h, model=model, seed=0).rename(None)
+    )
     xr.testing.assert_identical(
         z.latent_mean.ensf.decode(model, device="cpu"), z.ensf.decode(model, device="cpu")
     )

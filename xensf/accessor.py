@@ -8,14 +8,18 @@ until a method is called.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .errors import DimensionError, EnsembleError, OptionError
+from .errors import DimensionError, EnsembleError, ObservationMismatchError, OptionError
 
 __all__ = ["EnsfDataArrayAccessor", "EnsfDatasetAccessor"]
+
+#: The name an unnamed DataArray's variable takes inside the Dataset methods.
+_UNNAMED = "state"
 
 
 def _describe_call(args: dict[str, Any]) -> str:
@@ -660,16 +664,33 @@ class EnsfDataArrayAccessor:
     def __init__(self, da: xr.DataArray):
         self._obj = da
 
-    def _as_dataset(self) -> xr.Dataset:
-        name = self._obj.name if self._obj.name is not None else "state"
+    def _as_dataset(self, model: Any = None) -> xr.Dataset:
+        """This DataArray as a Dataset of one variable: under its name; unnamed, under
+        the variable of a ``model`` trained on one (what else could it hold?)."""
+        name = self._obj.name
+        if name is None and model is not None:
+            from .bridge.model_cache import model_handle
+
+            names = model_handle(model)[1].get("data", {}).get("variables", [])
+            name = names[0] if len(names) == 1 else None
+        name = _UNNAMED if name is None else name
+        if name in self._obj.coords:
+            raise OptionError(
+                f"the DataArray is named {name!r}, as one of its coordinates: rename it "
+                "after the variable it holds (da.rename('t'))"
+            )
         return self._obj.to_dataset(name=name)
+
+    def _mine(self, result: xr.Dataset) -> xr.DataArray:
+        """This variable of a result Dataset, under this DataArray's own name (None
+        stays None)."""
+        return result[next(iter(result.data_vars))].rename(self._obj.name)
 
     def assimilate(self, obs: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
         """As :meth:`EnsfDatasetAccessor.assimilate`; ``obs`` may be a DataArray."""
-        ds = self._as_dataset()
-        name = next(iter(ds.data_vars))
-        result = ds.ensf.assimilate(self._named(obs), **kwargs)
-        out = result[name]
+        ds = self._as_dataset(kwargs.get("model"))
+        result = ds.ensf.assimilate(self._named(obs, "observations", ds, kwargs), **kwargs)
+        out = self._mine(result[list(ds.data_vars)])
         out.attrs.update(
             {
                 k: v
@@ -682,7 +703,7 @@ class EnsfDataArrayAccessor:
     def encode(self, model: Any, **kwargs: Any) -> xr.Dataset:
         """As :meth:`EnsfDatasetAccessor.encode`: this variable's states (the model's
         only variable) to the latent Dataset."""
-        return self._as_dataset().ensf.encode(model, **kwargs)
+        return self._as_dataset(model).ensf.encode(model, **kwargs)
 
     def decode(self, model: Any, *, device=None) -> xr.Dataset:
         """As :meth:`EnsfDatasetAccessor.decode`, for the latent means as a DataArray
@@ -693,13 +714,11 @@ class EnsfDataArrayAccessor:
 
     def mean(self, member_dim: str | None = None) -> xr.DataArray:
         """Ensemble mean over the member dim."""
-        ds = self._as_dataset()
-        return ds.ensf.mean(member_dim)[next(iter(ds.data_vars))]
+        return self._mine(self._as_dataset().ensf.mean(member_dim))
 
     def spread(self, member_dim: str | None = None) -> xr.DataArray:
         """Ensemble standard deviation (``ddof=1``) over the member dim."""
-        ds = self._as_dataset()
-        return ds.ensf.spread(member_dim)[next(iter(ds.data_vars))]
+        return self._mine(self._as_dataset().ensf.spread(member_dim))
 
     def rmse(self, truth: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.DataArray:
         """As :meth:`EnsfDatasetAccessor.rmse`; ``truth`` may be a DataArray."""
@@ -725,21 +744,48 @@ class EnsfDataArrayAccessor:
     ) -> xr.Dataset:
         """As :meth:`EnsfDatasetAccessor.innovations`; ``obs`` and ``analysis`` may be
         DataArrays (of this variable)."""
-        ds = self._as_dataset()
-        return ds.ensf.innovations(self._named(obs), self._named(analysis), **kwargs)
+        ds = self._as_dataset(kwargs.get("model"))
+        return ds.ensf.innovations(
+            self._named(obs, "observations", ds, kwargs),
+            self._named(analysis, "analysis", ds),
+            **kwargs,
+        )
 
     def cross_validate(
         self, obs: xr.DataArray | xr.Dataset, settings: dict[str, list[Any]], **kwargs: Any
     ) -> xr.Dataset:
         """As :meth:`EnsfDatasetAccessor.cross_validate`; ``obs`` may be a DataArray."""
-        return self._as_dataset().ensf.cross_validate(self._named(obs), settings, **kwargs)
+        ds = self._as_dataset(kwargs.get("model"))
+        return ds.ensf.cross_validate(
+            self._named(obs, "observations", ds, kwargs), settings, **kwargs
+        )
 
-    def _named(self, other):
-        """A DataArray given for this variable, as a Dataset under this variable's name."""
+    def _named(self, other, what: str, ds: xr.Dataset, kwargs: dict[str, Any] | None = None):
+        """A DataArray given for this variable, as a Dataset under its name in ``ds``
+        (:meth:`_as_dataset`); a Dataset (``what``) as it is, where this variable has a
+        name to match its variables with (and an ``obs_error`` mapping in ``kwargs``)."""
+        (name,) = ds.data_vars
+        unnamed = name == _UNNAMED and self._obj.name is None
+        spec = (kwargs or {}).get("obs_error")
+        if unnamed and isinstance(spec, Mapping):
+            raise OptionError(
+                f"obs_error is a mapping of variables ({list(spec)}) but the ensemble is an "
+                "unnamed DataArray: name it after the variable it holds (e.g. "
+                "da.rename('t')), or give obs_error as a number or a relative error"
+            )
         if isinstance(other, xr.DataArray):
-            return other.to_dataset(name=next(iter(self._as_dataset().data_vars)))
+            return other.to_dataset(name=name)
+        if isinstance(other, xr.Dataset) and unnamed:
+            names = [str(v) for v in other.data_vars]
+            error = ObservationMismatchError if what == "observations" else OptionError
+            raise error(
+                f"the ensemble is an unnamed DataArray, so the variables {names} of the {what} "
+                "cannot be matched with it: name it after the variable it holds (e.g. "
+                f"da.rename({names[0] if names else 't'!r})), or give the {what} as a "
+                "DataArray (taken as this variable's)"
+            )
         return other
 
     def _score(self, score: str, truth, kwargs: dict[str, Any]) -> xr.DataArray:
         ds = self._as_dataset()
-        return getattr(ds.ensf, score)(self._named(truth), **kwargs)[next(iter(ds.data_vars))]
+        return self._mine(getattr(ds.ensf, score)(self._named(truth, "truth", ds), **kwargs))
