@@ -166,6 +166,8 @@ def test_stations_are_withheld_whole_and_every_level_with_its_location():
         # each analysed twice in every fold, and two settings of one label in the table
         ({"loc_radius": [300.0, 600.0, 300]}, {}, "lists 300 more than once"),
         ({"loc_radius": [300.0]}, {"loc_radius": 300.0}, "both a setting"),
+        # a seed the user never gave was called "a fixed argument" too
+        ({"seed": [0, 1]}, {}, "'seed' is an argument of cross_validate itself"),
         ({"loc_radius": [300.0]}, {"folds": 1}, "at least 2"),
         ({"loc_radius": [300.0]}, {"folds": 46}, "at least 46 observed locations"),
         ({"loc_radius": [300.0]}, {"seed": -1}, "non-negative integer"),  # numpy's error

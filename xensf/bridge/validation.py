@@ -60,7 +60,13 @@ def cross_validate(
             f"{type(obs).__name__}"
         )
     for name in grid:
-        if name in kwargs or name in ("obs", "folds", "seed", "progress"):
+        if name in ("obs", "folds", "seed", "progress"):
+            raise OptionError(
+                f"{name!r} is an argument of cross_validate itself, not an option of the "
+                f"analysis, so it cannot be cross-validated; give one value, "
+                f"cross_validate(..., {name}=...)"
+            )
+        if name in kwargs:
             raise OptionError(
                 f"{name!r} is both a setting to cross-validate and a fixed argument; give it "
                 "in one place"
