@@ -1791,3 +1791,16 @@ def test_gridded_observations_of_another_size_on_an_unlabelled_grid_are_refused(
     same = xr.Dataset({"h": (("y", "x"), np.full((6, 8), np.nan))})
     same.h[2, 3] = 1.0
     assert np.isfinite(prior.ensf.assimilate(same, **options).h.values).all()
+
+
+def test_the_functions_refuse_a_dataarray_where_a_dataset_goes_with_what_to_do(ds, obs):
+    # a raw TypeError, not an XensfError; the DataArray's own way was not said
+    from xensf.cycling import ShallowWaterForecaster
+
+    with pytest.raises(OptionError, match=r"got a DataArray: .*da.ensf.assimilate\(obs"):
+        xensf.assimilate(ds.t, obs, obs_error=0.5)
+    start = ds.t.expand_dims(time=[0.0])
+    with pytest.raises(OptionError, match=r"initial_ensemble .*got a DataArray .*to_dataset"):
+        xensf.cycle(ShallowWaterForecaster(), start, obs, obs_error=0.5)
+    with pytest.raises(OptionError, match="the training data must be an xarray Dataset"):
+        xensf.train_latent(ds.t.values, 2)

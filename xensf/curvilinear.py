@@ -209,7 +209,7 @@ def curvilinear_weights(
     >>> lat, lon = np.meshgrid([0.0, 1.0], [0.0, 1.0, 2.0], indexing="ij")
     >>> idx, w = curvilinear_weights(lat, lon, [0.5], [1.0])
     >>> idx.tolist(), np.round(w, 6).tolist()
-    ([[1, 2, 4, 5]], [[0.5, 0.0, 0.5, 0.0]])
+    ([[0, 1, 3, 4]], [[0.0, 0.5, 0.0, 0.5]])
     """
     from scipy.spatial import cKDTree
 

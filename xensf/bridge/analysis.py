@@ -415,7 +415,14 @@ def assimilate(
     :class:`xensf.accessor.EnsfDatasetAccessor` for every parameter.
     """
     if not isinstance(prior, xr.Dataset):
-        raise TypeError(f"the prior must be an xarray Dataset, got {type(prior).__name__}")
+        hint = (
+            ": for one variable use its accessor, da.ensf.assimilate(obs, ...), or da.to_dataset()"
+            if isinstance(prior, xr.DataArray)
+            else ""
+        )
+        raise OptionError(
+            f"the prior must be an xarray Dataset, got a {type(prior).__name__}{hint}"
+        )
     # pint quantities (pint-xarray) become units attributes at the boundary, and the
     # quantified state variables quantities again on the way out.
     prior, registries = dequantify(prior)

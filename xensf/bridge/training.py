@@ -626,7 +626,9 @@ def train_latent(
             )
         ds = ds.to_dataset()
     if not isinstance(ds, xr.Dataset):
-        raise TypeError(f"the training data must be an xarray Dataset, got {type(ds).__name__}")
+        raise OptionError(
+            f"the training data must be an xarray Dataset, got a {type(ds).__name__}"
+        )
     grid = _grid_dims(ds, lat_dim, lon_dim)
     member = find_role(ds, "member", override=member_dim, required=False)
     time = find_role(ds, "time", override=time_dim, required=False)

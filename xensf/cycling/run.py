@@ -83,8 +83,8 @@ def cycle(
     ----------
     model : Forecaster
         The forecast model: ``time_step`` and ``forecast(state, steps)`` (see
-        :class:`xensf.forecast.Forecaster`), e.g.
-        :class:`~xensf.forecast.ShallowWaterForecaster`. ``state`` is the ensemble
+        :class:`xensf.cycling.Forecaster`), e.g.
+        :class:`~xensf.cycling.ShallowWaterForecaster`. ``state`` is the ensemble
         without a time dim, with a scalar ``time`` coordinate giving its time.
     initial_ensemble : Dataset
         The ensemble to start from, at one time: a scalar ``time`` coordinate or a
@@ -164,16 +164,16 @@ def cycle(
     Examples
     --------
     >>> import numpy as np, xensf
-    >>> from xensf.forecast import ShallowWaterForecaster
+    >>> from xensf.cycling import ShallowWaterForecaster
     >>> from xensf.models.swe import ShallowWaterConfig
     >>> truth = xensf.models.shallow_water(n=16, steps=40, every=20, device="cpu")
     >>> start = xensf.models.shallow_water(
     ...     np.linspace(2e5, 3e5, 5), np.full(5, 2e5), n=16, steps=0, every=1, device="cpu"
     ... )
-    >>> obs = truth.isel(time=slice(1, None))            # every grid point observed
+    >>> obs = truth[["eta"]].isel(time=slice(1, None))   # eta at every grid point
     >>> run = xensf.cycle(
     ...     ShallowWaterForecaster(ShallowWaterConfig(n=16), device="cpu"), start, obs,
-    ...     method="letkf", obs_error=0.01, progress=False,
+    ...     method="letkf", loc_radius=2e5, obs_error=0.01, progress=False,
     ... )
     >>> run.sizes["time"], run.attrs["xensf_every"]
     (2, 20)
@@ -184,8 +184,14 @@ def cycle(
         if not isinstance(flag, bool | np.bool_):
             raise OptionError(f"{name} must be True or False, got {flag!r}")
     if not isinstance(initial_ensemble, xr.Dataset):
-        raise TypeError(
-            f"initial_ensemble must be an xarray Dataset, got {type(initial_ensemble).__name__}"
+        raise OptionError(
+            f"initial_ensemble must be an xarray Dataset, got a "
+            f"{type(initial_ensemble).__name__}"
+            + (
+                " (da.to_dataset() makes one of a named DataArray)"
+                if isinstance(initial_ensemble, xr.DataArray)
+                else ""
+            )
         )
     from ..bridge.dims import find_role
     from ..bridge.methods import resolve_method

@@ -57,7 +57,8 @@ def catalog():
     >>> cat.entries["wb2_era5_64x32"].metadata["latitude_order"]
     'ascending'
     >>> ds = cat.era5_sample.read()          # the packaged ERA5 ensemble sample, lazily
-    >>> remote = cat.wb2_era5_64x32.read()   # doctest: +SKIP  (needs gcsfs and network)
+    >>> # needs gcsfs and the network:
+    >>> remote = cat.wb2_era5_64x32.read()  # doctest: +SKIP
     """
     import intake
 

@@ -963,7 +963,7 @@ def train_latent_model(
     >>> model = train_latent_model(states, gridded_stride_obs(4), latent_dim=16, width=8,
     ...                            epochs=2, progress=False)
     >>> model.latent_shape, model.latent_obs_std.shape
-    ((1, 4, 4), torch.Size([16]))
+    ((4, 2, 2), torch.Size([16]))
     """
     from tqdm.auto import tqdm
 
