@@ -242,6 +242,10 @@ class LatentModel:
         ``(C, H, W)``: False at masked points (land in an ocean model), which the
         networks see as 0 (the channel mean), the training loss ignores, and
         :meth:`decode` and :meth:`analyse` return as NaN. None: no mask.
+    obs_points : torch.Tensor of bool, optional
+        ``(H, W)`` or ``(C, H, W)``: True at the grid values a gridded model's
+        observation layout holds (see :attr:`obs_points`); None: that of a stride
+        layout in ``config``, else unknown. A station model takes none.
 
     Notes
     -----
