@@ -847,3 +847,40 @@ def test_stations_at_every_time_give_the_same_bits_however_chunked():
     )
     options = dict(method="ensf", steps=8, obs_error=5000.0, seed=5)
     _assert_chunks_keep_the_bits(prior, stations, **options)
+
+
+def test_a_localisation_radius_with_its_units_is_measured_in_the_grid_units(case):
+    # "500 km" was refused as not a positive distance; a number is in km on a
+    # latitude/longitude grid and in the coordinates' units on a planar one, which a
+    # radius in metres on a geographic grid (or km on one in m) silently misreads
+    prior, obs = case
+    kw = dict(method="letkf", obs_error=0.5)
+    in_km = prior.ensf.assimilate(obs, loc_radius=800.0, **kw)
+    for radius in ("800 km", "8e5 m", "800km"):
+        xr.testing.assert_identical(
+            prior.ensf.assimilate(obs, loc_radius=radius, **kw).drop_attrs(),
+            in_km.drop_attrs(),
+        )
+    # a planar grid in m: the radius in m, whatever unit it is given in
+    planar = prior.rename(lat="y", lon="x").assign_coords(
+        y=("y", prior.lat.values * 1e5, {"units": "m", "axis": "Y"}),
+        x=("x", prior.lon.values * 1e5, {"units": "m", "axis": "X"}),
+    )
+    flat_obs = obs.rename(lat="y", lon="x").assign_coords(y=planar.y, x=planar.x)
+    in_m = planar.ensf.assimilate(flat_obs, loc_radius=1.5e6, **kw)
+    xr.testing.assert_identical(
+        planar.ensf.assimilate(flat_obs, loc_radius="1500 km", **kw).drop_attrs(),
+        in_m.drop_attrs(),
+    )
+    for radius, match in [
+        ("800", "has no units"),
+        ("800 kg", "not a length"),
+        ("-1 km", "positive finite length"),
+        ("far", "cannot read"),
+    ]:
+        with pytest.raises((UnitsError, OptionError), match=match):
+            prior.ensf.assimilate(obs, loc_radius=radius, **kw)
+    unitless = planar.assign_coords(x=planar.x.values, y=planar.y.values)
+    with pytest.raises(OptionError, match="coordinates have no units"):
+        unitless.ensf.assimilate(flat_obs.assign_coords(x=unitless.x, y=unitless.y),
+                                 loc_radius="1500 km", **kw)  # fmt: skip

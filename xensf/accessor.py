@@ -155,7 +155,8 @@ class EnsfDatasetAccessor:
             ensemble's spread per variable and level at each time). ``letkf``:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
             spread), ``loc_radius`` (required: Gaspari–Cohn half-width c, in km on
-            lat/lon grids, in coordinate units on planar grids; weights vanish beyond
+            lat/lon grids, in coordinate units on planar grids, or a length with its
+            units such as ``"500 km"``; weights vanish beyond
             2c; None: no localisation, a global ETKF), ``vertical_radius`` (None: all
             levels of a point alike; else the half-width along the level dim, in ln p on
             pressure levels, in metres on height or depth levels), ``cross_variable``

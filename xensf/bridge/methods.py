@@ -25,6 +25,7 @@ from ..errors import (
     ModelQualityWarning,
     ObservationLayoutWarning,
     OptionError,
+    UnitsError,
     unknown_options,
     warn_user,
 )
@@ -240,16 +241,16 @@ def _check_option(method: str, key: str, value: Any) -> None:
         )
     if key == "latent_radius":
         check_latent_radius(value, method)
-    if (
-        key == "loc_radius"
-        and value is not None
-        and value is not UNSET
-        and not (is_real(value) and value > 0)
-    ):
-        raise OptionError(
-            f"{method}: loc_radius must be a positive distance or None (no localisation), "
-            f"got {value!r}"
-        )
+    if key == "loc_radius" and value is not None and value is not UNSET:
+        from .units import length
+
+        if length(value, where="loc_radius") is None and not (is_real(value) and value > 0):
+            raise OptionError(
+                f"{method}: loc_radius must be a positive distance or None (no "
+                f"localisation), got {value!r}: a number (in km on a latitude/longitude "
+                "grid, else in the grid's coordinate units) or a length with its units "
+                "('500 km')"
+            )
     if (
         key == "blend_evidence"
         and value is not None
@@ -495,6 +496,9 @@ class _LocalisedLETKF:
             )
         step = grid.spacing()
         unit = "km" if grid.geographic else (grid.units[0] or "grid coordinate units")
+        if self.loc_radius not in (None, UNSET) and not is_real(self.loc_radius):
+            radius = _in_grid_units(self.loc_radius, grid, self.name)
+            return replace(self, loc_radius=radius).for_grid(grid)
         if self.loc_radius is not UNSET:
             if self.loc_radius is not None and self.loc_radius < step / LOC_RADIUS_FLOOR:
                 warn_user(
@@ -605,6 +609,32 @@ class _LocalisedLETKF:
             return {}
         start = np.broadcast_to(np.asarray(settings.mean, np.float64), (layout.grid_size,))
         return {"inflation": np.tile(start, (n_times, 1))}
+
+
+def _in_grid_units(radius: Any, grid: Any, method: str) -> float:
+    """A localisation radius given with its units (``"500 km"``) in the units distances
+    are measured in on ``grid``: km on a latitude/longitude grid, else its coordinates'
+    (which must then be lengths, the same along both axes)."""
+    from .units import length, parse_units
+
+    quantity = length(radius, where="loc_radius")
+    if grid.geographic:
+        return float(quantity.to("km").magnitude)
+    units = set(grid.units)
+    target = units.pop() if len(units) == 1 else None
+    try:
+        unit = None if target is None else parse_units(target, where="the grid coordinates")
+    except UnitsError:
+        unit = None
+    if unit is None or unit.dimensionality != quantity.dimensionality:
+        given = " and ".join(repr(u) for u in grid.units) if any(grid.units) else "no units"
+        raise OptionError(
+            f"{method}: loc_radius={radius!r} is a length, and this grid's coordinates "
+            f"have {given}, not one length unit, to measure it in: give loc_radius as a "
+            "number in the grid's coordinate units, or give the coordinates a units "
+            "attribute (prior.x.attrs['units'] = 'm')"
+        )
+    return float(quantity.to(unit).magnitude)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ __all__ = [
     "coordinate_in_units",
     "degrees_per",
     "dequantify",
+    "length",
     "parse_units",
     "requantify",
     "same_units",
@@ -51,6 +52,33 @@ def parse_units(units: str, *, where: str) -> pint.Unit:
         return UNITS.parse_units(_spelt_for_pint(units))
     except Exception as err:  # pint raises several unrelated types here
         raise UnitsError(f"cannot parse the units {units!r} of {where}: {err}") from None
+
+
+def length(value, *, where: str) -> pint.Quantity | None:
+    """``value`` given as a length with its units, as text (``"500 km"``) or a pint
+    quantity, as a quantity of cf-xarray's registry; None where it is neither (a plain
+    number). A :class:`UnitsError` names ``where`` when it is no positive finite length."""
+    if isinstance(value, pint.Quantity):
+        text = f"{value.magnitude} {value.units}"
+    elif isinstance(value, str):
+        text = value
+    else:
+        return None
+    example = f"e.g. {where}='500 km', or a plain number in the grid's units"
+    try:
+        quantity = UNITS.Quantity(text)
+    except Exception:  # pint raises several unrelated types here
+        raise UnitsError(f"cannot read {where}={value!r} as a length ({example})") from None
+    if not isinstance(quantity, pint.Quantity) or quantity.dimensionless:
+        raise UnitsError(
+            f"{where}={value!r} has no units; give a length with its units ({example})"
+        )
+    if quantity.dimensionality != UNITS.meter.dimensionality:
+        raise UnitsError(f"{where}={value!r} is in {quantity.units}, not a length ({example})")
+    magnitude = float(quantity.magnitude)
+    if not (np.isfinite(magnitude) and magnitude > 0):
+        raise UnitsError(f"{where}={value!r} must be a positive finite length")
+    return quantity
 
 
 def same_units(given: str | None, wanted: str | None) -> bool:
