@@ -261,6 +261,28 @@ def test_a_result_over_settings_of_any_kind_is_written_to_netcdf(tmp_path):
             np.testing.assert_array_equal(back.score.values, cv.score.values)
 
 
+def test_radii_with_their_units_are_settings_that_read_back():
+    # a pint quantity was labelled by its repr, "<Quantity(500, 'kilometer')>", which
+    # assimilate cannot read back from cv.loc_radius[i].item()
+    import pint
+
+    km = pint.UnitRegistry().km
+    prior, obs = _smooth_twin()
+    in_km = _cv(prior, obs, {"loc_radius": [500.0, 3000.0]}, method="letkf", obs_error=0.05)
+    for radii in (["500 km", "3000 km"], [500 * km, 3000 * km]):
+        cv = _cv(prior, obs, {"loc_radius": radii}, method="letkf", obs_error=0.05)
+        np.testing.assert_array_equal(cv.score.values, in_km.score.values)
+        label = cv.loc_radius[1].item()
+        xr.testing.assert_identical(
+            prior.ensf.assimilate(
+                obs, method="letkf", obs_error=0.05, loc_radius=label
+            ).drop_attrs(),
+            prior.ensf.assimilate(
+                obs, method="letkf", obs_error=0.05, loc_radius=3000.0
+            ).drop_attrs(),
+        )
+
+
 def test_dask_backed_inputs_give_the_same_scores():
     prior, obs = _smooth_twin()
     settings = {"loc_radius": [500.0, 3000.0]}

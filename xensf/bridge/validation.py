@@ -176,14 +176,21 @@ def _setting_values(values: list[Any]) -> np.ndarray:
     """One option's values as a coordinate that netCDF and zarr can write: numbers as
     floats (None, no localisation say, beside them: written as NaN), strings as
     strings, and values of mixed kinds or that are neither (``["10%", 0.5]``, mappings)
-    as their text, which xarray could not write."""
+    as their text, which xarray could not write (a pint quantity as text that reads
+    back as it: ``"500 kilometer"``)."""
     if all(is_real(x) for x in values):
         return np.asarray(values, dtype=float)
     if all(is_real(x) or x is None for x in values):
         return np.asarray(values, dtype=object)
     if all(isinstance(x, str) for x in values):
         return np.asarray(values, dtype=str)
-    return np.asarray([x if isinstance(x, str) else repr(as_python(x)) for x in values])
+
+    def text(x):
+        if isinstance(x, str) or (hasattr(x, "magnitude") and hasattr(x, "units")):
+            return str(x)
+        return repr(as_python(x))
+
+    return np.asarray([text(x) for x in values])
 
 
 def _dims(prior, where):
