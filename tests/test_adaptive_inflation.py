@@ -71,6 +71,18 @@ def test_the_limit_warning_reads_the_same_at_every_analysis():
         settings.warn_if_saturated(torch.where(torch.arange(100) < 40, 2.0, 1.3))
 
 
+def test_each_analysis_of_a_batch_is_judged_on_its_own():
+    # a time with 80 % of its field at the bound beside a calm one (two times that one
+    # dask chunk analyses in one call) was judged on the pair, 40 %, and not told
+    settings = AdaptiveInflation(std=0.1)
+    saturated = torch.where(torch.arange(100) < 80, 2.0, 1.3)
+    with pytest.warns(InflationLimitWarning):
+        settings.warn_if_saturated(torch.stack([saturated, torch.full((100,), 1.3)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings.warn_if_saturated(torch.full((2, 100), 1.3))  # neither time at the bound
+
+
 def test_the_field_stays_within_its_bounds():
     prior, y = _twin(d=200, n=10, truth_scale=3.0, seed=4)  # far too narrow a prior
     with pytest.warns(InflationLimitWarning, match=r"maximum \(2\) over 50% or more of"):

@@ -146,13 +146,16 @@ class AdaptiveInflation:
         return torch.where(seen, posterior, prior).clamp(self.minimum, self.maximum)
 
     def warn_if_saturated(self, field: torch.Tensor) -> None:
-        """Warn (:class:`~xensf.InflationLimitWarning`) when ``field``, an analysis's
-        updated ``Δ``, sits at ``maximum`` at :data:`SATURATED_SHARE` of its components
-        or more: the ensemble cannot represent the errors the observations show there."""
+        """Warn (:class:`~xensf.InflationLimitWarning`) when ``field``, the updated
+        ``Δ`` ``(..., d)`` of a batch of analyses, sits at ``maximum`` at
+        :data:`SATURATED_SHARE` of the components of one of them or more: the ensemble
+        cannot represent the errors the observations show there. Each analysis (time)
+        is judged on its own, so that it does not matter which times share a call (a
+        dask chunk)."""
         if self.maximum <= self.minimum or field.numel() == 0:
             return  # a field fixed by its bounds is a fixed inflation
-        share = float((field >= self.maximum).double().mean())
-        if share < SATURATED_SHARE:
+        share = (field >= self.maximum).double().mean(-1)
+        if float(share.max()) < SATURATED_SHARE:
             return
         # The text is the same for every analysis of these settings, so that the
         # warnings registry shows it once per calling line (as for any warning), not
