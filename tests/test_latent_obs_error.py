@@ -57,6 +57,8 @@ def test_the_error_at_a_noise_interpolates_the_curve_in_variance(case):  # noqa:
     np.testing.assert_allclose(model.latent_obs_std_at(far).numpy() ** 2, expected, rtol=1e-4)
     with pytest.raises(OptionError, match="finite and >= 0"):
         model.latent_obs_std_at(-0.1)
+    with pytest.raises(OptionError, match=r"a number or an array of numbers.*0.1 for 10 %"):
+        model.latent_obs_std_at("10%")  # (a raw TypeError from torch)
 
 
 def _noise_error(model, scale):

@@ -1168,7 +1168,13 @@ class LatentModel:
                 "error (the model's error at its training noise is used)"
             )
         scalar = np.ndim(noise) == 0
-        q = torch.as_tensor(noise, dtype=torch.float64).reshape(-1)
+        try:
+            q = torch.as_tensor(noise, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise OptionError(
+                f"the observation noise must be a number or an array of numbers, a fraction "
+                f"of each channel's std (0.1 for 10 %), got {noise!r}"
+            ) from None
         if not bool((torch.isfinite(q) & (q >= 0)).all()):
             raise OptionError(f"the observation noise must be finite and >= 0, got {noise!r}")
         x = torch.as_tensor(curve["noise"], dtype=torch.float64).square()  # (K,)
