@@ -259,6 +259,8 @@ def _check_ensemble_error(model, x, y, observe):
         x, y, generator=seeds, obs_noise=noise, latent_error="curve", return_latent=True
     )
     _, ens = model.analyse(x, y, generator=seeds, obs_noise=noise, return_latent=True)
+    with pytest.raises(OptionError, match=r"obs_noise must be a number"):
+        model.analyse(x, y, generator=seeds, obs_noise="10%")  # (a raw TypeError)
     # the first analysis is the curve's (same seeds): decode its members, observe them
     # where the observations are, and compare the two encodings
     members = model.decode(curve["posterior"].reshape(-1, model.latent_dim))

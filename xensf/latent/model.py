@@ -829,7 +829,7 @@ class LatentModel:
             )
 
         if obs_noise is not None:
-            obs_noise = torch.as_tensor(obs_noise, dtype=torch.float64).reshape(-1)
+            obs_noise = _noise_values(obs_noise, "obs_noise")
             if obs_noise.numel() not in (1, n_times):
                 raise ObservationMismatchError(
                     f"obs_noise has {obs_noise.numel()} values; give one, or one per time "
@@ -1168,13 +1168,7 @@ class LatentModel:
                 "error (the model's error at its training noise is used)"
             )
         scalar = np.ndim(noise) == 0
-        try:
-            q = torch.as_tensor(noise, dtype=torch.float64).reshape(-1)
-        except (TypeError, ValueError, RuntimeError):
-            raise OptionError(
-                f"the observation noise must be a number or an array of numbers, a fraction "
-                f"of each channel's std (0.1 for 10 %), got {noise!r}"
-            ) from None
+        q = _noise_values(noise, "the observation noise")
         if not bool((torch.isfinite(q) & (q >= 0)).all()):
             raise OptionError(f"the observation noise must be finite and >= 0, got {noise!r}")
         x = torch.as_tensor(curve["noise"], dtype=torch.float64).square()  # (K,)
@@ -1613,3 +1607,15 @@ def _chunks(x: torch.Tensor, batch_size: int | None):
     if not is_integer(batch_size) or batch_size < 1:
         raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     return list(torch.split(x, int(batch_size)))
+
+
+def _noise_values(noise: Any, name: str) -> torch.Tensor:
+    """An observation noise (numbers, in units of each channel's std) as a flat float64
+    tensor; an :class:`~xensf.errors.OptionError` naming ``name`` for anything else."""
+    try:
+        return torch.as_tensor(noise, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise OptionError(
+            f"{name} must be a number or an array of numbers, a fraction of each channel's "
+            f"std (0.1 for 10 %), got {noise!r}"
+        ) from None
