@@ -293,6 +293,9 @@ def test_layouts_that_do_not_fit_the_grid_are_refused(blob_data):
         train_latent_model(small, point_obs([0, 30], [0, 1]), **kw)
     with pytest.raises(ObservationMismatchError, match="offset"):
         train_latent_model(small, gridded_stride_obs(2, offset=(0, 99)), **kw)
+    for stride in (0, 2.5, None):  # 2.5 and None gave a raw TypeError
+        with pytest.raises(OptionError, match="stride must be an integer >= 1 or a pair"):
+            gridded_stride_obs(stride)
     outside = station_obs([[0, 1, 24, GRID * GRID]], [[0.25] * 4])
     with pytest.raises(ObservationMismatchError, match="outside"):
         train_latent_model(small, outside, **kw)

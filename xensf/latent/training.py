@@ -437,7 +437,10 @@ def _slot_channels(channels, n: int) -> torch.Tensor:
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if is_integer(value) else tuple(value)
+    try:
+        pair = (value, value) if is_integer(value) else tuple(value)
+    except TypeError:  # a float, None: no pair either
+        pair = ()
     if len(pair) != 2 or any(not is_integer(v) or v < minimum for v in pair):
         raise OptionError(f"{name} must be an integer >= {minimum} or a pair, got {value!r}")
     return int(pair[0]), int(pair[1])
