@@ -293,6 +293,17 @@ def test_layouts_that_do_not_fit_the_grid_are_refused(blob_data):
         train_latent_model(small, point_obs([0, 30], [0, 1]), **kw)
     with pytest.raises(ObservationMismatchError, match="offset"):
         train_latent_model(small, gridded_stride_obs(2, offset=(0, 99)), **kw)
+    # indices that are no whole numbers were cut (row 1.5 to 1, channel -0.1 to 0) or
+    # crashed torch (text)
+    for make, name in [
+        (lambda: point_obs([1.5], [2]), "rows"),
+        (lambda: point_obs([1], "b"), "cols"),
+        (lambda: station_obs([[0.5, 1, 2, 3]], [[0.25] * 4]), "station indices"),
+        (lambda: station_obs([[0, 1, 2, 3]], [[0.25] * 4], -0.1), "channels"),
+    ]:
+        with pytest.raises(ObservationMismatchError, match=f"{name} must be whole numbers"):
+            make()
+    assert point_obs(torch.tensor([1.0]), [2]).layout["rows"] == [1]  # whole floats are fine
     for stride in (0, 2.5, None):  # 2.5 and None gave a raw TypeError
         with pytest.raises(OptionError, match="stride must be an integer >= 1 or a pair"):
             gridded_stride_obs(stride)

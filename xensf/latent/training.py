@@ -296,8 +296,8 @@ def point_obs(
         Points layout (see :func:`station_obs`) with ``"rows"`` and ``"cols"`` too;
         its values are ``(B, m)``.
     """
-    rows_t = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
-    cols_t = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
+    rows_t = _whole_numbers(rows, "rows").reshape(-1)
+    cols_t = _whole_numbers(cols, "cols").reshape(-1)
     chan_t = _slot_channels(channels, rows_t.numel())
     m = rows_t.numel()
     if not (m == cols_t.numel() == chan_t.numel()) or m == 0:
@@ -373,8 +373,13 @@ def station_obs(
         Points layout ``{"kind": "points", "n_obs": m, "slot_channels": [...],
         "indices": [...], "weights": [...], ...}``; its values are ``(B, m)``.
     """
-    idx_t = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-    w_t = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    idx_t = _whole_numbers(indices, "station indices")
+    try:
+        w_t = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ObservationMismatchError(
+            f"station weights must be numbers, (n_obs, 4), got {weights!r}"
+        ) from None
     if idx_t.ndim != 2 or idx_t.shape[1] != 4 or w_t.shape != idx_t.shape:
         raise ObservationMismatchError(
             f"station indices and weights must both be (n_obs, 4), got "
@@ -433,7 +438,27 @@ def _slot_channels(channels, n: int) -> torch.Tensor:
     """The channel of each of ``n`` station slots: as given, or channel 0 for all."""
     if channels is None:
         return torch.zeros(n, dtype=torch.long)
-    return torch.as_tensor(np.asarray(channels), dtype=torch.long).reshape(-1)
+    return _whole_numbers(channels, "channels").reshape(-1)
+
+
+def _whole_numbers(value, name: str) -> torch.Tensor:
+    """Grid or channel indices as a long tensor of their shape; an
+    :class:`~xensf.errors.ObservationMismatchError` naming ``name`` for values that are
+    not whole numbers (1.5 or -0.1 were cut to 1 and 0, text crashed torch)."""
+    try:
+        array = np.asarray(value)
+        whole = array.dtype.kind in "iu" or (
+            array.dtype.kind == "f"
+            and bool(np.isfinite(array).all())
+            and bool((array == np.round(array)).all())
+        )
+    except (TypeError, ValueError):  # ragged lists
+        whole = False
+    if not whole:
+        raise ObservationMismatchError(
+            f"{name} must be whole numbers (grid or channel indices), got {value!r}"
+        )
+    return torch.as_tensor(array.astype(np.int64))
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
