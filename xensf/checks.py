@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_python", "is_integer", "is_real"]
+__all__ = ["as_number", "as_python", "is_integer", "is_real"]
 
 
 def is_integer(value) -> bool:
@@ -30,3 +30,15 @@ def as_python(value):
     """A numpy scalar as the Python number it holds, for messages (``500.0``, not numpy
     2's ``np.float64(500.0)``); anything else as it is."""
     return value.item() if isinstance(value, np.integer | np.floating) else value
+
+
+def as_number(value):
+    """A 0-d numpy array or torch tensor as the Python number (or bool) it holds, as
+    ``cv.loc_radius[i].values`` or a tensor's ``x.std()`` give one; anything else as it
+    is, for :func:`is_real` and :func:`is_integer` to judge."""
+    if isinstance(value, np.ndarray | np.generic) or type(value).__module__ == "torch":
+        if getattr(value, "ndim", None) == 0:
+            number = value.item()
+            if isinstance(number, int | float):  # (bool is an int)
+                return number
+    return value

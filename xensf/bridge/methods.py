@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..checks import as_python, is_integer, is_real
+from ..checks import as_number, as_python, is_integer, is_real
 from ..errors import (
     EnsembleError,
     LocalisationWarning,
@@ -873,15 +873,7 @@ def resolve_method(
             [*known, *parameters], other_home,
         )  # fmt: skip
     # a number read out of an array (cv.loc_radius[i].values) is a 0-d array: the number
-    return cls(**{k: _as_number(v) for k, v in options.items()})
-
-
-def _as_number(value: Any) -> Any:
-    """A 0-d numpy array of numbers or a bool as the Python value it holds; anything
-    else as it is."""
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "biuf":
-        return value.item()
-    return value
+    return cls(**{k: as_number(v) for k, v in options.items()})
 
 
 # --------------------------------------------------------------------------------------

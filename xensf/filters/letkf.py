@@ -29,6 +29,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from ..checks import as_number, is_real
 from ..errors import EnsembleError, ObservationMismatchError, OptionError
 from .adaptive_inflation import AdaptiveInflation
 from .localization import (
@@ -216,12 +217,13 @@ def letkf_analysis(
             "prior contains NaN or infinite values; mask or fill them before the analysis "
             "(missing data belongs in y, not in the prior)"
         )
-    if not (math.isfinite(float(inflation)) and float(inflation) > 0):
+    inflation, rtps = as_number(inflation), as_number(rtps)
+    if not (is_real(inflation) and math.isfinite(inflation) and inflation > 0):
         raise OptionError(
-            f"inflation must be a positive finite factor (e.g. 1.02), got {inflation}"
+            f"inflation must be a positive finite factor (e.g. 1.02), got {inflation!r}"
         )
-    if not (0.0 <= float(rtps) <= 1.0):
-        raise OptionError(f"rtps must be a fraction in [0, 1], got {rtps}")
+    if not (is_real(rtps) and 0.0 <= rtps <= 1.0):
+        raise OptionError(f"rtps must be a fraction in [0, 1], got {rtps!r}")
     if interpolate_from is not None and loc_radius is None:
         raise OptionError("interpolate_from needs loc_radius (a global ETKF has one location)")
     if adaptive_inflation is not None:
@@ -659,7 +661,7 @@ def _local_analysis(
         cost = bsz * (m + 4 * n_mem * n_mem)  # w; A, its eigenvectors, D, a slot's D
         chunk_size = max(1, _CHUNK_BUDGET // max(cost, 1))
     elif int(chunk_size) != chunk_size or chunk_size < 1:
-        raise OptionError(f"chunk_size must be a positive integer, got {chunk_size}")
+        raise OptionError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     chunk_size = int(chunk_size)
     # For the provided distances (metrics: the triangle inequality holds) the
     # observations that can reach a chunk are found from the chunk's first location and
