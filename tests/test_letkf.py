@@ -394,6 +394,7 @@ def test_cyclic_and_euclidean_distance():
         # text read as a number passed the check, then failed in torch (raw TypeError)
         (dict(inflation="1.1"), OptionError, "got '1.1'"),
         (dict(rtps="0.5"), OptionError, "got '0.5'"),
+        (dict(loc_radius="3", state_coords=np.arange(30.0)), OptionError, "got '3'"),
         (dict(loc_radius=-1.0, state_coords=np.arange(30.0)), OptionError, "loc_radius"),
         (dict(loc_radius=3.0), OptionError, "state_coords"),
         (dict(loc_radius=3.0, state_coords=np.arange(30.0), distance="cyclic"), OptionError, "period"),

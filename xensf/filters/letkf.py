@@ -239,10 +239,11 @@ def letkf_analysis(
                 "AdaptiveInflation(mean=...))"
             )
     if loc_radius is not None:
-        if not (math.isfinite(float(loc_radius)) and float(loc_radius) > 0):
+        loc_radius = as_number(loc_radius)
+        if not (is_real(loc_radius) and math.isfinite(loc_radius) and loc_radius > 0):
             raise OptionError(
                 f"loc_radius must be a positive finite distance (Gaspari–Cohn half-width), "
-                f"got {loc_radius}; use loc_radius=None for no localisation"
+                f"got {loc_radius!r}; use loc_radius=None for no localisation"
             )
         dist_fn = resolve_distance(distance)
         if interpolate_from is not None and (state_location is None or adaptive_inflation):
