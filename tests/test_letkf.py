@@ -339,6 +339,8 @@ def test_gaspari_cohn_properties():
     assert torch.allclose(gaspari_cohn(-r, c), w)
     with pytest.raises(OptionError):
         gaspari_cohn(r, 0.0)
+    with pytest.raises(OptionError, match="got '2.5'"):  # (a raw TypeError)
+        gaspari_cohn(r, "2.5")
 
 
 def test_gaspari_cohn_is_a_correlation_on_a_ring():
@@ -379,6 +381,11 @@ def test_cyclic_and_euclidean_distance():
     assert e.shape == (1, 1, 1) and float(e) == 5.0
     with pytest.raises(OptionError):
         cyclic_distance(-1.0)
+    # text and locations of different dimension were raw torch errors
+    with pytest.raises(OptionError, match="period must be a positive number"):
+        cyclic_distance("40")
+    with pytest.raises(OptionError, match=r"same k coordinates, got shapes \(1, 2\) and"):
+        euclidean_distance(torch.zeros(1, 2), torch.zeros(3, 1))
 
 
 # ---------------------------------------------------------------------------------------

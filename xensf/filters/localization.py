@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..checks import is_real
+from ..checks import as_number, is_real
 from ..errors import OptionError
 
 __all__ = [
@@ -72,8 +72,9 @@ def gaspari_cohn(r: torch.Tensor, c: float) -> torch.Tensor:
     >>> gaspari_cohn(torch.tensor([0.0, 1.0, 2.0, 3.0]), 1.0)
     tensor([1.0000, 0.2083, 0.0000, 0.0000])
     """
-    if not (c > 0 and math.isfinite(c)):
-        raise OptionError(f"gaspari_cohn: the half-width c must be positive and finite, got {c}")
+    c = as_number(c)
+    if not (is_real(c) and c > 0 and math.isfinite(c)):
+        raise OptionError(f"gaspari_cohn: the half-width c must be positive and finite, got {c!r}")
     z = torch.as_tensor(r).abs() / c
     # Horner forms of the two quintic pieces.
     inner = 1.0 + z**2 * (-5.0 / 3.0 + z * (5.0 / 8.0 + z * (1.0 / 2.0 + z * (-1.0 / 4.0))))
@@ -88,6 +89,11 @@ def gaspari_cohn(r: torch.Tensor, c: float) -> torch.Tensor:
 
 def _pairwise_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``b[..., None, :, :] - a[:, None, :]`` with shape ``(..., P, m, k)``."""
+    if a.ndim != 2 or b.ndim < 2 or a.shape[-1] != b.shape[-1]:
+        raise OptionError(
+            f"locations must be (P, k) and (..., m, k) with the same k coordinates, got "
+            f"shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return b[..., None, :, :] - a[:, None, :]
 
 
@@ -160,9 +166,15 @@ class cyclic_distance:  # lower-case: it is used like a function, cyclic_distanc
     """
 
     def __init__(self, period):
-        p = torch.as_tensor(period, dtype=torch.float64).reshape(-1)
+        try:
+            p = torch.as_tensor(period, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            p = torch.tensor([math.nan])
         if p.numel() == 0 or bool((p <= 0).any()) or bool(p.isnan().any()):
-            raise OptionError(f"cyclic_distance: period must be positive, got {period!r}")
+            raise OptionError(
+                f"cyclic_distance: period must be a positive number (or one per axis), "
+                f"got {period!r}"
+            )
         self.period = p
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
