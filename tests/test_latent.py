@@ -312,6 +312,20 @@ def test_layouts_that_do_not_fit_the_grid_are_refused(blob_data):
         train_latent_model(small, outside, **kw)
 
 
+def test_training_options_out_of_range_are_refused(blob_data):
+    small = blob_data[:20]
+    kw = dict(latent_dim=16, epochs=1, progress=False)
+    for option, value, match in [  # (a negative lr was told "a finite number >= 0")
+        ("lr", -1e-3, "lr must be a positive finite number"),
+        ("lr", 0.0, "lr must be a positive finite number"),
+        ("lam", -1.0, "lam must be a finite number >= 0"),
+        ("epochs", 1.5, "epochs must be a positive integer"),
+        ("val_fraction", 1.0, r"val_fraction must be in \(0, 1\)"),
+    ]:
+        with pytest.raises(OptionError, match=match):
+            train_latent_model(small, gridded_stride_obs(2), **{**kw, option: value})
+
+
 def test_nan_in_training_data_is_refused_before_training(blob_data):
     bad = blob_data[:40].clone()
     bad[7, 0, 3, 3] = math.nan

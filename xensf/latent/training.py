@@ -1009,11 +1009,10 @@ def train_latent_model(
             f"seed must lie between -2**63 and 2**64 - 4 (torch's generators take 64 bits), "
             f"got {seed}"
         )
-    for value, name in ((lam, "lam"), (lr, "lr")):
-        if not (is_real(value) and math.isfinite(value) and value >= 0):
-            raise OptionError(f"{name} must be a finite number >= 0, got {value!r}")
-    if lr <= 0:
-        raise OptionError(f"lr must be positive, got {lr!r}")
+    if not (is_real(lam) and math.isfinite(lam) and lam >= 0):
+        raise OptionError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not (is_real(lr) and math.isfinite(lr) and lr > 0):
+        raise OptionError(f"lr must be a positive finite number, got {lr!r}")
     for value, name in ((kl_warmup, "kl_warmup"), (min_lr_fraction, "min_lr_fraction")):
         if not (is_real(value) and 0 <= value <= 1):
             raise OptionError(f"{name} must lie in [0, 1], got {value!r}")
