@@ -339,7 +339,7 @@ def test_gaspari_cohn_properties():
     assert torch.allclose(gaspari_cohn(-r, c), w)
     with pytest.raises(OptionError):
         gaspari_cohn(r, 0.0)
-    with pytest.raises(OptionError, match="got '2.5'"):  # (a raw TypeError)
+    with pytest.raises(OptionError, match=r"got '2\.5'"):  # (a raw TypeError)
         gaspari_cohn(r, "2.5")
 
 

@@ -61,6 +61,20 @@ def test_shallow_water_simulator_rejects_bad_positions():
     with pytest.raises(xensf.OptionError, match="at least 1"):
         models.shallow_water(np.zeros(0), np.zeros(0), n=10, steps=2, every=1)
     assert models.shallow_water([0.0, 1e5], 0.0, n=10, steps=2, every=1).sizes["member"] == 2
+    with pytest.raises(xensf.OptionError, match="numbers or 1-D arrays of numbers"):
+        models.shallow_water("east", 0.0, n=10, steps=2, every=1)  # (numpy's ValueError)
+
+
+def test_the_simulators_take_a_dtype_by_name_or_numpy_and_refuse_others():
+    # "float64" and numpy.float64 gave a raw AttributeError ('str' object has no
+    # attribute 'is_floating_point')
+    kw = dict(n=8, steps=2, every=1, device="cpu")
+    for dtype in ("float64", np.float64, "f8"):
+        assert models.shallow_water(dtype=dtype, **kw).eta.dtype == np.float64
+    assert models.lorenz96(steps=2, spinup=0, dtype="float32").x.dtype == np.float32
+    for dtype in ("int32", "double precision"):
+        with pytest.raises(xensf.OptionError, match="dtype must be a floating dtype"):
+            models.shallow_water(dtype=dtype, **kw)
 
 
 @pytest.mark.parametrize(

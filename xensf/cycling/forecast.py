@@ -154,7 +154,8 @@ class TorchForecaster:
     device : str or torch.device, optional
         Where to compute; default CUDA when available, else CPU.
     dtype : torch.dtype, optional
-        The dtype of the tensors handed to ``step`` (default float32).
+        The dtype of the tensors handed to ``step`` (default float32); numpy's and
+        names (``"float64"``) are read as the torch dtype.
     name : str, optional
         A name for the settings a cycling store records (default: the class of ``step``).
     settings : dict, optional
@@ -190,6 +191,10 @@ class TorchForecaster:
         self.time_step = _check_time_step(time_step, "TorchForecaster")
         self.member_dim = member_dim
         self.device = device
+        if dtype is not None:
+            from ..filters.tensors import float_dtype
+
+            dtype = float_dtype(dtype, "TorchForecaster")
         self.dtype = dtype
         self.name = name or f"{type(step).__module__}.{type(step).__qualname__}"
         self._settings = dict(settings or {})

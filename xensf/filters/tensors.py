@@ -15,7 +15,13 @@ import torch
 
 from ..errors import ObservationMismatchError, OptionError
 
-__all__ = ["as_float_tensor", "check_observed_values", "compute_dtype", "restore_array_type"]
+__all__ = [
+    "as_float_tensor",
+    "check_observed_values",
+    "compute_dtype",
+    "float_dtype",
+    "restore_array_type",
+]
 
 _REFUSED = (torch.float16, torch.bfloat16)
 
@@ -43,6 +49,35 @@ def compute_dtype(value: Any, name: str) -> torch.dtype:
     if dtype is torch.complex64 or dtype is torch.complex128:
         raise OptionError(f"{name} has complex dtype {dtype}; a real array is required")
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+#: Floating dtypes by name, as torch, numpy and text spell them.
+_FLOAT_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def float_dtype(dtype: Any, name: str) -> torch.dtype:
+    """A floating dtype given as a torch dtype, a numpy one or text (``"float64"``,
+    ``np.float64``) as the torch dtype; an :class:`~xensf.errors.OptionError` naming
+    ``name`` for anything else (an integer dtype, a misspelling)."""
+    if isinstance(dtype, torch.dtype):
+        found = dtype if dtype.is_floating_point else None
+    else:
+        try:
+            key = dtype if dtype == "bfloat16" else np.dtype(dtype).name
+        except TypeError:
+            key = None
+        found = _FLOAT_DTYPES.get(key)
+    if found is None:
+        raise OptionError(
+            f"{name}: dtype must be a floating dtype (torch.float32, 'float64', "
+            f"numpy.float64, ...), got {dtype!r}"
+        )
+    return found
 
 
 def as_float_tensor(

@@ -160,7 +160,8 @@ def shallow_water(
     config : ShallowWaterConfig, optional
         The basin; default ``ShallowWaterConfig(n=n)``.
     device, dtype : optional
-        Where and in what precision to run (default: CUDA when available; float32).
+        Where and in what precision to run (default: CUDA when available; float32). The
+        dtype is a floating torch dtype, numpy's or its name (``"float64"``).
 
     Returns
     -------
@@ -188,16 +189,24 @@ def shallow_water(
         ) from None
     dev = compute_device(device)
     if config is None:
-        config = ShallowWaterConfig(n=n, dtype=dtype or torch.float32, device=dev)
+        config = ShallowWaterConfig(
+            n=n, dtype=torch.float32 if dtype is None else dtype, device=dev
+        )
     else:
         from dataclasses import replace
 
-        config = replace(config, device=dev, dtype=dtype or config.dtype)
+        config = replace(config, device=dev, dtype=config.dtype if dtype is None else dtype)
     if x0 is None:
         x0 = config.L / 2.7
     if y0 is None:
         y0 = config.L / 4
-    x0a, y0a = np.asarray(x0, float), np.asarray(y0, float)
+    try:
+        x0a, y0a = np.asarray(x0, float), np.asarray(y0, float)
+    except (TypeError, ValueError):
+        raise OptionError(
+            f"shallow_water: x0 and y0 must be numbers or 1-D arrays of numbers (metres "
+            f"from the basin centre), got {x0!r}, {y0!r}"
+        ) from None
     if x0a.ndim > 1 or y0a.ndim > 1:
         raise OptionError(
             f"shallow_water: x0 and y0 must be numbers or 1-D, got shapes {x0a.shape}, {y0a.shape}"
@@ -280,7 +289,8 @@ def lorenz96(
     seed : int
         Seed of the perturbations.
     device, dtype : optional
-        Where and in what precision to run (default CUDA when available; float64).
+        Where and in what precision to run (default CUDA when available; float64). The
+        dtype is a floating torch dtype, numpy's or its name (``"float32"``).
 
     Returns
     -------
@@ -296,6 +306,7 @@ def lorenz96(
     import torch
 
     from ..filters.device import compute_device
+    from ..filters.tensors import float_dtype
     from .l96 import lorenz96_run
 
     if x0 is not None:
@@ -325,7 +336,7 @@ def lorenz96(
                 "or >= 1, dt: > 0, forcing: finite, spread: >= 0)"
             )
     dev = compute_device(device)
-    dtype = dtype or torch.float64
+    dtype = torch.float64 if dtype is None else float_dtype(dtype, "lorenz96")
     g = torch.Generator(device="cpu").manual_seed(seed)
     if x0 is None:
         x = torch.full((d,), float(forcing), dtype=dtype)

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import OptionError
+from ..filters.tensors import float_dtype
 
 __all__ = [
     "CORIOLIS_SCHEMES",
@@ -100,7 +101,8 @@ class ShallowWaterConfig:
         Time step as a fraction of the gravity-wave crossing time of one cell:
         ``dt = dt_factor * dx / sqrt(g H)``. Must be below ``1/√2`` for stability.
     dtype : torch.dtype
-        Floating dtype of the states :func:`initial_state` makes.
+        Floating dtype of the states :func:`initial_state` makes (numpy's or a name,
+        ``"float64"``, is stored as the torch dtype).
     device : str or torch.device
         Device of those states.
     coriolis : {"c-grid", "co-located"}
@@ -151,8 +153,8 @@ class ShallowWaterConfig:
                 f"ShallowWaterConfig: dt_factor={self.dt_factor} is outside (0, 1/√2), "
                 "where the forward–backward scheme is stable"
             )
-        if not self.dtype.is_floating_point:
-            raise OptionError(f"ShallowWaterConfig: dtype must be floating, got {self.dtype}")
+        # (frozen: the dtype given as text or numpy is stored as the torch dtype it names)
+        object.__setattr__(self, "dtype", float_dtype(self.dtype, "ShallowWaterConfig"))
 
     @property
     def dx(self) -> float:
