@@ -150,6 +150,25 @@ def test_torch_forecaster_wraps_a_module_and_checks_shapes():
     # a name listed twice was stacked twice and written back twice, without a word
     with pytest.raises(xensf.OptionError, match=r"lists \['eta'\] more than once"):
         TorchForecaster(Damp(), ["eta", "u", "eta"], "6h")
+    # settings a run store cannot record as JSON: an object was recorded by its repr,
+    # whose address changes with the process, so that the run could not be resumed;
+    # keys other than text and settings other than a mapping were raw TypeErrors
+    for settings, match in [({"net": object()}, "not JSON-able"),
+                            ({1: "x"}, "mapping with text keys"),
+                            ([("a", 1)], "mapping with text keys")]:  # fmt: skip
+        with pytest.raises(xensf.OptionError, match=match):
+            TorchForecaster(Damp(), ["eta"], "6h", settings=settings)
+    with_arrays = TorchForecaster(Damp(), ["eta"], "6h", settings={"w": np.arange(2)})
+    assert forecaster_settings(with_arrays)["w"].tolist() == [0, 1]
+
+    class Custom(Persistence):
+        def settings(self):
+            return {"net": object()}
+
+    with pytest.raises(xensf.OptionError, match=r"Custom.settings\(\) holds a value"):
+        forecaster_settings(Custom(np.timedelta64(1, "h")))
+    with pytest.raises(xensf.OptionError, match="config must be a"):
+        ShallowWaterForecaster("150x150")  # (a raw AttributeError)
 
 
 def test_persistence():

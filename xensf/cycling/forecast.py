@@ -17,6 +17,8 @@ Built in:
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -75,8 +77,34 @@ def forecaster_settings(model: Any) -> dict[str, Any]:
     )
     settings = getattr(model, "settings", None)
     if callable(settings):
-        base.update(settings())
+        extra = settings()
+        _check_json(extra, f"{type(model).__name__}.settings()")
+        base.update(extra)
     return base
+
+
+def _check_json(settings: Any, where: str) -> None:
+    """Refuse settings that a cycling store cannot record as JSON and compare on resume:
+    keys other than text, values other than numbers, text, lists and mappings of them
+    (numpy's are fine). Such an object was recorded by its repr, whose address changes
+    with every process, so that the run could not be resumed."""
+    if not isinstance(settings, Mapping) or any(not isinstance(k, str) for k in settings):
+        raise OptionError(
+            f"{where} must be a mapping with text keys (JSON-able), got {settings!r}"
+        )
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic | np.ndarray):
+            return value.tolist()
+        raise TypeError(type(value).__name__)
+
+    try:
+        json.dumps(dict(settings), default=plain)
+    except (TypeError, ValueError) as err:
+        raise OptionError(
+            f"{where} holds a value that is not JSON-able (a {err}): give numbers, text, "
+            "lists or mappings of them, which the run store records and compares on resume"
+        ) from None
 
 
 def _check_steps(steps: Any, who: str) -> int:
@@ -197,6 +225,7 @@ class TorchForecaster:
             dtype = float_dtype(dtype, "TorchForecaster")
         self.dtype = dtype
         self.name = name or f"{type(step).__module__}.{type(step).__qualname__}"
+        _check_json({} if settings is None else settings, "TorchForecaster: settings")
         self._settings = dict(settings or {})
         self._module_ready = False
 
@@ -292,6 +321,11 @@ class ShallowWaterForecaster(TorchForecaster):
         from ..models.swe import ShallowWaterConfig
 
         self.config = ShallowWaterConfig() if config is None else config
+        if not isinstance(self.config, ShallowWaterConfig):
+            raise OptionError(
+                "ShallowWaterForecaster: config must be a "
+                f"xensf.models.swe.ShallowWaterConfig, got {type(config).__name__}"
+            )
         if time_coordinate == "datetime":
             time_step = np.timedelta64(self.config.dt_ns, "ns")
         elif time_coordinate == "seconds":
