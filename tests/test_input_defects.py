@@ -231,6 +231,11 @@ def test_a_device_that_is_not_there_is_an_option_error(ds, obs):
         result.compute()
     with pytest.raises(OptionError, match=says):  # torch's pin_memory RuntimeError before
         xensf.load(shipped_model_path(), device=missing)
+    model = xensf.load(shipped_model_path(), device="cpu")
+    for device, match in [(missing, says), ("tpu", "device='tpu' is not a torch device")]:
+        with pytest.raises(OptionError, match=match):  # torch's RuntimeError before
+            model.to(device)
+        assert model.device.type == "cpu"  # nothing moved
 
 
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():

@@ -441,7 +441,12 @@ class LatentModel:
         return self.mean.dtype
 
     def to(self, device: str | torch.device) -> LatentModel:
-        """Move the networks and statistics to ``device`` (in place); returns ``self``."""
+        """Move the networks and statistics to ``device`` (in place); returns ``self``.
+        A device that is not there is an :class:`~xensf.errors.OptionError`, before
+        anything moves."""
+        from ..filters.device import compute_device
+
+        device = compute_device(device)
         self.vae.to(device)
         self.obs_encoder.to(device)
         for name in ("mean", "std", "latent_obs_std"):
