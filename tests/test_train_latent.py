@@ -257,6 +257,8 @@ def test_the_models_data_in_another_order_or_level_units_is_its_own(era5):
         prior.ensf.encode(model, variables="t")
     with pytest.raises(OptionError, match=r"variables is empty; the model encodes \['z', 't'\]"):
         prior.ensf.encode(model, variables=[])  # an IndexError before
+    with pytest.raises(OptionError, match=r"names \['q'\], which the model does not encode"):
+        prior.ensf.encode(model, variables=["q"])  # was told the Dataset lacked 'q'
     decoded = prior.ensf.encode(model).ensf.decode(model)
     assert decoded.isobaricInhPa.attrs["units"] == "hPa"
     with pytest.raises(ObservationMismatchError, match="fields"):  # not the model's levels

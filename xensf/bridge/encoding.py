@@ -92,6 +92,12 @@ def encode(
         names = list(data["variables"])
     if not names:
         raise OptionError(f"variables is empty; the model encodes {data['variables']}")
+    foreign = [n for n in names if n not in data["variables"]]
+    if foreign:
+        raise OptionError(
+            f"variables={names!r} names {foreign}, which the model does not encode; it "
+            f"encodes {data['variables']}"
+        )
     missing = [n for n in names if n not in ds.data_vars]
     if missing:
         raise OptionError(f"the model needs the variables {missing}, which the Dataset lacks")
