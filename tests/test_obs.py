@@ -255,6 +255,8 @@ def test_periodic_override():
         ([0.0], [0.0, 1.0], "at least 2"),
         ([[0.0, 1.0]], [0.0, 1.0], "1-D"),
         ([0.0, np.nan], [0.0, 1.0], "NaN"),
+        (["0", "1"], [0.0, 1.0], "latitude must be numbers"),  # (numpy read the text)
+        ([0.0, 1.0], ["0E", "1E"], "longitude must be numbers"),  # (numpy's ValueError)
     ],
 )
 def test_bad_grid_coordinates(grid_lat, grid_lon, match):
@@ -271,6 +273,9 @@ def test_bilinear_keeps_point_shape_and_accepts_empty():
     assert indices.shape == weights.shape == (0, 4)
     with pytest.raises(ObservationMismatchError, match="same shape"):
         bilinear_weights(grid_lat, grid_lon, [0.0, 1.0], [0.0])
+    for lat, lon in [(["45N"], [0.0]), (["45"], [0.0]), ([True], [0.0])]:
+        with pytest.raises(ObservationMismatchError, match=r"point latitudes \(or y\) must"):
+            bilinear_weights(grid_lat, grid_lon, lat, lon)
 
 
 # --------------------------------------------------------------------------------------

@@ -66,8 +66,29 @@ _MAX_LISTED = 5
 # --------------------------------------------------------------------------------------
 # grid axes
 # --------------------------------------------------------------------------------------
+def _numbers(values, what: str) -> np.ndarray:
+    """``values`` as float64; an :class:`~xensf.errors.ObservationMismatchError` naming
+    ``what`` for text ('45N' crashed numpy; '45' was read as a number, as the accessor
+    no longer does) or anything else that is not numbers."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iufO":
+        arr = None
+    else:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            arr = None
+    if arr is None:
+        sample = np.ravel(np.asarray(values, dtype=object))[:2].tolist()
+        raise ObservationMismatchError(
+            f"{what} must be numbers (degrees, or the grid's units), got {sample}…; "
+            "convert text first (.astype(float))"
+        )
+    return arr
+
+
 def _as_coordinate(values, name: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
+    arr = _numbers(values, f"grid {name}")
     if arr.ndim != 1:
         raise ObservationMismatchError(
             f"grid {name} must be a 1-D coordinate, got an array of shape {arr.shape}"
@@ -250,8 +271,8 @@ def _preview(values, n: int = 6) -> str:
 
 
 def _as_points(lat, lon) -> tuple[np.ndarray, np.ndarray]:
-    lat = np.asarray(lat, dtype=np.float64)
-    lon = np.asarray(lon, dtype=np.float64)
+    lat = _numbers(lat, "point latitudes (or y)")
+    lon = _numbers(lon, "point longitudes (or x)")
     if lat.shape != lon.shape:
         raise ObservationMismatchError(
             f"point latitudes {lat.shape} and longitudes {lon.shape} must have the same shape"
@@ -885,8 +906,8 @@ def grid_locations(grid_lat, grid_lon, n_fields: int = 1) -> np.ndarray:
         Columns latitude, longitude, in the state's flattened order (field slowest,
         then latitude, longitude fastest); longitude in [-180, 180).
     """
-    lat = np.asarray(grid_lat, dtype=np.float64)
-    lon = np.asarray(grid_lon, dtype=np.float64)
+    lat = _numbers(grid_lat, "grid latitudes")
+    lon = _numbers(grid_lon, "grid longitudes")
     if lat.ndim != 1 or lon.ndim != 1:
         raise ObservationMismatchError(
             f"grid coordinates must be 1-D, got shapes {lat.shape} and {lon.shape}"
