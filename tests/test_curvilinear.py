@@ -60,6 +60,12 @@ def test_rotated_cells_reproduce_a_linear_field_and_refuse_outside_points():
     assert not is_periodic_columns(lat2, lon2)
     with pytest.raises(ObservationMismatchError, match="2-D latitude and longitude"):
         curvilinear_weights(lat2[0], lon2[0], [10.0], [20.0])
+    # text was read as numbers ("10") or crashed numpy ("10N")
+    for plat, what in [(["10"], "point latitudes"), (["10N"], "point latitudes")]:
+        with pytest.raises(ObservationMismatchError, match=f"{what} must be numbers"):
+            curvilinear_weights(lat2, lon2, plat, [20.0])
+    with pytest.raises(ObservationMismatchError, match="the grid's longitude must be numbers"):
+        curvilinear_weights(lat2, lon2.astype(str), [10.0], [20.0])
 
 
 def test_cells_round_a_pole_and_a_periodic_seam():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_number", "as_python", "is_integer", "is_real"]
+__all__ = ["as_number", "as_python", "float_array", "is_integer", "is_real"]
 
 
 def is_integer(value) -> bool:
@@ -42,3 +42,23 @@ def as_number(value):
             if isinstance(number, int | float):  # (bool is an int)
                 return number
     return value
+
+
+def float_array(values, what: str, error: type[Exception], units: str):
+    """``values`` (coordinates, positions) as a float64 array where they are numbers;
+    ``error`` naming ``what`` and the ``units`` they are numbers in for text
+    (``"45N"``, and ``"45"``, which numpy would read), bools or objects that are not
+    numbers."""
+    array = np.asarray(values)
+    converted = None
+    if array.dtype.kind in "iufO":
+        try:
+            converted = array.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    if converted is None:
+        sample = np.ravel(np.asarray(values, dtype=object))[:2].tolist()
+        raise error(
+            f"{what} must be numbers ({units}), got {sample}…; convert text first (.astype(float))"
+        )
+    return converted

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import float_array
 from .errors import ObservationDomainError, ObservationMismatchError
 
 __all__ = ["cell_areas", "curvilinear_weights", "is_periodic_columns", "unit_vectors"]
@@ -48,9 +49,13 @@ def unit_vectors(lat, lon) -> np.ndarray:
     return np.stack([c * np.cos(lam), c * np.sin(lam), np.sin(phi)], -1)
 
 
+def _numbers(values, what: str) -> np.ndarray:
+    return float_array(values, what, ObservationMismatchError, "degrees")
+
+
 def _as_grid(grid_lat, grid_lon) -> tuple[np.ndarray, np.ndarray]:
-    glat = np.asarray(grid_lat, np.float64)
-    glon = np.asarray(grid_lon, np.float64)
+    glat = _numbers(grid_lat, "the grid's latitude")
+    glon = _numbers(grid_lon, "the grid's longitude")
     if glat.ndim != 2 or glat.shape != glon.shape:
         raise ObservationMismatchError(
             f"a curvilinear grid needs 2-D latitude and longitude of the same shape, got "
@@ -214,8 +219,8 @@ def curvilinear_weights(
     from scipy.spatial import cKDTree
 
     glat, glon = _as_grid(grid_lat, grid_lon)
-    plat = np.asarray(lat, np.float64)
-    plon = np.asarray(lon, np.float64)
+    plat = _numbers(lat, "point latitudes")
+    plon = _numbers(lon, "point longitudes")
     if plat.shape != plon.shape:
         raise ObservationMismatchError(
             f"point latitudes {plat.shape} and longitudes {plon.shape} must have the same shape"

@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .checks import as_python
+from .checks import as_python, float_array
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
@@ -67,24 +67,9 @@ _MAX_LISTED = 5
 # grid axes
 # --------------------------------------------------------------------------------------
 def _numbers(values, what: str) -> np.ndarray:
-    """``values`` as float64; an :class:`~xensf.errors.ObservationMismatchError` naming
-    ``what`` for text ('45N' crashed numpy; '45' was read as a number, as the accessor
-    no longer does) or anything else that is not numbers."""
-    arr = np.asarray(values)
-    if arr.dtype.kind not in "iufO":
-        arr = None
-    else:
-        try:
-            arr = arr.astype(np.float64)
-        except (TypeError, ValueError):
-            arr = None
-    if arr is None:
-        sample = np.ravel(np.asarray(values, dtype=object))[:2].tolist()
-        raise ObservationMismatchError(
-            f"{what} must be numbers (degrees, or the grid's units), got {sample}…; "
-            "convert text first (.astype(float))"
-        )
-    return arr
+    """``values`` as float64, or an ObservationMismatchError naming ``what`` ('45N'
+    crashed numpy; '45' was read as a number, as the accessor no longer does)."""
+    return float_array(values, what, ObservationMismatchError, "degrees, or the grid's units")
 
 
 def _as_coordinate(values, name: str) -> np.ndarray:
