@@ -287,6 +287,19 @@ def test_out_of_range_options_are_refused(ds, obs, options, match):
         ds.ensf.assimilate(obs, method="letkf", loc_radius=None, **options)
 
 
+def test_an_ensf_window_without_local_mixture_is_refused(ds, obs):
+    # it sizes the windows of prior_score="local-mixture" only, and with the default
+    # mixture it was taken and did nothing
+    with pytest.raises(OptionError, match=r"window=3 sizes the windows of .*only"):
+        ds.ensf.assimilate(obs, method="ensf", obs_error=0.5, window=3)
+    with pytest.raises(OptionError, match="a whole number of grid points, at least 1"):
+        ds.ensf.assimilate(obs, method="ensf", obs_error=0.5, window=2.5,
+                           prior_score="local-mixture")  # fmt: skip
+    local = ds.ensf.assimilate(obs, method="ensf", obs_error=0.5, window=3,
+                               prior_score="local-mixture")  # fmt: skip
+    assert local.attrs["xensf_window"] == 3
+
+
 def test_a_scale_that_would_overflow_is_refused(ds, obs):
     with pytest.raises(OptionError, match="scale=1e-30 for 't'"):
         ds.ensf.assimilate(obs, method="ensf", obs_error=0.5, scale=1e-30)

@@ -276,7 +276,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
         )
     if key == "window" and not (is_integer(value) and value >= 1):
         raise OptionError(
-            f"{method}: window must be a positive number of grid points, got {value!r}"
+            f"{method}: window must be a whole number of grid points, at least 1, got {value!r}"
         )
     if key == "update" and value not in ("decode", "increment"):
         raise OptionError(f"{method}: update must be 'decode' or 'increment', got {value!r}")
@@ -296,6 +296,10 @@ def _check_option(method: str, key: str, value: Any) -> None:
 # --------------------------------------------------------------------------------------
 # full-space methods
 # --------------------------------------------------------------------------------------
+#: The side of ``prior_score="local-mixture"``'s windows, in grid points, by default.
+_DEFAULT_WINDOW = 16
+
+
 @dataclass(frozen=True)
 class EnSF(Method):
     """Ensemble score filter in the full state space (Bao, Zhang & Zhang 2023)."""
@@ -318,10 +322,17 @@ class EnSF(Method):
     #: ``prior_score="local-mixture"``: the side, in grid points, of the windows (a fixed
     #: partition of the grid from its first row and column) whose members' weights are
     #: computed apart
-    window: int = 16
+    window: int = _DEFAULT_WINDOW
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.prior_score != "local-mixture" and self.window != _DEFAULT_WINDOW:
+            raise OptionError(
+                f"ensf: window={self.window!r} sizes the windows of "
+                f"prior_score='local-mixture' only; with prior_score={self.prior_score!r} "
+                "it would do nothing: give prior_score='local-mixture' with it, or leave "
+                "window out"
+            )
         if self.prior_score == "local-mixture" and self.likelihood != "damped":
             raise OptionError(
                 "ensf: prior_score='local-mixture' analyses each window apart, which the "
