@@ -4,12 +4,14 @@ input."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
 
 from xensf.bridge.geometry import coarse_anchors
-from xensf.errors import OptionError
+from xensf.errors import LocalisationWarning, OptionError
 
 
 def test_the_anchor_weights_reproduce_a_linear_field_and_are_exact_on_anchors():
@@ -88,7 +90,7 @@ def test_spatial_blocks_interpolate_from_the_whole_grids_anchors(levels):
     computed at those locations (they need only the observations), so chunked equals
     the whole grid's interpolated analysis."""
     ds, obs = _case(levels)
-    options = dict(method="letkf", obs_error=1.0, loc_radius=1500.0, obs_dim="s")
+    options = dict(method="letkf", obs_error=1.0, loc_radius=2000.0, obs_dim="s")
     if levels:
         options["vertical_radius"] = 0.5
     whole = ds.ensf.assimilate(obs, weight_stride=3, **options)
@@ -96,3 +98,17 @@ def test_spatial_blocks_interpolate_from_the_whole_grids_anchors(levels):
     assert blocks.t.chunks is not None
     np.testing.assert_allclose(blocks.t.values, whole.t.values, rtol=1e-12)
     assert not np.allclose(whole.t.values, ds.t.values)
+
+
+def test_anchors_farther_apart_than_the_radius_warn():
+    # weight_stride=50 on this grid leaves anchors at the corners only, which no
+    # observation reaches: the analysis came back the prior, without a word
+    ds, obs = _case()
+    options = dict(method="letkf", obs_error=1.0, loc_radius=1000.0, obs_dim="s")
+    with pytest.warns(LocalisationWarning, match=r"weight_stride=50 times .* weight_stride <= 1"):
+        ds.ensf.assimilate(obs, weight_stride=50, **options)
+    with pytest.warns(LocalisationWarning, match=r"weight_stride <= 1 here"):
+        ds.ensf.assimilate(obs, weight_stride=2, **options)  # 2 x 614 km > 1000 km
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LocalisationWarning)
+        ds.ensf.assimilate(obs, weight_stride=3, **{**options, "loc_radius": 2000.0})

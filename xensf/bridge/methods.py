@@ -522,6 +522,19 @@ class _LocalisedLETKF:
                     f"grid spacings ({step:.3g} to {6 * step:.3g} {unit}) are usual.",
                     LocalisationWarning,
                 )
+            apart = self.weight_stride * step
+            if self.loc_radius is not None and self.weight_stride > 1 and apart > self.loc_radius:
+                warn_user(
+                    f"{self.name}: weight_stride={self.weight_stride} times this grid's "
+                    f"spacing (about {step:.3g} {unit}) is {apart:.3g} {unit}, more than "
+                    f"loc_radius={as_python(self.loc_radius)!r} {unit}: the anchors whose "
+                    "transforms are computed lie too far apart for the transforms to be "
+                    "interpolated between them, and observations between anchors may "
+                    "reach none of them and be lost. Keep weight_stride × spacing under "
+                    f"loc_radius: weight_stride <= {max(1, int(self.loc_radius // step))} "
+                    "here (docs/method.md, 'Weight interpolation')",
+                    LocalisationWarning,
+                )
             return self
         raise OptionError(
             f"{self.name} needs loc_radius=, the localisation half-width (Gaspari–Cohn; "
