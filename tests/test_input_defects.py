@@ -287,6 +287,21 @@ def test_out_of_range_options_are_refused(ds, obs, options, match):
         ds.ensf.assimilate(obs, method="letkf", loc_radius=None, **options)
 
 
+def test_an_obs_dim_that_does_not_fit_the_observations_is_refused(ds, obs):
+    # named for gridded observations it was taken and ignored
+    kw = dict(method="letkf", obs_error=0.5, loc_radius=3000.0)
+    with pytest.raises(DimensionError, match=r"obs_dim='station' names the dim of point .*"
+                       r"gridded .*no 'station' dim\): leave obs_dim out"):  # fmt: skip
+        ds.ensf.assimilate(obs, obs_dim="station", **kw)
+    points = obs.stack(s=("lat", "lon")).reset_index("s").dropna("s")
+    with pytest.raises(DimensionError, match=r"obs_dim='station' is not .*they have \['s'\]"):
+        ds.ensf.assimilate(points, obs_dim="station", **kw)
+    xr.testing.assert_identical(
+        ds.ensf.assimilate(points, obs_dim="s", **kw).drop_attrs(),
+        ds.ensf.assimilate(points, **kw).drop_attrs(),
+    )
+
+
 def test_an_ensf_window_without_local_mixture_is_refused(ds, obs):
     # it sizes the windows of prior_score="local-mixture" only, and with the default
     # mixture it was taken and did nothing

@@ -613,6 +613,17 @@ def prepare_observations(
         obs = obs.reindex({dims.time: state_times})
 
     gridded = all(dims.lat in obs[n].dims and dims.lon in obs[n].dims for n in names)
+    if gridded and obs_dim is not None:
+        raise DimensionError(
+            f"obs_dim={obs_dim!r} names the dim of point observations, and these are "
+            f"gridded (on {dims.lat!r} and {dims.lon!r}"
+            + (
+                f"; they have no {obs_dim!r} dim)"
+                if obs_dim not in obs.dims
+                else f", and along {obs_dim!r} too)"
+            )
+            + ": leave obs_dim out"
+        )
     if gridded:
         on_obs = grid_coords(obs, dims)
         unlike = [d for d in (dims.lat, dims.lon) if obs.sizes[d] != prior.sizes[d]]
@@ -654,7 +665,10 @@ def prepare_observations(
         kind = "point"
         point = obs_dim or _find_point_dim(obs, names, dims.time)
         if point not in obs.dims:
-            raise DimensionError(f"obs_dim={point!r} is not a dimension of the observations")
+            raise DimensionError(
+                f"obs_dim={point!r} is not a dimension of the observations; they have "
+                f"{list(obs.dims)}"
+            )
         obs = _points_in_grid_units(obs, point, dims.time, grid)
         obs, point = _moving_to_slots(obs, point, dims, grid)
         obs = _without_unplaced_points(obs, point, grid)
