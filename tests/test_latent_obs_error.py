@@ -12,7 +12,7 @@ from test_latent_accessor import case, station_case  # noqa: F401  (module-scope
 
 import xensf
 from xensf.bridge.observations import _errors_given
-from xensf.errors import OptionError
+from xensf.errors import EnsembleError, OptionError
 from xensf.latent import (
     COVERAGES,
     NOISE_SCALES,
@@ -119,6 +119,18 @@ def test_calibrating_a_model_again_on_other_states(case):  # noqa: F811
     assert np.all(np.diff(curve["noise"]) > 0)
     with pytest.raises(OptionError, match="noise-free"):
         calibrate_obs_error(model, states, gridded_stride_obs(4, 0.0))
+    # raw torch errors before, or a NaN blamed on the observation mask
+    sampler = gridded_stride_obs(4, 0.1)
+    for args, error, match in [
+        ((model, states[:, :, :-1], sampler), EnsembleError, "states must end in"),
+        ((model, states * np.nan, sampler), EnsembleError, "states holds NaN"),
+        ((model, states, None), OptionError, "make_obs must be the observation sampler"),
+        (("model.xensf", states, sampler), OptionError, "model must be a LatentModel"),
+    ]:
+        with pytest.raises(error, match=match):
+            calibrate_obs_error(*args)
+    with pytest.raises(OptionError, match="seed must be an integer"):
+        calibrate_obs_error(model, states, sampler, seed="5")
 
 
 # -- observations with gaps: the coverage curve ------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..checks import is_integer
 from ..errors import OptionError
 
 __all__ = [
@@ -302,6 +303,22 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
     seed : int
     batch_size : int
     """
+    from ..filters.noise import check_seed
+    from .model import LatentModel
+
+    if not isinstance(model, LatentModel):
+        raise OptionError(
+            f"model must be a LatentModel (xensf.load(path)), got {type(model).__name__}"
+        )
+    model.state_batch(states, "states")  # checked where the model reads them
+    if not callable(make_obs):
+        raise OptionError(
+            "make_obs must be the observation sampler the model was trained with (e.g. "
+            f"xensf.latent.gridded_stride_obs(4, 0.1)), got {make_obs!r}"
+        )
+    check_seed(seed)
+    if not is_integer(batch_size) or batch_size < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
     model.vae.eval()
     model.obs_encoder.eval()
     states = torch.as_tensor(states)

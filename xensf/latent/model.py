@@ -567,17 +567,23 @@ class LatentModel:
         mu, logvar : torch.Tensor
             ``(B, latent_dim)``.
         """
+        return self._encode(self.state_batch(x, "x"), batch_size)
+
+    def state_batch(self, x: Any, name: str) -> torch.Tensor:
+        """``x`` as a ``(B, C, H, W)`` tensor in the model's dtype, on its device, after
+        checking that it holds the model's channels on its grid, finite wherever the
+        model reads (an :class:`~xensf.errors.EnsembleError` naming ``name``)."""
         x = torch.as_tensor(x, device=self.device).to(self.dtype)
-        self._check_states(x, "x")
+        self._check_states(x, name)
         if x.ndim != 4:
-            raise EnsembleError(f"x must be (B, C, H, W), got shape {tuple(x.shape)}")
+            raise EnsembleError(f"{name} must be (B, C, H, W), got shape {tuple(x.shape)}")
         read = torch.isfinite(x) if self.valid is None else torch.isfinite(x) | ~self.valid
         if not bool(read.all()):
             raise EnsembleError(
-                "x holds NaN or inf at grid points the model reads; fill them (only the "
-                "model's masked points may hold NaN)"
+                f"{name} holds NaN or inf at grid points the model reads; fill them (only "
+                "the model's masked points may hold NaN)"
             )
-        return self._encode(x, batch_size)
+        return x
 
     def _encode(
         self, x: torch.Tensor, batch_size: int | None
