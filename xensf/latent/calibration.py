@@ -310,7 +310,7 @@ def calibrate_obs_error(model, states, make_obs, *, seed: int = 0, batch_size: i
         raise OptionError(
             f"model must be a LatentModel (xensf.load(path)), got {type(model).__name__}"
         )
-    model.state_batch(states, "states")  # checked where the model reads them
+    model._state_batch(states, "states")  # checked where the model reads them
     if not callable(make_obs):
         raise OptionError(
             "make_obs must be the observation sampler the model was trained with (e.g. "

@@ -567,9 +567,9 @@ class LatentModel:
         mu, logvar : torch.Tensor
             ``(B, latent_dim)``.
         """
-        return self._encode(self.state_batch(x, "x"), batch_size)
+        return self._encode(self._state_batch(x, "x"), batch_size)
 
-    def state_batch(self, x: Any, name: str) -> torch.Tensor:
+    def _state_batch(self, x: Any, name: str) -> torch.Tensor:
         """``x`` as a ``(B, C, H, W)`` tensor in the model's dtype, on its device, after
         checking that it holds the model's channels on its grid, finite wherever the
         model reads (an :class:`~xensf.errors.EnsembleError` naming ``name``)."""
