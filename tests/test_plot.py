@@ -143,9 +143,36 @@ def test_a_figure_that_cannot_be_written_is_not_left_open(analysed, tmp_path):
     prior, obs, analysis = analysed
     diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
     before = plt.get_fignums()
-    with pytest.raises(FileNotFoundError):
-        plot.plot_diagnostics(diag, {}, title="", path=tmp_path / "missing" / "d.png")
+    # (matplotlib's FileNotFoundError and ValueError before)
+    for path, match in [(tmp_path / "missing" / "d.png", "is no folder"),
+                        (tmp_path / "d.xyz", "matplotlib writes .*not '.xyz'")]:  # fmt: skip
+        with pytest.raises(xensf.OptionError, match=match):
+            plot.plot_diagnostics(diag, {}, title="", path=path)
     assert plt.get_fignums() == before
+
+
+def test_the_diagnostics_take_a_dataarray_histogram_and_refuse_what_they_cannot_draw(
+    analysed, kept, tmp_path
+):
+    # a DataArray histogram (da.ensf.rank_histogram) was a raw AttributeError, and
+    # innovations without an observation matplotlib's ValueError
+    prior, obs, analysis = analysed
+    diag = prior.ensf.innovations(obs, analysis, obs_error=0.5)
+    truth = prior.t.isel(member=0)
+    as_array = analysis.t.rename(None).ensf.rank_histogram(truth)
+    plot.plot_diagnostics(diag, {"analysis": as_array}, title="", path=tmp_path / "d.png")
+    plot.plot_diagnostics(diag, {"analysis": analysis.ensf.rank_histogram(truth)}, title="",
+                          path=tmp_path / "d.png")  # fmt: skip
+    one, other = kept
+    for a, b in zip(one.axes[1].patches, other.axes[1].patches, strict=True):
+        assert a.get_height() == b.get_height()
+    empty = prior.ensf.innovations(obs * np.nan, analysis, obs_error=0.5)
+    with pytest.raises(xensf.OptionError, match="hold no observation"):
+        plot.plot_diagnostics(empty, {}, title="", path=tmp_path / "d.png")
+    for histograms, match in [([as_array], "must be a mapping"),
+                              ({"prior": prior}, r"histograms\['prior'\] must be")]:  # fmt: skip
+        with pytest.raises(xensf.OptionError, match=match):
+            plot.plot_diagnostics(diag, histograms, title="", path=tmp_path / "d.png")
 
 
 def test_every_demo_method_has_its_own_colour():

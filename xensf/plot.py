@@ -5,6 +5,7 @@ Needs matplotlib (``pip install "xensf[plots]"``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,13 @@ def plot_diagnostics(
             "plot_diagnostics needs the Dataset that prior.ensf.innovations(obs, analysis) "
             "returns (with 'omb', 'oma' and 'variable'; the analysis gives 'oma')"
         )
+    observed = [str(v) for v in dict.fromkeys(np.ravel(innovations["variable"].values).tolist())]
+    if not observed:
+        raise OptionError(
+            "plot_diagnostics: the innovations hold no observation (every one was NaN or "
+            "outside the grid): there is nothing to plot"
+        )
+    histograms = _histogram_datasets(histograms, observed)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +120,7 @@ def plot_diagnostics(
     if histograms:
         names = [str(v) for v in next(iter(histograms.values())).data_vars]
     else:
-        names = [str(v) for v in dict.fromkeys(innovations["variable"].values.tolist())]
+        names = observed
     rows = 2 if histograms else 1
     fig, axes = plt.subplots(
         rows, len(names), figsize=(4.4 * len(names), 3.5 * rows), constrained_layout=True,
@@ -152,6 +160,62 @@ def plot_diagnostics(
         ax.legend(fontsize="small")
     fig.suptitle(_fit(title, fig))
     return _save(fig, path)
+
+
+def _histogram_datasets(histograms, observed: list[str]) -> dict[str, xr.Dataset]:
+    """``plot_diagnostics``' rank histograms as Datasets: a DataArray (of
+    ``da.ensf.rank_histogram``) is its own variable's, or the observed one's where
+    there is one."""
+    from .errors import OptionError
+
+    if histograms is None:
+        return {}
+    if not isinstance(histograms, Mapping):
+        raise OptionError(
+            "plot_diagnostics: histograms must be a mapping {label: rank histogram}, e.g. "
+            "{'prior': prior.ensf.rank_histogram(truth)}, or {} without a truth; got "
+            f"{type(histograms).__name__}"
+        )
+    out = {}
+    for label, hist in histograms.items():
+        if isinstance(hist, xr.DataArray):
+            name = hist.name if hist.name is not None or len(observed) != 1 else observed[0]
+            if name is None:
+                raise OptionError(
+                    f"plot_diagnostics: the rank histogram {label!r} is an unnamed "
+                    f"DataArray and {observed} are observed: name it (hist.rename('t'))"
+                )
+            hist = hist.to_dataset(name=name)
+        if not (isinstance(hist, xr.Dataset) and all("rank" in hist[v].dims for v in hist)):
+            raise OptionError(
+                f"plot_diagnostics: histograms[{label!r}] must be what "
+                "ds.ensf.rank_histogram(truth) returns (along 'rank')"
+            )
+        out[label] = hist
+    return out
+
+
+def _check_path(path) -> None:
+    """Refuse a figure path whose folder is missing or whose suffix is no format
+    matplotlib writes (matplotlib's FileNotFoundError and ValueError)."""
+    from .errors import OptionError
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OptionError(
+            f"cannot write the figure {str(path)!r}: {str(path.parent)!r} is no folder"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix and path.suffix[1:].lower() not in formats:
+        raise OptionError(
+            f"cannot write the figure {str(path)!r}: matplotlib writes {sorted(formats)}, "
+            f"not {path.suffix!r}"
+        )
 
 
 def plot_skill_bars(
@@ -488,6 +552,7 @@ def _save(fig, path: str | Path, dpi: int = 110) -> Path:
 
     path = Path(path)
     try:
+        _check_path(path)
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
