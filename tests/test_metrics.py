@@ -100,6 +100,8 @@ def test_fair_crps_of_a_large_gaussian_ensemble_is_the_gaussian_crps():
     analytic = sigma * (z * (2 * cdf - 1) + 2 * phi - 1 / sqrt(pi))
     got = crps(ens, truth, "member", dims=[], fair=True)
     np.testing.assert_allclose(got, analytic, rtol=0.03)
+    with pytest.raises(xensf.OptionError, match="fair must be True or False, got 'no'"):
+        crps(ens, truth, "member", dims=[], fair="no")  # (taken as fair=True)
 
 
 def test_spread_skill_is_one_for_exchangeable_members_and_truth_and_less_when_too_narrow():

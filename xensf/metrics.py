@@ -206,6 +206,8 @@ def crps(
     :func:`ensemble_rmse`). ``fair=True`` gives the fair CRPS (Ferro 2014), ``½ E|X − X'|``
     over distinct pairs, whose expectation does not depend on the ensemble size.
     """
+    if not isinstance(fair, bool | np.bool_):  # ("no" is true)
+        raise OptionError(f"fair must be True or False, got {fair!r}")
     _check(ensemble, truth, member_dim, dims, weights)
     members = ensemble.sizes[member_dim]
     if members < (2 if fair else 1):
