@@ -222,6 +222,8 @@ def test_gaps_widen_the_latent_error_and_a_whole_layout_is_unchanged(case):  # n
     np.testing.assert_array_equal(latent_plain["obs_std"].numpy(), model.latent_obs_std.numpy())
     with pytest.raises(OptionError, match="coverage_error"):
         model.analyse(x, gappy, coverage_error="yes")
+    with pytest.raises(OptionError, match="return_latent must be True or False, got 'no'"):
+        model.analyse(x, gappy, return_latent="no")  # (returned the latent: 'no' is true)
 
 
 def test_the_hybrid_leaves_times_with_gaps_to_the_real_observations(case):  # noqa: F811

@@ -796,8 +796,9 @@ class LatentModel:
             raise OptionError(
                 f'latent_error="ensemble" is for method="latent-ensf"; {method!r} takes "curve"'
             )
-        if not isinstance(coverage_error, bool):
-            raise OptionError(f"coverage_error must be True or False, got {coverage_error!r}")
+        for flag, value in (("coverage_error", coverage_error), ("return_latent", return_latent)):
+            if not isinstance(value, bool | np.bool_):
+                raise OptionError(f"{flag} must be True or False, got {value!r}")
         _check_filter_options(method, options)
         if method == "latent-letkf":
             if generator is not None:
