@@ -35,6 +35,11 @@ def test_every_method_is_a_checked_frozen_picklable_object():
         ("ensf", {"scale": -1.0}, "scale must be a positive"),
         ("ensf", {"loc_radius": 100.0}, r"unknown option\(s\) \['loc_radius'\]"),
         ("kalman", {}, "unknown method 'kalman'"),
+        ("LETKF", {}, r"unknown method 'LETKF'.*\(did you mean 'letkf'\?\)"),
+        ("latent_ensf", {}, r"\(did you mean 'latent-ensf'\?\)"),
+        ("ensfl", {}, r"'ensfl': did you mean 'ensf'\?"),
+        # window sizes local-mixture's windows only: with the mixture it did nothing
+        ("ensf", {"window": 4}, "window=4 sizes the windows"),
     ],
 )
 def test_bad_options_are_refused_when_the_method_is_made(method, options, match):

@@ -26,6 +26,7 @@ from ..errors import (
     ObservationLayoutWarning,
     OptionError,
     UnitsError,
+    did_you_mean,
     unknown_options,
     warn_user,
 )
@@ -872,7 +873,14 @@ def resolve_method(
     if method is None:
         method = "latent-ensf" if model is not None else "ensf"
     if method not in METHODS:
-        raise OptionError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+        hint = ""
+        if isinstance(method, str):  # the names are lower case, with hyphens
+            spelt = method.lower().replace("_", "-")
+            hint = f"did you mean {spelt!r}?" if spelt in METHODS else did_you_mean(spelt, METHODS)
+        raise OptionError(
+            f"unknown method {method!r}; choose one of {sorted(METHODS)}"
+            + (f" ({hint})" if hint else "")
+        )
     cls = METHODS[method]
     if model is not None and not cls.needs_model:
         raise OptionError(
