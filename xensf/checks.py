@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_number", "as_python", "float_array", "is_integer", "is_real"]
+__all__ = ["as_number", "as_python", "float_array", "is_flag", "is_integer", "is_real"]
 
 
 def is_integer(value) -> bool:
@@ -24,6 +24,12 @@ def is_real(value) -> bool:
     return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool
     )
+
+
+def is_flag(value) -> bool:
+    """Whether ``value`` is True or False (a Python or numpy bool): an on/off option takes
+    nothing else, as ``"no"`` is true to Python."""
+    return isinstance(value, bool | np.bool_)
 
 
 def as_python(value):

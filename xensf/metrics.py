@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from .checks import is_flag
 from .errors import DimensionError, EnsembleError, OptionError
 
 __all__ = [
@@ -206,7 +207,7 @@ def crps(
     :func:`ensemble_rmse`). ``fair=True`` gives the fair CRPS (Ferro 2014), ``½ E|X − X'|``
     over distinct pairs, whose expectation does not depend on the ensemble size.
     """
-    if not isinstance(fair, bool | np.bool_):  # ("no" is true)
+    if not is_flag(fair):
         raise OptionError(f"fair must be True or False, got {fair!r}")
     _check(ensemble, truth, member_dim, dims, weights)
     members = ensemble.sizes[member_dim]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..checks import as_number, as_python, is_integer, is_real
+from ..checks import as_number, as_python, is_flag, is_integer, is_real
 from ..errors import (
     EnsembleError,
     LocalisationWarning,
@@ -221,7 +221,7 @@ def _check_option(method: str, key: str, value: Any) -> None:
         raise OptionError(f"{method}: steps must be a whole number, got {value!r}")
     if key == "rtps" and not (is_real(value) and 0 <= value <= 1):
         raise OptionError(f"{method}: rtps must lie in [0, 1], got {value!r}")
-    if key == "cross_variable" and not isinstance(value, bool | np.bool_):
+    if key == "cross_variable" and not is_flag(value):
         raise OptionError(
             f"{method}: cross_variable must be True (observations update every variable "
             f"nearby) or False (each variable only its own), got {value!r}"

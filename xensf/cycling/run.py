@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..checks import is_flag
 from ..errors import (
     DimensionError,
     EnsembleError,
@@ -181,7 +182,7 @@ def cycle(
     forecaster = check_forecaster(model)
     check_seed(seed)
     for name, flag in (("members", members), ("overwrite", overwrite)):
-        if not isinstance(flag, bool | np.bool_):
+        if not is_flag(flag):
             raise OptionError(f"{name} must be True or False, got {flag!r}")
     if not isinstance(initial_ensemble, xr.Dataset):
         raise OptionError(
