@@ -359,3 +359,20 @@ def test_chunks_name_the_dims_of_the_result():
     assert set(ds["z"].chunksizes["time"]) == {1}
     with pytest.raises(OptionError, match=r"chunks names \['number'\]"):
         xensf.era5.open("era5_sample", chunks={"number": 3})
+    # dask's raw errors (0, -2, 1.5, tuples that do not add up), and a string other
+    # than "auto" was ignored
+    for chunks, match in [({"time": 0}, r"chunks\['time'\] must be a positive"),
+                          ({"time": -2}, r"chunks\['time'\] must be a positive"),
+                          ({"time": 1.5}, r"chunks\['time'\] must be a positive"),
+                          ({"time": (2, 3)}, r"do not fit the dims \{'time': 4\}"),
+                          ("small", "must be a mapping")]:  # fmt: skip
+        with pytest.raises(OptionError, match=match):
+            xensf.era5.open("era5_sample", chunks=chunks)
+    assert xensf.era5.open("era5_sample", chunks={"time": (1, 3)})["z"].chunksizes["time"] == (
+        1,
+        3,
+    )
+    for source, variables, match in [(3, None, "source must be a catalog entry"),
+                                     ("era5_sample", 3, "variables must be a name")]:  # fmt: skip
+        with pytest.raises(OptionError, match=match):  # (raw TypeErrors)
+            xensf.era5.open(source, variables=variables)

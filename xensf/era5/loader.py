@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..checks import is_integer
 from ..errors import OptionError
 from .canonical import ERA5_VARIABLES, normalise
 from .entries import catalog
@@ -104,6 +105,26 @@ def _check_levels(ds: xr.Dataset, wanted: Sequence[float], what: str) -> None:
             f"the store has no level {_fmt_levels(missing)} hPa for {what}; its levels "
             f"(hPa) are {_fmt_levels(have)}"
         )
+
+
+def _check_chunks(chunks) -> None:
+    """Refuse chunks dask would fail on, or that would be ignored (a string other than
+    "auto"), before anything is opened."""
+    if chunks is None or chunks == "auto":
+        return
+    if not isinstance(chunks, Mapping):
+        raise OptionError(
+            f"chunks must be a mapping {{dim: size}} or 'auto', got {chunks!r} (e.g. "
+            "chunks={'member': -1, 'time': 4})"
+        )
+    for dim, size in chunks.items():
+        sizes = size if isinstance(size, tuple | list) else [size]
+        whole = size is None or size == "auto" or (is_integer(size) and size == -1)
+        if not (whole or (sizes and all(is_integer(n) and n >= 1 for n in sizes))):
+            raise OptionError(
+                f"chunks[{dim!r}] must be a positive chunk size (or a tuple of them), -1 "
+                f"(the whole dim) or 'auto', got {size!r}"
+            )
 
 
 def _select_variables(ds: xr.Dataset, variables, levels) -> xr.Dataset:
@@ -290,7 +311,8 @@ def open(
         globes, a few times per chunk), with the members in one chunk, which every
         analysis needs (the ERA5 sample's file holds one member per chunk). A mapping
         names the dims of the result (``member``, ``time``, ``level``, ``latitude``,
-        ``longitude``), whatever the store calls them; the data is opened in the store's
+        ``longitude``), whatever the store calls them, each with a size, a tuple of
+        sizes, -1 (the whole dim) or ``"auto"``; the data is opened in the store's
         chunks and rechunked lazily.
     storage_options : mapping, optional
         fsspec options for a URL ``source`` (for a catalog entry, they override the
@@ -333,6 +355,19 @@ def open(
     """
     if source is not None and resolution is not None:
         raise OptionError("give either source= or resolution=, not both")
+    if source is not None and not isinstance(source, str | os.PathLike | xr.Dataset):
+        raise OptionError(
+            "source must be a catalog entry name, a path or URL of a store or file, or an "
+            f"open Dataset, got {type(source).__name__}"
+        )
+    if variables is not None and not (
+        isinstance(variables, str)
+        or (isinstance(variables, Sequence) and all(isinstance(v, str) for v in variables))
+    ):
+        raise OptionError(
+            f"variables must be a name ('z', 'z500') or a list of names, got {variables!r}"
+        )
+    _check_chunks(chunks)
     if isinstance(source, xr.Dataset):
         raw = source
         label = "<Dataset>"
@@ -379,7 +414,13 @@ def open(
                 f"chunks names {unknown}, which are not dims of the result; its dims are "
                 f"{list(ds.dims)} (e.g. chunks={{'member': -1, 'time': 4}})"
             )
-        ds = ds.chunk(dict(chunks))
+        try:
+            ds = ds.chunk(dict(chunks))
+        except ValueError as err:  # chunk tuples that do not add up to the dim
+            sizes = {d: ds.sizes[d] for d in chunks}
+            raise OptionError(
+                f"chunks={dict(chunks)!r} do not fit the dims {sizes}: {err}"
+            ) from None
     call = f"xensf.era5.open({label!r}, variables={variables!r}, levels={levels!r}, time={time!r})"
     from ..bridge.metadata import with_history
 
