@@ -372,6 +372,8 @@ def test_chunks_name_the_dims_of_the_result():
         1,
         3,
     )
+    names = np.array(["z500", "t"])  # names in an array are a list of names
+    assert list(xensf.era5.open("era5_sample", variables=names).data_vars) == ["z500", "t"]
     for source, variables, match in [(3, None, "source must be a catalog entry"),
                                      ("era5_sample", 3, "variables must be a name")]:  # fmt: skip
         with pytest.raises(OptionError, match=match):  # (raw TypeErrors)

@@ -360,9 +360,11 @@ def open(
             "source must be a catalog entry name, a path or URL of a store or file, or an "
             f"open Dataset, got {type(source).__name__}"
         )
+    if isinstance(variables, Iterable) and not isinstance(variables, str | Mapping):
+        variables = list(variables)  # (a numpy array or a generator of names too)
     if variables is not None and not (
         isinstance(variables, str)
-        or (isinstance(variables, Sequence) and all(isinstance(v, str) for v in variables))
+        or (isinstance(variables, list) and all(isinstance(v, str) for v in variables))
     ):
         raise OptionError(
             f"variables must be a name ('z', 'z500') or a list of names, got {variables!r}"
