@@ -304,6 +304,8 @@ def test_layouts_that_do_not_fit_the_grid_are_refused(blob_data):
         with pytest.raises(ObservationMismatchError, match=f"{name} must be whole numbers"):
             make()
     assert point_obs(torch.tensor([1.0]), [2]).layout["rows"] == [1]  # whole floats are fine
+    rows = torch.tensor([1.0], requires_grad=True)  # tensors are read off their device
+    assert point_obs(rows, [2]).layout["rows"] == [1]
     for stride in (0, 2.5, None):  # 2.5 and None gave a raw TypeError
         with pytest.raises(OptionError, match="stride must be an integer >= 1 or a pair"):
             gridded_stride_obs(stride)

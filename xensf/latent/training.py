@@ -445,6 +445,8 @@ def _whole_numbers(value, name: str) -> torch.Tensor:
     """Grid or channel indices as a long tensor of their shape; an
     :class:`~xensf.errors.ObservationMismatchError` naming ``name`` for values that are
     not whole numbers (1.5 or -0.1 were cut to 1 and 0, text crashed torch)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()  # (numpy reads no tensor on a GPU)
     try:
         array = np.asarray(value)
         whole = array.dtype.kind in "iu" or (
