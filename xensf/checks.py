@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_number", "as_python", "float_array", "is_flag", "is_integer", "is_real"]
+__all__ = [
+    "as_number",
+    "as_python",
+    "float_array",
+    "is_flag",
+    "is_integer",
+    "is_quantity",
+    "is_real",
+]
 
 
 def is_integer(value) -> bool:
@@ -30,6 +38,12 @@ def is_flag(value) -> bool:
     """Whether ``value`` is True or False (a Python or numpy bool): an on/off option takes
     nothing else, as ``"no"`` is true to Python."""
     return isinstance(value, bool | np.bool_)
+
+
+def is_quantity(value) -> bool:
+    """Whether ``value`` is a number with its units (a pint quantity, of any registry),
+    told without importing pint."""
+    return hasattr(value, "magnitude") and hasattr(value, "units")
 
 
 def as_python(value):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .checks import as_python, float_array
+from .checks import as_python, float_array, is_quantity
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
@@ -709,7 +709,7 @@ def _one_std(value, field: FieldKey, obs_spread, where: str) -> float:
             "variable named after the observed one with '_error' (e.g. obs['t_error'] "
             f"beside obs['t']). {_ACCEPTED}"
         )
-    if hasattr(value, "magnitude") and hasattr(value, "units"):  # a pint Quantity
+    if is_quantity(value):
         raise OptionError(
             f"obs_error{where} is the quantity {value!r}; give its magnitude in the state "
             f"variable's units (e.g. q.m_as('K'); for an error, a difference, in degC: "

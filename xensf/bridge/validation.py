@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..checks import as_python, is_integer, is_real
+from ..checks import as_python, is_integer, is_quantity, is_real
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, flat_indexes, state_variables
@@ -186,7 +186,7 @@ def _setting_values(values: list[Any]) -> np.ndarray:
         return np.asarray(values, dtype=str)
 
     def text(x):
-        if isinstance(x, str) or (hasattr(x, "magnitude") and hasattr(x, "units")):
+        if isinstance(x, str) or is_quantity(x):
             return str(x)
         return repr(as_python(x))
 
