@@ -171,13 +171,14 @@ def test_stations_are_withheld_whole_and_every_level_with_its_location():
         ({"loc_radius": [300.0]}, {"folds": 1}, "at least 2"),
         ({"loc_radius": [300.0]}, {"folds": 46}, "at least 46 observed locations"),
         ({"loc_radius": [300.0]}, {"seed": -1}, "non-negative integer"),  # numpy's error
+        ({"loc_radius": [300.0]}, {"progress": "no"}, "progress must be True or False"),
     ],
 )
 def test_bad_settings_are_refused_before_any_analysis(settings, kwargs, match):
     prior, obs = _smooth_twin(n_time=1)
     with pytest.raises(xensf.errors.OptionError, match=match):
         prior.ensf.cross_validate(
-            obs, settings, method="letkf", obs_error=0.05, progress=False, **kwargs
+            obs, settings, method="letkf", obs_error=0.05, **{"progress": False, **kwargs}
         )
 
 

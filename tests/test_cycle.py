@@ -553,6 +553,8 @@ def test_observation_times_must_be_model_times_on_cycle_boundaries(tmp_path):
         xensf.cycle(model, start, obs, until="banana", **kw)
     with pytest.raises(OptionError, match="members must be True or False, got 'yes'"):
         xensf.cycle(model, start, obs, members="yes", **kw)
+    with pytest.raises(OptionError, match="progress must be True or False, got 'no'"):
+        xensf.cycle(model, start, obs, **{**kw, "progress": "no"})  # (showed the bar)
     with pytest.raises(OptionError, match="drop latent_model= or"):
         xensf.cycle(model, start, obs, latent_model="some.xensf", **kw)
     # once a raw OverflowError and ValueError

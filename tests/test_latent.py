@@ -323,6 +323,9 @@ def test_training_options_out_of_range_are_refused(blob_data):
         ("lam", -1.0, "lam must be a finite number >= 0"),
         ("epochs", 1.5, "epochs must be a positive integer"),
         ("val_fraction", 1.0, r"val_fraction must be in \(0, 1\)"),
+        # (once taken as True: "no" wrapped the longitude of a regional grid)
+        ("periodic_lon", "no", "periodic_lon must be True or False, got 'no'"),
+        ("progress", "no", "progress must be True or False, got 'no'"),
     ]:
         with pytest.raises(OptionError, match=match):
             train_latent_model(small, gridded_stride_obs(2), **{**kw, option: value})

@@ -181,7 +181,7 @@ def cycle(
     """
     forecaster = check_forecaster(model)
     check_seed(seed)
-    for name, flag in (("members", members), ("overwrite", overwrite)):
+    for name, flag in (("members", members), ("overwrite", overwrite), ("progress", progress)):
         if not is_flag(flag):
             raise OptionError(f"{name} must be True or False, got {flag!r}")
     if not isinstance(initial_ensemble, xr.Dataset):
