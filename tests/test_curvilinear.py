@@ -15,7 +15,12 @@ import xarray as xr
 
 import xensf
 from xensf.curvilinear import cell_areas, curvilinear_weights, is_periodic_columns
-from xensf.errors import DimensionError, ObservationDomainError, ObservationMismatchError
+from xensf.errors import (
+    DimensionError,
+    ObservationDomainError,
+    ObservationMismatchError,
+    OptionError,
+)
 from xensf.obs import bilinear_weights
 
 
@@ -247,3 +252,17 @@ def test_a_grid_given_as_data_variables_is_refused_with_set_coords():
     got = mended.ensf.assimilate(obs, **options)
     moved = (abs(got.t - mended.t).max("member") > 0).sum()
     assert 0 < int(moved) < 48  # localised in km: not the whole grid
+
+
+def test_periodic_takes_true_false_or_none_only():
+    # "no" was true to Python: a regional grid was wrapped round the globe, and a point
+    # 135 degrees beyond its last column interpolated between its last and first columns
+    lat, lon = np.linspace(-30, 30, 7), np.arange(0.0, 91.0, 15.0)
+    with pytest.raises(ObservationDomainError):
+        bilinear_weights(lat, lon, [0.0], [225.0], periodic=False)
+    assert bilinear_weights(lat, lon, [0.0], [225.0], periodic=True)[1].sum() == 1.0
+    lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+    for weights in (bilinear_weights, curvilinear_weights):
+        grid = (lat, lon) if weights is bilinear_weights else (lat2, lon2)
+        with pytest.raises(OptionError, match="periodic must be True, False or None, got 'no'"):
+            weights(*grid, [0.0], [225.0], periodic="no")

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import float_array
-from .errors import ObservationDomainError, ObservationMismatchError
+from .checks import float_array, is_flag
+from .errors import ObservationDomainError, ObservationMismatchError, OptionError
 
 __all__ = ["cell_areas", "curvilinear_weights", "is_periodic_columns", "unit_vectors"]
 
@@ -208,6 +208,8 @@ def curvilinear_weights(
     ObservationMismatchError
         Grid coordinates that are not two 2-D arrays of the same shape, at least 2 x 2,
         finite, or points whose latitude and longitude differ in shape.
+    OptionError
+        ``periodic`` that is not True, False or None.
 
     Examples
     --------
@@ -218,6 +220,8 @@ def curvilinear_weights(
     """
     from scipy.spatial import cKDTree
 
+    if periodic is not None and not is_flag(periodic):  # "no" is true to Python
+        raise OptionError(f"periodic must be True, False or None, got {periodic!r}")
     glat, glon = _as_grid(grid_lat, grid_lon)
     plat = _numbers(lat, "point latitudes")
     plon = _numbers(lon, "point longitudes")

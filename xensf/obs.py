@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .checks import as_python, float_array, is_quantity
+from .checks import as_python, float_array, is_flag, is_quantity
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
@@ -163,6 +163,8 @@ class _LongitudeAxis:
     """
 
     def __init__(self, values, periodic: bool | None) -> None:
+        if periodic is not None and not is_flag(periodic):  # "no" is true to Python
+            raise OptionError(f"periodic must be True, False or None, got {periodic!r}")
         lon = _as_coordinate(values, "longitude")
         for descending in (False, True):
             candidate = lon[::-1] if descending else lon
@@ -319,6 +321,8 @@ def bilinear_weights(
     ObservationMismatchError
         If a grid coordinate is not 1-D, has fewer than 2 values, is not strictly
         monotonic, or if ``lat`` and ``lon`` differ in shape.
+    OptionError
+        If ``periodic`` is not True, False or None.
 
     Notes
     -----
