@@ -144,3 +144,23 @@ def test_observations_of_some_levels_make_rows_for_those_levels_only(method):
     blocks = ds.chunk(lat=3, lon=4).ensf.assimilate(obs, **options).compute()
     np.testing.assert_allclose(blocks.t.values, a.t.values, rtol=0, atol=1e-4)
     assert not np.allclose(a.t.sel(level=500.0).values, ds.t.sel(level=500.0).values)
+
+
+def test_observations_at_one_level_as_a_scalar_coordinate_are_at_that_level():
+    """``obs.isel(level=0)`` or ``obs.sel(level=500)`` leaves the level as a scalar
+    coordinate: the observations are at that level (they were refused as lacking the
+    level dim), and a scalar level the state lacks is refused as a level dim's is."""
+    from xensf.errors import ObservationMismatchError
+
+    ds, obs = _case()
+    options = dict(method="letkf", obs_error=1.0, loc_radius=3000.0, seed=1)
+    at_500 = ds.ensf.assimilate(obs, **options)
+    xr.testing.assert_equal(ds.ensf.assimilate(obs.isel(level=0), **options), at_500)
+    gridded = xr.full_like(ds.t.isel(member=0), np.nan).to_dataset()
+    gridded.t[2, 4, 5] = 252.0
+    xr.testing.assert_equal(
+        ds.ensf.assimilate(gridded.sel(level=[500.0]), **options),
+        ds.ensf.assimilate(gridded.sel(level=500.0), **options),
+    )
+    with pytest.raises(ObservationMismatchError, match=r"level values \[600.0\]"):
+        ds.ensf.assimilate(obs.isel(level=0).assign_coords(level=600.0), **options)

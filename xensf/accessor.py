@@ -87,8 +87,9 @@ class EnsfDatasetAccessor:
             are bilinearly interpolated from the grid (longitude wraps on global
             grids; latitude may run either way). An observation variable must have the
             state variable's level dims (their values a subset of the state's), or, for
-            reports with a level each, a level coordinate along its points (a level
-            dim of length 1 may be left out: the observations are of it); a time
+            reports with a level each, a level coordinate along its points, or for
+            one level a scalar level coordinate (a level dim of length 1 may be left
+            out: the observations are of it); a time
             dim must hold times of the state (missing times: no observations then).
             Units are converted to the state's with pint; observations without a units
             attribute are taken to be in the state's units.

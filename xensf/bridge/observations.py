@@ -720,6 +720,11 @@ def prepare_observations(
             given = lev in da.coords or lev not in prior.coords
             da = da.expand_dims(lev if given else {lev: prior[lev].values})
             missing.remove(lev)
+        for lev in [lev for lev in missing if lev in da.coords and da[lev].ndim == 0]:
+            # one level as a scalar coordinate, as obs.sel(level=500) leaves it: the
+            # observations are at that level, not at none (nor at every one)
+            da = da.expand_dims(lev)
+            missing.remove(lev)
         if missing:
             raise ObservationMismatchError(
                 f"observation variable {name!r} lacks the level dims {missing} of the state "
