@@ -448,6 +448,31 @@ def test_refuses_to_overwrite_what_is_not_a_bundle(tmp_path, kind):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
 
 
+def test_a_model_saves_over_what_is_not_a_bundle_only_when_told(tmp_path, tiny_model):
+    # the refusal told LatentModel.save to pass overwrite=True, which it did not take
+    path = tmp_path / "precious"
+    path.write_text("keep me")
+    with pytest.raises(BundleError, match="overwrite=True"):
+        tiny_model.save(path)
+    assert path.read_text() == "keep me"
+    tiny_model.save(path, overwrite=True)
+    assert load_bundle(path)[1] == tiny_model.metadata()
+
+
+def test_paths_and_flags_of_another_type_are_refused(tmp_path, tiny_model):
+    import xensf
+
+    for path in (5, None, tiny_model):  # raw TypeErrors from pathlib
+        with pytest.raises(BundleError, match="path must be text or a path"):
+            xensf.load(path)
+        with pytest.raises(BundleError, match="path must be text or a path"):
+            save_bundle(path, {}, {})
+    for flag in ("overwrite", "private"):  # "no" is true to Python
+        with pytest.raises(BundleError, match=f"{flag} must be True or False, got 'no'"):
+            save_bundle(tmp_path / "b.xensf", {}, {}, **{flag: "no"})
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_parent_directory(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         save_bundle(tmp_path / "no" / "such" / "b.xensf", {}, {})

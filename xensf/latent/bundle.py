@@ -73,6 +73,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._version import VERSION
+from ..checks import is_flag
 from ..errors import BundleError
 from ..filters.device import compute_device
 from ..urls import url_scheme
@@ -154,6 +155,9 @@ def save_bundle(
     (torch.Size([2, 3]), 8)
     """
     path = bundle_path(path)
+    for name, flag in (("overwrite", overwrite), ("private", private)):
+        if not is_flag(flag):
+            raise BundleError(f"{name} must be True or False, got {flag!r}")
     document_metadata = _jsonable(metadata, "metadata")
     if not isinstance(document_metadata, dict):
         raise BundleError(f"metadata must be a dict with string keys, got {type(metadata)}.")
@@ -324,6 +328,10 @@ def bundle_info(path: str | os.PathLike) -> dict[str, Any]:
 def bundle_path(path) -> Path:
     """A bundle's path as given, with ``~`` expanded (as xarray and pandas expand it);
     a URL is a :class:`BundleError` (``Path`` would fold ``https://`` into ``https:/``)."""
+    if not isinstance(path, str | os.PathLike):
+        raise BundleError(
+            f"a bundle's path must be text or a path (os.PathLike), got {type(path).__name__}"
+        )
     scheme = url_scheme(path) if isinstance(path, str) else None
     if scheme is not None:
         raise BundleError(

@@ -1282,19 +1282,23 @@ class LatentModel:
             h.update(value.numpy().tobytes())
         return h.hexdigest()
 
-    def save(self, path, *, private: bool = False) -> None:
+    def save(self, path, *, overwrite: bool = False, private: bool = False) -> None:
         """Write the model as a bundle (safetensors weights + JSON metadata).
 
         Parameters
         ----------
         path : str or os.PathLike
-            Where to write; see :func:`xensf.latent.bundle.save_bundle`.
+            Where to write; see :func:`xensf.latent.bundle.save_bundle`. A bundle
+            there is replaced.
+        overwrite : bool, default False
+            Replace ``path`` even when it is not an xensf bundle (a file or another
+            directory, deleted).
         private : bool, default False
             Owner-only permissions (else the user's umask decides).
         """
         from .bundle import save_bundle
 
-        save_bundle(path, self.tensors(), self.metadata(), private=private)
+        save_bundle(path, self.tensors(), self.metadata(), overwrite=overwrite, private=private)
 
     @classmethod
     def load(cls, path, device: str | torch.device | None = None) -> LatentModel:
