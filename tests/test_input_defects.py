@@ -962,19 +962,38 @@ def test_gridded_observations_on_part_of_the_grid_are_told_how_to_fill_it(ds):
     assert_same_run(ds.ensf.assimilate(filled, **options), ds.ensf.assimilate(full, **options))
 
 
-def test_an_obs_error_quantity_is_told_to_give_its_magnitude(ds, station):
+def test_an_obs_error_with_its_units_is_converted_as_a_difference(ds, station):
+    # a pint quantity was refused, and text such as "0.5 K" too, while loc_radius
+    # took "500 km"
+    import pint
     from cf_xarray.units import units
 
-    obs = station
     options = {"method": "letkf", "loc_radius": 3000.0}
-    error = units.Quantity(500.0, "mK")
-    for given in (error, {"t": error}):
-        with pytest.raises(OptionError, match=r"quantity .*m_as\("):
-            ds.ensf.assimilate(obs, obs_error=given, **options)
-    np.testing.assert_array_equal(  # the magnitude, as the message says
-        ds.ensf.assimilate(obs, obs_error=error.m_as("K"), **options).t.values,
-        ds.ensf.assimilate(obs, obs_error=0.5, **options).t.values,
-    )
+    expected = ds.ensf.assimilate(station, obs_error=0.5, **options).t.values
+    for given in (
+        units.Quantity(500.0, "mK"),
+        pint.UnitRegistry().Quantity(0.5, "delta_degC"),  # another registry
+        "0.5 K",
+        "0.5 degC",  # an error is a difference: 0.5 K, not 273.65 K
+        "0.9 degF",
+        {"t": "500 mK"},
+    ):
+        got = ds.ensf.assimilate(station, obs_error=given, **options).t.values
+        np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=repr(given))
+    for given, match in (
+        ("0.5 m", "obs_error='0.5 m' is in 'm', which does not convert to the units of 't'"),
+        ("0.5 furlongs_per_kelvin", "cannot parse the units"),
+        (units.Quantity([0.5, 1.0], "K"), r"a quantity of shape \(2,\)"),
+    ):
+        with pytest.raises(UnitsError, match=match):
+            ds.ensf.assimilate(station, obs_error=given, **options)
+    with pytest.raises(OptionError, match=r"obs_error for 't' is -0\.5, it must be positive"):
+        ds.ensf.assimilate(station, obs_error="-0.5 K", **options)
+    with pytest.raises(OptionError, match=r"cannot read obs_error '0\.5'"):  # no units
+        ds.ensf.assimilate(station, obs_error="0.5", **options)
+    bare = ds.assign(t=ds.t.assign_attrs(units=None))
+    with pytest.raises(UnitsError, match="the state variable 't' has none"):
+        bare.ensf.assimilate(station, obs_error="0.5 K", **options)
 
 
 def test_station_metadata_given_as_variables_is_told_where_it_goes(ds):

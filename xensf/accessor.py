@@ -120,7 +120,9 @@ class EnsfDatasetAccessor:
             Observation-error standard deviation: a number in the state's units, a
             mapping ``{variable: number}`` (or ``{variable: {level: number}}``; an entry
             for every observed variable, and it may name state variables not observed
-            this time), or a
+            this time), any of these numbers with its units (``"0.5 K"``, a pint
+            quantity; converted to the variable's units as a difference: ``"0.5
+            degC"`` is 0.5 K), or a
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:
             taken from a variable ``<name>_error`` (or one listed in the variable's

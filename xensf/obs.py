@@ -628,7 +628,8 @@ FieldKey = Hashable
 
 _ACCEPTED = (
     "obs_error must be a positive number (one standard deviation for every variable, in "
-    "the state's units), a relative error string such as '10%' (that fraction of the "
+    "the state's units; through the accessor also with its units, '0.5 K'), a relative "
+    "error string such as '10%' (that fraction of the "
     "spatial standard deviation of each field's observations), or a mapping "
     "{variable: number or 'P%'} naming every observed variable, whose values may "
     "themselves be mappings {level: number or 'P%'}"

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..checks import as_python
+from ..checks import as_python, is_quantity
 from ..errors import (
     DimensionError,
     ObservationErrorWarning,
@@ -44,7 +44,7 @@ from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, sca
 from .grid import GridCoords, grid_coords, same_points
 from .layout import StateLayout
 from .metadata import check_decoded
-from .units import convert_units, coordinate_in_units
+from .units import convert_units, coordinate_in_units, difference_in_units
 
 __all__ = ["ObservationPlan", "prepare_observations"]
 
@@ -550,6 +550,7 @@ def prepare_observations(
                 f"observed variable ({names})"
             )
         obs_error = {k: v for k, v in obs_error.items() if k in names}
+    obs_error = _errors_in_state_units(obs_error, prior, names)
 
     for name in [*names, *sorted((v for v in error_vars if v in obs.data_vars), key=str)]:
         kind = obs[name].dtype.kind
@@ -938,6 +939,30 @@ def obs_level_names(levels: Mapping[str, Sequence[str]]) -> dict[str, str]:
     """Names for the observations' level dims where they meet the prior's in one
     ``apply_ufunc``: the observations may have fewer levels than the state."""
     return {lev: f"_obs_{lev}" for dims_ in levels.values() for lev in dims_}
+
+
+def _errors_in_state_units(obs_error, prior: xr.Dataset, names: list[str]):
+    """``obs_error`` with each error given with its units (``"0.5 K"``, a pint
+    quantity) as a number in its variable's units, for :func:`resolve_obs_error`,
+    which takes numbers in the state's units; as it is where no error has units."""
+
+    def one(value, name, *keys):
+        if not (isinstance(value, str) or is_quantity(value)):
+            return value  # (and no text of it: str() of a huge int raises)
+        where = "obs_error" + "".join(f"[{k!r}]" for k in keys) + f"={value!r}"
+        units = prior[name].attrs.get("units")
+        number = difference_in_units(value, units, name=name, where=where)
+        return value if number is None else number
+
+    if isinstance(obs_error, Mapping):
+        return {
+            k: {lev: one(x, k, k, lev) for lev, x in v.items()}
+            if isinstance(v, Mapping)
+            else one(v, k, k)
+            for k, v in obs_error.items()
+        }
+    per_name = {n: one(obs_error, n) for n in names}
+    return obs_error if all(v is obs_error for v in per_name.values()) else per_name
 
 
 def _errors_given(obs, names, obs_error) -> bool:

@@ -14,6 +14,7 @@ import pint_xarray  # noqa: F401  (registers the .pint accessor)
 import xarray as xr
 from cf_xarray.units import units as UNITS  # pint registry that reads CF/UDUNITS strings
 
+from ..checks import is_quantity
 from ..errors import UnitsError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "coordinate_in_units",
     "degrees_per",
     "dequantify",
+    "difference_in_units",
     "length",
     "parse_units",
     "requantify",
@@ -79,6 +81,51 @@ def length(value, *, where: str) -> pint.Quantity | None:
     if not (np.isfinite(magnitude) and magnitude > 0):
         raise UnitsError(f"{where}={value!r} must be a positive finite length")
     return quantity
+
+
+#: A number followed by its units, as an error is written in text: "0.5 K", "2e-3 kg/kg".
+_NUMBER_AND_UNITS = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\d\s.+-].*)")
+
+
+def difference_in_units(value, units: str | None, *, name: str, where: str) -> float | None:
+    """An error given with its units, as text (``"0.5 K"``) or a pint quantity, as a
+    number in ``units``, the state variable ``name``'s; None where ``value`` has no
+    units (a plain number, a relative ``"10%"``, text that is no number with units).
+
+    An error is a difference: only the scale of the conversion applies, so that
+    ``"0.5 degC"`` is 0.5 K, not 273.65 K. A :class:`UnitsError` names ``where`` when
+    the units do not convert to ``units``.
+    """
+    if is_quantity(value):
+        magnitude, given = value.magnitude, str(value.units)
+        if np.ndim(magnitude) != 0:
+            raise UnitsError(
+                f"{where} is a quantity of shape {np.shape(magnitude)}; give one number "
+                "with its units (errors that vary from point to point go into the "
+                "observations, as a variable <name>_error)"
+            )
+    elif isinstance(value, str):
+        found = _NUMBER_AND_UNITS.fullmatch(value)
+        if found is None or found[2].strip() == "%":
+            return None
+        magnitude, given = found[1], found[2].strip()
+    else:
+        return None
+    if units is None:
+        raise UnitsError(
+            f"{where} has units and the state variable {name!r} has none (no units "
+            "attribute): give a plain number, or give the state its units"
+        )
+    source = parse_units(given, where=where)
+    target = parse_units(units, where=f"state variable {name!r}")
+    if source.dimensionality != target.dimensionality:
+        raise UnitsError(
+            f"{where} is in {given!r}, which does not convert to the units of {name!r}, "
+            f"{units!r}: give its error in those (a mapping {{variable: error}} gives "
+            "each variable its own)"
+        )
+    error = xr.DataArray(float(magnitude), attrs={"units": given})
+    return float(convert_units(error, units, name=name, what=where, difference=True))
 
 
 def same_units(given: str | None, wanted: str | None) -> bool:
