@@ -86,3 +86,90 @@ def test_sphere_search_matches_all_pairs(chunk_size):
         ens, y, obs_idx, 0.5, distance=lambda a, b: great_circle_distance(a, b), **kw
     )
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+def _sphere_case(seed=1):
+    lat = np.linspace(-80, 80, 30)
+    lon = np.arange(0, 360, 4.0)
+    grid = np.stack(np.meshgrid(lat, lon, indexing="ij"), -1).reshape(-1, 2)
+    rng = np.random.default_rng(seed)
+    ens = rng.standard_normal((10, grid.shape[0]))
+    obs_idx = rng.choice(grid.shape[0], 500, replace=False)
+    return grid, ens, obs_idx, rng.standard_normal(obs_idx.size)
+
+
+def test_compact_chunks_are_small_patches_that_cover_every_location_once():
+    """On a lat/lon grid in row order a run of locations is a band round the globe; the
+    chunks of the search are patches, so the observations searched for are few."""
+    grid, *_ = _sphere_case()
+    locs = torch.as_tensor(grid)
+    chunks = letkf_module._compact_chunks(locs, great_circle_distance, 200)
+    flat = torch.cat(chunks)
+    assert sorted(flat.tolist()) == list(range(grid.shape[0]))
+    assert max(c.numel() for c in chunks) <= 200
+
+    def reach(chunk):  # how far the search must look from the chunk's first location
+        return float(great_circle_distance(locs[chunk[:1]], locs[chunk]).max())
+
+    runs = [torch.arange(q, min(q + 200, len(locs))) for q in range(0, len(locs), 200)]
+    assert np.mean([reach(c) for c in chunks]) < np.mean([reach(r) for r in runs]) / 2
+    again = letkf_module._compact_chunks(locs, great_circle_distance, 200)
+    assert all(torch.equal(a, b) for a, b in zip(chunks, again, strict=True))
+
+
+def test_sphere_search_with_adaptive_inflation_and_weight_interpolation_matches_all_pairs():
+    """The patches of the search carry the adaptive inflation field and the anchors of
+    weight interpolation to the right locations: the same as every pair evaluated."""
+    from xensf.filters import AdaptiveInflation
+
+    grid, ens, obs_idx, y = _sphere_case(2)
+    d = grid.shape[0]
+    assert d * obs_idx.size > letkf_module._SEARCH_FROM
+    slow_distance = lambda a, b: great_circle_distance(a, b)  # noqa: E731  (not recognised)
+    kw = dict(loc_radius=800.0, state_coords=grid)
+    runs = {}
+    for name, distance in (("fast", great_circle_distance), ("slow", slow_distance)):
+        runs[name] = letkf_analysis(
+            ens, y, obs_idx, 0.5, distance=distance,
+            adaptive_inflation=AdaptiveInflation(std=0.2), **kw,
+        )  # fmt: skip
+    (fast, fast_field), (slow, slow_field) = runs["fast"], runs["slow"]
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(fast_field.mean, slow_field.mean, rtol=1e-9, atol=1e-9)
+    assert np.ptp(np.asarray(fast_field.mean)) > 0  # the field varies from place to place
+    # every other location an anchor; each location the mean of two anchors
+    anchors = np.arange(0, d, 2)
+    first = np.minimum(np.arange(d) // 2, anchors.size - 1)
+    neighbours = np.stack([first, np.minimum(first + 1, anchors.size - 1)], 1)
+    weights = np.full(neighbours.shape, 0.5)
+    kw.update(state_location=np.arange(d), interpolate_from=(anchors, neighbours, weights))
+    fast = letkf_analysis(ens, y, obs_idx, 0.5, distance=great_circle_distance, **kw)
+    slow = letkf_analysis(ens, y, obs_idx, 0.5, distance=slow_distance, **kw)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("wrapper", ["variables", "levels"])
+def test_chunks_keep_variables_apart_and_match_all_pairs(wrapper):
+    """Each variable keeps to itself (its own observations, infinitely far from the
+    other's): a chunk mixing two variables would have to search every observation.
+    Levels with vertical localisation may share a chunk. Either way: all pairs' answer."""
+    from xensf.filters.localization import with_vertical, within_variable
+
+    grid, ens, obs_idx, y = _sphere_case(3)
+    second = 0 if wrapper == "variables" else 500.0  # a variable id, or a height (hPa)
+    coords = np.concatenate(
+        [np.c_[grid, np.zeros(len(grid))], np.c_[grid, np.full(len(grid), second + 1.0)]]
+    )
+    ens = np.concatenate([ens, ens[::-1]], 1)  # the second field
+    obs_idx = np.concatenate([obs_idx, obs_idx[:250] + len(grid)])
+    y = np.concatenate([y, y[:250]])
+    if wrapper == "variables":
+        distance = within_variable(great_circle_distance)
+        chunks = letkf_module._compact_chunks(torch.as_tensor(coords), distance, 300)
+        assert all(len(set(coords[c.numpy(), 2])) == 1 for c in chunks)
+    else:
+        distance = with_vertical(great_circle_distance, 800.0 / 300.0)
+    kw = dict(inflation=1.02, loc_radius=800.0, state_coords=coords)
+    fast = letkf_analysis(ens, y, obs_idx, 0.5, distance=distance, **kw)
+    slow = letkf_analysis(ens, y, obs_idx, 0.5, distance=lambda a, b: distance(a, b), **kw)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)

@@ -33,6 +33,7 @@ from ..checks import as_number, is_real
 from ..errors import EnsembleError, ObservationMismatchError, OptionError
 from .adaptive_inflation import AdaptiveInflation
 from .localization import (
+    EARTH_RADIUS_KM,
     cyclic_distance,
     euclidean_distance,
     gaspari_cohn,
@@ -130,8 +131,10 @@ def letkf_analysis(
         ``(d,)``: the row of ``state_coords`` (of shape ``(P, k)``) at which each state
         component sits.
     chunk_size : int, optional
-        Locations analysed together. The default keeps the largest temporary near
-        ``2**26`` elements.
+        Locations analysed together, runs of consecutive ones. The default keeps the
+        largest temporary near ``2**26`` elements; for large problems with a provided
+        distance it cuts the locations into compact patches of about ``2 √P`` instead,
+        each of which reads only the observations near it.
     prior_obs : array_like, optional
         ``(..., N, m)``: the prior seen through the observation operator, computed
         elsewhere (e.g. from a state split into spatial blocks, of which ``prior`` is
@@ -608,6 +611,60 @@ def _is_metric(dist_fn) -> bool:
     )
 
 
+def _search_space(locs: torch.Tensor, dist_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the locations ``locs`` ``(P, k)`` lie for cutting them into compact
+    chunks: points ``(P, q)`` whose Euclidean distances follow ``dist_fn`` (on the
+    sphere, the chord in km, so that the seam of longitude and the poles split
+    nothing; a vertical coordinate times its ratio), and a group per location (the
+    variable of :class:`within_variable`, which no chunk may mix: another variable is
+    infinitely far)."""
+    if isinstance(dist_fn, within_variable):
+        points, groups = _search_space(locs[:, :-1], dist_fn.inner)
+        ids = torch.unique(locs[:, -1].detach().cpu(), return_inverse=True)[1]
+        return points, groups * (int(ids.max()) + 1 if ids.numel() else 1) + ids
+    if isinstance(dist_fn, with_vertical):
+        points, groups = _search_space(locs[:, :-1], dist_fn.horizontal)
+        z = torch.nan_to_num(locs[:, -1:].detach().to("cpu", torch.float64)) * dist_fn.ratio
+        return torch.cat([points, z], 1), groups
+    points = locs.detach().to("cpu", torch.float64)
+    if dist_fn is great_circle_distance:
+        lat, lon = torch.deg2rad(points[:, 0]), torch.deg2rad(points[:, 1])
+        points = EARTH_RADIUS_KM * torch.stack(
+            [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], 1
+        )
+    return points, torch.zeros(points.shape[0], dtype=torch.long)
+
+
+def _compact_chunks(locs: torch.Tensor, dist_fn, size: int) -> list[torch.Tensor]:
+    """The locations ``locs`` ``(P, k)`` in chunks of at most ``size``, each a compact
+    patch: the leaves of a k-d bisection (at the median of the coordinate that spreads
+    most, in :func:`_search_space`) of each group. Each chunk's observations are then
+    searched within a small radius of its first location, the one nearest its centre.
+    Index tensors (the central location, then the others in ascending order), every
+    location in one; the same for the same locations."""
+    points, groups = _search_space(locs, dist_fn)
+    todo = [torch.nonzero(groups == g).flatten() for g in torch.unique(groups).flip(0)]
+    leaves = []
+    while todo:
+        idx = todo.pop()
+        if idx.numel() <= size:
+            leaves.append(idx)
+            continue
+        p = points[idx]
+        axis = int((p.max(0).values - p.min(0).values).argmax())
+        order = torch.argsort(p[:, axis], stable=True)
+        half = idx.numel() // 2
+        todo += [idx[order[half:]], idx[order[:half]]]  # the lower half first
+    chunks = []
+    for leaf in leaves:
+        leaf = leaf.sort().values
+        p = points[leaf]
+        centre = int(((p - p.mean(0)) ** 2).sum(1).argmin())
+        rest = torch.cat([leaf[:centre], leaf[centre + 1 :]])
+        chunks.append(torch.cat([leaf[centre : centre + 1], rest]).to(locs.device))
+    return chunks
+
+
 def _local_analysis(
     x, xp, yp, innov, rinv, radius, dist_fn, state_coords, state_location, obs_coords, op,
     batch, chunk_size, inflation, delta=None, adaptive=None, coarse=None,
@@ -670,10 +727,11 @@ def _local_analysis(
     metric = obs_c.ndim == 2 and n_loc * m > _SEARCH_FROM and _is_metric(dist_fn)
     cutoff = 2.0 * radius
     if metric and not fixed_chunks:
-        # Chunks of ~4√P consecutive locations balance the per-chunk search over all m
-        # observations against the pairs within a chunk (for locations sorted along a
-        # line or ring; rows of a lat/lon grid are less compact, still correct).
-        chunk_size = max(64, min(chunk_size, int(4 * math.sqrt(n_loc))))
+        # Chunks of ~2√P locations balance the per-chunk search over all m observations
+        # against the pairs within a chunk. They are compact patches (_compact_chunks),
+        # not runs of consecutive locations: on a lat/lon grid a run is a band of rows,
+        # whose radius seen from its first point spans the globe.
+        chunk_size = max(64, min(chunk_size, int(2 * math.sqrt(n_loc))))
 
     # One component per location, in location order (a ring, a single-field grid):
     # chunks are slices, and the gathers below are skipped.
@@ -682,9 +740,9 @@ def _local_analysis(
         delta = delta[:, order[starts[:-1].clamp_max(max(d - 1, 0))]]
     xa = torch.empty_like(xp)
 
-    def transforms(where: torch.Tensor, p0: int = 0, p1: int = 0) -> torch.Tensor:
-        """``D`` ``(B, pc, N, N)`` at the locations ``where`` (``p0:p1`` of ``locs``
-        when the adaptive field is updated)."""
+    def transforms(where: torch.Tensor, sel=None) -> torch.Tensor:
+        """``D`` ``(B, pc, N, N)`` at the locations ``where`` (``locs[sel]``, a slice or
+        an index tensor, when the adaptive field is updated)."""
         yp_c, innov_c, rinv_c, obs_cc = yp, innov, rinv, obs_c
         if metric:
             centre = where[:1]
@@ -703,8 +761,8 @@ def _local_analysis(
         most = int(positive.sum(-1).max()) if w.numel() else 0  # at the busiest location
         scale = None
         if delta is not None:
-            delta[:, p0:p1] = adaptive.update(delta[:, p0:p1], yp_c, innov_c, w)
-            scale = delta[:, p0:p1].sqrt()
+            delta[:, sel] = adaptive.update(delta[:, sel], yp_c, innov_c, w)
+            scale = delta[:, sel].sqrt()
         if 4 * most < int(reach.sum()):  # sparse: gather each location's observations
             incr = _increment_transforms_sparse(yp_c, innov_c, w, inflation, max(most, 1), scale)
         elif bool(reach.all()):
@@ -716,18 +774,19 @@ def _local_analysis(
             )
         return incr.to(xp.dtype)
 
-    def apply(p0: int, p1: int, incr: torch.Tensor) -> None:
-        """The analysis of the components at locations ``p0:p1`` with their ``D``:
+    def apply(sel, incr: torch.Tensor) -> None:
+        """The analysis of the components at locations ``sel`` (a slice or an index
+        tensor) with their ``D``:
         ``x_a[n, c] = x[n, c] + Σ_k X'[k, c] D_c[k, n]``, one batched vector–matrix
         product per slot (the j-th component of every location), so that no temporary
         holds an N × N matrix per component (a location's fields and levels share one)."""
 
         def slots():  # (components, their D); a partial slot's D gathered when used
             if in_order:
-                yield slice(p0, p1), incr
+                yield sel, incr
                 return
-            first, count = starts[p0:p1], counts[p0:p1]
-            for j in range(int(count.max()) if p1 > p0 else 0):
+            first, count = starts[:-1][sel], counts[sel]
+            for j in range(int(count.max()) if count.numel() else 0):
                 have = count > j
                 if bool(have.all()):
                     yield order[first + j], incr
@@ -738,19 +797,26 @@ def _local_analysis(
             upd = xp[..., comps].transpose(-1, -2)[..., None, :] @ d_comp  # (B, nc, 1, N)
             xa[..., comps] = x[..., comps] + upd[..., 0, :].transpose(-1, -2)
 
+    def chunks(points: torch.Tensor) -> list:
+        """Chunks of ``points``: compact patches where the search is on, else slices."""
+        if metric and not fixed_chunks:
+            return _compact_chunks(points, dist_fn, chunk_size)
+        return [slice(q, q + chunk_size) for q in range(0, points.shape[0], chunk_size)]
+
     if coarse is None:
-        for p0 in range(0, n_loc, chunk_size):
-            p1 = min(p0 + chunk_size, n_loc)
-            apply(p0, p1, transforms(locs[p0:p1], p0, p1))
+        for sel in chunks(locs):
+            apply(sel, transforms(locs[sel], sel))
     else:  # D at the coarse locations, then interpolated to every location
         at, neighbours, weights = coarse
         anchors = locs[at]
-        dc = torch.cat(
-            [transforms(anchors[q : q + chunk_size]) for q in range(0, at.numel(), chunk_size)],
-            dim=1,
-        )
+        dc = None
+        for q in chunks(anchors):
+            d_q = transforms(anchors[q])
+            if dc is None:
+                dc = d_q.new_empty((d_q.shape[0], at.numel(), *d_q.shape[2:]))
+            dc[:, q] = d_q
         for p0 in range(0, n_loc, chunk_size):
             p1 = min(p0 + chunk_size, n_loc)
             w = weights[p0:p1].to(dc.dtype)
-            apply(p0, p1, (w[None, :, :, None, None] * dc[:, neighbours[p0:p1]]).sum(2))
+            apply(slice(p0, p1), (w[None, :, :, None, None] * dc[:, neighbours[p0:p1]]).sum(2))
     return xa, (None if delta is None else delta[:, comp_loc])
