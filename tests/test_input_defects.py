@@ -1856,3 +1856,14 @@ def test_the_functions_refuse_a_dataarray_where_a_dataset_goes_with_what_to_do(d
         xensf.cycle(ShallowWaterForecaster(), start, obs, obs_error=0.5)
     with pytest.raises(OptionError, match="the training data must be an xarray Dataset"):
         xensf.train_latent(ds.t.values, 2)
+
+
+@pytest.mark.parametrize("method", ["letkf", "ensf"])
+def test_a_state_with_an_empty_dim_is_refused(two_days, station, method):
+    # a time slice outside the data: a raw reshape error deep in the analysis
+    empty = two_days.isel(time=slice(0, 0))
+    options = {"obs_error": 0.5, **({"loc_radius": 3000.0} if method == "letkf" else {})}
+    with pytest.raises(DimensionError, match=r"no values along \['time'\] \(size 0\)"):
+        empty.ensf.assimilate(station, method=method, **options)
+    with pytest.raises(DimensionError, match=r"no values along \['time'\]"):
+        empty.ensf.innovations(station, obs_error=0.5)

@@ -355,6 +355,12 @@ def prepare_state(
             f"the ensemble has {prior.sizes[dims.member]} member along {dims.member!r}; an "
             "ensemble analysis needs at least 2"
         )
+    empty = sorted({str(d) for n in names for d in prior[n].dims if prior.sizes[d] == 0})
+    if empty:  # (a raw reshape error deep in the analysis)
+        raise DimensionError(
+            f"the state has no values along {empty} (size 0): nothing to analyse; check "
+            "the selection that made it (e.g. a time slice outside the data)"
+        )
     grid = grid_coords(prior, dims)
     _check_grid(prior, dims, grid)
     levels = {
