@@ -28,11 +28,17 @@ def python_blocks(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("guide", GUIDES, ids=[g.stem for g in GUIDES])
 def test_guide_code_runs(guide):
+    from xensf.errors import XensfWarning
+
     blocks = python_blocks(guide)
     assert blocks, f"{guide.name} has no python code block"
     namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(guide), "exec"), namespace)
+    with warnings.catch_warnings():
+        # a guide that warns teaches a mistake: the cycling guide's one noise for
+        # height and velocities was ten times the velocities' spread
+        warnings.simplefilter("error", XensfWarning)
+        for block in blocks:
+            exec(compile(block, str(guide), "exec"), namespace)
     # every guide ends with an `analysis` that is a Dataset with the forecast's dims
     assert isinstance(namespace["analysis"], xr.Dataset)
     assert namespace["analysis"].sizes == namespace["forecast"].sizes
