@@ -1867,3 +1867,26 @@ def test_a_state_with_an_empty_dim_is_refused(two_days, station, method):
         empty.ensf.assimilate(station, method=method, **options)
     with pytest.raises(DimensionError, match=r"no values along \['time'\]"):
         empty.ensf.innovations(station, obs_error=0.5)
+
+
+def test_an_ensf_scale_whose_noise_outweighs_the_prior_spread_warns(ds, obs):
+    # EnSF adds sqrt(eps_beta) * scale to every member: scale=100 against a spread of
+    # about 1 made an analysis 17 times wider than the prior without a word
+    import warnings
+
+    from xensf.errors import SpreadWarning
+
+    options = {"method": "ensf", "obs_error": 0.5, "seed": 1}
+    spread = float(ds.t.std("member").mean())
+    with pytest.warns(SpreadWarning, match=r"sqrt\(eps_beta\) \* scale = 15\.8 .* of 't'"):
+        wide = ds.ensf.assimilate(obs, scale=100.0, **options)
+    assert float(wide.t.std("member").mean()) > 10 * spread  # what it warns of
+    with pytest.warns(SpreadWarning):  # the same through a mapping, and in dask blocks
+        lazy = ds.chunk(lat=3).ensf.assimilate(
+            obs, scale={"t": 100.0}, prior_score="paired", **options
+        )
+        lazy.compute()  # (told when the blocks run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpreadWarning)
+        ds.ensf.assimilate(obs, **options)  # the default scale: the spread itself
+        ds.ensf.assimilate(obs, scale=2.0, **options)  # sqrt(0.025) * 2 = 0.32 < spread

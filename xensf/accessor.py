@@ -155,7 +155,9 @@ class EnsfDatasetAccessor:
             ``eps_beta`` (0.025), ``prior_score`` ("mixture" or "paired"), ``likelihood`` ("damped", the
             published EnSF, or "gaussian", exact for linear-Gaussian problems), ``scale``
             (a number or {variable: number} in state units; default the prior
-            ensemble's spread per variable and level at each time). ``letkf``:
+            ensemble's spread per variable and level at each time; one whose
+            ``√eps_beta · scale`` exceeds the prior spread gets a
+            :class:`~xensf.errors.SpreadWarning`). ``letkf``:
             ``inflation`` (1.0, multiplicative), ``rtps`` (0.0, relaxation to prior
             spread), ``loc_radius`` (required: Gaspari–Cohn half-width c, in km on
             lat/lon grids, in coordinate units on planar grids, or a length with its

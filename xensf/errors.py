@@ -212,6 +212,12 @@ class LocalisationWarning(XensfWarning):
     than the grid's (metres for km)."""
 
 
+class SpreadWarning(XensfWarning):
+    """An option that makes the analysis far wider than the prior: an EnSF ``scale`` so
+    large against the prior spread that the filter's own terminal noise, ``√eps_beta ·
+    scale``, outweighs the spread."""
+
+
 class InflationLimitWarning(XensfWarning):
     """An adaptive inflation field at its maximum over most of the analysed grid: the
     ensemble cannot represent the errors the observations show, and more inflation adds

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InnovationWarning, ObservationErrorWarning, OptionError
+from ..errors import InnovationWarning, ObservationErrorWarning, OptionError, SpreadWarning
 
 __all__ = ["check_against_the_prior", "observed_members"]
 
@@ -112,6 +112,42 @@ def check_against_the_prior(
     _check_gross_innovations(
         y[:, rows], members.mean(axis=1), spread, errors, seen, variable, plan
     )
+    _check_ensf_noise(spread, seen, variable, plan)
+
+
+def _check_ensf_noise(spread, seen, variable, plan: Any) -> None:
+    """A :class:`~xensf.errors.SpreadWarning` per variable where the user's EnSF
+    ``scale`` makes the filter's terminal noise, ``√eps_beta · scale`` (what it adds
+    to every member), larger than the prior spread at the observed points (RMS over
+    them) at some analysed time: the analysis is then wider than the prior, whatever
+    the observations say. (The default scale, the prior spread, adds √eps_beta of it.)
+    Judged time by time at the observed points, as the other checks."""
+    method = plan.method
+    scale = getattr(method, "scale", None)
+    if method.name != "ensf" or not isinstance(scale, dict):
+        return
+    for v in np.unique(variable):
+        name = plan.layout.variables[v]
+        noise = float(np.sqrt(method.eps_beta) * scale[name])
+        mask = seen & (variable == v)[None, :]
+        count = mask.sum(axis=1)
+        times = np.flatnonzero(count)
+        rms = np.sqrt(np.where(mask, spread**2, 0.0).sum(1)[times] / count[times])
+        wide = noise > rms
+        if wide.any():
+            t = int(np.flatnonzero(wide)[0])
+            plan.warn(
+                (SpreadWarning, name),
+                f"ensf adds noise of standard deviation sqrt(eps_beta) * scale = {noise:.3g} "
+                f"to every analysis member of {name!r} (scale={scale[name]:g}, "
+                f"eps_beta={method.eps_beta:g}); that is more than the prior ensemble "
+                f"spread at the observed points at {int(wide.sum())} of {times.size} "
+                f"analysed times with observations of it, {noise / rms[t]:.3g} times it at "
+                f"the first (RMS {rms[t]:.3g}): the analysis will be wider than the prior "
+                "whatever the observations say. Give a scale near the prior spread (leave "
+                "scale= out: it is the default) or a smaller eps_beta.",
+                SpreadWarning,
+            )
 
 
 def _check_gross_innovations(y, mean, spread, errors, seen, variable, plan: Any) -> None:
