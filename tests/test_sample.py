@@ -96,6 +96,16 @@ def test_sample_opens_lazily_with_chunks():
         assert isinstance(ds.t.data, da.Array)
         assert ds.t.chunks[1] == (1, 1, 1, 1)
         assert ds.t.dtype == np.float32
+        # the members in one chunk: the file's one per chunk was a ChunkingError in
+        # the analysis the docstring's lazy open led to
+        assert ds.t.chunks[0] == (10,)
+        prior, truth = ds.isel(number=slice(1, None)), ds.isel(number=0)
+        obs = truth[["t"]].isel(latitude=[30], longitude=[60]).reindex_like(truth)
+        lazy = prior.ensf.assimilate(obs, method="letkf", obs_error=0.5, loc_radius=500.0)
+        assert isinstance(lazy.t.data, da.Array)
+        assert np.isfinite(lazy.t.isel(time=0).values).all()
+    with open_era5_sample(chunks={"number": 2}) as ds:  # as asked
+        assert ds.t.chunks[0] == (2,) * 5
 
 
 def test_sample_file_is_small():

@@ -38,9 +38,12 @@ def open_era5_sample(**kwargs: Any) -> xr.Dataset:
     ----------
     **kwargs
         Passed on to :func:`xarray.open_dataset`. For instance ``chunks={}`` or
-        ``chunks={"time": 1}`` opens it lazily with dask; without ``chunks`` the
-        variables are loaded on first access as numpy arrays. ``engine`` is left to
-        xarray's choice (netCDF4 or h5netcdf, whichever is installed).
+        ``chunks={"time": 1}`` opens it lazily with dask, the members (``number``)
+        in one chunk, as an analysis needs them, unless ``chunks`` names ``number``
+        (the file stores one member per chunk, which xarray would otherwise follow);
+        without ``chunks`` the variables are loaded on first access as numpy arrays.
+        ``engine`` is left to xarray's choice (netCDF4 or h5netcdf, whichever is
+        installed).
 
     Returns
     -------
@@ -54,9 +57,13 @@ def open_era5_sample(**kwargs: Any) -> xr.Dataset:
     >>> dict(ds.sizes)
     {'number': 10, 'time': 4, 'isobaricInhPa': 2, 'latitude': 61, 'longitude': 120}
     >>> lazy = xensf.open_era5_sample(chunks={"time": 1})
-    >>> lazy.t.chunks[1]
-    (1, 1, 1, 1)
+    >>> lazy.t.chunks[:2]
+    ((10,), (1, 1, 1, 1))
     """
+    chunks = kwargs.get("chunks")
+    if isinstance(chunks, dict) and "number" not in chunks:
+        # one member per chunk, as stored, is a ChunkingError in every analysis
+        kwargs["chunks"] = {**chunks, "number": -1}
     try:
         resource = resources.files("xensf").joinpath("data", ERA5_SAMPLE)
     except (NotADirectoryError, TypeError):
