@@ -240,12 +240,16 @@ def test_a_device_that_is_not_there_is_an_option_error(ds, obs):
 
 def test_the_catalog_sample_assimilates_after_the_suggested_rechunk():
     sample = xensf.catalog().era5_sample.read()  # dask-backed, with a dask valid_time
+    # the members in one chunk (the file's one per chunk was a ChunkingError at once)
+    assert sample.t.chunks[0] == (sample.sizes["number"],)
     prior, truth = sample.isel(number=slice(1, None)), sample.isel(number=0)
     obs = truth.isel(latitude=slice(0, None, 8), longitude=slice(0, None, 8)).reindex_like(truth)
     errors = {"z": 10.0, "t": 0.1}
     with pytest.raises(ChunkingError, match=r"ds.chunk\(\{'number': -1\}\)"):
-        prior.ensf.assimilate(obs, method="letkf", obs_error=errors, loc_radius=500.0)
-    prior = prior.chunk({"number": -1})
+        prior.chunk(number=1).ensf.assimilate(
+            obs, method="letkf", obs_error=errors, loc_radius=500.0
+        )
+    prior = prior.chunk(number=1).chunk({"number": -1})
     expected = prior.compute().ensf.assimilate(
         obs.compute(), method="letkf", obs_error=errors, loc_radius=500.0
     )
