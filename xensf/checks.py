@@ -18,6 +18,7 @@ __all__ = [
     "is_integer",
     "is_quantity",
     "is_real",
+    "require_flag",
 ]
 
 
@@ -38,6 +39,15 @@ def is_flag(value) -> bool:
     """Whether ``value`` is True or False (a Python or numpy bool): an on/off option takes
     nothing else, as ``"no"`` is true to Python."""
     return isinstance(value, bool | np.bool_)
+
+
+def require_flag(value, name: str, error: type[Exception], *, optional: bool = False) -> None:
+    """``error`` naming the option ``name`` unless ``value`` is True or False (or None,
+    where ``optional``): see :func:`is_flag`."""
+    if (optional and value is None) or is_flag(value):
+        return
+    allowed = "True, False or None" if optional else "True or False"
+    raise error(f"{name} must be {allowed}, got {value!r}")
 
 
 def is_quantity(value) -> bool:

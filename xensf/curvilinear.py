@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import float_array, is_flag
+from .checks import float_array, require_flag
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError
 
 __all__ = ["cell_areas", "curvilinear_weights", "is_periodic_columns", "unit_vectors"]
@@ -220,8 +220,7 @@ def curvilinear_weights(
     """
     from scipy.spatial import cKDTree
 
-    if periodic is not None and not is_flag(periodic):  # "no" is true to Python
-        raise OptionError(f"periodic must be True, False or None, got {periodic!r}")
+    require_flag(periodic, "periodic", OptionError, optional=True)
     glat, glon = _as_grid(grid_lat, grid_lon)
     plat = _numbers(lat, "point latitudes")
     plon = _numbers(lon, "point longitudes")

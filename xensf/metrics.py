@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .checks import is_flag
+from .checks import require_flag
 from .errors import DimensionError, EnsembleError, OptionError
 
 __all__ = [
@@ -207,8 +207,7 @@ def crps(
     :func:`ensemble_rmse`). ``fair=True`` gives the fair CRPS (Ferro 2014), ``½ E|X − X'|``
     over distinct pairs, whose expectation does not depend on the ensemble size.
     """
-    if not is_flag(fair):
-        raise OptionError(f"fair must be True or False, got {fair!r}")
+    require_flag(fair, "fair", OptionError)
     _check(ensemble, truth, member_dim, dims, weights)
     members = ensemble.sizes[member_dim]
     if members < (2 if fair else 1):

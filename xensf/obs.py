@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .checks import as_python, float_array, is_flag, is_quantity
+from .checks import as_python, float_array, is_quantity, require_flag
 from .errors import ObservationDomainError, ObservationMismatchError, OptionError, warn_user
 from .filters.operators import LinearObservationOperator
 
@@ -163,8 +163,7 @@ class _LongitudeAxis:
     """
 
     def __init__(self, values, periodic: bool | None) -> None:
-        if periodic is not None and not is_flag(periodic):  # "no" is true to Python
-            raise OptionError(f"periodic must be True, False or None, got {periodic!r}")
+        require_flag(periodic, "periodic", OptionError, optional=True)
         lon = _as_coordinate(values, "longitude")
         for descending in (False, True):
             candidate = lon[::-1] if descending else lon

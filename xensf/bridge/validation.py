@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..checks import as_python, is_flag, is_integer, is_quantity, is_real
+from ..checks import as_python, is_integer, is_quantity, is_real, require_flag
 from ..errors import OptionError, WarningTally
 from ..filters.noise import check_seed
 from .dims import find_dims, find_role, flat_indexes, state_variables
@@ -51,8 +51,7 @@ def cross_validate(
     check_seed(seed, non_negative=True)  # numpy's generator draws the folds
     if not is_integer(folds) or folds < 2:
         raise OptionError(f"folds must be an integer of at least 2, got {folds!r}")
-    if not is_flag(progress):
-        raise OptionError(f"progress must be True or False, got {progress!r}")
+    require_flag(progress, "progress", OptionError)
     obs = flat_indexes(obs)
     if isinstance(obs, xr.DataArray):
         obs = obs.to_dataset() if obs.name is not None else obs

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..checks import is_flag
+from ..checks import require_flag
 from ..errors import (
     DimensionError,
     EnsembleError,
@@ -182,8 +182,7 @@ def cycle(
     forecaster = check_forecaster(model)
     check_seed(seed)
     for name, flag in (("members", members), ("overwrite", overwrite), ("progress", progress)):
-        if not is_flag(flag):
-            raise OptionError(f"{name} must be True or False, got {flag!r}")
+        require_flag(flag, name, OptionError)
     if not isinstance(initial_ensemble, xr.Dataset):
         raise OptionError(
             f"initial_ensemble must be an xarray Dataset, got a "

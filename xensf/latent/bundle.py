@@ -73,7 +73,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .._version import VERSION
-from ..checks import is_flag
+from ..checks import require_flag
 from ..errors import BundleError
 from ..filters.device import compute_device
 from ..urls import url_scheme
@@ -156,8 +156,7 @@ def save_bundle(
     """
     path = bundle_path(path)
     for name, flag in (("overwrite", overwrite), ("private", private)):
-        if not is_flag(flag):
-            raise BundleError(f"{name} must be True or False, got {flag!r}")
+        require_flag(flag, name, BundleError)
     document_metadata = _jsonable(metadata, "metadata")
     if not isinstance(document_metadata, dict):
         raise BundleError(f"metadata must be a dict with string keys, got {type(metadata)}.")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .._version import VERSION
-from ..checks import is_flag, is_integer, is_real
+from ..checks import is_integer, is_real, require_flag
 from ..errors import (
     BundleError,
     EnsembleError,
@@ -797,8 +797,7 @@ class LatentModel:
                 f'latent_error="ensemble" is for method="latent-ensf"; {method!r} takes "curve"'
             )
         for flag, value in (("coverage_error", coverage_error), ("return_latent", return_latent)):
-            if not is_flag(value):
-                raise OptionError(f"{flag} must be True or False, got {value!r}")
+            require_flag(value, flag, OptionError)
         _check_filter_options(method, options)
         if method == "latent-letkf":
             if generator is not None:

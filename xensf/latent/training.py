@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checks import is_flag, is_integer, is_real
+from ..checks import is_integer, is_real, require_flag
 from ..errors import (
     EnsembleError,
     ObservationMismatchError,
@@ -1006,8 +1006,7 @@ def train_latent_model(
     if not (is_integer(blocks) and blocks >= 0):
         raise OptionError(f"blocks must be an integer >= 0, got {blocks!r}")
     for name, flag in (("periodic_lon", periodic_lon), ("progress", progress)):
-        if not is_flag(flag):
-            raise OptionError(f"{name} must be True or False, got {flag!r}")
+        require_flag(flag, name, OptionError)
     seed = check_seed(seed)
     if not -(2**63) <= seed <= 2**64 - 4:  # torch's generators take 64 bits; seed + 3 is drawn
         raise OptionError(
