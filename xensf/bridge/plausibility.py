@@ -39,6 +39,14 @@ def observed_members(x: np.ndarray, obs: Any) -> np.ndarray:
     return (x[:, :, obs.indices] * obs.weights).sum(-1)
 
 
+def _rms_per_time(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The times (rows) where ``mask`` ``(T, m)`` holds anything, and the RMS of
+    ``values`` ``(T, m)`` over the masked entries of each."""
+    count = mask.sum(axis=1)
+    times = np.flatnonzero(count)
+    return times, np.sqrt(np.where(mask, values**2, 0.0).sum(1)[times] / count[times])
+
+
 def check_against_the_prior(
     members: np.ndarray, y, err, observed, plan: Any, sizes: bool = True
 ) -> None:
@@ -78,10 +86,8 @@ def check_against_the_prior(
             )
         # RMS over each time's observations: judged time by time, so that whether it
         # warns does not depend on how the times are chunked
-        count = mask.sum(axis=1)
-        times = np.flatnonzero(count)
-        rms_err = np.sqrt(np.where(mask, errors**2, 0.0).sum(1)[times] / count[times])
-        rms_spread = np.sqrt(np.where(mask, spread**2, 0.0).sum(1)[times] / count[times])
+        times, rms_err = _rms_per_time(errors, mask)
+        rms_spread = _rms_per_time(spread, mask)[1]
         large = rms_err > _ERROR_SPREAD_RATIO * rms_spread
         if large.any():
             t = int(np.flatnonzero(large)[0])
@@ -130,9 +136,7 @@ def _check_ensf_noise(spread, seen, variable, plan: Any) -> None:
         name = plan.layout.variables[v]
         noise = float(np.sqrt(method.eps_beta) * scale[name])
         mask = seen & (variable == v)[None, :]
-        count = mask.sum(axis=1)
-        times = np.flatnonzero(count)
-        rms = np.sqrt(np.where(mask, spread**2, 0.0).sum(1)[times] / count[times])
+        times, rms = _rms_per_time(spread, mask)
         wide = noise > rms
         if wide.any():
             t = int(np.flatnonzero(wide)[0])
