@@ -1,9 +1,10 @@
-"""What counts as a whole number or a real number in an option.
+"""What counts as a whole number, a real number or an on/off flag in an option.
 
 An option that takes a count (``steps``, ``epochs``, a seed) takes a Python or numpy
 integer, never a bool (``True`` is an ``int`` to Python, and ``steps=True`` is a
-mistake, not one step); one that takes a number takes those or a float. Every layer's
-option checks ask here, so they agree on it.
+mistake, not one step); one that takes a number takes those or a float; an on/off
+option takes True or False only (``"no"`` is true to Python). Every layer's option
+checks ask here, so they agree on it.
 """
 
 from __future__ import annotations
