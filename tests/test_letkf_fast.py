@@ -173,3 +173,31 @@ def test_chunks_keep_variables_apart_and_match_all_pairs(wrapper):
     fast = letkf_analysis(ens, y, obs_idx, 0.5, distance=distance, **kw)
     slow = letkf_analysis(ens, y, obs_idx, 0.5, distance=lambda a, b: distance(a, b), **kw)
     np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("geometry", ["ring", "sphere"])
+def test_observations_sharing_positions_match_point_by_point(geometry):
+    """Several observations at each position (a station's variables and levels), with
+    their own values: the distances are evaluated once per position and gathered to
+    each observation, which must still give every observation its own weight."""
+    rng = np.random.default_rng(4)
+    if geometry == "ring":
+        d = 3000
+        coords = torch.arange(float(d), dtype=torch.float64)[:, None]
+        distance, radius, sites = cyclic_distance(d), 6.0, np.arange(0, d, 4)
+    else:
+        coords = torch.as_tensor(_sphere_case()[0])
+        d = coords.shape[0]
+        distance, radius, sites = great_circle_distance, 800.0, rng.choice(d, 300, False)
+    ens = rng.standard_normal((10, d))
+    obs_idx = np.concatenate([sites, sites, sites])  # three values at each site
+    y = rng.standard_normal(obs_idx.size)
+    assert d * obs_idx.size > letkf_module._SEARCH_FROM  # the search path is taken
+    post = letkf_analysis(
+        ens, y, obs_idx, 0.6, inflation=1.03, loc_radius=radius,
+        state_coords=coords.numpy().squeeze(), distance=distance,
+    )  # fmt: skip
+    points = np.r_[0:30, d // 2 : d // 2 + 30, d - 30 : d]
+    rows = distance(coords[points], coords[obs_idx]).numpy()
+    ref = _point_by_point(ens, y, obs_idx, rows, radius, 1.03, points, 0.6)
+    np.testing.assert_allclose(post[:, points], ref, rtol=1e-9, atol=1e-9)

@@ -522,11 +522,26 @@ def _state_locations(state_coords, state_location, d: int, dtype, device):
             "pass one row per component (d, k), or P distinct locations (P, k) together "
             "with state_location (d,)"
         )
-    if coords.shape[1] == 1:  # one coordinate: the (much cheaper) unique of a vector
-        uniq, inverse = torch.unique(coords[:, 0], return_inverse=True)
-        return uniq[:, None], inverse
-    uniq, inverse = torch.unique(coords, dim=0, return_inverse=True)
-    return uniq, inverse
+    return _distinct_rows(coords)
+
+
+def _distinct_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``x`` ``(m, k)`` and the index of each row among them, as
+    ``torch.unique(x, dim=0, return_inverse=True)`` gives (but for their order), by
+    ``k`` stable sorts of one column each: several times faster. Rows holding NaN stay
+    apart (NaN equals nothing)."""
+    if x.shape[1] == 1:  # one coordinate: the unique of a vector, cheaper still
+        distinct, inverse = torch.unique(x[:, 0], return_inverse=True)
+        return distinct[:, None], inverse
+    order = torch.arange(x.shape[0], device=x.device)
+    for j in reversed(range(x.shape[1])):  # the last column first: lexicographic order
+        order = order[torch.argsort(x[order, j], stable=True)]
+    rows = x[order]
+    first = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    first[1:] = (rows[1:] != rows[:-1]).any(-1)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.cumsum(first, 0) - 1
+    return rows[first], inverse
 
 
 def _check_positions(locs, obs_c, used, dist_fn) -> None:
@@ -707,6 +722,13 @@ def _local_analysis(
                 f"analysis batch {tuple(batch)}"
             ) from err
     _check_positions(locs, obs_c, rinv > 0, dist_fn)
+    # Observations often share a position (a station's variables and levels, a grid
+    # point's): distances and weights are evaluated once per position and gathered.
+    positions, at_position = obs_c, None
+    if obs_c.ndim == 2:
+        distinct, inverse = _distinct_rows(obs_c)
+        if distinct.shape[0] < m:
+            positions, at_position = distinct, inverse
 
     # Components grouped by location, so a chunk of locations is a slice of `order`.
     order = torch.argsort(comp_loc, stable=True)
@@ -743,18 +765,29 @@ def _local_analysis(
     def transforms(where: torch.Tensor, sel=None) -> torch.Tensor:
         """``D`` ``(B, pc, N, N)`` at the locations ``where`` (``locs[sel]``, a slice or
         an index tensor, when the adaptive field is updated)."""
-        yp_c, innov_c, rinv_c, obs_cc = yp, innov, rinv, obs_c
+        yp_c, innov_c, rinv_c = yp, innov, rinv
+        pos, at = positions, at_position  # at: each observation's row of pos
         if metric:
             centre = where[:1]
             reach_radius = float(dist_fn(centre, where).max()) + cutoff
-            near = dist_fn(centre, obs_c)[0] <= reach_radius * (1 + 1e-6) + 1e-9
+            near = dist_fn(centre, positions)[0] <= reach_radius * (1 + 1e-6) + 1e-9
+            rows = torch.nonzero(near).flatten()
+            pos = positions[rows]
+            if at_position is not None:
+                renumber = at_position.new_full((positions.shape[0],), -1)
+                renumber[rows] = torch.arange(rows.numel(), device=device)
+                near = near[at_position]
             cand = torch.nonzero(near).flatten()
             yp_c, innov_c, rinv_c = yp[..., cand], innov[..., cand], rinv[..., cand]
-            obs_cc = obs_c[cand]
-        dist = dist_fn(where, obs_cc)
+            if at_position is not None:
+                at = renumber[at_position[cand]]
+        dist = dist_fn(where, pos)
         if dist.ndim == 2:
             dist = dist[None]
-        w = gaspari_cohn(dist, radius) * rinv_c[:, None, :]  # (B, pc, m)
+        weight = gaspari_cohn(dist, radius)
+        if at is not None:
+            weight = weight[..., at]
+        w = weight * rinv_c[:, None, :]  # (B, pc, m)
         # Only observations that reach some location of this chunk take part.
         positive = w > 0
         reach = positive.any(dim=1).any(dim=0)

@@ -76,6 +76,11 @@ def gaspari_cohn(r: torch.Tensor, c: float) -> torch.Tensor:
     if not (is_real(c) and c > 0 and math.isfinite(c)):
         raise OptionError(f"gaspari_cohn: the half-width c must be positive and finite, got {c!r}")
     z = torch.as_tensor(r).abs() / c
+    w = torch.zeros_like(z)
+    # The pieces at the distances within the support only: with a radius small against
+    # the domain most pairs lie beyond it (and NaN distances get 0).
+    support = z < 2.0
+    z = z[support]
     # Horner forms of the two quintic pieces.
     inner = 1.0 + z**2 * (-5.0 / 3.0 + z * (5.0 / 8.0 + z * (1.0 / 2.0 + z * (-1.0 / 4.0))))
     outer = (
@@ -83,8 +88,8 @@ def gaspari_cohn(r: torch.Tensor, c: float) -> torch.Tensor:
         + z * (-5.0 + z * (5.0 / 3.0 + z * (5.0 / 8.0 + z * (-1.0 / 2.0 + z * (1.0 / 12.0)))))
         - 2.0 / (3.0 * z.clamp_min(1.0))
     )
-    w = torch.where(z <= 1.0, inner, outer)
-    return torch.where(z < 2.0, w, torch.zeros_like(w)).clamp_min(0.0)
+    w[support] = torch.where(z <= 1.0, inner, outer).clamp_min(0.0)
+    return w
 
 
 def _pairwise_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
