@@ -55,13 +55,17 @@ def mask_of(x: np.ndarray, times, plan: Any) -> np.ndarray:
 
 
 def times_by_mask(masked: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """The times of ``masked`` ``(T, d)`` grouped by their mask: ``(times, mask (d,))``
-    pairs, ``times`` an index into the first axis. One group (every time: a slice) where
+    """The times of ``masked`` ``(T, d)`` grouped by their mask (or any other row, such
+    as the observed rows): ``(times, mask (d,))`` pairs, ``times`` an index into the
+    first axis, in the order of their first time. One group (every time: a slice) where
     the mask stays put, as land does. Times are analysed independently, so a group's
     analysis is the one its times would get alone (or in a dask chunk of their own)."""
     if masked.shape[0] == 0 or (masked == masked[:1]).all():
         return [(slice(None), masked[0] if masked.shape[0] else masked.any(axis=0))]
-    _, first, group = np.unique(masked, axis=0, return_index=True, return_inverse=True)
+    # each row as one opaque value: a 1-D unique (unique(axis=0) takes ~15 ms a call)
+    rows = np.ascontiguousarray(masked)
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first, group = np.unique(keys, return_index=True, return_inverse=True)
     group = group.ravel()
     return [(np.flatnonzero(group == g), masked[first[g]]) for g in np.argsort(first)]
 

@@ -33,6 +33,7 @@ from ..errors import (
 from ..latent.model import check_latent_radius
 from .geometry import letkf_geometry
 from .layout import grid_field
+from .masks import times_by_mask
 from .model_cache import cached_model
 
 if TYPE_CHECKING:
@@ -104,10 +105,10 @@ class Block:
 
     def groups(self):
         """``(times, observed)`` for each set of times sharing the same observed rows."""
-        groups, inverse = np.unique(self.observed, axis=0, return_inverse=True)
-        for g, sel in enumerate(groups):
+        every = np.arange(self.observed.shape[0])
+        for times, sel in times_by_mask(self.observed):
             if sel.any():  # nothing observed: the prior passes through unchanged
-                yield np.flatnonzero(inverse.ravel() == g), sel
+                yield (every if isinstance(times, slice) else times), sel
 
 
 # --------------------------------------------------------------------------------------

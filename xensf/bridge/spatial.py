@@ -91,16 +91,22 @@ def observed_prior(prior, names, dims, levels, layout: StateLayout, obs, *, mask
         level_index = np.unravel_index(field[rows] - first[v], layout.level_shapes[v] or (1,))
         for d, index in zip(levels[name], level_index, strict=False):
             at[d] = xr.DataArray(index, dims=("_row", "_corner"))
-        weights = xr.DataArray(obs.weights[rows], dims=("_row", "_corner"))
         values = xr.DataArray(prior[name].variable).isel(at)  # without its coordinates
+        kept_dims = [d for d in values.dims if d not in ("_row", "_corner")]
+        # on the bare arrays (numpy or dask): a few operations, not one xarray call each
+        v = values.transpose(*kept_dims, "_row", "_corner").data
+        weights = obs.weights[rows]  # (_row, _corner)
         # as the analysis reads a masked prior (NaN at land points): the weights of the
         # unmasked points scaled up to the whole, NaN where every point read is masked
-        kept = weights.where(values.notnull(), 0.0)
-        total = kept.sum("_corner")
-        scale = weights.sum("_corner") / total.where(total != 0)
-        parts.append((values.fillna(0.0) * kept).sum("_corner") * scale)
+        missing = np.isnan(v)
+        kept = np.where(missing, 0.0, weights)
+        total = kept.sum(-1)
+        scale = weights.sum(-1) / np.where(total != 0, total, np.nan)
+        part = (np.where(missing, 0.0, v) * kept).sum(-1) * scale
+        parts.append(xr.DataArray(part, dims=(*kept_dims, "_row")))
         if mask_reads:
-            reads.append((values.isnull() & (weights != 0)).any(["_corner", dims.member]))
+            read = xr.DataArray((missing & (weights != 0)).any(-1), dims=(*kept_dims, "_row"))
+            reads.append(read.any(dims.member))
         order.append(rows)
     lead = [d for d in (dims.time, dims.member) if d is not None]
     if not parts:  # no observation (zero stations): no rows, at every time and member
