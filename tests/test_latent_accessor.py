@@ -749,6 +749,27 @@ def test_a_model_object_names_its_own_bundle_or_a_verified_private_copy(
     assert Path(out.attrs["xensf_model"]).parent == tmp_path / "cache" / "models"
 
 
+def test_a_bundle_path_replaced_between_analyses_gives_the_new_model(case, tmp_path):
+    """A path's handle is kept while its files stay the same (a cycle passes one bundle
+    to every analysis); a bundle written anew there is read again, not the old one used."""
+    model, prior, _, obs = case
+    path = _saved(model, tmp_path)
+    first = prior.ensf.assimilate(obs, model=str(path), seed=1)
+    assert prior.ensf.assimilate(obs, model=str(path), seed=1).h.equals(first.h)
+    other = xensf.load(path)
+    with torch.no_grad():
+        next(other.vae.parameters()).add_(1.0)
+    other.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", xensf.ModelQualityWarning)
+        changed = prior.ensf.assimilate(obs, model=str(path), seed=1)
+        direct = prior.ensf.assimilate(obs, model=other, seed=1)
+    assert changed.attrs["xensf_model_sha256"] != first.attrs["xensf_model_sha256"]
+    assert changed.attrs["xensf_model_sha256"] == direct.attrs["xensf_model_sha256"]
+    np.testing.assert_array_equal(changed.h.values, direct.h.values)
+    assert not np.array_equal(changed.h.values, first.h.values)
+
+
 def _saved(model, tmp_path):
     path = tmp_path / "mine.xensf"
     model.save(path)

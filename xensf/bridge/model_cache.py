@@ -4,8 +4,9 @@ A task graph must not carry a model's weights in every task, nor load them while
 graph is built. The accessor turns ``model=`` (a bundle path or a
 :class:`~xensf.latent.LatentModel`) into a :class:`ModelHandle` — a path and the
 SHA-256 of its weights — and each worker process loads a handle once per device and
-keeps it (:func:`cached_model`). A model loaded from a bundle and unchanged since is
-named by that bundle's path; a model that exists only in memory (or was changed) is
+keeps it (:func:`cached_model`); the handle of a path is read and checked again only
+when the bundle's files change (inodes, sizes, modification times). A model loaded
+from a bundle and unchanged since is named by that bundle's path; a model that exists only in memory (or was changed) is
 written to a private, content-addressed bundle in the user's cache
 (:func:`model_cache_dir`), checked against the model on every reuse (on a cluster
 without a shared file system, save it to shared storage and pass the path instead, or
@@ -43,13 +44,21 @@ def model_handle(model: Any) -> tuple[ModelHandle, dict[str, Any]]:
     from ..latent.model import check_model_metadata, check_weight_shapes
 
     if isinstance(model, str | os.PathLike):
+        # read and checked again only when the bundle's files change: a cycle or a
+        # cross-validation passes the same bundle to every analysis (~20 ms a read)
+        path = bundle_path(model).resolve()
+        signature = _signature(path)
+        known = _HANDLES.get(path)
+        if signature is not None and known is not None and known[0] == signature:
+            return known[1]
         info = bundle_info(model)
         check_model_metadata(info["metadata"], str(model))
         shapes = {k: v["shape"] for k, v in info["tensors"].items()}
         check_weight_shapes(info["metadata"]["config"], shapes, str(model))
-        return ModelHandle(str(bundle_path(model).resolve()), info["weights_sha256"]), info[
-            "metadata"
-        ]["config"]
+        handle = ModelHandle(str(path), info["weights_sha256"]), info["metadata"]["config"]
+        if signature is not None:
+            _HANDLES[path] = (signature, handle)
+        return handle
     if isinstance(model, LatentModel):
         digest = model.content_digest()
         source = model.source
@@ -123,6 +132,10 @@ def _cached_bundle(model, digest: str) -> Path:
 
 #: Cache bundles checked by this process: path -> (content digest, file signature).
 _VERIFIED: dict[Path, tuple[str, tuple]] = {}
+
+#: Bundle paths read and checked by this process: path -> (file signature, what
+#: :func:`model_handle` returned for it).
+_HANDLES: dict[Path, tuple[tuple, tuple[ModelHandle, dict[str, Any]]]] = {}
 
 
 def _signature(path: Path) -> tuple | None:
