@@ -1000,6 +1000,23 @@ def test_an_obs_error_with_its_units_is_converted_as_a_difference(ds, station):
         bare.ensf.assimilate(station, obs_error="0.5 K", **options)
 
 
+def test_an_obs_error_attribute_with_its_units_is_converted_as_a_difference(ds, station):
+    # obs_error="0.5 K" was taken, the same text as the observations' obs_error
+    # attribute refused as not a number
+    options = {"method": "letkf", "loc_radius": 3000.0}
+    expected = ds.ensf.assimilate(station, obs_error=0.5, **options).t.values
+    for text in ("0.5 K", "0.5 degC", "500 mK", "0.9 degF"):
+        given = station.assign(t=station.t.assign_attrs(obs_error=text))
+        got = ds.ensf.assimilate(given, **options).t.values
+        np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=text)
+        assert given.t.attrs["obs_error"] == text  # the input as given
+    with pytest.raises(UnitsError, match="'m'"):
+        ds.ensf.assimilate(station.assign(t=station.t.assign_attrs(obs_error="0.5 m")), **options)
+    for text in ("0.5", "10%"):  # text without units: the units are not guessed
+        with pytest.raises(OptionError, match=r"must be a number .* or a number with its units"):
+            ds.ensf.assimilate(station.assign(t=station.t.assign_attrs(obs_error=text)), **options)
+
+
 def test_station_metadata_given_as_variables_is_told_where_it_goes(ds):
     obs = xr.Dataset(
         {"t": ("station", [282.0, 279.0]), "name": ("station", ["A", "B"]),

@@ -126,7 +126,8 @@ class EnsfDatasetAccessor:
             relative error such as ``"10%"``: that fraction of the standard deviation
             of the variable's observations (per level, over space and time). Omitted:
             taken from a variable ``<name>_error`` (or one listed in the variable's
-            ``ancillary_variables``) or an attribute ``obs_error`` on the observations.
+            ``ancillary_variables``) or an attribute ``obs_error`` on the observations
+            (a number in their units, or text with its own, ``"0.5 K"``).
             Given in more than one of these places, the first in this order is used
             (``obs_error=``, the variable, the attribute), with an
             :class:`~xensf.errors.ObservationErrorWarning` naming the ones left unused.

@@ -44,7 +44,7 @@ from .dims import EnsembleDims, check_valid_times, find_role, scalar_levels, sca
 from .grid import GridCoords, grid_coords, same_points
 from .layout import StateLayout
 from .metadata import check_decoded
-from .units import convert_units, coordinate_in_units, difference_in_units
+from .units import convert_units, coordinate_in_units, difference_in_units, number_and_units
 
 __all__ = ["ObservationPlan", "prepare_observations"]
 
@@ -406,7 +406,8 @@ def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | None:
     """The error std attached to observation variable ``name``, if any.
 
     An error attribute (``obs_error``, ...) is a number in the units of the variable
-    it is attached to: a 0-d DataArray with those units.
+    it is attached to, or text of a number with its own units (``"0.5 K"``): a 0-d
+    DataArray with those units.
     """
     da = obs[name]
     places = _error_places(obs, name)
@@ -415,11 +416,16 @@ def _error_source(obs: xr.Dataset, name: str) -> xr.DataArray | None:
     kind, where = places[0]
     if kind == "variable":
         return obs[where]
-    value = np.asarray(da.attrs[where])  # netCDF attributes may be 1-element arrays
+    text = da.attrs[where]
+    parsed = number_and_units(text) if isinstance(text, str) else None
+    if parsed is not None:  # "0.5 K": a number with its own units
+        return xr.DataArray(parsed[0], attrs={"units": parsed[1]})
+    value = np.asarray(text)  # netCDF attributes may be 1-element arrays
     if value.dtype.kind not in "iuf" or value.size != 1:
         raise OptionError(
             f"the attribute {where}={da.attrs[where]!r} of the observations {name!r} must be a "
-            "number (the error standard deviation in the observations' units)"
+            "number (the error standard deviation in the observations' units) or a number "
+            "with its units, such as '0.5 K'"
         )
     units = {"units": da.attrs["units"]} if "units" in da.attrs else {}
     return xr.DataArray(float(value.reshape(())), attrs=units)

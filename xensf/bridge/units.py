@@ -87,6 +87,15 @@ def length(value, *, where: str) -> pint.Quantity | None:
 _NUMBER_AND_UNITS = re.compile(r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([^\d\s.+-].*)")
 
 
+def number_and_units(text: str) -> tuple[float, str] | None:
+    """``(0.5, "K")`` from ``"0.5 K"``; None for text that is no number followed by
+    units (a relative ``"10%"`` neither)."""
+    found = _NUMBER_AND_UNITS.fullmatch(text)
+    if found is None or found[2].strip() == "%":
+        return None
+    return float(found[1]), found[2].strip()
+
+
 def difference_in_units(value, units: str | None, *, name: str, where: str) -> float | None:
     """An error given with its units, as text (``"0.5 K"``) or a pint quantity, as a
     number in ``units``, the state variable ``name``'s; None where ``value`` has no
@@ -105,10 +114,10 @@ def difference_in_units(value, units: str | None, *, name: str, where: str) -> f
                 "observations, as a variable <name>_error)"
             )
     elif isinstance(value, str):
-        found = _NUMBER_AND_UNITS.fullmatch(value)
-        if found is None or found[2].strip() == "%":
+        parsed = number_and_units(value)
+        if parsed is None:
             return None
-        magnitude, given = found[1], found[2].strip()
+        magnitude, given = parsed
     else:
         return None
     if units is None:
