@@ -6,11 +6,11 @@ graph is built. The accessor turns ``model=`` (a bundle path or a
 SHA-256 of its weights — and each worker process loads a handle once per device and
 keeps it (:func:`cached_model`); the handle of a path is read and checked again only
 when the bundle's files change (inodes, sizes, modification times). A model loaded
-from a bundle and unchanged since is named by that bundle's path; a model that exists only in memory (or was changed) is
-written to a private, content-addressed bundle in the user's cache
-(:func:`model_cache_dir`), checked against the model on every reuse (on a cluster
-without a shared file system, save it to shared storage and pass the path instead, or
-set ``XENSF_CACHE_DIR`` to shared storage).
+from a bundle and unchanged since is named by that bundle's path; a model that exists
+only in memory (or was changed) is written to a private, content-addressed bundle in
+the user's cache (:func:`model_cache_dir`), checked against the model on every reuse
+(on a cluster without a shared file system, save it to shared storage and pass the
+path instead, or set ``XENSF_CACHE_DIR`` to shared storage).
 """
 
 from __future__ import annotations
