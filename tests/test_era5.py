@@ -235,10 +235,13 @@ def test_missing_level_lists_the_levels(wb2_store):
         xensf.era5.open(wb2_store, variables=["t"], levels=[500, 850, 500])
 
 
-def test_a_resolution_with_a_dataset_is_refused_not_ignored():
+def test_a_resolution_or_storage_options_with_a_dataset_are_refused_not_ignored():
     sample = xensf.open_era5_sample()
     with pytest.raises(OptionError, match="either source= or resolution="):
         xensf.era5.open(sample, resolution="240x121")
+    # storage_options with an open Dataset were ignored without a word
+    with pytest.raises(OptionError, match="source is an open Dataset, already read"):
+        xensf.era5.open(sample, storage_options={"token": "anon"})
 
 
 @pytest.mark.parametrize("every, says", [("banana", "takes a duration such as '6h'"),

@@ -316,7 +316,7 @@ def open(
         chunks and rechunked lazily.
     storage_options : mapping, optional
         fsspec options for a URL ``source`` (for a catalog entry, they override the
-        entry's).
+        entry's); refused with an open Dataset, which is not read again.
 
     Returns
     -------
@@ -355,6 +355,12 @@ def open(
     """
     if source is not None and resolution is not None:
         raise OptionError("give either source= or resolution=, not both")
+    if isinstance(source, xr.Dataset) and storage_options is not None:
+        raise OptionError(
+            "storage_options= apply to a store that is read (a catalog entry, a path or "
+            "URL); source is an open Dataset, already read: drop storage_options, or give "
+            "them where it was opened"
+        )
     if source is not None and not isinstance(source, str | os.PathLike | xr.Dataset):
         raise OptionError(
             "source must be a catalog entry name, a path or URL of a store or file, or an "
