@@ -772,15 +772,13 @@ def _local_analysis(
             reach_radius = float(dist_fn(centre, where).max()) + cutoff
             near = dist_fn(centre, positions)[0] <= reach_radius * (1 + 1e-6) + 1e-9
             rows = torch.nonzero(near).flatten()
-            pos = positions[rows]
-            if at_position is not None:
+            pos, cand = positions[rows], rows
+            if at_position is not None:  # the observations at those positions
+                cand = torch.nonzero(near[at_position]).flatten()
                 renumber = at_position.new_full((positions.shape[0],), -1)
                 renumber[rows] = torch.arange(rows.numel(), device=device)
-                near = near[at_position]
-            cand = torch.nonzero(near).flatten()
-            yp_c, innov_c, rinv_c = yp[..., cand], innov[..., cand], rinv[..., cand]
-            if at_position is not None:
                 at = renumber[at_position[cand]]
+            yp_c, innov_c, rinv_c = yp[..., cand], innov[..., cand], rinv[..., cand]
         dist = dist_fn(where, pos)
         if dist.ndim == 2:
             dist = dist[None]
