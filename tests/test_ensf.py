@@ -9,7 +9,7 @@ from scipy.integrate import solve_ivp
 
 from xensf.errors import EnsembleError, ObservationMismatchError, OptionError
 from xensf.filters.ensf import ensf_analysis
-from xensf.filters.operators import LinearObservationOperator
+from xensf.filters.operators import CallableObservationOperator, LinearObservationOperator
 from xensf.filters.schedule import DiffusionSchedule, linear_damping
 
 
@@ -169,6 +169,68 @@ def test_arctan_callable_equals_linear_transform(small_problem):
     prior_err = (prior[..., idx].mean(-2) - torch.tan(y)).abs().mean()
     post_err = (a[..., idx].mean(-2) - torch.tan(y)).abs().mean()
     assert post_err < 0.5 * prior_err
+
+
+@pytest.fixture
+def dense_problem():
+    """200 members of 40 components, 10 observations that each read every component."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(10, 40, generator=gen) / 40**0.5
+    prior = torch.randn(200, 40, generator=gen)
+    truth = torch.randn(40, generator=gen)
+    return prior, truth @ h.T, h
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.01])
+def test_a_mixing_callable_agrees_with_the_same_linear_operator(dense_problem, sigma):
+    """A dense linear operator given as a lambda is analysed as its LinearObservationOperator
+    is (before, the lambda's curvature was no bound: at σ = 0.1 the analysis mean missed
+    the observations by 55 RMS, the prior mean by about 1; at 0.01, NaN). The two differ only in the curvature majorant of the exact step, so they
+    agree to discretisation and sampling error, not to the bit."""
+    prior, y, h = dense_problem
+    linear = LinearObservationOperator(torch.arange(40).expand(10, 40), h)
+    a = ensf_analysis(prior, y, linear, sigma, generator=1)
+    b = ensf_analysis(prior, y, lambda x: x @ h.T, sigma, generator=1)
+    assert torch.isfinite(b).all()
+    assert float((a.mean(0) - b.mean(0)).abs().max()) < 0.25  # the prior spread is 1
+    torch.testing.assert_close(b.std(0).mean(), a.std(0).mean(), rtol=0.1, atol=0)
+    fit = float((b.mean(0) @ h.T - y).pow(2).mean().sqrt())
+    assert fit < 2 * sigma  # the prior mean misses y by about 1
+
+
+def test_a_nonlinear_mixing_callable_fits_its_observations(dense_problem):
+    prior, y, h = dense_problem
+    y = torch.tanh(y)
+    post = ensf_analysis(prior, y, lambda x: torch.tanh(x @ h.T), 0.01, generator=1)
+    assert torch.isfinite(post).all()
+    assert float((torch.tanh(post.mean(0) @ h.T) - y).pow(2).mean().sqrt()) < 0.05
+    assert float(post.abs().max()) < 10  # no member thrown out (before: 29)
+
+
+def test_the_callable_operator_tells_mixing_from_componentwise(dense_problem):
+    prior, _, h = dense_problem
+    precision = torch.ones(10)
+    assert CallableObservationOperator(lambda x: x @ h.T).mixes(prior, precision)
+    idx = torch.tensor([1, 5, 7, 30])
+    select = CallableObservationOperator(lambda x: torch.arctan(x[..., idx]))
+    assert not select.mixes(prior, torch.ones(4))
+    # a component read twice, once with each sign: (Jᵀ√p)² would be 0 there
+    twice = CallableObservationOperator(lambda x: torch.stack([x[..., 3], -x[..., 3]], -1))
+    assert twice.mixes(prior, torch.ones(2))
+    bound = twice.curvature_bound(prior, torch.ones(2))
+    assert bool((bound[..., 3] >= 2.0).all())  # the curvature there is 1 + 1
+
+
+def test_the_curvature_bound_of_a_mixing_callable_bounds_the_curvature(dense_problem):
+    """diag(c) ⪰ Jᵀ Π J: every eigenvalue of Jᵀ Π J − diag(c) is ≤ 0."""
+    prior, _, h = dense_problem
+    precision = torch.rand(10, generator=torch.Generator().manual_seed(2)) + 0.5
+    op = CallableObservationOperator(lambda x: torch.tanh(x @ h.T))
+    c = op.curvature_bound(prior[:5], precision)
+    for j in range(5):
+        jac = (1 - torch.tanh(prior[j] @ h.T) ** 2)[:, None] * h  # (m, d)
+        curvature = jac.T @ (precision[:, None] * jac)
+        assert float(torch.linalg.eigvalsh(curvature - torch.diag(c[j])).max()) <= 1e-5
 
 
 def test_missing_observations_equal_dropping_them(small_problem):

@@ -140,8 +140,10 @@ def ensf_analysis(
         as_observation_operator` accepts: an integer index tensor ``(..., m)`` of
         observed components, a :class:`~xensf.filters.operators.
         LinearObservationOperator` (optionally with an elementwise ``transform``), or a
-        callable ``(..., N, d) -> (..., N, m)`` differentiated by autograd. It is
-        applied in physical units.
+        callable ``(..., N, d) -> (..., N, m)`` differentiated by autograd (one that
+        mixes components costs a power iteration a step to bound its curvature: see
+        :class:`~xensf.filters.operators.CallableObservationOperator`). It is applied
+        in physical units.
     obs_std : float or array
         Observation error standard deviation, in the units of ``y``, broadcastable to
         ``(..., m)``. Must be positive; ``inf`` marks a missing observation.

@@ -56,6 +56,7 @@ def integrate(
     if gaussian and observed:
         exact = GaussianLikelihood(z0, mean, scale, op, y, precision, schedule.eps_beta)
 
+    memory: dict = {}  # what a callable operator's curvature carries from step to step
     dt = 1.0 / steps
     z = initial_particles(z0, schedule, noise)
     for k in range(steps):
@@ -91,7 +92,7 @@ def integrate(
         elif h != 0.0 and observed:
             x = mean + scale * z
             grad, curv = op.likelihood_terms(
-                x, y, precision.unsqueeze(-2), curvature=fixed_curvature is None
+                x, y, precision.unsqueeze(-2), curvature=fixed_curvature is None, memory=memory
             )
             grad = scale * grad
             curv = fixed_curvature if fixed_curvature is not None else scale2 * curv
