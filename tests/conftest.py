@@ -11,7 +11,7 @@ from hypothesis import settings
 
 import xensf
 
-# The property suites (tests/test_properties*.py) draw the same examples on every run,
+# The property suites (tests/test_*properties*.py) draw the same examples on every run,
 # so that a red CI is reproducible. `--hypothesis-profile=fuzz --hypothesis-seed=N`
 # draws others: run with fresh seeds now and then, it has found defects the fixed
 # examples did not (README, Quickstart, "To run the tests").

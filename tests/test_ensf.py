@@ -219,6 +219,12 @@ def test_the_callable_operator_tells_mixing_from_componentwise(dense_problem):
     assert twice.mixes(prior, torch.ones(2))
     bound = twice.curvature_bound(prior, torch.ones(2))
     assert bool((bound[..., 3] >= 2.0).all())  # the curvature there is 1 + 1
+    # one observation of two components: Jᵀ Π J = [[1, 1], [1, 1]], eigenvalue 2, while
+    # (Jᵀ√p)² is 1 at each
+    pair = CallableObservationOperator(lambda x: x[..., 2:3] + x[..., 9:10])
+    assert pair.mixes(prior, torch.ones(1))
+    bound = pair.curvature_bound(prior, torch.ones(1))
+    assert bool((bound[..., [2, 9]] >= 2.0).all())
 
 
 def test_the_curvature_bound_of_a_mixing_callable_bounds_the_curvature(dense_problem):

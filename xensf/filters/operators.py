@@ -188,13 +188,15 @@ class CallableObservationOperator:
 
     The EnSF integrator needs a diagonal majorant ``c`` of the curvature ``Jᵀ Π J``
     (``Π`` the observations' precisions) at every step. For an operator that reads
-    each observation from one state component ("select, then apply an elementwise
-    function", such as ``arctan(x[..., idx])``) that is ``(Jᵀ √p)²``, exact and one
-    backward pass. For one that mixes components (``x @ H.T``, a network) it is not a
-    bound at all: the integrator then diverged without a word (a dense linear operator
-    given as a lambda, observation error 0.1 of the spread: an analysis mean that
-    missed the observations by 55 RMS, the prior mean by about 1; 0.01: NaN). So the first curvature of an analysis also checks
-    which kind the operator is (:meth:`mixes`) and, for a mixing one, takes the
+    each observation from one state component, none read by two ("select, then apply
+    an elementwise function", such as ``arctan(x[..., idx])``) that is ``(Jᵀ √p)²``,
+    exact and one backward pass. For any other (``x @ H.T``, a network, a component
+    observed twice) it is not a bound: the integrator then diverged without a word (a
+    dense linear operator given as a lambda, observation error 0.1 of the spread: an
+    analysis mean that missed the observations by 55 RMS, the prior mean by about 1;
+    0.01: NaN). So the first curvature of an analysis also checks which kind the
+    operator is (:meth:`mixes`: about log₂ m + 2 log₂ d backward passes, once)
+    and, for a mixing one, takes the
     largest eigenvalue of ``Jᵀ Π J`` for every component (a power iteration, warm
     started from the previous step's vector), which bounds ``Jᵀ Π J`` whatever its
     structure. A :class:`LinearObservationOperator` is still the cheaper form for
@@ -258,8 +260,8 @@ class CallableObservationOperator:
             return self._curvature(xr, value, precision.unsqueeze(-2), {})
 
     def mixes(self, x: torch.Tensor, precision: torch.Tensor) -> bool:
-        """Whether some state component is read by more than one observation (or an
-        observation by more than one component) at ``x``: then ``(Jᵀ √p)²`` is no
+        """Whether some state component is read by more than one observation, or an
+        observation by more than one component, at ``x``: then ``(Jᵀ √p)²`` is no
         bound of the curvature (see the class). ``precision`` broadcastable to
         ``(..., N, m)``."""
         with torch.enable_grad():
@@ -290,43 +292,76 @@ def _root_precision(value: torch.Tensor, precision: torch.Tensor) -> torch.Tenso
     return precision.to(value.dtype).sqrt().expand_as(value)
 
 
-def _fixed_signs(like: torch.Tensor, salt: int) -> torch.Tensor:
-    """±1 of ``like``'s last-dim size from a private seed: the same on every call and
-    independent of the user's random streams."""
-    gen = torch.Generator().manual_seed(0x5E1F + salt)
-    signs = torch.randint(0, 2, (like.shape[-1],), generator=gen).mul_(2).sub_(1)
-    return signs.to(device=like.device, dtype=like.dtype)
+def _fixed_start(like: torch.Tensor) -> torch.Tensor:
+    """The power iteration's start, ``like``'s shape: standard normal values from a
+    private seed, the same on every call and independent of the user's random streams
+    (a sign pattern could be orthogonal to the top eigenvector: ``x_2 + x_9`` with
+    opposite signs at 2 and 9)."""
+    gen = torch.Generator().manual_seed(0x5E1F)
+    start = torch.randn(like.shape[-1], generator=gen, dtype=torch.float64)
+    return start.to(device=like.device, dtype=like.dtype).expand_as(like).clone()
+
+
+def _bit_signs(like: torch.Tensor) -> list[torch.Tensor]:
+    """Sign patterns over ``like``'s last dim, ``s_b[i] = (−1)^(bit b of i)``: any two
+    positions have opposite signs in at least one of them."""
+    n = like.shape[-1]
+    index = torch.arange(n, device=like.device)
+    return [
+        1.0 - 2.0 * ((index >> b) & 1).to(like.dtype) for b in range(max(n - 1, 0).bit_length())
+    ]
 
 
 def _mixes(xr: torch.Tensor, value: torch.Tensor, root: torch.Tensor) -> bool:
-    """For an operator that reads each observation from one component (none read by
-    two), ``(Jᵀ(√p ⊙ s))²`` is the same for every sign pattern ``s``; two fixed random
-    patterns against all ones tell a mixing operator apart (a chance agreement needs
-    every column's sums to agree in magnitude for both patterns)."""
-    weighted = [root] + [root * _fixed_signs(value, k) for k in (1, 2)]
-    squares = []
-    for w in weighted:
-        (g,) = torch.autograd.grad(value, xr, grad_outputs=w, retain_graph=True)
-        squares.append(g.detach() ** 2)
-    size = torch.stack(squares).abs().amax()
-    tol = 1e-4 * float(size) if torch.isfinite(size) else 0.0
-    return any(bool(((s - squares[0]).abs() > tol).any()) for s in squares[1:])
+    """Whether the operator at ``xr`` is not "each observation reads one component,
+    none read by two". For such an operator ``(Jᵀ(√p ⊙ s))²`` does not depend on the
+    signs ``s`` over the observations, nor ``(J u)²`` on the signs ``u`` over the
+    components; an observation reading two components, or a component read by two
+    observations, changes one of them under a pattern that gives the two opposite
+    signs (:func:`_bit_signs`), unless its terms cancel exactly."""
+
+    def differ(squares: list[torch.Tensor]) -> bool:
+        # value by value, relative: a saturated component's squares may be 1e-12 of
+        # another's; for the operators this tells apart they agree to the bit
+        first = squares[0]
+        return any(
+            bool(((q - first).abs() > 1e-4 * torch.maximum(q, first)).any()) for q in squares[1:]
+        )
+
+    columns = []
+    for signs in [torch.ones((), dtype=value.dtype, device=value.device), *_bit_signs(value)]:
+        (g,) = torch.autograd.grad(value, xr, grad_outputs=root * signs, retain_graph=True)
+        columns.append(g.detach() ** 2)
+    if differ(columns):
+        return True
+    ones = torch.ones_like(xr)
+    rows = [(_jacobian_times(xr, value, ones * u) * root) ** 2 for u in [1.0, *_bit_signs(xr)]]
+    return differ([r.detach() for r in rows])
 
 
 def _jacobian_times(xr: torch.Tensor, value: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``J u`` by differentiating the linear map ``r ↦ Jᵀ r`` (reverse mode only, so
-    it works for any callable autograd can differentiate once)."""
+    """``J u`` by differentiating the linear map ``r ↦ Jᵀ r`` (reverse mode only: it
+    works for any callable whose backward autograd can differentiate, which the
+    built-in operations' can); an :class:`~xensf.errors.OptionError` where it cannot."""
     r = torch.zeros_like(value, requires_grad=True)
-    (jt_r,) = torch.autograd.grad(value, xr, grad_outputs=r, create_graph=True)
-    (ju,) = torch.autograd.grad(jt_r, r, grad_outputs=u)
-    return ju
+    try:
+        (jt_r,) = torch.autograd.grad(value, xr, grad_outputs=r, create_graph=True)
+        (ju,) = torch.autograd.grad(jt_r, r, grad_outputs=u, allow_unused=True)
+    except RuntimeError as err:
+        raise OptionError(
+            "EnSF bounds a callable obs_op's curvature with products J·v, which autograd "
+            f"could not form for it (it differentiates the operator's backward): {err}. "
+            "Give a LinearObservationOperator, or write the operator with operations "
+            "whose backward autograd can differentiate"
+        ) from err
+    return torch.zeros_like(value) if ju is None else ju
 
 
 def _largest_eigenvalue(xr, value, root, start, iterations):
     """The largest eigenvalue of ``Jᵀ Π J`` for every particle ``(..., N, 1)`` and the
-    vector that gave it, by power iteration from ``start`` (fixed random signs
+    vector that gave it, by power iteration from ``start`` (:func:`_fixed_start`
     without one)."""
-    u = _fixed_signs(xr, 0).expand_as(xr).clone() if start is None else start.clone()
+    u = _fixed_start(xr) if start is None else start.clone()
     top = torch.zeros(*xr.shape[:-1], 1, dtype=xr.dtype, device=xr.device)
     for _ in range(iterations):
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
