@@ -354,6 +354,41 @@ def test_chunking_does_not_change_a_bit(case, method):
         np.testing.assert_array_equal(lazy.h.values, eager.h.values)
 
 
+def test_latent_analyses_take_turns_in_dask_threads(case, monkeypatch):
+    """Dask's threaded scheduler runs one latent analysis at a time (two at once
+    contend for the GIL in their loops of small operations: docs/performance.md, "Lazy
+    throughput"); the chunks' analyses are the eager one's all the same."""
+    import threading
+    import time
+
+    import dask
+
+    from xensf.latent import LatentModel
+
+    model, prior, _, obs = case
+    eager = prior.ensf.assimilate(obs, model=model, seed=1)
+    running, most, guard = [0], [0], threading.Lock()
+    analyse = LatentModel.analyse
+
+    def counted(self, *args, **kwargs):
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for another thread to start one, if it could
+        try:
+            return analyse(self, *args, **kwargs)
+        finally:
+            with guard:
+                running[0] -= 1
+
+    monkeypatch.setattr(LatentModel, "analyse", counted)
+    lazy = prior.chunk(time=1).ensf.assimilate(obs, model=model, seed=1)
+    with dask.config.set(scheduler="threads", num_workers=4):
+        result = lazy.compute()
+    assert most[0] == 1
+    np.testing.assert_array_equal(result.h.values, eager.h.values)
+
+
 @pytest.fixture(scope="module")
 def odd_latent():
     """A model with a latent of 27 values (3 × 3 × 3): batched over times, torch's CPU

@@ -12,6 +12,7 @@ is one class here and one entry there, and the bridge needs no change.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -956,6 +957,16 @@ def _letkf(
     )
 
 
+#: One latent analysis at a time in a process. Each is a loop of many small torch
+#: operations (per analysed time, 100 EnSF steps of some 25 operations on tensors of a
+#: few thousand values), and each operation lets go of the GIL and takes it back: two
+#: of dask's threads running such loops at once took twice as long as running them one
+#: after the other, while the threads still overlap the rest of the work (reading,
+#: decoding, writing) around them (docs/performance.md, "Lazy throughput").
+#: Processes, such as a LocalCluster's workers, analyse in parallel.
+_LATENT_LOCK = threading.Lock()
+
+
 def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     """The decoded latent analysis ``(len(has), N, d)`` of the observed times ``has``,
     its diagnostics and the model.
@@ -992,16 +1003,17 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     # in the prior's dtype (at least float32): a time with no observation the encoder
     # reads comes back as its prior, exactly
     dtype = np.result_type(x.dtype, np.float32)
-    post, latent = model.analyse(
-        x[has].astype(dtype, copy=False).reshape(has.size, n_members, *shape),
-        model_obs,
-        obs_noise=noise if plan.obs.errors_given else None,
-        method=method.latent_filter,
-        generator=[block.seeds[t] for t in has] if method.stochastic else None,
-        batch_size=n_members,  # one time per network pass: independent of the chunking
-        return_latent=True,
-        **method.latent_options(),
-    )
+    with _LATENT_LOCK:
+        post, latent = model.analyse(
+            x[has].astype(dtype, copy=False).reshape(has.size, n_members, *shape),
+            model_obs,
+            obs_noise=noise if plan.obs.errors_given else None,
+            method=method.latent_filter,
+            generator=[block.seeds[t] for t in has] if method.stochastic else None,
+            batch_size=n_members,  # one time per network pass: independent of the chunking
+            return_latent=True,
+            **method.latent_options(),
+        )
     post = np.asarray(post).reshape(has.size, n_members, layout.size)
     diag = {k: v.cpu().numpy().astype(np.float64) for k, v in latent["diagnostics"].items()}
     if block.masked is not None:  # as the prior there: no spread, never updated
