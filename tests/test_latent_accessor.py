@@ -354,38 +354,22 @@ def test_chunking_does_not_change_a_bit(case, method):
         np.testing.assert_array_equal(lazy.h.values, eager.h.values)
 
 
-def test_latent_analyses_take_turns_in_dask_threads(case, monkeypatch):
-    """Dask's threaded scheduler runs one latent analysis at a time (two at once
-    contend for the GIL in their loops of small operations: docs/performance.md, "Lazy
-    throughput"); the chunks' analyses are the eager one's all the same."""
-    import threading
-    import time
-
+def test_small_latent_filter_calls_take_turns_in_dask_threads(case, monkeypatch):
+    """Dask's threaded scheduler runs one small latent filter call at a time (two at
+    once contend for the GIL in their loops of small operations: docs/performance.md,
+    "Lazy throughput"); the chunks' analyses are the eager one's all the same."""
     import dask
+    from test_threads import most_at_once
 
-    from xensf.latent import LatentModel
+    from xensf.latent import model as latent_model
 
     model, prior, _, obs = case
     eager = prior.ensf.assimilate(obs, model=model, seed=1)
-    running, most, guard = [0], [0], threading.Lock()
-    analyse = LatentModel.analyse
-
-    def counted(self, *args, **kwargs):
-        with guard:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.05)  # long enough for another thread to start one, if it could
-        try:
-            return analyse(self, *args, **kwargs)
-        finally:
-            with guard:
-                running[0] -= 1
-
-    monkeypatch.setattr(LatentModel, "analyse", counted)
+    most = most_at_once(monkeypatch, latent_model, "ensf_analysis")
     lazy = prior.chunk(time=1).ensf.assimilate(obs, model=model, seed=1)
     with dask.config.set(scheduler="threads", num_workers=4):
         result = lazy.compute()
-    assert most[0] == 1
+    assert most() == 1
     np.testing.assert_array_equal(result.h.values, eager.h.values)
 
 

@@ -12,7 +12,6 @@ is one class here and one entry there, and the bridge needs no change.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -394,6 +393,7 @@ class EnSF(Method):
         import torch
 
         from ..filters import ensf_analysis
+        from ..filters.device import small_problem_turn
         from ..filters.operators import LinearObservationOperator
 
         plan, obs, x, work = block.plan, block.plan.obs, block.x, block.work
@@ -433,24 +433,25 @@ class EnSF(Method):
                 ).to(device=block.device, dtype=block.torch_dtype)
                 s = scale[:, comps]
                 scale_obs = scale[:, target[use]]
-                post = ensf_analysis(
-                    torch.from_numpy((x[ts][..., comps] / s[:, None, :]).astype(work)).to(
-                        block.device
-                    ),
-                    torch.from_numpy((block.y[ts][:, use] / scale_obs).astype(work)).to(
-                        block.device
-                    ),
-                    op,
-                    torch.from_numpy((block.err[ts][:, use] / scale_obs).astype(work)).to(
-                        block.device
-                    ),
-                    steps=int(self.steps),
-                    eps_alpha=float(self.eps_alpha),
-                    eps_beta=float(self.eps_beta),
-                    prior_score=score,
-                    likelihood=self.likelihood,
-                    generator=_tiled_noise(block, ts, rows, cols),
-                )
+                with small_problem_turn(x.shape[1] * s.shape[-1]):
+                    post = ensf_analysis(
+                        torch.from_numpy((x[ts][..., comps] / s[:, None, :]).astype(work)).to(
+                            block.device
+                        ),
+                        torch.from_numpy((block.y[ts][:, use] / scale_obs).astype(work)).to(
+                            block.device
+                        ),
+                        op,
+                        torch.from_numpy((block.err[ts][:, use] / scale_obs).astype(work)).to(
+                            block.device
+                        ),
+                        steps=int(self.steps),
+                        eps_alpha=float(self.eps_alpha),
+                        eps_beta=float(self.eps_beta),
+                        prior_score=score,
+                        likelihood=self.likelihood,
+                        generator=_tiled_noise(block, ts, rows, cols),
+                    )
                 post = post.cpu().numpy() * s[:, None, :]
                 if whole:
                     out[ts] = post
@@ -957,16 +958,6 @@ def _letkf(
     )
 
 
-#: One latent analysis at a time in a process. Each is a loop of many small torch
-#: operations (per analysed time, 100 EnSF steps of some 25 operations on tensors of a
-#: few thousand values), and each operation lets go of the GIL and takes it back: two
-#: of dask's threads running such loops at once took twice as long as running them one
-#: after the other, while the threads still overlap the rest of the work (reading,
-#: decoding, writing) around them (docs/performance.md, "Lazy throughput").
-#: Processes, such as a LocalCluster's workers, analyse in parallel.
-_LATENT_LOCK = threading.Lock()
-
-
 def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     """The decoded latent analysis ``(len(has), N, d)`` of the observed times ``has``,
     its diagnostics and the model.
@@ -1003,17 +994,16 @@ def _latent_analysis(method: _LatentMethod, block: Block, has: np.ndarray):
     # in the prior's dtype (at least float32): a time with no observation the encoder
     # reads comes back as its prior, exactly
     dtype = np.result_type(x.dtype, np.float32)
-    with _LATENT_LOCK:
-        post, latent = model.analyse(
-            x[has].astype(dtype, copy=False).reshape(has.size, n_members, *shape),
-            model_obs,
-            obs_noise=noise if plan.obs.errors_given else None,
-            method=method.latent_filter,
-            generator=[block.seeds[t] for t in has] if method.stochastic else None,
-            batch_size=n_members,  # one time per network pass: independent of the chunking
-            return_latent=True,
-            **method.latent_options(),
-        )
+    post, latent = model.analyse(
+        x[has].astype(dtype, copy=False).reshape(has.size, n_members, *shape),
+        model_obs,
+        obs_noise=noise if plan.obs.errors_given else None,
+        method=method.latent_filter,
+        generator=[block.seeds[t] for t in has] if method.stochastic else None,
+        batch_size=n_members,  # one time per network pass: independent of the chunking
+        return_latent=True,
+        **method.latent_options(),
+    )
     post = np.asarray(post).reshape(has.size, n_members, layout.size)
     diag = {k: v.cpu().numpy().astype(np.float64) for k, v in latent["diagnostics"].items()}
     if block.masked is not None:  # as the prior there: no spread, never updated

@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import OptionError
 
-__all__ = ["compute_device", "parse_device"]
+__all__ = ["SMALL_PROBLEM", "compute_device", "parse_device", "small_problem_turn"]
 
 _INIT_LOCK = threading.Lock()
 _READY: set[str] = set()
+
+#: Filter calls on fewer values than this (members × state components, all times of
+#: the call) take turns in a process (:func:`small_problem_turn`).
+SMALL_PROBLEM = 2**14
+_SMALL_LOCK = threading.Lock()
+
+
+@contextmanager
+def small_problem_turn(values: int) -> Iterator[None]:
+    """Run the block inside alone among the process's threads if it is a filter call on
+    fewer than :data:`SMALL_PROBLEM` values; at once with them otherwise.
+
+    A small analysis is a loop of many small torch operations (100 EnSF steps of some
+    25 operations of about 10 µs each), and each operation lets go of the GIL and
+    takes it back: two of dask's threads running such loops at once took twice as long
+    as one after the other (latent EnSF, 10 members × 128 latent values; full-space
+    EnSF, 20 members × 128 and × 512 values), while on 20 × 2048 values and more the
+    threads gain (docs/performance.md, "Lazy throughput"). The threads still overlap
+    the rest of their work (reading, the networks, writing) around the turns.
+    Measured on CPU; processes (a LocalCluster's workers) run small calls in parallel.
+    """
+    if values >= SMALL_PROBLEM:
+        yield
+        return
+    with _SMALL_LOCK:
+        yield
 
 
 def compute_device(device=None):
