@@ -195,12 +195,11 @@ class CallableObservationOperator:
     dense linear operator given as a lambda, observation error 0.1 of the spread: an
     analysis mean that missed the observations by 55 RMS, the prior mean by about 1;
     0.01: NaN). So the first curvature of an analysis also checks which kind the
-    operator is (:meth:`mixes`: about log₂ m + 2 log₂ d backward passes, once)
-    and, for a mixing one, takes the
-    largest eigenvalue of ``Jᵀ Π J`` for every component (a power iteration, warm
-    started from the previous step's vector), which bounds ``Jᵀ Π J`` whatever its
-    structure. A :class:`LinearObservationOperator` is still the cheaper form for
-    linear operators.
+    operator is (:meth:`mixes`: about log₂ m + 2 log₂ d backward passes, once) and,
+    for a mixing one, takes the largest eigenvalue of ``Jᵀ Π J`` for every component
+    (a power iteration, warm started from the previous step's vector), which bounds
+    ``Jᵀ Π J`` whatever its structure. A :class:`LinearObservationOperator` is still
+    the cheaper form for linear operators.
     """
 
     #: Power iterations at an analysis' first step (cold start), then at each later one.
