@@ -789,6 +789,18 @@ def test_a_bundle_path_replaced_between_analyses_gives_the_new_model(case, tmp_p
     assert not np.array_equal(changed.h.values, first.h.values)
 
 
+def test_a_bundle_gone_when_the_analysis_runs_says_where_and_what_to_do(case, tmp_path):
+    """A task that cannot find the bundle (removed, or a worker that does not share the
+    client's file system) names the machine and the ways to share the model."""
+    model, prior, _, obs = case
+    path = tmp_path / "gone.xensf"
+    model.save(path)
+    lazy = prior.chunk(time=2).ensf.assimilate(obs, model=str(path), seed=1)
+    shutil.rmtree(path)
+    with pytest.raises(OptionError, match=r"gone\.xensf does not exist on .*XENSF_CACHE_DIR"):
+        lazy.compute()
+
+
 def _saved(model, tmp_path):
     path = tmp_path / "mine.xensf"
     model.save(path)

@@ -157,6 +157,8 @@ def cached_model(handle: ModelHandle, device) -> Any:
     key = (handle.path, handle.digest, str(device))
     with _LOCK:
         if key not in _CACHE:
+            if not os.path.lexists(handle.path):
+                raise OptionError(_missing_bundle(handle.path))
             if bundle_info(handle.path)["weights_sha256"] != handle.digest:
                 raise OptionError(
                     f"the model bundle {handle.path} changed after the computation was "
@@ -164,6 +166,20 @@ def cached_model(handle: ModelHandle, device) -> Any:
                 )
             _CACHE[key] = LatentModel.load(handle.path, device=device)
         return _CACHE[key]
+
+
+def _missing_bundle(path: str) -> str:
+    """What to do when a task cannot find the bundle its analysis was set up with."""
+    import socket
+
+    return (
+        f"the latent model bundle {path} does not exist on {socket.gethostname()!r}, where "
+        "this part of the analysis runs: it was removed after the analysis was set up, or "
+        "this worker does not share the file system of the process that set it up. On a "
+        "cluster, save the model where every worker can read it and pass that path "
+        "(model.save('/shared/model.xensf'), then model='/shared/model.xensf'), or set "
+        "XENSF_CACHE_DIR to such a folder before passing a LatentModel"
+    )
 
 
 def load(path: str | os.PathLike, device=None):
