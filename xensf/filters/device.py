@@ -16,7 +16,7 @@ _READY: set[str] = set()
 #: Filter calls on fewer values than this (members × state components, all times of
 #: the call) take turns in a process (:func:`small_problem_turn`).
 SMALL_PROBLEM = 2**14
-_SMALL_LOCK = threading.Lock()
+_SMALL_LOCK = threading.RLock()  # re-entrant: a turn may hold a smaller call
 
 
 @contextmanager
