@@ -17,7 +17,7 @@ from xensf.filters.device import SMALL_PROBLEM
 
 def most_at_once(monkeypatch, module, name: str):
     """Replace ``module.name`` (a filter) by a wrapper that counts how many calls run at
-    once, each held 50 ms (long enough for another thread to start one, if it can);
+    once, each held 0.2 s (long enough for another thread to start one, if it can);
     returns a function that gives the most seen."""
     inner = getattr(module, name)
     running, most, guard = [0], [0], threading.Lock()
@@ -27,7 +27,7 @@ def most_at_once(monkeypatch, module, name: str):
         with guard:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.05)
+        time.sleep(0.2)
         try:
             return inner(*args, **kwargs)
         finally:
