@@ -333,27 +333,42 @@ def _mixes(xr: torch.Tensor, value: torch.Tensor, root: torch.Tensor) -> bool:
         columns.append(g.detach() ** 2)
     if differ(columns):
         return True
+    times = _jacobian_times(xr, value)
     ones = torch.ones_like(xr)
-    rows = [(_jacobian_times(xr, value, ones * u) * root) ** 2 for u in [1.0, *_bit_signs(xr)]]
+    rows = [(times(ones * u) * root) ** 2 for u in [1.0, *_bit_signs(xr)]]
     return differ([r.detach() for r in rows])
 
 
-def _jacobian_times(xr: torch.Tensor, value: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``J u`` by differentiating the linear map ``r ↦ Jᵀ r`` (reverse mode only: it
-    works for any callable whose backward autograd can differentiate, which the
-    built-in operations' can); an :class:`~xensf.errors.OptionError` where it cannot."""
-    r = torch.zeros_like(value, requires_grad=True)
-    try:
-        (jt_r,) = torch.autograd.grad(value, xr, grad_outputs=r, create_graph=True)
-        (ju,) = torch.autograd.grad(jt_r, r, grad_outputs=u, allow_unused=True)
-    except RuntimeError as err:
-        raise OptionError(
+def _jacobian_times(xr: torch.Tensor, value: torch.Tensor):
+    """A function ``u ↦ J u`` at ``xr``, by differentiating the linear map ``r ↦ Jᵀ r``,
+    whose graph is built once for all the products (reverse mode only: it works for any
+    callable whose backward autograd can differentiate, which the built-in operations'
+    can); an :class:`~xensf.errors.OptionError` where it cannot."""
+
+    def refused(err: RuntimeError) -> OptionError:
+        return OptionError(
             "EnSF bounds a callable obs_op's curvature with products J·v, which autograd "
             f"could not form for it (it differentiates the operator's backward): {err}. "
             "Give a LinearObservationOperator, or write the operator with operations "
             "whose backward autograd can differentiate"
-        ) from err
-    return torch.zeros_like(value) if ju is None else ju
+        )
+
+    r = torch.zeros_like(value, requires_grad=True)
+    try:
+        (jt_r,) = torch.autograd.grad(value, xr, grad_outputs=r, create_graph=True)
+    except RuntimeError as err:
+        raise refused(err) from err
+
+    def times(u: torch.Tensor) -> torch.Tensor:
+        try:
+            (ju,) = torch.autograd.grad(
+                jt_r, r, grad_outputs=u, retain_graph=True, allow_unused=True
+            )
+        except RuntimeError as err:
+            raise refused(err) from err
+        return torch.zeros_like(value) if ju is None else ju
+
+    return times
 
 
 def _largest_eigenvalue(xr, value, root, start, iterations):
@@ -362,9 +377,10 @@ def _largest_eigenvalue(xr, value, root, start, iterations):
     without one)."""
     u = _fixed_start(xr) if start is None else start.clone()
     top = torch.zeros(*xr.shape[:-1], 1, dtype=xr.dtype, device=xr.device)
+    times = _jacobian_times(xr, value)
     for _ in range(iterations):
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(u.dtype).tiny)
-        pju = _jacobian_times(xr, value, u) * root * root
+        pju = times(u) * root * root
         (w,) = torch.autograd.grad(value, xr, grad_outputs=pju, retain_graph=True)
         top = (u * w).sum(-1, keepdim=True).clamp_min(0.0)
         u = w.detach()
