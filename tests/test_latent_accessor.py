@@ -361,11 +361,9 @@ def test_small_latent_filter_calls_take_turns_in_dask_threads(case, monkeypatch)
     import dask
     from test_threads import most_at_once
 
-    from xensf.latent import model as latent_model
-
     model, prior, _, obs = case
     eager = prior.ensf.assimilate(obs, model=model, seed=1)
-    most = most_at_once(monkeypatch, latent_model, "ensf_analysis")
+    most = most_at_once(monkeypatch)
     lazy = prior.chunk(time=1).ensf.assimilate(obs, model=model, seed=1)
     with dask.config.set(scheduler="threads", num_workers=4):
         result = lazy.compute()

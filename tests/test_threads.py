@@ -1,8 +1,7 @@
-"""Small filter calls take turns among dask's threads; large ones run at once."""
+"""Small EnSF analyses take turns among dask's threads; large ones run at once."""
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 
@@ -11,30 +10,33 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import xensf
 from xensf.filters.device import SMALL_PROBLEM
 
 
-def most_at_once(monkeypatch, module, name: str):
-    """Replace ``module.name`` (a filter) by a wrapper that counts how many calls run at
-    once, each held 0.2 s (long enough for another thread to start one, if it can);
-    returns a function that gives the most seen."""
-    inner = getattr(module, name)
+def most_at_once(monkeypatch):
+    """Replace EnSF's two integrators (in :mod:`xensf.filters.ensf`, inside the turn) by
+    wrappers that count how many run at once, each held 0.2 s (long enough for another
+    thread to start one, if it can); returns a function that gives the most seen."""
+    from xensf.filters import ensf
+
     running, most, guard = [0], [0], threading.Lock()
 
-    @functools.wraps(inner)  # the latent methods read the filter's options from it
-    def counted(*args, **kwargs):
-        with guard:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.2)
-        try:
-            return inner(*args, **kwargs)
-        finally:
+    def counting(inner):
+        def counted(*args, **kwargs):
             with guard:
-                running[0] -= 1
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.2)
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                with guard:
+                    running[0] -= 1
 
-    monkeypatch.setattr(module, name, counted)
+        return counted
+
+    for name in ("integrate", "integrate_componentwise"):
+        monkeypatch.setattr(ensf, name, counting(getattr(ensf, name)))
     return lambda: most[0]
 
 
@@ -60,7 +62,7 @@ def test_small_ensf_calls_take_turns_and_large_ones_do_not(monkeypatch, shape, a
     prior = _ensemble(*shape)
     obs = prior.t.isel(member=0).where(prior.lat > 0).to_dataset()
     eager = prior.ensf.assimilate(obs, method="ensf", obs_error=0.5, seed=0, steps=5)
-    most = most_at_once(monkeypatch, xensf.filters, "ensf_analysis")
+    most = most_at_once(monkeypatch)
     lazy = prior.chunk(time=1).ensf.assimilate(obs, method="ensf", obs_error=0.5, seed=0, steps=5)
     with dask.config.set(scheduler="threads", num_workers=4):
         result = lazy.compute()

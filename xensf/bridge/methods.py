@@ -393,7 +393,6 @@ class EnSF(Method):
         import torch
 
         from ..filters import ensf_analysis
-        from ..filters.device import small_problem_turn
         from ..filters.operators import LinearObservationOperator
 
         plan, obs, x, work = block.plan, block.plan.obs, block.x, block.work
@@ -433,25 +432,24 @@ class EnSF(Method):
                 ).to(device=block.device, dtype=block.torch_dtype)
                 s = scale[:, comps]
                 scale_obs = scale[:, target[use]]
-                with small_problem_turn(x.shape[1] * s.shape[-1]):
-                    post = ensf_analysis(
-                        torch.from_numpy((x[ts][..., comps] / s[:, None, :]).astype(work)).to(
-                            block.device
-                        ),
-                        torch.from_numpy((block.y[ts][:, use] / scale_obs).astype(work)).to(
-                            block.device
-                        ),
-                        op,
-                        torch.from_numpy((block.err[ts][:, use] / scale_obs).astype(work)).to(
-                            block.device
-                        ),
-                        steps=int(self.steps),
-                        eps_alpha=float(self.eps_alpha),
-                        eps_beta=float(self.eps_beta),
-                        prior_score=score,
-                        likelihood=self.likelihood,
-                        generator=_tiled_noise(block, ts, rows, cols),
-                    )
+                post = ensf_analysis(
+                    torch.from_numpy((x[ts][..., comps] / s[:, None, :]).astype(work)).to(
+                        block.device
+                    ),
+                    torch.from_numpy((block.y[ts][:, use] / scale_obs).astype(work)).to(
+                        block.device
+                    ),
+                    op,
+                    torch.from_numpy((block.err[ts][:, use] / scale_obs).astype(work)).to(
+                        block.device
+                    ),
+                    steps=int(self.steps),
+                    eps_alpha=float(self.eps_alpha),
+                    eps_beta=float(self.eps_beta),
+                    prior_score=score,
+                    likelihood=self.likelihood,
+                    generator=_tiled_noise(block, ts, rows, cols),
+                )
                 post = post.cpu().numpy() * s[:, None, :]
                 if whole:
                     out[ts] = post

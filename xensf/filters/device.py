@@ -13,7 +13,7 @@ __all__ = ["SMALL_PROBLEM", "compute_device", "parse_device", "small_problem_tur
 _INIT_LOCK = threading.Lock()
 _READY: set[str] = set()
 
-#: Filter calls on fewer values than this (members × state components, all times of
+#: EnSF analyses of fewer values than this (members × state components, all times of
 #: the call) take turns in a process (:func:`small_problem_turn`).
 SMALL_PROBLEM = 2**14
 _SMALL_LOCK = threading.RLock()  # re-entrant: a turn may hold a smaller call
@@ -21,8 +21,10 @@ _SMALL_LOCK = threading.RLock()  # re-entrant: a turn may hold a smaller call
 
 @contextmanager
 def small_problem_turn(values: int) -> Iterator[None]:
-    """Run the block inside alone among the process's threads if it is a filter call on
-    fewer than :data:`SMALL_PROBLEM` values; at once with them otherwise.
+    """Run the block inside alone among the process's threads if it is an analysis of
+    fewer than :data:`SMALL_PROBLEM` values; at once with them otherwise
+    (:func:`~xensf.filters.ensf.ensf_analysis` takes its turn here, so every caller
+    does: the accessor's full-space and latent EnSF, the array-level user's threads).
 
     A small analysis is a loop of many small torch operations (100 EnSF steps of some
     25 operations of about 10 µs each), and each operation lets go of the GIL and
@@ -30,8 +32,9 @@ def small_problem_turn(values: int) -> Iterator[None]:
     as one after the other (latent EnSF, 10 members × 128 latent values; full-space
     EnSF, 20 members × 128 and × 512 values), while on 20 × 2048 values and more the
     threads gain (docs/performance.md, "Lazy throughput"). The threads still overlap
-    the rest of their work (reading, the networks, writing) around the turns.
-    Measured on CPU; processes (a LocalCluster's workers) run small calls in parallel.
+    the rest of their work (reading, the networks, writing) around the turns. LETKF
+    takes no turns: on 20 × 128 values its threads neither lost nor gained. Measured
+    on CPU; processes (a LocalCluster's workers) run small analyses in parallel.
     """
     if values >= SMALL_PROBLEM:
         yield

@@ -16,6 +16,7 @@ import torch
 
 from ..checks import is_integer
 from ..errors import EnsembleError, ObservationMismatchError, OptionError
+from .device import small_problem_turn
 from .ensf_componentwise import componentwise_observations, integrate_componentwise
 from .ensf_reference import integrate
 from .noise import NoiseSource
@@ -195,6 +196,11 @@ def ensf_analysis(
         and a ``torch.Generator`` only provides the key. ``"auto"`` takes
         ``"fused"`` where it applies and ``"reference"`` elsewhere.
 
+    An analysis of fewer than :data:`~xensf.filters.device.SMALL_PROBLEM` values (all
+    of ``prior``'s) runs alone among the process's threads
+    (:func:`~xensf.filters.device.small_problem_turn`): two such loops of small
+    operations at once took twice as long as one after the other.
+
     Returns
     -------
     torch.Tensor or numpy.ndarray
@@ -333,7 +339,7 @@ def ensf_analysis(
         from .ensf_kernel import kernel_applies
 
         kernel = noise.keyed and kernel_applies(device, dtype, n_members)
-        with torch.no_grad():
+        with torch.no_grad(), small_problem_turn(prior_t.numel()):
             post = integrate_componentwise(
                 prior_t,
                 cw,
@@ -347,7 +353,7 @@ def ensf_analysis(
                 seeds=noise.keys() if kernel else None,
             )
         return restore_array_type(post, prior)
-    with torch.no_grad():
+    with torch.no_grad(), small_problem_turn(prior_t.numel()):
         post = integrate(
             prior_t,
             y_filled,

@@ -35,7 +35,6 @@ from ..errors import (
     OptionError,
     warn_user,
 )
-from ..filters.device import small_problem_turn
 from ..filters.ensf import ensf_analysis
 from ..filters.letkf import letkf_analysis
 from ..filters.localization import cyclic_distance
@@ -1581,8 +1580,7 @@ def _latent_ensf(z_prior, z_obs, identity, obs_std, generator, options) -> torch
     times together, so they are analysed together."""
     seeds = _seed_list(generator)
     if seeds is None:
-        with small_problem_turn(z_prior.numel()):
-            return ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
+        return ensf_analysis(z_prior, z_obs, identity, obs_std, generator=generator, **options)
     return _one_time_per_call(ensf_analysis, z_prior, z_obs, identity, obs_std, options, seeds)
 
 
@@ -1612,11 +1610,9 @@ def _one_time_per_call(
     for t in range(z_prior.shape[0]):
         noise = {} if seeds is None else {"generator": seeds[t : t + 1]}
         std = obs_std if obs_std.ndim == 1 else obs_std[t : t + 1]
-        with small_problem_turn(z_prior[t].numel()):  # a loop of small operations
-            post = analysis(
-                z_prior[t : t + 1], z_obs[t : t + 1], identity, std, **noise, **options
-            )
-        parts.append(post)
+        parts.append(
+            analysis(z_prior[t : t + 1], z_obs[t : t + 1], identity, std, **noise, **options)
+        )
     return torch.cat(parts)
 
 
