@@ -115,6 +115,54 @@ def test_run_twin_returns_the_summary_it_writes(tmp_path, capsys):
     assert run.attrs["xensf_seed"] == 3 and not list(tmp_path.glob("*.png"))
 
 
+def test_a_rerun_replaces_the_previous_run_s_outputs_and_keeps_the_rest(tmp_path, capsys):
+    """A folder holds one run: the stores, figures and summary of an earlier run with
+    other methods and noise levels go (so does a half-written output), the paper-size
+    model and the user's own files stay."""
+    setup = demo_swe.DEMO_SETUP.with_(steps=30, members=5, prior="easy")
+    demo_swe.run_twin(setup, ["letkf", "ensf"], [10, 20], tmp_path, device="cpu", plot=False)
+    for name in ("relative-rmse.png", "blend-weight.png", "maps-eta.png", "notes.txt"):
+        (tmp_path / name).write_text("from before")
+    (tmp_path / "swe-full.xensf").mkdir()
+    (tmp_path / "free-run.partial.zarr").mkdir()  # a run stopped while writing it
+    demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
+    assert "replacing a previous run's outputs" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "free-run.zarr",
+        "letkf-noise10.zarr",
+        "notes.txt",
+        "summary.json",
+        "swe-full.xensf",
+        "truth.zarr",
+    ]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["relative_rmse_second_half"]) == {"free run", "letkf"}
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_an_output_is_written_whole_or_not_at_all(tmp_path, stop):
+    """A write that stops halfway leaves the previous output as it was and no partial
+    file; one that ends replaces it."""
+    from xensf.experiments.outputs import write_whole
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+
+    def half(tmp):
+        tmp.write_text("half of the new")
+        raise stop
+
+    with pytest.raises(type(stop)):
+        write_whole(target, half)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == [target.name]
+    store = tmp_path / "run.zarr"
+    xr.Dataset({"a": ("x", [1.0])}).to_zarr(store)
+    write_whole(store, xr.Dataset({"b": ("x", [2.0, 3.0])}).to_zarr)
+    assert list(xr.open_zarr(store).data_vars) == ["b"]
+    write_whole(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new" and len(list(tmp_path.iterdir())) == 2
+
+
 def test_the_twin_cycles_adaptive_inflation_and_blend_evidence_when_its_setup_asks(tmp_path):
     """Both LETKF methods with adaptive inflation given a damping, and the hybrid with
     its blend test on accumulated evidence."""
@@ -282,8 +330,14 @@ def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys, 
 
 
 def test_era5_demo_still_runs(tmp_path, capsys):
+    """It runs, and replaces what a previous run left in its folder (here: the analysis
+    of a method and a figure this run does not make), not the user's own files."""
+    for name in ("analysis-ensf.nc", "demo-z500.png", "notes.txt"):
+        (tmp_path / name).write_text("from before")
     assert main(["demo-era5", "--output", str(tmp_path), "--no-plot", "--methods", "letkf"]) == 0
     assert "RMSE at obs" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis-letkf.nc", "notes.txt"]
+    assert xr.open_dataset(tmp_path / "analysis-letkf.nc").sizes["number"] > 1
 
 
 def test_train_model_makes_a_bundle_the_demo_can_use(tmp_path, monkeypatch):

@@ -218,7 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the observation noise and the filters"
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--output", default="xensf-demo", help="folder for the stores and figures")
+    p.add_argument(
+        "--output",
+        default="xensf-demo",
+        help="folder for the stores and figures (a rerun there replaces them)",
+    )
     p.add_argument("--no-plot", action="store_true", help="write no figures")
     p.set_defaults(func=_demo)
 
@@ -245,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="points: number of random stations (default 200)",
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the observation noise and of EnSF")
-    e.add_argument("--output", default="xensf-demo-era5", help="folder for analyses and figures")
+    e.add_argument(
+        "--output",
+        default="xensf-demo-era5",
+        help="folder for analyses and figures (a rerun there replaces them)",
+    )
     e.add_argument("--no-plot", action="store_true", help="write no figures")
     e.set_defaults(func=_demo_era5)
 

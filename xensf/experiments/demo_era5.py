@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from .outputs import clear_previous, write_whole
+
 __all__ = ["DEMO_OBS_ERROR", "DEMO_OPTIONS", "run", "synthetic_obs"]
+
+#: The names the demo writes in its output folder, all replaced by a rerun there.
+OUTPUTS = ("analysis-*.nc", "demo-*.png")
 
 #: Observation-error standard deviations of the demo, in the state's units: about
 #: 0.7 and 0.3 of the prior ensemble's spread at 500/850 hPa for z and t.
+
 DEMO_OBS_ERROR = {"z": 10.0, "t": 0.1}
 # LETKF: one grid spacing (the best radius for these 9 members, docs/method.md) and each
 # variable from its own observations (variable localisation: 9 members sample the
@@ -82,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    removed = clear_previous(out, OUTPUTS)
+    if removed:
+        print(f"replacing a previous run's outputs in {out}/ ({len(removed)} files)")
     ds = xensf.open_era5_sample().load()
     truth = ds.isel(number=0, drop=True)
     prior = ds.isel(number=slice(1, None))
@@ -167,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     for method, analysis in analyses.items():
-        path = out / f"analysis-{method}.nc"
-        analysis.to_netcdf(path)
+        path = write_whole(out / f"analysis-{method}.nc", analysis.to_netcdf)
         print(f"wrote {path}")
     if not args.no_plot:
         try:
@@ -181,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
                     "time": 0,
                     "isobaricInhPa": prior.isobaricInhPa.values.tolist().index(level),
                 }
-                path = plot_analysis_maps(
+                maps = partial(
+                    plot_analysis_maps,
                     truth[name].isel(sel),
                     prior[name].isel(sel),
                     {m: a[name].isel(sel) for m, a in analyses.items()},
@@ -189,13 +199,14 @@ def run(args: argparse.Namespace) -> int:
                     member_dim="number",
                     title=f"{name} at {level:g} hPa, {str(prior.time.values[0])[:16]}: "
                     "truth and ensemble-mean errors",
-                    path=out / f"demo-{name}{level:g}.png",
+                )
+                path = write_whole(
+                    out / f"demo-{name}{level:g}.png", lambda tmp, maps=maps: maps(path=tmp)
                 )
                 print(f"wrote {path}")
-            path = plot_skill_bars(
-                skill,
-                title="Error of the ensemble mean relative to the prior (all levels and times)",
-                path=out / "demo-skill.png",
+            title = "Error of the ensemble mean relative to the prior (all levels and times)"
+            path = write_whole(
+                out / "demo-skill.png", lambda tmp: plot_skill_bars(skill, title=title, path=tmp)
             )
             print(f"wrote {path}")
     print(f"done in {time.perf_counter() - started:.1f} s")

@@ -17,6 +17,7 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import xarray as xr
 
 from ..errors import ObservationMismatchError, OptionError
 from ..metrics import relative_rmse
+from .outputs import clear_previous, write_whole
 from .twin import (
     TwinSetup,
     field_scales,
@@ -46,6 +48,18 @@ __all__ = [
     "run_twin",
     "shipped_model_path",
 ]
+
+#: The names the demo writes in its output folder, all replaced by a rerun there (the
+#: paper-size model, ``swe-full.xensf``, is kept and reused).
+OUTPUTS = (
+    "truth.zarr",
+    "free-run.zarr",
+    "*-noise*.zarr",
+    "summary.json",
+    "relative-rmse.png",
+    "blend-weight.png",
+    "maps-*.png",
+)
 
 #: The reduced setup: the same 1000 km basin on 40 × 40 cells (25 km), observed by the
 #: paper's network — 10 × 10 points 100 km apart (every 4th cell here, every 15th
@@ -168,12 +182,15 @@ def train_model(
 
 
 def _write_zarr(ds: xr.Dataset, path: Path) -> None:
-    import warnings
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            # zarr 3 notes that consolidated metadata is not in its v3 spec; xarray reads it
+            warnings.filterwarnings(
+                "ignore", message="Consolidated metadata", category=UserWarning
+            )
+            ds.to_zarr(tmp, mode="w")
 
-    with warnings.catch_warnings():
-        # zarr 3 notes that consolidated metadata is not in its v3 spec; xarray reads it
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        ds.to_zarr(path, mode="w")
+    write_whole(path, write)
 
 
 def _mean_over_second_half(curve: xr.DataArray) -> float:
@@ -289,6 +306,9 @@ def run_twin(
                 "scripts/make_demo_model.py trains one that does"
             ) from None
     out.mkdir(parents=True, exist_ok=True)
+    removed = clear_previous(out, OUTPUTS)
+    if removed:
+        print(f"replacing a previous run's outputs in {out}/ ({len(removed)} files and stores)")
     truth = truth_run(setup, device=device)
     scales = field_scales(truth)
     reference = truth.isel(time=slice(1, None))
@@ -348,7 +368,7 @@ def run_twin(
             label: int((w.values > 0).sum()) for label, w in weights.items()
         }
     text = json.dumps(summary, indent=2)
-    (out / "summary.json").write_text(text)
+    write_whole(out / "summary.json", lambda tmp: tmp.write_text(text))
     summary = json.loads(text)  # as written: JSON's lists for the setup's tuples
     print(f"wrote {out / 'summary.json'} and the zarr stores in {out}/")
     if plot:
@@ -402,18 +422,18 @@ def _figures(out, setup, curves, truth, free, last, noises, weights) -> None:
         return
     from ..plot import plot_blend_weight, plot_relative_rmse, plot_twin_maps
 
-    path = plot_relative_rmse(
-        curves,
-        title=f"Shallow water {setup.n}x{setup.n}, 1/{setup.stride**2} observed, {setup.prior} prior",
-        path=out / "relative-rmse.png",
+    title = f"Shallow water {setup.n}x{setup.n}, 1/{setup.stride**2} observed, {setup.prior} prior"
+    path = write_whole(
+        out / "relative-rmse.png", lambda tmp: plot_relative_rmse(curves, title=title, path=tmp)
     )
     print(f"wrote {path}")
     if weights:
-        path = plot_blend_weight(
-            weights,
-            title=f"latent-ensf-letkf: how far each cycle moved the prior towards the "
-            f"latent analysis ({setup.prior} prior)",
-            path=out / "blend-weight.png",
+        title = (
+            f"latent-ensf-letkf: how far each cycle moved the prior towards the "
+            f"latent analysis ({setup.prior} prior)"
+        )
+        path = write_whole(
+            out / "blend-weight.png", lambda tmp: plot_blend_weight(weights, title=title, path=tmp)
         )
         print(f"wrote {path}")
     if not last:
@@ -422,12 +442,13 @@ def _figures(out, setup, curves, truth, free, last, noises, weights) -> None:
     mask = obs_mask(setup, truth)
     label = f"{noises[len(noises) // 2]:g}%"
     for v in ("eta", "u", "v"):
-        path = plot_twin_maps(
+        maps = partial(
+            plot_twin_maps,
             truth[v].sel(time=t),
             free[v].sel(time=t).mean("member"),
             {m: a[v] for m, a in last.items()},
             mask,
             title=f"{v} at the last cycle ({str(t)[:19]}), noise {label}: ensemble means and errors",
-            path=out / f"maps-{v}.png",
         )
+        path = write_whole(out / f"maps-{v}.png", lambda tmp, maps=maps: maps(path=tmp))
         print(f"wrote {path}")
