@@ -123,6 +123,7 @@ def test_a_rerun_replaces_the_previous_run_s_outputs_and_keeps_the_rest(tmp_path
     demo_swe.run_twin(setup, ["letkf", "ensf"], [10, 20], tmp_path, device="cpu", plot=False)
     for name in ("relative-rmse.png", "blend-weight.png", "maps-eta.png", "notes.txt"):
         (tmp_path / name).write_text("from before")
+    (tmp_path / "mine-noise5.zarr").mkdir()  # not a method's: the user's own
     (tmp_path / "swe-full.xensf").mkdir()
     (tmp_path / "free-run.partial.zarr").mkdir()  # a run stopped while writing it
     demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
@@ -130,6 +131,7 @@ def test_a_rerun_replaces_the_previous_run_s_outputs_and_keeps_the_rest(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "free-run.zarr",
         "letkf-noise10.zarr",
+        "mine-noise5.zarr",
         "notes.txt",
         "summary.json",
         "swe-full.xensf",
@@ -332,11 +334,12 @@ def test_an_error_during_the_demo_is_one_line_not_a_traceback(tmp_path, capsys, 
 def test_era5_demo_still_runs(tmp_path, capsys):
     """It runs, and replaces what a previous run left in its folder (here: the analysis
     of a method and a figure this run does not make), not the user's own files."""
-    for name in ("analysis-ensf.nc", "demo-z500.png", "notes.txt"):
+    for name in ("analysis-ensf.nc", "demo-z500.png", "notes.txt", "analysis-2024.nc"):
         (tmp_path / name).write_text("from before")
     assert main(["demo-era5", "--output", str(tmp_path), "--no-plot", "--methods", "letkf"]) == 0
     assert "RMSE at obs" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis-letkf.nc", "notes.txt"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["analysis-2024.nc", "analysis-letkf.nc", "notes.txt"]
     assert xr.open_dataset(tmp_path / "analysis-letkf.nc").sizes["number"] > 1
 
 

@@ -19,17 +19,21 @@ from .outputs import clear_previous, write_whole
 
 __all__ = ["DEMO_OBS_ERROR", "DEMO_OPTIONS", "run", "synthetic_obs"]
 
-#: The names the demo writes in its output folder, all replaced by a rerun there.
-OUTPUTS = ("analysis-*.nc", "demo-*.png")
-
 #: Observation-error standard deviations of the demo, in the state's units: about
 #: 0.7 and 0.3 of the prior ensemble's spread at 500/850 hPa for z and t.
-
 DEMO_OBS_ERROR = {"z": 10.0, "t": 0.1}
 # LETKF: one grid spacing (the best radius for these 9 members, docs/method.md) and each
 # variable from its own observations (variable localisation: 9 members sample the
 # covariances between z and t poorly)
 DEMO_OPTIONS = {"ensf": {}, "letkf": {"loc_radius": 300.0, "cross_variable": False}}
+
+#: The names the demo writes in its output folder, all replaced by a rerun there.
+OUTPUTS = (
+    *(f"analysis-{method}.nc" for method in DEMO_OPTIONS),
+    "demo-z500.png",
+    "demo-t850.png",
+    "demo-skill.png",
+)
 
 
 def synthetic_obs(truth, rng, kind: str = "gridded", stride: int = 4, stations: int = 200):

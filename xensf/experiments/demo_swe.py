@@ -50,15 +50,18 @@ __all__ = [
 ]
 
 #: The names the demo writes in its output folder, all replaced by a rerun there (the
-#: paper-size model, ``swe-full.xensf``, is kept and reused).
+#: paper-size model, ``swe-full.xensf``, is kept and reused); ``METHOD`` stands for each
+#: method's name.
 OUTPUTS = (
     "truth.zarr",
     "free-run.zarr",
-    "*-noise*.zarr",
+    "METHOD-noise*.zarr",
     "summary.json",
     "relative-rmse.png",
     "blend-weight.png",
-    "maps-*.png",
+    "maps-eta.png",
+    "maps-u.png",
+    "maps-v.png",
 )
 
 #: The reduced setup: the same 1000 km basin on 40 × 40 cells (25 km), observed by the
@@ -306,7 +309,10 @@ def run_twin(
                 "scripts/make_demo_model.py trains one that does"
             ) from None
     out.mkdir(parents=True, exist_ok=True)
-    removed = clear_previous(out, OUTPUTS)
+    from ..bridge.methods import METHODS
+
+    owned = {n.replace("METHOD", m) for n in OUTPUTS for m in METHODS}
+    removed = clear_previous(out, sorted(owned))
     if removed:
         print(f"replacing a previous run's outputs in {out}/ ({len(removed)} files and stores)")
     truth = truth_run(setup, device=device)
