@@ -126,6 +126,13 @@ def test_bench_soak_traces_what_late_legs_keep():
     assert "allocated at" in out and "verdict: none while tracing" in out
 
 
+def test_bench_resume_prints_a_row_per_store_size():
+    out = _run("benchmarks/bench_resume.py", "--cycles", "3", "6", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
+    assert [int(r[0]) for r in rows] == [3, 6], out
+    assert all(math.isfinite(float(v)) and float(v) > 0 for r in rows for v in r[1:])
+
+
 def test_bench_training_throughput_prints_both_grids():
     # the GPU script's training step at its CPU size (benchmarks/run_gpu_perf.sh)
     out = _run(

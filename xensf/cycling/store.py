@@ -351,26 +351,42 @@ class CycleStore:
         return sorted(n for n, m in self._metadata.items() if _is_cycle_array(n, m))
 
     def _recover(self) -> None:
-        """Undo whatever a killed writer left beyond the last commit."""
+        """Undo whatever a killed writer left beyond the last commit.
+
+        A writer writes only cycle ``committed`` (:meth:`write_cycle` refuses any other):
+        that cycle's chunks, the restart slots, the metadata documents, and zarr's
+        and this module's temporary files beside them. So only those places are looked
+        at, never the committed chunks: a resume costs the same after ten cycles as
+        after a hundred thousand (a walk over every chunk file took seconds at ten
+        thousand cycles, and filled the process with short-lived path objects).
+        """
         n = self.committed
+        places = [self.path]  # where temporary files may be left, not below
+        below = []  # small trees: the restart slots, the arrays written once
         for name, meta in self._metadata.items():
             node = self.path / name / ROOT_DOC
             if _read_json(node) != meta:
                 _atomic_write_json(node, meta)
+            places.append(self.path / name)
             if not _is_cycle_array(name, meta):
+                if meta.get("node_type") == "array":
+                    below.append(self.path / name)
                 continue
             encoding = meta.get("chunk_key_encoding", {})
             chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
             if encoding.get("name") != "default" or chunks[0] != 1:
                 continue  # not laid out by xensf: chunks beyond n are unreachable anyway
-            grid = self.path / name / "c"
-            if grid.is_dir():
-                for entry in grid.iterdir():
-                    if entry.name.isdigit() and int(entry.name) >= n:
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            k = n  # the interrupted cycle's chunks (and any after them, to be sure)
+            while (entry := self.path / name / "c" / str(k)).exists():
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                k += 1
         for pattern in ("*.partial", f".{ROOT_DOC}.*.tmp"):
-            for leftover in self.path.rglob(pattern):
-                leftover.unlink(missing_ok=True)
+            for place in places:
+                for leftover in place.glob(pattern):
+                    leftover.unlink(missing_ok=True)
+            for tree in below:
+                for leftover in tree.rglob(pattern):
+                    leftover.unlink(missing_ok=True)
 
     # -- adding a cycle ---------------------------------------------------------------
 
