@@ -20,10 +20,12 @@ allocator kept for reuse, not memory still referenced. With ``--trace LEG`` Pyth
 ``tracemalloc`` follows every allocation from that leg on (about ten times slower), and
 at the end the script lists where the memory allocated since then and still alive was
 allocated, largest first: what the late legs keep (while it traces, the Python arena
-columns read nan and the C heap holds tracemalloc's own records too).
+columns read nan and the C heap holds tracemalloc's own records too). ``--samples K``
+prints K of the RSS samples, evenly spaced in time: the curve of a run in one leg
+(``--legs 1``, one call of ``xensf.cycle``), whose table has a single row.
 
     python benchmarks/bench_soak.py [--cycles 10000] [--legs 10] [--method letkf] [--trim]
-                                    [--trace LEG]
+                                    [--trace LEG] [--samples K]
 """
 
 from __future__ import annotations
@@ -158,6 +160,10 @@ def main(argv=None) -> int:
         "--trim", action="store_true", help="malloc_trim at each leg's end (glibc)"
     )
     parser.add_argument(
+        "--samples", type=int, default=0, metavar="K",
+        help="also print K of the RSS samples, evenly spaced over the run",
+    )  # fmt: skip
+    parser.add_argument(
         "--trace", type=int, default=None, metavar="LEG",
         help="tracemalloc from this leg on; list what was allocated since and is alive",
     )  # fmt: skip
@@ -242,6 +248,16 @@ def main(argv=None) -> int:
         print(f"{label}: {values[0]:.1f} MB after the first leg, {values[-1]:.1f} MB at the "
               f"end; second-half slope {fit:+.3f} MB per 1000 cycles")  # fmt: skip
     print(f"open file descriptors: {rows[0][3]} after the first leg, {rows[-1][3]} at the end")
+    if args.samples:  # the sampler's record, at evenly spaced moments of the run
+        t0 = sampler.samples[0][0]
+        pace = rows[-1][0] / rows[-1][1]  # cycles per second over the whole run
+        print(f"{'wall s':>9} {'cycles (at the mean pace)':>26} {'RSS MB':>9} {'open fds':>9}")
+        picks = np.linspace(0, len(sampler.samples) - 1, args.samples).round().astype(int)
+        for i in sorted(set(picks.tolist())):
+            t, rss_mb, fds = sampler.samples[i]
+            print(
+                f"{t - t0:>9.0f} {min(rows[-1][0], (t - t0) * pace):>26.0f} {rss_mb:>9.1f} {fds:>9}"
+            )
     if args.trace is not None:
         print("verdict: none while tracing (tracemalloc's own records are in the numbers)")
         return 0

@@ -126,6 +126,17 @@ def test_bench_soak_traces_what_late_legs_keep():
     assert "allocated at" in out and "verdict: none while tracing" in out
 
 
+def test_bench_soak_in_one_leg_prints_its_rss_samples():
+    # (--trace: no verdict, so no exit status 1 for a run too short to be flat)
+    args = ["--cycles", "8", "--legs", "1", "--samples", "3", "--every", "0.2", "--trace", "1"]
+    out = _run("benchmarks/bench_soak.py", *args)
+    series = out.split("cycles (at the mean pace)", 1)[1].strip().splitlines()
+    series = [r.split() for r in series if re.match(r"\s*\d+\s+\d", r)]
+    assert 1 <= len(series) <= 3, out
+    assert all(float(r[2]) > 0 for r in series) and float(series[-1][1]) <= 8
+    assert "verdict: none while tracing" in out
+
+
 def test_bench_resume_prints_a_row_per_store_size():
     out = _run("benchmarks/bench_resume.py", "--cycles", "3", "6", "--repeat", "1")
     rows = [line.split() for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
