@@ -124,11 +124,13 @@ def test_a_rerun_replaces_the_previous_run_s_outputs_and_keeps_the_rest(tmp_path
     for name in ("relative-rmse.png", "blend-weight.png", "maps-eta.png", "notes.txt"):
         (tmp_path / name).write_text("from before")
     (tmp_path / "mine-noise5.zarr").mkdir()  # not a method's: the user's own
+    (tmp_path / "draft.partial.txt").write_text("the user's own too")
     (tmp_path / "swe-full.xensf").mkdir()
     (tmp_path / "free-run.partial.zarr").mkdir()  # a run stopped while writing it
     demo_swe.run_twin(setup, ["letkf"], [10], tmp_path, device="cpu", plot=False)
     assert "replacing a previous run's outputs" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "draft.partial.txt",
         "free-run.zarr",
         "letkf-noise10.zarr",
         "mine-noise5.zarr",

@@ -33,11 +33,12 @@ def _remove(path: Path) -> None:
 
 def clear_previous(folder: Path, patterns: Iterable[str]) -> list[str]:
     """Remove what matches ``patterns`` (glob patterns of names directly in ``folder``)
-    and the leftovers of an interrupted :func:`write_whole`; returns the names removed."""
+    and what an interrupted :func:`write_whole` of such a name left; returns the names
+    removed. Nothing else in ``folder`` is touched."""
     if not folder.is_dir():
         return []
-    found = {p for pattern in patterns for p in folder.glob(pattern)}
-    found |= set(folder.glob(f"*{_PARTIAL}.*"))
+    names = [n for pattern in patterns for n in (pattern, _partial(Path(pattern)).name)]
+    found = {p for name in names for p in folder.glob(name)}
     for path in sorted(found):
         _remove(path)
     return sorted(p.name for p in found)
