@@ -367,11 +367,11 @@ class CycleStore:
             node = self.path / name / ROOT_DOC
             if _read_json(node) != meta:
                 _atomic_write_json(node, meta)
-            places.append(self.path / name)
             if not _is_cycle_array(name, meta):
-                if meta.get("node_type") == "array":
-                    below.append(self.path / name)
+                array = meta.get("node_type") == "array"
+                (below if array else places).append(self.path / name)
                 continue
+            places.append(self.path / name)
             encoding = meta.get("chunk_key_encoding", {})
             chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
             if encoding.get("name") != "default" or chunks[0] != 1:
